@@ -1,0 +1,241 @@
+//! Storage backends: where objects' key-value data, alarms and the object registry live.
+//!
+//! The runtime talks to a backend through the [`Backend`] trait. Reads are point lookups and
+//! range scans; writes arrive as [`CommitBatch`]es, one per group of turns of one object,
+//! which the backend applies atomically and in submission order per object, then completes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+
+pub(crate) mod fault;
+pub(crate) mod memory;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// A stored value: the serde encoding of what a handler put.
+pub type Value = Arc<[u8]>;
+
+/// How durable an acknowledged write is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Durability {
+    /// Acknowledged means on disk: every commit is fsynced (the default).
+    #[default]
+    Fsync,
+    /// Acknowledged survives a crash of the process but not of the machine (no fsync per
+    /// commit; SQLite `synchronous=NORMAL` in WAL mode).
+    ProcessCrashSafe,
+    /// Kept in memory only: lost when the process exits.
+    Memory,
+}
+
+/// Which object a backend call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    /// The class ([`crate::DurableObject::CLASS`]).
+    pub class: &'static str,
+    /// The object's id.
+    pub id: ObjectId,
+}
+
+/// A key range to scan: the intersection of a prefix, `start..end`, at most `limit` entries,
+/// in ascending (or with `reverse`, descending) byte order of the keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Only keys that start with this.
+    pub prefix: Option<String>,
+    /// Only keys `>= start`.
+    pub start: Option<String>,
+    /// Only keys `< end`.
+    pub end: Option<String>,
+    /// At most this many entries.
+    pub limit: Option<usize>,
+    /// Descending order (the last `limit` keys of the range).
+    pub reverse: bool,
+}
+
+impl ListOptions {
+    /// All keys with this prefix.
+    pub fn prefix(prefix: impl Into<String>) -> Self {
+        ListOptions {
+            prefix: Some(prefix.into()),
+            ..Default::default()
+        }
+    }
+
+    /// The same range, at most `limit` entries.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The same range in descending order.
+    pub fn reverse(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+
+    /// The effective `[lower, upper)` bounds of the range; `None` upper means unbounded.
+    pub fn bounds(&self) -> (String, Option<String>) {
+        let mut lower = self.start.clone().unwrap_or_default();
+        let mut upper = self.end.clone();
+        if let Some(p) = &self.prefix {
+            if *p > lower {
+                lower = p.clone();
+            }
+            if let Some(pu) = prefix_upper_bound(p) {
+                upper = Some(match upper {
+                    Some(u) if u < pu => u,
+                    _ => pu,
+                });
+            }
+        }
+        (lower, upper)
+    }
+
+    /// Whether `key` lies in the range (ignoring `limit`).
+    pub fn contains(&self, key: &str) -> bool {
+        let (lower, upper) = self.bounds();
+        key >= lower.as_str() && upper.as_deref().is_none_or(|u| key < u)
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`, if one exists.
+/// UTF-8 keeps code point order in byte order, so bumping the last char that can be bumped
+/// gives the bound.
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(c) = chars.pop() {
+        let mut next = c as u32 + 1;
+        if (0xD800..0xE000).contains(&next) {
+            next = 0xE000;
+        }
+        if let Some(n) = char::from_u32(next) {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// One entry of an object registry listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectEntry {
+    /// The object's id.
+    pub id: ObjectId,
+    /// The name it was addressed by, for objects created with `get_by_name`.
+    pub name: Option<String>,
+}
+
+/// Set when a commit of an activation failed: every later commit of that activation is
+/// refused, so a turn that built on lost writes can never become durable.
+#[derive(Debug, Default)]
+pub(crate) struct Fence(AtomicBool);
+
+/// The acknowledgement of a commit, sent back to the object that submitted it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ack {
+    pub(crate) seq: u64,
+    pub(crate) ok: bool,
+}
+
+/// The writes of one or more consecutive turns of one object, to be applied atomically.
+///
+/// A backend must apply batches of the same object in the order it received them, and must
+/// call [`complete`](Self::complete) exactly once per batch (dropping a batch completes it
+/// as failed). Batches of different objects may be grouped into one transaction.
+#[derive(Debug)]
+pub struct CommitBatch {
+    /// The object written.
+    pub object: ObjectRef,
+    /// Delete every key, the alarm and the registry entry before applying `writes`.
+    pub clear: bool,
+    /// Puts (`Some`) and deletes (`None`), at most one per key.
+    pub writes: Vec<(String, Option<Value>)>,
+    /// The new alarm (epoch milliseconds) or its removal, when the turns changed it.
+    pub alarm: Option<Option<i64>>,
+    /// Ensure the object is in the registry, with this name if it has one.
+    pub register: Option<Option<Arc<str>>>,
+    /// The durability the writer must give this batch.
+    pub durability: Durability,
+    pub(crate) fence: Arc<Fence>,
+    pub(crate) ack: Option<(u64, mpsc::UnboundedSender<Ack>)>,
+}
+
+impl CommitBatch {
+    /// Whether an earlier batch of the same activation failed: such a batch must not be
+    /// applied; complete it with an error.
+    pub fn is_fenced(&self) -> bool {
+        self.fence.0.load(Ordering::Acquire)
+    }
+
+    /// Reports the outcome to the object. A failure fences every later batch of the same
+    /// activation.
+    pub fn complete(mut self, result: Result<()>) {
+        self.finish(result.is_ok());
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if !ok {
+            self.fence.0.store(true, Ordering::Release);
+        }
+        if let Some((seq, tx)) = self.ack.take() {
+            let _ = tx.send(Ack { seq, ok });
+        }
+    }
+}
+
+impl Drop for CommitBatch {
+    fn drop(&mut self) {
+        if self.ack.is_some() {
+            self.finish(false);
+        }
+    }
+}
+
+/// A place to keep objects' data. Implemented by the memory and SQLite backends and by
+/// [`FaultyBackend`](crate::FaultyBackend); every implementation must pass the conformance
+/// suite in `tests/conformance.rs`.
+///
+/// Reads are synchronous and expected to be fast (a memory lookup or a cached SQLite page);
+/// commits are asynchronous: [`submit`](Self::submit) queues and returns at once.
+pub trait Backend: Send + Sync + 'static {
+    /// The committed value of `key`.
+    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>>;
+    /// The committed entries in a range, ordered as the options say.
+    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>>;
+    /// The committed alarm of an object (epoch milliseconds).
+    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>>;
+    /// Every committed alarm of a class.
+    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>>;
+    /// The registry: objects of a class with an id greater than `after`, by id, at most `limit`.
+    fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>>;
+    /// The registered name of an object, if it has one.
+    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>>;
+    /// Queues a batch; the backend completes it once it is durable (or failed).
+    fn submit(&self, batch: CommitBatch);
+    /// Blocks until every batch submitted before the call is completed.
+    fn flush(&self) -> Result<()>;
+}
+
+pub(crate) fn unavailable(what: &'static str) -> Error {
+    Error::storage(std::io::Error::other(what))
+}
+
+pub use fault::FaultyBackend;
+pub use memory::MemoryBackend;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteBackend, SqliteOptions};

@@ -1,0 +1,488 @@
+//! The embedded default: SQLite (bundled) in WAL mode, split into shard files by object id,
+//! with one writer thread per shard doing group commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::{
+    Backend, CommitBatch, Durability, ListOptions, ObjectEntry, ObjectRef, Value, unavailable,
+};
+use crate::clock::lock;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+
+/// The schema version this code writes; stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// At most this many batches go into one transaction.
+const MAX_GROUP: usize = 8192;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv (
+    class TEXT NOT NULL, id BLOB NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (class, id, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarms (
+    class TEXT NOT NULL, id BLOB NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (class, id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    class TEXT NOT NULL, id BLOB NOT NULL, name TEXT,
+    PRIMARY KEY (class, id)) WITHOUT ROWID;
+";
+
+/// Options of the SQLite backend.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SqliteOptions {
+    /// How many shard files (and writer threads) to split objects over. Fixed when the data
+    /// directory is created; reopening with another count is refused.
+    pub shards: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { shards: 4 }
+    }
+}
+
+/// SQLite storage in a directory of shard files (`shard-00.db`, ...).
+pub struct SqliteBackend {
+    shards: Vec<Shard>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("dir", &self.dir)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+struct Shard {
+    writer: Mutex<Option<Sender<WriterMsg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<Connection>,
+}
+
+enum WriterMsg {
+    Commit(CommitBatch),
+    Flush(SyncSender<()>),
+}
+
+fn sql_err(e: rusqlite::Error) -> Error {
+    Error::storage(e)
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql_err)?;
+    Ok(conn)
+}
+
+fn init_schema(conn: &Connection, shards: usize) -> Result<()> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql_err)?;
+    match version {
+        0 => {
+            conn.execute_batch(SCHEMA).map_err(sql_err)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('shards', ?1)",
+                params![shards.to_string()],
+            )
+            .map_err(sql_err)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql_err)?;
+        }
+        SCHEMA_VERSION => {}
+        other => {
+            return Err(Error::storage(std::io::Error::other(format!(
+                "data was written by a newer stead (schema version {other}, this build reads {SCHEMA_VERSION})"
+            ))));
+        }
+    }
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql_err)?;
+    if stored.as_deref() != Some(shards.to_string().as_str()) {
+        return Err(Error::storage(std::io::Error::other(format!(
+            "the data directory was created with {} shards, not {shards}; open it with the same shard count",
+            stored.as_deref().unwrap_or("an unknown number of")
+        ))));
+    }
+    Ok(())
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        if opts.shards == 0 || opts.shards > 256 {
+            return Err(Error::bad_request("shard count must be between 1 and 256"));
+        }
+        std::fs::create_dir_all(&dir).map_err(Error::storage)?;
+        // A directory created with another shard count is refused before anything is touched.
+        let first = dir.join("shard-00.db");
+        if first.exists() {
+            init_schema(&open_conn(&first)?, opts.shards)?;
+        }
+        let mut shards = Vec::with_capacity(opts.shards);
+        for i in 0..opts.shards {
+            let path = dir.join(format!("shard-{i:02}.db"));
+            let wconn = open_conn(&path)?;
+            init_schema(&wconn, opts.shards)?;
+            let reader = open_conn(&path)?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("stead-writer-{i}"))
+                .spawn(move || writer_loop(wconn, rx))
+                .map_err(Error::storage)?;
+            shards.push(Shard {
+                writer: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                reader: Mutex::new(reader),
+            });
+        }
+        Ok(SqliteBackend { shards, dir })
+    }
+
+    fn shard(&self, id: &ObjectId) -> &Shard {
+        let b = id.as_bytes();
+        let n = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        &self.shards[(n % self.shards.len() as u64) as usize]
+    }
+
+    fn send(&self, shard: &Shard, msg: WriterMsg) -> std::result::Result<(), WriterMsg> {
+        match &*lock(&shard.writer) {
+            Some(tx) => tx.send(msg).map_err(|e| e.0),
+            None => Err(msg),
+        }
+    }
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        for s in &self.shards {
+            lock(&s.writer).take();
+        }
+        for s in &self.shards {
+            if let Some(t) = lock(&s.thread).take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
+        let conn = lock(&self.shard(&obj.id).reader);
+        let mut stmt = conn
+            .prepare_cached("SELECT value FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")
+            .map_err(sql_err)?;
+        stmt.query_row(params![obj.class, &obj.id.as_bytes()[..], key], |r| {
+            let v: Vec<u8> = r.get(0)?;
+            Ok(Value::from(v))
+        })
+        .optional()
+        .map_err(sql_err)
+    }
+
+    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+        let (lower, upper) = opts.bounds();
+        let limit = opts.limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
+        let sql = match (upper.is_some(), opts.reverse) {
+            (true, false) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key ASC LIMIT ?5"
+            }
+            (true, true) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key DESC LIMIT ?5"
+            }
+            (false, false) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key ASC LIMIT ?5"
+            }
+            (false, true) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key DESC LIMIT ?5"
+            }
+        };
+        let conn = lock(&self.shard(&obj.id).reader);
+        let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
+        let rows = stmt
+            .query_map(
+                params![obj.class, &obj.id.as_bytes()[..], lower, upper, limit],
+                |r| {
+                    let k: String = r.get(0)?;
+                    let v: Vec<u8> = r.get(1)?;
+                    Ok((k, Value::from(v)))
+                },
+            )
+            .map_err(sql_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
+    }
+
+    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
+        let conn = lock(&self.shard(&obj.id).reader);
+        let mut stmt = conn
+            .prepare_cached("SELECT at_ms FROM alarms WHERE class = ?1 AND id = ?2")
+            .map_err(sql_err)?;
+        stmt.query_row(params![obj.class, &obj.id.as_bytes()[..]], |r| r.get(0))
+            .optional()
+            .map_err(sql_err)
+    }
+
+    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let conn = lock(&s.reader);
+            let mut stmt = conn
+                .prepare_cached("SELECT id, at_ms FROM alarms WHERE class = ?1")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![class], |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    let at: i64 = r.get(1)?;
+                    Ok((id, at))
+                })
+                .map_err(sql_err)?;
+            for row in rows {
+                let (id, at) = row.map_err(sql_err)?;
+                out.push((blob_id(&id)?, at));
+            }
+        }
+        Ok(out)
+    }
+
+    fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>> {
+        let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+        let lim = limit.min(i64::MAX as usize) as i64;
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let conn = lock(&s.reader);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, name FROM objects WHERE class = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![class, after, lim], |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    let name: Option<String> = r.get(1)?;
+                    Ok((id, name))
+                })
+                .map_err(sql_err)?;
+            for row in rows {
+                let (id, name) = row.map_err(sql_err)?;
+                out.push(ObjectEntry {
+                    id: blob_id(&id)?,
+                    name,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
+        let conn = lock(&self.shard(&obj.id).reader);
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM objects WHERE class = ?1 AND id = ?2")
+            .map_err(sql_err)?;
+        Ok(stmt
+            .query_row(params![obj.class, &obj.id.as_bytes()[..]], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()
+            .map_err(sql_err)?
+            .flatten())
+    }
+
+    fn submit(&self, batch: CommitBatch) {
+        let shard = self.shard(&batch.object.id);
+        if let Err(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(batch)) {
+            tracing::error!("commit refused: the storage writer has stopped");
+            b.complete(Err(unavailable("the storage writer has stopped")));
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut waits = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = sync_channel(1);
+            if self.send(s, WriterMsg::Flush(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            rx.recv()
+                .map_err(|_| unavailable("the storage writer stopped during a flush"))?;
+        }
+        Ok(())
+    }
+}
+
+fn blob_id(b: &[u8]) -> Result<ObjectId> {
+    let bytes: [u8; 32] = b
+        .try_into()
+        .map_err(|_| unavailable("corrupt object id in storage"))?;
+    Ok(ObjectId::from_bytes(bytes))
+}
+
+/// All the changes of one object within one group of batches, coalesced.
+#[derive(Default)]
+struct ObjectOps {
+    clear: bool,
+    writes: HashMap<String, Option<Value>>,
+    alarm: Option<Option<i64>>,
+    register: Option<Option<Arc<str>>>,
+}
+
+fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>) {
+    let mut synchronous_full = true;
+    while let Ok(first) = rx.recv() {
+        let mut batches = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
+                WriterMsg::Commit(b) => batches.push(b),
+                WriterMsg::Flush(tx) => flushes.push(tx),
+            }
+            if batches.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batches.is_empty() {
+            let want_full = batches.iter().any(|b| b.durability == Durability::Fsync);
+            if want_full != synchronous_full {
+                let mode = if want_full { "FULL" } else { "NORMAL" };
+                if let Err(e) = conn.pragma_update(None, "synchronous", mode) {
+                    tracing::error!(error = %e, "could not set synchronous mode");
+                } else {
+                    synchronous_full = want_full;
+                }
+            }
+            let started = Instant::now();
+            let result = apply_group(&mut conn, &mut batches);
+            metrics::histogram!("stead_commit_batch_size").record(batches.len() as f64);
+            metrics::histogram!("stead_commit_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    for b in batches {
+                        b.complete(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batches = batches.len(), "commit failed; the objects involved are reset");
+                    metrics::counter!("stead_commit_failures_total").increment(1);
+                    for b in batches {
+                        b.complete(Err(Error::Reset));
+                    }
+                }
+            }
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::Result<()> {
+    // Coalesce per object, keeping the order of clears and writes.
+    let mut index: HashMap<ObjectRef, usize> = HashMap::new();
+    let mut ops: Vec<(ObjectRef, ObjectOps)> = Vec::new();
+    for b in batches.iter_mut() {
+        let i = *index.entry(b.object).or_insert_with(|| {
+            ops.push((b.object, ObjectOps::default()));
+            ops.len() - 1
+        });
+        let o = &mut ops[i].1;
+        if b.clear {
+            o.clear = true;
+            o.writes.clear();
+            o.alarm = Some(None);
+            o.register = None;
+        }
+        for (k, v) in b.writes.drain(..) {
+            o.writes.insert(k, v);
+        }
+        if let Some(a) = b.alarm {
+            o.alarm = Some(a);
+        }
+        if let Some(r) = b.register.take() {
+            o.register = Some(r);
+        }
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO kv (class, id, key, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (class, id, key) DO UPDATE SET value = excluded.value",
+        )?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")?;
+        for (obj, o) in &ops {
+            let id = &obj.id.as_bytes()[..];
+            if o.clear {
+                tx.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2")?
+                    .execute(params![obj.class, id])?;
+                tx.prepare_cached("DELETE FROM objects WHERE class = ?1 AND id = ?2")?
+                    .execute(params![obj.class, id])?;
+            }
+            for (k, v) in &o.writes {
+                match v {
+                    Some(v) => upsert.execute(params![obj.class, id, k, &v[..]])?,
+                    None => delete.execute(params![obj.class, id, k])?,
+                };
+            }
+            match o.alarm {
+                Some(Some(at)) => {
+                    tx.prepare_cached(
+                        "INSERT INTO alarms (class, id, at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms",
+                    )?
+                    .execute(params![obj.class, id, at])?;
+                }
+                Some(None) => {
+                    tx.prepare_cached("DELETE FROM alarms WHERE class = ?1 AND id = ?2")?
+                        .execute(params![obj.class, id])?;
+                }
+                None => {}
+            }
+            if let Some(name) = &o.register {
+                tx.prepare_cached(
+                    "INSERT INTO objects (class, id, name) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (class, id) DO UPDATE SET name = coalesce(objects.name, excluded.name)",
+                )?
+                .execute(params![obj.class, id, name.as_deref()])?;
+            }
+        }
+    }
+    tx.commit()
+}

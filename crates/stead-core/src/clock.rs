@@ -1,0 +1,177 @@
+//! Time: every timestamp and every timer of the runtime goes through a [`Clock`].
+//!
+//! This is the only module allowed to read the system time; `clippy.toml` forbids it
+//! elsewhere.
+#![allow(clippy::disallowed_methods)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+/// A boxed future returned by [`Clock::sleep_until`].
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A source of time for the runtime: [`SystemClock`] in production, [`ManualClock`] in tests.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+    /// A future that completes once `now() >= at`.
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep;
+    /// The manual clock behind this one, if any. A manual clock drives the runtime's timers
+    /// (alarms, idle eviction) itself, in [`ManualClock::advance`].
+    fn as_manual(&self) -> Option<&ManualClock> {
+        None
+    }
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
+        let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        Box::pin(tokio::time::sleep(wait))
+    }
+}
+
+/// Something whose timers a [`ManualClock`] fires when time advances (a runtime).
+pub(crate) trait TimeDriven: Send + Sync + 'static {
+    /// Runs everything due at `now` and waits until it is done.
+    fn on_time(self: Arc<Self>, now: DateTime<Utc>) -> Sleep;
+}
+
+/// A clock that only moves when told to: tests advance it and every alarm, schedule and
+/// idle eviction that falls due runs to completion before [`advance`](Self::advance) returns.
+///
+/// ```
+/// use std::time::Duration;
+/// use stead_core::{Clock, ManualClock};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+/// clock.advance(Duration::from_secs(90)).await;
+/// assert_eq!(clock.now().to_rfc3339(), "2026-01-01T00:01:30+00:00");
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct ManualClock {
+    inner: Arc<ManualInner>,
+}
+
+struct ManualInner {
+    now: Mutex<DateTime<Utc>>,
+    sleepers: Mutex<Vec<(DateTime<Utc>, oneshot::Sender<()>)>>,
+    driven: Mutex<Vec<Weak<dyn TimeDriven>>>,
+}
+
+impl std::fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now", &self.now())
+            .finish()
+    }
+}
+
+impl ManualClock {
+    /// A manual clock that starts at `start`.
+    pub fn new(start: DateTime<Utc>) -> Self {
+        ManualClock {
+            inner: Arc::new(ManualInner {
+                now: Mutex::new(start),
+                sleepers: Mutex::new(Vec::new()),
+                driven: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Moves time forward by `by`, then fires every alarm, schedule and idle eviction that is
+    /// due, and waits for their turns to finish.
+    pub async fn advance(&self, by: Duration) {
+        let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        let target = self
+            .now()
+            .checked_add_signed(by)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.set(target).await;
+    }
+
+    /// Sets the time (never backwards; an earlier time is ignored) and fires what is due.
+    pub async fn set(&self, at: DateTime<Utc>) {
+        let now = {
+            let mut now = lock(&self.inner.now);
+            if at > *now {
+                *now = at;
+            }
+            *now
+        };
+        let due: Vec<oneshot::Sender<()>> = {
+            let mut sleepers = lock(&self.inner.sleepers);
+            let (due, keep): (Vec<_>, Vec<_>) = sleepers.drain(..).partition(|(t, _)| *t <= now);
+            *sleepers = keep;
+            due.into_iter().map(|(_, tx)| tx).collect()
+        };
+        for tx in due {
+            let _ = tx.send(());
+        }
+        let driven: Vec<Arc<dyn TimeDriven>> = {
+            let mut list = lock(&self.inner.driven);
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        for d in driven {
+            d.on_time(now).await;
+        }
+    }
+
+    pub(crate) fn drive(&self, target: Weak<dyn TimeDriven>) {
+        lock(&self.inner.driven).push(target);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *lock(&self.inner.now)
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Sleep {
+        let (tx, rx) = oneshot::channel();
+        {
+            let now = lock(&self.inner.now);
+            if at <= *now {
+                return Box::pin(async {});
+            }
+            lock(&self.inner.sleepers).push((at, tx));
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+
+    fn as_manual(&self) -> Option<&ManualClock> {
+        Some(self)
+    }
+}
+
+/// Locks a mutex, ignoring poisoning: every critical section in this crate leaves its data
+/// consistent before anything that could panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// The instant `ms` milliseconds after the Unix epoch (clamped to chrono's range).
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}

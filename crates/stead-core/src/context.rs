@@ -1,0 +1,159 @@
+//! What a handler sees of its object and turn: identity, storage, time, deferred replies.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::schedule::Schedules;
+use crate::storage::Storage;
+
+/// A reply waiting for the output gate: called with `Ok` once the turn that produced it is
+/// durable, or with the error that reset the object.
+pub(crate) type PendingReply = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// The type-erased reply channel of the message being handled.
+pub(crate) trait ReplySlot: Send {
+    fn fail(self: Box<Self>, err: Error);
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    fn reply_type(&self) -> TypeId;
+}
+
+impl<T: Send + 'static> ReplySlot for oneshot::Sender<Result<T>> {
+    fn fail(self: Box<Self>, err: Error) {
+        let _ = self.send(Err(err));
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+    fn reply_type(&self) -> TypeId {
+        TypeId::of::<Self>()
+    }
+}
+
+/// The handle a handler gets on its object for the length of a turn.
+pub struct Context {
+    pub(crate) id: ObjectId,
+    pub(crate) name: Option<Arc<str>>,
+    pub(crate) class: &'static str,
+    pub(crate) storage: Storage,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) reply: Option<Box<dyn ReplySlot>>,
+    pub(crate) replies: Vec<PendingReply>,
+    pub(crate) deferred: Arc<AtomicUsize>,
+}
+
+impl Context {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The name the object was addressed by, for objects created by name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The object's class.
+    pub fn class(&self) -> &'static str {
+        self.class
+    }
+
+    /// The object's durable storage.
+    pub fn storage(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    /// The object's named jobs (one-shot, interval, cron), run by its `on_schedule` handler.
+    pub fn schedules(&mut self) -> Schedules<'_> {
+        Schedules::new(self)
+    }
+
+    /// The current time, from the runtime's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Parks the reply to the message being handled, to be given in a later turn with
+    /// [`Deferred::complete`]. Whatever the handler returns is then discarded. `T` must be
+    /// the handler's reply type. For a message sent with `tell` the handle is detached.
+    ///
+    /// An object that holds deferred replies is not evicted while it holds them.
+    pub fn defer<T: Send + 'static>(&mut self) -> Result<Deferred<T>> {
+        if let Some(slot) = &self.reply
+            && slot.reply_type() != TypeId::of::<oneshot::Sender<Result<T>>>()
+        {
+            return Err(Error::WrongReplyType);
+        }
+        let tx = self
+            .reply
+            .take()
+            .and_then(|slot| {
+                slot.into_any()
+                    .downcast::<oneshot::Sender<Result<T>>>()
+                    .ok()
+            })
+            .map(|tx| *tx);
+        self.deferred.fetch_add(1, Ordering::AcqRel);
+        Ok(Deferred {
+            tx,
+            count: self.deferred.clone(),
+        })
+    }
+
+    pub(crate) fn queue_reply(&mut self, reply: PendingReply) {
+        self.replies.push(reply);
+    }
+}
+
+/// A reply parked by [`Context::defer`]. Completing it in a later turn sends the value once
+/// that turn is durable (the output gate applies as to any reply). Dropping it fails the
+/// caller with [`Error::Reset`].
+pub struct Deferred<T> {
+    tx: Option<oneshot::Sender<Result<T>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl<T: Send + 'static> std::fmt::Debug for Deferred<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deferred")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Deferred<T> {
+    /// Answers the parked caller with `value`, once the current turn is durable.
+    pub fn complete(mut self, ctx: &mut Context, value: T) {
+        if let Some(tx) = self.tx.take() {
+            ctx.queue_reply(Box::new(move |gate| {
+                let _ = tx.send(gate.map(|()| value));
+            }));
+        }
+    }
+
+    /// Answers the parked caller with an error, once the current turn is durable.
+    pub fn fail(mut self, ctx: &mut Context, err: Error) {
+        if let Some(tx) = self.tx.take() {
+            ctx.queue_reply(Box::new(move |gate| {
+                let _ = tx.send(gate.and(Err(err)));
+            }));
+        }
+    }
+
+    /// Whether nobody waits for the answer any more (the caller gave up, or it was a `tell`).
+    pub fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+}
+
+impl<T> Drop for Deferred<T> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,868 @@
+//! The executor: one task per active object, a bounded mailbox, one turn at a time, the
+//! output gate, and the namespaces and stubs through which objects are addressed.
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::backend::{Ack, Backend, Durability, ObjectEntry, ObjectRef};
+use crate::clock::{from_ms, lock, to_ms};
+use crate::context::{Context, PendingReply, ReplySlot};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::object::{AlarmInfo, DurableObject, Handler, Message};
+use crate::runtime::Shared;
+use crate::schedule::{self, ScheduledJob};
+use crate::storage::{Storage, StorageLimits};
+
+/// How many lock shards the table of active objects is split into.
+const TABLE_SHARDS: usize = 64;
+/// At most this many turns run back to back before their writes are submitted.
+const MAX_TURNS_PER_BATCH: usize = 256;
+
+/// What a delivered alarm came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AlarmOutcome {
+    /// Ran (or was not due any more).
+    Done,
+    /// Failed; retry later.
+    Failed,
+    /// Failed for the last time and was dropped.
+    Dropped,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A message on its way to an object, with its reply channel.
+trait Call<O>: Send {
+    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, ()>;
+    fn fail(self: Box<Self>, err: Error);
+    fn message_type(&self) -> &'static str;
+}
+
+struct Request<M, R> {
+    msg: M,
+    reply: Option<oneshot::Sender<Result<R>>>,
+}
+
+impl<O, M> Call<O> for Request<M, <O as Handler<M>>::Reply>
+where
+    O: Handler<M>,
+    M: Message,
+{
+    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Request { msg, reply } = *self;
+            ctx.reply = reply.map(|tx| Box::new(tx) as Box<dyn ReplySlot>);
+            let value = obj.handle(msg, ctx).await;
+            if let Some(slot) = ctx.reply.take()
+                && let Ok(tx) = slot
+                    .into_any()
+                    .downcast::<oneshot::Sender<Result<<O as Handler<M>>::Reply>>>()
+            {
+                ctx.queue_reply(Box::new(move |gate| {
+                    let _ = tx.send(gate.map(|()| value));
+                }));
+            }
+        })
+    }
+
+    fn fail(self: Box<Self>, err: Error) {
+        if let Some(tx) = self.reply {
+            let _ = tx.send(Err(err));
+        }
+    }
+
+    fn message_type(&self) -> &'static str {
+        std::any::type_name::<M>()
+    }
+}
+
+enum Envelope<O> {
+    Call(Box<dyn Call<O>>),
+    Alarm {
+        retry: u32,
+        reply: oneshot::Sender<AlarmOutcome>,
+    },
+}
+
+impl<O> Envelope<O> {
+    fn fail(self, err: Error) {
+        match self {
+            Envelope::Call(c) => c.fail(err),
+            Envelope::Alarm { reply, .. } => {
+                let _ = reply.send(AlarmOutcome::Failed);
+            }
+        }
+    }
+}
+
+/// Control shared between an object's task and the runtime.
+pub(crate) struct SlotCtl {
+    last_used_ms: AtomicI64,
+    evict: AtomicBool,
+    evicted: Mutex<Vec<oneshot::Sender<bool>>>,
+    notify: Notify,
+}
+
+struct Slot<O> {
+    tx: mpsc::Sender<Envelope<O>>,
+    ctl: Arc<SlotCtl>,
+}
+
+/// A namespace as the runtime sees it, whatever its object type.
+pub(crate) trait NamespaceDyn: Send + Sync + 'static {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn deliver_alarm(self: Arc<Self>, id: ObjectId, retry: u32)
+    -> BoxFuture<'static, AlarmOutcome>;
+    /// Asks every object idle since before `cutoff_ms` to leave memory; the receivers say
+    /// whether each did.
+    fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>>;
+    fn last_used(&self, out: &mut Vec<(i64, ObjectId)>);
+    fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>>;
+    fn stop_all(&self);
+    fn active(&self) -> usize;
+}
+
+pub(crate) struct NsInner<O: DurableObject> {
+    shared: Arc<Shared>,
+    env: Arc<O::Env>,
+    backend: Arc<dyn Backend>,
+    durability: Durability,
+    table: Box<[Mutex<HashMap<ObjectId, Slot<O>>>]>,
+}
+
+impl<O: DurableObject> NsInner<O> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        env: Arc<O::Env>,
+        backend: Arc<dyn Backend>,
+        durability: Durability,
+    ) -> Self {
+        NsInner {
+            shared,
+            env,
+            backend,
+            durability,
+            table: (0..TABLE_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Slot<O>>> {
+        &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
+    }
+
+    /// Hands an envelope to the object's task, activating it if needed. Every send happens
+    /// under the table lock, so an object can leave the table only with an empty mailbox.
+    fn send(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: &Option<Arc<str>>,
+        env: Envelope<O>,
+    ) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            env.fail(Error::ShuttingDown);
+            return Err(Error::ShuttingDown);
+        }
+        let mut table = lock(self.shard(&id));
+        let slot = match table.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (tx, rx) = mpsc::channel(self.shared.config.mailbox_capacity);
+                let ctl = Arc::new(SlotCtl {
+                    last_used_ms: AtomicI64::new(to_ms(self.shared.clock.now())),
+                    evict: AtomicBool::new(false),
+                    evicted: Mutex::new(Vec::new()),
+                    notify: Notify::new(),
+                });
+                let actor = Actor::new(self.clone(), id, name.clone(), ctl.clone());
+                self.shared.object_started();
+                tokio::spawn(actor.run(rx));
+                v.insert(Slot { tx, ctl })
+            }
+        };
+        let depth = slot.tx.max_capacity() - slot.tx.capacity();
+        metrics::histogram!("stead_mailbox_depth").record(depth as f64);
+        match slot.tx.try_send(env) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(env)) => {
+                metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
+                let err = || Error::Overloaded {
+                    class: O::CLASS,
+                    retry_after: std::time::Duration::from_millis(100),
+                };
+                env.fail(err());
+                Err(err())
+            }
+            Err(mpsc::error::TrySendError::Closed(env)) => {
+                // The task ended without leaving the table (it cannot, but do not hang).
+                table.remove(&id);
+                env.fail(Error::Reset);
+                Err(Error::Reset)
+            }
+        }
+    }
+}
+
+impl<O: DurableObject> NamespaceDyn for NsInner<O> {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn deliver_alarm(
+        self: Arc<Self>,
+        id: ObjectId,
+        retry: u32,
+    ) -> BoxFuture<'static, AlarmOutcome> {
+        Box::pin(deliver_alarm(self, id, retry))
+    }
+
+    fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>> {
+        let mut out = Vec::new();
+        for shard in self.table.iter() {
+            for slot in lock(shard).values() {
+                if slot.ctl.last_used_ms.load(Ordering::Relaxed) <= cutoff_ms {
+                    out.push(request_evict(&slot.ctl));
+                }
+            }
+        }
+        out
+    }
+
+    fn last_used(&self, out: &mut Vec<(i64, ObjectId)>) {
+        for shard in self.table.iter() {
+            for (id, slot) in lock(shard).iter() {
+                out.push((slot.ctl.last_used_ms.load(Ordering::Relaxed), *id));
+            }
+        }
+    }
+
+    fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>> {
+        lock(self.shard(&id))
+            .get(&id)
+            .map(|slot| request_evict(&slot.ctl))
+    }
+
+    fn stop_all(&self) {
+        for shard in self.table.iter() {
+            for slot in lock(shard).values() {
+                slot.ctl.notify.notify_one();
+            }
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.table.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+fn request_evict(ctl: &SlotCtl) -> oneshot::Receiver<bool> {
+    let (tx, rx) = oneshot::channel();
+    lock(&ctl.evicted).push(tx);
+    ctl.evict.store(true, Ordering::Release);
+    ctl.notify.notify_one();
+    rx
+}
+
+/// Delivers an alarm to object `id` of a namespace, waiting for room in its mailbox.
+pub(crate) async fn deliver_alarm<O: DurableObject>(
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    retry: u32,
+) -> AlarmOutcome {
+    loop {
+        let (tx, rx) = oneshot::channel();
+        match ns.send(id, &None, Envelope::Alarm { retry, reply: tx }) {
+            Ok(()) => return rx.await.unwrap_or(AlarmOutcome::Failed),
+            Err(Error::Overloaded { retry_after, .. }) => tokio::time::sleep(retry_after).await,
+            Err(_) => return AlarmOutcome::Failed,
+        }
+    }
+}
+
+/// The task of one active object.
+struct Actor<O: DurableObject> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    ctl: Arc<SlotCtl>,
+    instance: Option<O>,
+    ctx: Context,
+    name_known: bool,
+    /// Replies held by the output gate, with the seq of the write they wait for.
+    gate: VecDeque<(u64, PendingReply)>,
+    next_seq: u64,
+    last_write: u64,
+    acked: u64,
+    outstanding: usize,
+    ack_tx: mpsc::UnboundedSender<Ack>,
+    ack_rx: mpsc::UnboundedReceiver<Ack>,
+    /// A commit failed: take no messages until every outstanding commit has answered.
+    resetting: bool,
+}
+
+impl<O: DurableObject> Actor<O> {
+    fn new(ns: Arc<NsInner<O>>, id: ObjectId, name: Option<Arc<str>>, ctl: Arc<SlotCtl>) -> Self {
+        let shared = &ns.shared;
+        let obj = ObjectRef {
+            class: O::CLASS,
+            id,
+        };
+        let limits = StorageLimits {
+            max_value_bytes: shared.config.max_value_bytes,
+            cache_bytes: shared.config.cache_bytes_per_object,
+        };
+        let storage = Storage::new(obj, name.clone(), ns.backend.clone(), ns.durability, limits);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let ctx = Context {
+            id,
+            name: name.clone(),
+            class: O::CLASS,
+            storage,
+            clock: shared.clock.clone(),
+            reply: None,
+            replies: Vec::new(),
+            deferred: Arc::new(AtomicUsize::new(0)),
+        };
+        Actor {
+            name_known: name.is_some(),
+            ns,
+            id,
+            ctl,
+            instance: None,
+            ctx,
+            gate: VecDeque::new(),
+            next_seq: 1,
+            last_write: 0,
+            acked: 0,
+            outstanding: 0,
+            ack_tx,
+            ack_rx,
+            resetting: false,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Envelope<O>>) {
+        loop {
+            if self.resetting && self.outstanding == 0 {
+                self.ctx.storage.reset();
+                self.resetting = false;
+            }
+            let stopping = self.ns.shared.closed.load(Ordering::Acquire);
+            if (stopping || self.ctl.evict.load(Ordering::Acquire)) && self.try_leave(&rx, stopping)
+            {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(ack) = self.ack_rx.recv() => self.on_ack(ack),
+                env = rx.recv(), if !self.resetting => match env {
+                    Some(env) => {
+                        self.ctl.last_used_ms.store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
+                        self.decline_eviction();
+                        self.process(env).await;
+                        let mut n = 1;
+                        while n < MAX_TURNS_PER_BATCH && !self.resetting {
+                            match rx.try_recv() {
+                                Ok(env) => self.process(env).await,
+                                Err(_) => break,
+                            }
+                            n += 1;
+                        }
+                        self.submit();
+                    }
+                    None => break,
+                },
+                _ = self.ctl.notify.notified() => {}
+            }
+        }
+        self.ns.shared.object_stopped();
+    }
+
+    /// Leaves the table if the object is idle; returns whether it did.
+    fn try_leave(&mut self, rx: &mpsc::Receiver<Envelope<O>>, stopping: bool) -> bool {
+        let busy = self.outstanding > 0
+            || self.resetting
+            || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
+        if busy {
+            if !stopping {
+                self.decline_eviction();
+            }
+            return false;
+        }
+        let mut table = lock(self.ns.shard(&self.id));
+        if !rx.is_empty() {
+            return false;
+        }
+        table.remove(&self.id);
+        drop(table);
+        for tx in lock(&self.ctl.evicted).drain(..) {
+            let _ = tx.send(true);
+        }
+        true
+    }
+
+    fn decline_eviction(&self) {
+        if self.ctl.evict.swap(false, Ordering::AcqRel) {
+            for tx in lock(&self.ctl.evicted).drain(..) {
+                let _ = tx.send(false);
+            }
+        }
+    }
+
+    async fn process(&mut self, env: Envelope<O>) {
+        if self.instance.is_none()
+            && let Err(e) = self.activate().await
+        {
+            env.fail(e);
+            return;
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            env.fail(Error::Reset);
+            return;
+        };
+        match env {
+            Envelope::Call(call) => {
+                let span = tracing::debug_span!("turn", class = O::CLASS, id = %self.id, message = call.message_type());
+                let started = Instant::now();
+                let turn = AssertUnwindSafe(call.call(instance, &mut self.ctx)).catch_unwind();
+                let result = turn.instrument(span).await;
+                metrics::counter!("stead_turns_total", "class" => O::CLASS).increment(1);
+                metrics::histogram!("stead_turn_seconds", "class" => O::CLASS)
+                    .record(started.elapsed().as_secs_f64());
+                match result {
+                    Ok(()) => self.end_turn(),
+                    Err(panic) => self.panicked(panic),
+                }
+            }
+            Envelope::Alarm { retry, reply } => self.run_alarm(retry, reply).await,
+        }
+    }
+
+    async fn activate(&mut self) -> Result<()> {
+        if !self.name_known {
+            self.name_known = true;
+            let obj = ObjectRef {
+                class: O::CLASS,
+                id: self.id,
+            };
+            if let Some(name) = self.ns.backend.object_name(&obj)? {
+                let name: Arc<str> = Arc::from(name);
+                self.ctx.name = Some(name.clone());
+                self.ctx.storage.set_name(Some(name));
+            }
+        }
+        let started = Instant::now();
+        let env = self.ns.env.clone();
+        let result = AssertUnwindSafe(O::activate(&mut self.ctx, env))
+            .catch_unwind()
+            .await;
+        metrics::histogram!("stead_activation_seconds", "class" => O::CLASS)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(obj)) => {
+                self.instance = Some(obj);
+                self.end_turn();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.ctx.storage.rollback();
+                self.ctx.replies.clear();
+                Err(e)
+            }
+            Err(panic) => {
+                self.ctx.storage.rollback();
+                self.ctx.replies.clear();
+                Err(Error::Panicked {
+                    message: panic_message(&panic),
+                })
+            }
+        }
+    }
+
+    /// Closes a successful turn: recomputes the alarm if needed, folds the writes into the
+    /// outgoing batch, and puts the turn's replies behind the output gate.
+    fn end_turn(&mut self) {
+        if self.ctx.storage.alarm_inputs_changed()
+            && let Err(e) = self.recompute_alarm()
+        {
+            self.ctx.storage.rollback();
+            for r in self.ctx.replies.drain(..) {
+                r(Err(Error::storage(std::io::Error::other(e.to_string()))));
+            }
+            return;
+        }
+        let seq = self.next_seq;
+        let end = self.ctx.storage.end_turn(seq);
+        if end.wrote {
+            self.next_seq += 1;
+            self.last_write = seq;
+        }
+        if let Some(alarm) = end.alarm {
+            self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
+        }
+        for reply in self.ctx.replies.drain(..) {
+            if self.last_write <= self.acked {
+                reply(Ok(()));
+            } else {
+                self.gate.push_back((self.last_write, reply));
+            }
+        }
+    }
+
+    fn recompute_alarm(&mut self) -> Result<()> {
+        let user = self.ctx.storage.user_alarm_ms()?;
+        let jobs = schedule::load(&mut self.ctx.storage)?;
+        let effective = match (user, schedule::earliest(&jobs)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.ctx.storage.set_effective_alarm(effective)
+    }
+
+    /// A handler panicked: its writes are discarded, its caller told, and the in-memory
+    /// object dropped; the next message activates it again from storage. Earlier turns are
+    /// unaffected.
+    fn panicked(&mut self, panic: Box<dyn Any + Send>) {
+        let message = panic_message(&panic);
+        tracing::error!(class = O::CLASS, id = %self.id, %message, "handler panicked; object reset");
+        metrics::counter!("stead_panics_total", "class" => O::CLASS).increment(1);
+        self.ctx.storage.rollback();
+        self.ctx.replies.clear();
+        if let Some(slot) = self.ctx.reply.take() {
+            slot.fail(Error::Panicked { message });
+        }
+        self.instance = None;
+    }
+
+    fn submit(&mut self) {
+        if self.resetting {
+            return;
+        }
+        if let Some(batch) = self.ctx.storage.take_batch(self.ack_tx.clone()) {
+            self.outstanding += 1;
+            self.ns.backend.submit(batch);
+        }
+    }
+
+    fn on_ack(&mut self, ack: Ack) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if self.resetting {
+            return;
+        }
+        if ack.ok {
+            self.acked = self.acked.max(ack.seq);
+            self.ctx.storage.acked(ack.seq);
+            while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
+                if let Some((_, reply)) = self.gate.pop_front() {
+                    reply(Ok(()));
+                }
+            }
+        } else {
+            tracing::warn!(class = O::CLASS, id = %self.id, "commit failed; object reset");
+            for (_, reply) in self.gate.drain(..) {
+                reply(Err(Error::Reset));
+            }
+            self.instance = None;
+            self.resetting = true;
+            // Nothing is pending once the reset completes: later replies need not wait.
+            self.acked = self.last_write;
+        }
+    }
+
+    async fn run_alarm(&mut self, retry: u32, reply: oneshot::Sender<AlarmOutcome>) {
+        let now = self.ctx.clock.now();
+        let now_ms = to_ms(now);
+        let due = match self.ctx.storage.effective_alarm() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
+                let _ = reply.send(AlarmOutcome::Failed);
+                return;
+            }
+        };
+        match due {
+            None => {
+                let _ = reply.send(AlarmOutcome::Done);
+                return;
+            }
+            Some(at) if at > now_ms => {
+                self.ns.shared.alarms.set(O::CLASS, self.id, Some(at));
+                let _ = reply.send(AlarmOutcome::Done);
+                return;
+            }
+            Some(at) => {
+                metrics::histogram!("stead_alarm_lag_seconds", "class" => O::CLASS)
+                    .record((now_ms - at).max(0) as f64 / 1000.0);
+            }
+        }
+        let result = match self.consume_due(now_ms) {
+            Ok((user, jobs)) => {
+                let ctx = &mut self.ctx;
+                let Some(instance) = self.instance.as_mut() else {
+                    let _ = reply.send(AlarmOutcome::Failed);
+                    return;
+                };
+                let run = async {
+                    if let Some(at) = user {
+                        let info = AlarmInfo {
+                            scheduled_at: from_ms(at),
+                            retry_count: retry,
+                        };
+                        instance.alarm(ctx, info).await?;
+                    }
+                    for (name, rec) in jobs {
+                        let job = ScheduledJob {
+                            name,
+                            kind: rec.kind,
+                            scheduled_at: from_ms(rec.next_ms),
+                        };
+                        instance.on_schedule(ctx, job).await?;
+                    }
+                    Ok::<(), Error>(())
+                };
+                let span = tracing::debug_span!("alarm", class = O::CLASS, id = %self.id, retry);
+                AssertUnwindSafe(run).catch_unwind().instrument(span).await
+            }
+            Err(e) => Ok(Err(e)),
+        };
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(panic) => {
+                self.instance = None;
+                Some(panic_message(&panic))
+            }
+        };
+        let outcome = match failure {
+            None => AlarmOutcome::Done,
+            Some(error) => {
+                self.ctx.storage.rollback();
+                self.ctx.replies.clear();
+                metrics::counter!("stead_alarm_failures_total", "class" => O::CLASS).increment(1);
+                if retry < self.ns.shared.config.alarm_max_retries {
+                    tracing::warn!(class = O::CLASS, id = %self.id, retry, %error, "alarm failed; will retry");
+                    let _ = reply.send(AlarmOutcome::Failed);
+                    return;
+                }
+                tracing::error!(class = O::CLASS, id = %self.id, retries = retry, %error, "alarm failed for the last time; dropped");
+                metrics::counter!("stead_alarms_dropped_total", "class" => O::CLASS).increment(1);
+                if let Err(e) = self.consume_due(now_ms) {
+                    tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not drop the alarm");
+                    let _ = reply.send(AlarmOutcome::Failed);
+                    return;
+                }
+                AlarmOutcome::Dropped
+            }
+        };
+        self.ctx.queue_reply(Box::new(move |_| {
+            let _ = reply.send(outcome);
+        }));
+        self.end_turn();
+    }
+
+    /// Clears the user's alarm if it is due and moves every due job on; returns what was due.
+    #[allow(clippy::type_complexity)]
+    fn consume_due(
+        &mut self,
+        now_ms: i64,
+    ) -> Result<(Option<i64>, Vec<(String, schedule::JobRecord)>)> {
+        let storage = &mut self.ctx.storage;
+        let user = storage.user_alarm_ms()?.filter(|t| *t <= now_ms);
+        if user.is_some() {
+            storage.delete_alarm();
+        }
+        let jobs: Vec<_> = schedule::load(storage)?
+            .into_iter()
+            .filter(|(_, r)| r.next_ms <= now_ms)
+            .collect();
+        for (name, rec) in &jobs {
+            schedule::advance(storage, name, rec, now_ms)?;
+        }
+        Ok((user, jobs))
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_owned()
+    }
+}
+
+/// The objects of one class, with the environment they share. Cheap to clone.
+pub struct Namespace<O: DurableObject> {
+    inner: Arc<NsInner<O>>,
+}
+
+impl<O: DurableObject> Clone for Namespace<O> {
+    fn clone(&self) -> Self {
+        Namespace {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<O: DurableObject> std::fmt::Debug for Namespace<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("class", &O::CLASS)
+            .finish()
+    }
+}
+
+/// One page of a namespace's object registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectPage {
+    /// The objects, ordered by id.
+    pub objects: Vec<ObjectEntry>,
+    /// Pass this as the cursor to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<O: DurableObject> Namespace<O> {
+    pub(crate) fn from_inner(inner: Arc<NsInner<O>>) -> Self {
+        Namespace { inner }
+    }
+
+    /// The id of the object called `name`: the same on every run and machine.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        ObjectId::from_name(O::CLASS, name)
+    }
+
+    /// A fresh random id.
+    pub fn unique_id(&self) -> ObjectId {
+        ObjectId::random()
+    }
+
+    /// Parses an id from its 64-hex-character form.
+    pub fn id_from_string(&self, hex: &str) -> Result<ObjectId> {
+        ObjectId::parse(hex)
+    }
+
+    /// A stub for the object with this id.
+    pub fn get(&self, id: ObjectId) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id,
+            name: None,
+        }
+    }
+
+    /// A stub for the object called `name`; inside it, [`Context::name`] returns the name.
+    pub fn get_by_name(&self, name: &str) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id: self.id_from_name(name),
+            name: Some(Arc::from(name)),
+        }
+    }
+
+    /// Objects of this class that have stored something, ordered by id, with the names they
+    /// were created by: `limit` at most, after `cursor` (a `next_cursor` from an earlier page).
+    pub fn list_objects(&self, cursor: Option<&str>, limit: usize) -> Result<ObjectPage> {
+        let after = cursor.map(ObjectId::parse).transpose()?;
+        let limit = limit.max(1);
+        let mut objects = self.inner.backend.objects(O::CLASS, after, limit + 1)?;
+        let next_cursor = if objects.len() > limit {
+            objects.truncate(limit);
+            objects.last().map(|o| o.id.to_string())
+        } else {
+            None
+        };
+        Ok(ObjectPage {
+            objects,
+            next_cursor,
+        })
+    }
+
+    /// How many objects of this class are in memory.
+    pub fn active_objects(&self) -> usize {
+        self.inner.active()
+    }
+
+    /// The shared environment.
+    pub fn env(&self) -> &Arc<O::Env> {
+        &self.inner.env
+    }
+}
+
+/// A handle on one object: send it messages with [`ask`](Self::ask) or [`tell`](Self::tell).
+/// Cheap to clone; holding one does not keep the object in memory.
+pub struct Stub<O: DurableObject> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    name: Option<Arc<str>>,
+}
+
+impl<O: DurableObject> Clone for Stub<O> {
+    fn clone(&self) -> Self {
+        Stub {
+            ns: self.ns.clone(),
+            id: self.id,
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl<O: DurableObject> std::fmt::Debug for Stub<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stub")
+            .field("class", &O::CLASS)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<O: DurableObject> Stub<O> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The name, for stubs made with [`Namespace::get_by_name`].
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Sends `msg` and waits for the reply, which arrives only once the turn's writes are
+    /// durable. Fails at once with [`Error::Overloaded`] when the mailbox is full.
+    pub async fn ask<M: Message>(&self, msg: M) -> Result<<O as Handler<M>>::Reply>
+    where
+        O: Handler<M>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let request: Request<M, <O as Handler<M>>::Reply> = Request {
+            msg,
+            reply: Some(tx),
+        };
+        self.ns
+            .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
+        rx.await.unwrap_or(Err(Error::Reset))
+    }
+
+    /// Sends `msg` without waiting: it is handled (and its writes committed) like any other
+    /// message, and the reply is dropped.
+    pub fn tell<M: Message>(&self, msg: M) -> Result<()>
+    where
+        O: Handler<M>,
+    {
+        let request: Request<M, <O as Handler<M>>::Reply> = Request { msg, reply: None };
+        self.ns
+            .send(self.id, &self.name, Envelope::Call(Box::new(request)))
+    }
+}

@@ -1,0 +1,84 @@
+//! # stead-core: the durable object runtime
+//!
+//! A durable object is an addressable, single-threaded object with its own durable
+//! key-value storage and an alarm. Each message it handles is one *turn*: the turn's writes
+//! commit atomically, and the reply leaves the object only once they are durable (the
+//! *output gate*). Turns of a busy object run back to back while earlier commits are still
+//! in flight, and a backend writer groups many turns into one transaction and one fsync, so
+//! a hot object is bounded by CPU, not by the disk.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde::{Deserialize, Serialize};
+//! use stead_core::{Context, DurableObject, Handler, Result, Runtime};
+//!
+//! struct Counter { value: i64 }
+//!
+//! impl DurableObject for Counter {
+//!     const CLASS: &'static str = "counter";
+//!     type Env = ();
+//!     async fn activate(ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+//!         Ok(Counter { value: ctx.storage().get("value").await?.unwrap_or(0) })
+//!     }
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Increment { by: i64 }
+//!
+//! impl Handler<Increment> for Counter {
+//!     type Reply = Result<i64>;
+//!     async fn handle(&mut self, msg: Increment, ctx: &mut Context) -> Result<i64> {
+//!         self.value += msg.by;
+//!         ctx.storage().put("value", &self.value)?;
+//!         Ok(self.value)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
+//! let counters = rt.namespace::<Counter>(())?;
+//! let views = counters.get_by_name("page-views");
+//! views.ask(Increment { by: 1 }).await??;
+//! assert_eq!(views.ask(Increment { by: 2 }).await??, 3);
+//! rt.shutdown().await?;
+//!
+//! // Everything acknowledged is on disk: a new runtime on the same directory sees it.
+//! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
+//! let views = rt.namespace::<Counter>(())?.get_by_name("page-views");
+//! assert_eq!(views.ask(Increment { by: 0 }).await??, 3);
+//! # rt.shutdown().await?;
+//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! ```
+//!
+//! The contract, promise by promise, is in the project's design document; each promise has
+//! a test in this crate's `tests/`.
+
+mod backend;
+mod clock;
+mod context;
+mod error;
+mod executor;
+#[cfg(feature = "http")]
+pub mod http;
+mod id;
+mod object;
+mod runtime;
+mod schedule;
+mod storage;
+
+pub use backend::{
+    Backend, CommitBatch, Durability, FaultyBackend, ListOptions, MemoryBackend, ObjectEntry,
+    ObjectRef, Value,
+};
+#[cfg(feature = "sqlite")]
+pub use backend::{SqliteBackend, SqliteOptions};
+pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use context::{Context, Deferred};
+pub use error::{BoxError, Error, Result};
+pub use executor::{Namespace, ObjectPage, Stub};
+pub use id::ObjectId;
+pub use object::{AlarmInfo, DurableObject, Handler, Message};
+pub use runtime::{NamespaceOptions, Runtime, RuntimeBuilder, RuntimeConfig};
+pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
+pub use storage::{MAX_KEY_BYTES, Storage};

@@ -1,0 +1,238 @@
+//! Named jobs on top of an object's one alarm: one-shot, fixed interval, and cron.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{from_ms, to_ms};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::storage::{SCHEDULE_PREFIX, Storage};
+
+/// The longest schedule name, in bytes.
+const MAX_NAME_BYTES: usize = 256;
+
+/// When a job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
+pub enum ScheduleKind {
+    /// Once, then the job is removed.
+    Once,
+    /// Every `interval_ms`, from when it was scheduled. Missed runs are not replayed: after
+    /// downtime a job runs once, then keeps its cadence.
+    Every {
+        /// The period in milliseconds.
+        interval_ms: u64,
+    },
+    /// At the times a five-field (or six, with seconds) cron expression names, in UTC.
+    Cron {
+        /// The expression.
+        expr: String,
+    },
+}
+
+/// A job that has fallen due, as given to [`crate::DurableObject::on_schedule`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledJob {
+    /// The job's name.
+    pub name: String,
+    /// How it recurs.
+    pub kind: ScheduleKind,
+    /// When it was due.
+    pub scheduled_at: DateTime<Utc>,
+}
+
+/// A job as listed by [`Schedules::list`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleInfo {
+    /// The job's name.
+    pub name: String,
+    /// How it recurs.
+    pub kind: ScheduleKind,
+    /// When it runs next.
+    pub next: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct JobRecord {
+    #[serde(flatten)]
+    pub(crate) kind: ScheduleKind,
+    pub(crate) next_ms: i64,
+}
+
+/// The jobs of one object; get it with [`Context::schedules`]. Changes commit with the turn.
+///
+/// ```
+/// # use std::time::Duration;
+/// # async fn demo(ctx: &mut stead_core::Context) -> stead_core::Result<()> {
+/// ctx.schedules().every("flush", Duration::from_secs(10))?;
+/// ctx.schedules().cron("nightly", "0 3 * * *")?;
+/// ctx.schedules().cancel("flush").await?;
+/// # Ok(()) }
+/// ```
+pub struct Schedules<'a> {
+    ctx: &'a mut Context,
+}
+
+impl<'a> Schedules<'a> {
+    pub(crate) fn new(ctx: &'a mut Context) -> Self {
+        Schedules { ctx }
+    }
+
+    /// Runs job `name` once at `at` (replacing a job of that name).
+    pub fn once(&mut self, name: &str, at: DateTime<Utc>) -> Result<()> {
+        self.put(name, ScheduleKind::Once, to_ms(at))
+    }
+
+    /// Runs job `name` every `interval`, first one `interval` from now.
+    pub fn every(&mut self, name: &str, interval: Duration) -> Result<()> {
+        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(Error::InvalidSchedule {
+                detail: "an interval must be at least one millisecond".into(),
+            });
+        }
+        let first = to_ms(self.ctx.now()).saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        self.put(name, ScheduleKind::Every { interval_ms: ms }, first)
+    }
+
+    /// Runs job `name` whenever the cron expression `expr` matches (UTC).
+    pub fn cron(&mut self, name: &str, expr: &str) -> Result<()> {
+        let kind = ScheduleKind::Cron {
+            expr: expr.to_owned(),
+        };
+        let now = to_ms(self.ctx.now());
+        let next = next_after(&kind, now, now)?.ok_or_else(|| Error::InvalidSchedule {
+            detail: format!("cron expression {expr:?} never matches"),
+        })?;
+        self.put(name, kind, next)
+    }
+
+    /// Removes job `name`; returns whether it existed.
+    pub async fn cancel(&mut self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let existed = self
+            .ctx
+            .storage
+            .get_internal::<JobRecord>(&key(name))?
+            .is_some();
+        self.ctx.storage.delete_internal(key(name));
+        Ok(existed)
+    }
+
+    /// Every job of the object, by name.
+    pub async fn list(&mut self) -> Result<Vec<ScheduleInfo>> {
+        Ok(load(&mut self.ctx.storage)?
+            .into_iter()
+            .map(|(name, r)| ScheduleInfo {
+                name,
+                kind: r.kind,
+                next: from_ms(r.next_ms),
+            })
+            .collect())
+    }
+
+    fn put(&mut self, name: &str, kind: ScheduleKind, next_ms: i64) -> Result<()> {
+        check_name(name)?;
+        self.ctx
+            .storage
+            .put_internal(key(name), &JobRecord { kind, next_ms })
+    }
+}
+
+fn key(name: &str) -> String {
+    format!("{SCHEDULE_PREFIX}{name}")
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(Error::InvalidSchedule {
+            detail: format!("a job name must be 1 to {MAX_NAME_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// Every job of an object, by name.
+pub(crate) fn load(storage: &mut Storage) -> Result<Vec<(String, JobRecord)>> {
+    Ok(storage
+        .list_internal::<JobRecord>(SCHEDULE_PREFIX)?
+        .into_iter()
+        .map(|(k, r)| (k[SCHEDULE_PREFIX.len()..].to_owned(), r))
+        .collect())
+}
+
+/// Records that job `name` ran (or was dropped) at `now`: removes a one-shot, moves a
+/// recurring job to its next time.
+pub(crate) fn advance(storage: &mut Storage, name: &str, rec: &JobRecord, now: i64) -> Result<()> {
+    match next_after(&rec.kind, rec.next_ms, now)? {
+        None => storage.delete_internal(key(name)),
+        Some(next_ms) => storage.put_internal(
+            key(name),
+            &JobRecord {
+                kind: rec.kind.clone(),
+                next_ms,
+            },
+        )?,
+    }
+    Ok(())
+}
+
+/// The next run of a job that was due at `due`, strictly after `now`.
+fn next_after(kind: &ScheduleKind, due: i64, now: i64) -> Result<Option<i64>> {
+    match kind {
+        ScheduleKind::Once => Ok(None),
+        ScheduleKind::Every { interval_ms } => {
+            let step = i64::try_from(*interval_ms).unwrap_or(i64::MAX).max(1);
+            let behind = now.saturating_sub(due).max(0);
+            let steps = behind / step + 1;
+            Ok(Some(due.saturating_add(steps.saturating_mul(step))))
+        }
+        ScheduleKind::Cron { expr } => {
+            let cron = croner::Cron::from_str(expr).map_err(|e| Error::InvalidSchedule {
+                detail: format!("invalid cron expression {expr:?}: {e}"),
+            })?;
+            Ok(cron
+                .find_next_occurrence(&from_ms(now), false)
+                .ok()
+                .map(to_ms))
+        }
+    }
+}
+
+/// The earliest time any job is due.
+pub(crate) fn earliest(jobs: &[(String, JobRecord)]) -> Option<i64> {
+    jobs.iter().map(|(_, r)| r.next_ms).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_skip_missed_runs() {
+        let kind = ScheduleKind::Every { interval_ms: 10 };
+        assert_eq!(next_after(&kind, 100, 100).unwrap(), Some(110));
+        assert_eq!(next_after(&kind, 100, 135).unwrap(), Some(140));
+    }
+
+    #[test]
+    fn cron_finds_next_minute() {
+        let kind = ScheduleKind::Cron {
+            expr: "*/5 * * * *".into(),
+        };
+        let t = to_ms("2026-01-01T00:01:30Z".parse().unwrap());
+        let next = next_after(&kind, t, t).unwrap().unwrap();
+        assert_eq!(from_ms(next).to_rfc3339(), "2026-01-01T00:05:00+00:00");
+        let bad = ScheduleKind::Cron {
+            expr: "not cron".into(),
+        };
+        assert!(matches!(
+            next_after(&bad, t, t),
+            Err(Error::InvalidSchedule { .. })
+        ));
+    }
+}

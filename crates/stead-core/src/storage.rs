@@ -1,0 +1,518 @@
+//! The storage an object sees inside a turn: a sorted key-value space with read-your-writes,
+//! backed by a per-object cache, the object's writes not yet acknowledged, and the backend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::backend::{Backend, CommitBatch, Durability, Fence, ListOptions, ObjectRef, Value};
+use crate::clock::{from_ms, to_ms};
+use crate::error::{Error, Result};
+
+/// The longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 2048;
+/// Keys starting with this byte belong to the runtime (alarms, schedules); user keys may not.
+pub(crate) const INTERNAL: char = '\0';
+/// Where the user's own alarm time is kept (epoch ms), apart from the schedules.
+pub(crate) const USER_ALARM_KEY: &str = "\0alarm";
+/// The prefix of schedule entries.
+pub(crate) const SCHEDULE_PREFIX: &str = "\0sched/";
+/// The first key a user can have.
+const FIRST_USER_KEY: &str = "\u{1}";
+
+/// Limits that apply to an object's storage.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StorageLimits {
+    pub(crate) max_value_bytes: usize,
+    pub(crate) cache_bytes: usize,
+}
+
+/// An object's durable key-value storage, as seen from inside a turn.
+///
+/// Keys are strings of 1 to 2048 bytes, ordered by their bytes; values are any serde type,
+/// stored as JSON, at most 128 KiB by default. Reads see this turn's own writes. Writes are
+/// buffered and never block; they commit with the turn, atomically, or not at all.
+pub struct Storage {
+    obj: ObjectRef,
+    name: Option<Arc<str>>,
+    backend: Arc<dyn Backend>,
+    durability: Durability,
+    limits: StorageLimits,
+
+    // This turn's changes.
+    turn: BTreeMap<String, Option<Value>>,
+    turn_cleared: bool,
+    turn_alarm_dirty: bool,
+    turn_alarm: Option<Option<i64>>,
+
+    // Changes of finished turns that are not yet acknowledged durable, with the seq of the
+    // turn that last wrote them.
+    unacked: BTreeMap<String, (Option<Value>, u64)>,
+    unacked_alarm: Option<(Option<i64>, u64)>,
+    cleared_seq: Option<u64>,
+    // What changed since the last batch was submitted.
+    dirty: BTreeSet<String>,
+    dirty_clear: bool,
+    dirty_alarm: bool,
+    last_seq: u64,
+
+    // Committed values (None: known absent). Evictable.
+    cache: HashMap<String, Option<Value>>,
+    cache_bytes: usize,
+    committed_alarm: Option<Option<i64>>,
+    registered: bool,
+    fence: Arc<Fence>,
+}
+
+/// What a finished turn left for the object to do.
+pub(crate) struct TurnEnd {
+    pub(crate) wrote: bool,
+    pub(crate) alarm: Option<Option<i64>>,
+}
+
+impl Storage {
+    pub(crate) fn new(
+        obj: ObjectRef,
+        name: Option<Arc<str>>,
+        backend: Arc<dyn Backend>,
+        durability: Durability,
+        limits: StorageLimits,
+    ) -> Self {
+        Storage {
+            obj,
+            name,
+            backend,
+            durability,
+            limits,
+            turn: BTreeMap::new(),
+            turn_cleared: false,
+            turn_alarm_dirty: false,
+            turn_alarm: None,
+            unacked: BTreeMap::new(),
+            unacked_alarm: None,
+            cleared_seq: None,
+            dirty: BTreeSet::new(),
+            dirty_clear: false,
+            dirty_alarm: false,
+            last_seq: 0,
+            cache: HashMap::new(),
+            cache_bytes: 0,
+            committed_alarm: None,
+            registered: false,
+            fence: Arc::new(Fence::default()),
+        }
+    }
+
+    pub(crate) fn set_name(&mut self, name: Option<Arc<str>>) {
+        self.name = name;
+    }
+
+    // ----- public API -------------------------------------------------------------------
+
+    /// The value stored at `key`, decoded as `T`.
+    pub async fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        check_user_key(key)?;
+        self.get_raw(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The values stored at several keys; absent keys are left out of the map.
+    pub async fn get_many<T: DeserializeOwned>(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, T>> {
+        let mut out = BTreeMap::new();
+        for k in keys {
+            check_user_key(k)?;
+            if let Some(v) = self.get_raw(k)? {
+                out.insert((*k).to_owned(), decode(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The entries in a range, decoded as `T`, in key order (or reverse order).
+    pub async fn list<T: DeserializeOwned>(
+        &mut self,
+        opts: ListOptions,
+    ) -> Result<Vec<(String, T)>> {
+        let mut opts = opts;
+        if opts.start.as_deref().is_none_or(|s| s < FIRST_USER_KEY) {
+            opts.start = Some(FIRST_USER_KEY.to_owned());
+        }
+        self.list_raw(&opts)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect()
+    }
+
+    /// Stores `value` at `key`.
+    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        check_user_key(key)?;
+        let v = self.encode(value)?;
+        self.turn.insert(key.to_owned(), Some(v));
+        Ok(())
+    }
+
+    /// Stores several entries; all are validated before any is written.
+    pub fn put_many<T: Serialize>(&mut self, entries: &[(&str, T)]) -> Result<()> {
+        let mut encoded = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            check_user_key(k)?;
+            encoded.push(((*k).to_owned(), self.encode(v)?));
+        }
+        for (k, v) in encoded {
+            self.turn.insert(k, Some(v));
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn delete(&mut self, key: &str) -> Result<bool> {
+        check_user_key(key)?;
+        let existed = self.get_raw(key)?.is_some();
+        self.turn.insert(key.to_owned(), None);
+        Ok(existed)
+    }
+
+    /// Deletes every key, the alarm and every schedule of the object.
+    pub fn delete_all(&mut self) {
+        self.turn.clear();
+        self.turn_cleared = true;
+        self.turn_alarm_dirty = true;
+    }
+
+    /// Discards every write this turn has made so far.
+    pub fn rollback(&mut self) {
+        self.turn.clear();
+        self.turn_cleared = false;
+        self.turn_alarm_dirty = false;
+        self.turn_alarm = None;
+    }
+
+    /// Sets the object's alarm: its `alarm` handler runs at or after `at` (at least once,
+    /// even across restarts). Replaces any earlier alarm.
+    pub fn set_alarm(&mut self, at: DateTime<Utc>) -> Result<()> {
+        let v = self.encode(&to_ms(at))?;
+        self.turn.insert(USER_ALARM_KEY.to_owned(), Some(v));
+        self.turn_alarm_dirty = true;
+        Ok(())
+    }
+
+    /// The time the alarm is set for, if any.
+    pub async fn alarm(&mut self) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.user_alarm_ms()?.map(from_ms))
+    }
+
+    /// Removes the alarm.
+    pub fn delete_alarm(&mut self) {
+        self.turn.insert(USER_ALARM_KEY.to_owned(), None);
+        self.turn_alarm_dirty = true;
+    }
+
+    // ----- runtime-internal -------------------------------------------------------------
+
+    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Value> {
+        let bytes = serde_json::to_vec(value).map_err(Error::Codec)?;
+        if bytes.len() > self.limits.max_value_bytes {
+            return Err(Error::ValueTooLarge {
+                size: bytes.len(),
+                max: self.limits.max_value_bytes,
+            });
+        }
+        Ok(Value::from(bytes))
+    }
+
+    pub(crate) fn user_alarm_ms(&mut self) -> Result<Option<i64>> {
+        self.get_raw(USER_ALARM_KEY)?
+            .map(|v| decode::<i64>(&v))
+            .transpose()
+    }
+
+    pub(crate) fn get_internal<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
+        self.get_raw(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    pub(crate) fn put_internal<T: Serialize>(&mut self, key: String, value: &T) -> Result<()> {
+        let v = self.encode(value)?;
+        self.turn.insert(key, Some(v));
+        self.turn_alarm_dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn delete_internal(&mut self, key: String) {
+        self.turn.insert(key, None);
+        self.turn_alarm_dirty = true;
+    }
+
+    pub(crate) fn list_internal<T: DeserializeOwned>(
+        &mut self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>> {
+        self.list_raw(&ListOptions::prefix(prefix))?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode(&v)?)))
+            .collect()
+    }
+
+    /// Whether the turn touched the alarm or the schedules, so the effective alarm must be
+    /// recomputed.
+    pub(crate) fn alarm_inputs_changed(&self) -> bool {
+        self.turn_alarm_dirty
+    }
+
+    /// Sets the alarm the backend keeps (the earliest of the user's alarm and the schedules).
+    pub(crate) fn set_effective_alarm(&mut self, at: Option<i64>) -> Result<()> {
+        if self.effective_alarm()? != at || self.turn_cleared {
+            self.turn_alarm = Some(at);
+        }
+        Ok(())
+    }
+
+    /// The alarm the backend keeps, with this turn's and unacknowledged changes applied.
+    pub(crate) fn effective_alarm(&mut self) -> Result<Option<i64>> {
+        if let Some(a) = self.turn_alarm {
+            return Ok(a);
+        }
+        if self.turn_cleared {
+            return Ok(None);
+        }
+        if let Some((a, _)) = self.unacked_alarm {
+            return Ok(a);
+        }
+        if self.cleared_seq.is_some() {
+            return Ok(None);
+        }
+        match self.committed_alarm {
+            Some(a) => Ok(a),
+            None => {
+                let a = self.backend.get_alarm(&self.obj)?;
+                self.committed_alarm = Some(a);
+                Ok(a)
+            }
+        }
+    }
+
+    fn get_raw(&mut self, key: &str) -> Result<Option<Value>> {
+        if let Some(v) = self.turn.get(key) {
+            return Ok(v.clone());
+        }
+        if self.turn_cleared {
+            return Ok(None);
+        }
+        if let Some((v, _)) = self.unacked.get(key) {
+            return Ok(v.clone());
+        }
+        if self.cleared_seq.is_some() {
+            return Ok(None);
+        }
+        if let Some(v) = self.cache.get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.backend.get(&self.obj, key)?;
+        self.cache_insert(key.to_owned(), v.clone());
+        Ok(v)
+    }
+
+    fn cache_insert(&mut self, key: String, v: Option<Value>) {
+        let size = key.len() + v.as_ref().map_or(0, |v| v.len()) + 48;
+        if self.cache_bytes + size > self.limits.cache_bytes {
+            self.cache.clear();
+            self.cache_bytes = 0;
+            if size > self.limits.cache_bytes {
+                return;
+            }
+        }
+        if let Some(old) = self.cache.insert(key, v) {
+            self.cache_bytes = self.cache_bytes.saturating_sub(old.map_or(0, |o| o.len()));
+        } else {
+            self.cache_bytes += size;
+        }
+    }
+
+    fn list_raw(&mut self, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+        let limit = opts.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (lower, upper) = opts.bounds();
+        if upper.as_ref().is_some_and(|u| *u <= lower) {
+            return Ok(Vec::new());
+        }
+        let range = |lower: &str, upper: Option<&str>| {
+            (
+                Bound::Included(lower.to_owned()),
+                upper.map_or(Bound::Unbounded, |u| Bound::Excluded(u.to_owned())),
+            )
+        };
+        let r = range(&lower, upper.as_deref());
+        let mut merged: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        if !self.turn_cleared {
+            let overlay =
+                self.unacked.range(r.clone()).count() + self.turn.range(r.clone()).count();
+            if self.cleared_seq.is_none() {
+                let mut backend_opts = opts.clone();
+                backend_opts.limit = opts.limit.map(|l| l.saturating_add(overlay));
+                for (k, v) in self.backend.list(&self.obj, &backend_opts)? {
+                    merged.insert(k, Some(v));
+                }
+            }
+            for (k, (v, _)) in self.unacked.range(r.clone()) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in self.turn.range(r) {
+            merged.insert(k.clone(), v.clone());
+        }
+        let live = merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)));
+        Ok(if opts.reverse {
+            live.rev().take(limit).collect()
+        } else {
+            live.take(limit).collect()
+        })
+    }
+
+    /// Folds this turn's changes into the unacknowledged set under `seq`.
+    pub(crate) fn end_turn(&mut self, seq: u64) -> TurnEnd {
+        let wrote = self.turn_cleared || !self.turn.is_empty() || self.turn_alarm.is_some();
+        if self.turn_cleared {
+            self.unacked.clear();
+            self.dirty.clear();
+            self.cache.clear();
+            self.cache_bytes = 0;
+            self.cleared_seq = Some(seq);
+            self.dirty_clear = true;
+            self.registered = false;
+            if self.turn_alarm.is_none() {
+                self.turn_alarm = Some(None);
+            }
+        }
+        for (k, v) in std::mem::take(&mut self.turn) {
+            self.dirty.insert(k.clone());
+            self.unacked.insert(k, (v, seq));
+        }
+        let alarm = self.turn_alarm.take();
+        if let Some(a) = alarm {
+            self.unacked_alarm = Some((a, seq));
+            self.dirty_alarm = true;
+        }
+        self.turn_cleared = false;
+        self.turn_alarm_dirty = false;
+        if wrote {
+            self.last_seq = seq;
+        }
+        TurnEnd { wrote, alarm }
+    }
+
+    /// The batch of everything written since the last one, if anything was.
+    pub(crate) fn take_batch(
+        &mut self,
+        ack: tokio::sync::mpsc::UnboundedSender<crate::backend::Ack>,
+    ) -> Option<CommitBatch> {
+        if self.dirty.is_empty() && !self.dirty_clear && !self.dirty_alarm {
+            return None;
+        }
+        let writes: Vec<(String, Option<Value>)> = std::mem::take(&mut self.dirty)
+            .into_iter()
+            .map(|k| {
+                let v = self.unacked.get(&k).and_then(|(v, _)| v.clone());
+                (k, v)
+            })
+            .collect();
+        let alarm = if self.dirty_alarm {
+            self.unacked_alarm.map(|(a, _)| a)
+        } else {
+            None
+        };
+        let has_state =
+            writes.iter().any(|(_, v)| v.is_some()) || alarm.is_some_and(|a| a.is_some());
+        let register = if !self.registered && has_state {
+            self.registered = true;
+            Some(self.name.clone())
+        } else {
+            None
+        };
+        let batch = CommitBatch {
+            object: self.obj,
+            clear: self.dirty_clear,
+            writes,
+            alarm,
+            register,
+            durability: self.durability,
+            fence: self.fence.clone(),
+            ack: Some((self.last_seq, ack)),
+        };
+        self.dirty_clear = false;
+        self.dirty_alarm = false;
+        Some(batch)
+    }
+
+    /// Everything up to `seq` is durable: move it into the committed cache.
+    pub(crate) fn acked(&mut self, seq: u64) {
+        if self.cleared_seq.is_some_and(|c| c <= seq) {
+            self.cleared_seq = None;
+        }
+        if let Some((a, s)) = self.unacked_alarm
+            && s <= seq
+        {
+            self.committed_alarm = Some(a);
+            self.unacked_alarm = None;
+        }
+        let done: Vec<String> = self
+            .unacked
+            .iter()
+            .filter(|(_, (_, s))| *s <= seq)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some((v, _)) = self.unacked.remove(&k) {
+                self.cache_insert(k, v);
+            }
+        }
+    }
+
+    /// Forgets everything in memory (after a reset): the next read goes to the backend.
+    pub(crate) fn reset(&mut self) {
+        self.turn.clear();
+        self.turn_cleared = false;
+        self.turn_alarm_dirty = false;
+        self.turn_alarm = None;
+        self.unacked.clear();
+        self.unacked_alarm = None;
+        self.cleared_seq = None;
+        self.dirty.clear();
+        self.dirty_clear = false;
+        self.dirty_alarm = false;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.committed_alarm = None;
+        self.registered = false;
+        self.fence = Arc::new(Fence::default());
+    }
+}
+
+fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(Error::Codec)
+}
+
+fn check_user_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::InvalidKey {
+            reason: "keys may not be empty",
+        });
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidKey {
+            reason: "keys may be at most 2048 bytes",
+        });
+    }
+    if key.starts_with(INTERNAL) {
+        return Err(Error::InvalidKey {
+            reason: "keys starting with a NUL character are reserved",
+        });
+    }
+    Ok(())
+}
