@@ -84,6 +84,19 @@ impl FaultyBackend {
         }
     }
 
+    /// Fails the first stalled commit, then lets the others through in order (they are
+    /// refused by the fence when they belong to the same activation).
+    pub fn release_failing_first(&self) {
+        let held = lock(&self.held).take().unwrap_or_default();
+        let mut held = held.into_iter();
+        if let Some(first) = held.next() {
+            first.complete(Err(Error::Reset));
+        }
+        for b in held {
+            self.inner.submit(b);
+        }
+    }
+
     fn check_reads(&self) -> Result<()> {
         if self.fail_reads.load(Ordering::SeqCst) {
             Err(unavailable("injected read failure"))

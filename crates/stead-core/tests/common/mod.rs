@@ -14,13 +14,28 @@ use stead_core::{
     Result, Runtime, RuntimeBuilder, ScheduledJob,
 };
 
-#[derive(Default)]
 pub struct ProbeEnv {
     pub activations: AtomicUsize,
     pub alarms: Mutex<Vec<(String, AlarmInfo)>>,
     pub jobs: Mutex<Vec<(String, ScheduledJob)>>,
     /// How many alarm deliveries should fail before one succeeds.
     pub failing_alarms: AtomicU32,
+    /// `Block` waits for a permit here.
+    pub gate: tokio::sync::Semaphore,
+    pub blocked: std::sync::atomic::AtomicBool,
+}
+
+impl Default for ProbeEnv {
+    fn default() -> Self {
+        ProbeEnv {
+            activations: AtomicUsize::new(0),
+            alarms: Mutex::new(Vec::new()),
+            jobs: Mutex::new(Vec::new()),
+            failing_alarms: AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            blocked: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 pub struct Probe {
@@ -406,5 +421,17 @@ pub async fn harness_with(
         dir,
         clock,
         faulty,
+    }
+}
+
+/// Waits for a permit of the env's gate: keeps the object busy.
+#[derive(Serialize, Deserialize)]
+pub struct Block;
+
+impl Handler<Block> for Probe {
+    type Reply = ();
+    async fn handle(&mut self, _: Block, _ctx: &mut Context) {
+        self.env.blocked.store(true, Ordering::SeqCst);
+        let _ = self.env.gate.acquire().await.map(|p| p.forget());
     }
 }

@@ -1,0 +1,452 @@
+//! Promises of the runtime beyond storage: the output gate, resets, overload, eviction,
+//! restarts, alarm retries, shutdown and durability overrides.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use stead_core::{
+    Context, Durability, DurableObject, Error, Handler, NamespaceOptions, Result, Runtime,
+};
+
+/// Yields until `cond` holds; fails after a bounded number of yields.
+async fn eventually(mut cond: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn no_reply_leaves_before_its_commit_is_durable() {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("gate");
+    faulty.stall_commit(faulty.submitted() + 1);
+    let pending = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    // A read-only turn that saw the write is held behind it too.
+    let reader = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Script(vec![Op::Get("n".into())])).await }
+    });
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!pending.is_finished(), "the reply waited for the commit");
+    assert!(
+        !reader.is_finished(),
+        "a reply that observed the write waits too"
+    );
+    faulty.release();
+    assert_eq!(pending.await.unwrap().unwrap().unwrap(), 1);
+    assert_eq!(
+        reader.await.unwrap().unwrap().unwrap(),
+        vec![Seen::Value(Some(1))]
+    );
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_commit_resets_the_object_and_fails_pending_replies() {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name("doomed");
+    assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), 1);
+    // Stall the next commit, pipeline more turns behind it, then fail it.
+    faulty.stall_commit(faulty.submitted() + 1);
+    let first = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    let second = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    eventually(|| faulty.held() == 2).await;
+    faulty.release_failing_first();
+    assert!(matches!(first.await.unwrap(), Err(Error::Reset)));
+    assert!(
+        matches!(second.await.unwrap(), Err(Error::Reset)),
+        "the later turn built on lost writes"
+    );
+    // Nothing unacknowledged happened: the value is the last acknowledged one.
+    assert_eq!(
+        o.ask(Script(vec![Op::Get("n".into())]))
+            .await
+            .unwrap()
+            .unwrap(),
+        vec![Seen::Value(Some(1))]
+    );
+    assert_eq!(
+        env.activations.load(Ordering::SeqCst),
+        2,
+        "re-activated from durable state"
+    );
+    assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), 2);
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_mailbox_fails_at_once_with_overloaded() {
+    let h = harness_with(Kind::Memory, |b| b.mailbox_capacity(2)).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name("busy");
+    o.tell(Block).unwrap();
+    eventually(|| env.blocked.load(Ordering::SeqCst)).await;
+    o.tell(WhoAmI).unwrap();
+    o.tell(WhoAmI).unwrap();
+    let err = o.ask(WhoAmI).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Overloaded { class: "probe", .. }),
+        "{err}"
+    );
+    assert!(matches!(o.tell(WhoAmI), Err(Error::Overloaded { .. })));
+    env.gate.add_permits(1);
+    eventually(|| !o.tell(WhoAmI).is_err()).await;
+    assert_eq!(o.ask(WhoAmI).await.unwrap().0.as_deref(), Some("busy"));
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_objects_are_evicted_and_come_back_with_their_state() {
+    let h = harness(Kind::Sqlite).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name("idle");
+    assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), 1);
+    assert_eq!(o.ask(WhoAmI).await.unwrap().2, 2, "in-memory turn count");
+    h.clock.advance(Duration::from_secs(30)).await;
+    assert_eq!(ns.active_objects(), 1, "not idle long enough");
+    h.clock.advance(Duration::from_secs(31)).await;
+    assert_eq!(ns.active_objects(), 0);
+    assert_eq!(h.rt.active_objects(), 0);
+    assert_eq!(o.ask(WhoAmI).await.unwrap().2, 1, "a fresh instance");
+    assert_eq!(
+        o.ask(Incr("n".into())).await.unwrap().unwrap(),
+        2,
+        "durable state kept"
+    );
+    assert_eq!(env.activations.load(Ordering::SeqCst), 2);
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn objects_holding_deferred_replies_stay_in_memory() {
+    let h = harness(Kind::Memory).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("waiting");
+    let parked = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Park).await }
+    });
+    eventually(|| ns.active_objects() == 1).await;
+    o.ask(WhoAmI).await.unwrap();
+    h.clock.advance(Duration::from_secs(120)).await;
+    assert_eq!(
+        ns.active_objects(),
+        1,
+        "evicting it would drop the parked reply"
+    );
+    o.ask(Wake("done".into())).await.unwrap().unwrap();
+    assert_eq!(parked.await.unwrap().unwrap(), "done");
+    h.clock.advance(Duration::from_secs(120)).await;
+    assert_eq!(ns.active_objects(), 0);
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_active_object_cap_evicts_the_least_recently_used() {
+    let h = harness_with(Kind::Memory, |b| b.max_active_objects(10)).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for i in 0..40 {
+        h.clock.advance(Duration::from_millis(10)).await;
+        ns.get_by_name(&format!("o{i}"))
+            .ask(Incr("n".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    eventually(|| h.rt.active_objects() <= 11).await;
+    // The most recent one is still there; its state is intact either way.
+    assert_eq!(
+        ns.get_by_name("o39")
+            .ask(Incr("n".into()))
+            .await
+            .unwrap()
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        ns.get_by_name("o0")
+            .ask(Incr("n".into()))
+            .await
+            .unwrap()
+            .unwrap(),
+        2
+    );
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn data_and_alarms_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = stead_core::ManualClock::new(start_time());
+    let open = || {
+        Runtime::builder()
+            .sqlite(dir.path())
+            .shards(3)
+            .clock(Arc::new(clock.clone()))
+            .build()
+    };
+    let rt = open().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for i in 0..10 {
+        ns.get_by_name(&format!("keep-{i}"))
+            .ask(Incr("n".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let at = start_time() + chrono::Duration::seconds(30);
+    ns.get_by_name("alarmed")
+        .ask(SetAlarm(at))
+        .await
+        .unwrap()
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    drop((rt, ns));
+
+    let rt = open().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    assert_eq!(rt.pending_alarms(), 1, "the alarm was loaded at start");
+    for i in 0..10 {
+        let seen = ns
+            .get_by_name(&format!("keep-{i}"))
+            .ask(Script(vec![Op::Get("n".into())]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, vec![Seen::Value(Some(1))]);
+    }
+    clock.advance(Duration::from_secs(30)).await;
+    let fired = env.alarms.lock().unwrap().clone();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(
+        fired[0].0, "alarmed",
+        "the name comes back from the registry"
+    );
+    assert_eq!(ns.list_objects(None, 100).unwrap().objects.len(), 11);
+    rt.shutdown().await.unwrap();
+    drop(rt);
+
+    // Another shard count would route objects elsewhere: refused with a clear error.
+    let err = Runtime::builder()
+        .sqlite(dir.path())
+        .shards(5)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err} {:?}", std::error::Error::source(&err)).contains("3 shards"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn failing_alarms_retry_with_backoff_then_succeed() {
+    let h = harness(Kind::Memory).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    env.failing_alarms.store(2, Ordering::SeqCst);
+    let o = ns.get_by_name("flaky");
+    o.ask(SetAlarm(start_time() + chrono::Duration::seconds(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    h.clock.advance(Duration::from_secs(5)).await; // first delivery fails
+    assert_eq!(env.failing_alarms.load(Ordering::SeqCst), 1);
+    h.clock.advance(Duration::from_millis(999)).await;
+    assert_eq!(
+        env.failing_alarms.load(Ordering::SeqCst),
+        1,
+        "first retry after 1 s"
+    );
+    h.clock.advance(Duration::from_millis(1)).await; // retry 1 fails
+    assert_eq!(env.failing_alarms.load(Ordering::SeqCst), 0);
+    h.clock.advance(Duration::from_millis(1999)).await;
+    assert!(
+        env.alarms.lock().unwrap().is_empty(),
+        "second retry after 2 s more"
+    );
+    h.clock.advance(Duration::from_millis(1)).await; // retry 2 succeeds
+    let fired = env.alarms.lock().unwrap().clone();
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].1.retry_count, 2);
+    // The failed attempts' writes were discarded.
+    assert_eq!(
+        o.ask(GetJson("alarm-side-effect".into()))
+            .await
+            .unwrap()
+            .unwrap(),
+        None
+    );
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_alarm_that_keeps_failing_is_dropped() {
+    let h = harness_with(Kind::Memory, |b| b.alarm_retries(Duration::from_secs(1), 2)).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    env.failing_alarms.store(1000, Ordering::SeqCst);
+    let o = ns.get_by_name("hopeless");
+    o.ask(SetAlarm(start_time())).await.unwrap().unwrap();
+    for _ in 0..10 {
+        h.clock.advance(Duration::from_secs(10)).await;
+    }
+    assert_eq!(
+        1000 - env.failing_alarms.load(Ordering::SeqCst),
+        3,
+        "one delivery and two retries"
+    );
+    assert_eq!(o.ask(GetAlarm).await.unwrap().unwrap(), None);
+    assert_eq!(h.rt.pending_alarms(), 0);
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_turns_in_flight_then_refuses_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let o = ns.get_by_name(&format!("s{}", i % 5));
+        tasks.push(tokio::spawn(async move { o.ask(Incr("n".into())).await }));
+    }
+    tokio::task::yield_now().await;
+    rt.shutdown().await.unwrap();
+    let mut acked = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                r.unwrap();
+                acked += 1
+            }
+            Err(e) => assert!(matches!(e, Error::ShuttingDown), "{e}"),
+        }
+    }
+    assert!(matches!(
+        ns.get_by_name("s0").ask(WhoAmI).await,
+        Err(Error::ShuttingDown)
+    ));
+    assert_eq!(rt.active_objects(), 0);
+    drop((rt, ns));
+    let rt = Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let mut total = 0;
+    for i in 0..5 {
+        if let Seen::Value(v) = &ns
+            .get_by_name(&format!("s{i}"))
+            .ask(Script(vec![Op::Get("n".into())]))
+            .await
+            .unwrap()
+            .unwrap()[0]
+        {
+            total += v.unwrap_or(0);
+        }
+    }
+    assert_eq!(total, acked, "every acknowledged turn was flushed");
+    rt.shutdown().await.unwrap();
+}
+
+/// A second class, kept in memory by a namespace override.
+struct Scratch;
+
+impl DurableObject for Scratch {
+    const CLASS: &'static str = "scratch";
+    type Env = ();
+    async fn activate(_: &mut Context, _: Arc<()>) -> Result<Self> {
+        Ok(Scratch)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Bump;
+
+impl Handler<Bump> for Scratch {
+    type Reply = Result<i64>;
+    async fn handle(&mut self, _: Bump, ctx: &mut Context) -> Result<i64> {
+        let n: i64 = ctx.storage().get("n").await?.unwrap_or(0) + 1;
+        ctx.storage().put("n", &n)?;
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_can_override_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 1..=2 {
+        let rt = Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+        let durable = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+        let scratch = rt
+            .namespace_with::<Scratch>((), NamespaceOptions::durability(Durability::Memory))
+            .unwrap();
+        assert_eq!(
+            durable
+                .get_by_name("d")
+                .ask(Incr("n".into()))
+                .await
+                .unwrap()
+                .unwrap(),
+            round
+        );
+        assert_eq!(
+            scratch.get_by_name("m").ask(Bump).await.unwrap().unwrap(),
+            1,
+            "memory only"
+        );
+        // The same class twice returns the registered namespace.
+        let again = rt.namespace::<Scratch>(()).unwrap();
+        assert_eq!(again.get_by_name("m").ask(Bump).await.unwrap().unwrap(), 2);
+        rt.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_clock_fires_alarms_in_real_time() {
+    let rt = Runtime::builder().memory().build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let at = rt.clock().now() + chrono::Duration::milliseconds(20);
+    ns.get_by_name("real")
+        .ask(SetAlarm(at))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while env.alarms.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the alarm fired");
+    rt.shutdown().await.unwrap();
+}
