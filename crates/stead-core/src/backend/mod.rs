@@ -183,6 +183,11 @@ impl CommitBatch {
         self.finish(result.is_ok());
     }
 
+    /// Fences the activation now, before the failure is reported.
+    pub(crate) fn fence_now(&self) {
+        self.fence.0.store(true, Ordering::Release);
+    }
+
     fn finish(&mut self, ok: bool) {
         if !ok {
             self.fence.0.store(true, Ordering::Release);
@@ -229,6 +234,74 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, batch: CommitBatch);
     /// Blocks until every batch submitted before the call is completed.
     fn flush(&self) -> Result<()>;
+}
+
+/// Hands completed commit groups from a writer thread to a task on the tokio runtime, so
+/// that waking the objects happens on a worker thread (a cheap local wake-up) rather than
+/// from outside the runtime (a remote wake-up and often a futex call per object).
+pub(crate) struct Completer {
+    tx: Option<mpsc::UnboundedSender<Completion>>,
+}
+
+pub(crate) enum Completion {
+    Group(Vec<CommitBatch>, bool),
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+impl Completer {
+    /// A completer on the current tokio runtime, or one that completes inline without one.
+    pub(crate) fn new() -> Self {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Completer { tx: None };
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
+        handle.spawn(async move {
+            while let Some(c) = rx.recv().await {
+                complete(c);
+            }
+        });
+        Completer { tx: Some(tx) }
+    }
+
+    /// Reports a group's outcome. A failed group is fenced at once, before the writer
+    /// goes on to the next group.
+    pub(crate) fn finish(&self, batches: Vec<CommitBatch>, ok: bool) {
+        if !ok {
+            for b in &batches {
+                b.fence_now();
+            }
+        }
+        self.send(Completion::Group(batches, ok));
+    }
+
+    /// Answers `done` once every group reported before it is completed.
+    pub(crate) fn flush(&self, done: std::sync::mpsc::SyncSender<()>) {
+        self.send(Completion::Flush(done));
+    }
+
+    fn send(&self, c: Completion) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(c)) = tx.send(c) {
+                    complete(c);
+                }
+            }
+            None => complete(c),
+        }
+    }
+}
+
+fn complete(c: Completion) {
+    match c {
+        Completion::Group(batches, ok) => {
+            for b in batches {
+                b.complete(if ok { Ok(()) } else { Err(Error::Reset) });
+            }
+        }
+        Completion::Flush(done) => {
+            let _ = done.send(());
+        }
+    }
 }
 
 pub(crate) fn unavailable(what: &'static str) -> Error {

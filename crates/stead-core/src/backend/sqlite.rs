@@ -11,7 +11,8 @@ use std::time::Instant;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    Backend, CommitBatch, Durability, ListOptions, ObjectEntry, ObjectRef, Value, unavailable,
+    Backend, CommitBatch, Completer, Durability, ListOptions, ObjectEntry, ObjectRef, Value,
+    unavailable,
 };
 use crate::clock::lock;
 use crate::error::{Error, Result};
@@ -154,9 +155,10 @@ impl SqliteBackend {
             init_schema(&wconn, opts.shards)?;
             let reader = open_conn(&path)?;
             let (tx, rx) = std::sync::mpsc::channel();
+            let completer = Completer::new();
             let thread = std::thread::Builder::new()
                 .name(format!("stead-writer-{i}"))
-                .spawn(move || writer_loop(wconn, rx))
+                .spawn(move || writer_loop(wconn, rx, completer))
                 .map_err(Error::storage)?;
             shards.push(Shard {
                 writer: Mutex::new(Some(tx)),
@@ -362,7 +364,7 @@ struct ObjectOps {
     register: Option<Option<Arc<str>>>,
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>) {
+fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Completer) {
     let mut synchronous_full = true;
     while let Ok(first) = rx.recv() {
         let mut batches = Vec::new();
@@ -392,23 +394,14 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>) {
             let result = apply_group(&mut conn, &mut batches);
             metrics::histogram!("stead_commit_batch_size").record(batches.len() as f64);
             metrics::histogram!("stead_commit_seconds").record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    for b in batches {
-                        b.complete(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batches = batches.len(), "commit failed; the objects involved are reset");
-                    metrics::counter!("stead_commit_failures_total").increment(1);
-                    for b in batches {
-                        b.complete(Err(Error::Reset));
-                    }
-                }
+            if let Err(e) = &result {
+                tracing::error!(error = %e, batches = batches.len(), "commit failed; the objects involved are reset");
+                metrics::counter!("stead_commit_failures_total").increment(1);
             }
+            completer.finish(batches, result.is_ok());
         }
         for f in flushes {
-            let _ = f.send(());
+            completer.flush(f);
         }
     }
 }
