@@ -1,1 +1,71 @@
-//! stead
+//! # stead: Durable Objects for Rust
+//!
+//! Addressable, single-threaded objects with their own durable storage and alarms, run in
+//! your own process on an embedded SQLite store, plus a catalog of ready-made coordination
+//! patterns, each enabled by a Cargo feature and mounted into an axum app by
+//! [`router`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use serde::{Deserialize, Serialize};
+//! use stead::{Context, DurableObject, Handler, Result, Runtime};
+//!
+//! struct Visits { count: u64 }
+//!
+//! impl DurableObject for Visits {
+//!     const CLASS: &'static str = "visits";
+//!     type Env = ();
+//!     async fn activate(ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+//!         Ok(Visits { count: ctx.storage().get("count").await?.unwrap_or(0) })
+//!     }
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Visit;
+//!
+//! impl Handler<Visit> for Visits {
+//!     type Reply = Result<u64>;
+//!     async fn handle(&mut self, _: Visit, ctx: &mut Context) -> Result<u64> {
+//!         self.count += 1;
+//!         ctx.storage().put("count", &self.count)?;
+//!         Ok(self.count)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
+//! let page = rt.namespace::<Visits>(())?.get_by_name("/home");
+//! assert_eq!(page.ask(Visit).await??, 1);
+//! // Mount every enabled pattern under /stead in your own app:
+//! let app: axum::Router = axum::Router::new().nest("/stead", stead::router(&rt)?);
+//! # let _ = app;
+//! rt.shutdown().await?;
+//! # Ok::<(), stead::Error>(()) }).unwrap();
+//! ```
+
+pub use stead_core::{
+    AlarmInfo, Backend, Clock, Context, Deferred, Durability, DurableObject, Error, Handler,
+    ListOptions, ManualClock, MemoryBackend, Message, Namespace, NamespaceOptions, ObjectEntry,
+    ObjectId, ObjectPage, Result, Runtime, RuntimeBuilder, RuntimeConfig, ScheduleInfo,
+    ScheduleKind, ScheduledJob, Schedules, Storage, Stub, SystemClock,
+};
+#[cfg(feature = "sqlite")]
+pub use stead_core::{SqliteBackend, SqliteOptions};
+
+/// HTTP plumbing shared by the pattern routers: problem+json errors, a JSON extractor, name
+/// validation.
+pub use stead_core::http;
+
+/// The routes of every pattern enabled by Cargo features, each under its own prefix
+/// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
+/// methods and oversized bodies on its routes get RFC 9457 problem+json answers (give your
+/// app a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled
+/// it has no routes.
+pub fn router(rt: &Runtime) -> Result<axum::Router> {
+    let _ = rt;
+    let router = axum::Router::new();
+    Ok(router.layer(axum::middleware::from_fn(
+        stead_core::http::problem_for_bare_errors,
+    )))
+}

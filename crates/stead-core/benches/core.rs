@@ -95,7 +95,7 @@ fn durable_turns(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(8));
 
     // One hot object, many callers in flight.
-    for in_flight in [4096usize] {
+    for in_flight in [1024usize, 4096] {
         let dir = tempfile::tempdir().unwrap();
         let (rt, ns) = tokio.block_on(open(dir.path()));
         let stubs: Vec<_> = (0..in_flight).map(|_| ns.get_by_name("hot")).collect();

@@ -114,6 +114,9 @@ pub(crate) struct SlotCtl {
     notify: Notify,
 }
 
+/// One lock shard of the table of active objects.
+type TableShard<O> = Mutex<HashMap<ObjectId, Slot<O>>>;
+
 struct Slot<O> {
     tx: mpsc::Sender<Envelope<O>>,
     ctl: Arc<SlotCtl>,
@@ -138,7 +141,7 @@ pub(crate) struct NsInner<O: DurableObject> {
     env: Arc<O::Env>,
     backend: Arc<dyn Backend>,
     durability: Durability,
-    table: Box<[Mutex<HashMap<ObjectId, Slot<O>>>]>,
+    table: Box<[TableShard<O>]>,
 }
 
 impl<O: DurableObject> NsInner<O> {
@@ -159,7 +162,7 @@ impl<O: DurableObject> NsInner<O> {
         }
     }
 
-    fn shard(&self, id: &ObjectId) -> &Mutex<HashMap<ObjectId, Slot<O>>> {
+    fn shard(&self, id: &ObjectId) -> &TableShard<O> {
         &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
     }
 

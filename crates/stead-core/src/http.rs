@@ -215,10 +215,13 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Turns the bodiless error responses axum produces itself (unknown route, wrong method,
-/// oversized body) into problem+json responses. Use with
-/// `axum::middleware::map_response(stead_core::http::problem_for_bare_errors)`.
-pub async fn problem_for_bare_errors(resp: Response) -> Response {
+/// Middleware that turns the bodiless error responses axum produces itself (unknown route,
+/// wrong method, oversized body) into problem+json responses. Use with
+/// `axum::middleware::from_fn(stead_core::http::problem_for_bare_errors)`.
+pub async fn problem_for_bare_errors(req: Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
@@ -232,15 +235,19 @@ pub async fn problem_for_bare_errors(resp: Response) -> Response {
         return resp;
     }
     let (slug, detail) = match status {
-        StatusCode::NOT_FOUND => ("not-found", "no route matches this path".to_owned()),
+        StatusCode::NOT_FOUND => ("not-found", format!("no route matches {method} {path}")),
         StatusCode::METHOD_NOT_ALLOWED => {
             let allow = resp
                 .headers()
                 .get(header::ALLOW)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            ("method-not-allowed", format!("this route accepts: {allow}"))
+                .filter(|a| !a.is_empty())
+                .map(|a| format!("; it accepts {a}"))
+                .unwrap_or_default();
+            (
+                "method-not-allowed",
+                format!("{method} is not allowed on {path}{allow}"),
+            )
         }
         StatusCode::PAYLOAD_TOO_LARGE => (
             "body-too-large",

@@ -175,10 +175,11 @@ impl SqliteBackend {
         &self.shards[(n % self.shards.len() as u64) as usize]
     }
 
-    fn send(&self, shard: &Shard, msg: WriterMsg) -> std::result::Result<(), WriterMsg> {
+    /// Sends to the shard's writer; gives the message back if the writer has stopped.
+    fn send(&self, shard: &Shard, msg: WriterMsg) -> Option<WriterMsg> {
         match &*lock(&shard.writer) {
-            Some(tx) => tx.send(msg).map_err(|e| e.0),
-            None => Err(msg),
+            Some(tx) => tx.send(msg).err().map(|e| e.0),
+            None => Some(msg),
         }
     }
 }
@@ -305,7 +306,7 @@ impl Backend for SqliteBackend {
                 });
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.sort_by_key(|o| o.id);
         out.truncate(limit);
         Ok(out)
     }
@@ -326,7 +327,7 @@ impl Backend for SqliteBackend {
 
     fn submit(&self, batch: CommitBatch) {
         let shard = self.shard(&batch.object.id);
-        if let Err(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(batch)) {
+        if let Some(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(batch)) {
             tracing::error!("commit refused: the storage writer has stopped");
             b.complete(Err(unavailable("the storage writer has stopped")));
         }
@@ -336,7 +337,7 @@ impl Backend for SqliteBackend {
         let mut waits = Vec::new();
         for s in &self.shards {
             let (tx, rx) = sync_channel(1);
-            if self.send(s, WriterMsg::Flush(tx)).is_ok() {
+            if self.send(s, WriterMsg::Flush(tx)).is_none() {
                 waits.push(rx);
             }
         }

@@ -1,0 +1,132 @@
+//! The HTTP application: the pattern router, health, metrics, OpenAPI and auth.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use stead::Runtime;
+use stead::http::{Problem, problem_for_bare_errors};
+
+use crate::config::Config;
+use crate::openapi;
+
+/// The process-wide Prometheus recorder (a process has one global recorder).
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (embedding apps); then ours stays
+        // empty but /metrics still answers.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+#[derive(Clone)]
+struct Ready(Runtime);
+
+/// Builds the whole application for a runtime.
+pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
+    let prometheus = prometheus().clone();
+    let metrics = get(move || {
+        let p = prometheus.clone();
+        async move {
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                p.render(),
+            )
+        }
+    });
+    // Everything but health and the API description needs a token, when tokens are set.
+    let guarded = stead::router(rt)?
+        .route("/metrics", metrics)
+        .layer(from_fn_with_state(
+            Arc::new(config.tokens.clone()),
+            require_token,
+        ));
+    let api = Router::new()
+        .merge(guarded)
+        .route("/openapi.json", get(openapi::document))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz).with_state(Ready(rt.clone())))
+        .fallback(stead::http::not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn(problem_for_bare_errors))
+        .layer(from_fn(log_request));
+    Ok(api)
+}
+
+async fn readyz(State(Ready(rt)): State<Ready>) -> Response {
+    if rt.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+/// Requires `Authorization: Bearer <token>` with one of the configured tokens, when any are.
+async fn require_token(
+    State(tokens): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t)
+            if tokens
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        _ => {
+            let detail = if given.is_some() {
+                "the bearer token is not valid"
+            } else {
+                "this server requires an Authorization: Bearer <token> header"
+            };
+            let mut resp =
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One debug line per request, and request metrics.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    tracing::debug!(%method, %path, status, elapsed_us = elapsed.as_micros() as u64, "request");
+    metrics::counter!("stead_http_requests_total", "status" => status.to_string()).increment(1);
+    metrics::histogram!("stead_http_request_seconds").record(elapsed.as_secs_f64());
+    resp
+}

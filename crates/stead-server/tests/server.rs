@@ -1,0 +1,261 @@
+//! End to end: the real server on 127.0.0.1 with an ephemeral port, called over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use stead_server::{Config, DurabilityMode};
+
+const TOKEN: &str = "test-token-0123456789";
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.to_path_buf();
+    c
+}
+
+async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert!(body["type"].as_str().is_some(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn health_openapi_metrics_and_problem_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let spec: serde_json::Value = http
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert!(spec["paths"][path].is_object(), "{path} is documented");
+    }
+
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("stead_http_requests_total"), "{text}");
+
+    problem(
+        http.get(format!("{base}/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    let body = problem(
+        http.post(format!("{base}/healthz")).send().await.unwrap(),
+        405,
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("POST is not allowed on /healthz"),
+        "{body}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_guard_everything_but_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.tokens = vec![TOKEN.to_owned()];
+    let server = stead_server::start(c).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let body = problem(
+        http.get(format!("{base}/metrics")).send().await.unwrap(),
+        401,
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("Bearer"));
+    problem(
+        http.get(format!("{base}/metrics"))
+            .bearer_auth("wrong-token-0123456789")
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_eq!(
+        http.get(format!("{base}/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[test]
+fn bad_configuration_is_refused_with_a_clear_message() {
+    let mut c = Config::default();
+    c.bind = "0.0.0.0:8080".parse().unwrap();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("refusing") && err.contains("token"), "{err}");
+    c.tokens = vec!["short".into()];
+    assert!(c.validate().unwrap_err().to_string().contains("too short"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stead.toml");
+    std::fs::write(&file, "bind = \"127.0.0.1:9000\"\nshrads = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shrads"),
+        "the bad field is named: {stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["--bind", "0.0.0.0:0"])
+        .env_remove("STEAD_TOKENS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
+
+    let help = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--bind",
+        "--data-dir",
+        "--durability",
+        "--token",
+        "--config",
+        "--shards",
+        "--max-body-bytes",
+        "--max-value-bytes",
+        "--log",
+    ] {
+        assert!(help.contains(flag), "--help documents {flag}");
+    }
+}
+
+#[test]
+fn the_binary_shuts_down_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--log",
+            "info",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Bounded: a server that never logs its address is killed by the guard below.
+    let pid = child.id();
+    let guard = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    });
+    let addr = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    drop(guard);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+#[tokio::test]
+async fn memory_durability_needs_no_data_dir() {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.durability = DurabilityMode::Memory;
+    c.data_dir = "/nonexistent/never/created".into();
+    let server = stead_server::start(c).await.unwrap();
+    server.shutdown().await.unwrap();
+    assert!(!std::path::Path::new("/nonexistent/never/created").exists());
+}
