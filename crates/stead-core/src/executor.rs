@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_util::FutureExt;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
-use crate::backend::{Ack, Backend, Durability, ObjectEntry, ObjectRef};
+use crate::backend::{Ack, AckSink, Backend, Durability, ObjectEntry, ObjectRef};
 use crate::clock::{from_ms, lock, to_ms};
 use crate::context::{Context, PendingReply, ReplySlot};
 use crate::error::{Error, Result};
@@ -106,23 +106,32 @@ impl<O> Envelope<O> {
     }
 }
 
-/// Control shared between an object's task and the runtime.
-pub(crate) struct SlotCtl {
+/// An object's inbox and its controls, shared between its task and the runtime. Messages
+/// are pushed only under the table lock, so an object can leave the table only with an empty
+/// inbox.
+pub(crate) struct Mailbox<O> {
     last_used_ms: AtomicI64,
     evict: AtomicBool,
     evicted: Mutex<Vec<oneshot::Sender<bool>>>,
     notify: Notify,
+    inbox: Mutex<Inbox<O>>,
+}
+
+struct Inbox<O> {
+    messages: VecDeque<Envelope<O>>,
+    acks: Vec<Ack>,
+}
+
+impl<O: DurableObject> AckSink for Mailbox<O> {
+    fn ack(&self, ack: Ack) {
+        lock(&self.inbox).acks.push(ack);
+        self.notify.notify_one();
+    }
 }
 
 /// One lock shard of the table of active objects.
-type TableShard<O> = Mutex<HashMap<ObjectId, Slot<O>>>;
+type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>>>;
 
-struct Slot<O> {
-    tx: mpsc::Sender<Envelope<O>>,
-    ctl: Arc<SlotCtl>,
-}
-
-/// A namespace as the runtime sees it, whatever its object type.
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn deliver_alarm(self: Arc<Self>, id: ObjectId, retry: u32)
@@ -166,8 +175,7 @@ impl<O: DurableObject> NsInner<O> {
         &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
     }
 
-    /// Hands an envelope to the object's task, activating it if needed. Every send happens
-    /// under the table lock, so an object can leave the table only with an empty mailbox.
+    /// Hands an envelope to the object's task, activating it if needed.
     fn send(
         self: &Arc<Self>,
         id: ObjectId,
@@ -178,43 +186,43 @@ impl<O: DurableObject> NsInner<O> {
             env.fail(Error::ShuttingDown);
             return Err(Error::ShuttingDown);
         }
-        let mut table = lock(self.shard(&id));
-        let slot = match table.entry(id) {
+        let table = &mut *lock(self.shard(&id));
+        let mailbox = match table.entry(id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let (tx, rx) = mpsc::channel(self.shared.config.mailbox_capacity);
-                let ctl = Arc::new(SlotCtl {
+                let mailbox = Arc::new(Mailbox {
                     last_used_ms: AtomicI64::new(to_ms(self.shared.clock.now())),
                     evict: AtomicBool::new(false),
                     evicted: Mutex::new(Vec::new()),
                     notify: Notify::new(),
+                    inbox: Mutex::new(Inbox {
+                        messages: VecDeque::new(),
+                        acks: Vec::new(),
+                    }),
                 });
-                let actor = Actor::new(self.clone(), id, name.clone(), ctl.clone());
+                let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
                 self.shared.object_started();
-                tokio::spawn(actor.run(rx));
-                v.insert(Slot { tx, ctl })
+                tokio::spawn(actor.run());
+                v.insert(mailbox)
             }
         };
-        let depth = slot.tx.max_capacity() - slot.tx.capacity();
-        metrics::histogram!("stead_mailbox_depth").record(depth as f64);
-        match slot.tx.try_send(env) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(env)) => {
-                metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
-                let err = || Error::Overloaded {
-                    class: O::CLASS,
-                    retry_after: std::time::Duration::from_millis(100),
-                };
-                env.fail(err());
-                Err(err())
-            }
-            Err(mpsc::error::TrySendError::Closed(env)) => {
-                // The task ended without leaving the table (it cannot, but do not hang).
-                table.remove(&id);
-                env.fail(Error::Reset);
-                Err(Error::Reset)
-            }
+        let mut inbox = lock(&mailbox.inbox);
+        let depth = inbox.messages.len();
+        if depth >= self.shared.config.mailbox_capacity {
+            drop(inbox);
+            metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
+            let err = || Error::Overloaded {
+                class: O::CLASS,
+                retry_after: std::time::Duration::from_millis(100),
+            };
+            env.fail(err());
+            return Err(err());
         }
+        inbox.messages.push_back(env);
+        drop(inbox);
+        metrics::histogram!("stead_mailbox_depth").record(depth as f64);
+        mailbox.notify.notify_one();
+        Ok(())
     }
 }
 
@@ -235,8 +243,8 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
         let mut out = Vec::new();
         for shard in self.table.iter() {
             for slot in lock(shard).values() {
-                if slot.ctl.last_used_ms.load(Ordering::Relaxed) <= cutoff_ms {
-                    out.push(request_evict(&slot.ctl));
+                if slot.last_used_ms.load(Ordering::Relaxed) <= cutoff_ms {
+                    out.push(request_evict(slot));
                 }
             }
         }
@@ -246,7 +254,7 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     fn last_used(&self, out: &mut Vec<(i64, ObjectId)>) {
         for shard in self.table.iter() {
             for (id, slot) in lock(shard).iter() {
-                out.push((slot.ctl.last_used_ms.load(Ordering::Relaxed), *id));
+                out.push((slot.last_used_ms.load(Ordering::Relaxed), *id));
             }
         }
     }
@@ -254,13 +262,13 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>> {
         lock(self.shard(&id))
             .get(&id)
-            .map(|slot| request_evict(&slot.ctl))
+            .map(|slot| request_evict(slot))
     }
 
     fn stop_all(&self) {
         for shard in self.table.iter() {
             for slot in lock(shard).values() {
-                slot.ctl.notify.notify_one();
+                slot.notify.notify_one();
             }
         }
     }
@@ -270,11 +278,11 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     }
 }
 
-fn request_evict(ctl: &SlotCtl) -> oneshot::Receiver<bool> {
+fn request_evict<O>(mailbox: &Mailbox<O>) -> oneshot::Receiver<bool> {
     let (tx, rx) = oneshot::channel();
-    lock(&ctl.evicted).push(tx);
-    ctl.evict.store(true, Ordering::Release);
-    ctl.notify.notify_one();
+    lock(&mailbox.evicted).push(tx);
+    mailbox.evict.store(true, Ordering::Release);
+    mailbox.notify.notify_one();
     rx
 }
 
@@ -298,7 +306,7 @@ pub(crate) async fn deliver_alarm<O: DurableObject>(
 struct Actor<O: DurableObject> {
     ns: Arc<NsInner<O>>,
     id: ObjectId,
-    ctl: Arc<SlotCtl>,
+    mailbox: Arc<Mailbox<O>>,
     instance: Option<O>,
     ctx: Context,
     name_known: bool,
@@ -308,14 +316,17 @@ struct Actor<O: DurableObject> {
     last_write: u64,
     acked: u64,
     outstanding: usize,
-    ack_tx: mpsc::UnboundedSender<Ack>,
-    ack_rx: mpsc::UnboundedReceiver<Ack>,
     /// A commit failed: take no messages until every outstanding commit has answered.
     resetting: bool,
 }
 
 impl<O: DurableObject> Actor<O> {
-    fn new(ns: Arc<NsInner<O>>, id: ObjectId, name: Option<Arc<str>>, ctl: Arc<SlotCtl>) -> Self {
+    fn new(
+        ns: Arc<NsInner<O>>,
+        id: ObjectId,
+        name: Option<Arc<str>>,
+        mailbox: Arc<Mailbox<O>>,
+    ) -> Self {
         let shared = &ns.shared;
         let obj = ObjectRef {
             class: O::CLASS,
@@ -326,7 +337,6 @@ impl<O: DurableObject> Actor<O> {
             cache_bytes: shared.config.cache_bytes_per_object,
         };
         let storage = Storage::new(obj, name.clone(), ns.backend.clone(), ns.durability, limits);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let ctx = Context {
             id,
             name: name.clone(),
@@ -341,7 +351,7 @@ impl<O: DurableObject> Actor<O> {
             name_known: name.is_some(),
             ns,
             id,
-            ctl,
+            mailbox,
             instance: None,
             ctx,
             gate: VecDeque::new(),
@@ -349,51 +359,60 @@ impl<O: DurableObject> Actor<O> {
             last_write: 0,
             acked: 0,
             outstanding: 0,
-            ack_tx,
-            ack_rx,
             resetting: false,
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Envelope<O>>) {
+    async fn run(mut self) {
+        let mut messages: VecDeque<Envelope<O>> = VecDeque::new();
+        let mut acks: Vec<Ack> = Vec::new();
         loop {
             if self.resetting && self.outstanding == 0 {
                 self.ctx.storage.reset();
                 self.resetting = false;
             }
+            {
+                let mut inbox = lock(&self.mailbox.inbox);
+                std::mem::swap(&mut acks, &mut inbox.acks);
+                if !self.resetting && !inbox.messages.is_empty() {
+                    if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
+                        std::mem::swap(&mut messages, &mut inbox.messages);
+                    } else {
+                        messages.extend(inbox.messages.drain(..MAX_TURNS_PER_BATCH));
+                    }
+                }
+            }
+            for ack in acks.drain(..) {
+                self.on_ack(ack);
+            }
+            if !messages.is_empty() {
+                self.mailbox
+                    .last_used_ms
+                    .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
+                self.decline_eviction();
+                // Boxed so that the task of an idle object stays small: a turn's futures
+                // live only while it runs.
+                Box::pin(self.process_all(&mut messages)).await;
+                if messages.capacity() > 64 {
+                    messages = VecDeque::new();
+                }
+                self.submit();
+                continue;
+            }
             let stopping = self.ns.shared.closed.load(Ordering::Acquire);
-            if (stopping || self.ctl.evict.load(Ordering::Acquire)) && self.try_leave(&rx, stopping)
+            if (stopping || self.mailbox.evict.load(Ordering::Acquire)) && self.try_leave(stopping)
             {
                 break;
             }
-            tokio::select! {
-                biased;
-                Some(ack) = self.ack_rx.recv() => self.on_ack(ack),
-                env = rx.recv(), if !self.resetting => match env {
-                    Some(env) => {
-                        self.ctl.last_used_ms.store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
-                        self.decline_eviction();
-                        self.process(env).await;
-                        let mut n = 1;
-                        while n < MAX_TURNS_PER_BATCH && !self.resetting {
-                            match rx.try_recv() {
-                                Ok(env) => self.process(env).await,
-                                Err(_) => break,
-                            }
-                            n += 1;
-                        }
-                        self.submit();
-                    }
-                    None => break,
-                },
-                _ = self.ctl.notify.notified() => {}
-            }
+            // Every push and every ack notifies: a permit stored since the inbox was read
+            // wakes this at once.
+            self.mailbox.notify.notified().await;
         }
         self.ns.shared.object_stopped();
     }
 
     /// Leaves the table if the object is idle; returns whether it did.
-    fn try_leave(&mut self, rx: &mpsc::Receiver<Envelope<O>>, stopping: bool) -> bool {
+    fn try_leave(&mut self, stopping: bool) -> bool {
         let busy = self.outstanding > 0
             || self.resetting
             || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
@@ -404,22 +423,28 @@ impl<O: DurableObject> Actor<O> {
             return false;
         }
         let mut table = lock(self.ns.shard(&self.id));
-        if !rx.is_empty() {
+        if !lock(&self.mailbox.inbox).messages.is_empty() {
             return false;
         }
         table.remove(&self.id);
         drop(table);
-        for tx in lock(&self.ctl.evicted).drain(..) {
+        for tx in lock(&self.mailbox.evicted).drain(..) {
             let _ = tx.send(true);
         }
         true
     }
 
     fn decline_eviction(&self) {
-        if self.ctl.evict.swap(false, Ordering::AcqRel) {
-            for tx in lock(&self.ctl.evicted).drain(..) {
+        if self.mailbox.evict.swap(false, Ordering::AcqRel) {
+            for tx in lock(&self.mailbox.evicted).drain(..) {
                 let _ = tx.send(false);
             }
+        }
+    }
+
+    async fn process_all(&mut self, messages: &mut VecDeque<Envelope<O>>) {
+        for env in messages.drain(..) {
+            self.process(env).await;
         }
     }
 
@@ -552,7 +577,7 @@ impl<O: DurableObject> Actor<O> {
         if self.resetting {
             return;
         }
-        if let Some(batch) = self.ctx.storage.take_batch(self.ack_tx.clone()) {
+        if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
             self.outstanding += 1;
             self.ns.backend.submit(batch);
         }

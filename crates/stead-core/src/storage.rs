@@ -410,7 +410,7 @@ impl Storage {
     /// The batch of everything written since the last one, if anything was.
     pub(crate) fn take_batch(
         &mut self,
-        ack: tokio::sync::mpsc::UnboundedSender<crate::backend::Ack>,
+        ack: Arc<dyn crate::backend::AckSink>,
     ) -> Option<CommitBatch> {
         if self.dirty.is_empty() && !self.dirty_clear && !self.dirty_alarm {
             return None;

@@ -147,12 +147,16 @@ pub(crate) struct Ack {
     pub(crate) ok: bool,
 }
 
+/// Where a commit's acknowledgement goes: the inbox of the object that submitted it.
+pub(crate) trait AckSink: Send + Sync + 'static {
+    fn ack(&self, ack: Ack);
+}
+
 /// The writes of one or more consecutive turns of one object, to be applied atomically.
 ///
 /// A backend must apply batches of the same object in the order it received them, and must
 /// call [`complete`](Self::complete) exactly once per batch (dropping a batch completes it
 /// as failed). Batches of different objects may be grouped into one transaction.
-#[derive(Debug)]
 pub struct CommitBatch {
     /// The object written.
     pub object: ObjectRef,
@@ -167,7 +171,19 @@ pub struct CommitBatch {
     /// The durability the writer must give this batch.
     pub durability: Durability,
     pub(crate) fence: Arc<Fence>,
-    pub(crate) ack: Option<(u64, mpsc::UnboundedSender<Ack>)>,
+    pub(crate) ack: Option<(u64, Arc<dyn AckSink>)>,
+}
+
+impl std::fmt::Debug for CommitBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitBatch")
+            .field("object", &self.object)
+            .field("clear", &self.clear)
+            .field("writes", &self.writes.len())
+            .field("alarm", &self.alarm)
+            .field("durability", &self.durability)
+            .finish()
+    }
 }
 
 impl CommitBatch {
@@ -193,7 +209,7 @@ impl CommitBatch {
             self.fence.0.store(true, Ordering::Release);
         }
         if let Some((seq, tx)) = self.ack.take() {
-            let _ = tx.send(Ack { seq, ok });
+            tx.ack(Ack { seq, ok });
         }
     }
 }
