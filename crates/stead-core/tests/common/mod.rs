@@ -23,6 +23,9 @@ pub struct ProbeEnv {
     /// `Block` waits for a permit here.
     pub gate: tokio::sync::Semaphore,
     pub blocked: std::sync::atomic::AtomicBool,
+    /// Instances alive right now, and whether two were ever alive at once.
+    pub live: AtomicUsize,
+    pub overlapped: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ProbeEnv {
@@ -34,6 +37,8 @@ impl Default for ProbeEnv {
             failing_alarms: AtomicU32::new(0),
             gate: tokio::sync::Semaphore::new(0),
             blocked: std::sync::atomic::AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            overlapped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -45,12 +50,21 @@ pub struct Probe {
     pub turns: u64,
 }
 
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.env.live.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl DurableObject for Probe {
     const CLASS: &'static str = "probe";
     type Env = ProbeEnv;
 
     async fn activate(ctx: &mut Context, env: Arc<ProbeEnv>) -> Result<Self> {
         env.activations.fetch_add(1, Ordering::SeqCst);
+        if env.live.fetch_add(1, Ordering::SeqCst) > 0 {
+            env.overlapped.store(true, Ordering::SeqCst);
+        }
         // Activation may read storage.
         let _: Option<i64> = ctx.storage().get("activated").await?;
         Ok(Probe {
