@@ -146,9 +146,9 @@ impl IntoResponse for Error {
     }
 }
 
-/// A JSON body extractor whose every rejection is a problem+json response: 400 for syntax,
-/// 422 for wrong types or missing fields, 413 for oversized bodies, 415 for a wrong content
-/// type.
+/// A JSON body extractor whose every rejection is a problem+json response: 400 for
+/// malformed JSON, wrong types or missing fields (the detail says which), 413 for oversized
+/// bodies, 415 for a wrong content type.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 

@@ -135,6 +135,16 @@ impl Backend for FaultyBackend {
         self.inner.objects(class, after, limit)
     }
 
+    fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>> {
+        self.inner.objects_by_name(class, prefix, after, limit)
+    }
+
     fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
         self.inner.object_name(obj)
     }

@@ -111,6 +111,31 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>> {
+        let st = lock(&self.state);
+        let mut out: Vec<ObjectEntry> = st
+            .registry
+            .iter()
+            .filter(|((c, _), _)| *c == class)
+            .filter_map(|((_, id), name)| {
+                let name = name.as_deref()?;
+                (name.starts_with(prefix) && after.is_none_or(|a| name > a)).then(|| ObjectEntry {
+                    id: *id,
+                    name: Some(name.to_owned()),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.truncate(limit);
+        Ok(out)
+    }
+
     fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
         let st = lock(&self.state);
         Ok(st

@@ -244,6 +244,15 @@ pub trait Backend: Send + Sync + 'static {
         after: Option<ObjectId>,
         limit: usize,
     ) -> Result<Vec<ObjectEntry>>;
+    /// The registry by name: named objects of a class whose name starts with `prefix`, with
+    /// a name greater than `after`, ordered by name, at most `limit`.
+    fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>>;
     /// The registered name of an object, if it has one.
     fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>>;
     /// Queues a batch; the backend completes it once it is durable (or failed).

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS alarms (
 CREATE TABLE IF NOT EXISTS objects (
     class TEXT NOT NULL, id BLOB NOT NULL, name TEXT,
     PRIMARY KEY (class, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_by_name ON objects (class, name) WHERE name IS NOT NULL;
 ";
 
 /// Options of the SQLite backend.
@@ -307,6 +308,48 @@ impl Backend for SqliteBackend {
             }
         }
         out.sort_by_key(|o| o.id);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectEntry>> {
+        let lower = match after {
+            Some(a) if a >= prefix => format!("{a}\0"),
+            _ => prefix.to_owned(),
+        };
+        let upper = super::prefix_upper_bound(prefix);
+        let lim = limit.min(i64::MAX as usize) as i64;
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let conn = lock(&s.reader);
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, name FROM objects WHERE class = ?1 AND name IS NOT NULL
+                     AND name >= ?2 AND (?3 IS NULL OR name < ?3) ORDER BY name LIMIT ?4",
+                )
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map(params![class, lower, upper, lim], |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    let name: Option<String> = r.get(1)?;
+                    Ok((id, name))
+                })
+                .map_err(sql_err)?;
+            for row in rows {
+                let (id, name) = row.map_err(sql_err)?;
+                out.push(ObjectEntry {
+                    id: blob_id(&id)?,
+                    name,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out.truncate(limit);
         Ok(out)
     }
