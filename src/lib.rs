@@ -57,6 +57,10 @@ pub use stead_core::{SqliteBackend, SqliteOptions};
 /// validation.
 pub use stead_core::http;
 
+/// Sharded counters: exact, durable, idempotent (feature `counter`).
+#[cfg(feature = "counter")]
+pub use stead_counter as counter;
+
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
 /// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
 /// methods and oversized bodies on its routes get RFC 9457 problem+json answers (give your
@@ -64,8 +68,24 @@ pub use stead_core::http;
 /// it has no routes.
 pub fn router(rt: &Runtime) -> Result<axum::Router> {
     let _ = rt;
-    let router = axum::Router::new();
+    #[allow(unused_mut)]
+    let mut router = axum::Router::new();
+    #[cfg(feature = "counter")]
+    {
+        router = router.merge(stead_counter::router(rt)?);
+    }
     Ok(router.layer(axum::middleware::from_fn(
         stead_core::http::problem_for_bare_errors,
     )))
+}
+
+/// The OpenAPI 3.1 `paths` of every route [`router`] serves, keyed by path.
+pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
+    #[allow(unused_mut)]
+    let mut paths = serde_json::Map::new();
+    #[cfg(feature = "counter")]
+    if let serde_json::Value::Object(p) = stead_counter::openapi_paths() {
+        paths.extend(p);
+    }
+    paths
 }

@@ -820,12 +820,17 @@ impl<O: DurableObject> Namespace<O> {
     /// Named objects of this class that have stored something, whose name starts with
     /// `prefix`, ordered by name: `limit` at most, after `cursor` (a `next_cursor` from an
     /// earlier page, which is the last name of that page).
-    pub fn list_by_name(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<ObjectPage> {
+    pub fn list_by_name(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ObjectPage> {
         let limit = limit.max(1);
-        let mut objects = self
-            .inner
-            .backend
-            .objects_by_name(O::CLASS, prefix, cursor, limit + 1)?;
+        let mut objects =
+            self.inner
+                .backend
+                .objects_by_name(O::CLASS, prefix, cursor, limit + 1)?;
         let next_cursor = if objects.len() > limit {
             objects.truncate(limit);
             objects.last().and_then(|o| o.name.clone())

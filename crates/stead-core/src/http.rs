@@ -178,9 +178,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     let status = rejection.status();
     let detail = rejection.body_text();
     match rejection {
-        JsonRejection::JsonDataError(_) => {
-            Problem::new(S::UNPROCESSABLE_ENTITY, "invalid-body", detail)
-        }
+        JsonRejection::JsonDataError(_) => Problem::new(S::BAD_REQUEST, "invalid-body", detail),
         JsonRejection::JsonSyntaxError(_) => Problem::new(S::BAD_REQUEST, "malformed-json", detail),
         JsonRejection::MissingJsonContentType(_) => Problem::new(
             S::UNSUPPORTED_MEDIA_TYPE,

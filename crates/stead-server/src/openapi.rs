@@ -17,6 +17,14 @@ fn problem_response(description: &str) -> Value {
 
 /// The document: the server's own routes plus those of every enabled pattern.
 pub fn spec() -> Value {
+    let mut doc = server_spec();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        paths.extend(stead::openapi_paths());
+    }
+    doc
+}
+
+fn server_spec() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -1,0 +1,267 @@
+//! The typed client: increments, exact reads, resets and listing over a runtime.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::try_join_all;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime};
+
+use crate::object::{
+    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys, Shards,
+    Value,
+};
+
+/// The longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A counter's exact value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterValue {
+    /// The sum of every shard.
+    pub value: i64,
+    /// How many shards the counter has.
+    pub shards: u32,
+}
+
+/// One page of counter names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterPage {
+    /// Counter names, in byte order.
+    pub counters: Vec<String>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Exact, durable, idempotent counters spread over shard objects.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use stead_counter::{CounterClient, CounterConfig};
+/// let rt = stead_core::Runtime::builder().memory().build().await?;
+/// let counters = CounterClient::new(&rt, CounterConfig::default())?;
+/// counters.increment("page-views", 3, None).await?;
+/// // A retried request with the same key counts once.
+/// assert!(counters.increment("page-views", 1, Some("req-42")).await?.applied);
+/// assert!(!counters.increment("page-views", 1, Some("req-42")).await?.applied);
+/// assert_eq!(counters.get("page-views").await?.value, 4);
+/// # rt.shutdown().await?;
+/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct CounterClient {
+    meta: Namespace<CounterMeta>,
+    shards: Namespace<CounterShard>,
+    config: CounterConfig,
+    /// Shard counts never change once set, so they are cached.
+    known: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl std::fmt::Debug for CounterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterClient")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl CounterClient {
+    /// Registers the counter classes on `rt` (or reuses them) with the runtime's durability.
+    pub fn new(rt: &Runtime, config: CounterConfig) -> Result<Self> {
+        Self::with_options(rt, config, NamespaceOptions::default())
+    }
+
+    /// Like [`new`](Self::new), with namespace options (a durability override).
+    pub fn with_options(
+        rt: &Runtime,
+        config: CounterConfig,
+        opts: NamespaceOptions,
+    ) -> Result<Self> {
+        if config.default_shards == 0 || config.default_shards > crate::object::MAX_SHARDS {
+            return Err(Error::bad_request(
+                "default_shards must be between 1 and 1024",
+            ));
+        }
+        Ok(CounterClient {
+            meta: rt.namespace_with::<CounterMeta>(config.clone(), opts.clone())?,
+            shards: rt.namespace_with::<CounterShard>(config.clone(), opts)?,
+            config,
+            known: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Adds `by` (negative to subtract) to counter `name`. With an idempotency key, a
+    /// repeat within the dedup window is not applied again and answers `applied: false`.
+    pub async fn increment(
+        &self,
+        name: &str,
+        by: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<Applied> {
+        check_name(name)?;
+        if let Some(k) = idempotency_key {
+            check_key(k)?;
+        }
+        let shards = self.open(name, None).await?;
+        let shard = match idempotency_key {
+            Some(k) => shard_of_key(k, shards),
+            None => rand::random_range(0..shards),
+        };
+        self.shard(name, shard)
+            .ask(Apply {
+                by,
+                shards,
+                idempotency_key: idempotency_key.map(str::to_owned),
+            })
+            .await?
+    }
+
+    /// The exact value: the sum of every shard. A counter never used reads as zero.
+    pub async fn get(&self, name: &str) -> Result<CounterValue> {
+        check_name(name)?;
+        let Some(shards) = self.existing(name).await? else {
+            return Ok(CounterValue {
+                value: 0,
+                shards: self.config.default_shards,
+            });
+        };
+        let parts = self.ask_all(name, shards, || Value).await?;
+        let sum: i128 = parts.iter().map(|v| i128::from(*v)).sum();
+        let value = i64::try_from(sum).map_err(|_| {
+            Error::bad_request(format!(
+                "counter {name:?} holds {sum}, beyond a signed 64-bit integer"
+            ))
+        })?;
+        Ok(CounterValue { value, shards })
+    }
+
+    /// Sets the counter to zero and forgets its idempotency keys; its shard count stays.
+    pub async fn reset(&self, name: &str) -> Result<CounterValue> {
+        check_name(name)?;
+        let Some(shards) = self.existing(name).await? else {
+            return Ok(CounterValue {
+                value: 0,
+                shards: self.config.default_shards,
+            });
+        };
+        self.ask_all(name, shards, || Clear).await?;
+        Ok(CounterValue { value: 0, shards })
+    }
+
+    /// Counter names starting with `prefix`, in byte order, `limit` per page.
+    pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<CounterPage> {
+        let page = self.meta.list_by_name(prefix, cursor, limit)?;
+        Ok(CounterPage {
+            counters: page.objects.into_iter().filter_map(|o| o.name).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Fixes the shard count of a new counter (an error if it exists with another count).
+    pub async fn create(&self, name: &str, shards: u32) -> Result<u32> {
+        check_name(name)?;
+        self.open(name, Some(shards)).await
+    }
+
+    /// How many idempotency keys the counter remembers right now.
+    pub async fn remembered_keys(&self, name: &str) -> Result<usize> {
+        let Some(shards) = self.existing(name).await? else {
+            return Ok(0);
+        };
+        let counts = self.ask_all(name, shards, || RememberedKeys).await?;
+        counts.into_iter().sum()
+    }
+
+    /// Sends one message to every shard, concurrently.
+    async fn ask_all<M: stead_core::Message>(
+        &self,
+        name: &str,
+        shards: u32,
+        msg: impl Fn() -> M,
+    ) -> Result<Vec<<CounterShard as stead_core::Handler<M>>::Reply>>
+    where
+        CounterShard: stead_core::Handler<M>,
+    {
+        try_join_all((0..shards).map(|i| {
+            let stub = self.shard(name, i);
+            let m = msg();
+            async move { stub.ask(m).await }
+        }))
+        .await
+    }
+
+    fn shard(&self, name: &str, i: u32) -> stead_core::Stub<CounterShard> {
+        self.shards.get_by_name(&format!("{name}#{i}"))
+    }
+
+    async fn open(&self, name: &str, want: Option<u32>) -> Result<u32> {
+        if want.is_none()
+            && let Some(n) = self.cached(name)
+        {
+            return Ok(n);
+        }
+        let n = self
+            .meta
+            .get_by_name(name)
+            .ask(Open {
+                shards: want,
+                default_shards: self.config.default_shards,
+            })
+            .await??;
+        self.remember(name, n);
+        Ok(n)
+    }
+
+    async fn existing(&self, name: &str) -> Result<Option<u32>> {
+        if let Some(n) = self.cached(name) {
+            return Ok(Some(n));
+        }
+        let n = self.meta.get_by_name(name).ask(Shards).await?;
+        if let Some(n) = n {
+            self.remember(name, n);
+        }
+        Ok(n)
+    }
+
+    fn cached(&self, name: &str) -> Option<u32> {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    fn remember(&self, name: &str, n: u32) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() > 100_000 {
+            known.clear();
+        }
+        known.insert(name.to_owned(), n);
+    }
+}
+
+/// The shard an idempotency key belongs to: retries of one increment always meet there.
+fn shard_of_key(key: &str, shards: u32) -> u32 {
+    let h = Sha256::digest(key.as_bytes());
+    let n = u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+    (n % u64::from(shards)) as u32
+}
+
+fn check_name(name: &str) -> Result<()> {
+    stead_core::http::validate_name("counter name", name)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::bad_request(format!(
+            "idempotency_key must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Error::bad_request(
+            "idempotency_key may not contain control characters",
+        ));
+    }
+    Ok(())
+}

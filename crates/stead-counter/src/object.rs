@@ -1,0 +1,278 @@
+//! The durable objects behind a counter: one meta object per counter (its shard count) and
+//! S shard objects (a partial sum each, plus the idempotency keys that landed there).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use stead_core::{Context, DurableObject, Error, Handler, ListOptions, Result, ScheduledJob};
+
+/// Where a shard keeps its partial sum.
+const VALUE: &str = "value";
+/// Idempotency key -> when it was applied (epoch ms).
+const SEEN: &str = "seen/";
+/// `exp/<applied at, 20 digits>/<key>` -> key: the purge walks these in time order.
+const EXPIRY: &str = "exp/";
+/// The name of the purge job.
+const PURGE: &str = "purge";
+/// At most this many keys are purged per run; the rest wait for the next run.
+const PURGE_BATCH: usize = 1000;
+
+/// Settings shared by every counter of a runtime.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CounterConfig {
+    /// Shards of a new counter (default 16).
+    pub default_shards: u32,
+    /// How long an idempotency key is remembered (default 24 h).
+    pub dedup_window: Duration,
+}
+
+impl Default for CounterConfig {
+    fn default() -> Self {
+        CounterConfig {
+            default_shards: 16,
+            dedup_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl CounterConfig {
+    /// The same configuration with this dedup window.
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
+    }
+
+    /// The same configuration with this default shard count.
+    pub fn default_shards(mut self, shards: u32) -> Self {
+        self.default_shards = shards;
+        self
+    }
+}
+
+/// The most shards a counter may have.
+pub const MAX_SHARDS: u32 = 1024;
+
+/// One counter's metadata: its shard count, fixed at first use.
+pub struct CounterMeta {
+    shards: Option<u32>,
+}
+
+impl DurableObject for CounterMeta {
+    const CLASS: &'static str = "counter";
+    type Env = CounterConfig;
+
+    async fn activate(ctx: &mut Context, _env: Arc<CounterConfig>) -> Result<Self> {
+        Ok(CounterMeta {
+            shards: ctx.storage().get("shards").await?,
+        })
+    }
+}
+
+/// Returns the counter's shard count, fixing it to `shards` (or the default) on first use.
+/// Asking for another count than the one fixed is a conflict.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Open {
+    /// The shard count wanted, if the caller cares.
+    pub shards: Option<u32>,
+    /// The default for a new counter.
+    pub default_shards: u32,
+}
+
+impl Handler<Open> for CounterMeta {
+    type Reply = Result<u32>;
+    async fn handle(&mut self, msg: Open, ctx: &mut Context) -> Result<u32> {
+        match (self.shards, msg.shards) {
+            (Some(have), Some(want)) if have != want => Err(Error::conflict(format!(
+                "counter {:?} has {have} shards; it cannot be changed to {want}",
+                ctx.name().unwrap_or("?")
+            ))),
+            (Some(have), _) => Ok(have),
+            (None, want) => {
+                let n = want.unwrap_or(msg.default_shards);
+                if n == 0 || n > MAX_SHARDS {
+                    return Err(Error::bad_request(format!(
+                        "shards must be between 1 and {MAX_SHARDS}, not {n}"
+                    )));
+                }
+                ctx.storage().put("shards", &n)?;
+                self.shards = Some(n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The shard count, if the counter exists.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Shards;
+
+impl Handler<Shards> for CounterMeta {
+    type Reply = Option<u32>;
+    async fn handle(&mut self, _: Shards, _ctx: &mut Context) -> Option<u32> {
+        self.shards
+    }
+}
+
+/// One shard of one counter.
+pub struct CounterShard {
+    value: i64,
+    window_ms: i64,
+    /// Whether the purge job exists; learnt from storage on first need.
+    purge_scheduled: Option<bool>,
+}
+
+impl DurableObject for CounterShard {
+    const CLASS: &'static str = "counter-shard";
+    type Env = CounterConfig;
+
+    async fn activate(ctx: &mut Context, env: Arc<CounterConfig>) -> Result<Self> {
+        Ok(CounterShard {
+            value: ctx.storage().get(VALUE).await?.unwrap_or(0),
+            window_ms: i64::try_from(env.dedup_window.as_millis()).unwrap_or(i64::MAX),
+            purge_scheduled: None,
+        })
+    }
+
+    async fn on_schedule(&mut self, ctx: &mut Context, job: ScheduledJob) -> Result<()> {
+        if job.name == PURGE {
+            self.purge(ctx).await?;
+        }
+        Ok(())
+    }
+}
+
+impl CounterShard {
+    /// Forgets idempotency keys older than the window, oldest first.
+    async fn purge(&mut self, ctx: &mut Context) -> Result<usize> {
+        let cutoff = ctx.now().timestamp_millis().saturating_sub(self.window_ms);
+        let end = format!("{EXPIRY}{:020}", cutoff.max(0) + 1);
+        let opts = ListOptions {
+            prefix: Some(EXPIRY.to_owned()),
+            end: Some(end),
+            limit: Some(PURGE_BATCH),
+            ..Default::default()
+        };
+        let expired: Vec<(String, String)> = ctx.storage().list(opts).await?;
+        for (exp_key, key) in &expired {
+            ctx.storage().delete(exp_key).await?;
+            ctx.storage().delete(&format!("{SEEN}{key}")).await?;
+        }
+        let remaining = ctx
+            .storage()
+            .list::<String>(ListOptions::prefix(EXPIRY).limit(1))
+            .await?;
+        if remaining.is_empty() {
+            ctx.schedules().cancel(PURGE).await?;
+            self.purge_scheduled = Some(false);
+        }
+        Ok(expired.len())
+    }
+}
+
+/// Adds `by` to the shard, once per idempotency key within the window.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Apply {
+    /// The amount (may be negative).
+    pub by: i64,
+    /// The counter's shard count: each shard stays within `i64 / shards`, so that the sum
+    /// of all shards can never overflow.
+    pub shards: u32,
+    /// Makes retries count once.
+    pub idempotency_key: Option<String>,
+}
+
+/// Whether an increment was applied (false: a duplicate within the window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// `false` when the idempotency key was seen within the window.
+    pub applied: bool,
+}
+
+impl Handler<Apply> for CounterShard {
+    type Reply = Result<Applied>;
+    async fn handle(&mut self, msg: Apply, ctx: &mut Context) -> Result<Applied> {
+        let now = ctx.now().timestamp_millis();
+        if let Some(key) = &msg.idempotency_key {
+            let seen: Option<i64> = ctx.storage().get(&format!("{SEEN}{key}")).await?;
+            if seen.is_some_and(|at| now - at < self.window_ms) {
+                return Ok(Applied { applied: false });
+            }
+        }
+        let shards = i64::from(msg.shards.max(1));
+        let (lo, hi) = (i64::MIN / shards, i64::MAX / shards);
+        let value = self
+            .value
+            .checked_add(msg.by)
+            .filter(|v| (lo..=hi).contains(v))
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "adding {} would overflow the counter: its {shards} shards each hold a \
+                     value between {lo} and {hi}, so that their sum fits a signed 64-bit integer",
+                    msg.by
+                ))
+            })?;
+        ctx.storage().put(VALUE, &value)?;
+        if let Some(key) = &msg.idempotency_key {
+            ctx.storage().put(&format!("{SEEN}{key}"), &now)?;
+            ctx.storage()
+                .put(&format!("{EXPIRY}{now:020}/{key}"), key)?;
+            let scheduled = match self.purge_scheduled {
+                Some(s) => s,
+                None => ctx
+                    .schedules()
+                    .list()
+                    .await?
+                    .iter()
+                    .any(|j| j.name == PURGE),
+            };
+            if !scheduled {
+                let every = u64::try_from(self.window_ms / 4).unwrap_or(1).max(1000);
+                ctx.schedules().every(PURGE, Duration::from_millis(every))?;
+            }
+            self.purge_scheduled = Some(true);
+        }
+        self.value = value;
+        Ok(Applied { applied: true })
+    }
+}
+
+/// The shard's partial sum.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Value;
+
+impl Handler<Value> for CounterShard {
+    type Reply = i64;
+    async fn handle(&mut self, _: Value, _ctx: &mut Context) -> i64 {
+        self.value
+    }
+}
+
+/// Sets the shard to zero and forgets its idempotency keys.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Clear;
+
+impl Handler<Clear> for CounterShard {
+    type Reply = ();
+    async fn handle(&mut self, _: Clear, ctx: &mut Context) {
+        ctx.storage().delete_all();
+        self.value = 0;
+        self.purge_scheduled = Some(false);
+    }
+}
+
+/// How many idempotency keys the shard remembers (for tests and operations).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RememberedKeys;
+
+impl Handler<RememberedKeys> for CounterShard {
+    type Reply = Result<usize>;
+    async fn handle(&mut self, _: RememberedKeys, ctx: &mut Context) -> Result<usize> {
+        Ok(ctx
+            .storage()
+            .list::<i64>(ListOptions::prefix(SEEN))
+            .await?
+            .len())
+    }
+}

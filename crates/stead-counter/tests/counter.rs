@@ -1,0 +1,483 @@
+//! The counter's promises: exact under concurrency, idempotent within the window, bounded
+//! storage, no overflow, fixed shard counts, and the HTTP surface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stead_core::{Durability, Error, ManualClock, Runtime};
+use stead_counter::{CounterClient, CounterConfig};
+
+fn start() -> chrono::DateTime<chrono::Utc> {
+    "2026-03-01T00:00:00Z".parse().unwrap()
+}
+
+async fn memory_rt(clock: &ManualClock) -> Runtime {
+    Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_sum_exactly() {
+    let rt = Runtime::builder()
+        .memory()
+        .mailbox_capacity(100_000)
+        .build()
+        .await
+        .unwrap();
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|t| {
+            let c = counters.clone();
+            tokio::spawn(async move {
+                let mut sum = 0i64;
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..10_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let by = (x % 2001) as i64 - 1000;
+                    assert!(c.increment("hot", by, None).await.unwrap().applied);
+                    sum += by;
+                }
+                sum
+            })
+        })
+        .collect();
+    let mut want = 0i64;
+    for t in tasks {
+        want += t.await.unwrap();
+    }
+    let got = counters.get("hot").await.unwrap();
+    assert_eq!(got.value, want);
+    assert_eq!(got.shards, 16);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Runtime::builder()
+            .sqlite(dir.path())
+            .durability(Durability::ProcessCrashSafe)
+            .build()
+    };
+    let rt = open().await.unwrap();
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let c = counters.clone();
+            tokio::spawn(async move {
+                for j in 0..300 {
+                    c.increment("orders", 1, Some(&format!("t{i}-{j}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    rt.shutdown().await.unwrap();
+    let rt = open().await.unwrap();
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    assert_eq!(counters.get("orders").await.unwrap().value, 4800);
+    // The keys survived too: a retry after the restart still counts once.
+    assert!(
+        !counters
+            .increment("orders", 1, Some("t3-7"))
+            .await
+            .unwrap()
+            .applied
+    );
+    assert_eq!(counters.get("orders").await.unwrap().value, 4800);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_increment_counts_once() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let mut applied = 0;
+    for i in 0..200 {
+        let key = format!("req-{i}");
+        // Twice at once...
+        let (a, b) = tokio::join!(
+            counters.increment("c", 2, Some(&key)),
+            counters.increment("c", 2, Some(&key))
+        );
+        applied += u32::from(a.unwrap().applied) + u32::from(b.unwrap().applied);
+    }
+    assert_eq!(applied, 200, "exactly one of each pair was applied");
+    // ...and once more an hour later.
+    clock.advance(Duration::from_secs(3600)).await;
+    for i in 0..200 {
+        assert!(
+            !counters
+                .increment("c", 2, Some(&format!("req-{i}")))
+                .await
+                .unwrap()
+                .applied
+        );
+    }
+    assert_eq!(counters.get("c").await.unwrap().value, 400);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn old_keys_are_purged_and_storage_shrinks() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let config = CounterConfig::default().dedup_window(Duration::from_secs(600));
+    let counters = CounterClient::new(&rt, config).unwrap();
+    for i in 0..100 {
+        counters
+            .increment("k", 1, Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(counters.remembered_keys("k").await.unwrap(), 100);
+    clock.advance(Duration::from_secs(300)).await;
+    for i in 100..150 {
+        counters
+            .increment("k", 1, Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+    }
+    // Past the window of the first 100 (and a purge run): only the younger 50 remain.
+    clock.advance(Duration::from_secs(400)).await;
+    assert_eq!(counters.remembered_keys("k").await.unwrap(), 50);
+    // An expired key counts again; a remembered one does not.
+    assert!(
+        counters
+            .increment("k", 1, Some("key-0"))
+            .await
+            .unwrap()
+            .applied
+    );
+    assert!(
+        !counters
+            .increment("k", 1, Some("key-120"))
+            .await
+            .unwrap()
+            .applied
+    );
+    clock.advance(Duration::from_secs(2000)).await;
+    assert_eq!(counters.remembered_keys("k").await.unwrap(), 0);
+    assert_eq!(counters.get("k").await.unwrap().value, 151);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn overflow_is_an_error_not_a_wrap() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    counters.create("big", 1).await.unwrap();
+    counters.increment("big", i64::MAX, None).await.unwrap();
+    let err = counters.increment("big", 1, None).await.unwrap_err();
+    assert!(
+        matches!(err, Error::BadRequest { ref detail } if detail.contains("overflow")),
+        "{err}"
+    );
+    counters.increment("big", -1, None).await.unwrap();
+    assert_eq!(counters.get("big").await.unwrap().value, i64::MAX - 1);
+    counters.increment("big", i64::MIN, None).await.unwrap();
+    assert_eq!(counters.get("big").await.unwrap().value, -2);
+    // With several shards, each shard's share of the range bounds it: the sum never
+    // overflows, whichever shards the increments land on.
+    counters.create("wide", 4).await.unwrap();
+    for _ in 0..8 {
+        let _ = counters.increment("wide", i64::MAX / 8, None).await;
+    }
+    let v = counters.get("wide").await.unwrap().value;
+    assert!(v > 0 && v <= i64::MAX, "{v}");
+    assert!(matches!(
+        counters.increment("wide", i64::MAX, None).await,
+        Err(Error::BadRequest { .. })
+    ));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shard_counts_are_fixed_and_names_validated() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    assert_eq!(counters.create("four", 4).await.unwrap(), 4);
+    assert!(matches!(
+        counters.create("four", 8).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert_eq!(counters.create("four", 4).await.unwrap(), 4);
+    counters.increment("four", 1, None).await.unwrap();
+    assert_eq!(counters.get("four").await.unwrap().shards, 4);
+    assert!(matches!(
+        counters.create("zero", 0).await,
+        Err(Error::BadRequest { .. })
+    ));
+    assert!(matches!(
+        counters.increment("", 1, None).await,
+        Err(Error::BadRequest { .. })
+    ));
+    assert!(matches!(
+        counters.increment(&"n".repeat(257), 1, None).await,
+        Err(Error::BadRequest { .. })
+    ));
+    assert!(matches!(
+        counters.increment("ok", 1, Some("")).await,
+        Err(Error::BadRequest { .. })
+    ));
+    assert!(matches!(
+        counters.increment("ok", 1, Some(&"k".repeat(257))).await,
+        Err(Error::BadRequest { .. })
+    ));
+    // A counter never used reads as zero and is not created by reading.
+    assert_eq!(counters.get("never").await.unwrap().value, 0);
+    assert!(
+        counters
+            .list("never", None, 10)
+            .unwrap()
+            .counters
+            .is_empty()
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn counters_are_listed_by_prefix() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    for n in ["api/a", "api/b", "api/c", "web/a", "api/d"] {
+        counters.increment(n, 1, None).await.unwrap();
+    }
+    let first = counters.list("api/", None, 3).unwrap();
+    assert_eq!(first.counters, vec!["api/a", "api/b", "api/c"]);
+    let second = counters
+        .list("api/", first.next_cursor.as_deref(), 3)
+        .unwrap();
+    assert_eq!(second.counters, vec!["api/d"]);
+    assert_eq!(second.next_cursor, None);
+    rt.shutdown().await.unwrap();
+}
+
+mod over_http {
+    use super::*;
+
+    async fn serve() -> (String, Runtime, tokio::task::JoinHandle<()>) {
+        let rt = Runtime::builder().memory().build().await.unwrap();
+        let app = stead_counter::router(&rt).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (format!("http://{addr}"), rt, task)
+    }
+
+    async fn problem(resp: reqwest::Response, status: u16) -> String {
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        body["detail"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn increment_read_reset_and_list() {
+        let (base, rt, task) = serve().await;
+        let http = reqwest::Client::new();
+        let inc = |body: serde_json::Value| {
+            http.post(format!("{base}/counters/views/increment"))
+                .json(&body)
+                .send()
+        };
+        let r: serde_json::Value = inc(serde_json::json!({"by": 5, "idempotency_key": "a"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r, serde_json::json!({"applied": true}));
+        let r: serde_json::Value = inc(serde_json::json!({"by": 5, "idempotency_key": "a"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r, serde_json::json!({"applied": false}));
+        inc(serde_json::json!({})).await.unwrap();
+        let v: serde_json::Value = http
+            .get(format!("{base}/counters/views"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v, serde_json::json!({"value": 6, "shards": 16}));
+        let l: serde_json::Value = http
+            .get(format!("{base}/counters?prefix=vi"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(l["counters"], serde_json::json!(["views"]));
+        let v: serde_json::Value = http
+            .post(format!("{base}/counters/views/reset"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["value"], 0);
+        let v: serde_json::Value = http
+            .get(format!("{base}/counters/views"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["value"], 0);
+        task.abort();
+        rt.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_a_precise_400() {
+        let (base, rt, task) = serve().await;
+        let http = reqwest::Client::new();
+        let post = |path: String, body: &'static str| {
+            http.post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let d = problem(
+            post("/counters/x/increment".into(), r#"{"by": 1.5}"#)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("by"), "{d}");
+        let d = problem(
+            post("/counters/x/increment".into(), r#"{"by": "1"}"#)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("by"), "{d}");
+        let d = problem(
+            post("/counters/x/increment".into(), r#"{"by": 1,"#)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(!d.is_empty());
+        let d = problem(
+            post(
+                "/counters/x/increment".into(),
+                r#"{"by": 99999999999999999999}"#,
+            )
+            .await
+            .unwrap(),
+            400,
+        )
+        .await;
+        assert!(!d.is_empty());
+        let d = problem(
+            post("/counters/x/increment".into(), r#"{"bye": 1}"#)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("bye"), "{d}");
+        let d = problem(
+            post(
+                format!("/counters/{}/increment", "n".repeat(300)),
+                r#"{"by": 1}"#,
+            )
+            .await
+            .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("256"), "{d}");
+        let d = problem(
+            post("/counters/x/increment".into(), r#"{"idempotency_key": ""}"#)
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("idempotency_key"), "{d}");
+        post("/counters/x/increment".into(), r#"{"by": 1}"#)
+            .await
+            .unwrap();
+        let d = problem(
+            post(
+                "/counters/x/increment".into(),
+                r#"{"by": 9223372036854775807}"#,
+            )
+            .await
+            .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("overflow"), "{d}");
+        let d = problem(
+            http.get(format!("{base}/counters?limit=0"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert!(d.contains("limit"), "{d}");
+        let d = problem(
+            http.put(format!("{base}/counters/x"))
+                .json(&serde_json::json!({"shards": 2}))
+                .send()
+                .await
+                .unwrap(),
+            409,
+        )
+        .await;
+        assert!(d.contains("16 shards"), "{d}");
+        let d = problem(
+            http.delete(format!("{base}/counters/x"))
+                .send()
+                .await
+                .unwrap(),
+            405,
+        )
+        .await;
+        assert!(d.contains("DELETE"), "{d}");
+        let d = problem(
+            http.post(format!("{base}/counters/x/increment"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap(),
+            415,
+        )
+        .await;
+        assert!(d.contains("Content-Type"), "{d}");
+        task.abort();
+        rt.shutdown().await.unwrap();
+    }
+}
