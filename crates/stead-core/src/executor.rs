@@ -151,6 +151,15 @@ pub(crate) struct NsInner<O: DurableObject> {
     backend: Arc<dyn Backend>,
     durability: Durability,
     table: Box<[TableShard<O>]>,
+    metrics: HotMetrics,
+}
+
+/// Metric handles of the hot path, registered once per namespace rather than looked up on
+/// every turn.
+struct HotMetrics {
+    turns: metrics::Counter,
+    turn_seconds: metrics::Histogram,
+    mailbox_depth: metrics::Histogram,
 }
 
 impl<O: DurableObject> NsInner<O> {
@@ -168,6 +177,11 @@ impl<O: DurableObject> NsInner<O> {
             table: (0..TABLE_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
+            metrics: HotMetrics {
+                turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
+                turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
+                mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
+            },
         }
     }
 
@@ -220,7 +234,7 @@ impl<O: DurableObject> NsInner<O> {
         }
         inbox.messages.push_back(env);
         drop(inbox);
-        metrics::histogram!("stead_mailbox_depth").record(depth as f64);
+        self.metrics.mailbox_depth.record(depth as f64);
         mailbox.notify.notify_one();
         Ok(())
     }
@@ -465,8 +479,10 @@ impl<O: DurableObject> Actor<O> {
                 let started = Instant::now();
                 let turn = AssertUnwindSafe(call.call(instance, &mut self.ctx)).catch_unwind();
                 let result = turn.instrument(span).await;
-                metrics::counter!("stead_turns_total", "class" => O::CLASS).increment(1);
-                metrics::histogram!("stead_turn_seconds", "class" => O::CLASS)
+                self.ns.metrics.turns.increment(1);
+                self.ns
+                    .metrics
+                    .turn_seconds
                     .record(started.elapsed().as_secs_f64());
                 match result {
                     Ok(()) => self.end_turn(),

@@ -22,6 +22,17 @@ fn prometheus() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
+        // Histogram samples accumulate until upkeep folds them in; without it memory would
+        // grow between scrapes.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("stead-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            });
         // Another recorder may already be installed (embedding apps); then ours stays
         // empty but /metrics still answers.
         let _ = metrics::set_global_recorder(recorder);
@@ -126,7 +137,14 @@ async fn log_request(req: Request, next: Next) -> Response {
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     tracing::debug!(%method, %path, status, elapsed_us = elapsed.as_micros() as u64, "request");
-    metrics::counter!("stead_http_requests_total", "status" => status.to_string()).increment(1);
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("stead_http_requests_total", "status" => class).increment(1);
     metrics::histogram!("stead_http_request_seconds").record(elapsed.as_secs_f64());
     resp
 }

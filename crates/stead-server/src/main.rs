@@ -1,6 +1,11 @@
 //! The `stead` server binary.
 
 use clap::Parser;
+
+/// A multi-threaded allocator: glibc's arenas contend under many small allocations
+/// across the runtime's worker threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {

@@ -1,0 +1,199 @@
+//! The HTTP load benchmark: 256 connections over loopback against the real application, for
+//! each pattern route it knows, beside a no-op handler served by the same process (the
+//! ceiling), in `process-crash-safe` and `fsync` durability. Prints a table.
+//!
+//! `cargo bench -p stead-server --bench http_load` (add `-- --seconds 5` for longer runs).
+//! Only ever targets 127.0.0.1, and every run is bounded in time.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use axum::routing::get;
+use stead_server::{Config, DurabilityMode};
+
+const CONNECTIONS: usize = 256;
+
+/// The same allocator as the `stead` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Row {
+    mode: &'static str,
+    route: &'static str,
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Noop,
+    CounterIncrement,
+    CounterRead,
+}
+
+impl Route {
+    fn name(self) -> &'static str {
+        match self {
+            Route::Noop => "GET /noop (ceiling)",
+            Route::CounterIncrement => "POST /counters/{name}/increment",
+            Route::CounterRead => "GET /counters/{name}",
+        }
+    }
+}
+
+async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Duration, u64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONNECTIONS)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let client = client.clone();
+            let base = base.to_owned();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let name = format!("load-{}", i % 64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let req = match route {
+                        Route::Noop => client.get(format!("{base}/noop")),
+                        Route::CounterIncrement => client
+                            .post(format!("{base}/counters/{name}/increment"))
+                            .header("content-type", "application/json")
+                            .body(r#"{"by":1}"#),
+                        Route::CounterRead => client.get(format!("{base}/counters/{name}")),
+                    };
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            lat.push(t.elapsed());
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    (all.len() as f64 / elapsed, pct(0.5), pct(0.99), errors)
+}
+
+/// The median latency of a small write plus fsync in `dir`.
+fn fsync_latency(dir: &std::path::Path) -> Duration {
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let mut samples = Vec::new();
+    for i in 0..200u32 {
+        f.write_all(&i.to_le_bytes()).unwrap();
+        let t = Instant::now();
+        f.sync_data().unwrap();
+        samples.push(t.elapsed());
+    }
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let seconds: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    let mut fsync = Duration::ZERO;
+    for (mode, label) in [
+        (DurabilityMode::ProcessCrashSafe, "process-crash-safe"),
+        (DurabilityMode::Fsync, "fsync"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        if matches!(mode, DurabilityMode::Fsync) {
+            fsync = fsync_latency(dir.path());
+        }
+        let mut config = Config::default();
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = dir.path().join("data");
+        config.durability = mode;
+        let (rt, addr) = tokio.block_on(async {
+            let rt = stead_server::open_runtime(&config).await.unwrap();
+            let app = stead_server::app(&rt, &config)
+                .unwrap()
+                .route("/noop", get(|| async { "ok" }));
+            let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            (rt, addr)
+        });
+        let base = format!("http://{addr}");
+        for route in [Route::Noop, Route::CounterIncrement, Route::CounterRead] {
+            tokio.block_on(drive(&base, route, 0.5)); // warm up
+            let (rps, p50, p99, errors) = tokio.block_on(drive(&base, route, seconds));
+            rows.push(Row {
+                mode: label,
+                route: route.name(),
+                rps,
+                p50,
+                p99,
+                errors,
+            });
+        }
+        tokio.block_on(rt.shutdown()).unwrap();
+    }
+    println!();
+    println!(
+        "HTTP load: {CONNECTIONS} connections over loopback, {seconds} s per row; fsync latency here: {:.3} ms",
+        fsync.as_secs_f64() * 1e3
+    );
+    println!(
+        "{:<20} {:<34} {:>10} {:>10} {:>10} {:>8} {:>10}",
+        "durability", "route", "req/s", "p50 ms", "p99 ms", "errors", "vs goal"
+    );
+    for mode in ["process-crash-safe", "fsync"] {
+        let ceiling = rows
+            .iter()
+            .find(|r| r.mode == mode && r.route.starts_with("GET /noop"))
+            .map(|r| r.rps)
+            .unwrap_or(1.0);
+        let goal_base = if mode == "fsync" {
+            ceiling.min(CONNECTIONS as f64 / fsync.as_secs_f64().max(1e-9))
+        } else {
+            ceiling
+        };
+        for r in rows.iter().filter(|r| r.mode == mode) {
+            println!(
+                "{:<20} {:<34} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>9.0}%",
+                r.mode,
+                r.route,
+                r.rps,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.errors,
+                100.0 * r.rps / goal_base
+            );
+        }
+    }
+    println!(
+        "(\"vs goal\": req/s as a share of the no-op ceiling, or for fsync of the lower of that ceiling and connections / fsync latency; the goal is 50%)"
+    );
+}
