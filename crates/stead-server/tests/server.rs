@@ -96,6 +96,63 @@ async fn health_openapi_metrics_and_problem_answers() {
 }
 
 #[tokio::test]
+async fn oversized_and_malformed_bodies_get_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_body_bytes = 1024;
+    let server = stead_server::start(c).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let url = format!("{base}/counters/big/increment");
+    let huge = format!(r#"{{"by": 1, "idempotency_key": "{}"}}"#, "k".repeat(4000));
+    let body = problem(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(huge)
+            .send()
+            .await
+            .unwrap(),
+        413,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("larger"),
+        "{body}"
+    );
+    let body = problem(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(body["type"], "/problems/malformed-json");
+    let body = problem(
+        http.post(&url)
+            .header("content-type", "application/json")
+            .body(r#"{"by": true}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("by"), "{body}");
+    // The connection survives bad input: the same client goes on working.
+    let ok = http
+        .post(&url)
+        .json(&serde_json::json!({"by": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn tokens_guard_everything_but_health() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
