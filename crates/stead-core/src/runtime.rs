@@ -249,11 +249,12 @@ impl RuntimeBuilder {
     }
 
     /// With [`sqlite`](Self::sqlite): how many shard files (and writer threads); fixed when the
-    /// directory is created (default 4).
+    /// directory is created (default: the directory's count, or one per two cores for a new
+    /// one).
     #[cfg(feature = "sqlite")]
     pub fn shards(mut self, shards: usize) -> Self {
         if let BackendChoice::Sqlite(_, opts) = &mut self.backend {
-            opts.shards = shards;
+            opts.shards = Some(shards);
         }
         self
     }

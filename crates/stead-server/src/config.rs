@@ -45,7 +45,7 @@ pub struct Cli {
     )]
     pub tokens: Vec<String>,
     /// SQLite shard files (and writer threads); fixed when the data directory is created
-    /// [default: 4].
+    /// [default: the directory's count, or one per two cores for a new directory].
     #[arg(long, env = "STEAD_SHARDS")]
     pub shards: Option<usize>,
     /// The largest request body accepted, in bytes [default: 1048576].
@@ -85,8 +85,8 @@ pub struct Config {
     pub durability: DurabilityMode,
     /// Accepted bearer tokens; empty means no authentication.
     pub tokens: Vec<String>,
-    /// SQLite shard count.
-    pub shards: usize,
+    /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
+    pub shards: Option<usize>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Largest stored value.
@@ -102,7 +102,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             durability: DurabilityMode::Fsync,
             tokens: Vec::new(),
-            shards: 4,
+            shards: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
             log: "info".to_owned(),
@@ -134,7 +134,7 @@ impl Config {
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             durability: cli.durability.or(file.durability).unwrap_or(d.durability),
             tokens: tokens.into_iter().filter(|t| !t.is_empty()).collect(),
-            shards: cli.shards.or(file.shards).unwrap_or(d.shards),
+            shards: cli.shards.or(file.shards).or(d.shards),
             max_body_bytes: cli
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -158,8 +158,10 @@ impl Config {
                 self.bind
             );
         }
-        if !(1..=256).contains(&self.shards) {
-            anyhow::bail!("invalid shards {}: must be between 1 and 256", self.shards);
+        if let Some(n) = self.shards
+            && !(1..=256).contains(&n)
+        {
+            anyhow::bail!("invalid shards {n}: must be between 1 and 256");
         }
         if self.max_body_bytes < 1024 {
             anyhow::bail!(

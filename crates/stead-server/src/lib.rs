@@ -31,16 +31,20 @@ pub use openapi::spec as openapi_spec;
 /// Opens the runtime the configuration asks for.
 pub async fn open_runtime(config: &Config) -> anyhow::Result<Runtime> {
     let builder = Runtime::builder().max_value_bytes(config.max_value_bytes);
+    let sqlite = |durability| {
+        let b = Runtime::builder()
+            .max_value_bytes(config.max_value_bytes)
+            .sqlite(&config.data_dir)
+            .durability(durability);
+        match config.shards {
+            Some(n) => b.shards(n),
+            None => b,
+        }
+    };
     let builder = match config.durability {
         DurabilityMode::Memory => builder.memory(),
-        DurabilityMode::Fsync => builder
-            .sqlite(&config.data_dir)
-            .shards(config.shards)
-            .durability(Durability::Fsync),
-        DurabilityMode::ProcessCrashSafe => builder
-            .sqlite(&config.data_dir)
-            .shards(config.shards)
-            .durability(Durability::ProcessCrashSafe),
+        DurabilityMode::Fsync => sqlite(Durability::Fsync),
+        DurabilityMode::ProcessCrashSafe => sqlite(Durability::ProcessCrashSafe),
     };
     builder.build().await.map_err(|e| {
         let source = std::error::Error::source(&e)

@@ -42,14 +42,42 @@ CREATE INDEX IF NOT EXISTS objects_by_name ON objects (class, name) WHERE name I
 #[non_exhaustive]
 pub struct SqliteOptions {
     /// How many shard files (and writer threads) to split objects over. Fixed when the data
-    /// directory is created; reopening with another count is refused.
-    pub shards: usize,
+    /// directory is created: `None` takes the directory's count, or for a new directory one
+    /// writer per two cores (at most 8); a count that differs from an existing directory's
+    /// is refused.
+    pub shards: Option<usize>,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { shards: 4 }
+        SqliteOptions { shards: None }
     }
+}
+
+/// One writer per two cores, at most 8: each writer is mostly waiting on fsync, and fewer
+/// writers make larger groups per commit.
+fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 2)
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// The shard count recorded in an existing shard file.
+fn stored_shards(conn: &Connection) -> Result<Option<usize>> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql_err)?;
+    if version == 0 {
+        return Ok(None);
+    }
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql_err)?;
+    Ok(stored.and_then(|s| s.parse().ok()))
 }
 
 /// SQLite storage in a directory of shard files (`shard-00.db`, ...).
@@ -140,20 +168,32 @@ impl SqliteBackend {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        if opts.shards == 0 || opts.shards > 256 {
+        if opts.shards.is_some_and(|n| n == 0 || n > 256) {
             return Err(Error::bad_request("shard count must be between 1 and 256"));
         }
         std::fs::create_dir_all(&dir).map_err(Error::storage)?;
-        // A directory created with another shard count is refused before anything is touched.
+        // An existing directory keeps its shard count; asking for another is refused before
+        // anything is touched.
         let first = dir.join("shard-00.db");
-        if first.exists() {
-            init_schema(&open_conn(&first)?, opts.shards)?;
-        }
-        let mut shards = Vec::with_capacity(opts.shards);
-        for i in 0..opts.shards {
+        let existing = if first.exists() {
+            stored_shards(&open_conn(&first)?)?
+        } else {
+            None
+        };
+        let count = match (existing, opts.shards) {
+            (Some(have), Some(want)) if have != want => {
+                return Err(Error::storage(std::io::Error::other(format!(
+                    "the data directory was created with {have} shards, not {want}; open it with the same shard count (or none)"
+                ))));
+            }
+            (Some(have), _) => have,
+            (None, want) => want.unwrap_or_else(default_shards),
+        };
+        let mut shards = Vec::with_capacity(count);
+        for i in 0..count {
             let path = dir.join(format!("shard-{i:02}.db"));
             let wconn = open_conn(&path)?;
-            init_schema(&wconn, opts.shards)?;
+            init_schema(&wconn, count)?;
             let reader = open_conn(&path)?;
             let (tx, rx) = std::sync::mpsc::channel();
             let completer = Completer::new();
