@@ -38,7 +38,7 @@ CREATE INDEX IF NOT EXISTS objects_by_name ON objects (class, name) WHERE name I
 ";
 
 /// Options of the SQLite backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct SqliteOptions {
     /// How many shard files (and writer threads) to split objects over. Fixed when the data
@@ -46,12 +46,6 @@ pub struct SqliteOptions {
     /// writer per two cores (at most 8); a count that differs from an existing directory's
     /// is refused.
     pub shards: Option<usize>,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions { shards: None }
-    }
 }
 
 /// One writer per two cores, at most 8: each writer is mostly waiting on fsync, and fewer
