@@ -219,6 +219,32 @@ impl SqliteBackend {
     }
 }
 
+impl SqliteBackend {
+    /// Runs a registry query (selecting `id, name`) on every shard and gathers the rows.
+    fn registry_query(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ObjectEntry>> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let conn = lock(&s.reader);
+            let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
+            let rows = stmt
+                .query_map(args, |r| {
+                    let id: Vec<u8> = r.get(0)?;
+                    let name: Option<String> = r.get(1)?;
+                    Ok((id, name))
+                })
+                .map_err(sql_err)?;
+            for row in rows {
+                let (id, name) = row.map_err(sql_err)?;
+                out.push(ObjectEntry {
+                    id: blob_id(&id)?,
+                    name,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for SqliteBackend {
     fn drop(&mut self) {
         for s in &self.shards {
@@ -318,29 +344,10 @@ impl Backend for SqliteBackend {
     ) -> Result<Vec<ObjectEntry>> {
         let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
         let lim = limit.min(i64::MAX as usize) as i64;
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let conn = lock(&s.reader);
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, name FROM objects WHERE class = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                )
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map(params![class, after, lim], |r| {
-                    let id: Vec<u8> = r.get(0)?;
-                    let name: Option<String> = r.get(1)?;
-                    Ok((id, name))
-                })
-                .map_err(sql_err)?;
-            for row in rows {
-                let (id, name) = row.map_err(sql_err)?;
-                out.push(ObjectEntry {
-                    id: blob_id(&id)?,
-                    name,
-                });
-            }
-        }
+        let mut out = self.registry_query(
+            "SELECT id, name FROM objects WHERE class = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            params![class, after, lim],
+        )?;
         out.sort_by_key(|o| o.id);
         out.truncate(limit);
         Ok(out)
@@ -359,30 +366,11 @@ impl Backend for SqliteBackend {
         };
         let upper = super::prefix_upper_bound(prefix);
         let lim = limit.min(i64::MAX as usize) as i64;
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let conn = lock(&s.reader);
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, name FROM objects WHERE class = ?1 AND name IS NOT NULL
-                     AND name >= ?2 AND (?3 IS NULL OR name < ?3) ORDER BY name LIMIT ?4",
-                )
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map(params![class, lower, upper, lim], |r| {
-                    let id: Vec<u8> = r.get(0)?;
-                    let name: Option<String> = r.get(1)?;
-                    Ok((id, name))
-                })
-                .map_err(sql_err)?;
-            for row in rows {
-                let (id, name) = row.map_err(sql_err)?;
-                out.push(ObjectEntry {
-                    id: blob_id(&id)?,
-                    name,
-                });
-            }
-        }
+        let mut out = self.registry_query(
+            "SELECT id, name FROM objects WHERE class = ?1 AND name IS NOT NULL
+             AND name >= ?2 AND (?3 IS NULL OR name < ?3) ORDER BY name LIMIT ?4",
+            params![class, lower, upper, lim],
+        )?;
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.truncate(limit);
         Ok(out)
