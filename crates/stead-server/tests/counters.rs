@@ -1,40 +1,13 @@
 //! The counter pattern through the real server: data kept across a restart, and nothing
 //! acknowledged lost when the server is killed with SIGKILL mid-run.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use stead_server::Config;
-
-fn spawn_server(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--log",
-            "info",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining its output so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
-}
 
 #[tokio::test]
 async fn counts_survive_a_restart_and_are_in_the_openapi_document() {
@@ -89,7 +62,7 @@ async fn counts_survive_a_restart_and_are_in_the_openapi_document() {
 #[test]
 fn a_sigkilled_server_loses_no_acknowledged_increment() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_server(dir.path());
+    let (mut child, base, _logs) = common::spawn_server(dir.path(), &[]);
     let acked = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(AtomicU64::new(0));
     let dead = Arc::new(AtomicBool::new(false));
@@ -143,7 +116,7 @@ fn a_sigkilled_server_loses_no_acknowledged_increment() {
         "the server acknowledged something before the kill"
     );
 
-    let (mut child, base) = spawn_server(dir.path());
+    let (mut child, base, _logs) = common::spawn_server(dir.path(), &[]);
     let value = rt.block_on(async {
         let v: serde_json::Value = reqwest::get(format!("{base}/counters/crash"))
             .await

@@ -1,7 +1,8 @@
 //! End to end: the real server on 127.0.0.1 with an ephemeral port, called over HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 
 use stead_server::{Config, DurabilityMode};
 
@@ -257,39 +258,10 @@ fn bad_configuration_is_refused_with_a_clear_message() {
 #[test]
 fn the_binary_shuts_down_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--log",
-            "info",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Bounded: a server that never logs its address is killed by the guard below.
-    let pid = child.id();
-    let guard = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    });
-    let addr = loop {
-        let line = lines.next().expect("the server logs its address").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    drop(guard);
+    let (mut child, base, logs) = common::spawn_server(dir.path(), &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
-        reqwest::get(format!("http://{addr}/healthz"))
+        reqwest::get(format!("{base}/healthz"))
             .await
             .unwrap()
             .status()
@@ -302,7 +274,7 @@ fn the_binary_shuts_down_gracefully_on_sigterm() {
     assert!(killed.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = logs.iter().collect();
     assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
 }
 
