@@ -61,6 +61,10 @@ pub use stead_core::http;
 #[cfg(feature = "counter")]
 pub use stead_counter as counter;
 
+/// Locks and semaphores with fencing tokens (feature `lock`).
+#[cfg(feature = "lock")]
+pub use stead_lock as lock;
+
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
 /// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
 /// methods and oversized bodies on its routes get RFC 9457 problem+json answers (give your
@@ -74,6 +78,10 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     {
         router = router.merge(stead_counter::router(rt)?);
     }
+    #[cfg(feature = "lock")]
+    {
+        router = router.merge(stead_lock::router(rt)?);
+    }
     Ok(router.layer(axum::middleware::from_fn(
         stead_core::http::problem_for_bare_errors,
     )))
@@ -85,6 +93,10 @@ pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
     let mut paths = serde_json::Map::new();
     #[cfg(feature = "counter")]
     if let serde_json::Value::Object(p) = stead_counter::openapi_paths() {
+        paths.extend(p);
+    }
+    #[cfg(feature = "lock")]
+    if let serde_json::Value::Object(p) = stead_lock::openapi_paths() {
         paths.extend(p);
     }
     paths

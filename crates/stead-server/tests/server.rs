@@ -64,7 +64,21 @@ async fn health_openapi_metrics_and_problem_answers() {
         .await
         .unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/counters",
+        "/counters/{name}",
+        "/counters/{name}/increment",
+        "/counters/{name}/reset",
+        "/locks/{name}",
+        "/locks/{name}/acquire",
+        "/locks/{name}/renew",
+        "/locks/{name}/release",
+        "/locks/{name}/validate",
+    ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
 

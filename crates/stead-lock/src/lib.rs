@@ -1,0 +1,47 @@
+//! # stead-lock: locks and semaphores with fencing tokens
+//!
+//! A lock is a durable object that hands out leases. Every lease carries a *fencing token*
+//! that is greater than every token issued before it, across expiries and restarts: a
+//! resource that refuses tokens lower than the highest it has seen can never be written by a
+//! client that paused, lost its lease and came back late. Leases expire by alarm; callers
+//! can wait in a fair FIFO line (a long-poll, no polling); with `permits` above one the lock
+//! is a counting semaphore.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::time::Duration;
+//! use stead_lock::{AcquireOptions, LockClient};
+//!
+//! let rt = stead_core::Runtime::builder().memory().build().await?;
+//! let locks = LockClient::new(&rt)?;
+//! let a = locks.acquire("report", AcquireOptions::new("a", Duration::from_secs(10))).await?;
+//! // Taken: a second holder is refused at once...
+//! assert!(locks.acquire("report", AcquireOptions::new("b", Duration::from_secs(10))).await.is_err());
+//! let token_a = a.token();
+//! a.release().await?;
+//! // ...and gets a greater token once it is free.
+//! let b = locks.acquire("report", AcquireOptions::new("b", Duration::from_secs(10))).await?;
+//! assert!(b.token() > token_a);
+//! # b.release().await?;
+//! # rt.shutdown().await?;
+//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! ```
+//!
+//! Over HTTP (see [`router`]): `POST /locks/{name}/acquire`, `/renew`, `/release`,
+//! `/validate`, and `GET /locks/{name}`.
+
+mod client;
+mod http;
+mod object;
+
+pub use client::{AcquireOptions, LockClient, LockGuard};
+pub use http::openapi_paths;
+pub use object::{
+    AcquireReply, Lease, Lock, LockState, MAX_HOLDER_BYTES, MAX_PERMITS, MAX_TTL_MS, MAX_WAIT_MS,
+    Validity,
+};
+
+/// The lock routes (under `/locks`) for a runtime.
+pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
+    Ok(http::routes(LockClient::new(rt)?))
+}

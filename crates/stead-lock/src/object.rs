@@ -1,0 +1,394 @@
+//! The lock object: holders with fencing tokens, a FIFO queue of waiters, expiry by alarm.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use stead_core::{AlarmInfo, Context, Deferred, DurableObject, Error, Handler, Result};
+
+/// The longest lease, and the longest wait, in milliseconds (one day).
+pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
+/// The longest a caller may wait in the queue, in milliseconds (five minutes).
+pub const MAX_WAIT_MS: u64 = 5 * 60 * 1000;
+/// The most permits a semaphore may have.
+pub const MAX_PERMITS: u32 = 10_000;
+/// The longest holder name, in bytes.
+pub const MAX_HOLDER_BYTES: usize = 256;
+
+const STATE: &str = "state";
+
+/// One lease on the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Who holds it.
+    pub holder: String,
+    /// Its fencing token: greater than every token issued before it.
+    pub token: u64,
+    /// When it lapses unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    /// The next token to hand out; only ever grows.
+    next_token: u64,
+    permits: u32,
+    leases: Vec<Lease>,
+}
+
+struct Waiter {
+    holder: String,
+    ttl_ms: u64,
+    deadline: DateTime<Utc>,
+    reply: Deferred<Result<AcquireReply>>,
+}
+
+/// A lock (or, with more than one permit, a counting semaphore).
+pub struct Lock {
+    state: State,
+    waiters: VecDeque<Waiter>,
+}
+
+impl DurableObject for Lock {
+    const CLASS: &'static str = "lock";
+    type Env = ();
+
+    async fn activate(ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+        let state: State = ctx.storage().get(STATE).await?.unwrap_or_default();
+        Ok(Lock {
+            state,
+            waiters: VecDeque::new(),
+        })
+    }
+
+    async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
+        self.settle(ctx)
+    }
+}
+
+/// Asks for a lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acquire {
+    /// Who asks (a client id, a host name...).
+    pub holder: String,
+    /// How long the lease lasts unless renewed.
+    pub ttl_ms: u64,
+    /// How long to wait in the queue when the lock is taken (0: answer at once).
+    pub wait_ms: u64,
+    /// How many holders the lock admits at once (1: a mutex).
+    pub permits: u32,
+}
+
+/// The answer to [`Acquire`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireReply {
+    /// Whether the lease was granted.
+    pub acquired: bool,
+    /// The fencing token of the granted lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// When the granted lease lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When refused: a current holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// When refused: how long until the earliest lease lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Handler<Acquire> for Lock {
+    type Reply = Result<AcquireReply>;
+    async fn handle(&mut self, msg: Acquire, ctx: &mut Context) -> Result<AcquireReply> {
+        check_holder(&msg.holder)?;
+        check_ttl(msg.ttl_ms)?;
+        if msg.wait_ms > MAX_WAIT_MS {
+            return Err(Error::bad_request(format!(
+                "wait_ms may be at most {MAX_WAIT_MS}"
+            )));
+        }
+        if msg.permits == 0 || msg.permits > MAX_PERMITS {
+            return Err(Error::bad_request(format!(
+                "permits must be between 1 and {MAX_PERMITS}"
+            )));
+        }
+        self.expire(ctx.now());
+        self.waiters.retain(|w| !w.reply.is_closed());
+        if !self.state.leases.is_empty() && msg.permits != self.state.permits {
+            return Err(Error::conflict(format!(
+                "the lock is held with {} permits; acquire it with the same count",
+                self.state.permits
+            )));
+        }
+        self.state.permits = msg.permits;
+        // Asking again for a lease already held answers with that lease (a safe retry).
+        if let Some(lease) = self.state.leases.iter().find(|l| l.holder == msg.holder) {
+            return Ok(granted(lease));
+        }
+        if self.has_room() && self.waiters.is_empty() {
+            let lease = self.grant(ctx, msg.holder, msg.ttl_ms)?;
+            self.arm(ctx)?;
+            return Ok(granted(&lease));
+        }
+        if msg.wait_ms > 0 {
+            // Wait in line: the reply is given in a later turn (a release, an expiry or the
+            // deadline); what this handler returns is discarded.
+            let deadline = ctx.now() + chrono::Duration::milliseconds(msg.wait_ms as i64);
+            let reply = ctx.defer::<Result<AcquireReply>>()?;
+            self.waiters.push_back(Waiter {
+                holder: msg.holder,
+                ttl_ms: msg.ttl_ms,
+                deadline,
+                reply,
+            });
+            self.arm(ctx)?;
+            return Ok(self.refusal(ctx.now()));
+        }
+        Ok(self.refusal(ctx.now()))
+    }
+}
+
+impl Lock {
+    fn has_room(&self) -> bool {
+        self.state.leases.len() < self.state.permits.max(1) as usize
+    }
+
+    /// Drops leases that have lapsed.
+    fn expire(&mut self, now: DateTime<Utc>) {
+        self.state.leases.retain(|l| l.expires_at > now);
+    }
+
+    fn grant(&mut self, ctx: &mut Context, holder: String, ttl_ms: u64) -> Result<Lease> {
+        self.state.next_token += 1;
+        let lease = Lease {
+            holder,
+            token: self.state.next_token,
+            expires_at: ctx.now() + chrono::Duration::milliseconds(ttl_ms as i64),
+        };
+        self.state.leases.push(lease.clone());
+        ctx.storage().put(STATE, &self.state)?;
+        Ok(lease)
+    }
+
+    fn refusal(&self, now: DateTime<Utc>) -> AcquireReply {
+        let first = self.state.leases.iter().min_by_key(|l| l.expires_at);
+        AcquireReply {
+            acquired: false,
+            token: None,
+            expires_at: None,
+            holder: first.map(|l| l.holder.clone()),
+            retry_after_ms: first.map(|l| (l.expires_at - now).num_milliseconds().max(0) as u64),
+        }
+    }
+
+    /// Sets the alarm to the next lease expiry or waiter deadline.
+    fn arm(&mut self, ctx: &mut Context) -> Result<()> {
+        let next = self
+            .state
+            .leases
+            .iter()
+            .map(|l| l.expires_at)
+            .chain(self.waiters.iter().map(|w| w.deadline))
+            .min();
+        match next {
+            Some(at) => ctx.storage().set_alarm(at),
+            None => {
+                ctx.storage().delete_alarm();
+                Ok(())
+            }
+        }
+    }
+
+    /// Expires lapsed leases, answers waiters whose deadline passed, grants the lock to the
+    /// waiters at the head of the line while there is room, and re-arms the alarm.
+    fn settle(&mut self, ctx: &mut Context) -> Result<()> {
+        let now = ctx.now();
+        let before = self.state.leases.len();
+        self.expire(now);
+        if self.state.leases.len() != before {
+            ctx.storage().put(STATE, &self.state)?;
+        }
+        let mut waiting = VecDeque::new();
+        for w in std::mem::take(&mut self.waiters) {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if w.deadline <= now {
+                let refusal = self.refusal(now);
+                w.reply.complete(ctx, Ok(refusal));
+            } else {
+                waiting.push_back(w);
+            }
+        }
+        self.waiters = waiting;
+        while self.has_room() {
+            let Some(w) = self.waiters.pop_front() else {
+                break;
+            };
+            if w.reply.is_closed() {
+                continue;
+            }
+            let lease = self.grant(ctx, w.holder, w.ttl_ms)?;
+            w.reply.complete(ctx, Ok(granted(&lease)));
+        }
+        self.arm(ctx)
+    }
+
+    fn lease_of(&self, holder: &str, token: u64) -> Result<usize> {
+        match self
+            .state
+            .leases
+            .iter()
+            .position(|l| l.holder == holder && l.token == token)
+        {
+            Some(i) => Ok(i),
+            None => Err(Error::conflict(
+                match self.state.leases.iter().find(|l| l.holder == holder) {
+                    Some(l) => format!("token {token} is stale: {holder} holds token {}", l.token),
+                    None => format!(
+                        "{holder} does not hold the lock with token {token} (it expired or was never granted)"
+                    ),
+                },
+            )),
+        }
+    }
+}
+
+/// Extends a lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renew {
+    /// The holder of the lease.
+    pub holder: String,
+    /// Its token.
+    pub token: u64,
+    /// The new time to live, from now.
+    pub ttl_ms: u64,
+}
+
+impl Handler<Renew> for Lock {
+    type Reply = Result<Lease>;
+    async fn handle(&mut self, msg: Renew, ctx: &mut Context) -> Result<Lease> {
+        check_holder(&msg.holder)?;
+        check_ttl(msg.ttl_ms)?;
+        self.expire(ctx.now());
+        let i = self.lease_of(&msg.holder, msg.token)?;
+        self.state.leases[i].expires_at =
+            ctx.now() + chrono::Duration::milliseconds(msg.ttl_ms as i64);
+        ctx.storage().put(STATE, &self.state)?;
+        self.arm(ctx)?;
+        Ok(self.state.leases[i].clone())
+    }
+}
+
+/// Gives a lease back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Release {
+    /// The holder of the lease.
+    pub holder: String,
+    /// Its token.
+    pub token: u64,
+}
+
+impl Handler<Release> for Lock {
+    type Reply = Result<()>;
+    async fn handle(&mut self, msg: Release, ctx: &mut Context) -> Result<()> {
+        check_holder(&msg.holder)?;
+        self.expire(ctx.now());
+        let i = self.lease_of(&msg.holder, msg.token)?;
+        self.state.leases.remove(i);
+        ctx.storage().put(STATE, &self.state)?;
+        self.settle(ctx)
+    }
+}
+
+/// What the lock looks like now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockState {
+    /// How many holders it admits.
+    pub permits: u32,
+    /// The live leases.
+    pub holders: Vec<Lease>,
+    /// How many callers wait in line.
+    pub waiters: usize,
+    /// The last token handed out.
+    pub last_token: u64,
+}
+
+/// Reads the lock's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inspect;
+
+impl Handler<Inspect> for Lock {
+    type Reply = LockState;
+    async fn handle(&mut self, _: Inspect, ctx: &mut Context) -> LockState {
+        self.expire(ctx.now());
+        LockState {
+            permits: self.state.permits.max(1),
+            holders: self.state.leases.clone(),
+            waiters: self.waiters.iter().filter(|w| !w.reply.is_closed()).count(),
+            last_token: self.state.next_token,
+        }
+    }
+}
+
+/// Asks whether a token belongs to a live lease (for resource servers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validate {
+    /// The token to check.
+    pub token: u64,
+}
+
+/// The answer to [`Validate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validity {
+    /// Whether the token is held by a live lease now.
+    pub valid: bool,
+    /// The last token handed out: a resource can refuse anything below the highest it saw.
+    pub last_token: u64,
+}
+
+impl Handler<Validate> for Lock {
+    type Reply = Validity;
+    async fn handle(&mut self, msg: Validate, ctx: &mut Context) -> Validity {
+        self.expire(ctx.now());
+        Validity {
+            valid: self.state.leases.iter().any(|l| l.token == msg.token),
+            last_token: self.state.next_token,
+        }
+    }
+}
+
+fn granted(lease: &Lease) -> AcquireReply {
+    AcquireReply {
+        acquired: true,
+        token: Some(lease.token),
+        expires_at: Some(lease.expires_at),
+        holder: None,
+        retry_after_ms: None,
+    }
+}
+
+fn check_holder(holder: &str) -> Result<()> {
+    if holder.is_empty() || holder.len() > MAX_HOLDER_BYTES {
+        return Err(Error::bad_request(format!(
+            "holder must be 1 to {MAX_HOLDER_BYTES} bytes"
+        )));
+    }
+    if holder.chars().any(char::is_control) {
+        return Err(Error::bad_request(
+            "holder may not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_ttl(ttl_ms: u64) -> Result<()> {
+    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
+        return Err(Error::bad_request(format!(
+            "ttl_ms must be between 1 and {MAX_TTL_MS}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The lock's promises: mutual exclusion (or at most N for a semaphore), strictly increasing
+//! fencing tokens across expiries and restarts, expiry by alarm, a fair queue, and the HTTP
+//! surface with every error.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use stead_core::{Clock, Error, ManualClock, Runtime};
+use stead_lock::{AcquireOptions, LockClient};
+
+fn start() -> chrono::DateTime<chrono::Utc> {
+    "2026-05-01T00:00:00Z".parse().unwrap()
+}
+
+async fn setup() -> (Runtime, LockClient, ManualClock) {
+    let clock = ManualClock::new(start());
+    let rt = Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let locks = LockClient::new(&rt).unwrap();
+    (rt, locks, clock)
+}
+
+fn opts(holder: &str, ttl_s: u64) -> AcquireOptions {
+    AcquireOptions::new(holder, Duration::from_secs(ttl_s))
+}
+
+#[tokio::test]
+async fn one_holder_at_a_time_and_tokens_only_grow() {
+    let (rt, locks, _clock) = setup().await;
+    let a = locks.try_acquire("m", &opts("a", 10)).await.unwrap();
+    assert!(a.acquired);
+    let b = locks.try_acquire("m", &opts("b", 10)).await.unwrap();
+    assert!(!b.acquired);
+    assert_eq!(b.holder.as_deref(), Some("a"));
+    assert_eq!(b.retry_after_ms, Some(10_000));
+    // Asking again for a held lease returns it (a safe retry), not a second one.
+    assert_eq!(
+        locks.try_acquire("m", &opts("a", 10)).await.unwrap().token,
+        a.token
+    );
+    let ta = a.token.unwrap();
+    // Wrong holder and stale token are conflicts, never silent successes.
+    assert!(matches!(
+        locks.release("m", "b", ta).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        locks.release("m", "a", ta + 1).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        locks.renew("m", "b", ta, Duration::from_secs(5)).await,
+        Err(Error::Conflict { .. })
+    ));
+    locks.release("m", "a", ta).await.unwrap();
+    assert!(
+        matches!(
+            locks.release("m", "a", ta).await,
+            Err(Error::Conflict { .. })
+        ),
+        "twice"
+    );
+    let b = locks.try_acquire("m", &opts("b", 10)).await.unwrap();
+    assert!(b.token.unwrap() > ta);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn leases_expire_by_alarm_unless_renewed() {
+    let (rt, locks, clock) = setup().await;
+    let a = locks.try_acquire("e", &opts("a", 10)).await.unwrap();
+    let ta = a.token.unwrap();
+    clock.advance(Duration::from_secs(8)).await;
+    let lease = locks
+        .renew("e", "a", ta, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(lease.expires_at, start() + chrono::Duration::seconds(18));
+    clock.advance(Duration::from_secs(9)).await;
+    assert_eq!(locks.state("e").await.unwrap().holders.len(), 1, "renewed");
+    clock.advance(Duration::from_secs(1)).await;
+    assert!(
+        locks.state("e").await.unwrap().holders.is_empty(),
+        "expired at 18 s"
+    );
+    assert!(!locks.validate("e", ta).await.unwrap().valid);
+    assert!(matches!(
+        locks.renew("e", "a", ta, Duration::from_secs(10)).await,
+        Err(Error::Conflict { .. })
+    ));
+    let b = locks.try_acquire("e", &opts("b", 10)).await.unwrap();
+    assert!(b.token.unwrap() > ta);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn waiters_are_served_in_order_and_time_out() {
+    let (rt, locks, clock) = setup().await;
+    let a = locks.try_acquire("q", &opts("a", 30)).await.unwrap();
+    let wait = |h: &'static str, secs: u64| {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .try_acquire("q", &opts(h, 30).wait(Duration::from_secs(secs)))
+                .await
+                .unwrap()
+        })
+    };
+    let b = wait("b", 60);
+    while locks.state("q").await.unwrap().waiters < 1 {
+        tokio::task::yield_now().await;
+    }
+    let c = wait("c", 60);
+    while locks.state("q").await.unwrap().waiters < 2 {
+        tokio::task::yield_now().await;
+    }
+    let d = wait("d", 5);
+    while locks.state("q").await.unwrap().waiters < 3 {
+        tokio::task::yield_now().await;
+    }
+    // d gives up after 5 s, without polling.
+    clock.advance(Duration::from_secs(5)).await;
+    let d = d.await.unwrap();
+    assert!(!d.acquired);
+    assert_eq!(d.holder.as_deref(), Some("a"));
+    // a releases: b, who came first, gets it; c still waits.
+    locks.release("q", "a", a.token.unwrap()).await.unwrap();
+    let b = b.await.unwrap();
+    assert!(b.acquired);
+    assert!(b.token > a.token);
+    assert!(!c.is_finished());
+    // b's lease lapses: c gets it by alarm.
+    clock.advance(Duration::from_secs(30)).await;
+    let c = c.await.unwrap();
+    assert!(c.acquired && c.token > b.token);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_semaphore_admits_at_most_n() {
+    let (rt, locks, _clock) = setup().await;
+    let mut tokens = Vec::new();
+    let mut refused = 0;
+    for i in 0..5 {
+        let r = locks
+            .try_acquire("pool", &opts(&format!("w{i}"), 10).permits(3))
+            .await
+            .unwrap();
+        match r.token {
+            Some(t) => tokens.push(t),
+            None => refused += 1,
+        }
+    }
+    assert_eq!(tokens.len(), 3);
+    assert_eq!(refused, 2);
+    tokens.dedup();
+    assert_eq!(tokens.len(), 3, "each holder its own token");
+    let err = locks
+        .try_acquire("pool", &opts("x", 10).permits(4))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_and_leases_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let open = || {
+        Runtime::builder()
+            .sqlite(dir.path())
+            .clock(Arc::new(clock.clone()))
+            .build()
+    };
+    let rt = open().await.unwrap();
+    let locks = LockClient::new(&rt).unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        let r = locks
+            .try_acquire("r", &opts(&format!("h{i}"), 60))
+            .await
+            .unwrap();
+        last = r.token.unwrap();
+        locks.release("r", &format!("h{i}"), last).await.unwrap();
+    }
+    let held = locks.try_acquire("r", &opts("keeper", 60)).await.unwrap();
+    rt.shutdown().await.unwrap();
+
+    let rt = open().await.unwrap();
+    let locks = LockClient::new(&rt).unwrap();
+    let st = locks.state("r").await.unwrap();
+    assert_eq!(st.holders.len(), 1, "an unexpired lease is still held");
+    assert_eq!(st.holders[0].token, held.token.unwrap());
+    assert!(
+        !locks
+            .try_acquire("r", &opts("other", 60))
+            .await
+            .unwrap()
+            .acquired
+    );
+    // It expires by the alarm kept across the restart; the next token is greater still.
+    clock.advance(Duration::from_secs(60)).await;
+    let next = locks.try_acquire("r", &opts("other", 60)).await.unwrap();
+    assert!(next.token.unwrap() > held.token.unwrap() && held.token.unwrap() > last);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_precisely() {
+    let (rt, locks, _clock) = setup().await;
+    let bad = [
+        opts("", 10),
+        opts(&"h".repeat(300), 10),
+        AcquireOptions::new("h", Duration::ZERO),
+        AcquireOptions::new("h", Duration::from_secs(2 * 86_400)),
+        opts("h", 10).permits(0),
+        opts("h", 10).wait(Duration::from_secs(3600)),
+    ];
+    for o in bad {
+        assert!(
+            matches!(
+                locks.try_acquire("v", &o).await,
+                Err(Error::BadRequest { .. })
+            ),
+            "{o:?}"
+        );
+    }
+    assert!(matches!(
+        locks.try_acquire("", &opts("h", 1)).await,
+        Err(Error::BadRequest { .. })
+    ));
+    rt.shutdown().await.unwrap();
+}
+
+/// A resource that refuses writes whose token is lower than the highest it has seen.
+#[derive(Default)]
+struct Resource {
+    highest: u64,
+    accepted: Vec<u64>,
+    rejected: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_with_pauses_longer_than_the_ttl_stays_safe() {
+    for permits in [1u32, 3] {
+        let (rt, locks, clock) = setup().await;
+        let resource = Arc::new(Mutex::new(Resource::default()));
+        let grants = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..32u64)
+            .map(|w| {
+                let (locks, clock, resource, grants, done) = (
+                    locks.clone(),
+                    clock.clone(),
+                    resource.clone(),
+                    grants.clone(),
+                    done.clone(),
+                );
+                tokio::spawn(async move {
+                    let holder = format!("w{w}");
+                    let mut x = w * 2654435761 + 1;
+                    for _ in 0..15 {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let o = AcquireOptions::new(holder.clone(), Duration::from_secs(5))
+                            .wait(Duration::from_secs(20))
+                            .permits(permits);
+                        let r = locks.try_acquire("shared", &o).await.unwrap();
+                        let Some(token) = r.token else { continue };
+                        grants.lock().unwrap().push(token);
+                        let st = locks.state("shared").await.unwrap();
+                        assert!(
+                            st.holders.len() <= permits as usize,
+                            "at most {permits} unexpired holders"
+                        );
+                        if (x >> 33) % 4 == 0 {
+                            // A pause longer than the lease: by the time we write, we may have lost it.
+                            let until = r.expires_at.unwrap() + chrono::Duration::seconds(1);
+                            while clock.now() < until {
+                                tokio::task::yield_now().await;
+                            }
+                        } else {
+                            for _ in 0..(x >> 40) % 20 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        {
+                            let mut res = resource.lock().unwrap();
+                            if token < res.highest {
+                                res.rejected += 1;
+                            } else {
+                                res.highest = token;
+                                res.accepted.push(token);
+                            }
+                        }
+                        let _ = locks.release("shared", &holder, token).await;
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        // Time moves on while they work, so leases lapse and waiters time out.
+        while done.load(std::sync::atomic::Ordering::SeqCst) < 32 {
+            clock.advance(Duration::from_millis(500)).await;
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let grants = grants.lock().unwrap().clone();
+        let mut sorted = grants.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), grants.len(), "no token handed out twice");
+        let (accepted, rejected) = {
+            let res = resource.lock().unwrap();
+            (res.accepted.clone(), res.rejected)
+        };
+        assert!(
+            accepted.windows(2).all(|w| w[0] <= w[1]),
+            "no stale write accepted"
+        );
+        assert!(!accepted.is_empty());
+        if permits == 1 {
+            assert!(
+                rejected > 0,
+                "some paused holders came back late and were fenced off"
+            );
+        }
+        rt.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_guard_renews_until_released() {
+    let (rt, locks, clock) = setup().await;
+    let guard = locks.acquire("g", opts("a", 30)).await.unwrap();
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(10)).await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(!guard.is_lost());
+    assert_eq!(
+        locks.state("g").await.unwrap().holders[0].token,
+        guard.token(),
+        "still held after 100 s"
+    );
+    let token = guard.token();
+    guard.release().await.unwrap();
+    assert!(!locks.validate("g", token).await.unwrap().valid);
+    rt.shutdown().await.unwrap();
+}
