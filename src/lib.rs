@@ -65,6 +65,10 @@ pub use stead_counter as counter;
 #[cfg(feature = "lock")]
 pub use stead_lock as lock;
 
+/// Leader election with strictly increasing terms (feature `leader`).
+#[cfg(feature = "leader")]
+pub use stead_leader as leader;
+
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
 /// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
 /// methods and oversized bodies on its routes get RFC 9457 problem+json answers (give your
@@ -82,6 +86,10 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     {
         router = router.merge(stead_lock::router(rt)?);
     }
+    #[cfg(feature = "leader")]
+    {
+        router = router.merge(stead_leader::router(rt)?);
+    }
     Ok(router.layer(axum::middleware::from_fn(
         stead_core::http::problem_for_bare_errors,
     )))
@@ -97,6 +105,10 @@ pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
     }
     #[cfg(feature = "lock")]
     if let serde_json::Value::Object(p) = stead_lock::openapi_paths() {
+        paths.extend(p);
+    }
+    #[cfg(feature = "leader")]
+    if let serde_json::Value::Object(p) = stead_leader::openapi_paths() {
         paths.extend(p);
     }
     paths

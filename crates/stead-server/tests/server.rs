@@ -78,6 +78,11 @@ async fn health_openapi_metrics_and_problem_answers() {
         "/locks/{name}/renew",
         "/locks/{name}/release",
         "/locks/{name}/validate",
+        "/leaders/{group}",
+        "/leaders/{group}/campaign",
+        "/leaders/{group}/heartbeat",
+        "/leaders/{group}/resign",
+        "/leaders/{group}/watch",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
