@@ -360,3 +360,22 @@ async fn the_guard_renews_until_released() {
     assert!(!locks.validate("g", token).await.unwrap().valid);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_guard_says_when_its_lease_was_lost() {
+    let (rt, locks, clock) = setup().await;
+    let mut guard = locks.acquire("lost", opts("a", 30)).await.unwrap();
+    for _ in 0..20 {
+        tokio::task::yield_now().await; // let the renewer start its first wait
+    }
+    // A stall longer than the whole lease: the alarm ends it before the renewal runs.
+    clock.advance(Duration::from_secs(31)).await;
+    let other = locks.try_acquire("lost", &opts("b", 30)).await.unwrap();
+    assert!(other.acquired && other.token.unwrap() > guard.token());
+    tokio::time::timeout(Duration::from_secs(10), guard.lost())
+        .await
+        .expect("the guard reports the loss");
+    assert!(guard.is_lost());
+    assert!(matches!(guard.release().await, Err(Error::Conflict { .. })));
+    rt.shutdown().await.unwrap();
+}

@@ -31,6 +31,7 @@ enum Route {
     Noop,
     CounterIncrement,
     CounterRead,
+    LockPair,
 }
 
 impl Route {
@@ -39,6 +40,7 @@ impl Route {
             Route::Noop => "GET /noop (ceiling)",
             Route::CounterIncrement => "POST /counters/{name}/increment",
             Route::CounterRead => "GET /counters/{name}",
+            Route::LockPair => "lock acquire + release (pairs)",
         }
     }
 }
@@ -57,10 +59,21 @@ async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Durati
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut errors = 0u64;
-                let name = format!("load-{}", i % 64);
+                let name = if let Route::LockPair = route {
+                    format!("load-lock-{i}")
+                } else {
+                    format!("load-{}", i % 64)
+                };
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     let req = match route {
+                        Route::LockPair => {
+                            match lock_pair(&client, &base, &name).await {
+                                Ok(()) => lat.push(t.elapsed()),
+                                Err(()) => errors += 1,
+                            }
+                            continue;
+                        }
                         Route::Noop => client.get(format!("{base}/noop")),
                         Route::CounterIncrement => client
                             .post(format!("{base}/counters/{name}/increment"))
@@ -95,6 +108,31 @@ async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Durati
             .unwrap_or_default()
     };
     (all.len() as f64 / elapsed, pct(0.5), pct(0.99), errors)
+}
+
+/// One uncontended acquire and its release, over HTTP.
+async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(), ()> {
+    let r = client
+        .post(format!("{base}/locks/{name}/acquire"))
+        .header("content-type", "application/json")
+        .body(r#"{"holder":"load","ttl_ms":30000}"#)
+        .send()
+        .await
+        .map_err(|_| ())?;
+    let body: serde_json::Value = r.json().await.map_err(|_| ())?;
+    let token = body["token"].as_u64().ok_or(())?;
+    let r = client
+        .post(format!("{base}/locks/{name}/release"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"holder":"load","token":{token}}}"#))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 /// The median latency of a small write plus fsync in `dir`.
@@ -146,7 +184,12 @@ fn main() {
             (rt, addr)
         });
         let base = format!("http://{addr}");
-        for route in [Route::Noop, Route::CounterIncrement, Route::CounterRead] {
+        for route in [
+            Route::Noop,
+            Route::CounterIncrement,
+            Route::CounterRead,
+            Route::LockPair,
+        ] {
             tokio.block_on(drive(&base, route, 0.5)); // warm up
             let (rps, p50, p99, errors) = tokio.block_on(drive(&base, route, seconds));
             rows.push(Row {
