@@ -158,11 +158,18 @@ fn check_name(name: &str) -> Result<()> {
 
 /// Every job of an object, by name.
 pub(crate) fn load(storage: &mut Storage) -> Result<Vec<(String, JobRecord)>> {
-    Ok(storage
+    if storage.known_without_schedules() {
+        return Ok(Vec::new());
+    }
+    let jobs: Vec<_> = storage
         .list_internal::<JobRecord>(SCHEDULE_PREFIX)?
         .into_iter()
         .map(|(k, r)| (k[SCHEDULE_PREFIX.len()..].to_owned(), r))
-        .collect())
+        .collect();
+    if jobs.is_empty() {
+        storage.set_known_without_schedules();
+    }
+    Ok(jobs)
 }
 
 /// Records that job `name` ran (or was dropped) at `now`: removes a one-shot, moves a

@@ -66,6 +66,8 @@ pub struct Storage {
     committed_alarm: Option<Option<i64>>,
     registered: bool,
     fence: Arc<Fence>,
+    /// Known to have no schedule entries (saves a range scan whenever the alarm changes).
+    no_schedules: bool,
 }
 
 /// What a finished turn left for the object to do.
@@ -104,6 +106,7 @@ impl Storage {
             committed_alarm: None,
             registered: false,
             fence: Arc::new(Fence::default()),
+            no_schedules: false,
         }
     }
 
@@ -191,6 +194,8 @@ impl Storage {
         self.turn_cleared = false;
         self.turn_alarm_dirty = false;
         self.turn_alarm = None;
+        // What this turn learnt about schedules may rest on writes just discarded.
+        self.no_schedules = false;
     }
 
     /// Sets the object's alarm: its `alarm` handler runs at or after `at` (at least once,
@@ -236,7 +241,20 @@ impl Storage {
         self.get_raw(key)?.map(|v| decode(&v)).transpose()
     }
 
+    /// Whether the object is known to have no schedule entries.
+    pub(crate) fn known_without_schedules(&self) -> bool {
+        self.no_schedules
+    }
+
+    /// Records that a scan found no schedule entries.
+    pub(crate) fn set_known_without_schedules(&mut self) {
+        self.no_schedules = true;
+    }
+
     pub(crate) fn put_internal<T: Serialize>(&mut self, key: String, value: &T) -> Result<()> {
+        if key.starts_with(SCHEDULE_PREFIX) {
+            self.no_schedules = false;
+        }
         let v = self.encode(value)?;
         self.turn.insert(key, Some(v));
         self.turn_alarm_dirty = true;
@@ -491,6 +509,7 @@ impl Storage {
         self.committed_alarm = None;
         self.registered = false;
         self.fence = Arc::new(Fence::default());
+        self.no_schedules = false;
     }
 }
 
