@@ -246,6 +246,6 @@ fn main() {
         }
     }
     println!(
-        "(\"vs goal\": req/s as a share of the no-op ceiling, or for fsync of the lower of that ceiling and connections / fsync latency; the goal is 50%)"
+        "(\"vs goal\": requests/s (two per lock pair) as a share of the no-op ceiling, or for fsync of the lower of that ceiling and connections / fsync latency; the goal is 50%)"
     );
 }
