@@ -213,6 +213,16 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a duration in milliseconds from a request: at least 1, at most `max`.
+pub fn validate_ms(what: &str, value: u64, max: u64) -> Result<(), Error> {
+    if value == 0 || value > max {
+        return Err(Error::bad_request(format!(
+            "{what} must be between 1 and {max}, not {value}"
+        )));
+    }
+    Ok(())
+}
+
 /// Middleware that turns the bodiless error responses axum produces itself (unknown route,
 /// wrong method, oversized body) into problem+json responses. Use with
 /// `axum::middleware::from_fn(stead_core::http::problem_for_bare_errors)`.

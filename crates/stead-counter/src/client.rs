@@ -14,7 +14,7 @@ use crate::object::{
 };
 
 /// The longest idempotency key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_KEY_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
 
 /// A counter's exact value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,15 +253,5 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(Error::bad_request(format!(
-            "idempotency_key must be 1 to {MAX_KEY_BYTES} bytes"
-        )));
-    }
-    if key.chars().any(char::is_control) {
-        return Err(Error::bad_request(
-            "idempotency_key may not contain control characters",
-        ));
-    }
-    Ok(())
+    stead_core::http::validate_name("idempotency_key", key)
 }

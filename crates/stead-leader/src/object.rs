@@ -12,7 +12,7 @@ pub const MAX_TTL_MS: u64 = 3600 * 1000;
 /// The longest a watch may wait, in milliseconds (five minutes).
 pub const MAX_WATCH_MS: u64 = 5 * 60 * 1000;
 /// The longest candidate name, in bytes.
-pub const MAX_CANDIDATE_BYTES: usize = 256;
+pub const MAX_CANDIDATE_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
 
 const STATE: &str = "state";
 
@@ -293,25 +293,10 @@ impl Handler<Watch> for Election {
     }
 }
 
-fn check_candidate(c: &str) -> Result<()> {
-    if c.is_empty() || c.len() > MAX_CANDIDATE_BYTES {
-        return Err(Error::bad_request(format!(
-            "candidate must be 1 to {MAX_CANDIDATE_BYTES} bytes"
-        )));
-    }
-    if c.chars().any(char::is_control) {
-        return Err(Error::bad_request(
-            "candidate may not contain control characters",
-        ));
-    }
-    Ok(())
+fn check_candidate(candidate: &str) -> Result<()> {
+    stead_core::http::validate_name("candidate", candidate)
 }
 
 fn check_ttl(ttl_ms: u64) -> Result<()> {
-    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-        return Err(Error::bad_request(format!(
-            "ttl_ms must be between 1 and {MAX_TTL_MS}"
-        )));
-    }
-    Ok(())
+    stead_core::http::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
 }

@@ -14,7 +14,7 @@ pub const MAX_WAIT_MS: u64 = 5 * 60 * 1000;
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 10_000;
 /// The longest holder name, in bytes.
-pub const MAX_HOLDER_BYTES: usize = 256;
+pub const MAX_HOLDER_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
 
 const STATE: &str = "state";
 
@@ -371,24 +371,9 @@ fn granted(lease: &Lease) -> AcquireReply {
 }
 
 fn check_holder(holder: &str) -> Result<()> {
-    if holder.is_empty() || holder.len() > MAX_HOLDER_BYTES {
-        return Err(Error::bad_request(format!(
-            "holder must be 1 to {MAX_HOLDER_BYTES} bytes"
-        )));
-    }
-    if holder.chars().any(char::is_control) {
-        return Err(Error::bad_request(
-            "holder may not contain control characters",
-        ));
-    }
-    Ok(())
+    stead_core::http::validate_name("holder", holder)
 }
 
 fn check_ttl(ttl_ms: u64) -> Result<()> {
-    if ttl_ms == 0 || ttl_ms > MAX_TTL_MS {
-        return Err(Error::bad_request(format!(
-            "ttl_ms must be between 1 and {MAX_TTL_MS}"
-        )));
-    }
-    Ok(())
+    stead_core::http::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
 }
