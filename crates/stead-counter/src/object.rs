@@ -1,6 +1,7 @@
 //! The durable objects behind a counter: one meta object per counter (its shard count) and
 //! S shard objects (a partial sum each, plus the idempotency keys that landed there).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ const EXPIRY: &str = "exp/";
 const PURGE: &str = "purge";
 /// At most this many keys are purged per run; the rest wait for the next run.
 const PURGE_BATCH: usize = 1000;
+/// Past this many remembered keys a shard stops mirroring them in memory and looks them up
+/// in storage instead.
+const MAX_KEYS_IN_MEMORY: usize = 100_000;
 
 /// Settings shared by every counter of a runtime.
 #[derive(Debug, Clone)]
@@ -121,6 +125,9 @@ pub struct CounterShard {
     window_ms: i64,
     /// Whether the purge job exists; learnt from storage on first need.
     purge_scheduled: Option<bool>,
+    /// Every remembered idempotency key and when it was applied, when the shard knows them
+    /// all (it started with none stored, or a purge emptied it); `None`: look in storage.
+    keys: Option<HashMap<String, i64>>,
 }
 
 impl DurableObject for CounterShard {
@@ -128,10 +135,16 @@ impl DurableObject for CounterShard {
     type Env = CounterConfig;
 
     async fn activate(ctx: &mut Context, env: Arc<CounterConfig>) -> Result<Self> {
+        let none_stored = ctx
+            .storage()
+            .list::<i64>(ListOptions::prefix(SEEN).limit(1))
+            .await?
+            .is_empty();
         Ok(CounterShard {
             value: ctx.storage().get(VALUE).await?.unwrap_or(0),
             window_ms: i64::try_from(env.dedup_window.as_millis()).unwrap_or(i64::MAX),
             purge_scheduled: None,
+            keys: none_stored.then(HashMap::new),
         })
     }
 
@@ -157,7 +170,18 @@ impl CounterShard {
         let expired: Vec<(String, String)> = ctx.storage().list(opts).await?;
         for (exp_key, key) in &expired {
             ctx.storage().delete(exp_key).await?;
-            ctx.storage().delete(&format!("{SEEN}{key}")).await?;
+            // A key applied again after it expired has a newer entry: keep that one.
+            let at: Option<i64> = exp_key
+                .get(EXPIRY.len()..EXPIRY.len() + 20)
+                .and_then(|d| d.parse().ok());
+            let seen_key = format!("{SEEN}{key}");
+            let seen: Option<i64> = ctx.storage().get(&seen_key).await?;
+            if seen.is_some() && seen == at {
+                ctx.storage().delete(&seen_key).await?;
+                if let Some(keys) = &mut self.keys {
+                    keys.remove(key);
+                }
+            }
         }
         let remaining = ctx
             .storage()
@@ -166,6 +190,8 @@ impl CounterShard {
         if remaining.is_empty() {
             ctx.schedules().cancel(PURGE).await?;
             self.purge_scheduled = Some(false);
+            // Every key has an expiry entry: none left means none remembered.
+            self.keys = Some(HashMap::new());
         }
         Ok(expired.len())
     }
@@ -195,7 +221,10 @@ impl Handler<Apply> for CounterShard {
     async fn handle(&mut self, msg: Apply, ctx: &mut Context) -> Result<Applied> {
         let now = ctx.now().timestamp_millis();
         if let Some(key) = &msg.idempotency_key {
-            let seen: Option<i64> = ctx.storage().get(&format!("{SEEN}{key}")).await?;
+            let seen: Option<i64> = match &self.keys {
+                Some(keys) => keys.get(key).copied(),
+                None => ctx.storage().get(&format!("{SEEN}{key}")).await?,
+            };
             if seen.is_some_and(|at| now - at < self.window_ms) {
                 return Ok(Applied { applied: false });
             }
@@ -232,6 +261,13 @@ impl Handler<Apply> for CounterShard {
                 ctx.schedules().every(PURGE, Duration::from_millis(every))?;
             }
             self.purge_scheduled = Some(true);
+            if let Some(keys) = &mut self.keys {
+                if keys.len() >= MAX_KEYS_IN_MEMORY {
+                    self.keys = None;
+                } else {
+                    keys.insert(key.clone(), now);
+                }
+            }
         }
         self.value = value;
         Ok(Applied { applied: true })
@@ -259,6 +295,7 @@ impl Handler<Clear> for CounterShard {
         ctx.storage().delete_all();
         self.value = 0;
         self.purge_scheduled = Some(false);
+        self.keys = Some(HashMap::new());
     }
 }
 

@@ -481,3 +481,36 @@ mod over_http {
         rt.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_key_applied_again_after_expiry_is_not_forgotten_by_the_old_purge() {
+    let clock = ManualClock::new(start());
+    let rt = memory_rt(&clock).await;
+    let counters = CounterClient::new(
+        &rt,
+        CounterConfig::default().dedup_window(Duration::from_secs(600)),
+    )
+    .unwrap();
+    counters.create("c", 1).await.unwrap();
+    counters.increment("c", 1, Some("anchor")).await.unwrap(); // purge every 150 s from now
+    clock.advance(Duration::from_secs(1)).await;
+    assert!(counters.increment("c", 1, Some("k")).await.unwrap().applied);
+    // k expires at 601 s; the purge that removes its old entry runs at 750 s. Time moves in
+    // small steps so that the purges run on their grid (150, 300, ... s).
+    for _ in 0..699 {
+        clock.advance(Duration::from_secs(1)).await;
+    }
+    assert!(
+        counters.increment("c", 1, Some("k")).await.unwrap().applied,
+        "expired: counts again"
+    );
+    for _ in 0..60 {
+        clock.advance(Duration::from_secs(1)).await; // the purge of k's first entry runs
+    }
+    assert!(
+        !counters.increment("c", 1, Some("k")).await.unwrap().applied,
+        "the second application is still remembered"
+    );
+    assert_eq!(counters.get("c").await.unwrap().value, 3);
+    rt.shutdown().await.unwrap();
+}
