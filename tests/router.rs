@@ -1,0 +1,101 @@
+//! End to end through the umbrella crate: `stead::router` nested into a user's app, on a
+//! real listener and real storage, every enabled pattern called over HTTP.
+
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn every_pattern_answers_under_a_nested_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = stead::Runtime::builder()
+        .sqlite(dir.path())
+        .build()
+        .await
+        .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "my app" }))
+        .nest("/stead", stead::router(&rt).unwrap())
+        .fallback(stead::http::not_found);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let post =
+        |path: &str, body: Value| http.post(format!("{base}/stead{path}")).json(&body).send();
+
+    assert_eq!(
+        http.get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "my app"
+    );
+
+    let r = post("/counters/hits/increment", json!({"by": 2}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = http
+        .get(format!("{base}/stead/counters/hits"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["value"], 2);
+
+    let a: Value = post(
+        "/locks/job/acquire",
+        json!({"holder": "me", "ttl_ms": 5000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(a["acquired"], true);
+    let r = post(
+        "/locks/job/release",
+        json!({"holder": "me", "token": a["token"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let c: Value = post(
+        "/leaders/ops/campaign",
+        json!({"candidate": "n1", "ttl_ms": 5000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(c["elected"], true);
+
+    let nope = http.get(format!("{base}/stead/nope")).send().await.unwrap();
+    assert_eq!(nope.status(), 404);
+    assert_eq!(nope.headers()["content-type"], "application/problem+json");
+    let wrong = http
+        .get(format!("{base}/stead/counters/hits/increment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["content-type"], "application/problem+json");
+
+    // Every route is described.
+    let paths = stead::openapi_paths();
+    for p in [
+        "/counters/{name}/increment",
+        "/locks/{name}/acquire",
+        "/leaders/{group}/watch",
+    ] {
+        assert!(paths.contains_key(p), "{p}");
+    }
+    server.abort();
+    rt.shutdown().await.unwrap();
+}
