@@ -184,9 +184,9 @@ fn main() {
         config.durability = mode;
         let (rt, addr) = tokio.block_on(async {
             let rt = stead_server::open_runtime(&config).await.unwrap();
-            let app = stead_server::app(&rt, &config)
-                .unwrap()
-                .route("/noop", get(|| async { "ok" }));
+            // The no-op goes through the same auth, limits and middleware as the patterns.
+            let noop = axum::Router::new().route("/noop", get(|| async { "ok" }));
+            let app = stead_server::app_with(&rt, &config, noop).unwrap();
             let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

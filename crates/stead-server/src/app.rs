@@ -45,6 +45,12 @@ struct Ready(Runtime);
 
 /// Builds the whole application for a runtime.
 pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
+    app_with(rt, config, Router::new())
+}
+
+/// Builds the application with `extra` routes served behind the same auth and middleware as
+/// the patterns' (the load benchmark measures its no-op ceiling this way).
+pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<Router> {
     let prometheus = prometheus().clone();
     let metrics = get(move || {
         let p = prometheus.clone();
@@ -57,6 +63,7 @@ pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
     });
     // Everything but health and the API description needs a token, when tokens are set.
     let guarded = stead::router(rt)?
+        .merge(extra)
         .route("/metrics", metrics)
         .layer(from_fn_with_state(
             Arc::new(config.tokens.clone()),

@@ -24,7 +24,7 @@ use stead::{Durability, Runtime};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use app::app;
+pub use app::{app, app_with};
 pub use config::{Cli, Config, DurabilityMode};
 pub use openapi::spec as openapi_spec;
 

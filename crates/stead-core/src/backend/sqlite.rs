@@ -92,7 +92,29 @@ impl std::fmt::Debug for SqliteBackend {
 struct Shard {
     writer: Mutex<Option<Sender<WriterMsg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping the sender stops the checkpointer.
+    checkpointer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     reader: Mutex<Connection>,
+}
+
+/// How often the checkpointer folds the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// WAL pages after which the writer checkpoints by itself (a backstop for when the
+/// checkpointer cannot keep up); 64 MiB of 4 KiB pages.
+const WRITER_CHECKPOINT_PAGES: i64 = 16_384;
+
+/// Runs passive checkpoints beside the writer, so that commits never wait for the WAL to be
+/// copied into the database file (and, in `Fsync` mode, for that file's fsync).
+fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
+    loop {
+        match stop.recv_timeout(CHECKPOINT_EVERY) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed; the writer's own checkpoints take over");
+        }
+    }
 }
 
 enum WriterMsg {
@@ -188,7 +210,16 @@ impl SqliteBackend {
             let path = dir.join(format!("shard-{i:02}.db"));
             let wconn = open_conn(&path)?;
             init_schema(&wconn, count)?;
+            wconn
+                .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                .map_err(sql_err)?;
             let reader = open_conn(&path)?;
+            let cconn = open_conn(&path)?;
+            let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+            let checkpointer = std::thread::Builder::new()
+                .name(format!("stead-checkpoint-{i}"))
+                .spawn(move || checkpoint_loop(cconn, stop_rx))
+                .map_err(Error::storage)?;
             let (tx, rx) = std::sync::mpsc::channel();
             let completer = Completer::new();
             let thread = std::thread::Builder::new()
@@ -198,6 +229,7 @@ impl SqliteBackend {
             shards.push(Shard {
                 writer: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
+                checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
                 reader: Mutex::new(reader),
             });
         }
@@ -252,6 +284,10 @@ impl Drop for SqliteBackend {
         }
         for s in &self.shards {
             if let Some(t) = lock(&s.thread).take() {
+                let _ = t.join();
+            }
+            if let Some((stop, t)) = lock(&s.checkpointer).take() {
+                drop(stop);
                 let _ = t.join();
             }
         }
