@@ -89,6 +89,27 @@ async fn drive(stubs: &[stead_core::Stub<Counter>], per_task: usize) -> Duration
     .unwrap()
 }
 
+/// Measures `drive` as one benchmark.
+fn bench_drive(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tokio: &tokio::runtime::Runtime,
+    id: BenchmarkId,
+    stubs: &[stead_core::Stub<Counter>],
+    per_task: usize,
+) {
+    g.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            tokio.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += drive(stubs, per_task).await;
+                }
+                total
+            })
+        })
+    });
+}
+
 fn durable_turns(c: &mut Criterion) {
     let tokio = tokio_rt();
     let mut g = c.benchmark_group("durable_turns_fsync");
@@ -101,20 +122,8 @@ fn durable_turns(c: &mut Criterion) {
         let stubs: Vec<_> = (0..in_flight).map(|_| ns.get_by_name("hot")).collect();
         let per_task = 50;
         g.throughput(Throughput::Elements((in_flight * per_task) as u64));
-        g.bench_function(
-            BenchmarkId::new("one_hot_object", format!("in_flight={in_flight}")),
-            |b| {
-                b.iter_custom(|iters| {
-                    tokio.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            total += drive(&stubs, per_task).await;
-                        }
-                        total
-                    })
-                })
-            },
-        );
+        let id = BenchmarkId::new("one_hot_object", format!("in_flight={in_flight}"));
+        bench_drive(&mut g, &tokio, id, &stubs, per_task);
         tokio.block_on(rt.shutdown()).unwrap();
     }
 
@@ -128,20 +137,8 @@ fn durable_turns(c: &mut Criterion) {
     let per_task = 5;
     tokio.block_on(drive(&stubs, 1)); // activate them all first
     g.throughput(Throughput::Elements((objects * per_task) as u64));
-    g.bench_function(
-        BenchmarkId::new("10k_objects", format!("in_flight={objects}")),
-        |b| {
-            b.iter_custom(|iters| {
-                tokio.block_on(async {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        total += drive(&stubs, per_task).await;
-                    }
-                    total
-                })
-            })
-        },
-    );
+    let id = BenchmarkId::new("10k_objects", format!("in_flight={objects}"));
+    bench_drive(&mut g, &tokio, id, &stubs, per_task);
     tokio.block_on(rt.shutdown()).unwrap();
 
     // The ceiling: the same rows upserted into a plain table, 1,000 per transaction.

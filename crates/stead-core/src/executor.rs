@@ -541,8 +541,11 @@ impl<O: DurableObject> Actor<O> {
             && let Err(e) = self.recompute_alarm()
         {
             self.ctx.storage.rollback();
-            for r in self.ctx.replies.drain(..) {
-                r(Err(Error::storage(std::io::Error::other(e.to_string()))));
+            // The turn's own reply gets the error itself; replies it completed for earlier
+            // callers learn that their turn was discarded.
+            let mut err = Some(e);
+            for r in self.ctx.replies.drain(..).rev() {
+                r(Err(err.take().unwrap_or(Error::Reset)));
             }
             return;
         }

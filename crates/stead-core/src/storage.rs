@@ -212,6 +212,17 @@ impl Storage {
         Ok(self.user_alarm_ms()?.map(from_ms))
     }
 
+    /// Sets the alarm to `at`, or removes it when `at` is `None`.
+    pub fn replace_alarm(&mut self, at: Option<DateTime<Utc>>) -> Result<()> {
+        match at {
+            Some(at) => self.set_alarm(at),
+            None => {
+                self.delete_alarm();
+                Ok(())
+            }
+        }
+    }
+
     /// Removes the alarm.
     pub fn delete_alarm(&mut self) {
         self.turn.insert(USER_ALARM_KEY.to_owned(), None);
@@ -445,9 +456,9 @@ impl Storage {
         } else {
             None
         };
-        let has_state =
-            writes.iter().any(|(_, v)| v.is_some()) || alarm.is_some_and(|a| a.is_some());
-        let register = if !self.registered && has_state {
+        let register = if !self.registered
+            && (alarm.is_some_and(|a| a.is_some()) || writes.iter().any(|(_, v)| v.is_some()))
+        {
             self.registered = true;
             Some(self.name.clone())
         } else {
@@ -479,15 +490,12 @@ impl Storage {
             self.committed_alarm = Some(a);
             self.unacked_alarm = None;
         }
-        let done: Vec<String> = self
-            .unacked
-            .iter()
-            .filter(|(_, (_, s))| *s <= seq)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in done {
-            if let Some((v, _)) = self.unacked.remove(&k) {
+        // One pass that moves entries instead of cloning keys; usually everything is acked.
+        for (k, (v, s)) in std::mem::take(&mut self.unacked) {
+            if s <= seq {
                 self.cache_insert(k, v);
+            } else {
+                self.unacked.insert(k, (v, s));
             }
         }
     }

@@ -129,13 +129,7 @@ impl Election {
             .into_iter()
             .chain(self.watchers.iter().map(|w| w.deadline))
             .min();
-        match next {
-            Some(at) => ctx.storage().set_alarm(at),
-            None => {
-                ctx.storage().delete_alarm();
-                Ok(())
-            }
-        }
+        ctx.storage().replace_alarm(next)
     }
 
     fn check_leader(&self, candidate: &str, term: u64) -> Result<()> {

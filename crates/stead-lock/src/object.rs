@@ -192,13 +192,7 @@ impl Lock {
             .map(|l| l.expires_at)
             .chain(self.waiters.iter().map(|w| w.deadline))
             .min();
-        match next {
-            Some(at) => ctx.storage().set_alarm(at),
-            None => {
-                ctx.storage().delete_alarm();
-                Ok(())
-            }
-        }
+        ctx.storage().replace_alarm(next)
     }
 
     /// Expires lapsed leases, answers waiters whose deadline passed, grants the lock to the
