@@ -1,0 +1,76 @@
+//! Rate-limit checks per second, in-process, on SQLite with the limiter's default durability
+//! (`ProcessCrashSafe`): 256 callers spread over many keys (every check admitted and
+//! written), and 256 callers on one hot key (almost every check refused, nothing written).
+//! `cargo bench -p stead-ratelimit --bench ratelimit`
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stead_core::Runtime;
+use stead_ratelimit::{Limit, Policy, RateLimitClient};
+
+const CALLERS: usize = 256;
+const CHECKS: usize = 100;
+
+fn checks(c: &mut Criterion) {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio
+        .block_on(Runtime::builder().sqlite(dir.path()).build())
+        .unwrap();
+    let limits = RateLimitClient::new(&rt).unwrap();
+    let mut g = c.benchmark_group("ratelimit_process_crash_safe");
+    g.sample_size(10).measurement_time(Duration::from_secs(6));
+    g.throughput(Throughput::Elements((CALLERS * CHECKS) as u64));
+    for (label, hot) in [("many_keys", false), ("one_hot_key", true)] {
+        // Generous enough that the spread keys are always admitted; the hot key is not.
+        let limit = Limit::inline(Policy::per_second(1_000_000)).unwrap();
+        let hot_limit = Limit::inline(Policy::per_second(100)).unwrap();
+        let round = std::sync::atomic::AtomicUsize::new(0);
+        g.bench_function(BenchmarkId::new(label, format!("callers={CALLERS}")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let r = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (limits, limit, hot_limit) =
+                        (limits.clone(), limit.clone(), hot_limit.clone());
+                    total += tokio
+                        .block_on(tokio.spawn(async move {
+                            let start = Instant::now();
+                            let tasks: Vec<_> = (0..CALLERS)
+                                .map(|i| {
+                                    let (limits, limit, hot_limit) =
+                                        (limits.clone(), limit.clone(), hot_limit.clone());
+                                    tokio::spawn(async move {
+                                        for j in 0..CHECKS {
+                                            if hot {
+                                                limits.check("hot", &hot_limit, 1).await.unwrap();
+                                            } else {
+                                                let key = format!("k-{r}-{i}-{}", j % 10);
+                                                limits.check(&key, &limit, 1).await.unwrap();
+                                            }
+                                        }
+                                    })
+                                })
+                                .collect();
+                            for t in tasks {
+                                t.await.unwrap();
+                            }
+                            start.elapsed()
+                        }))
+                        .unwrap();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    tokio.block_on(rt.shutdown()).unwrap();
+}
+
+criterion_group!(benches, checks);
+criterion_main!(benches);

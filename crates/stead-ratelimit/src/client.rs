@@ -1,0 +1,307 @@
+//! The typed client: named policies, and checks, peeks and resets of (policy, key) limiters.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use stead_core::{Durability, Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
+
+use crate::object::{Check, Decision, MAX_POLICY_NAME_BYTES, Peek, Policy, RateLimiter, Reset};
+
+/// Separates the key from the policy name in a limiter's object name. Keys may not hold
+/// control characters, so a key's limiters are exactly the names starting `key` + this.
+const SEP: char = '\u{1f}';
+
+/// Policies known by name (the environment of the rate-limiter namespace).
+///
+/// ```
+/// use stead_ratelimit::{Policies, Policy};
+/// let mut p = Policies::new();
+/// p.insert("api", Policy::per_minute(600))?;
+/// assert!(p.insert("bad name!", Policy::per_second(1)).is_err());
+/// assert!(p.insert("zero", Policy::per_second(0)).is_err());
+/// # Ok::<(), stead_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "BTreeMap<String, Policy>")]
+pub struct Policies {
+    map: BTreeMap<String, Policy>,
+}
+
+impl TryFrom<BTreeMap<String, Policy>> for Policies {
+    type Error = Error;
+    fn try_from(map: BTreeMap<String, Policy>) -> Result<Self> {
+        let mut p = Policies::new();
+        for (name, policy) in map {
+            p.insert(&name, policy)?;
+        }
+        Ok(p)
+    }
+}
+
+impl Policies {
+    /// No named policies.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the policy called `name` (1 to 64 of `A-Z a-z 0-9 _ - .`).
+    pub fn insert(&mut self, name: &str, policy: Policy) -> Result<()> {
+        check_policy_name(name)?;
+        policy
+            .validate()
+            .map_err(|e| Error::bad_request(format!("policy {name:?}: {}", detail(&e))))?;
+        self.map.insert(name.to_owned(), policy);
+        Ok(())
+    }
+
+    /// The policy called `name`.
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.map.get(name)
+    }
+
+    /// Every named policy, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Policy)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+fn detail(e: &Error) -> String {
+    match e {
+        Error::BadRequest { detail } => detail.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn check_policy_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_POLICY_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!(
+            "policy name {name:?} must be 1 to {MAX_POLICY_NAME_BYTES} characters of A-Z a-z 0-9 _ - ."
+        )))
+    }
+}
+
+/// A policy with the name it is known by: the name of a configured policy, or
+/// [`Policy::inline_name`] for one given inline. Limiters are per (name, key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    name: String,
+    policy: Policy,
+}
+
+impl Limit {
+    /// A policy given inline, validated, named by [`Policy::inline_name`].
+    pub fn inline(policy: Policy) -> Result<Self> {
+        policy.validate()?;
+        Ok(Limit {
+            name: policy.inline_name(),
+            policy,
+        })
+    }
+
+    /// Gives the limit another name (1 to 64 of `A-Z a-z 0-9 _ - .`), used in the
+    /// `RateLimit` headers and to tell limiters apart.
+    pub fn named(mut self, name: &str) -> Result<Self> {
+        check_policy_name(name)?;
+        self.name = name.to_owned();
+        Ok(self)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
+/// How to set up the rate limiter on a runtime.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RateLimitConfig {
+    /// Policies callers may name.
+    pub policies: Policies,
+    /// The durability of limiter state. Default: `ProcessCrashSafe` (state survives a crash
+    /// of the process, and no request waits for an fsync), or `Memory` on a memory runtime.
+    pub durability: Option<Durability>,
+}
+
+impl RateLimitConfig {
+    /// A configuration with these named policies.
+    pub fn with_policies(policies: Policies) -> Self {
+        RateLimitConfig {
+            policies,
+            durability: None,
+        }
+    }
+
+    /// Overrides the durability of limiter state (`Fsync` to be exact across power loss).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+}
+
+/// Rate limiters: one durable object per (policy, key), exact under any concurrency.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use stead_ratelimit::{Limit, Policy, RateLimitClient};
+/// let rt = stead_core::Runtime::builder().memory().build().await?;
+/// let limits = RateLimitClient::new(&rt)?;
+/// let per_min = Limit::inline(Policy::per_minute(2))?;
+/// assert!(limits.check("alice", &per_min, 1).await?.allowed);
+/// assert!(limits.check("alice", &per_min, 1).await?.allowed);
+/// let third = limits.check("alice", &per_min, 1).await?;
+/// assert!(!third.allowed);
+/// assert_eq!(third.retry_after_ms, Some(30_000));
+/// assert!(limits.check("bob", &per_min, 1).await?.allowed); // keys are independent
+/// # rt.shutdown().await?;
+/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct RateLimitClient {
+    ns: Namespace<RateLimiter>,
+}
+
+impl std::fmt::Debug for RateLimitClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitClient")
+            .field("policies", self.policies())
+            .finish()
+    }
+}
+
+impl RateLimitClient {
+    /// The rate limiter of `rt`: the one already set up, or a new one with no named policies
+    /// and the default durability.
+    pub fn new(rt: &Runtime) -> Result<Self> {
+        Ok(RateLimitClient {
+            ns: rt.namespace_with::<RateLimiter>(Policies::new(), default_options(rt, None))?,
+        })
+    }
+
+    /// Sets up the rate limiter of `rt` with a configuration. Do this before anything else
+    /// uses the rate limiter on that runtime: a runtime has one, and a second configuration
+    /// with other policies is refused.
+    pub fn with_config(rt: &Runtime, config: RateLimitConfig) -> Result<Self> {
+        let opts = default_options(rt, config.durability);
+        let ns = rt.namespace_with::<RateLimiter>(config.policies.clone(), opts)?;
+        if **ns.env() != config.policies {
+            return Err(Error::conflict(
+                "the rate limiter of this runtime is already set up with other policies; configure it before its first use",
+            ));
+        }
+        Ok(RateLimitClient { ns })
+    }
+
+    /// The named policies.
+    pub fn policies(&self) -> &Policies {
+        self.ns.env()
+    }
+
+    /// The configured policy called `name`.
+    pub fn named(&self, name: &str) -> Result<Limit> {
+        match self.policies().get(name) {
+            Some(p) => Ok(Limit {
+                name: name.to_owned(),
+                policy: p.clone(),
+            }),
+            None => {
+                let known: Vec<&str> = self.policies().iter().map(|(n, _)| n).collect();
+                Err(Error::bad_request(if known.is_empty() {
+                    format!("unknown policy {name:?}: no policies are configured; pass one inline")
+                } else {
+                    format!("unknown policy {name:?}; configured: {}", known.join(", "))
+                }))
+            }
+        }
+    }
+
+    fn stub(&self, key: &str, limit: &Limit) -> Result<Stub<RateLimiter>> {
+        check_key(key)?;
+        Ok(self.ns.get_by_name(&format!("{key}{SEP}{}", limit.name)))
+    }
+
+    /// Checks a request of `cost` units from `key`, consuming them when it is admitted.
+    pub async fn check(&self, key: &str, limit: &Limit, cost: u64) -> Result<Decision> {
+        let decision = self
+            .stub(key, limit)?
+            .ask(Check {
+                policy: limit.policy.clone(),
+                cost,
+            })
+            .await??;
+        let outcome = if decision.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
+        metrics::counter!("stead_ratelimit_decisions_total", "decision" => outcome).increment(1);
+        Ok(decision)
+    }
+
+    /// What a unit-cost request from `key` would get now, without consuming anything.
+    pub async fn peek(&self, key: &str, limit: &Limit) -> Result<Decision> {
+        self.stub(key, limit)?
+            .ask(Peek {
+                policy: limit.policy.clone(),
+            })
+            .await?
+    }
+
+    /// Forgets `key`'s state under `limit`; answers whether there was any.
+    pub async fn reset(&self, key: &str, limit: &Limit) -> Result<bool> {
+        self.stub(key, limit)?.ask(Reset).await?
+    }
+
+    /// Forgets `key`'s state under every policy it has state under; answers how many.
+    pub async fn reset_all(&self, key: &str) -> Result<u64> {
+        check_key(key)?;
+        let prefix = format!("{key}{SEP}");
+        let mut cursor: Option<String> = None;
+        let mut names = Vec::new();
+        loop {
+            let page = self.ns.list_by_name(&prefix, cursor.as_deref(), 1000)?;
+            names.extend(page.objects.into_iter().filter_map(|o| o.name));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let mut n = 0;
+        for name in names {
+            if self.ns.get_by_name(&name).ask(Reset).await?? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn default_options(rt: &Runtime, durability: Option<Durability>) -> NamespaceOptions {
+    let durability = durability.unwrap_or(match rt.config().durability {
+        Durability::Memory => Durability::Memory,
+        _ => Durability::ProcessCrashSafe,
+    });
+    NamespaceOptions::durability(durability)
+}
+
+/// Checks a rate-limit key: 1 to 256 bytes, no control characters.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    stead_core::http::validate_name("rate-limit key", key)
+}

@@ -1,0 +1,274 @@
+//! Tower middleware: rate-limit every request of an axum app (or any tower service) by peer
+//! IP, by a header such as an API key, or by a key of your own.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
+use stead_core::http::Problem;
+use stead_core::{Error, Result, Runtime};
+
+use crate::client::{Limit, RateLimitClient};
+use crate::http::insert_headers;
+use crate::object::{Decision, Policy};
+
+/// The key of requests that carry none (no such header, or a key function that answered
+/// `None`): they share one limiter.
+pub const NO_KEY: &str = "(none)";
+
+/// What the layer does when the rate limiter cannot answer (overloaded, storage failing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Let the request through, without RateLimit fields (the default): a struggling
+    /// limiter never takes the service down with it.
+    #[default]
+    Open,
+    /// Refuse the request with 503 and `Retry-After: 1`: nothing passes unchecked.
+    Closed,
+}
+
+type KeyFn = dyn Fn(&Request) -> Option<String> + Send + Sync;
+
+#[derive(Clone)]
+enum KeyBy {
+    PeerIp,
+    Header(HeaderName),
+    Custom(Arc<KeyFn>),
+}
+
+/// Rate-limits requests by a key; see [`layer`].
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    client: RateLimitClient,
+    limit: Limit,
+    key: KeyBy,
+    on_failure: OnFailure,
+}
+
+impl std::fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limit", &self.limit)
+            .field("on_failure", &self.on_failure)
+            .finish()
+    }
+}
+
+/// A layer that admits each request against `policy`, keyed by peer IP unless told
+/// otherwise. Admitted requests get the `RateLimit-Policy` and `RateLimit` header fields;
+/// refused ones get 429 problem+json with those fields and `Retry-After`.
+///
+/// Limiter state lives in the runtime's rate-limiter namespace (durability
+/// `ProcessCrashSafe` by default: exact across process restarts, no fsync on the request
+/// path; see [`RateLimitConfig`](crate::RateLimitConfig)).
+///
+/// # Panics
+///
+/// When `policy` is invalid or the runtime is shutting down; [`try_layer`] returns those
+/// as errors instead.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use axum::{Router, routing::get};
+/// use stead_ratelimit::{OnFailure, Policy, layer};
+/// let rt = stead_core::Runtime::builder().memory().build().await?;
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(
+///         layer(&rt, Policy::per_second(50))
+///             .key_by_header(axum::http::HeaderName::from_static("x-api-key"))
+///             .on_failure(OnFailure::Closed),
+///     );
+/// # let _ = app;
+/// # rt.shutdown().await?;
+/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// ```
+pub fn layer(rt: &Runtime, policy: Policy) -> RateLimitLayer {
+    match try_layer(rt, policy) {
+        Ok(l) => l,
+        Err(e) => panic!("stead_ratelimit::layer: {e}"),
+    }
+}
+
+/// Like [`layer`], returning an invalid policy or a closed runtime as an error.
+pub fn try_layer(rt: &Runtime, policy: Policy) -> Result<RateLimitLayer> {
+    Ok(RateLimitLayer {
+        client: RateLimitClient::new(rt)?,
+        limit: Limit::inline(policy)?,
+        key: KeyBy::PeerIp,
+        on_failure: OnFailure::default(),
+    })
+}
+
+impl RateLimitLayer {
+    /// Keys requests by the peer's IP address (the default). The app must be served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`; without it every request is
+    /// answered 500 with a problem saying so.
+    pub fn key_by_peer_ip(mut self) -> Self {
+        self.key = KeyBy::PeerIp;
+        self
+    }
+
+    /// Keys requests by the value of a header (an API key, a tenant id). Requests without
+    /// it share the limiter of [`NO_KEY`].
+    pub fn key_by_header(mut self, name: HeaderName) -> Self {
+        self.key = KeyBy::Header(name);
+        self
+    }
+
+    /// Keys requests by a function of the request; `None` puts the request in the shared
+    /// limiter of [`NO_KEY`].
+    pub fn key_by(
+        mut self,
+        f: impl Fn(&Request) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = KeyBy::Custom(Arc::new(f));
+        self
+    }
+
+    /// Names the policy (in the `RateLimit` fields, and to keep its limiters apart from
+    /// another layer's with the same quota).
+    ///
+    /// # Panics
+    ///
+    /// When the name is not 1 to 64 of `A-Z a-z 0-9 _ - .`.
+    pub fn named(mut self, name: &str) -> Self {
+        self.limit = match self.limit.named(name) {
+            Ok(l) => l,
+            Err(e) => panic!("stead_ratelimit::RateLimitLayer::named: {e}"),
+        };
+        self
+    }
+
+    /// What to do when the limiter cannot answer.
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            cfg: Arc::new(self.clone()),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] wraps around yours.
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    cfg: Arc<RateLimitLayer>,
+}
+
+impl<S> std::fmt::Debug for RateLimitService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitService")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl RateLimitLayer {
+    /// The request's key; `None` when it is keyed by peer IP and the server does not record
+    /// peer addresses.
+    fn key_of(&self, req: &Request) -> Option<String> {
+        let key = match &self.key {
+            KeyBy::PeerIp => {
+                let ConnectInfo(addr) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
+                Some(addr.ip().to_string())
+            }
+            KeyBy::Header(name) => req
+                .headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            KeyBy::Custom(f) => f(req),
+        };
+        Some(key.unwrap_or_else(|| NO_KEY.to_owned()))
+    }
+
+    fn refused(&self, d: &Decision) -> Response {
+        let retry_ms = d.retry_after_ms.unwrap_or(0);
+        let mut resp = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "rate limit {:?} ({} per {} ms) exceeded; retry after {retry_ms} ms",
+                self.limit.name(),
+                self.limit.policy().limit,
+                self.limit.policy().period_ms
+            ),
+        )
+        .with("retry_after_ms", retry_ms)
+        .into_response();
+        insert_headers(resp.headers_mut(), &self.limit, d);
+        resp
+    }
+}
+
+impl<S> tower::Service<Request> for RateLimitService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The clone is the one that is not yet ready; the ready one serves this request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let Some(key) = cfg.key_of(&req) else {
+                tracing::error!(
+                    "rate limit keyed by peer IP, but the request has no ConnectInfo<SocketAddr>"
+                );
+                return Ok(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ratelimit-setup",
+                    "the rate limit is keyed by peer IP, but the server does not record peer addresses (serve the app with into_make_service_with_connect_info::<SocketAddr>())",
+                )
+                .into_response());
+            };
+            match cfg.client.check(&key, &cfg.limit, 1).await {
+                Ok(d) if d.allowed => {
+                    let mut resp = inner.call(req).await?;
+                    insert_headers(resp.headers_mut(), &cfg.limit, &d);
+                    Ok(resp)
+                }
+                Ok(d) => Ok(cfg.refused(&d)),
+                // The key itself is bad (too long, control characters): the caller's fault.
+                Err(e @ Error::BadRequest { .. }) => Ok(e.into_response()),
+                Err(e) => {
+                    metrics::counter!("stead_ratelimit_layer_failures_total").increment(1);
+                    tracing::warn!(error = %e, on_failure = ?cfg.on_failure, "the rate limiter could not answer");
+                    match cfg.on_failure {
+                        OnFailure::Open => inner.call(req).await,
+                        OnFailure::Closed => Ok(Problem::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "ratelimit-unavailable",
+                            "the rate limiter could not decide on this request; retry shortly",
+                        )
+                        .retry_after(std::time::Duration::from_secs(1))
+                        .into_response()),
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! # stead-ratelimit: exact, durable rate limiting per key
+//!
+//! Each (policy, key) pair is one durable object, so its decisions are exact under any
+//! concurrency: 64 callers hammering one key get exactly `limit` admissions, never more.
+//! Four algorithms, chosen per policy:
+//!
+//! | algorithm | state | behaviour | trade-off |
+//! |---|---|---|---|
+//! | `gcra` (default) | one timestamp | smooth: a burst of `burst`, then one every `period/limit` | none worth naming; the best default |
+//! | `token_bucket` | level + time | the same decisions as GCRA, shown as a bucket level | two numbers instead of one |
+//! | `sliding_window` | every admission in the window | never more than `limit` in any window of `period`, wherever it starts | state grows with the limit (at most 10,000) |
+//! | `fixed_window` | a counter | at most `limit` per calendar window | up to twice the limit across a window boundary |
+//!
+//! `burst` (GCRA's burst, the bucket's capacity) defaults to `limit`: "5 per minute" admits
+//! 5 at once, then one every 12 seconds, as governor's quotas do.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use stead_ratelimit::{Algorithm, Limit, Policy, RateLimitClient};
+//! let rt = stead_core::Runtime::builder().memory().build().await?;
+//! let limits = RateLimitClient::new(&rt)?;
+//! let hourly = Limit::inline(Policy::per_hour(3).algorithm(Algorithm::SlidingWindow))?;
+//! for _ in 0..3 {
+//!     assert!(limits.check("203.0.113.9", &hourly, 1).await?.allowed);
+//! }
+//! let refused = limits.check("203.0.113.9", &hourly, 1).await?;
+//! assert!(!refused.allowed);
+//! assert_eq!(refused.retry_after_ms, Some(3_600_000));
+//! # rt.shutdown().await?;
+//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! ```
+//!
+//! As middleware, see [`layer`]; over HTTP (see [`router`]):
+//! `POST /ratelimit/{key}/check`, `GET /ratelimit/{key}?policy=…` (peek),
+//! `DELETE /ratelimit/{key}` (reset) and `GET /ratelimit` (the configured policies).
+//! Responses carry the `RateLimit-Policy` and `RateLimit` header fields of
+//! draft-ietf-httpapi-ratelimit-headers-10.
+//!
+//! State is kept with durability `ProcessCrashSafe` unless configured otherwise
+//! ([`RateLimitConfig`]): limits hold across a restart of the process and no request waits
+//! for an fsync. A key's state is deleted by alarm as soon as it is the same as a fresh
+//! key's, so storage holds only keys being limited right now.
+
+mod client;
+mod http;
+mod layer;
+mod object;
+
+pub use client::{Limit, Policies, RateLimitClient, RateLimitConfig};
+pub use http::{RATELIMIT, RATELIMIT_POLICY, insert_headers, openapi_paths};
+pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer, try_layer};
+pub use object::{
+    Algorithm, Check, Decision, MAX_LIMIT, MAX_PERIOD_MS, MAX_POLICY_NAME_BYTES, MAX_REFILL_MS,
+    MAX_SLIDING_WINDOW_LIMIT, Peek, Policy, RateLimiter, Reset,
+};
+
+/// The rate-limit routes (under `/ratelimit`) for a runtime, with the policies it was
+/// configured with ([`RateLimitClient::with_config`]), or none.
+pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
+    Ok(http::routes(RateLimitClient::new(rt)?))
+}

@@ -1,0 +1,256 @@
+//! The limiter's promises beyond one algorithm: exact under concurrency, exact across a
+//! restart, state forgotten once idle, named policies, resets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stead_core::{Durability, ManualClock, Runtime};
+use stead_ratelimit::{
+    Algorithm, Limit, Policies, Policy, RateLimitClient, RateLimitConfig, RateLimiter,
+};
+
+const ALL: [Algorithm; 4] = [
+    Algorithm::Gcra,
+    Algorithm::TokenBucket,
+    Algorithm::SlidingWindow,
+    Algorithm::FixedWindow,
+];
+
+fn start() -> chrono::DateTime<chrono::Utc> {
+    // Not on a window boundary, so fixed windows behave like the others within a test.
+    "2026-03-01T00:00:00.25Z".parse().unwrap()
+}
+
+async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> Runtime {
+    Runtime::builder()
+        .sqlite(dir)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_tasks_on_one_key_get_exactly_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    for alg in ALL {
+        let limit = Limit::inline(Policy::per_hour(1000).algorithm(alg)).unwrap();
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (limits, limit) = (limits.clone(), limit.clone());
+                tokio::spawn(async move {
+                    let mut admitted = 0u32;
+                    for _ in 0..50 {
+                        if limits.check("hot", &limit, 1).await.unwrap().allowed {
+                            admitted += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(total, 1000, "{alg:?}: 3,200 attempts on a limit of 1,000");
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn limits_hold_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    for durability in [Durability::ProcessCrashSafe, Durability::Fsync] {
+        for alg in ALL {
+            let policy = Policy::per_minute(5).algorithm(alg);
+            let key = format!("{alg:?}-{durability:?}");
+            {
+                let rt = sqlite(dir.path(), &clock).await;
+                let limits = RateLimitClient::with_config(
+                    &rt,
+                    RateLimitConfig::default().durability(durability),
+                )
+                .unwrap();
+                let limit = Limit::inline(policy.clone()).unwrap();
+                for _ in 0..3 {
+                    assert!(limits.check(&key, &limit, 1).await.unwrap().allowed);
+                }
+                assert!(limits.check(&key, &limit, 2).await.unwrap().allowed);
+                rt.shutdown().await.unwrap();
+            }
+            clock.advance(Duration::from_millis(10)).await;
+            let rt = sqlite(dir.path(), &clock).await;
+            let limits = RateLimitClient::new(&rt).unwrap();
+            let limit = Limit::inline(policy).unwrap();
+            let peek = limits.peek(&key, &limit).await.unwrap();
+            assert_eq!(peek.remaining, 0, "{key}: the quota stayed spent");
+            let d = limits.check(&key, &limit, 1).await.unwrap();
+            assert!(!d.allowed, "{key}: a restart forgave nothing");
+            assert!(d.retry_after_ms.unwrap() > 0);
+            rt.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let limit = Limit::inline(Policy::per_second(4).algorithm(Algorithm::SlidingWindow)).unwrap();
+    {
+        let rt = sqlite(dir.path(), &clock).await;
+        let limits = RateLimitClient::new(&rt).unwrap();
+        for _ in 0..4 {
+            assert!(limits.check("w", &limit, 1).await.unwrap().allowed);
+            clock.advance(Duration::from_millis(200)).await;
+        }
+        rt.shutdown().await.unwrap();
+    }
+    // Now at 800 ms: admissions at 0, 200, 400 and 600 ms are all still in the window.
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    let d = limits.check("w", &limit, 1).await.unwrap();
+    assert_eq!((d.allowed, d.retry_after_ms), (false, Some(200)));
+    clock.advance(Duration::from_millis(200)).await;
+    // At 1000 ms the first has left: one more fits, and then none.
+    assert!(limits.check("w", &limit, 1).await.unwrap().allowed);
+    assert!(!limits.check("w", &limit, 1).await.unwrap().allowed);
+    clock.advance(Duration::from_millis(400)).await;
+    assert!(limits.check("w", &limit, 2).await.unwrap().allowed);
+    rt.shutdown().await.unwrap();
+    // After the restart the log holds exactly what is still in the window: 600, 1000, 1400 ×2.
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    assert_eq!(limits.peek("w", &limit).await.unwrap().remaining, 0);
+    clock.advance(Duration::from_millis(200)).await;
+    assert_eq!(limits.peek("w", &limit).await.unwrap().remaining, 1);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    let ns = rt.namespace::<RateLimiter>(Policies::new()).unwrap();
+    for alg in ALL {
+        let limit = Limit::inline(Policy::per_second(10).algorithm(alg)).unwrap();
+        for i in 0..20 {
+            limits.check(&format!("ip-{i}"), &limit, 3).await.unwrap();
+        }
+    }
+    assert_eq!(ns.list_objects(None, 1000).unwrap().objects.len(), 80);
+    // Busy keys stay while they are busy...
+    clock.advance(Duration::from_millis(100)).await;
+    let busy = Limit::inline(Policy::per_second(10)).unwrap();
+    limits.check("ip-0", &busy, 1).await.unwrap();
+    assert!(!ns.list_objects(None, 1000).unwrap().objects.is_empty());
+    // ...and once every one is back to a fresh key's state, nothing is stored.
+    clock.advance(Duration::from_secs(2)).await;
+    assert_eq!(ns.list_objects(None, 1000).unwrap().objects.len(), 0);
+    assert_eq!(rt.pending_alarms(), 0);
+    // A forgotten key starts afresh, exactly as it would have anyway.
+    assert_eq!(limits.check("ip-0", &busy, 1).await.unwrap().remaining, 9);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn named_policies_resets_and_configuration() {
+    let clock = ManualClock::new(start());
+    let rt = Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let mut policies = Policies::new();
+    policies.insert("api", Policy::per_minute(2)).unwrap();
+    policies
+        .insert(
+            "login",
+            Policy::per_hour(3).algorithm(Algorithm::SlidingWindow),
+        )
+        .unwrap();
+    let limits =
+        RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(policies.clone()))
+            .unwrap();
+    // One runtime, one configuration: another set of policies is refused, the same is fine,
+    // and a plain client sees the configured ones.
+    assert!(RateLimitClient::with_config(&rt, RateLimitConfig::default()).is_err());
+    RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(policies)).unwrap();
+    assert!(
+        RateLimitClient::new(&rt)
+            .unwrap()
+            .policies()
+            .get("api")
+            .is_some()
+    );
+
+    let api = limits.named("api").unwrap();
+    let login = limits.named("login").unwrap();
+    let err = limits.named("nope").unwrap_err().to_string();
+    assert!(err.contains("api, login"), "{err}");
+    for _ in 0..2 {
+        assert!(limits.check("alice", &api, 1).await.unwrap().allowed);
+        assert!(limits.check("alice", &login, 1).await.unwrap().allowed);
+    }
+    assert!(!limits.check("alice", &api, 1).await.unwrap().allowed);
+    // The same quota under two names is two limiters.
+    let other = Limit::inline(Policy::per_minute(2))
+        .unwrap()
+        .named("other")
+        .unwrap();
+    assert!(limits.check("alice", &other, 1).await.unwrap().allowed);
+    // Reset one policy, then every policy of the key.
+    assert!(limits.reset("alice", &api).await.unwrap());
+    assert!(!limits.reset("alice", &api).await.unwrap());
+    assert!(limits.check("alice", &api, 1).await.unwrap().allowed);
+    assert!(limits.check("bob", &api, 1).await.unwrap().allowed);
+    assert_eq!(limits.reset_all("alice").await.unwrap(), 3);
+    assert_eq!(limits.peek("alice", &login).await.unwrap().remaining, 3);
+    assert_eq!(
+        limits.peek("bob", &api).await.unwrap().remaining,
+        1,
+        "bob untouched"
+    );
+    // Keys are checked like names.
+    assert!(limits.check("", &api, 1).await.is_err());
+    assert!(limits.check(&"k".repeat(257), &api, 1).await.is_err());
+    assert!(limits.check("a\u{1f}b", &api, 1).await.is_err());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_policy_starts_the_key_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let mut old = Policies::new();
+    old.insert("api", Policy::per_minute(2)).unwrap();
+    {
+        let rt = sqlite(dir.path(), &clock).await;
+        let limits =
+            RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(old)).unwrap();
+        let api = limits.named("api").unwrap();
+        limits.check("k", &api, 2).await.unwrap();
+        assert!(!limits.check("k", &api, 1).await.unwrap().allowed);
+        rt.shutdown().await.unwrap();
+    }
+    let mut new = Policies::new();
+    new.insert(
+        "api",
+        Policy::per_minute(10).algorithm(Algorithm::FixedWindow),
+    )
+    .unwrap();
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(new)).unwrap();
+    let api = limits.named("api").unwrap();
+    let d = limits.check("k", &api, 1).await.unwrap();
+    assert_eq!((d.allowed, d.remaining), (true, 9));
+    rt.shutdown().await.unwrap();
+}
