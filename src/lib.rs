@@ -57,6 +57,10 @@ pub use stead_core::{SqliteBackend, SqliteOptions};
 /// validation.
 pub use stead_core::http;
 
+/// Exact per-key rate limiting with a tower layer (feature `ratelimit`).
+#[cfg(feature = "ratelimit")]
+pub use stead_ratelimit as ratelimit;
+
 /// Sharded counters: exact, durable, idempotent (feature `counter`).
 #[cfg(feature = "counter")]
 pub use stead_counter as counter;
@@ -78,6 +82,10 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     let _ = rt;
     #[allow(unused_mut)]
     let mut router = axum::Router::new();
+    #[cfg(feature = "ratelimit")]
+    {
+        router = router.merge(stead_ratelimit::router(rt)?);
+    }
     #[cfg(feature = "counter")]
     {
         router = router.merge(stead_counter::router(rt)?);
@@ -99,6 +107,10 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
 pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
     #[allow(unused_mut)]
     let mut paths = serde_json::Map::new();
+    #[cfg(feature = "ratelimit")]
+    if let serde_json::Value::Object(p) = stead_ratelimit::openapi_paths() {
+        paths.extend(p);
+    }
     #[cfg(feature = "counter")]
     if let serde_json::Value::Object(p) = stead_counter::openapi_paths() {
         paths.extend(p);

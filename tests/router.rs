@@ -76,6 +76,22 @@ async fn every_pattern_answers_under_a_nested_prefix() {
     .unwrap();
     assert_eq!(c["elected"], true);
 
+    let r = post(
+        "/ratelimit/me/check",
+        json!({"limit": 1, "period_ms": 60000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("ratelimit"));
+    let r = post(
+        "/ratelimit/me/check",
+        json!({"limit": 1, "period_ms": 60000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 429);
+
     let nope = http.get(format!("{base}/stead/nope")).send().await.unwrap();
     assert_eq!(nope.status(), 404);
     assert_eq!(nope.headers()["content-type"], "application/problem+json");
@@ -93,6 +109,7 @@ async fn every_pattern_answers_under_a_nested_prefix() {
         "/counters/{name}/increment",
         "/locks/{name}/acquire",
         "/leaders/{group}/watch",
+        "/ratelimit/{key}/check",
     ] {
         assert!(paths.contains_key(p), "{p}");
     }

@@ -61,6 +61,12 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
             )
         }
     });
+    // The rate limiter's named policies come from the configuration, before anything else
+    // sets the limiter up.
+    stead::ratelimit::RateLimitClient::with_config(
+        rt,
+        stead::ratelimit::RateLimitConfig::with_policies(config.ratelimit_policies.clone()),
+    )?;
     // Everything but health and the API description needs a token, when tokens are set.
     let guarded = stead::router(rt)?
         .merge(extra)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
+use stead::ratelimit::Policies;
 
 /// How durable an acknowledged write is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -71,6 +72,15 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
     log: Option<String>,
+    ratelimit: Option<RateLimitFile>,
+}
+
+/// The `[ratelimit]` table: named policies, `[ratelimit.policies.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    #[serde(default)]
+    policies: Policies,
 }
 
 /// The settings in force.
@@ -93,6 +103,8 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Log filter.
     pub log: String,
+    /// Rate-limit policies callers may name (`[ratelimit.policies.<name>]` in the file).
+    pub ratelimit_policies: Policies,
 }
 
 impl Default for Config {
@@ -106,6 +118,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
             log: "info".to_owned(),
+            ratelimit_policies: Policies::new(),
         }
     }
 }
@@ -144,6 +157,7 @@ impl Config {
                 .or(file.max_value_bytes)
                 .unwrap_or(d.max_value_bytes),
             log: cli.log.or(file.log).unwrap_or(d.log),
+            ratelimit_policies: file.ratelimit.map(|r| r.policies).unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)

@@ -83,6 +83,9 @@ async fn health_openapi_metrics_and_problem_answers() {
         "/leaders/{group}/heartbeat",
         "/leaders/{group}/resign",
         "/leaders/{group}/watch",
+        "/ratelimit",
+        "/ratelimit/{key}",
+        "/ratelimit/{key}/check",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
@@ -223,6 +226,41 @@ async fn tokens_guard_everything_but_health() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn rate_limit_policies_come_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stead.toml");
+    std::fs::write(
+        &file,
+        "[ratelimit.policies.api]\nalgorithm = \"sliding_window\"\nlimit = 1\nperiod_ms = 60000\n",
+    )
+    .unwrap();
+    let cli = <stead_server::Cli as clap::Parser>::parse_from([
+        "stead",
+        "--config",
+        file.to_str().unwrap(),
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let server = stead_server::start(Config::from_cli(cli).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let check = || {
+        http.post(format!("{base}/ratelimit/alice/check"))
+            .json(&serde_json::json!({"policy": "api"}))
+            .send()
+    };
+    let r = check().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-policy"], "\"api\";q=1;w=60");
+    assert_eq!(check().await.unwrap().status(), 429);
+    server.shutdown().await.unwrap();
+}
+
 #[test]
 fn bad_configuration_is_refused_with_a_clear_message() {
     let mut c = Config::default();
@@ -244,6 +282,22 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert!(
         stderr.contains("shrads"),
         "the bad field is named: {stderr}"
+    );
+
+    std::fs::write(
+        &file,
+        "[ratelimit.policies.api]\nlimit = 0\nperiod_ms = 1000\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("policy \"api\"") && stderr.contains("limit must be between"),
+        "the bad policy is named: {stderr}"
     );
 
     let out = Command::new(env!("CARGO_BIN_EXE_stead"))

@@ -1,0 +1,351 @@
+//! Over real HTTP on 127.0.0.1: the `/ratelimit` routes with their headers and every kind of
+//! bad input, and the tower layer keyed by header and by peer IP, failing open and closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::HeaderName;
+use axum::routing::get;
+use serde_json::Value;
+use stead_core::{ManualClock, Runtime};
+use stead_ratelimit::{OnFailure, Policies, Policy, RateLimitClient, RateLimitConfig, layer};
+
+async fn listen(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+async fn runtime() -> (Runtime, ManualClock) {
+    let clock = ManualClock::new("2026-03-01T00:00:00.5Z".parse().unwrap());
+    let rt = Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    (rt, clock)
+}
+
+struct Reply {
+    status: u16,
+    body: Value,
+    headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+    }
+}
+
+async fn call(req: reqwest::RequestBuilder) -> Reply {
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        body,
+        headers,
+    }
+}
+
+fn post(http: &reqwest::Client, url: String, body: &str) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+}
+
+#[tokio::test]
+async fn check_peek_and_reset_with_headers() {
+    let (rt, clock) = runtime().await;
+    let mut p = Policies::new();
+    p.insert("api", Policy::per_minute(2)).unwrap();
+    RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(p)).unwrap();
+    let base = listen(stead_ratelimit::router(&rt).unwrap()).await;
+    let http = reqwest::Client::new();
+    let check = |body: &'static str| post(&http, format!("{base}/ratelimit/alice/check"), body);
+
+    let r = call(check(r#"{"policy":"api"}"#)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["allowed"], true);
+    assert_eq!(r.body["remaining"], 1);
+    assert_eq!(r.header("ratelimit-policy"), r#""api";q=2;w=60"#);
+    assert_eq!(r.header("ratelimit"), r#""api";r=1;t=30"#);
+    assert!(r.headers.get("retry-after").is_none());
+    assert_eq!(call(check(r#"{"policy":"api"}"#)).await.status, 200);
+    let r = call(check(r#"{"policy":"api"}"#)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(r.body["retry_after_ms"], 30_000);
+    assert_eq!(r.header("retry-after"), "30");
+    assert_eq!(r.header("ratelimit"), r#""api";r=0;t=30"#);
+
+    // Peek consumes nothing and is never a 429.
+    clock.advance(std::time::Duration::from_secs(30)).await;
+    for _ in 0..2 {
+        let r = call(http.get(format!("{base}/ratelimit/alice?policy=api"))).await;
+        assert_eq!((r.status, &r.body["remaining"]), (200, &Value::from(1)));
+        assert_eq!(r.header("ratelimit"), r#""api";r=1;t=30"#);
+    }
+    // Inline policies, by body object, top-level fields, or query.
+    let r = call(check(
+        r#"{"policy":{"algorithm":"fixed_window","limit":1,"period_ms":1000}}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        r#""fixed_window-1-per-1000ms";q=1;w=1"#
+    );
+    let r = call(check(
+        r#"{"algorithm":"fixed_window","limit":1,"period_ms":1000}"#,
+    ))
+    .await;
+    assert_eq!((r.status, r.header("retry-after")), (429, "1"));
+    let r = call(http.get(format!(
+        "{base}/ratelimit/alice?algorithm=fixed_window&limit=1&period_ms=1000"
+    )))
+    .await;
+    assert_eq!(r.body["remaining"], 0);
+    // Cost.
+    let r = call(check(r#"{"limit":10,"period_ms":1000,"cost":4}"#)).await;
+    assert_eq!(r.body["remaining"], 6);
+
+    // Reset one policy, then all of the key's.
+    let r = call(http.delete(format!("{base}/ratelimit/alice?policy=api"))).await;
+    assert_eq!((r.status, &r.body["reset"]), (200, &Value::from(1)));
+    let r = call(http.get(format!("{base}/ratelimit/alice?policy=api"))).await;
+    assert_eq!(r.body["remaining"], 2);
+    let r = call(http.delete(format!("{base}/ratelimit/alice"))).await;
+    assert_eq!(r.body["reset"], 2, "{:?}", r.body);
+
+    let r = call(http.get(format!("{base}/ratelimit"))).await;
+    assert_eq!(r.body["policies"]["api"]["limit"], 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_is_a_precise_problem() {
+    let (rt, _clock) = runtime().await;
+    let base = listen(stead_ratelimit::router(&rt).unwrap()).await;
+    let http = reqwest::Client::new();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "k",
+            r#"{"limit":0,"period_ms":1000}"#,
+            "limit must be between",
+        ),
+        ("k", r#"{"limit":-5,"period_ms":1000}"#, "limit"),
+        (
+            "k",
+            r#"{"limit":5,"period_ms":0}"#,
+            "period_ms must be between",
+        ),
+        (
+            "k",
+            r#"{"limit":5,"period_ms":1000,"burst":0}"#,
+            "burst must be",
+        ),
+        (
+            "k",
+            r#"{"algorithm":"leaky","limit":5,"period_ms":1000}"#,
+            "unknown variant",
+        ),
+        (
+            "k",
+            r#"{"algorithm":"sliding_window","limit":20000,"period_ms":1000}"#,
+            "at most 10000",
+        ),
+        (
+            "k",
+            r#"{"algorithm":"fixed_window","limit":5,"period_ms":1000,"burst":2}"#,
+            "burst applies",
+        ),
+        ("k", r#"{"limit":5}"#, "needs both limit and period_ms"),
+        ("k", r#"{}"#, "name a policy"),
+        ("k", r#"{"policy":"api"}"#, "no policies are configured"),
+        (
+            "k",
+            r#"{"policy":"api","limit":3,"period_ms":10}"#,
+            "not both",
+        ),
+        ("k", r#"{"policy":7}"#, "policy must be"),
+        (
+            "k",
+            r#"{"policy":{"limit":5}}"#,
+            "policy: missing field `period_ms`",
+        ),
+        (
+            "k",
+            r#"{"limit":5,"period_ms":1000,"cost":0}"#,
+            "cost must be at least 1",
+        ),
+        (
+            "k",
+            r#"{"limit":5,"period_ms":1000,"cost":6}"#,
+            "exceeds the policy's capacity of 5",
+        ),
+        (
+            "k",
+            r#"{"limit":5,"period_ms":1000,"colour":1}"#,
+            "unknown field",
+        ),
+        ("k", r#"{"limit":"5","period_ms":1000}"#, "invalid type"),
+        ("k", r#"{"limit":5,"period_ms":1000"#, ""),
+    ];
+    for (key, body, detail) in cases {
+        let r = call(post(&http, format!("{base}/ratelimit/{key}/check"), body)).await;
+        assert_eq!(r.status, 400, "{body}: {:?}", r.body);
+        assert_eq!(r.header("content-type"), "application/problem+json");
+        let got = r.body["detail"].as_str().unwrap();
+        assert!(got.contains(detail), "{body}: {got}");
+    }
+    let long = "k".repeat(300);
+    let r = call(post(
+        &http,
+        format!("{base}/ratelimit/{long}/check"),
+        r#"{"limit":1,"period_ms":1}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.body["detail"].as_str().unwrap().contains("300 bytes"));
+    let r = call(http.get(format!("{base}/ratelimit/k?limit=abc&period_ms=1"))).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (400, "application/problem+json")
+    );
+    let r = call(http.get(format!("{base}/ratelimit/k?colour=red"))).await;
+    assert_eq!(r.status, 400);
+    let r = call(http.put(format!("{base}/ratelimit/k/check"))).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (405, "application/problem+json")
+    );
+    rt.shutdown().await.unwrap();
+}
+
+fn app(layer: stead_ratelimit::RateLimitLayer) -> Router {
+    Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn the_layer_limits_by_header_and_reports_in_headers() {
+    let (rt, clock) = runtime().await;
+    let l = layer(&rt, Policy::per_second(2))
+        .key_by_header(HeaderName::from_static("x-api-key"))
+        .named("edge");
+    let base = listen(app(l)).await;
+    let http = reqwest::Client::new();
+    let get = |key: Option<&str>| {
+        let r = http.get(format!("{base}/hello"));
+        match key {
+            Some(k) => r.header("x-api-key", k),
+            None => r,
+        }
+    };
+    let r = call(get(Some("a"))).await;
+    assert_eq!((r.status, &r.body), (200, &Value::from("hello")));
+    assert_eq!(r.header("ratelimit-policy"), r#""edge";q=2;w=1"#);
+    assert_eq!(r.header("ratelimit"), r#""edge";r=1;t=1"#);
+    assert_eq!(call(get(Some("a"))).await.status, 200);
+    let r = call(get(Some("a"))).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    assert_eq!(r.body["type"], "/problems/rate-limited");
+    assert_eq!(r.body["retry_after_ms"], 500);
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(r.header("ratelimit"), r#""edge";r=0;t=1"#);
+    // Another key is untouched; requests without the header share one limiter.
+    assert_eq!(call(get(Some("b"))).await.status, 200);
+    assert_eq!(call(get(None)).await.status, 200);
+    assert_eq!(call(get(None)).await.status, 200);
+    assert_eq!(call(get(None)).await.status, 429);
+    clock.advance(std::time::Duration::from_millis(500)).await;
+    assert_eq!(call(get(Some("a"))).await.status, 200);
+    // A key that cannot be a key is the caller's problem, not the limiter's.
+    let r = call(get(Some(&"x".repeat(300)))).await;
+    assert_eq!(r.status, 400);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
+    let (rt, _clock) = runtime().await;
+    let base = listen(app(layer(&rt, Policy::per_minute(1)))).await;
+    let http = reqwest::Client::new();
+    assert_eq!(call(http.get(format!("{base}/hello"))).await.status, 200);
+    assert_eq!(call(http.get(format!("{base}/hello"))).await.status, 429);
+    // Served without connect info, the layer cannot key by IP and says so.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let plain = app(layer(&rt, Policy::per_minute(1)));
+    tokio::spawn(async move { axum::serve(listener, plain).await.unwrap() });
+    let r = call(http.get(format!("http://{addr}/hello"))).await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("into_make_service_with_connect_info")
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_layer_fails_open_or_closed_as_configured() {
+    let (rt, _clock) = runtime().await;
+    let key = HeaderName::from_static("x-api-key");
+    let open = listen(app(
+        layer(&rt, Policy::per_minute(1)).key_by_header(key.clone())
+    ))
+    .await;
+    let closed = listen(app(layer(&rt, Policy::per_minute(1))
+        .key_by_header(key)
+        .on_failure(OnFailure::Closed)))
+    .await;
+    // A runtime that has shut down cannot answer.
+    rt.shutdown().await.unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = call(http.get(format!("{open}/hello")).header("x-api-key", "a")).await;
+        assert_eq!(r.status, 200, "fail open lets requests through");
+        assert!(r.headers.get("ratelimit").is_none());
+    }
+    let r = call(http.get(format!("{closed}/hello")).header("x-api-key", "a")).await;
+    assert_eq!(r.status, 503, "fail closed refuses");
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    assert_eq!(r.header("retry-after"), "1");
+}
+
+#[test]
+fn an_invalid_layer_policy_is_an_error_or_a_clear_panic() {
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio.block_on(Runtime::builder().memory().build()).unwrap();
+    let err = stead_ratelimit::try_layer(&rt, Policy::per_second(0)).unwrap_err();
+    assert!(err.to_string().contains("limit must be between"));
+    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        layer(&rt, Policy::per_second(0))
+    }))
+    .unwrap_err();
+    let msg = panic.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("limit must be between"), "{msg}");
+    tokio.block_on(rt.shutdown()).unwrap();
+}
