@@ -25,6 +25,10 @@ pub const MAX_REFILL_MS: u64 = 10 * 366 * 24 * 3600 * 1000;
 pub const MAX_POLICY_NAME_BYTES: usize = 64;
 
 const NS_PER_MS: u64 = 1_000_000;
+/// How long a key's state is kept after it has become the same as a fresh key's. Forgetting
+/// it at once would make a key seen every few seconds write its state, then delete it, then
+/// write it again; a minute of grace turns that into one write per admission.
+pub const FORGET_AFTER_IDLE_MS: u64 = 60_000;
 const STATE: &str = "s";
 const LOG_PREFIX: &str = "w/";
 
@@ -448,8 +452,8 @@ struct Stored {
 /// One rate limiter: one policy applied to one key (a user, an IP, an API key).
 ///
 /// Single-threaded like every durable object, so its decisions are exact under any
-/// concurrency. Its state is deleted by alarm once it is the same as a fresh key's, so storage
-/// holds only keys that are being limited.
+/// concurrency. Its state is deleted by alarm [`FORGET_AFTER_IDLE_MS`] after it has become the
+/// same as a fresh key's, so storage holds only keys that are being limited or were lately.
 pub struct RateLimiter {
     stored: Option<Stored>,
     /// When the alarm is set for, in nanoseconds.
@@ -472,6 +476,11 @@ fn to_ns(at: DateTime<Utc>) -> u64 {
 fn alarm_time(ns: u64) -> DateTime<Utc> {
     let ns = ns.div_ceil(NS_PER_MS).saturating_mul(NS_PER_MS);
     DateTime::from_timestamp_nanos(i64::try_from(ns).unwrap_or(i64::MAX))
+}
+
+/// When state idle from `idle_from` may be forgotten.
+fn forget_at(idle_from: u64) -> u64 {
+    idle_from.saturating_add(FORGET_AFTER_IDLE_MS * NS_PER_MS)
 }
 
 fn log_key(seq: u64) -> String {
@@ -510,13 +519,13 @@ impl DurableObject for RateLimiter {
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
         self.alarm_at = None;
         let now = now_ns(ctx);
-        let idle_from = self
+        let forget_at = self
             .stored
             .as_ref()
-            .map_or(0, |s| s.state.idle_from(&s.policy));
-        if idle_from > now {
-            ctx.storage().set_alarm(alarm_time(idle_from))?;
-            self.alarm_at = Some(idle_from);
+            .map_or(0, |s| forget_at(s.state.idle_from(&s.policy)));
+        if forget_at > now {
+            ctx.storage().set_alarm(alarm_time(forget_at))?;
+            self.alarm_at = Some(forget_at);
         } else {
             // Idle: the same as a key never seen. Forget it.
             self.forget(ctx);
@@ -563,9 +572,9 @@ impl RateLimiter {
         ctx.storage().put(STATE, stored)?;
         // One alarm per busy spell: it re-arms itself until the key is idle again.
         if self.alarm_at.is_none() {
-            let idle = stored.state.idle_from(&stored.policy);
-            ctx.storage().set_alarm(alarm_time(idle))?;
-            self.alarm_at = Some(idle);
+            let at = forget_at(stored.state.idle_from(&stored.policy));
+            ctx.storage().set_alarm(alarm_time(at))?;
+            self.alarm_at = Some(at);
         }
         Ok(())
     }

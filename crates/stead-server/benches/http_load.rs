@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use stead_server::{Config, DurabilityMode};
 
+#[path = "support/load.rs"]
+mod load;
+
 const CONNECTIONS: usize = 256;
 
 /// The same allocator as the `stead` binary.
@@ -46,68 +49,32 @@ impl Route {
 }
 
 async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Duration, u64) {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(CONNECTIONS)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|i| {
-            let client = client.clone();
-            let base = base.to_owned();
-            tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let name = if let Route::LockPair = route {
-                    format!("load-lock-{i}")
-                } else {
-                    format!("load-{}", i % 64)
-                };
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let req = match route {
-                        Route::LockPair => {
-                            match lock_pair(&client, &base, &name).await {
-                                Ok(()) => lat.push(t.elapsed()),
-                                Err(()) => errors += 1,
-                            }
-                            continue;
-                        }
-                        Route::Noop => client.get(format!("{base}/noop")),
-                        Route::CounterIncrement => client
-                            .post(format!("{base}/counters/{name}/increment"))
-                            .header("content-type", "application/json")
-                            .body(r#"{"by":1}"#),
-                        Route::CounterRead => client.get(format!("{base}/counters/{name}")),
-                    };
-                    match req.send().await {
-                        Ok(r) if r.status().is_success() => {
-                            let _ = r.bytes().await;
-                            lat.push(t.elapsed());
-                        }
-                        _ => errors += 1,
-                    }
+    let base = base.to_owned();
+    let stats = load::drive(CONNECTIONS, seconds, move |client, conn, _| {
+        let base = base.clone();
+        async move {
+            let name = format!("load-{}", conn % 64);
+            let req = match route {
+                Route::LockPair => {
+                    return lock_pair(&client, &base, &format!("load-lock-{conn}"))
+                        .await
+                        .is_ok();
                 }
-                (lat, errors)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (lat, e) = t.await.unwrap();
-        all.extend(lat);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    (all.len() as f64 / elapsed, pct(0.5), pct(0.99), errors)
+                Route::Noop => client.get(format!("{base}/noop")),
+                Route::CounterIncrement => client
+                    .post(format!("{base}/counters/{name}/increment"))
+                    .header("content-type", "application/json")
+                    .body(r#"{"by":1}"#),
+                Route::CounterRead => client.get(format!("{base}/counters/{name}")),
+            };
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await;
+    (stats.rps, stats.p50, stats.p99, stats.errors)
 }
 
 /// How many HTTP requests one counted operation of a row makes.

@@ -1,0 +1,173 @@
+//! The rate-limit layer under load: an axum app behind `stead::ratelimit::layer` beside the
+//! same app behind `tower_governor` with the same quota (100 per second, bursts of 100,
+//! keyed by an `x-api-key` header), and the bare app as the ceiling, all in one run.
+//! Two traffic shapes: 10,000 keys (nearly every request admitted, so ours writes each
+//! one) and one hot key (nearly every request refused). Prints requests/s and latency.
+//!
+//! `cargo bench -p stead-server --bench ratelimit_layer` (add `-- --seconds 5` for longer,
+//! `-- --only "keys stead, memory"` for one row).
+//! Only ever targets 127.0.0.1, and every run is bounded in time.
+
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use stead::Durability;
+use stead::ratelimit::{Policy, RateLimitClient, RateLimitConfig};
+use tower_governor::GovernorError;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+
+#[path = "support/load.rs"]
+mod load;
+
+/// The same allocator as the `stead` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CONNECTIONS: usize = 256;
+const KEYS: u64 = 10_000;
+
+#[derive(Clone)]
+struct ApiKey;
+
+impl KeyExtractor for ApiKey {
+    type Key = String;
+    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn hello() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/hello")
+}
+
+async fn run(url: String, hot: bool, seconds: f64) -> load::Stats {
+    load::drive(CONNECTIONS, seconds, move |client, conn, i| {
+        let url = url.clone();
+        async move {
+            let key = if hot {
+                "hot".to_owned()
+            } else {
+                format!("user-{}", (conn as u64 * 7919 + i) % KEYS)
+            };
+            match client.get(url).header("x-api-key", key).send().await {
+                // Admitted or refused, the limiter answered.
+                Ok(r) if r.status().is_success() || r.status() == 429 => r.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await
+}
+
+fn main() {
+    let seconds: f64 = std::env::args()
+        .skip_while(|a| a != "--seconds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    // `--only <text>` runs the rows whose "<traffic> <limiter>" contains it (to profile one).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = HeaderName::from_static("x-api-key");
+    let (apps, runtimes) = tokio.block_on(async {
+        let sqlite = stead::Runtime::builder()
+            .sqlite(dir.path())
+            .build()
+            .await
+            .unwrap();
+        let memory = stead::Runtime::builder().memory().build().await.unwrap();
+        RateLimitClient::with_config(
+            &memory,
+            RateLimitConfig::default().durability(Durability::Memory),
+        )
+        .unwrap();
+        let policy = Policy::per_second(100);
+        let governor = GovernorConfigBuilder::default()
+            .per_millisecond(10)
+            .burst_size(100)
+            .key_extractor(ApiKey)
+            .finish()
+            .unwrap();
+        let apps = vec![
+            ("no limiter (ceiling)", serve(hello()).await),
+            (
+                "tower_governor (in memory)",
+                serve(hello().layer(tower_governor::GovernorLayer::new(governor))).await,
+            ),
+            (
+                "stead, process-crash-safe",
+                serve(hello().layer(
+                    stead::ratelimit::layer(&sqlite, policy.clone()).key_by_header(key.clone()),
+                ))
+                .await,
+            ),
+            (
+                "stead, memory",
+                serve(
+                    hello()
+                        .layer(stead::ratelimit::layer(&memory, policy).key_by_header(key.clone())),
+                )
+                .await,
+            ),
+        ];
+        (apps, [sqlite, memory])
+    });
+    let mut rows = Vec::new();
+    for (shape, hot) in [("10,000 keys", false), ("one hot key", true)] {
+        for (name, url) in &apps {
+            if only
+                .as_deref()
+                .is_some_and(|o| !format!("{shape} {name}").contains(o))
+            {
+                continue;
+            }
+            tokio.block_on(run(url.clone(), hot, 0.5)); // warm up
+            let s = tokio.block_on(run(url.clone(), hot, seconds));
+            rows.push((shape, *name, s));
+        }
+    }
+    println!();
+    println!(
+        "Rate-limit layer: {CONNECTIONS} connections over loopback, {seconds} s per row, 100/s with bursts of 100 per key"
+    );
+    println!(
+        "{:<12} {:<28} {:>10} {:>9} {:>9} {:>7} {:>14}",
+        "traffic", "limiter", "req/s", "p50 ms", "p99 ms", "errors", "vs governor"
+    );
+    for (shape, name, s) in &rows {
+        let governor = rows
+            .iter()
+            .find(|(sh, n, _)| sh == shape && n.starts_with("tower_governor"))
+            .map_or(1.0, |(_, _, g)| g.rps);
+        println!(
+            "{:<12} {:<28} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>13.0}%",
+            shape,
+            name,
+            s.rps,
+            s.p50.as_secs_f64() * 1e3,
+            s.p99.as_secs_f64() * 1e3,
+            s.errors,
+            100.0 * s.rps / governor
+        );
+    }
+    println!("(the goal: stead's default, process-crash-safe, at 80% of tower_governor or more)");
+    for rt in runtimes {
+        tokio.block_on(rt.shutdown()).unwrap();
+    }
+}

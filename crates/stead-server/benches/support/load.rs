@@ -1,0 +1,68 @@
+//! The load driver the HTTP benchmarks share: a fixed number of connections over loopback,
+//! each sending one operation after another until the time is up.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// What one run measured.
+pub(crate) struct Stats {
+    pub(crate) rps: f64,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) errors: u64,
+}
+
+/// Runs `op(client, connection, iteration)` on `connections` connections for `seconds`;
+/// `op` answers whether the operation succeeded. Latencies are of successful operations.
+pub(crate) async fn drive<F, Fut>(connections: usize, seconds: f64, op: F) -> Stats
+where
+    F: Fn(reqwest::Client, usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..connections)
+        .map(|conn| {
+            let (client, op) = (client.clone(), op.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    if op(client.clone(), conn, i).await {
+                        lat.push(t.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                    i += 1;
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        rps: all.len() as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        errors,
+    }
+}
