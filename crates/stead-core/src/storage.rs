@@ -23,6 +23,10 @@ pub(crate) const USER_ALARM_KEY: &str = "\0alarm";
 pub(crate) const SCHEDULE_PREFIX: &str = "\0sched/";
 /// The first key a user can have.
 const FIRST_USER_KEY: &str = "\u{1}";
+/// An object with at most this many stored entries (its alarm and schedules included) is
+/// read whole by its first storage access, in one range read; every later read is answered
+/// from memory.
+const PREFETCH_ENTRIES: usize = 64;
 
 /// Limits that apply to an object's storage.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +67,10 @@ pub struct Storage {
     // Committed values (None: known absent). Evictable.
     cache: HashMap<String, Option<Value>>,
     cache_bytes: usize,
+    /// The cache holds every committed entry, so a key it lacks is absent.
+    complete: bool,
+    /// Whether the whole-object read was tried in this activation.
+    prefetched: bool,
     committed_alarm: Option<Option<i64>>,
     registered: bool,
     fence: Arc<Fence>,
@@ -103,6 +111,8 @@ impl Storage {
             last_seq: 0,
             cache: HashMap::new(),
             cache_bytes: 0,
+            complete: false,
+            prefetched: false,
             committed_alarm: None,
             registered: false,
             fence: Arc::new(Fence::default()),
@@ -315,6 +325,9 @@ impl Storage {
         if self.cleared_seq.is_some() {
             return Ok(None);
         }
+        if self.committed_alarm.is_none() {
+            self.prefetch()?;
+        }
         match self.committed_alarm {
             Some(a) => Ok(a),
             None => {
@@ -323,6 +336,41 @@ impl Storage {
                 Ok(a)
             }
         }
+    }
+
+    /// Reads the whole object in one range read when it is small, so that later reads need
+    /// no backend: the cache becomes complete, and an object without alarm entries is known
+    /// to have no alarm and no schedules. Tried once per activation.
+    fn prefetch(&mut self) -> Result<()> {
+        if self.prefetched {
+            return Ok(());
+        }
+        self.prefetched = true;
+        let opts = ListOptions {
+            limit: Some(PREFETCH_ENTRIES + 1),
+            ..ListOptions::default()
+        };
+        let entries = self.backend.list(&self.obj, &opts)?;
+        if entries.len() > PREFETCH_ENTRIES {
+            return Ok(());
+        }
+        // Complete unless inserting overflows the cache budget (which empties it and says so).
+        self.complete = true;
+        for (k, v) in entries {
+            if !self.cache.contains_key(&k) {
+                self.cache_insert(k, Some(v));
+            }
+        }
+        let no_alarm_entries = !self.cache.keys().any(|k| k.starts_with(INTERNAL));
+        if self.complete && no_alarm_entries {
+            // The backend's alarm is the earliest of the user's alarm and the schedules,
+            // written in the same transactions as they are: with neither, there is none.
+            self.no_schedules = true;
+            if self.committed_alarm.is_none() {
+                self.committed_alarm = Some(None);
+            }
+        }
+        Ok(())
     }
 
     fn get_raw(&mut self, key: &str) -> Result<Option<Value>> {
@@ -341,6 +389,15 @@ impl Storage {
         if let Some(v) = self.cache.get(key) {
             return Ok(v.clone());
         }
+        if !self.prefetched {
+            self.prefetch()?;
+            if let Some(v) = self.cache.get(key) {
+                return Ok(v.clone());
+            }
+        }
+        if self.complete {
+            return Ok(None);
+        }
         let v = self.backend.get(&self.obj, key)?;
         self.cache_insert(key.to_owned(), v.clone());
         Ok(v)
@@ -351,6 +408,7 @@ impl Storage {
         if self.cache_bytes + size > self.limits.cache_bytes {
             self.cache.clear();
             self.cache_bytes = 0;
+            self.complete = false;
             if size > self.limits.cache_bytes {
                 return;
             }
@@ -383,10 +441,21 @@ impl Storage {
             let overlay =
                 self.unacked.range(r.clone()).count() + self.turn.range(r.clone()).count();
             if self.cleared_seq.is_none() {
-                let mut backend_opts = opts.clone();
-                backend_opts.limit = opts.limit.map(|l| l.saturating_add(overlay));
-                for (k, v) in self.backend.list(&self.obj, &backend_opts)? {
-                    merged.insert(k, Some(v));
+                self.prefetch()?;
+                if self.complete {
+                    for (k, v) in &self.cache {
+                        if let Some(v) = v
+                            && opts.contains(k)
+                        {
+                            merged.insert(k.clone(), Some(v.clone()));
+                        }
+                    }
+                } else {
+                    let mut backend_opts = opts.clone();
+                    backend_opts.limit = opts.limit.map(|l| l.saturating_add(overlay));
+                    for (k, v) in self.backend.list(&self.obj, &backend_opts)? {
+                        merged.insert(k, Some(v));
+                    }
                 }
             }
             for (k, (v, _)) in self.unacked.range(r.clone()) {
@@ -412,6 +481,9 @@ impl Storage {
             self.dirty.clear();
             self.cache.clear();
             self.cache_bytes = 0;
+            // Cleared: once the clear is acknowledged, the cache holds all there is.
+            self.complete = true;
+            self.prefetched = true;
             self.cleared_seq = Some(seq);
             self.dirty_clear = true;
             self.registered = false;
@@ -514,6 +586,8 @@ impl Storage {
         self.dirty_alarm = false;
         self.cache.clear();
         self.cache_bytes = 0;
+        self.complete = false;
+        self.prefetched = false;
         self.committed_alarm = None;
         self.registered = false;
         self.fence = Arc::new(Fence::default());

@@ -473,28 +473,53 @@ async fn list_agrees_with_a_model(kind: Kind) {
             .prop_map(|(prefix, start, end, limit, reverse)| Op::List { prefix, start, end, limit, reverse }),
     ];
     let phase = prop::collection::vec(op, 0..12);
-    let phases = (phase.clone(), phase.clone(), phase, any::<bool>());
+    let phases = (
+        phase.clone(),
+        phase.clone(),
+        phase.clone(),
+        phase,
+        any::<bool>(),
+        any::<bool>(),
+    );
     let mut runner = TestRunner::new(Config {
         cases: 24,
         ..Config::default()
     });
     let handle = tokio::runtime::Handle::current();
-    let result = runner.run(&phases, |(a, mut b, c, wipe)| {
+    let result = runner.run(&phases, |(mut a, mut b, c, d, wipe, bulk)| {
         if wipe {
             b.insert(b.len() / 2, Op::DeleteAll);
         }
-        let (a2, b2, c2) = (a.clone(), b.clone(), c.clone());
+        if bulk {
+            // More entries than an object that is read whole at activation may have.
+            a.splice(0..0, (0..70).map(|i| Op::Put(format!("f{i:02}"), i)));
+        }
+        let (a2, b2, c2, d2) = (a.clone(), b.clone(), c.clone(), d.clone());
         let got = std::thread::scope(|s| {
             s.spawn(|| {
                 handle.block_on(async {
-                    let h = harness_with(kind, |b| b.cache_bytes_per_object(256)).await;
+                    let h = harness_with(kind, |b| {
+                        b.cache_bytes_per_object(if bulk { 4096 } else { 256 })
+                            .idle_timeout(std::time::Duration::from_secs(1))
+                    })
+                    .await;
                     let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
                     let o = ns.get_by_name("model");
                     let ra = o.ask(Script(a2)).await.unwrap().unwrap();
                     // b is still in flight (unacknowledged) while c runs.
                     let (rb, rc) = tokio::join!(o.ask(Script(b2)), o.ask(Script(c2)));
+                    // d runs in a new activation, which reads what is stored afresh.
+                    h.clock.advance(std::time::Duration::from_secs(5)).await;
+                    assert_eq!(ns.active_objects(), 0, "the object left memory");
+                    let rd = o.ask(Script(d2)).await.unwrap().unwrap();
+                    assert_eq!(
+                        ns.env()
+                            .activations
+                            .load(std::sync::atomic::Ordering::SeqCst),
+                        2
+                    );
                     h.rt.shutdown().await.unwrap();
-                    (ra, rb.unwrap().unwrap(), rc.unwrap().unwrap())
+                    (ra, rb.unwrap().unwrap(), rc.unwrap().unwrap(), rd)
                 })
             })
             .join()
@@ -505,6 +530,7 @@ async fn list_agrees_with_a_model(kind: Kind) {
             model_apply(&mut model, &a),
             model_apply(&mut model, &b),
             model_apply(&mut model, &c),
+            model_apply(&mut model, &d),
         );
         prop_assert_eq!(got, want);
         Ok(())

@@ -17,16 +17,27 @@ use crate::id::ObjectId;
 /// let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
 /// # let _ = backend;
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBackend {
-    state: Mutex<State>,
+    /// Objects' data, in shards by id so that commits of different objects rarely meet on a
+    /// lock.
+    shards: Box<[Mutex<HashMap<ObjectRef, ObjectData>>]>,
+    /// The registry, ordered by id within a class (written only on an object's first commit
+    /// of an activation, and on a clear).
+    registry: Mutex<Registry>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    objects: HashMap<ObjectRef, ObjectData>,
-    /// The registry, ordered by id within a class.
-    registry: BTreeMap<(&'static str, ObjectId), Option<Arc<str>>>,
+type Registry = BTreeMap<(&'static str, ObjectId), Option<Arc<str>>>;
+
+const SHARDS: usize = 16;
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            registry: Mutex::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -40,17 +51,21 @@ impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn shard(&self, obj: &ObjectRef) -> &Mutex<HashMap<ObjectRef, ObjectData>> {
+        &self.shards[usize::from(obj.id.as_bytes()[0]) % SHARDS]
+    }
 }
 
 impl Backend for MemoryBackend {
     fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
-        let st = lock(&self.state);
-        Ok(st.objects.get(obj).and_then(|o| o.kv.get(key).cloned()))
+        let st = lock(self.shard(obj));
+        Ok(st.get(obj).and_then(|o| o.kv.get(key).cloned()))
     }
 
     fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
-        let st = lock(&self.state);
-        let Some(o) = st.objects.get(obj) else {
+        let st = lock(self.shard(obj));
+        let Some(o) = st.get(obj) else {
             return Ok(Vec::new());
         };
         let (lower, upper) = opts.bounds();
@@ -73,17 +88,20 @@ impl Backend for MemoryBackend {
     }
 
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
-        Ok(lock(&self.state).objects.get(obj).and_then(|o| o.alarm))
+        Ok(lock(self.shard(obj)).get(obj).and_then(|o| o.alarm))
     }
 
     fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
-        let st = lock(&self.state);
-        Ok(st
-            .objects
-            .iter()
-            .filter(|(r, _)| r.class == class)
-            .filter_map(|(r, o)| o.alarm.map(|a| (r.id, a)))
-            .collect())
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.extend(
+                lock(shard)
+                    .iter()
+                    .filter(|(r, _)| r.class == class)
+                    .filter_map(|(r, o)| o.alarm.map(|a| (r.id, a))),
+            );
+        }
+        Ok(out)
     }
 
     fn objects(
@@ -92,13 +110,12 @@ impl Backend for MemoryBackend {
         after: Option<ObjectId>,
         limit: usize,
     ) -> Result<Vec<ObjectEntry>> {
-        let st = lock(&self.state);
+        let registry = lock(&self.registry);
         let lo = match after {
             Some(id) => Bound::Excluded((class, id)),
             None => Bound::Included((class, ObjectId::from_bytes([0; 32]))),
         };
-        Ok(st
-            .registry
+        Ok(registry
             .range((
                 lo,
                 Bound::Included((class, ObjectId::from_bytes([0xff; 32]))),
@@ -118,9 +135,8 @@ impl Backend for MemoryBackend {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ObjectEntry>> {
-        let st = lock(&self.state);
-        let mut out: Vec<ObjectEntry> = st
-            .registry
+        let registry = lock(&self.registry);
+        let mut out: Vec<ObjectEntry> = registry
             .iter()
             .filter(|((c, _), _)| *c == class)
             .filter_map(|((_, id), name)| {
@@ -137,9 +153,7 @@ impl Backend for MemoryBackend {
     }
 
     fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        let st = lock(&self.state);
-        Ok(st
-            .registry
+        Ok(lock(&self.registry)
             .get(&(obj.class, obj.id))
             .and_then(|n| n.as_deref().map(str::to_owned)))
     }
@@ -149,20 +163,25 @@ impl Backend for MemoryBackend {
             batch.complete(Err(crate::Error::Reset));
             return;
         }
-        {
-            let mut st = lock(&self.state);
-            let obj = batch.object;
+        let obj = batch.object;
+        if batch.clear || batch.register.is_some() {
+            let mut registry = lock(&self.registry);
             if batch.clear {
-                st.objects.remove(&obj);
-                st.registry.remove(&(obj.class, obj.id));
+                registry.remove(&(obj.class, obj.id));
             }
             if let Some(name) = batch.register.take() {
-                let entry = st.registry.entry((obj.class, obj.id)).or_default();
+                let entry = registry.entry((obj.class, obj.id)).or_default();
                 if entry.is_none() {
                     *entry = name;
                 }
             }
-            let data = st.objects.entry(obj).or_default();
+        }
+        {
+            let mut st = lock(self.shard(&obj));
+            if batch.clear {
+                st.remove(&obj);
+            }
+            let data = st.entry(obj).or_default();
             for (k, v) in batch.writes.drain(..) {
                 match v {
                     Some(v) => {
@@ -177,7 +196,7 @@ impl Backend for MemoryBackend {
                 data.alarm = a;
             }
             if data.kv.is_empty() && data.alarm.is_none() {
-                st.objects.remove(&obj);
+                st.remove(&obj);
             }
         }
         batch.complete(Ok(()));
