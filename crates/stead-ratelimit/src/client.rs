@@ -135,8 +135,10 @@ impl Limit {
 pub struct RateLimitConfig {
     /// Policies callers may name.
     pub policies: Policies,
-    /// The durability of limiter state. Default: `ProcessCrashSafe` (state survives a crash
-    /// of the process, and no request waits for an fsync), or `Memory` on a memory runtime.
+    /// The durability of limiter state. Default: `Memory`, as in-process limiters keep it
+    /// (a restart forgives the limits in force). `ProcessCrashSafe` keeps every limit exact
+    /// across a restart or a crash of the process, at the price of a write per admitted
+    /// request; `Fsync` across power loss too.
     pub durability: Option<Durability>,
 }
 
@@ -149,7 +151,8 @@ impl RateLimitConfig {
         }
     }
 
-    /// Overrides the durability of limiter state (`Fsync` to be exact across power loss).
+    /// Overrides the durability of limiter state (`ProcessCrashSafe` to be exact across
+    /// restarts, `Fsync` across power loss).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.durability = Some(durability);
         self
@@ -193,7 +196,7 @@ impl RateLimitClient {
     /// The rate limiter of `rt`: the one already set up, or a new one with no named policies
     /// and the default durability.
     pub fn new(rt: &Runtime) -> Result<Self> {
-        let ns = rt.namespace_with::<RateLimiter>(Policies::new(), default_options(rt, None))?;
+        let ns = rt.namespace_with::<RateLimiter>(Policies::new(), default_options(None))?;
         Ok(Self::from_namespace(ns))
     }
 
@@ -210,7 +213,7 @@ impl RateLimitClient {
     /// uses the rate limiter on that runtime: a runtime has one, and a second configuration
     /// with other policies is refused.
     pub fn with_config(rt: &Runtime, config: RateLimitConfig) -> Result<Self> {
-        let opts = default_options(rt, config.durability);
+        let opts = default_options(config.durability);
         let ns = rt.namespace_with::<RateLimiter>(config.policies.clone(), opts)?;
         if **ns.env() != config.policies {
             return Err(Error::conflict(
@@ -303,12 +306,8 @@ impl RateLimitClient {
     }
 }
 
-fn default_options(rt: &Runtime, durability: Option<Durability>) -> NamespaceOptions {
-    let durability = durability.unwrap_or(match rt.config().durability {
-        Durability::Memory => Durability::Memory,
-        _ => Durability::ProcessCrashSafe,
-    });
-    NamespaceOptions::durability(durability)
+fn default_options(durability: Option<Durability>) -> NamespaceOptions {
+    NamespaceOptions::durability(durability.unwrap_or(Durability::Memory))
 }
 
 /// Checks a rate-limit key: 1 to 256 bytes, no control characters.

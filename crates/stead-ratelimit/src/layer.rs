@@ -64,9 +64,9 @@ impl std::fmt::Debug for RateLimitLayer {
 /// otherwise. Admitted requests get the `RateLimit-Policy` and `RateLimit` header fields;
 /// refused ones get 429 problem+json with those fields and `Retry-After`.
 ///
-/// Limiter state lives in the runtime's rate-limiter namespace (durability
-/// `ProcessCrashSafe` by default: exact across process restarts, no fsync on the request
-/// path; see [`RateLimitConfig`](crate::RateLimitConfig)).
+/// Limiter state lives in the runtime's rate-limiter namespace: in memory by default, or
+/// exact across restarts when it is configured durable (see
+/// [`RateLimitConfig`](crate::RateLimitConfig)).
 ///
 /// # Panics
 ///

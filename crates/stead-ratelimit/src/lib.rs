@@ -1,4 +1,4 @@
-//! # stead-ratelimit: exact, durable rate limiting per key
+//! # stead-ratelimit: exact rate limiting per key, durable when you want it
 //!
 //! Each (policy, key) pair is one durable object, so its decisions are exact under any
 //! concurrency: 64 callers hammering one key get exactly `limit` admissions, never more.
@@ -37,10 +37,12 @@
 //! Responses carry the `RateLimit-Policy` and `RateLimit` header fields of
 //! draft-ietf-httpapi-ratelimit-headers-10.
 //!
-//! State is kept with durability `ProcessCrashSafe` unless configured otherwise
-//! ([`RateLimitConfig`]): limits hold across a restart of the process and no request waits
-//! for an fsync. A key's state is deleted by alarm a minute after it has become the same as a
-//! fresh key's, so storage holds only keys being limited now or lately.
+//! State is kept in memory unless configured otherwise ([`RateLimitConfig`]), as an
+//! in-process limiter keeps it: the fastest choice, and a restart forgives the limits in
+//! force. With durability `ProcessCrashSafe` every limit is exact across a restart or a crash
+//! of the process (a write per admitted request, no fsync); with `Fsync`, across power loss.
+//! A key's state is deleted by alarm a minute after it has become the same as a fresh key's,
+//! so memory and storage hold only keys being limited now or lately.
 
 mod client;
 mod http;

@@ -30,12 +30,21 @@ async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> Runtime {
         .unwrap()
 }
 
+/// The rate limiter of `rt`, keeping its state durably (`ProcessCrashSafe`).
+fn durable(rt: &Runtime) -> RateLimitClient {
+    RateLimitClient::with_config(
+        rt,
+        RateLimitConfig::default().durability(Durability::ProcessCrashSafe),
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_tasks_on_one_key_get_exactly_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(start());
     let rt = sqlite(dir.path(), &clock).await;
-    let limits = RateLimitClient::new(&rt).unwrap();
+    let limits = durable(&rt);
     for alg in ALL {
         let limit = Limit::inline(Policy::per_hour(1000).algorithm(alg)).unwrap();
         let tasks: Vec<_> = (0..64)
@@ -85,7 +94,11 @@ async fn limits_hold_across_a_restart() {
             }
             clock.advance(Duration::from_millis(10)).await;
             let rt = sqlite(dir.path(), &clock).await;
-            let limits = RateLimitClient::new(&rt).unwrap();
+            let limits = RateLimitClient::with_config(
+                &rt,
+                RateLimitConfig::default().durability(durability),
+            )
+            .unwrap();
             let limit = Limit::inline(policy).unwrap();
             let peek = limits.peek(&key, &limit).await.unwrap();
             assert_eq!(peek.remaining, 0, "{key}: the quota stayed spent");
@@ -104,7 +117,7 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
     let limit = Limit::inline(Policy::per_second(4).algorithm(Algorithm::SlidingWindow)).unwrap();
     {
         let rt = sqlite(dir.path(), &clock).await;
-        let limits = RateLimitClient::new(&rt).unwrap();
+        let limits = durable(&rt);
         for _ in 0..4 {
             assert!(limits.check("w", &limit, 1).await.unwrap().allowed);
             clock.advance(Duration::from_millis(200)).await;
@@ -113,7 +126,7 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
     }
     // Now at 800 ms: admissions at 0, 200, 400 and 600 ms are all still in the window.
     let rt = sqlite(dir.path(), &clock).await;
-    let limits = RateLimitClient::new(&rt).unwrap();
+    let limits = durable(&rt);
     let d = limits.check("w", &limit, 1).await.unwrap();
     assert_eq!((d.allowed, d.retry_after_ms), (false, Some(200)));
     clock.advance(Duration::from_millis(200)).await;
@@ -125,7 +138,7 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
     rt.shutdown().await.unwrap();
     // After the restart the log holds exactly what is still in the window: 600, 1000, 1400 ×2.
     let rt = sqlite(dir.path(), &clock).await;
-    let limits = RateLimitClient::new(&rt).unwrap();
+    let limits = durable(&rt);
     assert_eq!(limits.peek("w", &limit).await.unwrap().remaining, 0);
     clock.advance(Duration::from_millis(200)).await;
     assert_eq!(limits.peek("w", &limit).await.unwrap().remaining, 1);
@@ -137,7 +150,7 @@ async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(start());
     let rt = sqlite(dir.path(), &clock).await;
-    let limits = RateLimitClient::new(&rt).unwrap();
+    let limits = durable(&rt);
     let ns = rt.namespace::<RateLimiter>(Policies::new()).unwrap();
     for alg in ALL {
         let limit = Limit::inline(Policy::per_second(10).algorithm(alg)).unwrap();
@@ -239,8 +252,11 @@ async fn a_changed_policy_starts_the_key_afresh() {
     old.insert("api", Policy::per_minute(2)).unwrap();
     {
         let rt = sqlite(dir.path(), &clock).await;
-        let limits =
-            RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(old)).unwrap();
+        let limits = RateLimitClient::with_config(
+            &rt,
+            RateLimitConfig::with_policies(old).durability(Durability::ProcessCrashSafe),
+        )
+        .unwrap();
         let api = limits.named("api").unwrap();
         limits.check("k", &api, 2).await.unwrap();
         assert!(!limits.check("k", &api, 1).await.unwrap().allowed);
@@ -253,9 +269,31 @@ async fn a_changed_policy_starts_the_key_afresh() {
     )
     .unwrap();
     let rt = sqlite(dir.path(), &clock).await;
-    let limits = RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(new)).unwrap();
+    let limits = RateLimitClient::with_config(
+        &rt,
+        RateLimitConfig::with_policies(new).durability(Durability::ProcessCrashSafe),
+    )
+    .unwrap();
     let api = limits.named("api").unwrap();
     let d = limits.check("k", &api, 1).await.unwrap();
     assert_eq!((d.allowed, d.remaining), (true, 9));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn by_default_state_is_in_memory_and_a_restart_forgives() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(start());
+    let limit = Limit::inline(Policy::per_hour(1)).unwrap();
+    {
+        let rt = sqlite(dir.path(), &clock).await;
+        let limits = RateLimitClient::new(&rt).unwrap();
+        assert!(limits.check("k", &limit, 1).await.unwrap().allowed);
+        assert!(!limits.check("k", &limit, 1).await.unwrap().allowed);
+        rt.shutdown().await.unwrap();
+    }
+    let rt = sqlite(dir.path(), &clock).await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    assert!(limits.check("k", &limit, 1).await.unwrap().allowed);
     rt.shutdown().await.unwrap();
 }

@@ -65,7 +65,8 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     // sets the limiter up.
     stead::ratelimit::RateLimitClient::with_config(
         rt,
-        stead::ratelimit::RateLimitConfig::with_policies(config.ratelimit_policies.clone()),
+        stead::ratelimit::RateLimitConfig::with_policies(config.ratelimit_policies.clone())
+            .durability(config.ratelimit_durability.into()),
     )?;
     // Everything but health and the API description needs a token, when tokens are set.
     let guarded = stead::router(rt)?

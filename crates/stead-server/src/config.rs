@@ -20,6 +20,16 @@ pub enum DurabilityMode {
     Memory,
 }
 
+impl From<DurabilityMode> for stead::Durability {
+    fn from(mode: DurabilityMode) -> Self {
+        match mode {
+            DurabilityMode::Fsync => stead::Durability::Fsync,
+            DurabilityMode::ProcessCrashSafe => stead::Durability::ProcessCrashSafe,
+            DurabilityMode::Memory => stead::Durability::Memory,
+        }
+    }
+}
+
 /// `stead`: durable objects and coordination patterns over HTTP.
 #[derive(Debug, Parser)]
 #[command(name = "stead", version, about, long_about = None)]
@@ -58,6 +68,10 @@ pub struct Cli {
     /// Log filter, as for RUST_LOG (which wins when set) [default: info].
     #[arg(long, env = "STEAD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Durability of rate-limiter state: `memory` forgives the limits in force on a
+    /// restart; `process-crash-safe` or `fsync` keep them exact across it [default: memory].
+    #[arg(long, env = "STEAD_RATELIMIT_DURABILITY", value_enum)]
+    pub ratelimit_durability: Option<DurabilityMode>,
 }
 
 /// The settings a TOML file may hold; unknown keys are errors.
@@ -81,6 +95,7 @@ struct FileConfig {
 struct RateLimitFile {
     #[serde(default)]
     policies: Policies,
+    durability: Option<DurabilityMode>,
 }
 
 /// The settings in force.
@@ -105,6 +120,8 @@ pub struct Config {
     pub log: String,
     /// Rate-limit policies callers may name (`[ratelimit.policies.<name>]` in the file).
     pub ratelimit_policies: Policies,
+    /// Durability of rate-limiter state (`durability` under `[ratelimit]` in the file).
+    pub ratelimit_durability: DurabilityMode,
 }
 
 impl Default for Config {
@@ -119,6 +136,7 @@ impl Default for Config {
             max_value_bytes: 128 * 1024,
             log: "info".to_owned(),
             ratelimit_policies: Policies::new(),
+            ratelimit_durability: DurabilityMode::Memory,
         }
     }
 }
@@ -157,6 +175,10 @@ impl Config {
                 .or(file.max_value_bytes)
                 .unwrap_or(d.max_value_bytes),
             log: cli.log.or(file.log).unwrap_or(d.log),
+            ratelimit_durability: cli
+                .ratelimit_durability
+                .or(file.ratelimit.as_ref().and_then(|r| r.durability))
+                .unwrap_or(d.ratelimit_durability),
             ratelimit_policies: file.ratelimit.map(|r| r.policies).unwrap_or_default(),
         };
         config.validate()?;
@@ -176,6 +198,14 @@ impl Config {
             && !(1..=256).contains(&n)
         {
             anyhow::bail!("invalid shards {n}: must be between 1 and 256");
+        }
+        if self.durability == DurabilityMode::Memory
+            && self.ratelimit_durability != DurabilityMode::Memory
+        {
+            anyhow::bail!(
+                "invalid ratelimit durability {:?}: the server keeps nothing on disk (durability memory)",
+                self.ratelimit_durability
+            );
         }
         if self.max_body_bytes < 1024 {
             anyhow::bail!(

@@ -43,8 +43,7 @@ pub async fn open_runtime(config: &Config) -> anyhow::Result<Runtime> {
     };
     let builder = match config.durability {
         DurabilityMode::Memory => builder.memory(),
-        DurabilityMode::Fsync => sqlite(Durability::Fsync),
-        DurabilityMode::ProcessCrashSafe => sqlite(Durability::ProcessCrashSafe),
+        mode => sqlite(Durability::from(mode)),
     };
     builder.build().await.map_err(|e| {
         let source = std::error::Error::source(&e)

@@ -232,32 +232,38 @@ async fn rate_limit_policies_come_from_the_config_file() {
     let file = dir.path().join("stead.toml");
     std::fs::write(
         &file,
-        "[ratelimit.policies.api]\nalgorithm = \"sliding_window\"\nlimit = 1\nperiod_ms = 60000\n",
+        "[ratelimit]\ndurability = \"process-crash-safe\"\n\n[ratelimit.policies.api]\nalgorithm = \"sliding_window\"\nlimit = 1\nperiod_ms = 60000\n",
     )
     .unwrap();
-    let cli = <stead_server::Cli as clap::Parser>::parse_from([
-        "stead",
-        "--config",
-        file.to_str().unwrap(),
-        "--bind",
-        "127.0.0.1:0",
-        "--data-dir",
-        dir.path().join("data").to_str().unwrap(),
-    ]);
-    let server = stead_server::start(Config::from_cli(cli).unwrap())
-        .await
-        .unwrap();
-    let base = format!("http://{}", server.addr());
+    let config = || {
+        let cli = <stead_server::Cli as clap::Parser>::parse_from([
+            "stead",
+            "--config",
+            file.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ]);
+        Config::from_cli(cli).unwrap()
+    };
     let http = reqwest::Client::new();
-    let check = || {
+    let check = |base: String| {
         http.post(format!("{base}/ratelimit/alice/check"))
             .json(&serde_json::json!({"policy": "api"}))
             .send()
     };
-    let r = check().await.unwrap();
+    let server = stead_server::start(config()).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let r = check(base.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["ratelimit-policy"], "\"api\";q=1;w=60");
-    assert_eq!(check().await.unwrap().status(), 429);
+    assert_eq!(check(base).await.unwrap().status(), 429);
+    server.shutdown().await.unwrap();
+    // Configured durable, the limit holds across a restart.
+    let server = stead_server::start(config()).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    assert_eq!(check(base).await.unwrap().status(), 429);
     server.shutdown().await.unwrap();
 }
 
@@ -323,6 +329,7 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         "--max-body-bytes",
         "--max-value-bytes",
         "--log",
+        "--ratelimit-durability",
     ] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
