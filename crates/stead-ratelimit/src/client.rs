@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::HeaderValue;
 use serde::Deserialize;
 use stead_core::{Durability, Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
 
@@ -98,24 +99,39 @@ fn check_policy_name(name: &str) -> Result<()> {
 pub struct Limit {
     name: String,
     policy: Policy,
+    /// Its `RateLimit-Policy` field, the same for every response.
+    policy_field: HeaderValue,
 }
 
 impl Limit {
+    fn new(name: String, policy: Policy) -> Self {
+        let window = policy.period_ms.div_ceil(1000).max(1);
+        let field = format!("\"{name}\";q={};w={window}", policy.limit);
+        Limit {
+            // Names are ASCII letters, digits and `_-.`, so the field is a valid value.
+            policy_field: HeaderValue::from_str(&field)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            name,
+            policy,
+        }
+    }
+
     /// A policy given inline, validated, named by [`Policy::inline_name`].
     pub fn inline(policy: Policy) -> Result<Self> {
         policy.validate()?;
-        Ok(Limit {
-            name: policy.inline_name(),
-            policy,
-        })
+        Ok(Limit::new(policy.inline_name(), policy))
     }
 
     /// Gives the limit another name (1 to 64 of `A-Z a-z 0-9 _ - .`), used in the
     /// `RateLimit` headers and to tell limiters apart.
-    pub fn named(mut self, name: &str) -> Result<Self> {
+    pub fn named(self, name: &str) -> Result<Self> {
         check_policy_name(name)?;
-        self.name = name.to_owned();
-        Ok(self)
+        Ok(Limit::new(name.to_owned(), self.policy))
+    }
+
+    /// Its `RateLimit-Policy` header field value: `"<name>";q=<limit>;w=<period s>`.
+    pub fn policy_field(&self) -> &HeaderValue {
+        &self.policy_field
     }
 
     /// Its name.
@@ -231,10 +247,7 @@ impl RateLimitClient {
     /// The configured policy called `name`.
     pub fn named(&self, name: &str) -> Result<Limit> {
         match self.policies().get(name) {
-            Some(p) => Ok(Limit {
-                name: name.to_owned(),
-                policy: p.clone(),
-            }),
+            Some(p) => Ok(Limit::new(name.to_owned(), p.clone())),
             None => {
                 let known: Vec<&str> = self.policies().iter().map(|(n, _)| n).collect();
                 Err(Error::bad_request(if known.is_empty() {
@@ -248,7 +261,11 @@ impl RateLimitClient {
 
     fn stub(&self, key: &str, limit: &Limit) -> Result<Stub<RateLimiter>> {
         check_key(key)?;
-        Ok(self.ns.get_by_name(&format!("{key}{SEP}{}", limit.name)))
+        let mut name = String::with_capacity(key.len() + 1 + limit.name.len());
+        name.push_str(key);
+        name.push(SEP);
+        name.push_str(&limit.name);
+        Ok(self.ns.get_by_name(&name))
     }
 
     /// Checks a request of `cost` units from `key`, consuming them when it is admitted.

@@ -32,23 +32,14 @@ fn secs(ms: u64, min: u64) -> u64 {
 /// again, or, on a refusal, until the request can be retried, which is also what
 /// `Retry-After` says: a client never sees a `Retry-After` earlier than `t`.
 pub fn insert_headers(headers: &mut HeaderMap, limit: &Limit, d: &Decision) {
-    let name = limit.name();
-    let policy = limit.policy();
-    let window = secs(policy.period_ms, 1);
     let t = match d.retry_after_ms {
         Some(retry) => secs(retry, 1),
         None => secs(d.reset_ms, 0),
     };
-    let mut put = |k: HeaderName, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(k, v);
-        }
-    };
-    put(
-        RATELIMIT_POLICY,
-        format!("\"{name}\";q={};w={window}", policy.limit),
-    );
-    put(RATELIMIT, format!("\"{name}\";r={};t={t}", d.remaining));
+    headers.insert(RATELIMIT_POLICY, limit.policy_field().clone());
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r={};t={t}", limit.name(), d.remaining)) {
+        headers.insert(RATELIMIT, v);
+    }
     if d.retry_after_ms.is_some() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(t));
     }

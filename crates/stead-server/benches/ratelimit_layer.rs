@@ -5,7 +5,7 @@
 //! 10,000 keys (nearly every request admitted, so the durable limiter writes each one) and
 //! one hot key (nearly every request refused). Prints requests/s and latency.
 //!
-//! `cargo bench -p stead-server --bench ratelimit_layer` (add `-- --seconds 5` for longer,
+//! `cargo bench -p stead-server --bench ratelimit_layer` (`-- --seconds 5 --rounds 5` for longer runs,
 //! `-- --only "keys stead, memory"` for one row).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 
@@ -77,9 +77,14 @@ fn main() {
         .skip_while(|a| a != "--seconds")
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(2.0);
     // `--only <text>` runs the rows whose "<traffic> <limiter>" contains it (to profile one).
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,23 +141,38 @@ fn main() {
         ];
         (apps, [default, durable])
     });
-    let mut rows = Vec::new();
-    for (shape, hot) in [("10,000 keys", false), ("one hot key", true)] {
-        for (name, url) in &apps {
-            if only
-                .as_deref()
-                .is_some_and(|o| !format!("{shape} {name}").contains(o))
-            {
-                continue;
+    // Every row runs once per round, in turn, and reports its median round: the machine's
+    // drift from one moment to the next touches every row alike.
+    let mut runs: Vec<(&str, &str, Vec<load::Stats>)> = Vec::new();
+    for _ in 0..rounds {
+        for (shape, hot) in [("10,000 keys", false), ("one hot key", true)] {
+            for (name, url) in &apps {
+                if only
+                    .as_deref()
+                    .is_some_and(|o| !format!("{shape} {name}").contains(o))
+                {
+                    continue;
+                }
+                tokio.block_on(run(url.clone(), hot, 0.3)); // warm up
+                let s = tokio.block_on(run(url.clone(), hot, seconds));
+                match runs.iter_mut().find(|(sh, n, _)| *sh == shape && n == name) {
+                    Some((_, _, v)) => v.push(s),
+                    None => runs.push((shape, name, vec![s])),
+                }
             }
-            tokio.block_on(run(url.clone(), hot, 0.5)); // warm up
-            let s = tokio.block_on(run(url.clone(), hot, seconds));
-            rows.push((shape, *name, s));
         }
     }
+    let rows: Vec<(&str, &str, load::Stats)> = runs
+        .into_iter()
+        .map(|(shape, name, mut v)| {
+            v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+            let median = v.swap_remove(v.len() / 2);
+            (shape, name, median)
+        })
+        .collect();
     println!();
     println!(
-        "Rate-limit layer: {CONNECTIONS} connections over loopback, {seconds} s per row, 100/s with bursts of 100 per key"
+        "Rate-limit layer: {CONNECTIONS} connections over loopback, median of {rounds} rounds of {seconds} s per row, 100/s with bursts of 100 per key"
     );
     println!(
         "{:<12} {:<28} {:>10} {:>9} {:>9} {:>7} {:>14}",
