@@ -103,25 +103,29 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     )))
 }
 
-/// The OpenAPI 3.1 `paths` of every route [`router`] serves, keyed by path.
-pub fn openapi_paths() -> serde_json::Map<String, serde_json::Value> {
+/// The OpenAPI 3.1 description of every route [`router`] serves, generated from each
+/// pattern's handlers and types (serialize it with `serde_json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
     #[allow(unused_mut)]
-    let mut paths = serde_json::Map::new();
+    let mut doc = utoipa::openapi::OpenApiBuilder::new()
+        .info(
+            utoipa::openapi::InfoBuilder::new()
+                .title("stead")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Durable objects and coordination patterns over HTTP. Every error is an RFC 9457 problem document.",
+                ))
+                .build(),
+        )
+        .build();
     #[cfg(feature = "ratelimit")]
-    if let serde_json::Value::Object(p) = stead_ratelimit::openapi_paths() {
-        paths.extend(p);
-    }
+    doc.merge(stead_ratelimit::openapi());
     #[cfg(feature = "counter")]
-    if let serde_json::Value::Object(p) = stead_counter::openapi_paths() {
-        paths.extend(p);
-    }
+    doc.merge(stead_counter::openapi());
     #[cfg(feature = "lock")]
-    if let serde_json::Value::Object(p) = stead_lock::openapi_paths() {
-        paths.extend(p);
-    }
+    doc.merge(stead_lock::openapi());
     #[cfg(feature = "leader")]
-    if let serde_json::Value::Object(p) = stead_leader::openapi_paths() {
-        paths.extend(p);
-    }
-    paths
+    doc.merge(stead_leader::openapi());
+    stead_core::http::document_body_errors(&mut doc);
+    doc
 }

@@ -13,14 +13,18 @@ use crate::error::Error;
 /// The content type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// The longest name accepted in a path, in bytes.
-pub const MAX_NAME_BYTES: usize = 256;
+/// The longest name accepted in a path, in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// The JSON Schema pattern of a name: no control characters (the length is checked apart).
+pub const NAME_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 
 /// An RFC 9457 problem details body.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI reference naming the problem type.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/bad-request")]
     pub kind: String,
     /// A short summary of the problem type.
     pub title: String,
@@ -30,8 +34,10 @@ pub struct Problem {
     pub detail: String,
     /// Extra members (for example `retry_after_ms`).
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
+    #[schema(ignore)]
     retry_after_secs: Option<u64>,
 }
 
@@ -149,6 +155,9 @@ impl IntoResponse for Error {
 /// A JSON body extractor whose every rejection is a problem+json response: 400 for
 /// malformed JSON, wrong types or missing fields (the detail says which), 413 for oversized
 /// bodies, 415 for a wrong content type.
+///
+/// A number with a zero fraction (`19.0`) is an integer to JSON Schema, so it is accepted
+/// where an integer is expected, as the OpenAPI document promises.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -160,10 +169,84 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_problem(rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "expected a request body with Content-Type: application/json",
+            ));
         }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "the request body is larger than the server accepts",
+                    )
+                } else {
+                    Problem::new(e.status(), "bad-body", e.body_text())
+                }
+            })?;
+        match axum::Json::<T>::from_bytes(&bytes) {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rejection) => {
+                // Only on failure, so the usual request pays nothing: try again with
+                // integral floats read as integers.
+                if matches!(rejection, JsonRejection::JsonDataError(_))
+                    && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && integral_floats_to_integers(&mut value)
+                    && let Ok(v) = serde_json::from_value(value)
+                {
+                    return Ok(Json(v));
+                }
+                Err(json_problem(rejection))
+            }
+        }
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or `application/*+json`).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Rewrites every float with a zero fraction whose integer a float holds exactly (at most
+/// 2^53 in size) as that integer; answers whether anything changed. Larger floats are left
+/// alone: `-9223372036854775809` is no `i64`, though as a float it rounds to one.
+fn integral_floats_to_integers(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+            if f.fract() != 0.0 || !f.is_finite() || f.abs() > EXACT {
+                return false;
+            }
+            *v = Value::from(f as i64);
+            true
+        }
+        Value::Array(a) => a
+            .iter_mut()
+            .fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        Value::Object(m) => m
+            .values_mut()
+            .fold(false, |changed, v| integral_floats_to_integers(v) | changed),
+        _ => false,
     }
 }
 
@@ -194,15 +277,15 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     }
 }
 
-/// Checks a name taken from a path: 1 to 256 bytes, no control characters.
+/// Checks a name taken from a path or a body: 1 to 256 characters, no control characters.
 pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::bad_request(format!("{what} may not be empty")));
     }
-    if name.len() > MAX_NAME_BYTES {
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
         return Err(Error::bad_request(format!(
-            "{what} is {} bytes long; the limit is {MAX_NAME_BYTES}",
-            name.len()
+            "{what} is {chars} characters long; the limit is {MAX_NAME_CHARS}"
         )));
     }
     if name.chars().any(char::is_control) {
@@ -281,4 +364,114 @@ pub async fn not_found() -> Problem {
         "not-found",
         "no route matches this path",
     )
+}
+
+/// Documents what the JSON extractor answers for every operation of `doc` that takes a
+/// body: 413 when it is too large, 415 when it is not `application/json`.
+pub fn document_body_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            if op.request_body.is_some() {
+                let r = &mut op.responses.responses;
+                r.entry("413".into()).or_insert_with(|| {
+                    problem("the body is larger than the server accepts").into()
+                });
+                r.entry("415".into())
+                    .or_insert_with(|| problem("the body is not application/json").into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        n: u32,
+        by: i64,
+    }
+
+    async fn extract(content_type: &str, body: &str) -> Result<Body, Problem> {
+        let req = axum::http::Request::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        Json::<Body>::from_request(req, &()).await.map(|Json(b)| b)
+    }
+
+    #[tokio::test]
+    async fn integral_floats_are_integers_and_every_rejection_is_a_problem() {
+        let ok = Body { n: 19, by: -3 };
+        assert_eq!(
+            extract("application/json", r#"{"n":19,"by":-3}"#)
+                .await
+                .unwrap(),
+            ok
+        );
+        assert_eq!(
+            extract("application/json", r#"{"n":19.0,"by":-3.0}"#)
+                .await
+                .unwrap(),
+            ok
+        );
+        assert_eq!(
+            extract(
+                "application/merge-patch+json; charset=utf-8",
+                r#"{"n":19,"by":-3}"#
+            )
+            .await
+            .unwrap(),
+            ok
+        );
+        let p = extract("application/json", r#"{"n":19.5,"by":1}"#)
+            .await
+            .unwrap_err();
+        assert_eq!((p.status, p.kind.as_str()), (400, "/problems/invalid-body"));
+        assert!(
+            p.detail.contains("n: invalid type: floating point"),
+            "{}",
+            p.detail
+        );
+        let p = extract("application/json", r#"{"n":1e20,"by":1}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(p.status, 400);
+        // Beyond 2^53 a float is not an exact integer: below i64::MIN stays out of range.
+        let p = extract("application/json", r#"{"n":1,"by":-9223372036854775809}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(p.status, 400);
+        let p = extract("application/json", r#"{"n":1,"by":1,"x":2}"#)
+            .await
+            .unwrap_err();
+        assert!(p.detail.contains("unknown field `x`"), "{}", p.detail);
+        let p = extract("application/json", r#"{"n":1,"#).await.unwrap_err();
+        assert_eq!(p.kind, "/problems/malformed-json");
+        let p = extract("text/plain", r#"{"n":1,"by":1}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(p.status, 415);
+    }
 }

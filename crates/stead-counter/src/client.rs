@@ -13,11 +13,11 @@ use crate::object::{
     Value,
 };
 
-/// The longest idempotency key, in bytes.
-pub const MAX_KEY_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
+/// The longest idempotency key, in characters.
+pub const MAX_KEY_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
 
 /// A counter's exact value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CounterValue {
     /// The sum of every shard.
     pub value: i64,
@@ -26,7 +26,7 @@ pub struct CounterValue {
 }
 
 /// One page of counter names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CounterPage {
     /// Counter names, in byte order.
     pub counters: Vec<String>,

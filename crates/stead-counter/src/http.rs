@@ -4,20 +4,27 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as Json, json};
-use stead_core::http::Json as Body;
+use stead_core::http::{Json as Body, Problem};
 use stead_core::{Error, Result};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::{CounterClient, CounterPage, CounterValue};
 use crate::object::Applied;
 
-/// The body of `POST /counters/{name}/increment`.
-#[derive(Debug, Deserialize)]
+/// Adds to a counter.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IncrementBody {
-    /// The amount; 1 when absent.
+    /// The amount (negative to subtract); 1 when absent. Overflow is an error.
     #[serde(default = "one")]
+    #[schema(default = 1)]
     by: i64,
+    /// Applied once: a repeat within the dedup window (24 h by default) is not counted again.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     idempotency_key: Option<String>,
 }
 
@@ -25,24 +32,44 @@ fn one() -> i64 {
     1
 }
 
-/// The query of `GET /counters`.
-#[derive(Debug, Deserialize)]
+/// Which counter names to list.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only names that start with this.
     #[serde(default)]
     prefix: String,
+    /// At most this many names (1 to 1000, 100 when absent).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
-/// The body of `POST /counters/{name}` (create with a shard count).
-#[derive(Debug, Deserialize, Serialize)]
+/// Fixes the shard count of a new counter.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// How many shard objects the counter spreads over.
+    #[schema(minimum = 1, maximum = 1024)]
     shards: u32,
 }
 
 /// The routes, under `/counters`.
+/// The path parameter of these routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct CounterPath {
+    /// The counter's name. 1 to 256 characters, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    name: String,
+}
+
 pub(crate) fn routes(client: CounterClient) -> Router {
     Router::new()
         .route("/counters", get(list))
@@ -55,9 +82,16 @@ pub(crate) fn routes(client: CounterClient) -> Router {
         ))
 }
 
+/// Add to a counter, once per idempotency key.
+#[utoipa::path(post, path = "/counters/{name}/increment", operation_id = "incrementCounter", tag = "counters",
+    params(CounterPath),
+    request_body = IncrementBody,
+    responses(
+        (status = 200, description = "applied, or a duplicate of an earlier increment", body = Applied),
+        (status = 400, description = "bad input or overflow", body = Problem, content_type = "application/problem+json")))]
 async fn increment(
     State(c): State<CounterClient>,
-    Path(name): Path<String>,
+    Path(CounterPath { name }): Path<CounterPath>,
     Body(body): Body<IncrementBody>,
 ) -> Result<Body<Applied>> {
     Ok(Body(
@@ -66,16 +100,30 @@ async fn increment(
     ))
 }
 
+/// The exact value (zero for a counter never used).
+#[utoipa::path(get, path = "/counters/{name}", operation_id = "getCounter", tag = "counters",
+    params(CounterPath),
+    responses(
+        (status = 200, description = "the exact value", body = CounterValue),
+        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
 async fn read(
     State(c): State<CounterClient>,
-    Path(name): Path<String>,
+    Path(CounterPath { name }): Path<CounterPath>,
 ) -> Result<Body<CounterValue>> {
     Ok(Body(c.get(&name).await?))
 }
 
+/// Fix the shard count of a new counter.
+#[utoipa::path(put, path = "/counters/{name}", operation_id = "createCounter", tag = "counters",
+    params(CounterPath),
+    request_body = CreateBody,
+    responses(
+        (status = 200, description = "the counter", body = CounterValue),
+        (status = 409, description = "the counter exists with another shard count", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
 async fn create(
     State(c): State<CounterClient>,
-    Path(name): Path<String>,
+    Path(CounterPath { name }): Path<CounterPath>,
     Body(body): Body<CreateBody>,
 ) -> Result<Body<CounterValue>> {
     let shards = c.create(&name, body.shards).await?;
@@ -85,13 +133,25 @@ async fn create(
     }))
 }
 
+/// Set to zero and forget idempotency keys.
+#[utoipa::path(post, path = "/counters/{name}/reset", operation_id = "resetCounter", tag = "counters",
+    params(CounterPath),
+    responses(
+        (status = 200, description = "the counter, now zero", body = CounterValue),
+        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
 async fn reset(
     State(c): State<CounterClient>,
-    Path(name): Path<String>,
+    Path(CounterPath { name }): Path<CounterPath>,
 ) -> Result<Body<CounterValue>> {
     Ok(Body(c.reset(&name).await?))
 }
 
+/// Counter names by prefix, a page at a time.
+#[utoipa::path(get, path = "/counters", operation_id = "listCounters", tag = "counters",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of names", body = CounterPage),
+        (status = 400, description = "bad query", body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(c): State<CounterClient>,
     query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -104,62 +164,12 @@ async fn list(
     Ok(Body(c.list(&q.prefix, q.cursor.as_deref(), limit)?))
 }
 
-/// The OpenAPI 3.1 `paths` of these routes.
-pub fn openapi_paths() -> Json {
-    let problem = |d: &str| json!({ "description": d, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
-    let name = json!({ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 256 } });
-    let value = json!({ "description": "the exact value", "content": { "application/json": { "schema": {
-        "type": "object", "required": ["value", "shards"],
-        "properties": { "value": { "type": "integer", "format": "int64" }, "shards": { "type": "integer" } } } } } });
-    json!({
-        "/counters": { "get": {
-            "operationId": "listCounters", "summary": "Counter names by prefix",
-            "parameters": [
-                { "name": "prefix", "in": "query", "schema": { "type": "string" } },
-                { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } },
-                { "name": "cursor", "in": "query", "schema": { "type": "string" } }
-            ],
-            "responses": {
-                "200": { "description": "a page of names", "content": { "application/json": { "schema": {
-                    "type": "object", "required": ["counters"],
-                    "properties": { "counters": { "type": "array", "items": { "type": "string" } },
-                                    "next_cursor": { "type": ["string", "null"] } } } } } },
-                "400": problem("bad query")
-            }
-        }},
-        "/counters/{name}": {
-            "get": {
-                "operationId": "getCounter", "summary": "The exact value (zero for a counter never used)",
-                "parameters": [name.clone()],
-                "responses": { "200": value.clone(), "400": problem("bad name") }
-            },
-            "put": {
-                "operationId": "createCounter", "summary": "Fix the shard count of a new counter",
-                "parameters": [name.clone()],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "required": ["shards"], "additionalProperties": false,
-                    "properties": { "shards": { "type": "integer", "minimum": 1, "maximum": 1024 } } } } } },
-                "responses": { "200": value.clone(), "400": problem("bad input"), "409": problem("the counter exists with another shard count") }
-            }
-        },
-        "/counters/{name}/increment": { "post": {
-            "operationId": "incrementCounter", "summary": "Add to a counter, once per idempotency key",
-            "parameters": [name.clone()],
-            "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                "type": "object", "additionalProperties": false,
-                "properties": { "by": { "type": "integer", "format": "int64", "default": 1 },
-                                "idempotency_key": { "type": "string", "minLength": 1, "maxLength": 256 } } } } } },
-            "responses": {
-                "200": { "description": "applied, or a duplicate", "content": { "application/json": { "schema": {
-                    "type": "object", "required": ["applied"], "properties": { "applied": { "type": "boolean" } } } } } },
-                "400": problem("bad input or overflow"),
-                "503": problem("overloaded; retry later")
-            }
-        }},
-        "/counters/{name}/reset": { "post": {
-            "operationId": "resetCounter", "summary": "Set to zero and forget idempotency keys",
-            "parameters": [name],
-            "responses": { "200": value, "400": problem("bad name") }
-        }}
-    })
+/// The OpenAPI description of these routes, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(paths(increment, read, create, reset, list))]
+struct Api;
+
+/// The OpenAPI 3.1 description of the counter routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Api::openapi()
 }

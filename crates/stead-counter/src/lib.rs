@@ -34,8 +34,8 @@ mod client;
 mod http;
 mod object;
 
-pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_BYTES};
-pub use http::openapi_paths;
+pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_CHARS};
+pub use http::openapi;
 pub use object::{Applied, CounterConfig, CounterMeta, CounterShard, MAX_SHARDS};
 
 /// The counter routes (under `/counters`) for a runtime, with the default configuration.

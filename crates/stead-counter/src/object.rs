@@ -210,7 +210,7 @@ pub struct Apply {
 }
 
 /// Whether an increment was applied (false: a duplicate within the window).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Applied {
     /// `false` when the idempotency key was seen within the window.
     pub applied: bool,

@@ -6,38 +6,73 @@ use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value as Json, json};
-use stead_core::http::Json as Body;
+use stead_core::http::{Json as Body, Problem};
 use stead_core::{Error, Result};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::LeaderClient;
 use crate::object::{CampaignResult, Leadership};
 
-#[derive(Debug, Deserialize)]
+/// Stands for election.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CampaignBody {
+    /// Who stands (a node id).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     candidate: String,
+    /// How long the leadership lasts unless renewed, in ms (at most an hour).
+    #[schema(minimum = 1, maximum = 3_600_000)]
     ttl_ms: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// Names the leader and the term it acts in.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TermBody {
+    /// The leader.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     candidate: String,
+    /// The term it was elected for.
     term: u64,
 }
 
-#[derive(Debug, Deserialize)]
+/// How long to watch, and for what.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WatchQuery {
+    /// Answer once the term is past this one.
     #[serde(default)]
     after_term: u64,
+    /// Answer with the current state after this long at most, in ms.
     #[serde(default = "thirty_seconds")]
+    #[param(maximum = 300_000, default = 30_000)]
     timeout_ms: u64,
 }
 
 fn thirty_seconds() -> u64 {
     30_000
+}
+
+/// The path parameter of these routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct GroupPath {
+    /// The group's name. 1 to 256 characters, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    group: String,
 }
 
 pub(crate) fn routes(client: LeaderClient) -> Router {
@@ -53,9 +88,16 @@ pub(crate) fn routes(client: LeaderClient) -> Router {
         ))
 }
 
+/// Stand for election (renews the lease when already leading).
+#[utoipa::path(post, path = "/leaders/{group}/campaign", operation_id = "campaign", tag = "leaders",
+    params(GroupPath),
+    request_body = CampaignBody,
+    responses(
+        (status = 200, description = "the outcome", body = CampaignResult),
+        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
 async fn campaign(
     State(c): State<LeaderClient>,
-    Path(group): Path<String>,
+    Path(GroupPath { group }): Path<GroupPath>,
     Body(b): Body<CampaignBody>,
 ) -> Result<Body<CampaignResult>> {
     Ok(Body(
@@ -64,32 +106,60 @@ async fn campaign(
     ))
 }
 
+/// Renew the leader's lease.
+#[utoipa::path(post, path = "/leaders/{group}/heartbeat", operation_id = "heartbeat", tag = "leaders",
+    params(GroupPath),
+    request_body = TermBody,
+    responses(
+        (status = 200, description = "the leadership", body = Leadership),
+        (status = 409, description = "not the leader of that term", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
 async fn heartbeat(
     State(c): State<LeaderClient>,
-    Path(group): Path<String>,
+    Path(GroupPath { group }): Path<GroupPath>,
     Body(b): Body<TermBody>,
 ) -> Result<Body<Leadership>> {
     Ok(Body(c.heartbeat(&group, &b.candidate, b.term).await?))
 }
 
+/// Step down.
+#[utoipa::path(post, path = "/leaders/{group}/resign", operation_id = "resign", tag = "leaders",
+    params(GroupPath),
+    request_body = TermBody,
+    responses(
+        (status = 200, description = "the leadership", body = Leadership),
+        (status = 409, description = "not the leader of that term", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
 async fn resign(
     State(c): State<LeaderClient>,
-    Path(group): Path<String>,
+    Path(GroupPath { group }): Path<GroupPath>,
     Body(b): Body<TermBody>,
 ) -> Result<Body<Leadership>> {
     Ok(Body(c.resign(&group, &b.candidate, b.term).await?))
 }
 
+/// The leader, its term and the number of transitions.
+#[utoipa::path(get, path = "/leaders/{group}", operation_id = "getLeader", tag = "leaders",
+    params(GroupPath),
+    responses(
+        (status = 200, description = "the leadership", body = Leadership),
+        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
 async fn get_leader(
     State(c): State<LeaderClient>,
-    Path(group): Path<String>,
+    Path(GroupPath { group }): Path<GroupPath>,
 ) -> Result<Body<Leadership>> {
     Ok(Body(c.get(&group).await?))
 }
 
+/// Long-poll until the term passes `after_term` (or the timeout runs out).
+#[utoipa::path(get, path = "/leaders/{group}/watch", operation_id = "watchLeader", tag = "leaders",
+    params(GroupPath, WatchQuery),
+    responses(
+        (status = 200, description = "the leadership", body = Leadership),
+        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
 async fn watch(
     State(c): State<LeaderClient>,
-    Path(group): Path<String>,
+    Path(GroupPath { group }): Path<GroupPath>,
     query: std::result::Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Body<Leadership>> {
     let Query(q) = query.map_err(|e| Error::bad_request(e.body_text()))?;
@@ -99,45 +169,12 @@ async fn watch(
     ))
 }
 
-/// The OpenAPI 3.1 `paths` of these routes.
-pub fn openapi_paths() -> Json {
-    let problem = |d: &str| json!({ "description": d, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
-    let group = json!({ "name": "group", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 256 } });
-    let leadership = json!({ "description": "the leadership", "content": { "application/json": { "schema": {
-        "type": "object", "required": ["term", "transitions"], "properties": {
-            "leader": { "type": ["string", "null"] }, "term": { "type": "integer" },
-            "expires_at": { "type": ["string", "null"], "format": "date-time" }, "transitions": { "type": "integer" } } } } } });
-    let term_body = json!({ "required": true, "content": { "application/json": { "schema": {
-        "type": "object", "required": ["candidate", "term"], "additionalProperties": false,
-        "properties": { "candidate": { "type": "string" }, "term": { "type": "integer" } } } } } });
-    json!({
-        "/leaders/{group}": { "get": {
-            "operationId": "getLeader", "summary": "The leader, term and transitions",
-            "parameters": [group.clone()], "responses": { "200": leadership.clone(), "400": problem("bad name") } } },
-        "/leaders/{group}/campaign": { "post": {
-            "operationId": "campaign", "summary": "Stand for election (renews when already leading)",
-            "parameters": [group.clone()],
-            "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                "type": "object", "required": ["candidate", "ttl_ms"], "additionalProperties": false,
-                "properties": { "candidate": { "type": "string" }, "ttl_ms": { "type": "integer", "minimum": 1 } } } } } },
-            "responses": { "200": { "description": "the outcome", "content": { "application/json": { "schema": {
-                "type": "object", "required": ["elected", "term"], "properties": {
-                    "elected": { "type": "boolean" }, "leader": { "type": ["string", "null"] }, "term": { "type": "integer" },
-                    "expires_at": { "type": ["string", "null"], "format": "date-time" } } } } } },
-                "400": problem("bad input") } } },
-        "/leaders/{group}/heartbeat": { "post": {
-            "operationId": "heartbeat", "summary": "Renew the leader's lease",
-            "parameters": [group.clone()], "requestBody": term_body.clone(),
-            "responses": { "200": leadership.clone(), "409": problem("not the leader of that term"), "400": problem("bad input") } } },
-        "/leaders/{group}/resign": { "post": {
-            "operationId": "resign", "summary": "Step down",
-            "parameters": [group.clone()], "requestBody": term_body,
-            "responses": { "200": leadership.clone(), "409": problem("not the leader of that term"), "400": problem("bad input") } } },
-        "/leaders/{group}/watch": { "get": {
-            "operationId": "watchLeader", "summary": "Long-poll until the term passes after_term",
-            "parameters": [group,
-                { "name": "after_term", "in": "query", "schema": { "type": "integer", "minimum": 0 } },
-                { "name": "timeout_ms", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": 300000 } }],
-            "responses": { "200": leadership, "400": problem("bad query") } } }
-    })
+/// The OpenAPI description of these routes, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(paths(campaign, heartbeat, resign, get_leader, watch))]
+struct Api;
+
+/// The OpenAPI 3.1 description of the leader routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Api::openapi()
 }

@@ -30,9 +30,9 @@ mod http;
 mod object;
 
 pub use client::{Elector, ElectorConfig, LeaderClient};
-pub use http::openapi_paths;
+pub use http::openapi;
 pub use object::{
-    CampaignResult, Election, Leadership, MAX_CANDIDATE_BYTES, MAX_TTL_MS, MAX_WATCH_MS,
+    CampaignResult, Election, Leadership, MAX_CANDIDATE_CHARS, MAX_TTL_MS, MAX_WATCH_MS,
 };
 
 /// The leader-election routes (under `/leaders`) for a runtime.

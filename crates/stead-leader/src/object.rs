@@ -11,8 +11,8 @@ use stead_core::{AlarmInfo, Context, Deferred, DurableObject, Error, Handler, Re
 pub const MAX_TTL_MS: u64 = 3600 * 1000;
 /// The longest a watch may wait, in milliseconds (five minutes).
 pub const MAX_WATCH_MS: u64 = 5 * 60 * 1000;
-/// The longest candidate name, in bytes.
-pub const MAX_CANDIDATE_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
+/// The longest candidate name, in characters.
+pub const MAX_CANDIDATE_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
 
 const STATE: &str = "state";
 
@@ -29,7 +29,7 @@ struct State {
 }
 
 /// The group's leadership as seen now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Leadership {
     /// The current leader, if a lease is live.
     pub leader: Option<String>,
@@ -42,7 +42,7 @@ pub struct Leadership {
 }
 
 /// The answer to a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CampaignResult {
     /// Whether the candidate leads now.
     pub elected: bool,

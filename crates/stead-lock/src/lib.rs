@@ -35,9 +35,9 @@ mod http;
 mod object;
 
 pub use client::{AcquireOptions, LockClient, LockGuard};
-pub use http::openapi_paths;
+pub use http::openapi;
 pub use object::{
-    AcquireReply, Lease, Lock, LockState, MAX_HOLDER_BYTES, MAX_PERMITS, MAX_TTL_MS, MAX_WAIT_MS,
+    AcquireReply, Lease, Lock, LockState, MAX_HOLDER_CHARS, MAX_PERMITS, MAX_TTL_MS, MAX_WAIT_MS,
     Validity,
 };
 

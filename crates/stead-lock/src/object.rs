@@ -13,13 +13,13 @@ pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
 pub const MAX_WAIT_MS: u64 = 5 * 60 * 1000;
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 10_000;
-/// The longest holder name, in bytes.
-pub const MAX_HOLDER_BYTES: usize = stead_core::http::MAX_NAME_BYTES;
+/// The longest holder name, in characters.
+pub const MAX_HOLDER_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
 
 const STATE: &str = "state";
 
 /// One lease on the lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     /// Who holds it.
     pub holder: String,
@@ -81,7 +81,7 @@ pub struct Acquire {
 }
 
 /// The answer to [`Acquire`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AcquireReply {
     /// Whether the lease was granted.
     pub acquired: bool,
@@ -298,7 +298,7 @@ impl Handler<Release> for Lock {
 }
 
 /// What the lock looks like now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LockState {
     /// How many holders it admits.
     pub permits: u32,
@@ -335,7 +335,7 @@ pub struct Validate {
 }
 
 /// The answer to [`Validate`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Validity {
     /// Whether the token is held by a live lease now.
     pub valid: bool,

@@ -327,7 +327,7 @@ fn default_options(durability: Option<Durability>) -> NamespaceOptions {
     NamespaceOptions::durability(durability.unwrap_or(Durability::Memory))
 }
 
-/// Checks a rate-limit key: 1 to 256 bytes, no control characters.
+/// Checks a rate-limit key: 1 to 256 characters, no control characters.
 pub(crate) fn check_key(key: &str) -> Result<()> {
     stead_core::http::validate_name("rate-limit key", key)
 }

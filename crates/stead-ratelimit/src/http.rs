@@ -7,10 +7,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::{Value as Json, json};
-use stead_core::http::Json as Body;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use stead_core::http::{Json as Body, Problem};
 use stead_core::{Error, Result};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::{Limit, RateLimitClient};
 use crate::object::{Algorithm, Decision, Policy};
@@ -95,27 +99,76 @@ impl PolicyFields {
     }
 }
 
-/// The body of `POST /ratelimit/{key}/check`.
-#[derive(Debug, Deserialize)]
+/// A request to admit: a policy, by name or inline, and what the request costs.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckBody {
+    /// A configured policy's name, or a policy. Or give the policy's fields here instead.
+    #[schema(schema_with = policy_ref)]
     policy: Option<Json>,
+    /// An inline policy's algorithm (`gcra` when absent).
     algorithm: Option<Algorithm>,
+    /// An inline policy's limit per period.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     limit: Option<u64>,
+    /// An inline policy's period, in ms.
+    #[schema(minimum = 1, maximum = 31_622_400_000_u64)]
     period_ms: Option<u64>,
+    /// An inline policy's burst.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     burst: Option<u64>,
+    /// Units this request consumes (1 when absent); at most the policy's burst.
+    #[schema(minimum = 1, default = 1)]
     cost: Option<u64>,
 }
 
-/// The query of `GET` and `DELETE /ratelimit/{key}`: a policy by name or inline.
-#[derive(Debug, Default, Deserialize)]
+/// The schema of `policy`: a name, or a policy object.
+fn policy_ref() -> Schema {
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .item(Ref::from_schema_name("Policy"))
+            .build(),
+    )
+}
+
+/// A policy, by name or inline, in the query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PolicyQuery {
+    /// A configured policy's name (for a reset: none resets the key under every policy).
     policy: Option<String>,
+    /// An inline policy's algorithm.
+    #[param(inline)]
     algorithm: Option<Algorithm>,
+    /// An inline policy's limit per period.
+    #[param(minimum = 1)]
     limit: Option<u64>,
+    /// An inline policy's period, in ms.
+    #[param(minimum = 1)]
     period_ms: Option<u64>,
+    /// An inline policy's burst.
+    #[param(minimum = 1)]
     burst: Option<u64>,
+}
+
+/// The configured policies, by name.
+#[derive(Debug, Serialize, ToSchema)]
+struct PolicyList {
+    /// Every named policy.
+    policies: BTreeMap<String, Policy>,
+}
+
+/// How many limiters a reset forgot.
+#[derive(Debug, Serialize, ToSchema)]
+struct ResetCount {
+    /// Limiters that had state and lost it.
+    reset: u64,
 }
 
 impl PolicyQuery {
@@ -144,6 +197,19 @@ fn query(q: std::result::Result<Query<PolicyQuery>, QueryRejection>) -> Result<P
         .map_err(|e| Error::bad_request(e.body_text()))
 }
 
+/// The path parameter of these routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct KeyPath {
+    /// Who is limited: a user, an IP address, an API key. 1 to 256 characters, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
+    key: String,
+}
+
 pub(crate) fn routes(client: RateLimitClient) -> Router {
     Router::new()
         .route("/ratelimit", get(policies))
@@ -166,9 +232,22 @@ fn answer(limit: &Limit, d: Decision) -> Response {
     resp
 }
 
+/// Admit or refuse a request of `cost` units from `key`.
+#[utoipa::path(post, path = "/ratelimit/{key}/check", operation_id = "checkRateLimit", tag = "ratelimit",
+    params(KeyPath),
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "admitted", body = Decision, headers(
+            ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
+            ("RateLimit" = String, description = "\"<policy>\";r=<remaining>;t=<s until whole>"))),
+        (status = 429, description = "refused", body = Decision, headers(
+            ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
+            ("RateLimit" = String, description = "\"<policy>\";r=0;t=<s until it can be retried>"),
+            ("Retry-After" = u64, description = "seconds; the same as t"))),
+        (status = 400, description = "bad policy, key or cost", body = Problem, content_type = "application/problem+json")))]
 async fn check(
     State(c): State<RateLimitClient>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     Body(b): Body<CheckBody>,
 ) -> Result<Response> {
     let limit = PolicyFields {
@@ -183,9 +262,17 @@ async fn check(
     Ok(answer(&limit, d))
 }
 
+/// What a unit-cost request would get now, consuming nothing.
+#[utoipa::path(get, path = "/ratelimit/{key}", operation_id = "peekRateLimit", tag = "ratelimit",
+    params(KeyPath, PolicyQuery),
+    responses(
+        (status = 200, description = "the state (never a 429)", body = Decision, headers(
+            ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
+            ("RateLimit" = String, description = "\"<policy>\";r=<remaining>;t=<s>"))),
+        (status = 400, description = "bad policy or key", body = Problem, content_type = "application/problem+json")))]
 async fn peek(
     State(c): State<RateLimitClient>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     q: std::result::Result<Query<PolicyQuery>, QueryRejection>,
 ) -> Result<Response> {
     let limit = query(q)?.resolve(&c)?;
@@ -196,11 +283,17 @@ async fn peek(
     Ok(resp)
 }
 
+/// Forget the key's state, under one policy or (with none given) under every policy.
+#[utoipa::path(delete, path = "/ratelimit/{key}", operation_id = "resetRateLimit", tag = "ratelimit",
+    params(KeyPath, PolicyQuery),
+    responses(
+        (status = 200, description = "how many limiters were reset", body = ResetCount),
+        (status = 400, description = "bad policy or key", body = Problem, content_type = "application/problem+json")))]
 async fn reset(
     State(c): State<RateLimitClient>,
-    Path(key): Path<String>,
+    Path(KeyPath { key }): Path<KeyPath>,
     q: std::result::Result<Query<PolicyQuery>, QueryRejection>,
-) -> Result<Body<Json>> {
+) -> Result<Body<ResetCount>> {
     let q = query(q)?;
     let n = if q.is_empty() {
         c.reset_all(&key).await?
@@ -208,79 +301,27 @@ async fn reset(
         let limit = q.resolve(&c)?;
         u64::from(c.reset(&key, &limit).await?)
     };
-    Ok(Body(json!({ "reset": n })))
+    Ok(Body(ResetCount { reset: n }))
 }
 
-async fn policies(State(c): State<RateLimitClient>) -> Body<Json> {
-    let map: serde_json::Map<String, Json> = c
+/// The configured policies.
+#[utoipa::path(get, path = "/ratelimit", operation_id = "listRateLimitPolicies", tag = "ratelimit",
+    responses((status = 200, description = "the configured policies, by name", body = PolicyList)))]
+async fn policies(State(c): State<RateLimitClient>) -> Body<PolicyList> {
+    let policies = c
         .policies()
         .iter()
-        .map(|(name, p)| (name.to_owned(), json!(p)))
+        .map(|(name, p)| (name.to_owned(), p.clone()))
         .collect();
-    Body(json!({ "policies": map }))
+    Body(PolicyList { policies })
 }
 
-/// The OpenAPI 3.1 `paths` of these routes.
-pub fn openapi_paths() -> Json {
-    let problem = |d: &str| json!({ "description": d, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } });
-    let key = json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 256 } });
-    let policy = json!({ "type": "object", "required": ["limit", "period_ms"], "additionalProperties": false, "properties": {
-        "algorithm": { "type": "string", "enum": ["gcra", "token_bucket", "sliding_window", "fixed_window"], "default": "gcra" },
-        "limit": { "type": "integer", "minimum": 1, "maximum": crate::object::MAX_LIMIT },
-        "period_ms": { "type": "integer", "minimum": 1, "maximum": crate::object::MAX_PERIOD_MS },
-        "burst": { "type": "integer", "minimum": 1 } } });
-    let decision = json!({ "type": "object", "required": ["allowed", "limit", "remaining", "reset_ms"], "properties": {
-        "allowed": { "type": "boolean" }, "limit": { "type": "integer" }, "remaining": { "type": "integer" },
-        "reset_ms": { "type": "integer" }, "retry_after_ms": { "type": "integer" } } });
-    let headers = json!({
-        "RateLimit-Policy": { "schema": { "type": "string" }, "description": "\"<policy>\";q=<quota>;w=<window s>" },
-        "RateLimit": { "schema": { "type": "string" }, "description": "\"<policy>\";r=<remaining>;t=<s>" } });
-    let mut refused_headers = headers.clone();
-    refused_headers["Retry-After"] =
-        json!({ "schema": { "type": "integer" }, "description": "seconds; equal to t" });
-    let query_params = |extra: &str| {
-        json!([key.clone(),
-        { "name": "policy", "in": "query", "required": false, "schema": { "type": "string" }, "description": format!("a configured policy's name{extra}") },
-        { "name": "algorithm", "in": "query", "required": false, "schema": { "type": "string", "enum": ["gcra", "token_bucket", "sliding_window", "fixed_window"] } },
-        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
-        { "name": "period_ms", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } },
-        { "name": "burst", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1 } }])
-    };
-    json!({
-        "/ratelimit": { "get": {
-            "operationId": "listRateLimitPolicies", "summary": "The configured policies, by name",
-            "responses": { "200": { "description": "policies", "content": { "application/json": { "schema": {
-                "type": "object", "properties": { "policies": { "type": "object", "additionalProperties": policy.clone() } } } } } } }
-        }},
-        "/ratelimit/{key}/check": { "post": {
-            "operationId": "checkRateLimit", "summary": "Admit or refuse a request of `cost` units from `key`",
-            "parameters": [key.clone()],
-            "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                "type": "object", "additionalProperties": false, "properties": {
-                    "policy": { "oneOf": [ { "type": "string" }, policy.clone() ] },
-                    "algorithm": policy["properties"]["algorithm"].clone(), "limit": policy["properties"]["limit"].clone(),
-                    "period_ms": policy["properties"]["period_ms"].clone(), "burst": policy["properties"]["burst"].clone(),
-                    "cost": { "type": "integer", "minimum": 1, "default": 1 } } } } } },
-            "responses": {
-                "200": { "description": "admitted", "headers": headers.clone(), "content": { "application/json": { "schema": decision.clone() } } },
-                "429": { "description": "refused", "headers": refused_headers, "content": { "application/json": { "schema": decision.clone() } } },
-                "400": problem("bad policy, key or cost")
-            }
-        }},
-        "/ratelimit/{key}": {
-            "get": {
-                "operationId": "peekRateLimit", "summary": "What a unit-cost request would get, consuming nothing",
-                "parameters": query_params(""),
-                "responses": { "200": { "description": "the state", "headers": headers, "content": { "application/json": { "schema": decision } } },
-                    "400": problem("bad policy or key") }
-            },
-            "delete": {
-                "operationId": "resetRateLimit", "summary": "Forget the key's state (under one policy, or every policy when none is given)",
-                "parameters": query_params("; every policy when no policy is given"),
-                "responses": { "200": { "description": "how many limiters were reset", "content": { "application/json": { "schema": {
-                    "type": "object", "properties": { "reset": { "type": "integer" } } } } } },
-                    "400": problem("bad policy or key") }
-            }
-        }
-    })
+/// The OpenAPI description of these routes, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(paths(check, peek, reset, policies), components(schemas(Policy)))]
+struct Api;
+
+/// The OpenAPI 3.1 description of the rate-limit routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    Api::openapi()
 }

@@ -50,7 +50,7 @@ mod layer;
 mod object;
 
 pub use client::{Limit, Policies, RateLimitClient, RateLimitConfig};
-pub use http::{RATELIMIT, RATELIMIT_POLICY, insert_headers, openapi_paths};
+pub use http::{RATELIMIT, RATELIMIT_POLICY, insert_headers, openapi};
 pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer, try_layer};
 pub use object::{
     Algorithm, Check, Decision, FORGET_AFTER_IDLE_MS, MAX_LIMIT, MAX_PERIOD_MS,

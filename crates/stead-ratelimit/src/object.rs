@@ -33,7 +33,9 @@ const STATE: &str = "s";
 const LOG_PREFIX: &str = "w/";
 
 /// How a policy counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Generic cell rate algorithm: one timestamp of state, smooth spacing, bursts of
@@ -76,18 +78,22 @@ impl Algorithm {
 /// q.validate().unwrap();
 /// assert!(Policy::per_second(0).validate().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// How requests are counted.
     #[serde(default)]
     pub algorithm: Algorithm,
-    /// Requests admitted per period.
+    /// Requests admitted per period (a sliding window's at most 10,000).
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub limit: u64,
-    /// The period, in milliseconds.
+    /// The period, in milliseconds (at most 366 days).
+    #[schema(minimum = 1, maximum = 31_622_400_000_u64)]
     pub period_ms: u64,
     /// The largest burst (GCRA) or the bucket's capacity (token bucket); `limit` when absent.
+    /// Not for the window algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     pub burst: Option<u64>,
 }
 
@@ -375,7 +381,7 @@ impl Policy {
 }
 
 /// What a check decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Whether the request was admitted (and its cost consumed).
     pub allowed: bool,

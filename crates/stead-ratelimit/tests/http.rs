@@ -224,7 +224,12 @@ async fn bad_input_is_a_precise_problem() {
     ))
     .await;
     assert_eq!(r.status, 400);
-    assert!(r.body["detail"].as_str().unwrap().contains("300 bytes"));
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("300 characters")
+    );
     let r = call(http.get(format!("{base}/ratelimit/k?limit=abc&period_ms=1"))).await;
     assert_eq!(
         (r.status, r.header("content-type")),

@@ -41,7 +41,7 @@ fn prometheus() -> &'static PrometheusHandle {
 }
 
 #[derive(Clone)]
-struct Ready(Runtime);
+pub(crate) struct Ready(Runtime);
 
 /// Builds the whole application for a runtime.
 pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
@@ -51,16 +51,7 @@ pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
 /// Builds the application with `extra` routes served behind the same auth and middleware as
 /// the patterns' (the load benchmark measures its no-op ceiling this way).
 pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<Router> {
-    let prometheus = prometheus().clone();
-    let metrics = get(move || {
-        let p = prometheus.clone();
-        async move {
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                p.render(),
-            )
-        }
-    });
+    prometheus();
     // The rate limiter's named policies come from the configuration, before anything else
     // sets the limiter up.
     stead::ratelimit::RateLimitClient::with_config(
@@ -71,7 +62,7 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     // Everything but health and the API description needs a token, when tokens are set.
     let guarded = stead::router(rt)?
         .merge(extra)
-        .route("/metrics", metrics)
+        .route("/metrics", get(metrics))
         .layer(from_fn_with_state(
             Arc::new(config.tokens.clone()),
             require_token,
@@ -79,7 +70,7 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     let api = Router::new()
         .merge(guarded)
         .route("/openapi.json", get(openapi::document))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(Ready(rt.clone())))
         .fallback(stead::http::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -88,7 +79,29 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     Ok(api)
 }
 
-async fn readyz(State(Ready(rt)): State<Ready>) -> Response {
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "server",
+    responses((status = 200, description = "alive", body = String, content_type = "text/plain")))]
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Prometheus metrics, in text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "server",
+    responses((status = 200, description = "metrics", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+}
+
+/// Readiness: the server takes requests (503 while it shuts down).
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "server",
+    responses(
+        (status = 200, description = "ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "shutting down", body = String, content_type = "text/plain")))]
+pub(crate) async fn readyz(State(Ready(rt)): State<Ready>) -> Response {
     if rt.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else {

@@ -1,81 +1,51 @@
-//! The OpenAPI 3.1 document of every route the server serves.
+//! The OpenAPI 3.1 document of every route the server serves, generated from the handlers
+//! and types of the server and of every enabled pattern.
 
 use axum::Json;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
 
-/// `GET /openapi.json`.
+/// The server's own routes.
+#[derive(OpenApi)]
+#[openapi(paths(crate::app::healthz, crate::app::readyz, crate::app::metrics, document))]
+struct ServerApi;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "server",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
 pub(crate) async fn document() -> Json<Value> {
     Json(spec())
 }
 
-fn problem_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-    })
-}
+/// Routes that answer without a token even when tokens are configured.
+const OPEN: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
-/// The document: the server's own routes plus those of every enabled pattern.
+/// The document: the server's own routes plus those of every enabled pattern. Every route
+/// but the open ones takes a bearer token when the server is configured with tokens, and
+/// answers 401 without one.
 pub fn spec() -> Value {
-    let mut doc = server_spec();
-    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        paths.extend(stead::openapi_paths());
-    }
-    doc
-}
-
-fn server_spec() -> Value {
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "stead",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Durable objects and coordination patterns over HTTP. Every error is an RFC 9457 problem document."
-        },
-        "paths": {
-            "/healthz": { "get": {
-                "operationId": "healthz",
-                "summary": "Liveness: the process is up",
-                "responses": { "200": { "description": "alive", "content": { "text/plain": { "schema": { "type": "string" } } } } }
-            }},
-            "/readyz": { "get": {
-                "operationId": "readyz",
-                "summary": "Readiness: the server takes requests (503 while shutting down)",
-                "responses": {
-                    "200": { "description": "ready", "content": { "text/plain": { "schema": { "type": "string" } } } },
-                    "503": { "description": "shutting down", "content": { "text/plain": { "schema": { "type": "string" } } } }
-                }
-            }},
-            "/metrics": { "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics in text format",
-                "security": [{ "bearer": [] }, {}],
-                "responses": {
-                    "200": { "description": "metrics", "content": { "text/plain": { "schema": { "type": "string" } } } },
-                    "401": problem_response("missing or invalid bearer token")
-                }
-            }},
-            "/openapi.json": { "get": {
-                "operationId": "openapi",
-                "summary": "This document",
-                "responses": { "200": { "description": "the OpenAPI document", "content": { "application/json": { "schema": { "type": "object" } } } } }
-            }}
-        },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "detail"],
-                    "properties": {
-                        "type": { "type": "string" },
-                        "title": { "type": "string" },
-                        "status": { "type": "integer" },
-                        "detail": { "type": "string" }
-                    },
-                    "additionalProperties": true
-                }
+    let mut doc = stead::openapi();
+    doc.merge(ServerApi::openapi());
+    let mut doc = serde_json::to_value(&doc).unwrap_or_else(|_| json!({}));
+    doc["components"]["securitySchemes"] =
+        json!({ "bearer": { "type": "http", "scheme": "bearer" } });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if OPEN.contains(&path.as_str()) {
+                continue;
+            }
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
+                op["security"] = json!([{ "bearer": [] }, {}]);
+                op["responses"]["401"] = json!({
+                    "description": "missing or invalid bearer token (when the server has tokens)",
+                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+                });
             }
         }
-    })
+    }
+    doc
 }
