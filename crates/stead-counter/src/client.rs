@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime};
+use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
 
 use crate::object::{
     Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys, Shards,
@@ -55,7 +55,8 @@ pub struct CounterClient {
     shards: Namespace<CounterShard>,
     config: CounterConfig,
     /// Shard counts never change once set, so they are cached.
-    known: Arc<Mutex<HashMap<String, u32>>>,
+    /// The shards of counters seen lately, as ready stubs (a read asks every one).
+    known: Arc<Mutex<HashMap<String, ShardStubs>>>,
 }
 
 impl std::fmt::Debug for CounterClient {
@@ -103,12 +104,13 @@ impl CounterClient {
         if let Some(k) = idempotency_key {
             check_key(k)?;
         }
-        let shards = self.open(name, None).await?;
+        let stubs = self.open(name, None).await?;
+        let shards = stubs.len() as u32;
         let shard = match idempotency_key {
             Some(k) => shard_of_key(k, shards),
             None => rand::random_range(0..shards),
         };
-        self.shard(name, shard)
+        stubs[shard as usize]
             .ask(Apply {
                 by,
                 shards,
@@ -120,13 +122,14 @@ impl CounterClient {
     /// The exact value: the sum of every shard. A counter never used reads as zero.
     pub async fn get(&self, name: &str) -> Result<CounterValue> {
         check_name(name)?;
-        let Some(shards) = self.existing(name).await? else {
+        let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
                 value: 0,
                 shards: self.config.default_shards,
             });
         };
-        let parts = self.ask_all(name, shards, || Value).await?;
+        let shards = stubs.len() as u32;
+        let parts = ask_all(&stubs, || Value).await?;
         let sum: i128 = parts.iter().map(|v| i128::from(*v)).sum();
         let value = i64::try_from(sum).map_err(|_| {
             Error::bad_request(format!(
@@ -139,14 +142,17 @@ impl CounterClient {
     /// Sets the counter to zero and forgets its idempotency keys; its shard count stays.
     pub async fn reset(&self, name: &str) -> Result<CounterValue> {
         check_name(name)?;
-        let Some(shards) = self.existing(name).await? else {
+        let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
                 value: 0,
                 shards: self.config.default_shards,
             });
         };
-        self.ask_all(name, shards, || Clear).await?;
-        Ok(CounterValue { value: 0, shards })
+        ask_all(&stubs, || Clear).await?;
+        Ok(CounterValue {
+            value: 0,
+            shards: stubs.len() as u32,
+        })
     }
 
     /// Counter names starting with `prefix`, in byte order, `limit` per page.
@@ -161,45 +167,28 @@ impl CounterClient {
     /// Fixes the shard count of a new counter (an error if it exists with another count).
     pub async fn create(&self, name: &str, shards: u32) -> Result<u32> {
         check_name(name)?;
-        self.open(name, Some(shards)).await
+        Ok(self.open(name, Some(shards)).await?.len() as u32)
     }
 
     /// How many idempotency keys the counter remembers right now.
     pub async fn remembered_keys(&self, name: &str) -> Result<usize> {
-        let Some(shards) = self.existing(name).await? else {
+        let Some(stubs) = self.existing(name).await? else {
             return Ok(0);
         };
-        let counts = self.ask_all(name, shards, || RememberedKeys).await?;
+        let counts = ask_all(&stubs, || RememberedKeys).await?;
         counts.into_iter().sum()
     }
 
     /// Sends one message to every shard, concurrently.
-    async fn ask_all<M: stead_core::Message>(
-        &self,
-        name: &str,
-        shards: u32,
-        msg: impl Fn() -> M,
-    ) -> Result<Vec<<CounterShard as stead_core::Handler<M>>::Reply>>
-    where
-        CounterShard: stead_core::Handler<M>,
-    {
-        try_join_all((0..shards).map(|i| {
-            let stub = self.shard(name, i);
-            let m = msg();
-            async move { stub.ask(m).await }
-        }))
-        .await
-    }
-
     fn shard(&self, name: &str, i: u32) -> stead_core::Stub<CounterShard> {
         self.shards.get_by_name(&format!("{name}#{i}"))
     }
 
-    async fn open(&self, name: &str, want: Option<u32>) -> Result<u32> {
+    async fn open(&self, name: &str, want: Option<u32>) -> Result<ShardStubs> {
         if want.is_none()
-            && let Some(n) = self.cached(name)
+            && let Some(stubs) = self.cached(name)
         {
-            return Ok(n);
+            return Ok(stubs);
         }
         let n = self
             .meta
@@ -209,36 +198,48 @@ impl CounterClient {
                 default_shards: self.config.default_shards,
             })
             .await??;
-        self.remember(name, n);
-        Ok(n)
+        Ok(self.remember(name, n))
     }
 
-    async fn existing(&self, name: &str) -> Result<Option<u32>> {
-        if let Some(n) = self.cached(name) {
-            return Ok(Some(n));
+    async fn existing(&self, name: &str) -> Result<Option<ShardStubs>> {
+        if let Some(stubs) = self.cached(name) {
+            return Ok(Some(stubs));
         }
         let n = self.meta.get_by_name(name).ask(Shards).await?;
-        if let Some(n) = n {
-            self.remember(name, n);
-        }
-        Ok(n)
+        Ok(n.map(|n| self.remember(name, n)))
     }
 
-    fn cached(&self, name: &str) -> Option<u32> {
+    fn cached(&self, name: &str) -> Option<ShardStubs> {
         self.known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .copied()
+            .cloned()
     }
 
-    fn remember(&self, name: &str, n: u32) {
+    fn remember(&self, name: &str, n: u32) -> ShardStubs {
+        let stubs: ShardStubs = (0..n).map(|i| self.shard(name, i)).collect();
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() > 100_000 {
             known.clear();
         }
-        known.insert(name.to_owned(), n);
+        known.insert(name.to_owned(), stubs.clone());
+        stubs
     }
+}
+
+/// The stubs of a counter's shards, in shard order.
+type ShardStubs = Arc<[Stub<CounterShard>]>;
+
+/// Asks every shard, all at once.
+async fn ask_all<M: stead_core::Message>(
+    stubs: &[Stub<CounterShard>],
+    msg: impl Fn() -> M,
+) -> Result<Vec<<CounterShard as stead_core::Handler<M>>::Reply>>
+where
+    CounterShard: stead_core::Handler<M>,
+{
+    try_join_all(stubs.iter().map(|stub| stub.ask(msg()))).await
 }
 
 /// The shard an idempotency key belongs to: retries of one increment always meet there.

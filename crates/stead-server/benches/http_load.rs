@@ -2,7 +2,8 @@
 //! each pattern route it knows, beside a no-op handler served by the same process (the
 //! ceiling), in `process-crash-safe` and `fsync` durability. Prints a table.
 //!
-//! `cargo bench -p stead-server --bench http_load` (add `-- --seconds 5` for longer runs).
+//! `cargo bench -p stead-server --bench http_load` (`-- --seconds 5 --rounds 5` for longer
+//! runs, `-- --only fsync` for some rows).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 
 use std::io::Write;
@@ -15,6 +16,9 @@ use stead_server::{Config, DurabilityMode};
 mod load;
 
 const CONNECTIONS: usize = 256;
+
+/// One run of a row: requests/s, p50, p99, errors.
+type Run = (f64, Duration, Duration, u64);
 
 /// The same allocator as the `stead` binary.
 #[global_allocator]
@@ -130,7 +134,14 @@ fn main() {
         .skip_while(|a| a != "--seconds")
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(2.0);
+    // `--only <text>` runs the rows whose "<durability> <route>" contains it (to profile one).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,14 +171,33 @@ fn main() {
             (rt, addr)
         });
         let base = format!("http://{addr}");
-        for route in [
-            Route::Noop,
-            Route::CounterIncrement,
-            Route::CounterRead,
-            Route::LockPair,
-        ] {
-            tokio.block_on(drive(&base, route, 0.5)); // warm up
-            let (rps, p50, p99, errors) = tokio.block_on(drive(&base, route, seconds));
+        // Every route runs once per round, in turn, and reports its median round: the
+        // machine's drift from one moment to the next touches the ceiling and the routes alike.
+        let mut runs: Vec<(Route, Vec<Run>)> = Vec::new();
+        for _ in 0..rounds {
+            for route in [
+                Route::Noop,
+                Route::CounterIncrement,
+                Route::CounterRead,
+                Route::LockPair,
+            ] {
+                if only
+                    .as_deref()
+                    .is_some_and(|o| !format!("{label} {}", route.name()).contains(o))
+                {
+                    continue;
+                }
+                tokio.block_on(drive(&base, route, 0.3)); // warm up
+                let run = tokio.block_on(drive(&base, route, seconds));
+                match runs.iter_mut().find(|(r, _)| r.name() == route.name()) {
+                    Some((_, v)) => v.push(run),
+                    None => runs.push((route, vec![run])),
+                }
+            }
+        }
+        for (route, mut v) in runs {
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (rps, p50, p99, errors) = v[v.len() / 2];
             rows.push(Row {
                 mode: label,
                 route: route.name(),
@@ -181,7 +211,7 @@ fn main() {
     }
     println!();
     println!(
-        "HTTP load: {CONNECTIONS} connections over loopback, {seconds} s per row; fsync latency here: {:.3} ms",
+        "HTTP load: {CONNECTIONS} connections over loopback, median of {rounds} rounds of {seconds} s per row; fsync latency here: {:.3} ms",
         fsync.as_secs_f64() * 1e3
     );
     println!(

@@ -16,6 +16,11 @@ use stead::http::{Problem, problem_for_bare_errors};
 use crate::config::Config;
 use crate::openapi;
 
+/// Installs the Prometheus recorder, if this process has none yet.
+pub(crate) fn install_metrics() {
+    prometheus();
+}
+
 /// The process-wide Prometheus recorder (a process has one global recorder).
 fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -30,6 +30,8 @@ pub use openapi::spec as openapi_spec;
 
 /// Opens the runtime the configuration asks for.
 pub async fn open_runtime(config: &Config) -> anyhow::Result<Runtime> {
+    // Metrics first: the storage threads register their handles as they start.
+    app::install_metrics();
     let builder = Runtime::builder().max_value_bytes(config.max_value_bytes);
     let sqlite = |durability| {
         let b = Runtime::builder()

@@ -127,10 +127,19 @@ async fn health_openapi_metrics_and_problem_answers() {
         "unknown fields are refused, and the document says so"
     );
 
+    let wrote = http
+        .post(format!("{base}/counters/metered/increment"))
+        .json(&serde_json::json!({"by": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrote.status(), 200);
     let metrics = http.get(format!("{base}/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();
     assert!(text.contains("stead_http_requests_total"), "{text}");
+    // Commits recorded by the storage threads, which start with the runtime.
+    assert!(text.contains("stead_commit_batch_size"), "{text}");
 
     problem(
         http.get(format!("{base}/no/such/route"))

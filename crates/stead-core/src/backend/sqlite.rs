@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -90,7 +90,8 @@ impl std::fmt::Debug for SqliteBackend {
 }
 
 struct Shard {
-    writer: Mutex<Option<Sender<WriterMsg>>>,
+    /// Shared by every caller without a lock (a `Sender` is `Sync`); `Stop` ends the writer.
+    writer: Sender<WriterMsg>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
@@ -120,6 +121,8 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 enum WriterMsg {
     Commit(CommitBatch),
     Flush(SyncSender<()>),
+    /// The backend is dropped: finish what came before, then end.
+    Stop,
 }
 
 fn sql_err(e: rusqlite::Error) -> Error {
@@ -227,7 +230,7 @@ impl SqliteBackend {
                 .spawn(move || writer_loop(wconn, rx, completer))
                 .map_err(Error::storage)?;
             shards.push(Shard {
-                writer: Mutex::new(Some(tx)),
+                writer: tx,
                 thread: Mutex::new(Some(thread)),
                 checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
                 reader: Mutex::new(reader),
@@ -244,10 +247,7 @@ impl SqliteBackend {
 
     /// Sends to the shard's writer; gives the message back if the writer has stopped.
     fn send(&self, shard: &Shard, msg: WriterMsg) -> Option<WriterMsg> {
-        match &*lock(&shard.writer) {
-            Some(tx) => tx.send(msg).err().map(|e| e.0),
-            None => Some(msg),
-        }
+        shard.writer.send(msg).err().map(|e| e.0)
     }
 }
 
@@ -280,7 +280,7 @@ impl SqliteBackend {
 impl Drop for SqliteBackend {
     fn drop(&mut self) {
         for s in &self.shards {
-            lock(&s.writer).take();
+            let _ = s.writer.send(WriterMsg::Stop);
         }
         for s in &self.shards {
             if let Some(t) = lock(&s.thread).take() {
@@ -468,7 +468,10 @@ struct ObjectOps {
 
 fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Completer) {
     let mut synchronous_full = true;
-    while let Ok(first) = rx.recv() {
+    let group_size = metrics::histogram!("stead_commit_batch_size");
+    let commit_seconds = metrics::histogram!("stead_commit_seconds");
+    let mut stop = false;
+    while !stop && let Some(first) = next_message(&rx) {
         let mut batches = Vec::new();
         let mut flushes = Vec::new();
         let mut next = Some(first);
@@ -477,8 +480,9 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Complet
                 WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
                 WriterMsg::Commit(b) => batches.push(b),
                 WriterMsg::Flush(tx) => flushes.push(tx),
+                WriterMsg::Stop => stop = true,
             }
-            if batches.len() < MAX_GROUP {
+            if batches.len() < MAX_GROUP && !stop {
                 next = rx.try_recv().ok();
             }
         }
@@ -494,8 +498,8 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Complet
             }
             let started = Instant::now();
             let result = apply_group(&mut conn, &mut batches);
-            metrics::histogram!("stead_commit_batch_size").record(batches.len() as f64);
-            metrics::histogram!("stead_commit_seconds").record(started.elapsed().as_secs_f64());
+            group_size.record(batches.len() as f64);
+            commit_seconds.record(started.elapsed().as_secs_f64());
             if let Err(e) = &result {
                 tracing::error!(error = %e, batches = batches.len(), "commit failed; the objects involved are reset");
                 metrics::counter!("stead_commit_failures_total").increment(1);
@@ -504,6 +508,26 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Complet
         }
         for f in flushes {
             completer.flush(f);
+        }
+    }
+}
+
+/// How long the writer looks for more work, yielding its core, before it sleeps.
+const WRITER_LINGER: Duration = Duration::from_micros(50);
+
+/// The next message, or `None` once every sender is gone. After a commit more work usually
+/// follows within microseconds: while it does, the writer picks it up without being woken
+/// (a futex call on the committing side and a context switch here).
+fn next_message(rx: &Receiver<WriterMsg>) -> Option<WriterMsg> {
+    let until = Instant::now() + WRITER_LINGER;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => return Some(msg),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
+            Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() < until => {
+                std::thread::yield_now();
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
         }
     }
 }
