@@ -16,9 +16,6 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// The longest name accepted in a path, in characters.
 pub const MAX_NAME_CHARS: usize = 256;
 
-/// The JSON Schema pattern of a name: no control characters (the length is checked apart).
-pub const NAME_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
-
 /// An RFC 9457 problem details body.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Problem {

@@ -346,11 +346,7 @@ impl Storage {
             return Ok(());
         }
         self.prefetched = true;
-        let opts = ListOptions {
-            limit: Some(PREFETCH_ENTRIES + 1),
-            ..ListOptions::default()
-        };
-        let entries = self.backend.list(&self.obj, &opts)?;
+        let entries = self.backend.load(&self.obj, PREFETCH_ENTRIES + 1)?;
         if entries.len() > PREFETCH_ENTRIES {
             return Ok(());
         }

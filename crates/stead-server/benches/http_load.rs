@@ -17,9 +17,6 @@ mod load;
 
 const CONNECTIONS: usize = 256;
 
-/// One run of a row: requests/s, p50, p99, errors.
-type Run = (f64, Duration, Duration, u64);
-
 /// The same allocator as the `stead` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -52,9 +49,9 @@ impl Route {
     }
 }
 
-async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Duration, u64) {
+async fn drive(base: &str, route: Route, seconds: f64) -> load::Stats {
     let base = base.to_owned();
-    let stats = load::drive(CONNECTIONS, seconds, move |client, conn, _| {
+    load::drive(CONNECTIONS, seconds, move |client, conn, _| {
         let base = base.clone();
         async move {
             let name = format!("load-{}", conn % 64);
@@ -77,8 +74,7 @@ async fn drive(base: &str, route: Route, seconds: f64) -> (f64, Duration, Durati
             }
         }
     })
-    .await;
-    (stats.rps, stats.p50, stats.p99, stats.errors)
+    .await
 }
 
 /// How many HTTP requests one counted operation of a row makes.
@@ -130,18 +126,9 @@ fn fsync_latency(dir: &std::path::Path) -> Duration {
 }
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
-    // `--only <text>` runs the rows whose "<durability> <route>" contains it (to profile one).
-    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let rounds: usize = std::env::args()
-        .skip_while(|a| a != "--rounds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    // Rows are labelled "<durability> <route>" for `--only`.
+    let args = load::Args::from_env();
+    let (seconds, rounds) = (args.seconds, args.rounds);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -173,7 +160,7 @@ fn main() {
         let base = format!("http://{addr}");
         // Every route runs once per round, in turn, and reports its median round: the
         // machine's drift from one moment to the next touches the ceiling and the routes alike.
-        let mut runs: Vec<(Route, Vec<Run>)> = Vec::new();
+        let mut runs: Vec<(Route, Vec<load::Stats>)> = Vec::new();
         for _ in 0..rounds {
             for route in [
                 Route::Noop,
@@ -181,10 +168,7 @@ fn main() {
                 Route::CounterRead,
                 Route::LockPair,
             ] {
-                if only
-                    .as_deref()
-                    .is_some_and(|o| !format!("{label} {}", route.name()).contains(o))
-                {
+                if !args.selected(&format!("{label} {}", route.name())) {
                     continue;
                 }
                 tokio.block_on(drive(&base, route, 0.3)); // warm up
@@ -195,16 +179,15 @@ fn main() {
                 }
             }
         }
-        for (route, mut v) in runs {
-            v.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let (rps, p50, p99, errors) = v[v.len() / 2];
+        for (route, v) in runs {
+            let m = load::median(v);
             rows.push(Row {
                 mode: label,
                 route: route.name(),
-                rps,
-                p50,
-                p99,
-                errors,
+                rps: m.rps,
+                p50: m.p50,
+                p99: m.p99,
+                errors: m.errors,
             });
         }
         tokio.block_on(rt.shutdown()).unwrap();

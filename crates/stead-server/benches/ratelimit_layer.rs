@@ -73,18 +73,9 @@ async fn run(url: String, hot: bool, seconds: f64) -> load::Stats {
 }
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .skip_while(|a| a != "--seconds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
-    // `--only <text>` runs the rows whose "<traffic> <limiter>" contains it (to profile one).
-    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
-    let rounds: usize = std::env::args()
-        .skip_while(|a| a != "--rounds")
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    // Rows are labelled "<traffic> <limiter>" for `--only`.
+    let args = load::Args::from_env();
+    let (seconds, rounds) = (args.seconds, args.rounds);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -147,10 +138,7 @@ fn main() {
     for _ in 0..rounds {
         for (shape, hot) in [("10,000 keys", false), ("one hot key", true)] {
             for (name, url) in &apps {
-                if only
-                    .as_deref()
-                    .is_some_and(|o| !format!("{shape} {name}").contains(o))
-                {
+                if !args.selected(&format!("{shape} {name}")) {
                     continue;
                 }
                 tokio.block_on(run(url.clone(), hot, 0.3)); // warm up
@@ -164,11 +152,7 @@ fn main() {
     }
     let rows: Vec<(&str, &str, load::Stats)> = runs
         .into_iter()
-        .map(|(shape, name, mut v)| {
-            v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
-            let median = v.swap_remove(v.len() / 2);
-            (shape, name, median)
-        })
+        .map(|(shape, name, v)| (shape, name, load::median(v)))
         .collect();
     println!();
     println!(

@@ -117,6 +117,11 @@ impl Backend for FaultyBackend {
         self.inner.list(obj, opts)
     }
 
+    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+        self.check_reads()?;
+        self.inner.load(obj, limit)
+    }
+
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
         self.check_reads()?;
         self.inner.get_alarm(obj)

@@ -233,6 +233,17 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>>;
     /// The committed entries in a range, ordered as the options say.
     fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>>;
+    /// Up to `limit` committed entries of an object, in any order (a whole small object is
+    /// read this way when it activates). By default, [`list`](Self::list).
+    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+        self.list(
+            obj,
+            &ListOptions {
+                limit: Some(limit),
+                ..ListOptions::default()
+            },
+        )
+    }
     /// The committed alarm of an object (epoch milliseconds).
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>>;
     /// Every committed alarm of a class.

@@ -340,6 +340,23 @@ impl Backend for SqliteBackend {
         rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
     }
 
+    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+        // No ORDER BY and no bound LIMIT: with either, SQLite prepares the statement again
+        // on every run (a new binding could change its plan), which costs more than the
+        // read itself. The limit is a constant of the caller, so one statement is cached.
+        let conn = lock(&self.shard(&obj.id).reader);
+        let sql = format!("SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 LIMIT {limit}");
+        let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
+        let rows = stmt
+            .query_map(params![obj.class, &obj.id.as_bytes()[..]], |r| {
+                let k: String = r.get(0)?;
+                let v: Vec<u8> = r.get(1)?;
+                Ok((k, Value::from(v)))
+            })
+            .map_err(sql_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
+    }
+
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
         let conn = lock(&self.shard(&obj.id).reader);
         let mut stmt = conn

@@ -4,7 +4,32 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The options both HTTP benchmarks take: `--seconds S` per row (2), `--rounds N` (3),
+/// `--only TEXT` to run just the rows whose label contains TEXT (to profile one).
+pub(crate) struct Args {
+    pub(crate) seconds: f64,
+    pub(crate) rounds: usize,
+    only: Option<String>,
+}
+
+impl Args {
+    pub(crate) fn from_env() -> Args {
+        let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+        Args {
+            seconds: arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(2.0),
+            rounds: arg("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3),
+            only: arg("--only"),
+        }
+    }
+
+    /// Whether the row labelled `label` runs.
+    pub(crate) fn selected(&self, label: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| label.contains(o))
+    }
+}
+
 /// What one run measured.
+#[derive(Clone, Copy)]
 pub(crate) struct Stats {
     pub(crate) rps: f64,
     pub(crate) p50: Duration,
@@ -65,4 +90,10 @@ where
         p99: pct(0.99),
         errors,
     }
+}
+
+/// The run with the median throughput.
+pub(crate) fn median(mut runs: Vec<Stats>) -> Stats {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    runs[runs.len() / 2]
 }
