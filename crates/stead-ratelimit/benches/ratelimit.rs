@@ -1,13 +1,14 @@
-//! Rate-limit checks per second, in-process, on SQLite with the limiter's default durability
-//! (`ProcessCrashSafe`): 256 callers spread over many keys (every check admitted and
-//! written), and 256 callers on one hot key (almost every check refused, nothing written).
+//! Rate-limit checks per second, in-process, on SQLite runtimes: with the limiter's default
+//! (state in memory) and with `ProcessCrashSafe` state. 256 callers spread over many keys
+//! (every check admitted, and written when durable), and 256 callers on one hot key (almost
+//! every check refused, nothing written).
 //! `cargo bench -p stead-ratelimit --bench ratelimit`
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stead_core::Runtime;
-use stead_ratelimit::{Limit, Policy, RateLimitClient};
+use stead_core::{Durability, Runtime};
+use stead_ratelimit::{Limit, Policy, RateLimitClient, RateLimitConfig};
 
 const CALLERS: usize = 256;
 const CHECKS: usize = 100;
@@ -18,12 +19,30 @@ fn checks(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    for durable in [false, true] {
+        checks_with(c, &tokio, durable);
+    }
+}
+
+fn checks_with(c: &mut Criterion, tokio: &tokio::runtime::Runtime, durable: bool) {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio
         .block_on(Runtime::builder().sqlite(dir.path()).build())
         .unwrap();
-    let limits = RateLimitClient::new(&rt).unwrap();
-    let mut g = c.benchmark_group("ratelimit_process_crash_safe");
+    let limits = if durable {
+        RateLimitClient::with_config(
+            &rt,
+            RateLimitConfig::default().durability(Durability::ProcessCrashSafe),
+        )
+        .unwrap()
+    } else {
+        RateLimitClient::new(&rt).unwrap()
+    };
+    let mut g = c.benchmark_group(if durable {
+        "ratelimit_process_crash_safe"
+    } else {
+        "ratelimit_default_memory"
+    });
     g.sample_size(10).measurement_time(Duration::from_secs(6));
     g.throughput(Throughput::Elements((CALLERS * CHECKS) as u64));
     for (label, hot) in [("many_keys", false), ("one_hot_key", true)] {
