@@ -48,6 +48,8 @@ struct Waiter {
 pub struct Lock {
     state: State,
     waiters: VecDeque<Waiter>,
+    /// When the alarm is set for, if it is.
+    alarm_at: Option<DateTime<Utc>>,
 }
 
 impl DurableObject for Lock {
@@ -59,10 +61,13 @@ impl DurableObject for Lock {
         Ok(Lock {
             state,
             waiters: VecDeque::new(),
+            alarm_at: ctx.storage().alarm().await?,
         })
     }
 
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
+        // The alarm that fired is spent.
+        self.alarm_at = None;
         self.settle(ctx)
     }
 }
@@ -183,7 +188,10 @@ impl Lock {
         }
     }
 
-    /// Sets the alarm to the next lease expiry or waiter deadline.
+    /// Makes sure an alarm fires by the next lease expiry or waiter deadline. An alarm set
+    /// earlier than that is left alone (it finds nothing to do, or less, and re-arms), and
+    /// so is one with nothing left to wait for: a lock taken and given back in a loop then
+    /// writes its alarm once per lease time instead of twice per pair.
     fn arm(&mut self, ctx: &mut Context) -> Result<()> {
         let next = self
             .state
@@ -192,7 +200,15 @@ impl Lock {
             .map(|l| l.expires_at)
             .chain(self.waiters.iter().map(|w| w.deadline))
             .min();
-        ctx.storage().replace_alarm(next)
+        match (next, self.alarm_at) {
+            (Some(next), Some(set)) if set <= next => Ok(()),
+            (Some(next), _) => {
+                ctx.storage().set_alarm(next)?;
+                self.alarm_at = Some(next);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
     }
 
     /// Expires lapsed leases, answers waiters whose deadline passed, grants the lock to the
