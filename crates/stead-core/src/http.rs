@@ -2,7 +2,7 @@
 //! extractor whose rejections are problems too, and name validation.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -201,6 +201,29 @@ where
                 Err(json_problem(rejection))
             }
         }
+    }
+}
+
+/// A query-string extractor whose rejection is a 400 problem+json that says what is wrong
+/// (a wrong type, an unknown parameter when the type refuses them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|e| Problem::from(&Error::bad_request(e.body_text())))
     }
 }
 

@@ -1,10 +1,10 @@
 //! The HTTP routes under `/counters`.
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use stead_core::http::{Json as Body, Problem};
+use stead_core::http::{Json as Body, Problem, Query};
 use stead_core::{Error, Result};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -154,9 +154,8 @@ async fn reset(
         (status = 400, description = "bad query", body = Problem, content_type = "application/problem+json")))]
 async fn list(
     State(c): State<CounterClient>,
-    query: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Body<CounterPage>> {
-    let Query(q) = query.map_err(|e| Error::bad_request(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > 1000 {
         return Err(Error::bad_request("limit must be between 1 and 1000"));

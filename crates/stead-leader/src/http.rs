@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use stead_core::http::{Json as Body, Problem};
-use stead_core::{Error, Result};
+use stead_core::Result;
+use stead_core::http::{Json as Body, Problem, Query};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::LeaderClient;
@@ -160,9 +160,8 @@ async fn get_leader(
 async fn watch(
     State(c): State<LeaderClient>,
     Path(GroupPath { group }): Path<GroupPath>,
-    query: std::result::Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<WatchQuery>,
 ) -> Result<Body<Leadership>> {
-    let Query(q) = query.map_err(|e| Error::bad_request(e.body_text()))?;
     Ok(Body(
         c.watch(&group, q.after_term, Duration::from_millis(q.timeout_ms))
             .await?,

@@ -2,8 +2,7 @@
 //! layer.
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -11,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use stead_core::http::{Json as Body, Problem};
+use stead_core::http::{Json as Body, Problem, Query};
 use stead_core::{Error, Result};
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -192,11 +191,6 @@ impl PolicyQuery {
     }
 }
 
-fn query(q: std::result::Result<Query<PolicyQuery>, QueryRejection>) -> Result<PolicyQuery> {
-    q.map(|Query(q)| q)
-        .map_err(|e| Error::bad_request(e.body_text()))
-}
-
 /// The path parameter of these routes.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -273,9 +267,9 @@ async fn check(
 async fn peek(
     State(c): State<RateLimitClient>,
     Path(KeyPath { key }): Path<KeyPath>,
-    q: std::result::Result<Query<PolicyQuery>, QueryRejection>,
+    Query(q): Query<PolicyQuery>,
 ) -> Result<Response> {
-    let limit = query(q)?.resolve(&c)?;
+    let limit = q.resolve(&c)?;
     let d = c.peek(&key, &limit).await?;
     // A peek is not refused: it reports, so it answers 200 either way.
     let mut resp = Body(d).into_response();
@@ -292,9 +286,8 @@ async fn peek(
 async fn reset(
     State(c): State<RateLimitClient>,
     Path(KeyPath { key }): Path<KeyPath>,
-    q: std::result::Result<Query<PolicyQuery>, QueryRejection>,
+    Query(q): Query<PolicyQuery>,
 ) -> Result<Body<ResetCount>> {
-    let q = query(q)?;
     let n = if q.is_empty() {
         c.reset_all(&key).await?
     } else {

@@ -622,19 +622,17 @@ impl Handler<Peek> for RateLimiter {
     async fn handle(&mut self, msg: Peek, ctx: &mut Context) -> Result<Decision> {
         msg.policy.validate()?;
         let now = now_ns(ctx);
-        let state = match &self.stored {
+        let mut probe = match &self.stored {
             Some(s) if s.policy == msg.policy => s.state.clone(),
             _ => msg.policy.fresh(now),
         };
-        let mut probe = state.clone();
+        // Measured before the probe takes its unit.
+        let idle_from = probe.idle_from(&msg.policy);
         let d = msg.policy.decide(&mut probe, now, 1);
         Ok(Decision {
             // What a unit-cost request would have left, plus the unit it did not take.
             remaining: d.remaining + u64::from(d.allowed),
-            reset_ms: state
-                .idle_from(&msg.policy)
-                .saturating_sub(now)
-                .div_ceil(NS_PER_MS),
+            reset_ms: idle_from.saturating_sub(now).div_ceil(NS_PER_MS),
             ..d
         })
     }
