@@ -98,9 +98,7 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     {
         router = router.merge(stead_leader::router(rt)?);
     }
-    Ok(router.layer(axum::middleware::from_fn(
-        stead_core::http::problem_for_bare_errors,
-    )))
+    Ok(router.layer(stead_core::http::ProblemLayer))
 }
 
 /// The OpenAPI 3.1 description of every route [`router`] serves, generated from each

@@ -3,7 +3,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -326,13 +326,93 @@ pub fn validate_ms(what: &str, value: u64, max: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Middleware that turns the bodiless error responses axum produces itself (unknown route,
-/// wrong method, oversized body) into problem+json responses. Use with
-/// `axum::middleware::from_fn(stead_core::http::problem_for_bare_errors)`.
-pub async fn problem_for_bare_errors(req: Request, next: axum::middleware::Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let resp = next.run(req).await;
+/// A tower layer that turns the bodiless error responses axum produces itself (unknown
+/// route, wrong method, oversized body) into problem+json responses. Every pattern router
+/// carries it; add it to your own app with `.layer(stead_core::http::ProblemLayer)`.
+///
+/// It allocates nothing on the way through: a response that is not a bare error passes
+/// untouched, so layering it more than once costs next to nothing.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// let app: Router = Router::new()
+///     .route("/hello", get(|| async { "hello" }))
+///     .layer(stead_core::http::ProblemLayer);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProblemLayer;
+
+impl<S> tower::Layer<S> for ProblemLayer {
+    type Service = ProblemService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ProblemService { inner }
+    }
+}
+
+/// The service of [`ProblemLayer`].
+#[derive(Debug, Clone)]
+pub struct ProblemService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for ProblemService<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ProblemFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        // Both clones are reference counts, not copies.
+        let request = Some((req.method().clone(), req.uri().clone()));
+        ProblemFuture {
+            inner: self.inner.call(req),
+            request,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ProblemService`].
+    #[derive(Debug)]
+    pub struct ProblemFuture<F> {
+        #[pin]
+        inner: F,
+        request: Option<(Method, Uri)>,
+    }
+}
+
+impl<F, E> std::future::Future for ProblemFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        let (method, uri) = this
+            .request
+            .take()
+            .expect("ProblemFuture polled after it completed");
+        std::task::Poll::Ready(Ok(problem_for_bare_error(&method, uri.path(), resp)))
+    }
+}
+
+/// `resp` itself, or a problem+json response in its place when it is a bodiless error.
+fn problem_for_bare_error(method: &Method, path: &str, resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;

@@ -52,18 +52,23 @@ pub struct CounterPage {
 /// ```
 #[derive(Clone)]
 pub struct CounterClient {
+    /// One reference count to bump per clone: the HTTP routes clone a client per request.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     meta: Namespace<CounterMeta>,
     shards: Namespace<CounterShard>,
     config: CounterConfig,
     /// Shard counts never change once set, so they are cached.
     /// The shards of counters seen lately, as ready stubs (a read asks every one).
-    known: Arc<Mutex<HashMap<String, ShardStubs>>>,
+    known: Mutex<HashMap<String, ShardStubs>>,
 }
 
 impl std::fmt::Debug for CounterClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CounterClient")
-            .field("config", &self.config)
+            .field("config", &self.inner.config)
             .finish()
     }
 }
@@ -86,10 +91,12 @@ impl CounterClient {
             ));
         }
         Ok(CounterClient {
-            meta: rt.namespace_with::<CounterMeta>(config.clone(), opts.clone())?,
-            shards: rt.namespace_with::<CounterShard>(config.clone(), opts)?,
-            config,
-            known: Arc::new(Mutex::new(HashMap::new())),
+            inner: Arc::new(Inner {
+                meta: rt.namespace_with::<CounterMeta>(config.clone(), opts.clone())?,
+                shards: rt.namespace_with::<CounterShard>(config.clone(), opts)?,
+                config,
+                known: Mutex::new(HashMap::new()),
+            }),
         })
     }
 
@@ -126,7 +133,7 @@ impl CounterClient {
         let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
                 value: 0,
-                shards: self.config.default_shards,
+                shards: self.inner.config.default_shards,
             });
         };
         let shards = stubs.len() as u32;
@@ -146,7 +153,7 @@ impl CounterClient {
         let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
                 value: 0,
-                shards: self.config.default_shards,
+                shards: self.inner.config.default_shards,
             });
         };
         ask_all(&stubs, || Clear).await?;
@@ -158,7 +165,7 @@ impl CounterClient {
 
     /// Counter names starting with `prefix`, in byte order, `limit` per page.
     pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<CounterPage> {
-        let page = self.meta.list_by_name(prefix, cursor, limit)?;
+        let page = self.inner.meta.list_by_name(prefix, cursor, limit)?;
         Ok(CounterPage {
             counters: page.objects.into_iter().filter_map(|o| o.name).collect(),
             next_cursor: page.next_cursor,
@@ -182,7 +189,7 @@ impl CounterClient {
 
     /// Sends one message to every shard, concurrently.
     fn shard(&self, name: &str, i: u32) -> stead_core::Stub<CounterShard> {
-        self.shards.get_by_name(&format!("{name}#{i}"))
+        self.inner.shards.get_by_name(&format!("{name}#{i}"))
     }
 
     async fn open(&self, name: &str, want: Option<u32>) -> Result<ShardStubs> {
@@ -192,11 +199,12 @@ impl CounterClient {
             return Ok(stubs);
         }
         let n = self
+            .inner
             .meta
             .get_by_name(name)
             .ask(Open {
                 shards: want,
-                default_shards: self.config.default_shards,
+                default_shards: self.inner.config.default_shards,
             })
             .await??;
         Ok(self.remember(name, n))
@@ -206,12 +214,13 @@ impl CounterClient {
         if let Some(stubs) = self.cached(name) {
             return Ok(Some(stubs));
         }
-        let n = self.meta.get_by_name(name).ask(Shards).await?;
+        let n = self.inner.meta.get_by_name(name).ask(Shards).await?;
         Ok(n.map(|n| self.remember(name, n)))
     }
 
     fn cached(&self, name: &str) -> Option<ShardStubs> {
-        self.known
+        self.inner
+            .known
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
@@ -220,7 +229,7 @@ impl CounterClient {
 
     fn remember(&self, name: &str, n: u32) -> ShardStubs {
         let stubs: ShardStubs = (0..n).map(|i| self.shard(name, i)).collect();
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() > 100_000 {
             known.clear();
         }

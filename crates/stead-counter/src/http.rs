@@ -77,9 +77,7 @@ pub(crate) fn routes(client: CounterClient) -> Router {
         .route("/counters/{name}/increment", post(increment))
         .route("/counters/{name}/reset", post(reset))
         .with_state(client)
-        .layer(axum::middleware::from_fn(
-            stead_core::http::problem_for_bare_errors,
-        ))
+        .layer(stead_core::http::ProblemLayer)
 }
 
 /// Add to a counter, once per idempotency key.

@@ -33,6 +33,11 @@ fn ms(d: Duration) -> u64 {
 /// ```
 #[derive(Clone)]
 pub struct LeaderClient {
+    /// One reference count to bump per clone: the HTTP routes clone a client per request.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ns: Namespace<Election>,
     clock: Arc<dyn Clock>,
 }
@@ -47,14 +52,16 @@ impl LeaderClient {
     /// Registers the election class on `rt` (or reuses it).
     pub fn new(rt: &Runtime) -> Result<Self> {
         Ok(LeaderClient {
-            ns: rt.namespace::<Election>(())?,
-            clock: rt.clock().clone(),
+            inner: Arc::new(Inner {
+                ns: rt.namespace::<Election>(())?,
+                clock: rt.clock().clone(),
+            }),
         })
     }
 
     fn stub(&self, group: &str) -> Result<Stub<Election>> {
         stead_core::http::validate_name("group name", group)?;
-        Ok(self.ns.get_by_name(group))
+        Ok(self.inner.ns.get_by_name(group))
     }
 
     /// Stands for election in `group`.
@@ -250,7 +257,7 @@ async fn elect(
     let period = chrono::Duration::from_std(cfg.retry_period).unwrap_or(chrono::Duration::MAX);
     let deadline = chrono::Duration::from_std(cfg.renew_deadline).unwrap_or(chrono::Duration::MAX);
     let mut leading: Option<u64> = None;
-    let mut last_renewal = client.clock.now();
+    let mut last_renewal = client.inner.clock.now();
     loop {
         match leading {
             None => match client
@@ -259,7 +266,7 @@ async fn elect(
             {
                 Ok(r) if r.elected => {
                     leading = Some(r.term);
-                    last_renewal = client.clock.now();
+                    last_renewal = client.inner.clock.now();
                     tracing::info!(%group, %candidate, term = r.term, "started leading");
                     let _ = status.send(leading);
                 }
@@ -267,10 +274,10 @@ async fn elect(
                 Err(e) => tracing::debug!(%group, error = %e, "campaign failed"),
             },
             Some(term) => match client.heartbeat(&group, &candidate, term).await {
-                Ok(_) => last_renewal = client.clock.now(),
+                Ok(_) => last_renewal = client.inner.clock.now(),
                 Err(e) => {
                     let lost = matches!(e, Error::Conflict { .. })
-                        || client.clock.now() - last_renewal >= deadline;
+                        || client.inner.clock.now() - last_renewal >= deadline;
                     if lost {
                         tracing::warn!(%group, %candidate, term, error = %e, "stopped leading");
                         leading = None;
@@ -279,7 +286,10 @@ async fn elect(
                 }
             },
         }
-        let wake = client.clock.sleep_until(client.clock.now() + period);
+        let wake = client
+            .inner
+            .clock
+            .sleep_until(client.inner.clock.now() + period);
         tokio::select! {
             _ = wake => {}
             _ = &mut stop => break,

@@ -83,9 +83,7 @@ pub(crate) fn routes(client: LeaderClient) -> Router {
         .route("/leaders/{group}/resign", post(resign))
         .route("/leaders/{group}/watch", get(watch))
         .with_state(client)
-        .layer(axum::middleware::from_fn(
-            stead_core::http::problem_for_bare_errors,
-        ))
+        .layer(stead_core::http::ProblemLayer)
 }
 
 /// Stand for election (renews the lease when already leading).

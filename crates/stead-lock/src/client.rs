@@ -71,6 +71,11 @@ fn ms(d: Duration) -> u64 {
 /// ```
 #[derive(Clone)]
 pub struct LockClient {
+    /// One reference count to bump per clone: the HTTP routes clone a client per request.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ns: Namespace<Lock>,
     clock: Arc<dyn Clock>,
 }
@@ -85,14 +90,16 @@ impl LockClient {
     /// Registers the lock class on `rt` (or reuses it).
     pub fn new(rt: &Runtime) -> Result<Self> {
         Ok(LockClient {
-            ns: rt.namespace::<Lock>(())?,
-            clock: rt.clock().clone(),
+            inner: Arc::new(Inner {
+                ns: rt.namespace::<Lock>(())?,
+                clock: rt.clock().clone(),
+            }),
         })
     }
 
     fn stub(&self, name: &str) -> Result<Stub<Lock>> {
         stead_core::http::validate_name("lock name", name)?;
-        Ok(self.ns.get_by_name(name))
+        Ok(self.inner.ns.get_by_name(name))
     }
 
     /// One acquisition attempt (waiting in line up to `opts.wait`), without a guard.
@@ -186,8 +193,8 @@ async fn renew_loop(
 ) {
     let period = chrono::Duration::from_std(ttl / 3).unwrap_or(chrono::Duration::MAX);
     loop {
-        let at = client.clock.now() + period;
-        client.clock.sleep_until(at).await;
+        let at = client.inner.clock.now() + period;
+        client.inner.clock.sleep_until(at).await;
         match client.renew(&name, &holder, token, ttl).await {
             Ok(_) => {}
             Err(Error::Conflict { detail }) => {

@@ -112,9 +112,7 @@ pub(crate) fn routes(client: LockClient) -> Router {
         .route("/locks/{name}/release", post(release))
         .route("/locks/{name}/validate", post(validate))
         .with_state(client)
-        .layer(axum::middleware::from_fn(
-            stead_core::http::problem_for_bare_errors,
-        ))
+        .layer(stead_core::http::ProblemLayer)
 }
 
 /// Acquire a lease, optionally waiting in a fair queue.

@@ -1,6 +1,7 @@
 //! The typed client: named policies, and checks, peeks and resets of (policy, key) limiters.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::http::HeaderValue;
 use serde::Deserialize;
@@ -194,6 +195,12 @@ impl RateLimitConfig {
 /// ```
 #[derive(Clone)]
 pub struct RateLimitClient {
+    /// One reference count to bump per clone: the routes and the layer clone a client per
+    /// request.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     ns: Namespace<RateLimiter>,
     /// Decision counters, registered once rather than looked up on every check.
     allowed: metrics::Counter,
@@ -219,9 +226,11 @@ impl RateLimitClient {
     fn from_namespace(ns: Namespace<RateLimiter>) -> Self {
         let counter = |decision: &'static str| metrics::counter!("stead_ratelimit_decisions_total", "decision" => decision);
         RateLimitClient {
-            ns,
-            allowed: counter("allowed"),
-            denied: counter("denied"),
+            inner: Arc::new(Inner {
+                ns,
+                allowed: counter("allowed"),
+                denied: counter("denied"),
+            }),
         }
     }
 
@@ -241,7 +250,7 @@ impl RateLimitClient {
 
     /// The named policies.
     pub fn policies(&self) -> &Policies {
-        self.ns.env()
+        self.inner.ns.env()
     }
 
     /// The configured policy called `name`.
@@ -265,7 +274,7 @@ impl RateLimitClient {
         name.push_str(key);
         name.push(SEP);
         name.push_str(&limit.name);
-        Ok(self.ns.get_by_name(&name))
+        Ok(self.inner.ns.get_by_name(&name))
     }
 
     /// Checks a request of `cost` units from `key`, consuming them when it is admitted.
@@ -278,9 +287,9 @@ impl RateLimitClient {
             })
             .await??;
         if decision.allowed {
-            self.allowed.increment(1);
+            self.inner.allowed.increment(1);
         } else {
-            self.denied.increment(1);
+            self.inner.denied.increment(1);
         }
         Ok(decision)
     }
@@ -306,7 +315,10 @@ impl RateLimitClient {
         let mut cursor: Option<String> = None;
         let mut names = Vec::new();
         loop {
-            let page = self.ns.list_by_name(&prefix, cursor.as_deref(), 1000)?;
+            let page = self
+                .inner
+                .ns
+                .list_by_name(&prefix, cursor.as_deref(), 1000)?;
             names.extend(page.objects.into_iter().filter_map(|o| o.name));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
@@ -315,7 +327,7 @@ impl RateLimitClient {
         }
         let mut n = 0;
         for name in names {
-            if self.ns.get_by_name(&name).ask(Reset).await?? {
+            if self.inner.ns.get_by_name(&name).ask(Reset).await?? {
                 n += 1;
             }
         }

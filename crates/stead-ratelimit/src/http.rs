@@ -210,9 +210,7 @@ pub(crate) fn routes(client: RateLimitClient) -> Router {
         .route("/ratelimit/{key}", get(peek).delete(reset))
         .route("/ratelimit/{key}/check", post(check))
         .with_state(client)
-        .layer(axum::middleware::from_fn(
-            stead_core::http::problem_for_bare_errors,
-        ))
+        .layer(stead_core::http::ProblemLayer)
 }
 
 fn answer(limit: &Limit, d: Decision) -> Response {

@@ -1,17 +1,20 @@
 //! The HTTP application: the pattern router, health, metrics, OpenAPI and auth.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use stead::Runtime;
-use stead::http::{Problem, problem_for_bare_errors};
+use stead::http::{Problem, ProblemLayer};
 
 use crate::config::Config;
 use crate::openapi;
@@ -65,13 +68,15 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
             .durability(config.ratelimit_durability.into()),
     )?;
     // Everything but health and the API description needs a token, when tokens are set.
-    let guarded = stead::router(rt)?
+    let mut guarded = stead::router(rt)?
         .merge(extra)
-        .route("/metrics", get(metrics))
-        .layer(from_fn_with_state(
+        .route("/metrics", get(metrics));
+    if !config.tokens.is_empty() {
+        guarded = guarded.layer(from_fn_with_state(
             Arc::new(config.tokens.clone()),
             require_token,
         ));
+    }
     let api = Router::new()
         .merge(guarded)
         .route("/openapi.json", get(openapi::document))
@@ -79,8 +84,8 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
         .route("/readyz", get(readyz).with_state(Ready(rt.clone())))
         .fallback(stead::http::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(from_fn(problem_for_bare_errors))
-        .layer(from_fn(log_request));
+        .layer(ProblemLayer)
+        .layer(LogLayer::new());
     Ok(api)
 }
 
@@ -120,9 +125,6 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    if tokens.is_empty() {
-        return next.run(req).await;
-    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -160,23 +162,106 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// One debug line per request, and request metrics.
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status().as_u16();
-    let elapsed = started.elapsed();
-    tracing::debug!(%method, %path, status, elapsed_us = elapsed.as_micros() as u64, "request");
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("stead_http_requests_total", "status" => class).increment(1);
-    metrics::histogram!("stead_http_request_seconds").record(elapsed.as_secs_f64());
-    resp
+/// One debug line per request, and request metrics; a tower layer, so a request passes
+/// through it without an allocation.
+#[derive(Clone)]
+struct LogLayer(Arc<HttpMetrics>);
+
+/// Metric handles registered once rather than looked up on every request.
+struct HttpMetrics {
+    /// Requests by status class: 1xx to 5xx.
+    by_class: [metrics::Counter; 5],
+    seconds: metrics::Histogram,
+}
+
+impl LogLayer {
+    fn new() -> Self {
+        let class = |c: &'static str| metrics::counter!("stead_http_requests_total", "status" => c);
+        LogLayer(Arc::new(HttpMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            seconds: metrics::histogram!("stead_http_request_seconds"),
+        }))
+    }
+}
+
+impl<S> tower::Layer<S> for LogLayer {
+    type Service = LogService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LogService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct LogService<S> {
+    inner: S,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl<S> tower::Service<Request> for LogService<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = LogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The method and path are kept only when the line will be written.
+        let line = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().clone()));
+        LogFuture {
+            inner: self.inner.call(req),
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            line,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct LogFuture<F> {
+        #[pin]
+        inner: F,
+        metrics: Arc<HttpMetrics>,
+        started: Instant,
+        line: Option<(Method, Uri)>,
+    }
+}
+
+impl<F, E> Future for LogFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &result {
+            let status = resp.status().as_u16();
+            let elapsed = this.started.elapsed();
+            if let Some((method, uri)) = this.line.take() {
+                let path = uri.path();
+                tracing::debug!(%method, path, status, elapsed_us = elapsed.as_micros() as u64, "request");
+            }
+            let class = usize::from((status / 100).clamp(1, 5)) - 1;
+            this.metrics.by_class[class].increment(1);
+            this.metrics.seconds.record(elapsed.as_secs_f64());
+        }
+        Poll::Ready(result)
+    }
 }
