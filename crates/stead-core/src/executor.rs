@@ -120,12 +120,21 @@ pub(crate) struct Mailbox<O> {
 struct Inbox<O> {
     messages: VecDeque<Envelope<O>>,
     acks: Vec<Ack>,
+    /// The task found the inbox empty and sleeps: the next push must wake it. While the task
+    /// runs it reads the inbox again before it sleeps, so pushes then need not notify.
+    waiting: bool,
 }
 
 impl<O: DurableObject> AckSink for Mailbox<O> {
     fn ack(&self, ack: Ack) {
-        lock(&self.inbox).acks.push(ack);
-        self.notify.notify_one();
+        let wake = {
+            let mut inbox = lock(&self.inbox);
+            inbox.acks.push(ack);
+            std::mem::take(&mut inbox.waiting)
+        };
+        if wake {
+            self.notify.notify_one();
+        }
     }
 }
 
@@ -212,6 +221,7 @@ impl<O: DurableObject> NsInner<O> {
                     inbox: Mutex::new(Inbox {
                         messages: VecDeque::new(),
                         acks: Vec::new(),
+                        waiting: false,
                     }),
                 });
                 let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
@@ -233,9 +243,12 @@ impl<O: DurableObject> NsInner<O> {
             return Err(err());
         }
         inbox.messages.push_back(env);
+        let wake = std::mem::take(&mut inbox.waiting);
         drop(inbox);
         self.metrics.mailbox_depth.record(depth as f64);
-        mailbox.notify.notify_one();
+        if wake {
+            mailbox.notify.notify_one();
+        }
         Ok(())
     }
 }
@@ -418,8 +431,18 @@ impl<O: DurableObject> Actor<O> {
             {
                 break;
             }
-            // Every push and every ack notifies: a permit stored since the inbox was read
-            // wakes this at once.
+            {
+                // Sleep only on an inbox seen empty under its lock, and say so: the next push
+                // or ack then notifies (a permit stored before the wait wakes it at once).
+                // Messages wait out a reset only while commits are outstanding (their acks
+                // will wake this); once none are, the loop's top resets and takes them.
+                let can_take = !self.resetting || self.outstanding == 0;
+                let mut inbox = lock(&self.mailbox.inbox);
+                if !inbox.acks.is_empty() || (can_take && !inbox.messages.is_empty()) {
+                    continue;
+                }
+                inbox.waiting = true;
+            }
             self.mailbox.notify.notified().await;
         }
         self.ns.shared.object_stopped();
@@ -436,6 +459,11 @@ impl<O: DurableObject> Actor<O> {
             }
             return false;
         }
+        // The instance goes first: the moment the table forgets this object, a new message
+        // may start another activation, and two instances must never be alive at once. If
+        // a message slips in meanwhile, it activates the object again from its storage
+        // (every write is acknowledged, so that is exact).
+        self.instance = None;
         let mut table = lock(self.ns.shard(&self.id));
         if !lock(&self.mailbox.inbox).messages.is_empty() {
             return false;
