@@ -28,6 +28,9 @@ use crate::storage::{Storage, StorageLimits};
 const TABLE_SHARDS: usize = 64;
 /// At most this many turns run back to back before their writes are submitted.
 const MAX_TURNS_PER_BATCH: usize = 256;
+/// A `Memory` object hands its writes to the backend once this many keys are pending (or
+/// when it leaves memory, or when a write must be seen outside it at once).
+const MEMORY_PENDING_KEYS: usize = 64;
 
 /// What a delivered alarm came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +453,15 @@ impl<O: DurableObject> Actor<O> {
 
     /// Leaves the table if the object is idle; returns whether it did.
     fn try_leave(&mut self, stopping: bool) -> bool {
+        if self.ns.durability == Durability::Memory && !self.resetting {
+            // Hand the writes kept in the object to the backend before it leaves: the memory
+            // backend applies them at once and acks straight into the inbox.
+            self.flush_writes();
+            let acks = std::mem::take(&mut lock(&self.mailbox.inbox).acks);
+            for ack in acks {
+                self.on_ack(ack);
+            }
+        }
         let busy = self.outstanding > 0
             || self.resetting
             || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
@@ -586,8 +598,11 @@ impl<O: DurableObject> Actor<O> {
         if let Some(alarm) = end.alarm {
             self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
         }
+        // A `Memory` object's replies wait for nothing: its writes are as safe as they will
+        // ever be once the turn ends.
+        let open = self.ns.durability == Durability::Memory;
         for reply in self.ctx.replies.drain(..) {
-            if self.last_write <= self.acked {
+            if open || self.last_write <= self.acked {
                 reply(Ok(()));
             } else {
                 self.gate.push_back((self.last_write, reply));
@@ -624,6 +639,20 @@ impl<O: DurableObject> Actor<O> {
         if self.resetting {
             return;
         }
+        // A `Memory` object's backend is only process memory too, read again only when the
+        // object comes back after leaving memory: its writes can wait in the object until
+        // then (the storage reads them from its pending set meanwhile). What others look
+        // at in the backend, the name registry and a clear, goes at once.
+        if self.ns.durability == Durability::Memory
+            && !self.ctx.storage.must_submit(MEMORY_PENDING_KEYS)
+        {
+            return;
+        }
+        self.flush_writes();
+    }
+
+    /// Submits every pending write, if there are any.
+    fn flush_writes(&mut self) {
         if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
             self.outstanding += 1;
             self.ns.backend.submit(batch);

@@ -147,6 +147,59 @@ async fn idle_objects_are_evicted_and_come_back_with_their_state() {
 }
 
 #[tokio::test]
+async fn memory_objects_keep_their_writes_until_they_leave_and_come_back_with_them() {
+    // A `Memory` object hands its writes to the backend in bulk (every 64 pending keys, or
+    // when it leaves memory); nothing of that may show.
+    let h = harness(Kind::Memory).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name("held");
+    for n in 1..=3 {
+        assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), n);
+    }
+    assert_eq!(
+        ns.list_objects(None, 10).unwrap().objects.len(),
+        1,
+        "listed from its first write"
+    );
+    // More keys than wait in the object, then deletes of some of them.
+    let puts = (0..150).map(|i| Op::Put(format!("k{i:03}"), i)).collect();
+    o.ask(Script(puts)).await.unwrap().unwrap();
+    let deletes = (0..150)
+        .step_by(3)
+        .map(|i| Op::Delete(format!("k{i:03}")))
+        .collect();
+    o.ask(Script(deletes)).await.unwrap().unwrap();
+    let expected: Vec<(String, i64)> = (0..150)
+        .filter(|i| i % 3 != 0)
+        .map(|i| (format!("k{i:03}"), i))
+        .collect();
+    let list = || Op::List {
+        prefix: Some("k".into()),
+        start: None,
+        end: None,
+        limit: None,
+        reverse: false,
+    };
+    let before = o.ask(Script(vec![list()])).await.unwrap().unwrap();
+    assert_eq!(before, vec![Seen::Entries(expected.clone())]);
+    // It leaves memory, and comes back with everything.
+    h.clock.advance(Duration::from_secs(61)).await;
+    assert_eq!(ns.active_objects(), 0);
+    let after = o
+        .ask(Script(vec![Op::Get("n".into()), list()]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, vec![Seen::Value(Some(3)), Seen::Entries(expected)]);
+    assert_eq!(env.activations.load(Ordering::SeqCst), 2);
+    // A clear shows at once: the object is no longer listed.
+    o.ask(Script(vec![Op::DeleteAll])).await.unwrap().unwrap();
+    assert!(ns.list_objects(None, 10).unwrap().objects.is_empty());
+    h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn objects_holding_deferred_replies_stay_in_memory() {
     let h = harness(Kind::Memory).await;
     let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
