@@ -33,7 +33,9 @@ pub enum Durability {
     /// Acknowledged survives a crash of the process but not of the machine (no fsync per
     /// commit; SQLite `synchronous=NORMAL` in WAL mode).
     ProcessCrashSafe,
-    /// Kept in memory only: lost when the process exits.
+    /// Kept in memory only: lost when the process exits. Replies wait for no commit, and an
+    /// object hands its writes to the process-wide memory store in bulk (every 64 pending
+    /// keys, or when it leaves memory).
     Memory,
 }
 
