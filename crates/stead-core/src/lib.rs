@@ -62,6 +62,7 @@ mod executor;
 #[cfg(feature = "http")]
 pub mod http;
 mod id;
+mod join;
 mod object;
 mod runtime;
 mod schedule;
@@ -78,6 +79,7 @@ pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
+pub use join::{JoinAll, join_all};
 pub use object::{AlarmInfo, DurableObject, Handler, Message};
 pub use runtime::{NamespaceOptions, Runtime, RuntimeBuilder, RuntimeConfig};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};

@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::TryStreamExt;
-use futures_util::stream::FuturesOrdered;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
@@ -241,8 +239,7 @@ impl CounterClient {
 /// The stubs of a counter's shards, in shard order.
 type ShardStubs = Arc<[Stub<CounterShard>]>;
 
-/// Asks every shard, all at once. Each reply wakes only its own future (a join of 16 would
-/// poll all 16 on every wake-up).
+/// Asks every shard, all at once; the caller is woken once, when every shard has answered.
 async fn ask_all<M: stead_core::Message>(
     stubs: &[Stub<CounterShard>],
     msg: impl Fn() -> M,
@@ -250,12 +247,10 @@ async fn ask_all<M: stead_core::Message>(
 where
     CounterShard: stead_core::Handler<M>,
 {
-    stubs
-        .iter()
-        .map(|stub| stub.ask(msg()))
-        .collect::<FuturesOrdered<_>>()
-        .try_collect()
+    stead_core::join_all(stubs.iter().map(|stub| stub.ask(msg())))
         .await
+        .into_iter()
+        .collect()
 }
 
 /// The shard an idempotency key belongs to: retries of one increment always meet there.

@@ -111,6 +111,23 @@ async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(
     }
 }
 
+/// Creates the 64 counters the load rows use, with a value in every shard.
+async fn seed_counters(base: &str) {
+    let client = reqwest::Client::new();
+    for name in 0..64 {
+        for i in 0..64 {
+            let r = client
+                .post(format!("{base}/counters/load-{name}/increment"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"by":1,"idempotency_key":"seed-{i}"}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "seeding: {}", r.status());
+        }
+    }
+}
+
 /// The median latency of a small write plus fsync in `dir`.
 fn fsync_latency(dir: &std::path::Path) -> Duration {
     let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
@@ -158,6 +175,8 @@ fn main() {
             (rt, addr)
         });
         let base = format!("http://{addr}");
+        // The counters the read row reads exist whether or not the increment row runs.
+        tokio.block_on(seed_counters(&base));
         // Every route runs once per round, in turn, and reports its median round: the
         // machine's drift from one moment to the next touches the ceiling and the routes alike.
         let mut runs: Vec<(Route, Vec<load::Stats>)> = Vec::new();

@@ -13,7 +13,16 @@ pub(crate) struct Args {
 }
 
 impl Args {
+    /// Reads the options, and installs a log subscriber as the `stead` binary does (at
+    /// `warn` unless `RUST_LOG` says otherwise): without one, every disabled span would
+    /// still be offered to the `log` crate, a cost the server does not pay.
     pub(crate) fn from_env() -> Args {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
         let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
         Args {
             seconds: arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(2.0),
