@@ -106,6 +106,49 @@ impl Context {
         })
     }
 
+    /// Runs `f` once this turn's writes are durable, in turn order with the replies the
+    /// output gate holds (so before any reply of a later turn is seen). It never runs if the
+    /// turn fails or its writes are lost. Use it to publish committed state outside the
+    /// object, for example a value that readers in this process may take without a turn.
+    ///
+    /// ```
+    /// use stead_core::{Context, DurableObject, Handler, Result};
+    /// use std::sync::{Arc, atomic::{AtomicI64, Ordering}};
+    ///
+    /// struct Gauge {
+    ///     /// The last committed value, for anyone in the process to read without a turn.
+    ///     published: Arc<AtomicI64>,
+    /// }
+    ///
+    /// impl DurableObject for Gauge {
+    ///     const CLASS: &'static str = "gauge";
+    ///     type Env = AtomicI64;
+    ///     async fn activate(_ctx: &mut Context, env: Arc<AtomicI64>) -> Result<Self> {
+    ///         Ok(Gauge { published: env })
+    ///     }
+    /// }
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Set(i64);
+    ///
+    /// impl Handler<Set> for Gauge {
+    ///     type Reply = Result<()>;
+    ///     async fn handle(&mut self, Set(v): Set, ctx: &mut Context) -> Result<()> {
+    ///         ctx.storage().put("v", &v)?;
+    ///         let published = self.published.clone();
+    ///         ctx.after_commit(move || published.store(v, Ordering::Release));
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn after_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.queue_reply(Box::new(move |gate| {
+            if gate.is_ok() {
+                f();
+            }
+        }));
+    }
+
     pub(crate) fn queue_reply(&mut self, reply: PendingReply) {
         self.replies.push(reply);
     }

@@ -562,3 +562,65 @@ async fn evictions_racing_messages_never_lose_one_or_double_activate() {
     );
     h.rt.shutdown().await.unwrap();
 }
+
+/// Publishes every value it commits.
+struct Publisher(Arc<Published>);
+
+#[derive(Default)]
+struct Published(std::sync::Mutex<Vec<i64>>);
+
+impl DurableObject for Publisher {
+    const CLASS: &'static str = "publisher";
+    type Env = Published;
+    async fn activate(_: &mut Context, env: Arc<Published>) -> Result<Self> {
+        Ok(Publisher(env))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Publish(i64);
+
+impl Handler<Publish> for Publisher {
+    type Reply = Result<()>;
+    async fn handle(&mut self, Publish(v): Publish, ctx: &mut Context) -> Result<()> {
+        ctx.storage().put("v", &v)?;
+        let published = self.0.clone();
+        ctx.after_commit(move || published.0.lock().unwrap().push(v));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn after_commit_runs_once_the_writes_are_durable_and_never_if_they_are_lost() {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Publisher>(Published::default()).unwrap();
+    let published = ns.env().clone();
+    let seen = || published.0.lock().unwrap().clone();
+    let o = ns.get_by_name("p");
+    o.ask(Publish(1)).await.unwrap().unwrap();
+    assert_eq!(seen(), vec![1], "published by the time the reply arrives");
+    // While the commit is held, nothing is published.
+    faulty.stall_commit(faulty.submitted() + 1);
+    let held = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Publish(2)).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    tokio::task::yield_now().await;
+    assert_eq!(seen(), vec![1], "not before the commit is durable");
+    faulty.release();
+    held.await.unwrap().unwrap().unwrap();
+    assert_eq!(seen(), vec![1, 2]);
+    // A lost commit publishes nothing.
+    faulty.stall_commit(faulty.submitted() + 1);
+    let lost = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Publish(3)).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    faulty.release_failing_first();
+    assert!(lost.await.unwrap().is_err());
+    assert_eq!(seen(), vec![1, 2], "a lost write is never published");
+    h.rt.shutdown().await.unwrap();
+}

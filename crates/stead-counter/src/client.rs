@@ -1,15 +1,15 @@
 //! The typed client: increments, exact reads, resets and listing over a runtime.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
 
 use crate::object::{
-    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys, Shards,
-    Value,
+    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys,
+    ShardEnv, Shards, Value,
 };
 
 /// The longest idempotency key, in characters.
@@ -60,7 +60,7 @@ struct Inner {
     config: CounterConfig,
     /// Shard counts never change once set, so they are cached.
     /// The shards of counters seen lately, as ready stubs (a read asks every one).
-    known: Mutex<HashMap<String, ShardStubs>>,
+    known: RwLock<HashMap<String, ShardStubs>>,
 }
 
 impl std::fmt::Debug for CounterClient {
@@ -91,9 +91,9 @@ impl CounterClient {
         Ok(CounterClient {
             inner: Arc::new(Inner {
                 meta: rt.namespace_with::<CounterMeta>(config.clone(), opts.clone())?,
-                shards: rt.namespace_with::<CounterShard>(config.clone(), opts)?,
+                shards: rt.namespace_with::<CounterShard>(ShardEnv::new(config.clone()), opts)?,
                 config,
-                known: Mutex::new(HashMap::new()),
+                known: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -135,8 +135,20 @@ impl CounterClient {
             });
         };
         let shards = stubs.len() as u32;
-        let parts = ask_all(&stubs, || Value).await?;
-        let sum: i128 = parts.iter().map(|v| i128::from(*v)).sum();
+        // Shards publish their committed values to the view; only those it does not know
+        // yet (all of them, on a counter's first read) are asked.
+        let views = &self.inner.shards.env().views;
+        let (mut sum, missing) = views.read(name, stubs.len());
+        if !missing.is_empty() {
+            let asked: Vec<i64> =
+                stead_core::join_all(missing.iter().map(|&i| stubs[i].ask(Value)))
+                    .await
+                    .into_iter()
+                    .collect::<Result<_>>()?;
+            let filled: Vec<(usize, i64)> = missing.into_iter().zip(asked).collect();
+            views.fill(name, &filled);
+            sum += filled.iter().map(|(_, v)| i128::from(*v)).sum::<i128>();
+        }
         let value = i64::try_from(sum).map_err(|_| {
             Error::bad_request(format!(
                 "counter {name:?} holds {sum}, beyond a signed 64-bit integer"
@@ -219,7 +231,7 @@ impl CounterClient {
     fn cached(&self, name: &str) -> Option<ShardStubs> {
         self.inner
             .known
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
@@ -227,7 +239,7 @@ impl CounterClient {
 
     fn remember(&self, name: &str, n: u32) -> ShardStubs {
         let stubs: ShardStubs = (0..n).map(|i| self.shard(name, i)).collect();
-        let mut known = self.inner.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.inner.known.write().unwrap_or_else(|e| e.into_inner());
         if known.len() > 100_000 {
             known.clear();
         }

@@ -2,7 +2,7 @@
 //! S shard objects (a partial sum each, plus the idempotency keys that landed there).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -119,8 +119,113 @@ impl Handler<Shards> for CounterMeta {
     }
 }
 
+/// What the shards of a runtime share: the configuration, and the committed values they
+/// publish for exact reads without a turn.
+pub struct ShardEnv {
+    pub(crate) config: CounterConfig,
+    pub(crate) views: Views,
+}
+
+impl ShardEnv {
+    pub(crate) fn new(config: CounterConfig) -> Self {
+        ShardEnv {
+            config,
+            views: Views::default(),
+        }
+    }
+}
+
+/// At most this many counters have a view in each of the [`VIEW_SHARDS`] parts; past it
+/// that part starts afresh.
+const MAX_VIEWS: usize = 1_000;
+/// The views are split by counter name, so that readers and publishers of different
+/// counters never meet on one lock.
+const VIEW_SHARDS: usize = 16;
+
+type ViewMap = HashMap<String, Vec<Option<i64>>>;
+
+/// The committed value of every shard of the counters read lately, each published by its
+/// shard once the write is durable (see `Context::after_commit`), so that a read sums them
+/// instead of asking every shard. A view is made by the first read of a counter, which asks
+/// the shards it does not know yet; from then on the shards keep it current.
+///
+/// A value a read fills in never overwrites a published one, and a shard publishes in
+/// commit order, before any later reply of its leaves: so a view never goes back in time.
+pub(crate) struct Views(Box<[RwLock<ViewMap>]>);
+
+impl Default for Views {
+    fn default() -> Self {
+        Views((0..VIEW_SHARDS).map(|_| RwLock::default()).collect())
+    }
+}
+
+impl Views {
+    fn part(&self, counter: &str) -> &RwLock<ViewMap> {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(counter, &mut h);
+        &self.0[(std::hash::Hasher::finish(&h) % VIEW_SHARDS as u64) as usize]
+    }
+
+    /// A shard's value is durable: its counter's view, if it has one, takes it.
+    fn publish(&self, counter: &str, shard: usize, value: i64) {
+        let mut part = self
+            .part(counter)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = part.get_mut(counter).and_then(|view| view.get_mut(shard)) {
+            *slot = Some(value);
+        }
+    }
+
+    /// The sum of the shards the view knows, and the shards it does not (all of them when
+    /// the counter had no view yet; it has one now).
+    pub(crate) fn read(&self, counter: &str, shards: usize) -> (i128, Vec<usize>) {
+        let part = self.part(counter);
+        let sum_of = |view: &[Option<i64>]| {
+            let mut sum = 0i128;
+            let mut missing = Vec::new();
+            for (i, v) in view.iter().enumerate() {
+                match v {
+                    Some(v) => sum += i128::from(*v),
+                    None => missing.push(i),
+                }
+            }
+            (sum, missing)
+        };
+        if let Some(view) = part.read().unwrap_or_else(|p| p.into_inner()).get(counter) {
+            return sum_of(view);
+        }
+        let mut part = part.write().unwrap_or_else(|p| p.into_inner());
+        if !part.contains_key(counter) && part.len() >= MAX_VIEWS {
+            part.clear();
+        }
+        sum_of(
+            part.entry(counter.to_owned())
+                .or_insert_with(|| vec![None; shards]),
+        )
+    }
+
+    /// Values just read from shards, for those the view still does not know.
+    pub(crate) fn fill(&self, counter: &str, values: &[(usize, i64)]) {
+        let mut part = self
+            .part(counter)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = part.get_mut(counter) {
+            for &(i, v) in values {
+                if let Some(slot @ None) = view.get_mut(i) {
+                    *slot = Some(v);
+                }
+            }
+        }
+    }
+}
+
 /// One shard of one counter.
 pub struct CounterShard {
+    env: Arc<ShardEnv>,
+    /// The counter's name and this shard's index, from the object's name (`<name>#<i>`).
+    place: Option<(Arc<str>, usize)>,
     value: i64,
     window_ms: i64,
     /// Whether the purge job exists; learnt from storage on first need.
@@ -132,17 +237,23 @@ pub struct CounterShard {
 
 impl DurableObject for CounterShard {
     const CLASS: &'static str = "counter-shard";
-    type Env = CounterConfig;
+    type Env = ShardEnv;
 
-    async fn activate(ctx: &mut Context, env: Arc<CounterConfig>) -> Result<Self> {
+    async fn activate(ctx: &mut Context, env: Arc<ShardEnv>) -> Result<Self> {
         let none_stored = ctx
             .storage()
             .list::<i64>(ListOptions::prefix(SEEN).limit(1))
             .await?
             .is_empty();
+        let place = ctx
+            .name()
+            .and_then(|n| n.rsplit_once('#'))
+            .and_then(|(counter, i)| Some((Arc::from(counter), i.parse().ok()?)));
         Ok(CounterShard {
             value: ctx.storage().get(VALUE).await?.unwrap_or(0),
-            window_ms: i64::try_from(env.dedup_window.as_millis()).unwrap_or(i64::MAX),
+            window_ms: i64::try_from(env.config.dedup_window.as_millis()).unwrap_or(i64::MAX),
+            env,
+            place,
             purge_scheduled: None,
             keys: none_stored.then(HashMap::new),
         })
@@ -157,6 +268,14 @@ impl DurableObject for CounterShard {
 }
 
 impl CounterShard {
+    /// Publishes the shard's value to its counter's view once this turn is durable.
+    fn publish_after_commit(&self, ctx: &mut Context) {
+        if let Some((counter, shard)) = self.place.clone() {
+            let (env, value) = (self.env.clone(), self.value);
+            ctx.after_commit(move || env.views.publish(&counter, shard, value));
+        }
+    }
+
     /// Forgets idempotency keys older than the window, oldest first.
     async fn purge(&mut self, ctx: &mut Context) -> Result<usize> {
         let cutoff = ctx.now().timestamp_millis().saturating_sub(self.window_ms);
@@ -270,6 +389,7 @@ impl Handler<Apply> for CounterShard {
             }
         }
         self.value = value;
+        self.publish_after_commit(ctx);
         Ok(Applied { applied: true })
     }
 }
@@ -296,6 +416,7 @@ impl Handler<Clear> for CounterShard {
         self.value = 0;
         self.purge_scheduled = Some(false);
         self.keys = Some(HashMap::new());
+        self.publish_after_commit(ctx);
     }
 }
 
