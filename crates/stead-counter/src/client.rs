@@ -59,7 +59,7 @@ struct Inner {
     shards: Namespace<CounterShard>,
     config: CounterConfig,
     /// Shard counts never change once set, so they are cached.
-    /// The shards of counters seen lately, as ready stubs (a read asks every one).
+    /// The shards of counters seen lately, as ready stubs.
     known: RwLock<HashMap<String, ShardStubs>>,
 }
 

@@ -2,8 +2,10 @@
 //!
 //! A counter is spread over S shard objects (16 by default, fixed at first use) so that
 //! many writers never queue behind one object. An increment goes to one shard: the shard
-//! its idempotency key hashes to, or a random one. A read asks every shard and adds up:
-//! exact, not an estimate. Every acknowledged increment is durable (it went through the
+//! its idempotency key hashes to, or a random one. A read adds up every shard: exact, not
+//! an estimate. The first read of a counter asks the shards; after that each shard
+//! publishes its value once its write is durable, and reads add the published values
+//! without a call. Every acknowledged increment is durable (it went through the
 //! output gate), and an increment retried with the same idempotency key within the dedup
 //! window (24 h by default) counts once. Old keys are purged by a schedule, so storage
 //! stays bounded.
