@@ -1,9 +1,10 @@
 //! Increments per second on one counter name, durable (SQLite, `Fsync`), with thousands of
 //! increments in flight, beside the same with idempotency keys; and exact reads per second
-//! (each asks all 16 shards) of 64 counters by 256 callers.
+//! of 64 counters of 16 shards by 256 callers.
 //!
 //! `cargo bench -p stead-counter --bench counter`
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -12,8 +13,16 @@ use stead_counter::{CounterClient, CounterConfig};
 
 const IN_FLIGHT: usize = 4096;
 const PER_TASK: usize = 25;
+const READERS: usize = 256;
+const READS_PER_TASK: usize = 20;
 
-fn increments(c: &mut Criterion) {
+/// A 2-worker tokio runtime and a counter client on a fresh SQLite store.
+fn setup() -> (
+    tokio::runtime::Runtime,
+    Runtime,
+    CounterClient,
+    tempfile::TempDir,
+) {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -29,6 +38,29 @@ fn increments(c: &mut Criterion) {
         )
         .unwrap();
     let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    (tokio, rt, counters, dir)
+}
+
+/// How long `tasks` tasks take to each run `op(task)` to completion, all at once.
+fn timed<F, Fut>(tokio: &tokio::runtime::Runtime, tasks: usize, op: F) -> Duration
+where
+    F: Fn(usize) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio
+        .block_on(tokio.spawn(async move {
+            let start = Instant::now();
+            let handles: Vec<_> = (0..tasks).map(|t| tokio::spawn(op(t))).collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+            start.elapsed()
+        }))
+        .unwrap()
+}
+
+fn increments(c: &mut Criterion) {
+    let (tokio, rt, counters, _dir) = setup();
     let mut g = c.benchmark_group("counter_fsync");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements((IN_FLIGHT * PER_TASK) as u64));
@@ -44,33 +76,21 @@ fn increments(c: &mut Criterion) {
         );
         g.bench_function(id, |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    round += 1;
-                    let counters = counters.clone();
-                    let r = round;
-                    total += tokio
-                        .block_on(tokio.spawn(async move {
-                            let start = Instant::now();
-                            let tasks: Vec<_> = (0..IN_FLIGHT)
-                                .map(|t| {
-                                    let c = counters.clone();
-                                    tokio::spawn(async move {
-                                        for i in 0..PER_TASK {
-                                            let key = keyed.then(|| format!("{r}-{t}-{i}"));
-                                            c.increment("hot", 1, key.as_deref()).await.unwrap();
-                                        }
-                                    })
-                                })
-                                .collect();
-                            for t in tasks {
-                                t.await.unwrap();
+                (0..iters)
+                    .map(|_| {
+                        round += 1;
+                        let (c, r) = (counters.clone(), round);
+                        timed(&tokio, IN_FLIGHT, move |t| {
+                            let c = c.clone();
+                            async move {
+                                for i in 0..PER_TASK {
+                                    let key = keyed.then(|| format!("{r}-{t}-{i}"));
+                                    c.increment("hot", 1, key.as_deref()).await.unwrap();
+                                }
                             }
-                            start.elapsed()
-                        }))
-                        .unwrap();
-                }
-                total
+                        })
+                    })
+                    .sum()
             })
         });
     }
@@ -78,20 +98,9 @@ fn increments(c: &mut Criterion) {
     tokio.block_on(rt.shutdown()).unwrap();
 }
 
-const READERS: usize = 256;
-const READS_PER_TASK: usize = 20;
-
 fn reads(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio
-        .block_on(Runtime::builder().sqlite(dir.path()).build())
-        .unwrap();
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let (tokio, rt, counters, _dir) = setup();
+    // 64 counters with a value in (nearly) every shard.
     tokio.block_on(async {
         for name in 0..64 {
             for i in 0..64 {
@@ -110,31 +119,20 @@ fn reads(c: &mut Criterion) {
         BenchmarkId::new("64_names_16_shards", format!("callers={READERS}")),
         |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let counters = counters.clone();
-                    total += tokio
-                        .block_on(tokio.spawn(async move {
-                            let start = Instant::now();
-                            let tasks: Vec<_> = (0..READERS)
-                                .map(|t| {
-                                    let c = counters.clone();
-                                    tokio::spawn(async move {
-                                        for i in 0..READS_PER_TASK {
-                                            let name = format!("c{}", (t + i) % 64);
-                                            assert!(c.get(&name).await.unwrap().value > 0);
-                                        }
-                                    })
-                                })
-                                .collect();
-                            for t in tasks {
-                                t.await.unwrap();
+                (0..iters)
+                    .map(|_| {
+                        let c = counters.clone();
+                        timed(&tokio, READERS, move |t| {
+                            let c = c.clone();
+                            async move {
+                                for i in 0..READS_PER_TASK {
+                                    let name = format!("c{}", (t + i) % 64);
+                                    assert!(c.get(&name).await.unwrap().value > 0);
+                                }
                             }
-                            start.elapsed()
-                        }))
-                        .unwrap();
-                }
-                total
+                        })
+                    })
+                    .sum()
             })
         },
     );
