@@ -75,7 +75,8 @@ pub use stead_leader as leader;
 
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
 /// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
-/// methods and oversized bodies on its routes get RFC 9457 problem+json answers (give your
+/// methods and oversized bodies on its routes get RFC 9457 problem+json answers (each
+/// pattern's routes carry [`http::ProblemLayer`]; give your
 /// app a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled
 /// it has no routes.
 pub fn router(rt: &Runtime) -> Result<axum::Router> {
@@ -98,7 +99,9 @@ pub fn router(rt: &Runtime) -> Result<axum::Router> {
     {
         router = router.merge(stead_leader::router(rt)?);
     }
-    Ok(router.layer(stead_core::http::ProblemLayer))
+    // Each pattern's routes carry `http::ProblemLayer` themselves; another layer here would
+    // only run the same check again on every request.
+    Ok(router)
 }
 
 /// The OpenAPI 3.1 description of every route [`router`] serves, generated from each

@@ -197,6 +197,12 @@ impl<O: DurableObject> NsInner<O> {
         }
     }
 
+    /// Whether objects keep their writes until they leave memory (and reply without
+    /// waiting for a commit): so in `Memory` durability, whose backend is process memory too.
+    fn writes_back(&self) -> bool {
+        self.durability == Durability::Memory
+    }
+
     fn shard(&self, id: &ObjectId) -> &TableShard<O> {
         &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
     }
@@ -453,7 +459,7 @@ impl<O: DurableObject> Actor<O> {
 
     /// Leaves the table if the object is idle; returns whether it did.
     fn try_leave(&mut self, stopping: bool) -> bool {
-        if self.ns.durability == Durability::Memory && !self.resetting {
+        if self.ns.writes_back() && !self.resetting {
             // Hand the writes kept in the object to the backend before it leaves: the memory
             // backend applies them at once and acks straight into the inbox.
             self.flush_writes();
@@ -600,7 +606,7 @@ impl<O: DurableObject> Actor<O> {
         }
         // A `Memory` object's replies wait for nothing: its writes are as safe as they will
         // ever be once the turn ends.
-        let open = self.ns.durability == Durability::Memory;
+        let open = self.ns.writes_back();
         for reply in self.ctx.replies.drain(..) {
             if open || self.last_write <= self.acked {
                 reply(Ok(()));
@@ -643,9 +649,7 @@ impl<O: DurableObject> Actor<O> {
         // object comes back after leaving memory: its writes can wait in the object until
         // then (the storage reads them from its pending set meanwhile). What others look
         // at in the backend, the name registry and a clear, goes at once.
-        if self.ns.durability == Durability::Memory
-            && !self.ctx.storage.must_submit(MEMORY_PENDING_KEYS)
-        {
+        if self.ns.writes_back() && !self.ctx.storage.must_submit(MEMORY_PENDING_KEYS) {
             return;
         }
         self.flush_writes();

@@ -58,8 +58,8 @@ struct Inner {
     meta: Namespace<CounterMeta>,
     shards: Namespace<CounterShard>,
     config: CounterConfig,
-    /// Shard counts never change once set, so they are cached.
-    /// The shards of counters seen lately, as ready stubs.
+    /// The shards of counters seen lately, as ready stubs (shard counts never change once
+    /// set, so they can be cached).
     known: RwLock<HashMap<String, ShardStubs>>,
 }
 
@@ -140,11 +140,7 @@ impl CounterClient {
         let views = &self.inner.shards.env().views;
         let (mut sum, missing) = views.read(name, stubs.len());
         if !missing.is_empty() {
-            let asked: Vec<i64> =
-                stead_core::join_all(missing.iter().map(|&i| stubs[i].ask(Value)))
-                    .await
-                    .into_iter()
-                    .collect::<Result<_>>()?;
+            let asked = ask_all(missing.iter().map(|&i| &stubs[i]), || Value).await?;
             let filled: Vec<(usize, i64)> = missing.into_iter().zip(asked).collect();
             views.fill(name, &filled);
             sum += filled.iter().map(|(_, v)| i128::from(*v)).sum::<i128>();
@@ -166,7 +162,7 @@ impl CounterClient {
                 shards: self.inner.config.default_shards,
             });
         };
-        ask_all(&stubs, || Clear).await?;
+        ask_all(stubs.iter(), || Clear).await?;
         Ok(CounterValue {
             value: 0,
             shards: stubs.len() as u32,
@@ -193,11 +189,11 @@ impl CounterClient {
         let Some(stubs) = self.existing(name).await? else {
             return Ok(0);
         };
-        let counts = ask_all(&stubs, || RememberedKeys).await?;
+        let counts = ask_all(stubs.iter(), || RememberedKeys).await?;
         counts.into_iter().sum()
     }
 
-    /// Sends one message to every shard, concurrently.
+    /// The stub of shard `i` of counter `name`.
     fn shard(&self, name: &str, i: u32) -> stead_core::Stub<CounterShard> {
         self.inner.shards.get_by_name(&format!("{name}#{i}"))
     }
@@ -251,15 +247,15 @@ impl CounterClient {
 /// The stubs of a counter's shards, in shard order.
 type ShardStubs = Arc<[Stub<CounterShard>]>;
 
-/// Asks every shard, all at once; the caller is woken once, when every shard has answered.
-async fn ask_all<M: stead_core::Message>(
-    stubs: &[Stub<CounterShard>],
+/// Asks each of `stubs`, all at once; the caller is woken once, when every one has answered.
+async fn ask_all<'a, M: stead_core::Message>(
+    stubs: impl IntoIterator<Item = &'a Stub<CounterShard>>,
     msg: impl Fn() -> M,
 ) -> Result<Vec<<CounterShard as stead_core::Handler<M>>::Reply>>
 where
     CounterShard: stead_core::Handler<M>,
 {
-    stead_core::join_all(stubs.iter().map(|stub| stub.ask(msg())))
+    stead_core::join_all(stubs.into_iter().map(|stub| stub.ask(msg())))
         .await
         .into_iter()
         .collect()

@@ -56,7 +56,6 @@ struct CreateBody {
     shards: u32,
 }
 
-/// The routes, under `/counters`.
 /// The path parameter of these routes.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -70,6 +69,7 @@ struct CounterPath {
     name: String,
 }
 
+/// The routes, under `/counters`.
 pub(crate) fn routes(client: CounterClient) -> Router {
     Router::new()
         .route("/counters", get(list))
