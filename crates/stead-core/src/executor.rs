@@ -122,19 +122,83 @@ pub(crate) struct Mailbox<O> {
 
 struct Inbox<O> {
     messages: VecDeque<Envelope<O>>,
+    /// Acks the task has not seen yet: it counts its outstanding commits with them.
     acks: Vec<Ack>,
     /// The task found the inbox empty and sleeps: the next push must wake it. While the task
     /// runs it reads the inbox again before it sleeps, so pushes then need not notify.
     waiting: bool,
+    /// The sleeping task waits for acks (to finish a reset, or to stop): acks must wake it.
+    /// Otherwise an ack does not: it releases the replies it covers itself (see `gate`), and
+    /// the task reads it whenever it next runs.
+    wants_acks: bool,
+    /// The output gate: replies held with the seq of the write each waits for, in seq order.
+    /// The ack that covers a reply sends it where the ack arrives, so that a reply costs no
+    /// extra run of the object's task.
+    gate: VecDeque<(u64, PendingReply)>,
+    /// The highest seq acknowledged.
+    acked: u64,
+    /// A commit failed and the object has not reset yet: held replies have failed, and
+    /// replies put behind the gate until the reset fail at once.
+    failed: bool,
+}
+
+/// Replies to send once the inbox lock is released (a reply may run code that sends to
+/// this very object).
+type Released = Vec<(PendingReply, Result<()>)>;
+
+impl<O> Inbox<O> {
+    /// Puts a turn's reply behind the gate, or releases it if its write is already
+    /// acknowledged (or lost).
+    fn hold(&mut self, seq: u64, reply: PendingReply, out: &mut Released) {
+        if self.failed {
+            out.push((reply, Err(Error::Reset)));
+        } else if seq <= self.acked {
+            out.push((reply, Ok(())));
+        } else {
+            self.gate.push_back((seq, reply));
+        }
+    }
+
+    /// Releases what `ack` covers: every reply up to its seq, or all of them with an error
+    /// when the commit failed.
+    fn release(&mut self, ack: &Ack, out: &mut Released) {
+        if self.failed {
+            return;
+        }
+        if ack.ok {
+            self.acked = self.acked.max(ack.seq);
+            while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
+                if let Some((_, reply)) = self.gate.pop_front() {
+                    out.push((reply, Ok(())));
+                }
+            }
+        } else {
+            self.failed = true;
+            out.extend(self.gate.drain(..).map(|(_, r)| (r, Err(Error::Reset))));
+        }
+    }
+}
+
+fn send_released(released: Released) {
+    for (reply, result) in released {
+        reply(result);
+    }
 }
 
 impl<O: DurableObject> AckSink for Mailbox<O> {
     fn ack(&self, ack: Ack) {
+        let mut released = Vec::new();
         let wake = {
             let mut inbox = lock(&self.inbox);
+            inbox.release(&ack, &mut released);
+            let wake = inbox.waiting && (inbox.wants_acks || !ack.ok);
+            if wake {
+                inbox.waiting = false;
+            }
             inbox.acks.push(ack);
-            std::mem::take(&mut inbox.waiting)
+            wake
         };
+        send_released(released);
         if wake {
             self.notify.notify_one();
         }
@@ -231,6 +295,10 @@ impl<O: DurableObject> NsInner<O> {
                         messages: VecDeque::new(),
                         acks: Vec::new(),
                         waiting: false,
+                        wants_acks: false,
+                        gate: VecDeque::new(),
+                        acked: 0,
+                        failed: false,
                     }),
                 });
                 let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
@@ -346,8 +414,9 @@ struct Actor<O: DurableObject> {
     instance: Option<O>,
     ctx: Context,
     name_known: bool,
-    /// Replies held by the output gate, with the seq of the write they wait for.
-    gate: VecDeque<(u64, PendingReply)>,
+    /// Replies of this run's turns for the output gate, with the seq of the write each
+    /// waits for; they move to the inbox's gate before their batch is submitted.
+    held: Vec<(u64, PendingReply)>,
     next_seq: u64,
     last_write: u64,
     acked: u64,
@@ -390,7 +459,7 @@ impl<O: DurableObject> Actor<O> {
             mailbox,
             instance: None,
             ctx,
-            gate: VecDeque::new(),
+            held: Vec::new(),
             next_seq: 1,
             last_write: 0,
             acked: 0,
@@ -406,11 +475,17 @@ impl<O: DurableObject> Actor<O> {
             if self.resetting && self.outstanding == 0 {
                 self.ctx.storage.reset();
                 self.resetting = false;
+                // Nothing is pending any more: later replies need not wait.
+                let mut inbox = lock(&self.mailbox.inbox);
+                inbox.failed = false;
+                inbox.acked = inbox.acked.max(self.last_write);
             }
             {
                 let mut inbox = lock(&self.mailbox.inbox);
                 std::mem::swap(&mut acks, &mut inbox.acks);
-                if !self.resetting && !inbox.messages.is_empty() {
+                // Messages are taken only once every ack is seen: a failed commit must reset
+                // the object before it runs another turn.
+                if acks.is_empty() && !self.resetting && !inbox.messages.is_empty() {
                     if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
                         std::mem::swap(&mut messages, &mut inbox.messages);
                     } else {
@@ -418,8 +493,11 @@ impl<O: DurableObject> Actor<O> {
                     }
                 }
             }
-            for ack in acks.drain(..) {
-                self.on_ack(ack);
+            if !acks.is_empty() {
+                for ack in acks.drain(..) {
+                    self.on_ack(ack);
+                }
+                continue;
             }
             if !messages.is_empty() {
                 self.mailbox
@@ -442,19 +520,24 @@ impl<O: DurableObject> Actor<O> {
             }
             {
                 // Sleep only on an inbox seen empty under its lock, and say so: the next push
-                // or ack then notifies (a permit stored before the wait wakes it at once).
-                // Messages wait out a reset only while commits are outstanding (their acks
-                // will wake this); once none are, the loop's top resets and takes them.
+                // (or ack, when acks are awaited) then notifies (a permit stored before the
+                // wait wakes it at once). Messages wait out a reset only while commits are
+                // outstanding (their acks will wake this); once none are, the loop's top
+                // resets and takes them. Stopping waits for every outstanding commit. A failed
+                // commit is taken at once, before the task sleeps.
                 let can_take = !self.resetting || self.outstanding == 0;
+                let wants_acks = self.resetting || (stopping && self.outstanding > 0);
                 let mut inbox = lock(&self.mailbox.inbox);
-                if !inbox.acks.is_empty() || (can_take && !inbox.messages.is_empty()) {
+                if ((wants_acks || inbox.failed) && !inbox.acks.is_empty())
+                    || (can_take && !inbox.messages.is_empty())
+                {
                     continue;
                 }
                 inbox.waiting = true;
+                inbox.wants_acks = wants_acks;
             }
             self.mailbox.notify.notified().await;
         }
-        self.ns.shared.object_stopped();
     }
 
     /// Leaves the table if the object is idle; returns whether it did.
@@ -488,6 +571,8 @@ impl<O: DurableObject> Actor<O> {
         }
         table.remove(&self.id);
         drop(table);
+        // Counted out before anyone hears that it left.
+        self.ns.shared.object_stopped();
         for tx in lock(&self.mailbox.evicted).drain(..) {
             let _ = tx.send(true);
         }
@@ -611,7 +696,7 @@ impl<O: DurableObject> Actor<O> {
             if open || self.last_write <= self.acked {
                 reply(Ok(()));
             } else {
-                self.gate.push_back((self.last_write, reply));
+                self.held.push((self.last_write, reply));
             }
         }
     }
@@ -642,6 +727,7 @@ impl<O: DurableObject> Actor<O> {
     }
 
     fn submit(&mut self) {
+        self.hold_replies();
         if self.resetting {
             return;
         }
@@ -655,8 +741,25 @@ impl<O: DurableObject> Actor<O> {
         self.flush_writes();
     }
 
+    /// Moves this run's held replies behind the inbox's gate, where acks release them. It
+    /// comes before their batch is submitted, so that its ack finds them there.
+    fn hold_replies(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut released = Vec::new();
+        {
+            let mut inbox = lock(&self.mailbox.inbox);
+            for (seq, reply) in self.held.drain(..) {
+                inbox.hold(seq, reply, &mut released);
+            }
+        }
+        send_released(released);
+    }
+
     /// Submits every pending write, if there are any.
     fn flush_writes(&mut self) {
+        self.hold_replies();
         if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
             self.outstanding += 1;
             self.ns.backend.submit(batch);
@@ -671,16 +774,9 @@ impl<O: DurableObject> Actor<O> {
         if ack.ok {
             self.acked = self.acked.max(ack.seq);
             self.ctx.storage.acked(ack.seq);
-            while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
-                if let Some((_, reply)) = self.gate.pop_front() {
-                    reply(Ok(()));
-                }
-            }
         } else {
+            // The ack itself failed every reply held behind the gate.
             tracing::warn!(class = O::CLASS, id = %self.id, "commit failed; object reset");
-            for (_, reply) in self.gate.drain(..) {
-                reply(Err(Error::Reset));
-            }
             self.instance = None;
             self.resetting = true;
             // Nothing is pending once the reset completes: later replies need not wait.

@@ -58,6 +58,105 @@ async fn no_reply_leaves_before_its_commit_is_durable() {
     h.rt.shutdown().await.unwrap();
 }
 
+type Asked<T> = tokio::task::JoinHandle<Result<T>>;
+
+/// An object with one increment whose commit is held by the faulty backend, and inside a
+/// turn that does not end until the env's gate gets a permit.
+struct BusyWithAWriteHeld {
+    h: Harness,
+    faulty: Arc<stead_core::FaultyBackend>,
+    env: Arc<ProbeEnv>,
+    o: stead_core::Stub<Probe>,
+    write: Asked<Result<i64>>,
+    blocker: Asked<()>,
+}
+
+async fn busy_with_a_write_held(name: &str) -> BusyWithAWriteHeld {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name(name);
+    faulty.stall_commit(faulty.submitted() + 1);
+    let write = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    let blocker = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Block).await }
+    });
+    eventually(|| env.blocked.load(Ordering::SeqCst)).await;
+    BusyWithAWriteHeld {
+        h,
+        faulty,
+        env,
+        o,
+        write,
+        blocker,
+    }
+}
+
+#[tokio::test]
+async fn a_reply_leaves_when_its_commit_is_durable_even_while_a_later_turn_runs() {
+    let b = busy_with_a_write_held("busy").await;
+    b.faulty.release();
+    eventually(|| b.write.is_finished()).await;
+    assert_eq!(b.write.await.unwrap().unwrap().unwrap(), 1);
+    assert!(!b.blocker.is_finished());
+    b.env.gate.add_permits(1);
+    b.blocker.await.unwrap().unwrap();
+    b.h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_commit_failing_while_the_object_is_busy_resets_it_before_its_next_turn() {
+    let b = busy_with_a_write_held("busy-doomed").await;
+    // The commit fails while the object is inside a turn; a message waits behind it.
+    b.faulty.release_failing_first();
+    eventually(|| b.write.is_finished()).await;
+    assert!(matches!(b.write.await.unwrap(), Err(Error::Reset)));
+    let next = tokio::spawn({
+        let o = b.o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    b.env.gate.add_permits(1);
+    // The blocked turn had seen the lost write, so its reply fails too.
+    assert!(matches!(b.blocker.await.unwrap(), Err(Error::Reset)));
+    assert_eq!(
+        next.await.unwrap().unwrap().unwrap(),
+        1,
+        "the next turn starts from what is durable, not from the lost write"
+    );
+    b.h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_commit_in_flight() {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("late");
+    faulty.stall_commit(faulty.submitted() + 1);
+    let write = tokio::spawn({
+        let o = o.clone();
+        async move { o.ask(Incr("n".into())).await }
+    });
+    eventually(|| faulty.held() == 1).await;
+    let rt = h.rt.clone();
+    let shutdown = tokio::spawn(async move { rt.shutdown().await });
+    for _ in 0..1000 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!shutdown.is_finished(), "the commit has not answered yet");
+    faulty.release();
+    // The ack must wake the object even though nothing else will.
+    eventually(|| shutdown.is_finished()).await;
+    shutdown.await.unwrap().unwrap();
+    assert_eq!(write.await.unwrap().unwrap().unwrap(), 1);
+}
+
 #[tokio::test]
 async fn a_failed_commit_resets_the_object_and_fails_pending_replies() {
     let h = harness(Kind::FaultyMemory).await;
