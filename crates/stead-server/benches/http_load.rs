@@ -28,6 +28,10 @@ struct Row {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    cpu: Duration,
+    /// The share of the goal's base in each round (the route's rate beside the ceiling
+    /// measured just before it), sorted; empty when the ceiling did not run.
+    shares: Vec<f64>,
 }
 
 #[derive(Clone, Copy)]
@@ -177,8 +181,9 @@ fn main() {
         let base = format!("http://{addr}");
         // The counters the read row reads exist whether or not the increment row runs.
         tokio.block_on(seed_counters(&base));
-        // Every route runs once per round, in turn, and reports its median round: the
-        // machine's drift from one moment to the next touches the ceiling and the routes alike.
+        // Every route runs once per round, in turn, just after the ceiling: each round's share
+        // compares the route with the ceiling of the same moment, so the machine's drift
+        // touches both alike. The table gives the median round.
         let mut runs: Vec<(Route, Vec<load::Stats>)> = Vec::new();
         for _ in 0..rounds {
             for route in [
@@ -198,7 +203,27 @@ fn main() {
                 }
             }
         }
+        // The goal's base: the ceiling, or for fsync the lower of it and what the connections
+        // could do if every request waited one fsync.
+        let goal_base = |ceiling: f64| {
+            if matches!(mode, DurabilityMode::Fsync) {
+                ceiling.min(CONNECTIONS as f64 / fsync.as_secs_f64().max(1e-9))
+            } else {
+                ceiling
+            }
+        };
+        let ceilings: Vec<f64> = runs
+            .iter()
+            .find(|(r, _)| matches!(r, Route::Noop))
+            .map(|(_, v)| v.iter().map(|s| s.rps).collect())
+            .unwrap_or_default();
         for (route, v) in runs {
+            let mut shares: Vec<f64> = v
+                .iter()
+                .zip(&ceilings)
+                .map(|(s, c)| 100.0 * s.rps * requests_per_row(route.name()) / goal_base(*c))
+                .collect();
+            shares.sort_by(f64::total_cmp);
             let m = load::median(v);
             rows.push(Row {
                 mode: label,
@@ -207,6 +232,8 @@ fn main() {
                 p50: m.p50,
                 p99: m.p99,
                 errors: m.errors,
+                cpu: m.cpu_per_op,
+                shares,
             });
         }
         tokio.block_on(rt.shutdown()).unwrap();
@@ -217,34 +244,42 @@ fn main() {
         fsync.as_secs_f64() * 1e3
     );
     println!(
-        "{:<20} {:<34} {:>10} {:>10} {:>10} {:>8} {:>10}",
-        "durability", "route", "req/s", "p50 ms", "p99 ms", "errors", "vs goal"
+        "{:<20} {:<34} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>12}",
+        "durability",
+        "route",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU µs/op",
+        "vs goal",
+        "(rounds)"
     );
-    for mode in ["process-crash-safe", "fsync"] {
-        let ceiling = rows
-            .iter()
-            .find(|r| r.mode == mode && r.route.starts_with("GET /noop"))
-            .map(|r| r.rps)
-            .unwrap_or(1.0);
-        let goal_base = if mode == "fsync" {
-            ceiling.min(CONNECTIONS as f64 / fsync.as_secs_f64().max(1e-9))
-        } else {
-            ceiling
+    for r in &rows {
+        let (share, range) = match r.shares.as_slice() {
+            [] => ("-".to_owned(), String::new()),
+            v => (
+                format!("{:.0}%", v[v.len() / 2]),
+                format!("{:.0}-{:.0}%", v[0], v[v.len() - 1]),
+            ),
         };
-        for r in rows.iter().filter(|r| r.mode == mode) {
-            println!(
-                "{:<20} {:<34} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>9.0}%",
-                r.mode,
-                r.route,
-                r.rps,
-                r.p50.as_secs_f64() * 1e3,
-                r.p99.as_secs_f64() * 1e3,
-                r.errors,
-                100.0 * r.rps * requests_per_row(r.route) / goal_base
-            );
-        }
+        println!(
+            "{:<20} {:<34} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>10.1} {:>8} {:>12}",
+            r.mode,
+            r.route,
+            r.rps,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.errors,
+            r.cpu.as_secs_f64() * 1e6,
+            share,
+            range
+        );
     }
     println!(
-        "(\"vs goal\": requests/s (two per lock pair) as a share of the no-op ceiling, or for fsync of the lower of that ceiling and connections / fsync latency; the goal is 50%)"
+        "(\"CPU µs/op\": the process's CPU time per operation, server and load generator together)"
+    );
+    println!(
+        "(\"vs goal\": requests/s (two per lock pair) as a share of the no-op ceiling measured in the same round, or for fsync of the lower of that ceiling and connections / fsync latency; the median round, and the range over rounds; the goal is 50%)"
     );
 }

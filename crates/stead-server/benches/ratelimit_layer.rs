@@ -172,8 +172,16 @@ fn main() {
         "Rate-limit layer: {CONNECTIONS} connections over loopback, median of {rounds} rounds of {seconds} s per row, 100/s with bursts of 100 per key"
     );
     println!(
-        "{:<12} {:<29} {:>10} {:>9} {:>9} {:>7} {:>12} {:>12}",
-        "traffic", "limiter", "req/s", "p50 ms", "p99 ms", "errors", "vs governor", "vs +headers"
+        "{:<12} {:<29} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12}",
+        "traffic",
+        "limiter",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU µs/op",
+        "vs governor",
+        "vs +headers"
     );
     for (shape, name, s) in &rows {
         let rps_of = |limiter: &str| {
@@ -182,19 +190,20 @@ fn main() {
                 .map_or(f64::NAN, |(_, _, g)| g.rps)
         };
         println!(
-            "{:<12} {:<29} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>11.0}% {:>11.0}%",
+            "{:<12} {:<29} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10.1} {:>11.0}% {:>11.0}%",
             shape,
             name,
             s.rps,
             s.p50.as_secs_f64() * 1e3,
             s.p99.as_secs_f64() * 1e3,
             s.errors,
+            s.cpu_per_op.as_secs_f64() * 1e6,
             100.0 * s.rps / rps_of("tower_governor (in memory)"),
             100.0 * s.rps / rps_of("tower_governor, with headers"),
         );
     }
     println!(
-        "(the goal: stead's default at 80% of tower_governor or more; stead's layer always sends the RateLimit fields, so \"vs +headers\" compares like with like; process-crash-safe writes every admission, exact across restarts)"
+        "(the goal: stead's default at 80% of tower_governor or more; stead's layer always sends the RateLimit fields, so \"vs +headers\" compares like with like; process-crash-safe writes every admission, exact across restarts; \"CPU µs/op\": the process's CPU time per request, server and load generator together)"
     );
     for rt in runtimes {
         tokio.block_on(rt.shutdown()).unwrap();

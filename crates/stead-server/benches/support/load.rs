@@ -44,6 +44,26 @@ pub(crate) struct Stats {
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
     pub(crate) errors: u64,
+    /// Process CPU time (user and system, every thread: server and load generator alike)
+    /// per successful operation.
+    pub(crate) cpu_per_op: Duration,
+}
+
+/// The CPU time this process has used so far, user and system, all threads.
+pub(crate) fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, indexes 11 and 12 after the name; the
+    // clock tick is 100 Hz on every Linux this runs on.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Runs `op(client, connection, iteration)` on `connections` connections for `seconds`;
@@ -59,6 +79,7 @@ where
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let tasks: Vec<_> = (0..connections)
         .map(|conn| {
             let (client, op) = (client.clone(), op.clone());
@@ -87,6 +108,7 @@ where
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu().saturating_sub(cpu_before);
     all.sort_unstable();
     let pct = |p: f64| {
         all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
@@ -98,6 +120,7 @@ where
         p50: pct(0.5),
         p99: pct(0.99),
         errors,
+        cpu_per_op: cpu / (all.len().max(1) as u32),
     }
 }
 
