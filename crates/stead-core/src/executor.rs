@@ -140,6 +140,10 @@ struct Inbox<O> {
     /// A commit failed and the object has not reset yet: held replies have failed, and
     /// replies put behind the gate until the reset fail at once.
     failed: bool,
+    /// Acks sending released replies right now, outside the lock. Meanwhile a reply is not
+    /// sent ahead of them, even if its write is acknowledged: it goes behind the gate, and
+    /// they send it after theirs (replies and `after_commit` calls keep turn order).
+    releasing: usize,
 }
 
 /// Replies to send once the inbox lock is released (a reply may run code that sends to
@@ -152,10 +156,19 @@ impl<O> Inbox<O> {
     fn hold(&mut self, seq: u64, reply: PendingReply, out: &mut Released) {
         if self.failed {
             out.push((reply, Err(Error::Reset)));
-        } else if seq <= self.acked {
+        } else if seq <= self.acked && self.releasing == 0 {
             out.push((reply, Ok(())));
         } else {
             self.gate.push_back((seq, reply));
+        }
+    }
+
+    /// Takes the held replies the acknowledged seq already covers.
+    fn covered(&mut self, out: &mut Released) {
+        while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
+            if let Some((_, reply)) = self.gate.pop_front() {
+                out.push((reply, Ok(())));
+            }
         }
     }
 
@@ -167,11 +180,7 @@ impl<O> Inbox<O> {
         }
         if ack.ok {
             self.acked = self.acked.max(ack.seq);
-            while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
-                if let Some((_, reply)) = self.gate.pop_front() {
-                    out.push((reply, Ok(())));
-                }
-            }
+            self.covered(out);
         } else {
             self.failed = true;
             out.extend(self.gate.drain(..).map(|(_, r)| (r, Err(Error::Reset))));
@@ -191,16 +200,29 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
         let wake = {
             let mut inbox = lock(&self.inbox);
             inbox.release(&ack, &mut released);
+            if !released.is_empty() {
+                inbox.releasing += 1;
+            }
+            inbox.acks.push(ack);
             let wake = inbox.waiting && (inbox.wants_acks || !ack.ok);
             if wake {
                 inbox.waiting = false;
             }
-            inbox.acks.push(ack);
             wake
         };
-        send_released(released);
         if wake {
             self.notify.notify_one();
+        }
+        while !released.is_empty() {
+            send_released(std::mem::take(&mut released));
+            // Replies held meanwhile behind these went to the gate: send them too, in order.
+            let mut inbox = lock(&self.inbox);
+            if !inbox.failed {
+                inbox.covered(&mut released);
+            }
+            if released.is_empty() {
+                inbox.releasing -= 1;
+            }
         }
     }
 }
@@ -299,6 +321,7 @@ impl<O: DurableObject> NsInner<O> {
                         gate: VecDeque::new(),
                         acked: 0,
                         failed: false,
+                        releasing: 0,
                     }),
                 });
                 let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
@@ -419,7 +442,6 @@ struct Actor<O: DurableObject> {
     held: Vec<(u64, PendingReply)>,
     next_seq: u64,
     last_write: u64,
-    acked: u64,
     outstanding: usize,
     /// A commit failed: take no messages until every outstanding commit has answered.
     resetting: bool,
@@ -462,7 +484,6 @@ impl<O: DurableObject> Actor<O> {
             held: Vec::new(),
             next_seq: 1,
             last_write: 0,
-            acked: 0,
             outstanding: 0,
             resetting: false,
         }
@@ -691,9 +712,11 @@ impl<O: DurableObject> Actor<O> {
         }
         // A `Memory` object's replies wait for nothing: its writes are as safe as they will
         // ever be once the turn ends.
+        // Others go through the gate even when their write is acknowledged already, so that
+        // they never pass replies an ack is still sending.
         let open = self.ns.writes_back();
         for reply in self.ctx.replies.drain(..) {
-            if open || self.last_write <= self.acked {
+            if open {
                 reply(Ok(()));
             } else {
                 self.held.push((self.last_write, reply));
@@ -772,15 +795,12 @@ impl<O: DurableObject> Actor<O> {
             return;
         }
         if ack.ok {
-            self.acked = self.acked.max(ack.seq);
             self.ctx.storage.acked(ack.seq);
         } else {
             // The ack itself failed every reply held behind the gate.
             tracing::warn!(class = O::CLASS, id = %self.id, "commit failed; object reset");
             self.instance = None;
             self.resetting = true;
-            // Nothing is pending once the reset completes: later replies need not wait.
-            self.acked = self.last_write;
         }
     }
 
