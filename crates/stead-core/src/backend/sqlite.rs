@@ -489,10 +489,7 @@ fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Complet
     let commit_seconds = metrics::histogram!("stead_commit_seconds");
     let mut stop = false;
     let mut pace = Duration::ZERO;
-    loop {
-        if stop {
-            break;
-        }
+    while !stop {
         if !pace.is_zero() {
             std::thread::sleep(pace);
         }
@@ -553,8 +550,9 @@ const PACE_MAX: Duration = Duration::from_millis(1);
 /// With many writers at once, the work of the next group is already on its way: the
 /// callers just answered are sending their next turns. Sleeping for as long as the last
 /// commit took (at most [`PACE_MAX`]) frees the core for the tasks that produce that work,
-/// and lets the next group grow to about twice the size, which halves what each write pays
-/// for the transaction, the WAL pages and the fsync. A lone writer (or a few) never waits:
+/// and lets the next group grow, so that each write pays a smaller part of the transaction,
+/// the WAL pages and the fsync (on the machine this was measured on, the writer's CPU per
+/// write fell from about 11 µs to 8 µs under 256 concurrent writers). A lone writer (or a few) never waits:
 /// the rule applies only after a group of [`PACE_MIN_GROUP`] or more. The wait adds at most
 /// one commit's duration to a reply.
 fn pace_after(group: usize, took: Duration) -> Duration {
