@@ -551,8 +551,7 @@ const PACE_MAX: Duration = Duration::from_millis(1);
 /// callers just answered are sending their next turns. Sleeping for as long as the last
 /// commit took (at most [`PACE_MAX`]) frees the core for the tasks that produce that work,
 /// and lets the next group grow, so that each write pays a smaller part of the transaction,
-/// the WAL pages and the fsync (on the machine this was measured on, the writer's CPU per
-/// write fell from about 11 µs to 8 µs under 256 concurrent writers). A lone writer (or a few) never waits:
+/// the WAL pages and the fsync. A lone writer (or a few) never waits:
 /// the rule applies only after a group of [`PACE_MIN_GROUP`] or more. The wait adds at most
 /// one commit's duration to a reply.
 fn pace_after(group: usize, took: Duration) -> Duration {
