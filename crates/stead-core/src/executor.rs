@@ -216,10 +216,9 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
         while !released.is_empty() {
             send_released(std::mem::take(&mut released));
             // Replies held meanwhile behind these went to the gate: send them too, in order.
+            // (After a failure the gate stays empty: there is nothing to cover.)
             let mut inbox = lock(&self.inbox);
-            if !inbox.failed {
-                inbox.covered(&mut released);
-            }
+            inbox.covered(&mut released);
             if released.is_empty() {
                 inbox.releasing -= 1;
             }

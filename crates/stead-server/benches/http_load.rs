@@ -51,6 +51,14 @@ impl Route {
             Route::LockPair => "lock acquire+release (pairs; 2 req)",
         }
     }
+
+    /// How many HTTP requests one counted operation makes.
+    fn requests(self) -> f64 {
+        match self {
+            Route::LockPair => 2.0,
+            _ => 1.0,
+        }
+    }
 }
 
 async fn drive(base: &str, route: Route, seconds: f64) -> load::Stats {
@@ -79,15 +87,6 @@ async fn drive(base: &str, route: Route, seconds: f64) -> load::Stats {
         }
     })
     .await
-}
-
-/// How many HTTP requests one counted operation of a row makes.
-fn requests_per_row(route: &str) -> f64 {
-    if route == Route::LockPair.name() {
-        2.0
-    } else {
-        1.0
-    }
 }
 
 /// One uncontended acquire and its release, over HTTP.
@@ -221,7 +220,7 @@ fn main() {
             let mut shares: Vec<f64> = v
                 .iter()
                 .zip(&ceilings)
-                .map(|(s, c)| 100.0 * s.rps * requests_per_row(route.name()) / goal_base(*c))
+                .map(|(s, c)| 100.0 * s.rps * route.requests() / goal_base(*c))
                 .collect();
             shares.sort_by(f64::total_cmp);
             let m = load::median(v);
