@@ -3,7 +3,8 @@
 //! ceiling), in `process-crash-safe` and `fsync` durability. Prints a table.
 //!
 //! `cargo bench -p stead-server --bench http_load` (`-- --seconds 5 --rounds 5` for longer
-//! runs, `-- --only fsync` for some rows).
+//! runs, `-- --only fsync` for some rows, `-- --only "fsync POST"` for one route alone, without
+//! the ceiling).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 
 use std::io::Write;
@@ -16,6 +17,8 @@ use stead_server::{Config, DurabilityMode};
 mod load;
 
 const CONNECTIONS: usize = 256;
+/// How many slices of the ceiling and of each route a round alternates.
+const SLICES: usize = 4;
 
 /// The same allocator as the `stead` binary.
 #[global_allocator]
@@ -61,9 +64,9 @@ impl Route {
     }
 }
 
-async fn drive(base: &str, route: Route, seconds: f64) -> load::Stats {
+async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64) -> load::Sample {
     let base = base.to_owned();
-    load::drive(CONNECTIONS, seconds, move |client, conn, _| {
+    load::drive(client, CONNECTIONS, seconds, move |client, conn, _| {
         let base = base.clone();
         async move {
             let name = format!("load-{}", conn % 64);
@@ -159,6 +162,18 @@ fn main() {
         (DurabilityMode::ProcessCrashSafe, "process-crash-safe"),
         (DurabilityMode::Fsync, "fsync"),
     ] {
+        let routes = [
+            Route::Noop,
+            Route::CounterIncrement,
+            Route::CounterRead,
+            Route::LockPair,
+        ];
+        if !routes
+            .iter()
+            .any(|r| args.selected(&format!("{label} {}", r.name())))
+        {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         if matches!(mode, DurabilityMode::Fsync) {
             fsync = fsync_latency(dir.path());
@@ -180,27 +195,57 @@ fn main() {
         let base = format!("http://{addr}");
         // The counters the read row reads exist whether or not the increment row runs.
         tokio.block_on(seed_counters(&base));
-        // Every route runs once per round, in turn, just after the ceiling: each round's share
-        // compares the route with the ceiling of the same moment, so the machine's drift
-        // touches both alike. The table gives the median round.
-        let mut runs: Vec<(Route, Vec<load::Stats>)> = Vec::new();
+        // Each round measures every route against the ceiling in alternating slices (ceiling,
+        // route, route, ceiling, ...), so that both see the machine's drift alike, and the
+        // round's share compares the route with the ceiling slices beside it. The table gives
+        // the median round.
+        let client = load::client(CONNECTIONS);
+        let slice = seconds / SLICES as f64;
+        // Without the ceiling's row (`--only` a route), the route runs alone and has no share.
+        let with_ceiling = args.selected(&format!("{label} {}", Route::Noop.name()));
+        let selected: Vec<Route> = routes[1..]
+            .iter()
+            .copied()
+            .filter(|r| args.selected(&format!("{label} {}", r.name())))
+            .collect();
+        let mut ceiling_rounds: Vec<load::Sample> = Vec::new();
+        let mut runs: Vec<(Route, Vec<(load::Sample, f64)>)> = Vec::new();
         for _ in 0..rounds {
-            for route in [
-                Route::Noop,
-                Route::CounterIncrement,
-                Route::CounterRead,
-                Route::LockPair,
-            ] {
-                if !args.selected(&format!("{label} {}", route.name())) {
-                    continue;
+            let mut ceiling = load::Sample::default();
+            for &route in &selected {
+                tokio.block_on(drive(&client, &base, route, 0.3)); // warm up
+                let (mut ceil, mut run) = (load::Sample::default(), load::Sample::default());
+                if with_ceiling {
+                    for k in 0..SLICES {
+                        let order = if k % 2 == 0 {
+                            [Route::Noop, route]
+                        } else {
+                            [route, Route::Noop]
+                        };
+                        for r in order {
+                            let s = tokio.block_on(drive(&client, &base, r, slice));
+                            if matches!(r, Route::Noop) {
+                                ceil.add(s)
+                            } else {
+                                run.add(s)
+                            }
+                        }
+                    }
+                } else {
+                    run = tokio.block_on(drive(&client, &base, route, seconds));
                 }
-                tokio.block_on(drive(&base, route, 0.3)); // warm up
-                let run = tokio.block_on(drive(&base, route, seconds));
+                let ceil_rps = ceil.rps();
+                ceiling.add(ceil);
                 match runs.iter_mut().find(|(r, _)| r.name() == route.name()) {
-                    Some((_, v)) => v.push(run),
-                    None => runs.push((route, vec![run])),
+                    Some((_, v)) => v.push((run, ceil_rps)),
+                    None => runs.push((route, vec![(run, ceil_rps)])),
                 }
             }
+            if selected.is_empty() && with_ceiling {
+                tokio.block_on(drive(&client, &base, Route::Noop, 0.3));
+                ceiling = tokio.block_on(drive(&client, &base, Route::Noop, seconds));
+            }
+            ceiling_rounds.push(ceiling);
         }
         // The goal's base: the ceiling, or for fsync the lower of it and what the connections
         // could do if every request waited one fsync.
@@ -211,29 +256,34 @@ fn main() {
                 ceiling
             }
         };
-        let ceilings: Vec<f64> = runs
-            .iter()
-            .find(|(r, _)| matches!(r, Route::Noop))
-            .map(|(_, v)| v.iter().map(|s| s.rps).collect())
-            .unwrap_or_default();
-        for (route, v) in runs {
-            let mut shares: Vec<f64> = v
-                .iter()
-                .zip(&ceilings)
-                .map(|(s, c)| 100.0 * s.rps * route.requests() / goal_base(*c))
-                .collect();
+        let row = |route: Route, stats: load::Stats, mut shares: Vec<f64>| {
             shares.sort_by(f64::total_cmp);
-            let m = load::median(v);
-            rows.push(Row {
+            Row {
                 mode: label,
                 route: route.name(),
-                rps: m.rps,
-                p50: m.p50,
-                p99: m.p99,
-                errors: m.errors,
-                cpu: m.cpu_per_op,
+                rps: stats.rps,
+                p50: stats.p50,
+                p99: stats.p99,
+                errors: stats.errors,
+                cpu: stats.cpu_per_op,
                 shares,
-            });
+            }
+        };
+        if ceiling_rounds.iter().any(|c| c.rps() > 0.0) {
+            let stats = ceiling_rounds
+                .into_iter()
+                .map(load::Sample::stats)
+                .collect();
+            rows.push(row(Route::Noop, load::median(stats), vec![100.0]));
+        }
+        for (route, v) in runs {
+            let shares = v
+                .iter()
+                .filter(|(_, ceiling)| *ceiling > 0.0)
+                .map(|(s, ceiling)| 100.0 * s.rps() * route.requests() / goal_base(*ceiling))
+                .collect();
+            let stats = v.into_iter().map(|(s, _)| s.stats()).collect();
+            rows.push(row(route, load::median(stats), shares));
         }
         tokio.block_on(rt.shutdown()).unwrap();
     }

@@ -19,6 +19,8 @@ use tower_governor::GovernorError;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 
+// Adding slices together is for the other benchmark.
+#[allow(dead_code)]
 #[path = "support/load.rs"]
 mod load;
 
@@ -54,8 +56,8 @@ async fn serve(app: Router) -> String {
     format!("http://{addr}/hello")
 }
 
-async fn run(url: String, hot: bool, seconds: f64) -> load::Stats {
-    load::drive(CONNECTIONS, seconds, move |client, conn, i| {
+async fn run(client: &reqwest::Client, url: String, hot: bool, seconds: f64) -> load::Stats {
+    load::drive(client, CONNECTIONS, seconds, move |client, conn, i| {
         let url = url.clone();
         async move {
             let key = if hot {
@@ -71,6 +73,7 @@ async fn run(url: String, hot: bool, seconds: f64) -> load::Stats {
         }
     })
     .await
+    .stats()
 }
 
 fn main() {
@@ -154,8 +157,10 @@ fn main() {
                 if !args.selected(&format!("{shape} {name}")) {
                     continue;
                 }
-                tokio.block_on(run(url.clone(), hot, 0.3)); // warm up
-                let s = tokio.block_on(run(url.clone(), hot, seconds));
+                // The warm-up opens the connections the run uses.
+                let client = load::client(CONNECTIONS);
+                tokio.block_on(run(&client, url.clone(), hot, 0.3));
+                let s = tokio.block_on(run(&client, url.clone(), hot, seconds));
                 match runs.iter_mut().find(|(sh, n, _)| *sh == shape && n == name) {
                     Some((_, _, v)) => v.push(s),
                     None => runs.push((shape, name, vec![s])),

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// The options both HTTP benchmarks take: `--seconds S` per row (2), `--rounds N` (3),
-/// `--only TEXT` to run just the rows whose label contains TEXT (to profile one).
+/// `--only TEXT` to run just the rows whose label contains TEXT (to profile one; several
+/// TEXTs separated by commas run the rows that contain any of them).
 pub(crate) struct Args {
     pub(crate) seconds: f64,
     pub(crate) rounds: usize,
@@ -33,7 +34,9 @@ impl Args {
 
     /// Whether the row labelled `label` runs.
     pub(crate) fn selected(&self, label: &str) -> bool {
-        self.only.as_deref().is_none_or(|o| label.contains(o))
+        self.only
+            .as_deref()
+            .is_none_or(|o| o.split(',').any(|t| label.contains(t)))
     }
 }
 
@@ -47,6 +50,55 @@ pub(crate) struct Stats {
     /// Process CPU time (user and system, every thread: server and load generator alike)
     /// per successful operation.
     pub(crate) cpu_per_op: Duration,
+}
+
+/// What the connections did over one or more measured stretches.
+#[derive(Default)]
+pub(crate) struct Sample {
+    /// Successful operations that ended before their stretch's deadline.
+    ops: u64,
+    /// The measured time: the stretches' lengths, added.
+    seconds: f64,
+    /// Of every successful operation, those that ended after a deadline too.
+    latencies: Vec<Duration>,
+    errors: u64,
+    /// The process's CPU time, and the successful operations it paid for.
+    cpu: Duration,
+    cpu_ops: u64,
+}
+
+impl Sample {
+    /// Successful operations per second.
+    pub(crate) fn rps(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Adds another stretch.
+    pub(crate) fn add(&mut self, other: Sample) {
+        self.ops += other.ops;
+        self.seconds += other.seconds;
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.cpu += other.cpu;
+        self.cpu_ops += other.cpu_ops;
+    }
+
+    pub(crate) fn stats(mut self) -> Stats {
+        self.latencies.sort_unstable();
+        let pct = |p: f64| {
+            let all = &self.latencies;
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Stats {
+            rps: self.rps(),
+            p50: pct(0.5),
+            p99: pct(0.99),
+            errors: self.errors,
+            cpu_per_op: self.cpu / (self.cpu_ops.max(1) as u32),
+        }
+    }
 }
 
 /// The CPU time this process has used so far, user and system, all threads.
@@ -66,62 +118,65 @@ pub(crate) fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// A client whose pool keeps `connections` connections open from one run to the next, so
+/// that no run pays for connecting.
+pub(crate) fn client(connections: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .unwrap()
+}
+
 /// Runs `op(client, connection, iteration)` on `connections` connections for `seconds`;
-/// `op` answers whether the operation succeeded. Latencies are of successful operations.
-pub(crate) async fn drive<F, Fut>(connections: usize, seconds: f64, op: F) -> Stats
+/// `op` answers whether the operation succeeded. The rate counts the operations that ended
+/// by the deadline; latencies are of every successful operation.
+pub(crate) async fn drive<F, Fut>(
+    client: &reqwest::Client,
+    connections: usize,
+    seconds: f64,
+    op: F,
+) -> Sample
 where
     F: Fn(reqwest::Client, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
     let cpu_before = process_cpu();
     let tasks: Vec<_> = (0..connections)
         .map(|conn| {
             let (client, op) = (client.clone(), op.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let mut i = 0u64;
+                let (mut in_time, mut errors, mut i) = (0u64, 0u64, 0u64);
                 while Instant::now() < deadline {
                     let t = Instant::now();
                     if op(client.clone(), conn, i).await {
-                        lat.push(t.elapsed());
+                        let end = Instant::now();
+                        lat.push(end - t);
+                        in_time += u64::from(end <= deadline);
                     } else {
                         errors += 1;
                     }
                     i += 1;
                 }
-                (lat, errors)
+                (lat, in_time, errors)
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (lat, e) = t.await.unwrap();
-        all.extend(lat);
-        errors += e;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = process_cpu().saturating_sub(cpu_before);
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
+    let mut sample = Sample {
+        seconds,
+        ..Sample::default()
     };
-    Stats {
-        rps: all.len() as f64 / elapsed,
-        p50: pct(0.5),
-        p99: pct(0.99),
-        errors,
-        cpu_per_op: cpu / (all.len().max(1) as u32),
+    for t in tasks {
+        let (lat, in_time, errors) = t.await.unwrap();
+        sample.latencies.extend(lat);
+        sample.ops += in_time;
+        sample.errors += errors;
     }
+    sample.cpu = process_cpu().saturating_sub(cpu_before);
+    sample.cpu_ops = sample.latencies.len() as u64;
+    sample
 }
 
 /// The run with the median throughput.
