@@ -226,8 +226,9 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
     }
 }
 
-/// One lock shard of the table of active objects.
-type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>>>;
+/// One lock shard of the table of active objects. Object ids are SHA-256 digests or random,
+/// so a fast hash of them is as good as a keyed one.
+type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, foldhash::fast::RandomState>>;
 
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
@@ -272,7 +273,7 @@ impl<O: DurableObject> NsInner<O> {
             backend,
             durability,
             table: (0..TABLE_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             metrics: HotMetrics {
                 turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),

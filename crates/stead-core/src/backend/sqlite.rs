@@ -1,7 +1,7 @@
 //! The embedded default: SQLite (bundled) in WAL mode, split into shard files by object id,
 //! with one writer thread per shard doing group commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -474,14 +474,21 @@ fn blob_id(b: &[u8]) -> Result<ObjectId> {
     Ok(ObjectId::from_bytes(bytes))
 }
 
-/// All the changes of one object within one group of batches, coalesced.
+/// All the changes of one object within one group of batches.
 #[derive(Default)]
 struct ObjectOps {
     clear: bool,
-    writes: HashMap<String, Option<Value>>,
+    /// The writes in the order they were made. When several batches of the object are in
+    /// the group, a key may appear more than once: the last write wins.
+    writes: Vec<(String, Option<Value>)>,
+    batches: usize,
     alarm: Option<Option<i64>>,
     register: Option<Option<Arc<str>>>,
 }
+
+/// Maps keyed by object: object ids are SHA-256 digests or random, so a fast hash of them is
+/// as good as a keyed one.
+type ObjectMap<V> = HashMap<ObjectRef, V, foldhash::fast::RandomState>;
 
 fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Completer) {
     let mut synchronous_full = true;
@@ -583,23 +590,26 @@ fn next_message(rx: &Receiver<WriterMsg>) -> Option<WriterMsg> {
 }
 
 fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::Result<()> {
-    // Coalesce per object, keeping the order of clears and writes.
-    let mut index: HashMap<ObjectRef, usize> = HashMap::new();
-    let mut ops: Vec<(ObjectRef, ObjectOps)> = Vec::new();
+    // Gather per object, keeping the order of clears and writes.
+    let mut index = ObjectMap::with_capacity_and_hasher(batches.len(), Default::default());
+    let mut ops: Vec<(ObjectRef, ObjectOps)> = Vec::with_capacity(batches.len());
     for b in batches.iter_mut() {
         let i = *index.entry(b.object).or_insert_with(|| {
             ops.push((b.object, ObjectOps::default()));
             ops.len() - 1
         });
         let o = &mut ops[i].1;
+        o.batches += 1;
         if b.clear {
             o.clear = true;
             o.writes.clear();
             o.alarm = Some(None);
             o.register = None;
         }
-        for (k, v) in b.writes.drain(..) {
-            o.writes.insert(k, v);
+        if o.writes.is_empty() {
+            o.writes = std::mem::take(&mut b.writes);
+        } else {
+            o.writes.append(&mut b.writes);
         }
         if let Some(a) = b.alarm {
             o.alarm = Some(a);
@@ -624,7 +634,13 @@ fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::
                 tx.prepare_cached("DELETE FROM objects WHERE class = ?1 AND id = ?2")?
                     .execute(params![obj.class, id])?;
             }
-            for (k, v) in &o.writes {
+            // One batch holds at most one write per key; of several, the last write of a
+            // key is the one to apply.
+            let mut written = HashSet::new();
+            for (k, v) in o.writes.iter().rev() {
+                if o.batches > 1 && !written.insert(k.as_str()) {
+                    continue;
+                }
                 match v {
                     Some(v) => upsert.execute(params![obj.class, id, k, &v[..]])?,
                     None => delete.execute(params![obj.class, id, k])?,
@@ -654,4 +670,64 @@ fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: u8, clear: bool, writes: &[(&str, Option<&str>)]) -> CommitBatch {
+        CommitBatch {
+            object: ObjectRef {
+                class: "test",
+                id: ObjectId::from_bytes([id; 32]),
+            },
+            clear,
+            writes: writes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(|v| Value::from(v.as_bytes()))))
+                .collect(),
+            alarm: None,
+            register: None,
+            durability: Durability::ProcessCrashSafe,
+            fence: Arc::default(),
+            ack: None,
+        }
+    }
+
+    fn contents(conn: &Connection, id: u8) -> Vec<(String, String)> {
+        let mut stmt = conn
+            .prepare("SELECT key, value FROM kv WHERE class = 'test' AND id = ?1 ORDER BY key")
+            .unwrap();
+        stmt.query_map(params![&[id; 32][..]], |r| {
+            let v: Vec<u8> = r.get(1)?;
+            Ok((r.get(0)?, String::from_utf8(v).unwrap()))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    #[test]
+    fn a_group_applies_its_batches_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_conn(&dir.path().join("shard-00.db")).unwrap();
+        init_schema(&conn, 1).unwrap();
+        apply_group(&mut conn, &mut [batch(3, false, &[("gone", Some("x"))])]).unwrap();
+        let mut group = [
+            batch(1, false, &[("a", Some("1")), ("b", Some("2"))]),
+            batch(2, false, &[("a", Some("only"))]),
+            batch(1, false, &[("a", Some("3")), ("b", None)]),
+            batch(3, true, &[("new", Some("y"))]),
+            batch(1, false, &[("c", Some("4")), ("a", Some("5"))]),
+            batch(3, false, &[("new", Some("z"))]),
+        ];
+        apply_group(&mut conn, &mut group).unwrap();
+        let s = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        // The last write of a key wins, a delete included.
+        assert_eq!(contents(&conn, 1), vec![s("a", "5"), s("c", "4")]);
+        assert_eq!(contents(&conn, 2), vec![s("a", "only")]);
+        // A clear drops what was stored before it, not what came after it.
+        assert_eq!(contents(&conn, 3), vec![s("new", "z")]);
+    }
 }
