@@ -186,6 +186,10 @@ where
                     Problem::new(e.status(), "bad-body", e.body_text())
                 }
             })?;
+        // The usual request parses once; only a failure is parsed again, to say where.
+        if let Ok(v) = serde_json::from_slice(&bytes) {
+            return Ok(Json(v));
+        }
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(rejection) => {
@@ -235,14 +239,11 @@ fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct.split(';').next().unwrap_or("").trim().as_bytes();
+    let (top, rest) = essence.split_at(essence.len().min(12));
+    top.eq_ignore_ascii_case(b"application/")
+        && (rest.eq_ignore_ascii_case(b"json")
+            || (rest.len() >= 5 && rest[rest.len() - 5..].eq_ignore_ascii_case(b"+json")))
 }
 
 /// Rewrites every float with a zero fraction whose integer a float holds exactly (at most
@@ -573,5 +574,35 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(p.status, 415);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let is_json = |ct: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            json_content_type(&h)
+        };
+        for ct in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/problem+json",
+            "APPLICATION/MERGE-PATCH+JSON",
+        ] {
+            assert!(is_json(ct), "{ct}");
+        }
+        for ct in [
+            "",
+            "application/",
+            "application/jsonx",
+            "application/json-seq",
+            "text/json",
+            "text/plain+json",
+            "application/xml",
+        ] {
+            assert!(!is_json(ct), "{ct}");
+        }
+        assert!(!json_content_type(&axum::http::HeaderMap::new()));
     }
 }
