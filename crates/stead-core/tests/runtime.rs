@@ -26,16 +26,13 @@ async fn eventually(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn no_reply_leaves_before_its_commit_is_durable() {
-    let h = harness(Kind::FaultyMemory).await;
-    let faulty = h.faulty.clone().unwrap();
-    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
-    let o = ns.get_by_name("gate");
-    faulty.stall_commit(faulty.submitted() + 1);
-    let pending = tokio::spawn({
-        let o = o.clone();
-        async move { o.ask(Incr("n".into())).await }
-    });
-    eventually(|| faulty.held() == 1).await;
+    let WriteHeld {
+        h,
+        faulty,
+        o,
+        write: pending,
+        ..
+    } = a_write_held("gate").await;
     // A read-only turn that saw the write is held behind it too.
     let reader = tokio::spawn({
         let o = o.clone();
@@ -60,18 +57,16 @@ async fn no_reply_leaves_before_its_commit_is_durable() {
 
 type Asked<T> = tokio::task::JoinHandle<Result<T>>;
 
-/// An object with one increment whose commit is held by the faulty backend, and inside a
-/// turn that does not end until the env's gate gets a permit.
-struct BusyWithAWriteHeld {
+/// An object with one increment whose commit is held by the faulty backend.
+struct WriteHeld {
     h: Harness,
     faulty: Arc<stead_core::FaultyBackend>,
     env: Arc<ProbeEnv>,
     o: stead_core::Stub<Probe>,
     write: Asked<Result<i64>>,
-    blocker: Asked<()>,
 }
 
-async fn busy_with_a_write_held(name: &str) -> BusyWithAWriteHeld {
+async fn a_write_held(name: &str) -> WriteHeld {
     let h = harness(Kind::FaultyMemory).await;
     let faulty = h.faulty.clone().unwrap();
     let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
@@ -83,45 +78,55 @@ async fn busy_with_a_write_held(name: &str) -> BusyWithAWriteHeld {
         async move { o.ask(Incr("n".into())).await }
     });
     eventually(|| faulty.held() == 1).await;
-    let blocker = tokio::spawn({
-        let o = o.clone();
-        async move { o.ask(Block).await }
-    });
-    eventually(|| env.blocked.load(Ordering::SeqCst)).await;
-    BusyWithAWriteHeld {
+    WriteHeld {
         h,
         faulty,
         env,
         o,
         write,
-        blocker,
     }
+}
+
+/// [`a_write_held`], and inside a turn that does not end until the env's gate gets a permit.
+struct BusyWithAWriteHeld {
+    w: WriteHeld,
+    blocker: Asked<()>,
+}
+
+async fn busy_with_a_write_held(name: &str) -> BusyWithAWriteHeld {
+    let w = a_write_held(name).await;
+    let blocker = tokio::spawn({
+        let o = w.o.clone();
+        async move { o.ask(Block).await }
+    });
+    eventually(|| w.env.blocked.load(Ordering::SeqCst)).await;
+    BusyWithAWriteHeld { w, blocker }
 }
 
 #[tokio::test]
 async fn a_reply_leaves_when_its_commit_is_durable_even_while_a_later_turn_runs() {
     let b = busy_with_a_write_held("busy").await;
-    b.faulty.release();
-    eventually(|| b.write.is_finished()).await;
-    assert_eq!(b.write.await.unwrap().unwrap().unwrap(), 1);
+    b.w.faulty.release();
+    eventually(|| b.w.write.is_finished()).await;
+    assert_eq!(b.w.write.await.unwrap().unwrap().unwrap(), 1);
     assert!(!b.blocker.is_finished());
-    b.env.gate.add_permits(1);
+    b.w.env.gate.add_permits(1);
     b.blocker.await.unwrap().unwrap();
-    b.h.rt.shutdown().await.unwrap();
+    b.w.h.rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_commit_failing_while_the_object_is_busy_resets_it_before_its_next_turn() {
     let b = busy_with_a_write_held("busy-doomed").await;
     // The commit fails while the object is inside a turn; a message waits behind it.
-    b.faulty.release_failing_first();
-    eventually(|| b.write.is_finished()).await;
-    assert!(matches!(b.write.await.unwrap(), Err(Error::Reset)));
+    b.w.faulty.release_failing_first();
+    eventually(|| b.w.write.is_finished()).await;
+    assert!(matches!(b.w.write.await.unwrap(), Err(Error::Reset)));
     let next = tokio::spawn({
-        let o = b.o.clone();
+        let o = b.w.o.clone();
         async move { o.ask(Incr("n".into())).await }
     });
-    b.env.gate.add_permits(1);
+    b.w.env.gate.add_permits(1);
     // The blocked turn had seen the lost write, so its reply fails too.
     assert!(matches!(b.blocker.await.unwrap(), Err(Error::Reset)));
     assert_eq!(
@@ -129,21 +134,14 @@ async fn a_commit_failing_while_the_object_is_busy_resets_it_before_its_next_tur
         1,
         "the next turn starts from what is durable, not from the lost write"
     );
-    b.h.rt.shutdown().await.unwrap();
+    b.w.h.rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn shutdown_waits_for_a_commit_in_flight() {
-    let h = harness(Kind::FaultyMemory).await;
-    let faulty = h.faulty.clone().unwrap();
-    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
-    let o = ns.get_by_name("late");
-    faulty.stall_commit(faulty.submitted() + 1);
-    let write = tokio::spawn({
-        let o = o.clone();
-        async move { o.ask(Incr("n".into())).await }
-    });
-    eventually(|| faulty.held() == 1).await;
+    let WriteHeld {
+        h, faulty, write, ..
+    } = a_write_held("late").await;
     let rt = h.rt.clone();
     let shutdown = tokio::spawn(async move { rt.shutdown().await });
     for _ in 0..1000 {
