@@ -209,10 +209,11 @@ fn main() {
             .filter(|r| args.selected(&format!("{label} {}", r.name())))
             .collect();
         let mut ceiling_rounds: Vec<load::Sample> = Vec::new();
-        let mut runs: Vec<(Route, Vec<(load::Sample, f64)>)> = Vec::new();
+        // Per selected route, each round's run and the rate of the ceiling slices beside it.
+        let mut runs: Vec<Vec<(load::Sample, f64)>> = selected.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             let mut ceiling = load::Sample::default();
-            for &route in &selected {
+            for (&route, route_runs) in selected.iter().zip(&mut runs) {
                 tokio.block_on(drive(&client, &base, route, 0.3)); // warm up
                 let (mut ceil, mut run) = (load::Sample::default(), load::Sample::default());
                 if with_ceiling {
@@ -234,12 +235,8 @@ fn main() {
                 } else {
                     run = tokio.block_on(drive(&client, &base, route, seconds));
                 }
-                let ceil_rps = ceil.rps();
+                route_runs.push((run, ceil.rps()));
                 ceiling.add(ceil);
-                match runs.iter_mut().find(|(r, _)| r.name() == route.name()) {
-                    Some((_, v)) => v.push((run, ceil_rps)),
-                    None => runs.push((route, vec![(run, ceil_rps)])),
-                }
             }
             if selected.is_empty() && with_ceiling {
                 tokio.block_on(drive(&client, &base, Route::Noop, 0.3));
@@ -276,7 +273,7 @@ fn main() {
                 .collect();
             rows.push(row(Route::Noop, load::median(stats), vec![100.0]));
         }
-        for (route, v) in runs {
+        for (&route, v) in selected.iter().zip(runs) {
             let shares = v
                 .iter()
                 .filter(|(_, ceiling)| *ceiling > 0.0)
