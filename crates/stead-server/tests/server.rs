@@ -324,11 +324,10 @@ fn bad_configuration_is_refused_with_a_clear_message() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stead.toml");
-    std::fs::write(&file, "bind = \"127.0.0.1:9000\"\nshrads = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args(["--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    std::fs::write(&file, "bind = \"127.0.0.1:0\"\nshrads = 3\n").unwrap();
+    let out = common::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_stead")).args(["--config", file.to_str().unwrap()]),
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -341,10 +340,9 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         "[ratelimit.policies.api]\nlimit = 0\nperiod_ms = 1000\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args(["--config", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = common::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_stead")).args(["--config", file.to_str().unwrap()]),
+    );
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -352,18 +350,15 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         "the bad policy is named: {stderr}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .args(["--bind", "0.0.0.0:0"])
-        .env_remove("STEAD_TOKENS")
-        .output()
-        .unwrap();
+    let out = common::run_to_exit(
+        Command::new(env!("CARGO_BIN_EXE_stead"))
+            .args(["--bind", "0.0.0.0:0"])
+            .env_remove("STEAD_TOKENS"),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing"));
 
-    let help = Command::new(env!("CARGO_BIN_EXE_stead"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let help = common::run_to_exit(Command::new(env!("CARGO_BIN_EXE_stead")).arg("--help"));
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in [
         "--bind",

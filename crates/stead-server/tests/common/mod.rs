@@ -1,16 +1,81 @@
 //! Starting the real `stead` binary for tests.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+/// A `stead` process started by a test. Dropping it kills the process, so that a test that
+/// fails halfway leaves no server running.
+pub struct Server(Child);
+
+impl Deref for Server {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to its exit and returns what it printed. A process still running after 30 s
+/// (say, a server that started on a configuration it should have refused) is killed and
+/// the test fails, rather than waiting forever.
+pub fn run_to_exit(cmd: &mut Command) -> Output {
+    let mut child = Server(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{cmd:?} still runs after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 /// Starts `stead` on 127.0.0.1 with an ephemeral port and `dir` as its data directory.
-/// Returns the child, its base URL, and the log lines it prints after the address.
-/// A child that never logs its address is killed after a minute.
-pub fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (Child, String, Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stead"))
+/// Returns the process, its base URL, and the log lines it prints after the address.
+/// A process that never logs its address is killed after a minute.
+pub fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (Server, String, Receiver<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_stead"))
         .args([
             "--bind",
             "127.0.0.1:0",
@@ -25,6 +90,7 @@ pub fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (Child, String, Re
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let mut child = Server(child);
     let pid = child.id();
     let (found_tx, found_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
