@@ -18,7 +18,7 @@ use crate::backend::{Ack, AckSink, Backend, Durability, ObjectEntry, ObjectRef};
 use crate::clock::{from_ms, lock, to_ms};
 use crate::context::{Context, PendingReply, ReplySlot};
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
+use crate::id::{IdHashState, ObjectId};
 use crate::object::{AlarmInfo, DurableObject, Handler, Message};
 use crate::runtime::Shared;
 use crate::schedule::{self, ScheduledJob};
@@ -226,9 +226,8 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
     }
 }
 
-/// One lock shard of the table of active objects. Object ids are SHA-256 digests or random,
-/// so a fast hash of them is as good as a keyed one.
-type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, foldhash::fast::RandomState>>;
+/// One lock shard of the table of active objects.
+type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, IdHashState>>;
 
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;

@@ -11,6 +11,10 @@ use crate::error::Error;
 /// Version tag mixed into every name-derived id; bump only with a data migration.
 const NAME_ID_PREFIX: &[u8] = b"stead/object-id/v1\0";
 
+/// The hashing of maps keyed by object: ids are SHA-256 digests or random, so a fast,
+/// unkeyed hash of them is as good as a keyed one.
+pub(crate) type IdHashState = foldhash::fast::RandomState;
+
 /// The 32-byte identity of a durable object, shown as 64 lowercase hex characters.
 ///
 /// ```

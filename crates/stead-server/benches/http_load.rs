@@ -32,8 +32,8 @@ struct Row {
     p99: Duration,
     errors: u64,
     cpu: Duration,
-    /// The share of the goal's base in each round (the route's rate beside the ceiling
-    /// measured just before it), sorted; empty when the ceiling did not run.
+    /// The share of the goal's base in each round (the route's rate beside that of the
+    /// ceiling slices alternating with it), sorted; empty when the ceiling did not run.
     shares: Vec<f64>,
 }
 

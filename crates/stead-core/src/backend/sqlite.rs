@@ -16,7 +16,7 @@ use super::{
 };
 use crate::clock::lock;
 use crate::error::{Error, Result};
-use crate::id::ObjectId;
+use crate::id::{IdHashState, ObjectId};
 
 /// The schema version this code writes; stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -486,10 +486,6 @@ struct ObjectOps {
     register: Option<Option<Arc<str>>>,
 }
 
-/// Maps keyed by object: object ids are SHA-256 digests or random, so a fast hash of them is
-/// as good as a keyed one.
-type ObjectMap<V> = HashMap<ObjectRef, V, foldhash::fast::RandomState>;
-
 fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Completer) {
     let mut synchronous_full = true;
     let group_size = metrics::histogram!("stead_commit_batch_size");
@@ -591,7 +587,8 @@ fn next_message(rx: &Receiver<WriterMsg>) -> Option<WriterMsg> {
 
 fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::Result<()> {
     // Gather per object, keeping the order of clears and writes.
-    let mut index = ObjectMap::with_capacity_and_hasher(batches.len(), Default::default());
+    let mut index: HashMap<ObjectRef, usize, IdHashState> =
+        HashMap::with_capacity_and_hasher(batches.len(), Default::default());
     let mut ops: Vec<(ObjectRef, ObjectOps)> = Vec::with_capacity(batches.len());
     for b in batches.iter_mut() {
         let i = *index.entry(b.object).or_insert_with(|| {

@@ -59,12 +59,11 @@ pub(crate) struct Sample {
     ops: u64,
     /// The measured time: the stretches' lengths, added.
     seconds: f64,
-    /// Of every successful operation, those that ended after a deadline too.
+    /// The latency of every successful operation, those that ended after a deadline too.
     latencies: Vec<Duration>,
     errors: u64,
-    /// The process's CPU time, and the successful operations it paid for.
+    /// The process's CPU time, paid for every successful operation.
     cpu: Duration,
-    cpu_ops: u64,
 }
 
 impl Sample {
@@ -80,7 +79,6 @@ impl Sample {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         self.cpu += other.cpu;
-        self.cpu_ops += other.cpu_ops;
     }
 
     pub(crate) fn stats(mut self) -> Stats {
@@ -96,7 +94,7 @@ impl Sample {
             p50: pct(0.5),
             p99: pct(0.99),
             errors: self.errors,
-            cpu_per_op: self.cpu / (self.cpu_ops.max(1) as u32),
+            cpu_per_op: self.cpu / (self.latencies.len().max(1) as u32),
         }
     }
 }
@@ -175,7 +173,6 @@ where
         sample.errors += errors;
     }
     sample.cpu = process_cpu().saturating_sub(cpu_before);
-    sample.cpu_ops = sample.latencies.len() as u64;
     sample
 }
 
