@@ -1,10 +1,16 @@
 //! The embedded default: SQLite (bundled) in WAL mode, split into shard files by object id,
-//! with one writer thread per shard doing group commit.
+//! with one writer thread per shard doing group commit through a commit log (see
+//! [`commit_log`]).
+
+mod commit_log;
+
+use commit_log::CommitLog;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -95,8 +101,30 @@ struct Shard {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Dropping the sender stops the checkpointer.
     checkpointer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
-    reader: Mutex<Connection>,
+    shared: Arc<SharedConn>,
 }
+
+/// The connection of a shard's writer, through which its reads go too: it sees the
+/// writer's open transaction, which holds every acknowledged write.
+struct SharedConn {
+    conn: Mutex<Connection>,
+    /// Set when a group failed and the writer could not take it back out of the log: the
+    /// shard then refuses reads and writes until the process restarts (see [`Writer::fail`]).
+    broken: AtomicBool,
+}
+
+impl Shard {
+    /// The shard's connection, for a read.
+    fn read(&self) -> Result<MutexGuard<'_, Connection>> {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return Err(unavailable(BROKEN));
+        }
+        Ok(lock(&self.shared.conn))
+    }
+}
+
+const BROKEN: &str =
+    "this storage shard failed and could not recover; restart the process to replay its commit log";
 
 /// How often the checkpointer folds the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -216,7 +244,13 @@ impl SqliteBackend {
             wconn
                 .pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
                 .map_err(sql_err)?;
-            let reader = open_conn(&path)?;
+            wconn
+                .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+                .map_err(sql_err)?;
+            let log =
+                CommitLog::open(&dir.join(format!("shard-{i:02}.log"))).map_err(Error::storage)?;
+            let writer = Writer::start(wconn, log)?;
+            let shared = writer.shared.clone();
             let cconn = open_conn(&path)?;
             let (stop_tx, stop_rx) = std::sync::mpsc::channel();
             let checkpointer = std::thread::Builder::new()
@@ -227,13 +261,13 @@ impl SqliteBackend {
             let completer = Completer::new();
             let thread = std::thread::Builder::new()
                 .name(format!("stead-writer-{i}"))
-                .spawn(move || writer_loop(wconn, rx, completer))
+                .spawn(move || writer.run(rx, completer))
                 .map_err(Error::storage)?;
             shards.push(Shard {
                 writer: tx,
                 thread: Mutex::new(Some(thread)),
                 checkpointer: Mutex::new(Some((stop_tx, checkpointer))),
-                reader: Mutex::new(reader),
+                shared,
             });
         }
         Ok(SqliteBackend { shards, dir })
@@ -256,7 +290,7 @@ impl SqliteBackend {
     fn registry_query(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ObjectEntry>> {
         let mut out = Vec::new();
         for s in &self.shards {
-            let conn = lock(&s.reader);
+            let conn = s.read()?;
             let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
             let rows = stmt
                 .query_map(args, |r| {
@@ -296,7 +330,7 @@ impl Drop for SqliteBackend {
 
 impl Backend for SqliteBackend {
     fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
-        let conn = lock(&self.shard(&obj.id).reader);
+        let conn = self.shard(&obj.id).read()?;
         let mut stmt = conn
             .prepare_cached("SELECT value FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")
             .map_err(sql_err)?;
@@ -325,7 +359,7 @@ impl Backend for SqliteBackend {
                 "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key DESC LIMIT ?5"
             }
         };
-        let conn = lock(&self.shard(&obj.id).reader);
+        let conn = self.shard(&obj.id).read()?;
         let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
         let rows = stmt
             .query_map(
@@ -344,7 +378,7 @@ impl Backend for SqliteBackend {
         // No ORDER BY and no bound LIMIT: with either, SQLite prepares the statement again
         // on every run (a new binding could change its plan), which costs more than the
         // read itself. The limit is a constant of the caller, so one statement is cached.
-        let conn = lock(&self.shard(&obj.id).reader);
+        let conn = self.shard(&obj.id).read()?;
         let sql = format!("SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 LIMIT {limit}");
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
         let rows = stmt
@@ -358,7 +392,7 @@ impl Backend for SqliteBackend {
     }
 
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
-        let conn = lock(&self.shard(&obj.id).reader);
+        let conn = self.shard(&obj.id).read()?;
         let mut stmt = conn
             .prepare_cached("SELECT at_ms FROM alarms WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -370,7 +404,7 @@ impl Backend for SqliteBackend {
     fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
         let mut out = Vec::new();
         for s in &self.shards {
-            let conn = lock(&s.reader);
+            let conn = s.read()?;
             let mut stmt = conn
                 .prepare_cached("SELECT id, at_ms FROM alarms WHERE class = ?1")
                 .map_err(sql_err)?;
@@ -430,7 +464,7 @@ impl Backend for SqliteBackend {
     }
 
     fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        let conn = lock(&self.shard(&obj.id).reader);
+        let conn = self.shard(&obj.id).read()?;
         let mut stmt = conn
             .prepare_cached("SELECT name FROM objects WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -474,6 +508,42 @@ fn blob_id(b: &[u8]) -> Result<ObjectId> {
     Ok(ObjectId::from_bytes(bytes))
 }
 
+/// How long the writer's SQLite transaction stays open: every group in between is durable
+/// in the commit log only, and the transaction's pages are written (and the WAL synced) once
+/// per window rather than once per group.
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// A window also ends once its log records reach this size, which bounds the log, the
+/// transaction and a replay.
+const COMMIT_LOG_BYTES: u64 = 16 << 20;
+/// The writer connection's page cache (KiB), large enough to hold a window's pages without
+/// spilling them into the WAL before the commit.
+const WRITER_CACHE_KIB: i64 = 64 << 10;
+
+/// One batch's changes as the writer applies them: taken from a [`CommitBatch`], or read
+/// back from the commit log.
+struct Change<'a> {
+    class: &'a str,
+    id: ObjectId,
+    clear: bool,
+    writes: Vec<(String, Option<Value>)>,
+    alarm: Option<Option<i64>>,
+    register: Option<Option<Arc<str>>>,
+}
+
+impl Change<'static> {
+    /// Takes the changes out of a batch (which keeps its acknowledgement).
+    fn take(b: &mut CommitBatch) -> Self {
+        Change {
+            class: b.object.class,
+            id: b.object.id,
+            clear: b.clear,
+            writes: std::mem::take(&mut b.writes),
+            alarm: b.alarm,
+            register: b.register.take(),
+        }
+    }
+}
+
 /// All the changes of one object within one group of batches.
 #[derive(Default)]
 struct ObjectOps {
@@ -486,58 +556,263 @@ struct ObjectOps {
     register: Option<Option<Arc<str>>>,
 }
 
-fn writer_loop(mut conn: Connection, rx: Receiver<WriterMsg>, completer: Completer) {
-    let mut synchronous_full = true;
-    let group_size = metrics::histogram!("stead_commit_batch_size");
-    let commit_seconds = metrics::histogram!("stead_commit_seconds");
-    let mut stop = false;
-    let mut pace = Duration::ZERO;
-    while !stop {
-        if !pace.is_zero() {
-            std::thread::sleep(pace);
-        }
-        let Some(first) = next_message(&rx) else {
-            break;
+/// A shard's writer thread and what it owns.
+struct Writer {
+    shared: Arc<SharedConn>,
+    log: CommitLog,
+    /// The last log record the database has committed (`meta.log_seq`).
+    committed: u64,
+    /// The open transaction: when it began, and the last log record applied to it.
+    open: Option<(Instant, u64)>,
+}
+
+impl Writer {
+    /// Takes over a shard's connection, applies and commits what its log holds beyond the
+    /// database, and leaves the log ready for new records.
+    fn start(conn: Connection, log: CommitLog) -> Result<Writer> {
+        let committed = conn
+            .query_row("SELECT value FROM meta WHERE key = 'log_seq'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(sql_err)?
+            .map_or(Ok(0), |v| v.parse::<u64>())
+            .map_err(|_| unavailable("corrupt log position in storage"))?;
+        let mut w = Writer {
+            shared: Arc::new(SharedConn {
+                conn: Mutex::new(conn),
+                broken: AtomicBool::new(false),
+            }),
+            log,
+            committed,
+            open: None,
         };
-        let mut batches = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
-                WriterMsg::Commit(b) => batches.push(b),
-                WriterMsg::Flush(tx) => flushes.push(tx),
-                WriterMsg::Stop => stop = true,
+        let shared = Arc::clone(&w.shared);
+        let replayed = w.replay(&lock(&shared.conn), None)?;
+        if replayed > 0 {
+            tracing::info!(groups = replayed, "replayed the commit log");
+        }
+        w.commit().map_err(sql_err)?;
+        Ok(w)
+    }
+
+    /// Applies the log records after the committed one (within the first `limit` bytes of
+    /// the log, or all of it) to a new transaction, left open; returns how many there were.
+    /// The caller holds the connection, so that no read sees the state in between.
+    fn replay(&mut self, conn: &Connection, limit: Option<u64>) -> Result<usize> {
+        let records = self
+            .log
+            .records_after(self.committed, limit)
+            .map_err(Error::storage)?;
+        self.log.position(
+            records.end(),
+            records.last_seq().unwrap_or(self.committed) + 1,
+        );
+        let Some(last) = records.last_seq() else {
+            return Ok(0);
+        };
+        let groups = records.decoded().map_err(Error::storage)?;
+        let count = groups.len();
+        let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+            groups
+                .into_iter()
+                .try_for_each(|changes| apply(conn, changes))
+        });
+        if let Err(e) = applied {
+            rollback(conn);
+            return Err(sql_err(e));
+        }
+        self.open = Some((Instant::now(), last));
+        Ok(count)
+    }
+
+    /// Commits the open transaction, recording the last log record it holds; the log then
+    /// starts again from its beginning.
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        let Some((_, last)) = self.open else {
+            return Ok(());
+        };
+        let shared = Arc::clone(&self.shared);
+        let conn = lock(&shared.conn);
+        let done = conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('log_seq', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![last.to_string()]))
+            .and_then(|_| conn.execute_batch("COMMIT"));
+        self.open = None;
+        match &done {
+            Ok(()) => {
+                self.committed = last;
+                self.log.restart();
             }
-            if batches.len() < MAX_GROUP && !stop {
-                next = rx.try_recv().ok();
+            // Every group of the window is still in the log: apply them again, to be
+            // committed with the next window.
+            Err(_) => {
+                rollback(&conn);
+                self.recover(&conn, self.log.end());
             }
         }
-        if !batches.is_empty() {
-            let want_full = batches.iter().any(|b| b.durability == Durability::Fsync);
-            if want_full != synchronous_full {
-                let mode = if want_full { "FULL" } else { "NORMAL" };
-                if let Err(e) = conn.pragma_update(None, "synchronous", mode) {
-                    tracing::error!(error = %e, "could not set synchronous mode");
-                } else {
-                    synchronous_full = want_full;
+        done
+    }
+
+    /// Re-applies the log's first `limit` bytes after a failed transaction; if even that
+    /// fails, the shard is broken.
+    fn recover(&mut self, conn: &Connection, limit: u64) {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.replay(conn, Some(limit)) {
+            self.fail(&e);
+        }
+    }
+
+    /// Marks the shard broken: the database no longer holds every acknowledged write (or a
+    /// failed group could not be taken back out of the log), so it refuses reads and writes
+    /// rather than serve a wrong state. A restart replays the log.
+    fn fail(&mut self, e: &dyn std::fmt::Display) {
+        tracing::error!(error = %e, "{BROKEN}");
+        self.shared.broken.store(true, Ordering::Release);
+    }
+
+    /// Logs, syncs (when a batch asks for `Fsync`) and applies one group; `false` if it
+    /// failed, in which case nothing of it is kept.
+    fn write_group(&mut self, batches: &mut [CommitBatch]) -> bool {
+        if self.shared.broken.load(Ordering::Acquire) {
+            return false;
+        }
+        let start = self.log.end();
+        let fsync = batches.iter().any(|b| b.durability == Durability::Fsync);
+        let logged = self.log.append(batches).and_then(|seq| {
+            if fsync {
+                self.log.sync()?;
+            }
+            Ok(seq)
+        });
+        let seq = match logged {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(error = %e, "writing the commit log failed");
+                self.take_back(start);
+                return false;
+            }
+        };
+        let shared = Arc::clone(&self.shared);
+        let conn = lock(&shared.conn);
+        let began = match self.open {
+            Some(_) => Ok(()),
+            None => conn.execute_batch("BEGIN IMMEDIATE"),
+        };
+        let applied =
+            began.and_then(|()| apply(&conn, batches.iter_mut().map(Change::take).collect()));
+        match applied {
+            Ok(()) => {
+                let since = self.open.map_or_else(Instant::now, |(t, _)| t);
+                self.open = Some((since, seq));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "applying a commit group failed");
+                // The whole window is rolled back; every group before this one is
+                // applied again from the log, with the connection held throughout.
+                rollback(&conn);
+                self.open = None;
+                self.take_back(start);
+                self.recover(&conn, start);
+                false
+            }
+        }
+    }
+
+    /// Takes the group that started at `start` back out of the log.
+    fn take_back(&mut self, start: u64) {
+        if let Err(e) = self.log.undo(start) {
+            self.fail(&e);
+        }
+    }
+
+    /// Whether the open transaction's window is over.
+    fn window_over(&self) -> bool {
+        self.open.is_some_and(|(since, _)| {
+            since.elapsed() >= COMMIT_EVERY || self.log.end() >= COMMIT_LOG_BYTES
+        })
+    }
+
+    /// Ends the window, logging a failure (the window's groups stay in the log).
+    fn end_window(&mut self) {
+        if let Err(e) = self.commit() {
+            tracing::error!(error = %e, "committing the storage transaction failed; its groups stay in the commit log");
+            metrics::counter!("stead_commit_failures_total").increment(1);
+        }
+    }
+
+    fn run(mut self, rx: Receiver<WriterMsg>, completer: Completer) {
+        let group_size = metrics::histogram!("stead_commit_batch_size");
+        let commit_seconds = metrics::histogram!("stead_commit_seconds");
+        let mut stop = false;
+        let mut pace = Duration::ZERO;
+        while !stop {
+            if !pace.is_zero() {
+                std::thread::sleep(pace);
+            }
+            let deadline = self.open.map(|(since, _)| since + COMMIT_EVERY);
+            let first = match next_message(&rx, deadline) {
+                Next::Msg(m) => m,
+                Next::Idle => {
+                    self.end_window();
+                    pace = Duration::ZERO;
+                    continue;
+                }
+                Next::Closed => break,
+            };
+            let mut batches = Vec::new();
+            let mut flushes = Vec::new();
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
+                    WriterMsg::Commit(b) => batches.push(b),
+                    WriterMsg::Flush(tx) => flushes.push(tx),
+                    WriterMsg::Stop => stop = true,
+                }
+                if batches.len() < MAX_GROUP && !stop {
+                    next = rx.try_recv().ok();
                 }
             }
-            let started = Instant::now();
-            let result = apply_group(&mut conn, &mut batches);
-            let took = started.elapsed();
-            group_size.record(batches.len() as f64);
-            commit_seconds.record(took.as_secs_f64());
-            pace = pace_after(batches.len(), took);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, batches = batches.len(), "commit failed; the objects involved are reset");
-                metrics::counter!("stead_commit_failures_total").increment(1);
+            if !batches.is_empty() {
+                let started = Instant::now();
+                let ok = self.write_group(&mut batches);
+                let took = started.elapsed();
+                group_size.record(batches.len() as f64);
+                commit_seconds.record(took.as_secs_f64());
+                pace = pace_after(batches.len(), took);
+                if !ok {
+                    tracing::error!(
+                        batches = batches.len(),
+                        "commit failed; the objects involved are reset"
+                    );
+                    metrics::counter!("stead_commit_failures_total").increment(1);
+                }
+                completer.finish(batches, ok);
             }
-            completer.finish(batches, result.is_ok());
+            if stop || !flushes.is_empty() || self.window_over() {
+                self.end_window();
+            }
+            for f in flushes {
+                completer.flush(f);
+            }
         }
-        for f in flushes {
-            completer.flush(f);
-        }
+        self.end_window();
+    }
+}
+
+/// Rolls back the connection's transaction, if one is open.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "rollback failed");
     }
 }
 
@@ -547,16 +822,15 @@ const PACE_MIN_GROUP: usize = 8;
 /// The longest the writer paces itself between two groups.
 const PACE_MAX: Duration = Duration::from_millis(1);
 
-/// How long the writer sleeps before it gathers the next group, after committing `group`
+/// How long the writer sleeps before it gathers the next group, after writing `group`
 /// batches in `took`.
 ///
 /// With many writers at once, the work of the next group is already on its way: the
 /// callers just answered are sending their next turns. Sleeping for as long as the last
-/// commit took (at most [`PACE_MAX`]) frees the core for the tasks that produce that work,
-/// and lets the next group grow, so that each write pays a smaller part of the transaction,
-/// the WAL pages and the fsync. A lone writer (or a few) never waits:
-/// the rule applies only after a group of [`PACE_MIN_GROUP`] or more. The wait adds at most
-/// one commit's duration to a reply.
+/// group took (at most [`PACE_MAX`]) frees the core for the tasks that produce that work,
+/// and lets the next group grow, so that each write pays a smaller part of the log write
+/// and its sync. A lone writer (or a few) never waits: the rule applies only after a group
+/// of [`PACE_MIN_GROUP`] or more. The wait adds at most one group's duration to a reply.
 fn pace_after(group: usize, took: Duration) -> Duration {
     if group >= PACE_MIN_GROUP {
         took.min(PACE_MAX)
@@ -568,112 +842,129 @@ fn pace_after(group: usize, took: Duration) -> Duration {
 /// How long the writer looks for more work, yielding its core, before it sleeps.
 const WRITER_LINGER: Duration = Duration::from_micros(50);
 
-/// The next message, or `None` once every sender is gone. After a commit more work usually
+enum Next {
+    Msg(WriterMsg),
+    /// The deadline passed with nothing to do.
+    Idle,
+    /// Every sender is gone.
+    Closed,
+}
+
+/// The next message, waiting at most until `deadline`. After a group more work usually
 /// follows within microseconds: while it does, the writer picks it up without being woken
 /// (a futex call on the committing side and a context switch here).
-fn next_message(rx: &Receiver<WriterMsg>) -> Option<WriterMsg> {
-    let until = Instant::now() + WRITER_LINGER;
+fn next_message(rx: &Receiver<WriterMsg>, deadline: Option<Instant>) -> Next {
+    let now = Instant::now();
+    let linger = now + WRITER_LINGER;
     loop {
         match rx.try_recv() {
-            Ok(msg) => return Some(msg),
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => return None,
-            Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() < until => {
+            Ok(msg) => return Next::Msg(msg),
+            Err(TryRecvError::Disconnected) => return Next::Closed,
+            Err(TryRecvError::Empty) if Instant::now() < linger => {
                 std::thread::yield_now();
             }
-            Err(std::sync::mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(TryRecvError::Empty) => break,
         }
+    }
+    let got = match deadline {
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+    };
+    match got {
+        Ok(msg) => Next::Msg(msg),
+        Err(RecvTimeoutError::Timeout) => Next::Idle,
+        Err(RecvTimeoutError::Disconnected) => Next::Closed,
     }
 }
 
-fn apply_group(conn: &mut Connection, batches: &mut [CommitBatch]) -> rusqlite::Result<()> {
+/// Applies one group's changes inside the connection's transaction.
+fn apply(conn: &Connection, changes: Vec<Change<'_>>) -> rusqlite::Result<()> {
     // Gather per object, keeping the order of clears and writes.
-    let mut index: HashMap<ObjectRef, usize, IdHashState> =
-        HashMap::with_capacity_and_hasher(batches.len(), Default::default());
-    let mut ops: Vec<(ObjectRef, ObjectOps)> = Vec::with_capacity(batches.len());
-    for b in batches.iter_mut() {
-        let i = *index.entry(b.object).or_insert_with(|| {
-            ops.push((b.object, ObjectOps::default()));
+    let mut index: HashMap<(&str, ObjectId), usize, IdHashState> =
+        HashMap::with_capacity_and_hasher(changes.len(), Default::default());
+    let mut ops: Vec<((&str, ObjectId), ObjectOps)> = Vec::with_capacity(changes.len());
+    for mut c in changes {
+        let i = *index.entry((c.class, c.id)).or_insert_with(|| {
+            ops.push(((c.class, c.id), ObjectOps::default()));
             ops.len() - 1
         });
         let o = &mut ops[i].1;
         o.batches += 1;
-        if b.clear {
+        if c.clear {
             o.clear = true;
             o.writes.clear();
             o.alarm = Some(None);
             o.register = None;
         }
         if o.writes.is_empty() {
-            o.writes = std::mem::take(&mut b.writes);
+            o.writes = c.writes;
         } else {
-            o.writes.append(&mut b.writes);
+            o.writes.append(&mut c.writes);
         }
-        if let Some(a) = b.alarm {
+        if let Some(a) = c.alarm {
             o.alarm = Some(a);
         }
-        if let Some(r) = b.register.take() {
+        if let Some(r) = c.register {
             o.register = Some(r);
         }
     }
-    let tx = conn.transaction()?;
-    {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO kv (class, id, key, value) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (class, id, key) DO UPDATE SET value = excluded.value",
-        )?;
-        let mut delete =
-            tx.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")?;
-        for (obj, o) in &ops {
-            let id = &obj.id.as_bytes()[..];
-            if o.clear {
-                tx.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2")?
-                    .execute(params![obj.class, id])?;
-                tx.prepare_cached("DELETE FROM objects WHERE class = ?1 AND id = ?2")?
-                    .execute(params![obj.class, id])?;
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO kv (class, id, key, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (class, id, key) DO UPDATE SET value = excluded.value",
+    )?;
+    let mut delete =
+        conn.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")?;
+    for ((class, id), o) in &ops {
+        let id = &id.as_bytes()[..];
+        if o.clear {
+            conn.prepare_cached("DELETE FROM kv WHERE class = ?1 AND id = ?2")?
+                .execute(params![class, id])?;
+            conn.prepare_cached("DELETE FROM objects WHERE class = ?1 AND id = ?2")?
+                .execute(params![class, id])?;
+        }
+        // One batch holds at most one write per key; of several, the last write of a key
+        // is the one to apply.
+        let mut written = HashSet::new();
+        for (k, v) in o.writes.iter().rev() {
+            if o.batches > 1 && !written.insert(k.as_str()) {
+                continue;
             }
-            // One batch holds at most one write per key; of several, the last write of a
-            // key is the one to apply.
-            let mut written = HashSet::new();
-            for (k, v) in o.writes.iter().rev() {
-                if o.batches > 1 && !written.insert(k.as_str()) {
-                    continue;
-                }
-                match v {
-                    Some(v) => upsert.execute(params![obj.class, id, k, &v[..]])?,
-                    None => delete.execute(params![obj.class, id, k])?,
-                };
-            }
-            match o.alarm {
-                Some(Some(at)) => {
-                    tx.prepare_cached(
-                        "INSERT INTO alarms (class, id, at_ms) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms",
-                    )?
-                    .execute(params![obj.class, id, at])?;
-                }
-                Some(None) => {
-                    tx.prepare_cached("DELETE FROM alarms WHERE class = ?1 AND id = ?2")?
-                        .execute(params![obj.class, id])?;
-                }
-                None => {}
-            }
-            if let Some(name) = &o.register {
-                tx.prepare_cached(
-                    "INSERT INTO objects (class, id, name) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (class, id) DO UPDATE SET name = coalesce(objects.name, excluded.name)",
+            match v {
+                Some(v) => upsert.execute(params![class, id, k, &v[..]])?,
+                None => delete.execute(params![class, id, k])?,
+            };
+        }
+        match o.alarm {
+            Some(Some(at)) => {
+                conn.prepare_cached(
+                    "INSERT INTO alarms (class, id, at_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms",
                 )?
-                .execute(params![obj.class, id, name.as_deref()])?;
+                .execute(params![class, id, at])?;
             }
+            Some(None) => {
+                conn.prepare_cached("DELETE FROM alarms WHERE class = ?1 AND id = ?2")?
+                    .execute(params![class, id])?;
+            }
+            None => {}
+        }
+        if let Some(name) = &o.register {
+            conn.prepare_cached(
+                "INSERT INTO objects (class, id, name) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (class, id) DO UPDATE SET name = coalesce(objects.name, excluded.name)",
+            )?
+            .execute(params![class, id, name.as_deref()])?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn batch(id: u8, clear: bool, writes: &[(&str, Option<&str>)]) -> CommitBatch {
+    /// A batch of object `[id; 32]` of class `test`.
+    pub(super) fn batch(id: u8, clear: bool, writes: &[(&str, Option<&str>)]) -> CommitBatch {
         CommitBatch {
             object: ObjectRef {
                 class: "test",
@@ -708,9 +999,13 @@ mod tests {
     #[test]
     fn a_group_applies_its_batches_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_conn(&dir.path().join("shard-00.db")).unwrap();
+        let conn = open_conn(&dir.path().join("shard-00.db")).unwrap();
         init_schema(&conn, 1).unwrap();
-        apply_group(&mut conn, &mut [batch(3, false, &[("gone", Some("x"))])]).unwrap();
+        apply(
+            &conn,
+            vec![Change::take(&mut batch(3, false, &[("gone", Some("x"))]))],
+        )
+        .unwrap();
         let mut group = [
             batch(1, false, &[("a", Some("1")), ("b", Some("2"))]),
             batch(2, false, &[("a", Some("only"))]),
@@ -719,12 +1014,127 @@ mod tests {
             batch(1, false, &[("c", Some("4")), ("a", Some("5"))]),
             batch(3, false, &[("new", Some("z"))]),
         ];
-        apply_group(&mut conn, &mut group).unwrap();
+        apply(&conn, group.iter_mut().map(Change::take).collect()).unwrap();
         let s = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         // The last write of a key wins, a delete included.
         assert_eq!(contents(&conn, 1), vec![s("a", "5"), s("c", "4")]);
         assert_eq!(contents(&conn, 2), vec![s("a", "only")]);
         // A clear drops what was stored before it, not what came after it.
         assert_eq!(contents(&conn, 3), vec![s("new", "z")]);
+    }
+
+    /// A shard's writer on `dir`, as a backend opens it (replaying the log).
+    fn writer(dir: &Path) -> Writer {
+        let conn = open_conn(&dir.join("shard-00.db")).unwrap();
+        init_schema(&conn, 1).unwrap();
+        let log = CommitLog::open(&dir.join("shard-00.log")).unwrap();
+        Writer::start(conn, log).unwrap()
+    }
+
+    /// What the database file holds, read by a connection of its own (so without the
+    /// writer's open transaction).
+    fn committed(dir: &Path, id: u8) -> Vec<(String, String)> {
+        contents(&open_conn(&dir.join("shard-00.db")).unwrap(), id)
+    }
+
+    fn write(w: &mut Writer, group: &mut [CommitBatch]) -> bool {
+        for b in group.iter_mut() {
+            b.durability = Durability::Fsync;
+        }
+        w.write_group(group)
+    }
+
+    fn s(k: &str, v: &str) -> (String, String) {
+        (k.to_owned(), v.to_owned())
+    }
+
+    #[test]
+    fn acknowledged_groups_of_an_open_window_are_replayed_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
+        assert!(write(
+            &mut w,
+            &mut [
+                batch(1, false, &[("a", Some("2")), ("b", Some("3"))]),
+                batch(2, false, &[("x", Some("y"))])
+            ]
+        ));
+        // Reads go through the writer's connection and see the open window.
+        assert_eq!(
+            contents(&lock(&w.shared.conn), 1),
+            vec![s("a", "2"), s("b", "3")]
+        );
+        // The database file does not hold them yet: only the log does.
+        assert_eq!(committed(dir.path(), 1), vec![]);
+        // A crash: the writer goes without committing (its transaction is rolled back).
+        drop(w);
+        assert_eq!(committed(dir.path(), 1), vec![]);
+        let w = writer(dir.path());
+        // Opening replayed the log and committed it.
+        assert!(w.open.is_none());
+        assert_eq!(w.committed, 2);
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "2"), s("b", "3")]);
+        assert_eq!(committed(dir.path(), 2), vec![s("x", "y")]);
+    }
+
+    #[test]
+    fn a_committed_window_is_not_applied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        assert!(write(
+            &mut w,
+            &mut [batch(1, false, &[("a", Some("1")), ("b", Some("1"))])]
+        ));
+        w.commit().unwrap();
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "1"), s("b", "1")]);
+        // The next window overwrites the log from its start; the old record behind it must
+        // not be applied again over the newer writes.
+        assert!(write(&mut w, &mut [batch(1, false, &[("b", None)])]));
+        w.commit().unwrap();
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("2"))])]));
+        drop(w);
+        let w = writer(dir.path());
+        assert_eq!(w.committed, 3);
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "2")]);
+    }
+
+    #[test]
+    fn a_failed_group_is_taken_back_and_the_window_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        lock(&w.shared.conn)
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
+        // The group fails as a whole, the other object's batch included.
+        assert!(!write(
+            &mut w,
+            &mut [
+                batch(2, false, &[("c", Some("3"))]),
+                batch(1, false, &[("boom", Some("x"))])
+            ]
+        ));
+        // The window's earlier group is still there; the failed one left nothing.
+        assert_eq!(contents(&lock(&w.shared.conn), 1), vec![s("a", "1")]);
+        assert_eq!(contents(&lock(&w.shared.conn), 2), vec![]);
+        assert!(!w.shared.broken.load(Ordering::Acquire));
+        drop(w);
+        // Its log record (synced before the failure) is never replayed either.
+        open_conn(&dir.path().join("shard-00.db"))
+            .unwrap()
+            .execute_batch("DROP TRIGGER boom")
+            .unwrap();
+        let mut w = writer(dir.path());
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "1")]);
+        assert_eq!(committed(dir.path(), 2), vec![]);
+        // And the writer goes on where it was.
+        assert!(write(&mut w, &mut [batch(2, false, &[("c", Some("4"))])]));
+        drop(w);
+        writer(dir.path());
+        assert_eq!(committed(dir.path(), 2), vec![s("c", "4")]);
     }
 }
