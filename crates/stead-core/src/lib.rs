@@ -4,8 +4,8 @@
 //! key-value storage and an alarm. Each message it handles is one *turn*: the turn's writes
 //! commit atomically, and the reply leaves the object only once they are durable (the
 //! *output gate*). Turns of a busy object run back to back while earlier commits are still
-//! in flight, and a backend writer groups many turns into one transaction and one fsync, so
-//! a hot object is bounded by CPU, not by the disk.
+//! in flight, and a backend writer makes many turns durable with one write and one fsync,
+//! so a hot object is bounded by CPU, not by the disk.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -30,8 +30,8 @@ pub enum Durability {
     /// Acknowledged means on disk: every commit is fsynced (the default).
     #[default]
     Fsync,
-    /// Acknowledged survives a crash of the process but not of the machine (no fsync per
-    /// commit; SQLite `synchronous=NORMAL` in WAL mode).
+    /// Acknowledged survives a crash of the process but not of the machine: a commit is
+    /// written to the operating system without an fsync of its own.
     ProcessCrashSafe,
     /// Kept in memory only: lost when the process exits. Replies wait for no commit, and an
     /// object hands its writes to the process-wide memory store in bulk (every 64 pending
