@@ -24,8 +24,10 @@ use crate::clock::lock;
 use crate::error::{Error, Result};
 use crate::id::{IdHashState, ObjectId};
 
-/// The schema version this code writes; stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes; stored in `PRAGMA user_version`. Version 2 added the
+/// commit logs beside the databases (and `meta.log_seq`): a build that reads only version 1
+/// would ignore a log's acknowledged writes, so it must refuse the directory.
+const SCHEMA_VERSION: i64 = 2;
 /// At most this many batches go into one transaction.
 const MAX_GROUP: usize = 8192;
 
@@ -189,6 +191,10 @@ fn init_schema(conn: &Connection, shards: usize) -> Result<()> {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(sql_err)?;
         }
+        // Version 1 had no commit log: nothing moves, and the log starts empty.
+        1 => conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_err)?,
         SCHEMA_VERSION => {}
         other => {
             return Err(Error::storage(std::io::Error::other(format!(
@@ -247,9 +253,18 @@ impl SqliteBackend {
             wconn
                 .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
                 .map_err(sql_err)?;
-            let log =
-                CommitLog::open(&dir.join(format!("shard-{i:02}.log"))).map_err(Error::storage)?;
-            let writer = Writer::start(wconn, log)?;
+            let log_path = dir.join(format!("shard-{i:02}.log"));
+            let in_log = |e: &dyn std::error::Error| {
+                let mut text = format!("{}: {e}", log_path.display());
+                let mut cause = e.source();
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                Error::storage(std::io::Error::other(text))
+            };
+            let log = CommitLog::open(&log_path).map_err(|e| in_log(&e))?;
+            let writer = Writer::start(wconn, log).map_err(|e| in_log(&e))?;
             let shared = writer.shared.clone();
             let cconn = open_conn(&path)?;
             let (stop_tx, stop_rx) = std::sync::mpsc::channel();
@@ -1136,5 +1151,50 @@ mod tests {
         drop(w);
         writer(dir.path());
         assert_eq!(committed(dir.path(), 2), vec![s("c", "4")]);
+    }
+
+    #[test]
+    fn a_version_1_directory_is_upgraded_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-00.db");
+        let conn = open_conn(&path).unwrap();
+        init_schema(&conn, 1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let mut w = writer(dir.path());
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
+        drop(w);
+        let conn = open_conn(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = init_schema(&conn, 1).unwrap_err();
+        let text = format!("{:?}", std::error::Error::source(&err));
+        assert!(text.contains("newer stead"), "{text}");
+    }
+
+    #[test]
+    fn a_log_record_that_does_not_parse_stops_the_shard_from_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        SqliteBackend::open(dir.path(), SqliteOptions { shards: Some(1) }).unwrap();
+        // A record that passes its checksum (so is no torn write) but whose body is not a
+        // group: a bug or a foreign file, which must not be skipped silently.
+        let (body, seq) = (b"xx", 1u64);
+        let mut record = Vec::new();
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut summed = seq.to_le_bytes().to_vec();
+        summed.extend_from_slice(body);
+        record.extend_from_slice(&crc32fast::hash(&summed).to_le_bytes());
+        record.extend_from_slice(&summed);
+        std::fs::write(dir.path().join("shard-00.log"), &record).unwrap();
+        let err = SqliteBackend::open(dir.path(), SqliteOptions::default()).unwrap_err();
+        let text = format!("{err} {:?}", std::error::Error::source(&err));
+        assert!(
+            text.contains("shard-00.log") && text.contains("malformed"),
+            "{text}"
+        );
     }
 }
