@@ -580,6 +580,9 @@ struct Writer {
     committed: u64,
     /// The open transaction: when it began, and the last log record applied to it.
     open: Option<(Instant, u64)>,
+    /// After a failed commit, when the next may be tried (whatever the log's size: each try
+    /// replays the whole window).
+    retry_at: Option<Instant>,
 }
 
 impl Writer {
@@ -602,6 +605,7 @@ impl Writer {
             log,
             committed,
             open: None,
+            retry_at: None,
         };
         let shared = Arc::clone(&w.shared);
         let replayed = w.replay(&lock(&shared.conn), None)?;
@@ -662,12 +666,14 @@ impl Writer {
             Ok(()) => {
                 self.committed = last;
                 self.log.restart();
+                self.retry_at = None;
             }
             // Every group of the window is still in the log: apply them again, to be
             // committed with the next window.
             Err(_) => {
                 rollback(&conn);
                 self.recover(&conn, self.log.end());
+                self.retry_at = Some(Instant::now() + COMMIT_EVERY);
             }
         }
         done
@@ -750,6 +756,9 @@ impl Writer {
 
     /// Whether the open transaction's window is over.
     fn window_over(&self) -> bool {
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
         self.open.is_some_and(|(since, _)| {
             since.elapsed() >= COMMIT_EVERY || self.log.end() >= COMMIT_LOG_BYTES
         })
@@ -1197,5 +1206,36 @@ mod tests {
             text.contains("shard-00.log") && text.contains("malformed"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_commit_keeps_the_window_and_commits_it_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        // A deferred foreign key makes COMMIT itself fail while a violating row is in the
+        // transaction: the one way to fail a commit on demand.
+        lock(&w.shared.conn)
+            .execute_batch(
+                "PRAGMA foreign_keys = ON;
+                 CREATE TABLE parent (id INTEGER PRIMARY KEY);
+                 CREATE TABLE child (p INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);",
+            )
+            .unwrap();
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
+        lock(&w.shared.conn)
+            .execute_batch("INSERT INTO child (p) VALUES (7)")
+            .unwrap();
+        assert!(w.commit().is_err());
+        // The acknowledged group is applied again from the log (the stray row, which the
+        // log never held, is gone) and the shard goes on.
+        assert!(!w.shared.broken.load(Ordering::Acquire));
+        assert_eq!(contents(&lock(&w.shared.conn), 1), vec![s("a", "1")]);
+        assert_eq!(committed(dir.path(), 1), vec![]);
+        // The next try waits for a window, however large the log.
+        assert!(!w.window_over());
+        assert!(write(&mut w, &mut [batch(1, false, &[("b", Some("2"))])]));
+        w.commit().unwrap();
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "1"), s("b", "2")]);
+        assert_eq!(w.committed, 2);
     }
 }
