@@ -253,6 +253,9 @@ impl SqliteBackend {
             wconn
                 .pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
                 .map_err(sql_err)?;
+            // The writer's statements and every read's share this connection's cache of
+            // prepared statements: room for all of them, so none is prepared again.
+            wconn.set_prepared_statement_cache_capacity(64);
             let log_path = dir.join(format!("shard-{i:02}.log"));
             let in_log = |e: &dyn std::error::Error| {
                 let mut text = format!("{}: {e}", log_path.display());
