@@ -657,6 +657,7 @@ impl Writer {
         };
         let shared = Arc::clone(&self.shared);
         let conn = lock(&shared.conn);
+        let started = Instant::now();
         let done = conn
             .prepare_cached(
                 "INSERT INTO meta (key, value) VALUES ('log_seq', ?1)
@@ -664,6 +665,8 @@ impl Writer {
             )
             .and_then(|mut s| s.execute(params![last.to_string()]))
             .and_then(|_| conn.execute_batch("COMMIT"));
+        // Reads and new groups of the shard wait for this (the pages' writes and an fsync).
+        metrics::histogram!("stead_window_commit_seconds").record(started.elapsed().as_secs_f64());
         self.open = None;
         match &done {
             Ok(()) => {
