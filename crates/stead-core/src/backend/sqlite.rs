@@ -1244,4 +1244,131 @@ mod tests {
         assert_eq!(committed(dir.path(), 1), vec![s("a", "1"), s("b", "2")]);
         assert_eq!(w.committed, 2);
     }
+
+    /// A group of batches: (object, clear, writes of key numbers); a write of `None` deletes.
+    type GroupSpec = Vec<(u8, bool, Vec<(u8, Option<u8>)>)>;
+
+    /// One step of [`the_writer_agrees_with_a_model_across_crashes`].
+    #[derive(Debug, Clone)]
+    enum Step {
+        Group(GroupSpec),
+        /// A group with a batch whose apply fails: the whole group must leave nothing.
+        FailingGroup(GroupSpec),
+        Commit,
+        Crash,
+    }
+
+    #[test]
+    fn the_writer_agrees_with_a_model_across_crashes() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        use std::collections::BTreeMap;
+
+        let write = (0u8..4, prop::option::of(0u8..10));
+        let batch_ = (
+            0u8..3,
+            prop::bool::weighted(0.1),
+            prop::collection::vec(write, 0..4),
+        );
+        let group = prop::collection::vec(batch_, 1..4);
+        let step = prop_oneof![
+            6 => group.clone().prop_map(Step::Group),
+            1 => group.prop_map(Step::FailingGroup),
+            2 => Just(Step::Commit),
+            2 => Just(Step::Crash),
+        ];
+        let mut runner = TestRunner::new(Config {
+            cases: 48,
+            ..Config::default()
+        });
+        let result = runner.run(&prop::collection::vec(step, 1..24), |steps| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = writer(dir.path());
+            lock(&w.shared.conn)
+                .execute_batch(
+                    "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom'
+                     BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+                )
+                .unwrap();
+            let mut model: BTreeMap<(u8, String), String> = BTreeMap::new();
+            let to_batches = |g: &GroupSpec| -> Vec<CommitBatch> {
+                g.iter()
+                    .map(|(id, clear, writes)| {
+                        // At most one write per key in a batch, as the runtime sends them.
+                        let mut seen = HashSet::new();
+                        let writes: Vec<(String, Option<String>)> = writes
+                            .iter()
+                            .filter(|(k, _)| seen.insert(*k))
+                            .map(|(k, v)| (format!("k{k}"), v.map(|v| format!("v{v}"))))
+                            .collect();
+                        let borrowed: Vec<(&str, Option<&str>)> = writes
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_deref()))
+                            .collect();
+                        let mut b = batch(*id, *clear, &borrowed);
+                        b.durability = Durability::ProcessCrashSafe;
+                        b
+                    })
+                    .collect()
+            };
+            for step in steps {
+                // After a commit, or a crash and the replay that follows it, the database
+                // file itself holds the model too.
+                let settled = matches!(step, Step::Commit | Step::Crash);
+                match step {
+                    Step::Group(g) => {
+                        let mut batches = to_batches(&g);
+                        prop_assert!(w.write_group(&mut batches));
+                        // Batches apply in order: a clear drops what came before it.
+                        for b in &to_batches(&g) {
+                            let id = b.object.id.as_bytes()[0];
+                            if b.clear {
+                                model.retain(|(o, _), _| *o != id);
+                            }
+                            for (k, v) in &b.writes {
+                                match v {
+                                    Some(v) => {
+                                        model.insert(
+                                            (id, k.clone()),
+                                            String::from_utf8(v.to_vec()).unwrap(),
+                                        );
+                                    }
+                                    None => {
+                                        model.remove(&(id, k.clone()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Step::FailingGroup(g) => {
+                        let mut batches = to_batches(&g);
+                        batches.push(batch(0, false, &[("boom", Some("x"))]));
+                        prop_assert!(!w.write_group(&mut batches));
+                    }
+                    Step::Commit => w.commit().unwrap(),
+                    Step::Crash => {
+                        drop(w);
+                        w = writer(dir.path());
+                    }
+                }
+                prop_assert!(!w.shared.broken.load(Ordering::Acquire));
+                let conn = lock(&w.shared.conn);
+                for id in 0..3u8 {
+                    let want: Vec<(String, String)> = model
+                        .iter()
+                        .filter(|((o, _), _)| *o == id)
+                        .map(|((_, k), v)| (k.clone(), v.clone()))
+                        .collect();
+                    prop_assert_eq!(contents(&conn, id), want.clone());
+                    if settled {
+                        prop_assert_eq!(committed(dir.path(), id), want);
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
 }
