@@ -1075,6 +1075,17 @@ mod tests {
         w.write_group(group)
     }
 
+    /// Makes every write of the key `boom` fail inside SQLite (until the trigger is dropped),
+    /// so that a group's apply fails on demand.
+    fn fail_writes_of_boom(w: &Writer) {
+        lock(&w.shared.conn)
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+            )
+            .unwrap();
+    }
+
     fn s(k: &str, v: &str) -> (String, String) {
         (k.to_owned(), v.to_owned())
     }
@@ -1134,12 +1145,7 @@ mod tests {
     fn a_failed_group_is_taken_back_and_the_window_kept() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path());
-        lock(&w.shared.conn)
-            .execute_batch(
-                "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom'
-                 BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-            )
-            .unwrap();
+        fail_writes_of_boom(&w);
         assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
         // The group fails as a whole, the other object's batch included.
         assert!(!write(
@@ -1284,12 +1290,7 @@ mod tests {
         let result = runner.run(&prop::collection::vec(step, 1..24), |steps| {
             let dir = tempfile::tempdir().unwrap();
             let mut w = writer(dir.path());
-            lock(&w.shared.conn)
-                .execute_batch(
-                    "CREATE TRIGGER boom BEFORE INSERT ON kv WHEN NEW.key = 'boom'
-                     BEGIN SELECT RAISE(ABORT, 'injected'); END;",
-                )
-                .unwrap();
+            fail_writes_of_boom(&w);
             let mut model: BTreeMap<(u8, String), String> = BTreeMap::new();
             let to_batches = |g: &GroupSpec| -> Vec<CommitBatch> {
                 g.iter()
