@@ -712,20 +712,20 @@ impl Writer {
         }
         let start = self.log.end();
         let fsync = batches.iter().any(|b| b.durability == Durability::Fsync);
-        let logged = self.log.append(batches).and_then(|seq| {
-            if fsync {
-                self.log.sync()?;
-            }
-            Ok(seq)
-        });
-        let seq = match logged {
+        // A record that failed to be written whole counts for nothing: its checksum fails,
+        // and the next record overwrites it. One written but not synced is taken back.
+        let seq = match self.log.append(batches) {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::error!(error = %e, "writing the commit log failed");
-                self.take_back(start);
                 return false;
             }
         };
+        if fsync && let Err(e) = self.log.sync() {
+            tracing::error!(error = %e, "syncing the commit log failed");
+            self.take_back(start);
+            return false;
+        }
         let shared = Arc::clone(&self.shared);
         let conn = lock(&shared.conn);
         let began = match self.open {

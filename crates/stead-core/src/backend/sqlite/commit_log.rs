@@ -126,6 +126,9 @@ impl CommitLog {
     }
 
     /// Appends one record holding `batches`; returns its sequence number. Not yet synced.
+    /// On an error the log's position and numbering stay as they were: the bytes written, if
+    /// any, do not form a record whose checksum holds (a failed write leaves part of it),
+    /// and the next record goes over them.
     pub(super) fn append(&mut self, batches: &[CommitBatch]) -> io::Result<u64> {
         self.buf.clear();
         self.buf.resize(HEADER, 0);
@@ -148,8 +151,9 @@ impl CommitLog {
         self.file.sync_data()
     }
 
-    /// Takes back the last record, which started at `start`: its header is zeroed and
-    /// synced, so that it can never be applied, and the next record takes its place.
+    /// Takes back the last record appended, which started at `start`: its header is zeroed
+    /// and synced, so that it can never be applied, and the next record takes its place and
+    /// its number.
     pub(super) fn undo(&mut self, start: u64) -> io::Result<()> {
         write_at(&mut self.file, &[0; HEADER], start)?;
         self.file.sync_data()?;
