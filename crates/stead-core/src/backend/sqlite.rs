@@ -1372,4 +1372,21 @@ mod tests {
             panic!("{e}");
         }
     }
+
+    #[test]
+    fn a_group_whose_log_write_fails_leaves_the_numbering_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("shard-00.log");
+        let mut w = writer(dir.path());
+        assert!(write(&mut w, &mut [batch(1, false, &[("a", Some("1"))])]));
+        w.log.fail_writes(&log, true);
+        assert!(!write(&mut w, &mut [batch(1, false, &[("b", Some("2"))])]));
+        w.log.fail_writes(&log, false);
+        assert!(write(&mut w, &mut [batch(1, false, &[("c", Some("3"))])]));
+        drop(w);
+        // Both acknowledged groups are replayed: the one after the failure did not reuse
+        // the number of the one before it.
+        writer(dir.path());
+        assert_eq!(committed(dir.path(), 1), vec![s("a", "1"), s("c", "3")]);
+    }
 }

@@ -162,6 +162,17 @@ impl CommitLog {
         Ok(())
     }
 
+    /// Makes every later write fail (the file is reopened read-only) or, with `false`,
+    /// work again: for tests of a failing disk.
+    #[cfg(test)]
+    pub(super) fn fail_writes(&mut self, path: &Path, fail: bool) {
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(!fail)
+            .open(path)
+            .unwrap();
+    }
+
     /// Starts again from the beginning of the file, once the database holds every record.
     pub(super) fn restart(&mut self) {
         self.end = 0;
