@@ -225,7 +225,7 @@ impl Drop for CommitBatch {
 }
 
 /// A place to keep objects' data. Implemented by the memory and SQLite backends and by
-/// [`FaultyBackend`](crate::FaultyBackend); every implementation must pass the conformance
+/// [`FaultyBackend`]; every implementation must pass the conformance
 /// suite in `tests/conformance.rs`.
 ///
 /// Reads are synchronous and expected to be fast (a memory lookup or a cached SQLite page);
