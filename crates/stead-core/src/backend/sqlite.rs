@@ -257,13 +257,10 @@ impl SqliteBackend {
             // prepared statements: room for all of them, so none is prepared again.
             wconn.set_prepared_statement_cache_capacity(64);
             let log_path = dir.join(format!("shard-{i:02}.log"));
+            // The file's name, then the error and each of its causes.
             let in_log = |e: &dyn std::error::Error| {
-                let mut text = format!("{}: {e}", log_path.display());
-                let mut cause = e.source();
-                while let Some(c) = cause {
-                    text = format!("{text}: {c}");
-                    cause = c.source();
-                }
+                let causes = std::iter::successors(Some(e), |e| e.source());
+                let text = causes.fold(log_path.display().to_string(), |t, c| format!("{t}: {c}"));
                 Error::storage(std::io::Error::other(text))
             };
             let log = CommitLog::open(&log_path).map_err(|e| in_log(&e))?;
@@ -699,7 +696,7 @@ impl Writer {
     /// Marks the shard broken: the database no longer holds every acknowledged write (or a
     /// failed group could not be taken back out of the log), so it refuses reads and writes
     /// rather than serve a wrong state. A restart replays the log.
-    fn fail(&mut self, e: &dyn std::fmt::Display) {
+    fn fail(&self, e: &dyn std::fmt::Display) {
         tracing::error!(error = %e, "{BROKEN}");
         self.shared.broken.store(true, Ordering::Release);
     }
@@ -732,8 +729,7 @@ impl Writer {
             Some(_) => Ok(()),
             None => conn.execute_batch("BEGIN IMMEDIATE"),
         };
-        let applied =
-            began.and_then(|()| apply(&conn, batches.iter_mut().map(Change::take).collect()));
+        let applied = began.and_then(|()| apply(&conn, batches.iter_mut().map(Change::take)));
         match applied {
             Ok(()) => {
                 let since = self.open.map_or_else(Instant::now, |(t, _)| t);
@@ -760,14 +756,18 @@ impl Writer {
         }
     }
 
+    /// When the open transaction's window ends by time.
+    fn deadline(&self) -> Option<Instant> {
+        self.open.map(|(since, _)| since + COMMIT_EVERY)
+    }
+
     /// Whether the open transaction's window is over.
     fn window_over(&self) -> bool {
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
             return false;
         }
-        self.open.is_some_and(|(since, _)| {
-            since.elapsed() >= COMMIT_EVERY || self.log.end() >= COMMIT_LOG_BYTES
-        })
+        self.deadline()
+            .is_some_and(|d| Instant::now() >= d || self.log.end() >= COMMIT_LOG_BYTES)
     }
 
     /// Ends the window, logging a failure (the window's groups stay in the log).
@@ -787,8 +787,7 @@ impl Writer {
             if !pace.is_zero() {
                 std::thread::sleep(pace);
             }
-            let deadline = self.open.map(|(since, _)| since + COMMIT_EVERY);
-            let first = match next_message(&rx, deadline) {
+            let first = match next_message(&rx, self.deadline()) {
                 Next::Msg(m) => m,
                 Next::Idle => {
                     self.end_window();
@@ -885,8 +884,7 @@ enum Next {
 /// follows within microseconds: while it does, the writer picks it up without being woken
 /// (a futex call on the committing side and a context switch here).
 fn next_message(rx: &Receiver<WriterMsg>, deadline: Option<Instant>) -> Next {
-    let now = Instant::now();
-    let linger = now + WRITER_LINGER;
+    let linger = Instant::now() + WRITER_LINGER;
     loop {
         match rx.try_recv() {
             Ok(msg) => return Next::Msg(msg),
@@ -909,11 +907,16 @@ fn next_message(rx: &Receiver<WriterMsg>, deadline: Option<Instant>) -> Next {
 }
 
 /// Applies one group's changes inside the connection's transaction.
-fn apply(conn: &Connection, changes: Vec<Change<'_>>) -> rusqlite::Result<()> {
+fn apply<'a>(
+    conn: &Connection,
+    changes: impl IntoIterator<Item = Change<'a>>,
+) -> rusqlite::Result<()> {
     // Gather per object, keeping the order of clears and writes.
+    let changes = changes.into_iter();
+    let n = changes.size_hint().0;
     let mut index: HashMap<(&str, ObjectId), usize, IdHashState> =
-        HashMap::with_capacity_and_hasher(changes.len(), Default::default());
-    let mut ops: Vec<((&str, ObjectId), ObjectOps)> = Vec::with_capacity(changes.len());
+        HashMap::with_capacity_and_hasher(n, Default::default());
+    let mut ops: Vec<((&str, ObjectId), ObjectOps)> = Vec::with_capacity(n);
     for mut c in changes {
         let i = *index.entry((c.class, c.id)).or_insert_with(|| {
             ops.push(((c.class, c.id), ObjectOps::default()));
@@ -1045,7 +1048,7 @@ mod tests {
             batch(1, false, &[("c", Some("4")), ("a", Some("5"))]),
             batch(3, false, &[("new", Some("z"))]),
         ];
-        apply(&conn, group.iter_mut().map(Change::take).collect()).unwrap();
+        apply(&conn, group.iter_mut().map(Change::take)).unwrap();
         let s = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         // The last write of a key wins, a delete included.
         assert_eq!(contents(&conn, 1), vec![s("a", "5"), s("c", "4")]);
