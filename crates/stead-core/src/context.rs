@@ -2,7 +2,7 @@
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
@@ -46,6 +46,9 @@ pub struct Context {
     pub(crate) reply: Option<Box<dyn ReplySlot>>,
     pub(crate) replies: Vec<PendingReply>,
     pub(crate) deferred: Arc<AtomicUsize>,
+    /// The runtime's shutdown flag: a reply still parked when it shuts down fails with
+    /// [`Error::ShuttingDown`].
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 impl Context {
@@ -103,6 +106,7 @@ impl Context {
         Ok(Deferred {
             tx,
             count: self.deferred.clone(),
+            closed: self.closed.clone(),
         })
     }
 
@@ -156,10 +160,11 @@ impl Context {
 
 /// A reply parked by [`Context::defer`]. Completing it in a later turn sends the value once
 /// that turn is durable (the output gate applies as to any reply). Dropping it fails the
-/// caller with [`Error::Reset`].
+/// caller with [`Error::Reset`] (with [`Error::ShuttingDown`] once the runtime shuts down).
 pub struct Deferred<T> {
     tx: Option<oneshot::Sender<Result<T>>>,
     count: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for Deferred<T> {
@@ -198,5 +203,13 @@ impl<T: Send + 'static> Deferred<T> {
 impl<T> Drop for Deferred<T> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(tx) = self.tx.take() {
+            let err = if self.closed.load(Ordering::Acquire) {
+                Error::ShuttingDown
+            } else {
+                Error::Reset
+            };
+            let _ = tx.send(Err(err));
+        }
     }
 }

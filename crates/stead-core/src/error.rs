@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// A boxed error from a storage backend, kept as the `source` of [`Error::Storage`].
+/// A boxed error, kept as the `source` of [`Error::Storage`] and [`Error::Other`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong when talking to a durable object.
@@ -50,8 +50,10 @@ pub enum Error {
     /// The storage backend failed.
     #[error("storage backend failed")]
     Storage(#[source] BoxError),
-    /// An operation did not finish in time.
-    #[error("timed out")]
+    /// A call did not get its reply before its deadline (see
+    /// [`crate::RuntimeConfig::ask_timeout`] and [`crate::Stub::with_timeout`]). The
+    /// message may still be handled: a deadline stops the waiting, not the turn.
+    #[error("timed out waiting for the object's reply")]
     Timeout,
     /// Something that was asked for does not exist.
     #[error("not found: {what}")]
@@ -83,6 +85,22 @@ pub enum Error {
         /// The class name.
         class: &'static str,
     },
+    /// The class is registered already: a runtime holds one namespace per class, with one
+    /// environment. Look it up with [`crate::Runtime::get_namespace`].
+    #[error("class {class} is already registered in this runtime")]
+    AlreadyRegistered {
+        /// The class name.
+        class: &'static str,
+    },
+    /// The runtime or a backend was configured in a way that cannot work.
+    #[error("invalid configuration: {detail}")]
+    InvalidConfig {
+        /// What is wrong, and what to do instead.
+        detail: String,
+    },
+    /// A handler's own failure that is none of the above; its cause is the `source`.
+    #[error("{0}")]
+    Other(#[source] BoxError),
     /// `Context::defer` was asked for a reply type other than the current message's.
     #[error("defer was called with a reply type that does not match the message's")]
     WrongReplyType,
@@ -98,6 +116,25 @@ impl Error {
     /// Wraps a backend error.
     pub fn storage(err: impl Into<BoxError>) -> Self {
         Error::Storage(err.into())
+    }
+
+    /// Wraps a handler's own failure (an I/O error, a client's error, ...), keeping it as
+    /// the `source`.
+    ///
+    /// ```
+    /// let err = stead_core::Error::other(std::io::Error::other("upstream refused"));
+    /// assert_eq!(err.to_string(), "upstream refused");
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// ```
+    pub fn other(err: impl Into<BoxError>) -> Self {
+        Error::Other(err.into())
+    }
+
+    /// A [`Error::InvalidConfig`] with the given detail.
+    pub fn invalid_config(detail: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            detail: detail.into(),
+        }
     }
 
     /// A [`Error::BadRequest`] with the given detail.

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::id::{IdHashState, ObjectId};
 use crate::object::{AlarmInfo, DurableObject, Handler, Message};
 use crate::runtime::Shared;
 use crate::schedule::{self, ScheduledJob};
-use crate::storage::{Storage, StorageLimits};
+use crate::storage::{ALARM_RETRY_KEY, Storage, StorageLimits};
 
 /// How many lock shards the table of active objects is split into.
 const TABLE_SHARDS: usize = 64;
@@ -37,10 +37,9 @@ const MEMORY_PENDING_KEYS: usize = 64;
 pub(crate) enum AlarmOutcome {
     /// Ran (or was not due any more).
     Done,
-    /// Failed; retry later.
+    /// Could not be delivered (the object could not activate or read its storage); the
+    /// scheduler tries again later.
     Failed,
-    /// Failed for the last time and was dropped.
-    Dropped,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -93,7 +92,6 @@ where
 enum Envelope<O> {
     Call(Box<dyn Call<O>>),
     Alarm {
-        retry: u32,
         reply: oneshot::Sender<AlarmOutcome>,
     },
 }
@@ -231,8 +229,7 @@ type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, IdHashState>>;
 
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    fn deliver_alarm(self: Arc<Self>, id: ObjectId, retry: u32)
-    -> BoxFuture<'static, AlarmOutcome>;
+    fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome>;
     /// Asks every object idle since before `cutoff_ms` to leave memory; the receivers say
     /// whether each did.
     fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>>;
@@ -257,6 +254,33 @@ struct HotMetrics {
     turns: metrics::Counter,
     turn_seconds: metrics::Histogram,
     mailbox_depth: metrics::Histogram,
+    /// A moving average of turn length in nanoseconds (each turn weighs 1/16), for the
+    /// `Retry-After` of an overloaded object.
+    turn_nanos: AtomicU64,
+}
+
+impl HotMetrics {
+    fn record_turn(&self, took: std::time::Duration) {
+        self.turns.increment(1);
+        self.turn_seconds.record(took.as_secs_f64());
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.turn_nanos.load(Ordering::Relaxed);
+        let new = old - old / 16 + sample / 16;
+        self.turn_nanos.store(new, Ordering::Relaxed);
+    }
+
+    /// About how long a mailbox `depth` deep takes to drain: the hint an overloaded caller
+    /// gets, between 1 ms and 5 s.
+    fn drain_time(&self, depth: usize) -> std::time::Duration {
+        let nanos = self
+            .turn_nanos
+            .load(Ordering::Relaxed)
+            .saturating_mul(depth as u64);
+        std::time::Duration::from_nanos(nanos).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(5),
+        )
+    }
 }
 
 impl<O: DurableObject> NsInner<O> {
@@ -278,6 +302,7 @@ impl<O: DurableObject> NsInner<O> {
                 turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
                 turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
+                turn_nanos: AtomicU64::new(0),
             },
         }
     }
@@ -334,9 +359,10 @@ impl<O: DurableObject> NsInner<O> {
         if depth >= self.shared.config.mailbox_capacity {
             drop(inbox);
             metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
+            let retry_after = self.metrics.drain_time(depth);
             let err = || Error::Overloaded {
                 class: O::CLASS,
-                retry_after: std::time::Duration::from_millis(100),
+                retry_after,
             };
             env.fail(err());
             return Err(err());
@@ -357,12 +383,8 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
         self
     }
 
-    fn deliver_alarm(
-        self: Arc<Self>,
-        id: ObjectId,
-        retry: u32,
-    ) -> BoxFuture<'static, AlarmOutcome> {
-        Box::pin(deliver_alarm(self, id, retry))
+    fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome> {
+        Box::pin(deliver_alarm(self, id))
     }
 
     fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>> {
@@ -412,17 +434,25 @@ fn request_evict<O>(mailbox: &Mailbox<O>) -> oneshot::Receiver<bool> {
     rx
 }
 
-/// Delivers an alarm to object `id` of a namespace, waiting for room in its mailbox.
+/// Delivers an alarm to object `id` of a namespace, waiting (on the runtime's clock) for
+/// room in its mailbox.
 pub(crate) async fn deliver_alarm<O: DurableObject>(
     ns: Arc<NsInner<O>>,
     id: ObjectId,
-    retry: u32,
 ) -> AlarmOutcome {
     loop {
         let (tx, rx) = oneshot::channel();
-        match ns.send(id, &None, Envelope::Alarm { retry, reply: tx }) {
+        match ns.send(id, &None, Envelope::Alarm { reply: tx }) {
             Ok(()) => return rx.await.unwrap_or(AlarmOutcome::Failed),
-            Err(Error::Overloaded { retry_after, .. }) => tokio::time::sleep(retry_after).await,
+            Err(Error::Overloaded { retry_after, .. }) => {
+                let clock = &ns.shared.clock;
+                let wait = chrono::Duration::from_std(retry_after).unwrap_or(chrono::Duration::MAX);
+                let at = clock
+                    .now()
+                    .checked_add_signed(wait)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+                clock.sleep_until(at).await;
+            }
             Err(_) => return AlarmOutcome::Failed,
         }
     }
@@ -472,6 +502,7 @@ impl<O: DurableObject> Actor<O> {
             reply: None,
             replies: Vec::new(),
             deferred: Arc::new(AtomicUsize::new(0)),
+            closed: shared.closed.clone(),
         };
         Actor {
             name_known: name.is_some(),
@@ -630,17 +661,13 @@ impl<O: DurableObject> Actor<O> {
                 let started = Instant::now();
                 let turn = AssertUnwindSafe(call.call(instance, &mut self.ctx)).catch_unwind();
                 let result = turn.instrument(span).await;
-                self.ns.metrics.turns.increment(1);
-                self.ns
-                    .metrics
-                    .turn_seconds
-                    .record(started.elapsed().as_secs_f64());
+                self.ns.metrics.record_turn(started.elapsed());
                 match result {
                     Ok(()) => self.end_turn(),
                     Err(panic) => self.panicked(panic),
                 }
             }
-            Envelope::Alarm { retry, reply } => self.run_alarm(retry, reply).await,
+            Envelope::Alarm { reply } => self.run_alarm(reply).await,
         }
     }
 
@@ -803,117 +830,214 @@ impl<O: DurableObject> Actor<O> {
         }
     }
 
-    async fn run_alarm(&mut self, retry: u32, reply: oneshot::Sender<AlarmOutcome>) {
-        let now = self.ctx.clock.now();
-        let now_ms = to_ms(now);
-        let due = match self.ctx.storage.effective_alarm() {
-            Ok(a) => a,
+    /// Delivers what is due: the user's alarm and each due job, every one in a turn of its
+    /// own (a failure retries that one alone, with its own backoff, kept in storage).
+    async fn run_alarm(&mut self, reply: oneshot::Sender<AlarmOutcome>) {
+        let now_ms = to_ms(self.ctx.clock.now());
+        let due = match self.due_at(now_ms) {
+            Ok(due) => due,
             Err(e) => {
                 tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
                 let _ = reply.send(AlarmOutcome::Failed);
                 return;
             }
         };
-        match due {
-            None => {
-                let _ = reply.send(AlarmOutcome::Done);
+        if let Some(first) = due.iter().map(|d| d.at_ms).min() {
+            metrics::histogram!("stead_alarm_lag_seconds", "class" => O::CLASS)
+                .record((now_ms - first).max(0) as f64 / 1000.0);
+        }
+        for item in due {
+            if self.instance.is_none()
+                && let Err(e) = self.activate().await
+            {
+                tracing::warn!(class = O::CLASS, id = %self.id, error = %e, "could not activate the object for its alarm");
+                let _ = reply.send(AlarmOutcome::Failed);
                 return;
             }
-            Some(at) if at > now_ms => {
-                self.ns.shared.alarms.set(O::CLASS, self.id, Some(at));
-                let _ = reply.send(AlarmOutcome::Done);
+            if let Err(e) = self.run_due(item.what, now_ms).await {
+                tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
+                let _ = reply.send(AlarmOutcome::Failed);
                 return;
-            }
-            Some(at) => {
-                metrics::histogram!("stead_alarm_lag_seconds", "class" => O::CLASS)
-                    .record((now_ms - at).max(0) as f64 / 1000.0);
             }
         }
-        let result = match self.consume_due(now_ms) {
-            Ok((user, jobs)) => {
-                let ctx = &mut self.ctx;
-                let Some(instance) = self.instance.as_mut() else {
-                    let _ = reply.send(AlarmOutcome::Failed);
-                    return;
-                };
-                let run = async {
-                    if let Some(at) = user {
-                        let info = AlarmInfo {
-                            scheduled_at: from_ms(at),
-                            retry_count: retry,
-                        };
-                        instance.alarm(ctx, info).await?;
-                    }
-                    for (name, rec) in jobs {
-                        let job = ScheduledJob {
-                            name,
-                            kind: rec.kind,
-                            scheduled_at: from_ms(rec.next_ms),
-                        };
-                        instance.on_schedule(ctx, job).await?;
-                    }
-                    Ok::<(), Error>(())
-                };
-                let span = tracing::debug_span!("alarm", class = O::CLASS, id = %self.id, retry);
-                AssertUnwindSafe(run).catch_unwind().instrument(span).await
+        // The next delivery, whatever the turns did to the alarm.
+        match self.ctx.storage.effective_alarm() {
+            Ok(next) => self.ns.shared.alarms.set(O::CLASS, self.id, next),
+            Err(e) => {
+                tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
+                let _ = reply.send(AlarmOutcome::Failed);
+                return;
             }
-            Err(e) => Ok(Err(e)),
-        };
-        let failure = match result {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(panic) => {
-                self.instance = None;
-                Some(panic_message(&panic))
-            }
-        };
-        let outcome = match failure {
-            None => AlarmOutcome::Done,
-            Some(error) => {
-                self.ctx.storage.rollback();
-                self.ctx.replies.clear();
-                metrics::counter!("stead_alarm_failures_total", "class" => O::CLASS).increment(1);
-                if retry < self.ns.shared.config.alarm_max_retries {
-                    tracing::warn!(class = O::CLASS, id = %self.id, retry, %error, "alarm failed; will retry");
-                    let _ = reply.send(AlarmOutcome::Failed);
-                    return;
-                }
-                tracing::error!(class = O::CLASS, id = %self.id, retries = retry, %error, "alarm failed for the last time; dropped");
-                metrics::counter!("stead_alarms_dropped_total", "class" => O::CLASS).increment(1);
-                if let Err(e) = self.consume_due(now_ms) {
-                    tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not drop the alarm");
-                    let _ = reply.send(AlarmOutcome::Failed);
-                    return;
-                }
-                AlarmOutcome::Dropped
-            }
-        };
+        }
+        // Answered once the turns' writes are durable.
         self.ctx.queue_reply(Box::new(move |_| {
-            let _ = reply.send(outcome);
+            let _ = reply.send(AlarmOutcome::Done);
         }));
         self.end_turn();
     }
 
-    /// Clears the user's alarm if it is due and moves every due job on; returns what was due.
-    #[allow(clippy::type_complexity)]
-    fn consume_due(
-        &mut self,
-        now_ms: i64,
-    ) -> Result<(Option<i64>, Vec<(String, schedule::JobRecord)>)> {
+    /// What is due at `now_ms`, earliest first: the user's alarm and every due job.
+    fn due_at(&mut self, now_ms: i64) -> Result<Vec<DueItem>> {
         let storage = &mut self.ctx.storage;
-        let user = storage.user_alarm_ms()?.filter(|t| *t <= now_ms);
-        if user.is_some() {
-            storage.delete_alarm();
+        let mut due = Vec::new();
+        if let Some(at) = storage.user_alarm_ms()?.filter(|t| *t <= now_ms) {
+            due.push(DueItem {
+                at_ms: at,
+                what: Due::Alarm,
+            });
         }
-        let jobs: Vec<_> = schedule::load(storage)?
-            .into_iter()
-            .filter(|(_, r)| r.next_ms <= now_ms)
-            .collect();
-        for (name, rec) in &jobs {
-            schedule::advance(storage, name, rec, now_ms)?;
+        for (name, rec) in schedule::load(storage)? {
+            if rec.next_ms <= now_ms {
+                due.push(DueItem {
+                    at_ms: rec.next_ms,
+                    what: Due::Job(name),
+                });
+            }
         }
-        Ok((user, jobs))
+        due.sort_by_key(|d| d.at_ms);
+        Ok(due)
     }
+
+    /// Runs one due item as a turn. It is read again first: an earlier item's turn may
+    /// have changed or removed it. `Err` only when storage could not be read.
+    async fn run_due(&mut self, what: Due, now_ms: i64) -> Result<()> {
+        let Some(instance) = self.instance.as_mut() else {
+            return Err(Error::Reset);
+        };
+        let ctx = &mut self.ctx;
+        let max_retries = self.ns.shared.config.alarm_max_retries;
+        let (result, retry, label) = match &what {
+            Due::Alarm => {
+                let Some(at) = ctx.storage.user_alarm_ms()?.filter(|t| *t <= now_ms) else {
+                    return Ok(());
+                };
+                let state: AlarmRetry =
+                    ctx.storage
+                        .get_internal(ALARM_RETRY_KEY)?
+                        .unwrap_or(AlarmRetry {
+                            retry: 0,
+                            scheduled_at_ms: at,
+                        });
+                // Cleared before the call: the handler sets a new one to repeat.
+                ctx.storage.delete_alarm();
+                let info = AlarmInfo {
+                    scheduled_at: from_ms(state.scheduled_at_ms),
+                    retry_count: state.retry,
+                };
+                let span = tracing::debug_span!("alarm", class = O::CLASS, id = %self.id, retry = state.retry);
+                let run = AssertUnwindSafe(instance.alarm(ctx, info)).catch_unwind();
+                (run.instrument(span).await, state.retry, "alarm".to_owned())
+            }
+            Due::Job(name) => {
+                let Some(rec) = ctx
+                    .storage
+                    .get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    .filter(|r| r.next_ms <= now_ms)
+                else {
+                    return Ok(());
+                };
+                // Moved on before the call, so the handler may cancel or replace the job.
+                schedule::advance(&mut ctx.storage, name, &rec, now_ms)?;
+                let job = ScheduledJob {
+                    name: name.clone(),
+                    kind: rec.kind.clone(),
+                    scheduled_at: from_ms(rec.slot_ms()),
+                    retry_count: rec.retry,
+                };
+                let span = tracing::debug_span!("scheduled_job", class = O::CLASS, id = %self.id, job = %name, retry = rec.retry);
+                let run = AssertUnwindSafe(instance.on_schedule(ctx, job)).catch_unwind();
+                (
+                    run.instrument(span).await,
+                    rec.retry,
+                    format!("job {name:?}"),
+                )
+            }
+        };
+        let error = match result {
+            Ok(Ok(())) => {
+                self.end_turn();
+                return Ok(());
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => {
+                self.instance = None;
+                panic_message(&panic)
+            }
+        };
+        // The failed turn leaves nothing behind but its retry, recorded in a turn of its own.
+        self.ctx.storage.rollback();
+        self.ctx.replies.clear();
+        metrics::counter!("stead_alarm_failures_total", "class" => O::CLASS).increment(1);
+        let storage = &mut self.ctx.storage;
+        if retry < max_retries {
+            tracing::warn!(class = O::CLASS, id = %self.id, what = %label, retry, %error, "failed; will retry");
+            let backoff = self
+                .ns
+                .shared
+                .config
+                .alarm_first_retry
+                .saturating_mul(2u32.saturating_pow(retry.min(30)));
+            let retry_at =
+                now_ms.saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+            match &what {
+                Due::Alarm => {
+                    let scheduled_at_ms = storage
+                        .get_internal::<AlarmRetry>(ALARM_RETRY_KEY)?
+                        .map_or(storage.user_alarm_ms()?.unwrap_or(now_ms), |r| {
+                            r.scheduled_at_ms
+                        });
+                    storage.set_alarm_ms(retry_at)?;
+                    storage.put_internal(
+                        ALARM_RETRY_KEY.to_owned(),
+                        &AlarmRetry {
+                            retry: retry + 1,
+                            scheduled_at_ms,
+                        },
+                    )?;
+                }
+                Due::Job(name) => {
+                    if let Some(rec) =
+                        storage.get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    {
+                        schedule::retry_later(storage, name, &rec, retry_at)?;
+                    }
+                }
+            }
+        } else {
+            tracing::error!(class = O::CLASS, id = %self.id, what = %label, retries = retry, %error, "failed for the last time; dropped");
+            metrics::counter!("stead_alarms_dropped_total", "class" => O::CLASS).increment(1);
+            match &what {
+                Due::Alarm => storage.delete_alarm(),
+                Due::Job(name) => {
+                    if let Some(rec) =
+                        storage.get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    {
+                        schedule::advance(storage, name, &rec, now_ms)?;
+                    }
+                }
+            }
+        }
+        self.end_turn();
+        Ok(())
+    }
+}
+
+/// A user alarm that failed: how often, and when it was first due.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct AlarmRetry {
+    retry: u32,
+    scheduled_at_ms: i64,
+}
+
+/// One thing due at an alarm delivery.
+struct DueItem {
+    at_ms: i64,
+    what: Due,
+}
+
+enum Due {
+    Alarm,
+    Job(String),
 }
 
 fn panic_message(panic: &Box<dyn Any + Send>) -> String {
@@ -982,6 +1106,7 @@ impl<O: DurableObject> Namespace<O> {
             ns: self.inner.clone(),
             id,
             name: None,
+            timeout: None,
         }
     }
 
@@ -991,6 +1116,7 @@ impl<O: DurableObject> Namespace<O> {
             ns: self.inner.clone(),
             id: self.id_from_name(name),
             name: Some(Arc::from(name)),
+            timeout: None,
         }
     }
 
@@ -1055,6 +1181,8 @@ pub struct Stub<O: DurableObject> {
     ns: Arc<NsInner<O>>,
     id: ObjectId,
     name: Option<Arc<str>>,
+    /// Overrides the runtime's `ask_timeout`.
+    timeout: Option<std::time::Duration>,
 }
 
 impl<O: DurableObject> Clone for Stub<O> {
@@ -1063,6 +1191,7 @@ impl<O: DurableObject> Clone for Stub<O> {
             ns: self.ns.clone(),
             id: self.id,
             name: self.name.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -1088,8 +1217,21 @@ impl<O: DurableObject> Stub<O> {
         self.name.as_deref()
     }
 
+    /// The same stub with its own deadline for replies, instead of the runtime's
+    /// [`ask_timeout`](crate::RuntimeConfig::ask_timeout).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
     /// Sends `msg` and waits for the reply, which arrives only once the turn's writes are
-    /// durable. Fails at once with [`Error::Overloaded`] when the mailbox is full.
+    /// durable.
+    ///
+    /// The outer `Result` is the runtime's: [`Error::Overloaded`] at once when the mailbox is
+    /// full, [`Error::Timeout`] when no reply came within the deadline (a call cycle, A asks
+    /// B which asks A, ends this way: a turn must never wait on its own object),
+    /// [`Error::Reset`], [`Error::ShuttingDown`]. A handler that returns a `Result` is
+    /// easier to call with [`call`](Self::call).
     pub async fn ask<M: Message>(&self, msg: M) -> Result<<O as Handler<M>>::Reply>
     where
         O: Handler<M>,
@@ -1101,7 +1243,70 @@ impl<O: DurableObject> Stub<O> {
         };
         self.ns
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
-        rx.await.unwrap_or(Err(Error::Reset))
+        let shared = &self.ns.shared;
+        let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
+        let deadline = shared
+            .clock
+            .now()
+            .checked_add_signed(
+                chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX),
+            )
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let expired = shared.clock.sleep_until(deadline);
+        tokio::select! {
+            biased;
+            reply = rx => reply.unwrap_or(Err(Error::Reset)),
+            () = expired => Err(Error::Timeout),
+        }
+    }
+
+    /// Sends `msg` to a handler whose reply is a `Result<T, E>` and flattens the two
+    /// layers: the runtime's failures ([`Error::Overloaded`], [`Error::Timeout`],
+    /// [`Error::Reset`], [`Error::ShuttingDown`], ...) arrive through `E: From<Error>`, so a
+    /// caller matches one error type and can still tell them from the handler's own.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stead_core::{Context, DurableObject, Handler, Runtime};
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum VaultError {
+    ///     #[error("the vault is empty")]
+    ///     Empty,
+    ///     #[error(transparent)]
+    ///     Runtime(#[from] stead_core::Error),
+    /// }
+    ///
+    /// struct Vault;
+    /// impl DurableObject for Vault {
+    ///     const CLASS: &'static str = "vault";
+    ///     type Env = ();
+    ///     async fn activate(_: &mut Context, _: Arc<()>) -> stead_core::Result<Self> { Ok(Vault) }
+    /// }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Withdraw(u64);
+    /// impl Handler<Withdraw> for Vault {
+    ///     type Reply = Result<u64, VaultError>;
+    ///     async fn handle(&mut self, _: Withdraw, _: &mut Context) -> Result<u64, VaultError> {
+    ///         Err(VaultError::Empty)
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let rt = Runtime::builder().memory().build().await?;
+    /// let vault = rt.namespace::<Vault>(())?.get_by_name("main");
+    /// match vault.call(Withdraw(10)).await {
+    ///     Err(VaultError::Empty) => {}                 // the handler's own outcome
+    ///     Err(VaultError::Runtime(e)) => return Err(e), // overloaded, timed out, ...
+    ///     Ok(_) => unreachable!(),
+    /// }
+    /// # rt.shutdown().await }).unwrap();
+    /// ```
+    pub async fn call<M: Message, T, E>(&self, msg: M) -> Result<T, E>
+    where
+        O: Handler<M, Reply = Result<T, E>>,
+        E: From<Error>,
+    {
+        self.ask(msg).await.map_err(E::from)?
     }
 
     /// Sends `msg` without waiting: it is handled (and its writes committed) like any other

@@ -127,9 +127,17 @@ impl From<&Error> for Problem {
                     .retry_after(std::time::Duration::from_secs(1))
             }
             Error::InvalidId => Problem::new(S::BAD_REQUEST, "invalid-id", err.to_string()),
-            Error::ClassConflict { .. } | Error::WrongReplyType => {
+            Error::ClassConflict { .. }
+            | Error::AlreadyRegistered { .. }
+            | Error::InvalidConfig { .. }
+            | Error::WrongReplyType => {
                 Problem::new(S::INTERNAL_SERVER_ERROR, "internal", err.to_string())
             }
+            Error::Other(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the object failed while handling the request",
+            ),
             Error::InvalidSchedule { detail } => {
                 Problem::new(S::BAD_REQUEST, "invalid-schedule", detail.clone())
             }
@@ -141,7 +149,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
             self,
-            Error::Storage(_) | Error::Codec(_) | Error::Panicked { .. }
+            Error::Storage(_) | Error::Codec(_) | Error::Panicked { .. } | Error::Other(_)
         ) {
             tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }

@@ -69,8 +69,8 @@ mod schedule;
 mod storage;
 
 pub use backend::{
-    Backend, CommitBatch, Durability, FaultyBackend, ListOptions, MemoryBackend, ObjectEntry,
-    ObjectRef, Value,
+    AlarmChange, Backend, CommitBatch, Durability, FaultyBackend, ListOptions, MemoryBackend,
+    ObjectEntry, ObjectRef, Value,
 };
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};

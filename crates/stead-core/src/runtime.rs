@@ -38,6 +38,10 @@ pub struct RuntimeConfig {
     pub alarm_max_retries: u32,
     /// The durability of namespaces that do not choose their own (default `Fsync`).
     pub durability: Durability,
+    /// How long [`crate::Stub::ask`] waits for a reply before it fails with
+    /// [`Error::Timeout`] (default 30 s), on the runtime's clock. A call cycle (A asks B,
+    /// which asks A) ends this way instead of hanging. Per call: [`crate::Stub::with_timeout`].
+    pub ask_timeout: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -51,6 +55,7 @@ impl Default for RuntimeConfig {
             alarm_first_retry: Duration::from_secs(1),
             alarm_max_retries: 6,
             durability: Durability::Fsync,
+            ask_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -78,7 +83,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: RuntimeConfig,
     pub(crate) alarms: AlarmIndex,
-    pub(crate) closed: AtomicBool,
+    pub(crate) closed: Arc<AtomicBool>,
     live_objects: AtomicUsize,
     objects_done: Notify,
     lru_running: AtomicBool,
@@ -221,15 +226,24 @@ impl std::fmt::Debug for Runtime {
 enum BackendChoice {
     Memory,
     #[cfg(feature = "sqlite")]
-    Sqlite(PathBuf, crate::backend::sqlite::SqliteOptions),
+    Sqlite(PathBuf),
     Custom(Arc<dyn Backend>),
 }
 
-/// Builds a [`Runtime`].
+/// Registers a class on a runtime that was just built.
+type Registration = Box<dyn FnOnce(&Runtime) -> Result<()> + Send>;
+
+/// Builds a [`Runtime`]. Choose a store: [`sqlite`](Self::sqlite) (the embedded default of
+/// the server and of real deployments), [`memory`](Self::memory) (tests, ephemeral state)
+/// or [`backend`](Self::backend).
 pub struct RuntimeBuilder {
-    backend: BackendChoice,
+    backend: Option<BackendChoice>,
+    #[cfg(feature = "sqlite")]
+    shards: Option<usize>,
+    durability: Option<Durability>,
     clock: Arc<dyn Clock>,
     config: RuntimeConfig,
+    registrations: Vec<(&'static str, Registration)>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -241,33 +255,55 @@ impl std::fmt::Debug for RuntimeBuilder {
 }
 
 impl RuntimeBuilder {
-    /// Stores data in SQLite files under `dir` (the embedded default).
+    /// Stores data in SQLite files under `dir` (the embedded default). One runtime per
+    /// directory: a second one fails to build while the first holds it.
     #[cfg(feature = "sqlite")]
     pub fn sqlite(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.backend = BackendChoice::Sqlite(dir.into(), Default::default());
+        self.backend = Some(BackendChoice::Sqlite(dir.into()));
         self
     }
 
-    /// With [`sqlite`](Self::sqlite): how many shard files (and writer threads); fixed when the
-    /// directory is created (default: the directory's count, or one per two cores for a new
-    /// one).
+    /// With [`sqlite`](Self::sqlite), in either order: how many shard files (and writer
+    /// threads); fixed when the directory is created (default: the directory's count, or one
+    /// per two cores, at most 8, for a new one).
     #[cfg(feature = "sqlite")]
     pub fn shards(mut self, shards: usize) -> Self {
-        if let BackendChoice::Sqlite(_, opts) = &mut self.backend {
-            opts.shards = Some(shards);
-        }
+        self.shards = Some(shards);
         self
     }
 
-    /// Keeps everything in memory (tests, ephemeral state).
+    /// Keeps everything in process memory (tests, ephemeral state): namespaces get
+    /// [`Durability::Memory`], and choosing another durability is an error.
     pub fn memory(mut self) -> Self {
-        self.backend = BackendChoice::Memory;
+        self.backend = Some(BackendChoice::Memory);
         self
     }
 
     /// Uses this backend.
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
-        self.backend = BackendChoice::Custom(backend);
+        self.backend = Some(BackendChoice::Custom(backend));
+        self
+    }
+
+    /// Registers class `O` with `env` as the runtime is built, before anything else can
+    /// run: its alarms pending from an earlier run fire from the start. (A class registered
+    /// later with [`Runtime::namespace`] has its pending alarms fire from then on.)
+    pub fn register<O: DurableObject>(self, env: O::Env) -> Self
+    where
+        O::Env: Send,
+    {
+        self.register_with::<O>(env, NamespaceOptions::default())
+    }
+
+    /// Like [`register`](Self::register), with namespace options.
+    pub fn register_with<O: DurableObject>(mut self, env: O::Env, opts: NamespaceOptions) -> Self
+    where
+        O::Env: Send,
+    {
+        self.registrations.push((
+            O::CLASS,
+            Box::new(move |rt: &Runtime| rt.namespace_with::<O>(env, opts).map(|_| ())),
+        ));
         self
     }
 
@@ -277,9 +313,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The default durability of namespaces.
+    /// The default durability of namespaces (default [`Durability::Fsync`]).
     pub fn durability(mut self, durability: Durability) -> Self {
-        self.config.durability = durability;
+        self.durability = Some(durability);
         self
     }
 
@@ -313,6 +349,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long a call waits for its reply before [`Error::Timeout`] (default 30 s).
+    pub fn ask_timeout(mut self, d: Duration) -> Self {
+        self.config.ask_timeout = d;
+        self
+    }
+
     /// Alarm retries: the first wait (doubling each time) and how many retries.
     pub fn alarm_retries(mut self, first: Duration, max_retries: u32) -> Self {
         self.config.alarm_first_retry = first;
@@ -320,23 +362,54 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Replaces the whole configuration.
+    /// Replaces the whole configuration (its `durability` too, unless
+    /// [`durability`](Self::durability) is called after this).
     pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.durability = Some(config.durability);
         self.config = config;
         self
     }
 
-    /// Opens the backend and starts the runtime. Must be called inside a tokio runtime.
+    /// Opens the backend, starts the runtime and registers the classes given to
+    /// [`register`](Self::register). Must be called inside a tokio runtime.
+    ///
+    /// Fails with [`Error::InvalidConfig`] when no store was chosen, when `.memory()` is
+    /// combined with a durability other than `Memory`, or when `.shards(..)` is given
+    /// without `.sqlite(..)`; with the SQLite store, also when the directory is in use by
+    /// another runtime.
     pub async fn build(self) -> Result<Runtime> {
         let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let mut config = self.config;
-        let backend = match self.backend {
+        let Some(choice) = self.backend else {
+            return Err(Error::invalid_config(
+                "no store chosen: build the runtime with .sqlite(dir) (durable, the embedded default) or .memory() (tests, ephemeral state)",
+            ));
+        };
+        #[cfg(feature = "sqlite")]
+        if self.shards.is_some() && !matches!(choice, BackendChoice::Sqlite(_)) {
+            return Err(Error::invalid_config(
+                ".shards(n) applies to the SQLite store only: add .sqlite(dir)",
+            ));
+        }
+        let backend = match choice {
             BackendChoice::Memory => {
+                match self.durability {
+                    None | Some(Durability::Memory) => {}
+                    Some(other) => {
+                        return Err(Error::invalid_config(format!(
+                            "a .memory() runtime keeps nothing on disk, so durability {other:?} cannot hold: use .sqlite(dir), or Durability::Memory"
+                        )));
+                    }
+                }
                 config.durability = Durability::Memory;
                 memory.clone()
             }
             #[cfg(feature = "sqlite")]
-            BackendChoice::Sqlite(dir, opts) => {
+            BackendChoice::Sqlite(dir) => {
+                config.durability = self.durability.unwrap_or(config.durability);
+                let opts = crate::backend::sqlite::SqliteOptions {
+                    shards: self.shards,
+                };
                 let b = tokio::task::spawn_blocking(move || {
                     crate::backend::sqlite::SqliteBackend::open(dir, opts)
                 })
@@ -344,13 +417,16 @@ impl RuntimeBuilder {
                 .map_err(Error::storage)??;
                 Arc::new(b) as Arc<dyn Backend>
             }
-            BackendChoice::Custom(b) => b,
+            BackendChoice::Custom(b) => {
+                config.durability = self.durability.unwrap_or(config.durability);
+                b
+            }
         };
         let shared = Arc::new(Shared {
             clock: self.clock,
             config,
             alarms: AlarmIndex::default(),
-            closed: AtomicBool::new(false),
+            closed: Arc::new(AtomicBool::new(false)),
             live_objects: AtomicUsize::new(0),
             objects_done: Notify::new(),
             lru_running: AtomicBool::new(false),
@@ -374,43 +450,76 @@ impl RuntimeBuilder {
             tasks.push(tokio::spawn(idle_loop(weak)));
         }
         *lock(&inner.background) = tasks;
-        Ok(Runtime { inner })
+        let rt = Runtime { inner };
+        for (_, register) in self.registrations {
+            register(&rt)?;
+        }
+        rt.warn_unregistered_alarms().await;
+        Ok(rt)
     }
 }
 
 impl Runtime {
-    /// A builder with the defaults: memory backend, system clock.
+    /// A builder with the system clock and the default configuration; choose a store on it.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder {
-            backend: BackendChoice::Memory,
+            backend: None,
+            #[cfg(feature = "sqlite")]
+            shards: None,
+            durability: None,
             clock: Arc::new(SystemClock),
             config: RuntimeConfig::default(),
+            registrations: Vec::new(),
         }
     }
 
-    /// The namespace of class `O`, registering it with `env` on first use. Later calls return
-    /// the registered namespace (and ignore their `env`).
+    /// Registers class `O` with its environment and returns its namespace. A class is
+    /// registered once per runtime: a second call fails with [`Error::AlreadyRegistered`]
+    /// (find the registered one with [`get_namespace`](Self::get_namespace)), so that two
+    /// parts of a program cannot silently share a namespace built with another `env`.
+    ///
+    /// Alarms of `O` still pending from an earlier run fire from the moment it is
+    /// registered; [`RuntimeBuilder::register`] registers it before the runtime starts.
     pub fn namespace<O: DurableObject>(&self, env: O::Env) -> Result<Namespace<O>> {
         self.namespace_with(env, NamespaceOptions::default())
     }
 
-    /// Like [`namespace`](Self::namespace), with options for a new registration.
+    /// The namespace of class `O`, if it is registered.
+    pub fn get_namespace<O: DurableObject>(&self) -> Result<Option<Namespace<O>>> {
+        let map = lock(&self.inner.namespaces);
+        map.get(O::CLASS).map(|ns| downcast::<O>(ns)).transpose()
+    }
+
+    /// Like [`namespace`](Self::namespace), with options.
     pub fn namespace_with<O: DurableObject>(
         &self,
         env: O::Env,
         opts: NamespaceOptions,
     ) -> Result<Namespace<O>> {
+        let (ns, registered) = self.get_or_register(opts, || env)?;
+        if registered {
+            Ok(ns)
+        } else {
+            Err(Error::AlreadyRegistered { class: O::CLASS })
+        }
+    }
+
+    /// The registered namespace of `O`, or a new registration with `make_env()` and
+    /// `opts` when there is none, in one step (two callers racing get the same one). The
+    /// flag says whether this call registered it. For a library that shares one namespace
+    /// among its clients: it compares the registered environment with the one it wants.
+    pub fn get_or_register<O: DurableObject>(
+        &self,
+        opts: NamespaceOptions,
+        make_env: impl FnOnce() -> O::Env,
+    ) -> Result<(Namespace<O>, bool)> {
         let shared = &self.inner.shared;
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
         let mut map = lock(&self.inner.namespaces);
         if let Some(existing) = map.get(O::CLASS) {
-            let any: Arc<dyn std::any::Any + Send + Sync> = existing.clone().into_any();
-            return any
-                .downcast::<NsInner<O>>()
-                .map(Namespace::from_inner)
-                .map_err(|_| Error::ClassConflict { class: O::CLASS });
+            return Ok((downcast::<O>(existing)?, false));
         }
         let durability = opts.durability.unwrap_or(shared.config.durability);
         let backend = if durability == Durability::Memory {
@@ -423,12 +532,12 @@ impl Runtime {
         }
         let ns = Arc::new(NsInner::<O>::new(
             shared.clone(),
-            Arc::new(env),
+            Arc::new(make_env()),
             backend,
             durability,
         ));
         map.insert(O::CLASS, ns.clone());
-        Ok(Namespace::from_inner(ns))
+        Ok((Namespace::from_inner(ns), true))
     }
 
     /// The runtime's clock.
@@ -456,8 +565,35 @@ impl Runtime {
         self.inner.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Logs, once, the classes that have alarms pending in the store but are not registered
+    /// (their alarms wait until they are).
+    async fn warn_unregistered_alarms(&self) {
+        let backend = self.inner.backend.clone();
+        let classes = match tokio::task::spawn_blocking(move || backend.alarm_classes()).await {
+            Ok(Ok(classes)) => classes,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not list the classes with pending alarms");
+                return;
+            }
+            Err(_) => return,
+        };
+        let registered = lock(&self.inner.namespaces);
+        let waiting: Vec<_> = classes
+            .into_iter()
+            .filter(|c| !registered.contains_key(c.as_str()))
+            .collect();
+        if !waiting.is_empty() {
+            tracing::warn!(
+                classes = ?waiting,
+                "alarms are pending for classes this runtime has not registered yet; they fire once each class is registered (register classes with Runtime::builder().register::<C>(env) to fire them from the start)"
+            );
+        }
+    }
+
     /// Stops taking messages, lets every object finish the messages it has, flushes every
-    /// commit, then returns. Deferred replies still parked fail with [`Error::Reset`].
+    /// commit, releases the store (another runtime may then open it), then returns. Calls
+    /// waiting on replies that an object still holds parked fail with
+    /// [`Error::ShuttingDown`].
     pub async fn shutdown(&self) -> Result<()> {
         let inner = &self.inner;
         inner.shared.closed.store(true, Ordering::Release);
@@ -479,13 +615,20 @@ impl Runtime {
         let backends = [inner.backend.clone(), inner.memory.clone()];
         tokio::task::spawn_blocking(move || {
             for b in backends {
-                b.flush()?;
+                b.close()?;
             }
             Ok::<(), Error>(())
         })
         .await
         .map_err(Error::storage)?
     }
+}
+
+fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>> {
+    let any: Arc<dyn std::any::Any + Send + Sync> = ns.clone().into_any();
+    any.downcast::<NsInner<O>>()
+        .map(Namespace::from_inner)
+        .map_err(|_| Error::ClassConflict { class: O::CLASS })
 }
 
 impl RuntimeInner {
@@ -504,7 +647,7 @@ impl RuntimeInner {
             };
             let shared = self.shared.clone();
             let delivery = async move {
-                match ns.deliver_alarm(id, retry).await {
+                match ns.deliver_alarm(id).await {
                     AlarmOutcome::Failed if !shared.closed.load(Ordering::Acquire) => {
                         let backoff = shared
                             .config
@@ -569,6 +712,10 @@ impl RuntimeInner {
 }
 
 impl TimeDriven for RuntimeInner {
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        self.shared.alarms.next().map(from_ms)
+    }
+
     fn on_time(self: Arc<Self>, now: DateTime<Utc>) -> Sleep {
         Box::pin(async move {
             // Alarms that set themselves due again run in the same advance, up to a bound.

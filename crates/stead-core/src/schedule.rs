@@ -35,14 +35,22 @@ pub enum ScheduleKind {
 }
 
 /// A job that has fallen due, as given to [`crate::DurableObject::on_schedule`].
+///
+/// Each due job runs in a turn of its own: a job that fails (an error or a panic) is retried
+/// on its own, with the same backoff as the object's alarm, and neither delays nor repeats
+/// the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ScheduledJob {
     /// The job's name.
     pub name: String,
     /// How it recurs.
     pub kind: ScheduleKind,
-    /// When it was due.
+    /// When it was due (on a retry, still the time of the run being retried).
     pub scheduled_at: DateTime<Utc>,
+    /// 0 on the first run of this slot, then 1, 2, ... on retries after failures. Kept in
+    /// storage, so a restart does not start the backoff again.
+    pub retry_count: u32,
 }
 
 /// A job as listed by [`Schedules::list`].
@@ -60,7 +68,34 @@ pub struct ScheduleInfo {
 pub(crate) struct JobRecord {
     #[serde(flatten)]
     pub(crate) kind: ScheduleKind,
+    /// When the job runs next (on a retry, the retry's time).
     pub(crate) next_ms: i64,
+    /// Failed runs of the current slot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) retry: u32,
+    /// On a retry, when the slot being retried was due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) due_ms: Option<i64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl JobRecord {
+    fn new(kind: ScheduleKind, next_ms: i64) -> Self {
+        JobRecord {
+            kind,
+            next_ms,
+            retry: 0,
+            due_ms: None,
+        }
+    }
+
+    /// When the slot this record runs (or retries) was due.
+    pub(crate) fn slot_ms(&self) -> i64 {
+        self.due_ms.unwrap_or(self.next_ms)
+    }
 }
 
 /// The jobs of one object; get it with [`Context::schedules`]. Changes commit with the turn.
@@ -139,11 +174,11 @@ impl<'a> Schedules<'a> {
         check_name(name)?;
         self.ctx
             .storage
-            .put_internal(key(name), &JobRecord { kind, next_ms })
+            .put_internal(key(name), &JobRecord::new(kind, next_ms))
     }
 }
 
-fn key(name: &str) -> String {
+pub(crate) fn key(name: &str) -> String {
     format!("{SCHEDULE_PREFIX}{name}")
 }
 
@@ -173,19 +208,33 @@ pub(crate) fn load(storage: &mut Storage) -> Result<Vec<(String, JobRecord)>> {
 }
 
 /// Records that job `name` ran (or was dropped) at `now`: removes a one-shot, moves a
-/// recurring job to its next time.
+/// recurring job to its next time after its slot, with no retries.
 pub(crate) fn advance(storage: &mut Storage, name: &str, rec: &JobRecord, now: i64) -> Result<()> {
-    match next_after(&rec.kind, rec.next_ms, now)? {
+    match next_after(&rec.kind, rec.slot_ms(), now)? {
         None => storage.delete_internal(key(name)),
-        Some(next_ms) => storage.put_internal(
-            key(name),
-            &JobRecord {
-                kind: rec.kind.clone(),
-                next_ms,
-            },
-        )?,
+        Some(next_ms) => {
+            storage.put_internal(key(name), &JobRecord::new(rec.kind.clone(), next_ms))?
+        }
     }
     Ok(())
+}
+
+/// Records that the run of job `name` failed at `now` and is retried at `retry_at`.
+pub(crate) fn retry_later(
+    storage: &mut Storage,
+    name: &str,
+    rec: &JobRecord,
+    retry_at: i64,
+) -> Result<()> {
+    storage.put_internal(
+        key(name),
+        &JobRecord {
+            kind: rec.kind.clone(),
+            next_ms: retry_at,
+            retry: rec.retry + 1,
+            due_ms: Some(rec.slot_ms()),
+        },
+    )
 }
 
 /// The next run of a job that was due at `due`, strictly after `now`.

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::{Backend, CommitBatch, Durability, Fence, ListOptions, ObjectRef, Value};
+use crate::backend::{
+    AlarmChange, Backend, CommitBatch, Durability, Fence, ListOptions, ObjectRef, Value,
+};
 use crate::clock::{from_ms, to_ms};
 use crate::error::{Error, Result};
 
@@ -19,6 +21,8 @@ pub const MAX_KEY_BYTES: usize = 2048;
 pub(crate) const INTERNAL: char = '\0';
 /// Where the user's own alarm time is kept (epoch ms), apart from the schedules.
 pub(crate) const USER_ALARM_KEY: &str = "\0alarm";
+/// Where a failing user alarm keeps its retry count and the time it was first due.
+pub(crate) const ALARM_RETRY_KEY: &str = "\0alarm-retry";
 /// The prefix of schedule entries.
 pub(crate) const SCHEDULE_PREFIX: &str = "\0sched/";
 /// The first key a user can have.
@@ -74,8 +78,9 @@ pub struct Storage {
     committed_alarm: Option<Option<i64>>,
     registered: bool,
     fence: Arc<Fence>,
-    /// Known to have no schedule entries (saves a range scan whenever the alarm changes).
-    no_schedules: bool,
+    /// The committed store is known to have no schedule entries (saves a range scan whenever
+    /// the alarm changes). Says nothing of this turn's writes or unacknowledged ones.
+    committed_no_schedules: bool,
 }
 
 /// What a finished turn left for the object to do.
@@ -116,7 +121,7 @@ impl Storage {
             committed_alarm: None,
             registered: false,
             fence: Arc::new(Fence::default()),
-            no_schedules: false,
+            committed_no_schedules: false,
         }
     }
 
@@ -204,15 +209,19 @@ impl Storage {
         self.turn_cleared = false;
         self.turn_alarm_dirty = false;
         self.turn_alarm = None;
-        // What this turn learnt about schedules may rest on writes just discarded.
-        self.no_schedules = false;
     }
 
     /// Sets the object's alarm: its `alarm` handler runs at or after `at` (at least once,
     /// even across restarts). Replaces any earlier alarm.
     pub fn set_alarm(&mut self, at: DateTime<Utc>) -> Result<()> {
-        let v = self.encode(&to_ms(at))?;
+        self.set_alarm_ms(to_ms(at))
+    }
+
+    pub(crate) fn set_alarm_ms(&mut self, at_ms: i64) -> Result<()> {
+        let v = self.encode(&at_ms)?;
         self.turn.insert(USER_ALARM_KEY.to_owned(), Some(v));
+        // A new alarm starts with no retries.
+        self.turn.insert(ALARM_RETRY_KEY.to_owned(), None);
         self.turn_alarm_dirty = true;
         Ok(())
     }
@@ -236,6 +245,7 @@ impl Storage {
     /// Removes the alarm.
     pub fn delete_alarm(&mut self) {
         self.turn.insert(USER_ALARM_KEY.to_owned(), None);
+        self.turn.insert(ALARM_RETRY_KEY.to_owned(), None);
         self.turn_alarm_dirty = true;
     }
 
@@ -262,20 +272,35 @@ impl Storage {
         self.get_raw(key)?.map(|v| decode(&v)).transpose()
     }
 
-    /// Whether the object is known to have no schedule entries.
+    /// Whether the object is known to have no schedule entries: none committed (or a clear
+    /// hides them), and none written by this turn or by turns not yet acknowledged.
     pub(crate) fn known_without_schedules(&self) -> bool {
-        self.no_schedules
+        let committed_hidden =
+            self.committed_no_schedules || self.turn_cleared || self.cleared_seq.is_some();
+        committed_hidden && !self.overlay_has_prefix(SCHEDULE_PREFIX)
     }
 
-    /// Records that a scan found no schedule entries.
+    /// Records that a scan found no schedule entries. Only the committed store's emptiness is
+    /// remembered, and only when no pending write could have hidden an entry of it (a delete
+    /// that a rollback may still discard).
     pub(crate) fn set_known_without_schedules(&mut self) {
-        self.no_schedules = true;
+        if !self.turn_cleared
+            && self.cleared_seq.is_none()
+            && !self.overlay_has_prefix(SCHEDULE_PREFIX)
+        {
+            self.committed_no_schedules = true;
+        }
+    }
+
+    /// Whether this turn or an unacknowledged one wrote (or deleted) a key with `prefix`.
+    fn overlay_has_prefix(&self, prefix: &str) -> bool {
+        let from = (Bound::Included(prefix), Bound::Unbounded);
+        let starts = |m: Option<&String>| m.is_some_and(|k| k.starts_with(prefix));
+        starts(self.turn.range::<str, _>(from).next().map(|(k, _)| k))
+            || starts(self.unacked.range::<str, _>(from).next().map(|(k, _)| k))
     }
 
     pub(crate) fn put_internal<T: Serialize>(&mut self, key: String, value: &T) -> Result<()> {
-        if key.starts_with(SCHEDULE_PREFIX) {
-            self.no_schedules = false;
-        }
         let v = self.encode(value)?;
         self.turn.insert(key, Some(v));
         self.turn_alarm_dirty = true;
@@ -361,7 +386,7 @@ impl Storage {
         if self.complete && no_alarm_entries {
             // The backend's alarm is the earliest of the user's alarm and the schedules,
             // written in the same transactions as they are: with neither, there is none.
-            self.no_schedules = true;
+            self.committed_no_schedules = true;
             if self.committed_alarm.is_none() {
                 self.committed_alarm = Some(None);
             }
@@ -519,13 +544,12 @@ impl Storage {
                 (k, v)
             })
             .collect();
-        let alarm = if self.dirty_alarm {
-            self.unacked_alarm.map(|(a, _)| a)
-        } else {
-            None
+        let alarm = match self.unacked_alarm {
+            Some((a, _)) if self.dirty_alarm => AlarmChange::to(a),
+            _ => AlarmChange::Keep,
         };
         let register = if !self.registered
-            && (alarm.is_some_and(|a| a.is_some()) || writes.iter().any(|(_, v)| v.is_some()))
+            && (matches!(alarm, AlarmChange::Set(_)) || writes.iter().any(|(_, v)| v.is_some()))
         {
             self.registered = true;
             Some(self.name.clone())
@@ -569,6 +593,9 @@ impl Storage {
         // One pass that moves entries instead of cloning keys; usually everything is acked.
         for (k, (v, s)) in std::mem::take(&mut self.unacked) {
             if s <= seq {
+                if v.is_some() && k.starts_with(SCHEDULE_PREFIX) {
+                    self.committed_no_schedules = false;
+                }
                 self.cache_insert(k, v);
             } else {
                 self.unacked.insert(k, (v, s));
@@ -595,7 +622,7 @@ impl Storage {
         self.committed_alarm = None;
         self.registered = false;
         self.fence = Arc::new(Fence::default());
-        self.no_schedules = false;
+        self.committed_no_schedules = false;
     }
 }
 

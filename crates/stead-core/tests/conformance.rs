@@ -381,9 +381,22 @@ async fn schedules_run_once_interval_and_cron(h: Harness) {
     assert_eq!(names(&env), vec!["tick"]);
     h.clock.advance(Duration::from_secs(5)).await;
     assert_eq!(names(&env), vec!["tick", "once"]);
-    // Missed interval runs are not replayed: one run per advance past several periods.
+    // The manual clock steps through every instant on the way: one run per period passed,
+    // each at its own time.
     h.clock.advance(Duration::from_secs(35)).await;
-    assert_eq!(names(&env), vec!["tick", "once", "tick"]);
+    assert_eq!(
+        names(&env),
+        vec!["tick", "once", "tick", "tick", "tick", "tick"]
+    );
+    let ticks: Vec<String> = env
+        .jobs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, j)| j.name == "tick")
+        .map(|(_, j)| j.scheduled_at.format("%M:%S").to_string())
+        .collect();
+    assert_eq!(ticks, ["00:10", "00:20", "00:30", "00:40", "00:50"]);
     // Cron fires at 00:05:00.
     h.clock.advance(Duration::from_secs(250)).await;
     let got = names(&env);

@@ -301,8 +301,9 @@ async fn objects_holding_deferred_replies_stay_in_memory() {
     let h = harness(Kind::Memory).await;
     let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     let o = ns.get_by_name("waiting");
+    // A reply parked longer than the default deadline needs its own.
     let parked = tokio::spawn({
-        let o = o.clone();
+        let o = o.clone().with_timeout(Duration::from_secs(3600));
         async move { o.ask(Park).await }
     });
     eventually(|| ns.active_objects() == 1).await;
@@ -573,8 +574,16 @@ async fn a_namespace_can_override_durability() {
             1,
             "memory only"
         );
-        // The same class twice returns the registered namespace.
-        let again = rt.namespace::<Scratch>(()).unwrap();
+        // A class is registered once; the registered namespace is looked up.
+        let twice = rt.namespace::<Scratch>(()).unwrap_err();
+        assert!(
+            matches!(
+                twice,
+                stead_core::Error::AlreadyRegistered { class: "scratch" }
+            ),
+            "{twice}"
+        );
+        let again = rt.get_namespace::<Scratch>().unwrap().unwrap();
         assert_eq!(again.get_by_name("m").ask(Bump).await.unwrap().unwrap(), 2);
         rt.shutdown().await.unwrap();
     }

@@ -88,10 +88,20 @@ impl CounterClient {
                 "default_shards must be between 1 and 1024",
             ));
         }
+        // One counter setup per runtime: clients share it, and another configuration is
+        // refused rather than silently ignored.
+        let (meta, _) = rt.get_or_register::<CounterMeta>(opts.clone(), || config.clone())?;
+        let (shards, _) =
+            rt.get_or_register::<CounterShard>(opts, || ShardEnv::new(config.clone()))?;
+        if **meta.env() != config || shards.env().config != config {
+            return Err(Error::conflict(
+                "the counters of this runtime are already set up with another configuration; configure them before their first use",
+            ));
+        }
         Ok(CounterClient {
             inner: Arc::new(Inner {
-                meta: rt.namespace_with::<CounterMeta>(config.clone(), opts.clone())?,
-                shards: rt.namespace_with::<CounterShard>(ShardEnv::new(config.clone()), opts)?,
+                meta,
+                shards,
                 config,
                 known: RwLock::new(HashMap::new()),
             }),

@@ -23,7 +23,7 @@ const PURGE_BATCH: usize = 1000;
 const MAX_KEYS_IN_MEMORY: usize = 100_000;
 
 /// Settings shared by every counter of a runtime.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CounterConfig {
     /// Shards of a new counter (default 16).

@@ -40,6 +40,8 @@ pub struct LeaderClient {
 struct Inner {
     ns: Namespace<Election>,
     clock: Arc<dyn Clock>,
+    /// The runtime's deadline for a reply; calls that wait on purpose add their wait.
+    ask_timeout: Duration,
 }
 
 impl std::fmt::Debug for LeaderClient {
@@ -53,8 +55,9 @@ impl LeaderClient {
     pub fn new(rt: &Runtime) -> Result<Self> {
         Ok(LeaderClient {
             inner: Arc::new(Inner {
-                ns: rt.namespace::<Election>(())?,
+                ns: rt.get_or_register::<Election>(Default::default(), || ())?.0,
                 clock: rt.clock().clone(),
+                ask_timeout: rt.config().ask_timeout,
             }),
         })
     }
@@ -111,7 +114,9 @@ impl LeaderClient {
         after_term: u64,
         timeout: Duration,
     ) -> Result<Leadership> {
+        // The reply waits up to `timeout`: the call's deadline runs on top of that.
         self.stub(group)?
+            .with_timeout(self.inner.ask_timeout.saturating_add(timeout))
             .ask(Watch {
                 after_term,
                 timeout_ms: ms(timeout),

@@ -78,6 +78,8 @@ pub struct LockClient {
 struct Inner {
     ns: Namespace<Lock>,
     clock: Arc<dyn Clock>,
+    /// The runtime's deadline for a reply; calls that wait on purpose add their wait.
+    ask_timeout: Duration,
 }
 
 impl std::fmt::Debug for LockClient {
@@ -91,8 +93,9 @@ impl LockClient {
     pub fn new(rt: &Runtime) -> Result<Self> {
         Ok(LockClient {
             inner: Arc::new(Inner {
-                ns: rt.namespace::<Lock>(())?,
+                ns: rt.get_or_register::<Lock>(Default::default(), || ())?.0,
                 clock: rt.clock().clone(),
+                ask_timeout: rt.config().ask_timeout,
             }),
         })
     }
@@ -104,7 +107,10 @@ impl LockClient {
 
     /// One acquisition attempt (waiting in line up to `opts.wait`), without a guard.
     pub async fn try_acquire(&self, name: &str, opts: &AcquireOptions) -> Result<AcquireReply> {
+        // The reply may wait in line for `wait`: the call's deadline runs on top of that.
+        let deadline = self.inner.ask_timeout.saturating_add(opts.wait);
         self.stub(name)?
+            .with_timeout(deadline)
             .ask(Acquire {
                 holder: opts.holder.clone(),
                 ttl_ms: ms(opts.ttl),

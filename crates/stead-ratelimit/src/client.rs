@@ -219,7 +219,7 @@ impl RateLimitClient {
     /// The rate limiter of `rt`: the one already set up, or a new one with no named policies
     /// and the default durability.
     pub fn new(rt: &Runtime) -> Result<Self> {
-        let ns = rt.namespace_with::<RateLimiter>(Policies::new(), default_options(None))?;
+        let (ns, _) = rt.get_or_register::<RateLimiter>(default_options(None), Policies::new)?;
         Ok(Self::from_namespace(ns))
     }
 
@@ -239,7 +239,7 @@ impl RateLimitClient {
     /// with other policies is refused.
     pub fn with_config(rt: &Runtime, config: RateLimitConfig) -> Result<Self> {
         let opts = default_options(config.durability);
-        let ns = rt.namespace_with::<RateLimiter>(config.policies.clone(), opts)?;
+        let (ns, _) = rt.get_or_register::<RateLimiter>(opts, || config.policies.clone())?;
         if **ns.env() != config.policies {
             return Err(Error::conflict(
                 "the rate limiter of this runtime is already set up with other policies; configure it before its first use",

@@ -151,7 +151,7 @@ async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
     let clock = ManualClock::new(start());
     let rt = sqlite(dir.path(), &clock).await;
     let limits = durable(&rt);
-    let ns = rt.namespace::<RateLimiter>(Policies::new()).unwrap();
+    let ns = rt.get_namespace::<RateLimiter>().unwrap().unwrap();
     for alg in ALL {
         let limit = Limit::inline(Policy::per_second(10).algorithm(alg)).unwrap();
         for i in 0..20 {

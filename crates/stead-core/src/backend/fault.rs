@@ -131,6 +131,10 @@ impl Backend for FaultyBackend {
         self.inner.alarms(class)
     }
 
+    fn alarm_classes(&self) -> Result<Vec<String>> {
+        self.inner.alarm_classes()
+    }
+
     fn objects(
         &self,
         class: &'static str,
@@ -171,6 +175,10 @@ impl Backend for FaultyBackend {
                 self.inner.submit(batch);
             }
         }
+    }
+
+    fn close(&self) -> Result<()> {
+        self.inner.close()
     }
 
     fn flush(&self) -> Result<()> {

@@ -104,6 +104,19 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 
+    fn alarm_classes(&self) -> Result<Vec<String>> {
+        let mut classes = std::collections::BTreeSet::new();
+        for shard in &self.shards {
+            classes.extend(
+                lock(shard)
+                    .iter()
+                    .filter(|(_, o)| o.alarm.is_some())
+                    .map(|(r, _)| r.class),
+            );
+        }
+        Ok(classes.into_iter().map(str::to_owned).collect())
+    }
+
     fn objects(
         &self,
         class: &'static str,
@@ -192,9 +205,7 @@ impl Backend for MemoryBackend {
                     }
                 }
             }
-            if let Some(a) = batch.alarm {
-                data.alarm = a;
-            }
+            batch.alarm.apply(&mut data.alarm);
             if data.kv.is_empty() && data.alarm.is_none() {
                 st.remove(&obj);
             }

@@ -137,6 +137,34 @@ pub struct ObjectEntry {
     pub name: Option<String>,
 }
 
+/// What a commit does to an object's alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlarmChange {
+    /// Leaves it as it is.
+    #[default]
+    Keep,
+    /// Sets it to this time (epoch milliseconds).
+    Set(i64),
+    /// Removes it.
+    Clear,
+}
+
+impl AlarmChange {
+    /// The change that leaves the alarm at `at` (`None`: no alarm).
+    pub fn to(at: Option<i64>) -> Self {
+        at.map_or(AlarmChange::Clear, AlarmChange::Set)
+    }
+
+    /// Applies the change to an alarm.
+    pub fn apply(self, alarm: &mut Option<i64>) {
+        match self {
+            AlarmChange::Keep => {}
+            AlarmChange::Set(at) => *alarm = Some(at),
+            AlarmChange::Clear => *alarm = None,
+        }
+    }
+}
+
 /// Set when a commit of an activation failed: every later commit of that activation is
 /// refused, so a turn that built on lost writes can never become durable.
 #[derive(Debug, Default)]
@@ -166,8 +194,8 @@ pub struct CommitBatch {
     pub clear: bool,
     /// Puts (`Some`) and deletes (`None`), at most one per key.
     pub writes: Vec<(String, Option<Value>)>,
-    /// The new alarm (epoch milliseconds) or its removal, when the turns changed it.
-    pub alarm: Option<Option<i64>>,
+    /// What the turns did to the alarm.
+    pub alarm: AlarmChange,
     /// Ensure the object is in the registry, with this name if it has one.
     pub register: Option<Option<Arc<str>>>,
     /// The durability the writer must give this batch.
@@ -250,6 +278,8 @@ pub trait Backend: Send + Sync + 'static {
     fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>>;
     /// Every committed alarm of a class.
     fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>>;
+    /// The classes that have at least one committed alarm, each once.
+    fn alarm_classes(&self) -> Result<Vec<String>>;
     /// The registry: objects of a class with an id greater than `after`, by id, at most `limit`.
     fn objects(
         &self,
@@ -272,6 +302,12 @@ pub trait Backend: Send + Sync + 'static {
     fn submit(&self, batch: CommitBatch);
     /// Blocks until every batch submitted before the call is completed.
     fn flush(&self) -> Result<()>;
+    /// Flushes, then lets go of the store: the runtime shuts down and another may open the
+    /// same data (the SQLite backend releases its directory lock). Later calls may fail.
+    /// By default, [`flush`](Self::flush).
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
 }
 
 /// Hands completed commit groups from a writer thread to a task on the tokio runtime, so

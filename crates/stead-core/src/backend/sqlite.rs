@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    Backend, CommitBatch, Completer, Durability, ListOptions, ObjectEntry, ObjectRef, Value,
-    unavailable,
+    AlarmChange, Backend, CommitBatch, Completer, Durability, ListOptions, ObjectEntry, ObjectRef,
+    Value, unavailable,
 };
 use crate::clock::lock;
 use crate::error::{Error, Result};
@@ -83,9 +83,63 @@ fn stored_shards(conn: &Connection) -> Result<Option<usize>> {
 }
 
 /// SQLite storage in a directory of shard files (`shard-00.db`, ...).
+///
+/// One process at a time: opening takes an exclusive lock on the file `LOCK` in the
+/// directory, held until the backend is dropped; a second open, from this process or another,
+/// fails at once with [`Error::InvalidConfig`] naming the directory and the holder's pid.
 pub struct SqliteBackend {
     shards: Vec<Shard>,
     dir: PathBuf,
+    /// Released by [`Backend::close`] (or when dropped, after `Drop` stopped the writers).
+    lock: Mutex<Option<DirLock>>,
+}
+
+/// The exclusive lock on a data directory: an advisory lock on `dir/LOCK`, which also holds
+/// the pid of the process that has it (for the error a second process gets). The operating
+/// system releases the lock when the process ends, however it ends, so a crash leaves no
+/// stale lock behind.
+#[derive(Debug)]
+struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path) -> Result<DirLock> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join("LOCK");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(Error::storage)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let by = if holder.is_empty() {
+                    "another process".to_owned()
+                } else {
+                    format!("process {holder}")
+                };
+                return Err(Error::invalid_config(format!(
+                    "the data directory {} is in use by {by}: one runtime per data directory (stop the other one, or choose another directory)",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::storage(e)),
+        }
+        // Only the holder writes its pid; a failure to write it loses nothing but a hint.
+        let pid = std::process::id().to_string();
+        let _ = file
+            .set_len(0)
+            .and_then(|()| file.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(pid.as_bytes()));
+        Ok(DirLock { _file: file })
+    }
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -113,6 +167,8 @@ struct SharedConn {
     /// Set when a group failed and the writer could not take it back out of the log: the
     /// shard then refuses reads and writes until the process restarts (see [`Writer::fail`]).
     broken: AtomicBool,
+    /// Set once the backend is closed: the directory may belong to another runtime now.
+    closed: AtomicBool,
 }
 
 impl Shard {
@@ -120,6 +176,9 @@ impl Shard {
     fn read(&self) -> Result<MutexGuard<'_, Connection>> {
         if self.shared.broken.load(Ordering::Acquire) {
             return Err(unavailable(BROKEN));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(unavailable("the SQLite store is closed"));
         }
         Ok(lock(&self.shared.conn))
     }
@@ -222,9 +281,12 @@ impl SqliteBackend {
     pub fn open(dir: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         if opts.shards.is_some_and(|n| n == 0 || n > 256) {
-            return Err(Error::bad_request("shard count must be between 1 and 256"));
+            return Err(Error::invalid_config(
+                "the SQLite shard count must be between 1 and 256",
+            ));
         }
         std::fs::create_dir_all(&dir).map_err(Error::storage)?;
+        let dir_lock = DirLock::acquire(&dir)?;
         // An existing directory keeps its shard count; asking for another is refused before
         // anything is touched.
         let first = dir.join("shard-00.db");
@@ -235,9 +297,10 @@ impl SqliteBackend {
         };
         let count = match (existing, opts.shards) {
             (Some(have), Some(want)) if have != want => {
-                return Err(Error::storage(std::io::Error::other(format!(
-                    "the data directory was created with {have} shards, not {want}; open it with the same shard count (or none)"
-                ))));
+                return Err(Error::invalid_config(format!(
+                    "the data directory {} was created with {have} shards, not {want}; open it with the same shard count (or none)",
+                    dir.display()
+                )));
             }
             (Some(have), _) => have,
             (None, want) => want.unwrap_or_else(default_shards),
@@ -285,7 +348,11 @@ impl SqliteBackend {
                 shared,
             });
         }
-        Ok(SqliteBackend { shards, dir })
+        Ok(SqliteBackend {
+            shards,
+            dir,
+            lock: Mutex::new(Some(dir_lock)),
+        })
     }
 
     fn shard(&self, id: &ObjectId) -> &Shard {
@@ -326,8 +393,10 @@ impl SqliteBackend {
     }
 }
 
-impl Drop for SqliteBackend {
-    fn drop(&mut self) {
+impl SqliteBackend {
+    /// Stops the writers (each finishes what was sent before) and the checkpointers, and
+    /// marks every shard closed. Idempotent.
+    fn stop(&self) {
         for s in &self.shards {
             let _ = s.writer.send(WriterMsg::Stop);
         }
@@ -339,7 +408,14 @@ impl Drop for SqliteBackend {
                 drop(stop);
                 let _ = t.join();
             }
+            s.shared.closed.store(true, Ordering::Release);
         }
+    }
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -438,6 +514,23 @@ impl Backend for SqliteBackend {
         Ok(out)
     }
 
+    fn alarm_classes(&self) -> Result<Vec<String>> {
+        let mut classes = std::collections::BTreeSet::new();
+        for s in &self.shards {
+            let conn = s.read()?;
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT class FROM alarms")
+                .map_err(sql_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(sql_err)?;
+            for row in rows {
+                classes.insert(row.map_err(sql_err)?);
+            }
+        }
+        Ok(classes.into_iter().collect())
+    }
+
     fn objects(
         &self,
         class: &'static str,
@@ -514,6 +607,13 @@ impl Backend for SqliteBackend {
         }
         Ok(())
     }
+
+    fn close(&self) -> Result<()> {
+        let flushed = self.flush();
+        self.stop();
+        lock(&self.lock).take();
+        flushed
+    }
 }
 
 fn blob_id(b: &[u8]) -> Result<ObjectId> {
@@ -542,7 +642,7 @@ struct Change<'a> {
     id: ObjectId,
     clear: bool,
     writes: Vec<(String, Option<Value>)>,
-    alarm: Option<Option<i64>>,
+    alarm: AlarmChange,
     register: Option<Option<Arc<str>>>,
 }
 
@@ -568,7 +668,7 @@ struct ObjectOps {
     /// the group, a key may appear more than once: the last write wins.
     writes: Vec<(String, Option<Value>)>,
     batches: usize,
-    alarm: Option<Option<i64>>,
+    alarm: AlarmChange,
     register: Option<Option<Arc<str>>>,
 }
 
@@ -601,6 +701,7 @@ impl Writer {
             shared: Arc::new(SharedConn {
                 conn: Mutex::new(conn),
                 broken: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
             }),
             log,
             committed,
@@ -927,7 +1028,7 @@ fn apply<'a>(
         if c.clear {
             o.clear = true;
             o.writes.clear();
-            o.alarm = Some(None);
+            o.alarm = AlarmChange::Clear;
             o.register = None;
         }
         if o.writes.is_empty() {
@@ -935,8 +1036,8 @@ fn apply<'a>(
         } else {
             o.writes.append(&mut c.writes);
         }
-        if let Some(a) = c.alarm {
-            o.alarm = Some(a);
+        if c.alarm != AlarmChange::Keep {
+            o.alarm = c.alarm;
         }
         if let Some(r) = c.register {
             o.register = Some(r);
@@ -969,18 +1070,18 @@ fn apply<'a>(
             };
         }
         match o.alarm {
-            Some(Some(at)) => {
+            AlarmChange::Set(at) => {
                 conn.prepare_cached(
                     "INSERT INTO alarms (class, id, at_ms) VALUES (?1, ?2, ?3)
                      ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms",
                 )?
                 .execute(params![class, id, at])?;
             }
-            Some(None) => {
+            AlarmChange::Clear => {
                 conn.prepare_cached("DELETE FROM alarms WHERE class = ?1 AND id = ?2")?
                     .execute(params![class, id])?;
             }
-            None => {}
+            AlarmChange::Keep => {}
         }
         if let Some(name) = &o.register {
             conn.prepare_cached(
@@ -1009,7 +1110,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.map(|v| Value::from(v.as_bytes()))))
                 .collect(),
-            alarm: None,
+            alarm: AlarmChange::Keep,
             register: None,
             durability: Durability::ProcessCrashSafe,
             fence: Arc::default(),

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Change;
-use crate::backend::{CommitBatch, Value};
+use crate::backend::{AlarmChange, CommitBatch, Value};
 use crate::id::ObjectId;
 
 const HEADER: usize = 16;
@@ -242,9 +242,9 @@ fn encode(buf: &mut Vec<u8>, batches: &[CommitBatch]) -> io::Result<()> {
             flags |= CLEAR;
         }
         match b.alarm {
-            Some(Some(_)) => flags |= ALARM_SET,
-            Some(None) => flags |= ALARM_DELETE,
-            None => {}
+            AlarmChange::Set(_) => flags |= ALARM_SET,
+            AlarmChange::Clear => flags |= ALARM_DELETE,
+            AlarmChange::Keep => {}
         }
         match &b.register {
             Some(Some(_)) => flags |= REGISTER | REGISTER_NAMED,
@@ -252,7 +252,7 @@ fn encode(buf: &mut Vec<u8>, batches: &[CommitBatch]) -> io::Result<()> {
             None => {}
         }
         buf.push(flags);
-        if let Some(Some(at)) = b.alarm {
+        if let AlarmChange::Set(at) = b.alarm {
             buf.extend_from_slice(&at.to_le_bytes());
         }
         if let Some(Some(name)) = &b.register {
@@ -304,13 +304,11 @@ fn decode(mut b: &[u8]) -> io::Result<Vec<Change<'_>>> {
         let id = ObjectId::from_bytes(take(&mut b, 32)?.try_into().unwrap());
         let flags = take(&mut b, 1)?[0];
         let alarm = if flags & ALARM_SET != 0 {
-            Some(Some(i64::from_le_bytes(
-                take(&mut b, 8)?.try_into().unwrap(),
-            )))
+            AlarmChange::Set(i64::from_le_bytes(take(&mut b, 8)?.try_into().unwrap()))
         } else if flags & ALARM_DELETE != 0 {
-            Some(None)
+            AlarmChange::Clear
         } else {
-            None
+            AlarmChange::Keep
         };
         let register = if flags & REGISTER_NAMED != 0 {
             Some(Some(Arc::<str>::from(text(&mut b)?)))
@@ -364,10 +362,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut l = log(dir.path());
         let mut named = batch(1, true, &[("k", Some("v")), ("gone", None), ("", Some(""))]);
-        named.alarm = Some(Some(-42));
+        named.alarm = AlarmChange::Set(-42);
         named.register = Some(Some(Arc::from("a name")));
         let mut plain = batch(2, false, &[]);
-        plain.alarm = Some(None);
+        plain.alarm = AlarmChange::Clear;
         plain.register = Some(None);
         let untouched = batch(3, false, &[("x", Some("y"))]);
         assert_eq!(l.append(&[named, plain, untouched]).unwrap(), 1);
@@ -407,11 +405,18 @@ mod tests {
                     1,
                     true,
                     vec![("k", Some("v")), ("gone", None), ("", Some(""))],
-                    Some(Some(-42)),
+                    AlarmChange::Set(-42),
                     Some(Some(Arc::from("a name")))
                 ),
-                ("test", 2, false, vec![], Some(None), Some(None)),
-                ("test", 3, false, vec![("x", Some("y"))], None, None),
+                ("test", 2, false, vec![], AlarmChange::Clear, Some(None)),
+                (
+                    "test",
+                    3,
+                    false,
+                    vec![("x", Some("y"))],
+                    AlarmChange::Keep,
+                    None
+                ),
             ]
         );
     }

@@ -1,0 +1,495 @@
+//! Faults found by trying the runtime as a new user would: each test here failed before the
+//! fix it names.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::{Park, Probe, ProbeEnv, SetAlarm, start_time};
+use serde::{Deserialize, Serialize};
+use stead_core::{
+    AlarmInfo, Context, Durability, DurableObject, Error, Handler, ManualClock, Namespace, Result,
+    Runtime, RuntimeBuilder, ScheduledJob,
+};
+
+/// An object whose activation reads nothing, so that a handler's schedule write is the
+/// first storage access of the activation.
+struct Lazy {
+    env: Arc<LazyEnv>,
+}
+
+#[derive(Default)]
+struct LazyEnv {
+    /// What ran: "alarm" or the job's name, with the retry count.
+    ran: Mutex<Vec<(String, u32)>>,
+    /// Jobs (or "alarm") that fail whenever they run.
+    failing: Mutex<HashSet<String>>,
+}
+
+impl LazyEnv {
+    fn ran(&self, what: &str) -> Vec<u32> {
+        self.ran
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(w, _)| w == what)
+            .map(|(_, r)| *r)
+            .collect()
+    }
+}
+
+impl DurableObject for Lazy {
+    const CLASS: &'static str = "lazy";
+    type Env = LazyEnv;
+
+    async fn activate(_ctx: &mut Context, env: Arc<LazyEnv>) -> Result<Self> {
+        Ok(Lazy { env })
+    }
+
+    async fn alarm(&mut self, ctx: &mut Context, info: AlarmInfo) -> Result<()> {
+        self.env
+            .ran
+            .lock()
+            .unwrap()
+            .push(("alarm".into(), info.retry_count));
+        ctx.storage().put("alarm-ran", &true)?;
+        if self.env.failing.lock().unwrap().contains("alarm") {
+            return Err(Error::other(std::io::Error::other("alarm fails")));
+        }
+        Ok(())
+    }
+
+    async fn on_schedule(&mut self, ctx: &mut Context, job: ScheduledJob) -> Result<()> {
+        self.env
+            .ran
+            .lock()
+            .unwrap()
+            .push((job.name.clone(), job.retry_count));
+        ctx.storage().put(&format!("ran-{}", job.name), &true)?;
+        if self.env.failing.lock().unwrap().contains(&job.name) {
+            return Err(Error::other(std::io::Error::other("job fails")));
+        }
+        Ok(())
+    }
+}
+
+/// Schedules jobs every `secs` and, optionally, an alarm, in one turn.
+#[derive(Serialize, Deserialize)]
+struct Plan {
+    jobs: Vec<(String, u64)>,
+    alarm_in_secs: Option<i64>,
+    alarm_first: bool,
+}
+
+impl Handler<Plan> for Lazy {
+    type Reply = Result<()>;
+    async fn handle(&mut self, plan: Plan, ctx: &mut Context) -> Result<()> {
+        let alarm = plan
+            .alarm_in_secs
+            .map(|s| ctx.now() + chrono::Duration::seconds(s));
+        if plan.alarm_first
+            && let Some(at) = alarm
+        {
+            ctx.storage().set_alarm(at)?;
+        }
+        for (name, secs) in &plan.jobs {
+            ctx.schedules().every(name, Duration::from_secs(*secs))?;
+        }
+        if !plan.alarm_first
+            && let Some(at) = alarm
+        {
+            ctx.storage().set_alarm(at)?;
+        }
+        Ok(())
+    }
+}
+
+fn manual() -> ManualClock {
+    ManualClock::new(start_time())
+}
+
+async fn memory_rt(clock: &ManualClock) -> Runtime {
+    Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap()
+}
+
+fn sqlite(clock: &ManualClock, dir: &std::path::Path) -> RuntimeBuilder {
+    Runtime::builder()
+        .sqlite(dir)
+        .shards(1)
+        .clock(Arc::new(clock.clone()))
+}
+
+#[tokio::test]
+async fn a_schedule_written_first_in_an_activation_is_kept_with_its_alarm() {
+    for alarm_first in [false, true] {
+        for durable in [false, true] {
+            let clock = manual();
+            let dir = tempfile::tempdir().unwrap();
+            let rt = if durable {
+                sqlite(&clock, dir.path()).build().await.unwrap()
+            } else {
+                memory_rt(&clock).await
+            };
+            let ns = rt.namespace::<Lazy>(LazyEnv::default()).unwrap();
+            let env = ns.env().clone();
+            let o = ns.get_by_name("planner");
+            o.ask(Plan {
+                jobs: vec![("tick".into(), 10)],
+                alarm_in_secs: Some(5),
+                alarm_first,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            // A job added by a later turn of the same activation counts too.
+            o.ask(Plan {
+                jobs: vec![("tock".into(), 20)],
+                alarm_in_secs: None,
+                alarm_first,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            clock.advance(Duration::from_secs(5)).await;
+            assert_eq!(
+                env.ran("alarm"),
+                [0],
+                "alarm_first {alarm_first}, durable {durable}"
+            );
+            clock.advance(Duration::from_secs(15)).await;
+            assert_eq!(
+                env.ran("tick"),
+                [0, 0],
+                "alarm_first {alarm_first}, durable {durable}"
+            );
+            assert_eq!(
+                env.ran("tock"),
+                [0],
+                "alarm_first {alarm_first}, durable {durable}"
+            );
+            rt.shutdown().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_schedule_alone_in_a_first_turn_fires() {
+    let clock = manual();
+    let rt = memory_rt(&clock).await;
+    let ns = rt.namespace::<Lazy>(LazyEnv::default()).unwrap();
+    let env = ns.env().clone();
+    ns.get_by_name("only-a-job")
+        .ask(Plan {
+            jobs: vec![("tick".into(), 10)],
+            alarm_in_secs: None,
+            alarm_first: false,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rt.pending_alarms(), 1, "the job set the object's alarm");
+    clock.advance(Duration::from_secs(10)).await;
+    assert_eq!(env.ran("tick"), [0]);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_runtime_on_one_data_directory_is_refused_until_the_first_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+    let err = Runtime::builder()
+        .sqlite(dir.path())
+        .build()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(text.contains(&dir.path().display().to_string()), "{text}");
+    assert!(
+        text.contains(&std::process::id().to_string()),
+        "names the holder's pid: {text}"
+    );
+    first.shutdown().await.unwrap();
+    // Shut down, the first runtime (still in scope) no longer holds the directory.
+    let second = Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn alarms_pending_from_an_earlier_run_fire_for_classes_registered_at_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for name in ["a", "b"] {
+        ns.get_by_name(name)
+            .ask(SetAlarm(start_time() + chrono::Duration::seconds(10)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    rt.shutdown().await.unwrap();
+    drop((rt, ns));
+
+    // Registered with the builder: nothing else needs to touch the class.
+    let rt = sqlite(&clock, dir.path())
+        .register::<Probe>(ProbeEnv::default())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(rt.pending_alarms(), 2);
+    clock.advance(Duration::from_secs(10)).await;
+    let ns = rt.get_namespace::<Probe>().unwrap().unwrap();
+    let fired: Vec<String> = ns
+        .env()
+        .alarms
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(rt.pending_alarms(), 0);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn each_due_job_runs_and_retries_on_its_own() {
+    let clock = manual();
+    let rt = Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .alarm_retries(Duration::from_secs(1), 2)
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Lazy>(LazyEnv::default()).unwrap();
+    let env = ns.env().clone();
+    env.failing.lock().unwrap().insert("bad".into());
+    let o = ns.get_by_name("jobs");
+    o.ask(Plan {
+        jobs: vec![("good".into(), 60), ("bad".into(), 60), ("also".into(), 60)],
+        alarm_in_secs: Some(60),
+        alarm_first: false,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    clock.advance(Duration::from_secs(60)).await;
+    assert_eq!(env.ran("good"), [0]);
+    assert_eq!(env.ran("also"), [0]);
+    assert_eq!(env.ran("alarm"), [0]);
+    assert_eq!(env.ran("bad"), [0]);
+    // The failing job retries alone: after 1 s, then 2 s more, then it is dropped.
+    clock.advance(Duration::from_secs(1)).await;
+    assert_eq!(env.ran("bad"), [0, 1]);
+    clock.advance(Duration::from_secs(2)).await;
+    assert_eq!(env.ran("bad"), [0, 1, 2]);
+    clock.advance(Duration::from_secs(10)).await;
+    assert_eq!(env.ran("bad"), [0, 1, 2], "dropped after its last retry");
+    assert_eq!(
+        env.ran("good"),
+        [0],
+        "never re-run by another job's failure"
+    );
+    assert_eq!(env.ran("also"), [0]);
+    assert_eq!(env.ran("alarm"), [0]);
+    // The good jobs' writes were kept; the failing job's were not.
+    #[derive(Serialize, Deserialize)]
+    struct Read(String);
+    impl Handler<Read> for Lazy {
+        type Reply = Result<Option<bool>>;
+        async fn handle(&mut self, Read(key): Read, ctx: &mut Context) -> Result<Option<bool>> {
+            ctx.storage().get(&key).await
+        }
+    }
+    assert_eq!(o.call(Read("ran-good".into())).await.unwrap(), Some(true));
+    assert_eq!(o.call(Read("ran-bad".into())).await.unwrap(), None);
+    // The next slot of the failing job runs at its own time, with its retries reset.
+    clock.advance(Duration::from_secs(47)).await;
+    assert_eq!(env.ran("bad"), [0, 1, 2, 0]);
+    assert_eq!(env.ran("good"), [0, 0]);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_alarm_retry_count_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Lazy>(LazyEnv::default()).unwrap();
+    ns.env().failing.lock().unwrap().insert("alarm".into());
+    ns.get_by_name("flaky")
+        .ask(Plan {
+            jobs: vec![],
+            alarm_in_secs: Some(5),
+            alarm_first: true,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    clock.advance(Duration::from_secs(5)).await;
+    clock.advance(Duration::from_secs(1)).await;
+    assert_eq!(ns.env().ran("alarm"), [0, 1]);
+    rt.shutdown().await.unwrap();
+    drop((rt, ns));
+
+    let rt = sqlite(&clock, dir.path())
+        .register::<Lazy>(LazyEnv::default())
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.get_namespace::<Lazy>().unwrap().unwrap();
+    // The second retry is due 2 s after the first: the backoff goes on where it was.
+    clock.advance(Duration::from_secs(2)).await;
+    assert_eq!(ns.env().ran("alarm"), [2]);
+    rt.shutdown().await.unwrap();
+}
+
+/// Asks another object of its class to ask it back: a cycle.
+struct Cyclic {
+    ns: Arc<OnceLock<Namespace<Cyclic>>>,
+}
+
+impl DurableObject for Cyclic {
+    const CLASS: &'static str = "cyclic";
+    type Env = OnceLock<Namespace<Cyclic>>;
+    async fn activate(_ctx: &mut Context, env: Arc<Self::Env>) -> Result<Self> {
+        Ok(Cyclic { ns: env })
+    }
+}
+
+/// Passed on `hops` times, alternating between two objects.
+#[derive(Serialize, Deserialize)]
+struct Bounce {
+    to: String,
+    hops: u32,
+}
+
+impl Handler<Bounce> for Cyclic {
+    type Reply = Result<()>;
+    async fn handle(&mut self, msg: Bounce, ctx: &mut Context) -> Result<()> {
+        if msg.hops == 0 {
+            return Ok(());
+        }
+        let me = ctx.name().unwrap_or_default().to_owned();
+        let other = self.ns.get().expect("set").get_by_name(&msg.to);
+        other
+            .call(Bounce {
+                to: me,
+                hops: msg.hops - 1,
+            })
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_call_cycle_ends_in_timeout_instead_of_hanging() {
+    let clock = manual();
+    let rt = memory_rt(&clock).await;
+    let ns = rt.namespace::<Cyclic>(OnceLock::new()).unwrap();
+    let _ = ns.env().set(ns.clone());
+    let a = ns.get_by_name("a");
+    let call = tokio::spawn(async move {
+        // a asks b, which asks a: a is busy waiting for b.
+        a.call(Bounce {
+            to: "b".into(),
+            hops: 2,
+        })
+        .await
+    });
+    // Let the cycle form, then pass the deadline.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!call.is_finished());
+    clock.advance(Duration::from_secs(30)).await;
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ends")
+        .unwrap();
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    // Both objects answer again once the cycle has unwound.
+    let b = ns.get_by_name("b").with_timeout(Duration::from_secs(1));
+    b.call(Bounce {
+        to: "a".into(),
+        hops: 1,
+    })
+    .await
+    .unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_parked_at_shutdown_fails_with_shutting_down() {
+    let clock = manual();
+    let rt = memory_rt(&clock).await;
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let parked = tokio::spawn({
+        let o = ns.get_by_name("parked");
+        async move { o.ask(Park).await }
+    });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    rt.shutdown().await.unwrap();
+    let result = parked.await.unwrap();
+    assert!(matches!(result, Err(Error::ShuttingDown)), "{result:?}");
+}
+
+#[tokio::test]
+async fn the_builder_refuses_what_cannot_work_and_keeps_what_it_was_told() {
+    let err = Runtime::builder().build().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(err.to_string().contains(".sqlite(dir)"), "{err}");
+
+    let err = Runtime::builder()
+        .memory()
+        .durability(Durability::Fsync)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+
+    let err = Runtime::builder()
+        .memory()
+        .shards(2)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+
+    // The shard count holds in either order.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .shards(3)
+        .sqlite(dir.path())
+        .build()
+        .await
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    let shards = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("shard-") && name.ends_with(".db")
+        })
+        .count();
+    assert_eq!(shards, 3);
+
+    let err = Runtime::builder()
+        .sqlite(dir.path())
+        .shards(0)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+}
