@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
-use crate::backend::{Ack, AckSink, Backend, Durability, ObjectEntry, ObjectRef};
+use crate::backend::{Ack, AckSink, Durability, DynBackend, NamedObject, ObjectEntry, ObjectRef};
 use crate::clock::{from_ms, lock, to_ms};
 use crate::context::{Context, PendingReply, ReplySlot};
 use crate::error::{Error, Result};
@@ -237,12 +237,14 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>>;
     fn stop_all(&self);
     fn active(&self) -> usize;
+    /// The backend the namespace's objects live in.
+    fn backend(&self) -> Arc<dyn DynBackend>;
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
     shared: Arc<Shared>,
     env: Arc<O::Env>,
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn DynBackend>,
     durability: Durability,
     table: Box<[TableShard<O>]>,
     metrics: HotMetrics,
@@ -287,7 +289,7 @@ impl<O: DurableObject> NsInner<O> {
     pub(crate) fn new(
         shared: Arc<Shared>,
         env: Arc<O::Env>,
-        backend: Arc<dyn Backend>,
+        backend: Arc<dyn DynBackend>,
         durability: Durability,
     ) -> Self {
         NsInner {
@@ -423,6 +425,10 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
 
     fn active(&self) -> usize {
         self.table.iter().map(|s| lock(s).len()).sum()
+    }
+
+    fn backend(&self) -> Arc<dyn DynBackend> {
+        self.backend.clone()
     }
 }
 
@@ -663,7 +669,7 @@ impl<O: DurableObject> Actor<O> {
                 let result = turn.instrument(span).await;
                 self.ns.metrics.record_turn(started.elapsed());
                 match result {
-                    Ok(()) => self.end_turn(),
+                    Ok(()) => self.end_turn().await,
                     Err(panic) => self.panicked(panic),
                 }
             }
@@ -672,17 +678,18 @@ impl<O: DurableObject> Actor<O> {
     }
 
     async fn activate(&mut self) -> Result<()> {
+        self.ctx.storage.claim_fence_token();
         if !self.name_known {
-            self.name_known = true;
             let obj = ObjectRef {
                 class: O::CLASS,
                 id: self.id,
             };
-            if let Some(name) = self.ns.backend.object_name(&obj)? {
+            if let Some(name) = self.ns.backend.object_name(&obj).await? {
                 let name: Arc<str> = Arc::from(name);
                 self.ctx.name = Some(name.clone());
                 self.ctx.storage.set_name(Some(name));
             }
+            self.name_known = true;
         }
         let started = Instant::now();
         let env = self.ns.env.clone();
@@ -694,7 +701,7 @@ impl<O: DurableObject> Actor<O> {
         match result {
             Ok(Ok(obj)) => {
                 self.instance = Some(obj);
-                self.end_turn();
+                self.end_turn().await;
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -714,9 +721,9 @@ impl<O: DurableObject> Actor<O> {
 
     /// Closes a successful turn: recomputes the alarm if needed, folds the writes into the
     /// outgoing batch, and puts the turn's replies behind the output gate.
-    fn end_turn(&mut self) {
+    async fn end_turn(&mut self) {
         if self.ctx.storage.alarm_inputs_changed()
-            && let Err(e) = self.recompute_alarm()
+            && let Err(e) = self.recompute_alarm().await
         {
             self.ctx.storage.rollback();
             // The turn's own reply gets the error itself; replies it completed for earlier
@@ -750,14 +757,14 @@ impl<O: DurableObject> Actor<O> {
         }
     }
 
-    fn recompute_alarm(&mut self) -> Result<()> {
-        let user = self.ctx.storage.user_alarm_ms()?;
-        let jobs = schedule::load(&mut self.ctx.storage)?;
+    async fn recompute_alarm(&mut self) -> Result<()> {
+        let user = self.ctx.storage.user_alarm_ms().await?;
+        let jobs = schedule::load(&mut self.ctx.storage).await?;
         let effective = match (user, schedule::earliest(&jobs)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.ctx.storage.set_effective_alarm(effective)
+        self.ctx.storage.set_effective_alarm(effective).await
     }
 
     /// A handler panicked: its writes are discarded, its caller told, and the in-memory
@@ -821,7 +828,9 @@ impl<O: DurableObject> Actor<O> {
             return;
         }
         if ack.ok {
-            self.ctx.storage.acked(ack.seq);
+            if let Some(alarm) = self.ctx.storage.acked(ack.seq) {
+                self.ns.shared.alarms.durable(O::CLASS, self.id, alarm);
+            }
         } else {
             // The ack itself failed every reply held behind the gate.
             tracing::warn!(class = O::CLASS, id = %self.id, "commit failed; object reset");
@@ -834,7 +843,7 @@ impl<O: DurableObject> Actor<O> {
     /// own (a failure retries that one alone, with its own backoff, kept in storage).
     async fn run_alarm(&mut self, reply: oneshot::Sender<AlarmOutcome>) {
         let now_ms = to_ms(self.ctx.clock.now());
-        let due = match self.due_at(now_ms) {
+        let due = match self.due_at(now_ms).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
@@ -861,7 +870,7 @@ impl<O: DurableObject> Actor<O> {
             }
         }
         // The next delivery, whatever the turns did to the alarm.
-        match self.ctx.storage.effective_alarm() {
+        match self.ctx.storage.effective_alarm().await {
             Ok(next) => self.ns.shared.alarms.set(O::CLASS, self.id, next),
             Err(e) => {
                 tracing::error!(class = O::CLASS, id = %self.id, error = %e, "could not read the alarm");
@@ -873,20 +882,20 @@ impl<O: DurableObject> Actor<O> {
         self.ctx.queue_reply(Box::new(move |_| {
             let _ = reply.send(AlarmOutcome::Done);
         }));
-        self.end_turn();
+        self.end_turn().await;
     }
 
     /// What is due at `now_ms`, earliest first: the user's alarm and every due job.
-    fn due_at(&mut self, now_ms: i64) -> Result<Vec<DueItem>> {
+    async fn due_at(&mut self, now_ms: i64) -> Result<Vec<DueItem>> {
         let storage = &mut self.ctx.storage;
         let mut due = Vec::new();
-        if let Some(at) = storage.user_alarm_ms()?.filter(|t| *t <= now_ms) {
+        if let Some(at) = storage.user_alarm_ms().await?.filter(|t| *t <= now_ms) {
             due.push(DueItem {
                 at_ms: at,
                 what: Due::Alarm,
             });
         }
-        for (name, rec) in schedule::load(storage)? {
+        for (name, rec) in schedule::load(storage).await? {
             if rec.next_ms <= now_ms {
                 due.push(DueItem {
                     at_ms: rec.next_ms,
@@ -908,12 +917,13 @@ impl<O: DurableObject> Actor<O> {
         let max_retries = self.ns.shared.config.alarm_max_retries;
         let (result, retry, label) = match &what {
             Due::Alarm => {
-                let Some(at) = ctx.storage.user_alarm_ms()?.filter(|t| *t <= now_ms) else {
+                let Some(at) = ctx.storage.user_alarm_ms().await?.filter(|t| *t <= now_ms) else {
                     return Ok(());
                 };
                 let state: AlarmRetry =
                     ctx.storage
-                        .get_internal(ALARM_RETRY_KEY)?
+                        .get_internal(ALARM_RETRY_KEY)
+                        .await?
                         .unwrap_or(AlarmRetry {
                             retry: 0,
                             scheduled_at_ms: at,
@@ -931,7 +941,8 @@ impl<O: DurableObject> Actor<O> {
             Due::Job(name) => {
                 let Some(rec) = ctx
                     .storage
-                    .get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    .get_internal::<schedule::JobRecord>(&schedule::key(name))
+                    .await?
                     .filter(|r| r.next_ms <= now_ms)
                 else {
                     return Ok(());
@@ -955,7 +966,7 @@ impl<O: DurableObject> Actor<O> {
         };
         let error = match result {
             Ok(Ok(())) => {
-                self.end_turn();
+                self.end_turn().await;
                 return Ok(());
             }
             Ok(Err(e)) => e.to_string(),
@@ -982,8 +993,9 @@ impl<O: DurableObject> Actor<O> {
             match &what {
                 Due::Alarm => {
                     let scheduled_at_ms = storage
-                        .get_internal::<AlarmRetry>(ALARM_RETRY_KEY)?
-                        .map_or(storage.user_alarm_ms()?.unwrap_or(now_ms), |r| {
+                        .get_internal::<AlarmRetry>(ALARM_RETRY_KEY)
+                        .await?
+                        .map_or(storage.user_alarm_ms().await?.unwrap_or(now_ms), |r| {
                             r.scheduled_at_ms
                         });
                     storage.set_alarm_ms(retry_at)?;
@@ -996,8 +1008,9 @@ impl<O: DurableObject> Actor<O> {
                     )?;
                 }
                 Due::Job(name) => {
-                    if let Some(rec) =
-                        storage.get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    if let Some(rec) = storage
+                        .get_internal::<schedule::JobRecord>(&schedule::key(name))
+                        .await?
                     {
                         schedule::retry_later(storage, name, &rec, retry_at)?;
                     }
@@ -1009,15 +1022,16 @@ impl<O: DurableObject> Actor<O> {
             match &what {
                 Due::Alarm => storage.delete_alarm(),
                 Due::Job(name) => {
-                    if let Some(rec) =
-                        storage.get_internal::<schedule::JobRecord>(&schedule::key(name))?
+                    if let Some(rec) = storage
+                        .get_internal::<schedule::JobRecord>(&schedule::key(name))
+                        .await?
                     {
                         schedule::advance(storage, name, &rec, now_ms)?;
                     }
                 }
             }
         }
-        self.end_turn();
+        self.end_turn().await;
         Ok(())
     }
 }
@@ -1073,9 +1087,20 @@ impl<O: DurableObject> std::fmt::Debug for Namespace<O> {
 
 /// One page of a namespace's object registry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ObjectPage {
     /// The objects, ordered by id.
     pub objects: Vec<ObjectEntry>,
+    /// Pass this as the cursor to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One page of a namespace's named objects, by name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NamedPage {
+    /// The objects, ordered by name.
+    pub objects: Vec<NamedObject>,
     /// Pass this as the cursor to get the next page; `None` on the last page.
     pub next_cursor: Option<String>,
 }
@@ -1122,10 +1147,14 @@ impl<O: DurableObject> Namespace<O> {
 
     /// Objects of this class that have stored something, ordered by id, with the names they
     /// were created by: `limit` at most, after `cursor` (a `next_cursor` from an earlier page).
-    pub fn list_objects(&self, cursor: Option<&str>, limit: usize) -> Result<ObjectPage> {
+    pub async fn list_objects(&self, cursor: Option<&str>, limit: usize) -> Result<ObjectPage> {
         let after = cursor.map(ObjectId::parse).transpose()?;
         let limit = limit.max(1);
-        let mut objects = self.inner.backend.objects(O::CLASS, after, limit + 1)?;
+        let mut objects = self
+            .inner
+            .backend
+            .objects(O::CLASS, after, limit + 1)
+            .await?;
         let next_cursor = if objects.len() > limit {
             objects.truncate(limit);
             objects.last().map(|o| o.id.to_string())
@@ -1141,24 +1170,25 @@ impl<O: DurableObject> Namespace<O> {
     /// Named objects of this class that have stored something, whose name starts with
     /// `prefix`, ordered by name: `limit` at most, after `cursor` (a `next_cursor` from an
     /// earlier page, which is the last name of that page).
-    pub fn list_by_name(
+    pub async fn list_by_name(
         &self,
         prefix: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<ObjectPage> {
+    ) -> Result<NamedPage> {
         let limit = limit.max(1);
-        let mut objects =
-            self.inner
-                .backend
-                .objects_by_name(O::CLASS, prefix, cursor, limit + 1)?;
+        let mut objects = self
+            .inner
+            .backend
+            .objects_by_name(O::CLASS, prefix, cursor, limit + 1)
+            .await?;
         let next_cursor = if objects.len() > limit {
             objects.truncate(limit);
-            objects.last().and_then(|o| o.name.clone())
+            objects.last().map(|o| o.name.clone())
         } else {
             None
         };
-        Ok(ObjectPage {
+        Ok(NamedPage {
             objects,
             next_cursor,
         })

@@ -28,6 +28,9 @@ pub(crate) type IdHashState = foldhash::fast::RandomState;
 pub struct ObjectId([u8; 32]);
 
 impl ObjectId {
+    /// The greatest id, for cursors that must sort after every id.
+    pub(crate) const MAX: ObjectId = ObjectId([0xff; 32]);
+
     /// The id of the object called `name` in class `class`: SHA-256 over a versioned prefix,
     /// the class and the name. The same on every run and every machine.
     pub fn from_name(class: &str, name: &str) -> Self {

@@ -69,15 +69,15 @@ mod schedule;
 mod storage;
 
 pub use backend::{
-    AlarmChange, Backend, CommitBatch, Durability, FaultyBackend, ListOptions, MemoryBackend,
-    ObjectEntry, ObjectRef, Value,
+    AlarmChange, Backend, CommitBatch, Durability, FaultyBackend, FenceToken, ListOptions,
+    MemoryBackend, NamedObject, ObjectEntry, ObjectRef, Value,
 };
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
-pub use executor::{Namespace, ObjectPage, Stub};
+pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
 pub use join::{JoinAll, join_all};
 pub use object::{AlarmInfo, DurableObject, Handler, Message};

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 
-use crate::backend::{Backend, Durability, MemoryBackend};
+use crate::backend::{Backend, Durability, DynBackend, MemoryBackend};
 use crate::clock::{Clock, Sleep, SystemClock, TimeDriven, from_ms, lock, to_ms};
 use crate::error::{Error, Result};
 use crate::executor::{AlarmOutcome, Namespace, NamespaceDyn, NsInner};
@@ -111,8 +111,20 @@ impl Shared {
 
 type AlarmKey = (&'static str, ObjectId);
 
-/// Every pending alarm of the runtime, by time. A hint: the object is the judge of whether
-/// its alarm is due when a delivery arrives.
+/// How far ahead of now the scheduler keeps alarms in memory: alarms due later stay in the
+/// store until the horizon reaches them.
+const LOOKAHEAD_MS: i64 = 60_000;
+/// Alarms read from the store per query.
+const ALARM_PAGE: usize = 10_000;
+
+/// The alarms due soon, by time, and what the scheduler knows of the rest. A hint: the
+/// object is the judge of whether its alarm is due when a delivery arrives.
+///
+/// Every alarm of a registered class due at or before the *horizon* is held here; an alarm
+/// due later stays in the store (which [`Backend::due_alarms`] reads as the horizon moves
+/// on), except one set by this process whose commit is not yet known to be durable, which
+/// waits in `far` until it is (or until the horizon reaches it). So a store with millions of
+/// alarms costs memory only for those due within the lookahead.
 #[derive(Default)]
 pub(crate) struct AlarmIndex {
     inner: Mutex<AlarmState>,
@@ -122,31 +134,139 @@ pub(crate) struct AlarmIndex {
 #[derive(Default)]
 struct AlarmState {
     by_time: BTreeSet<(i64, AlarmKey)>,
+    /// Each held alarm's time, and how often its delivery failed.
     by_object: HashMap<AlarmKey, (i64, u32)>,
+    horizon: i64,
+    /// Alarms beyond the horizon set by this process, until their commit is durable.
+    far: HashMap<AlarmKey, i64>,
+    /// The earliest alarm beyond the horizon, where known (`None`: there is none).
+    beyond: Option<i64>,
+}
+
+impl AlarmState {
+    fn remove(&mut self, key: &AlarmKey) {
+        if let Some((old, _)) = self.by_object.remove(key) {
+            self.by_time.remove(&(old, *key));
+        }
+        self.far.remove(key);
+    }
+
+    /// Holds `key` at `at`; returns whether it is now the earliest alarm.
+    fn hold(&mut self, key: AlarmKey, at: i64, failures: u32) -> bool {
+        let first = self.by_time.first().map(|(t, _)| *t);
+        self.by_time.insert((at, key));
+        self.by_object.insert(key, (at, failures));
+        first.is_none_or(|f| at < f)
+    }
 }
 
 impl AlarmIndex {
+    /// An object's alarm is now `at` (or none): called when a turn changes it.
     pub(crate) fn set(&self, class: &'static str, id: ObjectId, at: Option<i64>) {
-        self.put((class, id), at.map(|a| (a, 0)));
-    }
-
-    fn put(&self, key: AlarmKey, entry: Option<(i64, u32)>) {
+        let key = (class, id);
         let mut st = lock(&self.inner);
-        if let Some((old, _)) = st.by_object.remove(&key) {
-            st.by_time.remove(&(old, key));
-        }
-        let earlier = match entry {
-            Some((at, retry)) => {
-                let first = st.by_time.first().map(|(t, _)| *t);
-                st.by_time.insert((at, key));
-                st.by_object.insert(key, (at, retry));
-                first.is_none_or(|f| at < f)
+        st.remove(&key);
+        let earlier = match at {
+            Some(at) if at <= st.horizon => st.hold(key, at, 0),
+            Some(at) => {
+                st.far.insert(key, at);
+                st.beyond = Some(st.beyond.map_or(at, |b| b.min(at)));
+                false
             }
             None => false,
         };
         drop(st);
         if earlier {
             self.changed.notify_one();
+        }
+    }
+
+    /// The commit that set an object's alarm to `at` is durable: an alarm beyond the horizon
+    /// need not be held any more (the store has it).
+    pub(crate) fn durable(&self, class: &'static str, id: ObjectId, at: Option<i64>) {
+        let key = (class, id);
+        let mut st = lock(&self.inner);
+        if let Some(at) = at
+            && st.far.get(&key) == Some(&at)
+            && at > st.horizon
+        {
+            st.far.remove(&key);
+        }
+    }
+
+    /// A delivery failed: try again at `at`.
+    fn retry(&self, key: AlarmKey, at: i64, failures: u32) {
+        let mut st = lock(&self.inner);
+        st.remove(&key);
+        let earlier = st.hold(key, at, failures);
+        drop(st);
+        if earlier {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Alarms read from the store; one the index knows better (set since) is kept as is.
+    fn loaded(&self, class: &'static str, alarms: &[(i64, ObjectId)]) {
+        let mut st = lock(&self.inner);
+        let mut earlier = false;
+        for &(at, id) in alarms {
+            let key = (class, id);
+            if !st.by_object.contains_key(&key) && !st.far.contains_key(&key) {
+                earlier |= st.hold(key, at, 0);
+            }
+        }
+        drop(st);
+        if earlier {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Moves the horizon to `to`, taking the alarms set by this process up to there;
+    /// returns the horizon it had.
+    fn advance_horizon(&self, to: i64) -> i64 {
+        let mut st = lock(&self.inner);
+        let old = st.horizon;
+        st.horizon = to;
+        let reached: Vec<_> = st
+            .far
+            .iter()
+            .filter(|(_, at)| **at <= to)
+            .map(|(k, at)| (*k, *at))
+            .collect();
+        for (key, at) in reached {
+            st.far.remove(&key);
+            st.hold(key, at, 0);
+        }
+        drop(st);
+        self.changed.notify_one();
+        old
+    }
+
+    fn horizon(&self) -> i64 {
+        lock(&self.inner).horizon
+    }
+
+    /// A move of the horizon failed to read the alarms it passed: back to `to`.
+    fn retreat_horizon(&self, to: i64) {
+        let mut st = lock(&self.inner);
+        st.horizon = st.horizon.min(to);
+    }
+
+    /// Records the earliest alarm in the store beyond the horizon (`None`: none), with the
+    /// ones this process set there.
+    fn set_beyond(&self, stored: Option<i64>) {
+        let mut st = lock(&self.inner);
+        let far = st.far.values().copied().min();
+        st.beyond = match (stored, far) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn lower_beyond(&self, stored: Option<i64>) {
+        if let Some(at) = stored {
+            let mut st = lock(&self.inner);
+            st.beyond = Some(st.beyond.map_or(at, |b| b.min(at)));
         }
     }
 
@@ -158,28 +278,47 @@ impl AlarmIndex {
                 break;
             }
             st.by_time.pop_first();
-            let retry = st.by_object.remove(&key).map_or(0, |(_, r)| r);
-            out.push((key, retry));
+            let failures = st.by_object.remove(&key).map_or(0, |(_, r)| r);
+            out.push((key, failures));
         }
         out
     }
 
+    /// The earliest alarm held.
     fn next(&self) -> Option<i64> {
         lock(&self.inner).by_time.first().map(|(t, _)| *t)
     }
 
-    /// How many alarms are pending.
+    /// The earliest instant anything may fall due: a held alarm, or the earliest beyond
+    /// the horizon.
+    fn next_due(&self) -> Option<i64> {
+        let st = lock(&self.inner);
+        let held = st.by_time.first().map(|(t, _)| *t);
+        match (held, st.beyond) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How many alarms are held in memory.
     fn len(&self) -> usize {
-        lock(&self.inner).by_object.len()
+        let st = lock(&self.inner);
+        st.by_object.len() + st.far.len()
     }
 }
 
 struct RuntimeInner {
     shared: Arc<Shared>,
-    backend: Arc<dyn Backend>,
-    memory: Arc<dyn Backend>,
+    backend: Arc<dyn DynBackend>,
+    memory: Arc<dyn DynBackend>,
     namespaces: Mutex<HashMap<&'static str, Arc<dyn NamespaceDyn>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Where the runtime's own tasks run (a namespace may be registered outside a task).
+    handle: tokio::runtime::Handle,
+    /// One alarm load at a time: a class's first, or the horizon's move.
+    loader: tokio::sync::Mutex<()>,
+    /// Alarm loads of classes just registered, not yet awaited.
+    loads: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The stead runtime: owns the backend, the active objects and their alarms.
@@ -227,7 +366,7 @@ enum BackendChoice {
     Memory,
     #[cfg(feature = "sqlite")]
     Sqlite(PathBuf),
-    Custom(Arc<dyn Backend>),
+    Custom(Arc<dyn DynBackend>),
 }
 
 /// Registers a class on a runtime that was just built.
@@ -279,9 +418,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Uses this backend.
-    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
-        self.backend = Some(BackendChoice::Custom(backend));
+    /// Uses this backend (pass an `Arc` to keep a handle on it).
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(BackendChoice::Custom(Arc::new(backend)));
         self
     }
 
@@ -378,7 +517,7 @@ impl RuntimeBuilder {
     /// without `.sqlite(..)`; with the SQLite store, also when the directory is in use by
     /// another runtime.
     pub async fn build(self) -> Result<Runtime> {
-        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let memory: Arc<dyn DynBackend> = Arc::new(MemoryBackend::new());
         let mut config = self.config;
         let Some(choice) = self.backend else {
             return Err(Error::invalid_config(
@@ -415,7 +554,7 @@ impl RuntimeBuilder {
                 })
                 .await
                 .map_err(Error::storage)??;
-                Arc::new(b) as Arc<dyn Backend>
+                Arc::new(b) as Arc<dyn DynBackend>
             }
             BackendChoice::Custom(b) => {
                 config.durability = self.durability.unwrap_or(config.durability);
@@ -433,12 +572,18 @@ impl RuntimeBuilder {
             lru_wanted: Notify::new(),
             stop: Notify::new(),
         });
+        shared
+            .alarms
+            .advance_horizon(to_ms(shared.clock.now()).saturating_add(LOOKAHEAD_MS));
         let inner = Arc::new(RuntimeInner {
             shared,
             backend,
             memory,
             namespaces: Mutex::new(HashMap::new()),
             background: Mutex::new(Vec::new()),
+            handle: tokio::runtime::Handle::current(),
+            loader: tokio::sync::Mutex::new(()),
+            loads: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
         let mut tasks = vec![tokio::spawn(lru_loop(weak.clone()))];
@@ -527,16 +672,22 @@ impl Runtime {
         } else {
             self.inner.backend.clone()
         };
-        for (id, at) in backend.alarms(O::CLASS)? {
-            shared.alarms.set(O::CLASS, id, Some(at));
-        }
         let ns = Arc::new(NsInner::<O>::new(
             shared.clone(),
             Arc::new(make_env()),
-            backend,
+            backend.clone(),
             durability,
         ));
         map.insert(O::CLASS, ns.clone());
+        drop(map);
+        // Its alarms due before the horizon, read in the background; the scheduler waits
+        // for the read before it next fires anything.
+        let inner = self.inner.clone();
+        let load = self
+            .inner
+            .handle
+            .spawn(async move { inner.load_class(O::CLASS, backend).await });
+        lock(&self.inner.loads).push(load);
         Ok((Namespace::from_inner(ns), true))
     }
 
@@ -555,8 +706,11 @@ impl Runtime {
         self.inner.shared.live_objects.load(Ordering::Acquire)
     }
 
-    /// How many alarms are waiting to fire.
-    pub fn pending_alarms(&self) -> usize {
+    /// How many alarms the runtime holds in memory: those due within the next minute (the
+    /// scheduler's lookahead), and those set by this process whose commit is not yet durable.
+    /// Alarms due later wait in the store.
+    pub async fn pending_alarms(&self) -> usize {
+        self.inner.settle_loads().await;
         self.inner.shared.alarms.len()
     }
 
@@ -568,14 +722,12 @@ impl Runtime {
     /// Logs, once, the classes that have alarms pending in the store but are not registered
     /// (their alarms wait until they are).
     async fn warn_unregistered_alarms(&self) {
-        let backend = self.inner.backend.clone();
-        let classes = match tokio::task::spawn_blocking(move || backend.alarm_classes()).await {
-            Ok(Ok(classes)) => classes,
-            Ok(Err(e)) => {
+        let classes = match self.inner.backend.alarm_classes().await {
+            Ok(classes) => classes,
+            Err(e) => {
                 tracing::warn!(error = %e, "could not list the classes with pending alarms");
                 return;
             }
-            Err(_) => return,
         };
         let registered = lock(&self.inner.namespaces);
         let waiting: Vec<_> = classes
@@ -612,15 +764,11 @@ impl Runtime {
         for t in lock(&inner.background).drain(..) {
             t.abort();
         }
-        let backends = [inner.backend.clone(), inner.memory.clone()];
-        tokio::task::spawn_blocking(move || {
-            for b in backends {
-                b.close()?;
-            }
-            Ok::<(), Error>(())
-        })
-        .await
-        .map_err(Error::storage)?
+        for t in lock(&inner.loads).drain(..) {
+            t.abort();
+        }
+        inner.memory.close().await?;
+        inner.backend.close().await
     }
 }
 
@@ -632,6 +780,104 @@ fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>
 }
 
 impl RuntimeInner {
+    /// Reads the alarms of a class just registered that are due before the horizon, and
+    /// the earliest one after it. Tried a few times: a class whose alarms cannot be read
+    /// has them wait for a restart, which the log says.
+    async fn load_class(self: Arc<Self>, class: &'static str, backend: Arc<dyn DynBackend>) {
+        let _one_at_a_time = self.loader.lock().await;
+        let horizon = self.shared.alarms.horizon();
+        let mut tries = 0;
+        loop {
+            let loaded = async {
+                self.load_range(class, &backend, None, horizon).await?;
+                let beyond = backend
+                    .due_alarms(class, Some((horizon, ObjectId::MAX)), i64::MAX, 1)
+                    .await?;
+                self.shared
+                    .alarms
+                    .lower_beyond(beyond.first().map(|(at, _)| *at));
+                Ok::<(), Error>(())
+            };
+            match loaded.await {
+                Ok(()) => return,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(class, error = %e, "reading the class's alarms failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                }
+                Err(e) => {
+                    tracing::error!(class, error = %e, "could not read the class's alarms; they fire after a restart");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads a class's alarms due in `(after, until]` into the index, page by page.
+    async fn load_range(
+        &self,
+        class: &'static str,
+        backend: &Arc<dyn DynBackend>,
+        after: Option<i64>,
+        until: i64,
+    ) -> Result<()> {
+        let mut cursor = after.map(|at| (at, ObjectId::MAX));
+        loop {
+            let page = backend.due_alarms(class, cursor, until, ALARM_PAGE).await?;
+            self.shared.alarms.loaded(class, &page);
+            if page.len() < ALARM_PAGE {
+                return Ok(());
+            }
+            cursor = page.last().copied();
+        }
+    }
+
+    /// Waits for the alarm loads of classes registered so far.
+    async fn settle_loads(&self) {
+        let loads: Vec<_> = lock(&self.loads).drain(..).collect();
+        for load in loads {
+            let _ = load.await;
+        }
+    }
+
+    /// Moves the horizon to a lookahead past `now` when it has come within half of one,
+    /// reading the alarms it passes; on a failure it stays where it was, to be tried again.
+    async fn extend_horizon(&self, now: i64) {
+        if self.shared.alarms.horizon() > now.saturating_add(LOOKAHEAD_MS / 2) {
+            return;
+        }
+        let _one_at_a_time = self.loader.lock().await;
+        let to = now.saturating_add(LOOKAHEAD_MS);
+        let old = self.shared.alarms.advance_horizon(to);
+        if old >= to {
+            return;
+        }
+        let classes: Vec<_> = lock(&self.namespaces)
+            .iter()
+            .map(|(class, ns)| (*class, ns.backend()))
+            .collect();
+        let loaded = async {
+            let mut beyond: Option<i64> = None;
+            for (class, backend) in &classes {
+                self.load_range(class, backend, Some(old), to).await?;
+                let next = backend
+                    .due_alarms(class, Some((to, ObjectId::MAX)), i64::MAX, 1)
+                    .await?;
+                if let Some((at, _)) = next.first() {
+                    beyond = Some(beyond.map_or(*at, |b| b.min(*at)));
+                }
+            }
+            Ok::<_, Error>(beyond)
+        };
+        match loaded.await {
+            Ok(beyond) => self.shared.alarms.set_beyond(beyond),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the alarms due next failed; trying again");
+                self.shared.alarms.retreat_horizon(old);
+            }
+        }
+    }
+
     /// Delivers every due alarm and waits for the deliveries. With `wait` false (the system
     /// clock), deliveries run in the background.
     async fn fire_due(self: &Arc<Self>, now: DateTime<Utc>, wait: bool) {
@@ -641,21 +887,24 @@ impl RuntimeInner {
         }
         let namespaces = lock(&self.namespaces).clone();
         let mut deliveries = Vec::new();
-        for ((class, id), retry) in due {
+        for ((class, id), failures) in due {
             let Some(ns) = namespaces.get(class).cloned() else {
                 continue;
             };
             let shared = self.shared.clone();
             let delivery = async move {
                 match ns.deliver_alarm(id).await {
+                    // Not delivered (the object could not activate or read its alarm): try
+                    // again with backoff. Failures of the alarm handler itself are retried
+                    // by the object, with counts kept in its storage.
                     AlarmOutcome::Failed if !shared.closed.load(Ordering::Acquire) => {
                         let backoff = shared
                             .config
                             .alarm_first_retry
-                            .saturating_mul(2u32.saturating_pow(retry.min(30)));
-                        let at = shared.clock.now()
-                            + chrono::Duration::from_std(backoff).unwrap_or(chrono::Duration::MAX);
-                        shared.alarms.put((class, id), Some((to_ms(at), retry + 1)));
+                            .saturating_mul(2u32.saturating_pow(failures.min(30)));
+                        let at = to_ms(shared.clock.now())
+                            .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+                        shared.alarms.retry((class, id), at, failures + 1);
                     }
                     _ => {}
                 }
@@ -713,11 +962,13 @@ impl RuntimeInner {
 
 impl TimeDriven for RuntimeInner {
     fn next_due(&self) -> Option<DateTime<Utc>> {
-        self.shared.alarms.next().map(from_ms)
+        self.shared.alarms.next_due().map(from_ms)
     }
 
     fn on_time(self: Arc<Self>, now: DateTime<Utc>) -> Sleep {
         Box::pin(async move {
+            self.settle_loads().await;
+            self.extend_horizon(to_ms(now)).await;
             // Alarms that set themselves due again run in the same advance, up to a bound.
             for _ in 0..1000 {
                 if self.shared.alarms.next().is_none_or(|t| t > to_ms(now)) {
@@ -734,7 +985,9 @@ async fn alarm_loop(rt: Weak<RuntimeInner>) {
     loop {
         let Some(inner) = rt.upgrade() else { return };
         let shared = inner.shared.clone();
+        inner.settle_loads().await;
         let now = shared.clock.now();
+        inner.extend_horizon(to_ms(now)).await;
         let next = shared.alarms.next();
         if next.is_some_and(|t| t <= to_ms(now)) {
             inner.fire_due(now, false).await;
@@ -743,10 +996,10 @@ async fn alarm_loop(rt: Weak<RuntimeInner>) {
         drop(inner);
         let changed = shared.alarms.changed.notified();
         let stop = shared.stop.notified();
-        let sleep: Sleep = match next {
-            Some(t) => shared.clock.sleep_until(from_ms(t)),
-            None => Box::pin(std::future::pending()),
-        };
+        // Wake for the next alarm, or to move the horizon on.
+        let extend_at = shared.alarms.horizon().saturating_sub(LOOKAHEAD_MS / 2);
+        let wake = next.map_or(extend_at, |t| t.min(extend_at));
+        let sleep: Sleep = shared.clock.sleep_until(from_ms(wake));
         tokio::select! {
             _ = sleep => {}
             _ = changed => {}

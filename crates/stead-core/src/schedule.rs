@@ -152,7 +152,8 @@ impl<'a> Schedules<'a> {
         let existed = self
             .ctx
             .storage
-            .get_internal::<JobRecord>(&key(name))?
+            .get_internal::<JobRecord>(&key(name))
+            .await?
             .is_some();
         self.ctx.storage.delete_internal(key(name));
         Ok(existed)
@@ -160,7 +161,8 @@ impl<'a> Schedules<'a> {
 
     /// Every job of the object, by name.
     pub async fn list(&mut self) -> Result<Vec<ScheduleInfo>> {
-        Ok(load(&mut self.ctx.storage)?
+        Ok(load(&mut self.ctx.storage)
+            .await?
             .into_iter()
             .map(|(name, r)| ScheduleInfo {
                 name,
@@ -192,12 +194,13 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Every job of an object, by name.
-pub(crate) fn load(storage: &mut Storage) -> Result<Vec<(String, JobRecord)>> {
+pub(crate) async fn load(storage: &mut Storage) -> Result<Vec<(String, JobRecord)>> {
     if storage.known_without_schedules() {
         return Ok(Vec::new());
     }
     let jobs: Vec<_> = storage
-        .list_internal::<JobRecord>(SCHEDULE_PREFIX)?
+        .list_internal::<JobRecord>(SCHEDULE_PREFIX)
+        .await?
         .into_iter()
         .map(|(k, r)| (k[SCHEDULE_PREFIX.len()..].to_owned(), r))
         .collect();

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{
-    AlarmChange, Backend, CommitBatch, Durability, Fence, ListOptions, ObjectRef, Value,
+    AlarmChange, CommitBatch, Durability, DynBackend, Fence, FenceToken, ListOptions, ObjectRef,
+    Value,
 };
 use crate::clock::{from_ms, to_ms};
 use crate::error::{Error, Result};
@@ -47,9 +48,11 @@ pub(crate) struct StorageLimits {
 pub struct Storage {
     obj: ObjectRef,
     name: Option<Arc<str>>,
-    backend: Arc<dyn Backend>,
+    backend: Arc<dyn DynBackend>,
     durability: Durability,
     limits: StorageLimits,
+    /// The ownership this activation writes under, when the backend fences writers.
+    fence_token: Option<FenceToken>,
 
     // This turn's changes.
     turn: BTreeMap<String, Option<Value>>,
@@ -93,7 +96,7 @@ impl Storage {
     pub(crate) fn new(
         obj: ObjectRef,
         name: Option<Arc<str>>,
-        backend: Arc<dyn Backend>,
+        backend: Arc<dyn DynBackend>,
         durability: Durability,
         limits: StorageLimits,
     ) -> Self {
@@ -103,6 +106,7 @@ impl Storage {
             backend,
             durability,
             limits,
+            fence_token: None,
             turn: BTreeMap::new(),
             turn_cleared: false,
             turn_alarm_dirty: false,
@@ -129,12 +133,17 @@ impl Storage {
         self.name = name;
     }
 
+    /// Asks the backend which ownership a new activation writes under.
+    pub(crate) fn claim_fence_token(&mut self) {
+        self.fence_token = self.backend.fence_token(&self.obj);
+    }
+
     // ----- public API -------------------------------------------------------------------
 
     /// The value stored at `key`, decoded as `T`.
     pub async fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
         check_user_key(key)?;
-        self.get_raw(key)?.map(|v| decode(&v)).transpose()
+        self.get_raw(key).await?.map(|v| decode(&v)).transpose()
     }
 
     /// The values stored at several keys; absent keys are left out of the map.
@@ -145,7 +154,7 @@ impl Storage {
         let mut out = BTreeMap::new();
         for k in keys {
             check_user_key(k)?;
-            if let Some(v) = self.get_raw(k)? {
+            if let Some(v) = self.get_raw(k).await? {
                 out.insert((*k).to_owned(), decode(&v)?);
             }
         }
@@ -161,7 +170,8 @@ impl Storage {
         if opts.start.as_deref().is_none_or(|s| s < FIRST_USER_KEY) {
             opts.start = Some(FIRST_USER_KEY.to_owned());
         }
-        self.list_raw(&opts)?
+        self.list_raw(&opts)
+            .await?
             .into_iter()
             .map(|(k, v)| Ok((k, decode(&v)?)))
             .collect()
@@ -191,7 +201,7 @@ impl Storage {
     /// Deletes `key`; returns whether it existed.
     pub async fn delete(&mut self, key: &str) -> Result<bool> {
         check_user_key(key)?;
-        let existed = self.get_raw(key)?.is_some();
+        let existed = self.get_raw(key).await?.is_some();
         self.turn.insert(key.to_owned(), None);
         Ok(existed)
     }
@@ -228,7 +238,7 @@ impl Storage {
 
     /// The time the alarm is set for, if any.
     pub async fn alarm(&mut self) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.user_alarm_ms()?.map(from_ms))
+        Ok(self.user_alarm_ms().await?.map(from_ms))
     }
 
     /// Sets the alarm to `at`, or removes it when `at` is `None`.
@@ -262,14 +272,18 @@ impl Storage {
         Ok(Value::from(bytes))
     }
 
-    pub(crate) fn user_alarm_ms(&mut self) -> Result<Option<i64>> {
-        self.get_raw(USER_ALARM_KEY)?
+    pub(crate) async fn user_alarm_ms(&mut self) -> Result<Option<i64>> {
+        self.get_raw(USER_ALARM_KEY)
+            .await?
             .map(|v| decode::<i64>(&v))
             .transpose()
     }
 
-    pub(crate) fn get_internal<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
-        self.get_raw(key)?.map(|v| decode(&v)).transpose()
+    pub(crate) async fn get_internal<T: DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>> {
+        self.get_raw(key).await?.map(|v| decode(&v)).transpose()
     }
 
     /// Whether the object is known to have no schedule entries: none committed (or a clear
@@ -312,11 +326,12 @@ impl Storage {
         self.turn_alarm_dirty = true;
     }
 
-    pub(crate) fn list_internal<T: DeserializeOwned>(
+    pub(crate) async fn list_internal<T: DeserializeOwned>(
         &mut self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        self.list_raw(&ListOptions::prefix(prefix))?
+        self.list_raw(&ListOptions::prefix(prefix))
+            .await?
             .into_iter()
             .map(|(k, v)| Ok((k, decode(&v)?)))
             .collect()
@@ -329,15 +344,15 @@ impl Storage {
     }
 
     /// Sets the alarm the backend keeps (the earliest of the user's alarm and the schedules).
-    pub(crate) fn set_effective_alarm(&mut self, at: Option<i64>) -> Result<()> {
-        if self.effective_alarm()? != at || self.turn_cleared {
+    pub(crate) async fn set_effective_alarm(&mut self, at: Option<i64>) -> Result<()> {
+        if self.effective_alarm().await? != at || self.turn_cleared {
             self.turn_alarm = Some(at);
         }
         Ok(())
     }
 
     /// The alarm the backend keeps, with this turn's and unacknowledged changes applied.
-    pub(crate) fn effective_alarm(&mut self) -> Result<Option<i64>> {
+    pub(crate) async fn effective_alarm(&mut self) -> Result<Option<i64>> {
         if let Some(a) = self.turn_alarm {
             return Ok(a);
         }
@@ -351,12 +366,12 @@ impl Storage {
             return Ok(None);
         }
         if self.committed_alarm.is_none() {
-            self.prefetch()?;
+            self.prefetch().await?;
         }
         match self.committed_alarm {
             Some(a) => Ok(a),
             None => {
-                let a = self.backend.get_alarm(&self.obj)?;
+                let a = self.backend.get_alarm(&self.obj).await?;
                 self.committed_alarm = Some(a);
                 Ok(a)
             }
@@ -366,12 +381,12 @@ impl Storage {
     /// Reads the whole object in one range read when it is small, so that later reads need
     /// no backend: the cache becomes complete, and an object without alarm entries is known
     /// to have no alarm and no schedules. Tried once per activation.
-    fn prefetch(&mut self) -> Result<()> {
+    async fn prefetch(&mut self) -> Result<()> {
         if self.prefetched {
             return Ok(());
         }
         self.prefetched = true;
-        let entries = self.backend.load(&self.obj, PREFETCH_ENTRIES + 1)?;
+        let entries = self.backend.load(&self.obj, PREFETCH_ENTRIES + 1).await?;
         if entries.len() > PREFETCH_ENTRIES {
             return Ok(());
         }
@@ -394,7 +409,7 @@ impl Storage {
         Ok(())
     }
 
-    fn get_raw(&mut self, key: &str) -> Result<Option<Value>> {
+    async fn get_raw(&mut self, key: &str) -> Result<Option<Value>> {
         if let Some(v) = self.turn.get(key) {
             return Ok(v.clone());
         }
@@ -411,7 +426,7 @@ impl Storage {
             return Ok(v.clone());
         }
         if !self.prefetched {
-            self.prefetch()?;
+            self.prefetch().await?;
             if let Some(v) = self.cache.get(key) {
                 return Ok(v.clone());
             }
@@ -419,7 +434,7 @@ impl Storage {
         if self.complete {
             return Ok(None);
         }
-        let v = self.backend.get(&self.obj, key)?;
+        let v = self.backend.get(&self.obj, key).await?;
         self.cache_insert(key.to_owned(), v.clone());
         Ok(v)
     }
@@ -441,7 +456,7 @@ impl Storage {
         }
     }
 
-    fn list_raw(&mut self, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+    async fn list_raw(&mut self, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
         let limit = opts.limit.unwrap_or(usize::MAX);
         if limit == 0 {
             return Ok(Vec::new());
@@ -462,7 +477,7 @@ impl Storage {
             let overlay =
                 self.unacked.range(r.clone()).count() + self.turn.range(r.clone()).count();
             if self.cleared_seq.is_none() {
-                self.prefetch()?;
+                self.prefetch().await?;
                 if self.complete {
                     for (k, v) in &self.cache {
                         if let Some(v) = v
@@ -474,7 +489,7 @@ impl Storage {
                 } else {
                     let mut backend_opts = opts.clone();
                     backend_opts.limit = opts.limit.map(|l| l.saturating_add(overlay));
-                    for (k, v) in self.backend.list(&self.obj, &backend_opts)? {
+                    for (k, v) in self.backend.list(&self.obj, &backend_opts).await? {
                         merged.insert(k, Some(v));
                     }
                 }
@@ -563,6 +578,7 @@ impl Storage {
             alarm,
             register,
             durability: self.durability,
+            fence_token: self.fence_token,
             fence: self.fence.clone(),
             ack: Some((self.last_seq, ack)),
         };
@@ -579,16 +595,19 @@ impl Storage {
         self.dirty_clear || (has_writes && !self.registered) || self.unacked.len() >= max_pending
     }
 
-    /// Everything up to `seq` is durable: move it into the committed cache.
-    pub(crate) fn acked(&mut self, seq: u64) {
+    /// Everything up to `seq` is durable: move it into the committed cache. Returns the
+    /// alarm that became durable, if one did.
+    pub(crate) fn acked(&mut self, seq: u64) -> Option<Option<i64>> {
         if self.cleared_seq.is_some_and(|c| c <= seq) {
             self.cleared_seq = None;
         }
+        let mut alarm = None;
         if let Some((a, s)) = self.unacked_alarm
             && s <= seq
         {
             self.committed_alarm = Some(a);
             self.unacked_alarm = None;
+            alarm = Some(a);
         }
         // One pass that moves entries instead of cloning keys; usually everything is acked.
         for (k, (v, s)) in std::mem::take(&mut self.unacked) {
@@ -601,6 +620,7 @@ impl Storage {
                 self.unacked.insert(k, (v, s));
             }
         }
+        alarm
     }
 
     /// Forgets everything in memory (after a reset): the next read goes to the backend.

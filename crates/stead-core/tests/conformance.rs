@@ -204,7 +204,7 @@ async fn delete_all_removes_keys_alarm_and_registry_entry(h: Harness) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ns.list_objects(None, 10).unwrap().objects.len(), 1);
+    assert_eq!(ns.list_objects(None, 10).await.unwrap().objects.len(), 1);
     let seen = o
         .ask(Script(vec![
             Op::DeleteAll,
@@ -234,7 +234,7 @@ async fn delete_all_removes_keys_alarm_and_registry_entry(h: Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(all, vec![Seen::Entries(vec![])]);
-    assert!(ns.list_objects(None, 10).unwrap().objects.is_empty());
+    assert!(ns.list_objects(None, 10).await.unwrap().objects.is_empty());
     h.rt.shutdown().await.unwrap();
 }
 
@@ -254,7 +254,7 @@ async fn registry_lists_objects_with_names(h: Harness) {
     let mut cursor: Option<String> = None;
     let mut pages = 0;
     loop {
-        let page = ns.list_objects(cursor.as_deref(), 10).unwrap();
+        let page = ns.list_objects(cursor.as_deref(), 10).await.unwrap();
         pages += 1;
         for o in &page.objects {
             assert_eq!(o.id, ns.id_from_name(o.name.as_deref().unwrap()));
@@ -270,7 +270,7 @@ async fn registry_lists_objects_with_names(h: Harness) {
     names.sort();
     assert_eq!(listed, names);
     assert!(matches!(
-        ns.list_objects(Some("nope"), 10),
+        ns.list_objects(Some("nope"), 10).await,
         Err(Error::InvalidId)
     ));
     h.rt.shutdown().await.unwrap();

@@ -255,7 +255,7 @@ async fn memory_objects_keep_their_writes_until_they_leave_and_come_back_with_th
         assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), n);
     }
     assert_eq!(
-        ns.list_objects(None, 10).unwrap().objects.len(),
+        ns.list_objects(None, 10).await.unwrap().objects.len(),
         1,
         "listed from its first write"
     );
@@ -292,7 +292,7 @@ async fn memory_objects_keep_their_writes_until_they_leave_and_come_back_with_th
     assert_eq!(env.activations.load(Ordering::SeqCst), 2);
     // A clear shows at once: the object is no longer listed.
     o.ask(Script(vec![Op::DeleteAll])).await.unwrap().unwrap();
-    assert!(ns.list_objects(None, 10).unwrap().objects.is_empty());
+    assert!(ns.list_objects(None, 10).await.unwrap().objects.is_empty());
     h.rt.shutdown().await.unwrap();
 }
 
@@ -386,7 +386,11 @@ async fn data_and_alarms_survive_a_restart() {
     let rt = open().await.unwrap();
     let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     let env = ns.env().clone();
-    assert_eq!(rt.pending_alarms(), 1, "the alarm was loaded at start");
+    assert_eq!(
+        rt.pending_alarms().await,
+        1,
+        "the alarm was loaded at start"
+    );
     for i in 0..10 {
         let seen = ns
             .get_by_name(&format!("keep-{i}"))
@@ -403,7 +407,7 @@ async fn data_and_alarms_survive_a_restart() {
         fired[0].0, "alarmed",
         "the name comes back from the registry"
     );
-    assert_eq!(ns.list_objects(None, 100).unwrap().objects.len(), 11);
+    assert_eq!(ns.list_objects(None, 100).await.unwrap().objects.len(), 11);
     rt.shutdown().await.unwrap();
     drop(rt);
 
@@ -478,7 +482,7 @@ async fn an_alarm_that_keeps_failing_is_dropped() {
         "one delivery and two retries"
     );
     assert_eq!(o.ask(GetAlarm).await.unwrap().unwrap(), None);
-    assert_eq!(h.rt.pending_alarms(), 0);
+    assert_eq!(h.rt.pending_alarms().await, 0);
     h.rt.shutdown().await.unwrap();
 }
 

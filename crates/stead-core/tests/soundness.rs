@@ -194,7 +194,11 @@ async fn a_schedule_alone_in_a_first_turn_fires() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(rt.pending_alarms(), 1, "the job set the object's alarm");
+    assert_eq!(
+        rt.pending_alarms().await,
+        1,
+        "the job set the object's alarm"
+    );
     clock.advance(Duration::from_secs(10)).await;
     assert_eq!(env.ran("tick"), [0]);
     rt.shutdown().await.unwrap();
@@ -244,7 +248,7 @@ async fn alarms_pending_from_an_earlier_run_fire_for_classes_registered_at_build
         .build()
         .await
         .unwrap();
-    assert_eq!(rt.pending_alarms(), 2);
+    assert_eq!(rt.pending_alarms().await, 2);
     clock.advance(Duration::from_secs(10)).await;
     let ns = rt.get_namespace::<Probe>().unwrap().unwrap();
     let fired: Vec<String> = ns
@@ -256,7 +260,7 @@ async fn alarms_pending_from_an_earlier_run_fire_for_classes_registered_at_build
         .map(|(n, _)| n.clone())
         .collect();
     assert_eq!(fired.len(), 2, "{fired:?}");
-    assert_eq!(rt.pending_alarms(), 0);
+    assert_eq!(rt.pending_alarms().await, 0);
     rt.shutdown().await.unwrap();
 }
 
@@ -492,4 +496,204 @@ async fn the_builder_refuses_what_cannot_work_and_keeps_what_it_was_told() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn alarms_due_later_wait_in_the_store_until_the_horizon_reaches_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    // Two soon, three in hours and days.
+    let in_secs = [10i64, 50, 2 * 3600, 26 * 3600, 26 * 3600 + 1];
+    for (i, secs) in in_secs.iter().enumerate() {
+        ns.get_by_name(&format!("o{i}"))
+            .ask(SetAlarm(start_time() + chrono::Duration::seconds(*secs)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    rt.shutdown().await.unwrap();
+    drop((rt, ns));
+
+    let rt = sqlite(&clock, dir.path())
+        .register::<Probe>(ProbeEnv::default())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.pending_alarms().await,
+        2,
+        "only those due within the lookahead"
+    );
+    let ns = rt.get_namespace::<Probe>().unwrap().unwrap();
+    let fired = |ns: &Namespace<Probe>| -> Vec<(String, String)> {
+        ns.env()
+            .alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, info)| {
+                (
+                    n.clone(),
+                    info.scheduled_at.format("%d %H:%M:%S").to_string(),
+                )
+            })
+            .collect()
+    };
+    clock.advance(Duration::from_secs(60)).await;
+    assert_eq!(fired(&ns).len(), 2);
+    // Each far alarm fires at its own time as the clock passes it.
+    clock.advance(Duration::from_secs(3 * 3600)).await;
+    assert_eq!(fired(&ns)[2], ("o2".to_owned(), "01 02:00:00".to_owned()));
+    clock.advance(Duration::from_secs(24 * 3600)).await;
+    assert_eq!(
+        fired(&ns)[3..],
+        [
+            ("o3".to_owned(), "02 02:00:00".to_owned()),
+            ("o4".to_owned(), "02 02:00:01".to_owned())
+        ]
+    );
+    assert_eq!(rt.pending_alarms().await, 0);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_stored_alarms_cost_no_memory_until_they_are_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    ns.get_by_name("seed")
+        .ask(SetAlarm(start_time() + chrono::Duration::days(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    drop((rt, ns));
+    // Twenty thousand more alarms, a day or more away, written straight into the store.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("shard-00.db")).unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        let base = (start_time() + chrono::Duration::days(1)).timestamp_millis();
+        for i in 0..20_000i64 {
+            // As a turn writes it: the object's alarm key, and the alarm the scheduler reads.
+            let id = stead_core::ObjectId::from_name("probe", &format!("far-{i}"));
+            let at = base + i * 1000;
+            tx.execute(
+                "INSERT INTO kv (class, id, key, value) VALUES ('probe', ?1, ?2, ?3)",
+                rusqlite::params![&id.as_bytes()[..], "\0alarm", at.to_string().as_bytes()],
+            )
+            .unwrap();
+            tx.execute(
+                "INSERT INTO alarms (class, id, at_ms) VALUES ('probe', ?1, ?2)",
+                rusqlite::params![&id.as_bytes()[..], at],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let rt = sqlite(&clock, dir.path())
+        .register::<Probe>(ProbeEnv::default())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(rt.pending_alarms().await, 0);
+    // A day later the first of them come due, a minute's worth at a time.
+    clock.advance(Duration::from_secs(24 * 3600 + 5)).await;
+    let ns = rt.get_namespace::<Probe>().unwrap().unwrap();
+    assert_eq!(ns.env().alarms.lock().unwrap().len(), 6);
+    let held = rt.pending_alarms().await;
+    assert!(held <= 61, "only the next minute is held: {held}");
+    rt.shutdown().await.unwrap();
+}
+
+// Several workers: on a regression the read blocks one of them, and the deadline below
+// still fires on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let backend = Arc::new(
+        stead_core::SqliteBackend::open(dir.path(), stead_core::SqliteOptions::default().shards(1))
+            .unwrap(),
+    );
+    let rt = Runtime::builder()
+        .backend(backend.clone())
+        .clock(Arc::new(clock.clone()))
+        .idle_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    ns.get_by_name("cold")
+        .ask(common::Incr("n".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    stead_core::Backend::flush(&*backend).await.unwrap();
+    // "cold" leaves memory; its data is committed.
+    clock.advance(Duration::from_secs(2)).await;
+    assert_eq!(ns.active_objects(), 0);
+    // Another object's write sits in the open window, whose commit is then held (the
+    // writer keeps its connection, as a slow fsync would).
+    backend.hold_commits();
+    ns.get_by_name("busy")
+        .ask(common::Incr("n".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    backend.start_commit();
+    for _ in 0..1000 {
+        if backend.commits_held() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(backend.commits_held(), 1, "a commit is held");
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        ns.get_by_name("cold")
+            .ask(common::Script(vec![common::Op::Get("n".into())])),
+    )
+    .await;
+    backend.release_commits();
+    let seen = read
+        .expect("the read finishes while the commit is held")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, vec![common::Seen::Value(Some(1))]);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_write_under_a_stale_fencing_token_is_refused_and_the_object_resets() {
+    let clock = manual();
+    let faulty = Arc::new(stead_core::FaultyBackend::new(
+        stead_core::MemoryBackend::new(),
+    ));
+    faulty.set_epoch(1);
+    let rt = Runtime::builder()
+        .backend(faulty.clone())
+        .durability(Durability::Fsync)
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("fenced");
+    assert_eq!(o.ask(common::Incr("n".into())).await.unwrap().unwrap(), 1);
+    // Another owner takes over: this activation's token is stale.
+    faulty.set_epoch(2);
+    let err = o.ask(common::Incr("n".into())).await.unwrap_err();
+    assert!(matches!(err, Error::Reset), "{err:?}");
+    // The next activation writes under the current token; the refused write never happened.
+    assert_eq!(o.ask(common::Incr("n".into())).await.unwrap().unwrap(), 2);
+    assert_eq!(
+        ns.env()
+            .activations
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    rt.shutdown().await.unwrap();
 }

@@ -180,10 +180,15 @@ impl CounterClient {
     }
 
     /// Counter names starting with `prefix`, in byte order, `limit` per page.
-    pub fn list(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Result<CounterPage> {
-        let page = self.inner.meta.list_by_name(prefix, cursor, limit)?;
+    pub async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<CounterPage> {
+        let page = self.inner.meta.list_by_name(prefix, cursor, limit).await?;
         Ok(CounterPage {
-            counters: page.objects.into_iter().filter_map(|o| o.name).collect(),
+            counters: page.objects.into_iter().map(|o| o.name).collect(),
             next_cursor: page.next_cursor,
         })
     }

@@ -158,7 +158,7 @@ async fn list(
     if limit == 0 || limit > 1000 {
         return Err(Error::bad_request("limit must be between 1 and 1000"));
     }
-    Ok(Body(c.list(&q.prefix, q.cursor.as_deref(), limit)?))
+    Ok(Body(c.list(&q.prefix, q.cursor.as_deref(), limit).await?))
 }
 
 /// The OpenAPI description of these routes, generated from the handlers and types above.

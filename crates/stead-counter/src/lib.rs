@@ -22,7 +22,7 @@
 //! counters.increment("signups", -1, None).await?;
 //! counters.increment("signups", 5, None).await?;
 //! assert_eq!(counters.get("signups").await?.value, 5);
-//! assert_eq!(counters.list("sign", None, 10)?.counters, vec!["signups".to_string()]);
+//! assert_eq!(counters.list("sign", None, 10).await?.counters, vec!["signups".to_string()]);
 //! # rt.shutdown().await?;
 //! # Ok::<(), stead_core::Error>(()) }).unwrap();
 //! ```

@@ -311,6 +311,7 @@ async fn shard_counts_are_fixed_and_names_validated() {
     assert!(
         counters
             .list("never", None, 10)
+            .await
             .unwrap()
             .counters
             .is_empty()
@@ -326,10 +327,11 @@ async fn counters_are_listed_by_prefix() {
     for n in ["api/a", "api/b", "api/c", "web/a", "api/d"] {
         counters.increment(n, 1, None).await.unwrap();
     }
-    let first = counters.list("api/", None, 3).unwrap();
+    let first = counters.list("api/", None, 3).await.unwrap();
     assert_eq!(first.counters, vec!["api/a", "api/b", "api/c"]);
     let second = counters
         .list("api/", first.next_cursor.as_deref(), 3)
+        .await
         .unwrap();
     assert_eq!(second.counters, vec!["api/d"]);
     assert_eq!(second.next_cursor, None);

@@ -318,8 +318,9 @@ impl RateLimitClient {
             let page = self
                 .inner
                 .ns
-                .list_by_name(&prefix, cursor.as_deref(), 1000)?;
-            names.extend(page.objects.into_iter().filter_map(|o| o.name));
+                .list_by_name(&prefix, cursor.as_deref(), 1000)
+                .await?;
+            names.extend(page.objects.into_iter().map(|o| o.name));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
                 None => break,

@@ -158,21 +158,27 @@ async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
             limits.check(&format!("ip-{i}"), &limit, 3).await.unwrap();
         }
     }
-    assert_eq!(ns.list_objects(None, 1000).unwrap().objects.len(), 80);
+    assert_eq!(ns.list_objects(None, 1000).await.unwrap().objects.len(), 80);
     // Busy keys stay while they are busy...
     clock.advance(Duration::from_millis(100)).await;
     let busy = Limit::inline(Policy::per_second(10)).unwrap();
     limits.check("ip-0", &busy, 1).await.unwrap();
-    assert!(!ns.list_objects(None, 1000).unwrap().objects.is_empty());
+    assert!(
+        !ns.list_objects(None, 1000)
+            .await
+            .unwrap()
+            .objects
+            .is_empty()
+    );
     // ...and so do idle ones, for a minute...
     clock.advance(Duration::from_secs(2)).await;
-    assert_eq!(ns.list_objects(None, 1000).unwrap().objects.len(), 80);
+    assert_eq!(ns.list_objects(None, 1000).await.unwrap().objects.len(), 80);
     // ...after which, every one being back to a fresh key's state, nothing is stored.
     clock
         .advance(Duration::from_millis(stead_ratelimit::FORGET_AFTER_IDLE_MS))
         .await;
-    assert_eq!(ns.list_objects(None, 1000).unwrap().objects.len(), 0);
-    assert_eq!(rt.pending_alarms(), 0);
+    assert_eq!(ns.list_objects(None, 1000).await.unwrap().objects.len(), 0);
+    assert_eq!(rt.pending_alarms().await, 0);
     // A forgotten key starts afresh, exactly as it would have anyway.
     assert_eq!(limits.check("ip-0", &busy, 1).await.unwrap().remaining, 9);
     rt.shutdown().await.unwrap();

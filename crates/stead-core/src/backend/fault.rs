@@ -1,15 +1,19 @@
 //! A backend wrapper that injects faults, for testing failure paths.
 
 use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use super::{Backend, CommitBatch, ListOptions, ObjectEntry, ObjectRef, Value, unavailable};
+use super::{
+    Backend, CommitBatch, FenceToken, ListOptions, MemoryBackend, NamedObject, ObjectEntry,
+    ObjectRef, Value, unavailable,
+};
 use crate::clock::lock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 
-/// Wraps a backend and fails or stalls chosen commits, or fails reads, on request.
+/// Wraps a backend and fails or stalls chosen commits, fails reads, or fences writers, on
+/// request.
 ///
 /// Commits are numbered from 1 in submission order. A stalled commit, and every commit
 /// submitted after it, is held back until [`release`](Self::release), so per-object order
@@ -18,19 +22,21 @@ use crate::id::ObjectId;
 /// ```
 /// use std::sync::Arc;
 /// use stead_core::{FaultyBackend, MemoryBackend};
-/// let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::new())));
+/// let faulty = Arc::new(FaultyBackend::new(MemoryBackend::new()));
 /// faulty.fail_commit(1); // the first commit will fail
 /// ```
-pub struct FaultyBackend {
-    inner: Arc<dyn Backend>,
+pub struct FaultyBackend<B: Backend = MemoryBackend> {
+    inner: B,
     submitted: AtomicU64,
     fail_at: Mutex<BTreeSet<u64>>,
     stall_at: Mutex<BTreeSet<u64>>,
     held: Mutex<Option<Vec<CommitBatch>>>,
     fail_reads: AtomicBool,
+    /// When set, activations write under this epoch and older tokens are refused.
+    epoch: Mutex<Option<u64>>,
 }
 
-impl std::fmt::Debug for FaultyBackend {
+impl<B: Backend> std::fmt::Debug for FaultyBackend<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultyBackend")
             .field("submitted", &self.submitted.load(Ordering::Relaxed))
@@ -38,9 +44,9 @@ impl std::fmt::Debug for FaultyBackend {
     }
 }
 
-impl FaultyBackend {
+impl<B: Backend> FaultyBackend<B> {
     /// Wraps `inner`; no faults until asked.
-    pub fn new(inner: Arc<dyn Backend>) -> Self {
+    pub fn new(inner: B) -> Self {
         FaultyBackend {
             inner,
             submitted: AtomicU64::new(0),
@@ -48,7 +54,14 @@ impl FaultyBackend {
             stall_at: Mutex::new(BTreeSet::new()),
             held: Mutex::new(None),
             fail_reads: AtomicBool::new(false),
+            epoch: Mutex::new(None),
         }
+    }
+
+    /// Fences writers as a lease would: activations from now on write under `epoch`, and
+    /// a batch carrying an older token is refused (as if another node had taken over).
+    pub fn set_epoch(&self, epoch: u64) {
+        *lock(&self.epoch) = Some(epoch);
     }
 
     /// Makes commit number `n` (counted from 1 over the backend's life) fail.
@@ -106,60 +119,82 @@ impl FaultyBackend {
     }
 }
 
-impl Backend for FaultyBackend {
-    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
+impl<B: Backend> Backend for FaultyBackend<B> {
+    async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
         self.check_reads()?;
-        self.inner.get(obj, key)
+        self.inner.get(obj, key).await
     }
 
-    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+    async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
         self.check_reads()?;
-        self.inner.list(obj, opts)
+        self.inner.list(obj, opts).await
     }
 
-    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+    async fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
         self.check_reads()?;
-        self.inner.load(obj, limit)
+        self.inner.load(obj, limit).await
     }
 
-    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
+    async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
         self.check_reads()?;
-        self.inner.get_alarm(obj)
+        self.inner.get_alarm(obj).await
     }
 
-    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
-        self.inner.alarms(class)
+    async fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ObjectId)>> {
+        self.inner.due_alarms(class, after, until_ms, limit).await
     }
 
-    fn alarm_classes(&self) -> Result<Vec<String>> {
-        self.inner.alarm_classes()
+    async fn alarm_classes(&self) -> Result<Vec<String>> {
+        self.inner.alarm_classes().await
     }
 
-    fn objects(
+    async fn objects(
         &self,
         class: &'static str,
         after: Option<ObjectId>,
         limit: usize,
     ) -> Result<Vec<ObjectEntry>> {
-        self.inner.objects(class, after, limit)
+        self.inner.objects(class, after, limit).await
     }
 
-    fn objects_by_name(
+    async fn objects_by_name(
         &self,
         class: &'static str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ObjectEntry>> {
-        self.inner.objects_by_name(class, prefix, after, limit)
+    ) -> Result<Vec<NamedObject>> {
+        self.inner
+            .objects_by_name(class, prefix, after, limit)
+            .await
     }
 
-    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        self.inner.object_name(obj)
+    async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
+        self.inner.object_name(obj).await
+    }
+
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
+        match *lock(&self.epoch) {
+            Some(epoch) => Some(FenceToken::new(0, epoch)),
+            None => self.inner.fence_token(obj),
+        }
     }
 
     fn submit(&self, batch: CommitBatch) {
         let n = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
+        let current = *lock(&self.epoch);
+        if let Some(epoch) = current
+            && batch.fence_token.is_some_and(|t| t.epoch != epoch)
+        {
+            batch.complete(Err(Error::Reset));
+            return;
+        }
         if lock(&self.fail_at).remove(&n) {
             batch.complete(Err(Error::Reset));
             return;
@@ -177,12 +212,13 @@ impl Backend for FaultyBackend {
         }
     }
 
-    fn close(&self) -> Result<()> {
-        self.inner.close()
+    async fn close(&self) -> Result<()> {
+        self.release();
+        self.inner.close().await
     }
 
-    fn flush(&self) -> Result<()> {
+    async fn flush(&self) -> Result<()> {
         self.release();
-        self.inner.flush()
+        self.inner.flush().await
     }
 }

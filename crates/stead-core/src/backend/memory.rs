@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use super::{Backend, CommitBatch, ListOptions, ObjectEntry, ObjectRef, Value};
+use super::{Backend, CommitBatch, ListOptions, NamedObject, ObjectEntry, ObjectRef, Value};
 use crate::clock::lock;
 use crate::error::Result;
 use crate::id::ObjectId;
@@ -12,10 +12,10 @@ use crate::id::ObjectId;
 /// Keeps everything in process memory. Commits are applied at once, in submission order.
 ///
 /// ```
-/// use std::sync::Arc;
-/// use stead_core::{Backend, MemoryBackend};
-/// let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-/// # let _ = backend;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use stead_core::{MemoryBackend, Runtime};
+/// let rt = Runtime::builder().backend(MemoryBackend::new()).build().await?;
+/// # rt.shutdown().await }).unwrap();
 /// ```
 #[derive(Debug)]
 pub struct MemoryBackend {
@@ -58,12 +58,12 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
+    async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
         let st = lock(self.shard(obj));
         Ok(st.get(obj).and_then(|o| o.kv.get(key).cloned()))
     }
 
-    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+    async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
         let st = lock(self.shard(obj));
         let Some(o) = st.get(obj) else {
             return Ok(Vec::new());
@@ -87,24 +87,33 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
+    async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
         Ok(lock(self.shard(obj)).get(obj).and_then(|o| o.alarm))
     }
 
-    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
+    async fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ObjectId)>> {
         let mut out = Vec::new();
         for shard in &self.shards {
             out.extend(
                 lock(shard)
                     .iter()
                     .filter(|(r, _)| r.class == class)
-                    .filter_map(|(r, o)| o.alarm.map(|a| (r.id, a))),
+                    .filter_map(|(r, o)| o.alarm.map(|a| (a, r.id)))
+                    .filter(|k| k.0 <= until_ms && after.is_none_or(|a| *k > a)),
             );
         }
+        out.sort_unstable();
+        out.truncate(limit);
         Ok(out)
     }
 
-    fn alarm_classes(&self) -> Result<Vec<String>> {
+    async fn alarm_classes(&self) -> Result<Vec<String>> {
         let mut classes = std::collections::BTreeSet::new();
         for shard in &self.shards {
             classes.extend(
@@ -117,7 +126,7 @@ impl Backend for MemoryBackend {
         Ok(classes.into_iter().map(str::to_owned).collect())
     }
 
-    fn objects(
+    async fn objects(
         &self,
         class: &'static str,
         after: Option<ObjectId>,
@@ -134,30 +143,25 @@ impl Backend for MemoryBackend {
                 Bound::Included((class, ObjectId::from_bytes([0xff; 32]))),
             ))
             .take(limit)
-            .map(|((_, id), name)| ObjectEntry {
-                id: *id,
-                name: name.as_deref().map(str::to_owned),
-            })
+            .map(|((_, id), name)| ObjectEntry::new(*id, name.as_deref().map(str::to_owned)))
             .collect())
     }
 
-    fn objects_by_name(
+    async fn objects_by_name(
         &self,
         class: &'static str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ObjectEntry>> {
+    ) -> Result<Vec<NamedObject>> {
         let registry = lock(&self.registry);
-        let mut out: Vec<ObjectEntry> = registry
+        let mut out: Vec<NamedObject> = registry
             .iter()
             .filter(|((c, _), _)| *c == class)
             .filter_map(|((_, id), name)| {
                 let name = name.as_deref()?;
-                (name.starts_with(prefix) && after.is_none_or(|a| name > a)).then(|| ObjectEntry {
-                    id: *id,
-                    name: Some(name.to_owned()),
-                })
+                (name.starts_with(prefix) && after.is_none_or(|a| name > a))
+                    .then(|| NamedObject::new(*id, name.to_owned()))
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -165,7 +169,7 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 
-    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
+    async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
         Ok(lock(&self.registry)
             .get(&(obj.class, obj.id))
             .and_then(|n| n.as_deref().map(str::to_owned)))
@@ -213,7 +217,7 @@ impl Backend for MemoryBackend {
         batch.complete(Ok(()));
     }
 
-    fn flush(&self) -> Result<()> {
+    async fn flush(&self) -> Result<()> {
         Ok(())
     }
 }

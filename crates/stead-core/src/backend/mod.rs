@@ -4,6 +4,7 @@
 //! range scans; writes arrive as [`CommitBatch`]es, one per group of turns of one object,
 //! which the backend applies atomically and in submission order per object, then completes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -130,11 +131,59 @@ pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
 
 /// One entry of an object registry listing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct ObjectEntry {
     /// The object's id.
     pub id: ObjectId,
     /// The name it was addressed by, for objects created with `get_by_name`.
     pub name: Option<String>,
+}
+
+impl ObjectEntry {
+    /// An entry of the registry.
+    pub fn new(id: ObjectId, name: Option<String>) -> Self {
+        ObjectEntry { id, name }
+    }
+}
+
+/// One entry of a registry listing by name: an object created with `get_by_name`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct NamedObject {
+    /// The object's id.
+    pub id: ObjectId,
+    /// Its name.
+    pub name: String,
+}
+
+impl NamedObject {
+    /// An entry of the registry by name.
+    pub fn new(id: ObjectId, name: String) -> Self {
+        NamedObject { id, name }
+    }
+}
+
+/// The ownership an activation writes under, for backends that hand objects to one node at
+/// a time (a lease, or a partition's epoch in a cluster). The backend gives a token to each
+/// activation ([`Backend::fence_token`]); every batch of that activation carries it
+/// ([`CommitBatch::fence_token`]); and the backend refuses, in the same transaction as the
+/// writes, a batch whose token is no longer current. The object is then reset, and its next
+/// activation writes under the current token, so that a node that lost ownership can never
+/// commit over the one that has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct FenceToken {
+    /// What the ownership covers (0 when one lease covers everything).
+    pub partition: u32,
+    /// The ownership's epoch: grows each time the ownership changes hands.
+    pub epoch: u64,
+}
+
+impl FenceToken {
+    /// A token for `partition` at `epoch`.
+    pub fn new(partition: u32, epoch: u64) -> Self {
+        FenceToken { partition, epoch }
+    }
 }
 
 /// What a commit does to an object's alarm.
@@ -200,6 +249,10 @@ pub struct CommitBatch {
     pub register: Option<Option<Arc<str>>>,
     /// The durability the writer must give this batch.
     pub durability: Durability,
+    /// The ownership the writing activation holds, when the backend fences writers: the
+    /// backend must refuse the batch, in the transaction of its writes, when the token is
+    /// no longer current.
+    pub fence_token: Option<FenceToken>,
     pub(crate) fence: Arc<Fence>,
     pub(crate) ack: Option<(u64, Arc<dyn AckSink>)>,
 }
@@ -253,40 +306,62 @@ impl Drop for CommitBatch {
 }
 
 /// A place to keep objects' data. Implemented by the memory and SQLite backends and by
-/// [`FaultyBackend`]; every implementation must pass the conformance
-/// suite in `tests/conformance.rs`.
+/// [`FaultyBackend`]; every implementation must pass the conformance suite of
+/// `stead_core::testing` (the `test-util` feature).
 ///
-/// Reads are synchronous and expected to be fast (a memory lookup or a cached SQLite page);
-/// commits are asynchronous: [`submit`](Self::submit) queues and returns at once.
+/// Reads are asynchronous and must not wait for a commit in progress (another object's
+/// fsync): an object activating reads its data while others commit. A read must see every
+/// batch the backend has completed successfully. Commits are asynchronous too:
+/// [`submit`](Self::submit) queues and returns at once, and the backend completes each batch
+/// once it is durable.
+///
+/// The runtime holds a backend behind a pointer; every method returns a `Send` future.
 pub trait Backend: Send + Sync + 'static {
     /// The committed value of `key`.
-    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>>;
+    fn get(&self, obj: &ObjectRef, key: &str)
+    -> impl Future<Output = Result<Option<Value>>> + Send;
     /// The committed entries in a range, ordered as the options say.
-    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>>;
+    fn list(
+        &self,
+        obj: &ObjectRef,
+        opts: &ListOptions,
+    ) -> impl Future<Output = Result<Vec<(String, Value)>>> + Send;
     /// Up to `limit` committed entries of an object, in any order (a whole small object is
     /// read this way when it activates). By default, [`list`](Self::list).
-    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
-        self.list(
-            obj,
-            &ListOptions {
-                limit: Some(limit),
-                ..ListOptions::default()
-            },
-        )
+    fn load(
+        &self,
+        obj: &ObjectRef,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Value)>>> + Send {
+        let opts = ListOptions {
+            limit: Some(limit),
+            ..ListOptions::default()
+        };
+        let obj = *obj;
+        async move { self.list(&obj, &opts).await }
     }
     /// The committed alarm of an object (epoch milliseconds).
-    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>>;
-    /// Every committed alarm of a class.
-    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>>;
+    fn get_alarm(&self, obj: &ObjectRef) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// Committed alarms of a class, ordered by time then id: those after the cursor `after`
+    /// (a `(time, id)` pair, exclusive) and due at or before `until_ms`, at most `limit`. The
+    /// runtime reads only alarms that fall due soon this way, so a store with millions of
+    /// alarms costs no memory until they do.
+    fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, ObjectId)>>> + Send;
     /// The classes that have at least one committed alarm, each once.
-    fn alarm_classes(&self) -> Result<Vec<String>>;
+    fn alarm_classes(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The registry: objects of a class with an id greater than `after`, by id, at most `limit`.
     fn objects(
         &self,
         class: &'static str,
         after: Option<ObjectId>,
         limit: usize,
-    ) -> Result<Vec<ObjectEntry>>;
+    ) -> impl Future<Output = Result<Vec<ObjectEntry>>> + Send;
     /// The registry by name: named objects of a class whose name starts with `prefix`, with
     /// a name greater than `after`, ordered by name, at most `limit`.
     fn objects_by_name(
@@ -295,18 +370,202 @@ pub trait Backend: Send + Sync + 'static {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ObjectEntry>>;
+    ) -> impl Future<Output = Result<Vec<NamedObject>>> + Send;
     /// The registered name of an object, if it has one.
-    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>>;
+    fn object_name(&self, obj: &ObjectRef) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// The fencing token an activation of `obj` writes under, if this backend fences
+    /// writers (see [`FenceToken`]). Asked once per activation; by default none.
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
+        let _ = obj;
+        None
+    }
     /// Queues a batch; the backend completes it once it is durable (or failed).
     fn submit(&self, batch: CommitBatch);
-    /// Blocks until every batch submitted before the call is completed.
-    fn flush(&self) -> Result<()>;
+    /// Completes once every batch submitted before the call is completed.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
     /// Flushes, then lets go of the store: the runtime shuts down and another may open the
     /// same data (the SQLite backend releases its directory lock). Later calls may fail.
     /// By default, [`flush`](Self::flush).
-    fn close(&self) -> Result<()> {
+    fn close(&self) -> impl Future<Output = Result<()>> + Send {
         self.flush()
+    }
+}
+
+impl<B: Backend> Backend for Arc<B> {
+    fn get(
+        &self,
+        obj: &ObjectRef,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Value>>> + Send {
+        (**self).get(obj, key)
+    }
+    fn list(
+        &self,
+        obj: &ObjectRef,
+        opts: &ListOptions,
+    ) -> impl Future<Output = Result<Vec<(String, Value)>>> + Send {
+        (**self).list(obj, opts)
+    }
+    fn load(
+        &self,
+        obj: &ObjectRef,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Value)>>> + Send {
+        (**self).load(obj, limit)
+    }
+    fn get_alarm(&self, obj: &ObjectRef) -> impl Future<Output = Result<Option<i64>>> + Send {
+        (**self).get_alarm(obj)
+    }
+    fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, ObjectId)>>> + Send {
+        (**self).due_alarms(class, after, until_ms, limit)
+    }
+    fn alarm_classes(&self) -> impl Future<Output = Result<Vec<String>>> + Send {
+        (**self).alarm_classes()
+    }
+    fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<ObjectEntry>>> + Send {
+        (**self).objects(class, after, limit)
+    }
+    fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<NamedObject>>> + Send {
+        (**self).objects_by_name(class, prefix, after, limit)
+    }
+    fn object_name(&self, obj: &ObjectRef) -> impl Future<Output = Result<Option<String>>> + Send {
+        (**self).object_name(obj)
+    }
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
+        (**self).fence_token(obj)
+    }
+    fn submit(&self, batch: CommitBatch) {
+        (**self).submit(batch);
+    }
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        (**self).flush()
+    }
+    fn close(&self) -> impl Future<Output = Result<()>> + Send {
+        (**self).close()
+    }
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`Backend`] behind a pointer: what the runtime holds. Implemented for every backend.
+pub(crate) trait DynBackend: Send + Sync + 'static {
+    fn get<'a>(&'a self, obj: &'a ObjectRef, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>>;
+    fn list<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        opts: &'a ListOptions,
+    ) -> BoxFuture<'a, Result<Vec<(String, Value)>>>;
+    fn load<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, Value)>>>;
+    fn get_alarm<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Option<i64>>>;
+    fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, ObjectId)>>>;
+    fn alarm_classes(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+    fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectEntry>>>;
+    fn objects_by_name<'a>(
+        &'a self,
+        class: &'static str,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<NamedObject>>>;
+    fn object_name<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Option<String>>>;
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken>;
+    fn submit(&self, batch: CommitBatch);
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+impl<B: Backend> DynBackend for B {
+    fn get<'a>(&'a self, obj: &'a ObjectRef, key: &'a str) -> BoxFuture<'a, Result<Option<Value>>> {
+        Box::pin(Backend::get(self, obj, key))
+    }
+    fn list<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        opts: &'a ListOptions,
+    ) -> BoxFuture<'a, Result<Vec<(String, Value)>>> {
+        Box::pin(Backend::list(self, obj, opts))
+    }
+    fn load<'a>(
+        &'a self,
+        obj: &'a ObjectRef,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<(String, Value)>>> {
+        Box::pin(Backend::load(self, obj, limit))
+    }
+    fn get_alarm<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Option<i64>>> {
+        Box::pin(Backend::get_alarm(self, obj))
+    }
+    fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<(i64, ObjectId)>>> {
+        Box::pin(Backend::due_alarms(self, class, after, until_ms, limit))
+    }
+    fn alarm_classes(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(Backend::alarm_classes(self))
+    }
+    fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ObjectEntry>>> {
+        Box::pin(Backend::objects(self, class, after, limit))
+    }
+    fn objects_by_name<'a>(
+        &'a self,
+        class: &'static str,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<NamedObject>>> {
+        Box::pin(Backend::objects_by_name(self, class, prefix, after, limit))
+    }
+    fn object_name<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Option<String>>> {
+        Box::pin(Backend::object_name(self, obj))
+    }
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
+        Backend::fence_token(self, obj)
+    }
+    fn submit(&self, batch: CommitBatch) {
+        Backend::submit(self, batch);
+    }
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Backend::close(self))
     }
 }
 
@@ -319,7 +578,7 @@ pub(crate) struct Completer {
 
 pub(crate) enum Completion {
     Group(Vec<CommitBatch>, bool),
-    Flush(std::sync::mpsc::SyncSender<()>),
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Completer {
@@ -349,7 +608,7 @@ impl Completer {
     }
 
     /// Answers `done` once every group reported before it is completed.
-    pub(crate) fn flush(&self, done: std::sync::mpsc::SyncSender<()>) {
+    pub(crate) fn flush(&self, done: tokio::sync::oneshot::Sender<()>) {
         self.send(Completion::Flush(done));
     }
 

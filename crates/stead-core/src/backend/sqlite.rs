@@ -9,7 +9,7 @@ use commit_log::CommitLog;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    AlarmChange, Backend, CommitBatch, Completer, Durability, ListOptions, ObjectEntry, ObjectRef,
-    Value, unavailable,
+    AlarmChange, Backend, CommitBatch, Completer, Durability, ListOptions, NamedObject,
+    ObjectEntry, ObjectRef, Value, unavailable,
 };
 use crate::clock::lock;
 use crate::error::{Error, Result};
@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_by_name ON objects (class, name) WHERE name IS NOT NULL;
 ";
 
+/// Indexes added after a schema version, created when missing (a build without them keeps
+/// them up to date, as SQLite maintains every index).
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS alarms_by_time ON alarms (class, at_ms, id);
+";
+
 /// Options of the SQLite backend.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -54,6 +60,14 @@ pub struct SqliteOptions {
     /// writer per two cores (at most 8); a count that differs from an existing directory's
     /// is refused.
     pub shards: Option<usize>,
+}
+
+impl SqliteOptions {
+    /// The same options with this many shard files.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
 }
 
 /// One writer per two cores, at most 8: each writer is mostly waiting on fsync, and fewer
@@ -160,8 +174,13 @@ struct Shard {
     shared: Arc<SharedConn>,
 }
 
-/// The connection of a shard's writer, through which its reads go too: it sees the
-/// writer's open transaction, which holds every acknowledged write.
+/// What a shard's writer shares with readers.
+///
+/// The writer keeps a transaction open for up to a window (see [`Writer`]); every
+/// acknowledged write is in it or committed. Reads of an object that has writes in the open
+/// window go through the writer's connection, which sees them; every other read goes through
+/// a reader connection of its own, on the committed state, and never waits for the window's
+/// commit (its page writes and fsync).
 struct SharedConn {
     conn: Mutex<Connection>,
     /// Set when a group failed and the writer could not take it back out of the log: the
@@ -169,18 +188,136 @@ struct SharedConn {
     broken: AtomicBool,
     /// Set once the backend is closed: the directory may belong to another runtime now.
     closed: AtomicBool,
+    /// Objects with writes in the open window; emptied once a window has committed.
+    in_window: Mutex<HashSet<ObjectId, IdHashState>>,
+    /// Idle reader connections.
+    readers: Mutex<Vec<Connection>>,
+    /// The shard's database file, for new reader connections.
+    path: PathBuf,
+    /// Lets a test hold the window's commit while the writer holds its connection.
+    #[cfg(any(test, feature = "test-util"))]
+    hold: CommitHold,
 }
 
-impl Shard {
-    /// The shard's connection, for a read.
-    fn read(&self) -> Result<MutexGuard<'_, Connection>> {
-        if self.shared.broken.load(Ordering::Acquire) {
+/// At most this many idle reader connections are kept per shard.
+const MAX_IDLE_READERS: usize = 8;
+
+impl SharedConn {
+    fn new(conn: Connection, path: PathBuf) -> Self {
+        SharedConn {
+            conn: Mutex::new(conn),
+            broken: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            in_window: Mutex::new(HashSet::default()),
+            readers: Mutex::new(Vec::new()),
+            path,
+            #[cfg(any(test, feature = "test-util"))]
+            hold: CommitHold::default(),
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.broken.load(Ordering::Acquire) {
             return Err(unavailable(BROKEN));
         }
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) {
             return Err(unavailable("the SQLite store is closed"));
         }
-        Ok(lock(&self.shared.conn))
+        Ok(())
+    }
+
+    /// A connection for reading object `id`: the writer's when the open window has writes
+    /// of it, else a reader's.
+    fn read_for(&self, id: &ObjectId) -> Result<ReadConn<'_>> {
+        self.check()?;
+        if lock(&self.in_window).contains(id) {
+            return Ok(ReadConn::Writer(lock(&self.conn)));
+        }
+        let idle = lock(&self.readers).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        Ok(ReadConn::Reader(self, Some(conn)))
+    }
+
+    /// The writer's connection, which sees every acknowledged write (for scans over many
+    /// objects; callers run them off the async workers).
+    fn read_all(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.check()?;
+        Ok(lock(&self.conn))
+    }
+}
+
+/// A connection lent for one read.
+enum ReadConn<'a> {
+    Writer(MutexGuard<'a, Connection>),
+    /// Goes back to the shard's idle readers when dropped.
+    Reader(&'a SharedConn, Option<Connection>),
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            ReadConn::Writer(c) => c,
+            // Always `Some` until dropped.
+            ReadConn::Reader(_, c) => c.as_ref().unwrap_or_else(|| unreachable!()),
+        }
+    }
+}
+
+impl Drop for ReadConn<'_> {
+    fn drop(&mut self) {
+        if let ReadConn::Reader(shared, conn) = self
+            && let Some(conn) = conn.take()
+        {
+            let mut idle = lock(&shared.readers);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+/// A reader connection on a shard's database: read-only, on the committed state.
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sql_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(sql_err)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// A switch a test turns on to make the writer wait, before a window's commit, holding its
+/// connection (as a slow fsync would).
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Default)]
+struct CommitHold {
+    held: Mutex<bool>,
+    changed: std::sync::Condvar,
+    /// How many commits are waiting on the switch right now.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl CommitHold {
+    fn set(&self, held: bool) {
+        *lock(&self.held) = held;
+        self.changed.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut held = lock(&self.held);
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        while *held {
+            held = self.changed.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -209,7 +346,7 @@ fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 
 enum WriterMsg {
     Commit(CommitBatch),
-    Flush(SyncSender<()>),
+    Flush(tokio::sync::oneshot::Sender<()>),
     /// The backend is dropped: finish what came before, then end.
     Stop,
 }
@@ -261,6 +398,7 @@ fn init_schema(conn: &Connection, shards: usize) -> Result<()> {
             ))));
         }
     }
+    conn.execute_batch(INDEXES).map_err(sql_err)?;
     let stored: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'shards'", [], |r| {
             r.get(0)
@@ -327,7 +465,7 @@ impl SqliteBackend {
                 Error::storage(std::io::Error::other(text))
             };
             let log = CommitLog::open(&log_path).map_err(|e| in_log(&e))?;
-            let writer = Writer::start(wconn, log).map_err(|e| in_log(&e))?;
+            let writer = Writer::start(wconn, log, path.clone()).map_err(|e| in_log(&e))?;
             let shared = writer.shared.clone();
             let cconn = open_conn(&path)?;
             let (stop_tx, stop_rx) = std::sync::mpsc::channel();
@@ -368,29 +506,81 @@ impl SqliteBackend {
 }
 
 impl SqliteBackend {
-    /// Runs a registry query (selecting `id, name`) on every shard and gathers the rows.
-    fn registry_query(&self, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<ObjectEntry>> {
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let conn = s.read()?;
-            let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
-            let rows = stmt
-                .query_map(args, |r| {
-                    let id: Vec<u8> = r.get(0)?;
-                    let name: Option<String> = r.get(1)?;
-                    Ok((id, name))
-                })
-                .map_err(sql_err)?;
-            for row in rows {
-                let (id, name) = row.map_err(sql_err)?;
-                out.push(ObjectEntry {
-                    id: blob_id(&id)?,
-                    name,
-                });
+    /// Runs `query` on every shard's writer connection (which sees every acknowledged
+    /// write) on a blocking thread, and gathers the rows.
+    async fn scan_shards<T: Send + 'static>(
+        &self,
+        query: impl Fn(&Connection) -> Result<Vec<T>> + Send + 'static,
+    ) -> Result<Vec<T>> {
+        let shards: Vec<Arc<SharedConn>> = self.shards.iter().map(|s| s.shared.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for shard in shards {
+                out.extend(query(&*shard.read_all()?)?);
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
+        .map_err(Error::storage)?
     }
+
+    /// Makes every shard's writer wait, before its next window commit, while holding its
+    /// connection (as a slow fsync would), until [`release_commits`](Self::release_commits).
+    /// Returns once a commit is being held.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn hold_commits(&self) {
+        for s in &self.shards {
+            s.shared.hold.set(true);
+        }
+    }
+
+    /// How many window commits are held right now by [`hold_commits`](Self::hold_commits).
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn commits_held(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.shared.hold.waiting.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Lets held commits go on.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn release_commits(&self) {
+        for s in &self.shards {
+            s.shared.hold.set(false);
+        }
+    }
+
+    /// Asks every shard to commit its open window now, without waiting for it.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn start_commit(&self) {
+        for s in &self.shards {
+            let (tx, _rx) = tokio::sync::oneshot::channel();
+            let _ = self.send(s, WriterMsg::Flush(tx));
+        }
+    }
+}
+
+/// Rows of a registry query (selecting `id, name`).
+fn registry_rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<(ObjectId, Option<String>)>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
+    let rows = stmt
+        .query_map(args, |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let name: Option<String> = r.get(1)?;
+            Ok((id, name))
+        })
+        .map_err(sql_err)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, name) = row.map_err(sql_err)?;
+        out.push((blob_id(&id)?, name));
+    }
+    Ok(out)
 }
 
 impl SqliteBackend {
@@ -420,8 +610,8 @@ impl Drop for SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
-    fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
-        let conn = self.shard(&obj.id).read()?;
+    async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
+        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
         let mut stmt = conn
             .prepare_cached("SELECT value FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")
             .map_err(sql_err)?;
@@ -433,7 +623,7 @@ impl Backend for SqliteBackend {
         .map_err(sql_err)
     }
 
-    fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+    async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
         let (lower, upper) = opts.bounds();
         let limit = opts.limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
         let sql = match (upper.is_some(), opts.reverse) {
@@ -450,7 +640,7 @@ impl Backend for SqliteBackend {
                 "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key DESC LIMIT ?5"
             }
         };
-        let conn = self.shard(&obj.id).read()?;
+        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
         let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
         let rows = stmt
             .query_map(
@@ -465,11 +655,11 @@ impl Backend for SqliteBackend {
         rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
     }
 
-    fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+    async fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
         // No ORDER BY and no bound LIMIT: with either, SQLite prepares the statement again
         // on every run (a new binding could change its plan), which costs more than the
         // read itself. The limit is a constant of the caller, so one statement is cached.
-        let conn = self.shard(&obj.id).read()?;
+        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
         let sql = format!("SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 LIMIT {limit}");
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
         let rows = stmt
@@ -482,8 +672,8 @@ impl Backend for SqliteBackend {
         rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
     }
 
-    fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
-        let conn = self.shard(&obj.id).read()?;
+    async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
+        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
         let mut stmt = conn
             .prepare_cached("SELECT at_ms FROM alarms WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -492,46 +682,63 @@ impl Backend for SqliteBackend {
             .map_err(sql_err)
     }
 
-    fn alarms(&self, class: &'static str) -> Result<Vec<(ObjectId, i64)>> {
-        let mut out = Vec::new();
-        for s in &self.shards {
-            let conn = s.read()?;
-            let mut stmt = conn
-                .prepare_cached("SELECT id, at_ms FROM alarms WHERE class = ?1")
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map(params![class], |r| {
-                    let id: Vec<u8> = r.get(0)?;
-                    let at: i64 = r.get(1)?;
-                    Ok((id, at))
-                })
-                .map_err(sql_err)?;
-            for row in rows {
-                let (id, at) = row.map_err(sql_err)?;
-                out.push((blob_id(&id)?, at));
-            }
-        }
+    async fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ObjectId)>> {
+        let (after_ms, after_id) = match after {
+            Some((at, id)) => (at, id.as_bytes().to_vec()),
+            None => (i64::MIN, Vec::new()),
+        };
+        let lim = limit.min(i64::MAX as usize) as i64;
+        let mut out = self
+            .scan_shards(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT at_ms, id FROM alarms WHERE class = ?1 AND at_ms <= ?2
+                         AND (at_ms > ?3 OR (at_ms = ?3 AND id > ?4))
+                         ORDER BY at_ms, id LIMIT ?5",
+                    )
+                    .map_err(sql_err)?;
+                let rows = stmt
+                    .query_map(params![class, until_ms, after_ms, after_id, lim], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .map_err(sql_err)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (at, id) = row.map_err(sql_err)?;
+                    out.push((at, blob_id(&id)?));
+                }
+                Ok(out)
+            })
+            .await?;
+        out.sort_unstable();
+        out.truncate(limit);
         Ok(out)
     }
 
-    fn alarm_classes(&self) -> Result<Vec<String>> {
-        let mut classes = std::collections::BTreeSet::new();
-        for s in &self.shards {
-            let conn = s.read()?;
-            let mut stmt = conn
-                .prepare_cached("SELECT DISTINCT class FROM alarms")
-                .map_err(sql_err)?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(sql_err)?;
-            for row in rows {
-                classes.insert(row.map_err(sql_err)?);
-            }
-        }
-        Ok(classes.into_iter().collect())
+    async fn alarm_classes(&self) -> Result<Vec<String>> {
+        let classes = self
+            .scan_shards(|conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT DISTINCT class FROM alarms")
+                    .map_err(sql_err)?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(sql_err)?;
+                rows.collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(sql_err)
+            })
+            .await?;
+        let unique: std::collections::BTreeSet<String> = classes.into_iter().collect();
+        Ok(unique.into_iter().collect())
     }
 
-    fn objects(
+    async fn objects(
         &self,
         class: &'static str,
         after: Option<ObjectId>,
@@ -539,40 +746,58 @@ impl Backend for SqliteBackend {
     ) -> Result<Vec<ObjectEntry>> {
         let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
         let lim = limit.min(i64::MAX as usize) as i64;
-        let mut out = self.registry_query(
-            "SELECT id, name FROM objects WHERE class = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            params![class, after, lim],
-        )?;
+        let rows = self
+            .scan_shards(move |conn| {
+                registry_rows(
+                    conn,
+                    "SELECT id, name FROM objects WHERE class = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    params![class, after, lim],
+                )
+            })
+            .await?;
+        let mut out: Vec<ObjectEntry> = rows
+            .into_iter()
+            .map(|(id, name)| ObjectEntry::new(id, name))
+            .collect();
         out.sort_by_key(|o| o.id);
         out.truncate(limit);
         Ok(out)
     }
 
-    fn objects_by_name(
+    async fn objects_by_name(
         &self,
         class: &'static str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ObjectEntry>> {
+    ) -> Result<Vec<NamedObject>> {
         let lower = match after {
             Some(a) if a >= prefix => format!("{a}\0"),
             _ => prefix.to_owned(),
         };
         let upper = super::prefix_upper_bound(prefix);
         let lim = limit.min(i64::MAX as usize) as i64;
-        let mut out = self.registry_query(
-            "SELECT id, name FROM objects WHERE class = ?1 AND name IS NOT NULL
-             AND name >= ?2 AND (?3 IS NULL OR name < ?3) ORDER BY name LIMIT ?4",
-            params![class, lower, upper, lim],
-        )?;
+        let rows = self
+            .scan_shards(move |conn| {
+                registry_rows(
+                    conn,
+                    "SELECT id, name FROM objects WHERE class = ?1 AND name IS NOT NULL
+                     AND name >= ?2 AND (?3 IS NULL OR name < ?3) ORDER BY name LIMIT ?4",
+                    params![class, lower, upper, lim],
+                )
+            })
+            .await?;
+        let mut out: Vec<NamedObject> = rows
+            .into_iter()
+            .filter_map(|(id, name)| name.map(|n| NamedObject::new(id, n)))
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.truncate(limit);
         Ok(out)
     }
 
-    fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        let conn = self.shard(&obj.id).read()?;
+    async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
+        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
         let mut stmt = conn
             .prepare_cached("SELECT name FROM objects WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -593,23 +818,25 @@ impl Backend for SqliteBackend {
         }
     }
 
-    fn flush(&self) -> Result<()> {
+    async fn flush(&self) -> Result<()> {
         let mut waits = Vec::new();
         for s in &self.shards {
-            let (tx, rx) = sync_channel(1);
+            let (tx, rx) = tokio::sync::oneshot::channel();
             if self.send(s, WriterMsg::Flush(tx)).is_none() {
                 waits.push(rx);
             }
         }
         for rx in waits {
-            rx.recv()
+            rx.await
                 .map_err(|_| unavailable("the storage writer stopped during a flush"))?;
         }
         Ok(())
     }
 
-    fn close(&self) -> Result<()> {
-        let flushed = self.flush();
+    /// Flushes, stops the writer threads (joining them: they have nothing left to do) and
+    /// releases the directory.
+    async fn close(&self) -> Result<()> {
+        let flushed = self.flush().await;
         self.stop();
         lock(&self.lock).take();
         flushed
@@ -688,7 +915,7 @@ struct Writer {
 impl Writer {
     /// Takes over a shard's connection, applies and commits what its log holds beyond the
     /// database, and leaves the log ready for new records.
-    fn start(conn: Connection, log: CommitLog) -> Result<Writer> {
+    fn start(conn: Connection, log: CommitLog, path: PathBuf) -> Result<Writer> {
         let committed = conn
             .query_row("SELECT value FROM meta WHERE key = 'log_seq'", [], |r| {
                 r.get::<_, String>(0)
@@ -698,11 +925,7 @@ impl Writer {
             .map_or(Ok(0), |v| v.parse::<u64>())
             .map_err(|_| unavailable("corrupt log position in storage"))?;
         let mut w = Writer {
-            shared: Arc::new(SharedConn {
-                conn: Mutex::new(conn),
-                broken: AtomicBool::new(false),
-                closed: AtomicBool::new(false),
-            }),
+            shared: Arc::new(SharedConn::new(conn, path)),
             log,
             committed,
             open: None,
@@ -755,6 +978,8 @@ impl Writer {
         };
         let shared = Arc::clone(&self.shared);
         let conn = lock(&shared.conn);
+        #[cfg(any(test, feature = "test-util"))]
+        shared.hold.wait();
         let started = Instant::now();
         let done = conn
             .prepare_cached(
@@ -768,6 +993,8 @@ impl Writer {
         self.open = None;
         match &done {
             Ok(()) => {
+                // Committed: every reader connection sees the window now.
+                lock(&shared.in_window).clear();
                 self.committed = last;
                 self.log.restart();
                 self.retry_at = None;
@@ -825,6 +1052,13 @@ impl Writer {
             return false;
         }
         let shared = Arc::clone(&self.shared);
+        // Before the writes: from here on, reads of these objects see the window.
+        {
+            let mut in_window = lock(&shared.in_window);
+            for b in batches.iter() {
+                in_window.insert(b.object.id);
+            }
+        }
         let conn = lock(&shared.conn);
         let began = match self.open {
             Some(_) => Ok(()),
@@ -1113,6 +1347,7 @@ mod tests {
             alarm: AlarmChange::Keep,
             register: None,
             durability: Durability::ProcessCrashSafe,
+            fence_token: None,
             fence: Arc::default(),
             ack: None,
         }
@@ -1163,7 +1398,7 @@ mod tests {
         let conn = open_conn(&dir.join("shard-00.db")).unwrap();
         init_schema(&conn, 1).unwrap();
         let log = CommitLog::open(&dir.join("shard-00.log")).unwrap();
-        Writer::start(conn, log).unwrap()
+        Writer::start(conn, log, dir.join("shard-00.db")).unwrap()
     }
 
     /// What the database file holds, read by a connection of its own (so without the

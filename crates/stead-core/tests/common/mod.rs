@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use stead_core::{
-    AlarmInfo, Backend, Context, Deferred, DurableObject, Handler, ListOptions, ManualClock,
-    Result, Runtime, RuntimeBuilder, ScheduledJob,
+    AlarmInfo, Context, Deferred, DurableObject, Handler, ListOptions, ManualClock, Result,
+    Runtime, RuntimeBuilder, ScheduledJob,
 };
 
 pub struct ProbeEnv {
@@ -422,11 +422,11 @@ pub async fn harness_with(
             }
         }
         Kind::FaultyMemory => {
-            let f = Arc::new(stead_core::FaultyBackend::new(Arc::new(
+            let f = Arc::new(stead_core::FaultyBackend::new(
                 stead_core::MemoryBackend::new(),
-            )));
+            ));
             faulty = Some(f.clone());
-            b.backend(f as Arc<dyn Backend>)
+            b.backend(f)
         }
     };
     let rt = tune(b).build().await.unwrap();
