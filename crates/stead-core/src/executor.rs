@@ -28,9 +28,6 @@ use crate::storage::{ALARM_RETRY_KEY, Storage, StorageLimits};
 const TABLE_SHARDS: usize = 64;
 /// At most this many turns run back to back before their writes are submitted.
 const MAX_TURNS_PER_BATCH: usize = 256;
-/// A `Memory` object hands its writes to the backend once this many keys are pending (or
-/// when it leaves memory, or when a write must be seen outside it at once).
-const MEMORY_PENDING_KEYS: usize = 64;
 
 /// What a delivered alarm came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,12 +304,6 @@ impl<O: DurableObject> NsInner<O> {
                 turn_nanos: AtomicU64::new(0),
             },
         }
-    }
-
-    /// Whether objects keep their writes until they leave memory (and reply without
-    /// waiting for a commit): so in `Memory` durability, whose backend is process memory too.
-    fn writes_back(&self) -> bool {
-        self.durability == Durability::Memory
     }
 
     fn shard(&self, id: &ObjectId) -> &TableShard<O> {
@@ -599,15 +590,6 @@ impl<O: DurableObject> Actor<O> {
 
     /// Leaves the table if the object is idle; returns whether it did.
     fn try_leave(&mut self, stopping: bool) -> bool {
-        if self.ns.writes_back() && !self.resetting {
-            // Hand the writes kept in the object to the backend before it leaves: the memory
-            // backend applies them at once and acks straight into the inbox.
-            self.flush_writes();
-            let acks = std::mem::take(&mut lock(&self.mailbox.inbox).acks);
-            for ack in acks {
-                self.on_ack(ack);
-            }
-        }
         let busy = self.outstanding > 0
             || self.resetting
             || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
@@ -743,17 +725,10 @@ impl<O: DurableObject> Actor<O> {
         if let Some(alarm) = end.alarm {
             self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
         }
-        // A `Memory` object's replies wait for nothing: its writes are as safe as they will
-        // ever be once the turn ends.
-        // Others go through the gate even when their write is acknowledged already, so that
+        // Replies go through the gate even when their write is acknowledged already, so that
         // they never pass replies an ack is still sending.
-        let open = self.ns.writes_back();
         for reply in self.ctx.replies.drain(..) {
-            if open {
-                reply(Ok(()));
-            } else {
-                self.held.push((self.last_write, reply));
-            }
+            self.held.push((self.last_write, reply));
         }
     }
 
@@ -785,13 +760,6 @@ impl<O: DurableObject> Actor<O> {
     fn submit(&mut self) {
         self.hold_replies();
         if self.resetting {
-            return;
-        }
-        // A `Memory` object's backend is only process memory too, read again only when the
-        // object comes back after leaving memory: its writes can wait in the object until
-        // then (the storage reads them from its pending set meanwhile). What others look
-        // at in the backend, the name registry and a clear, goes at once.
-        if self.ns.writes_back() && !self.ctx.storage.must_submit(MEMORY_PENDING_KEYS) {
             return;
         }
         self.flush_writes();

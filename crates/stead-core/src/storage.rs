@@ -587,14 +587,6 @@ impl Storage {
         Some(batch)
     }
 
-    /// Whether the pending writes must go to the backend now, rather than wait in the
-    /// object: a clear or a first registration (others read those from the backend), or
-    /// `max_pending` keys or more waiting.
-    pub(crate) fn must_submit(&self, max_pending: usize) -> bool {
-        let has_writes = !self.dirty.is_empty() || self.dirty_alarm;
-        self.dirty_clear || (has_writes && !self.registered) || self.unacked.len() >= max_pending
-    }
-
     /// Everything up to `seq` is durable: move it into the committed cache. Returns the
     /// alarm that became durable, if one did.
     pub(crate) fn acked(&mut self, seq: u64) -> Option<Option<i64>> {

@@ -244,9 +244,9 @@ async fn idle_objects_are_evicted_and_come_back_with_their_state() {
 }
 
 #[tokio::test]
-async fn memory_objects_keep_their_writes_until_they_leave_and_come_back_with_them() {
-    // A `Memory` object hands its writes to the backend in bulk (every 64 pending keys, or
-    // when it leaves memory); nothing of that may show.
+async fn memory_objects_leave_memory_and_come_back_with_their_writes() {
+    // A `Memory` namespace lives on the runtime's memory backend, through the one write path
+    // every namespace takes.
     let h = harness(Kind::Memory).await;
     let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     let env = ns.env().clone();

@@ -34,9 +34,8 @@ pub enum Durability {
     /// Acknowledged survives a crash of the process but not of the machine: a commit is
     /// written to the operating system without an fsync of its own.
     ProcessCrashSafe,
-    /// Kept in memory only: lost when the process exits. Replies wait for no commit, and an
-    /// object hands its writes to the process-wide memory store in bulk (every 64 pending
-    /// keys, or when it leaves memory).
+    /// Kept in the runtime's process memory only (a namespace on its memory backend): lost
+    /// when the process exits. A commit there is a few map updates, done at once.
     Memory,
 }
 
