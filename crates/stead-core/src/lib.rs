@@ -67,10 +67,12 @@ mod object;
 mod runtime;
 mod schedule;
 mod storage;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use backend::{
-    AlarmChange, Backend, CommitBatch, Durability, FaultyBackend, FenceToken, ListOptions,
-    MemoryBackend, NamedObject, ObjectEntry, ObjectRef, Value,
+    AlarmChange, Backend, CommitBatch, Durability, FenceToken, ListOptions, MemoryBackend,
+    NamedObject, ObjectEntry, ObjectRef, Value,
 };
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};

@@ -60,7 +60,7 @@ type Asked<T> = tokio::task::JoinHandle<Result<T>>;
 /// An object with one increment whose commit is held by the faulty backend.
 struct WriteHeld {
     h: Harness,
-    faulty: Arc<stead_core::FaultyBackend>,
+    faulty: Arc<stead_core::testing::FaultyBackend>,
     env: Arc<ProbeEnv>,
     o: stead_core::Stub<Probe>,
     write: Asked<Result<i64>>,

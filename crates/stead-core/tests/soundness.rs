@@ -669,7 +669,7 @@ async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
 #[tokio::test]
 async fn a_write_under_a_stale_fencing_token_is_refused_and_the_object_resets() {
     let clock = manual();
-    let faulty = Arc::new(stead_core::FaultyBackend::new(
+    let faulty = Arc::new(stead_core::testing::FaultyBackend::new(
         stead_core::MemoryBackend::new(),
     ));
     faulty.set_epoch(1);

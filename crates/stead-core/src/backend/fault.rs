@@ -21,7 +21,8 @@ use crate::id::ObjectId;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use stead_core::{FaultyBackend, MemoryBackend};
+/// use stead_core::MemoryBackend;
+/// use stead_core::testing::FaultyBackend;
 /// let faulty = Arc::new(FaultyBackend::new(MemoryBackend::new()));
 /// faulty.fail_commit(1); // the first commit will fail
 /// ```

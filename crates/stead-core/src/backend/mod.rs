@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) mod fault;
 pub(crate) mod memory;
 #[cfg(feature = "sqlite")]
@@ -305,7 +306,7 @@ impl Drop for CommitBatch {
 }
 
 /// A place to keep objects' data. Implemented by the memory and SQLite backends and by
-/// [`FaultyBackend`]; every implementation must pass the conformance suite of
+/// the fault-injecting wrapper of `stead_core::testing`; every implementation must pass the conformance suite of
 /// `stead_core::testing` (the `test-util` feature).
 ///
 /// Reads are asynchronous and must not wait for a commit in progress (another object's
@@ -640,7 +641,6 @@ pub(crate) fn unavailable(what: &'static str) -> Error {
     Error::storage(std::io::Error::other(what))
 }
 
-pub use fault::FaultyBackend;
 pub use memory::MemoryBackend;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteOptions};

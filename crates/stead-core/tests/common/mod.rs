@@ -1,380 +1,13 @@
-//! A probe object that exercises every part of the runtime, and harnesses for each backend.
+//! The probe and harness of `stead_core::testing`, with a short way to pick one of this
+//! crate's backends.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
-use stead_core::{
-    AlarmInfo, Context, Deferred, DurableObject, Handler, ListOptions, ManualClock, Result,
-    Runtime, RuntimeBuilder, ScheduledJob,
-};
-
-pub struct ProbeEnv {
-    pub activations: AtomicUsize,
-    pub alarms: Mutex<Vec<(String, AlarmInfo)>>,
-    pub jobs: Mutex<Vec<(String, ScheduledJob)>>,
-    /// How many alarm deliveries should fail before one succeeds.
-    pub failing_alarms: AtomicU32,
-    /// `Block` waits for a permit here.
-    pub gate: tokio::sync::Semaphore,
-    pub blocked: std::sync::atomic::AtomicBool,
-    /// Instances alive right now, and whether two were ever alive at once.
-    pub live: AtomicUsize,
-    pub overlapped: std::sync::atomic::AtomicBool,
-}
-
-impl Default for ProbeEnv {
-    fn default() -> Self {
-        ProbeEnv {
-            activations: AtomicUsize::new(0),
-            alarms: Mutex::new(Vec::new()),
-            jobs: Mutex::new(Vec::new()),
-            failing_alarms: AtomicU32::new(0),
-            gate: tokio::sync::Semaphore::new(0),
-            blocked: std::sync::atomic::AtomicBool::new(false),
-            live: AtomicUsize::new(0),
-            overlapped: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-pub struct Probe {
-    env: Arc<ProbeEnv>,
-    parked: Vec<Deferred<String>>,
-    /// In-memory only: lost on reset, so tests can see re-activation.
-    pub turns: u64,
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        self.env.live.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl DurableObject for Probe {
-    const CLASS: &'static str = "probe";
-    type Env = ProbeEnv;
-
-    async fn activate(ctx: &mut Context, env: Arc<ProbeEnv>) -> Result<Self> {
-        env.activations.fetch_add(1, Ordering::SeqCst);
-        if env.live.fetch_add(1, Ordering::SeqCst) > 0 {
-            env.overlapped.store(true, Ordering::SeqCst);
-        }
-        // Activation may read storage.
-        let _: Option<i64> = ctx.storage().get("activated").await?;
-        Ok(Probe {
-            env,
-            parked: Vec::new(),
-            turns: 0,
-        })
-    }
-
-    async fn alarm(&mut self, ctx: &mut Context, info: AlarmInfo) -> Result<()> {
-        let failing = self.env.failing_alarms.load(Ordering::SeqCst);
-        if failing > 0 {
-            self.env.failing_alarms.store(failing - 1, Ordering::SeqCst);
-            ctx.storage().put("alarm-side-effect", &true)?;
-            return Err(stead_core::Error::bad_request("injected alarm failure"));
-        }
-        let name = ctx.name().unwrap_or("?").to_owned();
-        self.env.alarms.lock().unwrap().push((name, info));
-        let n: i64 = ctx.storage().get("alarms-fired").await?.unwrap_or(0);
-        ctx.storage().put("alarms-fired", &(n + 1))?;
-        Ok(())
-    }
-
-    async fn on_schedule(&mut self, ctx: &mut Context, job: ScheduledJob) -> Result<()> {
-        let name = ctx.name().unwrap_or("?").to_owned();
-        self.env.jobs.lock().unwrap().push((name, job));
-        Ok(())
-    }
-}
-
-/// One operation of a storage script.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum Op {
-    Put(String, i64),
-    Delete(String),
-    DeleteAll,
-    Get(String),
-    List {
-        prefix: Option<String>,
-        start: Option<String>,
-        end: Option<String>,
-        limit: Option<usize>,
-        reverse: bool,
-    },
-}
-
-/// What a script op observed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Seen {
-    Nothing,
-    Value(Option<i64>),
-    Existed(bool),
-    Entries(Vec<(String, i64)>),
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct Script(pub Vec<Op>);
-
-impl Handler<Script> for Probe {
-    type Reply = Result<Vec<Seen>>;
-    async fn handle(&mut self, msg: Script, ctx: &mut Context) -> Result<Vec<Seen>> {
-        let s = ctx.storage();
-        let mut out = Vec::new();
-        for op in msg.0 {
-            out.push(match op {
-                Op::Put(k, v) => {
-                    s.put(&k, &v)?;
-                    Seen::Nothing
-                }
-                Op::Delete(k) => Seen::Existed(s.delete(&k).await?),
-                Op::DeleteAll => {
-                    s.delete_all();
-                    Seen::Nothing
-                }
-                Op::Get(k) => Seen::Value(s.get(&k).await?),
-                Op::List {
-                    prefix,
-                    start,
-                    end,
-                    limit,
-                    reverse,
-                } => Seen::Entries(
-                    s.list(ListOptions {
-                        prefix,
-                        start,
-                        end,
-                        limit,
-                        reverse,
-                    })
-                    .await?,
-                ),
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// Applies a script to a model.
-pub fn model_apply(model: &mut BTreeMap<String, i64>, ops: &[Op]) -> Vec<Seen> {
-    ops.iter()
-        .map(|op| match op {
-            Op::Put(k, v) => {
-                model.insert(k.clone(), *v);
-                Seen::Nothing
-            }
-            Op::Delete(k) => Seen::Existed(model.remove(k).is_some()),
-            Op::DeleteAll => {
-                model.clear();
-                Seen::Nothing
-            }
-            Op::Get(k) => Seen::Value(model.get(k).copied()),
-            Op::List {
-                prefix,
-                start,
-                end,
-                limit,
-                reverse,
-            } => {
-                let it = model.iter().filter(|(k, _)| {
-                    prefix.as_ref().is_none_or(|p| k.starts_with(p.as_str()))
-                        && start.as_ref().is_none_or(|s| *k >= s)
-                        && end.as_ref().is_none_or(|e| *k < e)
-                });
-                let lim = limit.unwrap_or(usize::MAX);
-                let v: Vec<(String, i64)> = if *reverse {
-                    it.rev().take(lim).map(|(k, v)| (k.clone(), *v)).collect()
-                } else {
-                    it.take(lim).map(|(k, v)| (k.clone(), *v)).collect()
-                };
-                Seen::Entries(v)
-            }
-        })
-        .collect()
-}
-
-/// Increments `key`, yielding between the read and the write: interleaved turns would
-/// lose updates.
-#[derive(Serialize, Deserialize)]
-pub struct Incr(pub String);
-
-impl Handler<Incr> for Probe {
-    type Reply = Result<i64>;
-    async fn handle(&mut self, msg: Incr, ctx: &mut Context) -> Result<i64> {
-        self.turns += 1;
-        let v: i64 = ctx.storage().get(&msg.0).await?.unwrap_or(0);
-        tokio::task::yield_now().await;
-        ctx.storage().put(&msg.0, &(v + 1))?;
-        Ok(v + 1)
-    }
-}
-
-/// Puts every key, then panics.
-#[derive(Serialize, Deserialize)]
-pub struct PutThenPanic(pub Vec<String>);
-
-impl Handler<PutThenPanic> for Probe {
-    type Reply = ();
-    async fn handle(&mut self, msg: PutThenPanic, ctx: &mut Context) {
-        for k in msg.0 {
-            ctx.storage().put(&k, &1).unwrap();
-        }
-        panic!("deliberate panic after writes");
-    }
-}
-
-/// Puts, rolls back, puts again: only the second put survives.
-#[derive(Serialize, Deserialize)]
-pub struct PutRollbackPut;
-
-impl Handler<PutRollbackPut> for Probe {
-    type Reply = Result<()>;
-    async fn handle(&mut self, _: PutRollbackPut, ctx: &mut Context) -> Result<()> {
-        ctx.storage().put("discarded", &1)?;
-        ctx.storage().rollback();
-        ctx.storage().put("kept", &2)?;
-        Ok(())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct SetAlarm(pub DateTime<Utc>);
-
-impl Handler<SetAlarm> for Probe {
-    type Reply = Result<()>;
-    async fn handle(&mut self, msg: SetAlarm, ctx: &mut Context) -> Result<()> {
-        ctx.storage().set_alarm(msg.0)
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct GetAlarm;
-
-impl Handler<GetAlarm> for Probe {
-    type Reply = Result<Option<DateTime<Utc>>>;
-    async fn handle(&mut self, _: GetAlarm, ctx: &mut Context) -> Result<Option<DateTime<Utc>>> {
-        ctx.storage().alarm().await
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct DeleteAlarm;
-
-impl Handler<DeleteAlarm> for Probe {
-    type Reply = ();
-    async fn handle(&mut self, _: DeleteAlarm, ctx: &mut Context) {
-        ctx.storage().delete_alarm();
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub enum Sched {
-    Once(String, DateTime<Utc>),
-    Every(String, Duration),
-    Cron(String, String),
-    Cancel(String),
-}
-
-impl Handler<Sched> for Probe {
-    type Reply = Result<bool>;
-    async fn handle(&mut self, msg: Sched, ctx: &mut Context) -> Result<bool> {
-        let mut s = ctx.schedules();
-        match msg {
-            Sched::Once(n, at) => s.once(&n, at).map(|()| true),
-            Sched::Every(n, d) => s.every(&n, d).map(|()| true),
-            Sched::Cron(n, e) => s.cron(&n, &e).map(|()| true),
-            Sched::Cancel(n) => s.cancel(&n).await,
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct WhoAmI;
-
-impl Handler<WhoAmI> for Probe {
-    type Reply = (Option<String>, String, u64);
-    async fn handle(&mut self, _: WhoAmI, ctx: &mut Context) -> (Option<String>, String, u64) {
-        self.turns += 1;
-        (
-            ctx.name().map(str::to_owned),
-            ctx.id().to_string(),
-            self.turns,
-        )
-    }
-}
-
-/// Parks the reply until a `Wake`.
-#[derive(Serialize, Deserialize)]
-pub struct Park;
-
-impl Handler<Park> for Probe {
-    type Reply = String;
-    async fn handle(&mut self, _: Park, ctx: &mut Context) -> String {
-        match ctx.defer::<String>() {
-            Ok(d) => self.parked.push(d),
-            Err(e) => return format!("defer failed: {e}"),
-        }
-        String::from("(discarded)")
-    }
-}
-
-/// Completes every parked reply with `value`, writing it too.
-#[derive(Serialize, Deserialize)]
-pub struct Wake(pub String);
-
-impl Handler<Wake> for Probe {
-    type Reply = Result<usize>;
-    async fn handle(&mut self, msg: Wake, ctx: &mut Context) -> Result<usize> {
-        ctx.storage().put("woken", &msg.0)?;
-        let n = self.parked.len();
-        for d in self.parked.drain(..) {
-            d.complete(ctx, msg.0.clone());
-        }
-        Ok(n)
-    }
-}
-
-/// Asks for the wrong reply type in `defer`.
-#[derive(Serialize, Deserialize)]
-pub struct BadDefer;
-
-impl Handler<BadDefer> for Probe {
-    type Reply = String;
-    async fn handle(&mut self, _: BadDefer, ctx: &mut Context) -> String {
-        match ctx.defer::<u64>() {
-            Ok(_) => "unexpected".into(),
-            Err(e) => e.to_string(),
-        }
-    }
-}
-
-/// Writes a value of `n` bytes.
-#[derive(Serialize, Deserialize)]
-pub struct PutBytes(pub String, pub usize);
-
-impl Handler<PutBytes> for Probe {
-    type Reply = Result<()>;
-    async fn handle(&mut self, msg: PutBytes, ctx: &mut Context) -> Result<()> {
-        ctx.storage().put(&msg.0, &"x".repeat(msg.1))
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct GetJson(pub String);
-
-impl Handler<GetJson> for Probe {
-    type Reply = Result<Option<Json>>;
-    async fn handle(&mut self, msg: GetJson, ctx: &mut Context) -> Result<Option<Json>> {
-        ctx.storage().get(&msg.0).await
-    }
-}
+pub use stead_core::testing::probe::*;
+pub use stead_core::testing::start_time;
+use stead_core::testing::{FaultyBackend, Harness as Inner};
+use stead_core::{Durability, ManualClock, MemoryBackend, Runtime, RuntimeBuilder};
 
 /// Which backend a test runs on.
 #[derive(Clone, Copy, Debug)]
@@ -385,16 +18,12 @@ pub enum Kind {
     FaultyMemory,
 }
 
-/// A runtime on a backend, with whatever keeps the backend alive.
+/// A runtime on a backend, with the fault wrapper when there is one.
 pub struct Harness {
     pub rt: Runtime,
-    pub dir: Option<tempfile::TempDir>,
     pub clock: ManualClock,
-    pub faulty: Option<Arc<stead_core::FaultyBackend>>,
-}
-
-pub fn start_time() -> DateTime<Utc> {
-    "2026-01-01T00:00:00Z".parse().unwrap()
+    pub faulty: Option<Arc<FaultyBackend>>,
+    _inner: tempfile::TempDir,
 }
 
 pub async fn harness(kind: Kind) -> Harness {
@@ -405,47 +34,23 @@ pub async fn harness_with(
     kind: Kind,
     tune: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
 ) -> Harness {
-    let clock = ManualClock::new(start_time());
-    let mut dir = None;
-    let mut faulty = None;
-    let b = Runtime::builder().clock(Arc::new(clock.clone()));
-    let b = match kind {
+    let faulty = matches!(kind, Kind::FaultyMemory)
+        .then(|| Arc::new(FaultyBackend::new(MemoryBackend::new())));
+    let wrapper = faulty.clone();
+    let setup = move |b: RuntimeBuilder, dir: &std::path::Path| match kind {
         Kind::Memory => b.memory(),
-        Kind::Sqlite | Kind::SqliteProcessCrashSafe => {
-            let d = tempfile::tempdir().unwrap();
-            let b = b.sqlite(d.path()).shards(2);
-            dir = Some(d);
-            if matches!(kind, Kind::SqliteProcessCrashSafe) {
-                b.durability(stead_core::Durability::ProcessCrashSafe)
-            } else {
-                b
-            }
-        }
-        Kind::FaultyMemory => {
-            let f = Arc::new(stead_core::FaultyBackend::new(
-                stead_core::MemoryBackend::new(),
-            ));
-            faulty = Some(f.clone());
-            b.backend(f)
-        }
+        Kind::Sqlite => b.sqlite(dir).shards(2),
+        Kind::SqliteProcessCrashSafe => b
+            .sqlite(dir)
+            .shards(2)
+            .durability(Durability::ProcessCrashSafe),
+        Kind::FaultyMemory => b.backend(wrapper.clone().expect("made above")),
     };
-    let rt = tune(b).build().await.unwrap();
+    let Inner { rt, clock, dir } = Inner::start_with(&setup, tune).await;
     Harness {
         rt,
-        dir,
         clock,
         faulty,
-    }
-}
-
-/// Waits for a permit of the env's gate: keeps the object busy.
-#[derive(Serialize, Deserialize)]
-pub struct Block;
-
-impl Handler<Block> for Probe {
-    type Reply = ();
-    async fn handle(&mut self, _: Block, _ctx: &mut Context) {
-        self.env.blocked.store(true, Ordering::SeqCst);
-        let _ = self.env.gate.acquire().await.map(|p| p.forget());
+        _inner: dir,
     }
 }
