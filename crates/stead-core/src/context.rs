@@ -51,6 +51,16 @@ pub struct Context {
     pub(crate) closed: Arc<AtomicBool>,
 }
 
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("class", &self.class)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 impl Context {
     /// The object's id.
     pub fn id(&self) -> ObjectId {
@@ -74,7 +84,8 @@ impl Context {
 
     /// The object's named jobs (one-shot, interval, cron), run by its `on_schedule` handler.
     pub fn schedules(&mut self) -> Schedules<'_> {
-        Schedules::new(self)
+        let now = self.clock.now();
+        Schedules::new(&mut self.storage, now)
     }
 
     /// The current time, from the runtime's clock.

@@ -1162,6 +1162,49 @@ impl<O: DurableObject> Namespace<O> {
         })
     }
 
+    /// Sends a message (made by `msg` for each) to every one of `stubs` at once and waits
+    /// for all the replies, in the order of the stubs. The caller is woken once, when every
+    /// one has answered, rather than once per answer (which matters to an HTTP handler,
+    /// whose every wake-up polls the server's whole stack). Fails with the first runtime
+    /// error among them.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stead_core::{Context, DurableObject, Handler, Runtime};
+    /// # struct Shard;
+    /// # impl DurableObject for Shard {
+    /// #     const CLASS: &'static str = "shard";
+    /// #     type Env = ();
+    /// #     async fn activate(_: &mut Context, _: Arc<()>) -> stead_core::Result<Self> { Ok(Shard) }
+    /// # }
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Size;
+    /// # impl Handler<Size> for Shard {
+    /// #     type Reply = u64;
+    /// #     async fn handle(&mut self, _: Size, _: &mut Context) -> u64 { 1 }
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let rt = Runtime::builder().memory().build().await?;
+    /// let shards = rt.namespace::<Shard>(())?;
+    /// let stubs: Vec<_> = (0..4).map(|i| shards.get_by_name(&format!("s{i}"))).collect();
+    /// let sizes = shards.ask_all(&stubs, || Size).await?;
+    /// assert_eq!(sizes.iter().sum::<u64>(), 4);
+    /// # rt.shutdown().await }).unwrap();
+    /// ```
+    pub async fn ask_all<'a, M: Message>(
+        &self,
+        stubs: impl IntoIterator<Item = &'a Stub<O>>,
+        msg: impl Fn() -> M,
+    ) -> Result<Vec<<O as Handler<M>>::Reply>>
+    where
+        O: Handler<M>,
+    {
+        crate::join::join_all(stubs.into_iter().map(|stub| stub.ask(msg())))
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// How many objects of this class are in memory.
     pub fn active_objects(&self) -> usize {
         self.inner.active()

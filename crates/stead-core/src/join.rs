@@ -15,14 +15,7 @@ use crate::clock::lock;
 /// once, when every child still pending has woken. That matters when the caller is an HTTP
 /// connection task, whose every poll walks the server's whole stack: a read that asks 16
 /// shards is polled about twice, not 17 times.
-///
-/// ```
-/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let doubled = stead_core::join_all((1..=3).map(|i| async move { i * 2 })).await;
-/// assert_eq!(doubled, vec![2, 4, 6]);
-/// # });
-/// ```
-pub fn join_all<I>(futures: I) -> JoinAll<I::Item>
+pub(crate) fn join_all<I>(futures: I) -> JoinAll<I::Item>
 where
     I: IntoIterator,
     I::Item: Future,
@@ -54,7 +47,7 @@ where
 
 /// The future of [`join_all`].
 #[must_use = "futures do nothing unless awaited"]
-pub struct JoinAll<F: Future> {
+pub(crate) struct JoinAll<F: Future> {
     children: Vec<Option<Pin<Box<F>>>>,
     outputs: Vec<Option<F::Output>>,
     wakers: Vec<Waker>,

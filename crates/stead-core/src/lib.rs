@@ -76,12 +76,14 @@ pub use backend::{
 };
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};
+/// The date and time library of every timestamp in the API (instants are
+/// `chrono::DateTime<Utc>`; durations are `std::time::Duration` throughout).
+pub use chrono;
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
-pub use join::{JoinAll, join_all};
 pub use object::{AlarmInfo, DurableObject, Handler, Message};
 pub use runtime::{NamespaceOptions, Runtime, RuntimeBuilder, RuntimeConfig};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};

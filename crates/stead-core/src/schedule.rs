@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{from_ms, to_ms};
-use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::storage::{SCHEDULE_PREFIX, Storage};
 
@@ -55,6 +54,7 @@ pub struct ScheduledJob {
 
 /// A job as listed by [`Schedules::list`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ScheduleInfo {
     /// The job's name.
     pub name: String,
@@ -109,12 +109,25 @@ impl JobRecord {
 /// # Ok(()) }
 /// ```
 pub struct Schedules<'a> {
-    ctx: &'a mut Context,
+    storage: &'a mut Storage,
+    /// The time of the turn, for jobs scheduled relative to now.
+    now: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Schedules<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedules").field("now", &self.now).finish()
+    }
 }
 
 impl<'a> Schedules<'a> {
-    pub(crate) fn new(ctx: &'a mut Context) -> Self {
-        Schedules { ctx }
+    pub(crate) fn new(storage: &'a mut Storage, now: DateTime<Utc>) -> Self {
+        Schedules { storage, now }
+    }
+
+    /// The time these schedules count from (the runtime's clock when they were taken).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
     }
 
     /// Runs job `name` once at `at` (replacing a job of that name).
@@ -130,7 +143,7 @@ impl<'a> Schedules<'a> {
                 detail: "an interval must be at least one millisecond".into(),
             });
         }
-        let first = to_ms(self.ctx.now()).saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        let first = to_ms(self.now).saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
         self.put(name, ScheduleKind::Every { interval_ms: ms }, first)
     }
 
@@ -139,7 +152,7 @@ impl<'a> Schedules<'a> {
         let kind = ScheduleKind::Cron {
             expr: expr.to_owned(),
         };
-        let now = to_ms(self.ctx.now());
+        let now = to_ms(self.now);
         let next = next_after(&kind, now, now)?.ok_or_else(|| Error::InvalidSchedule {
             detail: format!("cron expression {expr:?} never matches"),
         })?;
@@ -150,18 +163,17 @@ impl<'a> Schedules<'a> {
     pub async fn cancel(&mut self, name: &str) -> Result<bool> {
         check_name(name)?;
         let existed = self
-            .ctx
             .storage
             .get_internal::<JobRecord>(&key(name))
             .await?
             .is_some();
-        self.ctx.storage.delete_internal(key(name));
+        self.storage.delete_internal(key(name));
         Ok(existed)
     }
 
     /// Every job of the object, by name.
     pub async fn list(&mut self) -> Result<Vec<ScheduleInfo>> {
-        Ok(load(&mut self.ctx.storage)
+        Ok(load(self.storage)
             .await?
             .into_iter()
             .map(|(name, r)| ScheduleInfo {
@@ -174,8 +186,7 @@ impl<'a> Schedules<'a> {
 
     fn put(&mut self, name: &str, kind: ScheduleKind, next_ms: i64) -> Result<()> {
         check_name(name)?;
-        self.ctx
-            .storage
+        self.storage
             .put_internal(key(name), &JobRecord::new(kind, next_ms))
     }
 }

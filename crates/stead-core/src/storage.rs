@@ -45,6 +45,10 @@ pub(crate) struct StorageLimits {
 /// Keys are strings of 1 to 2048 bytes, ordered by their bytes; values are any serde type,
 /// stored as JSON, at most 128 KiB by default. Reads see this turn's own writes. Writes are
 /// buffered and never block; they commit with the turn, atomically, or not at all.
+///
+/// One rule says which calls are `async`: a call that reads (or answers with what it found,
+/// as [`delete`](Self::delete) does) may have to reach the store, so it is `async`; a call
+/// that only writes is buffered in the turn, so it is not.
 pub struct Storage {
     obj: ObjectRef,
     name: Option<Arc<str>>,
@@ -84,6 +88,17 @@ pub struct Storage {
     /// The committed store is known to have no schedule entries (saves a range scan whenever
     /// the alarm changes). Says nothing of this turn's writes or unacknowledged ones.
     committed_no_schedules: bool,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("object", &self.obj)
+            .field("durability", &self.durability)
+            .field("turn_writes", &self.turn.len())
+            .field("unacknowledged", &self.unacked.len())
+            .finish()
+    }
 }
 
 /// What a finished turn left for the object to do.

@@ -150,7 +150,11 @@ impl CounterClient {
         let views = &self.inner.shards.env().views;
         let (mut sum, missing) = views.read(name, stubs.len());
         if !missing.is_empty() {
-            let asked = ask_all(missing.iter().map(|&i| &stubs[i]), || Value).await?;
+            let asked = self
+                .inner
+                .shards
+                .ask_all(missing.iter().map(|&i| &stubs[i]), || Value)
+                .await?;
             let filled: Vec<(usize, i64)> = missing.into_iter().zip(asked).collect();
             views.fill(name, &filled);
             sum += filled.iter().map(|(_, v)| i128::from(*v)).sum::<i128>();
@@ -172,7 +176,7 @@ impl CounterClient {
                 shards: self.inner.config.default_shards,
             });
         };
-        ask_all(stubs.iter(), || Clear).await?;
+        self.inner.shards.ask_all(stubs.iter(), || Clear).await?;
         Ok(CounterValue {
             value: 0,
             shards: stubs.len() as u32,
@@ -204,7 +208,11 @@ impl CounterClient {
         let Some(stubs) = self.existing(name).await? else {
             return Ok(0);
         };
-        let counts = ask_all(stubs.iter(), || RememberedKeys).await?;
+        let counts = self
+            .inner
+            .shards
+            .ask_all(stubs.iter(), || RememberedKeys)
+            .await?;
         counts.into_iter().sum()
     }
 
@@ -261,20 +269,6 @@ impl CounterClient {
 
 /// The stubs of a counter's shards, in shard order.
 type ShardStubs = Arc<[Stub<CounterShard>]>;
-
-/// Asks each of `stubs`, all at once; the caller is woken once, when every one has answered.
-async fn ask_all<'a, M: stead_core::Message>(
-    stubs: impl IntoIterator<Item = &'a Stub<CounterShard>>,
-    msg: impl Fn() -> M,
-) -> Result<Vec<<CounterShard as stead_core::Handler<M>>::Reply>>
-where
-    CounterShard: stead_core::Handler<M>,
-{
-    stead_core::join_all(stubs.into_iter().map(|stub| stub.ask(msg())))
-        .await
-        .into_iter()
-        .collect()
-}
 
 /// The shard an idempotency key belongs to: retries of one increment always meet there.
 fn shard_of_key(key: &str, shards: u32) -> u32 {

@@ -59,6 +59,7 @@ impl CounterConfig {
 pub const MAX_SHARDS: u32 = 1024;
 
 /// One counter's metadata: its shard count, fixed at first use.
+#[derive(Debug)]
 pub struct CounterMeta {
     shards: Option<u32>,
 }
@@ -121,6 +122,7 @@ impl Handler<Shards> for CounterMeta {
 
 /// What the shards of a runtime share: the configuration, and the committed values they
 /// publish for exact reads without a turn.
+#[derive(Debug)]
 pub struct ShardEnv {
     pub(crate) config: CounterConfig,
     pub(crate) views: Views,
@@ -151,6 +153,7 @@ type ViewMap = HashMap<String, Vec<Option<i64>>>;
 ///
 /// A value a read fills in never overwrites a published one, and a shard publishes in
 /// commit order, before any later reply of its leaves: so a view never goes back in time.
+#[derive(Debug)]
 pub(crate) struct Views(Box<[RwLock<ViewMap>]>);
 
 impl Default for Views {
@@ -222,6 +225,7 @@ impl Views {
 }
 
 /// One shard of one counter.
+#[derive(Debug)]
 pub struct CounterShard {
     env: Arc<ShardEnv>,
     /// The counter's name and this shard's index, from the object's name (`<name>#<i>`).
@@ -280,12 +284,7 @@ impl CounterShard {
     async fn purge(&mut self, ctx: &mut Context) -> Result<usize> {
         let cutoff = ctx.now().timestamp_millis().saturating_sub(self.window_ms);
         let end = format!("{EXPIRY}{:020}", cutoff.max(0) + 1);
-        let opts = ListOptions {
-            prefix: Some(EXPIRY.to_owned()),
-            end: Some(end),
-            limit: Some(PURGE_BATCH),
-            ..Default::default()
-        };
+        let opts = ListOptions::prefix(EXPIRY).end(end).limit(PURGE_BATCH);
         let expired: Vec<(String, String)> = ctx.storage().list(opts).await?;
         for (exp_key, key) in &expired {
             ctx.storage().delete(exp_key).await?;

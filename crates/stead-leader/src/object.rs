@@ -54,6 +54,7 @@ pub struct CampaignResult {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug)]
 struct Watcher {
     after_term: u64,
     deadline: DateTime<Utc>,
@@ -61,6 +62,7 @@ struct Watcher {
 }
 
 /// One election group.
+#[derive(Debug)]
 pub struct Election {
     state: State,
     watchers: Vec<Watcher>,

@@ -37,6 +37,7 @@ struct State {
     leases: Vec<Lease>,
 }
 
+#[derive(Debug)]
 struct Waiter {
     holder: String,
     ttl_ms: u64,
@@ -45,6 +46,7 @@ struct Waiter {
 }
 
 /// A lock (or, with more than one permit, a counting semaphore).
+#[derive(Debug)]
 pub struct Lock {
     state: State,
     waiters: VecDeque<Waiter>,

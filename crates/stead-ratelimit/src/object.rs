@@ -460,6 +460,7 @@ struct Stored {
 /// Single-threaded like every durable object, so its decisions are exact under any
 /// concurrency. Its state is deleted by alarm [`FORGET_AFTER_IDLE_MS`] after it has become the
 /// same as a fresh key's, so storage holds only keys that are being limited or were lately.
+#[derive(Debug)]
 pub struct RateLimiter {
     stored: Option<Stored>,
     /// When the alarm is set for, in nanoseconds.

@@ -52,6 +52,7 @@ pub struct ObjectRef {
 /// A key range to scan: the intersection of a prefix, `start..end`, at most `limit` entries,
 /// in ascending (or with `reverse`, descending) byte order of the keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ListOptions {
     /// Only keys that start with this.
     pub prefix: Option<String>,
@@ -72,6 +73,23 @@ impl ListOptions {
             prefix: Some(prefix.into()),
             ..Default::default()
         }
+    }
+
+    /// Every key.
+    pub fn all() -> Self {
+        ListOptions::default()
+    }
+
+    /// The same range, from `start` on (inclusive).
+    pub fn start(mut self, start: impl Into<String>) -> Self {
+        self.start = Some(start.into());
+        self
+    }
+
+    /// The same range, before `end` (exclusive).
+    pub fn end(mut self, end: impl Into<String>) -> Self {
+        self.end = Some(end.into());
+        self
     }
 
     /// The same range, at most `limit` entries.
