@@ -56,6 +56,7 @@
 
 mod backend;
 mod clock;
+mod config;
 mod context;
 mod error;
 mod executor;
@@ -66,6 +67,8 @@ mod join;
 mod object;
 mod runtime;
 mod schedule;
+mod scheduler;
+mod shared;
 mod storage;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -80,11 +83,12 @@ pub use backend::{SqliteBackend, SqliteOptions};
 /// `chrono::DateTime<Utc>`; durations are `std::time::Duration` throughout).
 pub use chrono;
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use config::{NamespaceOptions, RuntimeConfig};
 pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
 pub use object::{AlarmInfo, DurableObject, Handler, Message};
-pub use runtime::{NamespaceOptions, Runtime, RuntimeBuilder, RuntimeConfig};
+pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
 pub use storage::{MAX_KEY_BYTES, Storage};

@@ -1,0 +1,66 @@
+//! The runtime's tunables and per-namespace options.
+
+use std::time::Duration;
+
+use crate::backend::Durability;
+
+/// Tunables of a runtime. Build one with [`crate::Runtime::builder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RuntimeConfig {
+    /// Objects idle this long leave memory (default 60 s).
+    pub idle_timeout: Duration,
+    /// At most this many objects in memory; the least recently used leave first
+    /// (default 100,000).
+    pub max_active_objects: usize,
+    /// Messages waiting per object before `ask` fails with `Overloaded` (default 4,096).
+    pub mailbox_capacity: usize,
+    /// The largest value, encoded, in bytes (default 128 KiB).
+    pub max_value_bytes: usize,
+    /// Memory for each object's cache of committed values (default 1 MiB).
+    pub cache_bytes_per_object: usize,
+    /// Wait before the first retry of a failed alarm; doubles each retry (default 1 s).
+    pub alarm_first_retry: Duration,
+    /// Retries of a failing alarm before it is dropped (default 6).
+    pub alarm_max_retries: u32,
+    /// The durability of namespaces that do not choose their own (default `Fsync`).
+    pub durability: Durability,
+    /// How long [`crate::Stub::ask`] waits for a reply before it fails with
+    /// [`Error::Timeout`] (default 30 s), on the runtime's clock. A call cycle (A asks B,
+    /// which asks A) ends this way instead of hanging. Per call: [`crate::Stub::with_timeout`].
+    pub ask_timeout: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            idle_timeout: Duration::from_secs(60),
+            max_active_objects: 100_000,
+            mailbox_capacity: 4096,
+            max_value_bytes: 128 * 1024,
+            cache_bytes_per_object: 1024 * 1024,
+            alarm_first_retry: Duration::from_secs(1),
+            alarm_max_retries: 6,
+            durability: Durability::Fsync,
+            ask_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-namespace options for [`crate::Runtime::namespace_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct NamespaceOptions {
+    /// Overrides the runtime's durability for this namespace (for example `Memory` or
+    /// `ProcessCrashSafe` for a rate limiter while the rest fsyncs).
+    pub durability: Option<Durability>,
+}
+
+impl NamespaceOptions {
+    /// Options with this durability.
+    pub fn durability(durability: Durability) -> Self {
+        NamespaceOptions {
+            durability: Some(durability),
+        }
+    }
+}

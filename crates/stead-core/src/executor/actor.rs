@@ -1,0 +1,378 @@
+//! The task of one active object: it takes messages in batches, runs each as a turn,
+//! submits the writes, and holds the replies behind the gate.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::backend::{Ack, ObjectRef};
+use crate::clock::{lock, to_ms};
+use crate::context::{Context, PendingReply};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::object::DurableObject;
+use crate::schedule;
+use crate::storage::{Storage, StorageLimits};
+
+use super::mailbox::{Mailbox, send_released};
+use super::namespace::NsInner;
+use super::{Envelope, MAX_TURNS_PER_BATCH, panic_message};
+
+/// The task of one active object.
+pub(super) struct Actor<O: DurableObject> {
+    pub(super) ns: Arc<NsInner<O>>,
+    pub(super) id: ObjectId,
+    pub(super) mailbox: Arc<Mailbox<O>>,
+    pub(super) instance: Option<O>,
+    pub(super) ctx: Context,
+    pub(super) name_known: bool,
+    /// Replies of this run's turns for the output gate, with the seq of the write each
+    /// waits for; they move to the inbox's gate before their batch is submitted.
+    pub(super) held: Vec<(u64, PendingReply)>,
+    pub(super) next_seq: u64,
+    pub(super) last_write: u64,
+    pub(super) outstanding: usize,
+    /// A commit failed: take no messages until every outstanding commit has answered.
+    pub(super) resetting: bool,
+}
+
+impl<O: DurableObject> Actor<O> {
+    pub(super) fn new(
+        ns: Arc<NsInner<O>>,
+        id: ObjectId,
+        name: Option<Arc<str>>,
+        mailbox: Arc<Mailbox<O>>,
+    ) -> Self {
+        let shared = &ns.shared;
+        let obj = ObjectRef {
+            class: O::CLASS,
+            id,
+        };
+        let limits = StorageLimits {
+            max_value_bytes: shared.config.max_value_bytes,
+            cache_bytes: shared.config.cache_bytes_per_object,
+        };
+        let storage = Storage::new(obj, name.clone(), ns.backend.clone(), ns.durability, limits);
+        let ctx = Context {
+            id,
+            name: name.clone(),
+            class: O::CLASS,
+            storage,
+            clock: shared.clock.clone(),
+            reply: None,
+            replies: Vec::new(),
+            deferred: Arc::new(AtomicUsize::new(0)),
+            closed: shared.closed.clone(),
+        };
+        Actor {
+            name_known: name.is_some(),
+            ns,
+            id,
+            mailbox,
+            instance: None,
+            ctx,
+            held: Vec::new(),
+            next_seq: 1,
+            last_write: 0,
+            outstanding: 0,
+            resetting: false,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut messages: VecDeque<Envelope<O>> = VecDeque::new();
+        let mut acks: Vec<Ack> = Vec::new();
+        loop {
+            if self.resetting && self.outstanding == 0 {
+                self.ctx.storage.reset();
+                self.resetting = false;
+                // Nothing is pending any more: later replies need not wait.
+                let mut inbox = lock(&self.mailbox.inbox);
+                inbox.failed = false;
+                inbox.acked = inbox.acked.max(self.last_write);
+            }
+            {
+                let mut inbox = lock(&self.mailbox.inbox);
+                std::mem::swap(&mut acks, &mut inbox.acks);
+                // Messages are taken only once every ack is seen: a failed commit must reset
+                // the object before it runs another turn.
+                if acks.is_empty() && !self.resetting && !inbox.messages.is_empty() {
+                    if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
+                        std::mem::swap(&mut messages, &mut inbox.messages);
+                    } else {
+                        messages.extend(inbox.messages.drain(..MAX_TURNS_PER_BATCH));
+                    }
+                }
+            }
+            if !acks.is_empty() {
+                for ack in acks.drain(..) {
+                    self.on_ack(ack);
+                }
+                continue;
+            }
+            if !messages.is_empty() {
+                self.mailbox
+                    .last_used_ms
+                    .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
+                self.decline_eviction();
+                // Boxed so that the task of an idle object stays small: a turn's futures
+                // live only while it runs.
+                Box::pin(self.process_all(&mut messages)).await;
+                if messages.capacity() > 64 {
+                    messages = VecDeque::new();
+                }
+                self.submit();
+                continue;
+            }
+            let stopping = self.ns.shared.closed.load(Ordering::Acquire);
+            if (stopping || self.mailbox.evict.load(Ordering::Acquire)) && self.try_leave(stopping)
+            {
+                break;
+            }
+            {
+                // Sleep only on an inbox seen empty under its lock, and say so: the next push
+                // (or ack, when acks are awaited) then notifies (a permit stored before the
+                // wait wakes it at once). Messages wait out a reset only while commits are
+                // outstanding (their acks will wake this); once none are, the loop's top
+                // resets and takes them. Stopping waits for every outstanding commit. A failed
+                // commit is taken at once, before the task sleeps.
+                let can_take = !self.resetting || self.outstanding == 0;
+                let wants_acks = self.resetting || (stopping && self.outstanding > 0);
+                let mut inbox = lock(&self.mailbox.inbox);
+                if ((wants_acks || inbox.failed) && !inbox.acks.is_empty())
+                    || (can_take && !inbox.messages.is_empty())
+                {
+                    continue;
+                }
+                inbox.waiting = true;
+                inbox.wants_acks = wants_acks;
+            }
+            self.mailbox.notify.notified().await;
+        }
+    }
+
+    /// Leaves the table if the object is idle; returns whether it did.
+    pub(super) fn try_leave(&mut self, stopping: bool) -> bool {
+        let busy = self.outstanding > 0
+            || self.resetting
+            || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
+        if busy {
+            if !stopping {
+                self.decline_eviction();
+            }
+            return false;
+        }
+        // The instance goes first: the moment the table forgets this object, a new message
+        // may start another activation, and two instances must never be alive at once. If
+        // a message slips in meanwhile, it activates the object again from its storage
+        // (every write is acknowledged, so that is exact).
+        self.instance = None;
+        let mut table = lock(self.ns.shard(&self.id));
+        if !lock(&self.mailbox.inbox).messages.is_empty() {
+            return false;
+        }
+        table.remove(&self.id);
+        drop(table);
+        // Counted out before anyone hears that it left.
+        self.ns.shared.object_stopped();
+        for tx in lock(&self.mailbox.evicted).drain(..) {
+            let _ = tx.send(true);
+        }
+        true
+    }
+
+    pub(super) fn decline_eviction(&self) {
+        if self.mailbox.evict.swap(false, Ordering::AcqRel) {
+            for tx in lock(&self.mailbox.evicted).drain(..) {
+                let _ = tx.send(false);
+            }
+        }
+    }
+
+    pub(super) async fn process_all(&mut self, messages: &mut VecDeque<Envelope<O>>) {
+        for env in messages.drain(..) {
+            self.process(env).await;
+        }
+    }
+
+    pub(super) async fn process(&mut self, env: Envelope<O>) {
+        if self.instance.is_none()
+            && let Err(e) = self.activate().await
+        {
+            env.fail(e);
+            return;
+        }
+        let Some(instance) = self.instance.as_mut() else {
+            env.fail(Error::Reset);
+            return;
+        };
+        match env {
+            Envelope::Call(call) => {
+                let span = tracing::debug_span!("turn", class = O::CLASS, id = %self.id, message = call.message_type());
+                let started = Instant::now();
+                let turn = AssertUnwindSafe(call.call(instance, &mut self.ctx)).catch_unwind();
+                let result = turn.instrument(span).await;
+                self.ns.metrics.record_turn(started.elapsed());
+                match result {
+                    Ok(()) => self.end_turn().await,
+                    Err(panic) => self.panicked(panic),
+                }
+            }
+            Envelope::Alarm { reply } => self.run_alarm(reply).await,
+        }
+    }
+
+    pub(super) async fn activate(&mut self) -> Result<()> {
+        self.ctx.storage.claim_fence_token();
+        if !self.name_known {
+            let obj = ObjectRef {
+                class: O::CLASS,
+                id: self.id,
+            };
+            if let Some(name) = self.ns.backend.object_name(&obj).await? {
+                let name: Arc<str> = Arc::from(name);
+                self.ctx.name = Some(name.clone());
+                self.ctx.storage.set_name(Some(name));
+            }
+            self.name_known = true;
+        }
+        let started = Instant::now();
+        let env = self.ns.env.clone();
+        let result = AssertUnwindSafe(O::activate(&mut self.ctx, env))
+            .catch_unwind()
+            .await;
+        metrics::histogram!("stead_activation_seconds", "class" => O::CLASS)
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(obj)) => {
+                self.instance = Some(obj);
+                self.end_turn().await;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.ctx.storage.rollback();
+                self.ctx.replies.clear();
+                Err(e)
+            }
+            Err(panic) => {
+                self.ctx.storage.rollback();
+                self.ctx.replies.clear();
+                Err(Error::Panicked {
+                    message: panic_message(&panic),
+                })
+            }
+        }
+    }
+
+    /// Closes a successful turn: recomputes the alarm if needed, folds the writes into the
+    /// outgoing batch, and puts the turn's replies behind the output gate.
+    pub(super) async fn end_turn(&mut self) {
+        if self.ctx.storage.alarm_inputs_changed()
+            && let Err(e) = self.recompute_alarm().await
+        {
+            self.ctx.storage.rollback();
+            // The turn's own reply gets the error itself; replies it completed for earlier
+            // callers learn that their turn was discarded.
+            let mut err = Some(e);
+            for r in self.ctx.replies.drain(..).rev() {
+                r(Err(err.take().unwrap_or(Error::Reset)));
+            }
+            return;
+        }
+        let seq = self.next_seq;
+        let end = self.ctx.storage.end_turn(seq);
+        if end.wrote {
+            self.next_seq += 1;
+            self.last_write = seq;
+        }
+        if let Some(alarm) = end.alarm {
+            self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
+        }
+        // Replies go through the gate even when their write is acknowledged already, so that
+        // they never pass replies an ack is still sending.
+        for reply in self.ctx.replies.drain(..) {
+            self.held.push((self.last_write, reply));
+        }
+    }
+
+    pub(super) async fn recompute_alarm(&mut self) -> Result<()> {
+        let user = self.ctx.storage.user_alarm_ms().await?;
+        let jobs = schedule::load(&mut self.ctx.storage).await?;
+        let effective = match (user, schedule::earliest(&jobs)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.ctx.storage.set_effective_alarm(effective).await
+    }
+
+    /// A handler panicked: its writes are discarded, its caller told, and the in-memory
+    /// object dropped; the next message activates it again from storage. Earlier turns are
+    /// unaffected.
+    pub(super) fn panicked(&mut self, panic: Box<dyn Any + Send>) {
+        let message = panic_message(&panic);
+        tracing::error!(class = O::CLASS, id = %self.id, %message, "handler panicked; object reset");
+        metrics::counter!("stead_panics_total", "class" => O::CLASS).increment(1);
+        self.ctx.storage.rollback();
+        self.ctx.replies.clear();
+        if let Some(slot) = self.ctx.reply.take() {
+            slot.fail(Error::Panicked { message });
+        }
+        self.instance = None;
+    }
+
+    pub(super) fn submit(&mut self) {
+        self.hold_replies();
+        if self.resetting {
+            return;
+        }
+        self.flush_writes();
+    }
+
+    /// Moves this run's held replies behind the inbox's gate, where acks release them. It
+    /// comes before their batch is submitted, so that its ack finds them there.
+    pub(super) fn hold_replies(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut released = Vec::new();
+        {
+            let mut inbox = lock(&self.mailbox.inbox);
+            for (seq, reply) in self.held.drain(..) {
+                inbox.hold(seq, reply, &mut released);
+            }
+        }
+        send_released(released);
+    }
+
+    /// Submits every pending write, if there are any.
+    pub(super) fn flush_writes(&mut self) {
+        self.hold_replies();
+        if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
+            self.outstanding += 1;
+            self.ns.backend.submit(batch);
+        }
+    }
+
+    pub(super) fn on_ack(&mut self, ack: Ack) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        if self.resetting {
+            return;
+        }
+        if ack.ok {
+            if let Some(alarm) = self.ctx.storage.acked(ack.seq) {
+                self.ns.shared.alarms.durable(O::CLASS, self.id, alarm);
+            }
+        } else {
+            // The ack itself failed every reply held behind the gate.
+            tracing::warn!(class = O::CLASS, id = %self.id, "commit failed; object reset");
+            self.instance = None;
+            self.resetting = true;
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! An object's inbox and the output gate: replies held until the write they wait for is
+//! acknowledged, released in turn order.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::backend::{Ack, AckSink};
+use crate::clock::lock;
+use crate::context::PendingReply;
+use crate::error::{Error, Result};
+use crate::object::DurableObject;
+
+use super::Envelope;
+
+/// An object's inbox and its controls, shared between its task and the runtime. Messages
+/// are pushed only under the table lock, so an object can leave the table only with an empty
+/// inbox.
+pub(crate) struct Mailbox<O> {
+    pub(super) last_used_ms: AtomicI64,
+    pub(super) evict: AtomicBool,
+    pub(super) evicted: Mutex<Vec<oneshot::Sender<bool>>>,
+    pub(super) notify: Notify,
+    pub(super) inbox: Mutex<Inbox<O>>,
+}
+
+pub(super) struct Inbox<O> {
+    pub(super) messages: VecDeque<Envelope<O>>,
+    /// Acks the task has not seen yet: it counts its outstanding commits with them.
+    pub(super) acks: Vec<Ack>,
+    /// The task found the inbox empty and sleeps: the next push must wake it. While the task
+    /// runs it reads the inbox again before it sleeps, so pushes then need not notify.
+    pub(super) waiting: bool,
+    /// The sleeping task waits for acks (to finish a reset, or to stop): acks must wake it.
+    /// Otherwise an ack does not: it releases the replies it covers itself (see `gate`), and
+    /// the task reads it whenever it next runs.
+    pub(super) wants_acks: bool,
+    /// The output gate: replies held with the seq of the write each waits for, in seq order.
+    /// The ack that covers a reply sends it where the ack arrives, so that a reply costs no
+    /// extra run of the object's task.
+    pub(super) gate: VecDeque<(u64, PendingReply)>,
+    /// The highest seq acknowledged.
+    pub(super) acked: u64,
+    /// A commit failed and the object has not reset yet: held replies have failed, and
+    /// replies put behind the gate until the reset fail at once.
+    pub(super) failed: bool,
+    /// Acks sending released replies right now, outside the lock. Meanwhile a reply is not
+    /// sent ahead of them, even if its write is acknowledged: it goes behind the gate, and
+    /// they send it after theirs (replies and `after_commit` calls keep turn order).
+    pub(super) releasing: usize,
+}
+
+/// Replies to send once the inbox lock is released (a reply may run code that sends to
+/// this very object).
+pub(super) type Released = Vec<(PendingReply, Result<()>)>;
+
+impl<O> Inbox<O> {
+    /// An empty inbox with nothing acknowledged.
+    pub(super) fn new() -> Self {
+        Inbox {
+            messages: VecDeque::new(),
+            acks: Vec::new(),
+            waiting: false,
+            wants_acks: false,
+            gate: VecDeque::new(),
+            acked: 0,
+            failed: false,
+            releasing: 0,
+        }
+    }
+
+    /// Puts a turn's reply behind the gate, or releases it if its write is already
+    /// acknowledged (or lost).
+    pub(super) fn hold(&mut self, seq: u64, reply: PendingReply, out: &mut Released) {
+        if self.failed {
+            out.push((reply, Err(Error::Reset)));
+        } else if seq <= self.acked && self.releasing == 0 {
+            out.push((reply, Ok(())));
+        } else {
+            self.gate.push_back((seq, reply));
+        }
+    }
+
+    /// Takes the held replies the acknowledged seq already covers.
+    pub(super) fn covered(&mut self, out: &mut Released) {
+        while self.gate.front().is_some_and(|(s, _)| *s <= self.acked) {
+            if let Some((_, reply)) = self.gate.pop_front() {
+                out.push((reply, Ok(())));
+            }
+        }
+    }
+
+    /// Releases what `ack` covers: every reply up to its seq, or all of them with an error
+    /// when the commit failed.
+    pub(super) fn release(&mut self, ack: &Ack, out: &mut Released) {
+        if self.failed {
+            return;
+        }
+        if ack.ok {
+            self.acked = self.acked.max(ack.seq);
+            self.covered(out);
+        } else {
+            self.failed = true;
+            out.extend(self.gate.drain(..).map(|(_, r)| (r, Err(Error::Reset))));
+        }
+    }
+}
+
+pub(super) fn send_released(released: Released) {
+    for (reply, result) in released {
+        reply(result);
+    }
+}
+
+impl<O: DurableObject> AckSink for Mailbox<O> {
+    fn ack(&self, ack: Ack) {
+        let mut released = Vec::new();
+        let wake = {
+            let mut inbox = lock(&self.inbox);
+            inbox.release(&ack, &mut released);
+            if !released.is_empty() {
+                inbox.releasing += 1;
+            }
+            inbox.acks.push(ack);
+            let wake = inbox.waiting && (inbox.wants_acks || !ack.ok);
+            if wake {
+                inbox.waiting = false;
+            }
+            wake
+        };
+        if wake {
+            self.notify.notify_one();
+        }
+        while !released.is_empty() {
+            send_released(std::mem::take(&mut released));
+            // Replies held meanwhile behind these went to the gate: send them too, in order.
+            // (After a failure the gate stays empty: there is nothing to cover.)
+            let mut inbox = lock(&self.inbox);
+            inbox.covered(&mut released);
+            if released.is_empty() {
+                inbox.releasing -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A reply that records (its name, whether it was released with Ok) when sent.
+    fn reply(log: &Arc<Mutex<Vec<(u32, bool)>>>, name: u32) -> PendingReply {
+        let log = log.clone();
+        Box::new(move |r: Result<()>| log.lock().unwrap().push((name, r.is_ok())))
+    }
+
+    fn ack(seq: u64, ok: bool) -> Ack {
+        Ack { seq, ok }
+    }
+
+    #[test]
+    fn replies_wait_for_the_write_they_follow_and_leave_in_turn_order() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut inbox = Inbox::<()>::new();
+        let mut out = Vec::new();
+        for (seq, name) in [(1, 1), (1, 2), (2, 3), (3, 4)] {
+            inbox.hold(seq, reply(&log, name), &mut out);
+        }
+        assert!(out.is_empty(), "nothing is acknowledged yet");
+        inbox.release(&ack(2, true), &mut out);
+        send_released(std::mem::take(&mut out));
+        assert_eq!(*log.lock().unwrap(), [(1, true), (2, true), (3, true)]);
+        // A reply whose write is acknowledged already leaves at once.
+        inbox.hold(2, reply(&log, 5), &mut out);
+        send_released(std::mem::take(&mut out));
+        assert_eq!(log.lock().unwrap().last(), Some(&(5, true)));
+        inbox.release(&ack(3, true), &mut out);
+        send_released(std::mem::take(&mut out));
+        assert_eq!(log.lock().unwrap().last(), Some(&(4, true)));
+        assert!(inbox.gate.is_empty());
+    }
+
+    #[test]
+    fn a_failed_commit_fails_every_held_reply_and_those_that_follow_until_the_reset() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut inbox = Inbox::<()>::new();
+        let mut out = Vec::new();
+        inbox.hold(1, reply(&log, 1), &mut out);
+        inbox.hold(2, reply(&log, 2), &mut out);
+        inbox.release(&ack(1, false), &mut out);
+        inbox.hold(3, reply(&log, 3), &mut out);
+        // A later success does not release anything while the object has not reset.
+        inbox.release(&ack(3, true), &mut out);
+        send_released(out);
+        assert_eq!(*log.lock().unwrap(), [(1, false), (2, false), (3, false)]);
+        assert!(inbox.failed);
+    }
+
+    #[test]
+    fn while_an_ack_sends_its_replies_a_later_reply_waits_behind_them() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut inbox = Inbox::<()>::new();
+        let mut out = Vec::new();
+        inbox.hold(1, reply(&log, 1), &mut out);
+        inbox.release(&ack(1, true), &mut out);
+        // The ack sends reply 1 outside the lock; meanwhile the next turn's reply arrives,
+        // its write (seq 1) already acknowledged.
+        inbox.releasing += 1;
+        let mut meanwhile = Vec::new();
+        inbox.hold(1, reply(&log, 2), &mut meanwhile);
+        assert!(meanwhile.is_empty(), "it must not overtake reply 1");
+        send_released(out);
+        let mut after = Vec::new();
+        inbox.covered(&mut after);
+        inbox.releasing -= 1;
+        send_released(after);
+        assert_eq!(*log.lock().unwrap(), [(1, true), (2, true)]);
+    }
+}

@@ -1,0 +1,575 @@
+//! The table of active objects of a class, and the public handles on it: `Namespace` and
+//! `Stub`.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, oneshot};
+
+use crate::backend::{Durability, DynBackend, NamedObject, ObjectEntry};
+use crate::clock::{lock, to_ms};
+use crate::error::{Error, Result};
+use crate::id::{IdHashState, ObjectId};
+use crate::object::{DurableObject, Handler, Message};
+use crate::shared::Shared;
+
+use super::actor::Actor;
+use super::mailbox::{Inbox, Mailbox};
+use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
+
+/// One lock shard of the table of active objects.
+type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, IdHashState>>;
+
+pub(crate) trait NamespaceDyn: Send + Sync + 'static {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome>;
+    /// Asks every object idle since before `cutoff_ms` to leave memory; the receivers say
+    /// whether each did.
+    fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>>;
+    fn last_used(&self, out: &mut Vec<(i64, ObjectId)>);
+    fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>>;
+    fn stop_all(&self);
+    fn active(&self) -> usize;
+    /// The backend the namespace's objects live in.
+    fn backend(&self) -> Arc<dyn DynBackend>;
+}
+
+pub(crate) struct NsInner<O: DurableObject> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) env: Arc<O::Env>,
+    pub(super) backend: Arc<dyn DynBackend>,
+    pub(super) durability: Durability,
+    pub(super) table: Box<[TableShard<O>]>,
+    pub(super) metrics: HotMetrics,
+}
+
+/// Metric handles of the hot path, registered once per namespace rather than looked up on
+/// every turn.
+pub(super) struct HotMetrics {
+    turns: metrics::Counter,
+    turn_seconds: metrics::Histogram,
+    mailbox_depth: metrics::Histogram,
+    /// A moving average of turn length in nanoseconds (each turn weighs 1/16), for the
+    /// `Retry-After` of an overloaded object.
+    turn_nanos: AtomicU64,
+}
+
+impl HotMetrics {
+    pub(super) fn record_turn(&self, took: std::time::Duration) {
+        self.turns.increment(1);
+        self.turn_seconds.record(took.as_secs_f64());
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.turn_nanos.load(Ordering::Relaxed);
+        let new = old - old / 16 + sample / 16;
+        self.turn_nanos.store(new, Ordering::Relaxed);
+    }
+
+    /// About how long a mailbox `depth` deep takes to drain: the hint an overloaded caller
+    /// gets, between 1 ms and 5 s.
+    pub(super) fn drain_time(&self, depth: usize) -> std::time::Duration {
+        let nanos = self
+            .turn_nanos
+            .load(Ordering::Relaxed)
+            .saturating_mul(depth as u64);
+        std::time::Duration::from_nanos(nanos).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(5),
+        )
+    }
+}
+
+impl<O: DurableObject> NsInner<O> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        env: Arc<O::Env>,
+        backend: Arc<dyn DynBackend>,
+        durability: Durability,
+    ) -> Self {
+        NsInner {
+            shared,
+            env,
+            backend,
+            durability,
+            table: (0..TABLE_SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            metrics: HotMetrics {
+                turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
+                turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
+                mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
+                turn_nanos: AtomicU64::new(0),
+            },
+        }
+    }
+
+    pub(super) fn shard(&self, id: &ObjectId) -> &TableShard<O> {
+        &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
+    }
+
+    /// Hands an envelope to the object's task, activating it if needed.
+    pub(super) fn send(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: &Option<Arc<str>>,
+        env: Envelope<O>,
+    ) -> Result<()> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            env.fail(Error::ShuttingDown);
+            return Err(Error::ShuttingDown);
+        }
+        let table = &mut *lock(self.shard(&id));
+        let mailbox = match table.entry(id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let mailbox = Arc::new(Mailbox {
+                    last_used_ms: AtomicI64::new(to_ms(self.shared.clock.now())),
+                    evict: AtomicBool::new(false),
+                    evicted: Mutex::new(Vec::new()),
+                    notify: Notify::new(),
+                    inbox: Mutex::new(Inbox::new()),
+                });
+                let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
+                self.shared.object_started();
+                tokio::spawn(actor.run());
+                v.insert(mailbox)
+            }
+        };
+        let mut inbox = lock(&mailbox.inbox);
+        let depth = inbox.messages.len();
+        if depth >= self.shared.config.mailbox_capacity {
+            drop(inbox);
+            metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
+            let retry_after = self.metrics.drain_time(depth);
+            let err = || Error::Overloaded {
+                class: O::CLASS,
+                retry_after,
+            };
+            env.fail(err());
+            return Err(err());
+        }
+        inbox.messages.push_back(env);
+        let wake = std::mem::take(&mut inbox.waiting);
+        drop(inbox);
+        self.metrics.mailbox_depth.record(depth as f64);
+        if wake {
+            mailbox.notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl<O: DurableObject> NamespaceDyn for NsInner<O> {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome> {
+        Box::pin(deliver_alarm(self, id))
+    }
+
+    fn evict_idle(&self, cutoff_ms: i64) -> Vec<oneshot::Receiver<bool>> {
+        let mut out = Vec::new();
+        for shard in self.table.iter() {
+            for slot in lock(shard).values() {
+                if slot.last_used_ms.load(Ordering::Relaxed) <= cutoff_ms {
+                    out.push(request_evict(slot));
+                }
+            }
+        }
+        out
+    }
+
+    fn last_used(&self, out: &mut Vec<(i64, ObjectId)>) {
+        for shard in self.table.iter() {
+            for (id, slot) in lock(shard).iter() {
+                out.push((slot.last_used_ms.load(Ordering::Relaxed), *id));
+            }
+        }
+    }
+
+    fn evict(&self, id: ObjectId) -> Option<oneshot::Receiver<bool>> {
+        lock(self.shard(&id))
+            .get(&id)
+            .map(|slot| request_evict(slot))
+    }
+
+    fn stop_all(&self) {
+        for shard in self.table.iter() {
+            for slot in lock(shard).values() {
+                slot.notify.notify_one();
+            }
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.table.iter().map(|s| lock(s).len()).sum()
+    }
+
+    fn backend(&self) -> Arc<dyn DynBackend> {
+        self.backend.clone()
+    }
+}
+
+fn request_evict<O>(mailbox: &Mailbox<O>) -> oneshot::Receiver<bool> {
+    let (tx, rx) = oneshot::channel();
+    lock(&mailbox.evicted).push(tx);
+    mailbox.evict.store(true, Ordering::Release);
+    mailbox.notify.notify_one();
+    rx
+}
+
+/// Delivers an alarm to object `id` of a namespace, waiting (on the runtime's clock) for
+/// room in its mailbox.
+pub(crate) async fn deliver_alarm<O: DurableObject>(
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+) -> AlarmOutcome {
+    loop {
+        let (tx, rx) = oneshot::channel();
+        match ns.send(id, &None, Envelope::Alarm { reply: tx }) {
+            Ok(()) => return rx.await.unwrap_or(AlarmOutcome::Failed),
+            Err(Error::Overloaded { retry_after, .. }) => {
+                let clock = &ns.shared.clock;
+                let wait = chrono::Duration::from_std(retry_after).unwrap_or(chrono::Duration::MAX);
+                let at = clock
+                    .now()
+                    .checked_add_signed(wait)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+                clock.sleep_until(at).await;
+            }
+            Err(_) => return AlarmOutcome::Failed,
+        }
+    }
+}
+
+/// The objects of one class, with the environment they share. Cheap to clone.
+pub struct Namespace<O: DurableObject> {
+    inner: Arc<NsInner<O>>,
+}
+
+impl<O: DurableObject> Clone for Namespace<O> {
+    fn clone(&self) -> Self {
+        Namespace {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<O: DurableObject> std::fmt::Debug for Namespace<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("class", &O::CLASS)
+            .finish()
+    }
+}
+
+/// One page of a namespace's object registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ObjectPage {
+    /// The objects, ordered by id.
+    pub objects: Vec<ObjectEntry>,
+    /// Pass this as the cursor to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One page of a namespace's named objects, by name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NamedPage {
+    /// The objects, ordered by name.
+    pub objects: Vec<NamedObject>,
+    /// Pass this as the cursor to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<O: DurableObject> Namespace<O> {
+    pub(crate) fn from_inner(inner: Arc<NsInner<O>>) -> Self {
+        Namespace { inner }
+    }
+
+    /// The id of the object called `name`: the same on every run and machine.
+    pub fn id_from_name(&self, name: &str) -> ObjectId {
+        ObjectId::from_name(O::CLASS, name)
+    }
+
+    /// A fresh random id.
+    pub fn unique_id(&self) -> ObjectId {
+        ObjectId::random()
+    }
+
+    /// Parses an id from its 64-hex-character form.
+    pub fn id_from_string(&self, hex: &str) -> Result<ObjectId> {
+        ObjectId::parse(hex)
+    }
+
+    /// A stub for the object with this id.
+    pub fn get(&self, id: ObjectId) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id,
+            name: None,
+            timeout: None,
+        }
+    }
+
+    /// A stub for the object called `name`; inside it, [`Context::name`] returns the name.
+    pub fn get_by_name(&self, name: &str) -> Stub<O> {
+        Stub {
+            ns: self.inner.clone(),
+            id: self.id_from_name(name),
+            name: Some(Arc::from(name)),
+            timeout: None,
+        }
+    }
+
+    /// Objects of this class that have stored something, ordered by id, with the names they
+    /// were created by: `limit` at most, after `cursor` (a `next_cursor` from an earlier page).
+    pub async fn list_objects(&self, cursor: Option<&str>, limit: usize) -> Result<ObjectPage> {
+        let after = cursor.map(ObjectId::parse).transpose()?;
+        let limit = limit.max(1);
+        let mut objects = self
+            .inner
+            .backend
+            .objects(O::CLASS, after, limit + 1)
+            .await?;
+        let next_cursor = if objects.len() > limit {
+            objects.truncate(limit);
+            objects.last().map(|o| o.id.to_string())
+        } else {
+            None
+        };
+        Ok(ObjectPage {
+            objects,
+            next_cursor,
+        })
+    }
+
+    /// Named objects of this class that have stored something, whose name starts with
+    /// `prefix`, ordered by name: `limit` at most, after `cursor` (a `next_cursor` from an
+    /// earlier page, which is the last name of that page).
+    pub async fn list_by_name(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<NamedPage> {
+        let limit = limit.max(1);
+        let mut objects = self
+            .inner
+            .backend
+            .objects_by_name(O::CLASS, prefix, cursor, limit + 1)
+            .await?;
+        let next_cursor = if objects.len() > limit {
+            objects.truncate(limit);
+            objects.last().map(|o| o.name.clone())
+        } else {
+            None
+        };
+        Ok(NamedPage {
+            objects,
+            next_cursor,
+        })
+    }
+
+    /// Sends a message (made by `msg` for each) to every one of `stubs` at once and waits
+    /// for all the replies, in the order of the stubs. The caller is woken once, when every
+    /// one has answered, rather than once per answer (which matters to an HTTP handler,
+    /// whose every wake-up polls the server's whole stack). Fails with the first runtime
+    /// error among them.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stead_core::{Context, DurableObject, Handler, Runtime};
+    /// # struct Shard;
+    /// # impl DurableObject for Shard {
+    /// #     const CLASS: &'static str = "shard";
+    /// #     type Env = ();
+    /// #     async fn activate(_: &mut Context, _: Arc<()>) -> stead_core::Result<Self> { Ok(Shard) }
+    /// # }
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Size;
+    /// # impl Handler<Size> for Shard {
+    /// #     type Reply = u64;
+    /// #     async fn handle(&mut self, _: Size, _: &mut Context) -> u64 { 1 }
+    /// # }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let rt = Runtime::builder().memory().build().await?;
+    /// let shards = rt.namespace::<Shard>(())?;
+    /// let stubs: Vec<_> = (0..4).map(|i| shards.get_by_name(&format!("s{i}"))).collect();
+    /// let sizes = shards.ask_all(&stubs, || Size).await?;
+    /// assert_eq!(sizes.iter().sum::<u64>(), 4);
+    /// # rt.shutdown().await }).unwrap();
+    /// ```
+    pub async fn ask_all<'a, M: Message>(
+        &self,
+        stubs: impl IntoIterator<Item = &'a Stub<O>>,
+        msg: impl Fn() -> M,
+    ) -> Result<Vec<<O as Handler<M>>::Reply>>
+    where
+        O: Handler<M>,
+    {
+        crate::join::join_all(stubs.into_iter().map(|stub| stub.ask(msg())))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// How many objects of this class are in memory.
+    pub fn active_objects(&self) -> usize {
+        self.inner.active()
+    }
+
+    /// The shared environment.
+    pub fn env(&self) -> &Arc<O::Env> {
+        &self.inner.env
+    }
+}
+
+/// A handle on one object: send it messages with [`ask`](Self::ask) or [`tell`](Self::tell).
+/// Cheap to clone; holding one does not keep the object in memory.
+pub struct Stub<O: DurableObject> {
+    ns: Arc<NsInner<O>>,
+    id: ObjectId,
+    name: Option<Arc<str>>,
+    /// Overrides the runtime's `ask_timeout`.
+    timeout: Option<std::time::Duration>,
+}
+
+impl<O: DurableObject> Clone for Stub<O> {
+    fn clone(&self) -> Self {
+        Stub {
+            ns: self.ns.clone(),
+            id: self.id,
+            name: self.name.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<O: DurableObject> std::fmt::Debug for Stub<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stub")
+            .field("class", &O::CLASS)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<O: DurableObject> Stub<O> {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The name, for stubs made with [`Namespace::get_by_name`].
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The same stub with its own deadline for replies, instead of the runtime's
+    /// [`ask_timeout`](crate::RuntimeConfig::ask_timeout).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends `msg` and waits for the reply, which arrives only once the turn's writes are
+    /// durable.
+    ///
+    /// The outer `Result` is the runtime's: [`Error::Overloaded`] at once when the mailbox is
+    /// full, [`Error::Timeout`] when no reply came within the deadline (a call cycle, A asks
+    /// B which asks A, ends this way: a turn must never wait on its own object),
+    /// [`Error::Reset`], [`Error::ShuttingDown`]. A handler that returns a `Result` is
+    /// easier to call with [`call`](Self::call).
+    pub async fn ask<M: Message>(&self, msg: M) -> Result<<O as Handler<M>>::Reply>
+    where
+        O: Handler<M>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let request: Request<M, <O as Handler<M>>::Reply> = Request {
+            msg,
+            reply: Some(tx),
+        };
+        self.ns
+            .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
+        let shared = &self.ns.shared;
+        let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
+        let deadline = shared
+            .clock
+            .now()
+            .checked_add_signed(
+                chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX),
+            )
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let expired = shared.clock.sleep_until(deadline);
+        tokio::select! {
+            biased;
+            reply = rx => reply.unwrap_or(Err(Error::Reset)),
+            () = expired => Err(Error::Timeout),
+        }
+    }
+
+    /// Sends `msg` to a handler whose reply is a `Result<T, E>` and flattens the two
+    /// layers: the runtime's failures ([`Error::Overloaded`], [`Error::Timeout`],
+    /// [`Error::Reset`], [`Error::ShuttingDown`], ...) arrive through `E: From<Error>`, so a
+    /// caller matches one error type and can still tell them from the handler's own.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use stead_core::{Context, DurableObject, Handler, Runtime};
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum VaultError {
+    ///     #[error("the vault is empty")]
+    ///     Empty,
+    ///     #[error(transparent)]
+    ///     Runtime(#[from] stead_core::Error),
+    /// }
+    ///
+    /// struct Vault;
+    /// impl DurableObject for Vault {
+    ///     const CLASS: &'static str = "vault";
+    ///     type Env = ();
+    ///     async fn activate(_: &mut Context, _: Arc<()>) -> stead_core::Result<Self> { Ok(Vault) }
+    /// }
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Withdraw(u64);
+    /// impl Handler<Withdraw> for Vault {
+    ///     type Reply = Result<u64, VaultError>;
+    ///     async fn handle(&mut self, _: Withdraw, _: &mut Context) -> Result<u64, VaultError> {
+    ///         Err(VaultError::Empty)
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let rt = Runtime::builder().memory().build().await?;
+    /// let vault = rt.namespace::<Vault>(())?.get_by_name("main");
+    /// match vault.call(Withdraw(10)).await {
+    ///     Err(VaultError::Empty) => {}                 // the handler's own outcome
+    ///     Err(VaultError::Runtime(e)) => return Err(e), // overloaded, timed out, ...
+    ///     Ok(_) => unreachable!(),
+    /// }
+    /// # rt.shutdown().await }).unwrap();
+    /// ```
+    pub async fn call<M: Message, T, E>(&self, msg: M) -> Result<T, E>
+    where
+        O: Handler<M, Reply = Result<T, E>>,
+        E: From<Error>,
+    {
+        self.ask(msg).await.map_err(E::from)?
+    }
+
+    /// Sends `msg` without waiting: it is handled (and its writes committed) like any other
+    /// message, and the reply is dropped.
+    pub fn tell<M: Message>(&self, msg: M) -> Result<()>
+    where
+        O: Handler<M>,
+    {
+        let request: Request<M, <O as Handler<M>>::Reply> = Request { msg, reply: None };
+        self.ns
+            .send(self.id, &self.name, Envelope::Call(Box::new(request)))
+    }
+}
