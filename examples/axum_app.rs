@@ -34,7 +34,7 @@ impl Handler<Hit> for Hits {
 
 // ANCHOR: mount
 async fn hit(State(hits): State<Namespace<Hits>>, Path(page): Path<String>) -> Result<String> {
-    let n = hits.get_by_name(&page).ask(Hit).await??;
+    let n = hits.get_by_name(&page).call(Hit).await?;
     Ok(format!("{page} has been seen {n} times\n"))
 }
 

@@ -57,34 +57,47 @@ impl Handler<Add> for Cart {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let rt = Runtime::builder().sqlite(dir.path()).build().await?;
-    let carts = rt.namespace::<Cart>(())?;
+    // Registered as the runtime is built: carts whose expiry alarm is pending from an
+    // earlier run get it from the start.
+    let rt = Runtime::builder()
+        .sqlite(dir.path())
+        .register::<Cart>(())
+        .build()
+        .await?;
+    let carts = rt.get_namespace::<Cart>()?.expect("registered");
 
     let alice = carts.get_by_name("alice");
     alice
-        .ask(Add {
+        .call(Add {
             item: "apples".into(),
             quantity: 3,
         })
-        .await??;
+        .await?;
     let items = alice
-        .ask(Add {
+        .call(Add {
             item: "pears".into(),
             quantity: 1,
         })
-        .await??;
+        .await?;
     println!("alice's cart: {items:?}");
 
     // The reply came back only after the write was on disk: a restart keeps it.
     rt.shutdown().await?;
-    let rt = Runtime::builder().sqlite(dir.path()).build().await?;
-    let alice = rt.namespace::<Cart>(())?.get_by_name("alice");
+    let rt = Runtime::builder()
+        .sqlite(dir.path())
+        .register::<Cart>(())
+        .build()
+        .await?;
+    let alice = rt
+        .get_namespace::<Cart>()?
+        .expect("registered")
+        .get_by_name("alice");
     let items = alice
-        .ask(Add {
+        .call(Add {
             item: "apples".into(),
             quantity: 1,
         })
-        .await??;
+        .await?;
     println!("after a restart: {items:?}");
     assert_eq!(items.get("apples"), Some(&4));
     rt.shutdown().await?;

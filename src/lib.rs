@@ -36,7 +36,7 @@
 //! let dir = tempfile::tempdir().unwrap();
 //! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
 //! let page = rt.namespace::<Visits>(())?.get_by_name("/home");
-//! assert_eq!(page.ask(Visit).await??, 1);
+//! assert_eq!(page.call(Visit).await?, 1);
 //! // Mount every enabled pattern under /stead in your own app:
 //! let app: axum::Router = axum::Router::new().nest("/stead", stead::router(&rt)?);
 //! # let _ = app;

@@ -39,20 +39,22 @@
 //! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
 //! let counters = rt.namespace::<Counter>(())?;
 //! let views = counters.get_by_name("page-views");
-//! views.ask(Increment { by: 1 }).await??;
-//! assert_eq!(views.ask(Increment { by: 2 }).await??, 3);
+//! views.call(Increment { by: 1 }).await?;
+//! assert_eq!(views.call(Increment { by: 2 }).await?, 3);
 //! rt.shutdown().await?;
 //!
 //! // Everything acknowledged is on disk: a new runtime on the same directory sees it.
 //! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
 //! let views = rt.namespace::<Counter>(())?.get_by_name("page-views");
-//! assert_eq!(views.ask(Increment { by: 0 }).await??, 3);
+//! assert_eq!(views.call(Increment { by: 0 }).await?, 3);
 //! # rt.shutdown().await?;
 //! # Ok::<(), stead_core::Error>(()) }).unwrap();
 //! ```
 //!
-//! The contract, promise by promise, is in the project's design document; each promise has
-//! a test in this crate's `tests/`.
+//! `call` flattens a handler's `Result` with the runtime's failures (`ask` keeps them apart).
+//! Each promise of the runtime has a test in this crate's `tests/`; the storage and alarm
+//! promises are a conformance suite any backend can run (`testing`, with the `test-util`
+//! feature).
 
 mod backend;
 mod clock;

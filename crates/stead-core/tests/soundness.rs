@@ -126,6 +126,30 @@ fn sqlite(clock: &ManualClock, dir: &std::path::Path) -> RuntimeBuilder {
         .clock(Arc::new(clock.clone()))
 }
 
+/// A store whose probes `name` have alarms `secs` after the start, opened again with the
+/// probe class registered at build.
+async fn restarted_with_alarms(
+    clock: &ManualClock,
+    dir: &std::path::Path,
+    alarms: &[(&str, i64)],
+) -> Runtime {
+    let rt = sqlite(clock, dir).build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for (name, secs) in alarms {
+        ns.get_by_name(name)
+            .ask(SetAlarm(start_time() + chrono::Duration::seconds(*secs)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    rt.shutdown().await.unwrap();
+    sqlite(clock, dir)
+        .register::<Probe>(ProbeEnv::default())
+        .build()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_schedule_written_first_in_an_activation_is_kept_with_its_alarm() {
     for alarm_first in [false, true] {
@@ -230,24 +254,8 @@ async fn a_second_runtime_on_one_data_directory_is_refused_until_the_first_lets_
 async fn alarms_pending_from_an_earlier_run_fire_for_classes_registered_at_build() {
     let dir = tempfile::tempdir().unwrap();
     let clock = manual();
-    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
-    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
-    for name in ["a", "b"] {
-        ns.get_by_name(name)
-            .ask(SetAlarm(start_time() + chrono::Duration::seconds(10)))
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    rt.shutdown().await.unwrap();
-    drop((rt, ns));
-
     // Registered with the builder: nothing else needs to touch the class.
-    let rt = sqlite(&clock, dir.path())
-        .register::<Probe>(ProbeEnv::default())
-        .build()
-        .await
-        .unwrap();
+    let rt = restarted_with_alarms(&clock, dir.path(), &[("a", 10), ("b", 10)]).await;
     assert_eq!(rt.pending_alarms().await, 2);
     clock.advance(Duration::from_secs(10)).await;
     let ns = rt.get_namespace::<Probe>().unwrap().unwrap();
@@ -502,25 +510,15 @@ async fn the_builder_refuses_what_cannot_work_and_keeps_what_it_was_told() {
 async fn alarms_due_later_wait_in_the_store_until_the_horizon_reaches_them() {
     let dir = tempfile::tempdir().unwrap();
     let clock = manual();
-    let rt = sqlite(&clock, dir.path()).build().await.unwrap();
-    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     // Two soon, three in hours and days.
-    let in_secs = [10i64, 50, 2 * 3600, 26 * 3600, 26 * 3600 + 1];
-    for (i, secs) in in_secs.iter().enumerate() {
-        ns.get_by_name(&format!("o{i}"))
-            .ask(SetAlarm(start_time() + chrono::Duration::seconds(*secs)))
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    rt.shutdown().await.unwrap();
-    drop((rt, ns));
-
-    let rt = sqlite(&clock, dir.path())
-        .register::<Probe>(ProbeEnv::default())
-        .build()
-        .await
-        .unwrap();
+    let alarms = [
+        ("o0", 10),
+        ("o1", 50),
+        ("o2", 2 * 3600),
+        ("o3", 26 * 3600),
+        ("o4", 26 * 3600 + 1),
+    ];
+    let rt = restarted_with_alarms(&clock, dir.path(), &alarms).await;
     assert_eq!(
         rt.pending_alarms().await,
         2,

@@ -405,8 +405,8 @@ impl Backend for SqliteBackend {
             .scan_shards(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(
-                        "SELECT at_ms, id FROM alarms WHERE class = ?1 AND at_ms <= ?2
-                         AND (at_ms > ?3 OR (at_ms = ?3 AND id > ?4))
+                        "SELECT at_ms, id FROM alarms INDEXED BY alarms_by_time
+                         WHERE class = ?1 AND (at_ms, id) > (?3, ?4) AND at_ms <= ?2
                          ORDER BY at_ms, id LIMIT ?5",
                     )
                     .map_err(sql_err)?;
@@ -431,14 +431,23 @@ impl Backend for SqliteBackend {
     async fn alarm_classes(&self) -> Result<Vec<String>> {
         let classes = self
             .scan_shards(|conn| {
+                // One index seek per class, rather than a scan of every alarm.
                 let mut stmt = conn
-                    .prepare_cached("SELECT DISTINCT class FROM alarms")
+                    .prepare_cached(
+                        "SELECT class FROM alarms WHERE class > ?1 ORDER BY class LIMIT 1",
+                    )
                     .map_err(sql_err)?;
-                let rows = stmt
-                    .query_map([], |r| r.get::<_, String>(0))
-                    .map_err(sql_err)?;
-                rows.collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(sql_err)
+                let mut classes = Vec::new();
+                let mut after = String::new();
+                while let Some(class) = stmt
+                    .query_row(params![after], |r| r.get::<_, String>(0))
+                    .optional()
+                    .map_err(sql_err)?
+                {
+                    after.clone_from(&class);
+                    classes.push(class);
+                }
+                Ok(classes)
             })
             .await?;
         let unique: std::collections::BTreeSet<String> = classes.into_iter().collect();
