@@ -26,7 +26,8 @@ pub struct RuntimeConfig {
     /// The durability of namespaces that do not choose their own (default `Fsync`).
     pub durability: Durability,
     /// How long [`crate::Stub::ask`] waits for a reply before it fails with
-    /// [`Error::Timeout`] (default 30 s), on the runtime's clock. A call cycle (A asks B,
+    /// [`crate::Error::Timeout`] (default 30 s), on the runtime's clock (a
+    /// [`crate::ManualClock`] in tests, real time otherwise). A call cycle (A asks B,
     /// which asks A) ends this way instead of hanging. Per call: [`crate::Stub::with_timeout`].
     pub ask_timeout: Duration,
 }

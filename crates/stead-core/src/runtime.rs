@@ -556,15 +556,16 @@ impl RuntimeInner {
 
     /// Moves the horizon to a lookahead past `now` when it has come within half of one,
     /// reading the alarms it passes; on a failure it stays where it was, to be tried again.
-    async fn extend_horizon(&self, now: i64) {
+    /// Returns whether the horizon is where it should be.
+    async fn extend_horizon(&self, now: i64) -> bool {
         if self.shared.alarms.horizon() > now.saturating_add(LOOKAHEAD_MS / 2) {
-            return;
+            return true;
         }
         let _one_at_a_time = self.loader.lock().await;
         let to = now.saturating_add(LOOKAHEAD_MS);
         let old = self.shared.alarms.advance_horizon(to);
         if old >= to {
-            return;
+            return true;
         }
         let classes: Vec<_> = lock(&self.namespaces)
             .iter()
@@ -584,10 +585,14 @@ impl RuntimeInner {
             Ok::<_, Error>(beyond)
         };
         match loaded.await {
-            Ok(beyond) => self.shared.alarms.set_beyond(beyond),
+            Ok(beyond) => {
+                self.shared.alarms.set_beyond(beyond);
+                true
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the alarms due next failed; trying again");
                 self.shared.alarms.retreat_horizon(old);
+                false
             }
         }
     }
@@ -682,7 +687,7 @@ impl TimeDriven for RuntimeInner {
     fn on_time(self: Arc<Self>, now: DateTime<Utc>) -> Sleep {
         Box::pin(async move {
             self.settle_loads().await;
-            self.extend_horizon(to_ms(now)).await;
+            let _ = self.extend_horizon(to_ms(now)).await;
             // Alarms that set themselves due again run in the same advance, up to a bound.
             for _ in 0..1000 {
                 if self.shared.alarms.next().is_none_or(|t| t > to_ms(now)) {
@@ -701,7 +706,7 @@ async fn alarm_loop(rt: Weak<RuntimeInner>) {
         let shared = inner.shared.clone();
         inner.settle_loads().await;
         let now = shared.clock.now();
-        inner.extend_horizon(to_ms(now)).await;
+        let extended = inner.extend_horizon(to_ms(now)).await;
         let next = shared.alarms.next();
         if next.is_some_and(|t| t <= to_ms(now)) {
             inner.fire_due(now, false).await;
@@ -710,8 +715,13 @@ async fn alarm_loop(rt: Weak<RuntimeInner>) {
         drop(inner);
         let changed = shared.alarms.changed.notified();
         let stop = shared.stop.notified();
-        // Wake for the next alarm, or to move the horizon on.
-        let extend_at = shared.alarms.horizon().saturating_sub(LOOKAHEAD_MS / 2);
+        // Wake for the next alarm, or to move the horizon on (after a failed read, a second
+        // later).
+        let extend_at = if extended {
+            shared.alarms.horizon().saturating_sub(LOOKAHEAD_MS / 2)
+        } else {
+            to_ms(now).saturating_add(1000)
+        };
         let wake = next.map_or(extend_at, |t| t.min(extend_at));
         let sleep: Sleep = shared.clock.sleep_until(from_ms(wake));
         tokio::select! {

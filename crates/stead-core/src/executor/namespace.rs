@@ -498,6 +498,14 @@ impl<O: DurableObject> Stub<O> {
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
         let shared = &self.ns.shared;
         let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
+        if shared.clock.as_manual().is_none() {
+            // Real time: tokio's timer directly, without a boxed future or a reading of the
+            // wall clock (this is on every call's path).
+            return match tokio::time::timeout(timeout, rx).await {
+                Ok(reply) => reply.unwrap_or(Err(Error::Reset)),
+                Err(_) => Err(Error::Timeout),
+            };
+        }
         let deadline = shared
             .clock
             .now()
