@@ -425,3 +425,25 @@ fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_exits_at_once_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _base, _logs) = common::spawn_server(dir.path(), &[]);
+    let out = common::run_to_exit(Command::new(env!("CARGO_BIN_EXE_stead")).args([
+        "--bind",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&dir.path().display().to_string()),
+        "names the directory: {stderr}"
+    );
+    assert!(
+        stderr.contains(&first.id().to_string()),
+        "names the process that has it: {stderr}"
+    );
+}
