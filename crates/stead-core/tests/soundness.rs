@@ -695,3 +695,49 @@ async fn a_write_under_a_stale_fencing_token_is_refused_and_the_object_resets() 
     );
     rt.shutdown().await.unwrap();
 }
+
+// tokio's own timers run on paused, automatically advancing time here: an alarm delivery
+// that waited on them would go ahead without the manual clock moving.
+#[tokio::test(start_paused = true)]
+async fn an_alarm_for_an_overloaded_object_is_delivered_again_on_the_runtime_clock() {
+    let clock = manual();
+    let rt = Runtime::builder()
+        .memory()
+        .clock(Arc::new(clock.clone()))
+        .mailbox_capacity(1)
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let env = ns.env().clone();
+    let o = ns.get_by_name("busy");
+    o.ask(SetAlarm(start_time() + chrono::Duration::seconds(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    // Busy in a turn, with a full mailbox: the alarm's delivery is refused as overloaded.
+    o.tell(common::Block).unwrap();
+    while !env.blocked.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::task::yield_now().await;
+    }
+    o.tell(common::WhoAmI).unwrap();
+    let advance = tokio::spawn({
+        let clock = clock.clone();
+        async move { clock.advance(Duration::from_secs(1)).await }
+    });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    env.gate.add_permits(1);
+    // Much time passes for tokio's timers; none for the runtime's clock.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        env.alarms.lock().unwrap().is_empty(),
+        "redelivered on tokio's timer"
+    );
+    // The runtime's clock moves past the retry: the alarm arrives.
+    clock.advance(Duration::from_secs(6)).await;
+    advance.await.unwrap();
+    assert_eq!(env.alarms.lock().unwrap().len(), 1);
+    rt.shutdown().await.unwrap();
+}

@@ -581,3 +581,37 @@ impl<O: DurableObject> Stub<O> {
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn metrics() -> HotMetrics {
+        HotMetrics {
+            turns: metrics::Counter::noop(),
+            turn_seconds: metrics::Histogram::noop(),
+            mailbox_depth: metrics::Histogram::noop(),
+            turn_nanos: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn an_overloaded_object_says_how_long_its_mailbox_takes_to_drain() {
+        let m = metrics();
+        // Turns of 2 ms, long enough for the average to settle.
+        for _ in 0..200 {
+            m.record_turn(Duration::from_millis(2));
+        }
+        let per_turn = m.drain_time(1);
+        assert!(
+            (Duration::from_micros(1900)..=Duration::from_millis(2)).contains(&per_turn),
+            "{per_turn:?}"
+        );
+        assert_eq!(m.drain_time(100), per_turn * 100);
+        // Never less than a millisecond, never more than five seconds.
+        assert_eq!(metrics().drain_time(4096), Duration::from_millis(1));
+        assert_eq!(m.drain_time(1_000_000), Duration::from_secs(5));
+    }
+}
