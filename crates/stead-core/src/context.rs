@@ -45,9 +45,14 @@ pub struct Context {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) reply: Option<Box<dyn ReplySlot>>,
     pub(crate) replies: Vec<PendingReply>,
-    pub(crate) deferred: Arc<AtomicUsize>,
-    /// The runtime's shutdown flag: a reply still parked when it shuts down fails with
-    /// [`Error::ShuttingDown`].
+    pub(crate) deferred: Arc<Parked>,
+}
+
+/// The replies an object holds parked: how many, and the runtime's shutdown flag (a reply
+/// still parked when it shuts down fails with [`Error::ShuttingDown`]).
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub(crate) count: AtomicUsize,
     pub(crate) closed: Arc<AtomicBool>,
 }
 
@@ -113,11 +118,10 @@ impl Context {
                     .ok()
             })
             .map(|tx| *tx);
-        self.deferred.fetch_add(1, Ordering::AcqRel);
+        self.deferred.count.fetch_add(1, Ordering::AcqRel);
         Ok(Deferred {
             tx,
-            count: self.deferred.clone(),
-            closed: self.closed.clone(),
+            parked: self.deferred.clone(),
         })
     }
 
@@ -174,8 +178,7 @@ impl Context {
 /// caller with [`Error::Reset`] (with [`Error::ShuttingDown`] once the runtime shuts down).
 pub struct Deferred<T> {
     tx: Option<oneshot::Sender<Result<T>>>,
-    count: Arc<AtomicUsize>,
-    closed: Arc<AtomicBool>,
+    parked: Arc<Parked>,
 }
 
 impl<T: Send + 'static> std::fmt::Debug for Deferred<T> {
@@ -213,9 +216,9 @@ impl<T: Send + 'static> Deferred<T> {
 
 impl<T> Drop for Deferred<T> {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.parked.count.fetch_sub(1, Ordering::AcqRel);
         if let Some(tx) = self.tx.take() {
-            let err = if self.closed.load(Ordering::Acquire) {
+            let err = if self.parked.closed.load(Ordering::Acquire) {
                 Error::ShuttingDown
             } else {
                 Error::Reset

@@ -10,8 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{
-    AlarmChange, CommitBatch, Durability, DynBackend, Fence, FenceToken, ListOptions, ObjectRef,
-    Value,
+    AlarmChange, CommitBatch, Durability, DynBackend, Fence, ListOptions, ObjectRef, Value,
 };
 use crate::clock::{from_ms, to_ms};
 use crate::error::{Error, Result};
@@ -55,8 +54,6 @@ pub struct Storage {
     backend: Arc<dyn DynBackend>,
     durability: Durability,
     limits: StorageLimits,
-    /// The ownership this activation writes under, when the backend fences writers.
-    fence_token: Option<FenceToken>,
 
     // This turn's changes.
     turn: BTreeMap<String, Option<Value>>,
@@ -121,7 +118,6 @@ impl Storage {
             backend,
             durability,
             limits,
-            fence_token: None,
             turn: BTreeMap::new(),
             turn_cleared: false,
             turn_alarm_dirty: false,
@@ -150,7 +146,10 @@ impl Storage {
 
     /// Asks the backend which ownership a new activation writes under.
     pub(crate) fn claim_fence_token(&mut self) {
-        self.fence_token = self.backend.fence_token(&self.obj);
+        let token = self.backend.fence_token(&self.obj);
+        if token != self.fence.token() {
+            self.fence = Arc::new(Fence::new(token));
+        }
     }
 
     // ----- public API -------------------------------------------------------------------
@@ -593,7 +592,6 @@ impl Storage {
             alarm,
             register,
             durability: self.durability,
-            fence_token: self.fence_token,
             fence: self.fence.clone(),
             ack: Some((self.last_seq, ack)),
         };

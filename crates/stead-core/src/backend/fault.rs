@@ -191,7 +191,7 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         let n = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
         let current = *lock(&self.epoch);
         if let Some(epoch) = current
-            && batch.fence_token.is_some_and(|t| t.epoch != epoch)
+            && batch.fence_token().is_some_and(|t| t.epoch != epoch)
         {
             batch.complete(Err(Error::Reset));
             return;

@@ -232,10 +232,22 @@ impl AlarmChange {
     }
 }
 
-/// Set when a commit of an activation failed: every later commit of that activation is
-/// refused, so a turn that built on lost writes can never become durable.
+/// One activation's writes: set when a commit of it failed (every later commit of that
+/// activation is refused, so a turn that built on lost writes can never become durable),
+/// with the ownership it writes under.
 #[derive(Debug, Default)]
-pub(crate) struct Fence(AtomicBool);
+pub(crate) struct Fence(AtomicBool, Option<FenceToken>);
+
+impl Fence {
+    /// The fence of an activation that writes under `token`.
+    pub(crate) fn new(token: Option<FenceToken>) -> Self {
+        Fence(AtomicBool::new(false), token)
+    }
+
+    pub(crate) fn token(&self) -> Option<FenceToken> {
+        self.1
+    }
+}
 
 /// The acknowledgement of a commit, sent back to the object that submitted it.
 #[derive(Debug, Clone, Copy)]
@@ -267,10 +279,6 @@ pub struct CommitBatch {
     pub register: Option<Option<Arc<str>>>,
     /// The durability the writer must give this batch.
     pub durability: Durability,
-    /// The ownership the writing activation holds, when the backend fences writers: the
-    /// backend must refuse the batch, in the transaction of its writes, when the token is
-    /// no longer current.
-    pub fence_token: Option<FenceToken>,
     pub(crate) fence: Arc<Fence>,
     pub(crate) ack: Option<(u64, Arc<dyn AckSink>)>,
 }
@@ -288,6 +296,13 @@ impl std::fmt::Debug for CommitBatch {
 }
 
 impl CommitBatch {
+    /// The ownership the writing activation holds, when the backend fences writers: the
+    /// backend must refuse the batch, in the transaction of its writes, when the token is
+    /// no longer current.
+    pub fn fence_token(&self) -> Option<FenceToken> {
+        self.fence.token()
+    }
+
     /// Whether an earlier batch of the same activation failed: such a batch must not be
     /// applied; complete it with an error.
     pub fn is_fenced(&self) -> bool {

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::backend::{Ack, ObjectRef};
 use crate::clock::{lock, to_ms};
-use crate::context::{Context, PendingReply};
+use crate::context::{Context, Parked, PendingReply};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::object::DurableObject;
@@ -67,8 +67,10 @@ impl<O: DurableObject> Actor<O> {
             clock: shared.clock.clone(),
             reply: None,
             replies: Vec::new(),
-            deferred: Arc::new(AtomicUsize::new(0)),
-            closed: shared.closed.clone(),
+            deferred: Arc::new(Parked {
+                count: AtomicUsize::new(0),
+                closed: shared.closed.clone(),
+            }),
         };
         Actor {
             name_known: name.is_some(),
@@ -161,7 +163,7 @@ impl<O: DurableObject> Actor<O> {
     pub(super) fn try_leave(&mut self, stopping: bool) -> bool {
         let busy = self.outstanding > 0
             || self.resetting
-            || (!stopping && self.ctx.deferred.load(Ordering::Acquire) > 0);
+            || (!stopping && self.ctx.deferred.count.load(Ordering::Acquire) > 0);
         if busy {
             if !stopping {
                 self.decline_eviction();
@@ -218,7 +220,9 @@ impl<O: DurableObject> Actor<O> {
                 let started = Instant::now();
                 let turn = AssertUnwindSafe(call.call(instance, &mut self.ctx)).catch_unwind();
                 let result = turn.instrument(span).await;
-                self.ns.metrics.record_turn(started.elapsed());
+                let took = started.elapsed();
+                self.ns.metrics.record_turn(took);
+                self.mailbox.pace.record(took);
                 match result {
                     Ok(()) => self.end_turn().await,
                     Err(panic) => self.panicked(panic),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -24,6 +24,32 @@ pub(crate) struct Mailbox<O> {
     pub(super) evicted: Mutex<Vec<oneshot::Sender<bool>>>,
     pub(super) notify: Notify,
     pub(super) inbox: Mutex<Inbox<O>>,
+    /// How long the object's turns take lately, for the `Retry-After` of an overload.
+    pub(super) pace: TurnPace,
+}
+
+/// A moving average of an object's turn length in nanoseconds (each turn weighs 1/16),
+/// written by the object's task alone (so no other thread contends for it).
+#[derive(Debug, Default)]
+pub(super) struct TurnPace(AtomicU64);
+
+impl TurnPace {
+    pub(super) fn record(&self, took: std::time::Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.0.load(Ordering::Relaxed);
+        self.0
+            .store(old - old / 16 + sample / 16, Ordering::Relaxed);
+    }
+
+    /// About how long a mailbox `depth` deep takes to drain: the hint an overloaded caller
+    /// gets, between 1 ms and 5 s.
+    pub(super) fn drain_time(&self, depth: usize) -> std::time::Duration {
+        let nanos = self.0.load(Ordering::Relaxed).saturating_mul(depth as u64);
+        std::time::Duration::from_nanos(nanos).clamp(
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_secs(5),
+        )
+    }
 }
 
 pub(super) struct Inbox<O> {
@@ -160,6 +186,28 @@ mod tests {
 
     fn ack(seq: u64, ok: bool) -> Ack {
         Ack { seq, ok }
+    }
+
+    #[test]
+    fn an_overloaded_object_says_how_long_its_mailbox_takes_to_drain() {
+        use std::time::Duration;
+        let pace = TurnPace::default();
+        // Turns of 2 ms, long enough for the average to settle.
+        for _ in 0..200 {
+            pace.record(Duration::from_millis(2));
+        }
+        let per_turn = pace.drain_time(1);
+        assert!(
+            (Duration::from_micros(1900)..=Duration::from_millis(2)).contains(&per_turn),
+            "{per_turn:?}"
+        );
+        assert_eq!(pace.drain_time(100), per_turn * 100);
+        // Never less than a millisecond, never more than five seconds.
+        assert_eq!(
+            TurnPace::default().drain_time(4096),
+            Duration::from_millis(1)
+        );
+        assert_eq!(pace.drain_time(1_000_000), Duration::from_secs(5));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
@@ -16,7 +16,7 @@ use crate::object::{DurableObject, Handler, Message};
 use crate::shared::Shared;
 
 use super::actor::Actor;
-use super::mailbox::{Inbox, Mailbox};
+use super::mailbox::{Inbox, Mailbox, TurnPace};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
 
 /// One lock shard of the table of active objects.
@@ -51,32 +51,12 @@ pub(super) struct HotMetrics {
     turns: metrics::Counter,
     turn_seconds: metrics::Histogram,
     mailbox_depth: metrics::Histogram,
-    /// A moving average of turn length in nanoseconds (each turn weighs 1/16), for the
-    /// `Retry-After` of an overloaded object.
-    turn_nanos: AtomicU64,
 }
 
 impl HotMetrics {
     pub(super) fn record_turn(&self, took: std::time::Duration) {
         self.turns.increment(1);
         self.turn_seconds.record(took.as_secs_f64());
-        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.turn_nanos.load(Ordering::Relaxed);
-        let new = old - old / 16 + sample / 16;
-        self.turn_nanos.store(new, Ordering::Relaxed);
-    }
-
-    /// About how long a mailbox `depth` deep takes to drain: the hint an overloaded caller
-    /// gets, between 1 ms and 5 s.
-    pub(super) fn drain_time(&self, depth: usize) -> std::time::Duration {
-        let nanos = self
-            .turn_nanos
-            .load(Ordering::Relaxed)
-            .saturating_mul(depth as u64);
-        std::time::Duration::from_nanos(nanos).clamp(
-            std::time::Duration::from_millis(1),
-            std::time::Duration::from_secs(5),
-        )
     }
 }
 
@@ -99,7 +79,6 @@ impl<O: DurableObject> NsInner<O> {
                 turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
                 turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
-                turn_nanos: AtomicU64::new(0),
             },
         }
     }
@@ -129,6 +108,7 @@ impl<O: DurableObject> NsInner<O> {
                     evicted: Mutex::new(Vec::new()),
                     notify: Notify::new(),
                     inbox: Mutex::new(Inbox::new()),
+                    pace: TurnPace::default(),
                 });
                 let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
                 self.shared.object_started();
@@ -141,7 +121,7 @@ impl<O: DurableObject> NsInner<O> {
         if depth >= self.shared.config.mailbox_capacity {
             drop(inbox);
             metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
-            let retry_after = self.metrics.drain_time(depth);
+            let retry_after = mailbox.pace.drain_time(depth);
             let err = || Error::Overloaded {
                 class: O::CLASS,
                 retry_after,
@@ -579,39 +559,5 @@ impl<O: DurableObject> Stub<O> {
         let request: Request<M, <O as Handler<M>>::Reply> = Request { msg, reply: None };
         self.ns
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn metrics() -> HotMetrics {
-        HotMetrics {
-            turns: metrics::Counter::noop(),
-            turn_seconds: metrics::Histogram::noop(),
-            mailbox_depth: metrics::Histogram::noop(),
-            turn_nanos: AtomicU64::new(0),
-        }
-    }
-
-    #[test]
-    fn an_overloaded_object_says_how_long_its_mailbox_takes_to_drain() {
-        let m = metrics();
-        // Turns of 2 ms, long enough for the average to settle.
-        for _ in 0..200 {
-            m.record_turn(Duration::from_millis(2));
-        }
-        let per_turn = m.drain_time(1);
-        assert!(
-            (Duration::from_micros(1900)..=Duration::from_millis(2)).contains(&per_turn),
-            "{per_turn:?}"
-        );
-        assert_eq!(m.drain_time(100), per_turn * 100);
-        // Never less than a millisecond, never more than five seconds.
-        assert_eq!(metrics().drain_time(4096), Duration::from_millis(1));
-        assert_eq!(m.drain_time(1_000_000), Duration::from_secs(5));
     }
 }

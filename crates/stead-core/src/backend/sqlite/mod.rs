@@ -581,7 +581,6 @@ mod tests {
             alarm: AlarmChange::Keep,
             register: None,
             durability: Durability::ProcessCrashSafe,
-            fence_token: None,
             fence: Arc::default(),
             ack: None,
         }
