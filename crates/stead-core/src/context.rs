@@ -1,6 +1,6 @@
 //! What a handler sees of its object and turn: identity, storage, time, deferred replies.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -21,7 +21,6 @@ pub(crate) type PendingReply = Box<dyn FnOnce(Result<()>) + Send>;
 pub(crate) trait ReplySlot: Send {
     fn fail(self: Box<Self>, err: Error);
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
-    fn reply_type(&self) -> TypeId;
 }
 
 impl<T: Send + 'static> ReplySlot for oneshot::Sender<Result<T>> {
@@ -30,9 +29,6 @@ impl<T: Send + 'static> ReplySlot for oneshot::Sender<Result<T>> {
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self
-    }
-    fn reply_type(&self) -> TypeId {
-        TypeId::of::<Self>()
     }
 }
 
@@ -98,17 +94,10 @@ impl Context {
         self.clock.now()
     }
 
-    /// Parks the reply to the message being handled, to be given in a later turn with
-    /// [`Deferred::complete`]. Whatever the handler returns is then discarded. `T` must be
-    /// the handler's reply type. For a message sent with `tell` the handle is detached.
-    ///
-    /// An object that holds deferred replies is not evicted while it holds them.
-    pub fn defer<T: Send + 'static>(&mut self) -> Result<Deferred<T>> {
-        if let Some(slot) = &self.reply
-            && slot.reply_type() != TypeId::of::<oneshot::Sender<Result<T>>>()
-        {
-            return Err(Error::WrongReplyType);
-        }
+    /// The reply slot of the message being handled, as a [`Deferred`] of the handler's own
+    /// reply type (the type the runtime made the slot with: see
+    /// [`crate::DeferredHandler`]). For a message sent with `tell` the handle is detached.
+    pub(crate) fn take_reply<T: Send + 'static>(&mut self) -> Deferred<T> {
         let tx = self
             .reply
             .take()
@@ -119,10 +108,10 @@ impl Context {
             })
             .map(|tx| *tx);
         self.deferred.count.fetch_add(1, Ordering::AcqRel);
-        Ok(Deferred {
+        Deferred {
             tx,
             parked: self.deferred.clone(),
-        })
+        }
     }
 
     /// Runs `f` once this turn's writes are durable, in turn order with the replies the
@@ -173,8 +162,8 @@ impl Context {
     }
 }
 
-/// A reply parked by [`Context::defer`]. Completing it in a later turn sends the value once
-/// that turn is durable (the output gate applies as to any reply). Dropping it fails the
+/// The reply of a message handled by a [`crate::DeferredHandler`]. Completing it (in the
+/// same turn or a later one) sends the value once that turn is durable (the output gate applies as to any reply). Dropping it fails the
 /// caller with [`Error::Reset`] (with [`Error::ShuttingDown`] once the runtime shuts down).
 pub struct Deferred<T> {
     tx: Option<oneshot::Sender<Result<T>>>,

@@ -101,9 +101,6 @@ pub enum Error {
     /// A handler's own failure that is none of the above; its cause is the `source`.
     #[error("{0}")]
     Other(#[source] BoxError),
-    /// `Context::defer` was asked for a reply type other than the current message's.
-    #[error("defer was called with a reply type that does not match the message's")]
-    WrongReplyType,
     /// A cron expression or schedule is invalid.
     #[error("invalid schedule: {detail}")]
     InvalidSchedule {

@@ -129,8 +129,7 @@ impl From<&Error> for Problem {
             Error::InvalidId => Problem::new(S::BAD_REQUEST, "invalid-id", err.to_string()),
             Error::ClassConflict { .. }
             | Error::AlreadyRegistered { .. }
-            | Error::InvalidConfig { .. }
-            | Error::WrongReplyType => {
+            | Error::InvalidConfig { .. } => {
                 Problem::new(S::INTERNAL_SERVER_ERROR, "internal", err.to_string())
             }
             Error::Other(_) => Problem::new(

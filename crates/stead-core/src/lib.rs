@@ -90,7 +90,7 @@ pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
-pub use object::{AlarmInfo, DurableObject, Handler, Message};
+pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
 pub use storage::{MAX_KEY_BYTES, Storage};

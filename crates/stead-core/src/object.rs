@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::context::Context;
+use crate::context::{Context, Deferred};
 use crate::error::Result;
 use crate::schedule::ScheduledJob;
 
@@ -86,6 +86,9 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Message for T {}
 
 /// How an object handles messages of type `M`. Each call is one turn.
+///
+/// A handler whose reply may have to wait for a later turn (a lock's queue, a watch)
+/// implements [`DeferredHandler`] instead, which implements this trait for it.
 pub trait Handler<M: Message>: DurableObject {
     /// What the caller gets back (commonly a `Result`).
     type Reply: Send + 'static;
@@ -93,6 +96,93 @@ pub trait Handler<M: Message>: DurableObject {
     /// Handles one message. Storage writes made here commit atomically with the turn; the
     /// reply is held until they are durable.
     fn handle(&mut self, msg: M, ctx: &mut Context) -> impl Future<Output = Self::Reply> + Send;
+
+    /// How the runtime runs a turn of `M`: the reply now, or `None` when it was handed to
+    /// a [`Deferred`]. By default, [`handle`](Self::handle)'s answer, now.
+    #[doc(hidden)]
+    fn respond(
+        &mut self,
+        msg: M,
+        ctx: &mut Context,
+    ) -> impl Future<Output = Option<Self::Reply>> + Send {
+        async move { Some(self.handle(msg, ctx).await) }
+    }
+}
+
+/// How an object handles messages of type `M` whose reply may come in a later turn: the
+/// handler gets the caller's reply as a [`Deferred`] typed by its own `Reply`, and completes
+/// it now or keeps it (in a queue of waiters, say) to complete in a later turn. Each call is
+/// one turn. Implementing this implements [`Handler`], so callers `ask` as for any message.
+///
+/// ```
+/// use std::sync::Arc;
+/// use stead_core::{Context, Deferred, DeferredHandler, DurableObject, Handler, Result};
+///
+/// /// Answers `Wait` once a `Ring` has come.
+/// struct Bell { waiting: Vec<Deferred<String>> }
+///
+/// impl DurableObject for Bell {
+///     const CLASS: &'static str = "bell";
+///     type Env = ();
+///     async fn activate(_: &mut Context, _: Arc<()>) -> Result<Self> {
+///         Ok(Bell { waiting: Vec::new() })
+///     }
+/// }
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Wait;
+///
+/// impl DeferredHandler<Wait> for Bell {
+///     type Reply = String;
+///     async fn handle(&mut self, _: Wait, _: &mut Context, reply: Deferred<String>) {
+///         self.waiting.push(reply); // answered by a later turn
+///     }
+/// }
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Ring;
+///
+/// impl Handler<Ring> for Bell {
+///     type Reply = usize;
+///     async fn handle(&mut self, _: Ring, ctx: &mut Context) -> usize {
+///         let n = self.waiting.len();
+///         for reply in self.waiting.drain(..) {
+///             reply.complete(ctx, "ding".to_owned());
+///         }
+///         n
+///     }
+/// }
+/// ```
+pub trait DeferredHandler<M: Message>: DurableObject {
+    /// What the caller gets back (commonly a `Result`).
+    type Reply: Send + 'static;
+
+    /// Handles one message; the caller is answered when `reply` is completed (in this turn
+    /// or a later one, once that turn's writes are durable). Dropping `reply` unanswered
+    /// fails the caller with [`crate::Error::Reset`].
+    fn handle(
+        &mut self,
+        msg: M,
+        ctx: &mut Context,
+        reply: Deferred<Self::Reply>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl<O: DeferredHandler<M>, M: Message> Handler<M> for O {
+    type Reply = <O as DeferredHandler<M>>::Reply;
+
+    /// Not called by the runtime, which calls [`DeferredHandler::handle`] (through
+    /// `respond`) for such a message: there is no reply to give here.
+    async fn handle(&mut self, _msg: M, _ctx: &mut Context) -> Self::Reply {
+        // The runtime dispatches through `respond` alone; only a direct call comes here.
+        unreachable!("a DeferredHandler answers through the reply it is given")
+    }
+
+    async fn respond(&mut self, msg: M, ctx: &mut Context) -> Option<Self::Reply> {
+        let reply = ctx.take_reply::<Self::Reply>();
+        DeferredHandler::handle(self, msg, ctx, reply).await;
+        None
+    }
 }
 
 /// What an alarm handler is told about the delivery.

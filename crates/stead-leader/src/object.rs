@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{AlarmInfo, Context, Deferred, DurableObject, Error, Handler, Result};
+use stead_core::{
+    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Error, Handler, Result,
+};
 
 /// The longest lease, in milliseconds (one hour).
 pub const MAX_TTL_MS: u64 = 3600 * 1000;
@@ -266,9 +268,25 @@ pub struct Watch {
     pub timeout_ms: u64,
 }
 
-impl Handler<Watch> for Election {
+impl DeferredHandler<Watch> for Election {
     type Reply = Result<Leadership>;
-    async fn handle(&mut self, msg: Watch, ctx: &mut Context) -> Result<Leadership> {
+    async fn handle(&mut self, msg: Watch, ctx: &mut Context, reply: Deferred<Result<Leadership>>) {
+        // Answered now, unless the watcher waits for a change (which keeps the reply).
+        let mut reply = Some(reply);
+        let answer = self.watch(msg, ctx, &mut reply);
+        if let Some(reply) = reply {
+            reply.complete(ctx, answer);
+        }
+    }
+}
+
+impl Election {
+    fn watch(
+        &mut self,
+        msg: Watch,
+        ctx: &mut Context,
+        reply: &mut Option<Deferred<Result<Leadership>>>,
+    ) -> Result<Leadership> {
         if msg.timeout_ms > MAX_WATCH_MS {
             return Err(Error::bad_request(format!(
                 "timeout_ms may be at most {MAX_WATCH_MS}"
@@ -278,13 +296,14 @@ impl Handler<Watch> for Election {
         if self.state.term > msg.after_term || msg.timeout_ms == 0 {
             return Ok(self.view());
         }
-        let reply = ctx.defer::<Result<Leadership>>()?;
-        self.watchers.push(Watcher {
-            after_term: msg.after_term,
-            deadline: ctx.now() + chrono::Duration::milliseconds(msg.timeout_ms as i64),
-            reply,
-        });
-        self.arm(ctx)?;
+        if let Some(reply) = reply.take() {
+            self.watchers.push(Watcher {
+                after_term: msg.after_term,
+                deadline: ctx.now() + chrono::Duration::milliseconds(msg.timeout_ms as i64),
+                reply,
+            });
+            self.arm(ctx)?;
+        }
         Ok(self.view())
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{AlarmInfo, Context, Deferred, DurableObject, Error, Handler, Result};
+use stead_core::{
+    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Error, Handler, Result,
+};
 
 /// The longest lease, and the longest wait, in milliseconds (one day).
 pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -106,9 +108,30 @@ pub struct AcquireReply {
     pub retry_after_ms: Option<u64>,
 }
 
-impl Handler<Acquire> for Lock {
+impl DeferredHandler<Acquire> for Lock {
     type Reply = Result<AcquireReply>;
-    async fn handle(&mut self, msg: Acquire, ctx: &mut Context) -> Result<AcquireReply> {
+    async fn handle(
+        &mut self,
+        msg: Acquire,
+        ctx: &mut Context,
+        reply: Deferred<Result<AcquireReply>>,
+    ) {
+        // Answered now, unless the caller was put in line (which keeps the reply).
+        let mut reply = Some(reply);
+        let answer = self.acquire(msg, ctx, &mut reply).await;
+        if let Some(reply) = reply {
+            reply.complete(ctx, answer);
+        }
+    }
+}
+
+impl Lock {
+    async fn acquire(
+        &mut self,
+        msg: Acquire,
+        ctx: &mut Context,
+        reply: &mut Option<Deferred<Result<AcquireReply>>>,
+    ) -> Result<AcquireReply> {
         check_holder(&msg.holder)?;
         check_ttl(msg.ttl_ms)?;
         if msg.wait_ms > MAX_WAIT_MS {
@@ -141,16 +164,17 @@ impl Handler<Acquire> for Lock {
         }
         if msg.wait_ms > 0 {
             // Wait in line: the reply is given in a later turn (a release, an expiry or the
-            // deadline); what this handler returns is discarded.
-            let deadline = ctx.now() + chrono::Duration::milliseconds(msg.wait_ms as i64);
-            let reply = ctx.defer::<Result<AcquireReply>>()?;
-            self.waiters.push_back(Waiter {
-                holder: msg.holder,
-                ttl_ms: msg.ttl_ms,
-                deadline,
-                reply,
-            });
-            self.arm(ctx)?;
+            // deadline).
+            if let Some(reply) = reply.take() {
+                let deadline = ctx.now() + chrono::Duration::milliseconds(msg.wait_ms as i64);
+                self.waiters.push_back(Waiter {
+                    holder: msg.holder,
+                    ttl_ms: msg.ttl_ms,
+                    deadline,
+                    reply,
+                });
+                self.arm(ctx)?;
+            }
             return Ok(self.refusal(ctx.now()));
         }
         Ok(self.refusal(ctx.now()))

@@ -62,8 +62,9 @@ where
         Box::pin(async move {
             let Request { msg, reply } = *self;
             ctx.reply = reply.map(|tx| Box::new(tx) as Box<dyn ReplySlot>);
-            let value = obj.handle(msg, ctx).await;
-            if let Some(slot) = ctx.reply.take()
+            let answer = obj.respond(msg, ctx).await;
+            if let Some(value) = answer
+                && let Some(slot) = ctx.reply.take()
                 && let Ok(tx) = slot
                     .into_any()
                     .downcast::<oneshot::Sender<Result<<O as Handler<M>>::Reply>>>()

@@ -12,7 +12,8 @@ use serde_json::Value as Json;
 use std::sync::Arc;
 
 use crate::{
-    AlarmInfo, Context, Deferred, DurableObject, Handler, ListOptions, Result, ScheduledJob,
+    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Handler, ListOptions, Result,
+    ScheduledJob,
 };
 
 /// What every probe of a namespace shares: counters and switches the tests read and set.
@@ -348,14 +349,10 @@ impl Handler<WhoAmI> for Probe {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Park;
 
-impl Handler<Park> for Probe {
+impl DeferredHandler<Park> for Probe {
     type Reply = String;
-    async fn handle(&mut self, _: Park, ctx: &mut Context) -> String {
-        match ctx.defer::<String>() {
-            Ok(d) => self.parked.push(d),
-            Err(e) => return format!("defer failed: {e}"),
-        }
-        String::from("(discarded)")
+    async fn handle(&mut self, _: Park, _ctx: &mut Context, reply: Deferred<String>) {
+        self.parked.push(reply);
     }
 }
 
@@ -372,20 +369,6 @@ impl Handler<Wake> for Probe {
             d.complete(ctx, msg.0.clone());
         }
         Ok(n)
-    }
-}
-
-/// Asks for the wrong reply type in `defer`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct BadDefer;
-
-impl Handler<BadDefer> for Probe {
-    type Reply = String;
-    async fn handle(&mut self, _: BadDefer, ctx: &mut Context) -> String {
-        match ctx.defer::<u64>() {
-            Ok(_) => "unexpected".into(),
-            Err(e) => e.to_string(),
-        }
     }
 }
 

@@ -455,7 +455,6 @@ pub async fn deferred_replies_wait_for_a_later_turn(h: Harness) {
     }
     assert_eq!(a.await.unwrap().unwrap(), "hello");
     assert_eq!(b.await.unwrap().unwrap(), "hello");
-    assert!(o.ask(BadDefer).await.unwrap().contains("reply type"));
     h.rt.shutdown().await.unwrap();
 }
 
