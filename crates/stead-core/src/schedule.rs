@@ -98,7 +98,7 @@ impl JobRecord {
     }
 }
 
-/// The jobs of one object; get it with [`Context::schedules`]. Changes commit with the turn.
+/// The jobs of one object; get it with [`crate::Context::schedules`]. Changes commit with the turn.
 ///
 /// ```
 /// # use std::time::Duration;

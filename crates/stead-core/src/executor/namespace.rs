@@ -295,7 +295,7 @@ impl<O: DurableObject> Namespace<O> {
         }
     }
 
-    /// A stub for the object called `name`; inside it, [`Context::name`] returns the name.
+    /// A stub for the object called `name`; inside it, [`crate::Context::name`] returns the name.
     pub fn get_by_name(&self, name: &str) -> Stub<O> {
         Stub {
             ns: self.inner.clone(),
