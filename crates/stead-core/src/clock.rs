@@ -148,10 +148,7 @@ impl ManualClock {
             .map(|(t, _)| *t)
             .min();
         let driven = self.driven().iter().filter_map(|d| d.next_due()).min();
-        match (sleeper, driven) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(sleeper, driven)
     }
 
     fn driven(&self) -> Vec<Arc<dyn TimeDriven>> {
@@ -224,6 +221,14 @@ impl Clock for ManualClock {
 /// consistent before anything that could panic.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The earlier of two optional instants (`None`: never).
+pub(crate) fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::clock::lock;
+use crate::clock::{earliest, lock};
 use crate::id::ObjectId;
 
 pub(crate) type AlarmKey = (&'static str, ObjectId);
@@ -70,7 +70,7 @@ impl AlarmIndex {
             Some(at) if at <= st.horizon => st.hold(key, at, 0),
             Some(at) => {
                 st.far.insert(key, at);
-                st.beyond = Some(st.beyond.map_or(at, |b| b.min(at)));
+                st.beyond = earliest(st.beyond, Some(at));
                 false
             }
             None => false,
@@ -157,16 +157,13 @@ impl AlarmIndex {
     pub(crate) fn set_beyond(&self, stored: Option<i64>) {
         let mut st = lock(&self.inner);
         let far = st.far.values().copied().min();
-        st.beyond = match (stored, far) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        st.beyond = earliest(stored, far);
     }
 
     pub(crate) fn lower_beyond(&self, stored: Option<i64>) {
         if let Some(at) = stored {
             let mut st = lock(&self.inner);
-            st.beyond = Some(st.beyond.map_or(at, |b| b.min(at)));
+            st.beyond = earliest(st.beyond, Some(at));
         }
     }
 
@@ -194,10 +191,7 @@ impl AlarmIndex {
     pub(crate) fn next_due(&self) -> Option<i64> {
         let st = lock(&self.inner);
         let held = st.by_time.first().map(|(t, _)| *t);
-        match (held, st.beyond) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(held, st.beyond)
     }
 
     /// How many alarms are held in memory.

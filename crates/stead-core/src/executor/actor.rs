@@ -12,7 +12,7 @@ use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::backend::{Ack, ObjectRef};
-use crate::clock::{lock, to_ms};
+use crate::clock::{earliest, lock, to_ms};
 use crate::context::{Context, Parked, PendingReply};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -308,10 +308,7 @@ impl<O: DurableObject> Actor<O> {
     pub(super) async fn recompute_alarm(&mut self) -> Result<()> {
         let user = self.ctx.storage.user_alarm_ms().await?;
         let jobs = schedule::load(&mut self.ctx.storage).await?;
-        let effective = match (user, schedule::earliest(&jobs)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let effective = earliest(user, schedule::earliest(&jobs));
         self.ctx.storage.set_effective_alarm(effective).await
     }
 

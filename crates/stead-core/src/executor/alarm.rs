@@ -93,7 +93,9 @@ impl<O: DurableObject> Actor<O> {
         };
         let ctx = &mut self.ctx;
         let max_retries = self.ns.shared.config.alarm_max_retries;
-        let (result, retry, label) = match &what {
+        // What ran, as it stood before the turn: a failure is recorded against it (the
+        // turn's rollback restores exactly this state).
+        let (result, ran) = match &what {
             Due::Alarm => {
                 let Some(at) = ctx.storage.user_alarm_ms().await?.filter(|t| *t <= now_ms) else {
                     return Ok(());
@@ -114,7 +116,7 @@ impl<O: DurableObject> Actor<O> {
                 };
                 let span = tracing::debug_span!("alarm", class = O::CLASS, id = %self.id, retry = state.retry);
                 let run = AssertUnwindSafe(instance.alarm(ctx, info)).catch_unwind();
-                (run.instrument(span).await, state.retry, "alarm".to_owned())
+                (run.instrument(span).await, Ran::Alarm(state))
             }
             Due::Job(name) => {
                 let Some(rec) = ctx
@@ -135,11 +137,7 @@ impl<O: DurableObject> Actor<O> {
                 };
                 let span = tracing::debug_span!("scheduled_job", class = O::CLASS, id = %self.id, job = %name, retry = rec.retry);
                 let run = AssertUnwindSafe(instance.on_schedule(ctx, job)).catch_unwind();
-                (
-                    run.instrument(span).await,
-                    rec.retry,
-                    format!("job {name:?}"),
-                )
+                (run.instrument(span).await, Ran::Job(name, rec))
             }
         };
         let error = match result {
@@ -158,6 +156,10 @@ impl<O: DurableObject> Actor<O> {
         self.ctx.replies.clear();
         metrics::counter!("stead_alarm_failures_total", "class" => O::CLASS).increment(1);
         let storage = &mut self.ctx.storage;
+        let (retry, label) = match &ran {
+            Ran::Alarm(state) => (state.retry, "alarm".to_owned()),
+            Ran::Job(name, rec) => (rec.retry, format!("job {name:?}")),
+        };
         if retry < max_retries {
             tracing::warn!(class = O::CLASS, id = %self.id, what = %label, retry, %error, "failed; will retry");
             let backoff = self
@@ -168,45 +170,25 @@ impl<O: DurableObject> Actor<O> {
                 .saturating_mul(2u32.saturating_pow(retry.min(30)));
             let retry_at =
                 now_ms.saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
-            match &what {
-                Due::Alarm => {
-                    let scheduled_at_ms = storage
-                        .get_internal::<AlarmRetry>(ALARM_RETRY_KEY)
-                        .await?
-                        .map_or(storage.user_alarm_ms().await?.unwrap_or(now_ms), |r| {
-                            r.scheduled_at_ms
-                        });
+            match &ran {
+                Ran::Alarm(state) => {
                     storage.set_alarm_ms(retry_at)?;
                     storage.put_internal(
                         ALARM_RETRY_KEY.to_owned(),
                         &AlarmRetry {
-                            retry: retry + 1,
-                            scheduled_at_ms,
+                            retry: state.retry + 1,
+                            scheduled_at_ms: state.scheduled_at_ms,
                         },
                     )?;
                 }
-                Due::Job(name) => {
-                    if let Some(rec) = storage
-                        .get_internal::<schedule::JobRecord>(&schedule::key(name))
-                        .await?
-                    {
-                        schedule::retry_later(storage, name, &rec, retry_at)?;
-                    }
-                }
+                Ran::Job(name, rec) => schedule::retry_later(storage, name, rec, retry_at)?,
             }
         } else {
             tracing::error!(class = O::CLASS, id = %self.id, what = %label, retries = retry, %error, "failed for the last time; dropped");
             metrics::counter!("stead_alarms_dropped_total", "class" => O::CLASS).increment(1);
-            match &what {
-                Due::Alarm => storage.delete_alarm(),
-                Due::Job(name) => {
-                    if let Some(rec) = storage
-                        .get_internal::<schedule::JobRecord>(&schedule::key(name))
-                        .await?
-                    {
-                        schedule::advance(storage, name, &rec, now_ms)?;
-                    }
-                }
+            match &ran {
+                Ran::Alarm(_) => storage.delete_alarm(),
+                Ran::Job(name, rec) => schedule::advance(storage, name, rec, now_ms)?,
             }
         }
         self.end_turn().await;
@@ -230,4 +212,10 @@ struct DueItem {
 enum Due {
     Alarm,
     Job(String),
+}
+
+/// An item that ran, with its state from before the turn.
+enum Ran<'a> {
+    Alarm(AlarmRetry),
+    Job(&'a String, schedule::JobRecord),
 }
