@@ -4,13 +4,13 @@
 
 // ANCHOR: example
 use stead::Runtime;
-use stead::counter::{CounterClient, CounterConfig};
+use stead::counter::CounterClient;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rt = Runtime::builder().sqlite(dir.path()).build().await?;
-    let counters = CounterClient::new(&rt, CounterConfig::default())?;
+    let counters = CounterClient::new(&rt)?;
 
     // A thousand concurrent writers on one name: no lost update, no hot spot.
     let writers: Vec<_> = (0..1000)

@@ -45,16 +45,17 @@
 //! ```
 
 pub use stead_core::{
-    AlarmInfo, Backend, Clock, Context, Deferred, Durability, DurableObject, Error, Handler,
-    ListOptions, ManualClock, MemoryBackend, Message, Namespace, NamespaceOptions, ObjectEntry,
-    ObjectId, ObjectPage, Result, Runtime, RuntimeBuilder, RuntimeConfig, ScheduleInfo,
-    ScheduleKind, ScheduledJob, Schedules, Storage, Stub, SystemClock,
+    AlarmInfo, Backend, Clock, Context, Deferred, DeferredHandler, Durability, DurableObject,
+    Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock, MemoryBackend, Message,
+    Namespace, NamespaceOptions, ObjectEntry, ObjectId, ObjectPage, Result, Runtime,
+    RuntimeBuilder, RuntimeConfig, ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, Storage,
+    Stub, SystemClock, validate_ms, validate_name,
 };
 #[cfg(feature = "sqlite")]
 pub use stead_core::{SqliteBackend, SqliteOptions};
 
-/// HTTP plumbing shared by the pattern routers: problem+json errors, a JSON extractor, name
-/// validation.
+/// HTTP plumbing shared by the pattern routers: problem+json errors, the JSON and `Name`
+/// extractors, the OpenAPI pieces, and the `Pattern` trait.
 pub use stead_core::http;
 
 /// Exact per-key rate limiting with a tower layer (feature `ratelimit`).
@@ -73,39 +74,133 @@ pub use stead_lock as lock;
 #[cfg(feature = "leader")]
 pub use stead_leader as leader;
 
+/// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
+/// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
+/// A new pattern is one line here.
+macro_rules! for_each_pattern {
+    ($f:ident ( $($arg:expr),* )) => {{
+        #[cfg(feature = "ratelimit")]
+        $f::<stead_ratelimit::RateLimitPattern>($($arg),*)?;
+        #[cfg(feature = "counter")]
+        $f::<stead_counter::CounterPattern>($($arg),*)?;
+        #[cfg(feature = "lock")]
+        $f::<stead_lock::LockPattern>($($arg),*)?;
+        #[cfg(feature = "leader")]
+        $f::<stead_leader::LeaderPattern>($($arg),*)?;
+    }};
+}
+
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
-/// (`/counters`, `/locks`, ...). `.nest()` or `.merge()` it anywhere in an axum app; wrong
-/// methods and oversized bodies on its routes get RFC 9457 problem+json answers (each
-/// pattern's routes carry [`http::ProblemLayer`]; give your
-/// app a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled
-/// it has no routes.
-pub fn router(rt: &Runtime) -> Result<axum::Router> {
-    let _ = rt;
+/// (`/counters`, `/locks`, ...), in any app state `S`. `.nest()` or `.merge()` it anywhere
+/// in an axum app; wrong methods and oversized bodies on its routes get RFC 9457
+/// problem+json answers (each pattern's routes carry [`http::ProblemLayer`]; give your app
+/// a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled it
+/// has no routes.
+///
+/// Set patterns up with other settings first, with [`configure`] or their clients'
+/// `with_config`; otherwise they run with their defaults.
+pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Router<S>> {
     #[allow(unused_mut)]
     let mut router = axum::Router::new();
-    #[cfg(feature = "ratelimit")]
-    {
-        router = router.merge(stead_ratelimit::router(rt)?);
+    #[allow(dead_code)]
+    fn nest<P: http::Pattern>(
+        router: &mut axum::Router<impl Clone + Send + Sync + 'static>,
+        rt: &Runtime,
+    ) -> Result<()> {
+        let routes = P::router(rt)?;
+        *router = std::mem::take(router).nest(P::PREFIX, routes);
+        Ok(())
     }
-    #[cfg(feature = "counter")]
-    {
-        router = router.merge(stead_counter::router(rt)?);
-    }
-    #[cfg(feature = "lock")]
-    {
-        router = router.merge(stead_lock::router(rt)?);
-    }
-    #[cfg(feature = "leader")]
-    {
-        router = router.merge(stead_leader::router(rt)?);
-    }
-    // Each pattern's routes carry `http::ProblemLayer` themselves; another layer here would
-    // only run the same check again on every request.
+    for_each_pattern!(nest(&mut router, rt));
+    let _ = rt;
     Ok(router)
 }
 
+/// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`), which it
+/// removes from the map; a pattern without a table gets its defaults. What is left in the
+/// map belongs to no enabled pattern. The server calls this with the tables of its
+/// configuration file before it builds the router.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let rt = stead::Runtime::builder().memory().build().await?;
+/// let mut settings = serde_json::json!({
+///     "ratelimit": { "policies": { "api": { "limit": 100, "period_ms": 60000 } } },
+///     "server": { "bind": "127.0.0.1:8080" },
+/// });
+/// stead::configure(&rt, settings.as_object_mut().unwrap())?;
+/// # #[cfg(feature = "ratelimit")]
+/// assert!(stead::ratelimit::RateLimitClient::new(&rt)?.named("api").is_ok());
+/// assert_eq!(settings.as_object().unwrap().len(), 1, "only the server's table is left");
+/// # rt.shutdown().await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+pub fn configure(
+    rt: &Runtime,
+    settings: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    #[allow(dead_code)]
+    fn one<P: http::Pattern>(
+        rt: &Runtime,
+        settings: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        let parsed = match settings.remove(P::SETTINGS_KEY) {
+            Some(table) => serde_json::from_value(table)
+                .map_err(|e| Error::invalid_config(format!("[{}]: {e}", P::SETTINGS_KEY)))?,
+            None => P::Settings::default(),
+        };
+        P::configure(rt, parsed).map_err(|e| match e {
+            Error::InvalidConfig { detail } => {
+                Error::invalid_config(format!("[{}]: {detail}", P::SETTINGS_KEY))
+            }
+            other => other,
+        })
+    }
+    for_each_pattern!(one(rt, settings));
+    let _ = (rt, settings);
+    Ok(())
+}
+
+/// Checks pattern settings without a runtime (a server checks its configuration file
+/// before it opens its store): every key must be the table of an enabled pattern, and every
+/// table must be valid settings for it. The error names the table and the fault.
+pub fn check_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    #[allow(dead_code)]
+    fn key<P: http::Pattern>(keys: &mut Vec<&'static str>) -> Result<()> {
+        keys.push(P::SETTINGS_KEY);
+        Ok(())
+    }
+    #[allow(dead_code)]
+    fn parse<P: http::Pattern>(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()> {
+        if let Some(table) = settings.get(P::SETTINGS_KEY) {
+            serde_json::from_value::<P::Settings>(table.clone())
+                .map_err(|e| Error::invalid_config(format!("[{}]: {e}", P::SETTINGS_KEY)))?;
+        }
+        Ok(())
+    }
+    #[allow(unused_mut)]
+    let mut keys: Vec<&'static str> = Vec::new();
+    for_each_pattern!(key(&mut keys));
+    if let Some(unknown) = settings.keys().find(|k| !keys.contains(&k.as_str())) {
+        return Err(Error::invalid_config(format!(
+            "unknown setting {unknown:?} (the pattern tables of this build: {})",
+            if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            }
+        )));
+    }
+    for_each_pattern!(parse(settings));
+    Ok(())
+}
+
 /// The OpenAPI 3.1 description of every route [`router`] serves, generated from each
-/// pattern's handlers and types (serialize it with `serde_json`).
+/// pattern's handlers and types, with the problem responses every route may give
+/// (serialize it with `serde_json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     #[allow(unused_mut)]
     let mut doc = utoipa::openapi::OpenApiBuilder::new()
@@ -119,14 +214,26 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 .build(),
         )
         .build();
-    #[cfg(feature = "ratelimit")]
-    doc.merge(stead_ratelimit::openapi());
-    #[cfg(feature = "counter")]
-    doc.merge(stead_counter::openapi());
-    #[cfg(feature = "lock")]
-    doc.merge(stead_lock::openapi());
-    #[cfg(feature = "leader")]
-    doc.merge(stead_leader::openapi());
-    stead_core::http::document_body_errors(&mut doc);
+    #[allow(dead_code)]
+    fn nest<P: http::Pattern>(doc: &mut utoipa::openapi::OpenApi) -> Result<()> {
+        let taken = std::mem::replace(doc, utoipa::openapi::OpenApiBuilder::new().build());
+        // A pattern's `/` is its prefix itself, as axum nests it.
+        *doc = taken.nest_with_path_composer(P::PREFIX, P::openapi(), |base, path| {
+            if path == "/" {
+                base.to_owned()
+            } else {
+                format!("{base}{path}")
+            }
+        });
+        Ok(())
+    }
+    #[allow(unused_mut)]
+    let mut build = || -> Result<()> {
+        for_each_pattern!(nest(&mut doc));
+        Ok(())
+    };
+    // Nesting cannot fail; the list's `?` is for the other uses.
+    let _ = build();
+    stead_core::http::document_problems(&mut doc);
     doc
 }

@@ -108,11 +108,68 @@ async fn every_pattern_answers_under_a_nested_prefix() {
     for p in [
         "/counters/{name}/increment",
         "/locks/{name}/acquire",
-        "/leaders/{group}/watch",
-        "/ratelimit/{key}/check",
+        "/leaders/{name}/watch",
+        "/ratelimit/{name}/check",
+        "/ratelimit",
+        "/counters",
     ] {
         assert!(paths.contains_key(p), "{p}");
     }
     server.abort();
+    rt.shutdown().await.unwrap();
+}
+
+/// An app with a state of its own, as most real apps have.
+#[derive(Clone)]
+struct AppState {
+    greeting: &'static str,
+}
+
+#[tokio::test]
+async fn one_pattern_nests_anywhere_in_an_app_with_its_own_state() {
+    let rt = stead::Runtime::builder().memory().build().await.unwrap();
+    let app: axum::Router = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(
+                |axum::extract::State(s): axum::extract::State<AppState>| async move { s.greeting },
+            ),
+        )
+        .nest("/my/locks", stead::lock::router(&rt).unwrap())
+        .nest("/all", stead::router(&rt).unwrap())
+        .with_state(AppState { greeting: "hi" });
+    let call = |method: &str, uri: &str, body: Option<Value>| {
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let app = app.clone();
+        async move {
+            let resp = tower::ServiceExt::oneshot(app, req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, bytes)
+        }
+    };
+    assert_eq!(call("GET", "/", None).await, (200, "hi".into()));
+    let (status, body) = call(
+        "POST",
+        "/my/locks/db/acquire",
+        Some(json!({"holder": "me", "ttl_ms": 5000})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let lease: Value = serde_json::from_slice(&body).unwrap();
+    // The same lock, seen through the other mount: one runtime, one lock.
+    let (status, body) = call("GET", "/all/locks/db", None).await;
+    assert_eq!(status, 200);
+    let state: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(state["holders"][0]["token"], lease["token"]);
     rt.shutdown().await.unwrap();
 }

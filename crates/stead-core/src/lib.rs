@@ -65,6 +65,7 @@ mod executor;
 #[cfg(feature = "http")]
 pub mod http;
 mod id;
+mod input;
 mod join;
 mod object;
 mod runtime;
@@ -90,6 +91,7 @@ pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
+pub use input::{InvalidInput, MAX_NAME_CHARS, validate_ms, validate_name};
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};

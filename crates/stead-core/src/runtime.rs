@@ -363,6 +363,35 @@ impl Runtime {
         }
     }
 
+    /// The namespace of `O` registered with `env` and `opts`: registers it, or, when it is
+    /// registered already, checks that it was with an equal environment (an
+    /// [`Error::InvalidConfig`] otherwise). For a library client's `with_config(&rt, config)`:
+    /// the configuration lives in the environment, so two parts of a program cannot set the
+    /// same pattern up two ways without hearing of it.
+    pub fn configured_namespace<O: DurableObject>(
+        &self,
+        env: O::Env,
+        opts: NamespaceOptions,
+    ) -> Result<Namespace<O>>
+    where
+        O::Env: PartialEq,
+    {
+        let mut wanted = Some(env);
+        let (ns, registered) = self.get_or_register(opts, || {
+            // The closure runs at most once, and only when nothing else took the value.
+            wanted
+                .take()
+                .unwrap_or_else(|| unreachable!("make_env runs once"))
+        })?;
+        match wanted {
+            Some(env) if !registered && env != **ns.env() => Err(Error::invalid_config(format!(
+                "class {} is already set up with another configuration in this runtime; configure it once, before its first use",
+                O::CLASS
+            ))),
+            _ => Ok(ns),
+        }
+    }
+
     /// The registered namespace of `O`, or a new registration with `make_env()` and
     /// `opts` when there is none, in one step (two callers racing get the same one). The
     /// flag says whether this call registered it. For a library that shares one namespace

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stead_core::Runtime;
-use stead_counter::{CounterClient, CounterConfig};
+use stead_counter::CounterClient;
 
 const IN_FLIGHT: usize = 4096;
 const PER_TASK: usize = 25;
@@ -37,7 +37,7 @@ fn setup() -> (
                 .build(),
         )
         .unwrap();
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     (tokio, rt, counters, dir)
 }
 

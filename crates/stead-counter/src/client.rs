@@ -5,7 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use stead_core::{Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
+use stead_core::{Error, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub};
+
+use crate::error::CounterError;
 
 use crate::object::{
     Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys,
@@ -13,10 +15,14 @@ use crate::object::{
 };
 
 /// The longest idempotency key, in characters.
-pub const MAX_KEY_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
+pub const MAX_KEY_CHARS: usize = stead_core::MAX_NAME_CHARS;
+
+/// The most counter names one page of [`CounterClient::list`] holds.
+pub const MAX_LIST_LIMIT: usize = 1000;
 
 /// A counter's exact value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct CounterValue {
     /// The sum of every shard.
     pub value: i64,
@@ -25,7 +31,8 @@ pub struct CounterValue {
 }
 
 /// One page of counter names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct CounterPage {
     /// Counter names, in byte order.
     pub counters: Vec<String>,
@@ -37,16 +44,16 @@ pub struct CounterPage {
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// use stead_counter::{CounterClient, CounterConfig};
+/// use stead_counter::CounterClient;
 /// let rt = stead_core::Runtime::builder().memory().build().await?;
-/// let counters = CounterClient::new(&rt, CounterConfig::default())?;
+/// let counters = CounterClient::new(&rt)?;
 /// counters.increment("page-views", 3, None).await?;
 /// // A retried request with the same key counts once.
 /// assert!(counters.increment("page-views", 1, Some("req-42")).await?.applied);
 /// assert!(!counters.increment("page-views", 1, Some("req-42")).await?.applied);
 /// assert_eq!(counters.get("page-views").await?.value, 4);
 /// # rt.shutdown().await?;
-/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// # Ok::<(), stead_counter::CounterError>(()) }).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct CounterClient {
@@ -72,40 +79,50 @@ impl std::fmt::Debug for CounterClient {
 }
 
 impl CounterClient {
-    /// Registers the counter classes on `rt` (or reuses them) with the runtime's durability.
-    pub fn new(rt: &Runtime, config: CounterConfig) -> Result<Self> {
-        Self::with_options(rt, config, NamespaceOptions::default())
+    /// The counters of `rt`, as they were configured ([`with_config`](Self::with_config)),
+    /// or with the defaults if they were not.
+    pub fn new(rt: &Runtime) -> Result<Self> {
+        let (meta, _) =
+            rt.get_or_register::<CounterMeta>(Default::default(), CounterConfig::default)?;
+        let config = (**meta.env()).clone();
+        let (shards, _) = rt.get_or_register::<CounterShard>(Default::default(), || {
+            ShardEnv::new(config.clone())
+        })?;
+        Ok(Self::from_namespaces(meta, shards))
     }
 
-    /// Like [`new`](Self::new), with namespace options (a durability override).
-    pub fn with_options(
-        rt: &Runtime,
-        config: CounterConfig,
-        opts: NamespaceOptions,
-    ) -> Result<Self> {
-        if config.default_shards == 0 || config.default_shards > crate::object::MAX_SHARDS {
-            return Err(Error::bad_request(
-                "default_shards must be between 1 and 1024",
-            ));
-        }
+    /// The counters of `rt`, set up with `config`: an [`Error::InvalidConfig`] if the
+    /// settings are out of range, or if the counters were set up otherwise already.
+    pub fn with_config(rt: &Runtime, config: CounterConfig) -> Result<Self> {
+        config
+            .validate()
+            .map_err(|e| Error::invalid_config(format!("counters: {e}")))?;
+        let opts = config
+            .durability
+            .map(NamespaceOptions::durability)
+            .unwrap_or_default();
         // One counter setup per runtime: clients share it, and another configuration is
         // refused rather than silently ignored.
-        let (meta, _) = rt.get_or_register::<CounterMeta>(opts.clone(), || config.clone())?;
+        let meta = rt.configured_namespace::<CounterMeta>(config.clone(), opts.clone())?;
         let (shards, _) =
             rt.get_or_register::<CounterShard>(opts, || ShardEnv::new(config.clone()))?;
-        if **meta.env() != config || shards.env().config != config {
-            return Err(Error::conflict(
+        if shards.env().config != config {
+            return Err(Error::invalid_config(
                 "the counters of this runtime are already set up with another configuration; configure them before their first use",
             ));
         }
-        Ok(CounterClient {
+        Ok(Self::from_namespaces(meta, shards))
+    }
+
+    fn from_namespaces(meta: Namespace<CounterMeta>, shards: Namespace<CounterShard>) -> Self {
+        CounterClient {
             inner: Arc::new(Inner {
+                config: (**meta.env()).clone(),
                 meta,
                 shards,
-                config,
                 known: RwLock::new(HashMap::new()),
             }),
-        })
+        }
     }
 
     /// Adds `by` (negative to subtract) to counter `name`. With an idempotency key, a
@@ -115,7 +132,7 @@ impl CounterClient {
         name: &str,
         by: i64,
         idempotency_key: Option<&str>,
-    ) -> Result<Applied> {
+    ) -> Result<Applied, CounterError> {
         check_name(name)?;
         if let Some(k) = idempotency_key {
             check_key(k)?;
@@ -127,16 +144,16 @@ impl CounterClient {
             None => rand::random_range(0..shards),
         };
         stubs[shard as usize]
-            .ask(Apply {
+            .call(Apply {
                 by,
                 shards,
                 idempotency_key: idempotency_key.map(str::to_owned),
             })
-            .await?
+            .await
     }
 
     /// The exact value: the sum of every shard. A counter never used reads as zero.
-    pub async fn get(&self, name: &str) -> Result<CounterValue> {
+    pub async fn get(&self, name: &str) -> Result<CounterValue, CounterError> {
         check_name(name)?;
         let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
@@ -159,16 +176,13 @@ impl CounterClient {
             views.fill(name, &filled);
             sum += filled.iter().map(|(_, v)| i128::from(*v)).sum::<i128>();
         }
-        let value = i64::try_from(sum).map_err(|_| {
-            Error::bad_request(format!(
-                "counter {name:?} holds {sum}, beyond a signed 64-bit integer"
-            ))
-        })?;
+        // Each shard holds at most a `shards`-th of the range, so the sum always fits.
+        let value = i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX });
         Ok(CounterValue { value, shards })
     }
 
     /// Sets the counter to zero and forgets its idempotency keys; its shard count stays.
-    pub async fn reset(&self, name: &str) -> Result<CounterValue> {
+    pub async fn reset(&self, name: &str) -> Result<CounterValue, CounterError> {
         check_name(name)?;
         let Some(stubs) = self.existing(name).await? else {
             return Ok(CounterValue {
@@ -183,13 +197,20 @@ impl CounterClient {
         })
     }
 
-    /// Counter names starting with `prefix`, in byte order, `limit` per page.
+    /// Counter names starting with `prefix`, in byte order, `limit` (1 to
+    /// [`MAX_LIST_LIMIT`]) per page.
     pub async fn list(
         &self,
         prefix: &str,
         cursor: Option<&str>,
         limit: usize,
-    ) -> Result<CounterPage> {
+    ) -> Result<CounterPage, CounterError> {
+        if limit == 0 || limit > MAX_LIST_LIMIT {
+            return Err(InvalidInput::new(format!(
+                "limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}"
+            ))
+            .into());
+        }
         let page = self.inner.meta.list_by_name(prefix, cursor, limit).await?;
         Ok(CounterPage {
             counters: page.objects.into_iter().map(|o| o.name).collect(),
@@ -198,13 +219,13 @@ impl CounterClient {
     }
 
     /// Fixes the shard count of a new counter (an error if it exists with another count).
-    pub async fn create(&self, name: &str, shards: u32) -> Result<u32> {
+    pub async fn create(&self, name: &str, shards: u32) -> Result<u32, CounterError> {
         check_name(name)?;
         Ok(self.open(name, Some(shards)).await?.len() as u32)
     }
 
     /// How many idempotency keys the counter remembers right now.
-    pub async fn remembered_keys(&self, name: &str) -> Result<usize> {
+    pub async fn remembered_keys(&self, name: &str) -> Result<usize, CounterError> {
         let Some(stubs) = self.existing(name).await? else {
             return Ok(0);
         };
@@ -213,7 +234,7 @@ impl CounterClient {
             .shards
             .ask_all(stubs.iter(), || RememberedKeys)
             .await?;
-        counts.into_iter().sum()
+        Ok(counts.into_iter().sum::<Result<usize>>()?)
     }
 
     /// The stub of shard `i` of counter `name`.
@@ -221,7 +242,7 @@ impl CounterClient {
         self.inner.shards.get_by_name(&format!("{name}#{i}"))
     }
 
-    async fn open(&self, name: &str, want: Option<u32>) -> Result<ShardStubs> {
+    async fn open(&self, name: &str, want: Option<u32>) -> Result<ShardStubs, CounterError> {
         if want.is_none()
             && let Some(stubs) = self.cached(name)
         {
@@ -231,11 +252,11 @@ impl CounterClient {
             .inner
             .meta
             .get_by_name(name)
-            .ask(Open {
+            .call(Open {
                 shards: want,
                 default_shards: self.inner.config.default_shards,
             })
-            .await??;
+            .await?;
         Ok(self.remember(name, n))
     }
 
@@ -277,10 +298,10 @@ fn shard_of_key(key: &str, shards: u32) -> u32 {
     (n % u64::from(shards)) as u32
 }
 
-fn check_name(name: &str) -> Result<()> {
-    stead_core::http::validate_name("counter name", name)
+fn check_name(name: &str) -> Result<(), InvalidInput> {
+    stead_core::validate_name("counter name", name)
 }
 
-fn check_key(key: &str) -> Result<()> {
-    stead_core::http::validate_name("idempotency_key", key)
+fn check_key(key: &str) -> Result<(), InvalidInput> {
+    stead_core::validate_name("idempotency_key", key)
 }

@@ -1,30 +1,87 @@
-//! The HTTP routes under `/counters`.
+//! The HTTP routes of the counters (mounted under `/counters` by the umbrella crate), and
+//! the mapping of [`CounterError`] to problems.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use stead_core::http::{Json as Body, Problem, Query};
-use stead_core::{Error, Result};
+use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
+use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::client::{CounterClient, CounterPage, CounterValue};
-use crate::object::Applied;
+use crate::client::{CounterClient, CounterPage, CounterValue, MAX_LIST_LIMIT};
+use crate::error::CounterError;
+use crate::object::{Applied, CounterConfig, MAX_SHARDS};
+
+/// The counter pattern, as the umbrella crate mounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct CounterPattern;
+
+impl stead_core::http::Pattern for CounterPattern {
+    const PREFIX: &'static str = "/counters";
+    const SETTINGS_KEY: &'static str = "counters";
+    type Settings = CounterConfig;
+
+    fn configure(rt: &Runtime, settings: CounterConfig) -> Result<()> {
+        CounterClient::with_config(rt, settings).map(drop)
+    }
+
+    fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
+        Ok(Router::new()
+            .route("/", get(list))
+            .route("/{name}", get(read).put(create))
+            .route("/{name}/increment", post(increment))
+            .route("/{name}/reset", post(reset))
+            .with_state(CounterClient::new(rt)?)
+            .layer(stead_core::http::ProblemLayer))
+    }
+
+    fn openapi() -> utoipa::openapi::OpenApi {
+        Api::openapi()
+    }
+}
+
+impl From<&CounterError> for Problem {
+    fn from(err: &CounterError) -> Self {
+        let detail = err.to_string();
+        match err {
+            CounterError::ShardsFixed { shards, .. } => {
+                Problem::new(StatusCode::CONFLICT, "shards-fixed", detail).with("shards", *shards)
+            }
+            CounterError::Overflow { min, max, .. } => {
+                Problem::new(StatusCode::CONFLICT, "overflow", detail)
+                    .with("shard_min", *min)
+                    .with("shard_max", *max)
+            }
+            CounterError::Invalid(e) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
+            }
+            CounterError::Runtime(e) => Problem::from(e),
+        }
+    }
+}
+
+impl IntoResponse for CounterError {
+    fn into_response(self) -> Response {
+        match self {
+            CounterError::Runtime(e) => e.into_response(),
+            other => Problem::from(&other).into_response(),
+        }
+    }
+}
 
 /// Adds to a counter.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IncrementBody {
-    /// The amount (negative to subtract); 1 when absent. Overflow is an error.
+    /// The amount (negative to subtract); 1 when absent. Overflow is a 409 problem.
     #[serde(default = "one")]
-    #[schema(default = 1)]
+    #[schema(schema_with = schema::signed::<{ i64::MIN }, { i64::MAX }>, default = 1)]
     by: i64,
     /// Applied once: a repeat within the dedup window (24 h by default) is not counted again.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
+    #[schema(schema_with = schema::name)]
     idempotency_key: Option<String>,
 }
 
@@ -41,7 +98,7 @@ struct ListQuery {
     #[serde(default)]
     prefix: String,
     /// At most this many names (1 to 1000, 100 when absent).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(schema_with = schema::integer::<1, { MAX_LIST_LIMIT as u64 }>)]
     limit: Option<usize>,
     /// The `next_cursor` of the page before.
     cursor: Option<String>,
@@ -52,46 +109,23 @@ struct ListQuery {
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     /// How many shard objects the counter spreads over.
-    #[schema(minimum = 1, maximum = 1024)]
+    #[schema(schema_with = schema::integer::<1, { MAX_SHARDS as u64 }>)]
     shards: u32,
 }
 
-/// The path parameter of these routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct CounterPath {
-    /// The counter's name. 1 to 256 characters, no control characters.
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    name: String,
-}
-
-/// The routes, under `/counters`.
-pub(crate) fn routes(client: CounterClient) -> Router {
-    Router::new()
-        .route("/counters", get(list))
-        .route("/counters/{name}", get(read).put(create))
-        .route("/counters/{name}/increment", post(increment))
-        .route("/counters/{name}/reset", post(reset))
-        .with_state(client)
-        .layer(stead_core::http::ProblemLayer)
-}
-
 /// Add to a counter, once per idempotency key.
-#[utoipa::path(post, path = "/counters/{name}/increment", operation_id = "incrementCounter", tag = "counters",
-    params(CounterPath),
+#[utoipa::path(post, path = "/{name}/increment", operation_id = "incrementCounter", tag = "counters",
+    params(Name),
     request_body = IncrementBody,
     responses(
         (status = 200, description = "applied, or a duplicate of an earlier increment", body = Applied),
-        (status = 400, description = "bad input or overflow", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "`overflow`: the sum would leave the signed 64-bit range", body = Problem, content_type = "application/problem+json"),
+        problems::BadRequest))]
 async fn increment(
     State(c): State<CounterClient>,
-    Path(CounterPath { name }): Path<CounterPath>,
+    Name(name): Name,
     Body(body): Body<IncrementBody>,
-) -> Result<Body<Applied>> {
+) -> Result<Body<Applied>, CounterError> {
     Ok(Body(
         c.increment(&name, body.by, body.idempotency_key.as_deref())
             .await?,
@@ -99,31 +133,31 @@ async fn increment(
 }
 
 /// The exact value (zero for a counter never used).
-#[utoipa::path(get, path = "/counters/{name}", operation_id = "getCounter", tag = "counters",
-    params(CounterPath),
+#[utoipa::path(get, path = "/{name}", operation_id = "getCounter", tag = "counters",
+    params(Name),
     responses(
         (status = 200, description = "the exact value", body = CounterValue),
-        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn read(
     State(c): State<CounterClient>,
-    Path(CounterPath { name }): Path<CounterPath>,
-) -> Result<Body<CounterValue>> {
+    Name(name): Name,
+) -> Result<Body<CounterValue>, CounterError> {
     Ok(Body(c.get(&name).await?))
 }
 
 /// Fix the shard count of a new counter.
-#[utoipa::path(put, path = "/counters/{name}", operation_id = "createCounter", tag = "counters",
-    params(CounterPath),
+#[utoipa::path(put, path = "/{name}", operation_id = "createCounter", tag = "counters",
+    params(Name),
     request_body = CreateBody,
     responses(
         (status = 200, description = "the counter", body = CounterValue),
-        (status = 409, description = "the counter exists with another shard count", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "`shards-fixed`: the counter exists with another shard count", body = Problem, content_type = "application/problem+json"),
+        problems::BadRequest))]
 async fn create(
     State(c): State<CounterClient>,
-    Path(CounterPath { name }): Path<CounterPath>,
+    Name(name): Name,
     Body(body): Body<CreateBody>,
-) -> Result<Body<CounterValue>> {
+) -> Result<Body<CounterValue>, CounterError> {
     let shards = c.create(&name, body.shards).await?;
     Ok(Body(CounterValue {
         value: c.get(&name).await?.value,
@@ -132,32 +166,29 @@ async fn create(
 }
 
 /// Set to zero and forget idempotency keys.
-#[utoipa::path(post, path = "/counters/{name}/reset", operation_id = "resetCounter", tag = "counters",
-    params(CounterPath),
+#[utoipa::path(post, path = "/{name}/reset", operation_id = "resetCounter", tag = "counters",
+    params(Name),
     responses(
         (status = 200, description = "the counter, now zero", body = CounterValue),
-        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn reset(
     State(c): State<CounterClient>,
-    Path(CounterPath { name }): Path<CounterPath>,
-) -> Result<Body<CounterValue>> {
+    Name(name): Name,
+) -> Result<Body<CounterValue>, CounterError> {
     Ok(Body(c.reset(&name).await?))
 }
 
 /// Counter names by prefix, a page at a time.
-#[utoipa::path(get, path = "/counters", operation_id = "listCounters", tag = "counters",
+#[utoipa::path(get, path = "/", operation_id = "listCounters", tag = "counters",
     params(ListQuery),
     responses(
         (status = 200, description = "a page of names", body = CounterPage),
-        (status = 400, description = "bad query", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn list(
     State(c): State<CounterClient>,
     Query(q): Query<ListQuery>,
-) -> Result<Body<CounterPage>> {
+) -> Result<Body<CounterPage>, CounterError> {
     let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(Error::bad_request("limit must be between 1 and 1000"));
-    }
     Ok(Body(c.list(&q.prefix, q.cursor.as_deref(), limit).await?))
 }
 
@@ -165,8 +196,3 @@ async fn list(
 #[derive(OpenApi)]
 #[openapi(paths(increment, read, create, reset, list))]
 struct Api;
-
-/// The OpenAPI 3.1 description of the counter routes.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Api::openapi()
-}

@@ -12,11 +12,11 @@
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! use stead_counter::{CounterClient, CounterConfig};
+//! use stead_counter::CounterClient;
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let rt = stead_core::Runtime::builder().sqlite(dir.path()).build().await?;
-//! let counters = CounterClient::new(&rt, CounterConfig::default())?;
+//! let counters = CounterClient::new(&rt)?;
 //! counters.increment("signups", 1, Some("user-17")).await?;
 //! counters.increment("signups", 1, Some("user-17")).await?; // a retry: not counted
 //! counters.increment("signups", -1, None).await?;
@@ -24,31 +24,41 @@
 //! assert_eq!(counters.get("signups").await?.value, 5);
 //! assert_eq!(counters.list("sign", None, 10).await?.counters, vec!["signups".to_string()]);
 //! # rt.shutdown().await?;
-//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! # Ok::<(), stead_counter::CounterError>(()) }).unwrap();
 //! ```
 //!
-//! Over HTTP (see [`router`]): `POST /counters/{name}/increment` `{"by":1,
+//! Over HTTP (see `router`, feature `http`, on by default): `POST /counters/{name}/increment` `{"by":1,
 //! "idempotency_key":"…"}`, `GET /counters/{name}`, `POST /counters/{name}/reset`,
 //! `GET /counters?prefix=…&limit=…&cursor=…`, and `PUT /counters/{name}` `{"shards":N}` to
 //! fix a new counter's shard count.
 
 mod client;
+mod error;
+#[cfg(feature = "http")]
 mod http;
 mod object;
 
-pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_CHARS};
-pub use http::openapi;
-pub use object::{Applied, CounterConfig, CounterMeta, CounterShard, MAX_SHARDS};
+pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_CHARS, MAX_LIST_LIMIT};
+pub use error::CounterError;
+#[cfg(feature = "http")]
+pub use http::CounterPattern;
+pub use object::{
+    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, MAX_SHARDS, Open,
+    RememberedKeys, ShardEnv, Shards, Value,
+};
 
-/// The counter routes (under `/counters`) for a runtime, with the default configuration.
-pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
-    router_with(rt, CounterConfig::default())
+/// The counter routes, without a prefix (the umbrella crate mounts them under
+/// `/counters`), in any app state. Configure the counters first
+/// ([`CounterClient::with_config`]) to serve them with other settings.
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <CounterPattern as stead_core::http::Pattern>::router(rt)
 }
 
-/// The counter routes with a configuration.
-pub fn router_with(
-    rt: &stead_core::Runtime,
-    config: CounterConfig,
-) -> stead_core::Result<axum::Router> {
-    Ok(http::routes(CounterClient::new(rt, config)?))
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <CounterPattern as stead_core::http::Pattern>::openapi()
 }

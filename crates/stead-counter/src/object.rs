@@ -6,7 +6,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use stead_core::{Context, DurableObject, Error, Handler, ListOptions, Result, ScheduledJob};
+use stead_core::{
+    Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Result, ScheduledJob,
+};
+
+use crate::error::CounterError;
 
 /// Where a shard keeps its partial sum.
 const VALUE: &str = "value";
@@ -22,14 +26,23 @@ const PURGE_BATCH: usize = 1000;
 /// in storage instead.
 const MAX_KEYS_IN_MEMORY: usize = 100_000;
 
-/// Settings shared by every counter of a runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Settings shared by every counter of a runtime (the `[counters]` table of the server's
+/// configuration: `default_shards`, `dedup_window_ms`, `durability`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct CounterConfig {
-    /// Shards of a new counter (default 16).
+    /// Shards of a new counter (default 16, at most [`MAX_SHARDS`]).
     pub default_shards: u32,
     /// How long an idempotency key is remembered (default 24 h).
+    #[serde(rename = "dedup_window_ms", deserialize_with = "duration_ms")]
     pub dedup_window: Duration,
+    /// How durable counter state is; `None` takes the runtime's default.
+    pub durability: Option<Durability>,
+}
+
+fn duration_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
 }
 
 impl Default for CounterConfig {
@@ -37,11 +50,33 @@ impl Default for CounterConfig {
         CounterConfig {
             default_shards: 16,
             dedup_window: Duration::from_secs(24 * 3600),
+            durability: None,
         }
     }
 }
 
 impl CounterConfig {
+    /// The same configuration with this durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Checks the settings: a shard count from 1 to [`MAX_SHARDS`], a window of at least a
+    /// millisecond.
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.default_shards == 0 || self.default_shards > MAX_SHARDS {
+            return Err(InvalidInput::new(format!(
+                "default_shards must be between 1 and {MAX_SHARDS}, not {}",
+                self.default_shards
+            )));
+        }
+        if self.dedup_window.is_zero() {
+            return Err(InvalidInput::new("dedup_window must be at least 1 ms"));
+        }
+        Ok(())
+    }
+
     /// The same configuration with this dedup window.
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
@@ -86,20 +121,22 @@ pub struct Open {
 }
 
 impl Handler<Open> for CounterMeta {
-    type Reply = Result<u32>;
-    async fn handle(&mut self, msg: Open, ctx: &mut Context) -> Result<u32> {
+    type Reply = Result<u32, CounterError>;
+    async fn handle(&mut self, msg: Open, ctx: &mut Context) -> Result<u32, CounterError> {
         match (self.shards, msg.shards) {
-            (Some(have), Some(want)) if have != want => Err(Error::conflict(format!(
-                "counter {:?} has {have} shards; it cannot be changed to {want}",
-                ctx.name().unwrap_or("?")
-            ))),
+            (Some(have), Some(want)) if have != want => Err(CounterError::ShardsFixed {
+                name: ctx.name().unwrap_or("?").to_owned(),
+                shards: have,
+                wanted: want,
+            }),
             (Some(have), _) => Ok(have),
             (None, want) => {
                 let n = want.unwrap_or(msg.default_shards);
                 if n == 0 || n > MAX_SHARDS {
-                    return Err(Error::bad_request(format!(
+                    return Err(InvalidInput::new(format!(
                         "shards must be between 1 and {MAX_SHARDS}, not {n}"
-                    )));
+                    ))
+                    .into());
                 }
                 ctx.storage().put("shards", &n)?;
                 self.shards = Some(n);
@@ -328,15 +365,16 @@ pub struct Apply {
 }
 
 /// Whether an increment was applied (false: a duplicate within the window).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Applied {
     /// `false` when the idempotency key was seen within the window.
     pub applied: bool,
 }
 
 impl Handler<Apply> for CounterShard {
-    type Reply = Result<Applied>;
-    async fn handle(&mut self, msg: Apply, ctx: &mut Context) -> Result<Applied> {
+    type Reply = Result<Applied, CounterError>;
+    async fn handle(&mut self, msg: Apply, ctx: &mut Context) -> Result<Applied, CounterError> {
         let now = ctx.now().timestamp_millis();
         if let Some(key) = &msg.idempotency_key {
             let seen: Option<i64> = match &self.keys {
@@ -353,12 +391,11 @@ impl Handler<Apply> for CounterShard {
             .value
             .checked_add(msg.by)
             .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| {
-                Error::bad_request(format!(
-                    "adding {} would overflow the counter: its {shards} shards each hold a \
-                     value between {lo} and {hi}, so that their sum fits a signed 64-bit integer",
-                    msg.by
-                ))
+            .ok_or(CounterError::Overflow {
+                by: msg.by,
+                shards: msg.shards.max(1),
+                min: lo,
+                max: hi,
             })?;
         ctx.storage().put(VALUE, &value)?;
         if let Some(key) = &msg.idempotency_key {

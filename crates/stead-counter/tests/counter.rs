@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stead_core::{Durability, Error, ManualClock, Runtime};
-use stead_counter::{CounterClient, CounterConfig};
+use stead_core::{Durability, ManualClock, Runtime};
+use stead_counter::{CounterClient, CounterConfig, CounterError};
 
 fn start() -> chrono::DateTime<chrono::Utc> {
     "2026-03-01T00:00:00Z".parse().unwrap()
@@ -28,7 +28,7 @@ async fn concurrent_increments_sum_exactly() {
         .build()
         .await
         .unwrap();
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     let tasks: Vec<_> = (0..64u64)
         .map(|t| {
             let c = counters.clone();
@@ -70,7 +70,7 @@ async fn reads_from_the_published_view_see_every_acknowledged_increment() {
         .build()
         .await
         .unwrap();
-    let c = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let c = CounterClient::new(&rt).unwrap();
     assert_eq!(c.get("v").await.unwrap().value, 0);
     for i in 1..=40 {
         c.increment("v", 1, None).await.unwrap();
@@ -119,7 +119,7 @@ async fn reads_from_the_published_view_see_every_acknowledged_increment() {
     c.increment("v", 5, None).await.unwrap();
     assert_eq!(c.get("v").await.unwrap().value, 5);
     // A second client of the runtime shares the view.
-    let other = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let other = CounterClient::new(&rt).unwrap();
     other.increment("v", 2, None).await.unwrap();
     assert_eq!(c.get("v").await.unwrap().value, 7);
     rt.shutdown().await.unwrap();
@@ -135,7 +135,7 @@ async fn durable_counts_survive_a_restart() {
             .build()
     };
     let rt = open().await.unwrap();
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let c = counters.clone();
@@ -153,7 +153,7 @@ async fn durable_counts_survive_a_restart() {
     }
     rt.shutdown().await.unwrap();
     let rt = open().await.unwrap();
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     assert_eq!(counters.get("orders").await.unwrap().value, 4800);
     // The keys survived too: a retry after the restart still counts once.
     assert!(
@@ -171,7 +171,7 @@ async fn durable_counts_survive_a_restart() {
 async fn a_retried_increment_counts_once() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     let mut applied = 0;
     for i in 0..200 {
         let key = format!("req-{i}");
@@ -203,7 +203,7 @@ async fn old_keys_are_purged_and_storage_shrinks() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
     let config = CounterConfig::default().dedup_window(Duration::from_secs(600));
-    let counters = CounterClient::new(&rt, config).unwrap();
+    let counters = CounterClient::with_config(&rt, config).unwrap();
     for i in 0..100 {
         counters
             .increment("k", 1, Some(&format!("key-{i}")))
@@ -246,12 +246,19 @@ async fn old_keys_are_purged_and_storage_shrinks() {
 async fn overflow_is_an_error_not_a_wrap() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     counters.create("big", 1).await.unwrap();
     counters.increment("big", i64::MAX, None).await.unwrap();
     let err = counters.increment("big", 1, None).await.unwrap_err();
     assert!(
-        matches!(err, Error::BadRequest { ref detail } if detail.contains("overflow")),
+        matches!(
+            err,
+            CounterError::Overflow {
+                by: 1,
+                shards: 1,
+                ..
+            }
+        ),
         "{err}"
     );
     counters.increment("big", -1, None).await.unwrap();
@@ -268,7 +275,7 @@ async fn overflow_is_an_error_not_a_wrap() {
     assert!(v > 0 && v <= 4 * (i64::MAX / 4), "{v}");
     assert!(matches!(
         counters.increment("wide", i64::MAX, None).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Overflow { .. })
     ));
     rt.shutdown().await.unwrap();
 }
@@ -277,34 +284,38 @@ async fn overflow_is_an_error_not_a_wrap() {
 async fn shard_counts_are_fixed_and_names_validated() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     assert_eq!(counters.create("four", 4).await.unwrap(), 4);
     assert!(matches!(
         counters.create("four", 8).await,
-        Err(Error::Conflict { .. })
+        Err(CounterError::ShardsFixed {
+            shards: 4,
+            wanted: 8,
+            ..
+        })
     ));
     assert_eq!(counters.create("four", 4).await.unwrap(), 4);
     counters.increment("four", 1, None).await.unwrap();
     assert_eq!(counters.get("four").await.unwrap().shards, 4);
     assert!(matches!(
         counters.create("zero", 0).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Invalid(_))
     ));
     assert!(matches!(
         counters.increment("", 1, None).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Invalid(_))
     ));
     assert!(matches!(
         counters.increment(&"n".repeat(257), 1, None).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Invalid(_))
     ));
     assert!(matches!(
         counters.increment("ok", 1, Some("")).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Invalid(_))
     ));
     assert!(matches!(
         counters.increment("ok", 1, Some(&"k".repeat(257))).await,
-        Err(Error::BadRequest { .. })
+        Err(CounterError::Invalid(_))
     ));
     // A counter never used reads as zero and is not created by reading.
     assert_eq!(counters.get("never").await.unwrap().value, 0);
@@ -323,7 +334,7 @@ async fn shard_counts_are_fixed_and_names_validated() {
 async fn counters_are_listed_by_prefix() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
-    let counters = CounterClient::new(&rt, CounterConfig::default()).unwrap();
+    let counters = CounterClient::new(&rt).unwrap();
     for n in ["api/a", "api/b", "api/c", "web/a", "api/d"] {
         counters.increment(n, 1, None).await.unwrap();
     }
@@ -343,7 +354,7 @@ mod over_http {
 
     async fn serve() -> (String, Runtime, tokio::task::JoinHandle<()>) {
         let rt = Runtime::builder().memory().build().await.unwrap();
-        let app = stead_counter::router(&rt).unwrap();
+        let app = axum::Router::new().nest("/counters", stead_counter::router(&rt).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -505,7 +516,7 @@ mod over_http {
             )
             .await
             .unwrap(),
-            400,
+            409,
         )
         .await;
         assert!(d.contains("overflow"), "{d}");
@@ -556,7 +567,7 @@ mod over_http {
 async fn a_key_applied_again_after_expiry_is_not_forgotten_by_the_old_purge() {
     let clock = ManualClock::new(start());
     let rt = memory_rt(&clock).await;
-    let counters = CounterClient::new(
+    let counters = CounterClient::with_config(
         &rt,
         CounterConfig::default().dedup_window(Duration::from_secs(600)),
     )

@@ -4,13 +4,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use stead_core::{Clock, Error, Namespace, Result, Runtime, Stub};
+use serde::Deserialize;
+use stead_core::{
+    Clock, Durability, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub,
+};
+
+use crate::error::LeaderError;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::object::{
     Campaign, CampaignResult, Election, Heartbeat, Inspect, Leadership, Resign, Watch,
 };
+
+/// How the elections of a runtime are kept (the `[leaders]` table of the server's
+/// configuration).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LeaderConfig {
+    /// How durable election state is; `None` takes the runtime's default.
+    pub durability: Option<Durability>,
+}
+
+impl LeaderConfig {
+    /// Sets the durability of election state.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+}
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -29,7 +52,7 @@ fn ms(d: Duration) -> u64 {
 /// let lost = leaders.campaign("scheduler", "node-2", Duration::from_secs(10)).await?;
 /// assert_eq!(lost.leader.as_deref(), Some("node-1"));
 /// # rt.shutdown().await?;
-/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// # Ok::<(), stead_leader::LeaderError>(()) }).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct LeaderClient {
@@ -51,19 +74,36 @@ impl std::fmt::Debug for LeaderClient {
 }
 
 impl LeaderClient {
-    /// Registers the election class on `rt` (or reuses it).
+    /// The elections of `rt`, as they were configured ([`with_config`](Self::with_config)),
+    /// or with the defaults if they were not.
     pub fn new(rt: &Runtime) -> Result<Self> {
-        Ok(LeaderClient {
+        let (ns, _) = rt.get_or_register::<Election>(Default::default(), LeaderConfig::default)?;
+        Ok(Self::from_namespace(rt, ns))
+    }
+
+    /// The elections of `rt`, set up with `config`: an
+    /// [`stead_core::Error::InvalidConfig`] if they were set up otherwise already.
+    pub fn with_config(rt: &Runtime, config: LeaderConfig) -> Result<Self> {
+        let opts = config
+            .durability
+            .map(NamespaceOptions::durability)
+            .unwrap_or_default();
+        let ns = rt.configured_namespace::<Election>(config, opts)?;
+        Ok(Self::from_namespace(rt, ns))
+    }
+
+    fn from_namespace(rt: &Runtime, ns: Namespace<Election>) -> Self {
+        LeaderClient {
             inner: Arc::new(Inner {
-                ns: rt.get_or_register::<Election>(Default::default(), || ())?.0,
+                ns,
                 clock: rt.clock().clone(),
                 ask_timeout: rt.config().ask_timeout,
             }),
-        })
+        }
     }
 
-    fn stub(&self, group: &str) -> Result<Stub<Election>> {
-        stead_core::http::validate_name("group name", group)?;
+    fn stub(&self, group: &str) -> Result<Stub<Election>, LeaderError> {
+        stead_core::validate_name("group name", group)?;
         Ok(self.inner.ns.get_by_name(group))
     }
 
@@ -73,38 +113,49 @@ impl LeaderClient {
         group: &str,
         candidate: &str,
         ttl: Duration,
-    ) -> Result<CampaignResult> {
+    ) -> Result<CampaignResult, LeaderError> {
         self.stub(group)?
-            .ask(Campaign {
+            .call(Campaign {
                 candidate: candidate.to_owned(),
                 ttl_ms: ms(ttl),
             })
-            .await?
+            .await
     }
 
-    /// Renews the leader's lease; a conflict when `candidate` does not lead `term`.
-    pub async fn heartbeat(&self, group: &str, candidate: &str, term: u64) -> Result<Leadership> {
+    /// Renews the leader's lease; [`LeaderError::NotLeader`] when `candidate` does not
+    /// lead `term`.
+    pub async fn heartbeat(
+        &self,
+        group: &str,
+        candidate: &str,
+        term: u64,
+    ) -> Result<Leadership, LeaderError> {
         self.stub(group)?
-            .ask(Heartbeat {
+            .call(Heartbeat {
                 candidate: candidate.to_owned(),
                 term,
             })
-            .await?
+            .await
     }
 
     /// Steps down.
-    pub async fn resign(&self, group: &str, candidate: &str, term: u64) -> Result<Leadership> {
+    pub async fn resign(
+        &self,
+        group: &str,
+        candidate: &str,
+        term: u64,
+    ) -> Result<Leadership, LeaderError> {
         self.stub(group)?
-            .ask(Resign {
+            .call(Resign {
                 candidate: candidate.to_owned(),
                 term,
             })
-            .await?
+            .await
     }
 
     /// The leadership now.
-    pub async fn get(&self, group: &str) -> Result<Leadership> {
-        self.stub(group)?.ask(Inspect).await?
+    pub async fn get(&self, group: &str) -> Result<Leadership, LeaderError> {
+        Ok(self.stub(group)?.call(Inspect).await?)
     }
 
     /// Waits until the term passes `after_term` or `timeout` runs out.
@@ -113,15 +164,15 @@ impl LeaderClient {
         group: &str,
         after_term: u64,
         timeout: Duration,
-    ) -> Result<Leadership> {
+    ) -> Result<Leadership, LeaderError> {
         // The reply waits up to `timeout`: the call's deadline runs on top of that.
         self.stub(group)?
             .with_timeout(self.inner.ask_timeout.saturating_add(timeout))
-            .ask(Watch {
+            .call(Watch {
                 after_term,
                 timeout_ms: ms(timeout),
             })
-            .await?
+            .await
     }
 }
 
@@ -155,9 +206,9 @@ impl ElectorConfig {
         lease_duration: Duration,
         renew_deadline: Duration,
         retry_period: Duration,
-    ) -> Result<Self> {
+    ) -> Result<Self, InvalidInput> {
         if !(retry_period < renew_deadline && renew_deadline < lease_duration) {
-            return Err(Error::bad_request(
+            return Err(InvalidInput::new(
                 "expected retry_period < renew_deadline < lease_duration",
             ));
         }
@@ -281,7 +332,7 @@ async fn elect(
             Some(term) => match client.heartbeat(&group, &candidate, term).await {
                 Ok(_) => last_renewal = client.inner.clock.now(),
                 Err(e) => {
-                    let lost = matches!(e, Error::Conflict { .. })
+                    let lost = matches!(e, LeaderError::NotLeader { .. })
                         || client.inner.clock.now() - last_renewal >= deadline;
                     if lost {
                         tracing::warn!(%group, %candidate, term, error = %e, "stopped leading");

@@ -1,31 +1,88 @@
-//! The HTTP routes under `/leaders`.
+//! The HTTP routes of leader election (mounted under `/leaders` by the umbrella crate),
+//! and the mapping of [`LeaderError`] to problems.
 
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use stead_core::Result;
-use stead_core::http::{Json as Body, Problem, Query};
+use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
+use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::client::LeaderClient;
-use crate::object::{CampaignResult, Leadership};
+use crate::client::{LeaderClient, LeaderConfig};
+use crate::error::LeaderError;
+use crate::object::{CampaignResult, Leadership, MAX_TTL_MS, MAX_WATCH_MS};
+
+/// The leader-election pattern, as the umbrella crate mounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderPattern;
+
+impl stead_core::http::Pattern for LeaderPattern {
+    const PREFIX: &'static str = "/leaders";
+    const SETTINGS_KEY: &'static str = "leaders";
+    type Settings = LeaderConfig;
+
+    fn configure(rt: &Runtime, settings: LeaderConfig) -> Result<()> {
+        LeaderClient::with_config(rt, settings).map(drop)
+    }
+
+    fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
+        Ok(Router::new()
+            .route("/{name}", get(get_leader))
+            .route("/{name}/campaign", post(campaign))
+            .route("/{name}/heartbeat", post(heartbeat))
+            .route("/{name}/resign", post(resign))
+            .route("/{name}/watch", get(watch))
+            .with_state(LeaderClient::new(rt)?)
+            .layer(stead_core::http::ProblemLayer))
+    }
+
+    fn openapi() -> utoipa::openapi::OpenApi {
+        Api::openapi()
+    }
+}
+
+impl From<&LeaderError> for Problem {
+    fn from(err: &LeaderError) -> Self {
+        let detail = err.to_string();
+        match err {
+            LeaderError::NotLeader {
+                leader,
+                current_term,
+                ..
+            } => Problem::new(StatusCode::CONFLICT, "not-leader", detail)
+                .with("leader", leader.clone())
+                .with("term", *current_term),
+            LeaderError::Invalid(e) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
+            }
+            LeaderError::Runtime(e) => Problem::from(e),
+        }
+    }
+}
+
+impl IntoResponse for LeaderError {
+    fn into_response(self) -> Response {
+        match self {
+            LeaderError::Runtime(e) => e.into_response(),
+            other => Problem::from(&other).into_response(),
+        }
+    }
+}
 
 /// Stands for election.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CampaignBody {
     /// Who stands (a node id).
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
+    #[schema(schema_with = schema::name)]
     candidate: String,
     /// How long the leadership lasts unless renewed, in ms (at most an hour).
-    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
     ttl_ms: u64,
 }
 
@@ -34,13 +91,10 @@ struct CampaignBody {
 #[serde(deny_unknown_fields)]
 struct TermBody {
     /// The leader.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
+    #[schema(schema_with = schema::name)]
     candidate: String,
     /// The term it was elected for.
+    #[schema(schema_with = schema::integer::<0, { u64::MAX }>)]
     term: u64,
 }
 
@@ -51,10 +105,11 @@ struct TermBody {
 struct WatchQuery {
     /// Answer once the term is past this one.
     #[serde(default)]
+    #[param(schema_with = schema::integer::<0, { u64::MAX }>)]
     after_term: u64,
-    /// Answer with the current state after this long at most, in ms.
+    /// Answer with the current state after this long at most, in ms (default 30000).
     #[serde(default = "thirty_seconds")]
-    #[param(maximum = 300_000, default = 30_000)]
+    #[param(schema_with = schema::integer::<0, MAX_WATCH_MS>)]
     timeout_ms: u64,
 }
 
@@ -62,42 +117,18 @@ fn thirty_seconds() -> u64 {
     30_000
 }
 
-/// The path parameter of these routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct GroupPath {
-    /// The group's name. 1 to 256 characters, no control characters.
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    group: String,
-}
-
-pub(crate) fn routes(client: LeaderClient) -> Router {
-    Router::new()
-        .route("/leaders/{group}", get(get_leader))
-        .route("/leaders/{group}/campaign", post(campaign))
-        .route("/leaders/{group}/heartbeat", post(heartbeat))
-        .route("/leaders/{group}/resign", post(resign))
-        .route("/leaders/{group}/watch", get(watch))
-        .with_state(client)
-        .layer(stead_core::http::ProblemLayer)
-}
-
 /// Stand for election (renews the lease when already leading).
-#[utoipa::path(post, path = "/leaders/{group}/campaign", operation_id = "campaign", tag = "leaders",
-    params(GroupPath),
+#[utoipa::path(post, path = "/{name}/campaign", operation_id = "campaign", tag = "leaders",
+    params(Name),
     request_body = CampaignBody,
     responses(
-        (status = 200, description = "the outcome", body = CampaignResult),
-        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
+        (status = 200, description = "the outcome (`elected` says whether it won)", body = CampaignResult),
+        problems::BadRequest))]
 async fn campaign(
     State(c): State<LeaderClient>,
-    Path(GroupPath { group }): Path<GroupPath>,
+    Name(group): Name,
     Body(b): Body<CampaignBody>,
-) -> Result<Body<CampaignResult>> {
+) -> Result<Body<CampaignResult>, LeaderError> {
     Ok(Body(
         c.campaign(&group, &b.candidate, Duration::from_millis(b.ttl_ms))
             .await?,
@@ -105,61 +136,61 @@ async fn campaign(
 }
 
 /// Renew the leader's lease.
-#[utoipa::path(post, path = "/leaders/{group}/heartbeat", operation_id = "heartbeat", tag = "leaders",
-    params(GroupPath),
+#[utoipa::path(post, path = "/{name}/heartbeat", operation_id = "heartbeat", tag = "leaders",
+    params(Name),
     request_body = TermBody,
     responses(
         (status = 200, description = "the leadership", body = Leadership),
-        (status = 409, description = "not the leader of that term", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "`not-leader`: not the leader of that term (with the `leader` and `term` now)", body = Problem, content_type = "application/problem+json"),
+        problems::BadRequest))]
 async fn heartbeat(
     State(c): State<LeaderClient>,
-    Path(GroupPath { group }): Path<GroupPath>,
+    Name(group): Name,
     Body(b): Body<TermBody>,
-) -> Result<Body<Leadership>> {
+) -> Result<Body<Leadership>, LeaderError> {
     Ok(Body(c.heartbeat(&group, &b.candidate, b.term).await?))
 }
 
 /// Step down.
-#[utoipa::path(post, path = "/leaders/{group}/resign", operation_id = "resign", tag = "leaders",
-    params(GroupPath),
+#[utoipa::path(post, path = "/{name}/resign", operation_id = "resign", tag = "leaders",
+    params(Name),
     request_body = TermBody,
     responses(
         (status = 200, description = "the leadership", body = Leadership),
-        (status = 409, description = "not the leader of that term", body = Problem, content_type = "application/problem+json"),
-        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
+        (status = 409, description = "`not-leader`: not the leader of that term (with the `leader` and `term` now)", body = Problem, content_type = "application/problem+json"),
+        problems::BadRequest))]
 async fn resign(
     State(c): State<LeaderClient>,
-    Path(GroupPath { group }): Path<GroupPath>,
+    Name(group): Name,
     Body(b): Body<TermBody>,
-) -> Result<Body<Leadership>> {
+) -> Result<Body<Leadership>, LeaderError> {
     Ok(Body(c.resign(&group, &b.candidate, b.term).await?))
 }
 
 /// The leader, its term and the number of transitions.
-#[utoipa::path(get, path = "/leaders/{group}", operation_id = "getLeader", tag = "leaders",
-    params(GroupPath),
+#[utoipa::path(get, path = "/{name}", operation_id = "getLeader", tag = "leaders",
+    params(Name),
     responses(
         (status = 200, description = "the leadership", body = Leadership),
-        (status = 400, description = "bad name", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn get_leader(
     State(c): State<LeaderClient>,
-    Path(GroupPath { group }): Path<GroupPath>,
-) -> Result<Body<Leadership>> {
+    Name(group): Name,
+) -> Result<Body<Leadership>, LeaderError> {
     Ok(Body(c.get(&group).await?))
 }
 
 /// Long-poll until the term passes `after_term` (or the timeout runs out).
-#[utoipa::path(get, path = "/leaders/{group}/watch", operation_id = "watchLeader", tag = "leaders",
-    params(GroupPath, WatchQuery),
+#[utoipa::path(get, path = "/{name}/watch", operation_id = "watchLeader", tag = "leaders",
+    params(Name, WatchQuery),
     responses(
         (status = 200, description = "the leadership", body = Leadership),
-        (status = 400, description = "bad input", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn watch(
     State(c): State<LeaderClient>,
-    Path(GroupPath { group }): Path<GroupPath>,
+    Name(group): Name,
     Query(q): Query<WatchQuery>,
-) -> Result<Body<Leadership>> {
+) -> Result<Body<Leadership>, LeaderError> {
     Ok(Body(
         c.watch(&group, q.after_term, Duration::from_millis(q.timeout_ms))
             .await?,
@@ -170,8 +201,3 @@ async fn watch(
 #[derive(OpenApi)]
 #[openapi(paths(campaign, heartbeat, resign, get_leader, watch))]
 struct Api;
-
-/// The OpenAPI 3.1 description of the leader routes.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Api::openapi()
-}

@@ -19,23 +19,38 @@
 //! let n2 = leaders.campaign("jobs", "n2", Duration::from_secs(10)).await?;
 //! assert!(n2.elected && n2.term > n1.term);
 //! # rt.shutdown().await?;
-//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! # Ok::<(), stead_leader::LeaderError>(()) }).unwrap();
 //! ```
 //!
-//! Over HTTP (see [`router`]): `POST /leaders/{group}/campaign`, `/heartbeat`, `/resign`,
+//! Over HTTP (see `router`, feature `http`, on by default): `POST /leaders/{group}/campaign`, `/heartbeat`, `/resign`,
 //! `GET /leaders/{group}` and `GET /leaders/{group}/watch?after_term=N&timeout_ms=…`.
 
 mod client;
+mod error;
+#[cfg(feature = "http")]
 mod http;
 mod object;
 
-pub use client::{Elector, ElectorConfig, LeaderClient};
-pub use http::openapi;
+pub use client::{Elector, ElectorConfig, LeaderClient, LeaderConfig};
+pub use error::LeaderError;
+#[cfg(feature = "http")]
+pub use http::LeaderPattern;
 pub use object::{
-    CampaignResult, Election, Leadership, MAX_CANDIDATE_CHARS, MAX_TTL_MS, MAX_WATCH_MS,
+    Campaign, CampaignResult, Election, Heartbeat, Inspect, Leadership, MAX_CANDIDATE_CHARS,
+    MAX_TTL_MS, MAX_WATCH_MS, Resign, Watch,
 };
 
-/// The leader-election routes (under `/leaders`) for a runtime.
-pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
-    Ok(http::routes(LeaderClient::new(rt)?))
+/// The leader-election routes, without a prefix (the umbrella crate mounts them under
+/// `/leaders`), in any app state.
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <LeaderPattern as stead_core::http::Pattern>::router(rt)
+}
+
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <LeaderPattern as stead_core::http::Pattern>::openapi()
 }

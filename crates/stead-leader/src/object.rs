@@ -6,15 +6,18 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Error, Handler, Result,
+    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Handler, InvalidInput, Result,
 };
+
+use crate::client::LeaderConfig;
+use crate::error::LeaderError;
 
 /// The longest lease, in milliseconds (one hour).
 pub const MAX_TTL_MS: u64 = 3600 * 1000;
 /// The longest a watch may wait, in milliseconds (five minutes).
 pub const MAX_WATCH_MS: u64 = 5 * 60 * 1000;
 /// The longest candidate name, in characters.
-pub const MAX_CANDIDATE_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
+pub const MAX_CANDIDATE_CHARS: usize = stead_core::MAX_NAME_CHARS;
 
 const STATE: &str = "state";
 
@@ -31,7 +34,8 @@ struct State {
 }
 
 /// The group's leadership as seen now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Leadership {
     /// The current leader, if a lease is live.
     pub leader: Option<String>,
@@ -44,7 +48,8 @@ pub struct Leadership {
 }
 
 /// The answer to a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct CampaignResult {
     /// Whether the candidate leads now.
     pub elected: bool,
@@ -60,7 +65,7 @@ pub struct CampaignResult {
 struct Watcher {
     after_term: u64,
     deadline: DateTime<Utc>,
-    reply: Deferred<Result<Leadership>>,
+    reply: Deferred<Result<Leadership, LeaderError>>,
 }
 
 /// One election group.
@@ -72,9 +77,9 @@ pub struct Election {
 
 impl DurableObject for Election {
     const CLASS: &'static str = "leader";
-    type Env = ();
+    type Env = LeaderConfig;
 
-    async fn activate(ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+    async fn activate(ctx: &mut Context, _env: Arc<LeaderConfig>) -> Result<Self> {
         Ok(Election {
             state: ctx.storage().get(STATE).await?.unwrap_or_default(),
             watchers: Vec::new(),
@@ -136,17 +141,15 @@ impl Election {
         ctx.storage().replace_alarm(next)
     }
 
-    fn check_leader(&self, candidate: &str, term: u64) -> Result<()> {
+    fn check_leader(&self, candidate: &str, term: u64) -> Result<(), LeaderError> {
         match &self.state.leader {
             Some(l) if l == candidate && self.state.term == term => Ok(()),
-            Some(l) => Err(Error::conflict(format!(
-                "{candidate} is not the leader of term {term}: {l} leads term {}",
-                self.state.term
-            ))),
-            None => Err(Error::conflict(format!(
-                "{candidate} is not the leader of term {term}: nobody leads (last term {})",
-                self.state.term
-            ))),
+            leader => Err(LeaderError::NotLeader {
+                candidate: candidate.to_owned(),
+                term,
+                leader: leader.clone(),
+                current_term: self.state.term,
+            }),
         }
     }
 }
@@ -162,8 +165,12 @@ pub struct Campaign {
 }
 
 impl Handler<Campaign> for Election {
-    type Reply = Result<CampaignResult>;
-    async fn handle(&mut self, msg: Campaign, ctx: &mut Context) -> Result<CampaignResult> {
+    type Reply = Result<CampaignResult, LeaderError>;
+    async fn handle(
+        &mut self,
+        msg: Campaign,
+        ctx: &mut Context,
+    ) -> Result<CampaignResult, LeaderError> {
         check_candidate(&msg.candidate)?;
         check_ttl(msg.ttl_ms)?;
         self.expire(ctx)?;
@@ -210,8 +217,12 @@ pub struct Heartbeat {
 }
 
 impl Handler<Heartbeat> for Election {
-    type Reply = Result<Leadership>;
-    async fn handle(&mut self, msg: Heartbeat, ctx: &mut Context) -> Result<Leadership> {
+    type Reply = Result<Leadership, LeaderError>;
+    async fn handle(
+        &mut self,
+        msg: Heartbeat,
+        ctx: &mut Context,
+    ) -> Result<Leadership, LeaderError> {
         check_candidate(&msg.candidate)?;
         self.expire(ctx)?;
         self.check_leader(&msg.candidate, msg.term)?;
@@ -233,8 +244,8 @@ pub struct Resign {
 }
 
 impl Handler<Resign> for Election {
-    type Reply = Result<Leadership>;
-    async fn handle(&mut self, msg: Resign, ctx: &mut Context) -> Result<Leadership> {
+    type Reply = Result<Leadership, LeaderError>;
+    async fn handle(&mut self, msg: Resign, ctx: &mut Context) -> Result<Leadership, LeaderError> {
         check_candidate(&msg.candidate)?;
         self.expire(ctx)?;
         self.check_leader(&msg.candidate, msg.term)?;
@@ -269,8 +280,13 @@ pub struct Watch {
 }
 
 impl DeferredHandler<Watch> for Election {
-    type Reply = Result<Leadership>;
-    async fn handle(&mut self, msg: Watch, ctx: &mut Context, reply: Deferred<Result<Leadership>>) {
+    type Reply = Result<Leadership, LeaderError>;
+    async fn handle(
+        &mut self,
+        msg: Watch,
+        ctx: &mut Context,
+        reply: Deferred<Result<Leadership, LeaderError>>,
+    ) {
         // Answered now, unless the watcher waits for a change (which keeps the reply).
         let mut reply = Some(reply);
         let answer = self.watch(msg, ctx, &mut reply);
@@ -285,12 +301,12 @@ impl Election {
         &mut self,
         msg: Watch,
         ctx: &mut Context,
-        reply: &mut Option<Deferred<Result<Leadership>>>,
-    ) -> Result<Leadership> {
+        reply: &mut Option<Deferred<Result<Leadership, LeaderError>>>,
+    ) -> Result<Leadership, LeaderError> {
         if msg.timeout_ms > MAX_WATCH_MS {
-            return Err(Error::bad_request(format!(
-                "timeout_ms may be at most {MAX_WATCH_MS}"
-            )));
+            return Err(
+                InvalidInput::new(format!("timeout_ms may be at most {MAX_WATCH_MS}")).into(),
+            );
         }
         self.expire(ctx)?;
         if self.state.term > msg.after_term || msg.timeout_ms == 0 {
@@ -308,10 +324,10 @@ impl Election {
     }
 }
 
-fn check_candidate(candidate: &str) -> Result<()> {
-    stead_core::http::validate_name("candidate", candidate)
+fn check_candidate(candidate: &str) -> Result<(), InvalidInput> {
+    stead_core::validate_name("candidate", candidate)
 }
 
-fn check_ttl(ttl_ms: u64) -> Result<()> {
-    stead_core::http::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
+fn check_ttl(ttl_ms: u64) -> Result<(), InvalidInput> {
+    stead_core::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
 }

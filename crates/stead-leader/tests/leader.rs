@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use stead_core::{Error, ManualClock, Runtime};
-use stead_leader::{Elector, ElectorConfig, LeaderClient};
+use stead_core::{ManualClock, Runtime};
+use stead_leader::{Elector, ElectorConfig, LeaderClient, LeaderError};
 
 fn start() -> chrono::DateTime<chrono::Utc> {
     "2026-06-01T00:00:00Z".parse().unwrap()
@@ -97,12 +97,13 @@ async fn a_silent_leader_is_replaced_after_its_ttl() {
     assert!(n2.elected && n2.term == n1.term + 1);
     let err = leaders.heartbeat("g", "n1", n1.term).await.unwrap_err();
     assert!(
-        matches!(err, Error::Conflict { ref detail } if detail.contains("n2 leads")),
+        matches!(err, LeaderError::NotLeader { ref leader, current_term, .. }
+            if leader.as_deref() == Some("n2") && current_term == n2.term),
         "{err}"
     );
     assert!(matches!(
         leaders.resign("g", "n1", n2.term).await,
-        Err(Error::Conflict { .. })
+        Err(LeaderError::NotLeader { .. })
     ));
     assert_eq!(leaders.get("g").await.unwrap().transitions, 2);
     rt.shutdown().await.unwrap();
@@ -234,7 +235,7 @@ async fn an_elector_leads_renews_and_hands_over_when_stopped() {
 #[tokio::test]
 async fn over_http_with_every_error() {
     let rt = Runtime::builder().memory().build().await.unwrap();
-    let app = stead_leader::router(&rt).unwrap();
+    let app = axum::Router::new().nest("/leaders", stead_leader::router(&rt).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

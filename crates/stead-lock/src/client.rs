@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use stead_core::{Clock, Error, Namespace, Result, Runtime, Stub};
+use serde::Deserialize;
+use stead_core::{Clock, Durability, Namespace, NamespaceOptions, Result, Runtime, Stub};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::LockError;
 use crate::object::{
     Acquire, AcquireReply, Inspect, Lease, Lock, LockState, Release, Renew, Validate, Validity,
 };
@@ -50,6 +52,32 @@ impl AcquireOptions {
     }
 }
 
+/// How the locks of a runtime are kept (the `[locks]` table of the server's configuration).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use stead_lock::{LockClient, LockConfig};
+/// let rt = stead_core::Runtime::builder().memory().build().await?;
+/// let locks = LockClient::with_config(&rt, LockConfig::default())?;
+/// # let _ = locks;
+/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LockConfig {
+    /// How durable lock state is; `None` takes the runtime's default.
+    pub durability: Option<Durability>,
+}
+
+impl LockConfig {
+    /// Sets the durability of lock state.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -67,7 +95,7 @@ fn ms(d: Duration) -> u64 {
 /// assert!(locks.validate("db-migrate", guard.token()).await?.valid);
 /// guard.release().await?;
 /// # rt.shutdown().await?;
-/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// # Ok::<(), stead_lock::LockError>(()) }).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct LockClient {
@@ -89,47 +117,70 @@ impl std::fmt::Debug for LockClient {
 }
 
 impl LockClient {
-    /// Registers the lock class on `rt` (or reuses it).
+    /// The locks of `rt`, as they were configured ([`with_config`](Self::with_config)), or
+    /// with the defaults if they were not.
     pub fn new(rt: &Runtime) -> Result<Self> {
-        Ok(LockClient {
+        let (ns, _) = rt.get_or_register::<Lock>(Default::default(), LockConfig::default)?;
+        Ok(Self::from_namespace(rt, ns))
+    }
+
+    /// The locks of `rt`, set up with `config`: an [`stead_core::Error::InvalidConfig`] if
+    /// they were set up with another configuration already.
+    pub fn with_config(rt: &Runtime, config: LockConfig) -> Result<Self> {
+        let opts = config
+            .durability
+            .map(NamespaceOptions::durability)
+            .unwrap_or_default();
+        let ns = rt.configured_namespace::<Lock>(config, opts)?;
+        Ok(Self::from_namespace(rt, ns))
+    }
+
+    fn from_namespace(rt: &Runtime, ns: Namespace<Lock>) -> Self {
+        LockClient {
             inner: Arc::new(Inner {
-                ns: rt.get_or_register::<Lock>(Default::default(), || ())?.0,
+                ns,
                 clock: rt.clock().clone(),
                 ask_timeout: rt.config().ask_timeout,
             }),
-        })
+        }
     }
 
-    fn stub(&self, name: &str) -> Result<Stub<Lock>> {
-        stead_core::http::validate_name("lock name", name)?;
+    fn stub(&self, name: &str) -> Result<Stub<Lock>, LockError> {
+        stead_core::validate_name("lock name", name)?;
         Ok(self.inner.ns.get_by_name(name))
     }
 
     /// One acquisition attempt (waiting in line up to `opts.wait`), without a guard.
-    pub async fn try_acquire(&self, name: &str, opts: &AcquireOptions) -> Result<AcquireReply> {
+    ///
+    /// A refusal is an answer here, not an error: `acquired` is false and the reply says
+    /// who holds the lock and for how long.
+    pub async fn try_acquire(
+        &self,
+        name: &str,
+        opts: &AcquireOptions,
+    ) -> Result<AcquireReply, LockError> {
         // The reply may wait in line for `wait`: the call's deadline runs on top of that.
         let deadline = self.inner.ask_timeout.saturating_add(opts.wait);
         self.stub(name)?
             .with_timeout(deadline)
-            .ask(Acquire {
+            .call(Acquire {
                 holder: opts.holder.clone(),
                 ttl_ms: ms(opts.ttl),
                 wait_ms: ms(opts.wait),
                 permits: opts.permits,
             })
-            .await?
+            .await
     }
 
     /// Acquires a lease and returns a guard that renews it at a third of its TTL until it is
-    /// released or dropped. Fails with [`Error::Conflict`] when the lock stays taken.
-    pub async fn acquire(&self, name: &str, opts: AcquireOptions) -> Result<LockGuard> {
+    /// released or dropped. Fails with [`LockError::Held`] when the lock stays taken.
+    pub async fn acquire(&self, name: &str, opts: AcquireOptions) -> Result<LockGuard, LockError> {
         let reply = self.try_acquire(name, &opts).await?;
         let (Some(token), Some(expires_at)) = (reply.token, reply.expires_at) else {
-            return Err(Error::conflict(format!(
-                "lock {name:?} is held by {}; retry after {} ms",
-                reply.holder.as_deref().unwrap_or("another holder"),
-                reply.retry_after_ms.unwrap_or(0)
-            )));
+            return Err(LockError::Held {
+                holder: reply.holder,
+                retry_after: Duration::from_millis(reply.retry_after_ms.unwrap_or(0)),
+            });
         };
         let (lost_tx, lost_rx) = watch::channel(false);
         let renewer = tokio::spawn(renew_loop(
@@ -158,34 +209,34 @@ impl LockClient {
         holder: &str,
         token: u64,
         ttl: Duration,
-    ) -> Result<Lease> {
+    ) -> Result<Lease, LockError> {
         self.stub(name)?
-            .ask(Renew {
+            .call(Renew {
                 holder: holder.to_owned(),
                 token,
                 ttl_ms: ms(ttl),
             })
-            .await?
+            .await
     }
 
     /// Gives a lease back.
-    pub async fn release(&self, name: &str, holder: &str, token: u64) -> Result<()> {
+    pub async fn release(&self, name: &str, holder: &str, token: u64) -> Result<(), LockError> {
         self.stub(name)?
-            .ask(Release {
+            .call(Release {
                 holder: holder.to_owned(),
                 token,
             })
-            .await?
+            .await
     }
 
     /// The lock's holders and queue.
-    pub async fn state(&self, name: &str) -> Result<LockState> {
-        self.stub(name)?.ask(Inspect).await
+    pub async fn state(&self, name: &str) -> Result<LockState, LockError> {
+        Ok(self.stub(name)?.ask(Inspect).await?)
     }
 
     /// Whether `token` belongs to a live lease of the lock.
-    pub async fn validate(&self, name: &str, token: u64) -> Result<Validity> {
-        self.stub(name)?.ask(Validate { token }).await
+    pub async fn validate(&self, name: &str, token: u64) -> Result<Validity, LockError> {
+        Ok(self.stub(name)?.ask(Validate { token }).await?)
     }
 }
 
@@ -203,8 +254,8 @@ async fn renew_loop(
         client.inner.clock.sleep_until(at).await;
         match client.renew(&name, &holder, token, ttl).await {
             Ok(_) => {}
-            Err(Error::Conflict { detail }) => {
-                tracing::warn!(lock = %name, %holder, token, %detail, "lease lost");
+            Err(e) if e.is_lease_lost() => {
+                tracing::warn!(lock = %name, %holder, token, error = %e, "lease lost");
                 let _ = lost.send(true);
                 return;
             }
@@ -251,7 +302,7 @@ impl LockGuard {
     }
 
     /// Gives the lease back.
-    pub async fn release(mut self) -> Result<()> {
+    pub async fn release(mut self) -> Result<(), LockError> {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }

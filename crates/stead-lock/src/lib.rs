@@ -24,24 +24,39 @@
 //! assert!(b.token() > token_a);
 //! # b.release().await?;
 //! # rt.shutdown().await?;
-//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! # Ok::<(), stead_lock::LockError>(()) }).unwrap();
 //! ```
 //!
-//! Over HTTP (see [`router`]): `POST /locks/{name}/acquire`, `/renew`, `/release`,
-//! `/validate`, and `GET /locks/{name}`.
+//! Over HTTP (see `router`, feature `http`, on by default): `POST /locks/{name}/acquire`,
+//! `/renew`, `/release`, `/validate`, and `GET /locks/{name}`. A refusal is a 409 problem
+//! whose type says which [`LockError`] it was.
 
 mod client;
+mod error;
+#[cfg(feature = "http")]
 mod http;
 mod object;
 
-pub use client::{AcquireOptions, LockClient, LockGuard};
-pub use http::openapi;
+pub use client::{AcquireOptions, LockClient, LockConfig, LockGuard};
+pub use error::LockError;
+#[cfg(feature = "http")]
+pub use http::LockPattern;
 pub use object::{
-    AcquireReply, Lease, Lock, LockState, MAX_HOLDER_CHARS, MAX_PERMITS, MAX_TTL_MS, MAX_WAIT_MS,
-    Validity,
+    Acquire, AcquireReply, Inspect, Lease, Lock, LockState, MAX_HOLDER_CHARS, MAX_PERMITS,
+    MAX_TTL_MS, MAX_WAIT_MS, Release, Renew, Validate, Validity,
 };
 
-/// The lock routes (under `/locks`) for a runtime.
-pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
-    Ok(http::routes(LockClient::new(rt)?))
+/// The lock routes, without a prefix (the umbrella crate mounts them under `/locks`), in
+/// any app state: `.nest("/my/locks", stead_lock::router(&rt)?)` inside your own router.
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <LockPattern as stead_core::http::Pattern>::router(rt)
+}
+
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <LockPattern as stead_core::http::Pattern>::openapi()
 }

@@ -5,9 +5,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{
-    AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Error, Handler, Result,
-};
+use stead_core::{AlarmInfo, Context, Deferred, DeferredHandler, DurableObject, Handler, Result};
+
+use stead_core::InvalidInput;
+
+use crate::client::LockConfig;
+use crate::error::LockError;
 
 /// The longest lease, and the longest wait, in milliseconds (one day).
 pub const MAX_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -16,12 +19,13 @@ pub const MAX_WAIT_MS: u64 = 5 * 60 * 1000;
 /// The most permits a semaphore may have.
 pub const MAX_PERMITS: u32 = 10_000;
 /// The longest holder name, in characters.
-pub const MAX_HOLDER_CHARS: usize = stead_core::http::MAX_NAME_CHARS;
+pub const MAX_HOLDER_CHARS: usize = stead_core::MAX_NAME_CHARS;
 
 const STATE: &str = "state";
 
 /// One lease on the lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Lease {
     /// Who holds it.
     pub holder: String,
@@ -44,7 +48,7 @@ struct Waiter {
     holder: String,
     ttl_ms: u64,
     deadline: DateTime<Utc>,
-    reply: Deferred<Result<AcquireReply>>,
+    reply: Deferred<Result<AcquireReply, LockError>>,
 }
 
 /// A lock (or, with more than one permit, a counting semaphore).
@@ -58,9 +62,9 @@ pub struct Lock {
 
 impl DurableObject for Lock {
     const CLASS: &'static str = "lock";
-    type Env = ();
+    type Env = LockConfig;
 
-    async fn activate(ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+    async fn activate(ctx: &mut Context, _env: Arc<LockConfig>) -> Result<Self> {
         let state: State = ctx.storage().get(STATE).await?.unwrap_or_default();
         Ok(Lock {
             state,
@@ -90,7 +94,8 @@ pub struct Acquire {
 }
 
 /// The answer to [`Acquire`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct AcquireReply {
     /// Whether the lease was granted.
     pub acquired: bool,
@@ -109,12 +114,12 @@ pub struct AcquireReply {
 }
 
 impl DeferredHandler<Acquire> for Lock {
-    type Reply = Result<AcquireReply>;
+    type Reply = Result<AcquireReply, LockError>;
     async fn handle(
         &mut self,
         msg: Acquire,
         ctx: &mut Context,
-        reply: Deferred<Result<AcquireReply>>,
+        reply: Deferred<Result<AcquireReply, LockError>>,
     ) {
         // Answered now, unless the caller was put in line (which keeps the reply).
         let mut reply = Some(reply);
@@ -130,27 +135,24 @@ impl Lock {
         &mut self,
         msg: Acquire,
         ctx: &mut Context,
-        reply: &mut Option<Deferred<Result<AcquireReply>>>,
-    ) -> Result<AcquireReply> {
+        reply: &mut Option<Deferred<Result<AcquireReply, LockError>>>,
+    ) -> Result<AcquireReply, LockError> {
         check_holder(&msg.holder)?;
         check_ttl(msg.ttl_ms)?;
         if msg.wait_ms > MAX_WAIT_MS {
-            return Err(Error::bad_request(format!(
-                "wait_ms may be at most {MAX_WAIT_MS}"
-            )));
+            return Err(InvalidInput::new(format!("wait_ms may be at most {MAX_WAIT_MS}")).into());
         }
         if msg.permits == 0 || msg.permits > MAX_PERMITS {
-            return Err(Error::bad_request(format!(
-                "permits must be between 1 and {MAX_PERMITS}"
-            )));
+            return Err(
+                InvalidInput::new(format!("permits must be between 1 and {MAX_PERMITS}")).into(),
+            );
         }
         self.expire(ctx.now());
         self.waiters.retain(|w| !w.reply.is_closed());
         if !self.state.leases.is_empty() && msg.permits != self.state.permits {
-            return Err(Error::conflict(format!(
-                "the lock is held with {} permits; acquire it with the same count",
-                self.state.permits
-            )));
+            return Err(LockError::PermitMismatch {
+                permits: self.state.permits,
+            });
         }
         self.state.permits = msg.permits;
         // Asking again for a lease already held answers with that lease (a safe retry).
@@ -272,23 +274,28 @@ impl Lock {
         self.arm(ctx)
     }
 
-    fn lease_of(&self, holder: &str, token: u64) -> Result<usize> {
-        match self
+    fn lease_of(&self, holder: &str, token: u64) -> Result<usize, LockError> {
+        if let Some(i) = self
             .state
             .leases
             .iter()
             .position(|l| l.holder == holder && l.token == token)
         {
-            Some(i) => Ok(i),
-            None => Err(Error::conflict(
-                match self.state.leases.iter().find(|l| l.holder == holder) {
-                    Some(l) => format!("token {token} is stale: {holder} holds token {}", l.token),
-                    None => format!(
-                        "{holder} does not hold the lock with token {token} (it expired or was never granted)"
-                    ),
-                },
-            )),
+            return Ok(i);
         }
+        Err(
+            match self.state.leases.iter().find(|l| l.holder == holder) {
+                Some(l) => LockError::StaleToken {
+                    holder: holder.to_owned(),
+                    token,
+                    current: l.token,
+                },
+                None => LockError::NotHolder {
+                    holder: holder.to_owned(),
+                    token,
+                },
+            },
+        )
     }
 }
 
@@ -304,8 +311,8 @@ pub struct Renew {
 }
 
 impl Handler<Renew> for Lock {
-    type Reply = Result<Lease>;
-    async fn handle(&mut self, msg: Renew, ctx: &mut Context) -> Result<Lease> {
+    type Reply = Result<Lease, LockError>;
+    async fn handle(&mut self, msg: Renew, ctx: &mut Context) -> Result<Lease, LockError> {
         check_holder(&msg.holder)?;
         check_ttl(msg.ttl_ms)?;
         self.expire(ctx.now());
@@ -328,19 +335,20 @@ pub struct Release {
 }
 
 impl Handler<Release> for Lock {
-    type Reply = Result<()>;
-    async fn handle(&mut self, msg: Release, ctx: &mut Context) -> Result<()> {
+    type Reply = Result<(), LockError>;
+    async fn handle(&mut self, msg: Release, ctx: &mut Context) -> Result<(), LockError> {
         check_holder(&msg.holder)?;
         self.expire(ctx.now());
         let i = self.lease_of(&msg.holder, msg.token)?;
         self.state.leases.remove(i);
         ctx.storage().put(STATE, &self.state)?;
-        self.settle(ctx)
+        Ok(self.settle(ctx)?)
     }
 }
 
 /// What the lock looks like now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct LockState {
     /// How many holders it admits.
     pub permits: u32,
@@ -377,7 +385,8 @@ pub struct Validate {
 }
 
 /// The answer to [`Validate`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Validity {
     /// Whether the token is held by a live lease now.
     pub valid: bool,
@@ -406,10 +415,10 @@ fn granted(lease: &Lease) -> AcquireReply {
     }
 }
 
-fn check_holder(holder: &str) -> Result<()> {
-    stead_core::http::validate_name("holder", holder)
+fn check_holder(holder: &str) -> Result<(), InvalidInput> {
+    stead_core::validate_name("holder", holder)
 }
 
-fn check_ttl(ttl_ms: u64) -> Result<()> {
-    stead_core::http::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
+fn check_ttl(ttl_ms: u64) -> Result<(), InvalidInput> {
+    stead_core::validate_ms("ttl_ms", ttl_ms, MAX_TTL_MS)
 }

@@ -5,7 +5,7 @@ use stead_core::Runtime;
 
 async fn serve() -> (String, Runtime, tokio::task::JoinHandle<()>) {
     let rt = Runtime::builder().memory().build().await.unwrap();
-    let app = stead_lock::router(&rt).unwrap();
+    let app = axum::Router::new().nest("/locks", stead_lock::router(&rt).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -44,8 +44,9 @@ async fn acquire_renew_validate_release_and_every_error() {
     assert!(a["expires_at"].is_string());
 
     let (s, b, ct) = send(&http, u("acquire"), r#"{"holder":"w2","ttl_ms":30000}"#).await;
-    assert_eq!((s, ct.as_str()), (409, "application/json"));
-    assert_eq!(b["acquired"], false);
+    // A refusal is a problem that still carries its domain fields.
+    assert_eq!((s, ct.as_str()), (409, "application/problem+json"));
+    assert_eq!(b["type"], "/problems/lock-held");
     assert_eq!(b["holder"], "w1");
     assert!(b["retry_after_ms"].as_u64().unwrap() > 0);
 
@@ -67,6 +68,7 @@ async fn acquire_renew_validate_release_and_every_error() {
     )
     .await;
     assert_eq!((s, ct.as_str()), (409, "application/problem+json"));
+    assert_eq!(p["type"], "/problems/not-holder");
     assert!(p["detail"].as_str().unwrap().contains("w2"), "{p}");
     let (s, p, _) = send(
         &http,
@@ -75,6 +77,8 @@ async fn acquire_renew_validate_release_and_every_error() {
     )
     .await;
     assert_eq!(s, 409);
+    assert_eq!(p["type"], "/problems/stale-token");
+    assert_eq!(p["current_token"], token);
     assert!(p["detail"].as_str().unwrap().contains("stale"), "{p}");
 
     // Bad ttl, missing fields, wrong types, unknown fields: 400 problems.

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stead_core::{Clock, Error, ManualClock, Runtime};
-use stead_lock::{AcquireOptions, LockClient};
+use stead_core::{Clock, ManualClock, Runtime};
+use stead_lock::{AcquireOptions, LockClient, LockError};
 
 fn start() -> chrono::DateTime<chrono::Utc> {
     "2026-05-01T00:00:00Z".parse().unwrap()
@@ -50,21 +50,21 @@ async fn one_holder_at_a_time_and_tokens_only_grow() {
     // Wrong holder and stale token are conflicts, never silent successes.
     assert!(matches!(
         locks.release("m", "b", ta).await,
-        Err(Error::Conflict { .. })
+        Err(LockError::NotHolder { .. })
     ));
     assert!(matches!(
         locks.release("m", "a", ta + 1).await,
-        Err(Error::Conflict { .. })
+        Err(LockError::StaleToken { current, .. }) if current == ta
     ));
     assert!(matches!(
         locks.renew("m", "b", ta, Duration::from_secs(5)).await,
-        Err(Error::Conflict { .. })
+        Err(LockError::NotHolder { .. })
     ));
     locks.release("m", "a", ta).await.unwrap();
     assert!(
         matches!(
             locks.release("m", "a", ta).await,
-            Err(Error::Conflict { .. })
+            Err(LockError::NotHolder { .. })
         ),
         "twice"
     );
@@ -94,7 +94,7 @@ async fn leases_expire_by_alarm_unless_renewed() {
     assert!(!locks.validate("e", ta).await.unwrap().valid);
     assert!(matches!(
         locks.renew("e", "a", ta, Duration::from_secs(10)).await,
-        Err(Error::Conflict { .. })
+        Err(LockError::NotHolder { .. })
     ));
     let b = locks.try_acquire("e", &opts("b", 10)).await.unwrap();
     assert!(b.token.unwrap() > ta);
@@ -167,7 +167,10 @@ async fn a_semaphore_admits_at_most_n() {
         .try_acquire("pool", &opts("x", 10).permits(4))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(
+        matches!(err, LockError::PermitMismatch { permits: 3 }),
+        "{err}"
+    );
     rt.shutdown().await.unwrap();
 }
 
@@ -227,16 +230,13 @@ async fn bad_input_is_refused_precisely() {
     ];
     for o in bad {
         assert!(
-            matches!(
-                locks.try_acquire("v", &o).await,
-                Err(Error::BadRequest { .. })
-            ),
+            matches!(locks.try_acquire("v", &o).await, Err(LockError::Invalid(_))),
             "{o:?}"
         );
     }
     assert!(matches!(
         locks.try_acquire("", &opts("h", 1)).await,
-        Err(Error::BadRequest { .. })
+        Err(LockError::Invalid(_))
     ));
     rt.shutdown().await.unwrap();
 }
@@ -380,6 +380,6 @@ async fn the_guard_says_when_its_lease_was_lost() {
         .await
         .expect("the guard reports the loss");
     assert!(guard.is_lost());
-    assert!(matches!(guard.release().await, Err(Error::Conflict { .. })));
+    assert!(matches!(guard.release().await, Err(e) if e.is_lease_lost()));
     rt.shutdown().await.unwrap();
 }

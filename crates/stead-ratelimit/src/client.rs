@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
 use serde::Deserialize;
-use stead_core::{Durability, Error, Namespace, NamespaceOptions, Result, Runtime, Stub};
+use stead_core::{
+    Durability, Error, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub,
+};
 
+use crate::error::RateLimitError;
 use crate::object::{Check, Decision, MAX_POLICY_NAME_BYTES, Peek, Policy, RateLimiter, Reset};
 
 /// Separates the key from the policy name in a limiter's object name. Keys may not hold
@@ -21,7 +23,7 @@ const SEP: char = '\u{1f}';
 /// p.insert("api", Policy::per_minute(600))?;
 /// assert!(p.insert("bad name!", Policy::per_second(1)).is_err());
 /// assert!(p.insert("zero", Policy::per_second(0)).is_err());
-/// # Ok::<(), stead_core::Error>(())
+/// # Ok::<(), stead_core::InvalidInput>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "BTreeMap<String, Policy>")]
@@ -30,8 +32,8 @@ pub struct Policies {
 }
 
 impl TryFrom<BTreeMap<String, Policy>> for Policies {
-    type Error = Error;
-    fn try_from(map: BTreeMap<String, Policy>) -> Result<Self> {
+    type Error = InvalidInput;
+    fn try_from(map: BTreeMap<String, Policy>) -> Result<Self, InvalidInput> {
         let mut p = Policies::new();
         for (name, policy) in map {
             p.insert(&name, policy)?;
@@ -47,11 +49,11 @@ impl Policies {
     }
 
     /// Adds (or replaces) the policy called `name` (1 to 64 of `A-Z a-z 0-9 _ - .`).
-    pub fn insert(&mut self, name: &str, policy: Policy) -> Result<()> {
+    pub fn insert(&mut self, name: &str, policy: Policy) -> Result<(), InvalidInput> {
         check_policy_name(name)?;
         policy
             .validate()
-            .map_err(|e| Error::bad_request(format!("policy {name:?}: {}", detail(&e))))?;
+            .map_err(|e| InvalidInput::new(format!("policy {name:?}: {e}")))?;
         self.map.insert(name.to_owned(), policy);
         Ok(())
     }
@@ -72,14 +74,7 @@ impl Policies {
     }
 }
 
-fn detail(e: &Error) -> String {
-    match e {
-        Error::BadRequest { detail } => detail.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn check_policy_name(name: &str) -> Result<()> {
+fn check_policy_name(name: &str) -> Result<(), InvalidInput> {
     let ok = !name.is_empty()
         && name.len() <= MAX_POLICY_NAME_BYTES
         && name
@@ -88,7 +83,7 @@ fn check_policy_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::bad_request(format!(
+        Err(InvalidInput::new(format!(
             "policy name {name:?} must be 1 to {MAX_POLICY_NAME_BYTES} characters of A-Z a-z 0-9 _ - ."
         )))
     }
@@ -100,39 +95,30 @@ fn check_policy_name(name: &str) -> Result<()> {
 pub struct Limit {
     name: String,
     policy: Policy,
-    /// Its `RateLimit-Policy` field, the same for every response.
-    policy_field: HeaderValue,
 }
 
 impl Limit {
     fn new(name: String, policy: Policy) -> Self {
-        let window = policy.period_ms.div_ceil(1000).max(1);
-        let field = format!("\"{name}\";q={};w={window}", policy.limit);
-        Limit {
-            // Names are ASCII letters, digits and `_-.`, so the field is a valid value.
-            policy_field: HeaderValue::from_str(&field)
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-            name,
-            policy,
-        }
+        Limit { name, policy }
     }
 
     /// A policy given inline, validated, named by [`Policy::inline_name`].
-    pub fn inline(policy: Policy) -> Result<Self> {
+    pub fn inline(policy: Policy) -> Result<Self, InvalidInput> {
         policy.validate()?;
         Ok(Limit::new(policy.inline_name(), policy))
     }
 
     /// Gives the limit another name (1 to 64 of `A-Z a-z 0-9 _ - .`), used in the
     /// `RateLimit` headers and to tell limiters apart.
-    pub fn named(self, name: &str) -> Result<Self> {
+    pub fn named(self, name: &str) -> Result<Self, InvalidInput> {
         check_policy_name(name)?;
         Ok(Limit::new(name.to_owned(), self.policy))
     }
 
     /// Its `RateLimit-Policy` header field value: `"<name>";q=<limit>;w=<period s>`.
-    pub fn policy_field(&self) -> &HeaderValue {
-        &self.policy_field
+    pub fn policy_field(&self) -> String {
+        let window = self.policy.period_ms.div_ceil(1000).max(1);
+        format!("\"{}\";q={};w={window}", self.name, self.policy.limit)
     }
 
     /// Its name.
@@ -146,8 +132,10 @@ impl Limit {
     }
 }
 
-/// How to set up the rate limiter on a runtime.
-#[derive(Debug, Clone, Default)]
+/// How to set up the rate limiter on a runtime (the `[ratelimit]` table of the server's
+/// configuration: `durability`, and `[ratelimit.policies.<name>]` tables).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RateLimitConfig {
     /// Policies callers may name.
@@ -191,7 +179,7 @@ impl RateLimitConfig {
 /// assert!(third.retry_after_ms.unwrap() > 29_000); // one comes back every 30 s
 /// assert!(limits.check("bob", &per_min, 1).await?.allowed); // keys are independent
 /// # rt.shutdown().await?;
-/// # Ok::<(), stead_core::Error>(()) }).unwrap();
+/// # Ok::<(), stead_ratelimit::RateLimitError>(()) }).unwrap();
 /// ```
 #[derive(Clone)]
 pub struct RateLimitClient {
@@ -238,13 +226,16 @@ impl RateLimitClient {
     /// uses the rate limiter on that runtime: a runtime has one, and a second configuration
     /// with other policies is refused.
     pub fn with_config(rt: &Runtime, config: RateLimitConfig) -> Result<Self> {
-        let opts = default_options(config.durability);
-        let (ns, _) = rt.get_or_register::<RateLimiter>(opts, || config.policies.clone())?;
-        if **ns.env() != config.policies {
-            return Err(Error::conflict(
-                "the rate limiter of this runtime is already set up with other policies; configure it before its first use",
-            ));
+        if rt.config().durability == Durability::Memory
+            && config.durability.is_some_and(|d| d != Durability::Memory)
+        {
+            return Err(Error::invalid_config(format!(
+                "rate-limit durability {:?} cannot hold on a runtime that keeps nothing on disk",
+                config.durability
+            )));
         }
+        let opts = default_options(config.durability);
+        let ns = rt.configured_namespace::<RateLimiter>(config.policies, opts)?;
         Ok(Self::from_namespace(ns))
     }
 
@@ -254,21 +245,17 @@ impl RateLimitClient {
     }
 
     /// The configured policy called `name`.
-    pub fn named(&self, name: &str) -> Result<Limit> {
+    pub fn named(&self, name: &str) -> Result<Limit, RateLimitError> {
         match self.policies().get(name) {
             Some(p) => Ok(Limit::new(name.to_owned(), p.clone())),
-            None => {
-                let known: Vec<&str> = self.policies().iter().map(|(n, _)| n).collect();
-                Err(Error::bad_request(if known.is_empty() {
-                    format!("unknown policy {name:?}: no policies are configured; pass one inline")
-                } else {
-                    format!("unknown policy {name:?}; configured: {}", known.join(", "))
-                }))
-            }
+            None => Err(RateLimitError::UnknownPolicy {
+                name: name.to_owned(),
+                known: self.policies().iter().map(|(n, _)| n.to_owned()).collect(),
+            }),
         }
     }
 
-    fn stub(&self, key: &str, limit: &Limit) -> Result<Stub<RateLimiter>> {
+    fn stub(&self, key: &str, limit: &Limit) -> Result<Stub<RateLimiter>, RateLimitError> {
         check_key(key)?;
         let mut name = String::with_capacity(key.len() + 1 + limit.name.len());
         name.push_str(key);
@@ -278,14 +265,19 @@ impl RateLimitClient {
     }
 
     /// Checks a request of `cost` units from `key`, consuming them when it is admitted.
-    pub async fn check(&self, key: &str, limit: &Limit, cost: u64) -> Result<Decision> {
+    pub async fn check(
+        &self,
+        key: &str,
+        limit: &Limit,
+        cost: u64,
+    ) -> Result<Decision, RateLimitError> {
         let decision = self
             .stub(key, limit)?
-            .ask(Check {
+            .call(Check {
                 policy: limit.policy.clone(),
                 cost,
             })
-            .await??;
+            .await?;
         if decision.allowed {
             self.inner.allowed.increment(1);
         } else {
@@ -295,21 +287,21 @@ impl RateLimitClient {
     }
 
     /// What a unit-cost request from `key` would get now, without consuming anything.
-    pub async fn peek(&self, key: &str, limit: &Limit) -> Result<Decision> {
+    pub async fn peek(&self, key: &str, limit: &Limit) -> Result<Decision, RateLimitError> {
         self.stub(key, limit)?
-            .ask(Peek {
+            .call(Peek {
                 policy: limit.policy.clone(),
             })
-            .await?
+            .await
     }
 
     /// Forgets `key`'s state under `limit`; answers whether there was any.
-    pub async fn reset(&self, key: &str, limit: &Limit) -> Result<bool> {
-        self.stub(key, limit)?.ask(Reset).await?
+    pub async fn reset(&self, key: &str, limit: &Limit) -> Result<bool, RateLimitError> {
+        Ok(self.stub(key, limit)?.call(Reset).await?)
     }
 
     /// Forgets `key`'s state under every policy it has state under; answers how many.
-    pub async fn reset_all(&self, key: &str) -> Result<u64> {
+    pub async fn reset_all(&self, key: &str) -> Result<u64, RateLimitError> {
         check_key(key)?;
         let prefix = format!("{key}{SEP}");
         let mut cursor: Option<String> = None;
@@ -328,7 +320,7 @@ impl RateLimitClient {
         }
         let mut n = 0;
         for name in names {
-            if self.inner.ns.get_by_name(&name).ask(Reset).await?? {
+            if self.inner.ns.get_by_name(&name).call(Reset).await? {
                 n += 1;
             }
         }
@@ -341,6 +333,6 @@ fn default_options(durability: Option<Durability>) -> NamespaceOptions {
 }
 
 /// Checks a rate-limit key: 1 to 256 characters, no control characters.
-pub(crate) fn check_key(key: &str) -> Result<()> {
-    stead_core::http::validate_name("rate-limit key", key)
+pub(crate) fn check_key(key: &str) -> Result<(), InvalidInput> {
+    stead_core::validate_name("rate-limit key", key)
 }

@@ -1,8 +1,9 @@
-//! The HTTP routes under `/ratelimit`, and the RateLimit header fields they share with the
-//! layer.
+//! The HTTP routes of the rate limiter (mounted under `/ratelimit` by the umbrella crate),
+//! the RateLimit header fields they share with the layer, and the mapping of
+//! [`RateLimitError`] to problems.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,13 +11,90 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use stead_core::http::{Json as Body, Problem, Query};
-use stead_core::{Error, Result};
+use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
+use stead_core::{InvalidInput, Result, Runtime};
+use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Ref, Schema, Type};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
-use crate::client::{Limit, RateLimitClient};
-use crate::object::{Algorithm, Decision, Policy};
+use crate::client::{Limit, RateLimitClient, RateLimitConfig};
+use crate::error::RateLimitError;
+use crate::object::{Algorithm, Decision, MAX_LIMIT, MAX_PERIOD_MS, Policy};
+
+/// The rate-limit pattern, as the umbrella crate mounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitPattern;
+
+impl stead_core::http::Pattern for RateLimitPattern {
+    const PREFIX: &'static str = "/ratelimit";
+    const SETTINGS_KEY: &'static str = "ratelimit";
+    type Settings = RateLimitConfig;
+
+    fn configure(rt: &Runtime, settings: RateLimitConfig) -> Result<()> {
+        RateLimitClient::with_config(rt, settings).map(drop)
+    }
+
+    fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
+        Ok(Router::new()
+            .route("/", get(policies))
+            .route("/{name}", get(peek).delete(reset))
+            .route("/{name}/check", post(check))
+            .with_state(RateLimitClient::new(rt)?)
+            .layer(stead_core::http::ProblemLayer))
+    }
+
+    fn openapi() -> utoipa::openapi::OpenApi {
+        Api::openapi()
+    }
+}
+
+impl From<&RateLimitError> for Problem {
+    fn from(err: &RateLimitError) -> Self {
+        let detail = err.to_string();
+        match err {
+            RateLimitError::Limited { decision, .. } => {
+                let retry_ms = decision.retry_after_ms.unwrap_or(0);
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+                    .with("allowed", false)
+                    .with("limit", decision.limit)
+                    .with("remaining", decision.remaining)
+                    .with("reset_ms", decision.reset_ms)
+                    .with("retry_after_ms", retry_ms)
+            }
+            RateLimitError::UnknownPolicy { known, .. } => {
+                Problem::new(StatusCode::BAD_REQUEST, "unknown-policy", detail)
+                    .with("known_policies", known.clone())
+            }
+            RateLimitError::Invalid(e) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
+            }
+            RateLimitError::Runtime(e) => Problem::from(e),
+        }
+    }
+}
+
+impl IntoResponse for RateLimitError {
+    fn into_response(self) -> Response {
+        match self {
+            RateLimitError::Runtime(e) => e.into_response(),
+            other => Problem::from(&other).into_response(),
+        }
+    }
+}
+
+/// The response to a refused request: a 429 problem with the decision's fields, and the
+/// RateLimit header fields (`policy_field` is the limit's `RateLimit-Policy` value).
+pub(crate) fn refusal(limit: &Limit, policy_field: &HeaderValue, d: Decision) -> Response {
+    let err = RateLimitError::Limited {
+        policy: limit.name().to_owned(),
+        limit: limit.policy().limit,
+        period_ms: limit.policy().period_ms,
+        decision: d,
+    };
+    let mut resp = err.into_response();
+    insert_fields(resp.headers_mut(), policy_field, limit.name(), &d);
+    resp
+}
 
 /// `RateLimit-Policy`: the quota policy (draft-ietf-httpapi-ratelimit-headers-10).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -35,12 +113,28 @@ fn secs(ms: u64, min: u64) -> u64 {
 /// again, or, on a refusal, until the request can be retried, which is also what
 /// `Retry-After` says: a client never sees a `Retry-After` earlier than `t`.
 pub fn insert_headers(headers: &mut HeaderMap, limit: &Limit, d: &Decision) {
+    insert_fields(headers, &policy_field(limit), limit.name(), d);
+}
+
+/// The `RateLimit-Policy` field of a limit. Names are ASCII letters, digits and `_-.`, so
+/// the field is always a valid header value.
+pub(crate) fn policy_field(limit: &Limit) -> HeaderValue {
+    HeaderValue::from_str(&limit.policy_field()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// [`insert_headers`] with the `RateLimit-Policy` field made already (the layer keeps it).
+pub(crate) fn insert_fields(
+    headers: &mut HeaderMap,
+    policy: &HeaderValue,
+    name: &str,
+    d: &Decision,
+) {
     let t = match d.retry_after_ms {
         Some(retry) => secs(retry, 1),
         None => secs(d.reset_ms, 0),
     };
-    headers.insert(RATELIMIT_POLICY, limit.policy_field().clone());
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r={};t={t}", limit.name(), d.remaining)) {
+    headers.insert(RATELIMIT_POLICY, policy.clone());
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={t}", d.remaining)) {
         headers.insert(RATELIMIT, v);
     }
     if d.retry_after_ms.is_some() {
@@ -60,64 +154,110 @@ struct PolicyFields {
 }
 
 impl PolicyFields {
-    fn resolve(self, c: &RateLimitClient) -> Result<Limit> {
+    fn resolve(self, c: &RateLimitClient) -> Result<Limit, RateLimitError> {
+        let bad = |detail: &str| Err(RateLimitError::Invalid(InvalidInput::new(detail)));
         let inline = self.algorithm.is_some()
             || self.limit.is_some()
             || self.period_ms.is_some()
             || self.burst.is_some();
         match (self.policy, inline) {
-            (Some(_), true) => Err(Error::bad_request(
+            (Some(_), true) => bad(
                 "give either \"policy\" or an inline policy (algorithm, limit, period_ms, burst), not both",
-            )),
+            ),
             (Some(Json::String(name)), false) => c.named(&name),
             (Some(obj @ Json::Object(_)), false) => {
                 let policy: Policy = serde_json::from_value(obj)
-                    .map_err(|e| Error::bad_request(format!("policy: {e}")))?;
-                Limit::inline(policy)
+                    .map_err(|e| InvalidInput::new(format!("policy: {e}")))?;
+                Ok(Limit::inline(policy)?)
             }
-            (Some(_), false) => Err(Error::bad_request(
-                "policy must be a configured policy's name or a policy object",
-            )),
+            (Some(_), false) => bad("policy must be a configured policy's name or a policy object"),
             (None, true) => {
                 let (Some(limit), Some(period_ms)) = (self.limit, self.period_ms) else {
-                    return Err(Error::bad_request(
-                        "an inline policy needs both limit and period_ms",
-                    ));
+                    return bad("an inline policy needs both limit and period_ms");
                 };
-                Limit::inline(Policy {
+                Ok(Limit::inline(Policy {
                     algorithm: self.algorithm.unwrap_or_default(),
                     limit,
                     period_ms,
                     burst: self.burst,
-                })
+                })?)
             }
-            (None, false) => Err(Error::bad_request(
+            (None, false) => bad(
                 "name a policy (\"policy\":\"api\") or give one inline (\"limit\":10,\"period_ms\":1000)",
-            )),
+            ),
         }
     }
 }
 
-/// A request to admit: a policy, by name or inline, and what the request costs.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A request to admit: a policy, by name or inline, and what the request costs. Its schema
+/// is `oneOf` [`NamedCheck`] and [`InlineCheck`]; the fields are read together so that a
+/// body mixing the two gets an error saying so.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CheckBody {
-    /// A configured policy's name, or a policy. Or give the policy's fields here instead.
-    #[schema(schema_with = policy_ref)]
     policy: Option<Json>,
-    /// An inline policy's algorithm (`gcra` when absent).
     algorithm: Option<Algorithm>,
-    /// An inline policy's limit per period.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
     limit: Option<u64>,
-    /// An inline policy's period, in ms.
-    #[schema(minimum = 1, maximum = 31_622_400_000_u64)]
     period_ms: Option<u64>,
-    /// An inline policy's burst.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    burst: Option<u64>,
+    cost: Option<u64>,
+}
+
+impl PartialSchema for CheckBody {
+    fn schema() -> RefOr<Schema> {
+        Schema::OneOf(
+            OneOfBuilder::new()
+                .item(Ref::from_schema_name("NamedCheck"))
+                .item(Ref::from_schema_name("InlineCheck"))
+                .description(Some(
+                    "A request to admit: a policy by name (or as an object), or a policy's fields inline; and its cost.",
+                ))
+                .build(),
+        )
+        .into()
+    }
+}
+
+impl ToSchema for CheckBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("NamedCheck".into(), NamedCheck::schema()));
+        schemas.push(("InlineCheck".into(), InlineCheck::schema()));
+        <Policy as ToSchema>::schemas(schemas);
+        schemas.push(("Policy".into(), Policy::schema()));
+    }
+}
+
+/// A check against a configured policy (by name) or a policy object.
+#[derive(ToSchema)]
+#[allow(dead_code)] // A schema only: `CheckBody` is what is read.
+#[serde(deny_unknown_fields)]
+struct NamedCheck {
+    /// A configured policy's name, or a policy.
+    #[schema(schema_with = policy_ref)]
+    policy: Json,
+    /// Units this request consumes (1 when absent); at most the policy's burst.
+    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
+    cost: Option<u64>,
+}
+
+/// A check against a policy given by its fields.
+#[derive(ToSchema)]
+#[allow(dead_code)] // A schema only: `CheckBody` is what is read.
+#[serde(deny_unknown_fields)]
+struct InlineCheck {
+    /// The algorithm (`gcra` when absent).
+    algorithm: Option<Algorithm>,
+    /// Requests admitted per period.
+    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
+    limit: u64,
+    /// The period, in ms.
+    #[schema(schema_with = schema::integer::<1, MAX_PERIOD_MS>)]
+    period_ms: u64,
+    /// The burst (gcra and token_bucket only; `limit` when absent).
+    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
     burst: Option<u64>,
     /// Units this request consumes (1 when absent); at most the policy's burst.
-    #[schema(minimum = 1, default = 1)]
+    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
     cost: Option<u64>,
 }
 
@@ -128,7 +268,9 @@ fn policy_ref() -> Schema {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .min_length(Some(1)),
+                    .min_length(Some(1))
+                    .max_length(Some(crate::object::MAX_POLICY_NAME_BYTES))
+                    .pattern(Some("^[A-Za-z0-9_.-]+$")),
             )
             .item(Ref::from_schema_name("Policy"))
             .build(),
@@ -146,13 +288,13 @@ struct PolicyQuery {
     #[param(inline)]
     algorithm: Option<Algorithm>,
     /// An inline policy's limit per period.
-    #[param(minimum = 1)]
+    #[param(schema_with = schema::integer::<1, MAX_LIMIT>)]
     limit: Option<u64>,
     /// An inline policy's period, in ms.
-    #[param(minimum = 1)]
+    #[param(schema_with = schema::integer::<1, MAX_PERIOD_MS>)]
     period_ms: Option<u64>,
     /// An inline policy's burst.
-    #[param(minimum = 1)]
+    #[param(schema_with = schema::integer::<1, MAX_LIMIT>)]
     burst: Option<u64>,
 }
 
@@ -179,7 +321,7 @@ impl PolicyQuery {
             && self.burst.is_none()
     }
 
-    fn resolve(self, c: &RateLimitClient) -> Result<Limit> {
+    fn resolve(self, c: &RateLimitClient) -> Result<Limit, RateLimitError> {
         PolicyFields {
             policy: self.policy.map(Json::String),
             algorithm: self.algorithm,
@@ -191,57 +333,34 @@ impl PolicyQuery {
     }
 }
 
-/// The path parameter of these routes.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct KeyPath {
-    /// Who is limited: a user, an IP address, an API key. 1 to 256 characters, no control characters.
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    key: String,
-}
-
-pub(crate) fn routes(client: RateLimitClient) -> Router {
-    Router::new()
-        .route("/ratelimit", get(policies))
-        .route("/ratelimit/{key}", get(peek).delete(reset))
-        .route("/ratelimit/{key}/check", post(check))
-        .with_state(client)
-        .layer(stead_core::http::ProblemLayer)
-}
-
 fn answer(limit: &Limit, d: Decision) -> Response {
-    let status = if d.allowed {
-        StatusCode::OK
-    } else {
-        StatusCode::TOO_MANY_REQUESTS
-    };
-    let mut resp = (status, Body(d)).into_response();
-    insert_headers(resp.headers_mut(), limit, &d);
+    let field = policy_field(limit);
+    if !d.allowed {
+        return refusal(limit, &field, d);
+    }
+    let mut resp = Body(d).into_response();
+    insert_fields(resp.headers_mut(), &field, limit.name(), &d);
     resp
 }
 
 /// Admit or refuse a request of `cost` units from `key`.
-#[utoipa::path(post, path = "/ratelimit/{key}/check", operation_id = "checkRateLimit", tag = "ratelimit",
-    params(KeyPath),
+#[utoipa::path(post, path = "/{name}/check", operation_id = "checkRateLimit", tag = "ratelimit",
+    params(Name),
     request_body = CheckBody,
     responses(
         (status = 200, description = "admitted", body = Decision, headers(
             ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
             ("RateLimit" = String, description = "\"<policy>\";r=<remaining>;t=<s until whole>"))),
-        (status = 429, description = "refused", body = Decision, headers(
+        (status = 429, description = "refused: a `rate-limited` problem carrying the decision's fields", body = Problem, content_type = "application/problem+json", headers(
             ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
             ("RateLimit" = String, description = "\"<policy>\";r=0;t=<s until it can be retried>"),
             ("Retry-After" = u64, description = "seconds; the same as t"))),
-        (status = 400, description = "bad policy, key or cost", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn check(
     State(c): State<RateLimitClient>,
-    Path(KeyPath { key }): Path<KeyPath>,
+    Name(key): Name,
     Body(b): Body<CheckBody>,
-) -> Result<Response> {
+) -> Result<Response, RateLimitError> {
     let limit = PolicyFields {
         policy: b.policy,
         algorithm: b.algorithm,
@@ -255,37 +374,37 @@ async fn check(
 }
 
 /// What a unit-cost request would get now, consuming nothing.
-#[utoipa::path(get, path = "/ratelimit/{key}", operation_id = "peekRateLimit", tag = "ratelimit",
-    params(KeyPath, PolicyQuery),
+#[utoipa::path(get, path = "/{name}", operation_id = "peekRateLimit", tag = "ratelimit",
+    params(Name, PolicyQuery),
     responses(
         (status = 200, description = "the state (never a 429)", body = Decision, headers(
             ("RateLimit-Policy" = String, description = "\"<policy>\";q=<limit>;w=<period s>"),
             ("RateLimit" = String, description = "\"<policy>\";r=<remaining>;t=<s>"))),
-        (status = 400, description = "bad policy or key", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn peek(
     State(c): State<RateLimitClient>,
-    Path(KeyPath { key }): Path<KeyPath>,
+    Name(key): Name,
     Query(q): Query<PolicyQuery>,
-) -> Result<Response> {
+) -> Result<Response, RateLimitError> {
     let limit = q.resolve(&c)?;
     let d = c.peek(&key, &limit).await?;
     // A peek is not refused: it reports, so it answers 200 either way.
     let mut resp = Body(d).into_response();
-    insert_headers(resp.headers_mut(), &limit, &d);
+    insert_fields(resp.headers_mut(), &policy_field(&limit), limit.name(), &d);
     Ok(resp)
 }
 
 /// Forget the key's state, under one policy or (with none given) under every policy.
-#[utoipa::path(delete, path = "/ratelimit/{key}", operation_id = "resetRateLimit", tag = "ratelimit",
-    params(KeyPath, PolicyQuery),
+#[utoipa::path(delete, path = "/{name}", operation_id = "resetRateLimit", tag = "ratelimit",
+    params(Name, PolicyQuery),
     responses(
         (status = 200, description = "how many limiters were reset", body = ResetCount),
-        (status = 400, description = "bad policy or key", body = Problem, content_type = "application/problem+json")))]
+        problems::BadRequest))]
 async fn reset(
     State(c): State<RateLimitClient>,
-    Path(KeyPath { key }): Path<KeyPath>,
+    Name(key): Name,
     Query(q): Query<PolicyQuery>,
-) -> Result<Body<ResetCount>> {
+) -> Result<Body<ResetCount>, RateLimitError> {
     let n = if q.is_empty() {
         c.reset_all(&key).await?
     } else {
@@ -296,7 +415,7 @@ async fn reset(
 }
 
 /// The configured policies.
-#[utoipa::path(get, path = "/ratelimit", operation_id = "listRateLimitPolicies", tag = "ratelimit",
+#[utoipa::path(get, path = "/", operation_id = "listRateLimitPolicies", tag = "ratelimit",
     responses((status = 200, description = "the configured policies, by name", body = PolicyList)))]
 async fn policies(State(c): State<RateLimitClient>) -> Body<PolicyList> {
     let policies = c
@@ -309,10 +428,8 @@ async fn policies(State(c): State<RateLimitClient>) -> Body<PolicyList> {
 
 /// The OpenAPI description of these routes, generated from the handlers and types above.
 #[derive(OpenApi)]
-#[openapi(paths(check, peek, reset, policies), components(schemas(Policy)))]
+#[openapi(
+    paths(check, peek, reset, policies),
+    components(schemas(Policy, NamedCheck, InlineCheck))
+)]
 struct Api;
-
-/// The OpenAPI 3.1 description of the rate-limit routes.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    Api::openapi()
-}

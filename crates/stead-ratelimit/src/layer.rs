@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use stead_core::http::Problem;
-use stead_core::{Error, Result, Runtime};
+use stead_core::{Result, Runtime};
 
 use crate::client::{Limit, RateLimitClient};
-use crate::http::insert_headers;
-use crate::object::{Decision, Policy};
+use crate::error::RateLimitError;
+use crate::http::{insert_fields, policy_field, refusal};
+use crate::object::Policy;
 
 /// The key of requests that carry none (no such header, or a key function that answered
 /// `None`): they share one limiter.
@@ -47,6 +48,8 @@ enum KeyBy {
 pub struct RateLimitLayer {
     client: RateLimitClient,
     limit: Limit,
+    /// The limit's `RateLimit-Policy` field, made once.
+    policy_field: HeaderValue,
     key: KeyBy,
     on_failure: OnFailure,
 }
@@ -98,9 +101,11 @@ pub fn layer(rt: &Runtime, policy: Policy) -> RateLimitLayer {
 
 /// Like [`layer`], returning an invalid policy or a closed runtime as an error.
 pub fn try_layer(rt: &Runtime, policy: Policy) -> Result<RateLimitLayer> {
+    let limit = Limit::inline(policy)?;
     Ok(RateLimitLayer {
         client: RateLimitClient::new(rt)?,
-        limit: Limit::inline(policy)?,
+        policy_field: policy_field(&limit),
+        limit,
         key: KeyBy::PeerIp,
         on_failure: OnFailure::default(),
     })
@@ -143,6 +148,7 @@ impl RateLimitLayer {
             Ok(l) => l,
             Err(e) => panic!("stead_ratelimit::RateLimitLayer::named: {e}"),
         };
+        self.policy_field = policy_field(&self.limit);
         self
     }
 
@@ -195,24 +201,6 @@ impl RateLimitLayer {
         };
         Some(key.unwrap_or_else(|| NO_KEY.to_owned()))
     }
-
-    fn refused(&self, d: &Decision) -> Response {
-        let retry_ms = d.retry_after_ms.unwrap_or(0);
-        let mut resp = Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            format!(
-                "rate limit {:?} ({} per {} ms) exceeded; retry after {retry_ms} ms",
-                self.limit.name(),
-                self.limit.policy().limit,
-                self.limit.policy().period_ms
-            ),
-        )
-        .with("retry_after_ms", retry_ms)
-        .into_response();
-        insert_headers(resp.headers_mut(), &self.limit, d);
-        resp
-    }
 }
 
 impl<S> tower::Service<Request> for RateLimitService<S>
@@ -248,13 +236,11 @@ where
             match cfg.client.check(&key, &cfg.limit, 1).await {
                 Ok(d) if d.allowed => {
                     let mut resp = inner.call(req).await?;
-                    insert_headers(resp.headers_mut(), &cfg.limit, &d);
+                    insert_fields(resp.headers_mut(), &cfg.policy_field, cfg.limit.name(), &d);
                     Ok(resp)
                 }
-                Ok(d) => Ok(cfg.refused(&d)),
-                // The key itself is bad (too long, control characters): the caller's fault.
-                Err(e @ Error::BadRequest { .. }) => Ok(e.into_response()),
-                Err(e) => {
+                Ok(d) => Ok(refusal(&cfg.limit, &cfg.policy_field, d)),
+                Err(RateLimitError::Runtime(e)) => {
                     metrics::counter!("stead_ratelimit_layer_failures_total").increment(1);
                     tracing::warn!(error = %e, on_failure = ?cfg.on_failure, "the rate limiter could not answer");
                     match cfg.on_failure {
@@ -268,6 +254,8 @@ where
                         .into_response()),
                     }
                 }
+                // The key itself is bad (too long, control characters): the caller's fault.
+                Err(e) => Ok(e.into_response()),
             }
         })
     }

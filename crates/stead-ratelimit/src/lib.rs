@@ -28,10 +28,11 @@
 //! // The first of the three leaves the window an hour after it came (less the time since).
 //! assert!(refused.retry_after_ms.unwrap() > 3_500_000);
 //! # rt.shutdown().await?;
-//! # Ok::<(), stead_core::Error>(()) }).unwrap();
+//! # Ok::<(), stead_ratelimit::RateLimitError>(()) }).unwrap();
 //! ```
 //!
-//! As middleware, see [`layer`]; over HTTP (see [`router`]):
+//! As middleware, see `layer`; over HTTP (see `router`; both need the `http` feature, on
+//! by default):
 //! `POST /ratelimit/{key}/check`, `GET /ratelimit/{key}?policy=…` (peek),
 //! `DELETE /ratelimit/{key}` (reset) and `GET /ratelimit` (the configured policies).
 //! Responses carry the `RateLimit-Policy` and `RateLimit` header fields of
@@ -45,12 +46,18 @@
 //! so memory and storage hold only keys being limited now or lately.
 
 mod client;
+mod error;
+#[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "http")]
 mod layer;
 mod object;
 
 pub use client::{Limit, Policies, RateLimitClient, RateLimitConfig};
-pub use http::{RATELIMIT, RATELIMIT_POLICY, insert_headers, openapi};
+pub use error::RateLimitError;
+#[cfg(feature = "http")]
+pub use http::{RATELIMIT, RATELIMIT_POLICY, RateLimitPattern, insert_headers};
+#[cfg(feature = "http")]
 pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer, try_layer};
 pub use object::{
     Algorithm, Check, Decision, FORGET_AFTER_IDLE_MS, MAX_LIMIT, MAX_PERIOD_MS,
@@ -58,8 +65,18 @@ pub use object::{
     Reset,
 };
 
-/// The rate-limit routes (under `/ratelimit`) for a runtime, with the policies it was
+/// The rate-limit routes, without a prefix (the umbrella crate mounts them under
+/// `/ratelimit`), in any app state, with the policies the runtime's rate limiter was
 /// configured with ([`RateLimitClient::with_config`]), or none.
-pub fn router(rt: &stead_core::Runtime) -> stead_core::Result<axum::Router> {
-    Ok(http::routes(RateLimitClient::new(rt)?))
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <RateLimitPattern as stead_core::http::Pattern>::router(rt)
+}
+
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <RateLimitPattern as stead_core::http::Pattern>::openapi()
 }

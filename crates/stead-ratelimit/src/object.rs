@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{AlarmInfo, Context, DurableObject, Error, Handler, ListOptions, Result};
+use stead_core::{AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result};
+
+use crate::error::RateLimitError;
 
 /// The largest `limit` (and `burst`) a policy may have.
 pub const MAX_LIMIT: u64 = 1_000_000_000;
@@ -33,9 +35,8 @@ const STATE: &str = "s";
 const LOG_PREFIX: &str = "w/";
 
 /// How a policy counts.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// Generic cell rate algorithm: one timestamp of state, smooth spacing, bursts of
@@ -78,22 +79,23 @@ impl Algorithm {
 /// q.validate().unwrap();
 /// assert!(Policy::per_second(0).validate().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// How requests are counted.
     #[serde(default)]
     pub algorithm: Algorithm,
     /// Requests admitted per period (a sliding window's at most 10,000).
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_LIMIT>))]
     pub limit: u64,
     /// The period, in milliseconds (at most 366 days).
-    #[schema(minimum = 1, maximum = 31_622_400_000_u64)]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_PERIOD_MS>))]
     pub period_ms: u64,
     /// The largest burst (GCRA) or the bucket's capacity (token bucket); `limit` when absent.
     /// Not for the window algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_LIMIT>))]
     pub burst: Option<u64>,
 }
 
@@ -153,8 +155,8 @@ impl Policy {
     }
 
     /// Checks every field; the error says which one is wrong and why.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |detail: String| Err(Error::bad_request(detail));
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        let bad = |detail: String| Err(InvalidInput::new(detail));
         let alg = self.algorithm.as_str();
         if self.limit == 0 || self.limit > MAX_LIMIT {
             return bad(format!(
@@ -364,14 +366,14 @@ impl Policy {
         }
     }
 
-    fn check_cost(&self, cost: u64) -> Result<()> {
+    fn check_cost(&self, cost: u64) -> Result<(), InvalidInput> {
         if cost == 0 {
-            return Err(Error::bad_request(
+            return Err(InvalidInput::new(
                 "cost must be at least 1 (peek with GET to look without consuming)",
             ));
         }
         if cost > self.capacity() {
-            return Err(Error::bad_request(format!(
+            return Err(InvalidInput::new(format!(
                 "cost {cost} exceeds the policy's capacity of {}, so it could never be admitted",
                 self.capacity()
             )));
@@ -381,7 +383,8 @@ impl Policy {
 }
 
 /// What a check decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct Decision {
     /// Whether the request was admitted (and its cost consumed).
     pub allowed: bool,
@@ -597,8 +600,8 @@ pub struct Check {
 }
 
 impl Handler<Check> for RateLimiter {
-    type Reply = Result<Decision>;
-    async fn handle(&mut self, msg: Check, ctx: &mut Context) -> Result<Decision> {
+    type Reply = Result<Decision, RateLimitError>;
+    async fn handle(&mut self, msg: Check, ctx: &mut Context) -> Result<Decision, RateLimitError> {
         msg.policy.validate()?;
         msg.policy.check_cost(msg.cost)?;
         let now = now_ns(ctx);
@@ -619,8 +622,8 @@ pub struct Peek {
 }
 
 impl Handler<Peek> for RateLimiter {
-    type Reply = Result<Decision>;
-    async fn handle(&mut self, msg: Peek, ctx: &mut Context) -> Result<Decision> {
+    type Reply = Result<Decision, RateLimitError>;
+    async fn handle(&mut self, msg: Peek, ctx: &mut Context) -> Result<Decision, RateLimitError> {
         msg.policy.validate()?;
         let now = now_ns(ctx);
         let mut probe = match &self.stored {

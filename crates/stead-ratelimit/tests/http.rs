@@ -76,7 +76,8 @@ async fn check_peek_and_reset_with_headers() {
     let mut p = Policies::new();
     p.insert("api", Policy::per_minute(2)).unwrap();
     RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(p)).unwrap();
-    let base = listen(stead_ratelimit::router(&rt).unwrap()).await;
+    let base =
+        listen(axum::Router::new().nest("/ratelimit", stead_ratelimit::router(&rt).unwrap())).await;
     let http = reqwest::Client::new();
     let check = |body: &'static str| post(&http, format!("{base}/ratelimit/alice/check"), body);
 
@@ -89,8 +90,10 @@ async fn check_peek_and_reset_with_headers() {
     assert!(r.headers.get("retry-after").is_none());
     assert_eq!(call(check(r#"{"policy":"api"}"#)).await.status, 200);
     let r = call(check(r#"{"policy":"api"}"#)).await;
+    // A refusal is a problem that still carries the decision.
     assert_eq!(r.status, 429);
-    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("content-type"), "application/problem+json");
+    assert_eq!(r.body["type"], "/problems/rate-limited");
     assert_eq!(r.body["allowed"], false);
     assert_eq!(r.body["retry_after_ms"], 30_000);
     assert_eq!(r.header("retry-after"), "30");
@@ -143,7 +146,8 @@ async fn check_peek_and_reset_with_headers() {
 #[tokio::test]
 async fn bad_input_is_a_precise_problem() {
     let (rt, _clock) = runtime().await;
-    let base = listen(stead_ratelimit::router(&rt).unwrap()).await;
+    let base =
+        listen(axum::Router::new().nest("/ratelimit", stead_ratelimit::router(&rt).unwrap())).await;
     let http = reqwest::Client::new();
     let cases: &[(&str, &str, &str)] = &[
         (

@@ -60,13 +60,15 @@ pub fn app(rt: &Runtime, config: &Config) -> stead::Result<Router> {
 /// the patterns' (the load benchmark measures its no-op ceiling this way).
 pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<Router> {
     prometheus();
-    // The rate limiter's named policies come from the configuration, before anything else
-    // sets the limiter up.
-    stead::ratelimit::RateLimitClient::with_config(
-        rt,
-        stead::ratelimit::RateLimitConfig::with_policies(config.ratelimit_policies.clone())
-            .durability(config.ratelimit_durability.into()),
-    )?;
+    // Each pattern's settings come from its table of the configuration, before anything
+    // else sets the pattern up.
+    let mut settings = config.patterns.clone();
+    stead::configure(rt, &mut settings)?;
+    if let Some(unknown) = settings.keys().next() {
+        return Err(stead::Error::invalid_config(format!(
+            "unknown setting {unknown:?}"
+        )));
+    }
     // Everything but health and the API description needs a token, when tokens are set.
     let mut guarded = stead::router(rt)?
         .merge(extra)

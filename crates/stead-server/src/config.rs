@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
-use stead::ratelimit::Policies;
 
 /// How durable an acknowledged write is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -68,15 +67,23 @@ pub struct Cli {
     /// Log filter, as for RUST_LOG (which wins when set) [default: info].
     #[arg(long, env = "STEAD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
-    /// Durability of rate-limiter state: `memory` forgives the limits in force on a
-    /// restart; `process-crash-safe` or `fsync` keep them exact across it [default: memory].
-    #[arg(long, env = "STEAD_RATELIMIT_DURABILITY", value_enum)]
-    pub ratelimit_durability: Option<DurabilityMode>,
+    /// A pattern setting, as `<table>.<key>=<value>` (for example
+    /// `ratelimit.durability=process-crash-safe`); it wins over the file's. The value is
+    /// read as TOML, or as a string when it is not TOML. Repeat for several; the
+    /// environment variable takes a comma-separated list.
+    #[arg(
+        long = "set",
+        env = "STEAD_SET",
+        value_delimiter = ',',
+        value_name = "TABLE.KEY=VALUE"
+    )]
+    pub settings: Vec<String>,
 }
 
-/// The settings a TOML file may hold; unknown keys are errors.
+/// The settings a TOML file may hold: the server's own keys, and a table per pattern
+/// (`[ratelimit]`, `[counters]`, `[locks]`, `[leaders]`), which the pattern crate defines.
+/// Anything else is an error.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FileConfig {
     bind: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
@@ -86,16 +93,9 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
     log: Option<String>,
-    ratelimit: Option<RateLimitFile>,
-}
-
-/// The `[ratelimit]` table: named policies, `[ratelimit.policies.<name>]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RateLimitFile {
-    #[serde(default)]
-    policies: Policies,
-    durability: Option<DurabilityMode>,
+    /// Everything else: the patterns' tables, checked by `stead::check_settings`.
+    #[serde(flatten)]
+    patterns: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The settings in force.
@@ -118,10 +118,9 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Log filter.
     pub log: String,
-    /// Rate-limit policies callers may name (`[ratelimit.policies.<name>]` in the file).
-    pub ratelimit_policies: Policies,
-    /// Durability of rate-limiter state (`durability` under `[ratelimit]` in the file).
-    pub ratelimit_durability: DurabilityMode,
+    /// The patterns' settings, a table per pattern (`[ratelimit]`, `[counters]`, ...), as
+    /// each pattern crate defines them; `--set` entries are merged in.
+    pub patterns: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Config {
@@ -135,8 +134,7 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
             log: "info".to_owned(),
-            ratelimit_policies: Policies::new(),
-            ratelimit_durability: DurabilityMode::Memory,
+            patterns: serde_json::Map::new(),
         }
     }
 }
@@ -175,11 +173,7 @@ impl Config {
                 .or(file.max_value_bytes)
                 .unwrap_or(d.max_value_bytes),
             log: cli.log.or(file.log).unwrap_or(d.log),
-            ratelimit_durability: cli
-                .ratelimit_durability
-                .or(file.ratelimit.as_ref().and_then(|r| r.durability))
-                .unwrap_or(d.ratelimit_durability),
-            ratelimit_policies: file.ratelimit.map(|r| r.policies).unwrap_or_default(),
+            patterns: merge_settings(file.patterns, &cli.settings)?,
         };
         config.validate()?;
         Ok(config)
@@ -199,14 +193,7 @@ impl Config {
         {
             anyhow::bail!("invalid shards {n}: must be between 1 and 256");
         }
-        if self.durability == DurabilityMode::Memory
-            && self.ratelimit_durability != DurabilityMode::Memory
-        {
-            anyhow::bail!(
-                "invalid ratelimit durability {:?}: the server keeps nothing on disk (durability memory)",
-                self.ratelimit_durability
-            );
-        }
+        stead::check_settings(&self.patterns).map_err(|e| anyhow::anyhow!("{e}"))?;
         if self.max_body_bytes < 1024 {
             anyhow::bail!(
                 "invalid max_body_bytes {}: must be at least 1024",
@@ -226,5 +213,76 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// Merges `--set <table>.<key>=<value>` entries into the patterns' tables.
+fn merge_settings(
+    mut tables: serde_json::Map<String, serde_json::Value>,
+    settings: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    for setting in settings.iter().filter(|s| !s.is_empty()) {
+        let Some((path, raw)) = setting.split_once('=') else {
+            anyhow::bail!("invalid --set {setting:?}: expected <table>.<key>=<value>");
+        };
+        let keys: Vec<&str> = path.trim().split('.').collect();
+        if keys.len() < 2 || keys.iter().any(|k| k.is_empty()) {
+            anyhow::bail!("invalid --set {setting:?}: expected <table>.<key>=<value>");
+        }
+        // A TOML value (`5`, `true`, `"text"`), or else the text itself.
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .map(serde_json::to_value)
+            .transpose()?
+            .unwrap_or_else(|| serde_json::Value::String(raw.to_owned()));
+        let (last, parents) = keys.split_last().unwrap_or((&"", &[]));
+        let mut table = &mut tables;
+        for key in parents {
+            let entry = table
+                .entry((*key).to_owned())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            table = match entry {
+                serde_json::Value::Object(map) => map,
+                _ => anyhow::bail!("invalid --set {setting:?}: {key} is not a table"),
+            };
+        }
+        table.insert((*last).to_owned(), value);
+    }
+    Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_merges_values_into_the_pattern_tables() {
+        let file: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"ratelimit": {"durability": "memory", "policies": {"api": {"limit": 5, "period_ms": 1000}}}}"#,
+        )
+        .unwrap();
+        let merged = merge_settings(
+            file,
+            &[
+                "ratelimit.durability=process-crash-safe".into(),
+                "ratelimit.policies.api.limit=7".into(),
+                "counters.default_shards=4".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(merged),
+            serde_json::json!({
+                "ratelimit": {"durability": "process-crash-safe", "policies": {"api": {"limit": 7, "period_ms": 1000}}},
+                "counters": {"default_shards": 4},
+            })
+        );
+        for bad in ["ratelimit", "=1", "ratelimit.=1", ".x=1"] {
+            assert!(
+                merge_settings(Default::default(), &[bad.into()]).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -78,14 +78,14 @@ async fn health_openapi_metrics_and_problem_answers() {
         "/locks/{name}/renew",
         "/locks/{name}/release",
         "/locks/{name}/validate",
-        "/leaders/{group}",
-        "/leaders/{group}/campaign",
-        "/leaders/{group}/heartbeat",
-        "/leaders/{group}/resign",
-        "/leaders/{group}/watch",
+        "/leaders/{name}",
+        "/leaders/{name}/campaign",
+        "/leaders/{name}/heartbeat",
+        "/leaders/{name}/resign",
+        "/leaders/{name}/watch",
         "/ratelimit",
-        "/ratelimit/{key}",
-        "/ratelimit/{key}/check",
+        "/ratelimit/{name}",
+        "/ratelimit/{name}/check",
     ] {
         assert!(spec["paths"][path].is_object(), "{path} is documented");
     }
@@ -103,6 +103,51 @@ async fn health_openapi_metrics_and_problem_answers() {
             "{r} resolves"
         );
     }
+    // Every integer a request carries states its bounds, so that a schema-valid request
+    // is never refused for a number the server cannot store.
+    let (mut unbounded, mut integers) = (Vec::new(), Vec::new());
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or("?");
+                integer_bounds(
+                    &spec,
+                    &p["schema"],
+                    &format!("{at} {name}"),
+                    &mut unbounded,
+                    &mut integers,
+                );
+            }
+            for (_, media) in op["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                integer_bounds(
+                    &spec,
+                    &media["schema"],
+                    &format!("{at} body"),
+                    &mut unbounded,
+                    &mut integers,
+                );
+            }
+        }
+    }
+    assert!(
+        unbounded.is_empty(),
+        "integers without bounds: {unbounded:#?}"
+    );
+    for field in [
+        "post /locks/{name}/renew body > RenewBody.token",
+        "post /ratelimit/{name}/check body > CheckBody oneOf[1] > InlineCheck.period_ms",
+        "get /leaders/{name}/watch timeout_ms",
+    ] {
+        assert!(
+            integers.iter().any(|i| i == field),
+            "{field} in {integers:#?}"
+        );
+    }
     let mut ids = std::collections::HashSet::new();
     for (path, item) in spec["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -118,7 +163,7 @@ async fn health_openapi_metrics_and_problem_answers() {
         }
     }
     assert_eq!(
-        spec["paths"]["/ratelimit/{key}/check"]["post"]["requestBody"]["content"]["application/json"]
+        spec["paths"]["/ratelimit/{name}/check"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"]["$ref"],
         "#/components/schemas/CheckBody"
     );
@@ -370,7 +415,7 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         "--max-body-bytes",
         "--max-value-bytes",
         "--log",
-        "--ratelimit-durability",
+        "--set",
     ] {
         assert!(help.contains(flag), "--help documents {flag}");
     }
@@ -446,4 +491,62 @@ fn a_second_server_on_the_same_data_directory_exits_at_once_naming_the_first() {
         stderr.contains(&first.id().to_string()),
         "names the process that has it: {stderr}"
     );
+}
+
+/// Collects the places in `schema` (following references) where an integer lacks a
+/// `minimum` or a `maximum` into `out`, and every integer into `all`.
+fn integer_bounds(
+    spec: &serde_json::Value,
+    schema: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<String>,
+    all: &mut Vec<String>,
+) {
+    fn walk(
+        spec: &serde_json::Value,
+        s: &serde_json::Value,
+        at: &str,
+        out: &mut Vec<String>,
+        all: &mut Vec<String>,
+        seen: &mut Vec<String>,
+    ) {
+        if let Some(r) = s["$ref"].as_str() {
+            if seen.iter().any(|x| x == r) {
+                return;
+            }
+            seen.push(r.to_owned());
+            let name = r.trim_start_matches("#/components/schemas/");
+            walk(
+                spec,
+                &spec["components"]["schemas"][name],
+                &format!("{at} > {name}"),
+                out,
+                all,
+                seen,
+            );
+            return;
+        }
+        let is_integer = s["type"] == "integer"
+            || s["type"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "integer"));
+        if is_integer {
+            all.push(at.to_owned());
+            if s["minimum"].is_null() || s["maximum"].is_null() {
+                out.push(at.to_owned());
+            }
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            for (i, sub) in s[key].as_array().into_iter().flatten().enumerate() {
+                walk(spec, sub, &format!("{at} {key}[{i}]"), out, all, seen);
+            }
+        }
+        for (name, sub) in s["properties"].as_object().into_iter().flatten() {
+            walk(spec, sub, &format!("{at}.{name}"), out, all, seen);
+        }
+        if s["items"].is_object() {
+            walk(spec, &s["items"], &format!("{at}[]"), out, all, seen);
+        }
+    }
+    walk(spec, schema, at, out, all, &mut Vec::new());
 }

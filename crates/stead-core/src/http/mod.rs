@@ -1,5 +1,15 @@
 //! HTTP plumbing shared by every pattern's routes: RFC 9457 problem details, a JSON
-//! extractor whose rejections are problems too, and name validation.
+//! extractor whose rejections are problems too, the validated [`Name`] path extractor, the
+//! OpenAPI pieces every route declares alike ([`schema`], [`problems`]) and the [`Pattern`]
+//! trait by which the umbrella crate mounts each pattern.
+
+mod name;
+mod openapi;
+mod pattern;
+
+pub use name::Name;
+pub use openapi::{document_problems, problems, schema};
+pub use pattern::Pattern;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -12,9 +22,6 @@ use crate::error::Error;
 
 /// The content type of problem details.
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// The longest name accepted in a path, in characters.
-pub const MAX_NAME_CHARS: usize = 256;
 
 /// An RFC 9457 problem details body.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -305,35 +312,6 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     }
 }
 
-/// Checks a name taken from a path or a body: 1 to 256 characters, no control characters.
-pub fn validate_name(what: &str, name: &str) -> Result<(), Error> {
-    if name.is_empty() {
-        return Err(Error::bad_request(format!("{what} may not be empty")));
-    }
-    let chars = name.chars().count();
-    if chars > MAX_NAME_CHARS {
-        return Err(Error::bad_request(format!(
-            "{what} is {chars} characters long; the limit is {MAX_NAME_CHARS}"
-        )));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Error::bad_request(format!(
-            "{what} may not contain control characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks a duration in milliseconds from a request: at least 1, at most `max`.
-pub fn validate_ms(what: &str, value: u64, max: u64) -> Result<(), Error> {
-    if value == 0 || value > max {
-        return Err(Error::bad_request(format!(
-            "{what} must be between 1 and {max}, not {value}"
-        )));
-    }
-    Ok(())
-}
-
 /// A tower layer that turns the bodiless error responses axum produces itself (unknown
 /// route, wrong method, oversized body) into problem+json responses. Every pattern router
 /// carries it; add it to your own app with `.layer(stead_core::http::ProblemLayer)`.
@@ -472,42 +450,6 @@ pub async fn not_found() -> Problem {
         "not-found",
         "no route matches this path",
     )
-}
-
-/// Documents what the JSON extractor answers for every operation of `doc` that takes a
-/// body: 413 when it is too large, 415 when it is not `application/json`.
-pub fn document_body_errors(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-    let problem = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                PROBLEM_JSON,
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("Problem")))
-                    .build(),
-            )
-            .build()
-    };
-    for item in doc.paths.paths.values_mut() {
-        let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for op in ops.into_iter().flatten() {
-            if op.request_body.is_some() {
-                let r = &mut op.responses.responses;
-                r.entry("413".into()).or_insert_with(|| {
-                    problem("the body is larger than the server accepts").into()
-                });
-                r.entry("415".into())
-                    .or_insert_with(|| problem("the body is not application/json").into());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

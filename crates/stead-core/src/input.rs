@@ -1,0 +1,82 @@
+//! Checks of what callers pass in (names, bounded durations), shared by every pattern so that
+//! each says the same thing about the same mistake, in process and over HTTP alike.
+
+use crate::error::Error;
+
+/// The longest name accepted (of an object, a key, a holder...), in characters.
+pub const MAX_NAME_CHARS: usize = 256;
+
+/// A value a caller passed in is outside what it may be; the message says which and why.
+///
+/// Every pattern's error enum carries it as its "invalid input" variant; over HTTP it is a
+/// 400 problem.
+///
+/// ```
+/// let err = stead_core::validate_name("lock name", "").unwrap_err();
+/// assert_eq!(err.to_string(), "lock name may not be empty");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct InvalidInput {
+    detail: String,
+}
+
+impl InvalidInput {
+    /// An invalid input described by `detail` (name the field and the rule it broke).
+    pub fn new(detail: impl Into<String>) -> Self {
+        InvalidInput {
+            detail: detail.into(),
+        }
+    }
+
+    /// What is wrong.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
+impl From<InvalidInput> for Error {
+    fn from(e: InvalidInput) -> Self {
+        Error::BadRequest { detail: e.detail }
+    }
+}
+
+/// Checks a name: 1 to [`MAX_NAME_CHARS`] characters, no control characters. `what` names
+/// it in the message (`"lock name"`, `"holder"`).
+///
+/// ```
+/// assert!(stead_core::validate_name("holder", "worker-1").is_ok());
+/// assert!(stead_core::validate_name("holder", "a\nb").is_err());
+/// ```
+pub fn validate_name(what: &str, name: &str) -> Result<(), InvalidInput> {
+    if name.is_empty() {
+        return Err(InvalidInput::new(format!("{what} may not be empty")));
+    }
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
+        return Err(InvalidInput::new(format!(
+            "{what} is {chars} characters long; the limit is {MAX_NAME_CHARS}"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(InvalidInput::new(format!(
+            "{what} may not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a duration in milliseconds: at least 1, at most `max`.
+///
+/// ```
+/// assert!(stead_core::validate_ms("ttl_ms", 0, 1000).is_err());
+/// assert!(stead_core::validate_ms("ttl_ms", 1000, 1000).is_ok());
+/// ```
+pub fn validate_ms(what: &str, value: u64, max: u64) -> Result<(), InvalidInput> {
+    if value == 0 || value > max {
+        return Err(InvalidInput::new(format!(
+            "{what} must be between 1 and {max}, not {value}"
+        )));
+    }
+    Ok(())
+}
