@@ -43,8 +43,14 @@ impl Handler<Add> for Cart {
     type Reply = Result<BTreeMap<String, u32>>;
 
     async fn handle(&mut self, msg: Add, ctx: &mut Context) -> Self::Reply {
-        *self.items.entry(msg.item).or_default() += msg.quantity;
-        ctx.storage().put("items", &self.items)?;
+        // Change a copy, write it, and only then adopt it: an error returned by `put` (a
+        // value too large, say) leaves the cart in memory as it is in storage. An `Err`
+        // reply keeps whatever the turn already changed; only a panic or a failed commit
+        // resets the object.
+        let mut items = self.items.clone();
+        *items.entry(msg.item).or_default() += msg.quantity;
+        ctx.storage().put("items", &items)?;
+        self.items = items;
         // Every change pushes the expiry a day further.
         let expiry = ctx.now() + Duration::days(1);
         ctx.storage().set_alarm(expiry)?;

@@ -44,6 +44,8 @@
 //! # Ok::<(), stead::Error>(()) }).unwrap();
 //! ```
 
+/// The date and time types of the API (`ctx.now()`, alarms).
+pub use stead_core::chrono;
 pub use stead_core::{
     AlarmInfo, Backend, Clock, Context, Deferred, DeferredHandler, Durability, DurableObject,
     Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock, MemoryBackend, Message,
@@ -236,4 +238,42 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let _ = build();
     stead_core::http::document_problems(&mut doc);
     doc
+}
+
+/// The README and every chapter of the guide, compiled and run as doc tests, so that no code
+/// block in them goes stale.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../README.md")]
+    mod readme {}
+    #[doc = include_str!("../book/src/introduction.md")]
+    mod introduction {}
+    #[doc = include_str!("../book/src/quick-start.md")]
+    mod quick_start {}
+    #[doc = include_str!("../book/src/getting-started.md")]
+    mod getting_started {}
+    #[doc = include_str!("../book/src/model.md")]
+    mod model {}
+    #[doc = include_str!("../book/src/custom-object.md")]
+    mod custom_object {}
+    #[doc = include_str!("../book/src/patterns.md")]
+    mod patterns {}
+    #[doc = include_str!("../book/src/patterns/ratelimit.md")]
+    mod ratelimit {}
+    #[doc = include_str!("../book/src/patterns/counter.md")]
+    mod counter {}
+    #[doc = include_str!("../book/src/patterns/lock.md")]
+    mod lock {}
+    #[doc = include_str!("../book/src/patterns/leader.md")]
+    mod leader {}
+    #[doc = include_str!("../book/src/testing.md")]
+    mod testing {}
+    #[doc = include_str!("../book/src/deployment.md")]
+    mod deployment {}
+    #[doc = include_str!("../book/src/operations.md")]
+    mod operations {}
+    #[doc = include_str!("../book/src/contributing.md")]
+    mod contributing {}
+    #[doc = include_str!("../book/src/comparison.md")]
+    mod comparison {}
 }
