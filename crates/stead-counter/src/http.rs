@@ -55,9 +55,7 @@ impl From<&CounterError> for Problem {
                     .with("shard_min", *min)
                     .with("shard_max", *max)
             }
-            CounterError::Invalid(e) => {
-                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
-            }
+            CounterError::Invalid(e) => Problem::from(e),
             CounterError::Runtime(e) => Problem::from(e),
         }
     }

@@ -57,9 +57,7 @@ impl From<&LeaderError> for Problem {
             } => Problem::new(StatusCode::CONFLICT, "not-leader", detail)
                 .with("leader", leader.clone())
                 .with("term", *current_term),
-            LeaderError::Invalid(e) => {
-                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
-            }
+            LeaderError::Invalid(e) => Problem::from(e),
             LeaderError::Runtime(e) => Problem::from(e),
         }
     }

@@ -74,9 +74,7 @@ impl From<&LockError> for Problem {
                     .with("holder", holder.clone())
                     .with("token", *token)
             }
-            LockError::Invalid(e) => {
-                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
-            }
+            LockError::Invalid(e) => Problem::from(e),
             LockError::Runtime(e) => Problem::from(e),
         }
     }

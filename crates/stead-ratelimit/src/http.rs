@@ -65,9 +65,7 @@ impl From<&RateLimitError> for Problem {
                 Problem::new(StatusCode::BAD_REQUEST, "unknown-policy", detail)
                     .with("known_policies", known.clone())
             }
-            RateLimitError::Invalid(e) => {
-                Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
-            }
+            RateLimitError::Invalid(e) => Problem::from(e),
             RateLimitError::Runtime(e) => Problem::from(e),
         }
     }

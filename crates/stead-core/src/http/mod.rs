@@ -151,6 +151,14 @@ impl From<&Error> for Problem {
     }
 }
 
+/// A caller's invalid input: a 400 `bad-request` problem, the same whichever pattern or
+/// extractor refused it.
+impl From<&crate::InvalidInput> for Problem {
+    fn from(e: &crate::InvalidInput) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail())
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(

@@ -34,8 +34,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Name {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
-        crate::validate_name("the name in the path", &name)
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.detail()))?;
+        crate::validate_name("the name in the path", &name).map_err(|e| Problem::from(&e))?;
         Ok(Name(name))
     }
 }

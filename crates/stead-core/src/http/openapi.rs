@@ -37,21 +37,20 @@ pub mod schema {
 
     /// An unsigned integer from `MIN` to `MAX` (a field stored as `u64` or smaller).
     pub fn integer<const MIN: u64, const MAX: u64>() -> Object {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-            .minimum(Some(MIN))
-            .maximum(Some(MAX))
-            .build()
+        bounded(MIN, MAX)
     }
 
     /// A signed integer from `MIN` to `MAX` (a field stored as `i64` or smaller).
     pub fn signed<const MIN: i64, const MAX: i64>() -> Object {
+        bounded(MIN, MAX)
+    }
+
+    fn bounded<N: Into<utoipa::Number>>(min: N, max: N) -> Object {
         ObjectBuilder::new()
             .schema_type(Type::Integer)
             .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-            .minimum(Some(MIN))
-            .maximum(Some(MAX))
+            .minimum(Some(min))
+            .maximum(Some(max))
             .build()
     }
 }
