@@ -138,38 +138,16 @@ async fn one_pattern_nests_anywhere_in_an_app_with_its_own_state() {
         .nest("/my/locks", stead::lock::router(&rt).unwrap())
         .nest("/all", stead::router(&rt).unwrap())
         .with_state(AppState { greeting: "hi" });
-    let call = |method: &str, uri: &str, body: Option<Value>| {
-        let req = axum::http::Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            ))
-            .unwrap();
-        let app = app.clone();
-        async move {
-            let resp = tower::ServiceExt::oneshot(app, req).await.unwrap();
-            let status = resp.status().as_u16();
-            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap();
-            (status, bytes)
-        }
-    };
-    assert_eq!(call("GET", "/", None).await, (200, "hi".into()));
-    let (status, body) = call(
-        "POST",
-        "/my/locks/db/acquire",
-        Some(json!({"holder": "me", "ttl_ms": 5000})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let lease: Value = serde_json::from_slice(&body).unwrap();
+    let app = stead_fixtures::TestClient::new(app);
+    assert_eq!(app.get("/").send().await.text(), "hi");
+    let acquire = app
+        .post("/my/locks/db/acquire")
+        .json(&json!({"holder": "me", "ttl_ms": 5000}));
+    let lease = acquire.send().await;
+    assert_eq!(lease.status, 200);
     // The same lock, seen through the other mount: one runtime, one lock.
-    let (status, body) = call("GET", "/all/locks/db", None).await;
-    assert_eq!(status, 200);
-    let state: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(state["holders"][0]["token"], lease["token"]);
+    let state = app.get("/all/locks/db").send().await;
+    assert_eq!(state.status, 200);
+    assert_eq!(state.value()["holders"][0]["token"], lease.value()["token"]);
     rt.shutdown().await.unwrap();
 }

@@ -140,6 +140,15 @@ impl ManualClock {
         self.step(at).await;
     }
 
+    /// How many tasks are asleep on this clock right now (timers of guards, elections,
+    /// waits): a test can wait for a background task to reach its sleep before it moves time.
+    pub fn sleepers(&self) -> usize {
+        lock(&self.inner.sleepers)
+            .iter()
+            .filter(|(_, tx)| !tx.is_closed())
+            .count()
+    }
+
     /// The earliest instant a sleeper or a driven runtime waits for.
     fn next_due(&self) -> Option<DateTime<Utc>> {
         let sleeper = lock(&self.inner.sleepers)

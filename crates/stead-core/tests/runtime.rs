@@ -13,15 +13,9 @@ use stead_core::{
     Context, Durability, DurableObject, Error, Handler, NamespaceOptions, Result, Runtime,
 };
 
-/// Yields until `cond` holds; fails after a bounded number of yields.
+/// Waits until `cond` holds (sleeping between looks); fails after a bounded wait.
 async fn eventually(mut cond: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if cond() {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-    panic!("condition never held");
+    stead_fixtures::eventually("the condition", || std::future::ready(cond())).await
 }
 
 #[tokio::test]

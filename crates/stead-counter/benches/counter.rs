@@ -4,30 +4,26 @@
 //!
 //! `cargo bench -p stead-counter --bench counter`
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stead_core::Runtime;
 use stead_counter::CounterClient;
+use stead_fixtures::bench;
 
 const IN_FLIGHT: usize = 4096;
 const PER_TASK: usize = 25;
 const READERS: usize = 256;
 const READS_PER_TASK: usize = 20;
 
-/// A 2-worker tokio runtime and a counter client on a fresh SQLite store.
+/// The bench tokio runtime and a counter client on a fresh SQLite store.
 fn setup() -> (
     tokio::runtime::Runtime,
     Runtime,
     CounterClient,
     tempfile::TempDir,
 ) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = bench::tokio();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio
         .block_on(
@@ -41,30 +37,11 @@ fn setup() -> (
     (tokio, rt, counters, dir)
 }
 
-/// How long `tasks` tasks take to each run `op(task)` to completion, all at once.
-fn timed<F, Fut>(tokio: &tokio::runtime::Runtime, tasks: usize, op: F) -> Duration
-where
-    F: Fn(usize) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    tokio
-        .block_on(tokio.spawn(async move {
-            let start = Instant::now();
-            let handles: Vec<_> = (0..tasks).map(|t| tokio::spawn(op(t))).collect();
-            for h in handles {
-                h.await.unwrap();
-            }
-            start.elapsed()
-        }))
-        .unwrap()
-}
-
 fn increments(c: &mut Criterion) {
     let (tokio, rt, counters, _dir) = setup();
     let mut g = c.benchmark_group("counter_fsync");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
     g.throughput(Throughput::Elements((IN_FLIGHT * PER_TASK) as u64));
-    let mut round = 0u64;
     for keyed in [false, true] {
         let id = BenchmarkId::new(
             if keyed {
@@ -76,21 +53,16 @@ fn increments(c: &mut Criterion) {
         );
         g.bench_function(id, |b| {
             b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        round += 1;
-                        let (c, r) = (counters.clone(), round);
-                        timed(&tokio, IN_FLIGHT, move |t| {
-                            let c = c.clone();
-                            async move {
-                                for i in 0..PER_TASK {
-                                    let key = keyed.then(|| format!("{r}-{t}-{i}"));
-                                    c.increment("hot", 1, key.as_deref()).await.unwrap();
-                                }
-                            }
-                        })
-                    })
-                    .sum()
+                let c = counters.clone();
+                bench::rounds(&tokio, iters, IN_FLIGHT, move |r, t| {
+                    let c = c.clone();
+                    async move {
+                        for i in 0..PER_TASK {
+                            let key = keyed.then(|| format!("{r}-{t}-{i}"));
+                            c.increment("hot", 1, key.as_deref()).await.unwrap();
+                        }
+                    }
+                })
             })
         });
     }
@@ -119,20 +91,16 @@ fn reads(c: &mut Criterion) {
         BenchmarkId::new("64_names_16_shards", format!("callers={READERS}")),
         |b| {
             b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let c = counters.clone();
-                        timed(&tokio, READERS, move |t| {
-                            let c = c.clone();
-                            async move {
-                                for i in 0..READS_PER_TASK {
-                                    let name = format!("c{}", (t + i) % 64);
-                                    assert!(c.get(&name).await.unwrap().value > 0);
-                                }
-                            }
-                        })
-                    })
-                    .sum()
+                let c = counters.clone();
+                bench::rounds(&tokio, iters, READERS, move |_, t| {
+                    let c = c.clone();
+                    async move {
+                        for i in 0..READS_PER_TASK {
+                            let name = format!("c{}", (t + i) % 64);
+                            assert!(c.get(&name).await.unwrap().value > 0);
+                        }
+                    }
+                })
             })
         },
     );

@@ -1,33 +1,18 @@
 //! The counter's promises: exact under concurrency, idempotent within the window, bounded
 //! storage, no overflow, fixed shard counts, and the HTTP surface.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use stead_core::{Durability, ManualClock, Runtime};
+use stead_core::Durability;
 use stead_counter::{CounterClient, CounterConfig, CounterError};
-
-fn start() -> chrono::DateTime<chrono::Utc> {
-    "2026-03-01T00:00:00Z".parse().unwrap()
-}
-
-async fn memory_rt(clock: &ManualClock) -> Runtime {
-    Runtime::builder()
-        .memory()
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap()
-}
+use stead_fixtures::TestRuntime;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_increments_sum_exactly() {
-    let rt = Runtime::builder()
-        .memory()
-        .mailbox_capacity(100_000)
-        .build()
-        .await
-        .unwrap();
+    let rt = TestRuntime::builder()
+        .tune(|b| b.mailbox_capacity(100_000))
+        .start()
+        .await;
     let counters = CounterClient::new(&rt).unwrap();
     let tasks: Vec<_> = (0..64u64)
         .map(|t| {
@@ -62,14 +47,8 @@ async fn reads_from_the_published_view_see_every_acknowledged_increment() {
     // The first read of a counter asks its shards; later reads sum what the shards publish
     // after each commit. Every acknowledged increment must show in the next read, under
     // concurrency, after a reset and after the shards leave memory and come back.
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let rt = Runtime::builder()
-        .sqlite(dir.path())
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    let rt = TestRuntime::sqlite().await;
+    let clock = rt.clock.clone();
     let c = CounterClient::new(&rt).unwrap();
     assert_eq!(c.get("v").await.unwrap().value, 0);
     for i in 1..=40 {
@@ -127,14 +106,11 @@ async fn reads_from_the_published_view_see_every_acknowledged_increment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_counts_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        Runtime::builder()
-            .sqlite(dir.path())
-            .durability(Durability::ProcessCrashSafe)
-            .build()
-    };
-    let rt = open().await.unwrap();
+    let rt = TestRuntime::builder()
+        .sqlite()
+        .tune(|b| b.durability(Durability::ProcessCrashSafe))
+        .start()
+        .await;
     let counters = CounterClient::new(&rt).unwrap();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
@@ -151,8 +127,7 @@ async fn durable_counts_survive_a_restart() {
     for t in tasks {
         t.await.unwrap();
     }
-    rt.shutdown().await.unwrap();
-    let rt = open().await.unwrap();
+    let rt = rt.restart().await;
     let counters = CounterClient::new(&rt).unwrap();
     assert_eq!(counters.get("orders").await.unwrap().value, 4800);
     // The keys survived too: a retry after the restart still counts once.
@@ -169,8 +144,8 @@ async fn durable_counts_survive_a_restart() {
 
 #[tokio::test]
 async fn a_retried_increment_counts_once() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
+    let clock = rt.clock.clone();
     let counters = CounterClient::new(&rt).unwrap();
     let mut applied = 0;
     for i in 0..200 {
@@ -200,8 +175,8 @@ async fn a_retried_increment_counts_once() {
 
 #[tokio::test]
 async fn old_keys_are_purged_and_storage_shrinks() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
+    let clock = rt.clock.clone();
     let config = CounterConfig::default().dedup_window(Duration::from_secs(600));
     let counters = CounterClient::with_config(&rt, config).unwrap();
     for i in 0..100 {
@@ -244,8 +219,7 @@ async fn old_keys_are_purged_and_storage_shrinks() {
 
 #[tokio::test]
 async fn overflow_is_an_error_not_a_wrap() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
     let counters = CounterClient::new(&rt).unwrap();
     counters.create("big", 1).await.unwrap();
     counters.increment("big", i64::MAX, None).await.unwrap();
@@ -282,8 +256,7 @@ async fn overflow_is_an_error_not_a_wrap() {
 
 #[tokio::test]
 async fn shard_counts_are_fixed_and_names_validated() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
     let counters = CounterClient::new(&rt).unwrap();
     assert_eq!(counters.create("four", 4).await.unwrap(), 4);
     assert!(matches!(
@@ -332,8 +305,7 @@ async fn shard_counts_are_fixed_and_names_validated() {
 
 #[tokio::test]
 async fn counters_are_listed_by_prefix() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
     let counters = CounterClient::new(&rt).unwrap();
     for n in ["api/a", "api/b", "api/c", "web/a", "api/d"] {
         counters.increment(n, 1, None).await.unwrap();
@@ -350,223 +322,86 @@ async fn counters_are_listed_by_prefix() {
 }
 
 mod over_http {
-    use super::*;
+    use serde_json::{Value, json};
+    use stead_fixtures::{TestClient, TestResponse, TestRuntime};
 
-    async fn serve() -> (String, Runtime, tokio::task::JoinHandle<()>) {
-        let rt = Runtime::builder().memory().build().await.unwrap();
+    async fn serve() -> (TestClient, TestRuntime) {
+        let rt = TestRuntime::memory().await;
         let app = axum::Router::new().nest("/counters", stead_counter::router(&rt).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        (format!("http://{addr}"), rt, task)
+        (TestClient::new(app), rt)
     }
 
-    async fn problem(resp: reqwest::Response, status: u16) -> String {
-        assert_eq!(resp.status().as_u16(), status);
-        assert_eq!(resp.headers()["content-type"], "application/problem+json");
-        let body: serde_json::Value = resp.json().await.unwrap();
-        body["detail"].as_str().unwrap().to_owned()
+    fn problem(resp: TestResponse, status: u16) -> String {
+        assert_eq!(resp.status.as_u16(), status, "{}", resp.text());
+        assert_eq!(resp.content_type(), "application/problem+json");
+        resp.value()["detail"].as_str().unwrap().to_owned()
     }
 
     #[tokio::test]
     async fn increment_read_reset_and_list() {
-        let (base, rt, task) = serve().await;
-        let http = reqwest::Client::new();
-        let inc = |body: serde_json::Value| {
-            http.post(format!("{base}/counters/views/increment"))
-                .json(&body)
-                .send()
-        };
-        let r: serde_json::Value = inc(serde_json::json!({"by": 5, "idempotency_key": "a"}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r, serde_json::json!({"applied": true}));
-        let r: serde_json::Value = inc(serde_json::json!({"by": 5, "idempotency_key": "a"}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(r, serde_json::json!({"applied": false}));
-        inc(serde_json::json!({})).await.unwrap();
-        let v: serde_json::Value = http
-            .get(format!("{base}/counters/views"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(v, serde_json::json!({"value": 6, "shards": 16}));
-        let l: serde_json::Value = http
-            .get(format!("{base}/counters?prefix=vi"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(l["counters"], serde_json::json!(["views"]));
-        let v: serde_json::Value = http
-            .post(format!("{base}/counters/views/reset"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (http, rt) = serve().await;
+        let inc = |body: Value| http.post("/counters/views/increment").json(&body).send();
+        let r = inc(json!({"by": 5, "idempotency_key": "a"})).await.value();
+        assert_eq!(r, json!({"applied": true}));
+        let r = inc(json!({"by": 5, "idempotency_key": "a"})).await.value();
+        assert_eq!(r, json!({"applied": false}));
+        inc(json!({})).await;
+        let v = http.get("/counters/views").send().await.value();
+        assert_eq!(v, json!({"value": 6, "shards": 16}));
+        let l = http.get("/counters?prefix=vi").send().await.value();
+        assert_eq!(l["counters"], json!(["views"]));
+        let v = http.post("/counters/views/reset").send().await.value();
         assert_eq!(v["value"], 0);
-        let v: serde_json::Value = http
-            .get(format!("{base}/counters/views"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = http.get("/counters/views").send().await.value();
         assert_eq!(v["value"], 0);
-        task.abort();
         rt.shutdown().await.unwrap();
     }
 
     #[tokio::test]
     async fn bad_input_gets_a_precise_400() {
-        let (base, rt, task) = serve().await;
-        let http = reqwest::Client::new();
+        let (http, rt) = serve().await;
         let post = |path: String, body: &'static str| {
-            http.post(format!("{base}{path}"))
+            http.post(&path)
                 .header("content-type", "application/json")
-                .body(body)
+                .bytes(body)
                 .send()
         };
-        let d = problem(
-            post("/counters/x/increment".into(), r#"{"by": 1.5}"#)
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let inc = || "/counters/x/increment".to_owned();
+        let d = problem(post(inc(), r#"{"by": 1.5}"#).await, 400);
         assert!(d.contains("by"), "{d}");
-        let d = problem(
-            post("/counters/x/increment".into(), r#"{"by": "1"}"#)
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(post(inc(), r#"{"by": "1"}"#).await, 400);
         assert!(d.contains("by"), "{d}");
-        let d = problem(
-            post("/counters/x/increment".into(), r#"{"by": 1,"#)
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(post(inc(), r#"{"by": 1,"#).await, 400);
         assert!(!d.is_empty());
-        let d = problem(
-            post(
-                "/counters/x/increment".into(),
-                r#"{"by": 99999999999999999999}"#,
-            )
-            .await
-            .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(post(inc(), r#"{"by": 99999999999999999999}"#).await, 400);
         assert!(!d.is_empty());
-        let d = problem(
-            post("/counters/x/increment".into(), r#"{"bye": 1}"#)
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(post(inc(), r#"{"bye": 1}"#).await, 400);
         assert!(d.contains("bye"), "{d}");
-        let d = problem(
-            post(
-                format!("/counters/{}/increment", "n".repeat(300)),
-                r#"{"by": 1}"#,
-            )
-            .await
-            .unwrap(),
-            400,
-        )
-        .await;
+        let long = format!("/counters/{}/increment", "n".repeat(300));
+        let d = problem(post(long, r#"{"by": 1}"#).await, 400);
         assert!(d.contains("256"), "{d}");
-        let d = problem(
-            post("/counters/x/increment".into(), r#"{"idempotency_key": ""}"#)
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(post(inc(), r#"{"idempotency_key": ""}"#).await, 400);
         assert!(d.contains("idempotency_key"), "{d}");
-        post("/counters/x/increment".into(), r#"{"by": 1}"#)
-            .await
-            .unwrap();
-        let d = problem(
-            post(
-                "/counters/x/increment".into(),
-                r#"{"by": 9223372036854775807}"#,
-            )
-            .await
-            .unwrap(),
-            409,
-        )
-        .await;
+        post(inc(), r#"{"by": 1}"#).await;
+        let d = problem(post(inc(), r#"{"by": 9223372036854775807}"#).await, 409);
         assert!(d.contains("overflow"), "{d}");
-        let d = problem(
-            http.get(format!("{base}/counters?limit=0"))
-                .send()
-                .await
-                .unwrap(),
-            400,
-        )
-        .await;
+        let d = problem(http.get("/counters?limit=0").send().await, 400);
         assert!(d.contains("limit"), "{d}");
-        let d = problem(
-            http.put(format!("{base}/counters/x"))
-                .json(&serde_json::json!({"shards": 2}))
-                .send()
-                .await
-                .unwrap(),
-            409,
-        )
-        .await;
+        let put = http.put("/counters/x").json(&json!({"shards": 2}));
+        let d = problem(put.send().await, 409);
         assert!(d.contains("16 shards"), "{d}");
-        let d = problem(
-            http.delete(format!("{base}/counters/x"))
-                .send()
-                .await
-                .unwrap(),
-            405,
-        )
-        .await;
+        let d = problem(http.delete("/counters/x").send().await, 405);
         assert!(d.contains("DELETE"), "{d}");
-        let d = problem(
-            http.post(format!("{base}/counters/x/increment"))
-                .body("{}")
-                .send()
-                .await
-                .unwrap(),
-            415,
-        )
-        .await;
+        let d = problem(http.post(&inc()).bytes("{}").send().await, 415);
         assert!(d.contains("Content-Type"), "{d}");
-        task.abort();
         rt.shutdown().await.unwrap();
     }
 }
 
 #[tokio::test]
 async fn a_key_applied_again_after_expiry_is_not_forgotten_by_the_old_purge() {
-    let clock = ManualClock::new(start());
-    let rt = memory_rt(&clock).await;
+    let rt = TestRuntime::memory().await;
+    let clock = rt.clock.clone();
     let counters = CounterClient::with_config(
         &rt,
         CounterConfig::default().dedup_window(Duration::from_secs(600)),

@@ -45,6 +45,8 @@ pub struct Leadership {
     pub expires_at: Option<DateTime<Utc>>,
     /// How many times leadership changed hands.
     pub transitions: u64,
+    /// How many watches are waiting for the next term.
+    pub watchers: usize,
 }
 
 /// The answer to a campaign.
@@ -100,6 +102,7 @@ impl Election {
             term: self.state.term,
             expires_at: self.state.expires_at,
             transitions: self.state.transitions,
+            watchers: self.watchers.len(),
         }
     }
 

@@ -6,22 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use stead_core::{ManualClock, Runtime};
+use stead_core::ManualClock;
+use stead_fixtures::{TestClient, TestRuntime, eventually};
 use stead_leader::{Elector, ElectorConfig, LeaderClient, LeaderError};
 
-fn start() -> chrono::DateTime<chrono::Utc> {
-    "2026-06-01T00:00:00Z".parse().unwrap()
-}
-
-async fn setup() -> (Runtime, LeaderClient, ManualClock) {
-    let clock = ManualClock::new(start());
-    let rt = Runtime::builder()
-        .memory()
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
+async fn setup() -> (TestRuntime, LeaderClient, ManualClock) {
+    let rt = TestRuntime::memory().await;
     let leaders = LeaderClient::new(&rt).unwrap();
+    let clock = rt.clock.clone();
     (rt, leaders, clock)
 }
 
@@ -131,9 +123,10 @@ async fn watches_wake_when_the_term_moves_or_time_runs_out() {
                 .unwrap()
         })
     };
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
+    eventually("both watches wait", || async {
+        leaders.get("w").await.unwrap().watchers == 2
+    })
+    .await;
     assert!(!watcher.is_finished());
     clock.advance(Duration::from_secs(5)).await;
     let t = timed.await.unwrap();
@@ -155,22 +148,17 @@ async fn watches_wake_when_the_term_moves_or_time_runs_out() {
 
 #[tokio::test]
 async fn terms_keep_growing_across_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let open = || {
-        Runtime::builder()
-            .sqlite(dir.path())
-            .clock(Arc::new(clock.clone()))
-            .build()
-    };
+    let mut rt = TestRuntime::sqlite().await;
     let mut last = 0;
     for round in 0..3 {
-        let rt = open().await.unwrap();
+        if round > 0 {
+            rt = rt.restart().await;
+        }
         let leaders = LeaderClient::new(&rt).unwrap();
         if round > 0 {
             // The lease of the previous round's leader is still live after the restart...
             assert!(!leaders.campaign("r", "other", TTL).await.unwrap().elected);
-            clock.advance(TTL).await; // ...until its alarm lapses it.
+            rt.advance(TTL).await; // ...until its alarm lapses it.
         }
         let r = leaders
             .campaign("r", &format!("n{round}"), TTL)
@@ -178,8 +166,8 @@ async fn terms_keep_growing_across_restarts() {
             .unwrap();
         assert!(r.elected && r.term > last);
         last = r.term;
-        rt.shutdown().await.unwrap();
     }
+    rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
@@ -195,11 +183,11 @@ async fn an_elector_leads_renews_and_hands_over_when_stopped() {
     let term_a = a.leading().await.unwrap();
     let mut b = Elector::start(leaders.clone(), "e", "b", cfg);
     for _ in 0..30 {
+        // Both electors sleep on the clock between their tries.
+        eventually("both electors sleep", || async { clock.sleepers() == 2 }).await;
         clock.advance(Duration::from_secs(2)).await;
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
     }
+    eventually("both electors sleep", || async { clock.sleepers() == 2 }).await;
     assert_eq!(
         a.term(),
         Some(term_a),
@@ -207,17 +195,10 @@ async fn an_elector_leads_renews_and_hands_over_when_stopped() {
     );
     assert_eq!(b.term(), None);
     a.stop().await; // resigns
-    let mut term_b = None;
-    for _ in 0..10 {
-        clock.advance(Duration::from_secs(2)).await;
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        term_b = b.term();
-        if term_b.is_some() {
-            break;
-        }
-    }
+    eventually("b sleeps", || async { clock.sleepers() == 1 }).await;
+    clock.advance(Duration::from_secs(2)).await;
+    eventually("b campaigns and wins", || async { b.term().is_some() }).await;
+    let term_b = b.term();
     assert!(term_b.unwrap() > term_a);
     assert_eq!(b.leading().await, term_b);
     b.stop().await;
@@ -234,32 +215,23 @@ async fn an_elector_leads_renews_and_hands_over_when_stopped() {
 
 #[tokio::test]
 async fn over_http_with_every_error() {
-    let rt = Runtime::builder().memory().build().await.unwrap();
-    let app = axum::Router::new().nest("/leaders", stead_leader::router(&rt).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let http = reqwest::Client::new();
+    let rt = TestRuntime::memory().await;
+    let http =
+        TestClient::new(axum::Router::new().nest("/leaders", stead_leader::router(&rt).unwrap()));
     let post = |path: &str, body: &str| {
-        http.post(format!("{base}/leaders/g/{path}"))
+        http.post(&format!("/leaders/g/{path}"))
             .header("content-type", "application/json")
-            .body(body.to_owned())
+            .bytes(body.to_owned())
             .send()
     };
-    let r: Value = post("campaign", r#"{"candidate":"n1","ttl_ms":10000}"#)
+    let r = post("campaign", r#"{"candidate":"n1","ttl_ms":10000}"#)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value();
     assert_eq!(r["elected"], true);
     let term = r["term"].as_u64().unwrap();
-    let r: Value = post("campaign", r#"{"candidate":"n2","ttl_ms":10000}"#)
+    let r = post("campaign", r#"{"candidate":"n2","ttl_ms":10000}"#)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .value();
     assert_eq!(
         (r["elected"].as_bool(), r["leader"].as_str()),
         (Some(false), Some("n1"))
@@ -268,9 +240,8 @@ async fn over_http_with_every_error() {
         "heartbeat",
         &format!(r#"{{"candidate":"n1","term":{term}}}"#),
     )
-    .await
-    .unwrap();
-    assert_eq!(ok.status(), 200);
+    .await;
+    assert_eq!(ok.status, 200);
     for (path, body, status) in [
         (
             "heartbeat",
@@ -295,57 +266,38 @@ async fn over_http_with_every_error() {
             400,
         ),
     ] {
-        let r = post(path, &body).await.unwrap();
-        assert_eq!(r.status().as_u16(), status, "{path} {body}");
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let r = post(path, &body).await;
+        assert_eq!(r.status.as_u16(), status, "{path} {body}");
+        assert_eq!(r.content_type(), "application/problem+json");
     }
     let watcher = {
-        let (http, base) = (http.clone(), base.clone());
+        let http = http.clone();
         tokio::spawn(async move {
-            http.get(format!(
-                "{base}/leaders/g/watch?after_term={term}&timeout_ms=30000"
+            http.get(&format!(
+                "/leaders/g/watch?after_term={term}&timeout_ms=30000"
             ))
             .send()
             .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
+            .value()
         })
     };
-    let r = post("resign", &format!(r#"{{"candidate":"n1","term":{term}}}"#))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    post("campaign", r#"{"candidate":"n2","ttl_ms":10000}"#)
-        .await
-        .unwrap();
-    let w = watcher.await.unwrap();
+    eventually("the watch waits", || async {
+        http.get("/leaders/g").send().await.value()["watchers"] == 1
+    })
+    .await;
+    let r = post("resign", &format!(r#"{{"candidate":"n1","term":{term}}}"#)).await;
+    assert_eq!(r.status, 200);
+    post("campaign", r#"{"candidate":"n2","ttl_ms":10000}"#).await;
+    let w: Value = watcher.await.unwrap();
     assert_eq!(
         (w["term"].as_u64(), w["leader"].as_str()),
         (Some(term + 1), Some("n2"))
     );
-    let st: Value = http
-        .get(format!("{base}/leaders/g"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = http.get("/leaders/g").send().await.value();
     assert_eq!(st["transitions"], 2);
-    let bad = http
-        .get(format!("{base}/leaders/g/watch?timeout_ms=9999999"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let bad = http
-        .get(format!("{base}/leaders/g/watch?after_term=x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    task.abort();
+    let bad = http.get("/leaders/g/watch?timeout_ms=9999999").send().await;
+    assert_eq!(bad.status, 400);
+    let bad = http.get("/leaders/g/watch?after_term=x").send().await;
+    assert_eq!(bad.status, 400);
     rt.shutdown().await.unwrap();
 }

@@ -1,41 +1,27 @@
-//! The lock routes over real HTTP, every error included.
+//! The lock routes through the router, every error included.
 
 use serde_json::{Value, json};
-use stead_core::Runtime;
+use stead_fixtures::{TestClient, TestRuntime, eventually};
 
-async fn serve() -> (String, Runtime, tokio::task::JoinHandle<()>) {
-    let rt = Runtime::builder().memory().build().await.unwrap();
-    let app = axum::Router::new().nest("/locks", stead_lock::router(&rt).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (format!("http://{addr}"), rt, task)
+fn app(rt: &stead_core::Runtime) -> TestClient {
+    TestClient::new(axum::Router::new().nest("/locks", stead_lock::router(rt).unwrap()))
 }
 
-async fn send(http: &reqwest::Client, url: String, body: &str) -> (u16, Value, String) {
-    let r = http
-        .post(url)
+async fn send(app: &TestClient, url: String, body: &str) -> (u16, Value, String) {
+    let r = app
+        .post(&url)
         .header("content-type", "application/json")
-        .body(body.to_owned())
+        .bytes(body.to_owned())
         .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, r.json().await.unwrap(), ct)
+        .await;
+    (r.status.as_u16(), r.value(), r.content_type().to_owned())
 }
 
 #[tokio::test]
 async fn acquire_renew_validate_release_and_every_error() {
-    let (base, rt, task) = serve().await;
-    let http = reqwest::Client::new();
-    let u = |p: &str| format!("{base}/locks/db-migrate/{p}");
+    let rt = TestRuntime::memory().await;
+    let http = app(&rt);
+    let u = |p: &str| format!("/locks/db-migrate/{p}");
 
     let (s, a, _) = send(&http, u("acquire"), r#"{"holder":"w1","ttl_ms":30000}"#).await;
     assert_eq!(s, 200);
@@ -101,14 +87,7 @@ async fn acquire_renew_validate_release_and_every_error() {
         assert!(!p["detail"].as_str().unwrap().is_empty());
     }
 
-    let state: Value = http
-        .get(format!("{base}/locks/db-migrate"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = http.get("/locks/db-migrate").send().await.value();
     assert_eq!(state["holders"][0]["holder"], "w1");
     assert_eq!(state["last_token"], token);
 
@@ -121,15 +100,14 @@ async fn acquire_renew_validate_release_and_every_error() {
     assert_eq!((s, r), (200, json!({"released": true})));
     let (s, v, _) = send(&http, u("validate"), &format!(r#"{{"token":{token}}}"#)).await;
     assert_eq!((s, v["valid"].as_bool()), (200, Some(false)));
-    task.abort();
     rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_waiting_acquire_is_a_long_poll() {
-    let (base, rt, task) = serve().await;
-    let http = reqwest::Client::new();
-    let url = format!("{base}/locks/q/acquire");
+    let rt = TestRuntime::memory().await;
+    let http = app(&rt);
+    let url = "/locks/q/acquire".to_owned();
     let (_, a, _) = send(&http, url.clone(), r#"{"holder":"a","ttl_ms":30000}"#).await;
     let token = a["token"].as_u64().unwrap();
     let waiter = {
@@ -143,29 +121,18 @@ async fn a_waiting_acquire_is_a_long_poll() {
             .await
         })
     };
-    loop {
-        let st: Value = http
-            .get(format!("{base}/locks/q"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if st["waiters"] == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    eventually("the second acquire waits in the queue", || async {
+        http.get("/locks/q").send().await.value()["waiters"] == 1
+    })
+    .await;
     send(
         &http,
-        format!("{base}/locks/q/release"),
+        "/locks/q/release".to_owned(),
         &format!(r#"{{"holder":"a","token":{token}}}"#),
     )
     .await;
     let (s, b, _) = waiter.await.unwrap();
     assert_eq!(s, 200);
     assert!(b["token"].as_u64().unwrap() > token);
-    task.abort();
     rt.shutdown().await.unwrap();
 }

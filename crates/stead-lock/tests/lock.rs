@@ -5,26 +5,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use stead_core::{Clock, ManualClock, Runtime};
+use stead_core::{Clock, ManualClock};
+use stead_fixtures::{TestRuntime, eventually, start_time};
 use stead_lock::{AcquireOptions, LockClient, LockError};
 
-fn start() -> chrono::DateTime<chrono::Utc> {
-    "2026-05-01T00:00:00Z".parse().unwrap()
-}
-
-async fn setup() -> (Runtime, LockClient, ManualClock) {
-    let clock = ManualClock::new(start());
-    let rt = Runtime::builder()
-        .memory()
-        .clock(Arc::new(clock.clone()))
+async fn setup() -> (TestRuntime, LockClient, ManualClock) {
+    let rt = TestRuntime::builder()
         // Some tests move time in a loop that races the objects on other threads: a call's
         // deadline on that clock could pass before the object runs. No test here is about
         // deadlines.
-        .ask_timeout(Duration::from_secs(24 * 3600))
-        .build()
-        .await
-        .unwrap();
+        .tune(|b| b.ask_timeout(Duration::from_secs(24 * 3600)))
+        .start()
+        .await;
     let locks = LockClient::new(&rt).unwrap();
+    let clock = rt.clock.clone();
     (rt, locks, clock)
 }
 
@@ -83,7 +77,10 @@ async fn leases_expire_by_alarm_unless_renewed() {
         .renew("e", "a", ta, Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(lease.expires_at, start() + chrono::Duration::seconds(18));
+    assert_eq!(
+        lease.expires_at,
+        start_time() + chrono::Duration::seconds(18)
+    );
     clock.advance(Duration::from_secs(9)).await;
     assert_eq!(locks.state("e").await.unwrap().holders.len(), 1, "renewed");
     clock.advance(Duration::from_secs(1)).await;
@@ -115,17 +112,20 @@ async fn waiters_are_served_in_order_and_time_out() {
         })
     };
     let b = wait("b", 60);
-    while locks.state("q").await.unwrap().waiters < 1 {
-        tokio::task::yield_now().await;
-    }
+    eventually("1 waiting", || async {
+        locks.state("q").await.unwrap().waiters == 1
+    })
+    .await;
     let c = wait("c", 60);
-    while locks.state("q").await.unwrap().waiters < 2 {
-        tokio::task::yield_now().await;
-    }
+    eventually("2 waiting", || async {
+        locks.state("q").await.unwrap().waiters == 2
+    })
+    .await;
     let d = wait("d", 5);
-    while locks.state("q").await.unwrap().waiters < 3 {
-        tokio::task::yield_now().await;
-    }
+    eventually("3 waiting", || async {
+        locks.state("q").await.unwrap().waiters == 3
+    })
+    .await;
     // d gives up after 5 s, without polling.
     clock.advance(Duration::from_secs(5)).await;
     let d = d.await.unwrap();
@@ -176,15 +176,7 @@ async fn a_semaphore_admits_at_most_n() {
 
 #[tokio::test]
 async fn tokens_and_leases_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let open = || {
-        Runtime::builder()
-            .sqlite(dir.path())
-            .clock(Arc::new(clock.clone()))
-            .build()
-    };
-    let rt = open().await.unwrap();
+    let rt = TestRuntime::sqlite().await;
     let locks = LockClient::new(&rt).unwrap();
     let mut last = 0;
     for i in 0..5 {
@@ -196,9 +188,7 @@ async fn tokens_and_leases_survive_a_restart() {
         locks.release("r", &format!("h{i}"), last).await.unwrap();
     }
     let held = locks.try_acquire("r", &opts("keeper", 60)).await.unwrap();
-    rt.shutdown().await.unwrap();
-
-    let rt = open().await.unwrap();
+    let rt = rt.restart().await;
     let locks = LockClient::new(&rt).unwrap();
     let st = locks.state("r").await.unwrap();
     assert_eq!(st.holders.len(), 1, "an unexpired lease is still held");
@@ -211,7 +201,7 @@ async fn tokens_and_leases_survive_a_restart() {
             .acquired
     );
     // It expires by the alarm kept across the restart; the next token is greater still.
-    clock.advance(Duration::from_secs(60)).await;
+    rt.advance(Duration::from_secs(60)).await;
     let next = locks.try_acquire("r", &opts("other", 60)).await.unwrap();
     assert!(next.token.unwrap() > held.token.unwrap() && held.token.unwrap() > last);
     rt.shutdown().await.unwrap();
@@ -348,10 +338,14 @@ async fn the_guard_renews_until_released() {
     let (rt, locks, clock) = setup().await;
     let guard = locks.acquire("g", opts("a", 30)).await.unwrap();
     for _ in 0..10 {
+        // The guard renews every 10 s, to 30 s from then.
+        eventually("the renewer sleeps", || async { clock.sleepers() == 1 }).await;
         clock.advance(Duration::from_secs(10)).await;
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
+        let renewed = clock.now() + chrono::Duration::seconds(30);
+        eventually("the guard renewed its lease", || async {
+            locks.state("g").await.unwrap().holders[0].expires_at == renewed
+        })
+        .await;
     }
     assert!(!guard.is_lost());
     assert_eq!(
@@ -369,9 +363,10 @@ async fn the_guard_renews_until_released() {
 async fn the_guard_says_when_its_lease_was_lost() {
     let (rt, locks, clock) = setup().await;
     let mut guard = locks.acquire("lost", opts("a", 30)).await.unwrap();
-    for _ in 0..20 {
-        tokio::task::yield_now().await; // let the renewer start its first wait
-    }
+    eventually("the renewer sleeps until its first renewal", || async {
+        clock.sleepers() == 1
+    })
+    .await;
     // A stall longer than the whole lease: the alarm ends it before the renewal runs.
     clock.jump(Duration::from_secs(31)).await;
     let other = locks.try_acquire("lost", &opts("b", 30)).await.unwrap();

@@ -4,21 +4,18 @@
 //! every check refused, nothing written).
 //! `cargo bench -p stead-ratelimit --bench ratelimit`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stead_core::{Durability, Runtime};
+use stead_fixtures::bench;
 use stead_ratelimit::{Limit, Policy, RateLimitClient, RateLimitConfig};
 
 const CALLERS: usize = 256;
 const CHECKS: usize = 100;
 
 fn checks(c: &mut Criterion) {
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = bench::tokio();
     for durable in [false, true] {
         checks_with(c, &tokio, durable);
     }
@@ -49,41 +46,23 @@ fn checks_with(c: &mut Criterion, tokio: &tokio::runtime::Runtime, durable: bool
         // Generous enough that the spread keys are always admitted; the hot key is not.
         let limit = Limit::inline(Policy::per_second(1_000_000)).unwrap();
         let hot_limit = Limit::inline(Policy::per_second(100)).unwrap();
-        let round = std::sync::atomic::AtomicUsize::new(0);
         g.bench_function(BenchmarkId::new(label, format!("callers={CALLERS}")), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let r = round.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (limits, limit, hot_limit) = (limits.clone(), limit.clone(), hot_limit.clone());
+                bench::rounds(tokio, iters, CALLERS, move |r, i| {
                     let (limits, limit, hot_limit) =
                         (limits.clone(), limit.clone(), hot_limit.clone());
-                    total += tokio
-                        .block_on(tokio.spawn(async move {
-                            let start = Instant::now();
-                            let tasks: Vec<_> = (0..CALLERS)
-                                .map(|i| {
-                                    let (limits, limit, hot_limit) =
-                                        (limits.clone(), limit.clone(), hot_limit.clone());
-                                    tokio::spawn(async move {
-                                        for j in 0..CHECKS {
-                                            if hot {
-                                                limits.check("hot", &hot_limit, 1).await.unwrap();
-                                            } else {
-                                                let key = format!("k-{r}-{i}-{}", j % 10);
-                                                limits.check(&key, &limit, 1).await.unwrap();
-                                            }
-                                        }
-                                    })
-                                })
-                                .collect();
-                            for t in tasks {
-                                t.await.unwrap();
+                    async move {
+                        for j in 0..CHECKS {
+                            if hot {
+                                limits.check("hot", &hot_limit, 1).await.unwrap();
+                            } else {
+                                let key = format!("k-{r}-{i}-{}", j % 10);
+                                limits.check(&key, &limit, 1).await.unwrap();
                             }
-                            start.elapsed()
-                        }))
-                        .unwrap();
-                }
-                total
+                        }
+                    }
+                })
             })
         });
     }

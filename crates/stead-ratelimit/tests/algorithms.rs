@@ -4,13 +4,12 @@
 //! than `limit` in any window.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::FakeRelativeClock;
 use governor::{Quota, RateLimiter as Governor};
 use proptest::prelude::*;
-use stead_core::{ManualClock, Runtime};
+use stead_fixtures::TestRuntime;
 use stead_ratelimit::{Algorithm, Decision, Limit, Policy, RateLimitClient};
 
 const MS: u64 = 1_000_000;
@@ -40,13 +39,11 @@ fn run_object(policy: &Policy, trace: &[Step]) -> Vec<Decision> {
         .build()
         .unwrap();
     tokio.block_on(async {
-        let clock = ManualClock::new("2026-03-01T00:00:00Z".parse().unwrap());
-        let rt = Runtime::builder()
-            .memory()
-            .clock(Arc::new(clock.clone()))
-            .build()
-            .await
-            .unwrap();
+        let rt = TestRuntime::builder()
+            .starting_at("2026-03-01T00:00:00Z")
+            .start()
+            .await;
+        let clock = rt.clock.clone();
         let limits = RateLimitClient::new(&rt).unwrap();
         let limit = Limit::inline(policy.clone()).unwrap();
         let mut out = Vec::new();
@@ -174,7 +171,7 @@ fn cost_above_burst_is_an_error_as_in_governor() {
         .build()
         .unwrap();
     tokio.block_on(async {
-        let rt = Runtime::builder().memory().build().await.unwrap();
+        let rt = TestRuntime::memory().await;
         let limits = RateLimitClient::new(&rt).unwrap();
         let limit = Limit::inline(Policy::per_second(5)).unwrap();
         let err = limits.check("k", &limit, 6).await.unwrap_err();

@@ -1,45 +1,26 @@
-//! Over real HTTP on 127.0.0.1: the `/ratelimit` routes with their headers and every kind of
-//! bad input, and the tower layer keyed by header and by peer IP, failing open and closed.
-
-use std::net::SocketAddr;
-use std::sync::Arc;
+//! Through the router: the `/ratelimit` routes with their headers and every kind of bad
+//! input, and the tower layer keyed by header and by peer IP, failing open and closed.
 
 use axum::Router;
 use axum::http::HeaderName;
 use axum::routing::get;
 use serde_json::Value;
-use stead_core::{ManualClock, Runtime};
+use stead_core::Runtime;
+use stead_fixtures::{TestClient, TestRequest, TestRuntime};
 use stead_ratelimit::{OnFailure, Policies, Policy, RateLimitClient, RateLimitConfig, layer};
 
-async fn listen(app: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
+async fn runtime() -> TestRuntime {
+    TestRuntime::builder()
+        .starting_at("2026-03-01T00:00:00.5Z")
+        .start()
         .await
-        .unwrap();
-    });
-    format!("http://{addr}")
 }
 
-async fn runtime() -> (Runtime, ManualClock) {
-    let clock = ManualClock::new("2026-03-01T00:00:00.5Z".parse().unwrap());
-    let rt = Runtime::builder()
-        .memory()
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
-    (rt, clock)
-}
-
+/// A response, its body as JSON (or as a JSON string when it is not JSON).
 struct Reply {
     status: u16,
     body: Value,
-    headers: reqwest::header::HeaderMap,
+    headers: axum::http::HeaderMap,
 }
 
 impl Reply {
@@ -51,35 +32,35 @@ impl Reply {
     }
 }
 
-async fn call(req: reqwest::RequestBuilder) -> Reply {
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+async fn call(req: TestRequest) -> Reply {
+    let r = req.send().await;
+    let text = r.text();
     Reply {
-        status,
-        body,
-        headers,
+        status: r.status.as_u16(),
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        headers: r.headers,
     }
 }
 
-fn post(http: &reqwest::Client, url: String, body: &str) -> reqwest::RequestBuilder {
-    http.post(url)
+fn post(http: &TestClient, url: String, body: &str) -> TestRequest {
+    http.post(&url)
         .header("content-type", "application/json")
-        .body(body.to_owned())
+        .bytes(body.to_owned())
+}
+
+fn routes(rt: &stead_core::Runtime) -> TestClient {
+    TestClient::new(Router::new().nest("/ratelimit", stead_ratelimit::router(rt).unwrap()))
 }
 
 #[tokio::test]
 async fn check_peek_and_reset_with_headers() {
-    let (rt, clock) = runtime().await;
+    let rt = runtime().await;
+    let clock = rt.clock.clone();
     let mut p = Policies::new();
     p.insert("api", Policy::per_minute(2)).unwrap();
     RateLimitClient::with_config(&rt, RateLimitConfig::with_policies(p)).unwrap();
-    let base =
-        listen(axum::Router::new().nest("/ratelimit", stead_ratelimit::router(&rt).unwrap())).await;
-    let http = reqwest::Client::new();
-    let check = |body: &'static str| post(&http, format!("{base}/ratelimit/alice/check"), body);
+    let http = routes(&rt);
+    let check = |body: &'static str| post(&http, "/ratelimit/alice/check".to_owned(), body);
 
     let r = call(check(r#"{"policy":"api"}"#)).await;
     assert_eq!(r.status, 200);
@@ -102,7 +83,7 @@ async fn check_peek_and_reset_with_headers() {
     // Peek consumes nothing and is never a 429.
     clock.advance(std::time::Duration::from_secs(30)).await;
     for _ in 0..2 {
-        let r = call(http.get(format!("{base}/ratelimit/alice?policy=api"))).await;
+        let r = call(http.get("/ratelimit/alice?policy=api")).await;
         assert_eq!((r.status, &r.body["remaining"]), (200, &Value::from(1)));
         assert_eq!(r.header("ratelimit"), r#""api";r=1;t=30"#);
     }
@@ -121,34 +102,29 @@ async fn check_peek_and_reset_with_headers() {
     ))
     .await;
     assert_eq!((r.status, r.header("retry-after")), (429, "1"));
-    let r = call(http.get(format!(
-        "{base}/ratelimit/alice?algorithm=fixed_window&limit=1&period_ms=1000"
-    )))
-    .await;
+    let r = call(http.get("/ratelimit/alice?algorithm=fixed_window&limit=1&period_ms=1000")).await;
     assert_eq!(r.body["remaining"], 0);
     // Cost.
     let r = call(check(r#"{"limit":10,"period_ms":1000,"cost":4}"#)).await;
     assert_eq!(r.body["remaining"], 6);
 
     // Reset one policy, then all of the key's.
-    let r = call(http.delete(format!("{base}/ratelimit/alice?policy=api"))).await;
+    let r = call(http.delete("/ratelimit/alice?policy=api")).await;
     assert_eq!((r.status, &r.body["reset"]), (200, &Value::from(1)));
-    let r = call(http.get(format!("{base}/ratelimit/alice?policy=api"))).await;
+    let r = call(http.get("/ratelimit/alice?policy=api")).await;
     assert_eq!(r.body["remaining"], 2);
-    let r = call(http.delete(format!("{base}/ratelimit/alice"))).await;
+    let r = call(http.delete("/ratelimit/alice")).await;
     assert_eq!(r.body["reset"], 2, "{:?}", r.body);
 
-    let r = call(http.get(format!("{base}/ratelimit"))).await;
+    let r = call(http.get("/ratelimit")).await;
     assert_eq!(r.body["policies"]["api"]["limit"], 2);
     rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn bad_input_is_a_precise_problem() {
-    let (rt, _clock) = runtime().await;
-    let base =
-        listen(axum::Router::new().nest("/ratelimit", stead_ratelimit::router(&rt).unwrap())).await;
-    let http = reqwest::Client::new();
+    let rt = runtime().await;
+    let http = routes(&rt);
     let cases: &[(&str, &str, &str)] = &[
         (
             "k",
@@ -214,7 +190,7 @@ async fn bad_input_is_a_precise_problem() {
         ("k", r#"{"limit":5,"period_ms":1000"#, ""),
     ];
     for (key, body, detail) in cases {
-        let r = call(post(&http, format!("{base}/ratelimit/{key}/check"), body)).await;
+        let r = call(post(&http, format!("/ratelimit/{key}/check"), body)).await;
         assert_eq!(r.status, 400, "{body}: {:?}", r.body);
         assert_eq!(r.header("content-type"), "application/problem+json");
         let got = r.body["detail"].as_str().unwrap();
@@ -223,7 +199,7 @@ async fn bad_input_is_a_precise_problem() {
     let long = "k".repeat(300);
     let r = call(post(
         &http,
-        format!("{base}/ratelimit/{long}/check"),
+        format!("/ratelimit/{long}/check"),
         r#"{"limit":1,"period_ms":1}"#,
     ))
     .await;
@@ -234,14 +210,14 @@ async fn bad_input_is_a_precise_problem() {
             .unwrap()
             .contains("300 characters")
     );
-    let r = call(http.get(format!("{base}/ratelimit/k?limit=abc&period_ms=1"))).await;
+    let r = call(http.get("/ratelimit/k?limit=abc&period_ms=1")).await;
     assert_eq!(
         (r.status, r.header("content-type")),
         (400, "application/problem+json")
     );
-    let r = call(http.get(format!("{base}/ratelimit/k?colour=red"))).await;
+    let r = call(http.get("/ratelimit/k?colour=red")).await;
     assert_eq!(r.status, 400);
-    let r = call(http.put(format!("{base}/ratelimit/k/check"))).await;
+    let r = call(http.put("/ratelimit/k/check")).await;
     assert_eq!(
         (r.status, r.header("content-type")),
         (405, "application/problem+json")
@@ -257,14 +233,14 @@ fn app(layer: stead_ratelimit::RateLimitLayer) -> Router {
 
 #[tokio::test]
 async fn the_layer_limits_by_header_and_reports_in_headers() {
-    let (rt, clock) = runtime().await;
+    let rt = runtime().await;
+    let clock = rt.clock.clone();
     let l = layer(&rt, Policy::per_second(2))
         .key_by_header(HeaderName::from_static("x-api-key"))
         .named("edge");
-    let base = listen(app(l)).await;
-    let http = reqwest::Client::new();
+    let http = TestClient::new(app(l));
     let get = |key: Option<&str>| {
-        let r = http.get(format!("{base}/hello"));
+        let r = http.get("/hello");
         match key {
             Some(k) => r.header("x-api-key", k),
             None => r,
@@ -297,17 +273,16 @@ async fn the_layer_limits_by_header_and_reports_in_headers() {
 
 #[tokio::test]
 async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
-    let (rt, _clock) = runtime().await;
-    let base = listen(app(layer(&rt, Policy::per_minute(1)))).await;
-    let http = reqwest::Client::new();
-    assert_eq!(call(http.get(format!("{base}/hello"))).await.status, 200);
-    assert_eq!(call(http.get(format!("{base}/hello"))).await.status, 429);
+    let rt = runtime().await;
+    let http = TestClient::new(app(layer(&rt, Policy::per_minute(1))));
+    assert_eq!(call(http.get("/hello")).await.status, 200);
+    assert_eq!(call(http.get("/hello")).await.status, 429);
+    // Another address has its own limit.
+    let other = http.peer(([10, 0, 0, 7], 5000));
+    assert_eq!(call(other.get("/hello")).await.status, 200);
     // Served without connect info, the layer cannot key by IP and says so.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let plain = app(layer(&rt, Policy::per_minute(1)));
-    tokio::spawn(async move { axum::serve(listener, plain).await.unwrap() });
-    let r = call(http.get(format!("http://{addr}/hello"))).await;
+    let plain = TestClient::new(app(layer(&rt, Policy::per_minute(1)))).without_connect_info();
+    let r = call(plain.get("/hello")).await;
     assert_eq!(r.status, 500);
     assert!(
         r.body["detail"]
@@ -320,25 +295,22 @@ async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
 
 #[tokio::test]
 async fn the_layer_fails_open_or_closed_as_configured() {
-    let (rt, _clock) = runtime().await;
+    let rt = runtime().await;
     let key = HeaderName::from_static("x-api-key");
-    let open = listen(app(
+    let open = TestClient::new(app(
         layer(&rt, Policy::per_minute(1)).key_by_header(key.clone())
-    ))
-    .await;
-    let closed = listen(app(layer(&rt, Policy::per_minute(1))
+    ));
+    let closed = TestClient::new(app(layer(&rt, Policy::per_minute(1))
         .key_by_header(key)
-        .on_failure(OnFailure::Closed)))
-    .await;
+        .on_failure(OnFailure::Closed)));
     // A runtime that has shut down cannot answer.
     rt.shutdown().await.unwrap();
-    let http = reqwest::Client::new();
     for _ in 0..3 {
-        let r = call(http.get(format!("{open}/hello")).header("x-api-key", "a")).await;
+        let r = call(open.get("/hello").header("x-api-key", "a")).await;
         assert_eq!(r.status, 200, "fail open lets requests through");
         assert!(r.headers.get("ratelimit").is_none());
     }
-    let r = call(http.get(format!("{closed}/hello")).header("x-api-key", "a")).await;
+    let r = call(closed.get("/hello").header("x-api-key", "a")).await;
     assert_eq!(r.status, 503, "fail closed refuses");
     assert_eq!(r.header("content-type"), "application/problem+json");
     assert_eq!(r.header("retry-after"), "1");

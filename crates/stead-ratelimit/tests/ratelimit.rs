@@ -1,10 +1,10 @@
 //! The limiter's promises beyond one algorithm: exact under concurrency, exact across a
 //! restart, state forgotten once idle, named policies, resets.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use stead_core::{Durability, ManualClock, Runtime};
+use stead_core::{Durability, Runtime};
+use stead_fixtures::TestRuntime;
 use stead_ratelimit::{
     Algorithm, Limit, Policies, Policy, RateLimitClient, RateLimitConfig, RateLimiter,
 };
@@ -16,21 +16,17 @@ const ALL: [Algorithm; 4] = [
     Algorithm::FixedWindow,
 ];
 
-fn start() -> chrono::DateTime<chrono::Utc> {
-    // Not on a window boundary, so fixed windows behave like the others within a test.
-    "2026-03-01T00:00:00.25Z".parse().unwrap()
-}
-
-async fn sqlite(dir: &std::path::Path, clock: &ManualClock) -> Runtime {
-    Runtime::builder()
-        .sqlite(dir)
-        .clock(Arc::new(clock.clone()))
-        .build()
+/// A SQLite test runtime whose clock is not on a window boundary, so fixed windows behave
+/// like the others within a test.
+async fn sqlite() -> TestRuntime {
+    TestRuntime::builder()
+        .sqlite()
+        .starting_at("2026-03-01T00:00:00.25Z")
+        .start()
         .await
-        .unwrap()
 }
 
-/// The rate limiter of `rt`, keeping its state durably (`ProcessCrashSafe`).
+/// The limiter of `rt`, keeping its state durably (`ProcessCrashSafe`).
 fn durable(rt: &Runtime) -> RateLimitClient {
     RateLimitClient::with_config(
         rt,
@@ -41,9 +37,7 @@ fn durable(rt: &Runtime) -> RateLimitClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixty_four_tasks_on_one_key_get_exactly_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = sqlite().await;
     let limits = durable(&rt);
     for alg in ALL {
         let limit = Limit::inline(Policy::per_hour(1000).algorithm(alg)).unwrap();
@@ -72,14 +66,12 @@ async fn sixty_four_tasks_on_one_key_get_exactly_the_limit() {
 
 #[tokio::test]
 async fn limits_hold_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
+    let mut rt = sqlite().await;
     for durability in [Durability::ProcessCrashSafe, Durability::Fsync] {
         for alg in ALL {
             let policy = Policy::per_minute(5).algorithm(alg);
             let key = format!("{alg:?}-{durability:?}");
             {
-                let rt = sqlite(dir.path(), &clock).await;
                 let limits = RateLimitClient::with_config(
                     &rt,
                     RateLimitConfig::default().durability(durability),
@@ -90,10 +82,9 @@ async fn limits_hold_across_a_restart() {
                     assert!(limits.check(&key, &limit, 1).await.unwrap().allowed);
                 }
                 assert!(limits.check(&key, &limit, 2).await.unwrap().allowed);
-                rt.shutdown().await.unwrap();
             }
-            clock.advance(Duration::from_millis(10)).await;
-            let rt = sqlite(dir.path(), &clock).await;
+            rt = rt.restart().await;
+            rt.advance(Duration::from_millis(10)).await;
             let limits = RateLimitClient::with_config(
                 &rt,
                 RateLimitConfig::default().durability(durability),
@@ -105,27 +96,27 @@ async fn limits_hold_across_a_restart() {
             let d = limits.check(&key, &limit, 1).await.unwrap();
             assert!(!d.allowed, "{key}: a restart forgave nothing");
             assert!(d.retry_after_ms.unwrap() > 0);
-            rt.shutdown().await.unwrap();
+            // The next round configures the limiter afresh.
+            rt = rt.restart().await;
         }
     }
+    rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
+    let rt = sqlite().await;
+    let clock = rt.clock.clone();
     let limit = Limit::inline(Policy::per_second(4).algorithm(Algorithm::SlidingWindow)).unwrap();
     {
-        let rt = sqlite(dir.path(), &clock).await;
         let limits = durable(&rt);
         for _ in 0..4 {
             assert!(limits.check("w", &limit, 1).await.unwrap().allowed);
             clock.advance(Duration::from_millis(200)).await;
         }
-        rt.shutdown().await.unwrap();
     }
     // Now at 800 ms: admissions at 0, 200, 400 and 600 ms are all still in the window.
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = rt.restart().await;
     let limits = durable(&rt);
     let d = limits.check("w", &limit, 1).await.unwrap();
     assert_eq!((d.allowed, d.retry_after_ms), (false, Some(200)));
@@ -135,9 +126,8 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
     assert!(!limits.check("w", &limit, 1).await.unwrap().allowed);
     clock.advance(Duration::from_millis(400)).await;
     assert!(limits.check("w", &limit, 2).await.unwrap().allowed);
-    rt.shutdown().await.unwrap();
     // After the restart the log holds exactly what is still in the window: 600, 1000, 1400 ×2.
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = rt.restart().await;
     let limits = durable(&rt);
     assert_eq!(limits.peek("w", &limit).await.unwrap().remaining, 0);
     clock.advance(Duration::from_millis(200)).await;
@@ -147,9 +137,8 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
 
 #[tokio::test]
 async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = sqlite().await;
+    let clock = rt.clock.clone();
     let limits = durable(&rt);
     let ns = rt.get_namespace::<RateLimiter>().unwrap().unwrap();
     for alg in ALL {
@@ -186,13 +175,7 @@ async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
 
 #[tokio::test]
 async fn named_policies_resets_and_configuration() {
-    let clock = ManualClock::new(start());
-    let rt = Runtime::builder()
-        .memory()
-        .clock(Arc::new(clock.clone()))
-        .build()
-        .await
-        .unwrap();
+    let rt = TestRuntime::memory().await;
     let mut policies = Policies::new();
     policies.insert("api", Policy::per_minute(2)).unwrap();
     policies
@@ -252,12 +235,10 @@ async fn named_policies_resets_and_configuration() {
 
 #[tokio::test]
 async fn a_changed_policy_starts_the_key_afresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
+    let rt = sqlite().await;
     let mut old = Policies::new();
     old.insert("api", Policy::per_minute(2)).unwrap();
     {
-        let rt = sqlite(dir.path(), &clock).await;
         let limits = RateLimitClient::with_config(
             &rt,
             RateLimitConfig::with_policies(old).durability(Durability::ProcessCrashSafe),
@@ -266,7 +247,6 @@ async fn a_changed_policy_starts_the_key_afresh() {
         let api = limits.named("api").unwrap();
         limits.check("k", &api, 2).await.unwrap();
         assert!(!limits.check("k", &api, 1).await.unwrap().allowed);
-        rt.shutdown().await.unwrap();
     }
     let mut new = Policies::new();
     new.insert(
@@ -274,7 +254,7 @@ async fn a_changed_policy_starts_the_key_afresh() {
         Policy::per_minute(10).algorithm(Algorithm::FixedWindow),
     )
     .unwrap();
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = rt.restart().await;
     let limits = RateLimitClient::with_config(
         &rt,
         RateLimitConfig::with_policies(new).durability(Durability::ProcessCrashSafe),
@@ -288,17 +268,14 @@ async fn a_changed_policy_starts_the_key_afresh() {
 
 #[tokio::test]
 async fn by_default_state_is_in_memory_and_a_restart_forgives() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(start());
+    let rt = sqlite().await;
     let limit = Limit::inline(Policy::per_hour(1)).unwrap();
     {
-        let rt = sqlite(dir.path(), &clock).await;
         let limits = RateLimitClient::new(&rt).unwrap();
         assert!(limits.check("k", &limit, 1).await.unwrap().allowed);
         assert!(!limits.check("k", &limit, 1).await.unwrap().allowed);
-        rt.shutdown().await.unwrap();
     }
-    let rt = sqlite(dir.path(), &clock).await;
+    let rt = rt.restart().await;
     let limits = RateLimitClient::new(&rt).unwrap();
     assert!(limits.check("k", &limit, 1).await.unwrap().allowed);
     rt.shutdown().await.unwrap();

@@ -6,7 +6,7 @@
 //! 10,000 keys (nearly every request admitted, so the durable limiter writes each one) and
 //! one hot key (nearly every request refused). Prints requests/s and latency.
 //!
-//! `cargo bench -p stead-server --bench ratelimit_layer` (`-- --seconds 5 --rounds 5` for longer runs,
+//! `cargo bench --bench ratelimit_layer` (`-- --seconds 5 --rounds 5` for longer runs,
 //! `-- --only "keys stead, memory"` for one row).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 

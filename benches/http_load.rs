@@ -2,7 +2,7 @@
 //! each pattern route it knows, beside a no-op handler served by the same process (the
 //! ceiling), in `process-crash-safe` and `fsync` durability. Prints a table.
 //!
-//! `cargo bench -p stead-server --bench http_load` (`-- --seconds 5 --rounds 5` for longer
+//! `cargo bench --bench http_load` (`-- --seconds 5 --rounds 5` for longer
 //! runs, `-- --only fsync` for some rows, `-- --only "fsync POST"` for one route alone, without
 //! the ceiling).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
