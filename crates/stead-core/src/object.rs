@@ -77,6 +77,21 @@ pub trait DurableObject: Sized + Send + 'static {
         let _ = (ctx, job);
         async { Ok(()) }
     }
+
+    /// Runs, as a turn of its own, when the object is about to leave memory in an orderly
+    /// way: idle eviction, the active-object cap, or shutdown. What it writes is committed
+    /// before the object leaves, so its next activation reads it.
+    ///
+    /// For state kept in fields between writes: a namespace of
+    /// [`Durability::Memory`](crate::Durability::Memory) can write back here instead of on
+    /// every turn, since a crash loses its store anyway. It does not run on a crash, after a
+    /// panic, or after a failed commit (which reset the object); a durable object must not
+    /// rely on it to keep what it acknowledged. An error or panic discards its writes and
+    /// the object leaves all the same. It runs again only after another turn has run.
+    fn on_leave(&mut self, ctx: &mut Context) -> impl Future<Output = Result<()>> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
 }
 
 /// A message a durable object can receive: any serde type, so that a later cluster mode can

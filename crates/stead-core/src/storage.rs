@@ -154,6 +154,11 @@ impl Storage {
 
     // ----- public API -------------------------------------------------------------------
 
+    /// How durable this object's acknowledged writes are (its namespace's durability).
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// The value stored at `key`, decoded as `T`.
     pub async fn get<T: DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>> {
         check_user_key(key)?;

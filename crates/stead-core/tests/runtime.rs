@@ -728,3 +728,72 @@ async fn after_commit_runs_once_the_writes_are_durable_and_never_if_they_are_los
     assert_eq!(seen(), vec![1, 2], "a lost write is never published");
     h.rt.shutdown().await.unwrap();
 }
+
+/// Keeps a count in a field and writes it only when it leaves memory.
+struct WriteBack {
+    count: i64,
+    leaves: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Tally;
+
+impl DurableObject for WriteBack {
+    const CLASS: &'static str = "write_back";
+    type Env = Arc<std::sync::atomic::AtomicUsize>;
+
+    async fn activate(ctx: &mut Context, env: Arc<Self::Env>) -> Result<Self> {
+        Ok(WriteBack {
+            count: ctx.storage().get("count").await?.unwrap_or(0),
+            leaves: (*env).clone(),
+        })
+    }
+
+    async fn on_leave(&mut self, ctx: &mut Context) -> Result<()> {
+        self.leaves.fetch_add(1, Ordering::SeqCst);
+        ctx.storage().put("count", &self.count)
+    }
+}
+
+impl Handler<Tally> for WriteBack {
+    type Reply = i64;
+    async fn handle(&mut self, _: Tally, _: &mut Context) -> i64 {
+        self.count += 1;
+        self.count
+    }
+}
+
+#[tokio::test]
+async fn on_leave_writes_back_before_eviction_and_shutdown() {
+    for kind in [Kind::Memory, Kind::Sqlite] {
+        let h = harness(kind).await;
+        let leaves = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ns = h.rt.namespace::<WriteBack>(leaves.clone()).unwrap();
+        let o = ns.get_by_name("w");
+        for n in 1..=3 {
+            assert_eq!(o.ask(Tally).await.unwrap(), n);
+        }
+        // Idle eviction: the count is written on the way out and read on the way back.
+        h.clock.advance(Duration::from_secs(61)).await;
+        eventually(|| ns.active_objects() == 0).await;
+        assert_eq!(leaves.load(Ordering::SeqCst), 1, "{kind:?}");
+        assert_eq!(o.ask(Tally).await.unwrap(), 4, "{kind:?}: written back");
+        if let Kind::Sqlite = kind {
+            // A clean shutdown writes back too: a restart on the same files finds it.
+            let dir = h.dir.path().to_owned();
+            h.rt.shutdown().await.unwrap();
+            assert_eq!(leaves.load(Ordering::SeqCst), 2);
+            let rt = Runtime::builder()
+                .sqlite(&dir)
+                .shards(2)
+                .build()
+                .await
+                .unwrap();
+            let ns = rt.namespace::<WriteBack>(leaves.clone()).unwrap();
+            assert_eq!(ns.get_by_name("w").ask(Tally).await.unwrap(), 5);
+            rt.shutdown().await.unwrap();
+        } else {
+            h.rt.shutdown().await.unwrap();
+        }
+    }
+}

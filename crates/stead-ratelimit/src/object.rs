@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result};
+use stead_core::{
+    AlarmInfo, Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Result,
+};
 
 use crate::error::RateLimitError;
 
@@ -468,8 +470,13 @@ pub struct RateLimiter {
     stored: Option<Stored>,
     /// When the alarm is set for, in nanoseconds.
     alarm_at: Option<u64>,
-    /// Sliding window: log entries from this sequence number on may still be in storage.
+    /// Sliding window: the log entries in storage are those from `log_kept_from` up to
+    /// (not including) `log_stored_to`.
     log_kept_from: u64,
+    log_stored_to: u64,
+    /// State in memory is newer than in storage: in a `Memory` namespace the state is
+    /// written back when the object leaves memory, not on every admission.
+    unsaved: bool,
 }
 
 fn now_ns(ctx: &Context) -> u64 {
@@ -504,6 +511,7 @@ impl DurableObject for RateLimiter {
     async fn activate(ctx: &mut Context, _env: Arc<Self::Env>) -> Result<Self> {
         let mut stored: Option<Stored> = ctx.storage().get(STATE).await?;
         let mut log_kept_from = 0;
+        let mut log_stored_to = 0;
         if let Some(Stored {
             state: AlgoState::SlidingWindow { first_seq, log },
             ..
@@ -517,12 +525,15 @@ impl DurableObject for RateLimiter {
             }
             log.extend(entries.into_iter().map(|(_, e)| e));
             log_kept_from = *first_seq;
+            log_stored_to = *first_seq + log.len() as u64;
         }
         let alarm_at = ctx.storage().alarm().await?.map(to_ns);
         Ok(RateLimiter {
             stored,
             alarm_at,
             log_kept_from,
+            log_stored_to,
+            unsaved: false,
         })
     }
 
@@ -542,6 +553,23 @@ impl DurableObject for RateLimiter {
         }
         Ok(())
     }
+
+    async fn on_leave(&mut self, ctx: &mut Context) -> Result<()> {
+        if !self.unsaved {
+            return Ok(());
+        }
+        self.unsaved = false;
+        let idle = self
+            .stored
+            .as_ref()
+            .is_none_or(|s| forget_at(s.state.idle_from(&s.policy)) <= now_ns(ctx));
+        if idle {
+            // Already the same as a key never seen: nothing to keep.
+            self.forget(ctx);
+            return Ok(());
+        }
+        self.persist(ctx, true).await
+    }
 }
 
 impl RateLimiter {
@@ -550,6 +578,8 @@ impl RateLimiter {
         self.stored = None;
         self.alarm_at = None;
         self.log_kept_from = 0;
+        self.log_stored_to = 0;
+        self.unsaved = false;
     }
 
     /// The stored state when it was kept under `policy`; else (nothing stored, or a
@@ -564,20 +594,26 @@ impl RateLimiter {
         })
     }
 
-    /// Writes the state after an admission, and makes sure an alarm will clean it up.
-    async fn persist(&mut self, ctx: &mut Context) -> Result<()> {
+    /// Writes the state after an admission (with the log's last entry, or its whole log
+    /// when `whole_log`), and makes sure an alarm will clean it up.
+    async fn persist(&mut self, ctx: &mut Context, whole_log: bool) -> Result<()> {
         let Some(stored) = &self.stored else {
             return Ok(());
         };
         if let AlgoState::SlidingWindow { first_seq, log } = &stored.state {
-            for seq in self.log_kept_from..*first_seq {
+            for seq in self.log_kept_from..(*first_seq).min(self.log_stored_to) {
                 ctx.storage().delete(&log_key(seq)).await?;
             }
             self.log_kept_from = *first_seq;
-            if let Some(last) = log.back() {
-                ctx.storage()
-                    .put(&log_key(*first_seq + log.len() as u64 - 1), last)?;
+            let from = if whole_log {
+                0
+            } else {
+                log.len().saturating_sub(1)
+            };
+            for (i, entry) in log.iter().enumerate().skip(from) {
+                ctx.storage().put(&log_key(*first_seq + i as u64), entry)?;
             }
+            self.log_stored_to = *first_seq + log.len() as u64;
         }
         ctx.storage().put(STATE, stored)?;
         // One alarm per busy spell: it re-arms itself until the key is idle again.
@@ -608,7 +644,15 @@ impl Handler<Check> for RateLimiter {
         let stored = self.state_for(ctx, &msg.policy, now);
         let decision = msg.policy.decide(&mut stored.state, now, msg.cost);
         if decision.allowed {
-            self.persist(ctx).await?;
+            if ctx.storage().durability() == Durability::Memory && self.alarm_at.is_some() {
+                // Nothing survives a crash of a memory store anyway. The first admission of
+                // a busy spell is written (it lists the key, and arms the alarm that forgets
+                // it); later ones are written back when the object leaves memory.
+                self.unsaved = true;
+            } else {
+                let whole_log = std::mem::take(&mut self.unsaved);
+                self.persist(ctx, whole_log).await?;
+            }
         }
         Ok(decision)
     }

@@ -280,3 +280,57 @@ async fn by_default_state_is_in_memory_and_a_restart_forgives() {
     assert!(limits.check("k", &limit, 1).await.unwrap().allowed);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn in_memory_state_is_written_back_when_a_limiter_leaves_memory() {
+    // The default keeps state in memory and writes it only when the object leaves memory:
+    // leaving (idle, or pushed out by the active-object cap) must forgive nothing.
+    let rt = TestRuntime::builder()
+        .sqlite()
+        .starting_at("2026-03-01T00:00:00.25Z")
+        .tune(|b| b.max_active_objects(8))
+        .start()
+        .await;
+    let limits = RateLimitClient::new(&rt).unwrap();
+    let ns = rt.get_namespace::<RateLimiter>().unwrap().unwrap();
+    for alg in ALL {
+        let limit = Limit::inline(Policy::per_hour(5).algorithm(alg)).unwrap();
+        let key = format!("{alg:?}");
+        for _ in 0..5 {
+            assert!(limits.check(&key, &limit, 1).await.unwrap().allowed);
+            rt.advance(Duration::from_secs(1)).await;
+        }
+        // Idle past the runtime's idle timeout: the limiter leaves memory.
+        rt.advance(Duration::from_secs(61)).await;
+        stead_fixtures::eventually("the limiter left memory", || async {
+            ns.active_objects() == 0
+        })
+        .await;
+        let d = limits.check(&key, &limit, 1).await.unwrap();
+        assert!(!d.allowed, "{key}: leaving memory forgave nothing");
+        assert_eq!(limits.peek(&key, &limit).await.unwrap().remaining, 0);
+    }
+    // Pushed out by the cap: 20 more keys, each admitted once, in an 8-object runtime.
+    let limit = Limit::inline(Policy::per_hour(2)).unwrap();
+    for i in 0..20 {
+        assert!(
+            limits
+                .check(&format!("k{i}"), &limit, 1)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    for i in 0..20 {
+        let k = format!("k{i}");
+        assert!(limits.check(&k, &limit, 1).await.unwrap().allowed, "{k}");
+        assert!(!limits.check(&k, &limit, 1).await.unwrap().allowed, "{k}");
+    }
+    // Once every key is back to a fresh key's state, nothing is stored.
+    rt.advance(Duration::from_secs(3600 + 61)).await;
+    rt.advance(Duration::from_millis(stead_ratelimit::FORGET_AFTER_IDLE_MS))
+        .await;
+    assert_eq!(ns.list_objects(None, 100).await.unwrap().objects.len(), 0);
+    assert_eq!(rt.pending_alarms().await, 0);
+    rt.shutdown().await.unwrap();
+}

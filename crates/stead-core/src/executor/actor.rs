@@ -40,6 +40,8 @@ pub(super) struct Actor<O: DurableObject> {
     pub(super) outstanding: usize,
     /// A commit failed: take no messages until every outstanding commit has answered.
     pub(super) resetting: bool,
+    /// `on_leave` ran, and no turn has run since.
+    pub(super) left_cleanly: bool,
 }
 
 impl<O: DurableObject> Actor<O> {
@@ -84,6 +86,7 @@ impl<O: DurableObject> Actor<O> {
             last_write: 0,
             outstanding: 0,
             resetting: false,
+            left_cleanly: false,
         }
     }
 
@@ -133,9 +136,19 @@ impl<O: DurableObject> Actor<O> {
                 continue;
             }
             let stopping = self.ns.shared.closed.load(Ordering::Acquire);
-            if (stopping || self.mailbox.evict.load(Ordering::Acquire)) && self.try_leave(stopping)
-            {
-                break;
+            if stopping || self.mailbox.evict.load(Ordering::Acquire) {
+                if !self.left_cleanly && self.instance.is_some() && !self.resetting {
+                    // The object writes back what it keeps in fields; its commit is awaited
+                    // like any other before the object may leave.
+                    Box::pin(self.on_leave()).await;
+                    self.submit();
+                    continue;
+                }
+                // Waiting for on_leave's commit: leave once it is acknowledged.
+                let flushing = self.left_cleanly && self.outstanding > 0 && !self.resetting;
+                if !flushing && self.try_leave(stopping) {
+                    break;
+                }
             }
             {
                 // Sleep only on an inbox seen empty under its lock, and say so: the next push
@@ -145,7 +158,8 @@ impl<O: DurableObject> Actor<O> {
                 // resets and takes them. Stopping waits for every outstanding commit. A failed
                 // commit is taken at once, before the task sleeps.
                 let can_take = !self.resetting || self.outstanding == 0;
-                let wants_acks = self.resetting || (stopping && self.outstanding > 0);
+                let leaving = self.left_cleanly && self.mailbox.evict.load(Ordering::Acquire);
+                let wants_acks = self.resetting || ((stopping || leaving) && self.outstanding > 0);
                 let mut inbox = lock(&self.mailbox.inbox);
                 if ((wants_acks || inbox.failed) && !inbox.acks.is_empty())
                     || (can_take && !inbox.messages.is_empty())
@@ -204,6 +218,7 @@ impl<O: DurableObject> Actor<O> {
     }
 
     pub(super) async fn process(&mut self, env: Envelope<O>) {
+        self.left_cleanly = false;
         if self.instance.is_none()
             && let Err(e) = self.activate().await
         {
@@ -229,6 +244,28 @@ impl<O: DurableObject> Actor<O> {
                 }
             }
             Envelope::Alarm { reply } => self.run_alarm(reply).await,
+        }
+    }
+
+    /// Runs the object's `on_leave` as a turn; on an error or a panic its writes are
+    /// discarded (the object leaves all the same).
+    pub(super) async fn on_leave(&mut self) {
+        self.left_cleanly = true;
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        let result = AssertUnwindSafe(instance.on_leave(&mut self.ctx))
+            .catch_unwind()
+            .await;
+        let failure = match result {
+            Ok(Ok(())) => return self.end_turn().await,
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!("panicked: {}", panic_message(&panic)),
+        };
+        tracing::warn!(class = O::CLASS, id = %self.id, error = %failure, "on_leave failed; its writes are discarded");
+        self.ctx.storage.rollback();
+        for r in self.ctx.replies.drain(..) {
+            r(Err(Error::Reset));
         }
     }
 

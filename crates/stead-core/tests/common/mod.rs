@@ -23,7 +23,7 @@ pub struct Harness {
     pub rt: Runtime,
     pub clock: ManualClock,
     pub faulty: Option<Arc<FaultyBackend>>,
-    _inner: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 pub async fn harness(kind: Kind) -> Harness {
@@ -51,6 +51,6 @@ pub async fn harness_with(
         rt,
         clock,
         faulty,
-        _inner: dir,
+        dir,
     }
 }
