@@ -272,6 +272,8 @@ mod guide {
     mod deployment {}
     #[doc = include_str!("../book/src/operations.md")]
     mod operations {}
+    #[doc = include_str!("../book/src/benchmarks.md")]
+    mod benchmarks {}
     #[doc = include_str!("../book/src/contributing.md")]
     mod contributing {}
     #[doc = include_str!("../book/src/comparison.md")]
