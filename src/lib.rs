@@ -76,6 +76,11 @@ pub use stead_lock as lock;
 #[cfg(feature = "leader")]
 pub use stead_leader as leader;
 
+/// Entity-scoped storage for workflows: versioned values, lists, quotas, a lifetime and
+/// checkpointed steps (feature `sidecar`).
+#[cfg(feature = "sidecar")]
+pub use stead_sidecar as sidecar;
+
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
 /// A new pattern is one line here.
@@ -89,6 +94,8 @@ macro_rules! for_each_pattern {
         $f::<stead_lock::LockPattern>($($arg),*)?;
         #[cfg(feature = "leader")]
         $f::<stead_leader::LeaderPattern>($($arg),*)?;
+        #[cfg(feature = "sidecar")]
+        $f::<stead_sidecar::SidecarPattern>($($arg),*)?;
     }};
 }
 
@@ -119,7 +126,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.
