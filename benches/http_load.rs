@@ -43,6 +43,8 @@ enum Route {
     CounterIncrement,
     CounterRead,
     LockPair,
+    SidecarPut,
+    SidecarGet,
 }
 
 impl Route {
@@ -52,6 +54,8 @@ impl Route {
             Route::CounterIncrement => "POST /counters/{name}/increment",
             Route::CounterRead => "GET /counters/{name}",
             Route::LockPair => "lock acquire+release (pairs; 2 req)",
+            Route::SidecarPut => "PUT /sidecars/{name}/keys/{key} 1 KiB",
+            Route::SidecarGet => "GET /sidecars/{name}/keys/{key} 1 KiB",
         }
     }
 
@@ -82,6 +86,11 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                     .header("content-type", "application/json")
                     .body(r#"{"by":1}"#),
                 Route::CounterRead => client.get(format!("{base}/counters/{name}")),
+                Route::SidecarPut => client
+                    .put(format!("{base}/sidecars/load-{conn}/keys/state"))
+                    .header("content-type", "application/json")
+                    .body(KIB_VALUE.as_str()),
+                Route::SidecarGet => client.get(format!("{base}/sidecars/{name}/keys/state")),
             };
             match req.send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
@@ -114,6 +123,26 @@ async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(
         Ok(())
     } else {
         Err(())
+    }
+}
+
+/// A 1 KiB JSON value.
+static KIB_VALUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    serde_json::json!({"step": "fetch", "data": "x".repeat(1000)}).to_string()
+});
+
+/// Writes the 1 KiB value the sidecar read row reads, in 64 sidecars.
+async fn seed_sidecars(base: &str) {
+    let client = reqwest::Client::new();
+    for name in 0..64 {
+        let r = client
+            .put(format!("{base}/sidecars/load-{name}/keys/state"))
+            .header("content-type", "application/json")
+            .body(KIB_VALUE.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "seeding: {}", r.status());
     }
 }
 
@@ -167,6 +196,8 @@ fn main() {
             Route::CounterIncrement,
             Route::CounterRead,
             Route::LockPair,
+            Route::SidecarPut,
+            Route::SidecarGet,
         ];
         if !routes
             .iter()
@@ -195,6 +226,7 @@ fn main() {
         let base = format!("http://{addr}");
         // The counters the read row reads exist whether or not the increment row runs.
         tokio.block_on(seed_counters(&base));
+        tokio.block_on(seed_sidecars(&base));
         // Each round measures every route against the ceiling in alternating slices (ceiling,
         // route, route, ceiling, ...), so that both see the machine's drift alike, and the
         // round's share compares the route with the ceiling slices beside it. The table gives

@@ -273,6 +273,9 @@ mod guide {
     mod lock {}
     #[doc = include_str!("../book/src/patterns/leader.md")]
     mod leader {}
+    #[cfg(feature = "sidecar")]
+    #[doc = include_str!("../book/src/patterns/sidecar.md")]
+    mod sidecar {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

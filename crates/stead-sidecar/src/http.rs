@@ -184,6 +184,53 @@ impl<S: Send + Sync> FromRequestParts<S> for StepPath {
     }
 }
 
+/// A request body that says it is JSON, as text. Whether it is one JSON value the object
+/// checks (once).
+struct JsonText(String);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonText {
+    type Rejection = Problem;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| {
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !json {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "expected a request body with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "the request body is larger than these routes accept",
+                    )
+                } else {
+                    Problem::new(e.status(), "bad-body", e.body_text())
+                }
+            })?;
+        String::from_utf8(bytes.into()).map(JsonText).map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "the body is not UTF-8",
+            )
+        })
+    }
+}
+
 /// The write condition of `If-Match` / `If-None-Match` (one ETag, or `*`).
 fn condition(headers: &HeaderMap) -> Result<Condition, Problem> {
     let text = |name: header::HeaderName| -> Result<Option<String>, Problem> {
@@ -355,15 +402,13 @@ async fn put_value(
     State(c): State<SidecarClient>,
     k: Keyed,
     headers: HeaderMap,
-    Body(value): Body<Box<RawValue>>,
+    JsonText(value): JsonText,
 ) -> Result<Response, SidecarError> {
     let cond = match condition(&headers) {
         Ok(c) => c,
         Err(p) => return Ok(p.into_response()),
     };
-    let w = c
-        .put_raw(&k.entity, &k.key, value.get().to_owned(), cond)
-        .await?;
+    let w = c.put_raw(&k.entity, &k.key, value, cond).await?;
     let status = if w.created {
         StatusCode::CREATED
     } else {
@@ -425,11 +470,10 @@ async fn append(
     State(c): State<SidecarClient>,
     k: Keyed,
     Query(q): Query<AppendParams>,
-    Body(item): Body<Box<RawValue>>,
+    JsonText(item): JsonText,
 ) -> Result<Body<Appended>, SidecarError> {
     Ok(Body(
-        c.append_raw(&k.entity, &k.key, item.get().to_owned(), q.max_len)
-            .await?,
+        c.append_raw(&k.entity, &k.key, item, q.max_len).await?,
     ))
 }
 

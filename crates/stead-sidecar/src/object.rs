@@ -49,10 +49,18 @@ pub struct Limits {
     pub chunk_bytes: usize,
 }
 
+/// Versions are reserved this many at a time, so that a write that changes nothing else
+/// need not write the bookkeeping.
+const VERSION_BLOCK: u64 = 1024;
+/// Values whose stored text takes at most this many bytes are kept with their entry (one
+/// stored key per value); larger ones in chunks of their own.
+const INLINE_BYTES: usize = 4096;
+
 /// The object's bookkeeping, stored at `meta`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Meta {
-    /// The last version (or step token) issued: they only grow, across deletes.
+    /// Every version (or step token) up to this one may have been issued: after an
+    /// activation, issuing starts above it, so they only grow, across deletes and crashes.
     version: u64,
     bytes: u64,
     keys: u64,
@@ -74,6 +82,19 @@ pub struct Lifetime {
 struct Entry {
     version: u64,
     size: u64,
+    /// The value itself when it is small; else it is in `chunks` chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inline: Option<String>,
+    #[serde(default)]
+    chunks: u32,
+}
+
+/// An [`Entry`] read without its inline value.
+#[derive(Debug, Clone, Deserialize)]
+struct EntryHead {
+    version: u64,
+    size: u64,
+    #[serde(default)]
     chunks: u32,
 }
 
@@ -136,9 +157,17 @@ fn escaped_len(c: char) -> usize {
     }
 }
 
-/// How many bytes `text` takes stored (as a JSON string).
+/// How many bytes `text` takes stored (as a JSON string). Byte by byte: every byte of a
+/// multi-byte character is written as it is.
 fn encoded_len(text: &str) -> usize {
-    2 + text.chars().map(escaped_len).sum::<usize>()
+    2 + text
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
 }
 
 /// Splits `text` at character boundaries into pieces that each take at most `budget` bytes
@@ -164,8 +193,19 @@ fn split_chunks(text: &str, budget: usize) -> Vec<&str> {
 /// The entity's storage sidecar. See the crate documentation.
 #[derive(Debug)]
 pub struct Sidecar {
+    /// The bookkeeping as it is in memory; written when it differs from `stored`.
     meta: Meta,
+    stored: Meta,
+    /// The last version (or step token) issued.
+    issued: u64,
     limits: Arc<Limits>,
+}
+
+/// What a turn may change in memory, to restore when it fails.
+struct Saved {
+    meta: Meta,
+    stored: Meta,
+    issued: u64,
 }
 
 /// A value as read: its text and version.
@@ -213,25 +253,63 @@ impl Sidecar {
             version: self.meta.version,
             ..Meta::default()
         };
+        self.stored = Meta::default();
         if self.meta.version > 0 {
-            ctx.storage().put(META, &self.meta)?;
+            self.save_meta(ctx)?;
         }
         Ok(())
     }
 
     fn next_version(&mut self) -> u64 {
-        self.meta.version += 1;
-        self.meta.version
+        self.issued += 1;
+        if self.issued > self.meta.version {
+            self.meta.version = self.issued + VERSION_BLOCK - 1;
+        }
+        self.issued
     }
 
-    /// Writes the meta after a write, renewing the lifetime if it renews on writes.
+    /// After a write: renews the lifetime if it renews on writes, and writes the
+    /// bookkeeping if it changed.
     fn wrote(&mut self, ctx: &mut Context) -> Result<()> {
         if let Some(l) = self.meta.lifetime
             && l.renew_on_write
         {
             self.set_expiry(ctx, l)?;
         }
-        ctx.storage().put(META, &self.meta)
+        self.save_meta(ctx)
+    }
+
+    fn save_meta(&mut self, ctx: &mut Context) -> Result<()> {
+        if self.meta != self.stored {
+            ctx.storage().put(META, &self.meta)?;
+            self.stored = self.meta.clone();
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Saved {
+        Saved {
+            meta: self.meta.clone(),
+            stored: self.stored.clone(),
+            issued: self.issued,
+        }
+    }
+
+    /// Ends a turn: a failed one leaves nothing behind, in storage or in memory (an error
+    /// reply would otherwise commit the writes made before it).
+    fn settle<T>(
+        &mut self,
+        ctx: &mut Context,
+        saved: Saved,
+        result: Result<T, SidecarError>,
+    ) -> Result<T, SidecarError> {
+        if result.is_err() {
+            ctx.storage().rollback();
+            self.meta = saved.meta;
+            self.stored = saved.stored;
+            self.issued = saved.issued;
+        }
+        result
     }
 
     fn set_expiry(&mut self, ctx: &mut Context, l: Lifetime) -> Result<()> {
@@ -268,6 +346,11 @@ impl Sidecar {
         ctx.storage().get(&entry_key(key)).await
     }
 
+    /// An entry without its inline value (a write needs only its version and size).
+    async fn head(ctx: &mut Context, key: &str) -> Result<Option<EntryHead>> {
+        ctx.storage().get(&entry_key(key)).await
+    }
+
     fn check_condition(
         key: &str,
         cond: Condition,
@@ -295,8 +378,13 @@ impl DurableObject for Sidecar {
     type Env = Limits;
 
     async fn activate(ctx: &mut Context, env: Arc<Limits>) -> Result<Self> {
-        let meta = ctx.storage().get(META).await?.unwrap_or_default();
-        Ok(Sidecar { meta, limits: env })
+        let meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();
+        Ok(Sidecar {
+            issued: meta.version,
+            stored: meta.clone(),
+            meta,
+            limits: env,
+        })
     }
 
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
@@ -322,11 +410,29 @@ pub struct Get {
 impl Handler<Get> for Sidecar {
     type Reply = Result<Option<Versioned>, SidecarError>;
     async fn handle(&mut self, msg: Get, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_get(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_get(
+        &mut self,
+        msg: Get,
+        ctx: &mut Context,
+    ) -> Result<Option<Versioned>, SidecarError> {
         validate_key(&msg.key)?;
         self.expire_if_due(ctx)?;
         let Some(entry) = Self::entry(ctx, &msg.key).await? else {
             return Ok(None);
         };
+        if let Some(value) = entry.inline {
+            return Ok(Some(Versioned {
+                version: entry.version,
+                value,
+            }));
+        }
         let mut value = String::with_capacity(entry.size as usize);
         for i in 0..entry.chunks {
             let chunk: String = ctx
@@ -367,6 +473,14 @@ pub struct Written {
 impl Handler<Put> for Sidecar {
     type Reply = Result<Written, SidecarError>;
     async fn handle(&mut self, msg: Put, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_put(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_put(&mut self, msg: Put, ctx: &mut Context) -> Result<Written, SidecarError> {
         validate_key(&msg.key)?;
         let size = msg.value.len() as u64;
         if size > self.limits.max_value_bytes {
@@ -377,17 +491,24 @@ impl Handler<Put> for Sidecar {
         }
         validate_json("value", &msg.value)?;
         self.expire_if_due(ctx)?;
-        let old = Self::entry(ctx, &msg.key).await?;
+        let old = Self::head(ctx, &msg.key).await?;
         Self::check_condition(&msg.key, msg.condition, old.as_ref().map(|e| e.version))?;
         let freed = old.as_ref().map_or(0, |e| e.size);
         self.check_quota(size, freed, old.is_none())?;
-        let chunks = split_chunks(&msg.value, self.limits.chunk_bytes);
+        let inline = msg.value.len() <= INLINE_BYTES && encoded_len(&msg.value) <= INLINE_BYTES;
+        let chunks = if inline {
+            Vec::new()
+        } else {
+            split_chunks(&msg.value, self.limits.chunk_bytes)
+        };
         for (i, chunk) in chunks.iter().enumerate() {
             ctx.storage().put(&chunk_key(&msg.key, i as u32), chunk)?;
         }
+        let n_chunks = chunks.len() as u32;
+        drop(chunks);
         // Chunks of a longer old value that the new one does not overwrite.
         if let Some(old) = &old {
-            for i in chunks.len() as u32..old.chunks {
+            for i in n_chunks..old.chunks {
                 ctx.storage().delete(&chunk_key(&msg.key, i)).await?;
             }
         }
@@ -395,7 +516,8 @@ impl Handler<Put> for Sidecar {
         let entry = Entry {
             version,
             size,
-            chunks: chunks.len() as u32,
+            chunks: n_chunks,
+            inline: inline.then_some(msg.value),
         };
         ctx.storage().put(&entry_key(&msg.key), &entry)?;
         self.meta.bytes = self.meta.bytes - freed + size;
@@ -422,9 +544,17 @@ pub struct Delete {
 impl Handler<Delete> for Sidecar {
     type Reply = Result<bool, SidecarError>;
     async fn handle(&mut self, msg: Delete, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_delete(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_delete(&mut self, msg: Delete, ctx: &mut Context) -> Result<bool, SidecarError> {
         validate_key(&msg.key)?;
         self.expire_if_due(ctx)?;
-        let old = Self::entry(ctx, &msg.key).await?;
+        let old = Self::head(ctx, &msg.key).await?;
         Self::check_condition(&msg.key, msg.condition, old.as_ref().map(|e| e.version))?;
         let Some(old) = old else {
             return Ok(false);
@@ -486,6 +616,18 @@ fn check_limit(limit: usize) -> std::result::Result<(), InvalidInput> {
 impl Handler<ListKeys> for Sidecar {
     type Reply = Result<KeyPage, SidecarError>;
     async fn handle(&mut self, msg: ListKeys, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_list_keys(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_list_keys(
+        &mut self,
+        msg: ListKeys,
+        ctx: &mut Context,
+    ) -> Result<KeyPage, SidecarError> {
         check_limit(msg.limit)?;
         if msg.prefix.len() > MAX_KEY_BYTES {
             return Err(
@@ -498,7 +640,7 @@ impl Handler<ListKeys> for Sidecar {
             // Strictly after the cursor: NUL sorts before every character a key may hold.
             opts = opts.start(format!("{}\u{0}", entry_key(c)));
         }
-        let rows: Vec<(String, Entry)> = ctx.storage().list(opts).await?;
+        let rows: Vec<(String, EntryHead)> = ctx.storage().list(opts).await?;
         let more = rows.len() > msg.limit;
         let keys: Vec<KeyInfo> = rows
             .into_iter()
@@ -541,6 +683,18 @@ pub struct Appended {
 impl Handler<Append> for Sidecar {
     type Reply = Result<Appended, SidecarError>;
     async fn handle(&mut self, msg: Append, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_append(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_append(
+        &mut self,
+        msg: Append,
+        ctx: &mut Context,
+    ) -> Result<Appended, SidecarError> {
         validate_key(&msg.key)?;
         let size = msg.item.len() as u64;
         let max = self.limits.max_item_bytes;
@@ -621,6 +775,18 @@ pub struct Items {
 impl Handler<Range> for Sidecar {
     type Reply = Result<Option<Items>, SidecarError>;
     async fn handle(&mut self, msg: Range, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_range(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_range(
+        &mut self,
+        msg: Range,
+        ctx: &mut Context,
+    ) -> Result<Option<Items>, SidecarError> {
         validate_key(&msg.key)?;
         check_limit(msg.limit)?;
         self.expire_if_due(ctx)?;
@@ -656,7 +822,15 @@ pub struct DeleteAll;
 
 impl Handler<DeleteAll> for Sidecar {
     type Reply = Result<(), SidecarError>;
-    async fn handle(&mut self, _: DeleteAll, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: DeleteAll, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_delete_all(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_delete_all(&mut self, _: DeleteAll, ctx: &mut Context) -> Result<(), SidecarError> {
         self.clear(ctx)?;
         Ok(())
     }
@@ -703,6 +877,18 @@ impl Sidecar {
 impl Handler<SetLifetime> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
     async fn handle(&mut self, msg: SetLifetime, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_set_lifetime(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_set_lifetime(
+        &mut self,
+        msg: SetLifetime,
+        ctx: &mut Context,
+    ) -> Result<SidecarInfo, SidecarError> {
         if let Some(l) = msg.lifetime {
             stead_core::validate_ms("ttl_ms", l.ttl_ms, MAX_TTL_MS)?;
         }
@@ -715,7 +901,7 @@ impl Handler<SetLifetime> for Sidecar {
                 ctx.storage().delete_alarm();
             }
         }
-        ctx.storage().put(META, &self.meta)?;
+        self.save_meta(ctx)?;
         Ok(self.info())
     }
 }
@@ -726,7 +912,15 @@ pub struct Info;
 
 impl Handler<Info> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
-    async fn handle(&mut self, _: Info, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: Info, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_info(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_info(&mut self, _: Info, ctx: &mut Context) -> Result<SidecarInfo, SidecarError> {
         self.expire_if_due(ctx)?;
         Ok(self.info())
     }
@@ -849,6 +1043,18 @@ impl Sidecar {
 impl Handler<DeclareSteps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
     async fn handle(&mut self, msg: DeclareSteps, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_declare_steps(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_declare_steps(
+        &mut self,
+        msg: DeclareSteps,
+        ctx: &mut Context,
+    ) -> Result<Vec<Step>, SidecarError> {
         if msg.steps.is_empty() || msg.steps.len() > MAX_STEPS {
             return Err(InvalidInput::new(format!("declare 1 to {MAX_STEPS} steps")).into());
         }
@@ -894,6 +1100,18 @@ impl Handler<DeclareSteps> for Sidecar {
 impl Handler<NextStep> for Sidecar {
     type Reply = Result<NextReply, SidecarError>;
     async fn handle(&mut self, msg: NextStep, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_next_step(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_next_step(
+        &mut self,
+        msg: NextStep,
+        ctx: &mut Context,
+    ) -> Result<NextReply, SidecarError> {
         stead_core::validate_name("worker", &msg.worker)?;
         stead_core::validate_ms("lease_ms", msg.lease_ms, MAX_LEASE_MS)?;
         self.expire_if_due(ctx)?;
@@ -948,6 +1166,18 @@ impl Handler<NextStep> for Sidecar {
 impl Handler<FinishStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: FinishStep, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_finish_step(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_finish_step(
+        &mut self,
+        msg: FinishStep,
+        ctx: &mut Context,
+    ) -> Result<Step, SidecarError> {
         if let Ok(Some(output)) = &msg.outcome {
             let size = output.len() as u64;
             if size > self.limits.max_item_bytes || encoded_len(output) > self.limits.chunk_bytes {
@@ -1003,6 +1233,18 @@ impl Handler<FinishStep> for Sidecar {
 impl Handler<ResumeStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: ResumeStep, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_resume_step(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_resume_step(
+        &mut self,
+        msg: ResumeStep,
+        ctx: &mut Context,
+    ) -> Result<Step, SidecarError> {
         self.expire_if_due(ctx)?;
         let mut list = Self::steps(ctx).await?;
         let step = Self::find(&mut list, &msg.name)?;
@@ -1022,7 +1264,15 @@ impl Handler<ResumeStep> for Sidecar {
 
 impl Handler<Steps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
-    async fn handle(&mut self, _: Steps, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: Steps, ctx: &mut Context) -> Self::Reply {
+        let saved = self.save();
+        let result = self.do_steps(msg, ctx).await;
+        self.settle(ctx, saved, result)
+    }
+}
+
+impl Sidecar {
+    async fn do_steps(&mut self, _: Steps, ctx: &mut Context) -> Result<Vec<Step>, SidecarError> {
         self.expire_if_due(ctx)?;
         let mut steps = Self::steps(ctx).await?.steps;
         for s in &mut steps {
