@@ -112,6 +112,8 @@ async fn every_pattern_answers_under_a_nested_prefix() {
         "/ratelimit/{name}/check",
         "/ratelimit",
         "/counters",
+        "/sidecars/{name}/keys/{key}",
+        "/sidecars/{name}/steps/next",
     ] {
         assert!(paths.contains_key(p), "{p}");
     }
