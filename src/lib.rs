@@ -81,6 +81,11 @@ pub use stead_leader as leader;
 #[cfg(feature = "sidecar")]
 pub use stead_sidecar as sidecar;
 
+/// Sessions that expire by themselves, a tower-sessions store, and per-user sign-out
+/// everywhere (feature `session`).
+#[cfg(feature = "session")]
+pub use stead_session as session;
+
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
 /// A new pattern is one line here.
@@ -96,6 +101,8 @@ macro_rules! for_each_pattern {
         $f::<stead_leader::LeaderPattern>($($arg),*)?;
         #[cfg(feature = "sidecar")]
         $f::<stead_sidecar::SidecarPattern>($($arg),*)?;
+        #[cfg(feature = "session")]
+        $f::<stead_session::SessionPattern>($($arg),*)?;
     }};
 }
 
@@ -126,7 +133,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.

@@ -1,0 +1,245 @@
+//! The HTTP routes of the sessions (mounted under `/sessions` by the umbrella crate), and
+//! the mapping of [`SessionError`] to problems. Session ids are secrets: no problem and no
+//! log line carries one.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use stead_core::http::{Json as Body, Problem, Query, problems, schema};
+use stead_core::{Result, Runtime};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::client::{NewSession, SessionClient, SessionConfig, UserSession, check_id};
+use crate::error::SessionError;
+use crate::object::{MAX_TTL_MS, SessionView};
+
+/// The session pattern, as the umbrella crate mounts it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPattern;
+
+impl stead_core::http::Pattern for SessionPattern {
+    const PREFIX: &'static str = "/sessions";
+    const SETTINGS_KEY: &'static str = "sessions";
+    type Settings = SessionConfig;
+
+    fn configure(rt: &Runtime, settings: SessionConfig) -> Result<()> {
+        SessionClient::with_config(rt, settings).map(drop)
+    }
+
+    fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
+        Ok(Router::new()
+            .route("/", get(list).post(create).delete(revoke_user))
+            .route("/{id}", get(read).patch(patch).delete(delete))
+            .with_state(SessionClient::new(rt)?)
+            .layer(stead_core::http::ProblemLayer))
+    }
+
+    fn openapi() -> utoipa::openapi::OpenApi {
+        Api::openapi()
+    }
+}
+
+impl From<&SessionError> for Problem {
+    fn from(err: &SessionError) -> Self {
+        let detail = err.to_string();
+        match err {
+            SessionError::Exists => Problem::new(StatusCode::CONFLICT, "session-exists", detail),
+            SessionError::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", detail),
+            SessionError::TooLarge { size, max } => {
+                Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "value-too-large", detail)
+                    .with("size", *size)
+                    .with("max", *max)
+            }
+            SessionError::Invalid(e) => Problem::from(e),
+            SessionError::Runtime(e) => Problem::from(e),
+        }
+    }
+}
+
+impl IntoResponse for SessionError {
+    fn into_response(self) -> Response {
+        match self {
+            SessionError::Runtime(e) => e.into_response(),
+            other => Problem::from(&other).into_response(),
+        }
+    }
+}
+
+/// The `{id}` of a session route, checked (22 base64url characters).
+struct SessionId(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
+        check_id(&id).map_err(|e| Problem::from(&e))?;
+        Ok(SessionId(id))
+    }
+}
+
+/// A new session.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    /// The user it belongs to (entered in that user's index).
+    #[schema(schema_with = schema::name)]
+    user: Option<String>,
+    /// The sliding TTL in ms: each use pushes the expiry this far out.
+    #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
+    ttl_ms: u64,
+    /// The absolute lifetime in ms: the session ends then however active.
+    #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
+    max_lifetime_ms: Option<u64>,
+    /// Its data (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    data: Map<String, Value>,
+    /// A client label (a user agent, a device name; at most 256 characters).
+    label: Option<String>,
+}
+
+/// A created session.
+#[derive(Debug, Serialize, ToSchema)]
+struct Created {
+    /// Its id: a secret, as good as the session itself.
+    id: String,
+    /// When it expires unless used.
+    expires_at: DateTime<Utc>,
+}
+
+/// Create a session.
+#[utoipa::path(post, path = "/", operation_id = "createSession", tag = "sessions",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "created", body = Created),
+        problems::BadRequest))]
+async fn create(
+    State(c): State<SessionClient>,
+    Body(b): Body<CreateBody>,
+) -> Result<(StatusCode, Body<Created>), SessionError> {
+    let mut new = NewSession::new(Duration::from_millis(b.ttl_ms)).data(b.data);
+    new.user = b.user;
+    new.label = b.label;
+    new.max_lifetime = b.max_lifetime_ms.map(Duration::from_millis);
+    let s = c.create(new).await?;
+    Ok((
+        StatusCode::CREATED,
+        Body(Created {
+            id: s.id,
+            expires_at: s.expires_at,
+        }),
+    ))
+}
+
+/// Read a session; a use of it (its sliding expiry moves out).
+#[utoipa::path(get, path = "/{id}", operation_id = "getSession", tag = "sessions",
+    params(("id" = String, Path, description = "The session id: 22 base64url characters.")),
+    responses(
+        (status = 200, description = "the session", body = SessionView),
+        problems::NotFound, problems::BadRequest))]
+async fn read(
+    State(c): State<SessionClient>,
+    SessionId(id): SessionId,
+) -> Result<Body<SessionView>, SessionError> {
+    c.get(&id).await?.map(Body).ok_or(SessionError::NotFound)
+}
+
+/// Change a session's data with a JSON merge patch (RFC 7396); a use of it.
+#[utoipa::path(patch, path = "/{id}", operation_id = "patchSession", tag = "sessions",
+    params(("id" = String, Path, description = "The session id.")),
+    request_body(content = Object, content_type = "application/merge-patch+json",
+        description = "A JSON merge patch of the data: members set keys, `null` members delete them."),
+    responses(
+        (status = 200, description = "the session after the patch", body = SessionView),
+        problems::NotFound, problems::BadRequest))]
+async fn patch(
+    State(c): State<SessionClient>,
+    SessionId(id): SessionId,
+    Body(patch): Body<Value>,
+) -> Result<Body<SessionView>, SessionError> {
+    c.patch(&id, patch)
+        .await?
+        .map(Body)
+        .ok_or(SessionError::NotFound)
+}
+
+/// Delete (revoke) a session.
+#[utoipa::path(delete, path = "/{id}", operation_id = "deleteSession", tag = "sessions",
+    params(("id" = String, Path, description = "The session id.")),
+    responses((status = 204, description = "deleted"), problems::NotFound, problems::BadRequest))]
+async fn delete(
+    State(c): State<SessionClient>,
+    SessionId(id): SessionId,
+) -> Result<StatusCode, SessionError> {
+    if c.delete(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(SessionError::NotFound)
+    }
+}
+
+/// Whose sessions.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct UserParams {
+    /// The user.
+    #[param(schema_with = schema::name)]
+    user: String,
+}
+
+/// A user's live sessions.
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionList {
+    /// The sessions, oldest first.
+    sessions: Vec<UserSession>,
+}
+
+/// List a user's live sessions.
+#[utoipa::path(get, path = "/", operation_id = "listUserSessions", tag = "sessions",
+    params(UserParams),
+    responses((status = 200, description = "the sessions", body = SessionList), problems::BadRequest))]
+async fn list(
+    State(c): State<SessionClient>,
+    Query(q): Query<UserParams>,
+) -> Result<Body<SessionList>, SessionError> {
+    Ok(Body(SessionList {
+        sessions: c.user_sessions(&q.user).await?,
+    }))
+}
+
+/// How many sessions a sign-out ended.
+#[derive(Debug, Serialize, ToSchema)]
+struct Revoked {
+    /// Live sessions revoked.
+    revoked: u64,
+}
+
+/// Sign a user out everywhere.
+#[utoipa::path(delete, path = "/", operation_id = "revokeUserSessions", tag = "sessions",
+    params(UserParams),
+    responses((status = 200, description = "revoked", body = Revoked), problems::BadRequest))]
+async fn revoke_user(
+    State(c): State<SessionClient>,
+    Query(q): Query<UserParams>,
+) -> Result<Body<Revoked>, SessionError> {
+    Ok(Body(Revoked {
+        revoked: c.revoke_user(&q.user).await?,
+    }))
+}
+
+/// The OpenAPI description of these routes, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(paths(create, read, patch, delete, list, revoke_user))]
+struct Api;
