@@ -283,6 +283,9 @@ mod guide {
     #[cfg(feature = "sidecar")]
     #[doc = include_str!("../book/src/patterns/sidecar.md")]
     mod sidecar {}
+    #[cfg(feature = "session")]
+    #[doc = include_str!("../book/src/patterns/session.md")]
+    mod session {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]
