@@ -362,6 +362,20 @@ impl SessionClient {
         self.session(id)?.call(Patch { patch }).await
     }
 
+    /// The user a session's data names: its [`SessionConfig::user_field`], if that is a
+    /// string or a number.
+    fn user_of(&self, data: &Map<String, Value>) -> Result<Option<String>, SessionError> {
+        let user = match data.get(&self.config().user_field) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(u) = &user {
+            stead_core::validate_name("user", u)?;
+        }
+        Ok(user)
+    }
+
     /// Writes a session's data and expiry as a session middleware keeps them (creating it
     /// if absent), and keeps its user's index in step. The user is the data's
     /// [`SessionConfig::user_field`], if it is a string or a number.
@@ -371,14 +385,7 @@ impl SessionClient {
         data: Map<String, Value>,
         expires_at: DateTime<Utc>,
     ) -> Result<(), SessionError> {
-        let user = match data.get(&self.config().user_field) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        if let Some(u) = &user {
-            stead_core::validate_name("user", u)?;
-        }
+        let user = self.user_of(&data)?;
         let saved = self
             .session(id)?
             .call(Save {
@@ -409,14 +416,7 @@ impl SessionClient {
         data: Map<String, Value>,
         expires_at: DateTime<Utc>,
     ) -> Result<(), SessionError> {
-        let user = match data.get(&self.config().user_field) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        if let Some(u) = &user {
-            stead_core::validate_name("user", u)?;
-        }
+        let user = self.user_of(&data)?;
         let view = self
             .session(id)?
             .call(Create {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
+use stead_core::http::{Json as Body, JsonText, Name, Problem, Query, problems, schema};
 use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -143,8 +143,29 @@ fn not_found(what: &str) -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "not-found", format!("no {what}"))
 }
 
-/// The entity and the key of a `/{name}/keys/{*key}` or `/{name}/lists/{*key}` route, both
-/// checked.
+/// The entity and the second parameter of a route (`/{name}/keys/{*key}`,
+/// `/{name}/steps/{step}/...`), both checked: the entity as a name, the second by `check`.
+fn entity_and(
+    parts: (String, String),
+    check: impl Fn(&str) -> Result<(), stead_core::InvalidInput>,
+) -> Result<(String, String), Problem> {
+    let (entity, second) = parts;
+    stead_core::validate_name("the entity in the path", &entity).map_err(|e| Problem::from(&e))?;
+    check(&second).map_err(|e| Problem::from(&e))?;
+    Ok((entity, second))
+}
+
+async fn two_params<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<(String, String), Problem> {
+    Path::<(String, String)>::from_request_parts(parts, state)
+        .await
+        .map(|Path(p)| p)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))
+}
+
+/// The entity and the key of a value or list route.
 struct Keyed {
     entity: String,
     key: String,
@@ -154,17 +175,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Keyed {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path((entity, key)) = Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
-        stead_core::validate_name("the entity in the path", &entity)
-            .map_err(|e| Problem::from(&e))?;
-        validate_key(&key).map_err(|e| Problem::from(&e))?;
+        let (entity, key) = entity_and(two_params(parts, state).await?, validate_key)?;
         Ok(Keyed { entity, key })
     }
 }
 
-/// The entity and the step of a `/{name}/steps/{step}/...` route, both checked.
+/// The entity and the step of a step route.
 struct StepPath {
     entity: String,
     step: String,
@@ -174,60 +190,10 @@ impl<S: Send + Sync> FromRequestParts<S> for StepPath {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path((entity, step)) = Path::<(String, String)>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
-        stead_core::validate_name("the entity in the path", &entity)
-            .map_err(|e| Problem::from(&e))?;
-        stead_core::validate_name("the step in the path", &step).map_err(|e| Problem::from(&e))?;
+        let (entity, step) = entity_and(two_params(parts, state).await?, |s| {
+            stead_core::validate_name("the step in the path", s)
+        })?;
         Ok(StepPath { entity, step })
-    }
-}
-
-/// A request body that says it is JSON, as text. Whether it is one JSON value the object
-/// checks (once).
-struct JsonText(String);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonText {
-    type Rejection = Problem;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .is_some_and(|v| {
-                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
-            });
-        if !json {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "expected a request body with Content-Type: application/json",
-            ));
-        }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body-too-large",
-                        "the request body is larger than these routes accept",
-                    )
-                } else {
-                    Problem::new(e.status(), "bad-body", e.body_text())
-                }
-            })?;
-        String::from_utf8(bytes.into()).map(JsonText).map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "malformed-json",
-                "the body is not UTF-8",
-            )
-        })
     }
 }
 

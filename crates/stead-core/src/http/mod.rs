@@ -188,26 +188,7 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !json_content_type(req.headers()) {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "expected a request body with Content-Type: application/json",
-            ));
-        }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body-too-large",
-                        "the request body is larger than the server accepts",
-                    )
-                } else {
-                    Problem::new(e.status(), "bad-body", e.body_text())
-                }
-            })?;
+        let bytes = json_body(req, state).await?;
         // The usual request parses once; only a failure is parsed again, to say where.
         if let Ok(v) = serde_json::from_slice(&bytes) {
             return Ok(Json(v));
@@ -227,6 +208,52 @@ where
                 Err(json_problem(rejection))
             }
         }
+    }
+}
+
+/// The bytes of a request body that says it is JSON: 415 for another content type, 413
+/// when it is larger than the route accepts.
+async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, Problem> {
+    if !json_content_type(req.headers()) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "expected a request body with Content-Type: application/json",
+        ));
+    }
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "the request body is larger than the server accepts",
+                )
+            } else {
+                Problem::new(e.status(), "bad-body", e.body_text())
+            }
+        })
+}
+
+/// A JSON request body as text, kept byte for byte (for routes that store the JSON a client
+/// sent, such as a sidecar's values). It checks the content type (415), the size (413) and
+/// UTF-8 (400); whether the text is one JSON value is for the handler to check, once.
+#[derive(Debug, Clone, Default)]
+pub struct JsonText(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for JsonText {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = json_body(req, state).await?;
+        String::from_utf8(bytes.into()).map(JsonText).map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "the request body is not UTF-8",
+            )
+        })
     }
 }
 
