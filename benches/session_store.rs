@@ -1,7 +1,13 @@
-//! Sessions under load: the same axum app with tower-sessions on its in-memory store and on
-//! stead's store (memory, process-crash-safe and fsync durability), all in one run. Each of
-//! 256 connections keeps its own session cookie and makes requests that load its session,
-//! change it (a counter) and save it. Prints requests/s and latency.
+//! Sessions under load: the same axum app with tower-sessions on its in-memory store, on its
+//! SQLite store (WAL; `synchronous=FULL` and `NORMAL`), and on stead's store (memory,
+//! process-crash-safe and fsync durability), all in one run. Each of 256 connections keeps
+//! its own session cookie and makes requests that load its session, change it (a counter)
+//! and save it. Prints requests/s and latency.
+//!
+//! The SQLite store's SQLite library cannot be linked into one program with stead's, so its
+//! app is a program of its own (`benches/peers/session-sqlite`), which this bench builds
+//! (`cargo build --release` there, minutes the first time) and starts on 127.0.0.1; if it
+//! cannot be built, its rows are left out and the bench says why.
 //!
 //! `cargo bench --bench session_store` (`-- --seconds 5 --rounds 5` for longer runs,
 //! `-- --only "stead, fsync"` for one row).
@@ -73,6 +79,42 @@ async fn run(client: &reqwest::Client, url: String, seconds: f64) -> load::Stats
     .stats()
 }
 
+/// The SQLite-store app, started as a child process: its URL and the child (which ends when
+/// its standard input closes, or when it is killed).
+fn start_peer(db: &std::path::Path, synchronous: &str) -> Option<(String, std::process::Child)> {
+    use std::io::BufRead;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/session-sqlite");
+    let bin = dir.join("target/release/session-sqlite-peer");
+    let mut child = std::process::Command::new(bin)
+        .arg(db)
+        .arg(synchronous)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).ok()?;
+    let url = line.trim().strip_prefix("LISTENING ")?.to_owned();
+    Some((url, child))
+}
+
+/// Builds the SQLite-store app; answers whether it is there.
+fn build_peer() -> bool {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/peers/session-sqlite/Cargo.toml");
+    eprintln!("building the SQLite-store app ({})...", manifest.display());
+    let ok = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("the SQLite-store app did not build: its rows are left out");
+    }
+    ok
+}
+
 fn main() {
     let args = load::Args::from_env();
     let (seconds, rounds) = (args.seconds, args.rounds);
@@ -81,6 +123,19 @@ fn main() {
         .build()
         .unwrap();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let peer_dir = tempfile::tempdir().unwrap();
+    let mut peers = Vec::new();
+    if args.selected("SqliteStore") && build_peer() {
+        for (label, sync) in [
+            ("tower-sessions SqliteStore, sync=FULL", "full"),
+            ("tower-sessions SqliteStore, sync=NORMAL", "normal"),
+        ] {
+            match start_peer(&peer_dir.path().join(format!("{sync}.db")), sync) {
+                Some((url, child)) => peers.push((label, url, child)),
+                None => eprintln!("{label}: the app did not start; its row is left out"),
+            }
+        }
+    }
     let (apps, runtimes) = tokio.block_on(async {
         let mut runtimes = Vec::new();
         let mut apps = vec![(
@@ -105,6 +160,9 @@ fn main() {
                     .unwrap();
             apps.push((label, serve(app(SteadSessionStore::new(sessions))).await));
             runtimes.push(rt);
+        }
+        for (label, url, _) in &peers {
+            apps.push((label, url.clone()));
         }
         (apps, runtimes)
     });
@@ -152,8 +210,29 @@ fn main() {
         );
     }
     println!(
-        "(durability: MemoryStore and \"stead, memory\" keep nothing across a restart; process-crash-safe survives a crash of the process; fsync survives power loss)"
+        "(durability: MemoryStore and \"stead, memory\" keep nothing across a restart; process-crash-safe and SQLite sync=NORMAL survive a crash of the process; fsync and SQLite sync=FULL survive power loss)"
     );
+    if !peers.is_empty() {
+        println!(
+            "(\"CPU µs/op\" counts this process only: the SQLite-store app runs in a process of its own, whose CPU is not in its row)"
+        );
+    }
+    let rps = |name: &str| rows.iter().find(|(n, _)| *n == name).map(|(_, s)| s.rps);
+    for (stead, sqlite) in [
+        ("stead, fsync", "tower-sessions SqliteStore, sync=FULL"),
+        (
+            "stead, process-crash-safe",
+            "tower-sessions SqliteStore, sync=NORMAL",
+        ),
+    ] {
+        if let (Some(a), Some(b)) = (rps(stead), rps(sqlite)) {
+            println!("{stead} vs {sqlite}: {:.1}x (the goal: 2x or more)", a / b);
+        }
+    }
+    for (_, _, mut child) in peers {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
     for rt in runtimes {
         tokio.block_on(rt.shutdown()).unwrap();
     }
