@@ -46,8 +46,13 @@ async fn main() {
         .with_secure(false)
         .with_expiry(Expiry::OnInactivity(time::Duration::minutes(30)));
     let app = Router::new().route("/visit", get(visit)).layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    println!("LISTENING http://{}/visit", listener.local_addr().expect("an address"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    println!(
+        "LISTENING http://{}/visit",
+        listener.local_addr().expect("an address")
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serving") });
     // Serve until the bench closes our standard input (or ends).
     let mut buf = [0u8; 1];
