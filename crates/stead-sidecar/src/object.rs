@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use stead_core::{AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result};
 
 use crate::error::{Quota, SidecarError, StepStatus};
@@ -82,7 +83,10 @@ pub struct Lifetime {
 struct Entry {
     version: u64,
     size: u64,
-    /// The value itself when it is small; else it is in `chunks` chunks.
+    /// The value itself when it is small, as JSON (when it has no surrounding whitespace)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    raw: Option<Box<RawValue>>,
+    /// ...or as a string; else it is in `chunks` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     inline: Option<String>,
     #[serde(default)]
@@ -427,7 +431,11 @@ impl Sidecar {
         let Some(entry) = Self::entry(ctx, &msg.key).await? else {
             return Ok(None);
         };
-        if let Some(value) = entry.inline {
+        if let Some(value) = entry
+            .raw
+            .map(|r| String::from(Box::<str>::from(r)))
+            .or(entry.inline)
+        {
             return Ok(Some(Versioned {
                 version: entry.version,
                 value,
@@ -489,14 +497,26 @@ impl Sidecar {
                 max: self.limits.max_value_bytes,
             });
         }
-        validate_json("value", &msg.value)?;
+        // A small value without surrounding whitespace is kept as JSON inside its entry
+        // (checked as it is read, and written without escaping); any other is checked here.
+        let raw = if msg.value.len() <= INLINE_BYTES && msg.value.trim() == msg.value {
+            Some(
+                RawValue::from_string(msg.value.clone())
+                    .map_err(|e| InvalidInput::new(format!("value is not JSON: {e}")))?,
+            )
+        } else {
+            validate_json("value", &msg.value)?;
+            None
+        };
         self.expire_if_due(ctx)?;
         let old = Self::head(ctx, &msg.key).await?;
         Self::check_condition(&msg.key, msg.condition, old.as_ref().map(|e| e.version))?;
         let freed = old.as_ref().map_or(0, |e| e.size);
         self.check_quota(size, freed, old.is_none())?;
-        let inline = msg.value.len() <= INLINE_BYTES && encoded_len(&msg.value) <= INLINE_BYTES;
-        let chunks = if inline {
+        let inline = raw.is_none()
+            && msg.value.len() <= INLINE_BYTES
+            && encoded_len(&msg.value) <= INLINE_BYTES;
+        let chunks = if inline || raw.is_some() {
             Vec::new()
         } else {
             split_chunks(&msg.value, self.limits.chunk_bytes)
@@ -518,6 +538,7 @@ impl Sidecar {
             size,
             chunks: n_chunks,
             inline: inline.then_some(msg.value),
+            raw,
         };
         ctx.storage().put(&entry_key(&msg.key), &entry)?;
         self.meta.bytes = self.meta.bytes - freed + size;
