@@ -181,10 +181,7 @@ fn main() {
     // Rows are labelled "<durability> <route>" for `--only`.
     let args = load::Args::from_env();
     let (seconds, rounds) = (args.seconds, args.rounds);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = load::runtime();
     let mut rows = Vec::new();
     let mut fsync = Duration::ZERO;
     for (mode, label) in [

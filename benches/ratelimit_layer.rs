@@ -80,10 +80,7 @@ fn main() {
     // Rows are labelled "<traffic> <limiter>" for `--only`.
     let args = load::Args::from_env();
     let (seconds, rounds) = (args.seconds, args.rounds);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = load::runtime();
     let (dir, durable_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let key = HeaderName::from_static("x-api-key");
     let (apps, runtimes) = tokio.block_on(async {

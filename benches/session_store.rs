@@ -118,10 +118,7 @@ fn build_peer() -> bool {
 fn main() {
     let args = load::Args::from_env();
     let (seconds, rounds) = (args.seconds, args.rounds);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio = load::runtime();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let peer_dir = tempfile::tempdir().unwrap();
     let mut peers = Vec::new();

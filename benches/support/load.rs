@@ -116,6 +116,15 @@ pub(crate) fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// The tokio runtime the HTTP benches serve and drive on (a worker per core, as the
+/// `stead` binary runs).
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A client whose pool keeps `connections` connections open from one run to the next, so
 /// that no run pays for connecting.
 pub(crate) fn client(connections: usize) -> reqwest::Client {

@@ -387,6 +387,28 @@ fn gradient(
 mod tests {
     use super::*;
 
+    /// `policy`'s decision after `b`, run at `batch_size` every second, with an empty window.
+    fn decide(
+        policy: Policy,
+        batch_size: u32,
+        b: &[Sample],
+        state: &mut GradientState,
+    ) -> Decision {
+        policy.decide(
+            &Bounds::SEED,
+            Observation {
+                shape: Shape {
+                    batch_size,
+                    interval_ms: 1000,
+                },
+                backing_off: false,
+                window: &Window::new(10),
+                batch: b,
+            },
+            state,
+        )
+    }
+
     fn batch(n: u32, ok: u32, latency_ms: u64) -> Vec<Sample> {
         (0..n)
             .map(|i| Sample {
@@ -457,19 +479,11 @@ mod tests {
             latency_bound_ms: Some(100),
             ..Aimd::default()
         };
-        let w = Window::new(10);
         let run = |batch_size: u32, b: &[Sample]| {
-            Policy::Aimd(p).decide(
-                &Bounds::SEED,
-                Observation {
-                    shape: Shape {
-                        batch_size,
-                        interval_ms: 1000,
-                    },
-                    backing_off: false,
-                    window: &w,
-                    batch: b,
-                },
+            decide(
+                Policy::Aimd(p),
+                batch_size,
+                b,
                 &mut GradientState::default(),
             )
         };
@@ -489,20 +503,12 @@ mod tests {
     fn gradient_grows_while_latency_holds_and_shrinks_when_it_rises() {
         let p = Gradient::default();
         let mut state = GradientState::default();
-        let w = Window::new(10);
         let mut size = 10;
         for _ in 0..10 {
-            let d = Policy::Gradient(p).decide(
-                &Bounds::SEED,
-                Observation {
-                    shape: Shape {
-                        batch_size: size,
-                        interval_ms: 1000,
-                    },
-                    backing_off: false,
-                    window: &w,
-                    batch: &batch(size, size, 20),
-                },
+            let d = decide(
+                Policy::Gradient(p),
+                size,
+                &batch(size, size, 20),
                 &mut state,
             );
             assert!(
@@ -513,17 +519,10 @@ mod tests {
         }
         assert!(size > 20, "grew to {size}");
         // Latency triples: the batch shrinks.
-        let d = Policy::Gradient(p).decide(
-            &Bounds::SEED,
-            Observation {
-                shape: Shape {
-                    batch_size: size,
-                    interval_ms: 1000,
-                },
-                backing_off: false,
-                window: &w,
-                batch: &batch(size, size, 60),
-            },
+        let d = decide(
+            Policy::Gradient(p),
+            size,
+            &batch(size, size, 60),
             &mut state,
         );
         assert!(

@@ -540,10 +540,7 @@ impl DurableObject for RateLimiter {
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
         self.alarm_at = None;
         let now = now_ns(ctx);
-        let forget_at = self
-            .stored
-            .as_ref()
-            .map_or(0, |s| forget_at(s.state.idle_from(&s.policy)));
+        let forget_at = self.forget_at();
         if forget_at > now {
             ctx.storage().set_alarm(alarm_time(forget_at))?;
             self.alarm_at = Some(forget_at);
@@ -559,11 +556,7 @@ impl DurableObject for RateLimiter {
             return Ok(());
         }
         self.unsaved = false;
-        let idle = self
-            .stored
-            .as_ref()
-            .is_none_or(|s| forget_at(s.state.idle_from(&s.policy)) <= now_ns(ctx));
-        if idle {
+        if self.forget_at() <= now_ns(ctx) {
             // Already the same as a key never seen: nothing to keep.
             self.forget(ctx);
             return Ok(());
@@ -573,6 +566,14 @@ impl DurableObject for RateLimiter {
 }
 
 impl RateLimiter {
+    /// When the state becomes the same as a fresh key's and can be forgotten (0 when there
+    /// is none).
+    fn forget_at(&self) -> u64 {
+        self.stored
+            .as_ref()
+            .map_or(0, |s| forget_at(s.state.idle_from(&s.policy)))
+    }
+
     fn forget(&mut self, ctx: &mut Context) {
         ctx.storage().delete_all();
         self.stored = None;

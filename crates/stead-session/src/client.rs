@@ -287,37 +287,35 @@ impl SessionClient {
         let expires_at = now + chrono::Duration::milliseconds(ttl as i64);
         loop {
             let id = Id::default().to_string();
-            let created = self
-                .inner
-                .sessions
-                .get_by_name(&id)
-                .call(Create {
-                    data: new.data.clone(),
-                    user: new.user.clone(),
-                    label: new.label.clone(),
-                    idle_ms: Some(ttl),
-                    expires_at,
-                    max_lifetime_ms: new.max_lifetime.map(ms),
-                })
-                .await;
-            match created {
+            let create = Create {
+                data: new.data.clone(),
+                user: new.user.clone(),
+                label: new.label.clone(),
+                idle_ms: Some(ttl),
+                expires_at,
+                max_lifetime_ms: new.max_lifetime.map(ms),
+            };
+            match self.create_under(&id, create).await {
                 Err(SessionError::Exists) => continue,
-                Err(e) => return Err(e),
-                Ok(view) => {
-                    if let Some(user) = &new.user {
-                        self.enter(
-                            user,
-                            &view.id,
-                            view.created_at,
-                            view.label.clone(),
-                            view.expires_at,
-                        )
-                        .await?;
-                    }
-                    return Ok(view);
-                }
+                other => return other,
             }
         }
+    }
+
+    /// Creates the session `id` and enters it in its user's index.
+    async fn create_under(&self, id: &str, create: Create) -> Result<SessionView, SessionError> {
+        let view = self.session(id)?.call(create).await?;
+        if let Some(user) = &view.user {
+            self.enter(
+                user,
+                id,
+                view.created_at,
+                view.label.clone(),
+                view.expires_at,
+            )
+            .await?;
+        }
+        Ok(view)
     }
 
     pub(crate) async fn enter(
@@ -417,22 +415,15 @@ impl SessionClient {
         expires_at: DateTime<Utc>,
     ) -> Result<(), SessionError> {
         let user = self.user_of(&data)?;
-        let view = self
-            .session(id)?
-            .call(Create {
-                data,
-                user: user.clone(),
-                label: None,
-                idle_ms: None,
-                expires_at,
-                max_lifetime_ms: None,
-            })
-            .await?;
-        if let Some(u) = &user {
-            self.enter(u, id, view.created_at, None, view.expires_at)
-                .await?;
-        }
-        Ok(())
+        let create = Create {
+            data,
+            user,
+            label: None,
+            idle_ms: None,
+            expires_at,
+            max_lifetime_ms: None,
+        };
+        self.create_under(id, create).await.map(drop)
     }
 
     /// Deletes (revokes) a session; answers whether it was live.

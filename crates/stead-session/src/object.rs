@@ -267,38 +267,32 @@ impl Handler<Save> for StoredSession {
         self.expire_if_due(ctx);
         self.check_size(&msg.data)?;
         let now = ctx.now();
-        let previous = self.record.clone();
-        let mut r = previous.clone().unwrap_or(Record {
-            data: Map::new(),
-            user: None,
-            label: None,
-            created_at: now,
+        // The new record keeps the old one's identity and limits (its data is not copied).
+        let old = self.record.as_ref();
+        let deadline = old.and_then(|p| p.deadline);
+        let r = Record {
+            data: msg.data,
+            user: msg.user,
+            label: old.and_then(|p| p.label.clone()),
+            created_at: old.map_or(now, |p| p.created_at),
             last_seen: now,
-            expires_at: msg.expires_at,
-            idle_ms: None,
-            deadline: None,
-        });
-        r.data = msg.data;
-        r.user = msg.user;
-        r.last_seen = now;
-        r.expires_at = r.deadline.map_or(msg.expires_at, |d| msg.expires_at.min(d));
-        if r.expires_at <= now {
-            // Saved already expired: the same as deleted.
-            self.forget(ctx);
-            return Ok(Saved {
-                created: false,
-                previous_user: previous.and_then(|p| p.user),
-                created_at: r.created_at,
-                expires_at: r.expires_at,
-            });
-        }
+            expires_at: deadline.map_or(msg.expires_at, |d| msg.expires_at.min(d)),
+            idle_ms: old.and_then(|p| p.idle_ms),
+            deadline,
+        };
+        let expired = r.expires_at <= now;
         let saved = Saved {
-            created: previous.is_none(),
-            previous_user: previous.and_then(|p| p.user),
+            created: old.is_none() && !expired,
+            previous_user: old.and_then(|p| p.user.clone()),
             created_at: r.created_at,
             expires_at: r.expires_at,
         };
-        self.store(ctx, r)?;
+        if expired {
+            // Saved already expired: the same as deleted.
+            self.forget(ctx);
+        } else {
+            self.store(ctx, r)?;
+        }
         Ok(saved)
     }
 }

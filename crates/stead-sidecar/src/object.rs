@@ -2,8 +2,9 @@
 //! JSON values, append lists, a lifetime and the entity's checkpointed steps.
 //!
 //! Storage layout (keys of the object's own storage):
-//! - `meta`: counts, the last version issued, the lifetime;
-//! - `k/{key}`: a value's version and size; its text in chunks at `v/{len}/{key}/{i}`;
+//! - `meta`: counts, the versions reserved, the lifetime;
+//! - `k/{key}`: a value's version and size, and a small value itself; a larger one's text
+//!   in chunks at `v/{len}/{key}/{i}`;
 //! - `l/{key}`: a list's first and next index; its items at `i/{len}/{key}/{index}`;
 //! - `steps`: the declared steps; a step's output at `o/{name}`.
 //!
@@ -53,8 +54,8 @@ pub struct Limits {
 /// Versions are reserved this many at a time, so that a write that changes nothing else
 /// need not write the bookkeeping.
 const VERSION_BLOCK: u64 = 1024;
-/// Values whose stored text takes at most this many bytes are kept with their entry (one
-/// stored key per value); larger ones in chunks of their own.
+/// Values of at most this many bytes (without whitespace around them) are kept as JSON in
+/// their entry (one stored key per value); others in chunks of their own.
 const INLINE_BYTES: usize = 4096;
 
 /// The object's bookkeeping, stored at `meta`.
@@ -83,12 +84,10 @@ pub struct Lifetime {
 struct Entry {
     version: u64,
     size: u64,
-    /// The value itself when it is small, as JSON (when it has no surrounding whitespace)...
+    /// The value itself when it is small and has no whitespace around it, as JSON; else it
+    /// is in `chunks` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     raw: Option<Box<RawValue>>,
-    /// ...or as a string; else it is in `chunks` chunks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    inline: Option<String>,
     #[serde(default)]
     chunks: u32,
 }
@@ -152,26 +151,28 @@ pub(crate) fn validate_json(what: &str, text: &str) -> std::result::Result<(), I
         .map_err(|e| InvalidInput::new(format!("{what} is not JSON: {e}")))
 }
 
-/// How many bytes `c` takes inside a JSON string.
-fn escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
+/// How many bytes the byte `b` of a string takes inside a JSON string: every byte of a
+/// multi-byte character is written as it is.
+fn escaped_byte_len(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+        0..0x20 => 6,
+        _ => 1,
     }
 }
 
-/// How many bytes `text` takes stored (as a JSON string). Byte by byte: every byte of a
-/// multi-byte character is written as it is.
+/// How many bytes `c` takes inside a JSON string.
+fn escaped_len(c: char) -> usize {
+    if c.is_ascii() {
+        escaped_byte_len(c as u8)
+    } else {
+        c.len_utf8()
+    }
+}
+
+/// How many bytes `text` takes stored (as a JSON string).
 fn encoded_len(text: &str) -> usize {
-    2 + text
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
-            0..0x20 => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
+    2 + text.bytes().map(escaped_byte_len).sum::<usize>()
 }
 
 /// Splits `text` at character boundaries into pieces that each take at most `budget` bytes
@@ -236,14 +237,10 @@ pub enum Condition {
 }
 
 impl Sidecar {
-    fn now(ctx: &Context) -> DateTime<Utc> {
-        ctx.now()
-    }
-
     /// Forgets everything once the lifetime has run out (before the alarm, if the alarm is
     /// late): an expired sidecar reads as empty.
     fn expire_if_due(&mut self, ctx: &mut Context) -> Result<()> {
-        if self.meta.expires_at.is_some_and(|at| at <= Self::now(ctx)) {
+        if self.meta.expires_at.is_some_and(|at| at <= ctx.now()) {
             self.clear(ctx)?;
         }
         Ok(())
@@ -317,7 +314,7 @@ impl Sidecar {
     }
 
     fn set_expiry(&mut self, ctx: &mut Context, l: Lifetime) -> Result<()> {
-        let at = Self::now(ctx) + chrono::Duration::milliseconds(l.ttl_ms as i64);
+        let at = ctx.now() + chrono::Duration::milliseconds(l.ttl_ms as i64);
         self.meta.expires_at = Some(at);
         ctx.storage().set_alarm(at)
     }
@@ -393,7 +390,7 @@ impl DurableObject for Sidecar {
 
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
         match self.meta.expires_at {
-            Some(at) if at <= Self::now(ctx) => self.clear(ctx)?,
+            Some(at) if at <= ctx.now() => self.clear(ctx)?,
             // Renewed since the alarm was set: wait for the new time.
             Some(at) => ctx.storage().set_alarm(at)?,
             None => {}
@@ -431,11 +428,7 @@ impl Sidecar {
         let Some(entry) = Self::entry(ctx, &msg.key).await? else {
             return Ok(None);
         };
-        if let Some(value) = entry
-            .raw
-            .map(|r| String::from(Box::<str>::from(r)))
-            .or(entry.inline)
-        {
+        if let Some(value) = entry.raw.map(|r| String::from(Box::<str>::from(r))) {
             return Ok(Some(Versioned {
                 version: entry.version,
                 value,
@@ -497,39 +490,38 @@ impl Sidecar {
                 max: self.limits.max_value_bytes,
             });
         }
-        // A small value without surrounding whitespace is kept as JSON inside its entry
-        // (checked as it is read, and written without escaping); any other is checked here.
-        let raw = if msg.value.len() <= INLINE_BYTES && msg.value.trim() == msg.value {
-            Some(
-                RawValue::from_string(msg.value.clone())
-                    .map_err(|e| InvalidInput::new(format!("value is not JSON: {e}")))?,
-            )
+        // A small value without whitespace around it is kept as JSON inside its entry
+        // (checked as it is read, and written without escaping); any other is checked here
+        // and kept in chunks.
+        let Put {
+            key,
+            value,
+            condition,
+        } = msg;
+        let (raw, text) = if value.len() <= INLINE_BYTES && value.trim() == value {
+            let raw = RawValue::from_string(value)
+                .map_err(|e| InvalidInput::new(format!("value is not JSON: {e}")))?;
+            (Some(raw), None)
         } else {
-            validate_json("value", &msg.value)?;
-            None
+            validate_json("value", &value)?;
+            (None, Some(value))
         };
         self.expire_if_due(ctx)?;
-        let old = Self::head(ctx, &msg.key).await?;
-        Self::check_condition(&msg.key, msg.condition, old.as_ref().map(|e| e.version))?;
+        let old = Self::head(ctx, &key).await?;
+        Self::check_condition(&key, condition, old.as_ref().map(|e| e.version))?;
         let freed = old.as_ref().map_or(0, |e| e.size);
         self.check_quota(size, freed, old.is_none())?;
-        let inline = raw.is_none()
-            && msg.value.len() <= INLINE_BYTES
-            && encoded_len(&msg.value) <= INLINE_BYTES;
-        let chunks = if inline || raw.is_some() {
-            Vec::new()
-        } else {
-            split_chunks(&msg.value, self.limits.chunk_bytes)
-        };
+        let chunks = text
+            .as_deref()
+            .map_or_else(Vec::new, |t| split_chunks(t, self.limits.chunk_bytes));
         for (i, chunk) in chunks.iter().enumerate() {
-            ctx.storage().put(&chunk_key(&msg.key, i as u32), chunk)?;
+            ctx.storage().put(&chunk_key(&key, i as u32), chunk)?;
         }
         let n_chunks = chunks.len() as u32;
-        drop(chunks);
         // Chunks of a longer old value that the new one does not overwrite.
         if let Some(old) = &old {
             for i in n_chunks..old.chunks {
-                ctx.storage().delete(&chunk_key(&msg.key, i)).await?;
+                ctx.storage().delete(&chunk_key(&key, i)).await?;
             }
         }
         let version = self.next_version();
@@ -537,10 +529,9 @@ impl Sidecar {
             version,
             size,
             chunks: n_chunks,
-            inline: inline.then_some(msg.value),
             raw,
         };
-        ctx.storage().put(&entry_key(&msg.key), &entry)?;
+        ctx.storage().put(&entry_key(&key), &entry)?;
         self.meta.bytes = self.meta.bytes - freed + size;
         if old.is_none() {
             self.meta.keys += 1;
@@ -1137,7 +1128,7 @@ impl Sidecar {
         stead_core::validate_ms("lease_ms", msg.lease_ms, MAX_LEASE_MS)?;
         self.expire_if_due(ctx)?;
         let mut list = Self::steps(ctx).await?;
-        let now = Self::now(ctx);
+        let now = ctx.now();
         let Some(at) = list.steps.iter().position(|s| s.status != StepStatus::Done) else {
             return Ok(NextReply {
                 lease: None,
