@@ -59,6 +59,7 @@ impl Default for Breaker {
 
 /// What a transition was, for the decision log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Transition {
     /// Consecutive failures opened it.
@@ -133,6 +134,17 @@ impl Breaker {
             }
             // A late report of a batch started before the breaker opened changes nothing.
             Breaker::Open { .. } => None,
+        }
+    }
+
+    /// The probe came back without a verdict (it had no work to do): the next batch may
+    /// probe again.
+    pub fn release_probe(&mut self) {
+        if let Breaker::HalfOpen { cooldown_ms, .. } = *self {
+            *self = Breaker::HalfOpen {
+                probing: false,
+                cooldown_ms,
+            };
         }
     }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 /// One item's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct Sample {
     /// Whether the item succeeded.
     pub ok: bool,
@@ -52,6 +54,24 @@ impl Window {
         mean_latency(self.samples.iter())
     }
 
+    /// How many outcomes it keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Changes how many outcomes it keeps, dropping the oldest beyond the new capacity.
+    pub fn resize(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.samples.len() > self.capacity {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Forgets every outcome.
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
+
     /// How many outcomes it holds.
     pub fn len(&self) -> usize {
         self.samples.len()
@@ -67,6 +87,10 @@ fn mean_latency<'a>(samples: impl Iterator<Item = &'a Sample>) -> f64 {
     let (n, sum) = samples.fold((0u64, 0u64), |(n, sum), s| (n + 1, sum + s.latency_ms));
     if n == 0 { 0.0 } else { sum as f64 / n as f64 }
 }
+
+/// The interval a backoff starts from when the controller runs more often than this (or
+/// back to back), in ms.
+pub const MIN_BACKOFF_MS: u64 = 1000;
 
 /// What a controller runs at: the batch size and the time between batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +131,7 @@ impl Bounds {
 
 /// Why a decision changed (or kept) the shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Healthy: the batch grows.
@@ -140,7 +165,8 @@ pub struct Decision {
 
 /// The seed's table, exactly: above 95% success the batch grows ×1.5 (rounded up), from
 /// 80% to 95% it holds, from 50% to 80% it halves (rounded down), below 50% it drops to
-/// the smallest and the interval grows ×1.5; a backoff ends (interval back to its base)
+/// the smallest and the interval grows ×1.5 (from at least [`MIN_BACKOFF_MS`], up to the
+/// bound); a backoff ends (interval back to its base)
 /// once success is above 80%.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds;
@@ -241,6 +267,15 @@ fn batch_success(batch: &[Sample]) -> f64 {
 }
 
 impl Policy {
+    /// The policy's name, as configured (`thresholds`, `aimd`, `gradient`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Thresholds(_) => "thresholds",
+            Policy::Aimd(_) => "aimd",
+            Policy::Gradient(_) => "gradient",
+        }
+    }
+
     /// The decision after a batch. `state` is the policy's memory between batches (used by
     /// [`Gradient`] only).
     pub fn decide(
@@ -281,7 +316,10 @@ fn thresholds(bounds: &Bounds, obs: Observation<'_>) -> Decision {
         Reason::Decrease
     } else {
         batch_size = bounds.min_batch;
-        interval_ms = ((interval_ms as f64 * 1.5) as u64).min(bounds.max_interval_ms);
+        // ×1.5, from at least a second (a controller that runs back to back still backs
+        // off), up to the cap.
+        interval_ms =
+            ((interval_ms.max(MIN_BACKOFF_MS) as f64 * 1.5) as u64).min(bounds.max_interval_ms);
         backing_off = true;
         Reason::Backoff
     };
@@ -432,6 +470,7 @@ mod tests {
             (0.50, 9, 60_000, false, 5, 60_000, false),   // floor 4.5 → 4, at least 5
             (0.49, 30, 60_000, false, 5, 90_000, true),   // minimum batch, interval ×1.5
             (0.10, 5, 240_000, true, 5, 300_000, true),   // capped at five minutes
+            (0.40, 10, 0, false, 5, 1_500, true),         // back to back: from a second
             (0.81, 5, 300_000, true, 5, 60_000, false),   // recovers: interval back to base
             (0.97, 5, 300_000, true, 8, 60_000, false),   // recovers and grows
             (0.70, 20, 90_000, true, 10, 90_000, true),   // still backing off: halves
