@@ -86,6 +86,12 @@ pub use stead_sidecar as sidecar;
 #[cfg(feature = "session")]
 pub use stead_session as session;
 
+/// Adaptive batch controllers: policies that find the batch size from success and
+/// latency, a circuit breaker, and work leased to workers or run in process (feature
+/// `controller`).
+#[cfg(feature = "controller")]
+pub use stead_controller as controller;
+
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
 /// A new pattern is one line here.
@@ -103,6 +109,8 @@ macro_rules! for_each_pattern {
         $f::<stead_sidecar::SidecarPattern>($($arg),*)?;
         #[cfg(feature = "session")]
         $f::<stead_session::SessionPattern>($($arg),*)?;
+        #[cfg(feature = "controller")]
+        $f::<stead_controller::ControllerPattern>($($arg),*)?;
     }};
 }
 
@@ -133,7 +141,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.
