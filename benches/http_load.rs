@@ -45,6 +45,7 @@ enum Route {
     LockPair,
     SidecarPut,
     SidecarGet,
+    ControllerPair,
 }
 
 impl Route {
@@ -56,13 +57,14 @@ impl Route {
             Route::LockPair => "lock acquire+release (pairs; 2 req)",
             Route::SidecarPut => "PUT /sidecars/{name}/keys/{key} 1 KiB",
             Route::SidecarGet => "GET /sidecars/{name}/keys/{key} 1 KiB",
+            Route::ControllerPair => "controller lease+report (pairs; 2 req)",
         }
     }
 
     /// How many HTTP requests one counted operation makes.
     fn requests(self) -> f64 {
         match self {
-            Route::LockPair => 2.0,
+            Route::LockPair | Route::ControllerPair => 2.0,
             _ => 1.0,
         }
     }
@@ -77,6 +79,11 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
             let req = match route {
                 Route::LockPair => {
                     return lock_pair(&client, &base, &format!("load-lock-{conn}"))
+                        .await
+                        .is_ok();
+                }
+                Route::ControllerPair => {
+                    return controller_pair(&client, &base, &format!("load-ctl-{conn}"))
                         .await
                         .is_ok();
                 }
@@ -123,6 +130,46 @@ async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(
         Ok(())
     } else {
         Err(())
+    }
+}
+
+/// One lease of a batch and its report (every item succeeded in 5 ms), over HTTP.
+async fn controller_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(), ()> {
+    let r = client
+        .post(format!("{base}/controllers/{name}/lease"))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    let body: serde_json::Value = r.json().await.map_err(|_| ())?;
+    let lease_id = body["lease_id"].as_str().ok_or(())?;
+    let n = body["batch_size"].as_u64().ok_or(())?;
+    let results = vec![r#"{"ok":true,"latency_ms":5}"#; n as usize].join(",");
+    let r = client
+        .post(format!("{base}/controllers/{name}/report"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"lease_id":"{lease_id}","results":[{results}]}}"#))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// One controller per connection, running batches of up to 10 back to back.
+async fn seed_controllers(base: &str) {
+    let client = reqwest::Client::new();
+    for conn in 0..CONNECTIONS {
+        let r = client
+            .put(format!("{base}/controllers/load-ctl-{conn}"))
+            .header("content-type", "application/json")
+            .body(r#"{"interval_ms":0,"min_batch":1,"max_batch":10}"#)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
     }
 }
 
@@ -195,6 +242,7 @@ fn main() {
             Route::LockPair,
             Route::SidecarPut,
             Route::SidecarGet,
+            Route::ControllerPair,
         ];
         if !routes
             .iter()
@@ -224,6 +272,7 @@ fn main() {
         // The counters the read row reads exist whether or not the increment row runs.
         tokio.block_on(seed_counters(&base));
         tokio.block_on(seed_sidecars(&base));
+        tokio.block_on(seed_controllers(&base));
         // Each round measures every route against the ceiling in alternating slices (ceiling,
         // route, route, ceiling, ...), so that both see the machine's drift alike, and the
         // round's share compares the route with the ceiling slices beside it. The table gives

@@ -294,6 +294,9 @@ mod guide {
     #[cfg(feature = "session")]
     #[doc = include_str!("../book/src/patterns/session.md")]
     mod session {}
+    #[cfg(feature = "controller")]
+    #[doc = include_str!("../book/src/patterns/controller.md")]
+    mod controller {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

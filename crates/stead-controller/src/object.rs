@@ -16,6 +16,8 @@ use crate::policy::{GradientState, Observation, Reason, Sample, Shape, Window};
 use crate::spec::{ControllerSpec, MAX_INTERVAL_MS, Spec};
 
 const STATE: &str = "state";
+/// The window, kept apart from the state: a lease changes the state, not the window.
+const WINDOW: &str = "window";
 const LOG: &str = "log/";
 
 /// The longest latency an outcome may report, in ms (one day).
@@ -160,7 +162,12 @@ struct State {
     shape: Shape,
     backing_off: bool,
     breaker: Breaker,
+    /// Stored under its own key ([`WINDOW`]).
+    #[serde(skip, default = "empty_window")]
     window: Window,
+    /// Whether the window changed since it was stored.
+    #[serde(skip)]
+    window_dirty: bool,
     gradient: GradientState,
     leases: Vec<LeaseRec>,
     next_lease: u64,
@@ -180,6 +187,10 @@ pub struct Controller {
     alarm_ms: Option<i64>,
 }
 
+fn empty_window() -> Window {
+    Window::new(1)
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -197,8 +208,16 @@ impl DurableObject for Controller {
     type Env = ControllerEnv;
 
     async fn activate(ctx: &mut Context, env: Arc<ControllerEnv>) -> Result<Self> {
+        let mut state: Option<State> = ctx.storage().get(STATE).await?;
+        if let Some(s) = &mut state {
+            s.window = ctx
+                .storage()
+                .get(WINDOW)
+                .await?
+                .unwrap_or_else(|| Window::new(s.spec.window as usize));
+        }
         Ok(Controller {
-            state: ctx.storage().get(STATE).await?,
+            state,
             env,
             alarm_ms: ctx.storage().alarm().await?.map(ms),
         })
@@ -400,6 +419,7 @@ impl Handler<Configure> for Controller {
                     backing_off: false,
                     breaker: Breaker::default(),
                     window: Window::new(spec.window as usize),
+                    window_dirty: true,
                     gradient: GradientState::default(),
                     leases: Vec::new(),
                     next_lease: 1,
@@ -424,6 +444,7 @@ impl Handler<Configure> for Controller {
                     b.base_interval_ms
                 };
                 s.window.resize(spec.window as usize);
+                s.window_dirty = true;
                 s.spec = spec;
             }
         }
@@ -487,6 +508,7 @@ impl Handler<Reset> for Controller {
         s.backing_off = false;
         s.breaker = Breaker::default();
         s.window.clear();
+        s.window_dirty = true;
         s.gradient = GradientState::default();
         s.last_start_ms = None;
         // Leases out stay valid: their reports are decided on as usual.
@@ -707,6 +729,7 @@ impl State {
         let now = ms(ctx.now());
         let before = self.setting();
         self.window.extend(results);
+        self.window_dirty = true;
         let d = self.spec.policy.decide(
             &self.spec.bounds,
             Observation {
@@ -936,6 +959,10 @@ impl Controller {
         };
         s.updated_ms = ms(ctx.now());
         ctx.storage().put(STATE, s)?;
+        if s.window_dirty {
+            ctx.storage().put(WINDOW, &s.window)?;
+            s.window_dirty = false;
+        }
         let mut wake = s.leases.iter().map(|l| l.deadline_ms).min();
         let driven = ctx.name().is_some_and(|n| self.env.runner(n).is_some());
         if driven && !s.paused && s.leases.len() < s.spec.concurrency as usize {

@@ -17,11 +17,48 @@ pub struct Sample {
     pub latency_ms: u64,
 }
 
-/// The rolling window of the last `capacity` outcomes.
+/// The rolling window of the last `capacity` outcomes. Stored packed: one number per
+/// outcome (its latency, doubled, plus one if it succeeded).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "PackedWindow", from = "PackedWindow")]
 pub struct Window {
     capacity: usize,
     samples: VecDeque<Sample>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PackedWindow {
+    capacity: usize,
+    samples: Vec<u64>,
+}
+
+impl From<Window> for PackedWindow {
+    fn from(w: Window) -> Self {
+        PackedWindow {
+            capacity: w.capacity,
+            samples: w
+                .samples
+                .iter()
+                .map(|s| s.latency_ms.saturating_mul(2) | u64::from(s.ok))
+                .collect(),
+        }
+    }
+}
+
+impl From<PackedWindow> for Window {
+    fn from(p: PackedWindow) -> Self {
+        let mut w = Window::new(p.capacity);
+        let samples: Vec<Sample> = p
+            .samples
+            .iter()
+            .map(|&v| Sample {
+                ok: v & 1 == 1,
+                latency_ms: v >> 1,
+            })
+            .collect();
+        w.extend(&samples);
+        w
+    }
 }
 
 impl Window {
@@ -510,6 +547,10 @@ mod tests {
         assert_eq!(w.success_rate(), 0.5);
         assert_eq!(w.mean_latency_ms(), 20.0);
         assert_eq!(Window::new(0).success_rate(), 1.0);
+        // Stored packed, one number per outcome, and read back the same.
+        let json = serde_json::to_string(&w).unwrap();
+        assert_eq!(json, r#"{"capacity":4,"samples":[20,20,61,61]}"#);
+        assert_eq!(serde_json::from_str::<Window>(&json).unwrap(), w);
     }
 
     #[test]
