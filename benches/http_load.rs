@@ -147,7 +147,9 @@ async fn controller_pair(client: &reqwest::Client, base: &str, name: &str) -> Re
     let r = client
         .post(format!("{base}/controllers/{name}/report"))
         .header("content-type", "application/json")
-        .body(format!(r#"{{"lease_id":"{lease_id}","results":[{results}]}}"#))
+        .body(format!(
+            r#"{{"lease_id":"{lease_id}","results":[{results}]}}"#
+        ))
         .send()
         .await
         .map_err(|_| ())?;
