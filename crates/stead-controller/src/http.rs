@@ -274,6 +274,7 @@ struct DecisionParams {
     #[param(schema_with = schema::integer::<1, { MAX_DECISIONS_PAGE as u64 }>)]
     limit: Option<u32>,
     /// Only entries numbered below this (the `seq` of the last entry of the previous page).
+    #[param(schema_with = schema::integer::<1, { u64::MAX }>)]
     before: Option<u64>,
 }
 

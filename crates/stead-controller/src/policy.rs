@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub struct Sample {
     /// Whether the item succeeded.
     pub ok: bool,
-    /// How long it took, in ms.
+    /// How long it took, in ms (a report takes at most a day).
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<0, 86_400_000>))]
     pub latency_ms: u64,
 }
 
