@@ -197,41 +197,117 @@ impl<S: Send + Sync> FromRequestParts<S> for StepPath {
     }
 }
 
-/// The write condition of `If-Match` / `If-None-Match` (one ETag, or `*`).
-fn condition(headers: &HeaderMap) -> Result<Condition, Problem> {
-    let text = |name: header::HeaderName| -> Result<Option<String>, Problem> {
-        headers
-            .get(&name)
-            .map(|v| {
-                v.to_str().map(|s| s.trim().to_owned()).map_err(|_| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        "bad-request",
-                        format!("{name} is not text"),
-                    )
-                })
+/// An entity tag of a conditional header: whether it is weak, and the version it names if
+/// it is one this server issues (`"12"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag {
+    weak: bool,
+    version: Option<u64>,
+}
+
+/// A conditional header's value: `*`, or a comma-separated list of entity tags (RFC 9110,
+/// section 8.8.3). `None` when it is neither.
+fn tag_list(value: &str) -> Option<Option<Vec<Tag>>> {
+    let value = value.trim();
+    if value == "*" {
+        return Some(None);
+    }
+    let mut tags = Vec::new();
+    let mut rest = value;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (weak, quoted) = match rest.strip_prefix("W/") {
+            Some(r) => (true, r),
+            None => (false, rest),
+        };
+        let body = quoted.strip_prefix('"')?;
+        let close = body.find('"')?;
+        let opaque = &body[..close];
+        if opaque.bytes().any(|b| b < 0x21 || b == 0x7f) {
+            return None;
+        }
+        tags.push(Tag {
+            weak,
+            version: opaque.parse().ok(),
+        });
+        rest = body[close + 1..].trim_start_matches([' ', '\t']);
+        if !(rest.is_empty() || rest.starts_with(',')) {
+            return None;
+        }
+    }
+    if tags.is_empty() {
+        None
+    } else {
+        Some(Some(tags))
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, Problem> {
+    headers
+        .get(&name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    format!("{name} is not text"),
+                )
             })
-            .transpose()
-    };
+        })
+        .transpose()
+}
+
+/// The write condition of `If-Match` (`*` or a list of ETags, compared strongly: a weak
+/// ETag never matches) or `If-None-Match: *`.
+fn condition(headers: &HeaderMap) -> Result<Condition, Problem> {
     let bad = |detail: String| Problem::new(StatusCode::BAD_REQUEST, "bad-request", detail);
-    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+    match (
+        header_text(headers, header::IF_MATCH)?,
+        header_text(headers, header::IF_NONE_MATCH)?,
+    ) {
         (Some(_), Some(_)) => Err(bad("give If-Match or If-None-Match, not both".into())),
-        (Some(m), None) if m == "*" => Ok(Condition::IfPresent),
-        (Some(m), None) => m
-            .strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .and_then(|s| s.parse().ok())
-            .map(Condition::IfVersion)
-            .ok_or_else(|| {
-                bad(format!(
-                    "If-Match must be one ETag as this server issues them (\"12\") or *, not {m}"
-                ))
-            }),
-        (None, Some(m)) if m == "*" => Ok(Condition::IfAbsent),
+        (Some(m), None) => match tag_list(m) {
+            Some(None) => Ok(Condition::IfPresent),
+            Some(Some(tags)) => {
+                let versions: Vec<u64> = tags
+                    .iter()
+                    .filter(|t| !t.weak)
+                    .filter_map(|t| t.version)
+                    .collect();
+                Ok(match versions[..] {
+                    [v] => Condition::IfVersion(v),
+                    _ => Condition::IfVersionIn(versions),
+                })
+            }
+            None => Err(bad(format!(
+                "If-Match must be * or a list of ETags (\"12\", \"13\"), not {m}"
+            ))),
+        },
+        (None, Some(m)) if m.trim() == "*" => Ok(Condition::IfAbsent),
         (None, Some(m)) => Err(bad(format!(
             "a write takes If-None-Match: * (create only), not {m}"
         ))),
         (None, None) => Ok(Condition::Always),
+    }
+}
+
+/// Whether a read's `If-None-Match` (`*` or a list, compared weakly) names `version`: the
+/// answer is then 304.
+fn not_modified(headers: &HeaderMap, version: u64) -> Result<bool, Problem> {
+    let Some(m) = header_text(headers, header::IF_NONE_MATCH)? else {
+        return Ok(false);
+    };
+    match tag_list(m) {
+        Some(None) => Ok(true),
+        Some(Some(tags)) => Ok(tags.iter().any(|t| t.version == Some(version))),
+        None => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            format!("If-None-Match must be * or a list of ETags, not {m}"),
+        )),
     }
 }
 
@@ -342,13 +418,29 @@ async fn list_keys(
 
 /// Read a value: its JSON text as written, with its ETag.
 #[utoipa::path(get, path = "/{name}/keys/{key}", operation_id = "getSidecarValue", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The key: 1 to 1024 bytes, no control characters; may contain `/`.")),
+    params(Name, ("key" = String, Path, description = "The key: 1 to 1024 bytes, no control characters; may contain `/`."),
+        ("If-None-Match" = Option<String>, Header, description = "`*` or a list of ETags: 304 without a body if the value is at one of them.")),
     responses(
         (status = 200, description = "the value, with its `ETag`", body = serde_json::Value),
+        (status = 304, description = "not modified: the value is at an ETag `If-None-Match` names"),
         problems::NotFound, problems::BadRequest))]
-async fn get_value(State(c): State<SidecarClient>, k: Keyed) -> Result<Response, SidecarError> {
+async fn get_value(
+    State(c): State<SidecarClient>,
+    k: Keyed,
+    headers: HeaderMap,
+) -> Result<Response, SidecarError> {
     match c.get(&k.entity, &k.key).await? {
-        Some(v) => Ok(json_response(StatusCode::OK, Some(v.version), v.value)),
+        Some(v) => match not_modified(&headers, v.version) {
+            Ok(true) => {
+                let mut resp = StatusCode::NOT_MODIFIED.into_response();
+                if let Ok(tag) = HeaderValue::from_str(&etag(v.version)) {
+                    resp.headers_mut().insert(header::ETAG, tag);
+                }
+                Ok(resp)
+            }
+            Ok(false) => Ok(json_response(StatusCode::OK, Some(v.version), v.value)),
+            Err(p) => Ok(p.into_response()),
+        },
         None => Ok(not_found("such key").into_response()),
     }
 }
@@ -357,7 +449,7 @@ async fn get_value(State(c): State<SidecarClient>, k: Keyed) -> Result<Response,
 /// (`If-None-Match: *`).
 #[utoipa::path(put, path = "/{name}/keys/{key}", operation_id = "putSidecarValue", tag = "sidecars",
     params(Name, ("key" = String, Path, description = "The key."),
-        ("If-Match" = Option<String>, Header, description = "Write only if the key is at this ETag (or, with `*`, exists)."),
+        ("If-Match" = Option<String>, Header, description = "Write only if the key is at one of these ETags (compared strongly: a weak ETag never matches), or with `*` if it exists."),
         ("If-None-Match" = Option<String>, Header, description = "`*`: write only if the key does not exist.")),
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(

@@ -223,13 +223,16 @@ pub struct Versioned {
 }
 
 /// When a write applies.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Condition {
     /// Always.
     #[default]
     Always,
     /// Only if the key is at this version (`If-Match`).
     IfVersion(u64),
+    /// Only if the key is at one of these versions (an `If-Match` list; an empty list
+    /// never holds).
+    IfVersionIn(Vec<u64>),
     /// Only if the key does not exist (`If-None-Match: *`).
     IfAbsent,
     /// Only if the key exists (`If-Match: *`).
@@ -360,6 +363,7 @@ impl Sidecar {
         let ok = match cond {
             Condition::Always => true,
             Condition::IfVersion(v) => current == Some(v),
+            Condition::IfVersionIn(vs) => current.is_some_and(|c| vs.contains(&c)),
             Condition::IfAbsent => current.is_none(),
             Condition::IfPresent => current.is_some(),
         };

@@ -80,18 +80,83 @@ async fn values_with_etags_and_conditions() {
     assert_eq!(not_json.status, 400);
     let text = http.put(url).bytes("1").send().await;
     assert_eq!(text.status, 415);
-    let bad_etag = http
+    // A weak ETag never matches an If-Match (strong comparison): the key is absent here,
+    // and would not match if present.
+    let weak = http
         .put(url)
         .header("if-match", "W/\"1\"")
         .json(&1)
         .send()
         .await;
+    problem(&weak, 412, "precondition-failed");
+    let bad_etag = http.put(url).header("if-match", "1").json(&1).send().await;
     problem(&bad_etag, 400, "bad-request");
     let bad_entity = http
         .get(&format!("/sidecars/{}/keys/k", "e".repeat(300)))
         .send()
         .await;
     problem(&bad_entity, 400, "bad-request");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn if_match_lists_and_not_modified() {
+    let rt = TestRuntime::memory().await;
+    let http = app(&rt);
+    let url = "/sidecars/run-9/keys/state";
+    let first = http.put(url).json(&json!({"step": 1})).send().await;
+    let v1 = first.header("etag").unwrap().to_owned();
+    let second = http.put(url).json(&json!({"step": 2})).send().await;
+    let v2 = second.header("etag").unwrap().to_owned();
+    // A list holds when the key is at any of its ETags; tags of other servers and weak
+    // tags are skipped.
+    let r = http
+        .put(url)
+        .header("if-match", &format!("\"other\", W/{v2}, {v1}, {v2}"))
+        .json(&json!({"step": 3}))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v3 = r.header("etag").unwrap().to_owned();
+    let stale = http
+        .put(url)
+        .header("if-match", &format!("{v1},{v2}"))
+        .json(&json!({"step": 4}))
+        .send()
+        .await;
+    let p = problem(&stale, 412, "precondition-failed");
+    assert_eq!(p["current_etag"], v3);
+    let del = http
+        .delete(url)
+        .header("if-match", &format!("{v1}, {v3}"))
+        .send()
+        .await;
+    assert_eq!(del.status, 204);
+    http.put(url).json(&json!({"step": 5})).send().await;
+
+    // A read names what it has: 304 without a body (weak comparison, lists, `*`).
+    let now = http.get(url).send().await;
+    let tag = now.header("etag").unwrap().to_owned();
+    for inm in [
+        tag.clone(),
+        format!("W/{tag}"),
+        format!("{v1}, {tag}"),
+        "*".to_owned(),
+    ] {
+        let r = http.get(url).header("if-none-match", &inm).send().await;
+        assert_eq!(r.status, 304, "{inm}");
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("etag"), Some(tag.as_str()));
+    }
+    let r = http.get(url).header("if-none-match", &v1).send().await;
+    assert_eq!(
+        (r.status.as_u16(), r.value()["step"].as_u64()),
+        (200, Some(5))
+    );
+    for bad in ["12", "\"unclosed", "\"a\" \"b\""] {
+        let r = http.get(url).header("if-none-match", bad).send().await;
+        problem(&r, 400, "bad-request");
+    }
     rt.shutdown().await.unwrap();
 }
 
