@@ -102,6 +102,7 @@ impl Cycle {
 
 /// How unspent budget moves into the next cycle.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum Rollover {
     /// It does not: every cycle starts from its total.
@@ -110,6 +111,7 @@ pub enum Rollover {
     /// Each processor keeps what it did not spend or hold, up to `cap` minor units.
     Capped {
         /// The most a processor carries over.
+        #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<0, { crate::spec::MAX_AMOUNT }>))]
         cap: u64,
     },
 }
@@ -454,11 +456,35 @@ impl Ledger {
         Ok(acc.overrun)
     }
 
-    /// Forgets resolved reservations made before `before_ms` (their ids may then be used
-    /// again).
-    pub fn forget_resolved(&mut self, before_ms: i64) {
+    /// Forgets resolved reservations made before `before_ms`, and beyond the newest `keep`
+    /// resolved ones (their ids may then be used again); the ids forgotten.
+    pub fn forget_resolved(&mut self, before_ms: i64, keep: usize) -> Vec<String> {
+        let mut resolved: Vec<(i64, &String)> = self
+            .reservations
+            .values()
+            .filter(|r| r.state != ReservationState::Pending)
+            .map(|r| (r.created_ms, &r.id))
+            .collect();
+        resolved.sort_unstable();
+        let excess = resolved.len().saturating_sub(keep);
+        let forget: Vec<String> = resolved
+            .iter()
+            .enumerate()
+            .filter(|(i, (created, _))| *i < excess || *created < before_ms)
+            .map(|(_, (_, id))| (*id).clone())
+            .collect();
+        for id in &forget {
+            self.reservations.remove(id);
+        }
+        forget
+    }
+
+    /// How many resolved reservations it remembers.
+    pub fn resolved_count(&self) -> usize {
         self.reservations
-            .retain(|_, r| r.state == ReservationState::Pending || r.created_ms >= before_ms);
+            .values()
+            .filter(|r| r.state != ReservationState::Pending)
+            .count()
     }
 }
 

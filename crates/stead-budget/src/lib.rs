@@ -5,10 +5,11 @@
 //! if it fits), then commit what was actually spent (freeing the rest), void, or let it
 //! expire. Two workers can never both spend the same remainder.
 //!
-//! This crate holds, so far, its pure room, [`ledger`]: the split, the accounts, cycles with
-//! rollover, reservations and after-the-fact usage, with the invariants property-tested.
-//! The durable object, its client and routes are not written yet; until they are, the crate
-//! is not in the umbrella.
+//! [`ledger`] is the pure room: the split, the accounts, cycles with rollover, reservations
+//! and after-the-fact usage, with the invariants property-tested. The durable object
+//! ([`Governor`]) keeps a ledger per budget, starts cycles by schedule and expires
+//! reservations by schedule; [`BudgetClient`] is its typed client. The HTTP routes are not
+//! written yet; until they are, the crate is not in the umbrella.
 //!
 //! ```
 //! use stead_budget::ledger::{Ledger, Rollover};
@@ -21,4 +22,20 @@
 //! assert_eq!(books.current().unwrap().accounts["keywords"].available(), 4_600);
 //! ```
 
+mod client;
+mod error;
 pub mod ledger;
+mod object;
+mod spec;
+
+pub use client::{BudgetClient, BudgetConfig};
+pub use error::BudgetError;
+pub use ledger::{LedgerError, Rollover};
+pub use object::{
+    AccountView, BudgetEvent, BudgetState, Commit, Configure, CycleView, EventKind, Events,
+    Governor, History, Inspect, MAX_PAGE, MAX_TTL_MS, Plan, PlanLine, PlanPhase, Remove,
+    ReservationView, Reserve, Reserved, StartCycle, Usage, Void,
+};
+pub use spec::{
+    BudgetSpec, MAX_AMOUNT, MAX_HISTORY, MAX_PROCESSORS, MAX_WEIGHT, ProcessorSpec, TierSpec,
+};
