@@ -92,6 +92,11 @@ pub use stead_session as session;
 #[cfg(feature = "controller")]
 pub use stead_controller as controller;
 
+/// Budget governors: allocation by weight in integer minor units, two-phase reservations
+/// that never overspend, cycles with rollover, alerts (feature `budget`).
+#[cfg(feature = "budget")]
+pub use stead_budget as budget;
+
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
 /// A new pattern is one line here.
@@ -111,6 +116,8 @@ macro_rules! for_each_pattern {
         $f::<stead_session::SessionPattern>($($arg),*)?;
         #[cfg(feature = "controller")]
         $f::<stead_controller::ControllerPattern>($($arg),*)?;
+        #[cfg(feature = "budget")]
+        $f::<stead_budget::BudgetPattern>($($arg),*)?;
     }};
 }
 
@@ -141,7 +148,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`, `budgets`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.
@@ -297,6 +304,9 @@ mod guide {
     #[cfg(feature = "controller")]
     #[doc = include_str!("../book/src/patterns/controller.md")]
     mod controller {}
+    #[cfg(feature = "budget")]
+    #[doc = include_str!("../book/src/patterns/budget.md")]
+    mod budget {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

@@ -1,4 +1,4 @@
-//! # stead-budget: a budget governor (in progress)
+//! # stead-budget: a budget governor
 //!
 //! A governor splits each cycle's budget across processors by integer weight, in integer
 //! minor units, and lets them spend it through two-phase reservations: reserve first (only
@@ -8,8 +8,11 @@
 //! [`ledger`] is the pure room: the split, the accounts, cycles with rollover, reservations
 //! and after-the-fact usage, with the invariants property-tested. The durable object
 //! ([`Governor`]) keeps a ledger per budget, starts cycles by schedule and expires
-//! reservations by schedule; [`BudgetClient`] is its typed client. The HTTP routes are not
-//! written yet; until they are, the crate is not in the umbrella.
+//! reservations by schedule; [`BudgetClient`] is its typed client.
+//!
+//! Over HTTP (see `router`, feature `http`, on by default): `PUT|GET|DELETE /budgets/{name}`,
+//! `GET .../plan`, `.../history`, `.../events`, `POST .../cycles`, `.../reservations`,
+//! `.../reservations/{id}/commit`, `.../reservations/{id}/void`, `.../usage`.
 //!
 //! ```
 //! use stead_budget::ledger::{Ledger, Rollover};
@@ -24,12 +27,16 @@
 
 mod client;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 pub mod ledger;
 mod object;
 mod spec;
 
 pub use client::{BudgetClient, BudgetConfig};
 pub use error::BudgetError;
+#[cfg(feature = "http")]
+pub use http::BudgetPattern;
 pub use ledger::{LedgerError, Rollover};
 pub use object::{
     AccountView, BudgetEvent, BudgetState, Commit, Configure, CycleView, EventKind, Events,
@@ -39,3 +46,18 @@ pub use object::{
 pub use spec::{
     BudgetSpec, MAX_AMOUNT, MAX_HISTORY, MAX_PROCESSORS, MAX_WEIGHT, ProcessorSpec, TierSpec,
 };
+
+/// The budget routes, without a prefix (the umbrella crate mounts them under `/budgets`), in
+/// any app state.
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <BudgetPattern as stead_core::http::Pattern>::router(rt)
+}
+
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <BudgetPattern as stead_core::http::Pattern>::openapi()
+}

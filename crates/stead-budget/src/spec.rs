@@ -106,11 +106,21 @@ pub struct BudgetSpec {
     /// Percentages of a processor's or the budget's allocation whose crossing is an alert
     /// (50, 80 and 100 by default).
     #[serde(default = "default_alerts")]
+    #[cfg_attr(feature = "http", schema(schema_with = alerts_schema))]
     pub alerts: Vec<u32>,
     /// How many cycles the history keeps (50).
     #[serde(default = "default_history")]
     #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_HISTORY as u64 }>))]
     pub history: u32,
+}
+
+/// Up to 16 percentages from 1 to 1000.
+#[cfg(feature = "http")]
+fn alerts_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(stead_core::http::schema::integer::<1, 1000>())
+        .max_items(Some(16))
+        .build()
 }
 
 fn default_alerts() -> Vec<u32> {

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
+use stead_core::http::{Json as Body, Name, OptionalJson, Problem, Query, problems, schema};
 use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -215,27 +215,9 @@ struct LeaseBody {
 async fn lease(
     State(c): State<ControllerClient>,
     Name(name): Name,
-    req: Request,
-) -> Result<Body<Granted>, Response> {
-    // No body (or an empty one) is a lease without a worker name.
-    let empty = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v == "0")
-        || (!req.headers().contains_key(header::CONTENT_TYPE)
-            && !req.headers().contains_key(header::TRANSFER_ENCODING));
-    let body = if empty {
-        LeaseBody::default()
-    } else {
-        Body::<LeaseBody>::from_request(req, &())
-            .await
-            .map_err(IntoResponse::into_response)?
-            .0
-    };
-    c.lease(&name, body.worker.as_deref())
-        .await
-        .map(Body)
-        .map_err(IntoResponse::into_response)
+    OptionalJson(body): OptionalJson<LeaseBody>,
+) -> Result<Body<Granted>, ControllerError> {
+    Ok(Body(c.lease(&name, body.worker.as_deref()).await?))
 }
 
 /// A leased batch's outcomes.

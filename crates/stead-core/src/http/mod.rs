@@ -236,6 +236,33 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
         })
 }
 
+/// A JSON body that may be left out: no body at all (no `Content-Type`, or an empty one)
+/// reads as `T::default()`; a body is read as [`Json`] reads it, with the same problems.
+/// For actions whose every parameter is optional (`POST .../lease`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OptionalJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let h = req.headers();
+        let empty = h.get(header::CONTENT_LENGTH).is_some_and(|v| v == "0")
+            || (!h.contains_key(header::CONTENT_TYPE)
+                && !h.contains_key(header::TRANSFER_ENCODING));
+        if empty {
+            return Ok(OptionalJson(T::default()));
+        }
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| OptionalJson(v))
+    }
+}
+
 /// A JSON request body as text, kept byte for byte (for routes that store the JSON a client
 /// sent, such as a sidecar's values). It checks the content type (415), the size (413) and
 /// UTF-8 (400); whether the text is one JSON value is for the handler to check, once.
