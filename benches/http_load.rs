@@ -46,6 +46,7 @@ enum Route {
     SidecarPut,
     SidecarGet,
     ControllerPair,
+    BudgetPair,
 }
 
 impl Route {
@@ -58,13 +59,14 @@ impl Route {
             Route::SidecarPut => "PUT /sidecars/{name}/keys/{key} 1 KiB",
             Route::SidecarGet => "GET /sidecars/{name}/keys/{key} 1 KiB",
             Route::ControllerPair => "controller lease+report (pairs; 2 req)",
+            Route::BudgetPair => "budget reserve+commit (pairs; 2 req)",
         }
     }
 
     /// How many HTTP requests one counted operation makes.
     fn requests(self) -> f64 {
         match self {
-            Route::LockPair | Route::ControllerPair => 2.0,
+            Route::LockPair | Route::ControllerPair | Route::BudgetPair => 2.0,
             _ => 1.0,
         }
     }
@@ -86,6 +88,9 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                     return controller_pair(&client, &base, &format!("load-ctl-{conn}"))
                         .await
                         .is_ok();
+                }
+                Route::BudgetPair => {
+                    return budget_pair(&client, &base, conn).await.is_ok();
                 }
                 Route::Noop => client.get(format!("{base}/noop")),
                 Route::CounterIncrement => client
@@ -158,6 +163,53 @@ async fn controller_pair(client: &reqwest::Client, base: &str, name: &str) -> Re
     } else {
         Err(())
     }
+}
+
+/// One reservation on the shared budget and its commit, over HTTP.
+async fn budget_pair(client: &reqwest::Client, base: &str, conn: usize) -> Result<(), ()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let processor = if conn % 2 == 0 { "a" } else { "b" };
+    let r = client
+        .post(format!("{base}/budgets/load-budget/reservations"))
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"id":"r{id}","processor":"{processor}","amount":100,"ttl_ms":60000}}"#
+        ))
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if r.status() != 201 {
+        return Err(());
+    }
+    let r = client
+        .post(format!(
+            "{base}/budgets/load-budget/reservations/r{id}/commit"
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"actual":60}"#)
+        .send()
+        .await
+        .map_err(|_| ())?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The one budget the budget row spends from: enough for any run.
+async fn seed_budget(base: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{base}/budgets/load-budget"))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"total":4503599627370496,"processors":[{"id":"a","weight":1,"tier":"t"},{"id":"b","weight":1,"tier":"t"}],"tiers":{"t":{"model":"m","cost_per_call":1,"max_concurrency":10}}}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
 }
 
 /// One controller per connection, running batches of up to 10 back to back.
@@ -245,6 +297,7 @@ fn main() {
             Route::SidecarPut,
             Route::SidecarGet,
             Route::ControllerPair,
+            Route::BudgetPair,
         ];
         if !routes
             .iter()
@@ -275,6 +328,7 @@ fn main() {
         tokio.block_on(seed_counters(&base));
         tokio.block_on(seed_sidecars(&base));
         tokio.block_on(seed_controllers(&base));
+        tokio.block_on(seed_budget(&base));
         // Each round measures every route against the ceiling in alternating slices (ceiling,
         // route, route, ceiling, ...), so that both see the machine's drift alike, and the
         // round's share compares the route with the ceiling slices beside it. The table gives

@@ -9,7 +9,7 @@
 //! accounts' allocations, and a reservation's amount is, once resolved, exactly split
 //! between spent and freed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -213,15 +213,50 @@ fn state_name(s: ReservationState) -> &'static str {
 }
 
 /// A budget's books: the current cycle, the closed ones still kept, and the reservations.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     /// Cycles, oldest first; the last is the current one unless it is closed.
     pub cycles: Vec<Cycle>,
     /// Reservations by id: pending ones, and resolved ones remembered for idempotency.
-    pub reservations: BTreeMap<String, Reservation>,
+    reservations: BTreeMap<String, Reservation>,
+    /// The pending ones by expiry.
+    expiries: BTreeSet<(i64, String)>,
+    /// The resolved ones by age.
+    resolved: BTreeSet<(i64, String)>,
 }
 
 impl Ledger {
+    /// Books of these cycles and reservations.
+    pub fn from_parts(cycles: Vec<Cycle>, reservations: Vec<Reservation>) -> Self {
+        let mut l = Ledger {
+            cycles,
+            ..Ledger::default()
+        };
+        for r in reservations {
+            l.index(&r);
+            l.reservations.insert(r.id.clone(), r);
+        }
+        l
+    }
+
+    fn index(&mut self, r: &Reservation) {
+        if r.state == ReservationState::Pending {
+            self.expiries.insert((r.expires_ms, r.id.clone()));
+        } else {
+            self.resolved.insert((r.created_ms, r.id.clone()));
+        }
+    }
+
+    /// Every reservation it holds or remembers, by id.
+    pub fn reservations(&self) -> &BTreeMap<String, Reservation> {
+        &self.reservations
+    }
+
+    /// How many reservations are pending.
+    pub fn pending_count(&self) -> usize {
+        self.expiries.len()
+    }
+
     /// The current cycle.
     pub fn current(&self) -> Option<&Cycle> {
         self.cycles.last().filter(|c| c.closed_ms.is_none())
@@ -282,11 +317,10 @@ impl Ledger {
         });
         // Keep the last `keep` cycles, and any closed one that still holds reservations.
         let keep = keep.max(1);
-        let held: Vec<u64> = self
-            .reservations
-            .values()
-            .filter(|r| r.state == ReservationState::Pending)
-            .map(|r| r.cycle)
+        let held: BTreeSet<u64> = self
+            .expiries
+            .iter()
+            .filter_map(|(_, id)| self.reservations.get(id).map(|r| r.cycle))
             .collect();
         while self.cycles.len() > keep {
             let Some(i) = self.cycles[..self.cycles.len() - 1]
@@ -349,6 +383,7 @@ impl Ledger {
             expires_ms,
             state: ReservationState::Pending,
         };
+        self.expiries.insert((expires_ms, id.to_owned()));
         self.reservations.insert(id.to_owned(), r.clone());
         Ok(r)
     }
@@ -392,7 +427,10 @@ impl Ledger {
         }
         let r = self.reservations.get_mut(id).expect("found above");
         r.state = to;
-        Ok(r.clone())
+        let r = r.clone();
+        self.expiries.remove(&(r.expires_ms, r.id.clone()));
+        self.resolved.insert((r.created_ms, r.id.clone()));
+        Ok(r)
     }
 
     /// Commits a pending reservation for `actual` (at most what it holds).
@@ -408,10 +446,10 @@ impl Ledger {
     /// Expires every pending reservation due at `now_ms`; their ids.
     pub fn expire(&mut self, now_ms: i64) -> Vec<String> {
         let due: Vec<String> = self
-            .reservations
-            .values()
-            .filter(|r| r.state == ReservationState::Pending && r.expires_ms <= now_ms)
-            .map(|r| r.id.clone())
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .map(|(_, id)| id.clone())
             .collect();
         for id in &due {
             let _ = self.resolve(id, ReservationState::Expired);
@@ -421,11 +459,7 @@ impl Ledger {
 
     /// The earliest expiry of a pending reservation.
     pub fn next_expiry_ms(&self) -> Option<i64> {
-        self.reservations
-            .values()
-            .filter(|r| r.state == ReservationState::Pending)
-            .map(|r| r.expires_ms)
-            .min()
+        self.expiries.first().map(|(at, _)| *at)
     }
 
     /// Counts usage reported after the fact as spent (it cannot be refused: it happened).
@@ -457,34 +491,23 @@ impl Ledger {
     }
 
     /// Forgets resolved reservations made before `before_ms`, and beyond the newest `keep`
-    /// resolved ones (their ids may then be used again); the ids forgotten.
+    /// resolved ones (their ids may then be used again); the ids forgotten, oldest first.
     pub fn forget_resolved(&mut self, before_ms: i64, keep: usize) -> Vec<String> {
-        let mut resolved: Vec<(i64, &String)> = self
-            .reservations
-            .values()
-            .filter(|r| r.state != ReservationState::Pending)
-            .map(|r| (r.created_ms, &r.id))
-            .collect();
-        resolved.sort_unstable();
-        let excess = resolved.len().saturating_sub(keep);
-        let forget: Vec<String> = resolved
-            .iter()
-            .enumerate()
-            .filter(|(i, (created, _))| *i < excess || *created < before_ms)
-            .map(|(_, (_, id))| (*id).clone())
-            .collect();
-        for id in &forget {
-            self.reservations.remove(id);
+        let mut forgot = Vec::new();
+        while let Some((created, id)) = self.resolved.first().cloned() {
+            if self.resolved.len() <= keep && created >= before_ms {
+                break;
+            }
+            self.resolved.pop_first();
+            self.reservations.remove(&id);
+            forgot.push(id);
         }
-        forget
+        forgot
     }
 
     /// How many resolved reservations it remembers.
     pub fn resolved_count(&self) -> usize {
-        self.reservations
-            .values()
-            .filter(|r| r.state != ReservationState::Pending)
-            .count()
+        self.resolved.len()
     }
 }
 

@@ -116,13 +116,10 @@ impl DurableObject for Governor {
         let cycles: Vec<(String, Cycle)> = ctx.storage().list(ListOptions::prefix(CYCLE)).await?;
         let reservations: Vec<(String, Reservation)> =
             ctx.storage().list(ListOptions::prefix(RES)).await?;
-        let books = Ledger {
-            cycles: cycles.into_iter().map(|(_, c)| c).collect(),
-            reservations: reservations
-                .into_iter()
-                .map(|(_, r)| (r.id.clone(), r))
-                .collect(),
-        };
+        let books = Ledger::from_parts(
+            cycles.into_iter().map(|(_, c)| c).collect(),
+            reservations.into_iter().map(|(_, r)| r).collect(),
+        );
         let expiry_ms = books.next_expiry_ms();
         Ok(Governor {
             spec,
@@ -451,7 +448,7 @@ impl Handler<Reserve> for Governor {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
         let now = ctx.now().timestamp_millis();
         self.expire(now);
-        let existed = self.books.reservations.contains_key(&msg.id);
+        let existed = self.books.reservations().contains_key(&msg.id);
         let r = self.books.reserve(
             &msg.id,
             &msg.processor,
@@ -669,7 +666,7 @@ impl Governor {
     /// Expires due reservations.
     fn expire(&mut self, now: i64) {
         for id in self.books.expire(now) {
-            if let Some(r) = self.books.reservations.get(&id) {
+            if let Some(r) = self.books.reservations().get(&id) {
                 self.dirty_cycles.insert(r.cycle);
             }
             self.dirty_res.insert(id);
@@ -792,7 +789,7 @@ impl Governor {
             }
         }
         for id in std::mem::take(&mut self.dirty_res) {
-            match self.books.reservations.get(&id) {
+            match self.books.reservations().get(&id) {
                 Some(r) => ctx.storage().put(&res_key(&id), r)?,
                 None => {
                     ctx.storage().delete(&res_key(&id)).await?;
@@ -856,12 +853,7 @@ impl Governor {
         Ok(BudgetState {
             config: spec,
             cycle: self.books.current().map(|c| self.cycle_view(c)),
-            pending: self
-                .books
-                .reservations
-                .values()
-                .filter(|r| r.state == ReservationState::Pending)
-                .count() as u64,
+            pending: self.books.pending_count() as u64,
             next_cycle_at,
         })
     }
