@@ -169,7 +169,7 @@ async fn controller_pair(client: &reqwest::Client, base: &str, name: &str) -> Re
 async fn budget_pair(client: &reqwest::Client, base: &str, conn: usize) -> Result<(), ()> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let processor = if conn % 2 == 0 { "a" } else { "b" };
+    let processor = if conn.is_multiple_of(2) { "a" } else { "b" };
     let r = client
         .post(format!("{base}/budgets/load-budget/reservations"))
         .header("content-type", "application/json")

@@ -43,7 +43,7 @@ fn pairs(c: &mut Criterion) {
                 bench::rounds(&tokio, iters, CALLERS, move |round, caller| {
                     let budgets = budgets.clone();
                     async move {
-                        let p = if caller % 2 == 0 { "a" } else { "b" };
+                        let p = if caller.is_multiple_of(2) { "a" } else { "b" };
                         for i in 0..PAIRS {
                             let id = format!("{round}-{caller}-{i}");
                             budgets.reserve("one", &id, p, 100, 60_000).await.unwrap();
