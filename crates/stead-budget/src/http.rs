@@ -125,11 +125,7 @@ async fn configure(
     Body(spec): Body<BudgetSpec>,
 ) -> Result<Response, BudgetError> {
     let (state, created) = c.configure(&name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = stead_core::http::created_or_ok(created);
     Ok((status, Body(state)).into_response())
 }
 
@@ -277,11 +273,7 @@ async fn reserve(
     let r = c
         .reserve(&name, &b.id, &b.processor, b.amount, b.ttl_ms)
         .await?;
-    let status = if r.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = stead_core::http::created_or_ok(r.created);
     Ok((status, Body(r.reservation)))
 }
 

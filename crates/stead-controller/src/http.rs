@@ -112,11 +112,7 @@ async fn configure(
     Body(spec): Body<ControllerSpec>,
 ) -> Result<Response, ControllerError> {
     let (state, created) = c.configure(&name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = stead_core::http::created_or_ok(created);
     Ok((status, Body(state)).into_response())
 }
 

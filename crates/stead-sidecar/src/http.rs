@@ -467,11 +467,7 @@ async fn put_value(
         Err(p) => return Ok(p.into_response()),
     };
     let w = c.put_raw(&k.entity, &k.key, value, cond).await?;
-    let status = if w.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = stead_core::http::created_or_ok(w.created);
     let body = serde_json::to_string(&w).unwrap_or_default();
     Ok(json_response(status, Some(w.version), body))
 }

@@ -236,6 +236,16 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
         })
 }
 
+/// 201 Created for a request that made the thing it names, 200 OK for one that found it
+/// there (a change, or a repeat).
+pub fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 /// A JSON body that may be left out: no body at all (no `Content-Type`, or an empty one)
 /// reads as `T::default()`; a body is read as [`Json`] reads it, with the same problems.
 /// For actions whose every parameter is optional (`POST .../lease`).
