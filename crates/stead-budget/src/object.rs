@@ -104,6 +104,8 @@ pub struct Governor {
     dirty_events: Vec<u64>,
     /// Whether a cycle started this turn.
     cycle_started: bool,
+    /// Whether the meta changed this turn (an event was written).
+    meta_dirty: bool,
 }
 
 impl DurableObject for Governor {
@@ -131,6 +133,7 @@ impl DurableObject for Governor {
             dirty_res: BTreeSet::new(),
             dirty_events: Vec::new(),
             cycle_started: false,
+            meta_dirty: false,
         })
     }
 
@@ -740,6 +743,7 @@ impl Governor {
         allocated: u64,
     ) -> Result<()> {
         self.meta.next_event += 1;
+        self.meta_dirty = true;
         let seq = self.meta.next_event;
         let e = BudgetEvent {
             seq,
@@ -796,7 +800,9 @@ impl Governor {
                 }
             }
         }
-        ctx.storage().put(META, &self.meta)?;
+        if std::mem::take(&mut self.meta_dirty) {
+            ctx.storage().put(META, &self.meta)?;
+        }
         let next = self.books.next_expiry_ms();
         if next != self.expiry_ms {
             match next {

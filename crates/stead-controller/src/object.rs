@@ -671,6 +671,14 @@ impl State {
         format!("{:x}-{}", self.epoch, l.seq)
     }
 
+    /// The number of a lease id of this controller (none for another's, or a malformed one).
+    fn lease_seq(&self, id: &str) -> Option<u64> {
+        let (epoch, seq) = id.split_once('-')?;
+        (i64::from_str_radix(epoch, 16).ok()? == self.epoch)
+            .then(|| seq.parse().ok())
+            .flatten()
+    }
+
     /// When the next batch may start, given the interval (and the circuit's cool-down).
     fn next_batch_ms(&self) -> i64 {
         let due = self.last_start_ms.map_or(i64::MIN, |t| {
@@ -818,7 +826,8 @@ impl Controller {
         msg: Report,
     ) -> Result<Reported, ControllerError> {
         let s = existing(&mut self.state)?;
-        let Some(i) = s.leases.iter().position(|l| s.lease_id(l) == msg.lease_id) else {
+        let seq = s.lease_seq(&msg.lease_id);
+        let Some(i) = s.leases.iter().position(|l| Some(l.seq) == seq) else {
             return Err(ControllerError::UnknownLease {
                 lease_id: msg.lease_id,
             });
