@@ -113,56 +113,64 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
     .await
 }
 
-/// One uncontended acquire and its release, over HTTP.
-async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(), ()> {
-    let r = client
-        .post(format!("{base}/locks/{name}/acquire"))
-        .header("content-type", "application/json")
-        .body(r#"{"holder":"load","ttl_ms":30000}"#)
-        .send()
-        .await
-        .map_err(|_| ())?;
-    let body: serde_json::Value = r.json().await.map_err(|_| ())?;
-    let token = body["token"].as_u64().ok_or(())?;
-    let r = client
-        .post(format!("{base}/locks/{name}/release"))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"holder":"load","token":{token}}}"#))
-        .send()
-        .await
-        .map_err(|_| ())?;
+/// POSTs `body` as JSON (or no body); the response, if it succeeded.
+async fn post_ok(
+    client: &reqwest::Client,
+    url: String,
+    body: Option<String>,
+) -> Result<reqwest::Response, ()> {
+    let mut req = client.post(url);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    let r = req.send().await.map_err(|_| ())?;
     if r.status().is_success() {
-        Ok(())
+        Ok(r)
     } else {
         Err(())
     }
 }
 
+/// The JSON body of a successful response.
+async fn json(r: reqwest::Response) -> Result<serde_json::Value, ()> {
+    r.json().await.map_err(|_| ())
+}
+
+/// One uncontended acquire and its release, over HTTP.
+async fn lock_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(), ()> {
+    let acquire = r#"{"holder":"load","ttl_ms":30000}"#.to_owned();
+    let r = post_ok(
+        client,
+        format!("{base}/locks/{name}/acquire"),
+        Some(acquire),
+    )
+    .await?;
+    let token = json(r).await?["token"].as_u64().ok_or(())?;
+    let release = format!(r#"{{"holder":"load","token":{token}}}"#);
+    post_ok(
+        client,
+        format!("{base}/locks/{name}/release"),
+        Some(release),
+    )
+    .await?;
+    Ok(())
+}
+
 /// One lease of a batch and its report (every item succeeded in 5 ms), over HTTP.
 async fn controller_pair(client: &reqwest::Client, base: &str, name: &str) -> Result<(), ()> {
-    let r = client
-        .post(format!("{base}/controllers/{name}/lease"))
-        .send()
-        .await
-        .map_err(|_| ())?;
-    let body: serde_json::Value = r.json().await.map_err(|_| ())?;
+    let r = post_ok(client, format!("{base}/controllers/{name}/lease"), None).await?;
+    let body = json(r).await?;
     let lease_id = body["lease_id"].as_str().ok_or(())?;
     let n = body["batch_size"].as_u64().ok_or(())?;
     let results = vec![r#"{"ok":true,"latency_ms":5}"#; n as usize].join(",");
-    let r = client
-        .post(format!("{base}/controllers/{name}/report"))
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"lease_id":"{lease_id}","results":[{results}]}}"#
-        ))
-        .send()
-        .await
-        .map_err(|_| ())?;
-    if r.status().is_success() {
-        Ok(())
-    } else {
-        Err(())
-    }
+    let report = format!(r#"{{"lease_id":"{lease_id}","results":[{results}]}}"#);
+    post_ok(
+        client,
+        format!("{base}/controllers/{name}/report"),
+        Some(report),
+    )
+    .await?;
+    Ok(())
 }
 
 /// One reservation on the shared budget and its commit, over HTTP.
@@ -170,32 +178,13 @@ async fn budget_pair(client: &reqwest::Client, base: &str, conn: usize) -> Resul
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let processor = if conn.is_multiple_of(2) { "a" } else { "b" };
-    let r = client
-        .post(format!("{base}/budgets/load-budget/reservations"))
-        .header("content-type", "application/json")
-        .body(format!(
-            r#"{{"id":"r{id}","processor":"{processor}","amount":100,"ttl_ms":60000}}"#
-        ))
-        .send()
-        .await
-        .map_err(|_| ())?;
-    if r.status() != 201 {
-        return Err(());
-    }
-    let r = client
-        .post(format!(
-            "{base}/budgets/load-budget/reservations/r{id}/commit"
-        ))
-        .header("content-type", "application/json")
-        .body(r#"{"actual":60}"#)
-        .send()
-        .await
-        .map_err(|_| ())?;
-    if r.status().is_success() {
-        Ok(())
-    } else {
-        Err(())
-    }
+    let url = format!("{base}/budgets/load-budget/reservations");
+    let reserve =
+        format!(r#"{{"id":"r{id}","processor":"{processor}","amount":100,"ttl_ms":60000}}"#);
+    post_ok(client, url.clone(), Some(reserve)).await?;
+    let commit = r#"{"actual":60}"#.to_owned();
+    post_ok(client, format!("{url}/r{id}/commit"), Some(commit)).await?;
+    Ok(())
 }
 
 /// The one budget the budget row spends from: enough for any run.

@@ -659,8 +659,10 @@ impl Governor {
             .start_cycle(total, &weights, rollover, keep + 1, now);
         let (number, allocated) = (cycle.number, cycle.sums().0);
         self.dirty_cycles.insert(number);
-        // Cycles dropped from the history are deleted.
-        self.dirty_cycles.extend(before);
+        // Cycles dropped from the history are deleted; those kept are unchanged.
+        let kept: BTreeSet<u64> = self.books.cycles.iter().map(|c| c.number).collect();
+        self.dirty_cycles
+            .extend(before.into_iter().filter(|n| !kept.contains(n)));
         self.meta.fired.clear();
         self.cycle_started = true;
         self.event(ctx, EventKind::CycleStarted, None, None, 0, allocated)
