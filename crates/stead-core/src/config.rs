@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backend::Durability;
+use crate::websocket::WebSocketConfig;
 
 /// Tunables of a runtime. Build one with [`crate::Runtime::builder`].
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct RuntimeConfig {
     /// [`crate::ManualClock`] in tests, real time otherwise). A call cycle (A asks B,
     /// which asks A) ends this way instead of hanging. Per call: [`crate::Stub::with_timeout`].
     pub ask_timeout: Duration,
+    /// Limits and timers of the WebSockets objects hold.
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -44,6 +47,7 @@ impl Default for RuntimeConfig {
             alarm_max_retries: 6,
             durability: Durability::Fsync,
             ask_timeout: Duration::from_secs(30),
+            websocket: WebSocketConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::schedule::Schedules;
 use crate::storage::Storage;
+use crate::websocket::{Frame, SocketShared, SocketTable, WebSocket, WebSocketMessage};
 
 /// A reply waiting for the output gate: called with `Ok` once the turn that produced it is
 /// durable, or with the error that reset the object.
@@ -42,6 +43,10 @@ pub struct Context {
     pub(crate) reply: Option<Box<dyn ReplySlot>>,
     pub(crate) replies: Vec<PendingReply>,
     pub(crate) deferred: Arc<Parked>,
+    /// The sockets the runtime holds for the namespace's objects.
+    pub(crate) sockets: Arc<SocketTable>,
+    /// What this turn sends to sockets, delivered once its writes are durable.
+    pub(crate) sends: Vec<(Arc<SocketShared>, Frame)>,
 }
 
 /// The replies an object holds parked: how many, and the runtime's shutdown flag (a reply
@@ -159,6 +164,77 @@ impl Context {
 
     pub(crate) fn queue_reply(&mut self, reply: PendingReply) {
         self.replies.push(reply);
+    }
+
+    /// The object's open WebSockets (those with `tag`, if given), in the order they were
+    /// accepted, with their tags and attachments. They are listed while the object is out
+    /// of memory too: the runtime holds them.
+    pub fn websockets(&self, tag: Option<&str>) -> Vec<WebSocket> {
+        self.sockets.get(&self.id).map_or_else(Vec::new, |hub| {
+            hub.list(tag)
+                .into_iter()
+                .map(|shared| WebSocket { shared })
+                .collect()
+        })
+    }
+
+    /// Sends `msg` to every open socket of the object (with `tag`, if given) once this
+    /// turn's writes are durable, as [`WebSocket::send`] does for one; returns to how many.
+    /// The message is encoded once for all of them.
+    pub fn broadcast(&mut self, tag: Option<&str>, msg: impl Into<WebSocketMessage>) -> usize {
+        let Some(hub) = self.sockets.get(&self.id) else {
+            return 0;
+        };
+        let frame = msg.into().into_frame();
+        let sockets = hub.list(tag);
+        let n = sockets.len();
+        self.sends
+            .extend(sockets.into_iter().map(|s| (s, frame.clone())));
+        n
+    }
+
+    /// Makes the runtime answer the text message `request` with `response` on every socket
+    /// of this object, without a turn and without activating the object (a keep-alive
+    /// `ping` from a browser, say). It holds while the object has sockets, also out of
+    /// memory. Takes effect at once. (Protocol pings are always answered by the runtime.)
+    pub fn set_websocket_auto_response(
+        &mut self,
+        request: impl Into<String>,
+        response: impl Into<String>,
+    ) {
+        let pair = (
+            request.into().into_boxed_str(),
+            bytes::Bytes::from(response.into()),
+        );
+        self.sockets.set_auto_response(self.id, Some(pair));
+    }
+
+    /// Removes the auto-response set with
+    /// [`set_websocket_auto_response`](Self::set_websocket_auto_response).
+    pub fn clear_websocket_auto_response(&mut self) {
+        self.sockets.set_auto_response(self.id, None);
+    }
+
+    /// Puts this turn's socket sends behind the output gate, in one delivery.
+    pub(crate) fn queue_sends(&mut self) {
+        if self.sends.is_empty() {
+            return;
+        }
+        let sends = std::mem::take(&mut self.sends);
+        self.queue_reply(Box::new(move |gate| {
+            if gate.is_ok() {
+                for (socket, frame) in sends {
+                    socket.deliver(frame);
+                }
+            }
+        }));
+    }
+
+    /// Forgets what a failed turn would have sent or answered (its callers learn of the
+    /// failure when their reply is dropped).
+    pub(crate) fn discard_outputs(&mut self) {
+        self.replies.clear();
+        self.sends.clear();
     }
 }
 

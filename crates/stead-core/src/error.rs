@@ -101,6 +101,13 @@ pub enum Error {
     /// A handler's own failure that is none of the above; its cause is the `source`.
     #[error("{0}")]
     Other(#[source] BoxError),
+    /// The object holds as many WebSockets as it may
+    /// ([`crate::WebSocketConfig::max_per_object`]); this one was refused.
+    #[error("the object holds {max} WebSockets already, its limit; try another object or later")]
+    TooManyWebSockets {
+        /// The limit.
+        max: usize,
+    },
     /// A cron expression or schedule is invalid.
     #[error("invalid schedule: {detail}")]
     InvalidSchedule {

@@ -73,8 +73,11 @@ mod schedule;
 mod scheduler;
 mod shared;
 mod storage;
+// Sockets are accepted through the `http` feature; without it this room is unused.
 #[cfg(feature = "test-util")]
 pub mod testing;
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+mod websocket;
 
 pub use backend::{
     AlarmChange, Backend, CommitBatch, Durability, FenceToken, ListOptions, MemoryBackend,
@@ -96,3 +99,7 @@ pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
 pub use storage::{MAX_KEY_BYTES, Storage};
+pub use websocket::{
+    MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS, WebSocket, WebSocketClose, WebSocketConfig,
+    WebSocketMessage,
+};

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::context::{Context, Deferred};
 use crate::error::Result;
 use crate::schedule::ScheduledJob;
+use crate::websocket::{WebSocket, WebSocketClose, WebSocketMessage};
 
 /// A class of durable objects: addressable, single-threaded, with durable storage and an
 /// alarm.
@@ -75,6 +76,45 @@ pub trait DurableObject: Sized + Send + 'static {
         job: ScheduledJob,
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (ctx, job);
+        async { Ok(()) }
+    }
+
+    /// Runs, as a turn of its own, when a WebSocket accepted for this object (see
+    /// `Stub::accept_websocket`, with the `http` feature) is open, before any of its
+    /// messages. What it sends (the history of a room, say) is the first the client gets.
+    /// An error or panic discards the turn; the socket stays open.
+    fn on_websocket_open(
+        &mut self,
+        ctx: &mut Context,
+        socket: WebSocket,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (ctx, socket);
+        async { Ok(()) }
+    }
+
+    /// Runs, as a turn, for each message a client sends on one of the object's sockets
+    /// (in the order the client sent them), activating the object if it left memory. An
+    /// error or panic discards the turn (its writes and sends); the socket stays open.
+    fn on_websocket_message(
+        &mut self,
+        ctx: &mut Context,
+        socket: WebSocket,
+        message: WebSocketMessage,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (ctx, socket, message);
+        async { Ok(()) }
+    }
+
+    /// Runs, as a turn, exactly once per socket once it has closed, whichever way: the
+    /// client closed it, the connection dropped, a ping went unanswered, the object or the
+    /// runtime closed it. The socket is no longer listed by [`Context::websockets`].
+    fn on_websocket_close(
+        &mut self,
+        ctx: &mut Context,
+        socket: WebSocket,
+        close: WebSocketClose,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (ctx, socket, close);
         async { Ok(()) }
     }
 

@@ -208,6 +208,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Limits and timers of WebSockets (see [`crate::WebSocketConfig`]).
+    pub fn websocket(mut self, config: crate::WebSocketConfig) -> Self {
+        self.config.websocket = config;
+        self
+    }
+
     /// Alarm retries: the first wait (doubling each time) and how many retries.
     pub fn alarm_retries(mut self, first: Duration, max_retries: u32) -> Self {
         self.config.alarm_first_retry = first;
@@ -285,6 +291,7 @@ impl RuntimeBuilder {
             lru_running: AtomicBool::new(false),
             lru_wanted: Notify::new(),
             stop: Notify::new(),
+            sockets: crate::shared::SocketCount::default(),
         });
         shared
             .alarms
@@ -494,16 +501,17 @@ impl Runtime {
         inner.shared.closed.store(true, Ordering::Release);
         inner.shared.stop.notify_waiters();
         let namespaces: Vec<_> = lock(&inner.namespaces).values().cloned().collect();
-        loop {
-            let done = inner.shared.objects_done.notified();
-            if inner.shared.live_objects.load(Ordering::Acquire) == 0 {
-                break;
-            }
+        inner.wait_for_objects(&namespaces).await;
+        // Turns in flight are done and what they sent is queued: now the sockets close with
+        // 1001, and their close turns run (activating objects again where needed).
+        if inner.shared.sockets.live() > 0 {
             for ns in &namespaces {
-                ns.stop_all();
+                ns.stop_sockets();
             }
-            let _ = tokio::time::timeout(Duration::from_millis(50), done).await;
+            inner.shared.sockets.wait_gone(SOCKET_SHUTDOWN_LIMIT).await;
         }
+        inner.shared.sockets.set_done();
+        inner.wait_for_objects(&namespaces).await;
         for t in lock(&inner.background).drain(..) {
             t.abort();
         }
@@ -522,7 +530,24 @@ fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>
         .map_err(|_| Error::ClassConflict { class: O::CLASS })
 }
 
+/// How long shutdown waits for WebSockets to finish closing.
+const SOCKET_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
+
 impl RuntimeInner {
+    /// Waits until every object has finished its turns, flushed its commits and left.
+    async fn wait_for_objects(&self, namespaces: &[Arc<dyn NamespaceDyn>]) {
+        loop {
+            let done = self.shared.objects_done.notified();
+            if self.shared.live_objects.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            for ns in namespaces {
+                ns.stop_all();
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), done).await;
+        }
+    }
+
     /// Reads the alarms of a class just registered that are due before the horizon, and
     /// the earliest one after it. Tried a few times: a class whose alarms cannot be read
     /// has them wait for a restart, which the log says.

@@ -21,6 +21,59 @@ pub(crate) struct Shared {
     pub(crate) lru_running: AtomicBool,
     pub(crate) lru_wanted: Notify,
     pub(crate) stop: Notify,
+    pub(crate) sockets: SocketCount,
+}
+
+/// The WebSockets of the runtime, from accept to the delivery of their close turn, for
+/// shutdown to wait on.
+#[derive(Default)]
+pub(crate) struct SocketCount {
+    live: AtomicUsize,
+    gone: Notify,
+    /// Shutdown has stopped waiting for sockets: their turns are refused from now on.
+    done: AtomicBool,
+}
+
+impl SocketCount {
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn started(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn stopped(&self) {
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.gone.notify_waiters();
+        }
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Waits until no socket is left, or `limit` has passed.
+    pub(crate) async fn wait_gone(&self, limit: std::time::Duration) {
+        let waited = async {
+            loop {
+                let gone = self.gone.notified();
+                if self.live() == 0 {
+                    return;
+                }
+                // Short waits: a socket that ends between the check and the wait is seen
+                // at the next round.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(50), gone).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, waited).await;
+    }
+
+    pub(crate) fn set_done(&self) {
+        self.done.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
 }
 
 impl Shared {

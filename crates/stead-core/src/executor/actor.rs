@@ -73,6 +73,8 @@ impl<O: DurableObject> Actor<O> {
                 count: AtomicUsize::new(0),
                 closed: shared.closed.clone(),
             }),
+            sockets: ns.sockets.clone(),
+            sends: Vec::new(),
         };
         Actor {
             name_known: name.is_some(),
@@ -244,6 +246,7 @@ impl<O: DurableObject> Actor<O> {
                 }
             }
             Envelope::Alarm { reply } => self.run_alarm(reply).await,
+            Envelope::Socket(event) => self.run_socket(event).await,
         }
     }
 
@@ -264,6 +267,7 @@ impl<O: DurableObject> Actor<O> {
         };
         tracing::warn!(class = O::CLASS, id = %self.id, error = %failure, "on_leave failed; its writes are discarded");
         self.ctx.storage.rollback();
+        self.ctx.sends.clear();
         for r in self.ctx.replies.drain(..) {
             r(Err(Error::Reset));
         }
@@ -298,12 +302,12 @@ impl<O: DurableObject> Actor<O> {
             }
             Ok(Err(e)) => {
                 self.ctx.storage.rollback();
-                self.ctx.replies.clear();
+                self.ctx.discard_outputs();
                 Err(e)
             }
             Err(panic) => {
                 self.ctx.storage.rollback();
-                self.ctx.replies.clear();
+                self.ctx.discard_outputs();
                 Err(Error::Panicked {
                     message: panic_message(&panic),
                 })
@@ -318,6 +322,7 @@ impl<O: DurableObject> Actor<O> {
             && let Err(e) = self.recompute_alarm().await
         {
             self.ctx.storage.rollback();
+            self.ctx.sends.clear();
             // The turn's own reply gets the error itself; replies it completed for earlier
             // callers learn that their turn was discarded.
             let mut err = Some(e);
@@ -335,6 +340,7 @@ impl<O: DurableObject> Actor<O> {
         if let Some(alarm) = end.alarm {
             self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
         }
+        self.ctx.queue_sends();
         // Replies go through the gate even when their write is acknowledged already, so that
         // they never pass replies an ack is still sending.
         for reply in self.ctx.replies.drain(..) {
@@ -357,7 +363,7 @@ impl<O: DurableObject> Actor<O> {
         tracing::error!(class = O::CLASS, id = %self.id, %message, "handler panicked; object reset");
         metrics::counter!("stead_panics_total", "class" => O::CLASS).increment(1);
         self.ctx.storage.rollback();
-        self.ctx.replies.clear();
+        self.ctx.discard_outputs();
         if let Some(slot) = self.ctx.reply.take() {
             slot.fail(Error::Panicked { message });
         }

@@ -10,6 +10,7 @@ mod actor;
 mod alarm;
 mod mailbox;
 mod namespace;
+mod socket;
 
 use std::any::Any;
 use std::future::Future;
@@ -23,6 +24,7 @@ use crate::object::{Handler, Message};
 
 pub use namespace::{NamedPage, Namespace, ObjectPage, Stub};
 pub(crate) use namespace::{NamespaceDyn, NsInner};
+pub(crate) use socket::SocketEvent;
 
 /// How many lock shards the table of active objects is split into.
 const TABLE_SHARDS: usize = 64;
@@ -92,6 +94,8 @@ enum Envelope<O> {
     Alarm {
         reply: oneshot::Sender<AlarmOutcome>,
     },
+    /// An event of one of the object's WebSockets: a turn with no caller.
+    Socket(SocketEvent),
 }
 
 impl<O> Envelope<O> {
@@ -100,6 +104,9 @@ impl<O> Envelope<O> {
             Envelope::Call(c) => c.fail(err),
             Envelope::Alarm { reply, .. } => {
                 let _ = reply.send(AlarmOutcome::Failed);
+            }
+            Envelope::Socket(event) => {
+                tracing::debug!(socket = event.socket().id(), error = %err, "a WebSocket event was not delivered");
             }
         }
     }

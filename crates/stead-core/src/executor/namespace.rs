@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{IdHashState, ObjectId};
 use crate::object::{DurableObject, Handler, Message};
 use crate::shared::Shared;
+use crate::websocket::SocketTable;
 
 use super::actor::Actor;
 use super::mailbox::{Inbox, Mailbox, TurnPace};
@@ -34,15 +35,19 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn active(&self) -> usize;
     /// The backend the namespace's objects live in.
     fn backend(&self) -> Arc<dyn DynBackend>;
+    /// Closes every WebSocket of the namespace's objects as the runtime shuts down.
+    fn stop_sockets(&self);
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
-    pub(super) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     pub(super) env: Arc<O::Env>,
     pub(super) backend: Arc<dyn DynBackend>,
     pub(super) durability: Durability,
     pub(super) table: Box<[TableShard<O>]>,
     pub(super) metrics: HotMetrics,
+    /// The WebSockets held for the namespace's objects (in or out of memory).
+    pub(crate) sockets: Arc<SocketTable>,
 }
 
 /// Metric handles of the hot path, registered once per namespace rather than looked up on
@@ -80,6 +85,7 @@ impl<O: DurableObject> NsInner<O> {
                 turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
             },
+            sockets: Arc::default(),
         }
     }
 
@@ -87,16 +93,42 @@ impl<O: DurableObject> NsInner<O> {
         &self.table[id.as_bytes()[31] as usize % TABLE_SHARDS]
     }
 
-    /// Hands an envelope to the object's task, activating it if needed.
+    /// Hands an envelope to the object's task, activating it if needed; a refused envelope
+    /// is failed with the error.
     pub(super) fn send(
         self: &Arc<Self>,
         id: ObjectId,
         name: &Option<Arc<str>>,
         env: Envelope<O>,
     ) -> Result<()> {
-        if self.shared.closed.load(Ordering::Acquire) {
-            env.fail(Error::ShuttingDown);
-            return Err(Error::ShuttingDown);
+        self.try_send(id, name, env).map_err(|(err, env)| {
+            let again = match &err {
+                Error::Overloaded { class, retry_after } => Error::Overloaded {
+                    class,
+                    retry_after: *retry_after,
+                },
+                _ => Error::ShuttingDown,
+            };
+            env.fail(again);
+            err
+        })
+    }
+
+    /// Like `send`, but a refused envelope comes back with the error (`Overloaded` or
+    /// `ShuttingDown`), for the caller to try again.
+    pub(super) fn try_send(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: &Option<Arc<str>>,
+        env: Envelope<O>,
+    ) -> Result<(), (Error, Envelope<O>)> {
+        let close_turn = matches!(env, Envelope::Socket(super::SocketEvent::Close(..)));
+        // As the runtime shuts down, the close turns of its sockets still run (until it
+        // stops waiting for them); nothing else does.
+        if self.shared.closed.load(Ordering::Acquire)
+            && (!close_turn || self.shared.sockets.is_done())
+        {
+            return Err((Error::ShuttingDown, env));
         }
         let table = &mut *lock(self.shard(&id));
         let mailbox = match table.entry(id) {
@@ -122,12 +154,11 @@ impl<O: DurableObject> NsInner<O> {
             drop(inbox);
             metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
             let retry_after = mailbox.pace.drain_time(depth);
-            let err = || Error::Overloaded {
+            let err = Error::Overloaded {
                 class: O::CLASS,
                 retry_after,
             };
-            env.fail(err());
-            return Err(err());
+            return Err((err, env));
         }
         inbox.messages.push_back(env);
         let wake = std::mem::take(&mut inbox.waiting);
@@ -189,6 +220,11 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
 
     fn backend(&self) -> Arc<dyn DynBackend> {
         self.backend.clone()
+    }
+
+    fn stop_sockets(&self) {
+        self.sockets
+            .stop_all(&crate::websocket::hub::Stop::Shutdown);
     }
 }
 
@@ -440,6 +476,29 @@ impl<O: DurableObject> std::fmt::Debug for Stub<O> {
 }
 
 impl<O: DurableObject> Stub<O> {
+    /// Hands one of the object's socket events to it, waiting (on real time: this is
+    /// backpressure on the connection, not the object's time) while its mailbox is full.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn send_socket_event(&self, event: super::SocketEvent) -> Result<()> {
+        let mut env = Envelope::Socket(event);
+        loop {
+            match self.ns.try_send(self.id, &self.name, env) {
+                Ok(()) => return Ok(()),
+                Err((Error::Overloaded { retry_after, .. }, back)) => {
+                    tokio::time::sleep(retry_after).await;
+                    env = back;
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    /// The namespace's shared parts.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn inner(&self) -> &Arc<NsInner<O>> {
+        &self.ns
+    }
+
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         self.id

@@ -6,6 +6,7 @@
 mod name;
 mod openapi;
 mod pattern;
+mod websocket;
 
 pub use name::Name;
 pub use openapi::{document_problems, problems, schema};
@@ -147,6 +148,13 @@ impl From<&Error> for Problem {
             Error::InvalidSchedule { detail } => {
                 Problem::new(S::BAD_REQUEST, "invalid-schedule", detail.clone())
             }
+            Error::TooManyWebSockets { max } => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "too-many-websockets",
+                err.to_string(),
+            )
+            .with("max", *max as u64)
+            .retry_after(std::time::Duration::from_secs(1)),
         }
     }
 }

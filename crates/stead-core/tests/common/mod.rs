@@ -1,6 +1,6 @@
 //! The probe and harness of `stead_core::testing`, with a short way to pick one of this
 //! crate's backends.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unused_imports, unreachable_pub, missing_docs)]
 
 use std::sync::Arc;
 

@@ -1,0 +1,420 @@
+//! Accepting a WebSocket for an object, and the task that holds the connection: it turns
+//! what the client sends into turns of the object (or answers it itself: pings, the
+//! auto-response), writes what the object's committed turns sent, keeps the connection
+//! alive with pings, and reports the close, once, whatever ended it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{
+    CloseFrame, Message, Utf8Bytes, WebSocket as Connection, WebSocketUpgrade,
+};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use futures_util::SinkExt;
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::executor::{SocketEvent, Stub};
+use crate::object::DurableObject;
+use crate::websocket::hub::{SocketSlot, Stop};
+use crate::websocket::{
+    Frame, ObjectSockets, SocketShared, WebSocket, WebSocketClose, WebSocketConfig,
+    WebSocketMessage, check_tags, encode_attachment,
+};
+
+/// The read buffer of a connection: small, so that an idle socket costs little (it grows
+/// for a larger message and stays at that size).
+const READ_BUFFER_BYTES: usize = 1024;
+/// How long a close handshake may take before the connection is dropped.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
+/// How long a close frame to a client that does not read may take to leave.
+const SLOW_READER_CLOSE: Duration = Duration::from_millis(100);
+
+impl<O: DurableObject> Stub<O> {
+    /// Accepts a WebSocket for this object and returns the `101 Switching Protocols`
+    /// response for the handler to return. From then on the runtime holds the connection:
+    /// the object's [`on_websocket_open`](DurableObject::on_websocket_open),
+    /// `on_websocket_message` and `on_websocket_close` run as turns, and the socket stays
+    /// open while the object is out of memory.
+    ///
+    /// `tags` (at most 10, each at most 256 characters) select sockets in
+    /// [`Context::websockets`](crate::Context::websockets); `attachment` (at most 16 KiB as
+    /// JSON) is kept with the socket. Fails with [`Error::TooManyWebSockets`] when the
+    /// object holds as many as it may, [`Error::BadRequest`] or [`Error::ValueTooLarge`]
+    /// for bad tags or attachment, [`Error::ShuttingDown`] once shutdown has begun.
+    ///
+    /// ```no_run
+    /// use axum::extract::{Path, State, ws::WebSocketUpgrade};
+    /// use axum::response::{IntoResponse, Response};
+    /// use stead_core::{Context, DurableObject, Namespace, Result, WebSocket, WebSocketMessage};
+    ///
+    /// struct Echo;
+    /// impl DurableObject for Echo {
+    ///     const CLASS: &'static str = "echo";
+    ///     type Env = ();
+    ///     async fn activate(_: &mut Context, _: std::sync::Arc<()>) -> Result<Self> { Ok(Echo) }
+    ///     async fn on_websocket_message(
+    ///         &mut self, ctx: &mut Context, socket: WebSocket, msg: WebSocketMessage,
+    ///     ) -> Result<()> {
+    ///         socket.send(ctx, msg);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// async fn connect(
+    ///     State(echoes): State<Namespace<Echo>>,
+    ///     Path(name): Path<String>,
+    ///     upgrade: WebSocketUpgrade,
+    /// ) -> Response {
+    ///     echoes
+    ///         .get_by_name(&name)
+    ///         .accept_websocket(upgrade, &["echo"], &())
+    ///         .into_response()
+    /// }
+    /// ```
+    pub fn accept_websocket<A: Serialize + ?Sized>(
+        &self,
+        upgrade: WebSocketUpgrade,
+        tags: &[&str],
+        attachment: &A,
+    ) -> Result<Response> {
+        let inner = self.inner();
+        let shared = inner.shared.clone();
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let tags = check_tags(tags)?;
+        let attachment = encode_attachment(attachment)?;
+        let (slot, hub) = SocketSlot::reserve(inner.sockets.clone(), self.id(), shared)?;
+        let max = self.inner().shared.config.websocket.max_message_bytes;
+        let stub = self.clone();
+        let upgrade = upgrade
+            .max_message_size(max)
+            .max_frame_size(max)
+            .read_buffer_size(READ_BUFFER_BYTES);
+        // A failed upgrade drops the task, and the slot with it.
+        Ok(upgrade.on_upgrade(move |conn| hold(stub, slot, hub, tags, attachment, conn)))
+    }
+}
+
+/// Holds one connection from its upgrade to its close turn.
+async fn hold<O: DurableObject>(
+    stub: Stub<O>,
+    mut slot: SocketSlot,
+    hub: Arc<ObjectSockets>,
+    tags: Box<[Box<str>]>,
+    attachment: Box<str>,
+    mut conn: Connection,
+) {
+    let shared = stub.inner().shared.clone();
+    let config = &shared.config.websocket;
+    let socket = Arc::new(SocketShared::new(
+        tags,
+        attachment,
+        config.max_queued_messages,
+        config.max_queued_bytes,
+    ));
+    slot.register(&hub, socket.clone());
+    let handle = WebSocket {
+        shared: socket.clone(),
+    };
+    // Registered first, then the check: shutdown either finds this socket to stop, or this
+    // sees that it has begun. A socket that opens as the runtime shuts down is closed
+    // without its object ever hearing of it.
+    if shared.closed.load(Ordering::Acquire)
+        || stub
+            .send_socket_event(SocketEvent::Open(handle.clone()))
+            .await
+            .is_err()
+    {
+        slot.unregister();
+        let _ =
+            tokio::time::timeout(SLOW_READER_CLOSE, close_with(&mut conn, 1001, SHUTDOWN)).await;
+        count_close("shutdown");
+        return;
+    }
+    let mut held = Held {
+        stub: &stub,
+        hub: &hub,
+        socket: &socket,
+        handle: &handle,
+        conn: &mut conn,
+        clock: shared.clock.clone(),
+        config,
+    };
+    let (close, cause) = held.converse().await;
+    count_close(cause);
+    // No longer listed, so the close turn does not see it among the open ones.
+    slot.unregister();
+    if let Err(e) = stub
+        .send_socket_event(SocketEvent::Close(handle, close))
+        .await
+    {
+        tracing::warn!(class = O::CLASS, id = %stub.id(), error = %e, "the close of a WebSocket could not be delivered to its object");
+    }
+}
+
+const SHUTDOWN: &str = "the server is shutting down";
+
+fn count_close(cause: &'static str) {
+    metrics::counter!("stead_websocket_closes_total", "cause" => cause).increment(1);
+}
+
+/// The state of one held connection.
+struct Held<'a, O: DurableObject> {
+    stub: &'a Stub<O>,
+    hub: &'a ObjectSockets,
+    socket: &'a SocketShared,
+    handle: &'a WebSocket,
+    conn: &'a mut Connection,
+    clock: Arc<dyn Clock>,
+    config: &'a WebSocketConfig,
+}
+
+/// What writing the queue came to.
+enum Flushed {
+    /// All written; the socket stays open.
+    Open,
+    /// All written, and the runtime ends the connection for this reason.
+    Stop(Stop),
+    /// The connection failed.
+    Lost,
+}
+
+fn after(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn lost(reason: &str) -> WebSocketClose {
+    WebSocketClose {
+        code: 1006,
+        reason: reason.to_owned(),
+        was_clean: false,
+    }
+}
+
+impl<O: DurableObject> Held<'_, O> {
+    /// Serves the connection until it ends; says how, and the cause for the metrics.
+    async fn converse(&mut self) -> (WebSocketClose, &'static str) {
+        let interval = self.config.ping_interval;
+        let mut last_seen = self.clock.now();
+        let mut pong_due: Option<DateTime<Utc>> = None;
+        let mut timer = self.clock.sleep_until(after(last_seen, interval));
+        loop {
+            tokio::select! {
+                () = self.socket.wake.notified() => match self.flush().await {
+                    Flushed::Open => {}
+                    Flushed::Stop(stop) => return self.stop(stop).await,
+                    Flushed::Lost => return (lost("the connection was lost"), "dropped"),
+                },
+                incoming = self.conn.recv() => {
+                    last_seen = self.clock.now();
+                    pong_due = None;
+                    match incoming {
+                        Some(Ok(msg)) => {
+                            if let Some(close) = self.receive(msg).await {
+                                return close;
+                            }
+                        }
+                        Some(Err(e)) if too_large(&e) => {
+                            let reason = "the message is larger than the server accepts";
+                            let _ = tokio::time::timeout(SLOW_READER_CLOSE, close_with(self.conn, 1009, reason)).await;
+                            let close = WebSocketClose { code: 1009, reason: reason.to_owned(), was_clean: false };
+                            return (close, "too_large");
+                        }
+                        Some(Err(_)) | None => return (lost("the connection was lost"), "dropped"),
+                    }
+                }
+                () = &mut timer => {
+                    let now = self.clock.now();
+                    match pong_due {
+                        Some(due) if now >= due => {
+                            return (lost("the client did not answer a ping"), "ping_timeout");
+                        }
+                        Some(due) => timer = self.clock.sleep_until(due),
+                        None if now >= after(last_seen, interval) => {
+                            match self.write(Message::Ping(bytes::Bytes::new())).await {
+                                Ok(()) => {}
+                                Err(Flushed::Stop(stop)) => return self.stop(stop).await,
+                                Err(_) => return (lost("the connection was lost"), "dropped"),
+                            }
+                            let due = after(now, self.config.ping_timeout);
+                            pong_due = Some(due);
+                            timer = self.clock.sleep_until(due);
+                        }
+                        None => timer = self.clock.sleep_until(after(last_seen, interval)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one message from the client; `Some` when it closed the connection.
+    async fn receive(&mut self, msg: Message) -> Option<(WebSocketClose, &'static str)> {
+        let message = match msg {
+            Message::Text(text) => {
+                metrics::counter!("stead_websocket_messages_total", "direction" => "in")
+                    .increment(1);
+                if let Some(response) = self.hub.auto_response(text.as_str()) {
+                    metrics::counter!("stead_websocket_auto_responses_total").increment(1);
+                    self.socket.deliver(Frame::Text(response));
+                    return None;
+                }
+                WebSocketMessage::Text(text.as_str().to_owned())
+            }
+            Message::Binary(data) => {
+                metrics::counter!("stead_websocket_messages_total", "direction" => "in")
+                    .increment(1);
+                WebSocketMessage::Binary(data.to_vec())
+            }
+            // Pings are answered by the protocol layer; any frame shows the client lives.
+            Message::Ping(_) | Message::Pong(_) => return None,
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (f.code, f.reason.as_str().to_owned())
+                });
+                // The reply to the client's close is queued by the protocol layer: send it.
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE, self.conn.flush()).await;
+                let close = WebSocketClose {
+                    code,
+                    reason,
+                    was_clean: true,
+                };
+                return Some((close, "client"));
+            }
+        };
+        // Refused only as the runtime shuts down: the message is dropped, and the socket
+        // is about to close with 1001.
+        let _ = self
+            .stub
+            .send_socket_event(SocketEvent::Message(self.handle.clone(), message))
+            .await;
+        None
+    }
+
+    /// Writes everything queued for the client.
+    async fn flush(&mut self) -> Flushed {
+        loop {
+            let (frames, stop) = self.socket.take();
+            if frames.is_empty() {
+                return stop.map_or(Flushed::Open, Flushed::Stop);
+            }
+            let n = frames.len() as u64;
+            let conn = &mut *self.conn;
+            let sending = async move {
+                for frame in frames {
+                    conn.feed(to_message(frame)).await?;
+                }
+                conn.flush().await
+            };
+            match abortable(self.socket, sending).await {
+                Ok(Ok(())) => {
+                    metrics::counter!("stead_websocket_messages_total", "direction" => "out")
+                        .increment(n);
+                }
+                Ok(Err(_)) => return Flushed::Lost,
+                Err(()) => return Flushed::Stop(Stop::SlowReader),
+            }
+        }
+    }
+
+    /// Writes one message now (a ping).
+    async fn write(&mut self, msg: Message) -> Result<(), Flushed> {
+        match abortable(self.socket, self.conn.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Flushed::Lost),
+            Err(()) => Err(Flushed::Stop(Stop::SlowReader)),
+        }
+    }
+
+    /// Ends the connection from the runtime's side.
+    async fn stop(&mut self, stop: Stop) -> (WebSocketClose, &'static str) {
+        let (code, reason, cause): (u16, Arc<str>, _) = match stop {
+            Stop::Object(code, reason) => (code, reason, "object"),
+            Stop::Shutdown => (1001, Arc::from(SHUTDOWN), "shutdown"),
+            Stop::SlowReader => {
+                let reason = "the client did not read its messages";
+                let _ =
+                    tokio::time::timeout(SLOW_READER_CLOSE, close_with(self.conn, 1008, reason))
+                        .await;
+                let close = WebSocketClose {
+                    code: 1008,
+                    reason: reason.to_owned(),
+                    was_clean: false,
+                };
+                return (close, "slow_reader");
+            }
+        };
+        let handshake = async {
+            close_with(self.conn, code, &reason).await.ok()?;
+            // Wait for the client's close frame; what else it sends meanwhile is dropped.
+            loop {
+                match self.conn.recv().await {
+                    Some(Ok(Message::Close(_))) => return Some(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        };
+        let was_clean = matches!(
+            tokio::time::timeout(CLOSE_HANDSHAKE, handshake).await,
+            Ok(Some(()))
+        );
+        let close = WebSocketClose {
+            code,
+            reason: reason.to_string(),
+            was_clean,
+        };
+        (close, cause)
+    }
+}
+
+/// Runs `fut` unless the socket's queue overflows meanwhile (a client that does not read
+/// blocks the write: it is given up on).
+async fn abortable<T>(socket: &SocketShared, fut: impl Future<Output = T>) -> Result<T, ()> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            out = &mut fut => return Ok(out),
+            () = socket.wake.notified() => {
+                if socket.overflowed() {
+                    return Err(());
+                }
+            }
+        }
+    }
+}
+
+async fn close_with(conn: &mut Connection, code: u16, reason: &str) -> Result<(), axum::Error> {
+    conn.send(Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    })))
+    .await
+}
+
+fn to_message(frame: Frame) -> Message {
+    match frame {
+        // Made from a `String`, so it is UTF-8; the check costs a scan, not a copy.
+        Frame::Text(b) => match Utf8Bytes::try_from(b) {
+            Ok(text) => Message::Text(text),
+            Err(_) => Message::Text(Utf8Bytes::from_static("")),
+        },
+        Frame::Binary(b) => Message::Binary(b),
+        Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(&*reason),
+        })),
+    }
+}
+
+/// Whether a read failed because the message is over the size limit.
+fn too_large(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
