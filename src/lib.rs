@@ -51,7 +51,8 @@ pub use stead_core::{
     Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock, MemoryBackend, Message,
     Namespace, NamespaceOptions, ObjectEntry, ObjectId, ObjectPage, Result, Runtime,
     RuntimeBuilder, RuntimeConfig, ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, Storage,
-    Stub, SystemClock, validate_ms, validate_name,
+    Stub, SystemClock, WebSocket, WebSocketClose, WebSocketConfig, WebSocketMessage, validate_ms,
+    validate_name,
 };
 #[cfg(feature = "sqlite")]
 pub use stead_core::{SqliteBackend, SqliteOptions};
