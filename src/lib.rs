@@ -286,6 +286,8 @@ mod guide {
     mod model {}
     #[doc = include_str!("../book/src/custom-object.md")]
     mod custom_object {}
+    #[doc = include_str!("../book/src/websockets.md")]
+    mod websockets {}
     #[doc = include_str!("../book/src/patterns.md")]
     mod patterns {}
     #[doc = include_str!("../book/src/patterns/ratelimit.md")]
