@@ -33,6 +33,7 @@ pub struct Said {
 }
 
 /// A chat room: the last messages in storage, the members' sockets held by the runtime.
+#[derive(Debug)]
 pub struct Room {
     /// The number the next message is stored under.
     next: u64,
@@ -116,7 +117,7 @@ impl DurableObject for Room {
 }
 
 /// Who is in the room: the names its open sockets were tagged with, once each.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Who;
 
 impl Handler<Who> for Room {
