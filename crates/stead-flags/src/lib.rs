@@ -1,0 +1,24 @@
+//! # stead-flags: feature flags (in progress)
+//!
+//! Flag sets in flagd's definition format, one durable object per set, evaluated from the
+//! committed snapshot a set publishes and served over OpenFeature's remote evaluation
+//! protocol. This crate is being built: what exists so far is the evaluation's pure rooms,
+//! each checked against vectors generated with the reference evaluator
+//! (`fixtures/generate.mjs`, committed output in `tests/fixtures/flagd-vectors.json`).
+//!
+//! Fractional splits bucket exactly as flagd does:
+//!
+//! ```
+//! use stead_flags::fractional_bucket;
+//!
+//! // 25% a, 25% b, 50% c, by flag key + targeting key.
+//! let weights = [25, 25, 50];
+//! let bucket = fractional_bucket("rollout", "user-1", &weights).unwrap();
+//! assert!(bucket < 3);
+//! // The same key always lands in the same bucket.
+//! assert_eq!(fractional_bucket("rollout", "user-1", &weights), Some(bucket));
+//! ```
+
+mod fractional;
+
+pub use fractional::{MAX_TOTAL_WEIGHT, bucket_of, fractional_bucket};
