@@ -169,6 +169,15 @@ struct Server {
     addr: std::net::SocketAddr,
 }
 
+/// A builder tune that changes the WebSocket settings.
+fn websockets(
+    change: impl FnOnce(&mut WebSocketConfig),
+) -> impl FnOnce(RuntimeBuilder) -> RuntimeBuilder {
+    let mut ws = WebSocketConfig::default();
+    change(&mut ws);
+    move |b| b.websocket(ws)
+}
+
 async fn serve(kind: Kind, tune: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Server {
     let h = harness_with(kind, tune).await;
     let seen = Arc::new(Seen::default());
@@ -193,6 +202,15 @@ impl Server {
         let (client, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
         assert_eq!(resp.status(), 101);
         client
+    }
+
+    /// Waits for the first close turn and returns what it was told.
+    async fn first_close(&self) -> WebSocketClose {
+        eventually("a close turn ran", || async {
+            !self.seen.closes().is_empty()
+        })
+        .await;
+        self.seen.closes()[0].clone()
     }
 
     async fn closes_in(&self, room: &str) -> u64 {
@@ -268,11 +286,7 @@ async fn messages_are_turns_in_order_and_a_clean_close_runs_the_handler_once() {
     }))
     .await
     .unwrap();
-    eventually("the close turn ran", || async {
-        s.seen.closes().len() == 1
-    })
-    .await;
-    let close = &s.seen.closes()[0];
+    let close = s.first_close().await;
     assert_eq!(
         (close.code, close.reason.as_str(), close.was_clean),
         (1000, "done", true)
@@ -300,11 +314,7 @@ async fn a_connection_reset_runs_the_close_handler_once_as_abnormal() {
     say(&mut client, "echo:hi").await;
     assert_eq!(next_text(&mut client).await, "hi");
     drop(client);
-    eventually("the close turn ran", || async {
-        s.seen.closes().len() == 1
-    })
-    .await;
-    let close = &s.seen.closes()[0];
+    let close = s.first_close().await;
     assert_eq!((close.code, close.was_clean), (1006, false));
     s.h.rt.shutdown().await.unwrap();
     assert_eq!(s.seen.closes().len(), 1, "and only once");
@@ -342,8 +352,8 @@ async fn an_unanswered_ping_closes_the_socket_on_the_manual_clock() {
     // The socket that answered is still open.
     say(&mut lively, "echo:still").await;
     assert_eq!(next_text(&mut lively).await, "still");
+    drop((silent, lively));
     s.h.rt.shutdown().await.unwrap();
-    drop(silent);
 }
 
 #[tokio::test]
@@ -357,11 +367,7 @@ async fn the_object_closes_a_socket_after_what_it_sent_before() {
         (u16::from(frame.code), frame.reason.as_str()),
         (4000, "bye")
     );
-    eventually("the close turn ran", || async {
-        s.seen.closes().len() == 1
-    })
-    .await;
-    let close = &s.seen.closes()[0];
+    let close = s.first_close().await;
     assert_eq!(
         (close.code, close.reason.as_str(), close.was_clean),
         (4000, "bye", true)
@@ -440,11 +446,10 @@ async fn a_send_leaves_only_after_its_turn_is_durable_and_never_if_the_commit_fa
 
 #[tokio::test]
 async fn a_slow_reader_is_closed_and_does_not_delay_the_others() {
-    let s = serve(Kind::Memory, |b| {
-        let mut ws = WebSocketConfig::default();
-        ws.max_queued_bytes = 1024 * 1024;
-        b.websocket(ws)
-    })
+    let s = serve(
+        Kind::Memory,
+        websockets(|ws| ws.max_queued_bytes = 1024 * 1024),
+    )
     .await;
     let mut slow = s.join("r7", "").await;
     say(&mut slow, "echo:joined").await;
@@ -464,18 +469,16 @@ async fn a_slow_reader_is_closed_and_does_not_delay_the_others() {
     assert_eq!(s.seen.closes().len(), 1);
     say(&mut fast, "echo:alive").await;
     assert_eq!(next_text(&mut fast).await, "alive");
+    drop((slow, fast));
     s.h.rt.shutdown().await.unwrap();
-    drop(slow);
 }
 
 #[tokio::test]
 async fn hibernation_keeps_a_thousand_sockets_open_while_the_object_leaves_memory() {
-    let s = serve(Kind::Sqlite, |b| {
-        let mut ws = WebSocketConfig::default();
-        ws.ping_interval = Duration::from_secs(24 * 3600);
-        b.websocket(ws).idle_timeout(Duration::from_secs(60))
-    })
-    .await;
+    // No pings in the way (the clients are not read while the clock moves); objects leave
+    // memory after the default idle timeout of 60 s.
+    let no_pings = websockets(|ws| ws.ping_interval = Duration::from_secs(24 * 3600));
+    let s = serve(Kind::Sqlite, no_pings).await;
     let mut clients = Vec::new();
     for n in 0..1000 {
         clients.push(s.join("big-room", &format!("n={n}")).await);
@@ -495,17 +498,16 @@ async fn hibernation_keeps_a_thousand_sockets_open_while_the_object_leaves_memor
     }
     assert_eq!(s.seen.activations.load(Ordering::SeqCst), 2);
     assert!(s.seen.closes().is_empty());
+    drop(clients);
     s.h.rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn the_auto_response_answers_without_activating_the_object() {
-    let s = serve(Kind::Memory, |b| {
-        let mut ws = WebSocketConfig::default();
-        ws.ping_interval = Duration::from_secs(24 * 3600);
-        b.websocket(ws).idle_timeout(Duration::from_secs(60))
-    })
-    .await;
+    // No pings in the way (the clients are not read while the clock moves); objects leave
+    // memory after the default idle timeout of 60 s.
+    let no_pings = websockets(|ws| ws.ping_interval = Duration::from_secs(24 * 3600));
+    let s = serve(Kind::Memory, no_pings).await;
     let mut client = s.join("r9", "").await;
     say(&mut client, "auto").await;
     say(&mut client, "echo:set").await;
@@ -522,20 +524,22 @@ async fn the_auto_response_answers_without_activating_the_object() {
     }
     assert_eq!(s.seen.activations.load(Ordering::SeqCst), activations);
     assert_eq!(s.h.rt.active_objects(), 0);
+    drop(client);
     s.h.rt.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn limits_are_refused_or_closed_clearly() {
-    let s = serve(Kind::Memory, |b| {
-        let mut ws = WebSocketConfig::default();
-        ws.max_per_object = 2;
-        ws.max_message_bytes = 1024;
-        b.websocket(ws)
-    })
+    let s = serve(
+        Kind::Memory,
+        websockets(|ws| {
+            ws.max_per_object = 2;
+            ws.max_message_bytes = 1024;
+        }),
+    )
     .await;
     let mut first = s.join("r10", "").await;
-    let _second = s.join("r10", "").await;
+    let second = s.join("r10", "").await;
     // A third is refused before the upgrade, with a problem body.
     let url = format!("ws://{}/rooms/r10", s.addr);
     match tokio_tungstenite::connect_async(url).await {
@@ -563,6 +567,7 @@ async fn limits_are_refused_or_closed_clearly() {
     .await;
     assert_eq!(s.seen.closes()[0].code, 1009);
     // Its place is free again.
-    let _third = s.join("r10", "").await;
+    let third = s.join("r10", "").await;
+    drop((first, second, third));
     s.h.rt.shutdown().await.unwrap();
 }

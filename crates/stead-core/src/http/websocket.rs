@@ -30,8 +30,9 @@ use crate::websocket::{
 const READ_BUFFER_BYTES: usize = 1024;
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
-/// How long a close frame to a client that does not read may take to leave.
-const SLOW_READER_CLOSE: Duration = Duration::from_millis(100);
+/// How long a close frame the runtime does not wait an answer for may take to leave (to a
+/// client that does not read, or one that sent too much).
+const PARTING_CLOSE: Duration = Duration::from_millis(100);
 
 impl<O: DurableObject> Stub<O> {
     /// Accepts a WebSocket for this object and returns the `101 Switching Protocols`
@@ -88,8 +89,8 @@ impl<O: DurableObject> Stub<O> {
         }
         let tags = check_tags(tags)?;
         let attachment = encode_attachment(attachment)?;
+        let max = shared.config.websocket.max_message_bytes;
         let (slot, hub) = SocketSlot::reserve(inner.sockets.clone(), self.id(), shared)?;
-        let max = self.inner().shared.config.websocket.max_message_bytes;
         let stub = self.clone();
         let upgrade = upgrade
             .max_message_size(max)
@@ -131,8 +132,7 @@ async fn hold<O: DurableObject>(
             .is_err()
     {
         slot.unregister();
-        let _ =
-            tokio::time::timeout(SLOW_READER_CLOSE, close_with(&mut conn, 1001, SHUTDOWN)).await;
+        let _ = tokio::time::timeout(PARTING_CLOSE, close_with(&mut conn, 1001, SHUTDOWN)).await;
         count_close("shutdown");
         return;
     }
@@ -222,7 +222,7 @@ impl<O: DurableObject> Held<'_, O> {
                         }
                         Some(Err(e)) if too_large(&e) => {
                             let reason = "the message is larger than the server accepts";
-                            let _ = tokio::time::timeout(SLOW_READER_CLOSE, close_with(self.conn, 1009, reason)).await;
+                            let _ = tokio::time::timeout(PARTING_CLOSE, close_with(self.conn, 1009, reason)).await;
                             let close = WebSocketClose { code: 1009, reason: reason.to_owned(), was_clean: false };
                             return (close, "too_large");
                         }
@@ -339,8 +339,7 @@ impl<O: DurableObject> Held<'_, O> {
             Stop::SlowReader => {
                 let reason = "the client did not read its messages";
                 let _ =
-                    tokio::time::timeout(SLOW_READER_CLOSE, close_with(self.conn, 1008, reason))
-                        .await;
+                    tokio::time::timeout(PARTING_CLOSE, close_with(self.conn, 1008, reason)).await;
                 let close = WebSocketClose {
                     code: 1008,
                     reason: reason.to_owned(),
