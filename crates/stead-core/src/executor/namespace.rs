@@ -122,11 +122,11 @@ impl<O: DurableObject> NsInner<O> {
         name: &Option<Arc<str>>,
         env: Envelope<O>,
     ) -> Result<(), (Error, Envelope<O>)> {
-        let close_turn = matches!(env, Envelope::Socket(super::SocketEvent::Close(..)));
         // As the runtime shuts down, the close turns of its sockets still run (until it
-        // stops waiting for them); nothing else does.
+        // stops waiting for them); nothing else does. Only then is the envelope looked at.
         if self.shared.closed.load(Ordering::Acquire)
-            && (!close_turn || self.shared.sockets.is_done())
+            && (!matches!(env, Envelope::Socket(super::SocketEvent::Close(..)))
+                || self.shared.sockets.is_done())
         {
             return Err((Error::ShuttingDown, env));
         }
