@@ -2,9 +2,7 @@
 //!
 //! Flag sets in flagd's definition format, one durable object per set, evaluated from the
 //! committed snapshot a set publishes and served over OpenFeature's remote evaluation
-//! protocol. This crate is being built: what exists so far is the evaluation's pure rooms,
-//! each checked against vectors generated with the reference evaluator
-//! (`fixtures/generate.mjs`, committed output in `tests/fixtures/flagd-vectors.json`).
+//! protocol.
 //!
 //! Fractional splits bucket exactly as flagd does:
 //!
@@ -19,6 +17,15 @@
 //! assert_eq!(fractional_bucket("rollout", "user-1", &weights), Some(bucket));
 //! ```
 
+mod definition;
+mod evaluate;
 mod fractional;
+mod logic;
 
+pub use definition::{
+    DefinitionError, FlagDefinition, FlagSetDefinition, FlagState, FlagType, MAX_FLAGS,
+    MAX_KEY_BYTES, check_flag_key,
+};
+pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
 pub use fractional::{MAX_TOTAL_WEIGHT, bucket_of, fractional_bucket};
+pub use logic::{OPERATIONS, Rule, RuleError};
