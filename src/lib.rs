@@ -98,6 +98,11 @@ pub use stead_controller as controller;
 #[cfg(feature = "budget")]
 pub use stead_budget as budget;
 
+/// Feature flags: flagd's definitions, evaluated from committed snapshots without a turn,
+/// served over OpenFeature's remote evaluation protocol (feature `flags`).
+#[cfg(feature = "flags")]
+pub use stead_flags as flags;
+
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
 /// A new pattern is one line here.
@@ -119,11 +124,14 @@ macro_rules! for_each_pattern {
         $f::<stead_controller::ControllerPattern>($($arg),*)?;
         #[cfg(feature = "budget")]
         $f::<stead_budget::BudgetPattern>($($arg),*)?;
+        #[cfg(feature = "flags")]
+        $f::<stead_flags::FlagsPattern>($($arg),*)?;
     }};
 }
 
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
-/// (`/counters`, `/locks`, ...), in any app state `S`. `.nest()` or `.merge()` it anywhere
+/// (`/counters`, `/locks`, ...), and the few a protocol fixes at the root (OpenFeature's
+/// `/ofrep/v1/...` for the default flag set), in any app state `S`. `.nest()` or `.merge()` it anywhere
 /// in an axum app; wrong methods and oversized bodies on its routes get RFC 9457
 /// problem+json answers (each pattern's routes carry [`http::ProblemLayer`]; give your app
 /// a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled it
@@ -140,7 +148,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
         rt: &Runtime,
     ) -> Result<()> {
         let routes = P::router(rt)?;
-        *router = std::mem::take(router).nest(P::PREFIX, routes);
+        *router = std::mem::take(router)
+            .nest(P::PREFIX, routes)
+            .merge(P::root_router(rt)?);
         Ok(())
     }
     for_each_pattern!(nest(&mut router, rt));
@@ -149,7 +159,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`, `budgets`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`, `budgets`, `flags`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.
@@ -257,6 +267,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 format!("{base}{path}")
             }
         });
+        if let Some(root) = P::root_openapi() {
+            doc.merge(root);
+        }
         Ok(())
     }
     #[allow(unused_mut)]

@@ -17,15 +17,51 @@
 //! assert_eq!(fractional_bucket("rollout", "user-1", &weights), Some(bucket));
 //! ```
 
+mod client;
 mod definition;
+mod error;
 mod evaluate;
 mod fractional;
+#[cfg(feature = "http")]
+mod http;
 mod logic;
+mod object;
 
+pub use client::{Details, FlagValue, FlagsClient, FlagsConfig, typed};
 pub use definition::{
     DefinitionError, FlagDefinition, FlagSetDefinition, FlagState, FlagType, MAX_FLAGS,
     MAX_KEY_BYTES, check_flag_key,
 };
+pub use error::FlagsError;
 pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
 pub use fractional::{MAX_TOTAL_WEIGHT, bucket_of, fractional_bucket};
+#[cfg(feature = "http")]
+pub use http::{ACTOR_HEADER, FlagsPattern, MAX_WAIT_MS};
 pub use logic::{OPERATIONS, Rule, RuleError};
+pub use object::{
+    AuditAction, AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag,
+    ReadAudit, Replace, Snapshots,
+};
+
+/// The admin and per-set OFREP routes, without a prefix (the umbrella crate mounts them
+/// under `/flags`), in any app state.
+#[cfg(feature = "http")]
+pub fn router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <FlagsPattern as stead_core::http::Pattern>::router(rt)
+}
+
+/// The OFREP routes of the default set, at the root (`/ofrep/v1/...`), in any app state.
+#[cfg(feature = "http")]
+pub fn root_router<S: Clone + Send + Sync + 'static>(
+    rt: &stead_core::Runtime,
+) -> stead_core::Result<axum::Router<S>> {
+    <FlagsPattern as stead_core::http::Pattern>::root_router(rt)
+}
+
+/// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).
+#[cfg(feature = "http")]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <FlagsPattern as stead_core::http::Pattern>::openapi()
+}

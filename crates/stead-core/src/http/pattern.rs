@@ -32,4 +32,16 @@ pub trait Pattern {
     /// The OpenAPI description of [`router`](Self::router)'s routes (paths without the
     /// prefix).
     fn openapi() -> utoipa::openapi::OpenApi;
+
+    /// Routes the pattern serves at the root of the app, outside its prefix, for a protocol
+    /// whose paths are fixed (such as OpenFeature's `/ofrep/v1/...`). None by default.
+    fn root_router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
+        let _ = rt;
+        Ok(Router::new())
+    }
+
+    /// The OpenAPI description of [`root_router`](Self::root_router)'s routes, if it has any.
+    fn root_openapi() -> Option<utoipa::openapi::OpenApi> {
+        None
+    }
 }

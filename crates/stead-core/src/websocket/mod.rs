@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
-pub(crate) use hub::{Frame, ObjectSockets, SocketShared, SocketTable};
+#[cfg(feature = "http")]
+pub(crate) use hub::ObjectSockets;
+pub(crate) use hub::{Frame, SocketShared, SocketTable};
 
 /// At most this many tags per socket.
 pub const MAX_TAGS: usize = 10;

@@ -1,0 +1,413 @@
+//! The object: one per flag set. It holds the set's definition, its version and its audit
+//! log; every change is checked, versioned and audited in one turn, and the compiled
+//! snapshot of each committed version is published after its commit, for evaluation
+//! without a turn.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use stead_core::{Context, DurableObject, Handler, ListOptions, Result};
+use tokio::sync::watch;
+
+use crate::client::FlagsConfig;
+use crate::definition::{FlagDefinition, FlagSetDefinition};
+use crate::error::FlagsError;
+use crate::evaluate::Snapshot;
+
+const DEFINITION: &str = "d";
+const AUDIT_PREFIX: &str = "a/";
+
+fn audit_key(seq: u64) -> String {
+    format!("{AUDIT_PREFIX}{seq:020}")
+}
+
+/// The committed snapshots of a runtime's flag sets, shared by the objects (which publish)
+/// and every evaluator (which read). A snapshot is only ever replaced by a newer version.
+#[derive(Debug, Default)]
+pub struct Snapshots {
+    sets: RwLock<HashMap<String, Arc<Snapshot>>>,
+    versions: RwLock<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Snapshots {
+    /// The latest published snapshot of `set`, if one was published.
+    pub fn get(&self, set: &str) -> Option<Arc<Snapshot>> {
+        self.sets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(set)
+            .cloned()
+    }
+
+    /// Publishes `snap` unless a newer version of the set is published already.
+    pub(crate) fn publish(&self, set: &str, snap: Arc<Snapshot>) {
+        let version = snap.version();
+        {
+            let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
+            match sets.get(set) {
+                Some(old) if old.version() >= version => return,
+                _ => {
+                    sets.insert(set.to_owned(), snap);
+                }
+            }
+        }
+        self.watch(set).send_replace(version);
+    }
+
+    /// A receiver of the set's published versions.
+    pub(crate) fn watch(&self, set: &str) -> watch::Sender<u64> {
+        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        versions
+            .entry(set.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+}
+
+/// What the flag-set object is given: its settings and where it publishes.
+#[derive(Debug)]
+pub struct FlagsEnv {
+    /// The settings.
+    pub config: FlagsConfig,
+    /// The published snapshots.
+    pub snapshots: Arc<Snapshots>,
+}
+
+/// Two environments are the same when their settings are.
+impl PartialEq for FlagsEnv {
+    fn eq(&self, other: &Self) -> bool {
+        self.config == other.config
+    }
+}
+
+/// The set as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    version: u64,
+    updated_at: DateTime<Utc>,
+    definition: FlagSetDefinition,
+}
+
+/// What a change did, as the audit log keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    /// The whole definition was replaced.
+    Replace,
+    /// One flag was created or replaced.
+    PutFlag,
+    /// One flag was deleted.
+    DeleteFlag,
+}
+
+/// One entry of a set's audit log: who changed which flags when, before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+pub struct AuditEntry {
+    /// The version the change made.
+    pub version: u64,
+    /// When it committed.
+    pub at: DateTime<Utc>,
+    /// Who made it (as the caller named itself).
+    pub actor: String,
+    /// What kind of change.
+    pub action: AuditAction,
+    /// The flags it changed, by key.
+    pub flags: Vec<String>,
+    /// Each changed flag before (`null`: it did not exist).
+    #[cfg_attr(feature = "http", schema(value_type = Object))]
+    pub before: Map<String, Value>,
+    /// Each changed flag after (`null`: it was deleted).
+    #[cfg_attr(feature = "http", schema(value_type = Object))]
+    pub after: Map<String, Value>,
+    /// Whether `before` and `after` were left out because together they are larger than
+    /// one stored value (the keys in `flags` are always there).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One flag set: definition, version, audit log.
+#[derive(Debug)]
+pub struct FlagSet {
+    stored: Stored,
+    snapshot: Arc<Snapshot>,
+    env: Arc<FlagsEnv>,
+}
+
+impl DurableObject for FlagSet {
+    const CLASS: &'static str = "flagset";
+    type Env = FlagsEnv;
+
+    async fn activate(ctx: &mut Context, env: Arc<FlagsEnv>) -> Result<Self> {
+        let stored: Stored = ctx.storage().get(DEFINITION).await?.unwrap_or(Stored {
+            version: 0,
+            updated_at: DateTime::<Utc>::UNIX_EPOCH,
+            definition: FlagSetDefinition {
+                flags: Default::default(),
+                evaluators: Map::new(),
+                metadata: Map::new(),
+            },
+        });
+        let snapshot = Arc::new(Snapshot::new(stored.version, stored.definition.clone()));
+        if stored.version > 0 {
+            env.snapshots
+                .publish(ctx.name().unwrap_or_default(), snapshot.clone());
+        }
+        Ok(FlagSet {
+            stored,
+            snapshot,
+            env,
+        })
+    }
+}
+
+/// How a change is made: by whom, and against which version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Edit {
+    /// Who makes the change (kept in the audit log).
+    pub actor: Option<String>,
+    /// The version the change was made against: a set at another version refuses it with
+    /// [`FlagsError::VersionConflict`]. `None` changes whatever version is there.
+    pub expect_version: Option<u64>,
+}
+
+impl Edit {
+    /// A change by `actor`.
+    pub fn by(actor: &str) -> Self {
+        Edit {
+            actor: Some(actor.to_owned()),
+            expect_version: None,
+        }
+    }
+
+    /// Only if the set is at `version`.
+    pub fn if_version(mut self, version: u64) -> Self {
+        self.expect_version = Some(version);
+        self
+    }
+}
+
+/// What a change did.
+#[derive(Debug, Clone)]
+pub struct Changed {
+    /// The set's snapshot after it (the version it made, or the same version when nothing
+    /// changed).
+    pub snapshot: Arc<Snapshot>,
+    /// Whether anything changed (a definition equal to the current one changes nothing and
+    /// makes no version).
+    pub changed: bool,
+}
+
+/// Replaces the whole definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replace {
+    /// The new definition (checked).
+    pub definition: FlagSetDefinition,
+    /// By whom and against which version.
+    pub edit: Edit,
+}
+
+/// Creates or replaces one flag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PutFlag {
+    /// Its key.
+    pub key: String,
+    /// Its definition (checked; its `$ref`s are checked against the set).
+    pub flag: FlagDefinition,
+    /// By whom and against which version.
+    pub edit: Edit,
+}
+
+/// Deletes one flag.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteFlag {
+    /// Its key.
+    pub key: String,
+    /// By whom and against which version.
+    pub edit: Edit,
+}
+
+/// The set's current snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Load;
+
+/// The newest entries of the audit log, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadAudit {
+    /// At most this many.
+    pub limit: usize,
+    /// Only entries of versions below this one (for paging back).
+    pub before: Option<u64>,
+}
+
+fn flag_json(f: Option<&FlagDefinition>) -> Value {
+    f.map_or(Value::Null, |f| {
+        serde_json::to_value(f).expect("a flag serializes")
+    })
+}
+
+impl FlagSet {
+    fn check_version(&self, edit: &Edit) -> Result<(), FlagsError> {
+        match edit.expect_version {
+            Some(v) if v != self.stored.version => Err(FlagsError::VersionConflict {
+                current: self.stored.version,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits `next` as the next version, audited, and publishes it after the commit.
+    async fn commit(
+        &mut self,
+        ctx: &mut Context,
+        next: FlagSetDefinition,
+        action: AuditAction,
+        edit: Edit,
+    ) -> Result<Changed, FlagsError> {
+        let old = &self.stored.definition;
+        let mut keys: Vec<String> = old
+            .flags
+            .keys()
+            .chain(next.flags.keys())
+            .filter(|k| old.flags.get(*k) != next.flags.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() && old.evaluators == next.evaluators && old.metadata == next.metadata {
+            return Ok(Changed {
+                snapshot: self.snapshot.clone(),
+                changed: false,
+            });
+        }
+        let max = self.env.config.max_definition_bytes;
+        let size = serde_json::to_vec(&next).map_or(usize::MAX, |v| v.len());
+        if size > max {
+            return Err(FlagsError::TooLarge { size, max });
+        }
+        let version = self.stored.version + 1;
+        let now = ctx.now();
+        let entry = AuditEntry {
+            version,
+            at: now,
+            actor: edit.actor.unwrap_or_else(|| "unknown".to_owned()),
+            action,
+            before: keys
+                .iter()
+                .map(|k| (k.clone(), flag_json(old.flags.get(k))))
+                .collect(),
+            after: keys
+                .iter()
+                .map(|k| (k.clone(), flag_json(next.flags.get(k))))
+                .collect(),
+            flags: keys,
+            truncated: false,
+        };
+        let mut entry = entry;
+        let room = self.env.config.max_definition_bytes;
+        if serde_json::to_vec(&entry).map_or(usize::MAX, |v| v.len()) > room {
+            entry.before.clear();
+            entry.after.clear();
+            entry.truncated = true;
+        }
+        let stored = Stored {
+            version,
+            updated_at: now,
+            definition: next,
+        };
+        ctx.storage().put(DEFINITION, &stored)?;
+        ctx.storage().put(&audit_key(version), &entry)?;
+        let keep = self.env.config.max_audit_entries as u64;
+        if version > keep {
+            ctx.storage().delete(&audit_key(version - keep)).await?;
+        }
+        let snapshot = Arc::new(Snapshot::new(version, stored.definition.clone()));
+        self.stored = stored;
+        self.snapshot = snapshot.clone();
+        let (snapshots, name, published) = (
+            self.env.snapshots.clone(),
+            ctx.name().unwrap_or_default().to_owned(),
+            snapshot.clone(),
+        );
+        // Published once durable, and before the reply leaves: a caller that has the reply
+        // never evaluates an older version.
+        ctx.after_commit(move || snapshots.publish(&name, published));
+        Ok(Changed {
+            snapshot,
+            changed: true,
+        })
+    }
+}
+
+impl Handler<Replace> for FlagSet {
+    type Reply = Result<Changed, FlagsError>;
+    async fn handle(&mut self, msg: Replace, ctx: &mut Context) -> Self::Reply {
+        self.check_version(&msg.edit)?;
+        msg.definition.check_rules()?;
+        self.commit(ctx, msg.definition, AuditAction::Replace, msg.edit)
+            .await
+    }
+}
+
+impl Handler<PutFlag> for FlagSet {
+    type Reply = Result<Changed, FlagsError>;
+    async fn handle(&mut self, msg: PutFlag, ctx: &mut Context) -> Self::Reply {
+        self.check_version(&msg.edit)?;
+        let mut next = self.stored.definition.clone();
+        if !next.flags.contains_key(&msg.key) && next.flags.len() >= crate::MAX_FLAGS {
+            return Err(stead_core::InvalidInput::new(format!(
+                "a flag set holds at most {} flags",
+                crate::MAX_FLAGS
+            ))
+            .into());
+        }
+        next.flags.insert(msg.key.clone(), msg.flag);
+        let flag = &next.flags[&msg.key];
+        next.compile_targeting(&msg.key, flag).map_err(|mut e| {
+            // The flag was sent alone: its pointer is relative to it.
+            let base = format!("/flags/{}", msg.key.replace('~', "~0").replace('/', "~1"));
+            e.path = e.path.strip_prefix(&base).unwrap_or(&e.path).to_owned();
+            FlagsError::Definition(e)
+        })?;
+        self.commit(ctx, next, AuditAction::PutFlag, msg.edit).await
+    }
+}
+
+impl Handler<DeleteFlag> for FlagSet {
+    type Reply = Result<Changed, FlagsError>;
+    async fn handle(&mut self, msg: DeleteFlag, ctx: &mut Context) -> Self::Reply {
+        self.check_version(&msg.edit)?;
+        let mut next = self.stored.definition.clone();
+        if next.flags.remove(&msg.key).is_none() {
+            return Err(FlagsError::FlagNotFound {
+                set: ctx.name().unwrap_or_default().to_owned(),
+                key: msg.key,
+            });
+        }
+        self.commit(ctx, next, AuditAction::DeleteFlag, msg.edit)
+            .await
+    }
+}
+
+impl Handler<Load> for FlagSet {
+    type Reply = Result<Arc<Snapshot>, FlagsError>;
+    async fn handle(&mut self, _msg: Load, _ctx: &mut Context) -> Self::Reply {
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl Handler<ReadAudit> for FlagSet {
+    type Reply = Result<Vec<AuditEntry>, FlagsError>;
+    async fn handle(&mut self, msg: ReadAudit, ctx: &mut Context) -> Self::Reply {
+        let mut opts = ListOptions::prefix(AUDIT_PREFIX).reverse().limit(msg.limit);
+        if let Some(before) = msg.before {
+            opts = opts.end(audit_key(before));
+        }
+        let entries: Vec<(String, AuditEntry)> = ctx.storage().list(opts).await?;
+        Ok(entries.into_iter().map(|(_, e)| e).collect())
+    }
+}
