@@ -47,6 +47,8 @@ enum Route {
     SidecarGet,
     ControllerPair,
     BudgetPair,
+    OfrepOne,
+    OfrepBulk,
 }
 
 impl Route {
@@ -60,6 +62,8 @@ impl Route {
             Route::SidecarGet => "GET /sidecars/{name}/keys/{key} 1 KiB",
             Route::ControllerPair => "controller lease+report (pairs; 2 req)",
             Route::BudgetPair => "budget reserve+commit (pairs; 2 req)",
+            Route::OfrepOne => "POST /ofrep/v1/evaluate/flags/{key} (fractional)",
+            Route::OfrepBulk => "POST /ofrep/v1/evaluate/flags (100 flags)",
         }
     }
 
@@ -103,6 +107,14 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                     .header("content-type", "application/json")
                     .body(KIB_VALUE.as_str()),
                 Route::SidecarGet => client.get(format!("{base}/sidecars/{name}/keys/state")),
+                Route::OfrepOne => client
+                    .post(format!("{base}/ofrep/v1/evaluate/flags/rollout-0"))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"context":{{"targetingKey":"user-{conn}"}}}}"#)),
+                Route::OfrepBulk => client
+                    .post(format!("{base}/ofrep/v1/evaluate/flags"))
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"context":{{"targetingKey":"user-{conn}"}}}}"#)),
             };
             match req.send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
@@ -201,6 +213,28 @@ async fn seed_budget(base: &str) {
     assert!(r.status().is_success());
 }
 
+/// The default flag set the OFREP rows evaluate: 100 flags, each a fractional split.
+async fn seed_flags(base: &str) {
+    let flags: serde_json::Map<String, serde_json::Value> = (0..100)
+        .map(|i| {
+            (
+                format!("rollout-{i}"),
+                serde_json::json!({"state": "ENABLED", "variants": {"on": true, "off": false},
+                    "defaultVariant": "off",
+                    "targeting": {"fractional": [["on", 20], ["off", 80]]}}),
+            )
+        })
+        .collect();
+    let r = reqwest::Client::new()
+        .put(format!("{base}/flags/default"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "flags": flags }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "seeding flags: {}", r.status());
+}
+
 /// One controller per connection, running batches of up to 10 back to back.
 async fn seed_controllers(base: &str) {
     let client = reqwest::Client::new();
@@ -287,6 +321,8 @@ fn main() {
             Route::SidecarGet,
             Route::ControllerPair,
             Route::BudgetPair,
+            Route::OfrepOne,
+            Route::OfrepBulk,
         ];
         if !routes
             .iter()
@@ -318,6 +354,7 @@ fn main() {
         tokio.block_on(seed_sidecars(&base));
         tokio.block_on(seed_controllers(&base));
         tokio.block_on(seed_budget(&base));
+        tokio.block_on(seed_flags(&base));
         // Each round measures every route against the ceiling in alternating slices (ceiling,
         // route, route, ceiling, ...), so that both see the machine's drift alike, and the
         // round's share compares the route with the ceiling slices beside it. The table gives

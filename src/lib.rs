@@ -323,6 +323,9 @@ mod guide {
     #[cfg(feature = "budget")]
     #[doc = include_str!("../book/src/patterns/budget.md")]
     mod budget {}
+    #[cfg(feature = "flags")]
+    #[doc = include_str!("../book/src/patterns/flags.md")]
+    mod flags {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

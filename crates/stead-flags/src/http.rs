@@ -85,11 +85,13 @@ impl From<&FlagsError> for Problem {
             FlagsError::FlagNotFound { .. } => {
                 Problem::new(StatusCode::NOT_FOUND, "not-found", detail)
             }
-            FlagsError::VersionConflict { current } => {
-                Problem::new(StatusCode::PRECONDITION_FAILED, "version-conflict", detail)
-                    .with("current_version", *current)
-                    .with("etag", etag(*current))
-            }
+            FlagsError::VersionConflict { current } => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                detail,
+            )
+            .with("current_version", *current)
+            .with("current_etag", etag(*current)),
             FlagsError::TooLarge { size, max } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "value-too-large", detail)
                     .with("size", *size)
