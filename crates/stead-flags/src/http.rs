@@ -329,7 +329,7 @@ async fn version(
 ) -> Result<Response, FlagsError> {
     check_set(&set)?;
     let wait = q.wait_ms.unwrap_or(0);
-    if wait > MAX_WAIT_MS {
+    if wait > 0 {
         stead_core::validate_ms("wait_ms", wait, MAX_WAIT_MS)?;
     }
     let version = match q.after {

@@ -291,7 +291,7 @@ impl FlagSet {
         }
         let version = self.stored.version + 1;
         let now = ctx.now();
-        let entry = AuditEntry {
+        let mut entry = AuditEntry {
             version,
             at: now,
             actor: edit.actor.unwrap_or_else(|| "unknown".to_owned()),
@@ -307,7 +307,6 @@ impl FlagSet {
             flags: keys,
             truncated: false,
         };
-        let mut entry = entry;
         let room = self.env.config.max_definition_bytes;
         if serde_json::to_vec(&entry).map_or(usize::MAX, |v| v.len()) > room {
             entry.before.clear();
