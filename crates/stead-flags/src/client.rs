@@ -235,7 +235,8 @@ impl FlagsClient {
     /// Replaces the whole definition of `set` with a flagd document (checked: a fault is a
     /// [`FlagsError::Definition`] naming the flag and the path).
     pub async fn replace(&self, set: &str, doc: &Value, edit: Edit) -> Result<Changed, FlagsError> {
-        let definition = FlagSetDefinition::parse(doc)?;
+        // The object compiles the rules, once, as it commits.
+        let definition = FlagSetDefinition::parse_structure(doc)?;
         self.set(set)?.call(Replace { definition, edit }).await
     }
 

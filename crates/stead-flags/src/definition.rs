@@ -176,9 +176,19 @@ fn check_metadata(
 }
 
 impl FlagSetDefinition {
-    /// Parses and checks a whole document. The error names the flag and the JSON pointer
-    /// of the first fault.
+    /// Parses and checks a whole document, its targeting rules included. The error names
+    /// the flag and the JSON pointer of the first fault.
     pub fn parse(doc: &Value) -> Result<FlagSetDefinition, DefinitionError> {
+        let set = Self::parse_structure(doc)?;
+        for (key, flag) in &set.flags {
+            set.compile_targeting(key, flag)?;
+        }
+        Ok(set)
+    }
+
+    /// Parses and checks a document's structure; its targeting rules are compiled later,
+    /// once, by [`Snapshot`](crate::Snapshot).
+    pub(crate) fn parse_structure(doc: &Value) -> Result<FlagSetDefinition, DefinitionError> {
         let Value::Object(top) = doc else {
             return Err(fault(None, String::new(), "a flag set is a JSON object"));
         };
@@ -232,17 +242,7 @@ impl FlagSetDefinition {
             let parsed = FlagDefinition::parse_at(key, flag, &path)?;
             set.flags.insert(key.clone(), parsed);
         }
-        set.check_rules()?;
         Ok(set)
-    }
-
-    /// Compiles every flag's targeting (with `$ref`s resolved): the first that cannot be
-    /// compiled is the error.
-    pub(crate) fn check_rules(&self) -> Result<(), DefinitionError> {
-        for (key, flag) in &self.flags {
-            self.compile_targeting(key, flag)?;
-        }
-        Ok(())
     }
 
     /// The flag's targeting, `$ref`s resolved and compiled; `None` when it has none.

@@ -158,66 +158,58 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compiles version `version` of a checked definition.
+    /// Compiles version `version` of a definition. A flag whose targeting cannot be
+    /// compiled is kept, and answers `PARSE_ERROR` when it is evaluated.
     pub fn new(version: u64, definition: FlagSetDefinition) -> Snapshot {
-        let flags = definition
-            .flags
-            .iter()
-            .map(|(key, flag)| {
-                let targeting = definition
-                    .compile_targeting(key, flag)
-                    .map_err(|e| e.to_string());
-                let mut metadata = definition.metadata.clone();
-                metadata.extend(flag.metadata.clone());
-                (
-                    key.clone(),
-                    Compiled {
-                        flag: flag.clone(),
-                        targeting,
-                        metadata,
-                    },
-                )
-            })
-            .collect();
-        Snapshot {
+        Self::build(version, definition, false).expect("a lenient build keeps every flag")
+    }
+
+    /// Compiles version `version` of a definition, refusing it at the first targeting rule
+    /// that cannot be compiled (what a set's changes do: every rule is compiled once).
+    pub(crate) fn compile(
+        version: u64,
+        definition: FlagSetDefinition,
+    ) -> Result<Snapshot, DefinitionError> {
+        Self::build(version, definition, true)
+    }
+
+    fn build(
+        version: u64,
+        definition: FlagSetDefinition,
+        strict: bool,
+    ) -> Result<Snapshot, DefinitionError> {
+        let mut flags = HashMap::with_capacity(definition.flags.len());
+        for (key, flag) in &definition.flags {
+            let targeting = match definition.compile_targeting(key, flag) {
+                Err(e) if strict => return Err(e),
+                other => other.map_err(|e| e.to_string()),
+            };
+            let mut metadata = definition.metadata.clone();
+            metadata.extend(flag.metadata.clone());
+            flags.insert(
+                key.clone(),
+                Compiled {
+                    flag: flag.clone(),
+                    targeting,
+                    metadata,
+                },
+            );
+        }
+        Ok(Snapshot {
             version,
             definition,
             flags,
-        }
+        })
     }
 
     /// Loads a flagd document as flagd loads a file: its structure must be sound, but a
     /// flag whose targeting cannot be compiled is kept, and answers `PARSE_ERROR` when it
     /// is evaluated. (A set's updates are stricter: they refuse such a flag.)
     pub fn from_document(version: u64, doc: &Value) -> Result<Snapshot, DefinitionError> {
-        let mut lenient = doc.clone();
-        // Check the structure with every targeting set aside, then put them back.
-        let mut targetings = Vec::new();
-        if let Some(Value::Object(flags)) = lenient.get_mut("flags") {
-            for (key, flag) in flags.iter_mut() {
-                if let Some(t) = flag.as_object_mut().and_then(|f| f.remove("targeting")) {
-                    targetings.push((key.clone(), t));
-                }
-            }
-        }
-        let mut definition = FlagSetDefinition::parse(&lenient)?;
-        for (key, t) in targetings {
-            let at = format!("/flags/{key}/targeting");
-            match t {
-                Value::Object(_) => {}
-                _ => {
-                    return Err(DefinitionError {
-                        flag: Some(key),
-                        path: at,
-                        message: "targeting is a JsonLogic object".into(),
-                    });
-                }
-            }
-            if let Some(f) = definition.flags.get_mut(&key) {
-                f.targeting = Some(t);
-            }
-        }
-        Ok(Snapshot::new(version, definition))
+        Ok(Snapshot::new(
+            version,
+            FlagSetDefinition::parse_structure(doc)?,
+        ))
     }
 
     /// The set's version: 0 before its first update, then one more per committed change.

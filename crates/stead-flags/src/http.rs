@@ -147,9 +147,9 @@ fn edit(headers: &HeaderMap) -> Edit {
     }
 }
 
-fn with_etag(version: u64, body: impl IntoResponse) -> Response {
+fn with_etag(tag: &str, body: impl IntoResponse) -> Response {
     let mut r = body.into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag(version)) {
+    if let Ok(v) = HeaderValue::from_str(tag) {
         r.headers_mut().insert(header::ETAG, v);
     }
     r
@@ -172,7 +172,7 @@ struct ChangeBody {
 fn changed(c: Changed) -> Response {
     let version = c.snapshot.version();
     with_etag(
-        version,
+        &etag(version),
         Body(ChangeBody {
             version,
             changed: c.changed,
@@ -191,9 +191,11 @@ async fn read_set(
     State(c): State<FlagsClient>,
     Path(set): Path<String>,
 ) -> Result<Response, FlagsError> {
-    check_set(&set)?;
     let snap = c.snapshot(&set).await?;
-    Ok(with_etag(snap.version(), Body(snap.definition().to_json())))
+    Ok(with_etag(
+        &etag(snap.version()),
+        Body(snap.definition().to_json()),
+    ))
 }
 
 /// Replace a set's whole definition with a flagd document.
@@ -212,7 +214,6 @@ async fn replace_set(
     headers: HeaderMap,
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
-    check_set(&set)?;
     Ok(changed(c.replace(&set, &doc, edit(&headers)).await?))
 }
 
@@ -233,7 +234,6 @@ async fn put_flag(
     headers: HeaderMap,
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
-    check_set(&set)?;
     Ok(changed(
         c.put_flag(&set, &flag, &doc, edit(&headers)).await?,
     ))
@@ -254,7 +254,6 @@ async fn delete_flag(
     Path((set, flag)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, FlagsError> {
-    check_set(&set)?;
     Ok(changed(c.delete_flag(&set, &flag, edit(&headers)).await?))
 }
 
@@ -287,7 +286,6 @@ async fn audit(
     Path(set): Path<String>,
     Query(q): Query<AuditParams>,
 ) -> Result<Body<AuditBody>, FlagsError> {
-    check_set(&set)?;
     let limit = q.limit.unwrap_or(100);
     stead_core::validate_ms("limit", limit, 1000)?;
     Ok(Body(AuditBody {
@@ -327,7 +325,6 @@ async fn version(
     Path(set): Path<String>,
     Query(q): Query<VersionParams>,
 ) -> Result<Response, FlagsError> {
-    check_set(&set)?;
     let wait = q.wait_ms.unwrap_or(0);
     if wait > 0 {
         stead_core::validate_ms("wait_ms", wait, MAX_WAIT_MS)?;
@@ -340,7 +337,7 @@ async fn version(
         _ => c.snapshot(&set).await?.version(),
     };
     Ok(with_etag(
-        version,
+        &etag(version),
         Body(VersionBody {
             version,
             etag: etag(version),
@@ -351,15 +348,20 @@ async fn version(
 // ---------------------------------------------------------------------------------------
 // OFREP.
 
-/// An OFREP answer that is not a success: its status and body.
-fn ofrep_failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
+/// OFREP's failure body: `{key, errorCode, errorDetails}` (no key for a whole request).
+fn failure_body(key: Option<&str>, code: &str, details: String) -> Value {
     let mut body = Map::new();
     if let Some(k) = key {
         body.insert("key".into(), Value::String(k.to_owned()));
     }
     body.insert("errorCode".into(), Value::String(code.to_owned()));
     body.insert("errorDetails".into(), Value::String(details));
-    (status, axum::Json(Value::Object(body))).into_response()
+    Value::Object(body)
+}
+
+/// An OFREP answer that is not a success.
+fn ofrep_failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
+    (status, axum::Json(failure_body(key, code, details))).into_response()
 }
 
 /// The evaluation context of an OFREP request: its `context` member (none is an empty
@@ -397,11 +399,7 @@ fn ofrep_result(key: &str, e: Evaluation) -> Result<Map<String, Value>, (StatusC
             ErrorCode::FlagNotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_REQUEST,
         };
-        let mut body = Map::new();
-        body.insert("key".into(), Value::String(key.to_owned()));
-        body.insert("errorCode".into(), Value::String(code.as_str().to_owned()));
-        body.insert("errorDetails".into(), Value::String(message));
-        return Err((status, Value::Object(body)));
+        return Err((status, failure_body(Some(key), code.as_str(), message)));
     }
     let mut body = Map::new();
     body.insert("key".into(), Value::String(key.to_owned()));
@@ -476,11 +474,7 @@ async fn evaluate_bulk(c: &FlagsClient, set: &str, headers: &HeaderMap, body: &B
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
     if none_match {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&tag) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
-        return r;
+        return with_etag(&tag, StatusCode::NOT_MODIFIED);
     }
     let now = c.now_secs();
     let mut flags = Vec::new();
@@ -496,11 +490,7 @@ async fn evaluate_bulk(c: &FlagsClient, set: &str, headers: &HeaderMap, body: &B
             Err((_, body)) => body,
         });
     }
-    let mut r = axum::Json(json!({ "flags": flags })).into_response();
-    if let Ok(v) = HeaderValue::from_str(&tag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
+    with_etag(&tag, axum::Json(json!({ "flags": flags })))
 }
 
 /// The body of an OFREP request.

@@ -83,12 +83,12 @@ impl PartialEq for FlagsEnv {
     }
 }
 
-/// The set as stored.
+/// The set as stored (written from a borrowed definition, read into an owned one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+struct Stored<D = FlagSetDefinition> {
     version: u64,
     updated_at: DateTime<Utc>,
-    definition: FlagSetDefinition,
+    definition: D,
 }
 
 /// What a change did, as the audit log keeps it.
@@ -133,7 +133,7 @@ pub struct AuditEntry {
 /// One flag set: definition, version, audit log.
 #[derive(Debug)]
 pub struct FlagSet {
-    stored: Stored,
+    /// The committed version, compiled: the set's whole state in memory.
     snapshot: Arc<Snapshot>,
     env: Arc<FlagsEnv>,
 }
@@ -152,16 +152,13 @@ impl DurableObject for FlagSet {
                 metadata: Map::new(),
             },
         });
-        let snapshot = Arc::new(Snapshot::new(stored.version, stored.definition.clone()));
-        if stored.version > 0 {
+        let version = stored.version;
+        let snapshot = Arc::new(Snapshot::new(version, stored.definition));
+        if version > 0 {
             env.snapshots
                 .publish(ctx.name().unwrap_or_default(), snapshot.clone());
         }
-        Ok(FlagSet {
-            stored,
-            snapshot,
-            env,
-        })
+        Ok(FlagSet { snapshot, env })
     }
 }
 
@@ -253,14 +250,15 @@ fn flag_json(f: Option<&FlagDefinition>) -> Value {
 impl FlagSet {
     fn check_version(&self, edit: &Edit) -> Result<(), FlagsError> {
         match edit.expect_version {
-            Some(v) if v != self.stored.version => Err(FlagsError::VersionConflict {
-                current: self.stored.version,
+            Some(v) if v != self.snapshot.version() => Err(FlagsError::VersionConflict {
+                current: self.snapshot.version(),
             }),
             _ => Ok(()),
         }
     }
 
-    /// Commits `next` as the next version, audited, and publishes it after the commit.
+    /// Commits `next` as the next version, audited, and publishes it after the commit. Its
+    /// targeting rules are compiled here, once: a rule that cannot be compiled refuses it.
     async fn commit(
         &mut self,
         ctx: &mut Context,
@@ -268,7 +266,7 @@ impl FlagSet {
         action: AuditAction,
         edit: Edit,
     ) -> Result<Changed, FlagsError> {
-        let old = &self.stored.definition;
+        let old = self.snapshot.definition();
         let mut keys: Vec<String> = old
             .flags
             .keys()
@@ -286,20 +284,23 @@ impl FlagSet {
         }
         let max = self.env.config.max_definition_bytes;
         let size = serde_json::to_vec(&next).map_or(usize::MAX, |v| v.len());
+        let version = self.snapshot.version() + 1;
+        let before: Map<String, Value> = keys
+            .iter()
+            .map(|k| (k.clone(), flag_json(old.flags.get(k))))
+            .collect();
+        let snapshot = Arc::new(Snapshot::compile(version, next)?);
         if size > max {
             return Err(FlagsError::TooLarge { size, max });
         }
-        let version = self.stored.version + 1;
+        let next = snapshot.definition();
         let now = ctx.now();
         let mut entry = AuditEntry {
             version,
             at: now,
             actor: edit.actor.unwrap_or_else(|| "unknown".to_owned()),
             action,
-            before: keys
-                .iter()
-                .map(|k| (k.clone(), flag_json(old.flags.get(k))))
-                .collect(),
+            before,
             after: keys
                 .iter()
                 .map(|k| (k.clone(), flag_json(next.flags.get(k))))
@@ -324,8 +325,6 @@ impl FlagSet {
         if version > keep {
             ctx.storage().delete(&audit_key(version - keep)).await?;
         }
-        let snapshot = Arc::new(Snapshot::new(version, stored.definition.clone()));
-        self.stored = stored;
         self.snapshot = snapshot.clone();
         let (snapshots, name, published) = (
             self.env.snapshots.clone(),
@@ -346,7 +345,6 @@ impl Handler<Replace> for FlagSet {
     type Reply = Result<Changed, FlagsError>;
     async fn handle(&mut self, msg: Replace, ctx: &mut Context) -> Self::Reply {
         self.check_version(&msg.edit)?;
-        msg.definition.check_rules()?;
         self.commit(ctx, msg.definition, AuditAction::Replace, msg.edit)
             .await
     }
@@ -356,7 +354,7 @@ impl Handler<PutFlag> for FlagSet {
     type Reply = Result<Changed, FlagsError>;
     async fn handle(&mut self, msg: PutFlag, ctx: &mut Context) -> Self::Reply {
         self.check_version(&msg.edit)?;
-        let mut next = self.stored.definition.clone();
+        let mut next = self.snapshot.definition().clone();
         if !next.flags.contains_key(&msg.key) && next.flags.len() >= crate::MAX_FLAGS {
             return Err(stead_core::InvalidInput::new(format!(
                 "a flag set holds at most {} flags",
@@ -365,14 +363,18 @@ impl Handler<PutFlag> for FlagSet {
             .into());
         }
         next.flags.insert(msg.key.clone(), msg.flag);
-        let flag = &next.flags[&msg.key];
-        next.compile_targeting(&msg.key, flag).map_err(|mut e| {
-            // The flag was sent alone: its pointer is relative to it.
-            let base = format!("/flags/{}", msg.key.replace('~', "~0").replace('/', "~1"));
-            e.path = e.path.strip_prefix(&base).unwrap_or(&e.path).to_owned();
-            FlagsError::Definition(e)
-        })?;
-        self.commit(ctx, next, AuditAction::PutFlag, msg.edit).await
+        // Only the flag sent can be at fault (the others compiled before); it was sent
+        // alone, so its fault's pointer is relative to it.
+        let base = format!("/flags/{}", msg.key.replace('~', "~0").replace('/', "~1"));
+        self.commit(ctx, next, AuditAction::PutFlag, msg.edit)
+            .await
+            .map_err(|e| match e {
+                FlagsError::Definition(mut d) => {
+                    d.path = d.path.strip_prefix(&base).unwrap_or(&d.path).to_owned();
+                    FlagsError::Definition(d)
+                }
+                other => other,
+            })
     }
 }
 
@@ -380,7 +382,7 @@ impl Handler<DeleteFlag> for FlagSet {
     type Reply = Result<Changed, FlagsError>;
     async fn handle(&mut self, msg: DeleteFlag, ctx: &mut Context) -> Self::Reply {
         self.check_version(&msg.edit)?;
-        let mut next = self.stored.definition.clone();
+        let mut next = self.snapshot.definition().clone();
         if next.flags.remove(&msg.key).is_none() {
             return Err(FlagsError::FlagNotFound {
                 set: ctx.name().unwrap_or_default().to_owned(),
