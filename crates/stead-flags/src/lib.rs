@@ -1,4 +1,4 @@
-//! # stead-flags: feature flags (in progress)
+//! # stead-flags: feature flags
 //!
 //! Flag sets in flagd's definition format, one durable object per set, evaluated from the
 //! committed snapshot a set publishes and served over OpenFeature's remote evaluation
@@ -26,6 +26,8 @@ mod fractional;
 mod http;
 mod logic;
 mod object;
+#[cfg(feature = "openfeature")]
+mod openfeature;
 
 pub use client::{Details, FlagValue, FlagsClient, FlagsConfig, typed};
 pub use definition::{
@@ -42,6 +44,8 @@ pub use object::{
     AuditAction, AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag,
     ReadAudit, Replace, Snapshots,
 };
+#[cfg(feature = "openfeature")]
+pub use openfeature::FlagsProvider;
 
 /// The admin and per-set OFREP routes, without a prefix (the umbrella crate mounts them
 /// under `/flags`), in any app state.
