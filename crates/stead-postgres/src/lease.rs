@@ -1,0 +1,214 @@
+//! The lease: one row (holder, epoch, expiry on PostgreSQL's clock) that makes one node
+//! of a deployment the active one.
+//!
+//! A node takes the lease when it has expired (or was its own), which raises the epoch;
+//! renews it well before it expires; and counts it as held only until its own monotonic
+//! clock says it might have expired (measured from before the renewal was sent, so the
+//! node always gives up before PostgreSQL would let another take over). Every commit
+//! transaction re-reads the row `FOR SHARE` and commits only when the node still holds it
+//! with the epoch the writing activation started under: a takeover's update waits for
+//! commits in flight, and a commit after a takeover finds another holder.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+
+use crate::schema::{Sql, describe};
+
+/// Where the node stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Connecting, migrating, or asking for the lease the first time.
+    Starting,
+    /// Holds the lease at this epoch.
+    Active {
+        /// The epoch it holds (grows by one at each change of holder).
+        epoch: u64,
+    },
+    /// Another node holds the lease (or this one lost it): this node serves nothing and
+    /// takes over once the lease expires.
+    Standby {
+        /// Why, for operators (the holder, or what failed).
+        reason: String,
+    },
+    /// Could not start (a wrong URL, missing privileges, a newer schema): the reason.
+    Failed(String),
+    /// Closed: the lease was given back.
+    Closed,
+}
+
+/// What the node knows of its lease, shared by readers, writers and the renewal task.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) holder: String,
+    pub(crate) duration: Duration,
+    state: watch::Sender<LeaseState>,
+    /// Until when (on this node's monotonic clock) the held lease counts as valid.
+    valid_until: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Lease {
+    pub(crate) fn new(holder: String, duration: Duration) -> Lease {
+        Lease {
+            holder,
+            duration,
+            state: watch::Sender::new(LeaseState::Starting),
+            valid_until: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LeaseState> {
+        self.state.subscribe()
+    }
+
+    pub(crate) fn state(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+
+    pub(crate) fn set(&self, state: LeaseState) {
+        if !matches!(state, LeaseState::Active { .. }) {
+            *lock(&self.valid_until) = None;
+        }
+        self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+
+    /// The epoch held now, if the lease is held and not possibly expired.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        let LeaseState::Active { epoch } = *self.state.borrow() else {
+            return None;
+        };
+        let valid = lock(&self.valid_until).is_some_and(|until| Instant::now() < until);
+        valid.then_some(epoch)
+    }
+
+    /// How long a held lease counts from the moment its renewal was sent: nine tenths of
+    /// its duration, a margin for clocks that run at slightly different rates.
+    fn validity(&self) -> Duration {
+        self.duration * 9 / 10
+    }
+
+    fn held(&self, epoch: u64, sent: Instant) {
+        *lock(&self.valid_until) = Some(sent + self.validity());
+        self.set(LeaseState::Active { epoch });
+    }
+}
+
+/// Takes, renews and (on close) gives back the lease, until `stop` fires.
+pub(crate) async fn run(
+    lease: Arc<Lease>,
+    pool: Pool,
+    sql: Arc<Sql>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let ms = i64::try_from(lease.duration.as_millis()).unwrap_or(i64::MAX);
+    // Renew three times per lease; ask for a lease held by another a little more often
+    // than it would expire.
+    let renew_every = lease.duration / 3;
+    let retry_every = (lease.duration / 4).max(Duration::from_millis(50));
+    let mut held: Option<u64> = None;
+    loop {
+        let sent = Instant::now();
+        let wait = match held {
+            None => match acquire(&pool, &sql, &lease.holder, ms).await {
+                Ok(Some(epoch)) => {
+                    tracing::info!(holder = %lease.holder, epoch, "took the lease: this node is active");
+                    held = Some(epoch);
+                    lease.held(epoch, sent);
+                    renew_every
+                }
+                Ok(None) => {
+                    lease.set(LeaseState::Standby {
+                        reason: "another node holds the lease".into(),
+                    });
+                    retry_every
+                }
+                Err(e) => {
+                    lease.set(LeaseState::Standby {
+                        reason: format!("cannot reach PostgreSQL for the lease: {e}"),
+                    });
+                    retry_every
+                }
+            },
+            Some(epoch) => match renew(&pool, &sql, &lease.holder, epoch, ms).await {
+                Ok(true) => {
+                    lease.held(epoch, sent);
+                    renew_every
+                }
+                Ok(false) => {
+                    tracing::error!(holder = %lease.holder, epoch, "lost the lease: this node stops serving");
+                    held = None;
+                    lease.set(LeaseState::Standby {
+                        reason: format!("lost the lease it held at epoch {epoch}"),
+                    });
+                    retry_every
+                }
+                Err(e) => {
+                    // Still held until the node's own clock says it may have expired.
+                    if lease.epoch().is_none() {
+                        tracing::error!(holder = %lease.holder, epoch, error = %e,
+                            "could not renew the lease before it expired: this node stops serving");
+                        held = None;
+                        lease.set(LeaseState::Standby {
+                            reason: format!("could not renew the lease: {e}"),
+                        });
+                    }
+                    retry_every.min(renew_every)
+                }
+            },
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => {
+                if let Some(epoch) = held {
+                    release(&pool, &sql, &lease.holder, epoch).await;
+                }
+                lease.set(LeaseState::Closed);
+                return;
+            }
+        }
+    }
+}
+
+async fn acquire(pool: &Pool, sql: &Sql, holder: &str, ms: i64) -> Result<Option<u64>, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_opt(&sql.lease_acquire, &[&holder, &ms])
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(row.map(|r| r.get::<_, i64>(0).unsigned_abs()))
+}
+
+async fn renew(pool: &Pool, sql: &Sql, holder: &str, epoch: u64, ms: i64) -> Result<bool, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+    let row = client
+        .query_opt(&sql.lease_renew, &[&holder, &epoch, &ms])
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(row.is_some())
+}
+
+async fn release(pool: &Pool, sql: &Sql, holder: &str, epoch: u64) {
+    let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+    let result = match pool.get().await {
+        Ok(client) => client
+            .execute(&sql.lease_release, &[&holder, &epoch])
+            .await
+            .map_err(|e| describe(&e)),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not give the lease back; a standby takes over when it expires");
+    }
+}

@@ -1,0 +1,667 @@
+//! # stead-postgres: stead on PostgreSQL
+//!
+//! A [`Backend`] that keeps objects' keys and values, alarms and the registry in
+//! PostgreSQL, so that backups, replication and point-in-time recovery are PostgreSQL's
+//! own tools, and one active node per deployment: nodes contend for a lease row, and
+//! every commit re-checks in its own transaction that its node still holds the lease at
+//! the epoch its object started under. A node that lost the lease (paused, cut off)
+//! commits nothing more; its objects reset and it waits as a standby.
+//!
+//! - Everything lives in one schema ([`PostgresOptions::schema`], `stead` by default),
+//!   created and migrated by the backend; a table `stead_migrations` records what was
+//!   applied, and a schema newer than the build is refused.
+//! - Group commit: one writer task per partition of object ids
+//!   ([`PostgresOptions::writers`]), each committing every pending turn of its objects in
+//!   one transaction; partitions commit in parallel.
+//! - Acknowledged means committed by PostgreSQL with its `synchronous_commit` setting;
+//!   in `ProcessCrashSafe` durability stead commits with `synchronous_commit = off`.
+//! - The SQL avoids advisory locks and `LISTEN`/`NOTIFY`: correctness rests on row locks
+//!   and transactions alone.
+//!
+//! ```no_run
+//! # async fn run() -> stead_core::Result<()> {
+//! use stead_postgres::{PostgresBackend, PostgresOptions};
+//!
+//! let backend = PostgresBackend::connect(
+//!     PostgresOptions::new("postgres://stead@db.internal/app").schema("stead"),
+//! )
+//! .await?;
+//! // A standby waits here until the active node's lease expires.
+//! backend.wait_active().await?;
+//! let rt = stead_core::Runtime::builder().backend(backend).build().await?;
+//! # rt.shutdown().await }
+//! ```
+
+mod lease;
+mod schema;
+mod writer;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use stead_core::{
+    Backend, CommitBatch, Error, FenceToken, ListOptions, NamedObject, ObjectEntry, ObjectId,
+    ObjectRef, Result, Value,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::NoTls;
+
+pub use lease::LeaseState;
+pub use schema::SCHEMA_VERSION;
+
+use lease::Lease;
+use schema::{Sql, describe};
+use writer::{WriterCtx, WriterMsg};
+
+/// Options of the PostgreSQL backend.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The connection URL (`postgres://user:password@host:port/database?...`), as
+    /// PostgreSQL's own clients take it.
+    pub url: String,
+    /// The schema that holds every table (`stead`): several deployments can share one
+    /// database, each in its own schema.
+    pub schema: String,
+    /// The most connections the pool opens (16).
+    pub pool_size: usize,
+    /// How many writer tasks commit in parallel, each for its share of the objects (4).
+    pub writers: usize,
+    /// How long the lease lasts without a renewal (10 s): a standby takes over at most this
+    /// long after the active node died. Renewed three times per duration.
+    pub lease_duration: Duration,
+    /// This node's name in the lease row (default: random per process). A node that
+    /// restarts under the same name takes its lease back at once, with a new epoch,
+    /// instead of waiting for it to expire; two live nodes must never share a name.
+    pub node_id: Option<String>,
+    /// How long connecting, and waiting for a free connection, may take (5 s).
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: only where it points is shown.
+        f.debug_struct("PostgresOptions")
+            .field("server", &redacted(&self.url))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("writers", &self.writers)
+            .field("lease_duration", &self.lease_duration)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+impl PostgresOptions {
+    /// Options for the server at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        PostgresOptions {
+            url: url.into(),
+            schema: "stead".into(),
+            pool_size: 16,
+            writers: 4,
+            lease_duration: Duration::from_secs(10),
+            node_id: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same options in schema `schema`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The same options with at most `n` connections.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// The same options with `n` writer tasks.
+    pub fn writers(mut self, n: usize) -> Self {
+        self.writers = n;
+        self
+    }
+
+    /// The same options with this lease duration.
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+
+    /// The same options with this node name.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    fn check(&self) -> Result<tokio_postgres::Config> {
+        schema::check_schema_name(&self.schema)?;
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            Error::invalid_config(format!("PostgreSQL URL {}: {e}", redacted(&self.url)))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(self.connect_timeout);
+        }
+        config.application_name("stead");
+        if self.writers == 0 || self.pool_size <= self.writers {
+            return Err(Error::invalid_config(format!(
+                "PostgreSQL pool of {} connections for {} writers: the pool needs more \
+                 connections than writers (and at least one writer)",
+                self.pool_size, self.writers
+            )));
+        }
+        if self.lease_duration < Duration::from_millis(500) {
+            return Err(Error::invalid_config(
+                "PostgreSQL lease duration: at least 500 ms",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// The URL without its user information.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
+    Error::storage(std::io::Error::other(format!(
+        "PostgreSQL: {}",
+        describe(&e)
+    )))
+}
+
+pub(crate) fn unavailable(what: &'static str) -> Error {
+    Error::storage(std::io::Error::other(what))
+}
+
+/// Objects, alarms and the registry in PostgreSQL, written by the node that holds the
+/// deployment's lease. See the [crate documentation](crate).
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: String,
+    schema: String,
+    pool: Pool,
+    sql: Arc<Sql>,
+    lease: Arc<Lease>,
+    writers: Vec<mpsc::UnboundedSender<WriterMsg>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(stop) = lock(&self.stop).take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("server", &self.inner.server)
+            .field("schema", &self.inner.schema)
+            .field("state", &self.inner.lease.state())
+            .finish()
+    }
+}
+
+impl PostgresBackend {
+    /// Starts the backend without waiting: connecting, migrating and asking for the lease
+    /// go on in the background, and every call waits for them. Must be called within a
+    /// tokio runtime. Fails at once only on options that cannot work (a malformed URL, a
+    /// bad schema name).
+    pub fn new(opts: PostgresOptions) -> Result<PostgresBackend> {
+        let config = opts.check()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::invalid_config("the PostgreSQL backend starts within a tokio runtime")
+        })?;
+        let server = redacted(&opts.url);
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.connect_timeout))
+            .create_timeout(Some(opts.connect_timeout))
+            .recycle_timeout(Some(opts.connect_timeout))
+            .build()
+            .map_err(|e| Error::invalid_config(format!("PostgreSQL pool: {e}")))?;
+        let holder = opts.node_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 8]>())
+            )
+        });
+        let lease = Arc::new(Lease::new(holder, opts.lease_duration));
+        let sql = Arc::new(Sql::new(&opts.schema));
+        let ctx = Arc::new(WriterCtx {
+            pool: pool.clone(),
+            sql: sql.clone(),
+            lease: lease.clone(),
+        });
+        let writers = (0..opts.writers)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                handle.spawn(writer::run(ctx.clone(), rx));
+                tx
+            })
+            .collect();
+        let (stop, stopped) = oneshot::channel();
+        let task = handle.spawn(start(
+            pool.clone(),
+            opts.schema.clone(),
+            server.clone(),
+            sql.clone(),
+            lease.clone(),
+            stopped,
+        ));
+        Ok(PostgresBackend {
+            inner: Arc::new(Inner {
+                server,
+                schema: opts.schema,
+                pool,
+                sql,
+                lease,
+                writers,
+                stop: Mutex::new(Some(stop)),
+                lease_task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// Starts the backend and waits until it has connected, migrated and asked for the
+    /// lease once: the error says why when the server is unreachable, refuses the
+    /// credentials or privileges, or holds a newer schema. The node may be a standby then
+    /// (another holds the lease); see [`wait_active`](Self::wait_active).
+    pub async fn connect(opts: PostgresOptions) -> Result<PostgresBackend> {
+        let backend = PostgresBackend::new(opts)?;
+        let mut rx = backend.inner.lease.subscribe();
+        let state = rx
+            .wait_for(|s| *s != LeaseState::Starting)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(LeaseState::Closed);
+        match state {
+            LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
+            _ => Ok(backend),
+        }
+    }
+
+    /// Waits until this node holds the lease.
+    pub async fn wait_active(&self) -> Result<()> {
+        let mut rx = self.inner.lease.subscribe();
+        let state = rx
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    LeaseState::Active { .. } | LeaseState::Failed(_) | LeaseState::Closed
+                )
+            })
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(LeaseState::Closed);
+        match state {
+            LeaseState::Active { .. } => Ok(()),
+            LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
+            _ => Err(unavailable("the PostgreSQL backend is closed")),
+        }
+    }
+
+    /// Where the node stands now.
+    pub fn state(&self) -> LeaseState {
+        self.inner.lease.state()
+    }
+
+    /// Follows where the node stands (for readiness: serve only while active).
+    pub fn watch_state(&self) -> watch::Receiver<LeaseState> {
+        self.inner.lease.subscribe()
+    }
+
+    /// Whether the node holds the lease now (and not possibly expired on its own clock).
+    pub fn is_active(&self) -> bool {
+        self.inner.lease.epoch().is_some()
+    }
+
+    /// The schema it writes in.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Waits out start-up; then answers whether this node may read and write now.
+    async fn ready(&self) -> Result<()> {
+        let mut rx = self.inner.lease.subscribe();
+        let state = rx
+            .wait_for(|s| *s != LeaseState::Starting)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(LeaseState::Closed);
+        match state {
+            LeaseState::Active { .. } if self.inner.lease.epoch().is_some() => Ok(()),
+            LeaseState::Active { .. } => Err(unavailable(
+                "this node's lease may have expired: it serves nothing until it renews it",
+            )),
+            LeaseState::Standby { reason } => Err(Error::storage(std::io::Error::other(format!(
+                "this node is a standby ({reason})"
+            )))),
+            LeaseState::Failed(reason) => Err(Error::storage(std::io::Error::other(reason))),
+            LeaseState::Starting | LeaseState::Closed => {
+                Err(unavailable("the PostgreSQL backend is closed"))
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.ready().await?;
+        self.inner.pool.get().await.map_err(|e| {
+            Error::storage(std::io::Error::other(format!(
+                "no PostgreSQL connection: {e}"
+            )))
+        })
+    }
+
+    fn writer(&self, id: &ObjectId) -> &mpsc::UnboundedSender<WriterMsg> {
+        let b = id.as_bytes();
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        &self.inner.writers[n % self.inner.writers.len()]
+    }
+}
+
+/// Connects, migrates, then keeps the lease until stopped.
+async fn start(
+    pool: Pool,
+    schema: String,
+    server: String,
+    sql: Arc<Sql>,
+    lease: Arc<Lease>,
+    stop: oneshot::Receiver<()>,
+) {
+    let prepared = async {
+        let mut client = pool
+            .get()
+            .await
+            .map_err(|e| format!("cannot connect to PostgreSQL at {server}: {e}"))?;
+        schema::migrate(&mut client, &schema)
+            .await
+            .map_err(|e| format!("PostgreSQL at {server}: {e}"))
+    };
+    if let Err(reason) = prepared.await {
+        tracing::error!(%reason, "the PostgreSQL backend cannot start");
+        lease.set(LeaseState::Failed(reason));
+        return;
+    }
+    lease::run(lease, pool, sql, stop).await;
+}
+
+fn id_of(bytes: &[u8]) -> Result<ObjectId> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| unavailable("corrupt object id in PostgreSQL"))?;
+    Ok(ObjectId::from_bytes(bytes))
+}
+
+/// Keys and names are stored as bytes (they may hold NUL, which PostgreSQL's text cannot,
+/// and bytes order as the API promises).
+fn text(b: Vec<u8>) -> Result<String> {
+    String::from_utf8(b).map_err(|_| unavailable("a key or name in PostgreSQL is not UTF-8"))
+}
+
+fn entry(r: &tokio_postgres::Row) -> Result<(String, Value)> {
+    Ok((
+        text(r.get::<_, Vec<u8>>(0))?,
+        Value::from(r.get::<_, &[u8]>(1)),
+    ))
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Backend for PostgresBackend {
+    async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.get)
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_opt(
+                &stmt,
+                &[&obj.class, &&obj.id.as_bytes()[..], &key.as_bytes()],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| Value::from(r.get::<_, &[u8]>(0))))
+    }
+
+    async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
+        let (lower, upper) = opts.bounds();
+        let client = self.client().await?;
+        let which = usize::from(opts.reverse) + 2 * usize::from(upper.is_some());
+        let stmt = client
+            .prepare_cached(&self.inner.sql.list[which])
+            .await
+            .map_err(pg_err)?;
+        let lim = opts.limit.map(limit);
+        let id = &obj.id.as_bytes()[..];
+        let lower = lower.as_bytes();
+        let rows = match &upper {
+            Some(u) => {
+                let u = u.as_bytes();
+                client
+                    .query(&stmt, &[&obj.class, &id, &lower, &lim, &u])
+                    .await
+            }
+            None => client.query(&stmt, &[&obj.class, &id, &lower, &lim]).await,
+        }
+        .map_err(pg_err)?;
+        rows.iter().map(entry).collect()
+    }
+
+    async fn load(&self, obj: &ObjectRef, n: usize) -> Result<Vec<(String, Value)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.load)
+            .await
+            .map_err(pg_err)?;
+        let rows = client
+            .query(&stmt, &[&obj.class, &&obj.id.as_bytes()[..], &limit(n)])
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(entry).collect()
+    }
+
+    async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.get_alarm)
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_opt(&stmt, &[&obj.class, &&obj.id.as_bytes()[..]])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn due_alarms(
+        &self,
+        class: &'static str,
+        after: Option<(i64, ObjectId)>,
+        until_ms: i64,
+        n: usize,
+    ) -> Result<Vec<(i64, ObjectId)>> {
+        let client = self.client().await?;
+        let sql = &self.inner.sql;
+        let rows = match &after {
+            Some((at, id)) => {
+                let stmt = client
+                    .prepare_cached(&sql.due_alarms_after)
+                    .await
+                    .map_err(pg_err)?;
+                client
+                    .query(
+                        &stmt,
+                        &[&class, &until_ms, &limit(n), at, &&id.as_bytes()[..]],
+                    )
+                    .await
+            }
+            None => {
+                let stmt = client
+                    .prepare_cached(&sql.due_alarms)
+                    .await
+                    .map_err(pg_err)?;
+                client.query(&stmt, &[&class, &until_ms, &limit(n)]).await
+            }
+        }
+        .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| Ok((r.get::<_, i64>(0), id_of(r.get::<_, &[u8]>(1))?)))
+            .collect()
+    }
+
+    async fn alarm_classes(&self) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(&self.inner.sql.alarm_classes, &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn objects(
+        &self,
+        class: &'static str,
+        after: Option<ObjectId>,
+        n: usize,
+    ) -> Result<Vec<ObjectEntry>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.objects)
+            .await
+            .map_err(pg_err)?;
+        let after: &[u8] = match &after {
+            Some(id) => &id.as_bytes()[..],
+            None => &[],
+        };
+        let rows = client
+            .query(&stmt, &[&class, &after, &limit(n)])
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ObjectEntry::new(
+                    id_of(r.get::<_, &[u8]>(0))?,
+                    r.get::<_, Option<Vec<u8>>>(1).map(text).transpose()?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn objects_by_name(
+        &self,
+        class: &'static str,
+        prefix: &str,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<NamedObject>> {
+        let (lower, upper) = ListOptions::prefix(prefix).bounds();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.objects_by_name)
+            .await
+            .map_err(pg_err)?;
+        let (lower, upper, after) = (
+            lower.as_bytes(),
+            upper.as_deref().map(str::as_bytes),
+            after.map(str::as_bytes),
+        );
+        let rows = client
+            .query(&stmt, &[&class, &lower, &upper, &after, &limit(n)])
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(NamedObject::new(
+                    id_of(r.get::<_, &[u8]>(0))?,
+                    text(r.get::<_, Vec<u8>>(1))?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&self.inner.sql.object_name)
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_opt(&stmt, &[&obj.class, &&obj.id.as_bytes()[..]])
+            .await
+            .map_err(pg_err)?;
+        row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+            .map(text)
+            .transpose()
+    }
+
+    fn fence_token(&self, _obj: &ObjectRef) -> Option<FenceToken> {
+        // Epoch 0 is never held: an activation made without the lease can commit nothing.
+        Some(FenceToken::new(0, self.inner.lease.epoch().unwrap_or(0)))
+    }
+
+    fn submit(&self, batch: CommitBatch) {
+        // A writer that is gone drops the batch, which fails it.
+        let _ = self.writer(&batch.object.id).send(WriterMsg::Commit(batch));
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let mut waits = Vec::with_capacity(self.inner.writers.len());
+        for w in &self.inner.writers {
+            let (tx, rx) = oneshot::channel();
+            if w.send(WriterMsg::Flush(tx)).is_ok() {
+                waits.push(rx);
+            }
+        }
+        for rx in waits {
+            let _ = rx.await;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        // Gives the lease back, so that a standby takes over at once.
+        if let Some(stop) = lock(&self.inner.stop).take() {
+            let _ = stop.send(());
+        }
+        let task = lock(&self.inner.lease_task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}

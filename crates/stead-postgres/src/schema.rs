@@ -1,0 +1,267 @@
+//! The schema: versioned by a table of applied migrations, all of it inside one
+//! configurable PostgreSQL schema, and the SQL the backend runs against it.
+
+use deadpool_postgres::Object;
+use stead_core::{Error, Result};
+
+use crate::pg_err;
+
+/// The migrations this build knows, in order. A database with a version beyond the last is
+/// refused: it was written by a newer stead.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "objects' keys and values, alarms, the registry, and the lease",
+    r#"
+CREATE TABLE {s}.kv (
+    class text COLLATE "C" NOT NULL,
+    id bytea NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (class, id, key));
+CREATE TABLE {s}.alarms (
+    class text COLLATE "C" NOT NULL,
+    id bytea NOT NULL,
+    at_ms bigint NOT NULL,
+    PRIMARY KEY (class, id));
+CREATE INDEX alarms_by_time ON {s}.alarms (class, at_ms, id);
+CREATE TABLE {s}.objects (
+    class text COLLATE "C" NOT NULL,
+    id bytea NOT NULL,
+    name bytea,
+    PRIMARY KEY (class, id));
+CREATE INDEX objects_by_name ON {s}.objects (class, name) WHERE name IS NOT NULL;
+CREATE TABLE {s}.lease (
+    partition_id integer PRIMARY KEY,
+    holder text NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL,
+    acquired_at timestamptz NOT NULL);
+"#,
+)];
+
+/// The newest schema version this build writes.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// Checks a schema name: a plain lower-case identifier (so it needs no quoting rules
+/// beyond double quotes, and reads the same in every tool).
+pub(crate) fn check_schema_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid_config(format!(
+            "PostgreSQL schema name {name:?}: 1 to 63 characters of a-z, 0-9 and _, not \
+             starting with a digit or pg_"
+        )))
+    }
+}
+
+/// Creates the schema and applies the migrations it lacks, in one transaction that holds
+/// the migrations table, so that nodes starting together apply each migration once.
+pub(crate) async fn migrate(client: &mut Object, schema: &str) -> Result<()> {
+    let s = format!("\"{schema}\"");
+    // Two nodes creating the same schema at once: one of them fails with a unique
+    // violation on the catalog, and the second try sees the schema.
+    let create = format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.stead_migrations (
+             version integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    );
+    if client.batch_execute(&create).await.is_err() {
+        client.batch_execute(&create).await.map_err(|e| {
+            Error::invalid_config(format!(
+                "cannot create PostgreSQL schema {schema:?} and its migrations table: {}",
+                describe(&e)
+            ))
+        })?;
+    }
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.batch_execute(&format!(
+        "LOCK TABLE {s}.stead_migrations IN SHARE ROW EXCLUSIVE MODE"
+    ))
+    .await
+    .map_err(pg_err)?;
+    let row = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {s}.stead_migrations"),
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    let current: i32 = row.get(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::invalid_config(format!(
+            "PostgreSQL schema {schema:?} is at version {current}, written by a newer stead; \
+             this build knows versions up to {SCHEMA_VERSION}: upgrade stead, or use another schema"
+        )));
+    }
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.batch_execute(&sql.replace("{s}", &s))
+            .await
+            .map_err(|e| {
+                Error::invalid_config(format!(
+                    "PostgreSQL schema {schema:?}, migration {version}: {}",
+                    describe(&e)
+                ))
+            })?;
+        tx.execute(
+            &format!("INSERT INTO {s}.stead_migrations (version, description) VALUES ($1, $2)"),
+            &[version, description],
+        )
+        .await
+        .map_err(pg_err)?;
+        tracing::info!(schema, version, description, "applied a schema migration");
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(())
+}
+
+/// A PostgreSQL error with the server's own message when it has one.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Every statement the backend runs, written once for its schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    pub(crate) get: String,
+    pub(crate) list: [String; 4],
+    pub(crate) load: String,
+    pub(crate) get_alarm: String,
+    pub(crate) due_alarms: String,
+    pub(crate) due_alarms_after: String,
+    pub(crate) alarm_classes: String,
+    pub(crate) objects: String,
+    pub(crate) objects_by_name: String,
+    pub(crate) object_name: String,
+    pub(crate) lease_check: String,
+    pub(crate) lease_acquire: String,
+    pub(crate) lease_renew: String,
+    pub(crate) lease_release: String,
+    pub(crate) clear_kv: String,
+    pub(crate) clear_alarms: String,
+    pub(crate) clear_objects: String,
+    pub(crate) upsert: String,
+    pub(crate) delete: String,
+    pub(crate) set_alarms: String,
+    pub(crate) register: String,
+}
+
+impl Sql {
+    pub(crate) fn new(schema: &str) -> Sql {
+        let s = format!("\"{schema}\"");
+        let list = |upper: bool, desc: bool| {
+            format!(
+                "SELECT key, value FROM {s}.kv WHERE class = $1 AND id = $2 AND key >= $3 {} \
+                 ORDER BY key {} LIMIT $4",
+                if upper { "AND key < $5" } else { "" },
+                if desc { "DESC" } else { "ASC" },
+            )
+        };
+        // Objects of a list of (class, id) pairs, for the statements that take one array
+        // per column.
+        let pairs = "SELECT * FROM unnest($1::text[], $2::bytea[]) AS p(class, id)";
+        Sql {
+            get: format!("SELECT value FROM {s}.kv WHERE class = $1 AND id = $2 AND key = $3"),
+            list: [
+                list(false, false),
+                list(false, true),
+                list(true, false),
+                list(true, true),
+            ],
+            load: format!("SELECT key, value FROM {s}.kv WHERE class = $1 AND id = $2 LIMIT $3"),
+            get_alarm: format!("SELECT at_ms FROM {s}.alarms WHERE class = $1 AND id = $2"),
+            due_alarms: format!(
+                "SELECT at_ms, id FROM {s}.alarms WHERE class = $1 AND at_ms <= $2 \
+                 ORDER BY at_ms, id LIMIT $3"
+            ),
+            due_alarms_after: format!(
+                "SELECT at_ms, id FROM {s}.alarms WHERE class = $1 AND at_ms <= $2 \
+                 AND (at_ms, id) > ($4, $5) ORDER BY at_ms, id LIMIT $3"
+            ),
+            alarm_classes: format!("SELECT class FROM {s}.alarms GROUP BY class"),
+            objects: format!(
+                "SELECT id, name FROM {s}.objects WHERE class = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ),
+            objects_by_name: format!(
+                "SELECT id, name FROM {s}.objects WHERE class = $1 AND name >= $2 \
+                 AND ($3::bytea IS NULL OR name < $3) AND ($4::bytea IS NULL OR name > $4) \
+                 ORDER BY name LIMIT $5"
+            ),
+            object_name: format!("SELECT name FROM {s}.objects WHERE class = $1 AND id = $2"),
+            lease_check: format!(
+                "SELECT epoch FROM {s}.lease WHERE partition_id = 0 AND holder = $1 \
+                 AND expires_at > clock_timestamp() FOR SHARE"
+            ),
+            lease_acquire: format!(
+                "INSERT INTO {s}.lease AS l (partition_id, holder, epoch, expires_at, acquired_at)
+                 VALUES (0, $1, 1, clock_timestamp() + $2::bigint * interval '1 millisecond', clock_timestamp())
+                 ON CONFLICT (partition_id) DO UPDATE SET holder = excluded.holder,
+                     epoch = l.epoch + 1, expires_at = excluded.expires_at,
+                     acquired_at = excluded.acquired_at
+                 WHERE l.expires_at <= clock_timestamp() OR l.holder = excluded.holder
+                 RETURNING epoch"
+            ),
+            lease_renew: format!(
+                "UPDATE {s}.lease SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 WHERE partition_id = 0 AND holder = $1 AND epoch = $2
+                 AND expires_at > clock_timestamp() RETURNING epoch"
+            ),
+            lease_release: format!(
+                "UPDATE {s}.lease SET expires_at = clock_timestamp()
+                 WHERE partition_id = 0 AND holder = $1 AND epoch = $2"
+            ),
+            clear_kv: format!("DELETE FROM {s}.kv WHERE (class, id) IN ({pairs})"),
+            clear_alarms: format!("DELETE FROM {s}.alarms WHERE (class, id) IN ({pairs})"),
+            clear_objects: format!("DELETE FROM {s}.objects WHERE (class, id) IN ({pairs})"),
+            upsert: format!(
+                "INSERT INTO {s}.kv (class, id, key, value)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::bytea[])
+                 ON CONFLICT (class, id, key) DO UPDATE SET value = excluded.value"
+            ),
+            delete: format!(
+                "DELETE FROM {s}.kv WHERE (class, id, key) IN
+                 (SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]))"
+            ),
+            set_alarms: format!(
+                "INSERT INTO {s}.alarms (class, id, at_ms)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])
+                 ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms"
+            ),
+            register: format!(
+                "INSERT INTO {s}.objects AS o (class, id, name)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (class, id) DO UPDATE SET name = coalesce(o.name, excluded.name)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for ok in ["stead", "_x", "a1_b2"] {
+            check_schema_name(ok).unwrap();
+        }
+        for bad in ["", "1a", "A", "a-b", "a\"b", "pg_x", &"a".repeat(64)] {
+            assert!(check_schema_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

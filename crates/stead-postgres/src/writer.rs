@@ -1,0 +1,263 @@
+//! Group commit: one writer task per partition of object ids, each taking every batch that
+//! is pending and committing them in one transaction, fenced by the lease.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use stead_core::{AlarmChange, CommitBatch, Durability, Error, ObjectId, Result};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lease::Lease;
+use crate::schema::{Sql, describe};
+use crate::unavailable;
+
+/// At most this many batches go into one transaction.
+pub(crate) const MAX_GROUP: usize = 4096;
+
+pub(crate) enum WriterMsg {
+    Commit(CommitBatch),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What a writer works with.
+#[derive(Debug)]
+pub(crate) struct WriterCtx {
+    pub(crate) pool: Pool,
+    pub(crate) sql: Arc<Sql>,
+    pub(crate) lease: Arc<Lease>,
+}
+
+/// Takes groups off the queue until every sender is gone.
+pub(crate) async fn run(ctx: Arc<WriterCtx>, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+    let mut batches = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(msg) = rx.recv().await {
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Commit(b) => batches.push(b),
+                WriterMsg::Flush(done) => flushes.push(done),
+            }
+            if batches.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batches.is_empty() {
+            commit(&ctx, std::mem::take(&mut batches)).await;
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Commits a group, then completes each batch: all succeed or all fail, except batches
+/// written under an epoch the node no longer holds, which fail alone.
+async fn commit(ctx: &WriterCtx, batches: Vec<CommitBatch>) {
+    let (live, fenced): (Vec<_>, Vec<_>) = batches.into_iter().partition(|b| !b.is_fenced());
+    for b in fenced {
+        b.complete(Err(Error::Reset));
+    }
+    let Some(held) = ctx.lease.epoch() else {
+        fail(live, unavailable("this node does not hold the lease"));
+        return;
+    };
+    // A batch of an activation that started under another epoch (before the lease changed
+    // hands, even back to this node) never commits.
+    let (live, stale): (Vec<_>, Vec<_>) = live
+        .into_iter()
+        .partition(|b| b.fence_token().is_some_and(|t| t.epoch == held));
+    for b in stale {
+        b.complete(Err(Error::Reset));
+    }
+    if live.is_empty() {
+        return;
+    }
+    match write(ctx, held, &live).await {
+        Ok(()) => {
+            for b in live {
+                b.complete(Ok(()));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = ?e, batches = live.len(), "a commit failed; its objects reset");
+            fail(live, e);
+        }
+    }
+}
+
+fn fail(batches: Vec<CommitBatch>, e: Error) {
+    let message = e.to_string();
+    for b in batches {
+        b.complete(Err(unavailable_owned(&message)));
+    }
+}
+
+fn unavailable_owned(message: &str) -> Error {
+    Error::storage(std::io::Error::other(message.to_owned()))
+}
+
+/// One object's changes within a group, the batches folded in order.
+#[derive(Default)]
+struct ObjectOps<'a> {
+    clear: bool,
+    writes: HashMap<&'a str, Option<&'a [u8]>>,
+    alarm: AlarmChange,
+    register: Option<Option<&'a str>>,
+}
+
+/// The group's changes as one array per column, for statements that unnest them.
+#[derive(Default)]
+struct Columns<'a> {
+    clear: (Vec<&'a str>, Vec<&'a [u8]>),
+    upsert: (Vec<&'a str>, Vec<&'a [u8]>, Vec<&'a [u8]>, Vec<&'a [u8]>),
+    delete: (Vec<&'a str>, Vec<&'a [u8]>, Vec<&'a [u8]>),
+    alarm_set: (Vec<&'a str>, Vec<&'a [u8]>, Vec<i64>),
+    alarm_clear: (Vec<&'a str>, Vec<&'a [u8]>),
+    register: (Vec<&'a str>, Vec<&'a [u8]>, Vec<Option<&'a [u8]>>),
+}
+
+fn fold(batches: &[CommitBatch]) -> Columns<'_> {
+    let mut order: Vec<(&str, &ObjectId)> = Vec::new();
+    let mut ops: HashMap<(&str, &ObjectId), ObjectOps<'_>> = HashMap::new();
+    for b in batches {
+        let key = (b.object.class, &b.object.id);
+        let o = ops.entry(key).or_insert_with(|| {
+            order.push(key);
+            ObjectOps::default()
+        });
+        if b.clear {
+            o.clear = true;
+            o.writes.clear();
+            o.alarm = AlarmChange::Clear;
+            o.register = None;
+        }
+        for (k, v) in &b.writes {
+            o.writes.insert(k.as_str(), v.as_deref());
+        }
+        if b.alarm != AlarmChange::Keep {
+            o.alarm = b.alarm;
+        }
+        if let Some(name) = &b.register {
+            o.register = Some(name.as_deref());
+        }
+    }
+    let mut c = Columns::default();
+    for key in order {
+        let Some(o) = ops.remove(&key) else { continue };
+        let (class, id) = (key.0, &key.1.as_bytes()[..]);
+        if o.clear {
+            c.clear.0.push(class);
+            c.clear.1.push(id);
+        }
+        for (k, v) in o.writes {
+            match v {
+                Some(v) => {
+                    c.upsert.0.push(class);
+                    c.upsert.1.push(id);
+                    c.upsert.2.push(k.as_bytes());
+                    c.upsert.3.push(v);
+                }
+                // After a clear in the same group, the key is gone already.
+                None if o.clear => {}
+                None => {
+                    c.delete.0.push(class);
+                    c.delete.1.push(id);
+                    c.delete.2.push(k.as_bytes());
+                }
+            }
+        }
+        match o.alarm {
+            AlarmChange::Set(at) => {
+                c.alarm_set.0.push(class);
+                c.alarm_set.1.push(id);
+                c.alarm_set.2.push(at);
+            }
+            // A clear removed the alarm already.
+            AlarmChange::Clear if !o.clear => {
+                c.alarm_clear.0.push(class);
+                c.alarm_clear.1.push(id);
+            }
+            AlarmChange::Clear | AlarmChange::Keep => {}
+        }
+        if let Some(name) = o.register {
+            c.register.0.push(class);
+            c.register.1.push(id);
+            c.register.2.push(name.map(str::as_bytes));
+        }
+    }
+    c
+}
+
+/// The group's transaction: the lease check first (it holds the lease row against a
+/// takeover until the commit), then every change, then the commit.
+async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()> {
+    let c = fold(batches);
+    let mut client = ctx
+        .pool
+        .get()
+        .await
+        .map_err(|e| unavailable_owned(&format!("no PostgreSQL connection: {e}")))?;
+    let err =
+        |e: tokio_postgres::Error| unavailable_owned(&format!("PostgreSQL: {}", describe(&e)));
+    let tx = client.transaction().await.map_err(err)?;
+    // Process-crash-safe durability: PostgreSQL acknowledges before its WAL is flushed
+    // (a crash of the PostgreSQL server may lose the last moments; one of stead's does not).
+    if batches
+        .iter()
+        .all(|b| b.durability == Durability::ProcessCrashSafe)
+    {
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(err)?;
+    }
+    let sql = &ctx.sql;
+    let lease = tx
+        .query_opt(&sql.lease_check, &[&ctx.lease.holder])
+        .await
+        .map_err(err)?;
+    let epoch = lease.map(|r| r.get::<_, i64>(0).unsigned_abs());
+    if epoch != Some(held) {
+        return Err(unavailable("this node no longer holds the lease"));
+    }
+    if !c.clear.0.is_empty() {
+        for stmt in [&sql.clear_kv, &sql.clear_alarms, &sql.clear_objects] {
+            let stmt = tx.prepare_cached(stmt).await.map_err(err)?;
+            tx.execute(&stmt, &[&c.clear.0, &c.clear.1])
+                .await
+                .map_err(err)?;
+        }
+    }
+    if !c.upsert.0.is_empty() {
+        let stmt = tx.prepare_cached(&sql.upsert).await.map_err(err)?;
+        tx.execute(&stmt, &[&c.upsert.0, &c.upsert.1, &c.upsert.2, &c.upsert.3])
+            .await
+            .map_err(err)?;
+    }
+    if !c.delete.0.is_empty() {
+        let stmt = tx.prepare_cached(&sql.delete).await.map_err(err)?;
+        tx.execute(&stmt, &[&c.delete.0, &c.delete.1, &c.delete.2])
+            .await
+            .map_err(err)?;
+    }
+    if !c.alarm_set.0.is_empty() {
+        let stmt = tx.prepare_cached(&sql.set_alarms).await.map_err(err)?;
+        tx.execute(&stmt, &[&c.alarm_set.0, &c.alarm_set.1, &c.alarm_set.2])
+            .await
+            .map_err(err)?;
+    }
+    if !c.alarm_clear.0.is_empty() {
+        let stmt = tx.prepare_cached(&sql.clear_alarms).await.map_err(err)?;
+        tx.execute(&stmt, &[&c.alarm_clear.0, &c.alarm_clear.1])
+            .await
+            .map_err(err)?;
+    }
+    if !c.register.0.is_empty() {
+        let stmt = tx.prepare_cached(&sql.register).await.map_err(err)?;
+        tx.execute(&stmt, &[&c.register.0, &c.register.1, &c.register.2])
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)
+}
