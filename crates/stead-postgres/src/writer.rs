@@ -107,15 +107,34 @@ struct ObjectOps<'a> {
     register: Option<Option<&'a str>>,
 }
 
+/// Objects, one array per column.
+#[derive(Default)]
+struct Rows<'a> {
+    class: Vec<&'a str>,
+    id: Vec<&'a [u8]>,
+}
+
+impl<'a> Rows<'a> {
+    fn push(&mut self, class: &'a str, id: &'a [u8]) {
+        self.class.push(class);
+        self.id.push(id);
+    }
+}
+
 /// The group's changes as one array per column, for statements that unnest them.
 #[derive(Default)]
 struct Columns<'a> {
-    clear: (Vec<&'a str>, Vec<&'a [u8]>),
-    upsert: (Vec<&'a str>, Vec<&'a [u8]>, Vec<&'a [u8]>, Vec<&'a [u8]>),
-    delete: (Vec<&'a str>, Vec<&'a [u8]>, Vec<&'a [u8]>),
-    alarm_set: (Vec<&'a str>, Vec<&'a [u8]>, Vec<i64>),
-    alarm_clear: (Vec<&'a str>, Vec<&'a [u8]>),
-    register: (Vec<&'a str>, Vec<&'a [u8]>, Vec<Option<&'a [u8]>>),
+    clear: Rows<'a>,
+    upsert: Rows<'a>,
+    upsert_key: Vec<&'a [u8]>,
+    upsert_value: Vec<&'a [u8]>,
+    delete: Rows<'a>,
+    delete_key: Vec<&'a [u8]>,
+    alarm_set: Rows<'a>,
+    alarm_at: Vec<i64>,
+    alarm_clear: Rows<'a>,
+    register: Rows<'a>,
+    register_name: Vec<Option<&'a [u8]>>,
 }
 
 fn fold(batches: &[CommitBatch]) -> Columns<'_> {
@@ -148,43 +167,37 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
         let Some(o) = ops.remove(&key) else { continue };
         let (class, id) = (key.0, &key.1.as_bytes()[..]);
         if o.clear {
-            c.clear.0.push(class);
-            c.clear.1.push(id);
+            c.clear.push(class, id);
         }
         for (k, v) in o.writes {
             match v {
                 Some(v) => {
-                    c.upsert.0.push(class);
-                    c.upsert.1.push(id);
-                    c.upsert.2.push(k.as_bytes());
-                    c.upsert.3.push(v);
+                    c.upsert.push(class, id);
+                    c.upsert_key.push(k.as_bytes());
+                    c.upsert_value.push(v);
                 }
                 // After a clear in the same group, the key is gone already.
                 None if o.clear => {}
                 None => {
-                    c.delete.0.push(class);
-                    c.delete.1.push(id);
-                    c.delete.2.push(k.as_bytes());
+                    c.delete.push(class, id);
+                    c.delete_key.push(k.as_bytes());
                 }
             }
         }
         match o.alarm {
             AlarmChange::Set(at) => {
-                c.alarm_set.0.push(class);
-                c.alarm_set.1.push(id);
-                c.alarm_set.2.push(at);
+                c.alarm_set.push(class, id);
+                c.alarm_at.push(at);
             }
             // A clear removed the alarm already.
             AlarmChange::Clear if !o.clear => {
-                c.alarm_clear.0.push(class);
-                c.alarm_clear.1.push(id);
+                c.alarm_clear.push(class, id);
             }
             AlarmChange::Clear | AlarmChange::Keep => {}
         }
         if let Some(name) = o.register {
-            c.register.0.push(class);
-            c.register.1.push(id);
-            c.register.2.push(name.map(str::as_bytes));
+            c.register.push(class, id);
+            c.register_name.push(name.map(str::as_bytes));
         }
     }
     c
@@ -221,43 +234,54 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
     if epoch != Some(held) {
         return Err(unavailable("this node no longer holds the lease"));
     }
-    if !c.clear.0.is_empty() {
+    if !c.clear.class.is_empty() {
         for stmt in [&sql.clear_kv, &sql.clear_alarms, &sql.clear_objects] {
             let stmt = tx.prepare_cached(stmt).await.map_err(err)?;
-            tx.execute(&stmt, &[&c.clear.0, &c.clear.1])
+            tx.execute(&stmt, &[&c.clear.class, &c.clear.id])
                 .await
                 .map_err(err)?;
         }
     }
-    if !c.upsert.0.is_empty() {
+    if !c.upsert.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.upsert).await.map_err(err)?;
-        tx.execute(&stmt, &[&c.upsert.0, &c.upsert.1, &c.upsert.2, &c.upsert.3])
-            .await
-            .map_err(err)?;
+        tx.execute(
+            &stmt,
+            &[
+                &c.upsert.class,
+                &c.upsert.id,
+                &c.upsert_key,
+                &c.upsert_value,
+            ],
+        )
+        .await
+        .map_err(err)?;
     }
-    if !c.delete.0.is_empty() {
+    if !c.delete.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.delete).await.map_err(err)?;
-        tx.execute(&stmt, &[&c.delete.0, &c.delete.1, &c.delete.2])
+        tx.execute(&stmt, &[&c.delete.class, &c.delete.id, &c.delete_key])
             .await
             .map_err(err)?;
     }
-    if !c.alarm_set.0.is_empty() {
+    if !c.alarm_set.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.set_alarms).await.map_err(err)?;
-        tx.execute(&stmt, &[&c.alarm_set.0, &c.alarm_set.1, &c.alarm_set.2])
+        tx.execute(&stmt, &[&c.alarm_set.class, &c.alarm_set.id, &c.alarm_at])
             .await
             .map_err(err)?;
     }
-    if !c.alarm_clear.0.is_empty() {
+    if !c.alarm_clear.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.clear_alarms).await.map_err(err)?;
-        tx.execute(&stmt, &[&c.alarm_clear.0, &c.alarm_clear.1])
+        tx.execute(&stmt, &[&c.alarm_clear.class, &c.alarm_clear.id])
             .await
             .map_err(err)?;
     }
-    if !c.register.0.is_empty() {
+    if !c.register.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.register).await.map_err(err)?;
-        tx.execute(&stmt, &[&c.register.0, &c.register.1, &c.register.2])
-            .await
-            .map_err(err)?;
+        tx.execute(
+            &stmt,
+            &[&c.register.class, &c.register.id, &c.register_name],
+        )
+        .await
+        .map_err(err)?;
     }
     tx.commit().await.map_err(err)
 }
