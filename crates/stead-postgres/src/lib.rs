@@ -145,7 +145,10 @@ impl PostgresOptions {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(self.connect_timeout);
         }
-        config.application_name("stead");
+        // Operators see which deployment a connection serves.
+        let mut app = format!("stead {}", self.schema);
+        app.truncate(63);
+        config.application_name(&app);
         if self.writers == 0 || self.pool_size <= self.writers {
             return Err(Error::invalid_config(format!(
                 "PostgreSQL pool of {} connections for {} writers: the pool needs more \

@@ -1,0 +1,247 @@
+//! One active node per deployment: a standby waits and takes over, a node that lost the
+//! lease commits nothing, start-up failures say why, and lost connections heal.
+
+mod support;
+
+use std::time::Duration;
+
+use stead_core::testing::probe::{GetJson, Incr, Probe, ProbeEnv};
+use stead_core::{Backend, ObjectId, ObjectRef, Runtime, Stub};
+use stead_postgres::{LeaseState, PostgresBackend, PostgresOptions};
+use support::{drop_schema, on_own_runtime, options, require_server, url};
+
+fn fresh_schema() -> String {
+    require_server();
+    format!("stead_test_{:016x}", rand::random::<u64>())
+}
+
+async fn runtime(backend: &PostgresBackend) -> (Runtime, Stub<Probe>) {
+    let rt = Runtime::builder()
+        .backend(backend.clone())
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let stub = ns.get_by_name("x");
+    (rt, stub)
+}
+
+async fn node(schema: &str, name: &str) -> PostgresBackend {
+    PostgresBackend::connect(options(schema).node_id(name))
+        .await
+        .unwrap()
+}
+
+/// Runs `sql` on a connection of its own.
+fn exec(sql: String) {
+    on_own_runtime(|client| async move {
+        client.batch_execute(&sql).await.unwrap();
+    });
+}
+
+/// One increment, its failure whether the call or the turn failed.
+async fn incr(x: &Stub<Probe>) -> stead_core::Result<i64> {
+    x.ask(Incr("c".into())).await.and_then(|r| r)
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_waits_and_takes_over_when_the_active_node_closes() {
+    let schema = fresh_schema();
+    let a = node(&schema, "a").await;
+    assert!(matches!(a.state(), LeaseState::Active { epoch: 1 }));
+    let (rt_a, x) = runtime(&a).await;
+    for n in 1..=5 {
+        assert_eq!(incr(&x).await.unwrap(), n);
+    }
+
+    let b = node(&schema, "b").await;
+    assert!(
+        matches!(b.state(), LeaseState::Standby { .. }),
+        "{:?}",
+        b.state()
+    );
+    assert!(!b.is_active());
+    // A standby serves nothing: it reads and writes nothing.
+    let obj = ObjectRef {
+        class: "probe",
+        id: ObjectId::from_bytes([7; 32]),
+    };
+    let read = Backend::get(&b, &obj, "c").await;
+    assert!(format!("{read:?}").contains("standby"), "{read:?}");
+
+    // A clean shutdown gives the lease back: the standby takes over at once.
+    rt_a.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), b.wait_active())
+        .await
+        .expect("the standby takes over")
+        .unwrap();
+    assert!(matches!(b.state(), LeaseState::Active { epoch: 2 }));
+    let (rt_b, x) = runtime(&b).await;
+    assert_eq!(incr(&x).await.unwrap(), 6);
+    rt_b.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_the_lease_commits_nothing() {
+    let schema = fresh_schema();
+    let a = node(&schema, "a").await;
+    let (rt_a, xa) = runtime(&a).await;
+    assert_eq!(incr(&xa).await.unwrap(), 1);
+
+    // As if `a` had been paused past its lease: it expires, and `b` takes over.
+    exec(format!(
+        "UPDATE \"{schema}\".lease SET expires_at = clock_timestamp() - interval '1 second'"
+    ));
+    let b = node(&schema, "b").await;
+    assert!(
+        matches!(b.state(), LeaseState::Active { epoch: 2 }),
+        "{:?}",
+        b.state()
+    );
+    let (rt_b, xb) = runtime(&b).await;
+    assert_eq!(incr(&xb).await.unwrap(), 2);
+
+    // `a` still believes it holds the lease (its own clock has not run out), but its
+    // commit finds another holder: the turn fails, and nothing of it is written.
+    let late = incr(&xa).await;
+    assert!(
+        late.is_err(),
+        "a write of the old node must not succeed: {late:?}"
+    );
+    assert_eq!(
+        xb.ask(GetJson("c".into())).await.unwrap().unwrap(),
+        Some(serde_json::json!(2))
+    );
+    // It notices at its next renewal, and stops serving.
+    eventually("a steps down", || {
+        matches!(a.state(), LeaseState::Standby { .. })
+    })
+    .await;
+    assert!(!a.is_active());
+    assert!(incr(&xa).await.is_err());
+    assert_eq!(incr(&xb).await.unwrap(), 3);
+
+    rt_b.shutdown().await.unwrap();
+    drop(rt_a);
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_from_an_earlier_epoch_never_commits() {
+    let schema = fresh_schema();
+    let a = node(&schema, "a").await;
+    let (rt, x) = runtime(&a).await;
+    assert_eq!(incr(&x).await.unwrap(), 1);
+    // The node loses its lease and takes it back (a new epoch) while the object stays
+    // in memory: the object's next write is refused and it resets, so its next turn
+    // starts from what the database holds.
+    exec(format!(
+        "UPDATE \"{schema}\".lease SET holder = 'someone-else', epoch = epoch + 1, \
+         expires_at = clock_timestamp() - interval '1 second'"
+    ));
+    exec(format!(
+        "UPDATE \"{schema}\".kv SET value = convert_to('41', 'UTF8')"
+    ));
+    eventually("a takes the lease back", || {
+        matches!(a.state(), LeaseState::Active { epoch: 3 })
+    })
+    .await;
+    let first = incr(&x).await;
+    assert!(first.is_err(), "written under epoch 1: {first:?}");
+    assert_eq!(incr(&x).await.unwrap(), 42);
+    rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn start_failures_say_why() {
+    let schema = fresh_schema();
+    let err = |r: stead_core::Result<PostgresBackend>| format!("{:?}", r.unwrap_err());
+
+    let e = err(PostgresBackend::connect(PostgresOptions::new(
+        "postgres://postgres@127.0.0.1:1/test",
+    ))
+    .await);
+    assert!(
+        e.contains("cannot connect to PostgreSQL at postgres://…@127.0.0.1:1/test"),
+        "{e}"
+    );
+    let e = err(PostgresBackend::connect(PostgresOptions::new(
+        "postgres://u:secret@127.0.0.1:1/x?bogus=1",
+    ))
+    .await);
+    assert!(e.contains("PostgreSQL URL") && !e.contains("secret"), "{e}");
+    let e = err(PostgresBackend::connect(options("Bad-Name")).await);
+    assert!(e.contains("schema name"), "{e}");
+    let e = err(PostgresBackend::connect(options(&schema).pool_size(2).writers(2)).await);
+    assert!(e.contains("more connections than writers"), "{e}");
+    let e = err(PostgresBackend::connect(
+        PostgresOptions::new(url().replace("/test", "/no_such_database")).schema(&schema),
+    )
+    .await);
+    assert!(e.contains("no_such_database"), "{e}");
+
+    // A schema written by a newer stead is refused, and left as it is.
+    let b = node(&schema, "a").await;
+    drop(b);
+    exec(format!(
+        "INSERT INTO \"{schema}\".stead_migrations (version, description) VALUES (999, 'future')"
+    ));
+    let e = err(PostgresBackend::connect(options(&schema)).await);
+    assert!(
+        e.contains("version 999") && e.contains("newer stead"),
+        "{e}"
+    );
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_connections_fail_turns_cleanly_and_heal() {
+    let schema = fresh_schema();
+    let a = node(&schema, "a").await;
+    let (rt, x) = runtime(&a).await;
+    let mut acked = 0;
+    for _ in 0..20 {
+        acked = incr(&x).await.unwrap();
+    }
+    // Every connection of this deployment is cut, as when the server restarts.
+    exec(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = 'stead {schema}'"
+    ));
+    let mut failed = 0;
+    let mut last = acked;
+    for _ in 0..50 {
+        match incr(&x).await {
+            Ok(v) => {
+                assert!(
+                    v > last,
+                    "an acknowledged increment was lost: {v} after {last}"
+                );
+                last = v;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(last > acked, "the node serves again by itself");
+    // What was acknowledged is there, and nothing else.
+    let stored = x.ask(GetJson("c".into())).await.unwrap().unwrap();
+    assert_eq!(
+        stored,
+        Some(serde_json::json!(last)),
+        "{failed} turns failed"
+    );
+    rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
