@@ -102,6 +102,10 @@ pub use stead_budget as budget;
 /// served over OpenFeature's remote evaluation protocol (feature `flags`).
 #[cfg(feature = "flags")]
 pub use stead_flags as flags;
+/// The PostgreSQL backend: objects, alarms and the registry in PostgreSQL, one active node
+/// per deployment by a fenced lease (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use stead_postgres as postgres;
 
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.
