@@ -191,6 +191,8 @@ pub(crate) fn unavailable(what: &'static str) -> Error {
 #[derive(Clone)]
 pub struct PostgresBackend {
     inner: Arc<Inner>,
+    /// Whether [`Backend::close`] gives the lease back (not for a [`session`](Self::session)).
+    closes: bool,
 }
 
 struct Inner {
@@ -293,6 +295,7 @@ impl PostgresBackend {
                 stop: Mutex::new(Some(stop)),
                 lease_task: Mutex::new(Some(task)),
             }),
+            closes: true,
         })
     }
 
@@ -347,6 +350,17 @@ impl PostgresBackend {
     /// Whether the node holds the lease now (and not possibly expired on its own clock).
     pub fn is_active(&self) -> bool {
         self.inner.lease.epoch().is_some()
+    }
+
+    /// The same backend for one runtime of several in turn: closing it (when that runtime
+    /// shuts down) flushes and keeps the lease, so that a server can drop every object
+    /// after losing the lease and build a fresh runtime once it holds the lease again.
+    /// Close the backend itself at the end.
+    pub fn session(&self) -> PostgresBackend {
+        PostgresBackend {
+            inner: self.inner.clone(),
+            closes: false,
+        }
     }
 
     /// The schema it writes in.
@@ -657,6 +671,9 @@ impl Backend for PostgresBackend {
 
     async fn close(&self) -> Result<()> {
         self.flush().await?;
+        if !self.closes {
+            return Ok(());
+        }
         // Gives the lease back, so that a standby takes over at once.
         if let Some(stop) = lock(&self.inner.stop).take() {
             let _ = stop.send(());

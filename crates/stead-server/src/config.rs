@@ -29,6 +29,18 @@ impl From<DurabilityMode> for stead::Durability {
     }
 }
 
+/// Where objects are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// The embedded SQLite store in the data directory (the default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL server (`postgres_url`), one active node per deployment: a second node
+    /// is a standby that takes over when the first dies.
+    Postgres,
+}
+
 /// `stead`: durable objects and coordination patterns over HTTP.
 #[derive(Debug, Parser)]
 #[command(name = "stead", version, about, long_about = None)]
@@ -45,6 +57,27 @@ pub struct Cli {
     /// Durability of acknowledged writes [default: fsync].
     #[arg(long, env = "STEAD_DURABILITY", value_enum)]
     pub durability: Option<DurabilityMode>,
+    /// Where objects are stored [default: sqlite].
+    #[arg(long, env = "STEAD_BACKEND", value_enum)]
+    pub backend: Option<BackendKind>,
+    /// The PostgreSQL server of `--backend postgres`, as a URL
+    /// (`postgres://user:password@host:5432/database`).
+    #[arg(long, env = "STEAD_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// The PostgreSQL schema that holds the deployment's tables [default: stead].
+    #[arg(long, env = "STEAD_POSTGRES_SCHEMA", value_name = "NAME")]
+    pub postgres_schema: Option<String>,
+    /// The most PostgreSQL connections the node opens [default: 16].
+    #[arg(long, env = "STEAD_POSTGRES_POOL_SIZE", value_name = "N")]
+    pub postgres_pool_size: Option<usize>,
+    /// How long the active node's lease lasts without renewal, in milliseconds: a standby
+    /// takes over at most this long after the active node dies [default: 10000].
+    #[arg(long, env = "STEAD_LEASE_DURATION_MS", value_name = "MS")]
+    pub lease_duration_ms: Option<u64>,
+    /// This node's name in the lease (default: random per process). Two live nodes must
+    /// never share one; a node restarted under its name takes its lease back at once.
+    #[arg(long, env = "STEAD_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
     /// A bearer token that grants access; repeat for several. Required when listening on a
     /// non-loopback address. The environment variable takes a comma-separated list.
     #[arg(
@@ -88,6 +121,12 @@ struct FileConfig {
     bind: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     durability: Option<DurabilityMode>,
+    backend: Option<BackendKind>,
+    postgres_url: Option<String>,
+    postgres_schema: Option<String>,
+    postgres_pool_size: Option<usize>,
+    lease_duration_ms: Option<u64>,
+    node_id: Option<String>,
     tokens: Option<Vec<String>>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -108,6 +147,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Durability of acknowledged writes.
     pub durability: DurabilityMode,
+    /// Where objects are stored.
+    pub backend: BackendKind,
+    /// The PostgreSQL settings (used with [`BackendKind::Postgres`]).
+    pub postgres: PostgresConfig,
     /// Accepted bearer tokens; empty means no authentication.
     pub tokens: Vec<String>,
     /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
@@ -129,6 +172,8 @@ impl Default for Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("./data"),
             durability: DurabilityMode::Fsync,
+            backend: BackendKind::Sqlite,
+            postgres: PostgresConfig::default(),
             tokens: Vec::new(),
             shards: None,
             max_body_bytes: 1024 * 1024,
@@ -162,6 +207,23 @@ impl Config {
             bind: cli.bind.or(file.bind).unwrap_or(d.bind),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             durability: cli.durability.or(file.durability).unwrap_or(d.durability),
+            backend: cli.backend.or(file.backend).unwrap_or(d.backend),
+            postgres: PostgresConfig {
+                url: cli.postgres_url.or(file.postgres_url),
+                schema: cli
+                    .postgres_schema
+                    .or(file.postgres_schema)
+                    .unwrap_or(d.postgres.schema),
+                pool_size: cli
+                    .postgres_pool_size
+                    .or(file.postgres_pool_size)
+                    .unwrap_or(d.postgres.pool_size),
+                lease_duration_ms: cli
+                    .lease_duration_ms
+                    .or(file.lease_duration_ms)
+                    .unwrap_or(d.postgres.lease_duration_ms),
+                node_id: cli.node_id.or(file.node_id),
+            },
             tokens: tokens.into_iter().filter(|t| !t.is_empty()).collect(),
             shards: cli.shards.or(file.shards).or(d.shards),
             max_body_bytes: cli
@@ -188,6 +250,24 @@ impl Config {
                 self.bind
             );
         }
+        if self.backend == BackendKind::Postgres {
+            if self.postgres.url.as_deref().is_none_or(str::is_empty) {
+                anyhow::bail!(
+                    "--backend postgres needs the server's URL: --postgres-url (STEAD_POSTGRES_URL)"
+                );
+            }
+            if self.durability == DurabilityMode::Memory {
+                anyhow::bail!(
+                    "durability memory keeps nothing in PostgreSQL: choose fsync or process-crash-safe"
+                );
+            }
+            if self.postgres.lease_duration_ms < 500 {
+                anyhow::bail!(
+                    "invalid lease_duration_ms {}: must be at least 500",
+                    self.postgres.lease_duration_ms
+                );
+            }
+        }
         if let Some(n) = self.shards
             && !(1..=256).contains(&n)
         {
@@ -213,6 +293,47 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// The PostgreSQL backend's settings.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// The server's URL.
+    pub url: Option<String>,
+    /// The schema of the deployment's tables.
+    pub schema: String,
+    /// The most connections.
+    pub pool_size: usize,
+    /// The lease's duration, in milliseconds.
+    pub lease_duration_ms: u64,
+    /// The node's name in the lease.
+    pub node_id: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PostgresConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("lease_duration_ms", &self.lease_duration_ms)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            schema: "stead".to_owned(),
+            pool_size: 16,
+            lease_duration_ms: 10_000,
+            node_id: None,
+        }
     }
 }
 

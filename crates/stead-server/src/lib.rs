@@ -16,6 +16,7 @@
 mod app;
 mod config;
 mod openapi;
+mod postgres;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use app::{app, app_with};
-pub use config::{Cli, Config, DurabilityMode};
+pub use config::{BackendKind, Cli, Config, DurabilityMode, PostgresConfig};
 pub use openapi::spec as openapi_spec;
 
 /// Opens the runtime the configuration asks for.
@@ -72,9 +73,9 @@ pub async fn serve(
 /// A server running in the background.
 #[derive(Debug)]
 pub struct RunningServer {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: Option<oneshot::Sender<()>>,
+    pub(crate) task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningServer {
@@ -95,6 +96,9 @@ impl RunningServer {
 /// Opens the store, binds the address and serves in the background.
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
+    if config.backend == BackendKind::Postgres {
+        return postgres::start(config).await;
+    }
     let rt = open_runtime(&config).await?;
     let router = app(&rt, &config)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
