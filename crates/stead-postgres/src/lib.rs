@@ -400,6 +400,17 @@ impl PostgresBackend {
         })
     }
 
+    /// Runs one read statement (prepared once per connection).
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+        client.query(&stmt, params).await.map_err(pg_err)
+    }
+
     fn writer(&self, id: &ObjectId) -> &mpsc::UnboundedSender<WriterMsg> {
         let b = id.as_bytes();
         let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -459,69 +470,44 @@ fn limit(n: usize) -> i64 {
 
 impl Backend for PostgresBackend {
     async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.get)
-            .await
-            .map_err(pg_err)?;
-        let row = client
-            .query_opt(
-                &stmt,
-                &[&obj.class, &&obj.id.as_bytes()[..], &key.as_bytes()],
-            )
-            .await
-            .map_err(pg_err)?;
-        Ok(row.map(|r| Value::from(r.get::<_, &[u8]>(0))))
+        let id = &obj.id.as_bytes()[..];
+        let rows = self
+            .rows(&self.inner.sql.get, &[&obj.class, &id, &key.as_bytes()])
+            .await?;
+        Ok(rows.first().map(|r| Value::from(r.get::<_, &[u8]>(0))))
     }
 
     async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
         let (lower, upper) = opts.bounds();
-        let client = self.client().await?;
         let which = usize::from(opts.reverse) + 2 * usize::from(upper.is_some());
-        let stmt = client
-            .prepare_cached(&self.inner.sql.list[which])
-            .await
-            .map_err(pg_err)?;
+        let sql = &self.inner.sql.list[which];
         let lim = opts.limit.map(limit);
         let id = &obj.id.as_bytes()[..];
         let lower = lower.as_bytes();
         let rows = match &upper {
             Some(u) => {
                 let u = u.as_bytes();
-                client
-                    .query(&stmt, &[&obj.class, &id, &lower, &lim, &u])
-                    .await
+                self.rows(sql, &[&obj.class, &id, &lower, &lim, &u]).await?
             }
-            None => client.query(&stmt, &[&obj.class, &id, &lower, &lim]).await,
-        }
-        .map_err(pg_err)?;
+            None => self.rows(sql, &[&obj.class, &id, &lower, &lim]).await?,
+        };
         rows.iter().map(entry).collect()
     }
 
     async fn load(&self, obj: &ObjectRef, n: usize) -> Result<Vec<(String, Value)>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.load)
-            .await
-            .map_err(pg_err)?;
-        let rows = client
-            .query(&stmt, &[&obj.class, &&obj.id.as_bytes()[..], &limit(n)])
-            .await
-            .map_err(pg_err)?;
+        let id = &obj.id.as_bytes()[..];
+        let rows = self
+            .rows(&self.inner.sql.load, &[&obj.class, &id, &limit(n)])
+            .await?;
         rows.iter().map(entry).collect()
     }
 
     async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.get_alarm)
-            .await
-            .map_err(pg_err)?;
-        let row = client
-            .query_opt(&stmt, &[&obj.class, &&obj.id.as_bytes()[..]])
-            .await
-            .map_err(pg_err)?;
-        Ok(row.map(|r| r.get(0)))
+        let id = &obj.id.as_bytes()[..];
+        let rows = self
+            .rows(&self.inner.sql.get_alarm, &[&obj.class, &id])
+            .await?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 
     async fn due_alarms(
@@ -531,41 +517,28 @@ impl Backend for PostgresBackend {
         until_ms: i64,
         n: usize,
     ) -> Result<Vec<(i64, ObjectId)>> {
-        let client = self.client().await?;
         let sql = &self.inner.sql;
         let rows = match &after {
             Some((at, id)) => {
-                let stmt = client
-                    .prepare_cached(&sql.due_alarms_after)
-                    .await
-                    .map_err(pg_err)?;
-                client
-                    .query(
-                        &stmt,
-                        &[&class, &until_ms, &limit(n), at, &&id.as_bytes()[..]],
-                    )
-                    .await
+                let id = &id.as_bytes()[..];
+                self.rows(
+                    &sql.due_alarms_after,
+                    &[&class, &until_ms, &limit(n), at, &id],
+                )
+                .await?
             }
             None => {
-                let stmt = client
-                    .prepare_cached(&sql.due_alarms)
-                    .await
-                    .map_err(pg_err)?;
-                client.query(&stmt, &[&class, &until_ms, &limit(n)]).await
+                self.rows(&sql.due_alarms, &[&class, &until_ms, &limit(n)])
+                    .await?
             }
-        }
-        .map_err(pg_err)?;
+        };
         rows.iter()
             .map(|r| Ok((r.get::<_, i64>(0), id_of(r.get::<_, &[u8]>(1))?)))
             .collect()
     }
 
     async fn alarm_classes(&self) -> Result<Vec<String>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(&self.inner.sql.alarm_classes, &[])
-            .await
-            .map_err(pg_err)?;
+        let rows = self.rows(&self.inner.sql.alarm_classes, &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -575,19 +548,13 @@ impl Backend for PostgresBackend {
         after: Option<ObjectId>,
         n: usize,
     ) -> Result<Vec<ObjectEntry>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.objects)
-            .await
-            .map_err(pg_err)?;
         let after: &[u8] = match &after {
             Some(id) => &id.as_bytes()[..],
             None => &[],
         };
-        let rows = client
-            .query(&stmt, &[&class, &after, &limit(n)])
-            .await
-            .map_err(pg_err)?;
+        let rows = self
+            .rows(&self.inner.sql.objects, &[&class, &after, &limit(n)])
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(ObjectEntry::new(
@@ -606,20 +573,17 @@ impl Backend for PostgresBackend {
         n: usize,
     ) -> Result<Vec<NamedObject>> {
         let (lower, upper) = ListOptions::prefix(prefix).bounds();
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.objects_by_name)
-            .await
-            .map_err(pg_err)?;
         let (lower, upper, after) = (
             lower.as_bytes(),
             upper.as_deref().map(str::as_bytes),
             after.map(str::as_bytes),
         );
-        let rows = client
-            .query(&stmt, &[&class, &lower, &upper, &after, &limit(n)])
-            .await
-            .map_err(pg_err)?;
+        let rows = self
+            .rows(
+                &self.inner.sql.objects_by_name,
+                &[&class, &lower, &upper, &after, &limit(n)],
+            )
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(NamedObject::new(
@@ -631,16 +595,12 @@ impl Backend for PostgresBackend {
     }
 
     async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&self.inner.sql.object_name)
-            .await
-            .map_err(pg_err)?;
-        let row = client
-            .query_opt(&stmt, &[&obj.class, &&obj.id.as_bytes()[..]])
-            .await
-            .map_err(pg_err)?;
-        row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
+        let id = &obj.id.as_bytes()[..];
+        let rows = self
+            .rows(&self.inner.sql.object_name, &[&obj.class, &id])
+            .await?;
+        rows.first()
+            .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
             .map(text)
             .transpose()
     }
