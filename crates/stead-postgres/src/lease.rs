@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
+use crate::lock;
 use crate::schema::{Sql, describe};
 
 /// Where the node stands.
@@ -48,10 +49,6 @@ pub(crate) struct Lease {
     state: watch::Sender<LeaseState>,
     /// Until when (on this node's monotonic clock) the held lease counts as valid.
     valid_until: Mutex<Option<Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Lease {

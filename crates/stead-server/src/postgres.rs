@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use stead::Runtime;
+use stead::http::Problem;
 use stead::postgres::{LeaseState, PostgresBackend, PostgresOptions};
 use tokio::sync::{oneshot, watch};
 use tower::ServiceExt;
@@ -39,21 +40,13 @@ fn options(config: &Config) -> PostgresOptions {
 
 /// A problem+json 503 for a node that does not hold the lease.
 fn standby_answer(reason: &str) -> Response {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": format!("this node is not the active one: {reason}"),
-    });
-    (
+    Problem::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        [
-            (header::CONTENT_TYPE, "application/problem+json"),
-            (header::RETRY_AFTER, "1"),
-        ],
-        body.to_string(),
+        "standby",
+        format!("this node is not the active one: {reason}"),
     )
-        .into_response()
+    .retry_after(Duration::from_secs(1))
+    .into_response()
 }
 
 fn reason(state: &LeaseState) -> String {
