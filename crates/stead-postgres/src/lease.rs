@@ -65,6 +65,17 @@ impl Lease {
         self.state.subscribe()
     }
 
+    /// Waits until the state satisfies `done`, and answers it (`Closed` if the lease task
+    /// is gone).
+    pub(crate) async fn wait_for(&self, done: impl FnMut(&LeaseState) -> bool) -> LeaseState {
+        self.state
+            .subscribe()
+            .wait_for(done)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(LeaseState::Closed)
+    }
+
     pub(crate) fn state(&self) -> LeaseState {
         self.state.borrow().clone()
     }

@@ -176,14 +176,11 @@ fn redacted(url: &str) -> String {
 }
 
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
-    Error::storage(std::io::Error::other(format!(
-        "PostgreSQL: {}",
-        describe(&e)
-    )))
+    unavailable(format!("PostgreSQL: {}", describe(&e)))
 }
 
-pub(crate) fn unavailable(what: &'static str) -> Error {
-    Error::storage(std::io::Error::other(what))
+pub(crate) fn unavailable(what: impl Into<String>) -> Error {
+    Error::storage(std::io::Error::other(what.into()))
 }
 
 /// Objects, alarms and the registry in PostgreSQL, written by the node that holds the
@@ -305,12 +302,11 @@ impl PostgresBackend {
     /// (another holds the lease); see [`wait_active`](Self::wait_active).
     pub async fn connect(opts: PostgresOptions) -> Result<PostgresBackend> {
         let backend = PostgresBackend::new(opts)?;
-        let mut rx = backend.inner.lease.subscribe();
-        let state = rx
+        let state = backend
+            .inner
+            .lease
             .wait_for(|s| *s != LeaseState::Starting)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(LeaseState::Closed);
+            .await;
         match state {
             LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
             _ => Ok(backend),
@@ -319,17 +315,16 @@ impl PostgresBackend {
 
     /// Waits until this node holds the lease.
     pub async fn wait_active(&self) -> Result<()> {
-        let mut rx = self.inner.lease.subscribe();
-        let state = rx
+        let state = self
+            .inner
+            .lease
             .wait_for(|s| {
                 matches!(
                     s,
                     LeaseState::Active { .. } | LeaseState::Failed(_) | LeaseState::Closed
                 )
             })
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(LeaseState::Closed);
+            .await;
         match state {
             LeaseState::Active { .. } => Ok(()),
             LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
@@ -370,21 +365,24 @@ impl PostgresBackend {
 
     /// Waits out start-up; then answers whether this node may read and write now.
     async fn ready(&self) -> Result<()> {
-        let mut rx = self.inner.lease.subscribe();
-        let state = rx
+        // Every read comes here: the usual answer costs no subscription.
+        if self.inner.lease.epoch().is_some() {
+            return Ok(());
+        }
+        let state = self
+            .inner
+            .lease
             .wait_for(|s| *s != LeaseState::Starting)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(LeaseState::Closed);
+            .await;
         match state {
             LeaseState::Active { .. } if self.inner.lease.epoch().is_some() => Ok(()),
             LeaseState::Active { .. } => Err(unavailable(
                 "this node's lease may have expired: it serves nothing until it renews it",
             )),
-            LeaseState::Standby { reason } => Err(Error::storage(std::io::Error::other(format!(
-                "this node is a standby ({reason})"
-            )))),
-            LeaseState::Failed(reason) => Err(Error::storage(std::io::Error::other(reason))),
+            LeaseState::Standby { reason } => {
+                Err(unavailable(format!("this node is a standby ({reason})")))
+            }
+            LeaseState::Failed(reason) => Err(unavailable(reason)),
             LeaseState::Starting | LeaseState::Closed => {
                 Err(unavailable("the PostgreSQL backend is closed"))
             }
@@ -393,11 +391,11 @@ impl PostgresBackend {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.ready().await?;
-        self.inner.pool.get().await.map_err(|e| {
-            Error::storage(std::io::Error::other(format!(
-                "no PostgreSQL connection: {e}"
-            )))
-        })
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| unavailable(format!("no PostgreSQL connection: {e}")))
     }
 
     /// Runs one read statement (prepared once per connection).

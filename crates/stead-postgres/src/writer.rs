@@ -9,8 +9,8 @@ use stead_core::{AlarmChange, CommitBatch, Durability, Error, ObjectId, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lease::Lease;
-use crate::schema::{Sql, describe};
-use crate::unavailable;
+use crate::schema::Sql;
+use crate::{pg_err, unavailable};
 
 /// At most this many batches go into one transaction.
 pub(crate) const MAX_GROUP: usize = 4096;
@@ -90,12 +90,8 @@ async fn commit(ctx: &WriterCtx, batches: Vec<CommitBatch>) {
 fn fail(batches: Vec<CommitBatch>, e: Error) {
     let message = e.to_string();
     for b in batches {
-        b.complete(Err(unavailable_owned(&message)));
+        b.complete(Err(unavailable(message.as_str())));
     }
-}
-
-fn unavailable_owned(message: &str) -> Error {
-    Error::storage(std::io::Error::other(message.to_owned()))
 }
 
 /// One object's changes within a group, the batches folded in order.
@@ -211,10 +207,8 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
         .pool
         .get()
         .await
-        .map_err(|e| unavailable_owned(&format!("no PostgreSQL connection: {e}")))?;
-    let err =
-        |e: tokio_postgres::Error| unavailable_owned(&format!("PostgreSQL: {}", describe(&e)));
-    let tx = client.transaction().await.map_err(err)?;
+        .map_err(|e| unavailable(format!("no PostgreSQL connection: {e}")))?;
+    let tx = client.transaction().await.map_err(pg_err)?;
     // Process-crash-safe durability: PostgreSQL acknowledges before its WAL is flushed
     // (a crash of the PostgreSQL server may lose the last moments; one of stead's does not).
     if batches
@@ -223,27 +217,27 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
     {
         tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
             .await
-            .map_err(err)?;
+            .map_err(pg_err)?;
     }
     let sql = &ctx.sql;
     let lease = tx
         .query_opt(&sql.lease_check, &[&ctx.lease.holder])
         .await
-        .map_err(err)?;
+        .map_err(pg_err)?;
     let epoch = lease.map(|r| r.get::<_, i64>(0).unsigned_abs());
     if epoch != Some(held) {
         return Err(unavailable("this node no longer holds the lease"));
     }
     if !c.clear.class.is_empty() {
         for stmt in [&sql.clear_kv, &sql.clear_alarms, &sql.clear_objects] {
-            let stmt = tx.prepare_cached(stmt).await.map_err(err)?;
+            let stmt = tx.prepare_cached(stmt).await.map_err(pg_err)?;
             tx.execute(&stmt, &[&c.clear.class, &c.clear.id])
                 .await
-                .map_err(err)?;
+                .map_err(pg_err)?;
         }
     }
     if !c.upsert.class.is_empty() {
-        let stmt = tx.prepare_cached(&sql.upsert).await.map_err(err)?;
+        let stmt = tx.prepare_cached(&sql.upsert).await.map_err(pg_err)?;
         tx.execute(
             &stmt,
             &[
@@ -254,34 +248,34 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
             ],
         )
         .await
-        .map_err(err)?;
+        .map_err(pg_err)?;
     }
     if !c.delete.class.is_empty() {
-        let stmt = tx.prepare_cached(&sql.delete).await.map_err(err)?;
+        let stmt = tx.prepare_cached(&sql.delete).await.map_err(pg_err)?;
         tx.execute(&stmt, &[&c.delete.class, &c.delete.id, &c.delete_key])
             .await
-            .map_err(err)?;
+            .map_err(pg_err)?;
     }
     if !c.alarm_set.class.is_empty() {
-        let stmt = tx.prepare_cached(&sql.set_alarms).await.map_err(err)?;
+        let stmt = tx.prepare_cached(&sql.set_alarms).await.map_err(pg_err)?;
         tx.execute(&stmt, &[&c.alarm_set.class, &c.alarm_set.id, &c.alarm_at])
             .await
-            .map_err(err)?;
+            .map_err(pg_err)?;
     }
     if !c.alarm_clear.class.is_empty() {
-        let stmt = tx.prepare_cached(&sql.clear_alarms).await.map_err(err)?;
+        let stmt = tx.prepare_cached(&sql.clear_alarms).await.map_err(pg_err)?;
         tx.execute(&stmt, &[&c.alarm_clear.class, &c.alarm_clear.id])
             .await
-            .map_err(err)?;
+            .map_err(pg_err)?;
     }
     if !c.register.class.is_empty() {
-        let stmt = tx.prepare_cached(&sql.register).await.map_err(err)?;
+        let stmt = tx.prepare_cached(&sql.register).await.map_err(pg_err)?;
         tx.execute(
             &stmt,
             &[&c.register.class, &c.register.id, &c.register_name],
         )
         .await
-        .map_err(err)?;
+        .map_err(pg_err)?;
     }
-    tx.commit().await.map_err(err)
+    tx.commit().await.map_err(pg_err)
 }
