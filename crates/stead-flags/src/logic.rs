@@ -41,27 +41,29 @@ impl fmt::Display for RuleError {
     }
 }
 
-/// Why an evaluation failed (the flag then answers with the `GENERAL` error code).
+/// Why an evaluation failed (a flag then answers with the `GENERAL` error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fault {
+pub enum RuleFault {
     /// A value without a number in it met arithmetic or a comparison.
     NaN,
     /// An operation got arguments it cannot take.
     InvalidArguments(&'static str),
 }
 
-impl fmt::Display for Fault {
+impl std::error::Error for RuleFault {}
+
+impl fmt::Display for RuleFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Fault::NaN => {
+            RuleFault::NaN => {
                 f.write_str("a value that is not a number met arithmetic or a comparison")
             }
-            Fault::InvalidArguments(what) => write!(f, "invalid arguments: {what}"),
+            RuleFault::InvalidArguments(what) => write!(f, "invalid arguments: {what}"),
         }
     }
 }
 
-type Eval<'a> = Result<Cow<'a, Value>, Fault>;
+type Eval<'a> = Result<Cow<'a, Value>, RuleFault>;
 
 /// The operations a rule may use: JsonLogic's and flagd's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +219,9 @@ enum Node {
     Var {
         path: Vec<String>,
         default: Option<Box<Node>>,
+        /// How many iterations out the path starts (`../`, in rules compiled with
+        /// [`Rule::compile_scoped`]).
+        up: usize,
     },
     /// `var` whose path is computed.
     VarDyn(Vec<Node>),
@@ -240,10 +245,18 @@ pub(crate) struct Root<'a> {
     pub(crate) flagd: &'a Value,
 }
 
+/// Where a `var` looks: the root, or an iteration's item (with the scope around it).
 #[derive(Clone, Copy)]
 enum Scope<'a> {
     Root(Root<'a>),
-    Item(&'a Value),
+    Item(&'a Value, &'a Scope<'a>),
+}
+
+/// How a rule is compiled.
+#[derive(Debug, Clone, Copy, Default)]
+struct Options {
+    /// Whether `var` paths may start with `../` to reach out of an iteration.
+    scoped: bool,
 }
 
 impl Rule {
@@ -251,12 +264,44 @@ impl Rule {
     /// literals must be able to succeed.
     pub fn compile(rule: &Value) -> Result<Rule, RuleError> {
         Ok(Rule {
-            root: compile(rule, &mut String::new())?,
+            root: compile(rule, &mut String::new(), Options::default())?,
+        })
+    }
+
+    /// Compiles a rule in which a `var` inside an iteration (`map`, `filter`, `reduce`,
+    /// `all`, `some`, `none`) can reach the data around it: each leading `../` of its path
+    /// steps out of one iteration, so `{"var": "../now"}` in a `filter` over a list reads
+    /// `now` from the data the `filter` was evaluated in. Outside iterations `../` has no
+    /// effect. Flag targeting does not use this (flagd has no such paths).
+    ///
+    /// ```
+    /// use serde_json::json;
+    /// use stead_flags::Rule;
+    ///
+    /// let rule = Rule::compile_scoped(&json!({"filter": [
+    ///     {"var": "moves"},
+    ///     {">": [{"var": "at"}, {"var": "../since"}]}
+    /// ]})).unwrap();
+    /// let data = json!({"since": 10, "moves": [{"at": 5}, {"at": 15}]});
+    /// assert_eq!(rule.apply(data.as_object().unwrap()).unwrap(), json!([{"at": 15}]));
+    /// ```
+    pub fn compile_scoped(rule: &Value) -> Result<Rule, RuleError> {
+        Ok(Rule {
+            root: compile(rule, &mut String::new(), Options { scoped: true })?,
+        })
+    }
+
+    /// Evaluates the rule over `data` (its `var` paths start there), with JsonLogic's and
+    /// flagd's semantics as for flag targeting, but no `$flagd` properties.
+    pub fn apply(&self, data: &Map<String, Value>) -> Result<Value, RuleFault> {
+        self.evaluate(Root {
+            context: data,
+            flagd: &Value::Null,
         })
     }
 
     /// Evaluates the rule against `root`.
-    pub(crate) fn evaluate(&self, root: Root<'_>) -> Result<Value, Fault> {
+    pub(crate) fn evaluate(&self, root: Root<'_>) -> Result<Value, RuleFault> {
         eval(&self.root, Scope::Root(root)).map(Cow::into_owned)
     }
 }
@@ -273,14 +318,14 @@ fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn compile(rule: &Value, path: &mut String) -> Result<Node, RuleError> {
+fn compile(rule: &Value, path: &mut String, opts: Options) -> Result<Node, RuleError> {
     match rule {
         Value::Array(items) => {
             let mut nodes = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("/{i}"));
-                nodes.push(compile(item, path)?);
+                nodes.push(compile(item, path, opts)?);
                 path.truncate(len);
             }
             Ok(Node::List(nodes))
@@ -302,7 +347,7 @@ fn compile(rule: &Value, path: &mut String) -> Result<Node, RuleError> {
             let len = path.len();
             path.push('/');
             path.push_str(&escape(name));
-            let node = compile_op(name, args, path)?;
+            let node = compile_op(name, args, path, opts)?;
             path.truncate(len);
             Ok(node)
         }
@@ -310,9 +355,14 @@ fn compile(rule: &Value, path: &mut String) -> Result<Node, RuleError> {
     }
 }
 
-fn compile_op(name: &str, args: &Value, path: &mut String) -> Result<Node, RuleError> {
+fn compile_op(
+    name: &str,
+    args: &Value,
+    path: &mut String,
+    opts: Options,
+) -> Result<Node, RuleError> {
     if name == "var" {
-        return compile_var(args, path);
+        return compile_var(args, path, opts);
     }
     if name == "$ref" {
         return Err(err(
@@ -330,7 +380,7 @@ fn compile_op(name: &str, args: &Value, path: &mut String) -> Result<Node, RuleE
         ));
     };
     let node = match args {
-        Value::Array(_) => match compile(args, path)? {
+        Value::Array(_) => match compile(args, path, opts)? {
             Node::List(nodes) => Node::Op(op, nodes),
             _ => unreachable!("an array compiles to a list"),
         },
@@ -338,7 +388,7 @@ fn compile_op(name: &str, args: &Value, path: &mut String) -> Result<Node, RuleE
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
             Node::Op(op, vec![Node::Lit(args.clone())])
         }
-        Value::Object(_) => Node::Spread(op, Box::new(compile(args, path)?)),
+        Value::Object(_) => Node::Spread(op, Box::new(compile(args, path, opts)?)),
     };
     check_literals(&node, path)?;
     Ok(node)
@@ -384,7 +434,7 @@ fn check_literals(node: &Node, path: &str) -> Result<(), RuleError> {
     Ok(())
 }
 
-fn compile_var(args: &Value, path: &mut String) -> Result<Node, RuleError> {
+fn compile_var(args: &Value, path: &mut String, opts: Options) -> Result<Node, RuleError> {
     let (key, default) = match args {
         Value::Array(items) => match items.as_slice() {
             [] => (None, None),
@@ -393,9 +443,22 @@ fn compile_var(args: &Value, path: &mut String) -> Result<Node, RuleError> {
         },
         other => (Some(other), None),
     };
+    let mut up = 0;
     let literal_key = match key {
         None | Some(Value::Null) => Some(Vec::new()),
         Some(Value::String(s)) if s.is_empty() => Some(Vec::new()),
+        Some(Value::String(s)) if opts.scoped && s.starts_with("../") => {
+            let mut rest = s.as_str();
+            while let Some(r) = rest.strip_prefix("../") {
+                up += 1;
+                rest = r;
+            }
+            Some(if rest.is_empty() {
+                Vec::new()
+            } else {
+                split_path(rest)
+            })
+        }
         Some(Value::String(s)) => Some(split_path(s)),
         Some(Value::Number(n)) => Some(split_path(&js_number_string(
             n.as_f64().unwrap_or(f64::NAN),
@@ -408,7 +471,7 @@ fn compile_var(args: &Value, path: &mut String) -> Result<Node, RuleError> {
                 Some(d) => {
                     let len = path.len();
                     path.push_str("/1");
-                    let node = compile(d, path)?;
+                    let node = compile(d, path, opts)?;
                     path.truncate(len);
                     Some(Box::new(node))
                 }
@@ -417,9 +480,10 @@ fn compile_var(args: &Value, path: &mut String) -> Result<Node, RuleError> {
             Ok(Node::Var {
                 path: path_segments,
                 default,
+                up,
             })
         }
-        None => match compile(args, path)? {
+        None => match compile(args, path, opts)? {
             Node::List(nodes) => Ok(Node::VarDyn(nodes)),
             node => Ok(Node::VarDyn(vec![node])),
         },
@@ -583,9 +647,9 @@ fn number_string(n: &Number) -> String {
 }
 
 /// A number as a JSON value: integral values as integers.
-fn number(n: f64) -> Result<Value, Fault> {
+fn number(n: f64) -> Result<Value, RuleFault> {
     if n.is_nan() || n.is_infinite() {
-        return Err(Fault::NaN);
+        return Err(RuleFault::NaN);
     }
     if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 {
         // -0 is 0 in JSON.
@@ -646,10 +710,10 @@ fn compare_check<'a>(item: Cow<'a, Value>, prev: &Value, strict: bool) -> Eval<'
         return Ok(item);
     }
     if is_object(&item) || (to_number(&item).is_nan() && !prev.is_null()) {
-        return Err(Fault::NaN);
+        return Err(RuleFault::NaN);
     }
     if is_object(prev) || to_number(prev).is_nan() {
-        return Err(Fault::NaN);
+        return Err(RuleFault::NaN);
     }
     if prev.is_null() && js_falsy(&item) {
         return Ok(Cow::Owned(Value::Null));
@@ -705,7 +769,7 @@ fn lookup<'a>(mut v: &'a Value, path: &[String]) -> Option<Cow<'a, Value>> {
 
 fn lookup_scope<'a>(scope: Scope<'a>, path: &[String]) -> Option<Cow<'a, Value>> {
     match scope {
-        Scope::Item(v) => lookup(v, path),
+        Scope::Item(v, _) => lookup(v, path),
         Scope::Root(root) => match path.split_first() {
             None => {
                 let mut whole = root.context.clone();
@@ -718,6 +782,17 @@ fn lookup_scope<'a>(scope: Scope<'a>, path: &[String]) -> Option<Cow<'a, Value>>
     }
 }
 
+/// The scope `up` iterations out of `scope` (the root stays the root).
+fn outer(mut scope: Scope<'_>, up: usize) -> Scope<'_> {
+    for _ in 0..up {
+        match scope {
+            Scope::Item(_, around) => scope = *around,
+            Scope::Root(_) => break,
+        }
+    }
+    scope
+}
+
 fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Eval<'a> {
     match node {
         Node::Lit(v) => Ok(Cow::Borrowed(v)),
@@ -728,7 +803,7 @@ fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Eval<'a> {
             }
             Ok(Cow::Owned(Value::Array(out)))
         }
-        Node::Var { path, default } => match lookup_scope(scope, path) {
+        Node::Var { path, default, up } => match lookup_scope(outer(scope, *up), path) {
             Some(v) if !v.is_null() => Ok(v),
             _ => match default {
                 Some(d) => eval(d, scope),
@@ -763,7 +838,7 @@ fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Eval<'a> {
         }
         Node::Spread(op, arg) => {
             if op.lazy() {
-                return Err(Fault::InvalidArguments("this operation takes a list"));
+                return Err(RuleFault::InvalidArguments("this operation takes a list"));
             }
             let v = eval(arg, scope)?;
             match v {
@@ -815,18 +890,18 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
         }
         Op::Map | Op::Filter | Op::All | Op::Some | Op::None | Op::Reduce => {
             let Some(selector) = args.first() else {
-                return Err(Fault::InvalidArguments("an iteration needs an array"));
+                return Err(RuleFault::InvalidArguments("an iteration needs an array"));
             };
             let selected = eval(selector, scope)?;
             let items: &[Value] = match &*selected {
                 Value::Array(a) => a,
                 v if js_falsy(v) => &[],
-                _ => return Err(Fault::InvalidArguments("an iteration needs an array")),
+                _ => return Err(RuleFault::InvalidArguments("an iteration needs an array")),
             };
             let mapper = args.get(1);
-            let map_one = |item: &Value| -> Result<Value, Fault> {
+            let map_one = |item: &Value| -> Result<Value, RuleFault> {
                 match mapper {
-                    Some(m) => eval(m, Scope::Item(item)).map(Cow::into_owned),
+                    Some(m) => eval(m, Scope::Item(item, &scope)).map(Cow::into_owned),
                     None => Ok(Value::Null),
                 }
             };
@@ -873,7 +948,7 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
                         None => match rest.next() {
                             Some(first) => first.clone(),
                             None => {
-                                return Err(Fault::InvalidArguments(
+                                return Err(RuleFault::InvalidArguments(
                                     "reduce of an empty array with no initial value",
                                 ));
                             }
@@ -885,7 +960,7 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
                         step.insert("current".to_owned(), current.clone());
                         let step = Value::Object(step);
                         acc = match mapper {
-                            Some(m) => eval(m, Scope::Item(&step))?.into_owned(),
+                            Some(m) => eval(m, Scope::Item(&step, &scope))?.into_owned(),
                             None => Value::Null,
                         };
                     }
@@ -906,7 +981,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
     match op {
         Op::Eq | Op::Ne | Op::StrictEq | Op::StrictNe | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
             if args.len() < 2 || spread {
-                return Err(Fault::InvalidArguments(
+                return Err(RuleFault::InvalidArguments(
                     "a comparison takes two or three values",
                 ));
             }
@@ -931,7 +1006,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
             let mut best: Option<f64> = None;
             for v in &args {
                 let Value::Number(n) = &**v else {
-                    return Err(Fault::InvalidArguments("max and min take numbers"));
+                    return Err(RuleFault::InvalidArguments("max and min take numbers"));
                 };
                 let n = n.as_f64().unwrap_or(f64::NAN);
                 best = Some(match best {
@@ -942,7 +1017,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
             }
             match best {
                 Some(b) => number(b).map(Cow::Owned),
-                None => Err(Fault::InvalidArguments("max and min take numbers")),
+                None => Err(RuleFault::InvalidArguments("max and min take numbers")),
             }
         }
         Op::Merge => {
@@ -966,7 +1041,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
                     owned(Value::Bool(items.iter().any(|i| strict_eq(i, needle))))
                 }
                 v if js_falsy(v) => owned(Value::Bool(false)),
-                _ => Err(Fault::InvalidArguments(
+                _ => Err(RuleFault::InvalidArguments(
                     "in looks into a string or an array",
                 )),
             }
@@ -991,7 +1066,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
         Op::MissingSome => {
             let need = args.first().map_or(0.0, |v| to_number(v));
             let Some(Value::Array(options)) = args.get(1).map(|v| &**v) else {
-                return Err(Fault::InvalidArguments(
+                return Err(RuleFault::InvalidArguments(
                     "missing_some takes a count and a list",
                 ));
             };
@@ -1028,7 +1103,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
 fn present(scope: Scope<'_>, key: &Value) -> bool {
     let path = split_path(&to_js_string(key));
     let (mut v, rest): (&Value, &[String]) = match scope {
-        Scope::Item(v) => (v, &path[..]),
+        Scope::Item(v, _) => (v, &path[..]),
         Scope::Root(root) => match path.split_first() {
             Some((first, rest)) if first == "$flagd" => (root.flagd, rest),
             Some((first, rest)) => match root.context.get(first) {
@@ -1055,11 +1130,11 @@ fn arithmetic<'a>(op: Op, args: &[Cow<'a, Value>]) -> Eval<'a> {
     let mut nums = Vec::with_capacity(args.len());
     for v in args {
         if is_object(v) {
-            return Err(Fault::NaN);
+            return Err(RuleFault::NaN);
         }
         let n = to_number(v);
         if n.is_nan() {
-            return Err(Fault::NaN);
+            return Err(RuleFault::NaN);
         }
         nums.push(n);
     }
@@ -1067,19 +1142,19 @@ fn arithmetic<'a>(op: Op, args: &[Cow<'a, Value>]) -> Eval<'a> {
         Op::Add => nums.iter().sum(),
         Op::Mul => nums.iter().product(),
         Op::Sub => match nums.as_slice() {
-            [] => return Err(Fault::InvalidArguments("- needs a value")),
+            [] => return Err(RuleFault::InvalidArguments("- needs a value")),
             [one] => -one,
             [first, rest @ ..] => rest.iter().fold(*first, |a, b| a - b),
         },
         Op::Div => match nums.as_slice() {
-            [] => return Err(Fault::InvalidArguments("/ needs a value")),
-            [one] if *one == 0.0 => return Err(Fault::NaN),
+            [] => return Err(RuleFault::InvalidArguments("/ needs a value")),
+            [one] if *one == 0.0 => return Err(RuleFault::NaN),
             [one] => 1.0 / one,
             [first, rest @ ..] => {
                 let mut r = *first;
                 for b in rest {
                     if *b == 0.0 {
-                        return Err(Fault::NaN);
+                        return Err(RuleFault::NaN);
                     }
                     r /= b;
                 }
@@ -1087,7 +1162,7 @@ fn arithmetic<'a>(op: Op, args: &[Cow<'a, Value>]) -> Eval<'a> {
             }
         },
         Op::Mod => match nums.as_slice() {
-            [] | [_] => return Err(Fault::InvalidArguments("% needs two values")),
+            [] | [_] => return Err(RuleFault::InvalidArguments("% needs two values")),
             [first, rest @ ..] => rest.iter().fold(*first, |a, b| a % b),
         },
         _ => unreachable!("arithmetic"),
@@ -1100,9 +1175,9 @@ fn to_integer(n: f64) -> f64 {
     if n.is_nan() { 0.0 } else { n.trunc() }
 }
 
-fn substr(args: &[Cow<'_, Value>]) -> Result<Value, Fault> {
+fn substr(args: &[Cow<'_, Value>]) -> Result<Value, RuleFault> {
     let Some(Value::String(s)) = args.first().map(|v| &**v) else {
-        return Err(Fault::InvalidArguments("substr takes a string"));
+        return Err(RuleFault::InvalidArguments("substr takes a string"));
     };
     let chars: Vec<char> = s.chars().collect();
     let from = args.get(1).map_or(0.0, |v| to_integer(to_number(v)));
@@ -1236,7 +1311,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn run(rule: Value, data: Value) -> Result<Value, Fault> {
+    fn run(rule: Value, data: Value) -> Result<Value, RuleFault> {
         let rule = Rule::compile(&rule).unwrap();
         let Value::Object(context) = data else {
             panic!("an object")
@@ -1246,6 +1321,33 @@ mod tests {
             context: &context,
             flagd: &flagd,
         })
+    }
+
+    #[test]
+    fn scoped_rules_reach_out_of_iterations_and_flag_rules_do_not() {
+        let data = json!({"now": 100, "who": "a", "moves": [
+            {"c": "a", "at": 95}, {"c": "b", "at": 99}, {"c": "a", "at": 10}
+        ]});
+        let data = data.as_object().unwrap();
+        let recent = json!({"filter": [{"var": "moves"}, {"and": [
+            {"==": [{"var": "c"}, {"var": "../who"}]},
+            {">": [{"var": "at"}, {"-": [{"var": "../now"}, 50]}]}
+        ]}]});
+        let scoped = Rule::compile_scoped(&recent).unwrap();
+        assert_eq!(scoped.apply(data).unwrap(), json!([{"c": "a", "at": 95}]));
+        // Two levels out, and `../` at the root stays at the root.
+        let nested = json!({"map": [[1], {"map": [[2], {"var": "../../now"}]}]});
+        assert_eq!(Rule::compile_scoped(&nested).unwrap().apply(data).unwrap(), json!([[100]]));
+        assert_eq!(
+            Rule::compile_scoped(&json!({"var": "../now"})).unwrap().apply(data).unwrap(),
+            json!(100)
+        );
+        // A reduce step sees its accumulator and the data around it.
+        let count = json!({"reduce": [{"var": "moves"},
+            {"+": [{"var": "accumulator"}, {"if": [{"==": [{"var": "current.c"}, {"var": "../who"}]}, 1, 0]}]}, 0]});
+        assert_eq!(Rule::compile_scoped(&count).unwrap().apply(data).unwrap(), json!(2));
+        // Flag targeting keeps flagd's reading: `../who` is a key nobody has.
+        assert_eq!(Rule::compile(&recent).unwrap().apply(data).unwrap(), json!([]));
     }
 
     #[test]
@@ -1272,7 +1374,7 @@ mod tests {
     fn comparisons_coerce_like_the_reference() {
         assert_eq!(run(json!({"==": [null, 0]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"==": ["42", 42]}), json!({})), Ok(json!(true)));
-        assert_eq!(run(json!({"==": ["abc", 42]}), json!({})), Err(Fault::NaN));
+        assert_eq!(run(json!({"==": ["abc", 42]}), json!({})), Err(RuleFault::NaN));
         assert_eq!(run(json!({"<": [1, 2, 3]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"<": ["a", "b"]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"===": [1, 1.0]}), json!({})), Ok(json!(true)));
