@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -374,7 +375,7 @@ impl Step {
 
     fn run_once(&self, data: &mut Map<String, Value>, out: &mut Decide) -> Result<(), RuleFault> {
         if let Some(when) = &self.when
-            && !stead_flags_truthy(&when.apply(data)?)
+            && !truthy(&when.apply(data)?)
         {
             return Ok(());
         }
@@ -435,7 +436,7 @@ impl Step {
     }
 }
 
-fn stead_flags_truthy(v: &Value) -> bool {
+fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,
@@ -483,7 +484,7 @@ enum On {
 pub struct Declarative {
     initial: Value,
     rules: Vec<(On, Step)>,
-    cycles: Vec<(Cycle, Step)>,
+    cycles: Vec<(Cycle, Vec<Step>)>,
     delivery: Delivery,
 }
 
@@ -543,26 +544,31 @@ impl Declarative {
             };
             rules.push((on, Step::compile(step, &at, default_name)?));
         }
-        let mut cycles = Vec::with_capacity(raw.cycles.len());
-        let mut names = BTreeSet::new();
+        // Entries with the same name form one cycle: their rules run in order, in one turn.
+        let mut cycles: Vec<(Cycle, Vec<Step>)> = Vec::new();
         for (i, v) in raw.cycles.iter().enumerate() {
             let at = label("cycles", i, v);
-            let step: RawStep = serde_json::from_value(v.clone()).map_err(|e| fault(&at, e.to_string()))?;
+            let step: RawStep =
+                serde_json::from_value(v.clone()).map_err(|e| fault(&at, e.to_string()))?;
             if step.on.is_some() {
                 return Err(fault(&at, "a cycle runs on cron, not on events"));
-            }
-            if step.each.is_some() && step.cron.is_none() {
-                return Err(fault(&at, "cron is required"));
             }
             let Some(cron) = step.cron.clone() else {
                 return Err(fault(&at, "cron is required"));
             };
             check_cron(&cron).map_err(|m| fault(&at, m))?;
             let name = step.name.clone().unwrap_or_else(|| format!("cycle-{i}"));
-            if !names.insert(name.clone()) {
-                return Err(fault(&at, format!("cycle name {name:?} is used twice")));
+            let step = Step::compile(step, &at, name.clone())?;
+            match cycles.iter_mut().find(|(c, _)| c.name == name) {
+                Some((c, _)) if c.cron != cron => {
+                    return Err(fault(
+                        &at,
+                        format!("cycle {name:?} is listed with two cron expressions"),
+                    ));
+                }
+                Some((_, steps)) => steps.push(step),
+                None => cycles.push((Cycle::new(name, cron), vec![step])),
             }
-            cycles.push((Cycle::new(name.clone(), cron), Step::compile(step, &at, name)?));
         }
         let delivery = Delivery {
             pull: raw.pull.unwrap_or(raw.webhooks.is_empty()),
@@ -642,11 +648,11 @@ impl Behaviour for Declarative {
     }
 
     fn on_cycle(&self, state: &mut Value, name: &str, out: &mut Decide) -> Result<(), Rejected> {
-        let Some((_, step)) = self.cycles.iter().find(|(c, _)| c.name == name) else {
+        let Some((_, steps)) = self.cycles.iter().find(|(c, _)| c.name == name) else {
             return Ok(());
         };
         let mut data = Declarative::data(state, out);
-        let result = step.run(&mut data, out);
+        let result = steps.iter().try_for_each(|step| step.run(&mut data, out));
         Declarative::finish(state, data);
         result
     }
