@@ -27,7 +27,8 @@ use crate::reactor::{Event, Reactor, SharedBehaviour, Typed};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use stead_reactor::{ReactorClient, ReactorConfig};
 /// let rt = stead_core::Runtime::builder().memory().build().await?;
-/// let config = ReactorConfig { max_outbox: 1000, ..ReactorConfig::default() };
+/// let mut config = ReactorConfig::default();
+/// config.max_outbox = 1000;
 /// let reactors = ReactorClient::with_config(&rt, config)?;
 /// # let _ = reactors;
 /// # Ok::<(), stead_reactor::ReactorError>(()) }).unwrap();
