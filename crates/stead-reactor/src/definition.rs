@@ -253,7 +253,7 @@ impl Template {
 }
 
 fn is_operation(key: &str) -> bool {
-    key == "var" || key == "if" || key == "?:" || OPERATIONS.contains(&key) || key == "missing" || key == "missing_some"
+    OPERATIONS.contains(&key)
 }
 
 fn compile_logic(v: &Value, at: &str) -> Result<Rule, DefinitionError> {
@@ -703,7 +703,7 @@ mod tests {
     #[test]
     fn bad_definitions_name_the_rule_and_the_fault() {
         let cases = [
-            (json!({"rules": [{"name": "r", "on": "x", "when": {"nope": 1}}]}), "rules[0] \"r\": JsonLogic"),
+            (json!({"rules": [{"name": "r", "on": "x", "when": {"nope": 1}}]}), "rules[0] \"r\".when: JsonLogic at /nope: unknown operation"),
             (json!({"rules": [{"when": true}]}), "rules[0]: on"),
             (json!({"rules": [{"on": "x", "sett": {}}]}), "rules[0]: unknown field `sett`"),
             (json!({"rules": [{"on": "x", "append": {"l": {"value": 1, "max": 0}}}]}), "rules[0].append.l: max"),

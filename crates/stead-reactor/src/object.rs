@@ -35,6 +35,9 @@ const DEF: &str = "def";
 /// The job that delivers to webhooks (at the next retry, or as a watchdog while a delivery
 /// is in flight).
 const DELIVER_JOB: &str = "deliver";
+/// While a delivery is in flight the delivery job comes back this often (in ms): after a
+/// crash, the deliveries lost with the process start again this soon after the restart.
+const WATCHDOG_MS: i64 = 1000;
 /// The job that answers long-polls whose wait is over.
 const POLL_JOB: &str = "poll";
 /// Cycle jobs are named with this prefix and the cycle's name.
@@ -298,9 +301,9 @@ impl DurableObject for Entity {
                     return Ok(());
                 };
                 let now = ms(ctx.now());
-                let timeout = self.env.config.delivery_timeout_ms as i64;
-                // A delivery whose answer never came (the process died, the message was
-                // lost) is sent again.
+                // A delivery whose answer never came (the message was lost) is sent again;
+                // one in flight in a process that died was forgotten with it.
+                let timeout = self.env.config.delivery_timeout_ms as i64 + WATCHDOG_MS;
                 self.inflight.retain(|_, (_, since)| now - *since < timeout);
                 self.pump(ctx, &delivery).await?;
                 self.save(ctx)?;
@@ -936,14 +939,13 @@ impl Entity {
             return Ok(());
         }
         let now = ms(ctx.now());
-        let timeout = self.env.config.delivery_timeout_ms;
         let mut wake: Option<i64> = None;
         for hook in &delivery.webhooks {
             let start = self.start_of(&hook.url);
             let cursor = self.meta.endpoints.entry(hook.url.clone()).or_default();
             cursor.delivered = cursor.delivered.max(start);
-            if let Some((_, since)) = self.inflight.get(&hook.url) {
-                let watchdog = since + timeout as i64 + 1000;
+            if self.inflight.contains_key(&hook.url) {
+                let watchdog = now + WATCHDOG_MS;
                 wake = Some(wake.map_or(watchdog, |w| w.min(watchdog)));
                 continue;
             }
@@ -976,7 +978,7 @@ impl Entity {
                 continue;
             };
             self.inflight.insert(hook.url.clone(), (target, now));
-            let watchdog = now + timeout as i64 + 1000;
+            let watchdog = now + WATCHDOG_MS;
             wake = Some(wake.map_or(watchdog, |w| w.min(watchdog)));
             let env = self.env.clone();
             let name = entity_name(&self.kind, &self.entity);
