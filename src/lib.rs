@@ -102,6 +102,10 @@ pub use stead_budget as budget;
 /// served over OpenFeature's remote evaluation protocol (feature `flags`).
 #[cfg(feature = "flags")]
 pub use stead_flags as flags;
+/// Event reactors: decisions per entity with an idempotent ingest and a durable outbox,
+/// pulled or pushed to signed webhooks (feature `reactor`).
+#[cfg(feature = "reactor")]
+pub use stead_reactor as reactor;
 /// The PostgreSQL backend: objects, alarms and the registry in PostgreSQL, one active node
 /// per deployment by a fenced lease (feature `postgres`).
 #[cfg(feature = "postgres")]
@@ -130,6 +134,8 @@ macro_rules! for_each_pattern {
         $f::<stead_budget::BudgetPattern>($($arg),*)?;
         #[cfg(feature = "flags")]
         $f::<stead_flags::FlagsPattern>($($arg),*)?;
+        #[cfg(feature = "reactor")]
+        $f::<stead_reactor::ReactorPattern>($($arg),*)?;
     }};
 }
 
@@ -163,7 +169,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by
-/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`, `budgets`, `flags`), which it
+/// [`http::Pattern::SETTINGS_KEY`]: `ratelimit`, `counters`, `locks`, `leaders`, `sidecars`, `sessions`, `controllers`, `budgets`, `flags`, `reactors`), which it
 /// removes from the map; a pattern without a table gets its defaults. What is left in the
 /// map belongs to no enabled pattern. The server calls this with the tables of its
 /// configuration file before it builds the router.
@@ -330,6 +336,9 @@ mod guide {
     #[cfg(feature = "flags")]
     #[doc = include_str!("../book/src/patterns/flags.md")]
     mod flags {}
+    #[cfg(feature = "reactor")]
+    #[doc = include_str!("../book/src/patterns/reactor.md")]
+    mod reactor {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

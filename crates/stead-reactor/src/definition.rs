@@ -48,7 +48,7 @@ fn fault(at: &str, message: impl Into<String>) -> DefinitionError {
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    /// Where deliveries go (`http://` or `https://`).
+    /// Where deliveries go (`http://`; this build has no TLS backend).
     pub url: String,
     /// The signing secret: `whsec_` and the base64 of 24 to 64 random bytes.
     pub secret: String,
@@ -63,8 +63,14 @@ impl Webhook {
     fn check(&self, at: &str) -> Result<(), DefinitionError> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| fault(at, format!("url {:?} is not a URL: {e}", self.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(fault(at, "url must be an http:// or https:// URL with a host"));
+        if url.scheme() == "https" {
+            return Err(fault(
+                at,
+                "url is https://, but this build sends webhooks over http:// only (no TLS backend)",
+            ));
+        }
+        if url.scheme() != "http" || url.host_str().is_none() {
+            return Err(fault(at, "url must be an http:// URL with a host"));
         }
         secret_key(&self.secret).map_err(|m| fault(at, m))?;
         Ok(())
@@ -713,6 +719,7 @@ mod tests {
             (json!({"cycles": [{"reason": "x"}]}), "cycles[0]: cron is required"),
             (json!({"state": [1]}), "state:"),
             (json!({"webhooks": [{"url": "ftp://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}), "webhooks[0]: url"),
+            (json!({"webhooks": [{"url": "https://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}), "webhooks[0]: url is https"),
             (json!({"webhooks": [{"url": "http://x", "secret": "abc"}]}), "webhooks[0]: secret must start"),
             (json!({"pull": false}), "pull:"),
             (json!({"ruls": []}), "definition: unknown field"),
