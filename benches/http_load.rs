@@ -49,6 +49,7 @@ enum Route {
     BudgetPair,
     OfrepOne,
     OfrepBulk,
+    ReactorEvent,
 }
 
 impl Route {
@@ -64,6 +65,7 @@ impl Route {
             Route::BudgetPair => "budget reserve+commit (pairs; 2 req)",
             Route::OfrepOne => "POST /ofrep/v1/evaluate/flags/{key} (fractional)",
             Route::OfrepBulk => "POST /ofrep/v1/evaluate/flags (100 flags)",
+            Route::ReactorEvent => "POST /reactors/{type}/{entity}/events (one entity, 1 command)",
         }
     }
 
@@ -78,7 +80,7 @@ impl Route {
 
 async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64) -> load::Sample {
     let base = base.to_owned();
-    load::drive(client, CONNECTIONS, seconds, move |client, conn, _| {
+    load::drive(client, CONNECTIONS, seconds, move |client, conn, n| {
         let base = base.clone();
         async move {
             let name = format!("load-{}", conn % 64);
@@ -115,6 +117,13 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                     .post(format!("{base}/ofrep/v1/evaluate/flags"))
                     .header("content-type", "application/json")
                     .body(format!(r#"{{"context":{{"targetingKey":"user-{conn}"}}}}"#)),
+                Route::ReactorEvent => client
+                    .post(format!("{base}/reactors/load/one/events"))
+                    .header("content-type", "application/json")
+                    .body(format!(
+                        r#"{{"id":"{}-{conn}-{n}","type":"tick","payload":{{"n":{n}}}}}"#,
+                        EVENT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    )),
             };
             match req.send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
@@ -255,6 +264,21 @@ static KIB_VALUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     serde_json::json!({"step": "fetch", "data": "x".repeat(1000)}).to_string()
 });
 
+/// Makes event ids unique across rounds and slices.
+static EVENT_RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Defines the reactor type the event row sends to: one rule, one command per event.
+async fn seed_reactor(base: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("{base}/reactors/load"))
+        .header("content-type", "application/json")
+        .body(r#"{"state":{"n":0},"rules":[{"on":"tick","increment":{"n":1},"emit":[{"type":"work","payload":{"n":{"var":"event.payload.n"}}}],"reason":"tick"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "seeding: {}", r.status());
+}
+
 /// Writes the 1 KiB value the sidecar read row reads, in 64 sidecars.
 async fn seed_sidecars(base: &str) {
     let client = reqwest::Client::new();
@@ -323,6 +347,7 @@ fn main() {
             Route::BudgetPair,
             Route::OfrepOne,
             Route::OfrepBulk,
+            Route::ReactorEvent,
         ];
         if !routes
             .iter()
@@ -338,6 +363,11 @@ fn main() {
         config.bind = "127.0.0.1:0".parse().unwrap();
         config.data_dir = dir.path().join("data");
         config.durability = mode;
+        // Nobody takes the event row's commands: let its outbox hold them all.
+        config.patterns.insert(
+            "reactors".into(),
+            serde_json::json!({"max_outbox": u32::MAX, "max_event_ids": 1_000_000}),
+        );
         let (rt, addr) = tokio.block_on(async {
             let rt = stead_server::open_runtime(&config).await.unwrap();
             // The no-op goes through the same auth, limits and middleware as the patterns.
@@ -355,6 +385,7 @@ fn main() {
         tokio.block_on(seed_controllers(&base));
         tokio.block_on(seed_budget(&base));
         tokio.block_on(seed_flags(&base));
+        tokio.block_on(seed_reactor(&base));
         // Each round measures every route against the ceiling in alternating slices (ceiling,
         // route, route, ceiling, ...), so that both see the machine's drift alike, and the
         // round's share compares the route with the ceiling slices beside it. The table gives

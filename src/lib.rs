@@ -102,14 +102,14 @@ pub use stead_budget as budget;
 /// served over OpenFeature's remote evaluation protocol (feature `flags`).
 #[cfg(feature = "flags")]
 pub use stead_flags as flags;
-/// Event reactors: decisions per entity with an idempotent ingest and a durable outbox,
-/// pulled or pushed to signed webhooks (feature `reactor`).
-#[cfg(feature = "reactor")]
-pub use stead_reactor as reactor;
 /// The PostgreSQL backend: objects, alarms and the registry in PostgreSQL, one active node
 /// per deployment by a fenced lease (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use stead_postgres as postgres;
+/// Event reactors: decisions per entity with an idempotent ingest and a durable outbox,
+/// pulled or pushed to signed webhooks (feature `reactor`).
+#[cfg(feature = "reactor")]
+pub use stead_reactor as reactor;
 
 /// Calls `$f::<P>(args)?` for every pattern `P` enabled by Cargo features: the one list of
 /// patterns that [`router`], [`openapi`] and [`configure`] (and so the server) go through.

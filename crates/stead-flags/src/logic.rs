@@ -1337,17 +1337,29 @@ mod tests {
         assert_eq!(scoped.apply(data).unwrap(), json!([{"c": "a", "at": 95}]));
         // Two levels out, and `../` at the root stays at the root.
         let nested = json!({"map": [[1], {"map": [[2], {"var": "../../now"}]}]});
-        assert_eq!(Rule::compile_scoped(&nested).unwrap().apply(data).unwrap(), json!([[100]]));
         assert_eq!(
-            Rule::compile_scoped(&json!({"var": "../now"})).unwrap().apply(data).unwrap(),
+            Rule::compile_scoped(&nested).unwrap().apply(data).unwrap(),
+            json!([[100]])
+        );
+        assert_eq!(
+            Rule::compile_scoped(&json!({"var": "../now"}))
+                .unwrap()
+                .apply(data)
+                .unwrap(),
             json!(100)
         );
         // A reduce step sees its accumulator and the data around it.
         let count = json!({"reduce": [{"var": "moves"},
             {"+": [{"var": "accumulator"}, {"if": [{"==": [{"var": "current.c"}, {"var": "../who"}]}, 1, 0]}]}, 0]});
-        assert_eq!(Rule::compile_scoped(&count).unwrap().apply(data).unwrap(), json!(2));
+        assert_eq!(
+            Rule::compile_scoped(&count).unwrap().apply(data).unwrap(),
+            json!(2)
+        );
         // Flag targeting keeps flagd's reading: `../who` is a key nobody has.
-        assert_eq!(Rule::compile(&recent).unwrap().apply(data).unwrap(), json!([]));
+        assert_eq!(
+            Rule::compile(&recent).unwrap().apply(data).unwrap(),
+            json!([])
+        );
     }
 
     #[test]
@@ -1374,7 +1386,10 @@ mod tests {
     fn comparisons_coerce_like_the_reference() {
         assert_eq!(run(json!({"==": [null, 0]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"==": ["42", 42]}), json!({})), Ok(json!(true)));
-        assert_eq!(run(json!({"==": ["abc", 42]}), json!({})), Err(RuleFault::NaN));
+        assert_eq!(
+            run(json!({"==": ["abc", 42]}), json!({})),
+            Err(RuleFault::NaN)
+        );
         assert_eq!(run(json!({"<": [1, 2, 3]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"<": ["a", "b"]}), json!({})), Ok(json!(true)));
         assert_eq!(run(json!({"===": [1, 1.0]}), json!({})), Ok(json!(true)));

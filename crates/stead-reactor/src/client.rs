@@ -95,7 +95,9 @@ impl ReactorConfig {
             ("delivery_timeout_ms", self.delivery_timeout_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(InvalidInput::new(format!("reactors: {name} must be above 0")));
+            return Err(InvalidInput::new(format!(
+                "reactors: {name} must be above 0"
+            )));
         }
         if self.retry_max_ms < self.retry_base_ms {
             return Err(InvalidInput::new(
@@ -322,10 +324,8 @@ impl ReactorClient {
             .durability
             .map(NamespaceOptions::durability)
             .unwrap_or_default();
-        let entities = rt.configured_namespace::<Entity>(
-            ReactorEnv::new(config, rt.clock().clone()),
-            opts,
-        )?;
+        let entities =
+            rt.configured_namespace::<Entity>(ReactorEnv::new(config, rt.clock().clone()), opts)?;
         Self::finish(rt, entities)
     }
 
@@ -395,7 +395,12 @@ impl ReactorClient {
 
     /// Sends an event to an entity; the same event id again (within the retention window)
     /// is acknowledged and changes nothing.
-    pub async fn send(&self, kind: &str, entity: &str, event: Event) -> Result<Ingested, ReactorError> {
+    pub async fn send(
+        &self,
+        kind: &str,
+        entity: &str,
+        event: Event,
+    ) -> Result<Ingested, ReactorError> {
         self.entity(kind, entity)?.call(Ingest(event)).await
     }
 

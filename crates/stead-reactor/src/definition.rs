@@ -9,7 +9,6 @@
 
 use std::collections::BTreeSet;
 
-
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -123,7 +122,10 @@ impl Delivery {
         if self.webhooks.len() > MAX_WEBHOOKS {
             return Err(fault(
                 "webhooks",
-                format!("at most {MAX_WEBHOOKS} endpoints, not {}", self.webhooks.len()),
+                format!(
+                    "at most {MAX_WEBHOOKS} endpoints, not {}",
+                    self.webhooks.len()
+                ),
             ));
         }
         let mut seen = BTreeSet::new();
@@ -309,7 +311,10 @@ impl Step {
         for (k, v) in &raw.append {
             let at = format!("{at}.append.{k}");
             let a: RawAppend = serde_json::from_value(v.clone()).map_err(|e| {
-                fault(&at, format!("an append is {{\"value\": ..., \"max\": n}}: {e}"))
+                fault(
+                    &at,
+                    format!("an append is {{\"value\": ..., \"max\": n}}: {e}"),
+                )
             })?;
             if a.max == 0 || a.max > MAX_LIST {
                 return Err(fault(&at, format!("max must be between 1 and {MAX_LIST}")));
@@ -324,12 +329,18 @@ impl Step {
         for (i, e) in raw.emit.iter().enumerate() {
             let at = format!("{at}.emit[{i}]");
             let e: RawEmit = serde_json::from_value(e.clone()).map_err(|e| {
-                fault(&at, format!("a command is {{\"type\": ..., \"payload\": ...}}: {e}"))
+                fault(
+                    &at,
+                    format!("a command is {{\"type\": ..., \"payload\": ...}}: {e}"),
+                )
             })?;
             if e.kind.is_empty() {
                 return Err(fault(&at, "type may not be empty"));
             }
-            emit.push((e.kind, Template::compile(&e.payload, &format!("{at}.payload"))?));
+            emit.push((
+                e.kind,
+                Template::compile(&e.payload, &format!("{at}.payload"))?,
+            ));
         }
         if raw.decision.is_some() && raw.reason.is_none() {
             return Err(fault(at, "a decision needs a reason"));
@@ -398,20 +409,24 @@ impl Step {
         for (path, t, max) in &self.append {
             appends.push((path, t.eval(data)?, *max));
         }
-        let state = data.entry("state").or_insert_with(|| Value::Object(Map::new()));
+        let state = data
+            .entry("state")
+            .or_insert_with(|| Value::Object(Map::new()));
         for (path, v) in sets {
             *slot(state, path) = v;
         }
         for (path, by) in incs {
             let slot = slot(state, path);
             let Some(by) = by.as_f64() else {
-                return Err(RuleFault::InvalidArguments("increment by a value that is not a number"));
+                return Err(RuleFault::InvalidArguments(
+                    "increment by a value that is not a number",
+                ));
             };
             let now = match &*slot {
                 Value::Null => 0.0,
-                v => v
-                    .as_f64()
-                    .ok_or(RuleFault::InvalidArguments("increment of a field that is not a number"))?,
+                v => v.as_f64().ok_or(RuleFault::InvalidArguments(
+                    "increment of a field that is not a number",
+                ))?,
             };
             *slot = number(now + by);
         }
@@ -512,25 +527,34 @@ impl Declarative {
     /// assert!(bad.unwrap_err().to_string().starts_with("rules[0]"));
     /// ```
     pub fn compile(def: &Value) -> Result<Declarative, DefinitionError> {
-        let raw: RawDefinition = serde_json::from_value(def.clone())
-            .map_err(|e| fault("definition", e.to_string()))?;
+        let raw: RawDefinition =
+            serde_json::from_value(def.clone()).map_err(|e| fault("definition", e.to_string()))?;
         let initial = match raw.state {
             None => Value::Object(Map::new()),
             Some(v @ Value::Object(_)) => v,
             Some(_) => return Err(fault("state", "the initial state must be an object")),
         };
         if raw.rules.len() > MAX_RULES || raw.cycles.len() > MAX_RULES {
-            return Err(fault("rules", format!("at most {MAX_RULES} rules and {MAX_RULES} cycles")));
+            return Err(fault(
+                "rules",
+                format!("at most {MAX_RULES} rules and {MAX_RULES} cycles"),
+            ));
         }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, v) in raw.rules.iter().enumerate() {
             let at = label("rules", i, v);
-            let step: RawStep = serde_json::from_value(v.clone()).map_err(|e| fault(&at, e.to_string()))?;
+            let step: RawStep =
+                serde_json::from_value(v.clone()).map_err(|e| fault(&at, e.to_string()))?;
             if step.cron.is_some() {
                 return Err(fault(&at, "cron belongs to cycles, not rules"));
             }
             let on = match &step.on {
-                None => return Err(fault(&at, "on (the event type, a list of types, or \"*\") is required")),
+                None => {
+                    return Err(fault(
+                        &at,
+                        "on (the event type, a list of types, or \"*\") is required",
+                    ));
+                }
                 Some(Value::String(s)) if s == "*" => On::Any,
                 Some(Value::String(s)) if !s.is_empty() => On::Types(vec![s.clone()]),
                 Some(Value::Array(types)) if !types.is_empty() => On::Types(
@@ -542,7 +566,9 @@ impl Declarative {
                         })
                         .collect::<Result<_, _>>()?,
                 ),
-                Some(_) => return Err(fault(&at, "on is an event type, a list of types, or \"*\"")),
+                Some(_) => {
+                    return Err(fault(&at, "on is an event type, a list of types, or \"*\""));
+                }
             };
             let default_name = match &on {
                 On::Types(t) => format!("{} #{i}", t.join("|")),
@@ -681,25 +707,46 @@ mod tests {
             "payload":{"order":{"var":"event.payload.id"}, "entity": {"var": "entity"}, "fixed": [1, "x"]}}],"reason":"large order"}]})).unwrap();
         let mut state = def.initial().unwrap();
         let mut out = decide();
-        def.on_event(&mut state, &Event::new("1", "order.placed", json!({"id": "o-9", "amount": 150})), &mut out).unwrap();
-        def.on_event(&mut state, &Event::new("2", "order.placed", json!({"id": "o-10", "amount": 50})), &mut out).unwrap();
+        def.on_event(
+            &mut state,
+            &Event::new("1", "order.placed", json!({"id": "o-9", "amount": 150})),
+            &mut out,
+        )
+        .unwrap();
+        def.on_event(
+            &mut state,
+            &Event::new("2", "order.placed", json!({"id": "o-10", "amount": 50})),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(state, json!({"big_orders": 1}));
         assert_eq!(out.commands().len(), 1);
-        assert_eq!(out.commands()[0].payload, json!({"order": "o-9", "entity": "e1", "fixed": [1, "x"]}));
+        assert_eq!(
+            out.commands()[0].payload,
+            json!({"order": "o-9", "entity": "e1", "fixed": [1, "x"]})
+        );
         assert_eq!(out.notes().next().unwrap().reason, "large order");
     }
 
     #[test]
     fn each_runs_per_item_and_sees_what_the_previous_item_changed() {
-        let def = Declarative::compile(&json!({"rules":[{"on":"batch","each":{"var":"event.payload.items"},
+        let def = Declarative::compile(
+            &json!({"rules":[{"on":"batch","each":{"var":"event.payload.items"},
             "when":{"<":[{"var":"state.taken"},2]},
             "increment":{"taken":1},
             "append":{"log":{"value":{"var":"item"},"max":1}},
             "emit":[{"type":"take","payload":{"item":{"var":"item"}}}],
-            "decision":"take","reason":{"cat":["took ",{"var":"item"}]}}]})).unwrap();
+            "decision":"take","reason":{"cat":["took ",{"var":"item"}]}}]}),
+        )
+        .unwrap();
         let mut state = def.initial().unwrap();
         let mut out = decide();
-        def.on_event(&mut state, &Event::new("1", "batch", json!({"items": ["a", "b", "c"]})), &mut out).unwrap();
+        def.on_event(
+            &mut state,
+            &Event::new("1", "batch", json!({"items": ["a", "b", "c"]})),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(state, json!({"taken": 2, "log": ["b"]}));
         let reasons: Vec<_> = out.notes().map(|n| n.reason.clone()).collect();
         assert_eq!(reasons, ["took a", "took b"]);
@@ -709,18 +756,48 @@ mod tests {
     #[test]
     fn bad_definitions_name_the_rule_and_the_fault() {
         let cases = [
-            (json!({"rules": [{"name": "r", "on": "x", "when": {"nope": 1}}]}), "rules[0] \"r\".when: JsonLogic at /nope: unknown operation"),
+            (
+                json!({"rules": [{"name": "r", "on": "x", "when": {"nope": 1}}]}),
+                "rules[0] \"r\".when: JsonLogic at /nope: unknown operation",
+            ),
             (json!({"rules": [{"when": true}]}), "rules[0]: on"),
-            (json!({"rules": [{"on": "x", "sett": {}}]}), "rules[0]: unknown field `sett`"),
-            (json!({"rules": [{"on": "x", "append": {"l": {"value": 1, "max": 0}}}]}), "rules[0].append.l: max"),
-            (json!({"rules": [{"on": "x", "set": {"a..b": 1}}]}), "rules[0].set.a..b"),
-            (json!({"rules": [{"on": "x", "emit": [{"payload": 1}]}]}), "rules[0].emit[0]"),
-            (json!({"cycles": [{"cron": "99 * * * *"}]}), "cycles[0]: cron"),
-            (json!({"cycles": [{"reason": "x"}]}), "cycles[0]: cron is required"),
+            (
+                json!({"rules": [{"on": "x", "sett": {}}]}),
+                "rules[0]: unknown field `sett`",
+            ),
+            (
+                json!({"rules": [{"on": "x", "append": {"l": {"value": 1, "max": 0}}}]}),
+                "rules[0].append.l: max",
+            ),
+            (
+                json!({"rules": [{"on": "x", "set": {"a..b": 1}}]}),
+                "rules[0].set.a..b",
+            ),
+            (
+                json!({"rules": [{"on": "x", "emit": [{"payload": 1}]}]}),
+                "rules[0].emit[0]",
+            ),
+            (
+                json!({"cycles": [{"cron": "99 * * * *"}]}),
+                "cycles[0]: cron",
+            ),
+            (
+                json!({"cycles": [{"reason": "x"}]}),
+                "cycles[0]: cron is required",
+            ),
             (json!({"state": [1]}), "state:"),
-            (json!({"webhooks": [{"url": "ftp://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}), "webhooks[0]: url"),
-            (json!({"webhooks": [{"url": "https://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}), "webhooks[0]: url is https"),
-            (json!({"webhooks": [{"url": "http://x", "secret": "abc"}]}), "webhooks[0]: secret must start"),
+            (
+                json!({"webhooks": [{"url": "ftp://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}),
+                "webhooks[0]: url",
+            ),
+            (
+                json!({"webhooks": [{"url": "https://x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]}),
+                "webhooks[0]: url is https",
+            ),
+            (
+                json!({"webhooks": [{"url": "http://x", "secret": "abc"}]}),
+                "webhooks[0]: secret must start",
+            ),
             (json!({"pull": false}), "pull:"),
             (json!({"ruls": []}), "definition: unknown field"),
         ];
@@ -732,9 +809,18 @@ mod tests {
 
     #[test]
     fn a_fault_while_running_rejects_with_the_rule_name() {
-        let def = Declarative::compile(&json!({"rules":[{"name":"count","on":"x","increment":{"n":{"var":"event.payload"}}}]})).unwrap();
+        let def = Declarative::compile(
+            &json!({"rules":[{"name":"count","on":"x","increment":{"n":{"var":"event.payload"}}}]}),
+        )
+        .unwrap();
         let mut state = def.initial().unwrap();
-        let e = def.on_event(&mut state, &Event::new("1", "x", json!("abc")), &mut decide()).unwrap_err();
+        let e = def
+            .on_event(
+                &mut state,
+                &Event::new("1", "x", json!("abc")),
+                &mut decide(),
+            )
+            .unwrap_err();
         assert!(e.0.contains("\"count\""), "{e}");
     }
 }

@@ -24,7 +24,9 @@ pub enum ReactorError {
     Rejected(#[from] Rejected),
     /// The outbox holds as many commands as it may: its consumers are not taking them.
     /// Nothing changed; send the event again once they catch up.
-    #[error("the outbox holds {pending} commands not yet delivered; its consumers are not keeping up")]
+    #[error(
+        "the outbox holds {pending} commands not yet delivered; its consumers are not keeping up"
+    )]
     OutboxFull {
         /// Commands not yet delivered everywhere.
         pending: u64,
@@ -38,7 +40,9 @@ pub enum ReactorError {
         max: usize,
     },
     /// The type's commands are not delivered by pull (only to webhooks).
-    #[error("this reactor type's commands are delivered to webhooks, not pulled (set \"pull\": true)")]
+    #[error(
+        "this reactor type's commands are delivered to webhooks, not pulled (set \"pull\": true)"
+    )]
     NotPulled,
     /// No dead letter has this number.
     #[error("no dead letter {0}")]

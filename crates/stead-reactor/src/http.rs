@@ -18,8 +18,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::client::{ReactorClient, ReactorConfig};
 use crate::error::ReactorError;
 use crate::object::{
-    CommandPage, DeadLetter, DeadLetterAction, Decision, EntityView, Ingested, LIVE_TAG,
-    MAX_PAGE, MAX_WAIT_MS,
+    CommandPage, DeadLetter, DeadLetterAction, Decision, EntityView, Ingested, LIVE_TAG, MAX_PAGE,
+    MAX_WAIT_MS,
 };
 use crate::reactor::Event;
 
@@ -227,7 +227,8 @@ async fn decisions(
     Query(q): Query<LimitParams>,
 ) -> std::result::Result<Body<Vec<Decision>>, ReactorError> {
     Ok(Body(
-        c.decisions(&p.kind, &p.entity, q.limit.unwrap_or(50)).await?,
+        c.decisions(&p.kind, &p.entity, q.limit.unwrap_or(50))
+            .await?,
     ))
 }
 
@@ -260,10 +261,9 @@ async fn commands(
 ) -> std::result::Result<Body<CommandPage>, ReactorError> {
     let wait = q.wait_ms.unwrap_or(0);
     if wait > MAX_WAIT_MS {
-        return Err(stead_core::InvalidInput::new(format!(
-            "wait_ms may be at most {MAX_WAIT_MS}"
-        ))
-        .into());
+        return Err(
+            stead_core::InvalidInput::new(format!("wait_ms may be at most {MAX_WAIT_MS}")).into(),
+        );
     }
     Ok(Body(
         c.commands(

@@ -70,8 +70,8 @@ pub use error::ReactorError;
 pub use http::ReactorPattern;
 pub use object::{
     Ack, Command, CommandPage, DeadLetter, DeadLetterAction, DeadLetters, Decision, Decisions,
-    Define, EndpointView, Entity, EntityView, GetDefinition, Ingest, Ingested, Inspect,
-    MAX_PAGE, MAX_WAIT_MS, Poll, ResolveDeadLetters, TypeObject,
+    Define, EndpointView, Entity, EntityView, GetDefinition, Ingest, Ingested, Inspect, MAX_PAGE,
+    MAX_WAIT_MS, Poll, ResolveDeadLetters, TypeObject,
 };
 pub use reactor::{Cycle, Decide, Emit, Event, Note, Reactor, Rejected};
 

@@ -294,7 +294,11 @@ impl DurableObject for Entity {
         })
     }
 
-    async fn on_schedule(&mut self, ctx: &mut Context, job: ScheduledJob) -> stead_core::Result<()> {
+    async fn on_schedule(
+        &mut self,
+        ctx: &mut Context,
+        job: ScheduledJob,
+    ) -> stead_core::Result<()> {
         match job.name.as_str() {
             DELIVER_JOB => {
                 let Some(delivery) = self.delivery_for_job().await? else {
@@ -333,7 +337,11 @@ impl DurableObject for Entity {
         }
     }
 
-    async fn on_websocket_open(&mut self, ctx: &mut Context, socket: WebSocket) -> stead_core::Result<()> {
+    async fn on_websocket_open(
+        &mut self,
+        ctx: &mut Context,
+        socket: WebSocket,
+    ) -> stead_core::Result<()> {
         let state = match self.state_or_initial().await {
             Ok(s) => s,
             Err(_) => Value::Null,
@@ -529,7 +537,9 @@ impl DeferredHandler<Poll> for Entity {
         let answer = async {
             check_limit(msg.limit)?;
             if msg.wait_ms > MAX_WAIT_MS {
-                return Err(InvalidInput::new(format!("wait_ms may be at most {MAX_WAIT_MS}")).into());
+                return Err(
+                    InvalidInput::new(format!("wait_ms may be at most {MAX_WAIT_MS}")).into(),
+                );
             }
             let ty = self.env.entry(&self.kind).await?;
             if !ty.delivery.pull {
@@ -700,7 +710,8 @@ impl Handler<Delivered> for Entity {
                         Target::Seq(s) => {
                             cursor.delivered = s;
                             if let Some(command) = self.outbox.get(&s).cloned() {
-                                self.dead_letter(ctx, &url, command, attempts, error).await?;
+                                self.dead_letter(ctx, &url, command, attempts, error)
+                                    .await?;
                             }
                         }
                         Target::Dead(d) => {
@@ -716,7 +727,8 @@ impl Handler<Delivered> for Entity {
                         }
                     }
                 } else {
-                    let wait = delivery::backoff(cursor.attempts, cfg.retry_base_ms, cfg.retry_max_ms);
+                    let wait =
+                        delivery::backoff(cursor.attempts, cfg.retry_base_ms, cfg.retry_max_ms);
                     cursor.retry_at_ms = Some(now + wait as i64);
                 }
             }
@@ -791,7 +803,11 @@ impl Entity {
     fn start_of(&self, url: &str) -> u64 {
         match self.meta.endpoints.get(url) {
             Some(c) => c.delivered,
-            None => self.outbox.keys().next().map_or(self.meta.last_seq, |first| first - 1),
+            None => self
+                .outbox
+                .keys()
+                .next()
+                .map_or(self.meta.last_seq, |first| first - 1),
         }
     }
 
@@ -826,7 +842,9 @@ impl Entity {
         if wanted != self.meta.cycles {
             for old in &self.meta.cycles {
                 if !wanted.contains(old) {
-                    ctx.schedules().cancel(&format!("{CYCLE_JOB}{}", old.name)).await?;
+                    ctx.schedules()
+                        .cancel(&format!("{CYCLE_JOB}{}", old.name))
+                        .await?;
                 }
             }
             for c in &wanted {
@@ -894,7 +912,15 @@ impl Entity {
         }
         let keep = u64::from(self.env.config.decisions);
         let mut logged = Vec::with_capacity(out.notes.len());
-        for (Note { kind, reason, context }, covered) in out.notes {
+        for (
+            Note {
+                kind,
+                reason,
+                context,
+            },
+            covered,
+        ) in out.notes
+        {
             self.meta.last_decision += 1;
             let n = self.meta.last_decision;
             let decision = Decision {
@@ -1110,7 +1136,10 @@ impl DurableObject for TypeObject {
     const CLASS: &'static str = "reactor-type";
     type Env = crate::client::TypesEnv;
 
-    async fn activate(ctx: &mut Context, env: Arc<crate::client::TypesEnv>) -> stead_core::Result<Self> {
+    async fn activate(
+        ctx: &mut Context,
+        env: Arc<crate::client::TypesEnv>,
+    ) -> stead_core::Result<Self> {
         Ok(TypeObject {
             env: env.0.clone(),
             definition: ctx.storage().get(DEF).await?,

@@ -207,7 +207,12 @@ pub trait Reactor: Send + Sync + 'static {
     }
 
     /// Runs cycle `name` (one of [`cycles`](Self::cycles)).
-    fn on_cycle(&self, state: &mut Self::State, name: &str, out: &mut Decide) -> Result<(), Rejected> {
+    fn on_cycle(
+        &self,
+        state: &mut Self::State,
+        name: &str,
+        out: &mut Decide,
+    ) -> Result<(), Rejected> {
         let _ = (state, name, out);
         Ok(())
     }
@@ -232,8 +237,11 @@ impl<R: Reactor> Typed<R> {
         state: &mut Value,
         f: impl FnOnce(&R, &mut R::State) -> Result<(), Rejected>,
     ) -> Result<(), Rejected> {
-        let mut typed: R::State = serde_json::from_value(state.clone())
-            .map_err(|e| Rejected(format!("the stored state does not fit the reactor's type: {e}")))?;
+        let mut typed: R::State = serde_json::from_value(state.clone()).map_err(|e| {
+            Rejected(format!(
+                "the stored state does not fit the reactor's type: {e}"
+            ))
+        })?;
         f(&self.0, &mut typed)?;
         *state = serde_json::to_value(&typed)
             .map_err(|e| Rejected(format!("the state does not serialize: {e}")))?;

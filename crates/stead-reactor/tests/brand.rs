@@ -48,26 +48,74 @@ async fn both_forms_of_the_brand_agent_decide_as_the_seed_does() {
     // The clock starts on the hour: cycles run at every full hour after.
     let t = TestRuntime::memory().await;
     let r = ReactorClient::new(&t).unwrap();
-    r.register("brand-rs", agent::BrandAgent, Delivery::pull()).unwrap();
+    r.register("brand-rs", agent::BrandAgent, Delivery::pull())
+        .unwrap();
     r.define("brand", agent::definition()).await.unwrap();
 
     // Research: five pieces of content a day at most, top keywords first in priority.
-    send_both(&r, Event::new("r1", "research.completed", json!({
-        "keywords": ["rust", "actors", "durable"],
-        "opportunities": ["rust", "sqlite", "wasm", "actors", "queues", "leases", "alarms"],
-        "gaps": []
-    }))).await;
+    send_both(
+        &r,
+        Event::new(
+            "r1",
+            "research.completed",
+            json!({
+                "keywords": ["rust", "actors", "durable"],
+                "opportunities": ["rust", "sqlite", "wasm", "actors", "queues", "leases", "alarms"],
+                "gaps": []
+            }),
+        ),
+    )
+    .await;
     // Publishing: promoted only for a top keyword.
-    send_both(&r, Event::new("p1", "content.published", json!({"contentId": "c-1", "keyword": "rust"}))).await;
-    send_both(&r, Event::new("p2", "content.published", json!({"contentId": "c-2", "keyword": "misc"}))).await;
+    send_both(
+        &r,
+        Event::new(
+            "p1",
+            "content.published",
+            json!({"contentId": "c-1", "keyword": "rust"}),
+        ),
+    )
+    .await;
+    send_both(
+        &r,
+        Event::new(
+            "p2",
+            "content.published",
+            json!({"contentId": "c-2", "keyword": "misc"}),
+        ),
+    )
+    .await;
     // Engagement: a pivot below 2%, nothing above.
-    send_both(&r, Event::new("m1", "engagement.report", json!({"avgEngagement": 0.05, "underPerforming": []}))).await;
-    send_both(&r, Event::new("m2", "engagement.report", json!({"avgEngagement": 0.01, "underPerforming": ["c-2"]}))).await;
+    send_both(
+        &r,
+        Event::new(
+            "m1",
+            "engagement.report",
+            json!({"avgEngagement": 0.05, "underPerforming": []}),
+        ),
+    )
+    .await;
+    send_both(
+        &r,
+        Event::new(
+            "m2",
+            "engagement.report",
+            json!({"avgEngagement": 0.01, "underPerforming": ["c-2"]}),
+        ),
+    )
+    .await;
     // A competitor: the third new-content move within a week calls for a response.
     for (i, action) in ["new-content", "pricing", "new-content"].iter().enumerate() {
         t.advance(HOUR * 20).await;
-        send_both(&r, Event::new(format!("c{i}"), "competitor.detected",
-            json!({"competitor": "globex", "action": action, "details": {"n": i}}))).await;
+        send_both(
+            &r,
+            Event::new(
+                format!("c{i}"),
+                "competitor.detected",
+                json!({"competitor": "globex", "action": action, "details": {"n": i}}),
+            ),
+        )
+        .await;
     }
     // 60 hours after the research and the publishing, cycles have asked for routine
     // research (past 24 h) and logged a stall (past 48 h), once an hour since.
@@ -77,39 +125,67 @@ async fn both_forms_of_the_brand_agent_decide_as_the_seed_does() {
     assert_eq!(rs, js, "the Rust and the declared agent decide the same");
     let (decisions, commands) = rs;
 
-    let created: Vec<&Value> = commands.iter().filter(|(k, _)| k == "content.create").map(|(_, p)| p).collect();
-    assert_eq!(created, [
-        &json!({"brandId": "acme", "keyword": "rust", "priority": 1}),
-        &json!({"brandId": "acme", "keyword": "sqlite", "priority": 2}),
-        &json!({"brandId": "acme", "keyword": "wasm", "priority": 2}),
-        &json!({"brandId": "acme", "keyword": "actors", "priority": 1}),
-        &json!({"brandId": "acme", "keyword": "queues", "priority": 2}),
-    ]);
+    let created: Vec<&Value> = commands
+        .iter()
+        .filter(|(k, _)| k == "content.create")
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(
+        created,
+        [
+            &json!({"brandId": "acme", "keyword": "rust", "priority": 1}),
+            &json!({"brandId": "acme", "keyword": "sqlite", "priority": 2}),
+            &json!({"brandId": "acme", "keyword": "wasm", "priority": 2}),
+            &json!({"brandId": "acme", "keyword": "actors", "priority": 1}),
+            &json!({"brandId": "acme", "keyword": "queues", "priority": 2}),
+        ]
+    );
     let reasons: Vec<&str> = decisions.iter().map(|(_, r)| r.as_str()).collect();
-    assert_eq!(&reasons[..8], [
-        "Research found opportunity \"rust\" — creating content",
-        "Research found opportunity \"sqlite\" — creating content",
-        "Research found opportunity \"wasm\" — creating content",
-        "Research found opportunity \"actors\" — creating content",
-        "Research found opportunity \"queues\" — creating content",
-        "Content \"rust\" published — scheduling social promotion",
-        "Engagement at 1% — triggering research pivot",
-        // Cycles from hour 25 on (the competitor's first move came at hour 20).
-        "No research in 25h — requesting routine discovery",
-    ]);
-    assert!(commands.contains(&("social.schedule".into(), json!({"brandId": "acme", "contentId": "c-1",
-        "platforms": ["twitter", "linkedin"], "timing": "optimal"}))));
-    assert_eq!(commands.iter().filter(|(k, _)| k == "social.schedule").count(), 1);
-    assert!(commands.contains(&("research.request".into(), json!({"brandId": "acme",
-        "focus": "engagement-optimization", "context": {"underPerforming": ["c-2"]}}))));
+    assert_eq!(
+        &reasons[..8],
+        [
+            "Research found opportunity \"rust\" — creating content",
+            "Research found opportunity \"sqlite\" — creating content",
+            "Research found opportunity \"wasm\" — creating content",
+            "Research found opportunity \"actors\" — creating content",
+            "Research found opportunity \"queues\" — creating content",
+            "Content \"rust\" published — scheduling social promotion",
+            "Engagement at 1% — triggering research pivot",
+            // Cycles from hour 25 on (the competitor's first move came at hour 20).
+            "No research in 25h — requesting routine discovery",
+        ]
+    );
+    assert!(commands.contains(&(
+        "social.schedule".into(),
+        json!({"brandId": "acme", "contentId": "c-1",
+        "platforms": ["twitter", "linkedin"], "timing": "optimal"})
+    )));
+    assert_eq!(
+        commands
+            .iter()
+            .filter(|(k, _)| k == "social.schedule")
+            .count(),
+        1
+    );
+    assert!(commands.contains(&(
+        "research.request".into(),
+        json!({"brandId": "acme",
+        "focus": "engagement-optimization", "context": {"underPerforming": ["c-2"]}})
+    )));
     assert!(commands.contains(&("research.request".into(), json!({"brandId": "acme",
         "focus": "competitive-response", "context": {"competitor": "globex", "action": "new-content", "details": {"n": 2}}}))));
     assert!(reasons.contains(&"Competitor \"globex\" published new content — investigating"));
     assert!(reasons.contains(&"No publishing in 49h — pipeline may be stalled"));
     // Hours 25 to 61: a routine-research request every hour; stalls from hour 49.
-    let routine = commands.iter().filter(|(_, p)| p["focus"] == "routine-discovery").count();
+    let routine = commands
+        .iter()
+        .filter(|(_, p)| p["focus"] == "routine-discovery")
+        .count();
     assert_eq!(routine, 37);
-    let stalls = decisions.iter().filter(|(k, _)| k == "pipeline-stall").count();
+    let stalls = decisions
+        .iter()
+        .filter(|(k, _)| k == "pipeline-stall")
+        .count();
     assert_eq!(stalls, 13);
     t.shutdown().await.unwrap();
 }

@@ -35,8 +35,15 @@ fn definition(url: &str) -> serde_json::Value {
 async fn crash_child() {
     let dir = std::env::var("STEAD_REACTOR_CRASH_DIR").unwrap();
     let url = std::env::var("STEAD_REACTOR_CRASH_URL").unwrap();
-    let round: u64 = std::env::var("STEAD_REACTOR_CRASH_ROUND").unwrap().parse().unwrap();
-    let rt = stead_core::Runtime::builder().sqlite(dir).build().await.unwrap();
+    let round: u64 = std::env::var("STEAD_REACTOR_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = stead_core::Runtime::builder()
+        .sqlite(dir)
+        .build()
+        .await
+        .unwrap();
     let r = ReactorClient::new(&rt).unwrap();
     r.define("jobs", definition(&url)).await.unwrap();
     let mut tasks = Vec::new();
@@ -46,13 +53,18 @@ async fn crash_child() {
             for i in 0.. {
                 let id = format!("r{round}-w{w}-{i}");
                 let entity = format!("e{}", w % 4);
-                if r.send("jobs", &entity, Event::new(&id, "tick", json!({}))).await.is_ok() {
+                if r.send("jobs", &entity, Event::new(&id, "tick", json!({})))
+                    .await
+                    .is_ok()
+                {
                     println!("ACK {entity} {id}");
                 }
                 // An event of an earlier round again: acknowledged as a duplicate.
                 if i % 10 == 0 && round > 0 {
                     let old = format!("r{}-w{w}-{i}", round - 1);
-                    let _ = r.send("jobs", &entity, Event::new(&old, "tick", json!({}))).await;
+                    let _ = r
+                        .send("jobs", &entity, Event::new(&old, "tick", json!({})))
+                        .await;
                 }
             }
         }));
@@ -98,7 +110,13 @@ fn crash_keeps_every_acknowledged_command() {
     let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for round in 0..ROUNDS {
         let mut child = Process::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("STEAD_REACTOR_CRASH_DIR", dir.path())
             .env("STEAD_REACTOR_CRASH_URL", &url)
             .env("STEAD_REACTOR_CRASH_ROUND", round.to_string())
@@ -124,33 +142,62 @@ fn crash_keeps_every_acknowledged_command() {
         child.kill().unwrap();
         child.wait().unwrap();
         let acks = reader.join().unwrap();
-        assert!(!acks.is_empty(), "round {round}: nothing acknowledged before the kill");
+        assert!(
+            !acks.is_empty(),
+            "round {round}: nothing acknowledged before the kill"
+        );
         for (e, id) in acks {
             acked.entry(e).or_default().insert(id);
         }
     }
     // Restart: pending deliveries resume; every acknowledged event's command is there.
     tokio.block_on(async {
-        let rt = stead_core::Runtime::builder().sqlite(dir.path()).build().await.unwrap();
+        let rt = stead_core::Runtime::builder()
+            .sqlite(dir.path())
+            .build()
+            .await
+            .unwrap();
         let r = ReactorClient::new(&rt).unwrap();
         for (entity, ids) in &acked {
             let mut pulled: BTreeMap<String, u32> = BTreeMap::new();
             let mut after = 0;
             loop {
-                let page = r.commands("jobs", entity, after, 1000, Duration::ZERO).await.unwrap();
-                let Some(last) = page.commands.last() else { break };
+                let page = r
+                    .commands("jobs", entity, after, 1000, Duration::ZERO)
+                    .await
+                    .unwrap();
+                let Some(last) = page.commands.last() else {
+                    break;
+                };
                 after = last.seq;
                 for c in &page.commands {
-                    *pulled.entry(c.payload["event"].as_str().unwrap().to_owned()).or_default() += 1;
+                    *pulled
+                        .entry(c.payload["event"].as_str().unwrap().to_owned())
+                        .or_default() += 1;
                 }
             }
             for id in ids {
-                assert_eq!(pulled.get(id), Some(&1), "{entity}: the command of acknowledged event {id}, once");
+                assert_eq!(
+                    pulled.get(id),
+                    Some(&1),
+                    "{entity}: the command of acknowledged event {id}, once"
+                );
             }
-            assert!(pulled.values().all(|n| *n == 1), "{entity}: an event decided twice");
+            assert!(
+                pulled.values().all(|n| *n == 1),
+                "{entity}: an event decided twice"
+            );
             let view = r.state("jobs", entity).await.unwrap();
-            assert_eq!(view.state["n"].as_u64().unwrap(), view.last_seq, "{entity}: state and outbox agree");
-            assert_eq!(pulled.len() as u64, view.last_seq, "{entity}: numbered without gaps");
+            assert_eq!(
+                view.state["n"].as_u64().unwrap(),
+                view.last_seq,
+                "{entity}: state and outbox agree"
+            );
+            assert_eq!(
+                pulled.len() as u64,
+                view.last_seq,
+                "{entity}: numbered without gaps"
+            );
         }
         // Push: every command reaches the consumer; by webhook-id, each once.
         let total: u64 = {
@@ -162,23 +209,34 @@ fn crash_keeps_every_acknowledged_command() {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while (consumer.seen.lock().unwrap().len() as u64) < total {
-            assert!(tokio::time::Instant::now() < deadline, "deliveries did not finish");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deliveries did not finish"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let seen = consumer.seen.lock().unwrap();
         let mut by_event: BTreeMap<String, u32> = BTreeMap::new();
         for (id, (command, _)) in seen.iter() {
             assert_eq!(*id, command.id);
-            *by_event.entry(command.payload["event"].as_str().unwrap().to_owned()).or_default() += 1;
+            *by_event
+                .entry(command.payload["event"].as_str().unwrap().to_owned())
+                .or_default() += 1;
         }
         for ids in acked.values() {
             for id in ids {
                 assert_eq!(by_event.get(id), Some(&1), "pushed: the command of {id}");
             }
         }
-        assert!(by_event.values().all(|n| *n == 1), "pushed: a command under two ids");
+        assert!(
+            by_event.values().all(|n| *n == 1),
+            "pushed: a command under two ids"
+        );
         let redelivered = seen.values().filter(|(_, n)| *n > 1).count();
-        println!("{} commands pushed, {redelivered} of them more than once (at least once)", seen.len());
+        println!(
+            "{} commands pushed, {redelivered} of them more than once (at least once)",
+            seen.len()
+        );
         drop(seen);
         rt.shutdown().await.unwrap();
     });

@@ -22,7 +22,11 @@ fn orders() -> serde_json::Value {
 }
 
 fn order(n: u32, amount: u32) -> Event {
-    Event::new(format!("e-{n}"), "order.placed", json!({"id": format!("o-{n}"), "amount": amount}))
+    Event::new(
+        format!("e-{n}"),
+        "order.placed",
+        json!({"id": format!("o-{n}"), "amount": amount}),
+    )
 }
 
 #[tokio::test]
@@ -34,7 +38,9 @@ async fn every_event_sent_twice_concurrently_and_later_decides_once() {
     for n in 0..50 {
         for _ in 0..2 {
             let r = r.clone();
-            tasks.push(tokio::spawn(async move { r.send("orders", "acme", order(n, 500)).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                r.send("orders", "acme", order(n, 500)).await.unwrap()
+            }));
         }
     }
     let mut firsts = 0;
@@ -52,7 +58,12 @@ async fn every_event_sent_twice_concurrently_and_later_decides_once() {
     // And again, later.
     t.advance(Duration::from_secs(3600)).await;
     for n in 0..50 {
-        assert!(r.send("orders", "acme", order(n, 500)).await.unwrap().duplicate);
+        assert!(
+            r.send("orders", "acme", order(n, 500))
+                .await
+                .unwrap()
+                .duplicate
+        );
     }
     let view = r.state("orders", "acme").await.unwrap();
     assert_eq!(view.state, json!({"big": 50, "seen": 50}));
@@ -71,9 +82,19 @@ async fn an_event_id_is_forgotten_after_the_retention_window() {
     r.define("orders", orders()).await.unwrap();
     r.send("orders", "a", order(1, 500)).await.unwrap();
     t.advance(Duration::from_secs(30)).await;
-    assert!(r.send("orders", "a", order(1, 500)).await.unwrap().duplicate);
+    assert!(
+        r.send("orders", "a", order(1, 500))
+            .await
+            .unwrap()
+            .duplicate
+    );
     t.advance(Duration::from_secs(31)).await;
-    assert!(!r.send("orders", "a", order(1, 500)).await.unwrap().duplicate);
+    assert!(
+        !r.send("orders", "a", order(1, 500))
+            .await
+            .unwrap()
+            .duplicate
+    );
     t.shutdown().await.unwrap();
 }
 
@@ -86,26 +107,52 @@ async fn commands_are_numbered_read_in_order_and_leave_when_acknowledged() {
         r.send("orders", "a", order(n, 500)).await.unwrap();
     }
     r.send("orders", "a", order(6, 5)).await.unwrap(); // no command
-    let page = r.commands("orders", "a", 0, 3, Duration::ZERO).await.unwrap();
+    let page = r
+        .commands("orders", "a", 0, 3, Duration::ZERO)
+        .await
+        .unwrap();
     let seqs: Vec<u64> = page.commands.iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [1, 2, 3]);
     let c = &page.commands[0];
-    assert_eq!((c.kind.as_str(), &c.payload, c.cause.as_str()), ("review.request", &json!({"order": "o-1"}), "event:e-1"));
+    assert_eq!(
+        (c.kind.as_str(), &c.payload, c.cause.as_str()),
+        ("review.request", &json!({"order": "o-1"}), "event:e-1")
+    );
     assert!(c.id.starts_with("cmd_") && c.id.ends_with("_1"));
-    let other = r.commands("orders", "a", 3, 10, Duration::ZERO).await.unwrap();
-    assert_eq!(other.commands.iter().map(|c| c.seq).collect::<Vec<_>>(), [4, 5]);
+    let other = r
+        .commands("orders", "a", 3, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.commands.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [4, 5]
+    );
     // The decisions say which commands they emitted.
     let log = r.decisions("orders", "a", 2).await.unwrap();
-    assert_eq!(log.iter().map(|d| (d.seq, d.commands.clone())).collect::<Vec<_>>(), [(4, vec![4]), (5, vec![5])]);
+    assert_eq!(
+        log.iter()
+            .map(|d| (d.seq, d.commands.clone()))
+            .collect::<Vec<_>>(),
+        [(4, vec![4]), (5, vec![5])]
+    );
 
     assert_eq!(r.ack("orders", "a", 3).await.unwrap(), 3);
     assert_eq!(r.state("orders", "a").await.unwrap().pending, 2);
     // Reading from 0 starts after the acknowledged ones.
-    let rest = r.commands("orders", "a", 0, 10, Duration::ZERO).await.unwrap();
-    assert_eq!(rest.commands.iter().map(|c| c.seq).collect::<Vec<_>>(), [4, 5]);
+    let rest = r
+        .commands("orders", "a", 0, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.commands.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [4, 5]
+    );
     // Acknowledging less than before changes nothing; more than exists is refused.
     assert_eq!(r.ack("orders", "a", 1).await.unwrap(), 3);
-    assert!(matches!(r.ack("orders", "a", 9).await, Err(ReactorError::Invalid(_))));
+    assert!(matches!(
+        r.ack("orders", "a", 9).await,
+        Err(ReactorError::Invalid(_))
+    ));
     t.shutdown().await.unwrap();
 }
 
@@ -116,24 +163,38 @@ async fn a_long_poll_answers_when_a_command_comes_or_when_its_wait_is_over() {
     r.define("orders", orders()).await.unwrap();
     let poll = {
         let r = r.clone();
-        tokio::spawn(async move { r.commands("orders", "a", 0, 10, Duration::from_secs(30)).await.unwrap() })
+        tokio::spawn(async move {
+            r.commands("orders", "a", 0, 10, Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
     };
     tokio::task::yield_now().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!poll.is_finished(), "no command yet: the poll waits");
     r.send("orders", "a", order(1, 500)).await.unwrap();
-    let page = tokio::time::timeout(Duration::from_secs(5), poll).await.unwrap().unwrap();
+    let page = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(page.commands.len(), 1);
 
     // Nothing after 1: the wait runs out on the manual clock and the answer is empty.
     let poll = {
         let r = r.clone();
-        tokio::spawn(async move { r.commands("orders", "a", 1, 10, Duration::from_secs(30)).await.unwrap() })
+        tokio::spawn(async move {
+            r.commands("orders", "a", 1, 10, Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!poll.is_finished());
     t.advance(Duration::from_secs(31)).await;
-    let page = tokio::time::timeout(Duration::from_secs(5), poll).await.unwrap().unwrap();
+    let page = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(page.commands.is_empty());
     t.shutdown().await.unwrap();
 }
@@ -149,7 +210,10 @@ async fn a_full_outbox_refuses_events_until_its_consumers_catch_up() {
         r.send("orders", "a", order(n, 500)).await.unwrap();
     }
     let refused = r.send("orders", "a", order(4, 500)).await;
-    assert!(matches!(refused, Err(ReactorError::OutboxFull { pending: 3 })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ReactorError::OutboxFull { pending: 3 })),
+        "{refused:?}"
+    );
     // The refused event was not recorded: sent again later it decides.
     r.ack("orders", "a", 2).await.unwrap();
     let got = r.send("orders", "a", order(4, 500)).await.unwrap();
@@ -166,7 +230,13 @@ async fn rejected_events_change_nothing_and_bad_input_is_refused() {
         {"on": "x", "increment": {"n": 1}},
         {"name": "needs a number", "on": "x", "increment": {"total": {"var": "event.payload.amount"}}}
     ]})).await.unwrap();
-    let e = r.send("strict", "a", Event::new("1", "x", json!({"amount": "lots"}))).await;
+    let e = r
+        .send(
+            "strict",
+            "a",
+            Event::new("1", "x", json!({"amount": "lots"})),
+        )
+        .await;
     match e {
         Err(ReactorError::Rejected(why)) => assert!(why.0.contains("needs a number"), "{why}"),
         other => panic!("{other:?}"),
@@ -174,20 +244,44 @@ async fn rejected_events_change_nothing_and_bad_input_is_refused() {
     let view = r.state("strict", "a").await.unwrap();
     assert_eq!((view.state, view.events), (json!({}), 0));
     // The same id, fixed, is taken: a refused event is not remembered.
-    assert!(!r.send("strict", "a", Event::new("1", "x", json!({"amount": 2}))).await.unwrap().duplicate);
-    assert!(matches!(r.send("nope", "a", Event::new("1", "x", json!({}))).await, Err(ReactorError::UnknownType(_))));
-    assert!(matches!(r.send("strict", "", Event::new("1", "x", json!({}))).await, Err(ReactorError::Invalid(_))));
-    assert!(matches!(r.send("a/b", "a", Event::new("1", "x", json!({}))).await, Err(ReactorError::Invalid(_))));
-    assert!(matches!(r.send("strict", "a", Event::new("", "x", json!({}))).await, Err(ReactorError::Invalid(_))));
+    assert!(
+        !r.send("strict", "a", Event::new("1", "x", json!({"amount": 2})))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    assert!(matches!(
+        r.send("nope", "a", Event::new("1", "x", json!({}))).await,
+        Err(ReactorError::UnknownType(_))
+    ));
+    assert!(matches!(
+        r.send("strict", "", Event::new("1", "x", json!({}))).await,
+        Err(ReactorError::Invalid(_))
+    ));
+    assert!(matches!(
+        r.send("a/b", "a", Event::new("1", "x", json!({}))).await,
+        Err(ReactorError::Invalid(_))
+    ));
+    assert!(matches!(
+        r.send("strict", "a", Event::new("", "x", json!({}))).await,
+        Err(ReactorError::Invalid(_))
+    ));
     // State over its bound is refused.
     let small = TestRuntime::memory().await;
     let mut config = ReactorConfig::default();
     config.max_state_bytes = 64;
     let r = ReactorClient::with_config(&small, config).unwrap();
     r.define("log", json!({"rules": [{"on": "x", "append": {"l": {"value": {"var": "event.payload"}, "max": 100}}}]})).await.unwrap();
-    r.send("log", "a", Event::new("1", "x", json!("short"))).await.unwrap();
-    let big = r.send("log", "a", Event::new("2", "x", json!("x".repeat(100)))).await;
-    assert!(matches!(big, Err(ReactorError::StateTooLarge { max: 64, .. })), "{big:?}");
+    r.send("log", "a", Event::new("1", "x", json!("short")))
+        .await
+        .unwrap();
+    let big = r
+        .send("log", "a", Event::new("2", "x", json!("x".repeat(100))))
+        .await;
+    assert!(
+        matches!(big, Err(ReactorError::StateTooLarge { max: 64, .. })),
+        "{big:?}"
+    );
     small.shutdown().await.unwrap();
     t.shutdown().await.unwrap();
 }
@@ -208,9 +302,20 @@ async fn state_outbox_seen_ids_and_cycles_survive_a_restart() {
     r.ack("orders", "a", 1).await.unwrap();
     let t = t.restart().await;
     let r = ReactorClient::new(&t).unwrap();
-    assert!(r.send("orders", "a", order(2, 500)).await.unwrap().duplicate);
-    let page = r.commands("orders", "a", 0, 10, Duration::ZERO).await.unwrap();
-    assert_eq!(page.commands.iter().map(|c| c.seq).collect::<Vec<_>>(), [2, 3]);
+    assert!(
+        r.send("orders", "a", order(2, 500))
+            .await
+            .unwrap()
+            .duplicate
+    );
+    let page = r
+        .commands("orders", "a", 0, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.commands.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
     // The cycle's schedule was stored by the first runtime and fires in the second.
     t.advance(Duration::from_secs(600)).await;
     t.advance(Duration::from_secs(600)).await;

@@ -35,7 +35,13 @@ struct Receiver {
 
 impl Receiver {
     fn accepted(&self) -> Vec<Got> {
-        self.got.lock().unwrap().iter().filter(|g| g.accepted).cloned().collect()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.accepted)
+            .cloned()
+            .collect()
     }
     fn all(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
@@ -50,22 +56,38 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     }
     let command: Command = serde_json::from_slice(&body).unwrap();
     let mut accepted = !*r.fail_all.lock().unwrap();
-    if let Some(f) = r.fail.lock().unwrap().iter_mut().find(|(s, n)| *s == command.seq && *n > 0) {
+    if let Some(f) = r
+        .fail
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .find(|(s, n)| *s == command.seq && *n > 0)
+    {
         f.1 -= 1;
         accepted = false;
     }
     r.got.lock().unwrap().push(Got {
         id: headers["webhook-id"].to_str().unwrap().to_owned(),
-        timestamp: headers["webhook-timestamp"].to_str().unwrap().parse().unwrap(),
+        timestamp: headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
         command,
         accepted,
     });
-    if accepted { StatusCode::NO_CONTENT } else { StatusCode::INTERNAL_SERVER_ERROR }
+    if accepted {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
 }
 
 async fn receiver() -> (Arc<Receiver>, String) {
     let state = Arc::new(Receiver::default());
-    let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(state.clone());
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -102,11 +124,21 @@ async fn deliveries_are_signed_in_order_and_leave_the_outbox() {
         r.send("orders", "a", order(n)).await.unwrap();
         r.send("orders", "b", order(n)).await.unwrap();
     }
-    eventually("every command delivered", || async { rx.accepted().len() == 40 }).await;
+    eventually("every command delivered", || async {
+        rx.accepted().len() == 40
+    })
+    .await;
     assert_eq!(*rx.bad_signatures.lock().unwrap(), 0);
     for entity in ["a", "b"] {
-        let got: Vec<Got> = rx.accepted().into_iter().filter(|g| g.command.entity == entity).collect();
-        assert_eq!(got.iter().map(|g| g.command.seq).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+        let got: Vec<Got> = rx
+            .accepted()
+            .into_iter()
+            .filter(|g| g.command.entity == entity)
+            .collect();
+        assert_eq!(
+            got.iter().map(|g| g.command.seq).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<_>>()
+        );
         for g in &got {
             assert_eq!(g.id, g.command.id, "webhook-id is the command's id");
             assert_eq!(g.command.payload, json!({"order": g.command.seq}));
@@ -117,17 +149,25 @@ async fn deliveries_are_signed_in_order_and_leave_the_outbox() {
     ids.dedup();
     assert_eq!(ids.len(), 40, "ids are unique across entities");
     // Delivered everywhere it goes (no pull): nothing is left in storage.
-    eventually("the outbox empties", || async { r.state("orders", "a").await.unwrap().pending == 0 }).await;
+    eventually("the outbox empties", || async {
+        r.state("orders", "a").await.unwrap().pending == 0
+    })
+    .await;
     let view = r.state("orders", "a").await.unwrap();
     assert_eq!(view.endpoints[0].delivered, 20);
     // The type is not pulled.
-    assert!(r.commands("orders", "a", 0, 10, Duration::ZERO).await.is_err());
+    assert!(
+        r.commands("orders", "a", 0, 10, Duration::ZERO)
+            .await
+            .is_err()
+    );
     t.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_tampered_body_or_a_wrong_secret_fails_the_reference_check() {
-    let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &SECRET[6..]).unwrap();
+    let key =
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &SECRET[6..]).unwrap();
     let body = br#"{"seq":1}"#;
     let signature = stead_reactor::sign(&key, "cmd_1", 1_700_000_000, body);
     let hook = standardwebhooks::Webhook::new(SECRET).unwrap();
@@ -137,10 +177,19 @@ async fn a_tampered_body_or_a_wrong_secret_fails_the_reference_check() {
     #[allow(clippy::disallowed_methods)]
     let now = chrono::Utc::now().timestamp();
     headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
-    headers.insert("webhook-signature", stead_reactor::sign(&key, "cmd_1", now, body).parse().unwrap());
+    headers.insert(
+        "webhook-signature",
+        stead_reactor::sign(&key, "cmd_1", now, body)
+            .parse()
+            .unwrap(),
+    );
     assert!(hook.verify(body, &headers).is_ok());
-    assert!(hook.verify(br#"{"seq":2}"#, &headers).is_err(), "a tampered body");
-    let other = standardwebhooks::Webhook::new("whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkh").unwrap();
+    assert!(
+        hook.verify(br#"{"seq":2}"#, &headers).is_err(),
+        "a tampered body"
+    );
+    let other =
+        standardwebhooks::Webhook::new("whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkh").unwrap();
     assert!(other.verify(body, &headers).is_err(), "another secret");
 }
 
@@ -166,7 +215,10 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
         let retry_at = view.endpoints[0].retry_at.expect("waiting for a retry");
         let full = t.clock.now() + chrono::Duration::seconds(wait);
         let half = t.clock.now() + chrono::Duration::milliseconds(wait * 500);
-        assert!(retry_at >= half && retry_at <= full, "attempt {attempt}: {retry_at} not in [{half}, {full}]");
+        assert!(
+            retry_at >= half && retry_at <= full,
+            "attempt {attempt}: {retry_at} not in [{half}, {full}]"
+        );
         t.advance(Duration::from_secs(wait as u64)).await;
         eventually("the next attempt", || async { rx.all().len() == attempt }).await;
     }
@@ -174,17 +226,43 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
     assert!(rx.all().iter().all(|g| g.command.seq == 1));
     // After the last attempt, 1 is a dead letter and 2 is tried.
     *rx.fail_all.lock().unwrap() = false;
-    eventually("command 2 delivered", || async { rx.accepted().iter().any(|g| g.command.seq == 2) }).await;
+    eventually("command 2 delivered", || async {
+        rx.accepted().iter().any(|g| g.command.seq == 2)
+    })
+    .await;
     let dead = r.dead_letters("orders", "a", 10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].command.seq, dead[0].attempts, dead[0].endpoint.as_str()), (1, 4, url.as_str()));
+    assert_eq!(
+        (
+            dead[0].command.seq,
+            dead[0].attempts,
+            dead[0].endpoint.as_str()
+        ),
+        (1, 4, url.as_str())
+    );
     assert!(dead[0].error.contains("500"), "{}", dead[0].error);
     // Retry it: delivered (with the same id), and it leaves the list.
-    assert_eq!(r.resolve_dead_letters("orders", "a", DeadLetterAction::Retry, None).await.unwrap(), 1);
-    eventually("the dead letter delivered", || async { rx.accepted().iter().any(|g| g.command.seq == 1) }).await;
-    eventually("the list empties", || async { r.dead_letters("orders", "a", 10).await.unwrap().is_empty() }).await;
+    assert_eq!(
+        r.resolve_dead_letters("orders", "a", DeadLetterAction::Retry, None)
+            .await
+            .unwrap(),
+        1
+    );
+    eventually("the dead letter delivered", || async {
+        rx.accepted().iter().any(|g| g.command.seq == 1)
+    })
+    .await;
+    eventually("the list empties", || async {
+        r.dead_letters("orders", "a", 10).await.unwrap().is_empty()
+    })
+    .await;
     // Timestamps are the runtime's clock at each attempt: they grew with the backoff.
-    let stamps: Vec<i64> = rx.all().iter().filter(|g| g.command.seq == 1).map(|g| g.timestamp).collect();
+    let stamps: Vec<i64> = rx
+        .all()
+        .iter()
+        .filter(|g| g.command.seq == 1)
+        .map(|g| g.timestamp)
+        .collect();
     assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
     assert!(stamps[3] - stamps[0] >= 3, "{stamps:?}");
     t.shutdown().await.unwrap();
@@ -208,11 +286,29 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
     }
     eventually("all but 4 accepted", || async { rx.accepted().len() == 5 }).await;
     let seqs: Vec<u64> = rx.all().iter().map(|g| g.command.seq).collect();
-    assert_eq!(seqs, [1, 2, 2, 3, 4, 4, 5, 6], "each endpoint sees an entity's commands in order");
+    assert_eq!(
+        seqs,
+        [1, 2, 2, 3, 4, 4, 5, 6],
+        "each endpoint sees an entity's commands in order"
+    );
     let dead = r.dead_letters("orders", "a", 10).await.unwrap();
     assert_eq!(dead.iter().map(|d| d.command.seq).collect::<Vec<_>>(), [4]);
-    assert_eq!(r.resolve_dead_letters("orders", "a", DeadLetterAction::Drop, Some(vec![dead[0].seq])).await.unwrap(), 1);
+    assert_eq!(
+        r.resolve_dead_letters(
+            "orders",
+            "a",
+            DeadLetterAction::Drop,
+            Some(vec![dead[0].seq])
+        )
+        .await
+        .unwrap(),
+        1
+    );
     assert!(r.dead_letters("orders", "a", 10).await.unwrap().is_empty());
-    assert!(r.resolve_dead_letters("orders", "a", DeadLetterAction::Drop, Some(vec![99])).await.is_err());
+    assert!(
+        r.resolve_dead_letters("orders", "a", DeadLetterAction::Drop, Some(vec![99]))
+            .await
+            .is_err()
+    );
     t.shutdown().await.unwrap();
 }

@@ -61,7 +61,11 @@ impl Reactor for BrandAgent {
                 s.observations.last_research_at = Some(now);
                 s.observations.top_keywords = keywords;
                 for opportunity in opportunities {
-                    let today = s.content_created.iter().filter(|t| **t > now - DAY_MS).count();
+                    let today = s
+                        .content_created
+                        .iter()
+                        .filter(|t| **t > now - DAY_MS)
+                        .count();
                     if today >= 5 {
                         continue;
                     }
@@ -69,8 +73,15 @@ impl Reactor for BrandAgent {
                     if s.content_created.len() > 50 {
                         s.content_created.remove(0);
                     }
-                    let priority = if s.observations.top_keywords.contains(&opportunity) { 1 } else { 2 };
-                    out.emit("content.create", json!({"brandId": brand, "keyword": opportunity, "priority": priority}));
+                    let priority = if s.observations.top_keywords.contains(&opportunity) {
+                        1
+                    } else {
+                        2
+                    };
+                    out.emit(
+                        "content.create",
+                        json!({"brandId": brand, "keyword": opportunity, "priority": priority}),
+                    );
                     out.log(
                         "create-content",
                         format!("Research found opportunity \"{opportunity}\" — creating content"),
@@ -134,7 +145,9 @@ impl Reactor for BrandAgent {
                     );
                     out.log(
                         "competitive-response",
-                        format!("Competitor \"{competitor}\" published new content — investigating"),
+                        format!(
+                            "Competitor \"{competitor}\" published new content — investigating"
+                        ),
                     );
                 }
             }
@@ -153,11 +166,17 @@ impl Reactor for BrandAgent {
         match s.observations.last_research_at {
             Some(at) if now - at <= DAY_MS => {}
             last => {
-                out.emit("research.request", json!({"brandId": brand, "focus": "routine-discovery"}));
+                out.emit(
+                    "research.request",
+                    json!({"brandId": brand, "focus": "routine-discovery"}),
+                );
                 out.log(
                     "routine-research",
                     match last {
-                        Some(at) => format!("No research in {}h — requesting routine discovery", hours(now - at)),
+                        Some(at) => format!(
+                            "No research in {}h — requesting routine discovery",
+                            hours(now - at)
+                        ),
                         None => "No research yet — requesting routine discovery".to_owned(),
                     },
                 );
@@ -167,9 +186,15 @@ impl Reactor for BrandAgent {
             Some(at) if now - at <= 2 * DAY_MS => {}
             Some(at) => out.log(
                 "pipeline-stall",
-                format!("No publishing in {}h — pipeline may be stalled", hours(now - at)),
+                format!(
+                    "No publishing in {}h — pipeline may be stalled",
+                    hours(now - at)
+                ),
             ),
-            None => out.log("pipeline-stall", "Nothing published yet — pipeline may be stalled"),
+            None => out.log(
+                "pipeline-stall",
+                "Nothing published yet — pipeline may be stalled",
+            ),
         }
         s.last_cycle_at = now;
         Ok(())

@@ -16,13 +16,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     reactors.register("brand-rs", agent::BrandAgent, Delivery::pull())?;
     reactors.define("brand", agent::definition()).await?;
     let events = [
-        Event::new("r1", "research.completed", json!({
-            "keywords": ["rust", "actors", "durable"],
-            "opportunities": ["rust", "sqlite", "wasm", "actors", "queues", "leases", "alarms"],
-            "gaps": []
-        })),
-        Event::new("p1", "content.published", json!({"contentId": "c-1", "keyword": "rust"})),
-        Event::new("m1", "engagement.report", json!({"avgEngagement": 0.01, "underPerforming": ["c-2"], "topPerforming": ["c-1"]})),
+        Event::new(
+            "r1",
+            "research.completed",
+            json!({
+                "keywords": ["rust", "actors", "durable"],
+                "opportunities": ["rust", "sqlite", "wasm", "actors", "queues", "leases", "alarms"],
+                "gaps": []
+            }),
+        ),
+        Event::new(
+            "p1",
+            "content.published",
+            json!({"contentId": "c-1", "keyword": "rust"}),
+        ),
+        Event::new(
+            "m1",
+            "engagement.report",
+            json!({"avgEngagement": 0.01, "underPerforming": ["c-2"], "topPerforming": ["c-1"]}),
+        ),
     ];
     for kind in ["brand-rs", "brand"] {
         for e in &events {
@@ -32,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for d in reactors.decisions(kind, "acme", 100).await? {
             println!("  {:<16} {}", d.kind, d.reason);
         }
-        let page = reactors.commands(kind, "acme", 0, 100, std::time::Duration::ZERO).await?;
+        let page = reactors
+            .commands(kind, "acme", 0, 100, std::time::Duration::ZERO)
+            .await?;
         for c in page.commands {
             println!("  -> {} {}", c.kind, c.payload);
         }
