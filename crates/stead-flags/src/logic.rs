@@ -512,7 +512,7 @@ fn split_path(path: &str) -> Vec<String> {
 // Values as JavaScript sees them.
 
 /// JavaScript's truthiness, with JsonLogic's one change: an empty array is false.
-pub(crate) fn truthy(v: &Value) -> bool {
+pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

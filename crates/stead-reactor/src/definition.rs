@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use stead_flags::{OPERATIONS, Rule, RuleFault};
+use stead_flags::{OPERATIONS, Rule, RuleFault, truthy};
 
 use crate::reactor::{Behaviour, Cycle, Decide, Event, Rejected};
 
@@ -457,17 +457,6 @@ impl Step {
     }
 }
 
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(_) => true,
-    }
-}
-
 /// A JSON number: an integer when it is one.
 fn number(f: f64) -> Value {
     if f.fract() == 0.0 && f.abs() < 9.0e15 {
@@ -664,7 +653,7 @@ impl Behaviour for Declarative {
         for (on, step) in &self.rules {
             let matches = match on {
                 On::Any => true,
-                On::Types(types) => types.iter().any(|t| *t == event.kind),
+                On::Types(types) => types.contains(&event.kind),
             };
             if matches && let Err(e) = step.run(&mut data, out) {
                 result = Err(e);
