@@ -238,6 +238,7 @@ async fn decisions(
 #[into_params(parameter_in = Query)]
 struct PollParams {
     /// Only commands numbered above this (default 0).
+    #[param(schema_with = schema::integer::<0, { u64::MAX }>)]
     after: Option<u64>,
     /// At most this many (default 100).
     #[param(schema_with = schema::integer::<1, { MAX_PAGE as u64 }>)]
@@ -282,6 +283,7 @@ async fn commands(
 #[serde(deny_unknown_fields)]
 struct AckBody {
     /// The last command taken: it and every one before it are acknowledged.
+    #[schema(schema_with = schema::integer::<0, { u64::MAX }>)]
     up_to: u64,
 }
 
@@ -333,7 +335,15 @@ struct ResolveBody {
     action: DeadLetterAction,
     /// Which (by number); all when absent.
     #[serde(default)]
+    #[schema(schema_with = seq_list)]
     seqs: Option<Vec<u64>>,
+}
+
+/// A list of dead-letter numbers.
+fn seq_list() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(schema::integer::<1, { u64::MAX }>())
+        .build()
 }
 
 /// How many dead letters were handled.
@@ -363,11 +373,8 @@ async fn resolve_dead_letters(
 }
 
 /// Follow an entity live (a WebSocket): first a `snapshot` (its state), then an `update`
-/// per decision turn (the new state if it changed, the decisions, the commands).
-#[utoipa::path(get, path = "/{type}/{entity}/live", operation_id = "followReactorEntity", tag = "reactors",
-    params(TypeEntity),
-    responses((status = 101, description = "switching to the WebSocket protocol"),
-        problems::BadRequest))]
+/// per decision turn (the new state if it changed, the decisions, the commands). Not in the
+/// OpenAPI document, which describes request and response routes only.
 async fn live(
     State(c): State<ReactorClient>,
     Path(p): Path<TypeEntity>,
@@ -388,7 +395,6 @@ async fn live(
     commands,
     ack,
     dead_letters,
-    resolve_dead_letters,
-    live
+    resolve_dead_letters
 ))]
 struct Api;
