@@ -118,6 +118,17 @@ pub(crate) struct TypeEntry {
     pub(crate) definition: Option<Value>,
 }
 
+impl TypeEntry {
+    fn declarative(compiled: Arc<Declarative>, def: Value) -> Arc<TypeEntry> {
+        Arc::new(TypeEntry {
+            delivery: compiled.delivery().clone(),
+            behaviour: compiled,
+            code: false,
+            definition: Some(def),
+        })
+    }
+}
+
 /// The reactor types of a runtime: a cache of the declarative ones (their definitions are
 /// stored by [`TypeObject`]s) and the ones registered in code.
 #[derive(Default)]
@@ -140,12 +151,7 @@ impl Types {
     }
 
     pub(crate) fn put_declarative(&self, kind: &str, compiled: Arc<Declarative>, def: Value) {
-        let entry = Arc::new(TypeEntry {
-            delivery: compiled.delivery().clone(),
-            behaviour: compiled,
-            code: false,
-            definition: Some(def),
-        });
+        let entry = TypeEntry::declarative(compiled, def);
         self.map
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -216,13 +222,7 @@ impl ReactorEnv {
             .ask(GetDefinition)
             .await?
             .ok_or_else(|| ReactorError::UnknownType(kind.to_owned()))?;
-        let compiled = Arc::new(Declarative::compile(&def)?);
-        let entry = Arc::new(TypeEntry {
-            delivery: compiled.delivery().clone(),
-            behaviour: compiled,
-            code: false,
-            definition: Some(def),
-        });
+        let entry = TypeEntry::declarative(Arc::new(Declarative::compile(&def)?), def);
         // A definition stored meanwhile is newer than this one: it stays.
         let mut map = self.types.map.write().unwrap_or_else(|e| e.into_inner());
         Ok(map.entry(kind.to_owned()).or_insert(entry).clone())

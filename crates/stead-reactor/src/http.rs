@@ -35,17 +35,11 @@ impl stead_core::http::Pattern for ReactorPattern {
     fn configure(rt: &Runtime, settings: ReactorConfig) -> Result<()> {
         ReactorClient::with_config(rt, settings)
             .map(drop)
-            .map_err(|e| match e {
-                ReactorError::Runtime(e) => e,
-                other => stead_core::Error::invalid_config(other.to_string()),
-            })
+            .map_err(setup_error)
     }
 
     fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
-        let client = ReactorClient::new(rt).map_err(|e| match e {
-            ReactorError::Runtime(e) => e,
-            other => stead_core::Error::invalid_config(other.to_string()),
-        })?;
+        let client = ReactorClient::new(rt).map_err(setup_error)?;
         Ok(Router::new()
             .route("/{type}", get(definition).put(define))
             .route("/{type}/{entity}", get(state))
@@ -64,6 +58,15 @@ impl stead_core::http::Pattern for ReactorPattern {
 
     fn openapi() -> utoipa::openapi::OpenApi {
         Api::openapi()
+    }
+}
+
+/// A failure to set the reactors up, as the runtime's error (a bad setting is a bad
+/// configuration).
+fn setup_error(e: ReactorError) -> stead_core::Error {
+    match e {
+        ReactorError::Runtime(e) => e,
+        other => stead_core::Error::invalid_config(other.to_string()),
     }
 }
 

@@ -201,6 +201,16 @@ struct Cursor {
     redo: VecDeque<u64>,
 }
 
+impl Cursor {
+    /// The cursor of an endpoint first seen when everything up to `start` is gone.
+    fn starting_at(start: u64) -> Self {
+        Cursor {
+            delivered: start,
+            ..Cursor::default()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
     /// The state; `None` until the first event or cycle.
@@ -496,7 +506,7 @@ impl Handler<Inspect> for Entity {
                 let c = self.meta.endpoints.get(&w.url).cloned().unwrap_or_default();
                 EndpointView {
                     url: w.url.clone(),
-                    delivered: c.delivered.max(self.start_of(&w.url)),
+                    delivered: self.start_of(&w.url),
                     attempts: c.attempts,
                     retry_at: c.retry_at_ms.map(at),
                     last_error: c.last_error,
@@ -674,9 +684,14 @@ impl Handler<Delivered> for Entity {
         let url = hook.url.clone();
         let start = self.start_of(&url);
         let now = ms(ctx.now());
-        let cfg = self.env.config.clone();
-        let cursor = self.meta.endpoints.entry(url.clone()).or_default();
-        cursor.delivered = cursor.delivered.max(start);
+        let cfg = &self.env.config;
+        let (max_attempts, base_ms, max_ms) =
+            (cfg.max_attempts, cfg.retry_base_ms, cfg.retry_max_ms);
+        let cursor = self
+            .meta
+            .endpoints
+            .entry(url.clone())
+            .or_insert_with(|| Cursor::starting_at(start));
         // Only the outcome for what the endpoint waits on now counts (a late answer to a
         // delivery sent again is a duplicate).
         let current = match cursor.redo.front() {
@@ -702,7 +717,7 @@ impl Handler<Delivered> for Entity {
             Err(error) => {
                 cursor.attempts += 1;
                 cursor.last_error = Some(error.clone());
-                if cursor.attempts >= cfg.max_attempts {
+                if cursor.attempts >= max_attempts {
                     let attempts = cursor.attempts;
                     cursor.attempts = 0;
                     cursor.retry_at_ms = None;
@@ -727,8 +742,7 @@ impl Handler<Delivered> for Entity {
                         }
                     }
                 } else {
-                    let wait =
-                        delivery::backoff(cursor.attempts, cfg.retry_base_ms, cfg.retry_max_ms);
+                    let wait = delivery::backoff(cursor.attempts, base_ms, max_ms);
                     cursor.retry_at_ms = Some(now + wait as i64);
                 }
             }
@@ -792,14 +806,13 @@ impl Entity {
             low = low.min(self.meta.acked);
         }
         for w in &delivery.webhooks {
-            let c = self.meta.endpoints.get(&w.url).map_or(0, |c| c.delivered);
-            low = low.min(c.max(self.start_of(&w.url)));
+            low = low.min(self.start_of(&w.url));
         }
         low
     }
 
-    /// Where an endpoint starts: one added to a type later has the commands after the
-    /// ones already gone.
+    /// Every command up to this one is delivered to (or dead-lettered for) the endpoint. An
+    /// endpoint added to a type later starts after the commands already gone.
     fn start_of(&self, url: &str) -> u64 {
         match self.meta.endpoints.get(url) {
             Some(c) => c.delivered,
@@ -968,8 +981,11 @@ impl Entity {
         let mut wake: Option<i64> = None;
         for hook in &delivery.webhooks {
             let start = self.start_of(&hook.url);
-            let cursor = self.meta.endpoints.entry(hook.url.clone()).or_default();
-            cursor.delivered = cursor.delivered.max(start);
+            let cursor = self
+                .meta
+                .endpoints
+                .entry(hook.url.clone())
+                .or_insert_with(|| Cursor::starting_at(start));
             if self.inflight.contains_key(&hook.url) {
                 let watchdog = now + WATCHDOG_MS;
                 wake = Some(wake.map_or(watchdog, |w| w.min(watchdog)));

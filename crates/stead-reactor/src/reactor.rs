@@ -232,12 +232,14 @@ pub(crate) trait Behaviour: Send + Sync + 'static {
 pub(crate) struct Typed<R>(pub(crate) R);
 
 impl<R: Reactor> Typed<R> {
+    /// Runs `f` on the state, typed. On an error `state` is left empty: the object keeps
+    /// nothing of a refused turn.
     fn run(
         &self,
         state: &mut Value,
         f: impl FnOnce(&R, &mut R::State) -> Result<(), Rejected>,
     ) -> Result<(), Rejected> {
-        let mut typed: R::State = serde_json::from_value(state.clone()).map_err(|e| {
+        let mut typed: R::State = serde_json::from_value(std::mem::take(state)).map_err(|e| {
             Rejected(format!(
                 "the stored state does not fit the reactor's type: {e}"
             ))
