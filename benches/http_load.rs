@@ -5,12 +5,18 @@
 //! `cargo bench --bench http_load` (`-- --seconds 5 --rounds 5` for longer
 //! runs, `-- --only fsync` for some rows, `-- --only "fsync POST"` for one route alone, without
 //! the ceiling).
+//!
+//! The same table on the PostgreSQL backend runs only when asked for: `-- --only postgres`
+//! (rows labelled `postgres <durability> <route>`), against `STEAD_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`), in a schema of its own dropped
+//! after. The PostgreSQL node's lease check (an atomic read per request) is not in the path.
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
+use stead_postgres::{PostgresBackend, PostgresOptions};
 use stead_server::{Config, DurabilityMode};
 
 #[path = "support/load.rs"]
@@ -332,10 +338,26 @@ fn main() {
     let tokio = load::runtime();
     let mut rows = Vec::new();
     let mut fsync = Duration::ZERO;
-    for (mode, label) in [
-        (DurabilityMode::ProcessCrashSafe, "process-crash-safe"),
-        (DurabilityMode::Fsync, "fsync"),
+    let pg_url = std::env::var("STEAD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    for (postgres, mode, label) in [
+        (
+            false,
+            DurabilityMode::ProcessCrashSafe,
+            "process-crash-safe",
+        ),
+        (false, DurabilityMode::Fsync, "fsync"),
+        (
+            true,
+            DurabilityMode::ProcessCrashSafe,
+            "postgres process-crash-safe",
+        ),
+        (true, DurabilityMode::Fsync, "postgres fsync"),
     ] {
+        // The PostgreSQL rows need a server: only when named.
+        if postgres && !args.named("postgres") {
+            continue;
+        }
         let routes = [
             Route::Noop,
             Route::CounterIncrement,
@@ -368,8 +390,22 @@ fn main() {
             "reactors".into(),
             serde_json::json!({"max_outbox": u32::MAX, "max_event_ids": 1_000_000}),
         );
+        let schema = format!("stead_bench_{}", std::process::id());
         let (rt, addr) = tokio.block_on(async {
-            let rt = stead_server::open_runtime(&config).await.unwrap();
+            let rt = if postgres {
+                let opts = PostgresOptions::new(pg_url.clone()).schema(schema.clone());
+                let backend = PostgresBackend::connect(opts).await.unwrap();
+                backend.wait_active().await.unwrap();
+                stead::Runtime::builder()
+                    .max_value_bytes(config.max_value_bytes)
+                    .durability(mode.into())
+                    .backend(backend.session())
+                    .build()
+                    .await
+                    .unwrap()
+            } else {
+                stead_server::open_runtime(&config).await.unwrap()
+            };
             // The no-op goes through the same auth, limits and middleware as the patterns.
             let noop = axum::Router::new().route("/noop", get(|| async { "ok" }));
             let app = stead_server::app_with(&rt, &config, noop).unwrap();
@@ -474,6 +510,14 @@ fn main() {
             rows.push(row(route, load::median(stats), shares));
         }
         tokio.block_on(rt.shutdown()).unwrap();
+        if postgres {
+            let dropped = std::process::Command::new("psql")
+                .args([&pg_url, "-qc", &format!("DROP SCHEMA \"{schema}\" CASCADE")])
+                .status();
+            if !dropped.is_ok_and(|s| s.success()) {
+                eprintln!("could not drop the bench's schema {schema}");
+            }
+        }
     }
     println!();
     println!(
@@ -481,7 +525,7 @@ fn main() {
         fsync.as_secs_f64() * 1e3
     );
     println!(
-        "{:<20} {:<34} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>12}",
+        "{:<28} {:<34} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>12}",
         "durability",
         "route",
         "req/s",
@@ -501,7 +545,7 @@ fn main() {
             ),
         };
         println!(
-            "{:<20} {:<34} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>10.1} {:>8} {:>12}",
+            "{:<28} {:<34} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>10.1} {:>8} {:>12}",
             r.mode,
             r.route,
             r.rps,

@@ -32,6 +32,13 @@ impl Args {
         }
     }
 
+    /// Whether `--only` names `part` (rows that run only when asked for).
+    pub(crate) fn named(&self, part: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_some_and(|o| o.split(',').any(|t| t.contains(part)))
+    }
+
     /// Whether the row labelled `label` runs.
     pub(crate) fn selected(&self, label: &str) -> bool {
         self.only

@@ -46,16 +46,19 @@ pub enum LeaseState {
 pub(crate) struct Lease {
     pub(crate) holder: String,
     pub(crate) duration: Duration,
+    /// Started as a standby: takes no lease during its first lease duration.
+    standby: bool,
     state: watch::Sender<LeaseState>,
     /// Until when (on this node's monotonic clock) the held lease counts as valid.
     valid_until: Mutex<Option<Instant>>,
 }
 
 impl Lease {
-    pub(crate) fn new(holder: String, duration: Duration) -> Lease {
+    pub(crate) fn new(holder: String, duration: Duration, standby: bool) -> Lease {
         Lease {
             holder,
             duration,
+            standby,
             state: watch::Sender::new(LeaseState::Starting),
             valid_until: Mutex::new(None),
         }
@@ -125,9 +128,20 @@ pub(crate) async fn run(
     let renew_every = lease.duration / 3;
     let retry_every = (lease.duration / 4).max(Duration::from_millis(50));
     let mut held: Option<u64> = None;
+    // A node started as a standby leaves the lease to others for one lease duration.
+    let deferred_until = lease.standby.then(|| Instant::now() + lease.duration);
     loop {
         let sent = Instant::now();
+        let deferred = deferred_until.and_then(|t| t.checked_duration_since(sent));
         let wait = match held {
+            None if deferred.is_some() => {
+                lease.set(LeaseState::Standby {
+                    reason: "started as a standby: takes no lease during its first lease \
+                             duration"
+                        .into(),
+                });
+                retry_every.min(deferred.unwrap_or_default())
+            }
             None => match acquire(&pool, &sql, &lease.holder, ms).await {
                 Ok(Some(epoch)) => {
                     tracing::info!(holder = %lease.holder, epoch, "took the lease: this node is active");

@@ -75,6 +75,11 @@ pub struct PostgresOptions {
     /// restarts under the same name takes its lease back at once, with a new epoch,
     /// instead of waiting for it to expire; two live nodes must never share a name.
     pub node_id: Option<String>,
+    /// Whether the node starts as a standby (false): it then takes no lease during its
+    /// first lease duration, so that an active node started beside it wins the lease, and
+    /// still takes over if none shows up. Either way a node that finds the lease held
+    /// waits as a standby; afterwards both kinds take over the same way.
+    pub standby: bool,
     /// How long connecting, and waiting for a free connection, may take (5 s).
     pub connect_timeout: Duration,
 }
@@ -89,6 +94,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("writers", &self.writers)
             .field("lease_duration", &self.lease_duration)
             .field("node_id", &self.node_id)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -103,6 +109,7 @@ impl PostgresOptions {
             writers: 4,
             lease_duration: Duration::from_secs(10),
             node_id: None,
+            standby: false,
             connect_timeout: Duration::from_secs(5),
         }
     }
@@ -134,6 +141,12 @@ impl PostgresOptions {
     /// The same options with this node name.
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.node_id = Some(id.into());
+        self
+    }
+
+    /// The same options, starting as a standby or not (see [`standby`](Self::standby)).
+    pub fn standby(mut self, standby: bool) -> Self {
+        self.standby = standby;
         self
     }
 
@@ -258,7 +271,7 @@ impl PostgresBackend {
                 hex::encode(rand::random::<[u8; 8]>())
             )
         });
-        let lease = Arc::new(Lease::new(holder, opts.lease_duration));
+        let lease = Arc::new(Lease::new(holder, opts.lease_duration, opts.standby));
         let sql = Arc::new(Sql::new(&opts.schema));
         let ctx = Arc::new(WriterCtx {
             pool: pool.clone(),

@@ -93,6 +93,56 @@ async fn a_standby_waits_and_takes_over_when_the_active_node_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_as_a_standby_leaves_the_lease_to_others_for_one_duration() {
+    let schema = fresh_schema();
+    let started = std::time::Instant::now();
+    let lone = PostgresBackend::connect(options(&schema).node_id("s").standby(true))
+        .await
+        .unwrap();
+    assert!(
+        matches!(lone.state(), LeaseState::Standby { .. }),
+        "{:?}",
+        lone.state()
+    );
+    // An active node started beside it wins the free lease.
+    let a = node(&schema, "a").await;
+    assert!(matches!(a.state(), LeaseState::Active { epoch: 1 }));
+    let (rt_a, x) = runtime(&a).await;
+    assert_eq!(incr(&x).await.unwrap(), 1);
+    rt_a.shutdown().await.unwrap();
+    // Given back: the standby still waits out its first lease duration (2 s), then takes
+    // it as any node would.
+    tokio::time::timeout(Duration::from_secs(5), lone.wait_active())
+        .await
+        .expect("the standby takes the lease after its first duration")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "took the lease after {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(lone.state(), LeaseState::Active { epoch: 2 }));
+    let (rt, x) = runtime(&lone).await;
+    assert_eq!(incr(&x).await.unwrap(), 2);
+    rt.shutdown().await.unwrap();
+
+    // Alone from the start, a standby becomes active after one lease duration.
+    let alone = fresh_schema();
+    let started = std::time::Instant::now();
+    let s = PostgresBackend::connect(options(&alone).node_id("s").standby(true))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.wait_active())
+        .await
+        .expect("a lone standby takes the lease")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    Backend::close(&s).await.unwrap();
+    drop_schema(&schema);
+    drop_schema(&alone);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_lost_the_lease_commits_nothing() {
     let schema = fresh_schema();
     let a = node(&schema, "a").await;

@@ -78,6 +78,11 @@ pub struct Cli {
     /// never share one; a node restarted under its name takes its lease back at once.
     #[arg(long, env = "STEAD_NODE_ID", value_name = "NAME")]
     pub node_id: Option<String>,
+    /// Start as a standby of `--backend postgres`: take no lease during the first lease
+    /// duration, so that an active node started beside it wins; afterwards (or when the
+    /// lease is held by another) it takes over as any node does once the lease expires.
+    #[arg(long, env = "STEAD_STANDBY")]
+    pub standby: bool,
     /// A bearer token that grants access; repeat for several. Required when listening on a
     /// non-loopback address. The environment variable takes a comma-separated list.
     #[arg(
@@ -127,6 +132,7 @@ struct FileConfig {
     postgres_pool_size: Option<usize>,
     lease_duration_ms: Option<u64>,
     node_id: Option<String>,
+    standby: Option<bool>,
     tokens: Option<Vec<String>>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -223,6 +229,7 @@ impl Config {
                     .or(file.lease_duration_ms)
                     .unwrap_or(d.postgres.lease_duration_ms),
                 node_id: cli.node_id.or(file.node_id),
+                standby: cli.standby || file.standby.unwrap_or(d.postgres.standby),
             },
             tokens: tokens.into_iter().filter(|t| !t.is_empty()).collect(),
             shards: cli.shards.or(file.shards).or(d.shards),
@@ -310,6 +317,8 @@ pub struct PostgresConfig {
     pub lease_duration_ms: u64,
     /// The node's name in the lease.
     pub node_id: Option<String>,
+    /// Whether the node starts as a standby.
+    pub standby: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -321,6 +330,7 @@ impl std::fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("lease_duration_ms", &self.lease_duration_ms)
             .field("node_id", &self.node_id)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -333,6 +343,7 @@ impl Default for PostgresConfig {
             pool_size: 16,
             lease_duration_ms: 10_000,
             node_id: None,
+            standby: false,
         }
     }
 }

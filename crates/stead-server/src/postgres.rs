@@ -31,7 +31,8 @@ fn options(config: &Config) -> PostgresOptions {
     let mut opts = PostgresOptions::new(pg.url.clone().unwrap_or_default())
         .schema(pg.schema.clone())
         .pool_size(pg.pool_size)
-        .lease_duration(Duration::from_millis(pg.lease_duration_ms));
+        .lease_duration(Duration::from_millis(pg.lease_duration_ms))
+        .standby(pg.standby);
     if let Some(id) = &pg.node_id {
         opts = opts.node_id(id.clone());
     }

@@ -46,24 +46,33 @@ fn drop_schema(schema: &str) {
         .output();
 }
 
-fn node(dir: &std::path::Path, schema: &str, name: &str) -> (Server, String) {
-    let lease = LEASE_MS.to_string();
+fn node(dir: &std::path::Path, schema: &str, name: &str, extra: &[&str]) -> (Server, String) {
+    node_with_lease(dir, schema, name, LEASE_MS, extra)
+}
+
+fn node_with_lease(
+    dir: &std::path::Path,
+    schema: &str,
+    name: &str,
+    lease_ms: u64,
+    extra: &[&str],
+) -> (Server, String) {
+    let lease = lease_ms.to_string();
     let url = url();
-    let (server, base, _log) = spawn_server(
-        dir,
-        &[
-            "--backend",
-            "postgres",
-            "--postgres-url",
-            &url,
-            "--postgres-schema",
-            schema,
-            "--lease-duration-ms",
-            &lease,
-            "--node-id",
-            name,
-        ],
-    );
+    let mut args = vec![
+        "--backend",
+        "postgres",
+        "--postgres-url",
+        &url,
+        "--postgres-schema",
+        schema,
+        "--lease-duration-ms",
+        &lease,
+        "--node-id",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    let (server, base, _log) = spawn_server(dir, &args);
     (server, base)
 }
 
@@ -116,25 +125,95 @@ async fn counter(http: &reqwest::Client, base: &str) -> u64 {
     v["value"].as_u64().unwrap()
 }
 
-async fn lock_token(http: &reqwest::Client, base: &str) -> u64 {
-    let r: serde_json::Value = http
-        .post(format!("{base}/locks/l/acquire"))
-        .json(&serde_json::json!({"holder": "t", "ttl_ms": 60_000}))
+/// A POST whose 200 answer is returned, any other outcome as its status (0: no answer).
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, u16> {
+    let r = http
+        .post(url)
+        .json(&body)
+        .timeout(Duration::from_secs(5))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = r["token"].as_u64().unwrap_or_else(|| panic!("{r}"));
-    let released = http
-        .post(format!("{base}/locks/l/release"))
-        .json(&serde_json::json!({"holder": "t", "token": token}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(released.status(), 200);
-    token
+        .map_err(|_| 0u16)?;
+    if r.status() != 200 {
+        return Err(r.status().as_u16());
+    }
+    r.json().await.map_err(|_| 0u16)
+}
+
+/// Takes lock `name` for `holder` (a lease of one second), releases it, and answers the
+/// fencing token it was granted.
+async fn lock_once(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    holder: &str,
+) -> Result<u64, u16> {
+    let granted = post(
+        http,
+        format!("{base}/locks/{name}/acquire"),
+        serde_json::json!({"holder": holder, "ttl_ms": 1000}),
+    )
+    .await?;
+    let token = granted["token"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{granted}"));
+    post(
+        http,
+        format!("{base}/locks/{name}/release"),
+        serde_json::json!({"holder": holder, "token": token}),
+    )
+    .await?;
+    Ok(token)
+}
+
+/// Wins the election of group `name` as `candidate` (a lease of one second), resigns, and
+/// answers the term it led.
+async fn lead_once(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    candidate: &str,
+) -> Result<u64, u16> {
+    let won = post(
+        http,
+        format!("{base}/leaders/{name}/campaign"),
+        serde_json::json!({"candidate": candidate, "ttl_ms": 1000}),
+    )
+    .await?;
+    if won["elected"] != true {
+        return Err(409);
+    }
+    let term = won["term"].as_u64().unwrap_or_else(|| panic!("{won}"));
+    post(
+        http,
+        format!("{base}/leaders/{name}/resign"),
+        serde_json::json!({"candidate": candidate, "term": term}),
+    )
+    .await?;
+    Ok(term)
+}
+
+/// Retries `f` for a few seconds (a lease left by a killed node's client runs out in one).
+async fn within_seconds<F, Fut>(mut f: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, u16>>,
+{
+    let start = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(status) => assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "still failing ({status}) after 5 s"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,41 +221,59 @@ async fn the_standby_takes_over_a_killed_node_with_every_acknowledged_write() {
     let Some(schema) = fresh_schema() else { return };
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let (mut a, base_a) = node(dir.path(), &schema, "a");
+    let (mut a, base_a) = node(dir.path(), &schema, "a", &[]);
     wait_ready(&http, &base_a, Duration::from_secs(10)).await;
-    let (_b, base_b) = node(dir.path(), &schema, "b");
+    let (_b, base_b) = node(dir.path(), &schema, "b", &["--standby"]);
     // The standby is alive, not ready, and serves nothing.
     assert_eq!(status(&http, format!("{base_b}/healthz")).await, 200);
     assert_eq!(status(&http, format!("{base_b}/readyz")).await, 503);
     assert_eq!(increment(&http, &base_b).await, Err(503));
-    let token_a = lock_token(&http, &base_a).await;
 
-    // Clients write to the active node until it is killed.
+    // Eight clients write to the active node until it is killed: each increments the
+    // shared counter, takes and releases a lock of its own, and wins and resigns an
+    // election of its own, remembering every fencing token and term it was acknowledged.
+    const CLIENTS: usize = 8;
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..8)
-        .map(|_| {
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
             let (http, base, acked, stop) =
                 (http.clone(), base_a.clone(), acked.clone(), stop.clone());
             tokio::spawn(async move {
+                let (lock, me) = (format!("l{i}"), format!("w{i}"));
+                let (mut token, mut term) = (0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     if increment(&http, &base).await.is_ok() {
                         acked.fetch_add(1, Ordering::Relaxed);
                     }
+                    if let Ok(t) = lock_once(&http, &base, &lock, &me).await {
+                        assert!(t > token, "fencing token {t} after {token}");
+                        token = t;
+                    }
+                    if let Ok(t) = lead_once(&http, &base, &lock, &me).await {
+                        assert!(t > term, "term {t} after {term}");
+                        term = t;
+                    }
                 }
+                (token, term)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     a.kill().unwrap();
     let killed = Instant::now();
     let _ = a.wait();
     stop.store(true, Ordering::Relaxed);
+    let mut last = Vec::new();
     for w in writers {
-        w.await.unwrap();
+        last.push(w.await.unwrap());
     }
     let acked = acked.load(Ordering::Relaxed);
     assert!(acked > 0);
+    assert!(
+        last.iter().all(|&(token, term)| token > 0 && term > 0),
+        "{last:?}"
+    );
 
     wait_ready(&http, &base_b, Duration::from_millis(LEASE_MS + 1000)).await;
     let took = killed.elapsed();
@@ -184,17 +281,49 @@ async fn the_standby_takes_over_a_killed_node_with_every_acknowledged_write() {
         took <= Duration::from_millis(LEASE_MS + 1000),
         "the standby served {took:?} after the kill"
     );
-    // Every acknowledged increment is there (one in flight at the kill may be too).
+    // Every acknowledged increment is there (one in flight per client at the kill may be
+    // too).
     let value = counter(&http, &base_b).await;
     assert!(
-        value >= acked && value <= acked + 8,
+        value >= acked && value <= acked + CLIENTS as u64,
         "{value} stored, {acked} acknowledged"
     );
     assert_eq!(increment(&http, &base_b).await, Ok(()));
     assert_eq!(counter(&http, &base_b).await, value + 1);
-    // Fencing tokens keep increasing across the failover.
-    let token_b = lock_token(&http, &base_b).await;
-    assert!(token_b > token_a, "{token_b} after {token_a}");
+    // Fencing tokens and terms keep increasing across the failover, for every lock and
+    // election (a lease a killed request left behind runs out within its second).
+    for (i, &(token, term)) in last.iter().enumerate() {
+        let lock = format!("l{i}");
+        let t = within_seconds(|| lock_once(&http, &base_b, &lock, "after")).await;
+        assert!(
+            t > token,
+            "{lock}: fencing token {t} after the failover, {token} before"
+        );
+        let t = within_seconds(|| lead_once(&http, &base_b, &lock, "after")).await;
+        assert!(
+            t > term,
+            "{lock}: term {t} after the failover, {term} before"
+        );
+    }
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_with_standby_leaves_a_fresh_deployment_to_the_other() {
+    let Some(schema) = fresh_schema() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // The standby starts first, yet the node started after it (well within the standby's
+    // first lease duration) becomes the active one, and stays so.
+    const LEASE: u64 = 5000;
+    let (_b, base_b) = node_with_lease(dir.path(), &schema, "b", LEASE, &["--standby"]);
+    let (_a, base_a) = node_with_lease(dir.path(), &schema, "a", LEASE, &[]);
+    wait_ready(&http, &base_a, Duration::from_secs(10)).await;
+    assert_eq!(increment(&http, &base_a).await, Ok(()));
+    tokio::time::sleep(Duration::from_millis(LEASE + 500)).await;
+    assert_eq!(status(&http, format!("{base_b}/healthz")).await, 200);
+    assert_eq!(status(&http, format!("{base_b}/readyz")).await, 503);
+    assert_eq!(status(&http, format!("{base_a}/readyz")).await, 200);
     drop_schema(&schema);
 }
 
@@ -203,9 +332,9 @@ async fn a_paused_node_that_lost_its_lease_never_answers_a_success() {
     let Some(schema) = fresh_schema() else { return };
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let (a, base_a) = node(dir.path(), &schema, "a");
+    let (a, base_a) = node(dir.path(), &schema, "a", &[]);
     wait_ready(&http, &base_a, Duration::from_secs(10)).await;
-    let (_b, base_b) = node(dir.path(), &schema, "b");
+    let (_b, base_b) = node(dir.path(), &schema, "b", &[]);
     assert_eq!(increment(&http, &base_a).await, Ok(()));
 
     let pid = a.id().to_string();
