@@ -99,6 +99,7 @@ pub fn crash_rounds(setup: &Setup, durability: Durability, child_test: &str) {
     eprintln!(
         "crash test ({durability:?}): {total_acked} acknowledged increments over 3 kills, none lost"
     );
+    super::tear_down(dir.path());
 }
 
 /// The child side: runs only when the parent starts it (with the directory to use).

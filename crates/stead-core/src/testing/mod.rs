@@ -22,9 +22,10 @@ pub mod probe;
 #[doc(hidden)]
 pub mod suite;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 
 pub use crate::backend::fault::FaultyBackend;
 #[doc(hidden)]
@@ -46,6 +47,55 @@ pub struct Harness {
     pub clock: ManualClock,
     /// The directory given to the setup; removed when the harness is dropped.
     pub dir: tempfile::TempDir,
+    /// Runs what the setup asked for with [`on_teardown`], after the fields above.
+    teardown: Teardown,
+}
+
+type Cleanup = Box<dyn FnOnce() + Send>;
+
+/// What setups asked to be done at the end of the test that gave them a directory.
+fn cleanups() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Vec<Cleanup>>> {
+    static CLEANUPS: LazyLock<Mutex<HashMap<PathBuf, Vec<Cleanup>>>> =
+        LazyLock::new(Mutex::default);
+    CLEANUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Asks that `f` run once the test that gave a setup `dir` is over (its runtime dropped):
+/// how a backend that keeps its data outside the directory (a database schema) cleans
+/// up after each test.
+///
+/// ```
+/// # use stead_core::RuntimeBuilder;
+/// # fn drop_schema(_: &str) {}
+/// let setup = |b: RuntimeBuilder, dir: &std::path::Path| {
+///     stead_core::testing::on_teardown(dir, || drop_schema("test_schema"));
+///     b.memory()
+/// };
+/// # let _ = setup;
+/// ```
+pub fn on_teardown(dir: &Path, f: impl FnOnce() + Send + 'static) {
+    cleanups()
+        .entry(dir.to_path_buf())
+        .or_default()
+        .push(Box::new(f));
+}
+
+/// Runs (once) what was asked for `dir`.
+pub(crate) fn tear_down(dir: &Path) {
+    let due = cleanups().remove(dir).unwrap_or_default();
+    for f in due {
+        f();
+    }
+}
+
+/// Tears down its directory's cleanups when dropped.
+#[derive(Debug)]
+struct Teardown(PathBuf);
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        tear_down(&self.0);
+    }
 }
 
 /// When every harness's clock starts: 2026-01-01T00:00:00Z.
@@ -67,11 +117,17 @@ impl Harness {
         let clock = ManualClock::new(start_time());
         let dir = tempfile::tempdir().expect("a temporary directory");
         let builder = Runtime::builder().clock(Arc::new(clock.clone()));
+        let teardown = Teardown(dir.path().to_path_buf());
         let rt = tune(setup(builder, dir.path()))
             .build()
             .await
             .expect("the runtime starts");
-        Harness { rt, clock, dir }
+        Harness {
+            rt,
+            clock,
+            dir,
+            teardown,
+        }
     }
 }
 

@@ -46,7 +46,7 @@ pub async fn harness_with(
             .durability(Durability::ProcessCrashSafe),
         Kind::FaultyMemory => b.backend(wrapper.clone().expect("made above")),
     };
-    let Inner { rt, clock, dir } = Inner::start_with(&setup, tune).await;
+    let Inner { rt, clock, dir, .. } = Inner::start_with(&setup, tune).await;
     Harness {
         rt,
         clock,

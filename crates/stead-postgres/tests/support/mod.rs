@@ -55,16 +55,19 @@ pub(crate) fn options(schema: &str) -> PostgresOptions {
         .node_id(format!("{schema}-node"))
 }
 
-/// The conformance suite's setup: the backend on the directory's schema.
+/// The conformance suite's setup: the backend on the directory's schema, dropped when the
+/// test is over.
 pub(crate) fn setup(b: RuntimeBuilder, dir: &Path) -> RuntimeBuilder {
     require_server();
     let schema = schema_for(dir);
     sweep_stale_schemas();
+    let dropped = schema.clone();
+    stead_core::testing::on_teardown(dir, move || drop_schema(&dropped));
     b.backend(PostgresBackend::new(options(&schema)).expect("the backend starts"))
 }
 
-/// The conformance suite gives no hook at a test's end, so its schemas are dropped by a
-/// later run: once per test process, schemas of earlier runs (older than 30 minutes) go.
+/// Schemas a test run left behind (one that failed, or was killed): once per test process,
+/// those of earlier runs (older than 30 minutes) go.
 pub(crate) fn sweep_stale_schemas() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
