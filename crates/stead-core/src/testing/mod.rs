@@ -47,8 +47,9 @@ pub struct Harness {
     pub clock: ManualClock,
     /// The directory given to the setup; removed when the harness is dropped.
     pub dir: tempfile::TempDir,
-    /// Runs what the setup asked for with [`on_teardown`], after the fields above.
-    teardown: Teardown,
+    /// Runs what the setup asked for with [`on_teardown`], after the fields above (it is
+    /// only ever dropped).
+    _teardown: Teardown,
 }
 
 type Cleanup = Box<dyn FnOnce() + Send>;
@@ -126,7 +127,7 @@ impl Harness {
             rt,
             clock,
             dir,
-            teardown,
+            _teardown: teardown,
         }
     }
 }
