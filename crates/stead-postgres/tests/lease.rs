@@ -5,10 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use stead_core::testing::probe::{GetJson, Incr, Probe, ProbeEnv};
+use stead_core::testing::probe::{GetJson, Incr, Probe};
 use stead_core::{Backend, ObjectId, ObjectRef, Runtime, Stub};
 use stead_postgres::{LeaseState, PostgresBackend, PostgresOptions};
-use support::{drop_schema, on_own_runtime, options, require_server, url};
+use support::{drop_schema, on_own_runtime, options, probe_runtime, require_server, url};
 
 fn fresh_schema() -> String {
     require_server();
@@ -16,14 +16,8 @@ fn fresh_schema() -> String {
 }
 
 async fn runtime(backend: &PostgresBackend) -> (Runtime, Stub<Probe>) {
-    let rt = Runtime::builder()
-        .backend(backend.clone())
-        .build()
-        .await
-        .unwrap();
-    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
-    let stub = ns.get_by_name("x");
-    (rt, stub)
+    let (rt, ns) = probe_runtime(backend).await;
+    (rt, ns.get_by_name("x"))
 }
 
 async fn node(schema: &str, name: &str) -> PostgresBackend {

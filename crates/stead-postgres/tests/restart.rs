@@ -4,6 +4,8 @@
 //! directory), and stops it with `pg_ctl stop -m immediate`: no shutdown checkpoint, crash
 //! recovery at the next start.
 
+mod support;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,8 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use stead_core::Runtime;
-use stead_core::testing::probe::{GetJson, Incr, Probe, ProbeEnv};
+use stead_core::testing::probe::{GetJson, Incr};
 use stead_postgres::{PostgresBackend, PostgresOptions};
 
 /// A PostgreSQL server of this test's own; stopped when dropped.
@@ -189,12 +190,7 @@ async fn postgres_restarted_under_load_loses_nothing_acknowledged_and_the_node_h
     )
     .await
     .unwrap();
-    let rt = Runtime::builder()
-        .backend(backend.clone())
-        .build()
-        .await
-        .unwrap();
-    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let (rt, ns) = support::probe_runtime(&backend).await;
 
     // Four clients, each incrementing an object of its own, remember the highest value
     // acknowledged; they count what failed, and what succeeded while the server was down.

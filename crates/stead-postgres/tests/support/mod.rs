@@ -6,7 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use stead_core::RuntimeBuilder;
+use stead_core::testing::probe::{Probe, ProbeEnv};
+use stead_core::{Namespace, Runtime, RuntimeBuilder};
 use stead_postgres::{PostgresBackend, PostgresOptions};
 
 /// The server the tests use: `STEAD_TEST_POSTGRES_URL`, or the project machines' own.
@@ -53,6 +54,19 @@ pub(crate) fn options(schema: &str) -> PostgresOptions {
         .schema(schema)
         .lease_duration(Duration::from_secs(2))
         .node_id(format!("{schema}-node"))
+}
+
+/// A runtime on `backend` and the namespace of the core's probe object.
+pub(crate) async fn probe_runtime(backend: &PostgresBackend) -> (Runtime, Namespace<Probe>) {
+    let rt = Runtime::builder()
+        .backend(backend.clone())
+        .build()
+        .await
+        .expect("the runtime starts");
+    let ns = rt
+        .namespace::<Probe>(ProbeEnv::default())
+        .expect("the probe's namespace");
+    (rt, ns)
 }
 
 /// The conformance suite's setup: the backend on the directory's schema, dropped when the
