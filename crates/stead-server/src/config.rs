@@ -257,6 +257,11 @@ impl Config {
                 self.bind
             );
         }
+        if self.postgres.standby && self.backend != BackendKind::Postgres {
+            anyhow::bail!(
+                "--standby applies to --backend postgres: a SQLite data directory has one process"
+            );
+        }
         if self.backend == BackendKind::Postgres {
             if self.postgres.url.as_deref().is_none_or(str::is_empty) {
                 anyhow::bail!(
@@ -416,5 +421,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn standby_is_refused_without_the_postgres_backend() {
+        let parse = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("stead").chain(args.iter().copied())).unwrap();
+            Config::from_cli(cli).and_then(|c| c.validate().map(|()| c))
+        };
+        let e = parse(&["--standby"]).unwrap_err().to_string();
+        assert!(e.contains("--standby applies to --backend postgres"), "{e}");
+        let c = parse(&[
+            "--standby",
+            "--backend",
+            "postgres",
+            "--postgres-url",
+            "postgres://postgres@127.0.0.1/test",
+        ])
+        .unwrap();
+        assert!(c.postgres.standby);
     }
 }
