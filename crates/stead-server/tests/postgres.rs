@@ -98,17 +98,12 @@ async fn wait_ready(http: &reqwest::Client, base: &str, within: Duration) -> Dur
 }
 
 async fn increment(http: &reqwest::Client, base: &str) -> Result<(), u16> {
-    let r = http
-        .post(format!("{base}/counters/c/increment"))
-        .json(&serde_json::json!({"by": 1}))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|_| 0u16)?;
-    if r.status() != 200 {
-        return Err(r.status().as_u16());
-    }
-    let v: serde_json::Value = r.json().await.map_err(|_| 0u16)?;
+    let v = post(
+        http,
+        format!("{base}/counters/c/increment"),
+        serde_json::json!({"by": 1}),
+    )
+    .await?;
     assert_eq!(v["applied"], true);
     Ok(())
 }
