@@ -104,7 +104,7 @@ impl DurableObject for Room {
         let said = Said { from, text };
         ctx.storage().put(&key(self.next), &said)?;
         if let Some(old) = self.next.checked_sub(HISTORY as u64) {
-            ctx.storage().delete(&key(old)).await?;
+            ctx.storage().delete(&key(old))?;
         }
         self.next += 1;
         // Everyone gets it once it is durable, the sender too.

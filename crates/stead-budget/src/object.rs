@@ -404,7 +404,7 @@ impl Handler<Configure> for Governor {
                 (None, None) => Ok(()),
             };
             if let Err(e) = set {
-                ctx.storage().rollback();
+                // The error reply discards the cancel above with the rest of the turn.
                 return Err(match e {
                     stead_core::Error::InvalidSchedule { detail } => {
                         InvalidInput::new(format!("cron: {detail}")).into()
@@ -769,7 +769,7 @@ impl Governor {
     /// expiry job for the next pending expiry.
     async fn save(&mut self, ctx: &mut Context) -> Result<()> {
         for seq in std::mem::take(&mut self.dirty_events) {
-            ctx.storage().delete(&format!("{EVENT}{seq:020}")).await?;
+            ctx.storage().delete(&format!("{EVENT}{seq:020}"))?;
         }
         let now = ctx.now().timestamp_millis();
         let remember = i64::try_from(self.env.remember_ms).unwrap_or(i64::MAX);
@@ -790,7 +790,7 @@ impl Governor {
             match self.books.cycles.iter().find(|c| c.number == n) {
                 Some(c) => ctx.storage().put(&cycle_key(n), c)?,
                 None => {
-                    ctx.storage().delete(&cycle_key(n)).await?;
+                    ctx.storage().delete(&cycle_key(n))?;
                 }
             }
         }
@@ -798,7 +798,7 @@ impl Governor {
             match self.books.reservations().get(&id) {
                 Some(r) => ctx.storage().put(&res_key(&id), r)?,
                 None => {
-                    ctx.storage().delete(&res_key(&id)).await?;
+                    ctx.storage().delete(&res_key(&id))?;
                 }
             }
         }

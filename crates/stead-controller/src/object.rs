@@ -720,7 +720,7 @@ impl State {
         )?;
         let keep = env.config.decision_log.max(1) as u64;
         if seq > keep {
-            ctx.storage().delete(&log_key(seq - keep)).await?;
+            ctx.storage().delete(&log_key(seq - keep))?;
         }
         Ok(())
     }

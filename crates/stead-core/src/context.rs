@@ -47,6 +47,9 @@ pub struct Context {
     pub(crate) sockets: Arc<SocketTable>,
     /// What this turn sends to sockets, delivered once its writes are durable.
     pub(crate) sends: Vec<(Arc<SocketShared>, Frame)>,
+    /// Attachments this turn replaced, with the value each had before: a failed turn puts
+    /// them back.
+    pub(crate) attachments_before: Vec<(Arc<SocketShared>, Box<str>)>,
 }
 
 /// The replies an object holds parked: how many, and the runtime's shutdown flag (a reply
@@ -231,10 +234,23 @@ impl Context {
     }
 
     /// Forgets what a failed turn would have sent or answered (its callers learn of the
-    /// failure when their reply is dropped).
+    /// failure when their reply is dropped), and puts back the attachments it replaced.
     pub(crate) fn discard_outputs(&mut self) {
         self.replies.clear();
         self.sends.clear();
+        for (socket, before) in self.attachments_before.drain(..).rev() {
+            socket.set_attachment(before);
+        }
+    }
+
+    /// Whether this turn completed replies, sent or replaced an attachment so far.
+    pub(crate) fn has_outputs(&self) -> bool {
+        !self.replies.is_empty() || !self.sends.is_empty() || !self.attachments_before.is_empty()
+    }
+
+    /// The turn succeeded: the attachments it replaced stay.
+    pub(crate) fn keep_attachments(&mut self) {
+        self.attachments_before.clear();
     }
 }
 

@@ -66,6 +66,38 @@ pub fn validate_name(what: &str, name: &str) -> Result<(), InvalidInput> {
     Ok(())
 }
 
+/// The longest name an object may be addressed by ([`crate::Namespace::get_by_name`]), in
+/// bytes: room for a pattern's composite names (a key of 256 characters and a policy name,
+/// say).
+pub const MAX_OBJECT_NAME_BYTES: usize = 4096;
+
+/// Checks the name of an object: 1 to [`MAX_OBJECT_NAME_BYTES`] bytes, no NUL character. The
+/// runtime applies it to every [`crate::Namespace::get_by_name`]; names that users type
+/// (a lock, a counter, a rate-limit key) are held to [`validate_name`] by each pattern,
+/// in process and over HTTP alike.
+///
+/// ```
+/// assert!(stead_core::validate_object_name("orders\u{1f}per-minute").is_ok());
+/// assert!(stead_core::validate_object_name("a\0b").is_err());
+/// ```
+pub fn validate_object_name(name: &str) -> Result<(), InvalidInput> {
+    if name.is_empty() {
+        return Err(InvalidInput::new("an object name may not be empty"));
+    }
+    if name.len() > MAX_OBJECT_NAME_BYTES {
+        return Err(InvalidInput::new(format!(
+            "an object name is {} bytes long; the limit is {MAX_OBJECT_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.contains('\0') {
+        return Err(InvalidInput::new(
+            "an object name may not contain a NUL character",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a duration in milliseconds: at least 1, at most `max`.
 ///
 /// ```

@@ -94,8 +94,11 @@ pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
-pub use input::{InvalidInput, MAX_NAME_CHARS, validate_ms, validate_name};
-pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message};
+pub use input::{
+    InvalidInput, MAX_NAME_CHARS, MAX_OBJECT_NAME_BYTES, validate_ms, validate_name,
+    validate_object_name,
+};
+pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
 pub use storage::{MAX_KEY_BYTES, Storage};

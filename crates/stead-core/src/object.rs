@@ -145,8 +145,9 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Message for T {}
 /// A handler whose reply may have to wait for a later turn (a lock's queue, a watch)
 /// implements [`DeferredHandler`] instead, which implements this trait for it.
 pub trait Handler<M: Message>: DurableObject {
-    /// What the caller gets back (commonly a `Result`).
-    type Reply: Send + 'static;
+    /// What the caller gets back (commonly a `Result`). A reply that is a failure (an
+    /// `Err`, see [`Outcome`]) discards its turn: nothing the turn wrote is kept.
+    type Reply: Outcome;
 
     /// Handles one message. Storage writes made here commit atomically with the turn; the
     /// reply is held until they are durable.
@@ -209,8 +210,10 @@ pub trait Handler<M: Message>: DurableObject {
 /// }
 /// ```
 pub trait DeferredHandler<M: Message>: DurableObject {
-    /// What the caller gets back (commonly a `Result`).
-    type Reply: Send + 'static;
+    /// What the caller gets back (commonly a `Result`). The turn of a deferred handler
+    /// commits whatever the reply (it may answer in a later turn); one that must discard
+    /// its writes returns before making them.
+    type Reply: Outcome;
 
     /// Handles one message; the caller is answered when `reply` is completed (in this turn
     /// or a later one, once that turn's writes are durable). Dropping `reply` unanswered
@@ -239,6 +242,92 @@ impl<O: DeferredHandler<M>, M: Message> Handler<M> for O {
         None
     }
 }
+
+/// What a reply says of its turn: whether it reports a failure, in which case the turn
+/// keeps nothing.
+///
+/// The rule of the runtime: a turn whose reply is a failure commits nothing. Its storage
+/// writes, alarm and schedule changes, WebSocket sends and attachment changes are
+/// discarded, exactly as when the handler panics; the caller gets the reply (the `Err`) as
+/// it is. If the turn had changed anything, the in-memory object is dropped too and
+/// activated again from durable state by its next message, so that no field computed from
+/// the discarded writes survives.
+///
+/// `Result<T, E>` is a failure when it is `Err`; every other reply type of the standard
+/// library is never one. A reply type of your own says so with an empty `impl` (or
+/// overrides [`is_failure`](Outcome::is_failure)).
+///
+/// A handler that must record something *and* refuse answers with an `Ok` that carries the
+/// refusal (say `Ok(Decision::Denied { .. })`): an `Ok` commits.
+///
+/// ```
+/// use stead_core::Outcome;
+///
+/// /// A reply that carries a refusal as a value: it always commits.
+/// #[derive(Debug)]
+/// enum Admission { Admitted, Refused { reason: String } }
+/// impl Outcome for Admission {}
+///
+/// assert!(!Admission::Refused { reason: "full".into() }.is_failure());
+/// assert!(Err::<(), _>("no").is_failure());
+/// assert!(!Ok::<_, String>(1).is_failure());
+/// ```
+pub trait Outcome: Send + 'static {
+    /// Whether this reply reports a failure, so that its turn must keep nothing. `false`
+    /// unless overridden.
+    fn is_failure(&self) -> bool {
+        false
+    }
+}
+
+impl<T: Send + 'static, E: Send + 'static> Outcome for Result<T, E> {
+    fn is_failure(&self) -> bool {
+        self.is_err()
+    }
+}
+
+/// Reply types that are never failures.
+macro_rules! never_failures {
+    ($($t:ty),* $(,)?) => { $(impl Outcome for $t {})* };
+}
+
+never_failures!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    String,
+    &'static str,
+    serde_json::Value,
+    DateTime<Utc>,
+    std::time::Duration,
+    crate::id::ObjectId,
+);
+
+impl<T: Send + 'static> Outcome for Option<T> {}
+impl<T: Send + 'static> Outcome for Vec<T> {}
+impl<T: Send + 'static + ?Sized> Outcome for Box<T> {}
+impl<T: Send + Sync + 'static + ?Sized> Outcome for Arc<T> {}
+impl<K: Send + 'static, V: Send + 'static> Outcome for std::collections::BTreeMap<K, V> {}
+impl<K: Send + 'static, V: Send + 'static, S: Send + 'static> Outcome
+    for std::collections::HashMap<K, V, S>
+{
+}
+impl<A: Send + 'static, B: Send + 'static> Outcome for (A, B) {}
+impl<A: Send + 'static, B: Send + 'static, C: Send + 'static> Outcome for (A, B, C) {}
 
 /// What an alarm handler is told about the delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -144,10 +144,19 @@ impl Storage {
         self.name = name;
     }
 
-    /// Asks the backend which ownership a new activation writes under.
+    /// Whether the ownership this activation writes under is still the backend's (from
+    /// the node's own view of its leases: no round trip).
+    pub(crate) fn fence_current(&self) -> bool {
+        self.backend.fence_token(&self.obj) == self.fence.token()
+    }
+
+    /// Asks the backend which ownership a new activation writes under. A new token also
+    /// forgets everything the object had in memory (read under the old ownership, it may be
+    /// stale): the caller makes sure no commit of the old one is outstanding.
     pub(crate) fn claim_fence_token(&mut self) {
         let token = self.backend.fence_token(&self.obj);
         if token != self.fence.token() {
+            self.reset();
             self.fence = Arc::new(Fence::new(token));
         }
     }
@@ -217,12 +226,13 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes `key`; returns whether it existed.
-    pub async fn delete(&mut self, key: &str) -> Result<bool> {
+    /// Deletes `key`, whether or not it exists. Blind: it reads nothing, so a loop of
+    /// deletes costs no round trip to the store (read with [`get`](Self::get) first to
+    /// learn whether it existed).
+    pub fn delete(&mut self, key: &str) -> Result<()> {
         check_user_key(key)?;
-        let existed = self.get_raw(key).await?.is_some();
         self.turn.insert(key.to_owned(), None);
-        Ok(existed)
+        Ok(())
     }
 
     /// Deletes every key, the alarm and every schedule of the object.
@@ -230,6 +240,11 @@ impl Storage {
         self.turn.clear();
         self.turn_cleared = true;
         self.turn_alarm_dirty = true;
+    }
+
+    /// Whether this turn has written, deleted or changed the alarm or schedules so far.
+    pub(crate) fn turn_changed(&self) -> bool {
+        !self.turn.is_empty() || self.turn_cleared || self.turn_alarm_dirty
     }
 
     /// Discards every write this turn has made so far.

@@ -49,7 +49,9 @@ impl DurableObject for Room {
     const CLASS: &'static str = "ws-room";
     type Env = Arc<Seen>;
 
-    async fn activate(_: &mut Context, env: Arc<Arc<Seen>>) -> Result<Self> {
+    async fn activate(ctx: &mut Context, env: Arc<Arc<Seen>>) -> Result<Self> {
+        // Reads its store, so that a store that cannot be read keeps it from activating.
+        let _: Option<u64> = ctx.storage().get("count").await?;
         env.activations.fetch_add(1, Ordering::SeqCst);
         Ok(Room {
             seen: Arc::clone(&env),
@@ -97,7 +99,7 @@ impl DurableObject for Room {
             }
             "attach" => {
                 let n: u64 = arg.parse().unwrap();
-                socket.set_attachment(&n)?;
+                socket.set_attachment(ctx, &n)?;
             }
             "close" => {
                 socket.send(ctx, "last words");
@@ -109,6 +111,11 @@ impl DurableObject for Room {
                 ctx.broadcast(None, "x".repeat(n));
             }
             "fail" => return Err(stead_core::Error::bad_request("asked to fail")),
+            "attachfail" => {
+                let n: u64 = arg.parse().unwrap();
+                socket.set_attachment(ctx, &n)?;
+                return Err(stead_core::Error::bad_request("asked to fail"));
+            }
             other => socket.send(ctx, format!("unknown {other}")),
         }
         Ok(())
@@ -570,4 +577,60 @@ async fn limits_are_refused_or_closed_clearly() {
     let third = s.join("r10", "").await;
     drop((first, second, third));
     s.h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_turn_puts_back_the_attachment_it_replaced() {
+    let s = serve(Kind::Memory, |b| b).await;
+    let mut a = s.join("attach", "n=7").await;
+    say(&mut a, "each:n").await;
+    assert_eq!(next_text(&mut a).await, "n 7");
+    say(&mut a, "attachfail:99").await;
+    say(&mut a, "each:n").await;
+    assert_eq!(
+        next_text(&mut a).await,
+        "n 7",
+        "the failed turn's attachment is gone"
+    );
+    say(&mut a, "attach:8").await;
+    say(&mut a, "each:n").await;
+    assert_eq!(next_text(&mut a).await, "n 8");
+    s.h.rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_close_whose_object_cannot_activate_runs_once_it_can() {
+    let no_pings = websockets(|ws| ws.ping_interval = Duration::from_secs(24 * 3600));
+    let s = serve(Kind::FaultyMemory, no_pings).await;
+    let faulty = s.h.faulty.clone().unwrap();
+    let mut a = s.join("flaky", "").await;
+    say(&mut a, "count").await;
+    assert_eq!(next_text(&mut a).await, "count 1");
+    // The object leaves memory; while its store cannot be read, the client closes.
+    s.h.clock.advance(Duration::from_secs(61)).await;
+    assert_eq!(s.h.rt.active_objects(), 0);
+    faulty.fail_reads(true);
+    drop(a);
+    // The close cannot run (the object cannot activate): it waits for a retry.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(s.seen.closes().is_empty());
+    faulty.fail_reads(false);
+    // The retry comes on the runtime's clock, and the close handler runs, once.
+    for _ in 0..6 {
+        s.h.clock.advance(Duration::from_secs(2)).await;
+        if !s.seen.closes().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually("the close turn ran", || async {
+        !s.seen.closes().is_empty()
+    })
+    .await;
+    assert_eq!(s.closes_in("flaky").await, 1);
+    s.h.rt.shutdown().await.unwrap();
+    assert_eq!(s.seen.closes().len(), 1);
 }

@@ -324,7 +324,7 @@ impl CounterShard {
         let opts = ListOptions::prefix(EXPIRY).end(end).limit(PURGE_BATCH);
         let expired: Vec<(String, String)> = ctx.storage().list(opts).await?;
         for (exp_key, key) in &expired {
-            ctx.storage().delete(exp_key).await?;
+            ctx.storage().delete(exp_key)?;
             // A key applied again after it expired has a newer entry: keep that one.
             let at: Option<i64> = exp_key
                 .get(EXPIRY.len()..EXPIRY.len() + 20)
@@ -332,7 +332,7 @@ impl CounterShard {
             let seen_key = format!("{SEEN}{key}");
             let seen: Option<i64> = ctx.storage().get(&seen_key).await?;
             if seen.is_some() && seen == at {
-                ctx.storage().delete(&seen_key).await?;
+                ctx.storage().delete(&seen_key)?;
                 if let Some(keys) = &mut self.keys {
                     keys.remove(key);
                 }

@@ -323,7 +323,7 @@ impl FlagSet {
         ctx.storage().put(&audit_key(version), &entry)?;
         let keep = self.env.config.max_audit_entries as u64;
         if version > keep {
-            ctx.storage().delete(&audit_key(version - keep)).await?;
+            ctx.storage().delete(&audit_key(version - keep))?;
         }
         self.snapshot = snapshot.clone();
         let (snapshots, name, published) = (

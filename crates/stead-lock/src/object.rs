@@ -360,6 +360,8 @@ pub struct LockState {
     pub last_token: u64,
 }
 
+impl stead_core::Outcome for LockState {}
+
 /// Reads the lock's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Inspect;
@@ -393,6 +395,8 @@ pub struct Validity {
     /// The last token handed out: a resource can refuse anything below the highest it saw.
     pub last_token: u64,
 }
+
+impl stead_core::Outcome for Validity {}
 
 impl Handler<Validate> for Lock {
     type Reply = Validity;

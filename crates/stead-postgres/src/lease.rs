@@ -1,13 +1,16 @@
 //! The lease: one row (holder, epoch, expiry on PostgreSQL's clock) that makes one node
 //! of a deployment the active one.
 //!
-//! A node takes the lease when it has expired (or was its own), which raises the epoch;
-//! renews it well before it expires; and counts it as held only until its own monotonic
-//! clock says it might have expired (measured from before the renewal was sent, so the
-//! node always gives up before PostgreSQL would let another take over). Every commit
-//! transaction re-reads the row `FOR SHARE` and commits only when the node still holds it
-//! with the epoch the writing activation started under: a takeover's update waits for
-//! commits in flight, and a commit after a takeover finds another holder.
+//! A process holds the lease (its node name with a nonce of the process). It takes the
+//! lease when it has expired or was given back, which raises the epoch; renews it well
+//! before it expires, on a connection of its own; and counts it as held only until its own
+//! monotonic clock says it might have expired (measured from before the renewal was sent,
+//! so the node always gives up before PostgreSQL would let another take over). Every commit
+//! transaction re-reads the row `FOR KEY SHARE` and commits only when the node still holds
+//! it with the epoch the writing activation started under. A takeover locks the row
+//! `FOR UPDATE` first, so it waits for commits in flight; a renewal changes only the expiry
+//! and waits for none of them. Statements and idle transactions are cut off at half a
+//! lease, so a paused node cannot hold a takeover up past its lease.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -202,12 +205,18 @@ pub(crate) async fn run(
     }
 }
 
+/// Takes the lease if it is free or expired, once every commit that checked it is over.
 async fn acquire(pool: &Pool, sql: &Sql, holder: &str, ms: i64) -> Result<Option<u64>, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
-    let row = client
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(|e| describe(&e))?;
+    tx.query_opt(&sql.lease_lock, &[])
+        .await
+        .map_err(|e| describe(&e))?;
+    let row = tx
         .query_opt(&sql.lease_acquire, &[&holder, &ms])
         .await
         .map_err(|e| describe(&e))?;
+    tx.commit().await.map_err(|e| describe(&e))?;
     Ok(row.map(|r| r.get::<_, i64>(0).unsigned_abs()))
 }
 

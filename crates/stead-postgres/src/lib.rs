@@ -36,6 +36,7 @@ mod lease;
 mod schema;
 mod writer;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,9 +72,11 @@ pub struct PostgresOptions {
     /// How long the lease lasts without a renewal (10 s): a standby takes over at most this
     /// long after the active node died. Renewed three times per duration.
     pub lease_duration: Duration,
-    /// This node's name in the lease row (default: random per process). A node that
-    /// restarts under the same name takes its lease back at once, with a new epoch,
-    /// instead of waiting for it to expire; two live nodes must never share a name.
+    /// This node's name in the lease row (default: the process id). The lease is held by
+    /// a process, not a name: the holder is the name with a random nonce of the process,
+    /// so two processes started with the same name never hand the lease to each other. A
+    /// node that restarts takes the lease at once only if its predecessor gave it back
+    /// (a graceful shutdown does); otherwise it waits for it to expire, like any standby.
     pub node_id: Option<String>,
     /// Whether the node starts as a standby (false): it then takes no lease during its
     /// first lease duration, so that an active node started beside it wins the lease, and
@@ -162,6 +165,17 @@ impl PostgresOptions {
         let mut app = format!("stead {}", self.schema);
         app.truncate(63);
         config.application_name(&app);
+        // A paused or cut-off node must not hold a takeover (which waits for the lease
+        // row) past its lease: no statement and no idle transaction lasts half as long.
+        let bound = (self.lease_duration / 2).as_millis();
+        let mut options = config.get_options().unwrap_or_default().to_owned();
+        if !options.is_empty() {
+            options.push(' ');
+        }
+        options.push_str(&format!(
+            "-c statement_timeout={bound} -c idle_in_transaction_session_timeout={bound}"
+        ));
+        config.options(&options);
         if self.writers == 0 || self.pool_size <= self.writers {
             return Err(Error::invalid_config(format!(
                 "PostgreSQL pool of {} connections for {} writers: the pool needs more \
@@ -176,6 +190,24 @@ impl PostgresOptions {
         }
         Ok(config)
     }
+}
+
+/// A writer task's queue, with how many batches wait in it.
+struct WriterQueue {
+    tx: mpsc::UnboundedSender<WriterMsg>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// A pool of at most `size` connections.
+fn new_pool(manager: Manager, size: usize, timeout: Duration) -> Result<Pool> {
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| Error::invalid_config(format!("PostgreSQL pool: {e}")))
 }
 
 /// The URL without its user information.
@@ -211,7 +243,7 @@ struct Inner {
     pool: Pool,
     sql: Arc<Sql>,
     lease: Arc<Lease>,
-    writers: Vec<mpsc::UnboundedSender<WriterMsg>>,
+    writers: Vec<WriterQueue>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -245,6 +277,7 @@ impl PostgresBackend {
     /// bad schema name).
     pub fn new(opts: PostgresOptions) -> Result<PostgresBackend> {
         let config = opts.check()?;
+        let config_for_lease = config.clone();
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::invalid_config("the PostgreSQL backend starts within a tokio runtime")
         })?;
@@ -256,21 +289,25 @@ impl PostgresBackend {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
-            .max_size(opts.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(opts.connect_timeout))
-            .create_timeout(Some(opts.connect_timeout))
-            .recycle_timeout(Some(opts.connect_timeout))
-            .build()
-            .map_err(|e| Error::invalid_config(format!("PostgreSQL pool: {e}")))?;
-        let holder = opts.node_id.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                std::process::id(),
-                hex::encode(rand::random::<[u8; 8]>())
-            )
-        });
+        let pool = new_pool(manager, opts.pool_size, opts.connect_timeout)?;
+        // The lease is renewed on a connection of its own, never waiting for one that
+        // commits hold.
+        let lease_manager = Manager::from_config(
+            config_for_lease,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let lease_pool = new_pool(lease_manager, 1, opts.connect_timeout)?;
+        // A process holds the lease: its name (or pid) with a nonce of this process.
+        let holder = format!(
+            "{}/{}",
+            opts.node_id
+                .clone()
+                .unwrap_or_else(|| std::process::id().to_string()),
+            hex::encode(rand::random::<[u8; 8]>())
+        );
         let lease = Arc::new(Lease::new(holder, opts.lease_duration, opts.standby));
         let sql = Arc::new(Sql::new(&opts.schema));
         let ctx = Arc::new(WriterCtx {
@@ -281,13 +318,15 @@ impl PostgresBackend {
         let writers = (0..opts.writers)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                handle.spawn(writer::run(ctx.clone(), rx));
-                tx
+                let queued = Arc::new(AtomicUsize::new(0));
+                handle.spawn(writer::run(ctx.clone(), rx, queued.clone()));
+                WriterQueue { tx, queued }
             })
             .collect();
         let (stop, stopped) = oneshot::channel();
         let task = handle.spawn(start(
             pool.clone(),
+            lease_pool,
             opts.schema.clone(),
             server.clone(),
             sql.clone(),
@@ -422,7 +461,7 @@ impl PostgresBackend {
         client.query(&stmt, params).await.map_err(pg_err)
     }
 
-    fn writer(&self, id: &ObjectId) -> &mpsc::UnboundedSender<WriterMsg> {
+    fn writer(&self, id: &ObjectId) -> &WriterQueue {
         let b = id.as_bytes();
         let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         &self.inner.writers[n % self.inner.writers.len()]
@@ -432,6 +471,7 @@ impl PostgresBackend {
 /// Connects, migrates, then keeps the lease until stopped.
 async fn start(
     pool: Pool,
+    lease_pool: Pool,
     schema: String,
     server: String,
     sql: Arc<Sql>,
@@ -452,7 +492,7 @@ async fn start(
         lease.set(LeaseState::Failed(reason));
         return;
     }
-    lease::run(lease, pool, sql, stop).await;
+    lease::run(lease, lease_pool, sql, stop).await;
 }
 
 fn id_of(bytes: &[u8]) -> Result<ObjectId> {
@@ -621,16 +661,24 @@ impl Backend for PostgresBackend {
         Some(FenceToken::new(0, self.inner.lease.epoch().unwrap_or(0)))
     }
 
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        self.writer(&obj.id).queued.load(Ordering::Acquire) >= writer::MAX_QUEUED
+    }
+
     fn submit(&self, batch: CommitBatch) {
+        let w = self.writer(&batch.object.id);
+        w.queued.fetch_add(1, Ordering::AcqRel);
         // A writer that is gone drops the batch, which fails it.
-        let _ = self.writer(&batch.object.id).send(WriterMsg::Commit(batch));
+        if w.tx.send(WriterMsg::Commit(batch)).is_err() {
+            w.queued.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     async fn flush(&self) -> Result<()> {
         let mut waits = Vec::with_capacity(self.inner.writers.len());
         for w in &self.inner.writers {
             let (tx, rx) = oneshot::channel();
-            if w.send(WriterMsg::Flush(tx)).is_ok() {
+            if w.tx.send(WriterMsg::Flush(tx)).is_ok() {
                 waits.push(rx);
             }
         }

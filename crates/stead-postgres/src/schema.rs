@@ -149,6 +149,7 @@ pub(crate) struct Sql {
     pub(crate) objects_by_name: String,
     pub(crate) object_name: String,
     pub(crate) lease_check: String,
+    pub(crate) lease_lock: String,
     pub(crate) lease_acquire: String,
     pub(crate) lease_renew: String,
     pub(crate) lease_release: String,
@@ -205,15 +206,18 @@ impl Sql {
             object_name: format!("SELECT name FROM {s}.objects WHERE class = $1 AND id = $2"),
             lease_check: format!(
                 "SELECT epoch FROM {s}.lease WHERE partition_id = 0 AND holder = $1 \
-                 AND expires_at > clock_timestamp() FOR SHARE"
+                 AND expires_at > clock_timestamp() FOR KEY SHARE"
             ),
+            // A takeover waits for every commit that checked the lease (`FOR KEY SHARE`);
+            // a renewal, which changes only the expiry, does not.
+            lease_lock: format!("SELECT 1 FROM {s}.lease WHERE partition_id = 0 FOR UPDATE"),
             lease_acquire: format!(
                 "INSERT INTO {s}.lease AS l (partition_id, holder, epoch, expires_at, acquired_at)
                  VALUES (0, $1, 1, clock_timestamp() + $2::bigint * interval '1 millisecond', clock_timestamp())
                  ON CONFLICT (partition_id) DO UPDATE SET holder = excluded.holder,
                      epoch = l.epoch + 1, expires_at = excluded.expires_at,
                      acquired_at = excluded.acquired_at
-                 WHERE l.expires_at <= clock_timestamp() OR l.holder = excluded.holder
+                 WHERE l.expires_at <= clock_timestamp()
                  RETURNING epoch"
             ),
             lease_renew: format!(

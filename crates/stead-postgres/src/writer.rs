@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use deadpool_postgres::Pool;
 use stead_core::{AlarmChange, CommitBatch, Durability, Error, ObjectId, Result};
@@ -28,15 +29,27 @@ pub(crate) struct WriterCtx {
     pub(crate) lease: Arc<Lease>,
 }
 
-/// Takes groups off the queue until every sender is gone.
-pub(crate) async fn run(ctx: Arc<WriterCtx>, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+/// A writer with this many batches waiting is backlogged: new messages for its objects
+/// are refused with `Overloaded` until it catches up.
+pub(crate) const MAX_QUEUED: usize = 4 * MAX_GROUP;
+
+/// Takes groups off the queue until every sender is gone; `queued` counts the batches
+/// waiting in it.
+pub(crate) async fn run(
+    ctx: Arc<WriterCtx>,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    queued: Arc<AtomicUsize>,
+) {
     let mut batches = Vec::new();
     let mut flushes = Vec::new();
     while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Commit(b) => batches.push(b),
+                WriterMsg::Commit(b) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
+                    batches.push(b);
+                }
                 WriterMsg::Flush(done) => flushes.push(done),
             }
             if batches.len() < MAX_GROUP {

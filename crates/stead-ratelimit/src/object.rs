@@ -603,7 +603,7 @@ impl RateLimiter {
         };
         if let AlgoState::SlidingWindow { first_seq, log } = &stored.state {
             for seq in self.log_kept_from..(*first_seq).min(self.log_stored_to) {
-                ctx.storage().delete(&log_key(seq)).await?;
+                ctx.storage().delete(&log_key(seq))?;
             }
             self.log_kept_from = *first_seq;
             let from = if whole_log {

@@ -645,7 +645,7 @@ impl Handler<ResolveDeadLetters> for Entity {
         for d in chosen {
             match msg.action {
                 DeadLetterAction::Drop => {
-                    ctx.storage().delete(&seq_key(DEAD, d.seq)).await?;
+                    ctx.storage().delete(&seq_key(DEAD, d.seq))?;
                     if let Some(c) = self.meta.endpoints.get_mut(&d.endpoint) {
                         c.redo.retain(|s| *s != d.seq);
                     }
@@ -710,7 +710,7 @@ impl Handler<Delivered> for Entity {
                     Target::Seq(s) => cursor.delivered = s,
                     Target::Dead(d) => {
                         cursor.redo.pop_front();
-                        ctx.storage().delete(&seq_key(DEAD, d)).await?;
+                        ctx.storage().delete(&seq_key(DEAD, d))?;
                     }
                 }
             }
@@ -836,7 +836,7 @@ impl Entity {
             if let Some((_, k)) = self.seen_order.pop_front() {
                 self.seen.remove(&k);
             }
-            ctx.storage().delete(&key).await?;
+            ctx.storage().delete(&key)?;
         }
         Ok(())
     }
@@ -947,7 +947,7 @@ impl Entity {
             };
             ctx.storage().put(&seq_key(DEC, n), &decision)?;
             if n > keep {
-                ctx.storage().delete(&seq_key(DEC, n - keep)).await?;
+                ctx.storage().delete(&seq_key(DEC, n - keep))?;
             }
             logged.push(decision);
         }
@@ -1046,7 +1046,7 @@ impl Entity {
         let gone: Vec<u64> = self.outbox.range(..=low).map(|(s, _)| *s).collect();
         for s in gone {
             self.outbox.remove(&s);
-            ctx.storage().delete(&seq_key(CMD, s)).await?;
+            ctx.storage().delete(&seq_key(CMD, s))?;
         }
         Ok(())
     }
@@ -1075,7 +1075,7 @@ impl Entity {
         ctx.storage().put(&seq_key(DEAD, n), &dead)?;
         if n > keep {
             let old = n - keep;
-            ctx.storage().delete(&seq_key(DEAD, old)).await?;
+            ctx.storage().delete(&seq_key(DEAD, old))?;
             for c in self.meta.endpoints.values_mut() {
                 c.redo.retain(|s| *s != old);
             }

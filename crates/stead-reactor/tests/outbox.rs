@@ -323,3 +323,38 @@ async fn state_outbox_seen_ids_and_cycles_survive_a_restart() {
     assert_eq!(view.state, json!({"big": 3, "ticks": 2}));
     t.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_event_whose_command_cannot_be_stored_is_refused_whole_and_decides_on_retry() {
+    let t = TestRuntime::memory().await;
+    let r = ReactorClient::new(&t).unwrap();
+    r.define(
+        "echo",
+        json!({
+            "state": {"n": 0},
+            "rules": [{"on": "blob", "increment": {"n": 1},
+                       "emit": [{"type": "copy", "payload": {"var": "event.payload"}}]}]
+        }),
+    )
+    .await
+    .unwrap();
+    // The command copies a 140 KB payload: more than a stored value may hold.
+    let big = Event::new("e-1", "blob", json!({"data": "x".repeat(140_000)}));
+    for _ in 0..2 {
+        // Refused whole, and refused again: the retry is not taken for a duplicate.
+        let err = r.send("echo", "a", big.clone()).await.unwrap_err();
+        assert!(!matches!(err, ReactorError::OutboxFull { .. }), "{err:?}");
+        let view = r.state("echo", "a").await.unwrap();
+        assert_eq!(view.state, json!({"n": 0}));
+        assert_eq!(view.events, 0);
+        assert_eq!(view.last_seq, 0);
+    }
+    // The same event id with a payload that fits decides, once.
+    let small = Event::new("e-1", "blob", json!({"data": "x"}));
+    let got = r.send("echo", "a", small.clone()).await.unwrap();
+    assert!(!got.duplicate);
+    assert_eq!(got.commands, 1);
+    assert!(r.send("echo", "a", small).await.unwrap().duplicate);
+    assert_eq!(r.state("echo", "a").await.unwrap().state, json!({"n": 1}));
+    t.shutdown().await.unwrap();
+}

@@ -448,7 +448,7 @@ impl DurableObject for UserSessions {
                     ctx.storage().put(&entry_key(&id), &entry)?;
                 }
                 None => {
-                    ctx.storage().delete(&entry_key(&id)).await?;
+                    ctx.storage().delete(&entry_key(&id))?;
                 }
             }
         }
@@ -484,7 +484,7 @@ impl Handler<RemoveEntries> for UserSessions {
     type Reply = Result<()>;
     async fn handle(&mut self, msg: RemoveEntries, ctx: &mut Context) -> Result<()> {
         for id in &msg.ids {
-            ctx.storage().delete(&entry_key(id)).await?;
+            ctx.storage().delete(&entry_key(id))?;
         }
         Self::rearm(ctx).await
     }

@@ -206,13 +206,6 @@ pub struct Sidecar {
     limits: Arc<Limits>,
 }
 
-/// What a turn may change in memory, to restore when it fails.
-struct Saved {
-    meta: Meta,
-    stored: Meta,
-    issued: u64,
-}
-
 /// A value as read: its text and version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Versioned {
@@ -289,31 +282,6 @@ impl Sidecar {
             self.stored = self.meta.clone();
         }
         Ok(())
-    }
-
-    fn save(&self) -> Saved {
-        Saved {
-            meta: self.meta.clone(),
-            stored: self.stored.clone(),
-            issued: self.issued,
-        }
-    }
-
-    /// Ends a turn: a failed one leaves nothing behind, in storage or in memory (an error
-    /// reply would otherwise commit the writes made before it).
-    fn settle<T>(
-        &mut self,
-        ctx: &mut Context,
-        saved: Saved,
-        result: Result<T, SidecarError>,
-    ) -> Result<T, SidecarError> {
-        if result.is_err() {
-            ctx.storage().rollback();
-            self.meta = saved.meta;
-            self.stored = saved.stored;
-            self.issued = saved.issued;
-        }
-        result
     }
 
     fn set_expiry(&mut self, ctx: &mut Context, l: Lifetime) -> Result<()> {
@@ -415,9 +383,7 @@ pub struct Get {
 impl Handler<Get> for Sidecar {
     type Reply = Result<Option<Versioned>, SidecarError>;
     async fn handle(&mut self, msg: Get, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_get(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_get(msg, ctx).await
     }
 }
 
@@ -478,9 +444,7 @@ pub struct Written {
 impl Handler<Put> for Sidecar {
     type Reply = Result<Written, SidecarError>;
     async fn handle(&mut self, msg: Put, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_put(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_put(msg, ctx).await
     }
 }
 
@@ -525,7 +489,7 @@ impl Sidecar {
         // Chunks of a longer old value that the new one does not overwrite.
         if let Some(old) = &old {
             for i in n_chunks..old.chunks {
-                ctx.storage().delete(&chunk_key(&key, i)).await?;
+                ctx.storage().delete(&chunk_key(&key, i))?;
             }
         }
         let version = self.next_version();
@@ -560,9 +524,7 @@ pub struct Delete {
 impl Handler<Delete> for Sidecar {
     type Reply = Result<bool, SidecarError>;
     async fn handle(&mut self, msg: Delete, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_delete(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_delete(msg, ctx).await
     }
 }
 
@@ -576,9 +538,9 @@ impl Sidecar {
             return Ok(false);
         };
         for i in 0..old.chunks {
-            ctx.storage().delete(&chunk_key(&msg.key, i)).await?;
+            ctx.storage().delete(&chunk_key(&msg.key, i))?;
         }
-        ctx.storage().delete(&entry_key(&msg.key)).await?;
+        ctx.storage().delete(&entry_key(&msg.key))?;
         self.meta.bytes -= old.size;
         self.meta.keys -= 1;
         self.wrote(ctx)?;
@@ -632,9 +594,7 @@ fn check_limit(limit: usize) -> std::result::Result<(), InvalidInput> {
 impl Handler<ListKeys> for Sidecar {
     type Reply = Result<KeyPage, SidecarError>;
     async fn handle(&mut self, msg: ListKeys, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_list_keys(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_list_keys(msg, ctx).await
     }
 }
 
@@ -699,9 +659,7 @@ pub struct Appended {
 impl Handler<Append> for Sidecar {
     type Reply = Result<Appended, SidecarError>;
     async fn handle(&mut self, msg: Append, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_append(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_append(msg, ctx).await
     }
 }
 
@@ -737,7 +695,7 @@ impl Sidecar {
         let freed: u64 = dropped.iter().map(|(_, n)| n).sum();
         self.check_quota(size, freed, old.is_none())?;
         for (k, _) in &dropped {
-            ctx.storage().delete(k).await?;
+            ctx.storage().delete(k)?;
         }
         list.first += dropped.len() as u64;
         let index = list.next;
@@ -791,9 +749,7 @@ pub struct Items {
 impl Handler<Range> for Sidecar {
     type Reply = Result<Option<Items>, SidecarError>;
     async fn handle(&mut self, msg: Range, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_range(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_range(msg, ctx).await
     }
 }
 
@@ -839,9 +795,7 @@ pub struct DeleteAll;
 impl Handler<DeleteAll> for Sidecar {
     type Reply = Result<(), SidecarError>;
     async fn handle(&mut self, msg: DeleteAll, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_delete_all(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_delete_all(msg, ctx).await
     }
 }
 
@@ -893,9 +847,7 @@ impl Sidecar {
 impl Handler<SetLifetime> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
     async fn handle(&mut self, msg: SetLifetime, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_set_lifetime(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_set_lifetime(msg, ctx).await
     }
 }
 
@@ -929,9 +881,7 @@ pub struct Info;
 impl Handler<Info> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
     async fn handle(&mut self, msg: Info, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_info(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_info(msg, ctx).await
     }
 }
 
@@ -1059,9 +1009,7 @@ impl Sidecar {
 impl Handler<DeclareSteps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
     async fn handle(&mut self, msg: DeclareSteps, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_declare_steps(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_declare_steps(msg, ctx).await
     }
 }
 
@@ -1116,9 +1064,7 @@ impl Sidecar {
 impl Handler<NextStep> for Sidecar {
     type Reply = Result<NextReply, SidecarError>;
     async fn handle(&mut self, msg: NextStep, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_next_step(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_next_step(msg, ctx).await
     }
 }
 
@@ -1182,9 +1128,7 @@ impl Sidecar {
 impl Handler<FinishStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: FinishStep, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_finish_step(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_finish_step(msg, ctx).await
     }
 }
 
@@ -1224,7 +1168,7 @@ impl Sidecar {
                 self.check_quota(added, freed, false)?;
                 match output {
                     Some(o) => ctx.storage().put(&key, o)?,
-                    None => drop(ctx.storage().delete(&key).await?),
+                    None => ctx.storage().delete(&key)?,
                 }
                 self.meta.bytes = self.meta.bytes - freed + added;
                 let step = Self::find(&mut list, &msg.name)?;
@@ -1249,9 +1193,7 @@ impl Sidecar {
 impl Handler<ResumeStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: ResumeStep, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_resume_step(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_resume_step(msg, ctx).await
     }
 }
 
@@ -1281,9 +1223,7 @@ impl Sidecar {
 impl Handler<Steps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
     async fn handle(&mut self, msg: Steps, ctx: &mut Context) -> Self::Reply {
-        let saved = self.save();
-        let result = self.do_steps(msg, ctx).await;
-        self.settle(ctx, saved, result)
+        self.do_steps(msg, ctx).await
     }
 }
 

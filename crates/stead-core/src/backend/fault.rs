@@ -187,6 +187,10 @@ impl<B: Backend> Backend for FaultyBackend<B> {
         }
     }
 
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        self.inner.backlogged(obj)
+    }
+
     fn submit(&self, batch: CommitBatch) {
         let n = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
         let current = *lock(&self.epoch);

@@ -412,6 +412,14 @@ pub trait Backend: Send + Sync + 'static {
         let _ = obj;
         None
     }
+    /// Whether the queue that takes `obj`'s commits holds more than the backend's bound
+    /// (its store stalls, or falls behind): the runtime then refuses new messages for the
+    /// object with [`Error::Overloaded`] until the queue drains, so that a stalled store
+    /// never turns into memory growth. By default, never.
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        let _ = obj;
+        false
+    }
     /// Queues a batch; the backend completes it once it is durable (or failed).
     fn submit(&self, batch: CommitBatch);
     /// Completes once every batch submitted before the call is completed.
@@ -484,6 +492,9 @@ impl<B: Backend> Backend for Arc<B> {
     fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
         (**self).fence_token(obj)
     }
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        (**self).backlogged(obj)
+    }
     fn submit(&self, batch: CommitBatch) {
         (**self).submit(batch);
     }
@@ -534,6 +545,7 @@ pub(crate) trait DynBackend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<NamedObject>>>;
     fn object_name<'a>(&'a self, obj: &'a ObjectRef) -> BoxFuture<'a, Result<Option<String>>>;
     fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken>;
+    fn backlogged(&self, obj: &ObjectRef) -> bool;
     fn submit(&self, batch: CommitBatch);
     fn close(&self) -> BoxFuture<'_, Result<()>>;
 }
@@ -593,6 +605,9 @@ impl<B: Backend> DynBackend for B {
     }
     fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
         Backend::fence_token(self, obj)
+    }
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        Backend::backlogged(self, obj)
     }
     fn submit(&self, batch: CommitBatch) {
         Backend::submit(self, batch);

@@ -22,7 +22,7 @@ use crate::storage::{Storage, StorageLimits};
 
 use super::mailbox::{Mailbox, send_released};
 use super::namespace::NsInner;
-use super::{Envelope, MAX_TURNS_PER_BATCH, panic_message};
+use super::{Answer, Envelope, MAX_COMMITS_IN_FLIGHT, MAX_TURNS_PER_BATCH, panic_message};
 
 /// The task of one active object.
 pub(super) struct Actor<O: DurableObject> {
@@ -75,6 +75,7 @@ impl<O: DurableObject> Actor<O> {
             }),
             sockets: ns.sockets.clone(),
             sends: Vec::new(),
+            attachments_before: Vec::new(),
         };
         Actor {
             name_known: name.is_some(),
@@ -107,9 +108,15 @@ impl<O: DurableObject> Actor<O> {
             {
                 let mut inbox = lock(&self.mailbox.inbox);
                 std::mem::swap(&mut acks, &mut inbox.acks);
-                // Messages are taken only once every ack is seen: a failed commit must reset
-                // the object before it runs another turn.
-                if acks.is_empty() && !self.resetting && !inbox.messages.is_empty() {
+                // Messages are taken only once every ack is seen (a failed commit must reset
+                // the object before it runs another turn), and only while the object has room
+                // for another commit in flight: a stalled store stops its intake here, and
+                // its full mailbox refuses callers with `Overloaded`.
+                if acks.is_empty()
+                    && !self.resetting
+                    && self.outstanding < MAX_COMMITS_IN_FLIGHT
+                    && !inbox.messages.is_empty()
+                {
                     if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
                         std::mem::swap(&mut messages, &mut inbox.messages);
                     } else {
@@ -159,9 +166,11 @@ impl<O: DurableObject> Actor<O> {
                 // outstanding (their acks will wake this); once none are, the loop's top
                 // resets and takes them. Stopping waits for every outstanding commit. A failed
                 // commit is taken at once, before the task sleeps.
-                let can_take = !self.resetting || self.outstanding == 0;
+                let full = self.outstanding >= MAX_COMMITS_IN_FLIGHT;
+                let can_take = (!self.resetting || self.outstanding == 0) && !full;
                 let leaving = self.left_cleanly && self.mailbox.evict.load(Ordering::Acquire);
-                let wants_acks = self.resetting || ((stopping || leaving) && self.outstanding > 0);
+                let wants_acks =
+                    self.resetting || full || ((stopping || leaving) && self.outstanding > 0);
                 let mut inbox = lock(&self.mailbox.inbox);
                 if ((wants_acks || inbox.failed) && !inbox.acks.is_empty())
                     || (can_take && !inbox.messages.is_empty())
@@ -221,14 +230,20 @@ impl<O: DurableObject> Actor<O> {
 
     pub(super) async fn process(&mut self, env: Envelope<O>) {
         self.left_cleanly = false;
+        // Every turn, reads included, runs only under the ownership its activation holds.
+        if self.resetting || (self.instance.is_some() && !self.ctx.storage.fence_current()) {
+            self.fence_moved();
+            self.refuse(env, Error::Reset);
+            return;
+        }
         if self.instance.is_none()
             && let Err(e) = self.activate().await
         {
-            env.fail(e);
+            self.refuse(env, e);
             return;
         }
         let Some(instance) = self.instance.as_mut() else {
-            env.fail(Error::Reset);
+            self.refuse(env, Error::Reset);
             return;
         };
         match env {
@@ -241,12 +256,49 @@ impl<O: DurableObject> Actor<O> {
                 self.ns.metrics.record_turn(took);
                 self.mailbox.pace.record(took);
                 match result {
-                    Ok(()) => self.end_turn().await,
+                    Ok(Answer {
+                        reply,
+                        failed: false,
+                    }) => {
+                        if let Some(reply) = reply {
+                            self.ctx.queue_reply(reply);
+                        }
+                        self.end_turn().await;
+                    }
+                    Ok(Answer {
+                        reply,
+                        failed: true,
+                    }) => {
+                        self.discard_turn();
+                        // The refusal still waits for the writes it may have read.
+                        if let Some(reply) = reply {
+                            self.held.push((self.last_write, reply));
+                        }
+                    }
                     Err(panic) => self.panicked(panic),
                 }
             }
             Envelope::Alarm { reply } => self.run_alarm(reply).await,
-            Envelope::Socket(event) => self.run_socket(event).await,
+            Envelope::Socket(event, _) => self.run_socket(event).await,
+        }
+    }
+
+    /// Answers a message that could not run (the object could not activate, or was reset
+    /// under it). A socket event has no caller to retry it: the runtime tries it again
+    /// later, as it does a failed alarm, so that every open and close reaches the object.
+    pub(super) fn refuse(&self, env: Envelope<O>, err: Error) {
+        match env {
+            Envelope::Socket(event, tried) => {
+                super::socket::retry_later(
+                    &self.ns,
+                    self.id,
+                    self.ctx.name.clone(),
+                    event,
+                    tried,
+                    &err,
+                );
+            }
+            env => env.fail(err),
         }
     }
 
@@ -266,14 +318,30 @@ impl<O: DurableObject> Actor<O> {
             Err(panic) => format!("panicked: {}", panic_message(&panic)),
         };
         tracing::warn!(class = O::CLASS, id = %self.id, error = %failure, "on_leave failed; its writes are discarded");
-        self.ctx.storage.rollback();
-        self.ctx.sends.clear();
-        for r in self.ctx.replies.drain(..) {
-            r(Err(Error::Reset));
+        self.discard_turn();
+    }
+
+    /// The activation's ownership moved on (a lease changed hands, even back to this
+    /// node): the in-memory object and everything it read are dropped, and the next
+    /// activation starts from durable state under the current ownership, once the old
+    /// one's commits have answered.
+    pub(super) fn fence_moved(&mut self) {
+        if self.instance.take().is_some() {
+            tracing::info!(class = O::CLASS, id = %self.id, "ownership moved; object reset");
+        }
+        if self.outstanding > 0 {
+            self.resetting = true;
+        } else {
+            self.ctx.storage.reset();
         }
     }
 
     pub(super) async fn activate(&mut self) -> Result<()> {
+        if !self.ctx.storage.fence_current() && self.outstanding > 0 {
+            // Commits of the old ownership are still out: wait for them before reading.
+            self.resetting = true;
+            return Err(Error::Reset);
+        }
         self.ctx.storage.claim_fence_token();
         if !self.name_known {
             let obj = ObjectRef {
@@ -322,13 +390,14 @@ impl<O: DurableObject> Actor<O> {
             && let Err(e) = self.recompute_alarm().await
         {
             self.ctx.storage.rollback();
-            self.ctx.sends.clear();
             // The turn's own reply gets the error itself; replies it completed for earlier
             // callers learn that their turn was discarded.
             let mut err = Some(e);
             for r in self.ctx.replies.drain(..).rev() {
                 r(Err(err.take().unwrap_or(Error::Reset)));
             }
+            self.ctx.discard_outputs();
+            self.instance = None;
             return;
         }
         let seq = self.next_seq;
@@ -341,6 +410,7 @@ impl<O: DurableObject> Actor<O> {
             self.ns.shared.alarms.set(O::CLASS, self.id, alarm);
         }
         self.ctx.queue_sends();
+        self.ctx.keep_attachments();
         // Replies go through the gate even when their write is acknowledged already, so that
         // they never pass replies an ack is still sending.
         for reply in self.ctx.replies.drain(..) {
@@ -353,6 +423,24 @@ impl<O: DurableObject> Actor<O> {
         let jobs = schedule::load(&mut self.ctx.storage).await?;
         let effective = earliest(user, schedule::earliest(&jobs));
         self.ctx.storage.set_effective_alarm(effective).await
+    }
+
+    /// A turn failed (its reply is an error, or its handler returned one): it keeps
+    /// nothing. Its writes, alarm and schedule changes, sends and attachment changes are
+    /// discarded, and replies it completed for earlier callers fail with `Reset`. If it had
+    /// changed anything, the in-memory object is dropped as well (its fields may hold what
+    /// was discarded): the next message activates it again from durable state.
+    pub(super) fn discard_turn(&mut self) {
+        metrics::counter!("stead_turns_discarded_total", "class" => O::CLASS).increment(1);
+        let changed = self.ctx.storage.turn_changed() || self.ctx.has_outputs();
+        self.ctx.storage.rollback();
+        for r in self.ctx.replies.drain(..) {
+            r(Err(Error::Reset));
+        }
+        self.ctx.discard_outputs();
+        if changed {
+            self.instance = None;
+        }
     }
 
     /// A handler panicked: its writes are discarded, its caller told, and the in-memory

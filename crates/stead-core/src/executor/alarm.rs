@@ -152,8 +152,7 @@ impl<O: DurableObject> Actor<O> {
             }
         };
         // The failed turn leaves nothing behind but its retry, recorded in a turn of its own.
-        self.ctx.storage.rollback();
-        self.ctx.discard_outputs();
+        self.discard_turn();
         metrics::counter!("stead_alarm_failures_total", "class" => O::CLASS).increment(1);
         let storage = &mut self.ctx.storage;
         let (retry, label) = match &ran {

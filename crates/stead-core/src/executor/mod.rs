@@ -18,9 +18,9 @@ use std::pin::Pin;
 
 use tokio::sync::oneshot;
 
-use crate::context::{Context, ReplySlot};
+use crate::context::{Context, PendingReply, ReplySlot};
 use crate::error::{Error, Result};
-use crate::object::{Handler, Message};
+use crate::object::{Handler, Message, Outcome};
 
 pub use namespace::{NamedPage, Namespace, ObjectPage, Stub};
 pub(crate) use namespace::{NamespaceDyn, NsInner};
@@ -30,6 +30,10 @@ pub(crate) use socket::SocketEvent;
 const TABLE_SHARDS: usize = 64;
 /// At most this many turns run back to back before their writes are submitted.
 const MAX_TURNS_PER_BATCH: usize = 256;
+/// At most this many commit batches of one object are in flight: at the cap the object takes
+/// no more messages until an acknowledgement comes back, so a stalled store holds at most
+/// this many batches (of at most [`MAX_TURNS_PER_BATCH`] turns) per object in memory.
+const MAX_COMMITS_IN_FLIGHT: usize = 64;
 
 /// What a delivered alarm came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +47,16 @@ pub(crate) enum AlarmOutcome {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a call's turn came to: its own reply (if anyone waits for it and it answered now),
+/// and whether that reply is a failure (the turn then keeps nothing).
+struct Answer {
+    reply: Option<PendingReply>,
+    failed: bool,
+}
+
 /// A message on its way to an object, with its reply channel.
 trait Call<O>: Send {
-    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, ()>;
+    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, Answer>;
     fn fail(self: Box<Self>, err: Error);
     fn message_type(&self) -> &'static str;
 }
@@ -60,21 +71,28 @@ where
     O: Handler<M>,
     M: Message,
 {
-    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, ()> {
+    fn call<'a>(self: Box<Self>, obj: &'a mut O, ctx: &'a mut Context) -> BoxFuture<'a, Answer> {
         Box::pin(async move {
             let Request { msg, reply } = *self;
             ctx.reply = reply.map(|tx| Box::new(tx) as Box<dyn ReplySlot>);
-            let answer = obj.respond(msg, ctx).await;
-            if let Some(value) = answer
-                && let Some(slot) = ctx.reply.take()
-                && let Ok(tx) = slot
+            let Some(value) = obj.respond(msg, ctx).await else {
+                // Deferred: answered through the handle it was given.
+                return Answer {
+                    reply: None,
+                    failed: false,
+                };
+            };
+            let failed = value.is_failure();
+            let reply = ctx.reply.take().and_then(|slot| {
+                let tx = slot
                     .into_any()
                     .downcast::<oneshot::Sender<Result<<O as Handler<M>>::Reply>>>()
-            {
-                ctx.queue_reply(Box::new(move |gate| {
+                    .ok()?;
+                Some(Box::new(move |gate: Result<()>| {
                     let _ = tx.send(gate.map(|()| value));
-                }));
-            }
+                }) as PendingReply)
+            });
+            Answer { reply, failed }
         })
     }
 
@@ -94,8 +112,9 @@ enum Envelope<O> {
     Alarm {
         reply: oneshot::Sender<AlarmOutcome>,
     },
-    /// An event of one of the object's WebSockets: a turn with no caller.
-    Socket(SocketEvent),
+    /// An event of one of the object's WebSockets: a turn with no caller, with how often
+    /// its delivery was tried before.
+    Socket(SocketEvent, u32),
 }
 
 impl<O> Envelope<O> {
@@ -105,7 +124,7 @@ impl<O> Envelope<O> {
             Envelope::Alarm { reply, .. } => {
                 let _ = reply.send(AlarmOutcome::Failed);
             }
-            Envelope::Socket(event) => {
+            Envelope::Socket(event, _) => {
                 tracing::debug!(socket = event.socket().id(), error = %err, "a WebSocket event was not delivered");
             }
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
 
-use crate::backend::{Durability, DynBackend, NamedObject, ObjectEntry};
+use crate::backend::{Durability, DynBackend, NamedObject, ObjectEntry, ObjectRef};
 use crate::clock::{lock, to_ms};
 use crate::error::{Error, Result};
 use crate::id::{IdHashState, ObjectId};
@@ -19,6 +19,9 @@ use crate::websocket::SocketTable;
 use super::actor::Actor;
 use super::mailbox::{Inbox, Mailbox, TurnPace};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
+
+/// The `Retry-After` of a message refused because the store's commit queue is backlogged.
+const BACKLOG_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One lock shard of the table of active objects.
 type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, IdHashState>>;
@@ -125,10 +128,21 @@ impl<O: DurableObject> NsInner<O> {
         // As the runtime shuts down, the close turns of its sockets still run (until it
         // stops waiting for them); nothing else does. Only then is the envelope looked at.
         if self.shared.closed.load(Ordering::Acquire)
-            && (!matches!(env, Envelope::Socket(super::SocketEvent::Close(..)))
+            && (!matches!(env, Envelope::Socket(super::SocketEvent::Close(..), _))
                 || self.shared.sockets.is_done())
         {
             return Err((Error::ShuttingDown, env));
+        }
+        if self.backend.backlogged(&ObjectRef {
+            class: O::CLASS,
+            id,
+        }) {
+            metrics::counter!("stead_overloaded_total", "class" => O::CLASS).increment(1);
+            let err = Error::Overloaded {
+                class: O::CLASS,
+                retry_after: BACKLOG_RETRY_AFTER,
+            };
+            return Err((err, env));
         }
         let table = &mut *lock(self.shard(&id));
         let mailbox = match table.entry(id) {
@@ -328,16 +342,23 @@ impl<O: DurableObject> Namespace<O> {
             id,
             name: None,
             timeout: None,
+            refused: None,
         }
     }
 
     /// A stub for the object called `name`; inside it, [`crate::Context::name`] returns the name.
+    ///
+    /// The name is checked ([`crate::validate_object_name`]: 1 to 4096 bytes, no NUL): a
+    /// stub for a name that breaks the rule answers every call with [`Error::BadRequest`]
+    /// and never creates the object.
     pub fn get_by_name(&self, name: &str) -> Stub<O> {
+        let refused = crate::validate_object_name(name).err().map(Arc::new);
         Stub {
             ns: self.inner.clone(),
             id: self.id_from_name(name),
             name: Some(Arc::from(name)),
             timeout: None,
+            refused,
         }
     }
 
@@ -452,6 +473,8 @@ pub struct Stub<O: DurableObject> {
     name: Option<Arc<str>>,
     /// Overrides the runtime's `ask_timeout`.
     timeout: Option<std::time::Duration>,
+    /// Why the name is refused, for a stub made with a name that breaks the rule.
+    refused: Option<Arc<crate::InvalidInput>>,
 }
 
 impl<O: DurableObject> Clone for Stub<O> {
@@ -461,6 +484,7 @@ impl<O: DurableObject> Clone for Stub<O> {
             id: self.id,
             name: self.name.clone(),
             timeout: self.timeout,
+            refused: self.refused.clone(),
         }
     }
 }
@@ -480,7 +504,8 @@ impl<O: DurableObject> Stub<O> {
     /// backpressure on the connection, not the object's time) while its mailbox is full.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn send_socket_event(&self, event: super::SocketEvent) -> Result<()> {
-        let mut env = Envelope::Socket(event);
+        self.check_name()?;
+        let mut env = Envelope::Socket(event, 0);
         loop {
             match self.ns.try_send(self.id, &self.name, env) {
                 Ok(()) => return Ok(()),
@@ -490,6 +515,14 @@ impl<O: DurableObject> Stub<O> {
                 }
                 Err((err, _)) => return Err(err),
             }
+        }
+    }
+
+    /// Refuses a call through a stub whose name breaks the rule.
+    fn check_name(&self) -> Result<()> {
+        match &self.refused {
+            Some(e) => Err((**e).clone().into()),
+            None => Ok(()),
         }
     }
 
@@ -528,6 +561,7 @@ impl<O: DurableObject> Stub<O> {
     where
         O: Handler<M>,
     {
+        self.check_name()?;
         let (tx, rx) = oneshot::channel();
         let request: Request<M, <O as Handler<M>>::Reply> = Request {
             msg,
@@ -615,6 +649,7 @@ impl<O: DurableObject> Stub<O> {
     where
         O: Handler<M>,
     {
+        self.check_name()?;
         let request: Request<M, <O as Handler<M>>::Reply> = Request { msg, reply: None };
         self.ns
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))

@@ -2,6 +2,8 @@
 //! handler's error or panic is logged and discards the turn.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -10,6 +12,9 @@ use crate::object::DurableObject;
 use crate::websocket::{WebSocket, WebSocketClose, WebSocketMessage};
 
 use super::actor::Actor;
+use super::{Envelope, NsInner};
+use crate::error::Error;
+use crate::id::ObjectId;
 
 /// Something that happened to one of an object's sockets.
 #[cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -67,10 +72,59 @@ impl<O: DurableObject> Actor<O> {
                 tracing::warn!(class = O::CLASS, id = %self.id, socket = socket_id, handler = kind, error = %e, "WebSocket handler failed; its turn is discarded");
                 metrics::counter!("stead_websocket_handler_failures_total", "class" => O::CLASS)
                     .increment(1);
-                self.ctx.storage.rollback();
-                self.ctx.discard_outputs();
+                self.discard_turn();
             }
             Err(panic) => self.panicked(panic),
         }
     }
+}
+
+/// Delivers a socket event that could not run again later, with the backoff of a failed
+/// alarm (the runtime's `alarm_first_retry`, doubling, at most `alarm_max_retries` times),
+/// on the runtime's clock; then it is dropped with a log line and a metric.
+pub(super) fn retry_later<O: DurableObject>(
+    ns: &Arc<NsInner<O>>,
+    id: ObjectId,
+    name: Option<Arc<str>>,
+    event: SocketEvent,
+    tried: u32,
+    err: &Error,
+) {
+    let config = &ns.shared.config;
+    let kind = event.kind();
+    let socket = event.socket().id();
+    if tried >= config.alarm_max_retries {
+        tracing::error!(class = O::CLASS, %id, socket, handler = kind, error = %err, retries = tried,
+            "a WebSocket event could not be delivered and is dropped");
+        metrics::counter!("stead_websocket_events_dropped_total", "class" => O::CLASS).increment(1);
+        return;
+    }
+    tracing::warn!(class = O::CLASS, %id, socket, handler = kind, error = %err, retry = tried,
+        "a WebSocket event could not be delivered; will retry");
+    let backoff = config
+        .alarm_first_retry
+        .saturating_mul(2u32.saturating_pow(tried.min(30)));
+    let clock = ns.shared.clock.clone();
+    let at = clock.now() + chrono::Duration::from_std(backoff).unwrap_or(chrono::TimeDelta::MAX);
+    let ns = ns.clone();
+    tokio::spawn(async move {
+        clock.sleep_until(at).await;
+        let mut env = Envelope::Socket(event, tried + 1);
+        loop {
+            match ns.try_send(id, &name, env) {
+                Ok(()) => return,
+                Err((Error::Overloaded { retry_after, .. }, back)) => {
+                    if ns.shared.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    tokio::time::sleep(retry_after).await;
+                    env = back;
+                }
+                Err((e, back)) => {
+                    back.fail(e);
+                    return;
+                }
+            }
+        }
+    });
 }

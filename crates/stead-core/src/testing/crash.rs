@@ -73,12 +73,23 @@ pub fn crash_rounds(setup: &Setup, durability: Durability, child_test: &str) {
             let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
             let mut stored = Vec::new();
             for i in 0..OBJECTS {
-                let seen = ns
-                    .get_by_name(&format!("c{i}"))
-                    .ask(Script(vec![Op::Get("n".into())]))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                // A store may take a moment to serve a new process after a crash (a lease
+                // the killed process held must expire first): bounded retries.
+                let stub = ns.get_by_name(&format!("c{i}"));
+                let mut tries = 0;
+                let seen = loop {
+                    match stub.ask(Script(vec![Op::Get("n".into())])).await {
+                        Ok(Ok(seen)) => break seen,
+                        Ok(Err(e)) | Err(e) if tries < 400 => {
+                            tries += 1;
+                            if tries == 1 {
+                                eprintln!("round {round}: waiting for the store: {e}");
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => panic!("round {round}: the store does not serve: {other:?}"),
+                    }
+                };
                 let Seen::Value(v) = seen[0] else {
                     unreachable!()
                 };

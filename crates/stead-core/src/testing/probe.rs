@@ -160,7 +160,11 @@ impl Handler<Script> for Probe {
                     s.put(&k, &v)?;
                     Seen::Nothing
                 }
-                Op::Delete(k) => Seen::Existed(s.delete(&k).await?),
+                Op::Delete(k) => {
+                    let existed = s.get::<serde_json::Value>(&k).await?.is_some();
+                    s.delete(&k)?;
+                    Seen::Existed(existed)
+                }
                 Op::DeleteAll => {
                     s.delete_all();
                     Seen::Nothing
@@ -185,6 +189,37 @@ impl Handler<Script> for Probe {
             });
         }
         Ok(out)
+    }
+}
+
+/// Runs storage operations, sets the alarm and a schedule if asked, then answers with an
+/// error: the whole turn must be discarded.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScriptThenFail {
+    /// The operations, run in order.
+    pub ops: Vec<Op>,
+    /// An alarm to set before failing.
+    pub alarm: Option<DateTime<Utc>>,
+    /// A one-shot job (by name) to schedule in an hour before failing.
+    pub job: Option<String>,
+}
+
+impl Handler<ScriptThenFail> for Probe {
+    type Reply = Result<Vec<Seen>>;
+    async fn handle(&mut self, msg: ScriptThenFail, ctx: &mut Context) -> Result<Vec<Seen>> {
+        self.turns += 1;
+        let seen = Handler::<Script>::handle(self, Script(msg.ops), ctx).await?;
+        if let Some(at) = msg.alarm {
+            ctx.storage().set_alarm(at)?;
+        }
+        if let Some(job) = msg.job {
+            let at = ctx.now() + chrono::Duration::hours(1);
+            ctx.schedules().once(&job, at)?;
+        }
+        Err(crate::Error::other(format!(
+            "deliberate failure after {} operations",
+            seen.len()
+        )))
     }
 }
 

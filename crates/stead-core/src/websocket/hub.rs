@@ -98,6 +98,11 @@ impl SocketShared {
         *lock(&self.attachment) = json;
     }
 
+    /// Sets the attachment; returns the one it replaced.
+    pub(crate) fn replace_attachment(&self, json: Box<str>) -> Box<str> {
+        std::mem::replace(&mut *lock(&self.attachment), json)
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         let outbox = lock(&self.outbox);
         outbox.stop.is_none() && !outbox.finished

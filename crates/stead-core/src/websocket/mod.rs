@@ -172,10 +172,16 @@ impl WebSocket {
     }
 
     /// Replaces its attachment (kept by the runtime with the socket, also while the object
-    /// is out of memory; at most 16 KiB as JSON). Takes effect at once, not at commit.
-    pub fn set_attachment<T: Serialize + ?Sized>(&self, value: &T) -> Result<()> {
+    /// is out of memory; at most 16 KiB as JSON). Takes effect at once (later reads in the
+    /// turn see it); a turn that fails puts the earlier value back.
+    pub fn set_attachment<T: Serialize + ?Sized>(
+        &self,
+        ctx: &mut Context,
+        value: &T,
+    ) -> Result<()> {
         let json = encode_attachment(value)?;
-        self.shared.set_attachment(json);
+        let before = self.shared.replace_attachment(json);
+        ctx.attachments_before.push((self.shared.clone(), before));
         Ok(())
     }
 

@@ -33,6 +33,11 @@ use crate::id::ObjectId;
 /// At most this many batches go into one transaction.
 const MAX_GROUP: usize = 8192;
 
+/// A shard whose writer has this many batches waiting is backlogged: new messages for its
+/// objects are refused with `Overloaded` until it catches up (a stalled disk cannot grow the
+/// queue past this and what the objects already ran).
+const MAX_QUEUED_BATCHES: usize = 4 * MAX_GROUP;
+
 /// Options of the SQLite backend.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -526,9 +531,15 @@ impl Backend for SqliteBackend {
             .flatten())
     }
 
+    fn backlogged(&self, obj: &ObjectRef) -> bool {
+        self.shard(&obj.id).shared.queued.load(Ordering::Acquire) >= MAX_QUEUED_BATCHES
+    }
+
     fn submit(&self, batch: CommitBatch) {
         let shard = self.shard(&batch.object.id);
+        shard.shared.queued.fetch_add(1, Ordering::AcqRel);
         if let Some(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(batch)) {
+            shard.shared.queued.fetch_sub(1, Ordering::AcqRel);
             tracing::error!("commit refused: the storage writer has stopped");
             b.complete(Err(unavailable("the storage writer has stopped")));
         }

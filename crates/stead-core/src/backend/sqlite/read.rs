@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OpenFlags};
@@ -30,6 +30,8 @@ pub(super) struct SharedConn {
     pub(super) closed: AtomicBool,
     /// Objects with writes in the open window; emptied once a window has committed.
     pub(super) in_window: Mutex<HashSet<ObjectId, IdHashState>>,
+    /// Batches submitted to the writer and not yet taken up by it.
+    pub(super) queued: AtomicUsize,
     /// Idle reader connections.
     pub(super) readers: Mutex<Vec<Connection>>,
     /// The shard's database file, for new reader connections.
@@ -49,6 +51,7 @@ impl SharedConn {
             broken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             in_window: Mutex::new(HashSet::default()),
+            queued: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             path,
             #[cfg(any(test, feature = "test-util"))]

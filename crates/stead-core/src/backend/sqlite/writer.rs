@@ -292,6 +292,9 @@ impl Writer {
             let mut flushes = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take() {
+                if matches!(msg, WriterMsg::Commit(_)) {
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                }
                 match msg {
                     WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
                     WriterMsg::Commit(b) => batches.push(b),
