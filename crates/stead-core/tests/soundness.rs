@@ -664,6 +664,90 @@ async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
     rt.shutdown().await.unwrap();
 }
 
+// Several workers: on a regression the read blocks one of them, and the deadline below
+// still fires on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_an_object_in_the_open_window_does_not_wait_for_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let backend = Arc::new(
+        stead_core::SqliteBackend::open(dir.path(), stead_core::SqliteOptions::default().shards(1))
+            .unwrap(),
+    );
+    let rt = Runtime::builder()
+        .backend(backend.clone())
+        .clock(Arc::new(clock.clone()))
+        .idle_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let hot = ns.get_by_name("hot");
+    // Committed: a=1, b=2, gone=3.
+    hot.ask(common::Script(vec![
+        common::Op::Put("a".into(), 1),
+        common::Op::Put("b".into(), 2),
+        common::Op::Put("gone".into(), 3),
+    ]))
+    .await
+    .unwrap()
+    .unwrap();
+    stead_core::Backend::flush(&*backend).await.unwrap();
+    // In the open window, whose commit is then held: a=10, gone deleted, c=30, and an alarm.
+    backend.hold_commits();
+    hot.ask(common::Script(vec![
+        common::Op::Put("a".into(), 10),
+        common::Op::Delete("gone".into()),
+        common::Op::Put("c".into(), 30),
+    ]))
+    .await
+    .unwrap()
+    .unwrap();
+    let at = start_time() + chrono::Duration::hours(1);
+    hot.ask(SetAlarm(at)).await.unwrap().unwrap();
+    backend.start_commit();
+    for _ in 0..1000 {
+        if backend.commits_held() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(backend.commits_held(), 1, "a commit is held");
+    // The object leaves memory, so its next turn reads the store.
+    clock.advance(Duration::from_secs(2)).await;
+    assert_eq!(ns.active_objects(), 0);
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let seen = hot
+            .ask(common::Script(vec![
+                common::Op::Get("a".into()),
+                common::Op::Get("gone".into()),
+                common::Op::List {
+                    prefix: None,
+                    start: None,
+                    end: None,
+                    limit: Some(2),
+                    reverse: true,
+                },
+            ]))
+            .await;
+        let alarm = hot.ask(common::GetAlarm).await;
+        (seen, alarm)
+    })
+    .await;
+    backend.release_commits();
+    let (seen, alarm) = read.expect("the read finishes while the commit is held");
+    assert_eq!(
+        seen.unwrap().unwrap(),
+        vec![
+            common::Seen::Value(Some(10)),
+            common::Seen::Value(None),
+            common::Seen::Entries(vec![("c".into(), 30), ("b".into(), 2)]),
+        ]
+    );
+    assert_eq!(alarm.unwrap().unwrap(), Some(at));
+    rt.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_write_under_a_stale_fencing_token_is_refused_and_the_object_resets() {
     let clock = manual();

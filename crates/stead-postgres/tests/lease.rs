@@ -289,3 +289,92 @@ async fn lost_connections_fail_turns_cleanly_and_heal() {
     rt.shutdown().await.unwrap();
     drop_schema(&schema);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_node_name_never_share_the_lease() {
+    let schema = fresh_schema();
+    let a = node(&schema, "twin").await;
+    assert!(matches!(a.state(), LeaseState::Active { epoch: 1 }));
+    // A second process started under the same name is a standby like any other: the
+    // lease belongs to the process that took it, not to the name.
+    let b = node(&schema, "twin").await;
+    assert!(
+        matches!(b.state(), LeaseState::Standby { .. }),
+        "{:?}",
+        b.state()
+    );
+    // Over two whole lease durations neither hands the lease to the other.
+    let until = std::time::Instant::now() + Duration::from_millis(4500);
+    while std::time::Instant::now() < until {
+        assert!(
+            matches!(a.state(), LeaseState::Active { epoch: 1 }),
+            "{:?}",
+            a.state()
+        );
+        assert!(!b.is_active(), "{:?}", b.state());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Given back explicitly, it goes to the other process at once.
+    Backend::close(&a).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(3), b.wait_active())
+        .await
+        .expect("the twin takes over once the lease is given back")
+        .unwrap();
+    assert!(matches!(b.state(), LeaseState::Active { epoch: 2 }));
+    Backend::close(&b).await.unwrap();
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_survives_a_commit_load_that_saturates_the_pool() {
+    let schema = fresh_schema();
+    // Three connections for two writers and every read: the load keeps them all busy.
+    let a = PostgresBackend::connect(options(&schema).node_id("busy").pool_size(3).writers(2))
+        .await
+        .unwrap();
+    assert!(matches!(a.state(), LeaseState::Active { epoch: 1 }));
+    let mut states = a.watch_state();
+    let (rt, ns) = probe_runtime(&a).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..64 {
+        let stub = ns.get_by_name(&format!("o{i}"));
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut acked = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if incr(&stub).await.is_ok() {
+                    acked += 1;
+                }
+            }
+            acked
+        }));
+    }
+    // Three lease durations under load: the state never leaves epoch 1.
+    let watched = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            if states.changed().await.is_err() {
+                return None;
+            }
+            let now = states.borrow().clone();
+            if !matches!(now, LeaseState::Active { epoch: 1 }) {
+                return Some(now);
+            }
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = 0;
+    for t in load {
+        acked += t.await.unwrap();
+    }
+    assert!(
+        watched.is_err(),
+        "the lease changed under load: {watched:?}"
+    );
+    assert!(acked > 0, "the load committed nothing");
+    assert!(a.is_active());
+    eprintln!("{acked} increments committed while the lease held");
+    rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}

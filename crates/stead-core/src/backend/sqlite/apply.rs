@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::super::{AlarmChange, CommitBatch, Value};
+use super::window::{Window, fold};
 use crate::id::{IdHashState, ObjectId};
 
 /// One batch's changes as the writer applies them: taken from a [`CommitBatch`], or read
@@ -45,10 +46,13 @@ pub(super) struct ObjectOps {
     pub(super) register: Option<Option<Arc<str>>>,
 }
 
-/// Applies one group's changes inside the connection's transaction.
+/// Applies one group's changes inside the connection's transaction; once they are
+/// applied, folds them into `window` (the open window's changes, which reads lay over the
+/// committed database), if given.
 pub(super) fn apply<'a>(
     conn: &Connection,
     changes: impl IntoIterator<Item = Change<'a>>,
+    window: Option<&mut Window>,
 ) -> rusqlite::Result<()> {
     // Gather per object, keeping the order of clears and writes.
     let changes = changes.into_iter();
@@ -127,6 +131,12 @@ pub(super) fn apply<'a>(
                  ON CONFLICT (class, id) DO UPDATE SET name = coalesce(objects.name, excluded.name)",
             )?
             .execute(params![class, id, name.as_deref()])?;
+        }
+    }
+    drop((upsert, delete));
+    if let Some(window) = window {
+        for ((class, id), o) in ops {
+            fold(window, class, id, o);
         }
     }
     Ok(())

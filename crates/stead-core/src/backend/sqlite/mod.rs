@@ -6,6 +6,7 @@ mod apply;
 mod commit_log;
 mod read;
 mod schema;
+mod window;
 mod writer;
 
 use apply::*;
@@ -296,6 +297,47 @@ impl SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// The committed entries of a range, with room for `extra` more than its limit.
+    fn list_committed(
+        &self,
+        shared: &SharedConn,
+        obj: &ObjectRef,
+        opts: &ListOptions,
+        extra: usize,
+    ) -> Result<Vec<(String, Value)>> {
+        let (lower, upper) = opts.bounds();
+        let limit = opts.limit.map_or(-1, |l| {
+            l.saturating_add(extra).min(i64::MAX as usize) as i64
+        });
+        let sql = match (upper.is_some(), opts.reverse) {
+            (true, false) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key ASC LIMIT ?5"
+            }
+            (true, true) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key DESC LIMIT ?5"
+            }
+            (false, false) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key ASC LIMIT ?5"
+            }
+            (false, true) => {
+                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key DESC LIMIT ?5"
+            }
+        };
+        let conn = shared.reader()?;
+        let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
+        let rows = stmt
+            .query_map(
+                params![obj.class, &obj.id.as_bytes()[..], lower, upper, limit],
+                |r| {
+                    let k: String = r.get(0)?;
+                    let v: Vec<u8> = r.get(1)?;
+                    Ok((k, Value::from(v)))
+                },
+            )
+            .map_err(sql_err)?;
+        rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
+    }
+
     /// Stops the writers (each finishes what was sent before) and the checkpointers, and
     /// marks every shard closed. Idempotent.
     fn stop(&self) {
@@ -323,7 +365,12 @@ impl Drop for SqliteBackend {
 
 impl Backend for SqliteBackend {
     async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
-        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
+        let shared = &self.shard(&obj.id).shared;
+        shared.check()?;
+        if let Some(v) = window::get(&lock(&shared.window), obj.class, &obj.id, key) {
+            return Ok(v);
+        }
+        let conn = shared.reader()?;
         let mut stmt = conn
             .prepare_cached("SELECT value FROM kv WHERE class = ?1 AND id = ?2 AND key = ?3")
             .map_err(sql_err)?;
@@ -336,42 +383,43 @@ impl Backend for SqliteBackend {
     }
 
     async fn list(&self, obj: &ObjectRef, opts: &ListOptions) -> Result<Vec<(String, Value)>> {
-        let (lower, upper) = opts.bounds();
-        let limit = opts.limit.map_or(-1, |l| l.min(i64::MAX as usize) as i64);
-        let sql = match (upper.is_some(), opts.reverse) {
-            (true, false) => {
-                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key ASC LIMIT ?5"
+        let shared = &self.shard(&obj.id).shared;
+        shared.check()?;
+        let seen = window::range(&lock(&shared.window), obj.class, &obj.id, opts);
+        let over = match seen {
+            window::Seen::Decided(entries) => {
+                return Ok(window::merge(Vec::new(), entries, opts));
             }
-            (true, true) => {
-                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND key < ?4 ORDER BY key DESC LIMIT ?5"
-            }
-            (false, false) => {
-                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key ASC LIMIT ?5"
-            }
-            (false, true) => {
-                "SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 AND key >= ?3 AND ?4 IS NULL ORDER BY key DESC LIMIT ?5"
-            }
+            window::Seen::Over(entries) => entries,
+            window::Seen::Absent => Vec::new(),
         };
-        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
-        let mut stmt = conn.prepare_cached(sql).map_err(sql_err)?;
-        let rows = stmt
-            .query_map(
-                params![obj.class, &obj.id.as_bytes()[..], lower, upper, limit],
-                |r| {
-                    let k: String = r.get(0)?;
-                    let v: Vec<u8> = r.get(1)?;
-                    Ok((k, Value::from(v)))
-                },
-            )
-            .map_err(sql_err)?;
-        rows.collect::<std::result::Result<_, _>>().map_err(sql_err)
+        // The window may delete some of the rows read: read as many more.
+        let committed = self.list_committed(shared, obj, opts, over.len())?;
+        Ok(if over.is_empty() {
+            committed
+        } else {
+            window::merge(committed, over, opts)
+        })
     }
 
     async fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
+        let shared = &self.shard(&obj.id).shared;
+        shared.check()?;
+        let all = ListOptions::all().limit(limit);
+        let seen = window::range(&lock(&shared.window), obj.class, &obj.id, &all);
+        match seen {
+            window::Seen::Decided(entries) => return Ok(window::merge(Vec::new(), entries, &all)),
+            // The window's changes need ordered reads to lay them over.
+            window::Seen::Over(over) => {
+                let committed = self.list_committed(shared, obj, &all, over.len())?;
+                return Ok(window::merge(committed, over, &all));
+            }
+            window::Seen::Absent => {}
+        }
         // No ORDER BY and no bound LIMIT: with either, SQLite prepares the statement again
         // on every run (a new binding could change its plan), which costs more than the
         // read itself. The limit is a constant of the caller, so one statement is cached.
-        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
+        let conn = shared.reader()?;
         let sql = format!("SELECT key, value FROM kv WHERE class = ?1 AND id = ?2 LIMIT {limit}");
         let mut stmt = conn.prepare_cached(&sql).map_err(sql_err)?;
         let rows = stmt
@@ -385,7 +433,12 @@ impl Backend for SqliteBackend {
     }
 
     async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
-        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
+        let shared = &self.shard(&obj.id).shared;
+        shared.check()?;
+        if let Some(at) = window::alarm(&lock(&shared.window), obj.class, &obj.id) {
+            return Ok(at);
+        }
+        let conn = shared.reader()?;
         let mut stmt = conn
             .prepare_cached("SELECT at_ms FROM alarms WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -393,7 +446,6 @@ impl Backend for SqliteBackend {
             .optional()
             .map_err(sql_err)
     }
-
     async fn due_alarms(
         &self,
         class: &'static str,
@@ -518,7 +570,12 @@ impl Backend for SqliteBackend {
     }
 
     async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
-        let conn = self.shard(&obj.id).shared.read_for(&obj.id)?;
+        let shared = &self.shard(&obj.id).shared;
+        shared.check()?;
+        if let Some(name) = window::name(&lock(&shared.window), obj.class, &obj.id) {
+            return Ok(name);
+        }
+        let conn = shared.reader()?;
         let mut stmt = conn
             .prepare_cached("SELECT name FROM objects WHERE class = ?1 AND id = ?2")
             .map_err(sql_err)?;
@@ -618,6 +675,7 @@ mod tests {
         apply(
             &conn,
             vec![Change::take(&mut batch(3, false, &[("gone", Some("x"))]))],
+            None,
         )
         .unwrap();
         let mut group = [
@@ -628,7 +686,7 @@ mod tests {
             batch(1, false, &[("c", Some("4")), ("a", Some("5"))]),
             batch(3, false, &[("new", Some("z"))]),
         ];
-        apply(&conn, group.iter_mut().map(Change::take)).unwrap();
+        apply(&conn, group.iter_mut().map(Change::take), None).unwrap();
         let s = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         // The last write of a key wins, a delete included.
         assert_eq!(contents(&conn, 1), vec![s("a", "5"), s("c", "4")]);

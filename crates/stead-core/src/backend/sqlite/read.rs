@@ -1,7 +1,6 @@
-//! Reads: a reader connection on the committed state, or the writer's when the object has
-//! writes in the open window.
+//! Reads: a reader connection on the committed state, with the open window's changes laid
+//! over it.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -12,15 +11,16 @@ use super::super::unavailable;
 use super::*;
 use crate::clock::lock;
 use crate::error::Result;
-use crate::id::{IdHashState, ObjectId};
+use crate::id::ObjectId;
+
+use super::window::Window;
 
 /// What a shard's writer shares with readers.
 ///
 /// The writer keeps a transaction open for up to a window (see [`Writer`]); every
-/// acknowledged write is in it or committed. Reads of an object that has writes in the open
-/// window go through the writer's connection, which sees them; every other read goes through
-/// a reader connection of its own, on the committed state, and never waits for the window's
-/// commit (its page writes and fsync).
+/// acknowledged write is in it or committed. Reads go through reader connections of their
+/// own, on the committed state, with the window's changes laid over it: they never wait
+/// for the window's commit (its page writes and fsync).
 pub(super) struct SharedConn {
     pub(super) conn: Mutex<Connection>,
     /// Set when a group failed and the writer could not take it back out of the log: the
@@ -28,8 +28,9 @@ pub(super) struct SharedConn {
     pub(super) broken: AtomicBool,
     /// Set once the backend is closed: the directory may belong to another runtime now.
     pub(super) closed: AtomicBool,
-    /// Objects with writes in the open window; emptied once a window has committed.
-    pub(super) in_window: Mutex<HashSet<ObjectId, IdHashState>>,
+    /// The open window's changes, by object: reads lay them over the committed database.
+    /// Emptied once the window has committed.
+    pub(super) window: Mutex<Window>,
     /// Batches submitted to the writer and not yet taken up by it.
     pub(super) queued: AtomicUsize,
     /// Idle reader connections.
@@ -50,7 +51,7 @@ impl SharedConn {
             conn: Mutex::new(conn),
             broken: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            in_window: Mutex::new(HashSet::default()),
+            window: Mutex::new(Window::default()),
             queued: AtomicUsize::new(0),
             readers: Mutex::new(Vec::new()),
             path,
@@ -69,13 +70,11 @@ impl SharedConn {
         Ok(())
     }
 
-    /// A connection for reading object `id`: the writer's when the open window has writes
-    /// of it, else a reader's.
-    pub(super) fn read_for(&self, id: &ObjectId) -> Result<ReadConn<'_>> {
+    /// A reader connection, on the committed database (never the writer's: a read does
+    /// not wait for the window's commit). Reads of an object lay the window's changes over
+    /// what it reads (see [`super::window`]).
+    pub(super) fn reader(&self) -> Result<ReadConn<'_>> {
         self.check()?;
-        if lock(&self.in_window).contains(id) {
-            return Ok(ReadConn::Writer(lock(&self.conn)));
-        }
         let idle = lock(&self.readers).pop();
         let conn = match idle {
             Some(c) => c,
@@ -92,9 +91,8 @@ impl SharedConn {
     }
 }
 
-/// A connection lent for one read.
+/// A reader connection lent for one read.
 pub(super) enum ReadConn<'a> {
-    Writer(MutexGuard<'a, Connection>),
     /// Goes back to the shard's idle readers when dropped.
     Reader(&'a SharedConn, Option<Connection>),
 }
@@ -103,7 +101,6 @@ impl std::ops::Deref for ReadConn<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
         match self {
-            ReadConn::Writer(c) => c,
             // Always `Some` until dropped.
             ReadConn::Reader(_, c) => c.as_ref().unwrap_or_else(|| unreachable!()),
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::{CommitBatch, Completer, Durability, unavailable};
+use super::window::{Window, absorb};
 use super::*;
 use crate::clock::lock;
 use crate::error::{Error, Result};
@@ -114,15 +115,19 @@ impl Writer {
         };
         let groups = records.decoded().map_err(Error::storage)?;
         let count = groups.len();
+        let mut window = Window::default();
         let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
             groups
                 .into_iter()
-                .try_for_each(|changes| apply(conn, changes))
+                .try_for_each(|changes| apply(conn, changes, Some(&mut window)))
         });
         if let Err(e) = applied {
             rollback(conn);
             return Err(sql_err(e));
         }
+        // The window is now exactly these groups (until this moment the one it replaces,
+        // a superset of what was acknowledged, answered reads).
+        *lock(&self.shared.window) = window;
         self.open = Some((Instant::now(), last));
         Ok(count)
     }
@@ -151,7 +156,7 @@ impl Writer {
         match &done {
             Ok(()) => {
                 // Committed: every reader connection sees the window now.
-                lock(&shared.in_window).clear();
+                lock(&shared.window).clear();
                 self.committed = last;
                 self.log.restart();
                 self.retry_at = None;
@@ -209,21 +214,23 @@ impl Writer {
             return false;
         }
         let shared = Arc::clone(&self.shared);
-        // Before the writes: from here on, reads of these objects see the window.
-        {
-            let mut in_window = lock(&shared.in_window);
-            for b in batches.iter() {
-                in_window.insert(b.object.id);
-            }
-        }
         let conn = lock(&shared.conn);
         let began = match self.open {
             Some(_) => Ok(()),
             None => conn.execute_batch("BEGIN IMMEDIATE"),
         };
-        let applied = began.and_then(|()| apply(&conn, batches.iter_mut().map(Change::take)));
+        let mut group = Window::default();
+        let applied = began.and_then(|()| {
+            apply(
+                &conn,
+                batches.iter_mut().map(Change::take),
+                Some(&mut group),
+            )
+        });
         match applied {
             Ok(()) => {
+                // Before the acknowledgements: from here on, reads see the group.
+                absorb(&mut lock(&shared.window), group);
                 let since = self.open.map_or_else(Instant::now, |(t, _)| t);
                 self.open = Some((since, seq));
                 true
