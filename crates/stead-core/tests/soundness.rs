@@ -606,10 +606,13 @@ async fn many_stored_alarms_cost_no_memory_until_they_are_due() {
     rt.shutdown().await.unwrap();
 }
 
-// Several workers: on a regression the read blocks one of them, and the deadline below
-// still fires on another.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
+/// A runtime on a one-shard SQLite store whose objects leave memory after a second idle.
+async fn one_shard_store() -> (
+    tempfile::TempDir,
+    ManualClock,
+    Arc<stead_core::SqliteBackend>,
+    Runtime,
+) {
     let dir = tempfile::tempdir().unwrap();
     let clock = manual();
     let backend = Arc::new(
@@ -623,6 +626,26 @@ async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
         .build()
         .await
         .unwrap();
+    (dir, clock, backend, rt)
+}
+
+/// Starts the open window's commit (held by `hold_commits`) and waits until it is held.
+async fn start_held_commit(backend: &stead_core::SqliteBackend) {
+    backend.start_commit();
+    for _ in 0..1000 {
+        if backend.commits_held() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(backend.commits_held(), 1, "a commit is held");
+}
+
+// Several workers: on a regression the read blocks one of them, and the deadline below
+// still fires on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
+    let (_dir, clock, backend, rt) = one_shard_store().await;
     let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     ns.get_by_name("cold")
         .ask(common::Incr("n".into()))
@@ -641,14 +664,7 @@ async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
         .await
         .unwrap()
         .unwrap();
-    backend.start_commit();
-    for _ in 0..1000 {
-        if backend.commits_held() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(backend.commits_held(), 1, "a commit is held");
+    start_held_commit(&backend).await;
     let read = tokio::time::timeout(
         Duration::from_secs(10),
         ns.get_by_name("cold")
@@ -668,19 +684,7 @@ async fn a_cold_read_does_not_wait_for_a_commit_in_progress() {
 // still fires on another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_of_an_object_in_the_open_window_does_not_wait_for_its_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = manual();
-    let backend = Arc::new(
-        stead_core::SqliteBackend::open(dir.path(), stead_core::SqliteOptions::default().shards(1))
-            .unwrap(),
-    );
-    let rt = Runtime::builder()
-        .backend(backend.clone())
-        .clock(Arc::new(clock.clone()))
-        .idle_timeout(Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap();
+    let (_dir, clock, backend, rt) = one_shard_store().await;
     let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     let hot = ns.get_by_name("hot");
     // Committed: a=1, b=2, gone=3.
@@ -705,14 +709,7 @@ async fn a_read_of_an_object_in_the_open_window_does_not_wait_for_its_commit() {
     .unwrap();
     let at = start_time() + chrono::Duration::hours(1);
     hot.ask(SetAlarm(at)).await.unwrap().unwrap();
-    backend.start_commit();
-    for _ in 0..1000 {
-        if backend.commits_held() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(backend.commits_held(), 1, "a commit is held");
+    start_held_commit(&backend).await;
     // The object leaves memory, so its next turn reads the store.
     clock.advance(Duration::from_secs(2)).await;
     assert_eq!(ns.active_objects(), 0);
