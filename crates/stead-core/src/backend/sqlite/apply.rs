@@ -6,7 +6,6 @@ use std::sync::Arc;
 use rusqlite::{Connection, params};
 
 use super::super::{AlarmChange, CommitBatch, Value};
-use super::window::{Window, fold};
 use crate::id::{IdHashState, ObjectId};
 
 /// One batch's changes as the writer applies them: taken from a [`CommitBatch`], or read
@@ -46,14 +45,16 @@ pub(super) struct ObjectOps {
     pub(super) register: Option<Option<Arc<str>>>,
 }
 
-/// Applies one group's changes inside the connection's transaction; once they are
-/// applied, folds them into `window` (the open window's changes, which reads lay over the
-/// committed database), if given.
+/// One group's changes, by object, as applied.
+pub(super) type Applied<'a> = Vec<((&'a str, ObjectId), ObjectOps)>;
+
+/// Applies one group's changes inside the connection's transaction; returns them by object,
+/// for the caller to fold into the open window's changes (which reads lay over the
+/// committed database).
 pub(super) fn apply<'a>(
     conn: &Connection,
     changes: impl IntoIterator<Item = Change<'a>>,
-    window: Option<&mut Window>,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Applied<'a>> {
     // Gather per object, keeping the order of clears and writes.
     let changes = changes.into_iter();
     let n = changes.size_hint().0;
@@ -134,10 +135,5 @@ pub(super) fn apply<'a>(
         }
     }
     drop((upsert, delete));
-    if let Some(window) = window {
-        for ((class, id), o) in ops {
-            fold(window, class, id, o);
-        }
-    }
-    Ok(())
+    Ok(ops)
 }

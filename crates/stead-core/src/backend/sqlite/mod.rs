@@ -675,7 +675,6 @@ mod tests {
         apply(
             &conn,
             vec![Change::take(&mut batch(3, false, &[("gone", Some("x"))]))],
-            None,
         )
         .unwrap();
         let mut group = [
@@ -686,7 +685,7 @@ mod tests {
             batch(1, false, &[("c", Some("4")), ("a", Some("5"))]),
             batch(3, false, &[("new", Some("z"))]),
         ];
-        apply(&conn, group.iter_mut().map(Change::take), None).unwrap();
+        apply(&conn, group.iter_mut().map(Change::take)).unwrap();
         let s = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         // The last write of a key wins, a delete included.
         assert_eq!(contents(&conn, 1), vec![s("a", "5"), s("c", "4")]);

@@ -18,7 +18,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::super::{AlarmChange, ListOptions, Value};
-use super::apply::ObjectOps;
+use super::apply::{Applied, ObjectOps};
 use crate::id::{IdHashState, ObjectId};
 
 /// One object's changes in the open window.
@@ -61,23 +61,10 @@ pub(super) fn fold(window: &mut Window, class: &str, id: ObjectId, ops: ObjectOp
     }
 }
 
-/// Folds `newer` (the changes of a later group) into `window`.
-pub(super) fn absorb(window: &mut Window, newer: Window) {
-    for (id, n) in newer {
-        match window.get_mut(&id) {
-            Some(o) if !n.cleared => {
-                o.writes.extend(n.writes);
-                if n.alarm != AlarmChange::Keep {
-                    o.alarm = n.alarm;
-                }
-                if n.name.is_some() {
-                    o.name = n.name;
-                }
-            }
-            _ => {
-                window.insert(id, n);
-            }
-        }
+/// Folds a group's applied changes into `window`.
+pub(super) fn fold_all(window: &mut Window, applied: Applied<'_>) {
+    for ((class, id), ops) in applied {
+        fold(window, class, id, ops);
     }
 }
 
@@ -211,14 +198,12 @@ mod tests {
                 AlarmChange::Set(5),
             ),
         );
-        let mut later = Window::default();
         fold(
-            &mut later,
+            &mut window,
             "c",
             id,
             ops(false, &[("a", Some("3")), ("b", None)], AlarmChange::Keep),
         );
-        absorb(&mut window, later);
         assert_eq!(get(&window, "c", &id, "a"), Some(v("3")));
         assert_eq!(
             get(&window, "c", &id, "b"),
@@ -229,14 +214,12 @@ mod tests {
         assert_eq!(get(&window, "other", &id, "a"), None, "another class");
         assert_eq!(alarm(&window, "c", &id), Some(Some(5)));
         // A clear: the database's entries are hidden, the window's later writes stay.
-        let mut cleared = Window::default();
         fold(
-            &mut cleared,
+            &mut window,
             "c",
             id,
             ops(true, &[("n", Some("9"))], AlarmChange::Clear),
         );
-        absorb(&mut window, cleared);
         assert_eq!(get(&window, "c", &id, "a"), Some(None));
         assert_eq!(get(&window, "c", &id, "z"), Some(None));
         assert_eq!(alarm(&window, "c", &id), Some(None));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::{CommitBatch, Completer, Durability, unavailable};
-use super::window::{Window, absorb};
+use super::window::{Window, fold_all};
 use super::*;
 use crate::clock::lock;
 use crate::error::{Error, Result};
@@ -117,9 +117,10 @@ impl Writer {
         let count = groups.len();
         let mut window = Window::default();
         let applied = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-            groups
-                .into_iter()
-                .try_for_each(|changes| apply(conn, changes, Some(&mut window)))
+            groups.into_iter().try_for_each(|changes| {
+                fold_all(&mut window, apply(conn, changes)?);
+                Ok(())
+            })
         });
         if let Err(e) = applied {
             rollback(conn);
@@ -219,18 +220,11 @@ impl Writer {
             Some(_) => Ok(()),
             None => conn.execute_batch("BEGIN IMMEDIATE"),
         };
-        let mut group = Window::default();
-        let applied = began.and_then(|()| {
-            apply(
-                &conn,
-                batches.iter_mut().map(Change::take),
-                Some(&mut group),
-            )
-        });
+        let applied = began.and_then(|()| apply(&conn, batches.iter_mut().map(Change::take)));
         match applied {
-            Ok(()) => {
+            Ok(applied) => {
                 // Before the acknowledgements: from here on, reads see the group.
-                absorb(&mut lock(&shared.window), group);
+                fold_all(&mut lock(&shared.window), applied);
                 let since = self.open.map_or_else(Instant::now, |(t, _)| t);
                 self.open = Some((since, seq));
                 true
