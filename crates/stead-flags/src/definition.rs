@@ -15,6 +15,11 @@ pub const MAX_FLAGS: usize = 10_000;
 pub const MAX_KEY_BYTES: usize = 256;
 /// How deep `$ref`s may nest inside one another.
 const MAX_REF_DEPTH: usize = 32;
+/// The most JSON values a flag's targeting may hold once its `$ref`s are resolved (a chain
+/// of evaluators that each refer to the next twice would otherwise double at every step).
+const MAX_RESOLVED_VALUES: usize = 100_000;
+/// How deep a flag's targeting may nest once its `$ref`s are resolved.
+const MAX_RESOLVED_DEPTH: usize = 96;
 
 /// A flag set's definition: flagd's flag-definition document.
 ///
@@ -255,8 +260,9 @@ impl FlagSetDefinition {
             return Ok(None);
         };
         let base = format!("/flags/{}/targeting", escape(key));
+        let mut left = MAX_RESOLVED_VALUES;
         let resolved = self
-            .resolve_refs(targeting, 0)
+            .resolve_refs(targeting, 0, 0, &mut left)
             .map_err(|e| fault(Some(key), format!("{base}{}", e.path), e.message))?;
         if matches!(&resolved, Value::Object(m) if m.is_empty()) {
             return Ok(None);
@@ -266,7 +272,32 @@ impl FlagSetDefinition {
             .map_err(|e| fault(Some(key), format!("{base}{}", e.path), e.message))
     }
 
-    fn resolve_refs(&self, rule: &Value, depth: usize) -> Result<Value, RuleError> {
+    /// `rule` with every `$ref` replaced by its evaluator: `depth` counts the `$ref`s
+    /// followed, `level` the nesting so far, `left` the values it may still produce.
+    fn resolve_refs(
+        &self,
+        rule: &Value,
+        depth: usize,
+        level: usize,
+        left: &mut usize,
+    ) -> Result<Value, RuleError> {
+        if level > MAX_RESOLVED_DEPTH {
+            return Err(RuleError {
+                path: String::new(),
+                message: format!(
+                    "the rule, its $refs resolved, nests deeper than {MAX_RESOLVED_DEPTH}"
+                ),
+            });
+        }
+        if *left == 0 {
+            return Err(RuleError {
+                path: String::new(),
+                message: format!(
+                    "the rule, its $refs resolved, holds more than {MAX_RESOLVED_VALUES} values"
+                ),
+            });
+        }
+        *left -= 1;
         match rule {
             Value::Object(m) if m.len() == 1 && m.contains_key("$ref") => {
                 let name = &m["$ref"];
@@ -282,15 +313,17 @@ impl FlagSetDefinition {
                         message: format!("$ref nested deeper than {MAX_REF_DEPTH} (a cycle?)"),
                     });
                 }
-                self.resolve_refs(target, depth + 1)
+                self.resolve_refs(target, depth + 1, level, left)
             }
             Value::Object(m) => {
                 let mut out = Map::new();
                 for (k, v) in m {
-                    let v = self.resolve_refs(v, depth).map_err(|e| RuleError {
-                        path: format!("/{}{}", escape(k), e.path),
-                        message: e.message,
-                    })?;
+                    let v =
+                        self.resolve_refs(v, depth, level + 1, left)
+                            .map_err(|e| RuleError {
+                                path: format!("/{}{}", escape(k), e.path),
+                                message: e.message,
+                            })?;
                     out.insert(k.clone(), v);
                 }
                 Ok(Value::Object(out))
@@ -299,10 +332,11 @@ impl FlagSetDefinition {
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    self.resolve_refs(v, depth).map_err(|e| RuleError {
-                        path: format!("/{i}{}", e.path),
-                        message: e.message,
-                    })
+                    self.resolve_refs(v, depth, level + 1, left)
+                        .map_err(|e| RuleError {
+                            path: format!("/{i}{}", e.path),
+                            message: e.message,
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),

@@ -39,7 +39,7 @@ pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
 pub use fractional::{MAX_TOTAL_WEIGHT, bucket_of, fractional_bucket};
 #[cfg(feature = "http")]
 pub use http::{ACTOR_HEADER, FlagsPattern, MAX_WAIT_MS};
-pub use logic::{OPERATIONS, Rule, RuleError, RuleFault, truthy};
+pub use logic::{MAX_RESULT_DEPTH, MAX_WORK, OPERATIONS, Rule, RuleError, RuleFault, truthy};
 pub use object::{
     AuditAction, AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag,
     ReadAudit, Replace, Snapshots,

@@ -48,6 +48,9 @@ pub enum RuleFault {
     NaN,
     /// An operation got arguments it cannot take.
     InvalidArguments(&'static str),
+    /// The evaluation would take more work, or build larger or deeper values, than one
+    /// evaluation may (see [`MAX_WORK`]); the reason says which.
+    OverBudget(&'static str),
 }
 
 impl std::error::Error for RuleFault {}
@@ -59,11 +62,94 @@ impl fmt::Display for RuleFault {
                 f.write_str("a value that is not a number met arithmetic or a comparison")
             }
             RuleFault::InvalidArguments(what) => write!(f, "invalid arguments: {what}"),
+            RuleFault::OverBudget(what) => write!(f, "over the evaluation budget: {what}"),
         }
     }
 }
 
 type Eval<'a> = Result<Cow<'a, Value>, RuleFault>;
+
+/// The most work one evaluation may do: each step of the rule, each value copied or built
+/// (a string counts one per 64 bytes). A rule over a large context that copies or nests
+/// its results at every step of an iteration (quadratic work) stops here with
+/// [`RuleFault::OverBudget`], long before it could exhaust memory, time or the stack.
+pub const MAX_WORK: u64 = 2_000_000;
+/// How deep a rule's result may nest: below what a stored value may (so that what a rule
+/// computes can always be stored and read back).
+pub const MAX_RESULT_DEPTH: usize = 64;
+/// The bytes of a string that count as one unit of work.
+const STRING_BYTES_PER_UNIT: u64 = 64;
+
+/// What one evaluation may still spend.
+struct Budget {
+    left: std::cell::Cell<u64>,
+}
+
+impl Budget {
+    fn new(work: u64) -> Self {
+        Budget {
+            left: std::cell::Cell::new(work),
+        }
+    }
+
+    fn spend(&self, units: u64) -> Result<(), RuleFault> {
+        let left = self.left.get();
+        if units > left {
+            self.left.set(0);
+            return Err(RuleFault::OverBudget(
+                "it does more work, or copies more data, than one evaluation may",
+            ));
+        }
+        self.left.set(left - units);
+        Ok(())
+    }
+
+    /// The value, owned: a borrowed one is copied, and the copy is paid for.
+    fn own(&self, v: Cow<'_, Value>) -> Result<Value, RuleFault> {
+        if let Cow::Borrowed(b) = &v {
+            self.spend(weight(b, self.left.get()))?;
+        }
+        Ok(v.into_owned())
+    }
+}
+
+/// What copying `v` costs (its values, and its strings by length), counted without recursion
+/// and only as far as `cap`.
+fn weight(v: &Value, cap: u64) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total += 1;
+        match v {
+            Value::String(s) => total += s.len() as u64 / STRING_BYTES_PER_UNIT,
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => {
+                total += map.len() as u64;
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+        if total > cap {
+            break;
+        }
+    }
+    total
+}
+
+/// How deep `v` nests (a scalar is 1), counted without recursion.
+fn depth(v: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(v, 1usize)];
+    while let Some((v, d)) = stack.pop() {
+        max = max.max(d);
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|i| (i, d + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|i| (i, d + 1))),
+            _ => {}
+        }
+    }
+    max
+}
 
 /// The operations a rule may use: JsonLogic's and flagd's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,9 +386,16 @@ impl Rule {
         })
     }
 
-    /// Evaluates the rule against `root`.
+    /// Evaluates the rule against `root`, within the budget of one evaluation.
     pub(crate) fn evaluate(&self, root: Root<'_>) -> Result<Value, RuleFault> {
-        eval(&self.root, Scope::Root(root)).map(Cow::into_owned)
+        let budget = Budget::new(MAX_WORK);
+        let value = budget.own(eval(&self.root, Scope::Root(root), &budget)?)?;
+        if depth(&value) > MAX_RESULT_DEPTH {
+            return Err(RuleFault::OverBudget(
+                "its result nests deeper than a stored value may",
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -793,26 +886,27 @@ fn outer(mut scope: Scope<'_>, up: usize) -> Scope<'_> {
     scope
 }
 
-fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Eval<'a> {
+fn eval<'a>(node: &'a Node, scope: Scope<'a>, b: &Budget) -> Eval<'a> {
+    b.spend(1)?;
     match node {
         Node::Lit(v) => Ok(Cow::Borrowed(v)),
         Node::List(nodes) => {
             let mut out = Vec::with_capacity(nodes.len());
             for n in nodes {
-                out.push(eval(n, scope)?.into_owned());
+                out.push(b.own(eval(n, scope, b)?)?);
             }
             Ok(Cow::Owned(Value::Array(out)))
         }
         Node::Var { path, default, up } => match lookup_scope(outer(scope, *up), path) {
             Some(v) if !v.is_null() => Ok(v),
             _ => match default {
-                Some(d) => eval(d, scope),
+                Some(d) => eval(d, scope, b),
                 None => Ok(Cow::Owned(Value::Null)),
             },
         },
         Node::VarDyn(nodes) => {
             let key = match nodes.first() {
-                Some(n) => eval(n, scope)?.into_owned(),
+                Some(n) => b.own(eval(n, scope, b)?)?,
                 None => Value::Null,
             };
             let path = match &key {
@@ -821,67 +915,72 @@ fn eval<'a>(node: &'a Node, scope: Scope<'a>) -> Eval<'a> {
                 other => split_path(&to_js_string(other)),
             };
             match lookup_scope(scope, &path) {
-                Some(v) if !v.is_null() => Ok(Cow::Owned(v.into_owned())),
+                Some(v) if !v.is_null() => Ok(Cow::Owned(b.own(v)?)),
                 _ => match nodes.get(1) {
-                    Some(d) => Ok(Cow::Owned(eval(d, scope)?.into_owned())),
+                    Some(d) => Ok(Cow::Owned(b.own(eval(d, scope, b)?)?)),
                     None => Ok(Cow::Owned(Value::Null)),
                 },
             }
         }
-        Node::Op(op, args) if op.lazy() => eval_lazy(*op, args, scope),
+        Node::Op(op, args) if op.lazy() => eval_lazy(*op, args, scope, b),
         Node::Op(op, args) => {
             let mut values = Vec::with_capacity(args.len());
             for a in args {
-                values.push(eval(a, scope)?);
+                values.push(eval(a, scope, b)?);
             }
-            apply(*op, values, scope, false)
+            apply(*op, values, scope, false, b)
         }
         Node::Spread(op, arg) => {
             if op.lazy() {
                 return Err(RuleFault::InvalidArguments("this operation takes a list"));
             }
-            let v = eval(arg, scope)?;
+            let v = eval(arg, scope, b)?;
             match v {
                 Cow::Owned(Value::Array(items)) => apply(
                     *op,
                     items.into_iter().map(Cow::Owned).collect(),
                     scope,
                     true,
+                    b,
                 ),
-                Cow::Borrowed(Value::Array(items)) => {
-                    apply(*op, items.iter().map(Cow::Borrowed).collect(), scope, true)
-                }
-                other => apply(*op, vec![other], scope, false),
+                Cow::Borrowed(Value::Array(items)) => apply(
+                    *op,
+                    items.iter().map(Cow::Borrowed).collect(),
+                    scope,
+                    true,
+                    b,
+                ),
+                other => apply(*op, vec![other], scope, false, b),
             }
         }
     }
 }
 
-fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
+fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>, b: &Budget) -> Eval<'a> {
     match op {
         Op::If => {
             match args.len() {
                 0 => return Ok(Cow::Owned(Value::Null)),
-                1 => return eval(&args[0], scope),
+                1 => return eval(&args[0], scope, b),
                 _ => {}
             }
             let mut i = 0;
             while i + 1 < args.len() {
-                let test = eval(&args[i], scope)?;
+                let test = eval(&args[i], scope, b)?;
                 if truthy(&test) {
-                    return eval(&args[i + 1], scope);
+                    return eval(&args[i + 1], scope, b);
                 }
                 i += 2;
             }
             match args.get(i) {
-                Some(otherwise) => eval(otherwise, scope),
+                Some(otherwise) => eval(otherwise, scope, b),
                 None => Ok(Cow::Owned(Value::Null)),
             }
         }
         Op::Or | Op::And => {
             let mut last = Cow::Owned(Value::Null);
             for a in args {
-                last = eval(a, scope)?;
+                last = eval(a, scope, b)?;
                 if truthy(&last) == (op == Op::Or) {
                     return Ok(last);
                 }
@@ -892,7 +991,7 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
             let Some(selector) = args.first() else {
                 return Err(RuleFault::InvalidArguments("an iteration needs an array"));
             };
-            let selected = eval(selector, scope)?;
+            let selected = eval(selector, scope, b)?;
             let items: &[Value] = match &*selected {
                 Value::Array(a) => a,
                 v if js_falsy(v) => &[],
@@ -901,7 +1000,7 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
             let mapper = args.get(1);
             let map_one = |item: &Value| -> Result<Value, RuleFault> {
                 match mapper {
-                    Some(m) => eval(m, Scope::Item(item, &scope)).map(Cow::into_owned),
+                    Some(m) => b.own(eval(m, Scope::Item(item, &scope), b)?),
                     None => Ok(Value::Null),
                 }
             };
@@ -911,7 +1010,7 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
                     let mut kept = Vec::new();
                     for item in items {
                         if truthy(&map_one(item)?) {
-                            kept.push(item.clone());
+                            kept.push(b.own(Cow::Borrowed(item))?);
                         }
                     }
                     Value::Array(kept)
@@ -944,9 +1043,9 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
                 Op::Reduce => {
                     let mut rest = items.iter();
                     let mut acc = match args.get(2) {
-                        Some(initial) => eval(initial, scope)?.into_owned(),
+                        Some(initial) => b.own(eval(initial, scope, b)?)?,
                         None => match rest.next() {
-                            Some(first) => first.clone(),
+                            Some(first) => b.own(Cow::Borrowed(first))?,
                             None => {
                                 return Err(RuleFault::InvalidArguments(
                                     "reduce of an empty array with no initial value",
@@ -957,10 +1056,10 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
                     for current in rest {
                         let mut step = Map::with_capacity(2);
                         step.insert("accumulator".to_owned(), acc);
-                        step.insert("current".to_owned(), current.clone());
+                        step.insert("current".to_owned(), b.own(Cow::Borrowed(current))?);
                         let step = Value::Object(step);
                         acc = match mapper {
-                            Some(m) => eval(m, Scope::Item(&step, &scope))?.into_owned(),
+                            Some(m) => b.own(eval(m, Scope::Item(&step, &scope), b)?)?,
                             None => Value::Null,
                         };
                     }
@@ -976,7 +1075,13 @@ fn eval_lazy<'a>(op: Op, args: &'a [Node], scope: Scope<'a>) -> Eval<'a> {
 
 /// Applies an eager operation to its evaluated arguments. `spread` is true when the
 /// arguments came from one value that was an array.
-fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) -> Eval<'a> {
+fn apply<'a>(
+    op: Op,
+    args: Vec<Cow<'a, Value>>,
+    scope: Scope<'a>,
+    spread: bool,
+    b: &Budget,
+) -> Eval<'a> {
     let owned = |v: Value| Ok(Cow::Owned(v));
     match op {
         Op::Eq | Op::Ne | Op::StrictEq | Op::StrictNe | Op::Lt | Op::Le | Op::Gt | Op::Ge => {
@@ -1023,7 +1128,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
         Op::Merge => {
             let mut out = Vec::new();
             for v in args {
-                match v.into_owned() {
+                match b.own(v)? {
                     Value::Array(items) => out.extend(items),
                     other => out.push(other),
                 }
@@ -1050,6 +1155,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
             let mut s = String::new();
             for v in &args {
                 s.push_str(&to_js_string(v));
+                b.spend(s.len() as u64 / STRING_BYTES_PER_UNIT)?;
             }
             owned(Value::String(s))
         }
@@ -1058,7 +1164,7 @@ fn apply<'a>(op: Op, args: Vec<Cow<'a, Value>>, scope: Scope<'a>, spread: bool) 
             let mut missing = Vec::new();
             for key in &args {
                 if !present(scope, key) {
-                    missing.push(key.clone().into_owned());
+                    missing.push(b.own(key.clone())?);
                 }
             }
             owned(Value::Array(missing))

@@ -358,3 +358,53 @@ async fn an_event_whose_command_cannot_be_stored_is_refused_whole_and_decides_on
     assert_eq!(r.state("echo", "a").await.unwrap().state, json!({"n": 1}));
     t.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_rule_over_its_budget_fails_the_event_and_a_cycle_never_stops_a_restart() {
+    let t = TestRuntime::sqlite().await;
+    let r = ReactorClient::new(&t).unwrap();
+    // A rule that nests its result at every step of an iteration, over stored state and
+    // over an event: over budget, never a stack overflow.
+    let nest = json!({"reduce": [{"var": "state.items"}, [{"var": "accumulator"}], 0]});
+    r.define(
+        "hostile",
+        json!({
+            "state": {"items": [], "deep": 0, "ticks": 0},
+            "rules": [
+                {"on": "fill", "set": {"items": {"var": "event.payload.items"}}},
+                {"on": "nest", "set": {"deep": nest.clone()}}
+            ],
+            "cycles": [{"name": "tick", "cron": "* * * * *",
+                        "set": {"deep": nest}, "increment": {"ticks": 1}}]
+        }),
+    )
+    .await
+    .unwrap();
+    let items: Vec<u32> = (0..10_000).collect();
+    r.send(
+        "hostile",
+        "a",
+        Event::new("e-1", "fill", json!({"items": items})),
+    )
+    .await
+    .unwrap();
+    let err = r
+        .send("hostile", "a", Event::new("e-2", "nest", json!({})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("budget"), "{err}");
+    // The cycle fails the same way, every minute: retried, then dropped; the process and
+    // the data directory stay usable, across a restart too.
+    t.advance(Duration::from_secs(120)).await;
+    let t = t.restart().await;
+    t.advance(Duration::from_secs(120)).await;
+    let r = ReactorClient::new(&t).unwrap();
+    let view = r.state("hostile", "a").await.unwrap();
+    assert_eq!(view.state["deep"], json!(0));
+    assert_eq!(
+        view.state["ticks"],
+        json!(0),
+        "the failing cycle changed nothing"
+    );
+    t.shutdown().await.unwrap();
+}
