@@ -1,5 +1,5 @@
 //! A turn whose reply is an error keeps nothing; every turn runs under the ownership its
-//! activation holds; names are checked.
+//! activation holds; names are checked; deletes are blind.
 
 mod common;
 
@@ -279,4 +279,33 @@ async fn a_panic_then_a_new_fence_reactivates_with_a_fresh_cache() {
     assert_eq!(oa.ask(common::Incr("n".into())).await.unwrap().unwrap(), 3);
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_delete_reads_nothing() {
+    let h = harness(Kind::FaultyMemory).await;
+    let faulty = h.faulty.clone().unwrap();
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("blind");
+    // More entries than an activation reads whole: its cache is not complete.
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i:03}")).collect();
+    o.ask(Script(keys.iter().map(|k| put(k, 1)).collect()))
+        .await
+        .unwrap()
+        .unwrap();
+    // Out of memory and back: the new activation has read only what it needed.
+    h.clock.advance(Duration::from_secs(61)).await;
+    o.ask(common::WhoAmI).await.unwrap();
+    // With every read of the store failing, deleting keys it never read still works: a
+    // delete sends no read to the store.
+    faulty.fail_reads(true);
+    o.ask(common::DeleteKeys(keys[..50].to_vec()))
+        .await
+        .unwrap()
+        .unwrap();
+    faulty.fail_reads(false);
+    let left = entries(&o).await;
+    assert_eq!(left.len(), 50);
+    assert_eq!(left[0].0, "k050");
+    h.rt.shutdown().await.unwrap();
 }

@@ -223,6 +223,20 @@ impl Handler<ScriptThenFail> for Probe {
     }
 }
 
+/// Deletes keys without reading them.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteKeys(pub Vec<String>);
+
+impl Handler<DeleteKeys> for Probe {
+    type Reply = Result<()>;
+    async fn handle(&mut self, msg: DeleteKeys, ctx: &mut Context) -> Result<()> {
+        for k in msg.0 {
+            ctx.storage().delete(&k)?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies a script to a model.
 pub fn model_apply(model: &mut BTreeMap<String, i64>, ops: &[Op]) -> Vec<Seen> {
     ops.iter()
