@@ -630,12 +630,18 @@ fn label(list: &str, i: usize, v: &Value) -> String {
     }
 }
 
-/// Checks a cron expression as schedules read it.
+/// Checks a cron expression as schedules read it, and that it ever matches (`0 0 30 2 *`,
+/// February the 30th, never does: every event of the type would then fail to schedule it).
 pub(crate) fn check_cron(expr: &str) -> Result<(), String> {
     use std::str::FromStr;
-    croner::Cron::from_str(expr)
+    let cron = croner::Cron::from_str(expr).map_err(|e| format!("cron {expr:?}: {e}"))?;
+    // Any fixed start will do: a calendar repeats within 400 years, and croner looks far
+    // enough ahead from it for every expression that matches at all.
+    let start = chrono::DateTime::<chrono::Utc>::from_timestamp(946_684_800, 0)
+        .ok_or_else(|| "cron: no start time".to_owned())?;
+    cron.find_next_occurrence(&start, false)
         .map(drop)
-        .map_err(|e| format!("cron {expr:?}: {e}"))
+        .map_err(|_| format!("cron {expr:?} never matches"))
 }
 
 impl Behaviour for Declarative {
@@ -769,6 +775,10 @@ mod tests {
             (
                 json!({"cycles": [{"cron": "99 * * * *"}]}),
                 "cycles[0]: cron",
+            ),
+            (
+                json!({"cycles": [{"name": "never", "cron": "0 0 30 2 *", "increment": {"n": 1}}]}),
+                "cycles[0] \"never\": cron \"0 0 30 2 *\" never matches",
             ),
             (
                 json!({"cycles": [{"reason": "x"}]}),

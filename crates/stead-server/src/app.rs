@@ -86,9 +86,107 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
         .route("/readyz", get(readyz).with_state(Ready(rt.clone())))
         .fallback(stead::http::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(from_fn_with_state(Arc::new(Sites::new(config)), check_site))
         .layer(ProblemLayer)
         .layer(LogLayer::new());
     Ok(api)
+}
+
+/// Which hosts the server answers to and which other sites' pages may write to it.
+#[derive(Debug)]
+struct Sites {
+    /// `None`: any host.
+    hosts: Option<Vec<String>>,
+    origins: Vec<String>,
+}
+
+impl Sites {
+    fn new(config: &Config) -> Sites {
+        let hosts = if config.allowed_hosts.iter().any(|h| h == "*") {
+            None
+        } else if !config.allowed_hosts.is_empty() {
+            Some(
+                config
+                    .allowed_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
+            )
+        } else if config.bind.ip().is_loopback() {
+            Some(
+                ["localhost", "127.0.0.1", "[::1]", "::1"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+        } else {
+            None
+        };
+        let origins = config
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+        Sites { hosts, origins }
+    }
+}
+
+/// The host name of a Host header (or an origin's authority), without its port.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [::1]:8080
+        return rest
+            .split(']')
+            .next()
+            .map_or(authority, |h| &authority[..h.len() + 2]);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// Refuses a request for a host name the server does not answer to (421: DNS rebinding),
+/// and a write or WebSocket upgrade from another site's page (403: cross-site requests).
+async fn check_site(State(sites): State<Arc<Sites>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    if let (Some(allowed), Some(host)) = (&sites.hosts, &host)
+        && !allowed.iter().any(|a| a == host_name(host))
+    {
+        return Problem::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host-not-allowed",
+            format!(
+                "this server does not answer to the host {:?} (see --allowed-host)",
+                host_name(host)
+            ),
+        )
+        .into_response();
+    }
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let upgrade = req.headers().contains_key(header::UPGRADE);
+    if (writes || upgrade)
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+    {
+        let origin = origin.to_str().unwrap_or("null").to_ascii_lowercase();
+        // The page's own server: its origin names the host the request was sent to.
+        let same = host.as_deref().is_some_and(|h| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority == h)
+        });
+        if !same && !sites.origins.contains(&origin) {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "origin-not-allowed",
+                format!(
+                    "a page of {origin} may not write to this server or open its WebSockets (see --allowed-origin)"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Liveness: the process is up.
@@ -131,8 +229,11 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110, 11.1).
+            let (scheme, token) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
     match given {
         Some(t)
             if tokens

@@ -74,8 +74,9 @@ pub struct Cli {
     /// takes over at most this long after the active node dies [default: 10000].
     #[arg(long, env = "STEAD_LEASE_DURATION_MS", value_name = "MS")]
     pub lease_duration_ms: Option<u64>,
-    /// This node's name in the lease (default: random per process). Two live nodes must
-    /// never share one; a node restarted under its name takes its lease back at once.
+    /// This node's name in the lease [default: the process id]. The lease is held by the
+    /// process (its name with a nonce of its own): a node restarted under the same name
+    /// takes the lease at once only if its predecessor gave it back on shutdown.
     #[arg(long, env = "STEAD_NODE_ID", value_name = "NAME")]
     pub node_id: Option<String>,
     /// Start as a standby of `--backend postgres`: take no lease during the first lease
@@ -92,6 +93,27 @@ pub struct Cli {
         value_name = "TOKEN"
     )]
     pub tokens: Vec<String>,
+    /// A host name the server answers to (the Host header, port aside); repeat for several,
+    /// `*` for any. The environment variable takes a comma-separated list [default: the
+    /// loopback names (localhost, 127.0.0.1, ::1) when bound to loopback, any otherwise].
+    /// Others get 421: a web page cannot reach a loopback server through DNS rebinding.
+    #[arg(
+        long = "allowed-host",
+        env = "STEAD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// An origin (`https://app.example`) whose web pages may write and open WebSockets;
+    /// repeat for several. The environment variable takes a comma-separated list [default:
+    /// none: a write or a WebSocket upgrade that carries another site's Origin gets 403].
+    #[arg(
+        long = "allowed-origin",
+        env = "STEAD_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    pub allowed_origins: Vec<String>,
     /// SQLite shard files (and writer threads); fixed when the data directory is created
     /// [default: the directory's count, or one per two cores for a new directory].
     #[arg(long, env = "STEAD_SHARDS")]
@@ -134,6 +156,8 @@ struct FileConfig {
     node_id: Option<String>,
     standby: Option<bool>,
     tokens: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
@@ -159,6 +183,11 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// Accepted bearer tokens; empty means no authentication.
     pub tokens: Vec<String>,
+    /// Host names the server answers to (`*`: any); empty means the loopback names when
+    /// bound to loopback, any otherwise.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose web pages may write and open WebSockets (besides the server's own).
+    pub allowed_origins: Vec<String>,
     /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
     pub shards: Option<usize>,
     /// Largest request body.
@@ -181,6 +210,8 @@ impl Default for Config {
             backend: BackendKind::Sqlite,
             postgres: PostgresConfig::default(),
             tokens: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             shards: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
@@ -231,7 +262,23 @@ impl Config {
                 node_id: cli.node_id.or(file.node_id),
                 standby: cli.standby || file.standby.unwrap_or(d.postgres.standby),
             },
-            tokens: tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+            // Trimmed as presented tokens are; an empty entry (a trailing comma) is no token,
+            // one of whitespace alone is refused by `validate`.
+            tokens: tokens
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| t.trim().to_owned())
+                .collect(),
+            allowed_hosts: if cli.allowed_hosts.is_empty() {
+                file.allowed_hosts.unwrap_or_default()
+            } else {
+                cli.allowed_hosts
+            },
+            allowed_origins: if cli.allowed_origins.is_empty() {
+                file.allowed_origins.unwrap_or_default()
+            } else {
+                cli.allowed_origins
+            },
             shards: cli.shards.or(file.shards).or(d.shards),
             max_body_bytes: cli
                 .max_body_bytes
@@ -296,6 +343,14 @@ impl Config {
             anyhow::bail!(
                 "invalid max_value_bytes {}: must be at least 64",
                 self.max_value_bytes
+            );
+        }
+        if self.tokens.iter().any(|t| t.trim().is_empty()) {
+            anyhow::bail!("a bearer token may not be empty or only whitespace");
+        }
+        if self.tokens.iter().any(|t| t.trim() != t) {
+            anyhow::bail!(
+                "a bearer token may not start or end with whitespace (clients trim what they send)"
             );
         }
         if let Some(t) = self.tokens.iter().find(|t| t.len() < 16) {
@@ -421,6 +476,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn configured_tokens_are_trimmed_as_presented_ones_are() {
+        let parse = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(std::iter::once("stead").chain(args.iter().copied())).unwrap();
+            Config::from_cli(cli).and_then(|c| c.validate().map(|()| c))
+        };
+        // "tokA, tokB" keeps both tokens (the second without its space).
+        let c = parse(&["--token", "token-a-0123456789, token-b-0123456789,"]).unwrap();
+        assert_eq!(c.tokens, ["token-a-0123456789", "token-b-0123456789"]);
+        let e = parse(&["--token", "   "]).unwrap_err().to_string();
+        assert!(e.contains("whitespace"), "{e}");
     }
 
     #[test]

@@ -298,6 +298,19 @@ async fn tokens_guard_everything_but_health() {
             .status(),
         200
     );
+    // The scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        assert_eq!(
+            http.get(format!("{base}/metrics"))
+                .header("authorization", format!("{scheme} {TOKEN}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{scheme}"
+        );
+    }
     assert_eq!(
         http.get(format!("{base}/healthz"))
             .send()
@@ -366,6 +379,10 @@ fn bad_configuration_is_refused_with_a_clear_message() {
     assert!(err.contains("refusing") && err.contains("token"), "{err}");
     c.tokens = vec!["short".into()];
     assert!(c.validate().unwrap_err().to_string().contains("too short"));
+    c.tokens = vec!["    ".into()];
+    assert!(c.validate().unwrap_err().to_string().contains("whitespace"));
+    c.tokens = vec![format!(" {TOKEN}")];
+    assert!(c.validate().unwrap_err().to_string().contains("whitespace"));
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stead.toml");
@@ -549,4 +566,76 @@ fn integer_bounds(
         }
     }
     walk(spec, schema, at, out, all, &mut Vec::new());
+}
+
+#[tokio::test]
+async fn a_loopback_server_is_not_open_to_every_web_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.allowed_origins = vec!["https://app.example".into()];
+    let server = stead_server::start(c).await.unwrap();
+    let addr = server.addr();
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let reset = format!("{base}/counters/x/reset");
+    // DNS rebinding: a page of evil.example resolved to 127.0.0.1 sends its own Host.
+    let body = problem(
+        http.get(format!("{base}/counters/x"))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap(),
+        421,
+    )
+    .await;
+    assert_eq!(body["type"], "/problems/host-not-allowed");
+    // A cross-site write, bodiless as a form or fetch can send it, is refused and changes
+    // nothing; so is a cross-site WebSocket upgrade.
+    let body = problem(
+        http.post(&reset)
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    assert_eq!(body["type"], "/problems/origin-not-allowed");
+    problem(
+        http.get(format!("{base}/reactors/t/e/live"))
+            .header("origin", "http://evil.example")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap(),
+        403,
+    )
+    .await;
+    // The loopback names, the server's own pages and the allowed origin get through; so
+    // does a read from any page (it cannot read the answer without CORS).
+    for (host, origin) in [
+        (format!("localhost:{}", addr.port()), None),
+        (addr.to_string(), Some(format!("http://{addr}"))),
+        (addr.to_string(), Some("https://app.example".to_owned())),
+    ] {
+        let mut req = http.post(&reset).header("host", &host);
+        if let Some(o) = &origin {
+            req = req.header("origin", o);
+        }
+        let status = req.send().await.unwrap().status();
+        assert!(status.is_success(), "{host} {origin:?}: {status}");
+    }
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.shutdown().await.unwrap();
 }

@@ -109,7 +109,7 @@ impl From<&SidecarError> for Problem {
             } => {
                 let p = Problem::new(StatusCode::CONFLICT, "step-lease-lost", detail)
                     .with("step", name.clone())
-                    .with("status", status.to_string());
+                    .with("step_status", status.to_string());
                 match current {
                     Some(t) => p.with("current_token", *t),
                     None => p,
@@ -118,7 +118,7 @@ impl From<&SidecarError> for Problem {
             SidecarError::StepNotFailed { name, status } => {
                 Problem::new(StatusCode::CONFLICT, "step-not-failed", detail)
                     .with("step", name.clone())
-                    .with("status", status.to_string())
+                    .with("step_status", status.to_string())
             }
             SidecarError::Invalid(e) => Problem::from(e),
             SidecarError::Runtime(e) => Problem::from(e),

@@ -335,6 +335,11 @@ async fn steps_over_http() {
         .send()
         .await;
     problem(&stale, 409, "step-lease-lost");
+    // RFC 9457's `status` is the HTTP status, once; the step's state has a name of its own.
+    let body = stale.text();
+    assert_eq!(body.matches("\"status\"").count(), 1, "{body}");
+    assert_eq!(stale.value()["status"], 409);
+    assert_eq!(stale.value()["step_status"], "done");
     let b = next("w1").await.value();
     assert_eq!(b["lease"]["previous_output"], r#"{"rows":7}"#);
     let tb = b["lease"]["token"].as_u64().unwrap();

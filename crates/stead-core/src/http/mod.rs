@@ -59,9 +59,17 @@ impl Problem {
         }
     }
 
-    /// Adds an extension member.
+    /// Adds an extension member. The members RFC 9457 defines (`type`, `title`, `status`,
+    /// `detail`, `instance`) are the problem's own: an extension of one of those names is
+    /// sent with the prefix `ext_` (`status` of a step becomes `ext_status`), so that a body
+    /// never holds a member twice. Name extensions otherwise.
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
-        self.extensions.insert(key.to_owned(), value.into());
+        let key = if matches!(key, "type" | "title" | "status" | "detail" | "instance") {
+            format!("ext_{key}")
+        } else {
+            key.to_owned()
+        };
+        self.extensions.insert(key, value.into());
         self
     }
 
@@ -229,7 +237,7 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
             "expected a request body with Content-Type: application/json",
         ));
     }
-    axum::body::Bytes::from_request(req, state)
+    let bytes = axum::body::Bytes::from_request(req, state)
         .await
         .map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -241,7 +249,49 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
             } else {
                 Problem::new(e.status(), "bad-body", e.body_text())
             }
-        })
+        })?;
+    check_nesting(&bytes)?;
+    Ok(bytes)
+}
+
+/// How deep a JSON request body may nest. What a route accepts is stored inside a few more
+/// levels of its own and must read back (the stored form's reader stops at 128): one limit
+/// at the edge, well below that, keeps every accepted value readable forever.
+pub const MAX_BODY_DEPTH: usize = 64;
+
+/// Refuses a body whose arrays and objects nest deeper than [`MAX_BODY_DEPTH`] (a scan of
+/// its bytes, before any parsing).
+fn check_nesting(bytes: &[u8]) -> Result<(), Problem> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_BODY_DEPTH {
+                    return Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "too-deep",
+                        format!(
+                            "the request body nests deeper than {MAX_BODY_DEPTH} levels of arrays and objects"
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// 201 Created for a request that made the thing it names, 200 OK for one that found it
@@ -603,6 +653,44 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(p.status, 415);
+    }
+
+    #[tokio::test]
+    async fn a_body_nested_deeper_than_the_limit_is_refused_before_parsing() {
+        let nest = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let body = |inner: String| format!(r#"{{"n":1,"by":1,"x":{inner}}}"#);
+        #[derive(Debug, serde::Deserialize)]
+        struct Any {
+            #[allow(dead_code)]
+            x: serde_json::Value,
+        }
+        let extract_any = |b: String| async move {
+            let req = axum::http::Request::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from(b))
+                .unwrap();
+            Json::<Any>::from_request(req, &()).await.map(|_| ())
+        };
+        // The object holding `x` is one level: 63 more are accepted, 64 are not.
+        assert!(extract_any(body(nest(MAX_BODY_DEPTH - 1))).await.is_ok());
+        let p = extract_any(body(nest(MAX_BODY_DEPTH))).await.unwrap_err();
+        assert_eq!((p.status, p.kind.as_str()), (400, "/problems/too-deep"));
+        // Brackets inside strings do not count.
+        let quoted = format!(r#"{{"x":"{}\"{}"}}"#, "[".repeat(200), "{".repeat(200));
+        assert!(extract_any(quoted).await.is_ok());
+    }
+
+    #[test]
+    fn an_extension_never_repeats_a_member_of_the_problem() {
+        let p = Problem::new(StatusCode::CONFLICT, "x", "d")
+            .with("status", "done")
+            .with("step", "a");
+        let body = serde_json::to_value(&p).unwrap();
+        assert_eq!(body["status"], 409);
+        assert_eq!(body["ext_status"], "done");
+        assert_eq!(body["step"], "a");
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text.matches("\"status\"").count(), 1, "{text}");
     }
 
     #[test]
