@@ -114,6 +114,18 @@ pub struct Cli {
         value_name = "ORIGIN"
     )]
     pub allowed_origins: Vec<String>,
+    /// The most connections open at once; more are answered 503 and closed [default: 512].
+    #[arg(long, env = "STEAD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// How long a connection has to send a request's headers, from when it opens or its
+    /// last response went out (so it also closes idle connections), in milliseconds
+    /// [default: 15000].
+    #[arg(long, env = "STEAD_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// How long a shutdown waits for requests in flight before closing their connections,
+    /// in milliseconds; a second SIGINT or SIGTERM exits at once [default: 10000].
+    #[arg(long, env = "STEAD_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
     /// SQLite shard files (and writer threads); fixed when the data directory is created
     /// [default: the directory's count, or one per two cores for a new directory].
     #[arg(long, env = "STEAD_SHARDS")]
@@ -158,6 +170,9 @@ struct FileConfig {
     tokens: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
@@ -188,6 +203,12 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// Origins whose web pages may write and open WebSockets (besides the server's own).
     pub allowed_origins: Vec<String>,
+    /// The most connections open at once (more are answered 503 and closed).
+    pub max_connections: usize,
+    /// How long a connection has to send a request's headers (also its idle limit).
+    pub header_read_timeout_ms: u64,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_grace_ms: u64,
     /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
     pub shards: Option<usize>,
     /// Largest request body.
@@ -212,6 +233,9 @@ impl Default for Config {
             tokens: Vec::new(),
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            max_connections: 512,
+            header_read_timeout_ms: 15_000,
+            shutdown_grace_ms: 10_000,
             shards: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
@@ -222,6 +246,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How connections are bounded.
+    pub(crate) fn serve_limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
+        }
+    }
+
     /// Resolves the configuration from parsed flags (and the file they name).
     pub fn from_cli(cli: Cli) -> anyhow::Result<Config> {
         let file = match &cli.config {
@@ -279,6 +312,18 @@ impl Config {
             } else {
                 cli.allowed_origins
             },
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            header_read_timeout_ms: cli
+                .header_read_timeout_ms
+                .or(file.header_read_timeout_ms)
+                .unwrap_or(d.header_read_timeout_ms),
+            shutdown_grace_ms: cli
+                .shutdown_grace_ms
+                .or(file.shutdown_grace_ms)
+                .unwrap_or(d.shutdown_grace_ms),
             shards: cli.shards.or(file.shards).or(d.shards),
             max_body_bytes: cli
                 .max_body_bytes
@@ -344,6 +389,12 @@ impl Config {
                 "invalid max_value_bytes {}: must be at least 64",
                 self.max_value_bytes
             );
+        }
+        if self.max_connections == 0 {
+            anyhow::bail!("invalid max_connections 0: at least one connection");
+        }
+        if self.header_read_timeout_ms == 0 {
+            anyhow::bail!("invalid header_read_timeout_ms 0: at least 1");
         }
         if self.tokens.iter().any(|t| t.trim().is_empty()) {
             anyhow::bail!("a bearer token may not be empty or only whitespace");

@@ -17,6 +17,7 @@ mod app;
 mod config;
 mod openapi;
 mod postgres;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,16 +107,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
+    let limits = config.serve_limits();
     let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stopped.await;
-        })
-        .await?;
-        rt.shutdown().await?;
+        let (stop_serving, serving_stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(serve::serve(listener, router, limits, serving_stopped));
+        let _ = stopped.await;
+        let _ = stop_serving.send(());
+        // The runtime stops beside the connections: requests parked in objects (a lock's
+        // queue, a long-poll) answer at once instead of holding the shutdown up.
+        let (served, shut) = tokio::join!(serving, rt.shutdown());
+        served?;
+        shut?;
         Ok(())
     });
     tracing::info!(%addr, durability = ?config.durability, data_dir = %config.data_dir.display(), "stead is listening");

@@ -65,6 +65,15 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
                     _ = interrupt.recv() => {}
                     _ = terminate.recv() => {}
                 }
+                // A second signal does not wait for the graceful shutdown.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                    eprintln!("stead: a second signal: exiting at once");
+                    std::process::exit(130);
+                });
             }
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;

@@ -8,7 +8,6 @@
 //! the node answers as a standby again, drops every object with its runtime (nothing in
 //! memory outlives the lease), and waits to take the lease back.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,16 +119,12 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
     }));
     let (stop, mut stopped) = oneshot::channel::<()>();
     let (serve_stop_tx, serve_stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            service.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = serve_stop.await;
-        })
-        .await
-    });
+    let server = tokio::spawn(crate::serve::serve(
+        listener,
+        service,
+        config.serve_limits(),
+        serve_stop,
+    ));
     tracing::info!(%addr, durability = ?config.durability, schema = %config.postgres.schema,
         state = ?backend.state(), "stead is listening");
     let task = tokio::spawn(async move {
@@ -138,7 +133,7 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let served = server.await;
         stead::Backend::close(&backend).await?;
         result?;
-        served??;
+        served?;
         Ok(())
     });
     Ok(RunningServer {

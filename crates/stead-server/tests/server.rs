@@ -639,3 +639,92 @@ async fn a_loopback_server_is_not_open_to_every_web_page() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn slow_and_many_clients_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.header_read_timeout_ms = 300;
+    c.max_connections = 8;
+    let server = stead_server::start(c).await.unwrap();
+    let addr = server.addr();
+    // Connections that send nothing, or trickle a request line and stop, are closed once
+    // the header-read timeout passes.
+    let mut silent = Vec::new();
+    for i in 0..6 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        }
+        silent.push(s);
+    }
+    for s in &mut silent {
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a silent connection is closed by the server");
+    }
+    // At the cap, a further connection is answered 503 and closed.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // Let the server take them all before the next one.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await;
+    let mut answer = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        over.read_to_string(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too-many-connections"), "{answer}");
+    // Once the held connections time out, the server answers again.
+    drop(held);
+    let http = reqwest::Client::new();
+    let mut ok = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the server answers again once connections close");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_long_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let acquire = |holder: &str, wait_ms: u64| {
+        http.post(format!("{base}/locks/busy/acquire"))
+            .json(&serde_json::json!({"holder": holder, "ttl_ms": 300000, "wait_ms": wait_ms}))
+            .send()
+    };
+    assert_eq!(acquire("a", 0).await.unwrap().status(), 200);
+    // A second holder waits in the lock's queue for up to five minutes.
+    let waiting = tokio::spawn(acquire("b", 300_000));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), server.shutdown()).await;
+    assert!(done.is_ok(), "the shutdown waited for the long-poll");
+    done.unwrap().unwrap();
+    // The waiter got an answer (not a hang): the server's shutdown or a dropped connection.
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+    assert!(answered.is_ok(), "the long-poll was answered");
+}
