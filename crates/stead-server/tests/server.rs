@@ -728,3 +728,86 @@ async fn shutdown_does_not_wait_for_long_polls() {
     let answered = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
     assert!(answered.is_ok(), "the long-poll was answered");
 }
+
+/// A JSON value nested `levels` deep (arrays in objects), with `leaf` at the bottom.
+fn nested(levels: usize, leaf: serde_json::Value) -> serde_json::Value {
+    (0..levels).fold(leaf, |inner, i| {
+        if i % 2 == 0 {
+            serde_json::json!([inner])
+        } else {
+            serde_json::json!({ "n": inner })
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_deepest_accepted_values_read_back_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // A flag variant as deep as a body may hold it, and a reactor event as deep.
+    let variant = nested(58, serde_json::json!("bottom"));
+    let doc = serde_json::json!({"flags": {"deep": {"state": "ENABLED",
+        "variants": {"v": variant.clone()}, "defaultVariant": "v"}}});
+    let payload = nested(60, serde_json::json!(1));
+    {
+        let server = stead_server::start(config(dir.path())).await.unwrap();
+        let base = format!("http://{}", server.addr());
+        let r = http
+            .put(format!("{base}/flags/deep"))
+            .json(&doc)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        // One level more is refused at the edge.
+        let too_deep = serde_json::json!({"flags": {"deep": {"state": "ENABLED",
+            "variants": {"v": nested(64, serde_json::json!(1))}, "defaultVariant": "v"}}});
+        let body = problem(
+            http.put(format!("{base}/flags/deep"))
+                .json(&too_deep)
+                .send()
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        assert_eq!(body["type"], "/problems/too-deep");
+        let r = http
+            .put(format!("{base}/reactors/deep"))
+            .json(&serde_json::json!({"state": {"last": null},
+                "rules": [{"on": "e", "set": {"last": {"var": "event.payload"}}}]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let r = http
+            .post(format!("{base}/reactors/deep/x/events"))
+            .json(&serde_json::json!({"id": "1", "type": "e", "payload": payload.clone()}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        server.shutdown().await.unwrap();
+    }
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let set: serde_json::Value = http
+        .get(format!("{base}/flags/deep"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set["flags"]["deep"]["variants"]["v"], variant, "{set}");
+    let entity: serde_json::Value = http
+        .get(format!("{base}/reactors/deep/x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entity["state"]["last"], payload);
+    server.shutdown().await.unwrap();
+}
