@@ -60,8 +60,38 @@ pub(crate) async fn send(
         Ok(r) if r.status().is_success() => Ok(()),
         Ok(r) => Err(format!("the endpoint answered {}", r.status())),
         Err(e) if e.is_timeout() => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Err(e) => Err(format!("the request failed: {}", error_chain(&e))),
+        // Without the URL: it may carry credentials, and this text is kept and shown.
+        Err(e) => Err(format!(
+            "the request failed: {}",
+            error_chain(&e.without_url())
+        )),
     }
+}
+
+/// A webhook URL as it may be shown (in views, dead letters, problems and logs): its user
+/// information and its query, which may hold credentials, are masked.
+///
+/// ```text
+/// http://user:pass@hooks.local:8080/in?api_key=k  ->  http://***@hooks.local:8080/in?***
+/// ```
+pub(crate) fn masked(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return "***".to_owned();
+    };
+    let userinfo = !u.username().is_empty() || u.password().is_some();
+    let query = u.query().is_some();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    let mut shown = u.to_string();
+    if userinfo {
+        shown = shown.replacen("://", "://***@", 1);
+    }
+    if query {
+        shown.push_str("?***");
+    }
+    shown
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -88,6 +118,19 @@ pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_a_webhook_url_are_masked() {
+        assert_eq!(
+            super::masked("http://user:pass@hooks.local:8080/in?api_key=k#f"),
+            "http://***@hooks.local:8080/in?***"
+        );
+        assert_eq!(
+            super::masked("http://hooks.local/in"),
+            "http://hooks.local/in"
+        );
+        assert_eq!(super::masked("not a url"), "***");
+    }
+
     use super::*;
 
     #[test]

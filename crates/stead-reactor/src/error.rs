@@ -48,7 +48,7 @@ pub enum ReactorError {
     #[error("no dead letter {0}")]
     UnknownDeadLetter(u64),
     /// The dead letter's endpoint is no longer one of the type's webhooks.
-    #[error("the endpoint {0:?} is no longer one of the type's webhooks")]
+    #[error("the endpoint {} is no longer one of the type's webhooks", crate::delivery::masked(.0))]
     EndpointGone(String),
     /// An argument breaks a rule.
     #[error(transparent)]

@@ -16,6 +16,7 @@ use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::{ReactorClient, ReactorConfig};
+use crate::delivery::masked;
 use crate::error::ReactorError;
 use crate::object::{
     CommandPage, DeadLetter, DeadLetterAction, Decision, EntityView, Ingested, LIVE_TAG, MAX_PAGE,
@@ -107,7 +108,7 @@ impl From<&ReactorError> for Problem {
             }
             ReactorError::EndpointGone(url) => {
                 Problem::new(StatusCode::CONFLICT, "endpoint-gone", detail)
-                    .with("endpoint", url.clone())
+                    .with("endpoint", masked(url))
             }
             ReactorError::Invalid(e) => Problem::from(e),
             ReactorError::Runtime(e) => Problem::from(e),
@@ -171,6 +172,9 @@ async fn definition(
                     if let Some(s) = h.get_mut("secret") {
                         *s = Value::from("whsec_…");
                     }
+                    if let Some(Value::String(url)) = h.get_mut("url") {
+                        *url = masked(url);
+                    }
                 }
             }
             Ok(Body(def).into_response())
@@ -188,7 +192,11 @@ async fn state(
     State(c): State<ReactorClient>,
     Path(p): Path<TypeEntity>,
 ) -> std::result::Result<Body<EntityView>, ReactorError> {
-    Ok(Body(c.state(&p.kind, &p.entity).await?))
+    let mut view = c.state(&p.kind, &p.entity).await?;
+    for e in &mut view.endpoints {
+        e.url = masked(&e.url);
+    }
+    Ok(Body(view))
 }
 
 /// Send an event. The same id again (within the retention window) is acknowledged with
@@ -324,10 +332,13 @@ async fn dead_letters(
     Path(p): Path<TypeEntity>,
     Query(q): Query<LimitParams>,
 ) -> std::result::Result<Body<Vec<DeadLetter>>, ReactorError> {
-    Ok(Body(
-        c.dead_letters(&p.kind, &p.entity, q.limit.unwrap_or(50))
-            .await?,
-    ))
+    let mut letters = c
+        .dead_letters(&p.kind, &p.entity, q.limit.unwrap_or(50))
+        .await?;
+    for d in &mut letters {
+        d.endpoint = masked(&d.endpoint);
+    }
+    Ok(Body(letters))
 }
 
 /// What to do with dead letters.

@@ -1062,7 +1062,7 @@ impl Entity {
         let keep = u64::from(self.env.config.dead_letters);
         self.meta.last_dead += 1;
         let n = self.meta.last_dead;
-        tracing::warn!(reactor = %self.kind, entity = %self.entity, endpoint, command = %command.id, %error, "a command was dead-lettered");
+        tracing::warn!(reactor = %self.kind, entity = %self.entity, endpoint = %crate::delivery::masked(endpoint), command = %command.id, %error, "a command was dead-lettered");
         let dead = DeadLetter {
             seq: n,
             endpoint: endpoint.to_owned(),

@@ -71,7 +71,7 @@ async fn definitions_events_state_decisions_and_problems() {
         200
     );
     let mut with_hook = orders();
-    with_hook["webhooks"] = json!([{"url": "http://127.0.0.1:9/x", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]);
+    with_hook["webhooks"] = json!([{"url": "http://user:pass@127.0.0.1:9/x?api_key=k", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]);
     with_hook["pull"] = json!(true);
     assert_eq!(
         http.put(url("/hooked"))
@@ -93,6 +93,27 @@ async fn definitions_events_state_decisions_and_problems() {
     assert_eq!(
         def["webhooks"][0]["secret"], "whsec_…",
         "secrets are masked"
+    );
+    assert_eq!(
+        def["webhooks"][0]["url"], "http://***@127.0.0.1:9/x?***",
+        "credentials in a webhook URL are masked"
+    );
+    let hooked: Value = http
+        .get(url("/hooked/e1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        hooked["endpoints"][0]["url"],
+        "http://***@127.0.0.1:9/x?***"
+    );
+    let shown = hooked.to_string();
+    assert!(
+        !shown.contains("pass") && !shown.contains("api_key"),
+        "{shown}"
     );
 
     let event =
