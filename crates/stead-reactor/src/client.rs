@@ -60,6 +60,11 @@ pub struct ReactorConfig {
     pub retry_max_ms: u64,
     /// How long a webhook endpoint has to answer, in ms.
     pub delivery_timeout_ms: u64,
+    /// Where webhooks may deliver: host names (`hooks.internal`), addresses (`10.0.0.7`) or
+    /// networks (`10.0.0.0/8`, `fd00::/8`). Empty (the default) allows every destination
+    /// but link-local addresses and cloud metadata endpoints, which only an entry here
+    /// allows. Checked when a definition is stored.
+    pub webhook_hosts: Vec<String>,
 }
 
 impl Default for ReactorConfig {
@@ -76,6 +81,7 @@ impl Default for ReactorConfig {
             retry_base_ms: 1000,
             retry_max_ms: 3_600_000,
             delivery_timeout_ms: 10_000,
+            webhook_hosts: Vec::new(),
         }
     }
 }
@@ -103,6 +109,11 @@ impl ReactorConfig {
             return Err(InvalidInput::new(
                 "reactors: retry_max_ms may not be below retry_base_ms",
             ));
+        }
+        for entry in &self.webhook_hosts {
+            crate::destination::check_entry(entry).map_err(|m| {
+                InvalidInput::new(format!("reactors: webhook_hosts entry {entry:?}: {m}"))
+            })?;
         }
         Ok(())
     }
@@ -380,7 +391,11 @@ impl ReactorClient {
     /// whether the type is new. Entities use it from their next turn.
     pub async fn define(&self, kind: &str, definition: Value) -> Result<bool, ReactorError> {
         check_type(kind)?;
-        Declarative::compile(&definition)?;
+        let compiled = Declarative::compile(&definition)?;
+        crate::destination::check(
+            &compiled.delivery().webhooks,
+            &self.entities.env().config.webhook_hosts,
+        )?;
         self.registry
             .get_by_name(kind)
             .call(Define(definition))

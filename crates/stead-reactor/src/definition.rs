@@ -34,7 +34,7 @@ pub struct DefinitionError {
     pub message: String,
 }
 
-fn fault(at: &str, message: impl Into<String>) -> DefinitionError {
+pub(crate) fn fault(at: &str, message: impl Into<String>) -> DefinitionError {
     DefinitionError {
         at: at.to_owned(),
         message: message.into(),

@@ -56,6 +56,7 @@
 mod client;
 pub mod definition;
 mod delivery;
+mod destination;
 mod error;
 #[cfg(feature = "http")]
 mod http;

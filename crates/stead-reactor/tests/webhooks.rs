@@ -317,3 +317,35 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
     );
     t.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_destination_is_checked_when_the_definition_is_stored_without_sending_to_it() {
+    let t = TestRuntime::memory().await;
+    let hook = |url: &str| json!({"pull": false, "webhooks": [{"url": url, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]});
+    // By default: anything but link-local and metadata destinations.
+    let r = ReactorClient::new(&t).unwrap();
+    let err = r
+        .define("meta", hook("http://169.254.169.254/latest/meta-data"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("metadata"), "{err}");
+    assert!(
+        r.define("local", hook("http://127.0.0.1:9/x"))
+            .await
+            .is_ok()
+    );
+    t.shutdown().await.unwrap();
+    // An operator's allow-list admits its hosts and networks alone.
+    let t = TestRuntime::memory().await;
+    let mut config = ReactorConfig::default();
+    config.webhook_hosts = vec!["hooks.internal".into(), "10.0.0.0/8".into()];
+    let r = ReactorClient::with_config(&t, config).unwrap();
+    assert!(r.define("a", hook("http://10.1.2.3/x")).await.is_ok());
+    assert!(r.define("b", hook("http://hooks.internal/x")).await.is_ok());
+    let err = r
+        .define("c", hook("http://127.0.0.1:9/x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not among the allowed"), "{err}");
+    t.shutdown().await.unwrap();
+}
