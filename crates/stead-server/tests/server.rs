@@ -641,12 +641,11 @@ async fn a_loopback_server_is_not_open_to_every_web_page() {
 }
 
 #[tokio::test]
-async fn slow_and_many_clients_are_bounded() {
+async fn silent_and_trickling_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.header_read_timeout_ms = 300;
-    c.max_connections = 8;
     let server = stead_server::start(c).await.unwrap();
     let addr = server.addr();
     // Connections that send nothing, or trickle a request line and stop, are closed once
@@ -665,44 +664,61 @@ async fn slow_and_many_clients_are_bounded() {
             tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "a silent connection is closed by the server");
     }
-    // At the cap, a further connection is answered 503 and closed.
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_answered_503_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_connections = 8;
+    let server = stead_server::start(c).await.unwrap();
+    let addr = server.addr();
+    // One request on a connection of its own, which it closes after the answer.
+    let probe = || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+            .await;
+        let mut answer = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            s.read_to_string(&mut answer),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        answer
+    };
+    // Eight idle connections hold every place (the header-read timeout is 15 s here).
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    // Let the server take them all before the next one.
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = over
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        .await;
-    let mut answer = String::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        over.read_to_string(&mut answer),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("too-many-connections"), "{answer}");
-    // Once the held connections time out, the server answers again.
-    drop(held);
-    let http = reqwest::Client::new();
-    let mut ok = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ok = true;
+    // Once the server has taken them all, a further connection is answered 503.
+    let mut refused = None;
+    for _ in 0..400 {
+        let answer = probe().await;
+        if answer.starts_with("HTTP/1.1 503") {
+            refused = Some(answer);
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(ok, "the server answers again once connections close");
+    let refused = refused.expect("a connection over the cap is refused");
+    assert!(refused.contains("too-many-connections"), "{refused}");
+    // When the held connections close, the server answers again.
+    drop(held);
+    let mut answered = false;
+    for _ in 0..400 {
+        if probe().await.starts_with("HTTP/1.1 200") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(answered, "the server answers again once connections close");
     server.shutdown().await.unwrap();
 }
 
