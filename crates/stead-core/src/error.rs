@@ -141,6 +141,16 @@ impl Error {
         }
     }
 
+    /// The [`Error::Overloaded`] of an object of `class` that already holds
+    /// [`MAX_PARKED_PER_OBJECT`] callers waiting (a lock's queue, long-polls): a caller more is
+    /// told to come back in a second rather than held.
+    pub fn too_many_waiting(class: &'static str) -> Self {
+        Error::Overloaded {
+            class,
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
     /// A [`Error::BadRequest`] with the given detail.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Error::BadRequest {
@@ -163,3 +173,8 @@ impl Error {
 
 /// The result type of the runtime.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The most callers one object holds waiting at once (a lock's queue, an election's
+/// watchers, a reactor entity's long-polls); past it they get
+/// [`Error::too_many_waiting`] (HTTP 503 with `Retry-After`).
+pub const MAX_PARKED_PER_OBJECT: usize = 1024;

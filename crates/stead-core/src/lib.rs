@@ -91,7 +91,7 @@ pub use chrono;
 pub use clock::{Clock, ManualClock, Sleep, SystemClock};
 pub use config::{NamespaceOptions, RuntimeConfig};
 pub use context::{Context, Deferred};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, MAX_PARKED_PER_OBJECT, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
 pub use input::{

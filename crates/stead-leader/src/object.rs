@@ -315,6 +315,10 @@ impl Election {
         if self.state.term > msg.after_term || msg.timeout_ms == 0 {
             return Ok(self.view());
         }
+        self.watchers.retain(|w| !w.reply.is_closed());
+        if self.watchers.len() >= stead_core::MAX_PARKED_PER_OBJECT {
+            return Err(stead_core::Error::too_many_waiting(Self::CLASS).into());
+        }
         if let Some(reply) = reply.take() {
             self.watchers.push(Watcher {
                 after_term: msg.after_term,

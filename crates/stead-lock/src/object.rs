@@ -167,6 +167,9 @@ impl Lock {
         if msg.wait_ms > 0 {
             // Wait in line: the reply is given in a later turn (a release, an expiry or the
             // deadline).
+            if self.waiters.len() >= stead_core::MAX_PARKED_PER_OBJECT {
+                return Err(stead_core::Error::too_many_waiting(Self::CLASS).into());
+            }
             if let Some(reply) = reply.take() {
                 let deadline = ctx.now() + chrono::Duration::milliseconds(msg.wait_ms as i64);
                 self.waiters.push_back(Waiter {

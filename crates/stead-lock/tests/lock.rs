@@ -378,3 +378,49 @@ async fn the_guard_says_when_its_lease_was_lost() {
     assert!(matches!(guard.release().await, Err(e) if e.is_lease_lost()));
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lock_holds_at_most_so_many_waiters_and_refuses_the_next_with_a_retry() {
+    let (rt, locks, _clock) = setup().await;
+    assert!(
+        locks
+            .try_acquire("q", &opts("owner", 600))
+            .await
+            .unwrap()
+            .acquired
+    );
+    let max = stead_core::MAX_PARKED_PER_OBJECT;
+    let mut waiting = Vec::new();
+    for i in 0..max {
+        let locks = locks.clone();
+        waiting.push(tokio::spawn(async move {
+            locks
+                .try_acquire(
+                    "q",
+                    &opts(&format!("w{i}"), 600).wait(Duration::from_secs(60)),
+                )
+                .await
+        }));
+    }
+    eventually("every waiter is in line", || async {
+        locks.state("q").await.unwrap().waiters == max
+    })
+    .await;
+    // One more is refused at once, as an overload to retry later, not held.
+    let err = locks
+        .try_acquire("q", &opts("late", 600).wait(Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LockError::Runtime(stead_core::Error::Overloaded { .. })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(locks.state("q").await.unwrap().waiters, max);
+    for w in waiting {
+        w.abort();
+    }
+    rt.shutdown().await.unwrap();
+}

@@ -569,6 +569,11 @@ impl DeferredHandler<Poll> for Entity {
         }
         let deadline = ctx.now() + chrono::Duration::milliseconds(msg.wait_ms as i64);
         self.waiters.retain(|w| !w.reply.is_closed());
+        if self.waiters.len() >= stead_core::MAX_PARKED_PER_OBJECT {
+            let err = stead_core::Error::too_many_waiting(<Self as DurableObject>::CLASS);
+            reply.complete(ctx, Err(err.into()));
+            return;
+        }
         self.waiters.push(Waiter {
             after: msg.after,
             limit: msg.limit,
