@@ -913,8 +913,9 @@ pub struct Step {
     /// The error of its last failure.
     pub error: Option<String>,
     /// Its output (JSON text), once done (kept apart from the step list, and read with
-    /// [`Steps`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// [`Steps`]). Serialized as the JSON value itself, not as a string of JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_text")]
+    #[cfg_attr(feature = "http", schema(value_type = Option<serde_json::Value>))]
     pub output: Option<String>,
 }
 
@@ -953,7 +954,10 @@ pub struct StepLease {
     pub attempt: u32,
     /// When the lease lapses.
     pub lease_expires_at: DateTime<Utc>,
-    /// The output of the step before it, if any.
+    /// The output of the step before it (JSON text), if any. Serialized as the JSON value
+    /// itself, not as a string of JSON.
+    #[serde(default, with = "json_text")]
+    #[cfg_attr(feature = "http", schema(value_type = Option<serde_json::Value>))]
     pub previous_output: Option<String>,
 }
 
@@ -1273,5 +1277,29 @@ mod tests {
         assert!(validate_key("").is_err());
         assert!(validate_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
         assert!(validate_key("a\nb").is_err());
+    }
+}
+
+/// Serializes JSON text as the JSON value it holds (and reads one back as its text), so
+/// that a step's output goes out as it came in: a JSON value, not a string of JSON.
+mod json_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            // Text that is not one JSON value (never stored: outputs are checked) goes out
+            // as a string rather than as broken JSON.
+            Some(text) => match RawValue::from_string(text.clone()) {
+                Ok(raw) => raw.serialize(s),
+                Err(_) => s.serialize_str(text),
+            },
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let raw: Option<Box<RawValue>> = Option::deserialize(d)?;
+        Ok(raw.map(|r| r.get().to_owned()))
     }
 }

@@ -341,7 +341,8 @@ async fn steps_over_http() {
     assert_eq!(stale.value()["status"], 409);
     assert_eq!(stale.value()["step_status"], "done");
     let b = next("w1").await.value();
-    assert_eq!(b["lease"]["previous_output"], r#"{"rows":7}"#);
+    // The output comes back as the JSON value it went in as.
+    assert_eq!(b["lease"]["previous_output"], json!({"rows": 7}));
     let tb = b["lease"]["token"].as_u64().unwrap();
     let failed = http
         .post("/sidecars/wf/steps/b/fail")
@@ -363,7 +364,7 @@ async fn steps_over_http() {
         "step-not-found",
     );
     let all = http.get("/sidecars/wf/steps").send().await.value();
-    assert_eq!(all[0]["output"], r#"{"rows":7}"#);
+    assert_eq!(all[0]["output"], json!({"rows": 7}));
     rt.shutdown().await.unwrap();
 }
 
