@@ -43,6 +43,11 @@ pub struct ReactorConfig {
     pub decisions: u32,
     /// The most commands an outbox holds before the entity refuses events (503).
     pub max_outbox: u32,
+    /// The most bytes (of command payloads) an outbox holds before the entity refuses
+    /// events (503).
+    pub max_outbox_bytes: u64,
+    /// The most bytes of commands one event (or one cycle) may emit; more is refused (400).
+    pub max_event_output_bytes: u64,
     /// How long an event id is remembered, so that the same event again changes nothing,
     /// in ms.
     pub event_retention_ms: u64,
@@ -73,6 +78,8 @@ impl Default for ReactorConfig {
             durability: None,
             decisions: 100,
             max_outbox: 10_000,
+            max_outbox_bytes: 64 << 20,
+            max_event_output_bytes: 4 << 20,
             event_retention_ms: 86_400_000,
             max_event_ids: 10_000,
             dead_letters: 1000,
@@ -91,6 +98,8 @@ impl ReactorConfig {
         let positive = [
             ("decisions", u64::from(self.decisions)),
             ("max_outbox", u64::from(self.max_outbox)),
+            ("max_outbox_bytes", self.max_outbox_bytes),
+            ("max_event_output_bytes", self.max_event_output_bytes),
             ("event_retention_ms", self.event_retention_ms),
             ("max_event_ids", u64::from(self.max_event_ids)),
             ("dead_letters", u64::from(self.dead_letters)),

@@ -248,6 +248,8 @@ pub struct Entity {
     meta: Meta,
     /// The outbox, in memory (it is bounded by `max_outbox`).
     outbox: BTreeMap<u64, Command>,
+    /// What the outbox's commands weigh (see [`command_bytes`]).
+    outbox_bytes: u64,
     /// Seen event ids (hashed) with when they were seen, oldest first.
     seen: HashMap<String, i64>,
     seen_order: VecDeque<(i64, String)>,
@@ -267,6 +269,13 @@ impl std::fmt::Debug for Entity {
     }
 }
 
+/// What a command weighs against the outbox's byte bound: its payload as JSON, its type
+/// and cause, and a fixed share for the rest.
+fn command_bytes(c: &Command) -> u64 {
+    let payload = serde_json::to_vec(&c.payload).map_or(0, |v| v.len());
+    (payload + c.kind.len() + c.cause.len() + 128) as u64
+}
+
 /// The object name of an entity: the type (which has no `/`), `/`, the entity.
 pub(crate) fn entity_name(kind: &str, entity: &str) -> String {
     format!("{kind}/{entity}")
@@ -281,7 +290,9 @@ impl DurableObject for Entity {
         let (kind, entity) = name.split_once('/').unwrap_or((name.as_str(), ""));
         let meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();
         let commands: Vec<(String, Command)> = ctx.storage().list(ListOptions::prefix(CMD)).await?;
-        let outbox = commands.into_iter().map(|(_, c)| (c.seq, c)).collect();
+        let outbox: BTreeMap<u64, Command> =
+            commands.into_iter().map(|(_, c)| (c.seq, c)).collect();
+        let outbox_bytes = outbox.values().map(command_bytes).sum();
         let seen: Vec<(String, i64)> = ctx.storage().list(ListOptions::prefix(SEEN)).await?;
         let mut seen_order: Vec<(i64, String)> = seen
             .into_iter()
@@ -296,6 +307,7 @@ impl DurableObject for Entity {
             env,
             meta,
             outbox,
+            outbox_bytes,
             seen: seen_order.iter().map(|(t, k)| (k.clone(), *t)).collect(),
             seen_order: seen_order.into(),
             inflight: HashMap::new(),
@@ -910,11 +922,11 @@ impl Entity {
     ) -> Result<(), ReactorError> {
         let now = ctx.now();
         let first = self.meta.last_seq + 1;
-        let mut seqs = Vec::with_capacity(out.commands.len());
-        for emit in out.commands {
-            self.meta.last_seq += 1;
-            let seq = self.meta.last_seq;
-            let command = Command {
+        let commands: Vec<Command> = out
+            .commands
+            .into_iter()
+            .zip(first..)
+            .map(|(emit, seq)| Command {
                 seq,
                 id: format!("{}{seq}", self.id_prefix),
                 kind: emit.kind,
@@ -923,8 +935,29 @@ impl Entity {
                 entity: self.entity.clone(),
                 created_at: now,
                 cause: cause.clone(),
-            };
+            })
+            .collect();
+        // Bounded by bytes as well as by count, before anything is written.
+        let weight: u64 = commands.iter().map(command_bytes).sum();
+        let config = &self.env.config;
+        if weight > config.max_event_output_bytes {
+            return Err(InvalidInput::new(format!(
+                "the decision emits {weight} bytes of commands; one event or cycle may emit at most {}",
+                config.max_event_output_bytes
+            ))
+            .into());
+        }
+        if self.outbox_bytes + weight > config.max_outbox_bytes {
+            return Err(ReactorError::OutboxFull {
+                pending: self.pending(delivery),
+            });
+        }
+        let mut seqs = Vec::with_capacity(commands.len());
+        for command in commands {
+            let seq = command.seq;
+            self.meta.last_seq = seq;
             ctx.storage().put(&seq_key(CMD, seq), &command)?;
+            self.outbox_bytes += command_bytes(&command);
             self.outbox.insert(seq, command);
             seqs.push(seq);
         }
@@ -1050,7 +1083,9 @@ impl Entity {
         let low = self.low_water(delivery);
         let gone: Vec<u64> = self.outbox.range(..=low).map(|(s, _)| *s).collect();
         for s in gone {
-            self.outbox.remove(&s);
+            if let Some(c) = self.outbox.remove(&s) {
+                self.outbox_bytes = self.outbox_bytes.saturating_sub(command_bytes(&c));
+            }
             ctx.storage().delete(&seq_key(CMD, s))?;
         }
         Ok(())

@@ -408,3 +408,41 @@ async fn a_rule_over_its_budget_fails_the_event_and_a_cycle_never_stops_a_restar
     );
     t.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_outbox_and_one_events_output_are_bounded_by_bytes() {
+    let t = TestRuntime::memory().await;
+    let mut config = ReactorConfig::default();
+    config.max_event_output_bytes = 64 * 1024;
+    config.max_outbox_bytes = 100 * 1024;
+    let r = ReactorClient::with_config(&t, config).unwrap();
+    let copy = json!({"type": "copy", "payload": {"var": "event.payload"}});
+    r.define(
+        "fan",
+        json!({"state": {"n": 0},
+               "rules": [{"on": "e", "increment": {"n": 1}, "emit": [copy.clone(), copy.clone(), copy]}]}),
+    )
+    .await
+    .unwrap();
+    let event = |id: &str, bytes: usize| Event::new(id, "e", json!({"data": "x".repeat(bytes)}));
+    // Three copies of 30 KB: more than one event may emit. Refused whole.
+    let err = r.send("fan", "a", event("big", 30_000)).await.unwrap_err();
+    assert!(matches!(err, ReactorError::Invalid(_)), "{err:?}");
+    assert_eq!(r.state("fan", "a").await.unwrap().state, json!({"n": 0}));
+    // Three copies of 10 KB fit; the outbox fills by bytes long before its count bound.
+    let mut sent = 0;
+    let full = loop {
+        match r.send("fan", "a", event(&format!("e{sent}"), 10_000)).await {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 10, "the byte bound never held");
+    };
+    assert!(matches!(full, ReactorError::OutboxFull { .. }), "{full:?}");
+    assert_eq!(sent, 3, "three events of about 30 KB fit in 100 KiB");
+    // Consumers catch up: room again.
+    let last = r.state("fan", "a").await.unwrap().last_seq;
+    r.ack("fan", "a", last).await.unwrap();
+    assert!(r.send("fan", "a", event("after", 10_000)).await.is_ok());
+    t.shutdown().await.unwrap();
+}
