@@ -52,6 +52,15 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// How long to wait before retry number `retries` (0 for the first) of something that
+    /// failed to run: an alarm, a job, a socket event. `alarm_first_retry`, doubling.
+    pub(crate) fn retry_backoff(&self, retries: u32) -> Duration {
+        self.alarm_first_retry
+            .saturating_mul(2u32.saturating_pow(retries.min(30)))
+    }
+}
+
 /// Per-namespace options for [`crate::Runtime::namespace_with`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]

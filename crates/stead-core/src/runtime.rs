@@ -671,10 +671,7 @@ impl RuntimeInner {
                     // again with backoff. Failures of the alarm handler itself are retried
                     // by the object, with counts kept in its storage.
                     AlarmOutcome::Failed if !shared.closed.load(Ordering::Acquire) => {
-                        let backoff = shared
-                            .config
-                            .alarm_first_retry
-                            .saturating_mul(2u32.saturating_pow(failures.min(30)));
+                        let backoff = shared.config.retry_backoff(failures);
                         let at = to_ms(shared.clock.now())
                             .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
                         shared.alarms.retry((class, id), at, failures + 1);

@@ -116,6 +116,12 @@ impl Budget {
 /// What copying `v` costs (its values, and its strings by length), counted without recursion
 /// and only as far as `cap`.
 fn weight(v: &Value, cap: u64) -> u64 {
+    // A scalar, the usual case, without a stack.
+    match v {
+        Value::String(s) => return 1 + s.len() as u64 / STRING_BYTES_PER_UNIT,
+        Value::Array(_) | Value::Object(_) => {}
+        _ => return 1,
+    }
     let mut total = 0u64;
     let mut stack = vec![v];
     while let Some(v) = stack.pop() {
@@ -138,6 +144,9 @@ fn weight(v: &Value, cap: u64) -> u64 {
 
 /// How deep `v` nests (a scalar is 1), counted without recursion.
 fn depth(v: &Value) -> usize {
+    if !matches!(v, Value::Array(_) | Value::Object(_)) {
+        return 1;
+    }
     let mut max = 0;
     let mut stack = vec![(v, 1usize)];
     while let Some((v, d)) = stack.pop() {

@@ -13,13 +13,12 @@
 //! lease, so a paused node cannot hold a takeover up past its lease.
 
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 
-use crate::lock;
 use crate::schema::{Sql, describe};
 
 /// Where the node stands.
@@ -52,8 +51,12 @@ pub(crate) struct Lease {
     /// Started as a standby: takes no lease during its first lease duration.
     standby: bool,
     state: watch::Sender<LeaseState>,
-    /// Until when (on this node's monotonic clock) the held lease counts as valid.
-    valid_until: Mutex<Option<Instant>>,
+    /// The epoch held (0: none; epochs start at 1) and until when, in nanoseconds after
+    /// `base` on this node's monotonic clock, it counts as valid: read by every turn and
+    /// every read, so without a lock.
+    held_epoch: AtomicU64,
+    valid_until_ns: AtomicU64,
+    base: Instant,
 }
 
 impl Lease {
@@ -63,7 +66,9 @@ impl Lease {
             duration,
             standby,
             state: watch::Sender::new(LeaseState::Starting),
-            valid_until: Mutex::new(None),
+            held_epoch: AtomicU64::new(0),
+            valid_until_ns: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
@@ -88,7 +93,7 @@ impl Lease {
 
     pub(crate) fn set(&self, state: LeaseState) {
         if !matches!(state, LeaseState::Active { .. }) {
-            *lock(&self.valid_until) = None;
+            self.held_epoch.store(0, Ordering::Release);
         }
         self.state.send_if_modified(|s| {
             let changed = *s != state;
@@ -99,11 +104,17 @@ impl Lease {
 
     /// The epoch held now, if the lease is held and not possibly expired.
     pub(crate) fn epoch(&self) -> Option<u64> {
-        let LeaseState::Active { epoch } = *self.state.borrow() else {
+        let epoch = self.held_epoch.load(Ordering::Acquire);
+        if epoch == 0 {
             return None;
-        };
-        let valid = lock(&self.valid_until).is_some_and(|until| Instant::now() < until);
+        }
+        let valid = self.nanos(Instant::now()) < self.valid_until_ns.load(Ordering::Acquire);
         valid.then_some(epoch)
+    }
+
+    /// `at` in nanoseconds after `base`.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// How long a held lease counts from the moment its renewal was sent: nine tenths of
@@ -113,7 +124,9 @@ impl Lease {
     }
 
     fn held(&self, epoch: u64, sent: Instant) {
-        *lock(&self.valid_until) = Some(sent + self.validity());
+        self.valid_until_ns
+            .store(self.nanos(sent + self.validity()), Ordering::Release);
+        self.held_epoch.store(epoch, Ordering::Release);
         self.set(LeaseState::Active { epoch });
     }
 }

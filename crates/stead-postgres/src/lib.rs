@@ -198,8 +198,15 @@ struct WriterQueue {
     queued: Arc<AtomicUsize>,
 }
 
-/// A pool of at most `size` connections.
-fn new_pool(manager: Manager, size: usize, timeout: Duration) -> Result<Pool> {
+/// A pool of at most `size` connections to the server `config` names.
+fn new_pool(config: tokio_postgres::Config, size: usize, timeout: Duration) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -277,29 +284,14 @@ impl PostgresBackend {
     /// bad schema name).
     pub fn new(opts: PostgresOptions) -> Result<PostgresBackend> {
         let config = opts.check()?;
-        let config_for_lease = config.clone();
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::invalid_config("the PostgreSQL backend starts within a tokio runtime")
         })?;
         let server = redacted(&opts.url);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = new_pool(manager, opts.pool_size, opts.connect_timeout)?;
+        let pool = new_pool(config.clone(), opts.pool_size, opts.connect_timeout)?;
         // The lease is renewed on a connection of its own, never waiting for one that
         // commits hold.
-        let lease_manager = Manager::from_config(
-            config_for_lease,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let lease_pool = new_pool(lease_manager, 1, opts.connect_timeout)?;
+        let lease_pool = new_pool(config, 1, opts.connect_timeout)?;
         // A process holds the lease: its name (or pid) with a nonce of this process.
         let holder = format!(
             "{}/{}",

@@ -118,20 +118,17 @@ pub(crate) fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn credentials_in_a_webhook_url_are_masked() {
         assert_eq!(
-            super::masked("http://user:pass@hooks.local:8080/in?api_key=k#f"),
+            masked("http://user:pass@hooks.local:8080/in?api_key=k#f"),
             "http://***@hooks.local:8080/in?***"
         );
-        assert_eq!(
-            super::masked("http://hooks.local/in"),
-            "http://hooks.local/in"
-        );
-        assert_eq!(super::masked("not a url"), "***");
+        assert_eq!(masked("http://hooks.local/in"), "http://hooks.local/in");
+        assert_eq!(masked("not a url"), "***");
     }
-
-    use super::*;
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_stays_in_the_upper_half() {

@@ -30,7 +30,10 @@ pub(crate) fn check(webhooks: &[Webhook], allowed: &[String]) -> Result<(), Defi
             .to_owned();
         let ip = host.parse::<IpAddr>().ok();
         if !allowed.is_empty() {
-            if !allowed.iter().any(|a| matches(a, &host, ip)) {
+            let covered = allowed
+                .iter()
+                .any(|a| Entry::parse(a).is_ok_and(|e| e.covers(&host, ip)));
+            if !covered {
                 return Err(fault(
                     &at,
                     format!(
@@ -54,26 +57,56 @@ pub(crate) fn check(webhooks: &[Webhook], allowed: &[String]) -> Result<(), Defi
     Ok(())
 }
 
-/// Checks an allow-list entry: a host name, an address, or a network as `address/bits`.
-pub(crate) fn check_entry(entry: &str) -> Result<(), &'static str> {
-    let entry = entry.trim();
-    if entry.is_empty() {
-        return Err("is empty");
+/// An entry of the allow-list.
+enum Entry {
+    /// A host name (lower case).
+    Host(String),
+    /// One address.
+    Addr(IpAddr),
+    /// A network: an address and the length of its prefix.
+    Net(IpAddr, u32),
+}
+
+impl Entry {
+    /// Reads an entry: a host name, an address, or a network as `address/bits`.
+    fn parse(entry: &str) -> Result<Entry, &'static str> {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err("is empty");
+        }
+        if let Some((net, bits)) = entry.split_once('/') {
+            let net: IpAddr = net
+                .parse()
+                .map_err(|_| "a network is an address and /bits")?;
+            let max = if net.is_ipv4() { 32 } else { 128 };
+            return match bits.parse::<u32>() {
+                Ok(b) if b <= max => Ok(Entry::Net(net, b)),
+                _ => Err("the prefix length is out of range"),
+            };
+        }
+        if let Ok(addr) = entry.parse::<IpAddr>() {
+            return Ok(Entry::Addr(addr));
+        }
+        if entry.contains([' ', ':']) {
+            return Err("is neither a host name, an address nor a network");
+        }
+        Ok(Entry::Host(entry.to_ascii_lowercase()))
     }
-    if let Some((net, bits)) = entry.split_once('/') {
-        let net: IpAddr = net
-            .parse()
-            .map_err(|_| "a network is an address and /bits")?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        match bits.parse::<u32>() {
-            Ok(b) if b <= max => return Ok(()),
-            _ => return Err("the prefix length is out of range"),
+
+    /// Whether the entry covers the destination.
+    fn covers(&self, host: &str, ip: Option<IpAddr>) -> bool {
+        match (self, ip) {
+            (Entry::Host(h), _) => h == host,
+            (Entry::Addr(a), Some(ip)) => *a == ip,
+            (Entry::Net(net, bits), Some(ip)) => in_network(ip, *net, *bits),
+            _ => false,
         }
     }
-    if entry.contains(['/', ' ', ':']) && entry.parse::<IpAddr>().is_err() {
-        return Err("is neither a host name, an address nor a network");
-    }
-    Ok(())
+}
+
+/// Checks an allow-list entry (see [`Entry::parse`]).
+pub(crate) fn check_entry(entry: &str) -> Result<(), &'static str> {
+    Entry::parse(entry).map(drop)
 }
 
 /// Link-local addresses (169.254.0.0/16, fe80::/10, where cloud metadata services answer)
@@ -86,22 +119,6 @@ fn link_local_or_metadata(ip: IpAddr) -> bool {
                 || v6 == EC2_METADATA_V6
                 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
         }
-    }
-}
-
-/// Whether an allow-list entry (a host name, an address or a network in CIDR form) covers
-/// the destination.
-fn matches(entry: &str, host: &str, ip: Option<IpAddr>) -> bool {
-    let entry = entry.trim().to_ascii_lowercase();
-    if let Some((net, bits)) = entry.split_once('/') {
-        let (Ok(net), Ok(bits), Some(ip)) = (net.parse::<IpAddr>(), bits.parse::<u32>(), ip) else {
-            return false;
-        };
-        return in_network(ip, net, bits);
-    }
-    match (entry.parse::<IpAddr>(), ip) {
-        (Ok(a), Some(ip)) => a == ip,
-        _ => entry == host,
     }
 }
 

@@ -957,10 +957,10 @@ impl Entity {
             let seq = command.seq;
             self.meta.last_seq = seq;
             ctx.storage().put(&seq_key(CMD, seq), &command)?;
-            self.outbox_bytes += command_bytes(&command);
             self.outbox.insert(seq, command);
             seqs.push(seq);
         }
+        self.outbox_bytes += weight;
         let keep = u64::from(self.env.config.decisions);
         let mut logged = Vec::with_capacity(out.notes.len());
         for (

@@ -182,6 +182,15 @@ struct FileConfig {
     patterns: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A list setting: the flags' (or environment's) when they give one, else the file's.
+fn listed(flags: Vec<String>, file: Option<Vec<String>>) -> Vec<String> {
+    if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    }
+}
+
 /// The settings in force.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -268,11 +277,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
-        let tokens = if cli.tokens.is_empty() {
-            file.tokens.unwrap_or_default()
-        } else {
-            cli.tokens
-        };
+        let tokens = listed(cli.tokens, file.tokens);
         let config = Config {
             bind: cli.bind.or(file.bind).unwrap_or(d.bind),
             data_dir: cli.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -302,16 +307,8 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .map(|t| t.trim().to_owned())
                 .collect(),
-            allowed_hosts: if cli.allowed_hosts.is_empty() {
-                file.allowed_hosts.unwrap_or_default()
-            } else {
-                cli.allowed_hosts
-            },
-            allowed_origins: if cli.allowed_origins.is_empty() {
-                file.allowed_origins.unwrap_or_default()
-            } else {
-                cli.allowed_origins
-            },
+            allowed_hosts: listed(cli.allowed_hosts, file.allowed_hosts),
+            allowed_origins: listed(cli.allowed_origins, file.allowed_origins),
             max_connections: cli
                 .max_connections
                 .or(file.max_connections)

@@ -745,6 +745,11 @@ async fn shutdown_does_not_wait_for_long_polls() {
     assert!(answered.is_ok(), "the long-poll was answered");
 }
 
+/// The JSON body of a GET.
+async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// A JSON value nested `levels` deep (arrays in objects), with `leaf` at the bottom.
 fn nested(levels: usize, leaf: serde_json::Value) -> serde_json::Value {
     (0..levels).fold(leaf, |inner, i| {
@@ -807,23 +812,9 @@ async fn the_deepest_accepted_values_read_back_after_a_restart() {
     }
     let server = stead_server::start(config(dir.path())).await.unwrap();
     let base = format!("http://{}", server.addr());
-    let set: serde_json::Value = http
-        .get(format!("{base}/flags/deep"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let set = get_json(&http, &format!("{base}/flags/deep")).await;
     assert_eq!(set["flags"]["deep"]["variants"]["v"], variant, "{set}");
-    let entity: serde_json::Value = http
-        .get(format!("{base}/reactors/deep/x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let entity = get_json(&http, &format!("{base}/reactors/deep/x")).await;
     assert_eq!(entity["state"]["last"], payload);
     server.shutdown().await.unwrap();
 }

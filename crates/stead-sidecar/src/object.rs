@@ -383,16 +383,6 @@ pub struct Get {
 impl Handler<Get> for Sidecar {
     type Reply = Result<Option<Versioned>, SidecarError>;
     async fn handle(&mut self, msg: Get, ctx: &mut Context) -> Self::Reply {
-        self.do_get(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_get(
-        &mut self,
-        msg: Get,
-        ctx: &mut Context,
-    ) -> Result<Option<Versioned>, SidecarError> {
         validate_key(&msg.key)?;
         self.expire_if_due(ctx)?;
         let Some(entry) = Self::entry(ctx, &msg.key).await? else {
@@ -444,12 +434,6 @@ pub struct Written {
 impl Handler<Put> for Sidecar {
     type Reply = Result<Written, SidecarError>;
     async fn handle(&mut self, msg: Put, ctx: &mut Context) -> Self::Reply {
-        self.do_put(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_put(&mut self, msg: Put, ctx: &mut Context) -> Result<Written, SidecarError> {
         validate_key(&msg.key)?;
         let size = msg.value.len() as u64;
         if size > self.limits.max_value_bytes {
@@ -524,12 +508,6 @@ pub struct Delete {
 impl Handler<Delete> for Sidecar {
     type Reply = Result<bool, SidecarError>;
     async fn handle(&mut self, msg: Delete, ctx: &mut Context) -> Self::Reply {
-        self.do_delete(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_delete(&mut self, msg: Delete, ctx: &mut Context) -> Result<bool, SidecarError> {
         validate_key(&msg.key)?;
         self.expire_if_due(ctx)?;
         let old = Self::head(ctx, &msg.key).await?;
@@ -594,16 +572,6 @@ fn check_limit(limit: usize) -> std::result::Result<(), InvalidInput> {
 impl Handler<ListKeys> for Sidecar {
     type Reply = Result<KeyPage, SidecarError>;
     async fn handle(&mut self, msg: ListKeys, ctx: &mut Context) -> Self::Reply {
-        self.do_list_keys(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_list_keys(
-        &mut self,
-        msg: ListKeys,
-        ctx: &mut Context,
-    ) -> Result<KeyPage, SidecarError> {
         check_limit(msg.limit)?;
         if msg.prefix.len() > MAX_KEY_BYTES {
             return Err(
@@ -659,16 +627,6 @@ pub struct Appended {
 impl Handler<Append> for Sidecar {
     type Reply = Result<Appended, SidecarError>;
     async fn handle(&mut self, msg: Append, ctx: &mut Context) -> Self::Reply {
-        self.do_append(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_append(
-        &mut self,
-        msg: Append,
-        ctx: &mut Context,
-    ) -> Result<Appended, SidecarError> {
         validate_key(&msg.key)?;
         let size = msg.item.len() as u64;
         let max = self.limits.max_item_bytes;
@@ -749,16 +707,6 @@ pub struct Items {
 impl Handler<Range> for Sidecar {
     type Reply = Result<Option<Items>, SidecarError>;
     async fn handle(&mut self, msg: Range, ctx: &mut Context) -> Self::Reply {
-        self.do_range(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_range(
-        &mut self,
-        msg: Range,
-        ctx: &mut Context,
-    ) -> Result<Option<Items>, SidecarError> {
         validate_key(&msg.key)?;
         check_limit(msg.limit)?;
         self.expire_if_due(ctx)?;
@@ -794,13 +742,7 @@ pub struct DeleteAll;
 
 impl Handler<DeleteAll> for Sidecar {
     type Reply = Result<(), SidecarError>;
-    async fn handle(&mut self, msg: DeleteAll, ctx: &mut Context) -> Self::Reply {
-        self.do_delete_all(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_delete_all(&mut self, _: DeleteAll, ctx: &mut Context) -> Result<(), SidecarError> {
+    async fn handle(&mut self, _: DeleteAll, ctx: &mut Context) -> Self::Reply {
         self.clear(ctx)?;
         Ok(())
     }
@@ -847,16 +789,6 @@ impl Sidecar {
 impl Handler<SetLifetime> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
     async fn handle(&mut self, msg: SetLifetime, ctx: &mut Context) -> Self::Reply {
-        self.do_set_lifetime(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_set_lifetime(
-        &mut self,
-        msg: SetLifetime,
-        ctx: &mut Context,
-    ) -> Result<SidecarInfo, SidecarError> {
         if let Some(l) = msg.lifetime {
             stead_core::validate_ms("ttl_ms", l.ttl_ms, MAX_TTL_MS)?;
         }
@@ -880,13 +812,7 @@ pub struct Info;
 
 impl Handler<Info> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
-    async fn handle(&mut self, msg: Info, ctx: &mut Context) -> Self::Reply {
-        self.do_info(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_info(&mut self, _: Info, ctx: &mut Context) -> Result<SidecarInfo, SidecarError> {
+    async fn handle(&mut self, _: Info, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx)?;
         Ok(self.info())
     }
@@ -1013,16 +939,6 @@ impl Sidecar {
 impl Handler<DeclareSteps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
     async fn handle(&mut self, msg: DeclareSteps, ctx: &mut Context) -> Self::Reply {
-        self.do_declare_steps(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_declare_steps(
-        &mut self,
-        msg: DeclareSteps,
-        ctx: &mut Context,
-    ) -> Result<Vec<Step>, SidecarError> {
         if msg.steps.is_empty() || msg.steps.len() > MAX_STEPS {
             return Err(InvalidInput::new(format!("declare 1 to {MAX_STEPS} steps")).into());
         }
@@ -1068,16 +984,6 @@ impl Sidecar {
 impl Handler<NextStep> for Sidecar {
     type Reply = Result<NextReply, SidecarError>;
     async fn handle(&mut self, msg: NextStep, ctx: &mut Context) -> Self::Reply {
-        self.do_next_step(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_next_step(
-        &mut self,
-        msg: NextStep,
-        ctx: &mut Context,
-    ) -> Result<NextReply, SidecarError> {
         stead_core::validate_name("worker", &msg.worker)?;
         stead_core::validate_ms("lease_ms", msg.lease_ms, MAX_LEASE_MS)?;
         self.expire_if_due(ctx)?;
@@ -1132,16 +1038,6 @@ impl Sidecar {
 impl Handler<FinishStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: FinishStep, ctx: &mut Context) -> Self::Reply {
-        self.do_finish_step(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_finish_step(
-        &mut self,
-        msg: FinishStep,
-        ctx: &mut Context,
-    ) -> Result<Step, SidecarError> {
         if let Ok(Some(output)) = &msg.outcome {
             let size = output.len() as u64;
             if size > self.limits.max_item_bytes || encoded_len(output) > self.limits.chunk_bytes {
@@ -1197,16 +1093,6 @@ impl Sidecar {
 impl Handler<ResumeStep> for Sidecar {
     type Reply = Result<Step, SidecarError>;
     async fn handle(&mut self, msg: ResumeStep, ctx: &mut Context) -> Self::Reply {
-        self.do_resume_step(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_resume_step(
-        &mut self,
-        msg: ResumeStep,
-        ctx: &mut Context,
-    ) -> Result<Step, SidecarError> {
         self.expire_if_due(ctx)?;
         let mut list = Self::steps(ctx).await?;
         let step = Self::find(&mut list, &msg.name)?;
@@ -1226,13 +1112,7 @@ impl Sidecar {
 
 impl Handler<Steps> for Sidecar {
     type Reply = Result<Vec<Step>, SidecarError>;
-    async fn handle(&mut self, msg: Steps, ctx: &mut Context) -> Self::Reply {
-        self.do_steps(msg, ctx).await
-    }
-}
-
-impl Sidecar {
-    async fn do_steps(&mut self, _: Steps, ctx: &mut Context) -> Result<Vec<Step>, SidecarError> {
+    async fn handle(&mut self, _: Steps, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx)?;
         let mut steps = Self::steps(ctx).await?.steps;
         for s in &mut steps {

@@ -389,15 +389,14 @@ impl<O: DurableObject> Actor<O> {
         if self.ctx.storage.alarm_inputs_changed()
             && let Err(e) = self.recompute_alarm().await
         {
-            self.ctx.storage.rollback();
             // The turn's own reply gets the error itself; replies it completed for earlier
-            // callers learn that their turn was discarded.
+            // callers learn that their turn was discarded (the turn changed its alarm
+            // inputs, so the discard also drops the object).
             let mut err = Some(e);
             for r in self.ctx.replies.drain(..).rev() {
                 r(Err(err.take().unwrap_or(Error::Reset)));
             }
-            self.ctx.discard_outputs();
-            self.instance = None;
+            self.discard_turn();
             return;
         }
         let seq = self.next_seq;

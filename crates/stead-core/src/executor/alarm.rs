@@ -161,12 +161,7 @@ impl<O: DurableObject> Actor<O> {
         };
         if retry < max_retries {
             tracing::warn!(class = O::CLASS, id = %self.id, what = %label, retry, %error, "failed; will retry");
-            let backoff = self
-                .ns
-                .shared
-                .config
-                .alarm_first_retry
-                .saturating_mul(2u32.saturating_pow(retry.min(30)));
+            let backoff = self.ns.shared.config.retry_backoff(retry);
             let retry_at =
                 now_ms.saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
             match &ran {

@@ -117,6 +117,26 @@ impl<O: DurableObject> NsInner<O> {
         })
     }
 
+    /// Hands an envelope to the object, waiting while its mailbox is full (on real time:
+    /// this is backpressure, not the object's time); a refused envelope comes back with the
+    /// error.
+    pub(super) async fn send_waiting(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: &Option<Arc<str>>,
+        mut env: Envelope<O>,
+    ) -> Result<(), (Error, Envelope<O>)> {
+        loop {
+            match self.try_send(id, name, env) {
+                Err((Error::Overloaded { retry_after, .. }, back)) => {
+                    tokio::time::sleep(retry_after).await;
+                    env = back;
+                }
+                sent => return sent,
+            }
+        }
+    }
+
     /// Like `send`, but a refused envelope comes back with the error (`Overloaded` or
     /// `ShuttingDown`), for the caller to try again.
     pub(super) fn try_send(
@@ -505,17 +525,10 @@ impl<O: DurableObject> Stub<O> {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) async fn send_socket_event(&self, event: super::SocketEvent) -> Result<()> {
         self.check_name()?;
-        let mut env = Envelope::Socket(event, 0);
-        loop {
-            match self.ns.try_send(self.id, &self.name, env) {
-                Ok(()) => return Ok(()),
-                Err((Error::Overloaded { retry_after, .. }, back)) => {
-                    tokio::time::sleep(retry_after).await;
-                    env = back;
-                }
-                Err((err, _)) => return Err(err),
-            }
-        }
+        self.ns
+            .send_waiting(self.id, &self.name, Envelope::Socket(event, 0))
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Refuses a call through a stub whose name breaks the rule.

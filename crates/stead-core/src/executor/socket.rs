@@ -3,7 +3,6 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 use tracing::Instrument;
@@ -101,30 +100,15 @@ pub(super) fn retry_later<O: DurableObject>(
     }
     tracing::warn!(class = O::CLASS, %id, socket, handler = kind, error = %err, retry = tried,
         "a WebSocket event could not be delivered; will retry");
-    let backoff = config
-        .alarm_first_retry
-        .saturating_mul(2u32.saturating_pow(tried.min(30)));
+    let backoff = config.retry_backoff(tried);
     let clock = ns.shared.clock.clone();
     let at = clock.now() + chrono::Duration::from_std(backoff).unwrap_or(chrono::TimeDelta::MAX);
     let ns = ns.clone();
     tokio::spawn(async move {
         clock.sleep_until(at).await;
-        let mut env = Envelope::Socket(event, tried + 1);
-        loop {
-            match ns.try_send(id, &name, env) {
-                Ok(()) => return,
-                Err((Error::Overloaded { retry_after, .. }, back)) => {
-                    if ns.shared.closed.load(Ordering::Acquire) {
-                        return;
-                    }
-                    tokio::time::sleep(retry_after).await;
-                    env = back;
-                }
-                Err((e, back)) => {
-                    back.fail(e);
-                    return;
-                }
-            }
+        let event = Envelope::Socket(event, tried + 1);
+        if let Err((e, back)) = ns.send_waiting(id, &name, event).await {
+            back.fail(e);
         }
     });
 }

@@ -405,16 +405,9 @@ impl Backend for SqliteBackend {
     async fn load(&self, obj: &ObjectRef, limit: usize) -> Result<Vec<(String, Value)>> {
         let shared = &self.shard(&obj.id).shared;
         shared.check()?;
-        let all = ListOptions::all().limit(limit);
-        let seen = window::range(&lock(&shared.window), obj.class, &obj.id, &all);
-        match seen {
-            window::Seen::Decided(entries) => return Ok(window::merge(Vec::new(), entries, &all)),
-            // The window's changes need ordered reads to lay them over.
-            window::Seen::Over(over) => {
-                let committed = self.list_committed(shared, obj, &all, over.len())?;
-                return Ok(window::merge(committed, over, &all));
-            }
-            window::Seen::Absent => {}
+        if window::contains(&lock(&shared.window), obj.class, &obj.id) {
+            // The window's changes are laid over ordered reads.
+            return Backend::list(self, obj, &ListOptions::all().limit(limit)).await;
         }
         // No ORDER BY and no bound LIMIT: with either, SQLite prepares the statement again
         // on every run (a new binding could change its plan), which costs more than the
@@ -446,6 +439,7 @@ impl Backend for SqliteBackend {
             .optional()
             .map_err(sql_err)
     }
+
     async fn due_alarms(
         &self,
         class: &'static str,

@@ -80,7 +80,10 @@ impl SharedConn {
             Some(c) => c,
             None => open_reader(&self.path)?,
         };
-        Ok(ReadConn::Reader(self, Some(conn)))
+        Ok(ReadConn {
+            shared: self,
+            conn: Some(conn),
+        })
     }
 
     /// The writer's connection, which sees every acknowledged write (for scans over many
@@ -91,28 +94,25 @@ impl SharedConn {
     }
 }
 
-/// A reader connection lent for one read.
-pub(super) enum ReadConn<'a> {
-    /// Goes back to the shard's idle readers when dropped.
-    Reader(&'a SharedConn, Option<Connection>),
+/// A reader connection lent for one read; it goes back to the shard's idle readers when
+/// dropped.
+pub(super) struct ReadConn<'a> {
+    shared: &'a SharedConn,
+    /// Always `Some` until dropped.
+    conn: Option<Connection>,
 }
 
 impl std::ops::Deref for ReadConn<'_> {
     type Target = Connection;
     fn deref(&self) -> &Connection {
-        match self {
-            // Always `Some` until dropped.
-            ReadConn::Reader(_, c) => c.as_ref().unwrap_or_else(|| unreachable!()),
-        }
+        self.conn.as_ref().unwrap_or_else(|| unreachable!())
     }
 }
 
 impl Drop for ReadConn<'_> {
     fn drop(&mut self) {
-        if let ReadConn::Reader(shared, conn) = self
-            && let Some(conn) = conn.take()
-        {
-            let mut idle = lock(&shared.readers);
+        if let Some(conn) = self.conn.take() {
+            let mut idle = lock(&self.shared.readers);
             if idle.len() < MAX_IDLE_READERS {
                 idle.push(conn);
             }

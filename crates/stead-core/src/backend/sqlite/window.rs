@@ -84,6 +84,11 @@ impl Overlay {
     }
 }
 
+/// Whether the object has changes in the window.
+pub(super) fn contains(window: &Window, class: &str, id: &ObjectId) -> bool {
+    window.get(id).is_some_and(|o| o.is(class))
+}
+
 /// The window's answer for `key` of the object: decided when the window wrote or deleted
 /// the key, or cleared the object.
 pub(super) fn get(window: &Window, class: &str, id: &ObjectId, key: &str) -> Option<Option<Value>> {
