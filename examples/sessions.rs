@@ -20,14 +20,18 @@ struct Login {
 }
 
 // ANCHOR: app
-/// The app: sessions last 30 minutes of inactivity, in stead.
+/// The app: sessions end after 30 minutes without a request (a read counts), in stead.
 pub fn app(sessions: SessionClient) -> Router {
-    let store = SteadSessionStore::new(sessions.clone());
+    let store = SteadSessionStore::new(sessions.clone())
+        .with_inactivity(std::time::Duration::from_secs(30 * 60));
+    // The store ends idle sessions; the cookie lives as long as the browser session, so
+    // that it never ends before the session it names.
     let layer = SessionManagerLayer::new(store)
         .with_secure(false)
-        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(30)));
+        .with_expiry(Expiry::OnSessionEnd);
     Router::new()
         .route("/login", post(login))
+        .route("/me", get(me))
         .route("/count", get(count))
         .route("/logout", post(logout))
         .route("/logout-everywhere", post(logout_everywhere))
@@ -47,6 +51,14 @@ async fn login(session: Session, Query(who): Query<Login>) -> Result<&'static st
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok("welcome")
+}
+
+async fn me(session: Session) -> Result<String, StatusCode> {
+    let user: Option<String> = session
+        .get("user_id")
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    user.ok_or(StatusCode::UNAUTHORIZED)
 }
 
 async fn count(session: Session) -> Result<String, StatusCode> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use stead_core::{
     Clock, Durability, Error, InvalidInput, Namespace, NamespaceOptions, Result, Runtime,
 };
@@ -14,7 +15,7 @@ use tower_sessions_core::session::Id;
 
 use crate::error::SessionError;
 use crate::object::{
-    AddEntry, Create, Delete, IndexEntry, IndexEnv, ListEntries, Load, MAX_TTL_MS, Patch,
+    AddEntry, Create, Delete, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_TTL_MS, Patch,
     RemoveEntries, Save, SessionView, StoredSession, UserSessions, check_label,
 };
 
@@ -37,6 +38,9 @@ pub struct SessionConfig {
     pub user_field: String,
     /// How durable sessions are; `None` takes the runtime's default.
     pub durability: Option<Durability>,
+    /// The most live sessions one user keeps (default 100): a new one past it ends the
+    /// user's oldest.
+    pub max_sessions_per_user: u64,
 }
 
 impl Default for SessionConfig {
@@ -45,6 +49,7 @@ impl Default for SessionConfig {
             max_data_bytes: 64 * 1024,
             user_field: "user_id".to_owned(),
             durability: None,
+            max_sessions_per_user: 100,
         }
     }
 }
@@ -59,6 +64,12 @@ impl SessionConfig {
     /// Sets the data field that names the user.
     pub fn user_field(mut self, field: &str) -> Self {
         self.user_field = field.to_owned();
+        self
+    }
+
+    /// Sets the most live sessions one user keeps.
+    pub fn max_sessions_per_user(mut self, n: u64) -> Self {
+        self.max_sessions_per_user = n;
         self
     }
 
@@ -79,6 +90,9 @@ impl SessionConfig {
         }
         if let Err(e) = stead_core::validate_name("user_field", &self.user_field) {
             return bad(e.to_string());
+        }
+        if !(1..=100_000).contains(&self.max_sessions_per_user) {
+            return bad("max_sessions_per_user must be between 1 and 100000".to_owned());
         }
         Ok(())
     }
@@ -137,8 +151,9 @@ impl NewSession {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct UserSession {
-    /// The session id.
-    pub id: String,
+    /// The session's handle (never its id): revoke it with
+    /// [`SessionClient::revoke`].
+    pub handle: String,
     /// Its client label.
     pub label: Option<String>,
     /// When it was created.
@@ -160,8 +175,12 @@ pub struct UserSession {
 /// let sessions = SessionClient::new(&rt)?;
 /// let a = sessions.create(NewSession::new(Duration::from_secs(3600)).user("ada")).await?;
 /// let b = sessions.create(NewSession::new(Duration::from_secs(3600)).user("ada")).await?;
-/// assert_eq!(sessions.user_sessions("ada").await?.len(), 2);
-/// assert_eq!(sessions.revoke_user("ada").await?, 2);
+/// let listed = sessions.user_sessions("ada").await?;
+/// assert_eq!(listed.len(), 2);
+/// // Listed by handle, never by id; a handle revokes one session.
+/// assert!(listed.iter().all(|s| s.handle != a.id && s.handle != b.id));
+/// assert!(sessions.revoke(&listed[0].handle).await?);
+/// assert_eq!(sessions.revoke_user("ada").await?, 1);
 /// assert!(sessions.get(&a.id).await?.is_none() && sessions.get(&b.id).await?.is_none());
 /// # rt.shutdown().await?;
 /// # Ok::<(), stead_session::SessionError>(()) }).unwrap();
@@ -195,6 +214,59 @@ pub fn check_id(id: &str) -> std::result::Result<(), InvalidInput> {
         Ok(())
     } else {
         Err(InvalidInput::new("a session id is 22 base64url characters"))
+    }
+}
+
+/// The handle of a session id: the SHA-256 of the id's text, as 64 lowercase hex
+/// characters. A session's object is named by it, lists show it, and revocation takes it;
+/// it cannot be turned back into the id.
+///
+/// ```
+/// let h = stead_session::handle_of("AAAAAAAAAAAAAAAAAAAAAA");
+/// assert_eq!(h.len(), 64);
+/// assert!(stead_session::check_handle(&h).is_ok());
+/// ```
+pub fn handle_of(id: &str) -> String {
+    use std::fmt::Write;
+    let digest = Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Checks a session handle: 64 lowercase hex characters.
+pub fn check_handle(handle: &str) -> std::result::Result<(), InvalidInput> {
+    if handle.len() == 64
+        && handle
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            "a session handle is 64 lowercase hex characters",
+        ))
+    }
+}
+
+/// A session just created: its id (the secret to hand to the client, shown this once) and
+/// the session. `Debug` never shows the id.
+#[derive(Clone)]
+pub struct CreatedSession {
+    /// The session id: a bearer secret, as good as the session itself.
+    pub id: String,
+    /// The session (with its handle).
+    pub session: SessionView,
+}
+
+impl std::fmt::Debug for CreatedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedSession")
+            .field("id", &"***")
+            .field("session", &self.session)
+            .finish()
     }
 }
 
@@ -260,9 +332,16 @@ impl SessionClient {
         self.inner.sessions.env()
     }
 
+    /// The session whose id is `id`, addressed by its handle.
     fn session(&self, id: &str) -> Result<stead_core::Stub<StoredSession>, SessionError> {
         check_id(id)?;
-        Ok(self.inner.sessions.get_by_name(id))
+        Ok(self.inner.sessions.get_by_name(&handle_of(id)))
+    }
+
+    /// The session whose handle is `handle`.
+    fn by_handle(&self, handle: &str) -> Result<stead_core::Stub<StoredSession>, SessionError> {
+        check_handle(handle)?;
+        Ok(self.inner.sessions.get_by_name(handle))
     }
 
     fn index(&self, user: &str) -> Result<stead_core::Stub<UserSessions>, SessionError> {
@@ -270,8 +349,9 @@ impl SessionClient {
         Ok(self.inner.index.get_by_name(user))
     }
 
-    /// Creates a session under a fresh random id (drawing again on a collision).
-    pub async fn create(&self, new: NewSession) -> Result<SessionView, SessionError> {
+    /// Creates a session under a fresh random id (drawing again on a collision). The
+    /// answer is the only place its id is ever shown.
+    pub async fn create(&self, new: NewSession) -> Result<CreatedSession, SessionError> {
         let ttl = ms(new.ttl);
         stead_core::validate_ms("ttl_ms", ttl, MAX_TTL_MS)?;
         if let Some(max) = new.max_lifetime {
@@ -297,54 +377,82 @@ impl SessionClient {
             };
             match self.create_under(&id, create).await {
                 Err(SessionError::Exists) => continue,
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(session) => return Ok(CreatedSession { id, session }),
             }
         }
     }
 
-    /// Creates the session `id` and enters it in its user's index.
+    /// Creates the session `id`, entering it in its user's index first (so that no live
+    /// session of a user is ever missing from the index).
     async fn create_under(&self, id: &str, create: Create) -> Result<SessionView, SessionError> {
-        let view = self.session(id)?.call(create).await?;
-        if let Some(user) = &view.user {
+        let stub = self.session(id)?;
+        if let Some(user) = &create.user {
+            let now = self.now();
             self.enter(
                 user,
-                id,
-                view.created_at,
-                view.label.clone(),
-                view.expires_at,
+                &handle_of(id),
+                now,
+                create.label.clone(),
+                create.expires_at,
             )
             .await?;
         }
-        Ok(view)
+        stub.call(create).await
     }
 
-    pub(crate) async fn enter(
+    /// Enters a session in `user`'s index; past the per-user cap, ends the user's oldest
+    /// sessions (and then removes their entries).
+    async fn enter(
         &self,
         user: &str,
-        id: &str,
+        handle: &str,
         created_at: DateTime<Utc>,
         label: Option<String>,
         expires_at: DateTime<Utc>,
     ) -> Result<(), SessionError> {
-        self.index(user)?
+        let index = self.index(user)?;
+        let evict = index
             .call(AddEntry {
-                id: id.to_owned(),
+                handle: handle.to_owned(),
                 entry: IndexEntry {
                     created_at,
                     label,
                     expires_at,
                 },
+                max: self.config().max_sessions_per_user,
             })
             .await?;
+        if !evict.is_empty() {
+            self.end_all(user, evict).await?;
+        }
         Ok(())
     }
 
-    pub(crate) async fn leave(&self, user: &str, ids: Vec<String>) -> Result<(), SessionError> {
-        self.index(user)?.call(RemoveEntries { ids }).await?;
+    /// Ends these sessions of `user` (concurrently), then removes them from the index;
+    /// answers how many were live.
+    async fn end_all(&self, user: &str, handles: Vec<String>) -> Result<u64, SessionError> {
+        let deletes = handles.iter().map(|h| {
+            let stub = self.inner.sessions.get_by_name(h);
+            let if_user = Some(user.to_owned());
+            async move { stub.call(Delete { if_user }).await }
+        });
+        let mut ended = 0;
+        for d in futures_util::future::join_all(deletes).await {
+            if d?.existed {
+                ended += 1;
+            }
+        }
+        self.leave(user, handles).await?;
+        Ok(ended)
+    }
+
+    async fn leave(&self, user: &str, handles: Vec<String>) -> Result<(), SessionError> {
+        self.index(user)?.call(RemoveEntries { handles }).await?;
         Ok(())
     }
 
-    /// The session, counted as a use (its sliding expiry moves out); `None` if unknown,
+    /// The session, counted as a use (a sliding expiry moves out); `None` if unknown,
     /// expired or revoked.
     pub async fn get(&self, id: &str) -> Result<Option<SessionView>, SessionError> {
         self.session(id)?.call(Load { touch: true }).await
@@ -355,9 +463,23 @@ impl SessionClient {
         self.session(id)?.call(Load { touch: false }).await
     }
 
+    /// The session with this handle, without counting as a use (for an operator).
+    pub async fn peek_handle(&self, handle: &str) -> Result<Option<SessionView>, SessionError> {
+        self.by_handle(handle)?.call(Load { touch: false }).await
+    }
+
     /// Applies a JSON merge patch (RFC 7396) to the session's data; `None` if it is gone.
     pub async fn patch(&self, id: &str, patch: Value) -> Result<Option<SessionView>, SessionError> {
         self.session(id)?.call(Patch { patch }).await
+    }
+
+    /// [`patch`](Self::patch), by handle (for an operator).
+    pub async fn patch_handle(
+        &self,
+        handle: &str,
+        patch: Value,
+    ) -> Result<Option<SessionView>, SessionError> {
+        self.by_handle(handle)?.call(Patch { patch }).await
     }
 
     /// The user a session's data names: its [`SessionConfig::user_field`], if that is a
@@ -375,76 +497,115 @@ impl SessionClient {
     }
 
     /// Writes a session's data and expiry as a session middleware keeps them (creating it
-    /// if absent), and keeps its user's index in step. The user is the data's
-    /// [`SessionConfig::user_field`], if it is a string or a number.
+    /// if absent), and keeps its user's index in step: the session is entered in the
+    /// index before it is stored under that user, and leaves the old user's index after.
+    /// The user is the data's [`SessionConfig::user_field`], if it is a string or a number.
+    /// With `idle`, the session slides: each use pushes its expiry `idle` out.
     pub async fn save(
         &self,
         id: &str,
         data: Map<String, Value>,
         expires_at: DateTime<Utc>,
+        idle: Option<Duration>,
     ) -> Result<(), SessionError> {
         let user = self.user_of(&data)?;
-        let saved = self
-            .session(id)?
-            .call(Save {
-                data,
-                user: user.clone(),
-                expires_at,
-            })
-            .await?;
+        let stub = self.session(id)?;
+        let idle_ms = idle.map(ms);
+        if let Some(i) = idle_ms {
+            stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
+        }
+        let mut save = Save {
+            data,
+            user: user.clone(),
+            expires_at,
+            idle_ms,
+            indexed: false,
+        };
+        let mut saved = stub.call(save.clone()).await?;
+        if saved.needs_index
+            && let Some(u) = &user
+        {
+            self.enter(u, &handle_of(id), saved.created_at, None, saved.expires_at)
+                .await?;
+            save.indexed = true;
+            saved = stub.call(save).await?;
+        }
         if saved.previous_user != user
             && let Some(old) = &saved.previous_user
         {
-            self.leave(old, vec![id.to_owned()]).await?;
-        }
-        if let Some(u) = &user
-            && (saved.created || saved.previous_user.as_ref() != Some(u))
-        {
-            self.enter(u, id, saved.created_at, None, saved.expires_at)
-                .await?;
+            self.leave(old, vec![handle_of(id)]).await?;
         }
         Ok(())
     }
 
     /// Creates a session under `id` as a middleware does; [`SessionError::Exists`] if the id
-    /// is taken (never overwritten).
+    /// is taken (never overwritten). With `idle`, the session slides.
     pub async fn create_with_id(
         &self,
         id: &str,
         data: Map<String, Value>,
         expires_at: DateTime<Utc>,
+        idle: Option<Duration>,
     ) -> Result<(), SessionError> {
         let user = self.user_of(&data)?;
+        let idle_ms = idle.map(ms);
+        let expires_at = match idle_ms {
+            Some(i) => {
+                stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
+                expires_at.min(self.now() + chrono::Duration::milliseconds(i as i64))
+            }
+            None => expires_at,
+        };
         let create = Create {
             data,
             user,
             label: None,
-            idle_ms: None,
+            idle_ms,
             expires_at,
             max_lifetime_ms: None,
         };
         self.create_under(id, create).await.map(drop)
     }
 
-    /// Deletes (revokes) a session; answers whether it was live.
-    pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
-        let deleted = self.session(id)?.call(Delete).await?;
-        if let Some(user) = &deleted.user {
-            self.leave(user, vec![id.to_owned()]).await?;
+    /// Deletes the session with this (checked) handle and its index entry.
+    async fn delete_handle(&self, handle: String) -> Result<bool, SessionError> {
+        let stub = self.inner.sessions.get_by_name(&handle);
+        let Deleted { existed, user } = stub.call(Delete::default()).await?;
+        if let Some(user) = &user {
+            self.leave(user, vec![handle]).await?;
         }
-        Ok(deleted.existed)
+        Ok(existed)
     }
 
-    /// A user's live sessions, oldest first.
+    /// Deletes (revokes) a session by id; answers whether it was live.
+    pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
+        check_id(id)?;
+        self.delete_handle(handle_of(id)).await
+    }
+
+    /// Revokes a session by its handle (as [`user_sessions`](Self::user_sessions) lists
+    /// it); answers whether it was live.
+    pub async fn revoke(&self, handle: &str) -> Result<bool, SessionError> {
+        check_handle(handle)?;
+        self.delete_handle(handle.to_owned()).await
+    }
+
+    /// A user's live sessions, oldest first, by handle (the sessions are read
+    /// concurrently).
     pub async fn user_sessions(&self, user: &str) -> Result<Vec<UserSession>, SessionError> {
         let entries = self.index(user)?.call(ListEntries).await?;
+        let reads = entries.iter().map(|(handle, _)| {
+            let stub = self.inner.sessions.get_by_name(handle);
+            async move { stub.call(Load { touch: false }).await }
+        });
+        let views = futures_util::future::join_all(reads).await;
         let mut out = Vec::with_capacity(entries.len());
-        for (id, entry) in entries {
-            if let Some(s) = self.peek(&id).await?
+        for ((handle, entry), view) in entries.into_iter().zip(views) {
+            if let Some(s) = view?
                 && s.user.as_deref() == Some(user)
             {
                 out.push(UserSession {
-                    id,
+                    handle,
                     label: entry.label.or(s.label),
                     created_at: s.created_at,
                     last_seen: s.last_seen,
@@ -460,16 +621,7 @@ impl SessionClient {
     /// were live.
     pub async fn revoke_user(&self, user: &str) -> Result<u64, SessionError> {
         let entries = self.index(user)?.call(ListEntries).await?;
-        let mut revoked = 0;
-        let mut ids = Vec::with_capacity(entries.len());
-        for (id, _) in entries {
-            let deleted = self.session(&id)?.call(Delete).await?;
-            if deleted.existed {
-                revoked += 1;
-            }
-            ids.push(id);
-        }
-        self.leave(user, ids).await?;
-        Ok(revoked)
+        let handles = entries.into_iter().map(|(h, _)| h).collect();
+        self.end_all(user, handles).await
     }
 }

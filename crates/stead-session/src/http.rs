@@ -1,6 +1,8 @@
 //! The HTTP routes of the sessions (mounted under `/sessions` by the umbrella crate), and
-//! the mapping of [`SessionError`] to problems. Session ids are secrets: no problem and no
-//! log line carries one.
+//! the mapping of [`SessionError`] to problems. Session ids are secrets: only the answer to
+//! `POST /sessions` carries one; every other route names a session by its handle, so no
+//! id ever travels in a URL, a problem or a log line. Every route is for operators: they
+//! create logins and reveal session data.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use stead_core::http::{Json as Body, Problem, Query, problems, schema};
 use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::client::{NewSession, SessionClient, SessionConfig, UserSession, check_id};
+use crate::client::{NewSession, SessionClient, SessionConfig, UserSession, check_handle};
 use crate::error::SessionError;
 use crate::object::{MAX_TTL_MS, SessionView};
 
@@ -37,7 +39,7 @@ impl stead_core::http::Pattern for SessionPattern {
     fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
         Ok(Router::new()
             .route("/", get(list).post(create).delete(revoke_user))
-            .route("/{id}", get(read).patch(patch).delete(delete))
+            .route("/{handle}", get(read).patch(patch).delete(delete))
             .with_state(SessionClient::new(rt)?)
             .layer(stead_core::http::ProblemLayer))
     }
@@ -73,18 +75,18 @@ impl IntoResponse for SessionError {
     }
 }
 
-/// The `{id}` of a session route, checked (22 base64url characters).
-struct SessionId(String);
+/// The `{handle}` of a session route, checked (64 lowercase hex characters).
+struct Handle(String);
 
-impl<S: Send + Sync> FromRequestParts<S> for SessionId {
+impl<S: Send + Sync> FromRequestParts<S> for Handle {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
+        let Path(handle) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
-        check_id(&id).map_err(|e| Problem::from(&e))?;
-        Ok(SessionId(id))
+        check_handle(&handle).map_err(|e| Problem::from(&e))?;
+        Ok(Handle(handle))
     }
 }
 
@@ -110,10 +112,12 @@ struct CreateBody {
 }
 
 /// A created session.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 struct Created {
-    /// Its id: a secret, as good as the session itself.
+    /// Its id: a secret, as good as the session itself, shown by this answer only.
     id: String,
+    /// Its handle (the SHA-256 of the id, in hex): how every other route names it.
+    handle: String,
     /// When it expires unless used.
     expires_at: DateTime<Utc>,
 }
@@ -137,27 +141,31 @@ async fn create(
         StatusCode::CREATED,
         Body(Created {
             id: s.id,
-            expires_at: s.expires_at,
+            handle: s.session.handle,
+            expires_at: s.session.expires_at,
         }),
     ))
 }
 
-/// Read a session; a use of it (its sliding expiry moves out).
-#[utoipa::path(get, path = "/{id}", operation_id = "getSession", tag = "sessions",
-    params(("id" = String, Path, description = "The session id: 22 base64url characters.")),
+/// Read a session (not a use of it: an operator looking does not keep it alive).
+#[utoipa::path(get, path = "/{handle}", operation_id = "getSession", tag = "sessions",
+    params(("handle" = String, Path, description = "The session's handle: 64 hex characters.")),
     responses(
         (status = 200, description = "the session", body = SessionView),
         problems::NotFound, problems::BadRequest))]
 async fn read(
     State(c): State<SessionClient>,
-    SessionId(id): SessionId,
+    Handle(handle): Handle,
 ) -> Result<Body<SessionView>, SessionError> {
-    c.get(&id).await?.map(Body).ok_or(SessionError::NotFound)
+    c.peek_handle(&handle)
+        .await?
+        .map(Body)
+        .ok_or(SessionError::NotFound)
 }
 
 /// Change a session's data with a JSON merge patch (RFC 7396); a use of it.
-#[utoipa::path(patch, path = "/{id}", operation_id = "patchSession", tag = "sessions",
-    params(("id" = String, Path, description = "The session id.")),
+#[utoipa::path(patch, path = "/{handle}", operation_id = "patchSession", tag = "sessions",
+    params(("handle" = String, Path, description = "The session's handle.")),
     request_body(content = Object, content_type = "application/merge-patch+json",
         description = "A JSON merge patch of the data: members set keys, `null` members delete them."),
     responses(
@@ -165,24 +173,24 @@ async fn read(
         problems::NotFound, problems::BadRequest))]
 async fn patch(
     State(c): State<SessionClient>,
-    SessionId(id): SessionId,
+    Handle(handle): Handle,
     Body(patch): Body<Value>,
 ) -> Result<Body<SessionView>, SessionError> {
-    c.patch(&id, patch)
+    c.patch_handle(&handle, patch)
         .await?
         .map(Body)
         .ok_or(SessionError::NotFound)
 }
 
 /// Delete (revoke) a session.
-#[utoipa::path(delete, path = "/{id}", operation_id = "deleteSession", tag = "sessions",
-    params(("id" = String, Path, description = "The session id.")),
+#[utoipa::path(delete, path = "/{handle}", operation_id = "deleteSession", tag = "sessions",
+    params(("handle" = String, Path, description = "The session's handle.")),
     responses((status = 204, description = "deleted"), problems::NotFound, problems::BadRequest))]
 async fn delete(
     State(c): State<SessionClient>,
-    SessionId(id): SessionId,
+    Handle(handle): Handle,
 ) -> Result<StatusCode, SessionError> {
-    if c.delete(&id).await? {
+    if c.revoke(&handle).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(SessionError::NotFound)
@@ -202,7 +210,7 @@ struct UserParams {
 /// A user's live sessions.
 #[derive(Debug, Serialize, ToSchema)]
 struct SessionList {
-    /// The sessions, oldest first.
+    /// The sessions, oldest first, by handle (never by id).
     sessions: Vec<UserSession>,
 }
 

@@ -4,14 +4,18 @@
 //! used, a sliding TTL (each use pushes the expiry out) and an optional absolute lifetime.
 //! Expiry is the object's alarm: it deletes itself, nothing sweeps, and an expired session
 //! reads as absent from that instant on. Ids are 128 random bits, shown base64url, never
-//! derived from the user, and never logged.
+//! derived from the user. An id is a bearer secret: it is shown once, by the call that
+//! creates the session, and never stored, listed or logged. A session's object is named by
+//! its **handle** ([`handle_of`]: the SHA-256 of the id), which lists show and revocation
+//! takes, and which cannot be turned back into a cookie.
 //!
 //! A per-user index object answers "which sessions does this user have" and "sign this
 //! user out everywhere"; its entries of expired sessions disappear by themselves.
 //!
 //! With the `tower-sessions` feature (on by default), [`SteadSessionStore`] is a
 //! `tower_sessions::SessionStore`, so an axum app keeps its session middleware and gets
-//! durable sessions with per-user sign-out.
+//! durable sessions with per-user sign-out, and inactivity that counts reads as uses
+//! ([`SteadSessionStore::with_inactivity`]).
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -30,8 +34,10 @@
 //! # Ok::<(), stead_session::SessionError>(()) }).unwrap();
 //! ```
 //!
-//! Over HTTP (see `router`, feature `http`, on by default): `POST /sessions`,
-//! `GET|PATCH|DELETE /sessions/{id}`, `GET|DELETE /sessions?user=`.
+//! Over HTTP (see `router`, feature `http`, on by default), for an operator or a trusted
+//! service only (every route is admin: they create logins and reveal session data):
+//! `POST /sessions` (the only answer that carries an id), `GET|PATCH|DELETE
+//! /sessions/{handle}`, `GET|DELETE /sessions?user=`.
 
 mod client;
 mod error;
@@ -41,13 +47,17 @@ mod object;
 #[cfg(feature = "tower-sessions")]
 mod store;
 
-pub use client::{NewSession, SessionClient, SessionConfig, UserSession, check_id};
+pub use client::{
+    CreatedSession, NewSession, SessionClient, SessionConfig, UserSession, check_handle, check_id,
+    handle_of,
+};
 pub use error::SessionError;
 #[cfg(feature = "http")]
 pub use http::SessionPattern;
 pub use object::{
     AddEntry, Create, Delete, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_LABEL_CHARS,
-    MAX_TTL_MS, Patch, RemoveEntries, Save, Saved, SessionView, StoredSession, UserSessions,
+    MAX_TTL_MS, Patch, RemoveEntries, SLIDE_EVERY, Save, Saved, SessionView, StoredSession,
+    UserSessions,
 };
 #[cfg(feature = "tower-sessions")]
 pub use store::SteadSessionStore;

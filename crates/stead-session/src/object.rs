@@ -1,6 +1,11 @@
-//! The two objects: one [`StoredSession`] per session id, which deletes itself when it
+//! The two objects: one [`StoredSession`] per session, which deletes itself when it
 //! expires, and one [`UserSessions`] index per user, whose entries of expired sessions
 //! disappear by themselves.
+//!
+//! A session's object is named by its **handle**, the SHA-256 of its id
+//! ([`handle_of`](crate::handle_of)): the id, a bearer secret as good as a login, is never
+//! stored, listed or logged; the handle can be shown and revoked but never turned back into
+//! a cookie.
 
 use std::sync::Arc;
 
@@ -18,9 +23,14 @@ use crate::error::SessionError;
 pub const MAX_LABEL_CHARS: usize = 256;
 /// The longest sliding TTL or absolute lifetime, in ms (a year).
 pub const MAX_TTL_MS: u64 = 366 * 24 * 3600 * 1000;
+/// A use moves a sliding expiry out at most once per this fraction of its TTL, so that a
+/// read does not cost a write every time (1/16: a 30-minute session slides at most every
+/// 112 s, and ends at most that much earlier than "30 minutes after the last use").
+pub const SLIDE_EVERY: u64 = 16;
 
 const STATE: &str = "s";
 const ENTRY_PREFIX: &str = "e/";
+const COUNT: &str = "n";
 
 /// What a session holds, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,14 +45,19 @@ struct Record {
     idle_ms: Option<u64>,
     /// The absolute end: `created_at + max_lifetime`, however active.
     deadline: Option<DateTime<Utc>>,
+    /// The user whose index holds this session (entered before the session named the
+    /// user, so that sign-out everywhere never misses it).
+    #[serde(default)]
+    indexed_user: Option<String>,
 }
 
-/// A session as read.
+/// A session as read. It carries the session's handle, never its id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 pub struct SessionView {
-    /// The session id.
-    pub id: String,
+    /// The session's handle: the SHA-256 of its id, in hex. It names the session in lists
+    /// and revocations and cannot be turned back into the id.
+    pub handle: String,
     /// The user it belongs to, if any.
     pub user: Option<String>,
     /// The client label given at creation (a user agent...).
@@ -52,7 +67,7 @@ pub struct SessionView {
     pub data: Map<String, Value>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When it was last used.
+    /// When it was last written, or its sliding expiry last moved.
     pub last_seen: DateTime<Utc>,
     /// When it expires unless used again (never after its absolute end).
     pub expires_at: DateTime<Utc>,
@@ -72,7 +87,7 @@ fn data_size(data: &Map<String, Value>) -> usize {
 
 fn view_of(ctx: &Context, r: &Record) -> SessionView {
     SessionView {
-        id: ctx.name().unwrap_or_default().to_owned(),
+        handle: ctx.name().unwrap_or_default().to_owned(),
         user: r.user.clone(),
         label: r.label.clone(),
         data: r.data.clone(),
@@ -80,6 +95,13 @@ fn view_of(ctx: &Context, r: &Record) -> SessionView {
         last_seen: r.last_seen,
         expires_at: r.expires_at,
     }
+}
+
+fn after(t: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
+    t.checked_add_signed(chrono::Duration::milliseconds(
+        i64::try_from(ms).unwrap_or(i64::MAX),
+    ))
+    .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Checks a label: at most [`MAX_LABEL_CHARS`] characters, no control characters.
@@ -137,10 +159,18 @@ impl StoredSession {
         let mut r = record.clone();
         r.last_seen = now;
         if let Some(idle) = r.idle_ms {
-            let next = now + chrono::Duration::milliseconds(idle as i64);
+            let next = after(now, idle);
             r.expires_at = r.deadline.map_or(next, |d| next.min(d));
         }
         r
+    }
+
+    /// Whether a read that counts as a use should move the expiry now: only a sliding
+    /// session, and at most once per [`SLIDE_EVERY`]th of its TTL.
+    fn slide_due(record: &Record, now: DateTime<Utc>) -> bool {
+        record
+            .idle_ms
+            .is_some_and(|idle| now >= after(record.last_seen, (idle / SLIDE_EVERY).max(1)))
     }
 }
 
@@ -165,13 +195,14 @@ impl DurableObject for StoredSession {
     }
 }
 
-/// Creates the session; a session that exists under this id already is
-/// [`SessionError::Exists`] (never overwritten).
+/// Creates the session; a session that exists under this handle already is
+/// [`SessionError::Exists`] (never overwritten). The caller has entered it in its user's
+/// index first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Create {
     /// Its data.
     pub data: Map<String, Value>,
-    /// The user it belongs to.
+    /// The user it belongs to (already in that user's index).
     pub user: Option<String>,
     /// A client label.
     pub label: Option<String>,
@@ -192,15 +223,14 @@ impl Handler<Create> for StoredSession {
         }
         self.check_size(&msg.data)?;
         let now = ctx.now();
-        let deadline = msg
-            .max_lifetime_ms
-            .map(|ms| now + chrono::Duration::milliseconds(ms as i64));
+        let deadline = msg.max_lifetime_ms.map(|ms| after(now, ms));
         let expires_at = deadline.map_or(msg.expires_at, |d| msg.expires_at.min(d));
         if expires_at <= now {
             return Err(InvalidInput::new("the session would expire at once").into());
         }
         let record = Record {
             data: msg.data,
+            indexed_user: msg.user.clone(),
             user: msg.user,
             label: msg.label,
             created_at: now,
@@ -215,7 +245,8 @@ impl Handler<Create> for StoredSession {
     }
 }
 
-/// Reads the session; with `touch`, it counts as a use (sliding expiry).
+/// Reads the session; with `touch`, it counts as a use: a sliding session's expiry moves
+/// out (at most once per [`SLIDE_EVERY`]th of its TTL; between those a use writes nothing).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Load {
     /// Whether this read is a use of the session.
@@ -226,10 +257,12 @@ impl Handler<Load> for StoredSession {
     type Reply = Result<Option<SessionView>, SessionError>;
     async fn handle(&mut self, msg: Load, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx);
+        let now = ctx.now();
         if msg.touch
             && let Some(r) = &self.record
+            && Self::slide_due(r, now)
         {
-            let r = Self::touched(r, ctx.now());
+            let r = Self::touched(r, now);
             self.store(ctx, r)?;
         }
         Ok(self.view(ctx))
@@ -237,7 +270,12 @@ impl Handler<Load> for StoredSession {
 }
 
 /// Writes the session's data and expiry as a session middleware keeps them (creating it if
-/// it is absent); answers the user it belonged to before, for the user index.
+/// it is absent).
+///
+/// A session whose data names a user is never stored before it is in that user's index:
+/// unless `indexed` says the caller has entered it there, a save that would name a user the
+/// index does not hold it under writes nothing and answers
+/// [`needs_index`](Saved::needs_index).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Save {
     /// The data.
@@ -246,14 +284,22 @@ pub struct Save {
     pub user: Option<String>,
     /// The expiry the middleware decided.
     pub expires_at: DateTime<Utc>,
+    /// The store's inactivity timeout, if it slides sessions on use: the expiry is at most
+    /// this far out, and later uses push it out again.
+    pub idle_ms: Option<u64>,
+    /// The caller entered the session in `user`'s index.
+    pub indexed: bool,
 }
 
 /// What a save changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Saved {
+    /// Nothing was written: enter the session in its user's index, then save again with
+    /// `indexed`.
+    pub needs_index: bool,
     /// Whether the session was created by this save.
     pub created: bool,
-    /// The user before the save.
+    /// The user whose index held the session before the save.
     pub previous_user: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
@@ -270,24 +316,39 @@ impl Handler<Save> for StoredSession {
         // The new record keeps the old one's identity and limits (its data is not copied).
         let old = self.record.as_ref();
         let deadline = old.and_then(|p| p.deadline);
+        let idle_ms = msg.idle_ms.or(old.and_then(|p| p.idle_ms));
+        let mut expires_at = msg.expires_at;
+        if let Some(idle) = msg.idle_ms {
+            expires_at = expires_at.min(after(now, idle));
+        }
+        let previous_user = old.and_then(|p| p.indexed_user.clone());
         let r = Record {
             data: msg.data,
+            indexed_user: if msg.indexed {
+                msg.user.clone()
+            } else {
+                previous_user.clone()
+            },
             user: msg.user,
             label: old.and_then(|p| p.label.clone()),
             created_at: old.map_or(now, |p| p.created_at),
             last_seen: now,
-            expires_at: deadline.map_or(msg.expires_at, |d| msg.expires_at.min(d)),
-            idle_ms: old.and_then(|p| p.idle_ms),
+            expires_at: deadline.map_or(expires_at, |d| expires_at.min(d)),
+            idle_ms,
             deadline,
         };
         let expired = r.expires_at <= now;
+        let needs_index = !expired && r.user.is_some() && r.indexed_user != r.user;
         let saved = Saved {
-            created: old.is_none() && !expired,
-            previous_user: old.and_then(|p| p.user.clone()),
+            needs_index,
+            created: old.is_none() && !expired && !needs_index,
+            previous_user,
             created_at: r.created_at,
             expires_at: r.expires_at,
         };
-        if expired {
+        if needs_index {
+            // Nothing written: the caller indexes first.
+        } else if expired {
             // Saved already expired: the same as deleted.
             self.forget(ctx);
         } else {
@@ -298,6 +359,7 @@ impl Handler<Save> for StoredSession {
 }
 
 /// Applies a JSON merge patch (RFC 7396) to the session's data; a use of the session.
+/// The patch cannot change whose session it is: the user stays as created.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Patch {
     /// The merge patch (an object; `null` members delete keys).
@@ -331,26 +393,41 @@ impl Handler<Patch> for StoredSession {
     }
 }
 
-/// Deletes the session; answers whether it existed, and its user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Delete;
+/// Deletes the session; answers whether it existed, and the user whose index held it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Delete {
+    /// Only if the session belongs to this user (a sign-out everywhere never ends another
+    /// user's session through a stale index entry).
+    pub if_user: Option<String>,
+}
 
 /// What a delete removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
-    /// Whether there was a live session.
+    /// Whether there was a live session (of `if_user`, when given).
     pub existed: bool,
-    /// Its user.
+    /// The user whose index held it.
     pub user: Option<String>,
 }
 
 impl Handler<Delete> for StoredSession {
     type Reply = Result<Deleted, SessionError>;
-    async fn handle(&mut self, _: Delete, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: Delete, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx);
-        let user = self.record.as_ref().and_then(|r| r.user.clone());
+        if let (Some(want), Some(r)) = (&msg.if_user, &self.record)
+            && r.user.as_ref() != Some(want)
+            && r.indexed_user.as_ref() != Some(want)
+        {
+            return Ok(Deleted {
+                existed: false,
+                user: None,
+            });
+        }
+        let user = self.record.as_ref().and_then(|r| r.indexed_user.clone());
         let existed = self.record.is_some();
-        self.forget(ctx);
+        if existed {
+            self.forget(ctx);
+        }
         Ok(Deleted { existed, user })
     }
 }
@@ -375,15 +452,17 @@ pub struct IndexEnv {
     pub sessions: Namespace<StoredSession>,
 }
 
-/// A user's sessions: which exist, so that they can be listed and revoked. Entries of
-/// sessions that expired are removed by the index's own alarm.
+/// A user's sessions, by handle: which exist, so that they can be listed and revoked.
+/// Entries of sessions that expired are removed by the index's own alarm, set to the
+/// earliest recorded expiry; the count of entries is kept beside them, so that adding and
+/// removing one never reads the others.
 #[derive(Debug)]
 pub struct UserSessions {
     env: Arc<IndexEnv>,
 }
 
-fn entry_key(id: &str) -> String {
-    format!("{ENTRY_PREFIX}{id}")
+fn entry_key(handle: &str) -> String {
+    format!("{ENTRY_PREFIX}{handle}")
 }
 
 impl UserSessions {
@@ -398,20 +477,26 @@ impl UserSessions {
             .collect())
     }
 
-    /// Sets the alarm to the earliest recorded expiry; an empty index deletes itself (its
-    /// listing in the registry too), so that nothing is left of a user without sessions.
-    async fn rearm(ctx: &mut Context) -> Result<()> {
-        let earliest = Self::entries(ctx)
-            .await?
-            .into_iter()
-            .map(|(_, e)| e.expires_at)
-            .min();
-        match earliest {
-            Some(at) => ctx.storage().set_alarm(at),
-            None => {
-                ctx.storage().delete_all();
-                Ok(())
-            }
+    async fn count(ctx: &mut Context) -> Result<u64> {
+        Ok(ctx.storage().get(COUNT).await?.unwrap_or(0))
+    }
+
+    /// Records the new count; an empty index deletes itself (its listing in the registry
+    /// too), so that nothing is left of a user without sessions.
+    fn set_count(ctx: &mut Context, n: u64) -> Result<()> {
+        if n == 0 {
+            ctx.storage().delete_all();
+            Ok(())
+        } else {
+            ctx.storage().put(COUNT, &n)
+        }
+    }
+
+    /// Makes sure the alarm rings by `at` (an earlier alarm is kept: it checks and re-arms).
+    async fn alarm_by(ctx: &mut Context, at: DateTime<Utc>) -> Result<()> {
+        match ctx.storage().alarm().await? {
+            Some(current) if current <= at => Ok(()),
+            _ => ctx.storage().set_alarm(at),
         }
     }
 }
@@ -424,73 +509,113 @@ impl DurableObject for UserSessions {
         Ok(UserSessions { env })
     }
 
-    /// Checks every entry whose recorded expiry passed: gone sessions leave the index, live
-    /// ones (used since) get their new expiry.
+    /// Checks every entry whose recorded expiry passed, concurrently: gone sessions (and
+    /// sessions that are no longer this user's) leave the index, live ones get their new
+    /// expiry.
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
         let now = ctx.now();
-        for (id, mut entry) in Self::entries(ctx).await? {
-            if entry.expires_at > now {
-                continue;
-            }
-            let live = self
-                .env
-                .sessions
-                .get_by_name(&id)
-                .call(Load { touch: false })
-                .await
-                .map_err(|e| match e {
+        let user = ctx.name().unwrap_or_default().to_owned();
+        let entries = Self::entries(ctx).await?;
+        let due: Vec<_> = entries
+            .iter()
+            .filter(|(_, e)| e.expires_at <= now)
+            .map(|(handle, _)| {
+                let stub = self.env.sessions.get_by_name(handle);
+                async move { stub.call(Load { touch: false }).await }
+            })
+            .collect();
+        let answers = futures_util::future::join_all(due).await;
+        let mut n = entries.len() as u64;
+        let mut earliest: Option<DateTime<Utc>> = None;
+        let mut answers = answers.into_iter();
+        for (handle, mut entry) in entries {
+            if entry.expires_at <= now {
+                let live = answers.next().unwrap_or(Ok(None)).map_err(|e| match e {
                     SessionError::Runtime(e) => e,
                     other => stead_core::Error::other(other),
                 })?;
-            match live {
-                Some(s) => {
-                    entry.expires_at = s.expires_at;
-                    ctx.storage().put(&entry_key(&id), &entry)?;
-                }
-                None => {
-                    ctx.storage().delete(&entry_key(&id))?;
+                match live {
+                    Some(s) if s.user.as_deref() == Some(user.as_str()) => {
+                        entry.expires_at = s.expires_at;
+                        ctx.storage().put(&entry_key(&handle), &entry)?;
+                    }
+                    _ => {
+                        ctx.storage().delete(&entry_key(&handle))?;
+                        n -= 1;
+                        continue;
+                    }
                 }
             }
+            earliest = Some(earliest.map_or(entry.expires_at, |t| t.min(entry.expires_at)));
         }
-        Self::rearm(ctx).await
+        Self::set_count(ctx, n)?;
+        if let Some(at) = earliest {
+            ctx.storage().set_alarm(at)?;
+        }
+        Ok(())
     }
 }
 
-/// Enters a session in the index (or updates its entry).
+/// Enters a session in the index (or updates its entry). Past `max` entries, answers the
+/// handles of the oldest sessions beyond it, for the caller to end and then remove.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddEntry {
-    /// The session id.
-    pub id: String,
+    /// The session's handle.
+    pub handle: String,
     /// Its entry.
     pub entry: IndexEntry,
+    /// The most sessions a user keeps.
+    pub max: u64,
 }
 
 impl Handler<AddEntry> for UserSessions {
-    type Reply = Result<()>;
-    async fn handle(&mut self, msg: AddEntry, ctx: &mut Context) -> Result<()> {
-        ctx.storage().put(&entry_key(&msg.id), &msg.entry)?;
-        Self::rearm(ctx).await
+    type Reply = Result<Vec<String>>;
+    async fn handle(&mut self, msg: AddEntry, ctx: &mut Context) -> Self::Reply {
+        let key = entry_key(&msg.handle);
+        let mut n = Self::count(ctx).await?;
+        if ctx.storage().get::<IndexEntry>(&key).await?.is_none() {
+            n += 1;
+        }
+        ctx.storage().put(&key, &msg.entry)?;
+        Self::set_count(ctx, n)?;
+        Self::alarm_by(ctx, msg.entry.expires_at).await?;
+        if n <= msg.max {
+            return Ok(Vec::new());
+        }
+        let mut others: Vec<_> = Self::entries(ctx)
+            .await?
+            .into_iter()
+            .filter(|(h, _)| *h != msg.handle)
+            .collect();
+        others.sort_by_key(|(h, e)| (e.created_at, h.clone()));
+        let over = usize::try_from(n - msg.max).unwrap_or(usize::MAX);
+        Ok(others.into_iter().take(over).map(|(h, _)| h).collect())
     }
 }
 
 /// Removes sessions from the index.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoveEntries {
-    /// The session ids.
-    pub ids: Vec<String>,
+    /// The sessions' handles.
+    pub handles: Vec<String>,
 }
 
 impl Handler<RemoveEntries> for UserSessions {
     type Reply = Result<()>;
     async fn handle(&mut self, msg: RemoveEntries, ctx: &mut Context) -> Result<()> {
-        for id in &msg.ids {
-            ctx.storage().delete(&entry_key(id))?;
+        let mut n = Self::count(ctx).await?;
+        for handle in &msg.handles {
+            let key = entry_key(handle);
+            if ctx.storage().get::<IndexEntry>(&key).await?.is_some() {
+                ctx.storage().delete(&key)?;
+                n = n.saturating_sub(1);
+            }
         }
-        Self::rearm(ctx).await
+        Self::set_count(ctx, n)
     }
 }
 
-/// The index's entries, by session id.
+/// The index's entries, by session handle.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListEntries;
 

@@ -17,6 +17,14 @@ use crate::error::SessionError;
 /// - `create` never overwrites: an id that exists already is drawn again.
 /// - Expiry comes from the record (`Expiry` of the layer); the session's object deletes
 ///   itself at that time, and reads as absent from then on. Nothing sweeps.
+/// - The middleware saves a session only when a request changed it, so with its
+///   `Expiry::OnInactivity` alone "30 minutes of inactivity" means 30 minutes after the
+///   last *change*. [`with_inactivity`](Self::with_inactivity) makes every request a use:
+///   a load pushes the expiry out (at most once per 1/16 of the timeout, so a read costs a
+///   write only that often). Pair it with `Expiry::OnSessionEnd` on the layer, so that the
+///   browser's cookie does not end before the session does.
+/// - The id is never stored: the session's object is named by its handle
+///   ([`handle_of`](crate::handle_of)).
 /// - A session whose data holds the configured user field (`user_id` by default) is
 ///   entered in that user's index: [`SessionClient::user_sessions`] lists it and
 ///   [`SessionClient::revoke_user`] ends it.
@@ -34,12 +42,37 @@ use crate::error::SessionError;
 #[derive(Debug, Clone)]
 pub struct SteadSessionStore {
     sessions: SessionClient,
+    inactivity: Option<std::time::Duration>,
 }
 
 impl SteadSessionStore {
-    /// A store over `sessions`.
+    /// A store over `sessions`; expiry is the middleware's, moved by saves only.
     pub fn new(sessions: SessionClient) -> Self {
-        SteadSessionStore { sessions }
+        SteadSessionStore {
+            sessions,
+            inactivity: None,
+        }
+    }
+
+    /// Sessions end after `idle` without a request: every load counts as a use and pushes
+    /// the expiry out (and no save sets it further than `idle` away).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use stead_session::{SessionClient, SteadSessionStore};
+    /// use tower_sessions::{Expiry, SessionManagerLayer};
+    /// let rt = stead_core::Runtime::builder().memory().build().await?;
+    /// let store = SteadSessionStore::new(SessionClient::new(&rt)?)
+    ///     .with_inactivity(Duration::from_secs(30 * 60));
+    /// let layer = SessionManagerLayer::new(store).with_expiry(Expiry::OnSessionEnd);
+    /// # let _ = layer;
+    /// # rt.shutdown().await?;
+    /// # Ok::<(), stead_core::Error>(()) }).unwrap();
+    /// ```
+    pub fn with_inactivity(mut self, idle: std::time::Duration) -> Self {
+        self.inactivity = Some(idle);
+        self
     }
 
     /// The client behind the store (for listing and revoking a user's sessions).
@@ -103,6 +136,7 @@ impl SessionStore for SteadSessionStore {
                     &id,
                     data_of(record),
                     self.expiry_on_runtime_clock(record.expiry_date),
+                    self.inactivity,
                 )
                 .await
             {
@@ -119,13 +153,15 @@ impl SessionStore for SteadSessionStore {
                 &record.id.to_string(),
                 data_of(record),
                 self.expiry_on_runtime_clock(record.expiry_date),
+                self.inactivity,
             )
             .await
             .map_err(backend)
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let Some(view) = self.sessions.peek(&id.to_string()).await.map_err(backend)? else {
+        // A use: a sliding session's expiry moves out (the object writes only when due).
+        let Some(view) = self.sessions.get(&id.to_string()).await.map_err(backend)? else {
             return Ok(None);
         };
         Ok(Some(Record {
