@@ -128,16 +128,22 @@ fn main() {
             ),
             (
                 "stead (default: memory)",
-                serve(hello().layer(
-                    stead::ratelimit::layer(&default, policy.clone()).key_by_header(key.clone()),
-                ))
+                serve(
+                    hello().layer(
+                        stead::ratelimit::layer(&default, policy.clone())
+                            .unwrap()
+                            .key_by_header(key.clone()),
+                    ),
+                )
                 .await,
             ),
             (
                 "stead, process-crash-safe",
                 serve(
                     hello().layer(
-                        stead::ratelimit::layer(&durable, policy).key_by_header(key.clone()),
+                        stead::ratelimit::layer(&durable, policy)
+                            .unwrap()
+                            .key_by_header(key.clone()),
                     ),
                 )
                 .await,

@@ -1,7 +1,9 @@
 //! Mount stead's router into an existing axum app, beside your own routes, and call an
 //! object from one of your handlers.
 //!
-//! Run with `cargo run --example axum_app`, then `curl localhost:3000/hits/home`.
+//! Run with `ADMIN_TOKEN=<a long random secret> cargo run --example axum_app`, then
+//! `curl localhost:3000/hits/home`; the catalog answers under `/stead` to
+//! `curl -H "Authorization: Bearer $ADMIN_TOKEN" ...`.
 
 use std::sync::Arc;
 
@@ -42,9 +44,12 @@ async fn hit(State(hits): State<Namespace<Hits>>, Path(page): Path<String>) -> R
 async fn main() -> anyhow::Result<()> {
     let rt = Runtime::builder().sqlite("./data-example").build().await?;
     let hits = rt.namespace::<Hits>(())?;
+    // The catalog's routes write, list and reveal: only holders of the admin token may
+    // call them.
+    let admin_token = std::env::var("ADMIN_TOKEN").unwrap_or_default();
     let app = axum::Router::new()
         .route("/hits/{page}", get(hit).with_state(hits))
-        .nest("/stead", stead::router(&rt)?)
+        .nest("/stead", stead::router(&rt)?.bearer([admin_token])?)
         .fallback(stead::http::not_found);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -88,7 +88,7 @@ pub async fn worker(
     queue: &Queue,
     capacity: impl Fn(usize) -> u32,
 ) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = client();
     let mut done_so_far = 0;
     loop {
         let r = http.post(format!("{url}/lease")).send().await?;
@@ -134,9 +134,24 @@ pub async fn worker(
 }
 // ANCHOR_END: worker
 
-/// Serves every stead pattern on 127.0.0.1 (an ephemeral port); the base URL.
+/// The token the worker shows (in a real deployment, a secret from the environment).
+pub const TOKEN: &str = "example-worker-token";
+
+/// An HTTP client that shows the token on every request.
+pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {TOKEN}").parse().expect("a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// Serves every stead pattern on 127.0.0.1 (an ephemeral port) to holders of the token;
+/// the base URL.
 pub async fn serve(rt: &stead::Runtime) -> anyhow::Result<String> {
-    let app: axum::Router = axum::Router::new().merge(stead::router(rt)?);
+    let app: axum::Router = axum::Router::new().merge(stead::router(rt)?.bearer([TOKEN])?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -187,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("{base}/controllers/drain");
 
     // ANCHOR: configure
-    let http = reqwest::Client::new();
+    let http = client(); // shows the token
     let r = http
         .put(&url)
         .json(&json!({ "policy": "thresholds", "interval_ms": 100, "lease_ms": 5000 }))

@@ -21,10 +21,12 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new()
         .route("/api/hello", get(|| async { "hello\n" }))
         .layer(
-            stead::ratelimit::layer(&rt, Policy::per_second(5))
+            stead::ratelimit::layer(&rt, Policy::per_second(5))?
                 .key_by_header(HeaderName::from_static("x-api-key"))
-                .named("api")
-                .on_failure(OnFailure::Open),
+                .named("api")?
+                // Closed is the default: say so, or choose Open to serve unlimited while
+                // the limiter's storage fails.
+                .on_failure(OnFailure::Closed),
         );
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -141,15 +141,31 @@ macro_rules! for_each_pattern {
 
 /// The routes of every pattern enabled by Cargo features, each under its own prefix
 /// (`/counters`, `/locks`, ...), and the few a protocol fixes at the root (OpenFeature's
-/// `/ofrep/v1/...` for the default flag set), in any app state `S`. `.nest()` or `.merge()` it anywhere
-/// in an axum app; wrong methods and oversized bodies on its routes get RFC 9457
-/// problem+json answers (each pattern's routes carry [`http::ProblemLayer`]; give your app
-/// a fallback such as [`http::not_found`] for unknown paths). With no pattern enabled it
-/// has no routes.
+/// `/ofrep/v1/...` for the default flag set), in any app state `S`. Say who may call them
+/// as you mount them: `.bearer(tokens)?` answers 401 to a request without one of the
+/// tokens; `.unauthenticated()` is the choice, in so many words, of a mount no untrusted
+/// caller can reach (see [`http::Routes`], and the guide's security section for what each
+/// route reveals). Then `.nest()` or `.merge()` it anywhere in an axum app; wrong methods
+/// and oversized bodies on its routes get RFC 9457 problem+json answers (each pattern's
+/// routes carry [`http::ProblemLayer`]; give your app a fallback such as
+/// [`http::not_found`] for unknown paths). With no pattern enabled it has no routes.
+///
+/// To mount one pattern, use its own router (`stead::counter::router(&rt)`, ...) with
+/// `default-features = false` and the pattern's feature.
 ///
 /// Set patterns up with other settings first, with [`configure`] or their clients'
 /// `with_config`; otherwise they run with their defaults.
-pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Router<S>> {
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let rt = stead::Runtime::builder().memory().build().await?;
+/// let token = "a-long-random-admin-token";
+/// let app: axum::Router = axum::Router::new().nest("/stead", stead::router(&rt)?.bearer([token])?);
+/// # let _ = app;
+/// # rt.shutdown().await?;
+/// # Ok::<(), Box<dyn std::error::Error>>(()) }).unwrap();
+/// ```
+pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<http::Routes<S>> {
     #[allow(unused_mut)]
     let mut router = axum::Router::new();
     #[allow(dead_code)]
@@ -165,7 +181,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<axum::Ro
     }
     for_each_pattern!(nest(&mut router, rt));
     let _ = rt;
-    Ok(router)
+    Ok(http::Routes::new(router))
 }
 
 /// Sets up every enabled pattern on `rt` from its table of `settings` (keyed by

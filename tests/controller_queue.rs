@@ -19,7 +19,7 @@ async fn the_example_drains_the_queue_and_the_log_says_why() {
         .unwrap();
     let base = example::serve(&rt).await.unwrap();
     let url = format!("{base}/controllers/drain");
-    let http = reqwest::Client::new();
+    let http = example::client();
     let r = http
         .put(&url)
         .json(&json!({"interval_ms": 5, "lease_ms": 5000}))

@@ -13,7 +13,7 @@ async fn every_pattern_answers_under_a_nested_prefix() {
         .unwrap();
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "my app" }))
-        .nest("/stead", stead::router(&rt).unwrap())
+        .nest("/stead", stead::router(&rt).unwrap().unauthenticated())
         .fallback(stead::http::not_found);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -137,8 +137,11 @@ async fn one_pattern_nests_anywhere_in_an_app_with_its_own_state() {
                 |axum::extract::State(s): axum::extract::State<AppState>| async move { s.greeting },
             ),
         )
-        .nest("/my/locks", stead::lock::router(&rt).unwrap())
-        .nest("/all", stead::router(&rt).unwrap())
+        .nest(
+            "/my/locks",
+            stead::lock::router(&rt).unwrap().unauthenticated(),
+        )
+        .nest("/all", stead::router(&rt).unwrap().unauthenticated())
         .with_state(AppState { greeting: "hi" });
     let app = stead_fixtures::TestClient::new(app);
     assert_eq!(app.get("/").send().await.text(), "hi");
@@ -151,5 +154,87 @@ async fn one_pattern_nests_anywhere_in_an_app_with_its_own_state() {
     let state = app.get("/all/locks/db").send().await;
     assert_eq!(state.status, 200);
     assert_eq!(state.value()["holders"][0]["token"], lease.value()["token"]);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_bearer_mount_answers_only_holders_of_a_token() {
+    let rt = stead::Runtime::builder().memory().build().await.unwrap();
+    let app: axum::Router = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "public" }))
+        .nest(
+            "/stead",
+            stead::router(&rt)
+                .unwrap()
+                .bearer(["admin-token-1", "admin-token-2"])
+                .unwrap(),
+        )
+        .nest(
+            "/locks",
+            stead::lock::router(&rt)
+                .unwrap()
+                .bearer(["lock-token"])
+                .unwrap(),
+        )
+        .fallback(stead::http::not_found);
+    let app = stead_fixtures::TestClient::new(app);
+    assert_eq!(app.get("/").send().await.text(), "public");
+    // Without a token, with a wrong one, with another mount's, or with a prefix of the
+    // right one: 401, as a problem, and nothing done.
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("Bearer lock-token"),
+        Some("Bearer admin-token"),
+        Some("Basic YWRtaW4tdG9rZW4tMQ=="),
+        Some("Bearer "),
+    ] {
+        let mut req = app
+            .post("/stead/counters/hits/increment")
+            .json(&json!({"by": 1}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await;
+        assert_eq!(
+            (r.status.as_u16(), r.content_type()),
+            (401, "application/problem+json"),
+            "{auth:?}"
+        );
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+    }
+    // Either token passes, the scheme in any case.
+    for auth in ["Bearer admin-token-1", "bearer admin-token-2"] {
+        let r = app
+            .post("/stead/counters/hits/increment")
+            .header("authorization", auth)
+            .json(&json!({"by": 1}))
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{auth}: {}", r.text());
+    }
+    let read = app
+        .get("/stead/counters/hits")
+        .header("authorization", "Bearer admin-token-1")
+        .send()
+        .await;
+    assert_eq!(read.value()["value"], 2, "the refused calls did nothing");
+    // The one-pattern mount has its own token.
+    let lock = app
+        .get("/locks/db")
+        .header("authorization", "Bearer lock-token")
+        .send()
+        .await;
+    assert_eq!(lock.status, 200);
+    // Unknown paths are still 404.
+    assert_eq!(app.get("/stead/nope").send().await.status, 404);
+    // A token that is no secret at all is refused when the app is built.
+    assert!(stead::router::<()>(&rt).unwrap().bearer([" "]).is_err());
+    assert!(
+        stead::router::<()>(&rt)
+            .unwrap()
+            .bearer(Vec::<String>::new())
+            .is_err()
+    );
     rt.shutdown().await.unwrap();
 }

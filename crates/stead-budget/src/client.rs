@@ -29,10 +29,12 @@ pub struct BudgetConfig {
     pub durability: Option<Durability>,
     /// How many events each budget keeps (the oldest go first).
     pub events: u32,
-    /// How long a resolved reservation is remembered, so that a repeated request with its id
-    /// has no second effect, in ms.
+    /// How long a resolved reservation is remembered after its resolution (commit, void or
+    /// expiry), so that a repeated request with its id has no second effect, in ms.
     pub remember_ms: u64,
-    /// The most resolved reservations a budget remembers (the oldest are forgotten first).
+    /// The most resolved reservations a budget remembers. None is forgotten before
+    /// `remember_ms` after its resolution: at the bound, new reservations are refused (503
+    /// `remembering`, with when to retry) rather than a young id forgotten.
     pub remember_max: u32,
 }
 

@@ -150,6 +150,20 @@ pub struct Reservation {
     pub expires_ms: i64,
     /// Where it is.
     pub state: ReservationState,
+    /// When it was resolved, in ms: its id is remembered from then on (for records written
+    /// before this was kept, its expiry stands in, which is never earlier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ms: Option<i64>,
+    /// Committed after it had expired: the spend was recorded when it came, unheld.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+}
+
+impl Reservation {
+    /// When its id started being remembered.
+    fn remembered_from(&self) -> i64 {
+        self.resolved_ms.unwrap_or(self.expires_ms)
+    }
 }
 
 /// Why the ledger refused.
@@ -185,6 +199,17 @@ pub enum LedgerError {
     /// The id was used for another request (another processor or amount).
     #[error("reservation {0} exists with other parameters")]
     IdReused(String),
+    /// Too many resolved reservations are remembered, and none is old enough to forget:
+    /// forgetting a young id would let its retry spend twice, so new reservations wait.
+    #[error(
+        "{remembered} resolved reservations are remembered, none old enough to forget; retry in {retry_after_ms} ms"
+    )]
+    Remembering {
+        /// How many are remembered.
+        remembered: usize,
+        /// When the oldest may be forgotten.
+        retry_after_ms: u64,
+    },
     /// The reservation was resolved another way already.
     #[error("reservation {id} is already {state}")]
     AlreadyResolved {
@@ -243,7 +268,7 @@ impl Ledger {
         if r.state == ReservationState::Pending {
             self.expiries.insert((r.expires_ms, r.id.clone()));
         } else {
-            self.resolved.insert((r.created_ms, r.id.clone()));
+            self.resolved.insert((r.remembered_from(), r.id.clone()));
         }
     }
 
@@ -382,21 +407,33 @@ impl Ledger {
             created_ms: now_ms,
             expires_ms,
             state: ReservationState::Pending,
+            resolved_ms: None,
+            late: false,
         };
         self.expiries.insert((expires_ms, id.to_owned()));
         self.reservations.insert(id.to_owned(), r.clone());
         Ok(r)
     }
 
-    /// Resolves a pending reservation: `Some(actual)` commits (spends `actual`, frees the
-    /// rest), `None` voids; `expired` marks an expiry. A repeat of the same resolution
-    /// returns the reservation as it is; another resolution is refused.
-    fn resolve(&mut self, id: &str, to: ReservationState) -> Result<Reservation, LedgerError> {
+    /// Resolves a pending reservation at `now_ms`: `Some(actual)` commits (spends `actual`,
+    /// frees the rest), `None` voids; `expired` marks an expiry. A repeat of the same
+    /// resolution returns the reservation as it is; another resolution is refused, except a
+    /// commit of an expired reservation: that money was spent, so it is recorded (spent in
+    /// the reservation's cycle, or the current one if that is gone; marked `late`) rather
+    /// than dropped.
+    fn resolve(
+        &mut self,
+        id: &str,
+        to: ReservationState,
+        now_ms: i64,
+    ) -> Result<Reservation, LedgerError> {
         let r = self
             .reservations
             .get(id)
             .ok_or_else(|| LedgerError::UnknownReservation(id.to_owned()))?;
-        if r.state != ReservationState::Pending {
+        let late = r.state == ReservationState::Expired
+            && matches!(to, ReservationState::Committed { .. });
+        if r.state != ReservationState::Pending && !late {
             return if r.state == to {
                 Ok(r.clone())
             } else {
@@ -415,32 +452,59 @@ impl Ledger {
             });
         }
         let (cycle, processor, amount) = (r.cycle, r.processor.clone(), r.amount);
-        // The cycle it holds budget in is kept while it is pending.
-        if let Some(acc) = self
-            .cycle_mut(cycle)
+        let was_from = r.remembered_from();
+        let held = if late { 0 } else { amount };
+        // The cycle it holds budget in is kept while it is pending; a late commit spends in
+        // the current cycle when its own is gone.
+        let number = if late && self.cycle_mut(cycle).is_none() {
+            self.current().map(|c| c.number)
+        } else {
+            Some(cycle)
+        };
+        if let Some(acc) = number
+            .and_then(|n| self.cycle_mut(n))
             .and_then(|c| c.accounts.get_mut(&processor))
         {
-            acc.reserved -= amount;
+            acc.reserved -= held;
             if let ReservationState::Committed { actual } = to {
-                acc.spent += actual;
+                acc.spent = acc.spent.saturating_add(actual);
+                if late && acc.spent.saturating_add(acc.reserved) > acc.allocated {
+                    acc.overrun = true;
+                }
             }
         }
         let r = self.reservations.get_mut(id).expect("found above");
         r.state = to;
+        r.resolved_ms = Some(now_ms);
+        r.late = late;
+        if let Some(n) = number {
+            // Where its spend went.
+            r.cycle = n;
+        }
         let r = r.clone();
-        self.expiries.remove(&(r.expires_ms, r.id.clone()));
-        self.resolved.insert((r.created_ms, r.id.clone()));
+        if late {
+            self.resolved.remove(&(was_from, r.id.clone()));
+        } else {
+            self.expiries.remove(&(r.expires_ms, r.id.clone()));
+        }
+        self.resolved.insert((now_ms, r.id.clone()));
         Ok(r)
     }
 
-    /// Commits a pending reservation for `actual` (at most what it holds).
-    pub fn commit(&mut self, id: &str, actual: u64) -> Result<Reservation, LedgerError> {
-        self.resolve(id, ReservationState::Committed { actual })
+    /// Commits a reservation for `actual` (at most what it holds): a pending one, or an
+    /// expired one late (see [`resolve`](Self::resolve)).
+    pub fn commit(
+        &mut self,
+        id: &str,
+        actual: u64,
+        now_ms: i64,
+    ) -> Result<Reservation, LedgerError> {
+        self.resolve(id, ReservationState::Committed { actual }, now_ms)
     }
 
     /// Voids a pending reservation, freeing all of it.
-    pub fn void(&mut self, id: &str) -> Result<Reservation, LedgerError> {
-        self.resolve(id, ReservationState::Voided)
+    pub fn void(&mut self, id: &str, now_ms: i64) -> Result<Reservation, LedgerError> {
+        self.resolve(id, ReservationState::Voided, now_ms)
     }
 
     /// Expires every pending reservation due at `now_ms`; their ids.
@@ -452,7 +516,7 @@ impl Ledger {
             .map(|(_, id)| id.clone())
             .collect();
         for id in &due {
-            let _ = self.resolve(id, ReservationState::Expired);
+            let _ = self.resolve(id, ReservationState::Expired, now_ms);
         }
         due
     }
@@ -490,12 +554,13 @@ impl Ledger {
         Ok(acc.overrun)
     }
 
-    /// Forgets resolved reservations made before `before_ms`, and beyond the newest `keep`
-    /// resolved ones (their ids may then be used again); the ids forgotten, oldest first.
-    pub fn forget_resolved(&mut self, before_ms: i64, keep: usize) -> Vec<String> {
+    /// Forgets the reservations resolved at or before `before_ms` (their ids may then be
+    /// used again); the ids forgotten, oldest first. A reservation resolved since is never
+    /// forgotten, however many there are: see [`check_room`](Self::check_room).
+    pub fn forget_resolved(&mut self, before_ms: i64) -> Vec<String> {
         let mut forgot = Vec::new();
-        while let Some((created, id)) = self.resolved.first().cloned() {
-            if self.resolved.len() <= keep && created >= before_ms {
+        while let Some((resolved, id)) = self.resolved.first().cloned() {
+            if resolved > before_ms {
                 break;
             }
             self.resolved.pop_first();
@@ -503,6 +568,28 @@ impl Ledger {
             forgot.push(id);
         }
         forgot
+    }
+
+    /// Whether a new reservation may be made while at most `keep` resolved ones are
+    /// remembered for `remember_ms` each: [`LedgerError::Remembering`] (with when the oldest
+    /// may go) when `keep` are remembered and none is old enough to forget.
+    pub fn check_room(
+        &self,
+        keep: usize,
+        remember_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), LedgerError> {
+        if self.resolved.len() < keep {
+            return Ok(());
+        }
+        let oldest = self.resolved.first().map_or(now_ms, |(at, _)| *at);
+        let free_at = oldest.saturating_add(remember_ms);
+        Err(LedgerError::Remembering {
+            remembered: self.resolved.len(),
+            retry_after_ms: u64::try_from(free_at.saturating_sub(now_ms))
+                .unwrap_or(0)
+                .max(1),
+        })
     }
 
     /// How many resolved reservations it remembers.
@@ -556,20 +643,20 @@ mod tests {
             err,
             LedgerError::Insufficient { available: 200, .. }
         ));
-        l.commit("r1", 120).unwrap();
+        l.commit("r1", 120, 10).unwrap();
         assert_eq!(
-            l.commit("r1", 120).unwrap().state,
+            l.commit("r1", 120, 10).unwrap().state,
             ReservationState::Committed { actual: 120 }
         );
         assert!(matches!(
-            l.void("r1"),
+            l.void("r1", 10),
             Err(LedgerError::AlreadyResolved { .. })
         ));
         let acc = l.current().unwrap().accounts["kw"];
         assert_eq!((acc.spent, acc.reserved, acc.available()), (120, 0, 380));
         l.reserve("r3", "kw", 380, 50, 0).unwrap();
         assert_eq!(
-            l.commit("r3", 381),
+            l.commit("r3", 381, 10),
             Err(LedgerError::AboveReserved {
                 actual: 381,
                 reserved: 380
@@ -605,7 +692,7 @@ mod tests {
         let w = weights(&[("a", 1), ("b", 1)]);
         l.start_cycle(1000, &w, Rollover::Capped { cap: 100 }, 10, 0);
         l.reserve("r", "a", 450, 10, 0).unwrap();
-        l.commit("r", 450).unwrap();
+        l.commit("r", 450, 0).unwrap();
         // a left 50, b left 500 (capped to 100).
         let c = l
             .start_cycle(1000, &w, Rollover::Capped { cap: 100 }, 10, 1)
@@ -627,7 +714,7 @@ mod tests {
         l.start_cycle(100, &w, Rollover::Off, 1, 10);
         // Kept despite keep = 1: it holds a reservation.
         assert_eq!(l.cycles.len(), 2);
-        l.commit("r", 30).unwrap();
+        l.commit("r", 30, 10).unwrap();
         assert_eq!(l.cycles[0].accounts["a"].spent, 30);
         assert_eq!(l.current().unwrap().accounts["a"].spent, 0);
         l.start_cycle(100, &w, Rollover::Off, 1, 20);
@@ -671,8 +758,8 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Reserve(i, p, a, t) => { let _ = l.reserve(&format!("r{i}"), procs[p as usize], a, now + t, now); }
-                    Op::Commit(i, a) => { let _ = l.commit(&format!("r{i}"), a); }
-                    Op::Void(i) => { let _ = l.void(&format!("r{i}")); }
+                    Op::Commit(i, a) => { let _ = l.commit(&format!("r{i}"), a, now); }
+                    Op::Void(i) => { let _ = l.void(&format!("r{i}"), now); }
                     Op::Advance(d) => { now += d; l.expire(now); }
                     Op::Cycle(t, r) => {
                         now += 1;

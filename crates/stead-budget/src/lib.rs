@@ -21,7 +21,7 @@
 //! let weights = vec![("keywords".to_owned(), 5), ("content".to_owned(), 3), ("seo".to_owned(), 2)];
 //! books.start_cycle(10_000, &weights, Rollover::Off, 50, 0);
 //! let r = books.reserve("job-1", "keywords", 1_200, 60_000, 0).unwrap();
-//! books.commit(&r.id, 400).unwrap(); // spent 400, 800 freed
+//! books.commit(&r.id, 400, 1_000).unwrap(); // spent 400, 800 freed
 //! assert_eq!(books.current().unwrap().accounts["keywords"].available(), 4_600);
 //! ```
 
@@ -49,11 +49,14 @@ pub use spec::{
 
 /// The budget routes, without a prefix (the umbrella crate mounts them under `/budgets`), in
 /// any app state.
+///
+/// Say who may call them when you mount them: `.bearer(tokens)?` (or
+/// `.unauthenticated()`, in so many words); see [`stead_core::http::Routes`].
 #[cfg(feature = "http")]
 pub fn router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <BudgetPattern as stead_core::http::Pattern>::router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    <BudgetPattern as stead_core::http::Pattern>::routes(rt)
 }
 
 /// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).

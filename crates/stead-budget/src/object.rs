@@ -84,8 +84,10 @@ pub enum EventKind {
     CycleStarted,
     /// Spending crossed an alert threshold.
     Alert,
-    /// Usage reported after the fact overran an allocation.
+    /// Usage reported after the fact, or a late commit, overran an allocation.
     Overrun,
+    /// A reservation was committed after it had expired: its spend was recorded unheld.
+    LateCommit,
 }
 
 /// A budget.
@@ -102,8 +104,6 @@ pub struct Governor {
     dirty_res: BTreeSet<String>,
     /// Events that fell off the log.
     dirty_events: Vec<u64>,
-    /// Whether a cycle started this turn.
-    cycle_started: bool,
     /// Whether the meta changed this turn (an event was written).
     meta_dirty: bool,
 }
@@ -132,7 +132,6 @@ impl DurableObject for Governor {
             dirty_cycles: BTreeSet::new(),
             dirty_res: BTreeSet::new(),
             dirty_events: Vec::new(),
-            cycle_started: false,
             meta_dirty: false,
         })
     }
@@ -309,6 +308,12 @@ pub struct ReservationView {
     /// For a committed one: what was spent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actual: Option<u64>,
+    /// When it was resolved (its id is remembered from then on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Committed after it had expired: its spend was recorded unheld.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 impl From<&Reservation> for ReservationView {
@@ -327,6 +332,8 @@ impl From<&Reservation> for ReservationView {
             expires_at: at(r.expires_ms),
             state: state.to_owned(),
             actual,
+            resolved_at: r.resolved_ms.map(at),
+            late: r.late,
         }
     }
 }
@@ -452,6 +459,17 @@ impl Handler<Reserve> for Governor {
         let now = ctx.now().timestamp_millis();
         self.expire(now);
         let existed = self.books.reservations().contains_key(&msg.id);
+        if !existed {
+            // Forget what is old enough; never a young id (its retry would spend again).
+            self.forget(now);
+            if let Err(e) =
+                self.books
+                    .check_room(self.env.remember_max as usize, self.remember_ms(), now)
+            {
+                self.save(ctx).await?;
+                return Err(e.into());
+            }
+        }
         let r = self.books.reserve(
             &msg.id,
             &msg.processor,
@@ -484,7 +502,18 @@ impl Handler<Commit> for Governor {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
         let now = ctx.now().timestamp_millis();
         self.expire(now);
-        let r = self.books.commit(&msg.id, msg.actual);
+        let was_late = self
+            .books
+            .reservations()
+            .get(&msg.id)
+            .is_some_and(|r| r.late);
+        let r = self.books.commit(&msg.id, msg.actual, now);
+        if let Ok(r) = &r
+            && r.late
+            && !was_late
+        {
+            self.late_commit(ctx, r)?;
+        }
         self.resolved(ctx, r).await
     }
 }
@@ -495,7 +524,7 @@ impl Handler<Void> for Governor {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
         let now = ctx.now().timestamp_millis();
         self.expire(now);
-        let r = self.books.void(&msg.id);
+        let r = self.books.void(&msg.id, now);
         self.resolved(ctx, r).await
     }
 }
@@ -664,8 +693,55 @@ impl Governor {
         self.dirty_cycles
             .extend(before.into_iter().filter(|n| !kept.contains(n)));
         self.meta.fired.clear();
-        self.cycle_started = true;
         self.event(ctx, EventKind::CycleStarted, None, None, 0, allocated)
+    }
+
+    /// A late commit: the money was spent, unheld. It is on the books (spent), in the event
+    /// log, and flags an overrun if it took the processor past its allocation.
+    fn late_commit(&mut self, ctx: &mut Context, r: &Reservation) -> Result<()> {
+        let Some(acc) = self
+            .books
+            .cycles
+            .iter()
+            .find(|c| c.number == r.cycle)
+            .and_then(|c| c.accounts.get(&r.processor))
+            .copied()
+        else {
+            return Ok(());
+        };
+        metrics::counter!("stead_budget_late_commits_total").increment(1);
+        tracing::warn!(budget = ?ctx.name(), reservation = %r.id, processor = %r.processor, "a reservation was committed after it expired; its spend is recorded");
+        self.event(
+            ctx,
+            EventKind::LateCommit,
+            Some(&r.processor),
+            None,
+            acc.spent,
+            acc.allocated,
+        )?;
+        if acc.overrun {
+            self.event(
+                ctx,
+                EventKind::Overrun,
+                Some(&r.processor),
+                None,
+                acc.spent,
+                acc.allocated,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn remember_ms(&self) -> i64 {
+        i64::try_from(self.env.remember_ms).unwrap_or(i64::MAX)
+    }
+
+    /// Forgets the resolved reservations whose `remember_ms` since resolution passed.
+    fn forget(&mut self, now: i64) {
+        let before = now.saturating_sub(self.remember_ms());
+        for id in self.books.forget_resolved(before) {
+            self.dirty_res.insert(id);
+        }
     }
 
     /// Expires due reservations.
@@ -771,21 +847,8 @@ impl Governor {
         for seq in std::mem::take(&mut self.dirty_events) {
             ctx.storage().delete(&format!("{EVENT}{seq:020}"))?;
         }
-        let now = ctx.now().timestamp_millis();
-        let remember = i64::try_from(self.env.remember_ms).unwrap_or(i64::MAX);
-        let keep = self.env.remember_max as usize;
-        // Amortized: when a cycle starts, or when the remembered ones grow past their bound
-        // by a tenth.
-        if std::mem::take(&mut self.cycle_started)
-            || self.books.resolved_count() > keep + keep / 10 + 1
-        {
-            for id in self
-                .books
-                .forget_resolved(now.saturating_sub(remember), keep)
-            {
-                self.dirty_res.insert(id);
-            }
-        }
+        // Cheap: it looks at the oldest resolved reservation and stops at the first young one.
+        self.forget(ctx.now().timestamp_millis());
         for n in std::mem::take(&mut self.dirty_cycles) {
             match self.books.cycles.iter().find(|c| c.number == n) {
                 Some(c) => ctx.storage().put(&cycle_key(n), c)?,

@@ -129,13 +129,91 @@ async fn an_unresolved_reservation_expires_and_frees_its_amount() {
     rt.advance(Duration::from_secs(5)).await;
     let s = b.state("e").await.unwrap();
     assert_eq!((s.pending, available(&s, "content")), (0, 3000));
+    // The job finished anyway and spent 10: that money is recorded, not refused.
+    let late = b.commit("e", "slow", 10).await.unwrap();
+    assert_eq!(
+        (late.state.as_str(), late.actual, late.late),
+        ("committed", Some(10), true)
+    );
+    assert_eq!(b.commit("e", "slow", 10).await.unwrap(), late, "idempotent");
+    assert_eq!(available(&b.state("e").await.unwrap(), "content"), 2990);
+    let events = b.events("e", 10, None).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == EventKind::LateCommit));
     assert!(matches!(
-        b.commit("e", "slow", 10).await,
-        Err(BudgetError::Ledger(LedgerError::AlreadyResolved {
-            state: "expired",
-            ..
-        }))
+        b.void("e", "slow").await,
+        Err(BudgetError::Ledger(LedgerError::AlreadyResolved { .. }))
     ));
+}
+
+#[tokio::test]
+async fn a_late_commit_past_the_allocation_is_an_overrun() {
+    let rt = TestRuntime::memory().await;
+    let b = BudgetClient::new(&rt).unwrap();
+    b.configure("o", seed(json!({}))).await.unwrap();
+    b.reserve("o", "big", "seo", 2000, 1_000).await.unwrap();
+    rt.advance(Duration::from_secs(2)).await;
+    // Freed at expiry, then taken by another job.
+    b.reserve("o", "other", "seo", 1500, 60_000).await.unwrap();
+    b.commit("o", "big", 2000).await.unwrap();
+    let kinds: Vec<_> = b
+        .events("o", 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.contains(&EventKind::Overrun), "{kinds:?}");
+    assert!(matches!(
+        b.reserve("o", "more", "seo", 1, 60_000).await,
+        Err(BudgetError::Ledger(LedgerError::Overrun(_)))
+    ));
+}
+
+#[tokio::test]
+async fn an_id_is_remembered_from_its_resolution_never_forgotten_young() {
+    let rt = TestRuntime::memory().await;
+    let mut config = stead_budget::BudgetConfig::default();
+    config.remember_ms = 60_000;
+    config.remember_max = 3;
+    let b = BudgetClient::with_config(&rt, config).unwrap();
+    b.configure("i", seed(json!({}))).await.unwrap();
+    // A long job: reserved with a day's TTL, committed after two hours (well past
+    // remember_ms since it was made).
+    b.reserve("i", "job", "keywords", 1000, 86_400_000)
+        .await
+        .unwrap();
+    rt.advance(Duration::from_secs(7200)).await;
+    b.commit("i", "job", 1000).await.unwrap();
+    // A cycle starts, and the job's retry comes: the same reservation, nothing spent again.
+    b.start_cycle("i", None).await.unwrap();
+    let retry = b
+        .reserve("i", "job", "keywords", 1000, 86_400_000)
+        .await
+        .unwrap();
+    assert!(
+        !retry.created,
+        "a retry of a committed job is not a new reservation"
+    );
+    assert_eq!(retry.reservation.state, "committed");
+    // Two more resolved: three remembered, all young. A fourth reservation waits rather
+    // than forget one of them.
+    for id in ["a", "b"] {
+        b.reserve("i", id, "seo", 1, 60_000).await.unwrap();
+        b.void("i", id).await.unwrap();
+    }
+    rt.advance(Duration::from_secs(10)).await;
+    match b.reserve("i", "c", "seo", 1, 60_000).await {
+        Err(BudgetError::Ledger(LedgerError::Remembering {
+            remembered,
+            retry_after_ms,
+        })) => assert_eq!((remembered, retry_after_ms), (3, 50_000)),
+        other => panic!("{other:?}"),
+    }
+    // Once the oldest is a minute past its resolution, it is forgotten and room is made.
+    rt.advance(Duration::from_secs(50)).await;
+    assert!(b.reserve("i", "c", "seo", 1, 60_000).await.unwrap().created);
+    // A forgotten id may be used again.
+    assert!(b.reserve("i", "a", "seo", 1, 60_000).await.unwrap().created);
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@ use serde_json::{Value, json};
 use stead_fixtures::{TestClient, TestRuntime};
 
 fn app(rt: &stead_core::Runtime) -> TestClient {
-    TestClient::new(axum::Router::new().nest("/controllers", stead_controller::router(rt).unwrap()))
+    TestClient::new(axum::Router::new().nest(
+        "/controllers",
+        stead_controller::router(rt).unwrap().unauthenticated(),
+    ))
 }
 
 async fn post(app: &TestClient, url: &str, body: Value) -> (u16, Value) {

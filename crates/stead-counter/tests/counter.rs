@@ -327,7 +327,10 @@ mod over_http {
 
     async fn serve() -> (TestClient, TestRuntime) {
         let rt = TestRuntime::memory().await;
-        let app = axum::Router::new().nest("/counters", stead_counter::router(&rt).unwrap());
+        let app = axum::Router::new().nest(
+            "/counters",
+            stead_counter::router(&rt).unwrap().unauthenticated(),
+        );
         (TestClient::new(app), rt)
     }
 

@@ -49,19 +49,28 @@ pub use openfeature::FlagsProvider;
 
 /// The admin and per-set OFREP routes, without a prefix (the umbrella crate mounts them
 /// under `/flags`), in any app state.
+///
+/// Say who may call them when you mount them: `.bearer(tokens)?` (or
+/// `.unauthenticated()`, in so many words); see [`stead_core::http::Routes`].
 #[cfg(feature = "http")]
 pub fn router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <FlagsPattern as stead_core::http::Pattern>::router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    <FlagsPattern as stead_core::http::Pattern>::routes(rt)
 }
 
 /// The OFREP routes of the default set, at the root (`/ofrep/v1/...`), in any app state.
 #[cfg(feature = "http")]
+///
+/// OFREP evaluation is meant for the flags' clients (web and mobile apps included), so it is
+/// usually mounted with a token of its own, given to those clients, apart from the admin
+/// routes.
 pub fn root_router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <FlagsPattern as stead_core::http::Pattern>::root_router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    Ok(stead_core::http::Routes::new(
+        <FlagsPattern as stead_core::http::Pattern>::root_router(rt)?,
+    ))
 }
 
 /// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).

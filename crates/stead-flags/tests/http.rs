@@ -10,8 +10,8 @@ use stead_fixtures::{TestClient, TestRuntime};
 fn app(rt: &stead_core::Runtime) -> TestClient {
     TestClient::new(
         axum::Router::new()
-            .nest("/flags", stead_flags::router(rt).unwrap())
-            .merge(stead_flags::root_router(rt).unwrap()),
+            .nest("/flags", stead_flags::router(rt).unwrap().unauthenticated())
+            .merge(stead_flags::root_router(rt).unwrap().unauthenticated()),
     )
 }
 

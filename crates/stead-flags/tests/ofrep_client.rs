@@ -78,8 +78,11 @@ async fn the_openfeature_sdk_evaluates_every_type_over_ofrep() {
     flags.replace("prod", &doc, Edit::default()).await.unwrap();
 
     let app = axum::Router::new()
-        .nest("/flags", stead_flags::router(&rt).unwrap())
-        .merge(stead_flags::root_router(&rt).unwrap());
+        .nest(
+            "/flags",
+            stead_flags::router(&rt).unwrap().unauthenticated(),
+        )
+        .merge(stead_flags::root_router(&rt).unwrap().unauthenticated());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });

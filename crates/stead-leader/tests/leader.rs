@@ -216,8 +216,10 @@ async fn an_elector_leads_renews_and_hands_over_when_stopped() {
 #[tokio::test]
 async fn over_http_with_every_error() {
     let rt = TestRuntime::memory().await;
-    let http =
-        TestClient::new(axum::Router::new().nest("/leaders", stead_leader::router(&rt).unwrap()));
+    let http = TestClient::new(axum::Router::new().nest(
+        "/leaders",
+        stead_leader::router(&rt).unwrap().unauthenticated(),
+    ));
     let post = |path: &str, body: &str| {
         http.post(&format!("/leaders/g/{path}"))
             .header("content-type", "application/json")

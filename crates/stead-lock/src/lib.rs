@@ -47,12 +47,16 @@ pub use object::{
 };
 
 /// The lock routes, without a prefix (the umbrella crate mounts them under `/locks`), in
-/// any app state: `.nest("/my/locks", stead_lock::router(&rt)?)` inside your own router.
+/// any app state: `.nest("/my/locks", stead_lock::router(&rt)?.bearer(tokens)?)` inside your own
+/// router.
+///
+/// Say who may call them when you mount them: `.bearer(tokens)?` (or
+/// `.unauthenticated()`, in so many words); see [`stead_core::http::Routes`].
 #[cfg(feature = "http")]
 pub fn router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <LockPattern as stead_core::http::Pattern>::router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    <LockPattern as stead_core::http::Pattern>::routes(rt)
 }
 
 /// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).

@@ -4,7 +4,9 @@ use serde_json::{Value, json};
 use stead_fixtures::{TestClient, TestRuntime, eventually};
 
 fn app(rt: &stead_core::Runtime) -> TestClient {
-    TestClient::new(axum::Router::new().nest("/locks", stead_lock::router(rt).unwrap()))
+    TestClient::new(
+        axum::Router::new().nest("/locks", stead_lock::router(rt).unwrap().unauthenticated()),
+    )
 }
 
 async fn send(app: &TestClient, url: String, body: &str) -> (u16, Value, String) {

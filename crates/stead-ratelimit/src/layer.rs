@@ -23,15 +23,18 @@ use crate::object::Policy;
 /// `None`): they share one limiter.
 pub const NO_KEY: &str = "(none)";
 
-/// What the layer does when the rate limiter cannot answer (overloaded, storage failing).
+/// What the layer does when the rate limiter cannot answer (its storage failing, the
+/// runtime shutting down). A key whose limiter is overloaded is not a failure: that is a
+/// flood on the key, and it is refused with 429 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnFailure {
-    /// Let the request through, without RateLimit fields (the default): a struggling
-    /// limiter never takes the service down with it.
+    /// Refuse the request with 503 and `Retry-After: 1` (the default): nothing passes
+    /// unchecked.
     #[default]
-    Open,
-    /// Refuse the request with 503 and `Retry-After: 1`: nothing passes unchecked.
     Closed,
+    /// Let the request through, without RateLimit fields: a struggling limiter never takes
+    /// the service down with it, and requests go unlimited while it struggles.
+    Open,
 }
 
 type KeyFn = dyn Fn(&Request) -> Option<String> + Send + Sync;
@@ -71,10 +74,7 @@ impl std::fmt::Debug for RateLimitLayer {
 /// exact across restarts when it is configured durable (see
 /// [`RateLimitConfig`](crate::RateLimitConfig)).
 ///
-/// # Panics
-///
-/// When `policy` is invalid or the runtime is shutting down; [`try_layer`] returns those
-/// as errors instead.
+/// An invalid `policy`, or a runtime that is shutting down, is an error.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -84,23 +84,16 @@ impl std::fmt::Debug for RateLimitLayer {
 /// let app: Router = Router::new()
 ///     .route("/", get(|| async { "hello" }))
 ///     .layer(
-///         layer(&rt, Policy::per_second(50))
+///         layer(&rt, Policy::per_second(50))?
 ///             .key_by_header(axum::http::HeaderName::from_static("x-api-key"))
+///             .named("api")?
 ///             .on_failure(OnFailure::Closed),
 ///     );
 /// # let _ = app;
 /// # rt.shutdown().await?;
 /// # Ok::<(), stead_core::Error>(()) }).unwrap();
 /// ```
-pub fn layer(rt: &Runtime, policy: Policy) -> RateLimitLayer {
-    match try_layer(rt, policy) {
-        Ok(l) => l,
-        Err(e) => panic!("stead_ratelimit::layer: {e}"),
-    }
-}
-
-/// Like [`layer`], returning an invalid policy or a closed runtime as an error.
-pub fn try_layer(rt: &Runtime, policy: Policy) -> Result<RateLimitLayer> {
+pub fn layer(rt: &Runtime, policy: Policy) -> Result<RateLimitLayer> {
     let limit = Limit::inline(policy)?;
     Ok(RateLimitLayer {
         client: RateLimitClient::new(rt)?,
@@ -138,21 +131,15 @@ impl RateLimitLayer {
     }
 
     /// Names the policy (in the `RateLimit` fields, and to keep its limiters apart from
-    /// another layer's with the same quota).
-    ///
-    /// # Panics
-    ///
-    /// When the name is not 1 to 64 of `A-Z a-z 0-9 _ - .`.
-    pub fn named(mut self, name: &str) -> Self {
-        self.limit = match self.limit.named(name) {
-            Ok(l) => l,
-            Err(e) => panic!("stead_ratelimit::RateLimitLayer::named: {e}"),
-        };
+    /// another layer's with the same quota); a name that is not 1 to 64 of
+    /// `A-Z a-z 0-9 _ - .` is an error.
+    pub fn named(mut self, name: &str) -> Result<Self> {
+        self.limit = self.limit.named(name)?;
         self.policy_field = policy_field(&self.limit);
-        self
+        Ok(self)
     }
 
-    /// What to do when the limiter cannot answer.
+    /// What to do when the limiter cannot answer (default: [`OnFailure::Closed`]).
     pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
         self.on_failure = on_failure;
         self
@@ -240,6 +227,20 @@ where
                     Ok(resp)
                 }
                 Ok(d) => Ok(refusal(&cfg.limit, &cfg.policy_field, d)),
+                // A flood on this key (or on the shared no-key limiter): refused like any
+                // request over the limit, never let through.
+                Err(RateLimitError::Runtime(stead_core::Error::Overloaded {
+                    retry_after, ..
+                })) => {
+                    metrics::counter!("stead_ratelimit_layer_overloaded_total").increment(1);
+                    Ok(Problem::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate-limited",
+                        "too many requests for this key at once; retry shortly",
+                    )
+                    .retry_after(retry_after.max(std::time::Duration::from_secs(1)))
+                    .into_response())
+                }
                 Err(RateLimitError::Runtime(e)) => {
                     metrics::counter!("stead_ratelimit_layer_failures_total").increment(1);
                     tracing::warn!(error = %e, on_failure = ?cfg.on_failure, "the rate limiter could not answer");

@@ -58,7 +58,7 @@ pub use error::RateLimitError;
 #[cfg(feature = "http")]
 pub use http::{RATELIMIT, RATELIMIT_POLICY, RateLimitPattern, insert_headers};
 #[cfg(feature = "http")]
-pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer, try_layer};
+pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer};
 pub use object::{
     Algorithm, Check, Decision, FORGET_AFTER_IDLE_MS, MAX_LIMIT, MAX_PERIOD_MS,
     MAX_POLICY_NAME_BYTES, MAX_REFILL_MS, MAX_SLIDING_WINDOW_LIMIT, Peek, Policy, RateLimiter,
@@ -68,11 +68,14 @@ pub use object::{
 /// The rate-limit routes, without a prefix (the umbrella crate mounts them under
 /// `/ratelimit`), in any app state, with the policies the runtime's rate limiter was
 /// configured with ([`RateLimitClient::with_config`]), or none.
+///
+/// Say who may call them when you mount them: `.bearer(tokens)?` (or
+/// `.unauthenticated()`, in so many words); see [`stead_core::http::Routes`].
 #[cfg(feature = "http")]
 pub fn router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <RateLimitPattern as stead_core::http::Pattern>::router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    <RateLimitPattern as stead_core::http::Pattern>::routes(rt)
 }
 
 /// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).

@@ -49,7 +49,10 @@ fn post(http: &TestClient, url: String, body: &str) -> TestRequest {
 }
 
 fn routes(rt: &stead_core::Runtime) -> TestClient {
-    TestClient::new(Router::new().nest("/ratelimit", stead_ratelimit::router(rt).unwrap()))
+    TestClient::new(Router::new().nest(
+        "/ratelimit",
+        stead_ratelimit::router(rt).unwrap().unauthenticated(),
+    ))
 }
 
 #[tokio::test]
@@ -236,8 +239,10 @@ async fn the_layer_limits_by_header_and_reports_in_headers() {
     let rt = runtime().await;
     let clock = rt.clock.clone();
     let l = layer(&rt, Policy::per_second(2))
+        .unwrap()
         .key_by_header(HeaderName::from_static("x-api-key"))
-        .named("edge");
+        .named("edge")
+        .unwrap();
     let http = TestClient::new(app(l));
     let get = |key: Option<&str>| {
         let r = http.get("/hello");
@@ -274,14 +279,15 @@ async fn the_layer_limits_by_header_and_reports_in_headers() {
 #[tokio::test]
 async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
     let rt = runtime().await;
-    let http = TestClient::new(app(layer(&rt, Policy::per_minute(1))));
+    let http = TestClient::new(app(layer(&rt, Policy::per_minute(1)).unwrap()));
     assert_eq!(call(http.get("/hello")).await.status, 200);
     assert_eq!(call(http.get("/hello")).await.status, 429);
     // Another address has its own limit.
     let other = http.peer(([10, 0, 0, 7], 5000));
     assert_eq!(call(other.get("/hello")).await.status, 200);
     // Served without connect info, the layer cannot key by IP and says so.
-    let plain = TestClient::new(app(layer(&rt, Policy::per_minute(1)))).without_connect_info();
+    let plain =
+        TestClient::new(app(layer(&rt, Policy::per_minute(1)).unwrap())).without_connect_info();
     let r = call(plain.get("/hello")).await;
     assert_eq!(r.status, 500);
     assert!(
@@ -294,39 +300,112 @@ async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
 }
 
 #[tokio::test]
-async fn the_layer_fails_open_or_closed_as_configured() {
+async fn the_layer_fails_closed_unless_told_open() {
     let rt = runtime().await;
     let key = HeaderName::from_static("x-api-key");
-    let open = TestClient::new(app(
-        layer(&rt, Policy::per_minute(1)).key_by_header(key.clone())
-    ));
-    let closed = TestClient::new(app(layer(&rt, Policy::per_minute(1))
-        .key_by_header(key)
-        .on_failure(OnFailure::Closed)));
+    let limited = || {
+        layer(&rt, Policy::per_minute(1))
+            .unwrap()
+            .key_by_header(key.clone())
+    };
+    let default = TestClient::new(app(limited()));
+    let open = TestClient::new(app(limited().on_failure(OnFailure::Open)));
     // A runtime that has shut down cannot answer.
     rt.shutdown().await.unwrap();
-    for _ in 0..3 {
-        let r = call(open.get("/hello").header("x-api-key", "a")).await;
-        assert_eq!(r.status, 200, "fail open lets requests through");
-        assert!(r.headers.get("ratelimit").is_none());
-    }
-    let r = call(closed.get("/hello").header("x-api-key", "a")).await;
-    assert_eq!(r.status, 503, "fail closed refuses");
+    let r = call(default.get("/hello").header("x-api-key", "a")).await;
+    assert_eq!(r.status, 503, "the default refuses what it cannot check");
     assert_eq!(r.header("content-type"), "application/problem+json");
     assert_eq!(r.header("retry-after"), "1");
+    for _ in 0..3 {
+        let r = call(open.get("/hello").header("x-api-key", "a")).await;
+        assert_eq!(r.status, 200, "fail open, chosen, lets requests through");
+        assert!(r.headers.get("ratelimit").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_key_is_refused_never_let_through() {
+    // The limiter's commits are held, so its mailbox fills and it answers Overloaded: what
+    // a flood on one key does to it.
+    let faulty = std::sync::Arc::new(stead_core::testing::FaultyBackend::new(
+        stead_core::MemoryBackend::new(),
+    ));
+    let backend = faulty.clone();
+    let rt = TestRuntime::builder()
+        .tune(move |b| b.backend(backend.clone()).mailbox_capacity(4))
+        .start()
+        .await;
+    RateLimitClient::with_config(
+        &rt,
+        RateLimitConfig::default().durability(stead_core::Durability::Fsync),
+    )
+    .unwrap();
+    faulty.stall_commit(faulty.submitted() + 1);
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    let app = Router::new()
+        .route(
+            "/hello",
+            get(move || {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { "hello" }
+            }),
+        )
+        .layer(
+            layer(&rt, Policy::per_minute(10_000))
+                .unwrap()
+                .key_by_header(HeaderName::from_static("x-api-key")),
+        );
+    let http = TestClient::new(app);
+    let floods: Vec<_> = (0..200)
+        .map(|_| {
+            let req = http.get("/hello").header("x-api-key", "flood");
+            tokio::spawn(async move { call(req).await })
+        })
+        .collect();
+    // The held turns (at most 64 commits in flight, and a mailbox of 4) wait; every other
+    // request finds the object full and is answered at once.
+    stead_fixtures::eventually("most of the flood answered", || {
+        let done = floods.iter().filter(|f| f.is_finished()).count();
+        async move { done >= 100 }
+    })
+    .await;
+    let mut refused = 0;
+    let mut pending = Vec::new();
+    for f in floods {
+        if f.is_finished() {
+            let r = f.await.unwrap();
+            assert_eq!(r.status, 429, "{:?}", r.body);
+            assert!(r.headers.get("retry-after").is_some());
+            refused += 1;
+        } else {
+            pending.push(f);
+        }
+    }
+    assert!(refused > 0, "some requests met a full mailbox");
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "none passed unchecked"
+    );
+    faulty.release();
+    for f in pending {
+        let r = f.await.unwrap();
+        assert!([200, 429].contains(&r.status), "{}", r.status);
+    }
+    rt.shutdown().await.unwrap();
 }
 
 #[test]
-fn an_invalid_layer_policy_is_an_error_or_a_clear_panic() {
+fn an_invalid_layer_policy_or_name_is_an_error() {
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let rt = tokio.block_on(Runtime::builder().memory().build()).unwrap();
-    let err = stead_ratelimit::try_layer(&rt, Policy::per_second(0)).unwrap_err();
+    let err = layer(&rt, Policy::per_second(0)).unwrap_err();
     assert!(err.to_string().contains("limit must be between"));
-    let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        layer(&rt, Policy::per_second(0))
-    }))
-    .unwrap_err();
-    let msg = panic.downcast_ref::<String>().unwrap();
-    assert!(msg.contains("limit must be between"), "{msg}");
+    let err = layer(&rt, Policy::per_second(5))
+        .unwrap()
+        .named("no spaces allowed")
+        .unwrap_err();
+    assert!(err.to_string().contains("name"), "{err}");
     tokio.block_on(rt.shutdown()).unwrap();
 }

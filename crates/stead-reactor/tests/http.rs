@@ -9,8 +9,10 @@ use stead_fixtures::TestRuntime;
 use stead_reactor::ReactorConfig;
 
 async fn serve(t: &TestRuntime) -> String {
-    let app: axum::Router =
-        axum::Router::new().nest("/reactors", stead_reactor::router(t).unwrap());
+    let app: axum::Router = axum::Router::new().nest(
+        "/reactors",
+        stead_reactor::router(t).unwrap().unauthenticated(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

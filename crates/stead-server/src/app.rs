@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -70,15 +70,18 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
         )));
     }
     // Everything but health and the API description needs a token, when tokens are set.
-    let mut guarded = stead::router(rt)?
-        .merge(extra)
-        .route("/metrics", get(metrics));
-    if !config.tokens.is_empty() {
-        guarded = guarded.layer(from_fn_with_state(
-            Arc::new(config.tokens.clone()),
-            require_token,
-        ));
-    }
+    let routes = stead::http::Routes::new(
+        stead::router(rt)?
+            .unauthenticated()
+            .merge(extra)
+            .route("/metrics", get(metrics)),
+    );
+    let guarded = if config.tokens.is_empty() {
+        // Only on loopback: the configuration refuses a wider bind without a token.
+        routes.unauthenticated()
+    } else {
+        routes.bearer(&config.tokens)?
+    };
     let api = Router::new()
         .merge(guarded)
         .route("/openapi.json", get(openapi::document))
@@ -214,52 +217,6 @@ pub(crate) async fn readyz(State(Ready(rt)): State<Ready>) -> Response {
     } else {
         "ready".into_response()
     }
-}
-
-/// Requires `Authorization: Bearer <token>` with one of the configured tokens, when any are.
-async fn require_token(
-    State(tokens): State<Arc<Vec<String>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            // The scheme is case-insensitive (RFC 9110, 11.1).
-            let (scheme, token) = v.trim_start().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match given {
-        Some(t)
-            if tokens
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
-        {
-            next.run(req).await
-        }
-        _ => {
-            let detail = if given.is_some() {
-                "the bearer token is not valid"
-            } else {
-                "this server requires an Authorization: Bearer <token> header"
-            };
-            let mut resp =
-                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).into_response();
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
-        }
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One debug line per request, and request metrics; a tower layer, so a request passes

@@ -237,8 +237,10 @@ async fn bad_input_is_refused_clearly() {
 #[tokio::test]
 async fn over_http() {
     let rt = TestRuntime::memory().await;
-    let http =
-        TestClient::new(axum::Router::new().nest("/sessions", stead_session::router(&rt).unwrap()));
+    let http = TestClient::new(axum::Router::new().nest(
+        "/sessions",
+        stead_session::router(&rt).unwrap().unauthenticated(),
+    ));
     let created = http
         .post("/sessions")
         .json(&json!({"user": "ada", "ttl_ms": 60000, "data": {"cart": [1]}, "label": "phone"}))

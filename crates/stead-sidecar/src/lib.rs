@@ -58,11 +58,14 @@ pub use object::{
 
 /// The sidecar routes, without a prefix (the umbrella crate mounts them under `/sidecars`),
 /// in any app state.
+///
+/// Say who may call them when you mount them: `.bearer(tokens)?` (or
+/// `.unauthenticated()`, in so many words); see [`stead_core::http::Routes`].
 #[cfg(feature = "http")]
 pub fn router<S: Clone + Send + Sync + 'static>(
     rt: &stead_core::Runtime,
-) -> stead_core::Result<axum::Router<S>> {
-    <SidecarPattern as stead_core::http::Pattern>::router(rt)
+) -> stead_core::Result<stead_core::http::Routes<S>> {
+    <SidecarPattern as stead_core::http::Pattern>::routes(rt)
 }
 
 /// The OpenAPI 3.1 description of [`router`]'s routes (paths without a prefix).

@@ -6,7 +6,10 @@ use stead_fixtures::{TestClient, TestResponse, TestRuntime};
 use stead_sidecar::SidecarConfig;
 
 fn app(rt: &stead_core::Runtime) -> TestClient {
-    TestClient::new(axum::Router::new().nest("/sidecars", stead_sidecar::router(rt).unwrap()))
+    TestClient::new(axum::Router::new().nest(
+        "/sidecars",
+        stead_sidecar::router(rt).unwrap().unauthenticated(),
+    ))
 }
 
 fn problem(r: &TestResponse, status: u16, kind: &str) -> Value {

@@ -1,13 +1,16 @@
 //! HTTP plumbing shared by every pattern's routes: RFC 9457 problem details, a JSON
 //! extractor whose rejections are problems too, the validated [`Name`] path extractor, the
-//! OpenAPI pieces every route declares alike ([`schema`], [`problems`]) and the [`Pattern`]
-//! trait by which the umbrella crate mounts each pattern.
+//! OpenAPI pieces every route declares alike ([`schema`], [`problems`]), the [`Pattern`]
+//! trait by which the umbrella crate mounts each pattern, and who may call them
+//! ([`RequireBearer`], [`Routes`]).
 
+mod auth;
 mod name;
 mod openapi;
 mod pattern;
 mod websocket;
 
+pub use auth::{RequireBearer, RequireBearerService, Routes};
 pub use name::Name;
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;

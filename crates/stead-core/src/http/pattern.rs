@@ -3,6 +3,7 @@
 use axum::Router;
 use serde::de::DeserializeOwned;
 
+use super::Routes;
 use crate::{Result, Runtime};
 
 /// One pattern of the catalog, as the umbrella crate (`stead::router`, `stead::openapi`,
@@ -28,6 +29,12 @@ pub trait Pattern {
 
     /// The pattern's routes, without a prefix, in any app state `S`.
     fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>>;
+
+    /// [`router`](Self::router)'s routes before their mount says who may call them: what
+    /// each pattern crate's public `router` function answers.
+    fn routes<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Routes<S>> {
+        Ok(Routes::new(Self::router(rt)?))
+    }
 
     /// The OpenAPI description of [`router`](Self::router)'s routes (paths without the
     /// prefix).
