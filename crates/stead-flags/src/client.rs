@@ -311,8 +311,8 @@ impl FlagsClient {
         if current != version {
             return Ok(current);
         }
-        let mut rx = self.inner.sets.env().snapshots.watch(set).subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v != version)).await;
+        let mut watch = self.inner.sets.env().snapshots.watch(set);
+        let _ = tokio::time::timeout(timeout, watch.changed_from(version)).await;
         Ok(self.snapshot(set).await?.version())
     }
 

@@ -54,16 +54,80 @@ impl Snapshots {
                 }
             }
         }
-        self.watch(set).send_replace(version);
+        // Only sets someone waits on have a channel.
+        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = versions.get(set) {
+            tx.send_replace(version);
+        }
     }
 
-    /// A receiver of the set's published versions.
-    pub(crate) fn watch(&self, set: &str) -> watch::Sender<u64> {
+    /// A receiver of the set's published versions, starting at the published one; the
+    /// set's channel exists while someone waits on it, and goes with the last
+    /// [`VersionWatch`] dropped (however its wait ended), so that asking costs no memory.
+    pub(crate) fn watch(self: &Arc<Self>, set: &str) -> VersionWatch {
         let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
-        versions
-            .entry(set.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .clone()
+        let rx = match versions.get(set) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                // Read under the channel map's lock: a publish after this sends to it.
+                let current = self.get(set).map_or(0, |s| s.version());
+                let (tx, rx) = watch::channel(current);
+                versions.insert(set.to_owned(), tx);
+                rx
+            }
+        };
+        VersionWatch {
+            rx: Some(rx),
+            set: set.to_owned(),
+            snapshots: self.clone(),
+        }
+    }
+
+    /// How many sets have a waiting long-poll (each has a channel while it does).
+    pub fn watched_sets(&self) -> usize {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// How many sets are published in this process.
+    pub fn published_sets(&self) -> usize {
+        self.sets.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One waiter on a set's versions; see [`Snapshots::watch`].
+#[derive(Debug)]
+pub(crate) struct VersionWatch {
+    rx: Option<watch::Receiver<u64>>,
+    set: String,
+    snapshots: Arc<Snapshots>,
+}
+
+impl VersionWatch {
+    /// Waits until the published version is not `version`.
+    pub(crate) async fn changed_from(&mut self, version: u64) {
+        if let Some(rx) = &mut self.rx {
+            let _ = rx.wait_for(|v| *v != version).await;
+        }
+    }
+}
+
+impl Drop for VersionWatch {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut versions = self
+            .snapshots
+            .versions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if versions
+            .get(&self.set)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            versions.remove(&self.set);
+        }
     }
 }
 

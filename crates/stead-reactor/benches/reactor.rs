@@ -28,7 +28,7 @@ impl Reactor for Counting {
     type State = Count;
     fn on_event(&self, s: &mut Count, e: &Event, out: &mut Decide) -> Result<(), Rejected> {
         s.n += 1;
-        out.emit("work", json!({"n": e.payload["n"]}));
+        out.emit("work", json!({"n": e.payload["n"]}))?;
         out.log("tick", "tick");
         Ok(())
     }

@@ -444,7 +444,7 @@ impl Step {
         }
         for (kind, payload) in &self.emit {
             let payload = payload.eval(data)?;
-            out.emit(kind.clone(), payload);
+            out.emit_value(kind.clone(), payload);
         }
         if let Some(reason) = &self.reason {
             let reason = match reason.eval(data)? {

@@ -35,7 +35,7 @@
 //!     fn on_event(&self, s: &mut Stock, e: &Event, out: &mut Decide) -> Result<(), Rejected> {
 //!         s.level += e.payload["delta"].as_i64().ok_or_else(|| Rejected("delta".into()))?;
 //!         if s.level < 10 {
-//!             out.emit("purchase.order", serde_json::json!({"sku": out.entity(), "qty": 100}));
+//!             out.emit("purchase.order", serde_json::json!({"sku": out.entity(), "qty": 100}))?;
 //!             out.log("restock", format!("level {} is below 10", s.level));
 //!         }
 //!         Ok(())

@@ -221,6 +221,10 @@ struct Meta {
     endpoints: BTreeMap<String, Cursor>,
     last_decision: u64,
     last_dead: u64,
+    /// How many dead letters are kept (counted once from storage for an entity written
+    /// before the count was kept).
+    #[serde(default)]
+    dead_count: Option<u64>,
     /// The cycles whose jobs are set.
     cycles: Vec<crate::reactor::Cycle>,
 }
@@ -288,7 +292,11 @@ impl DurableObject for Entity {
     async fn activate(ctx: &mut Context, env: Arc<ReactorEnv>) -> stead_core::Result<Self> {
         let name = ctx.name().unwrap_or_default().to_owned();
         let (kind, entity) = name.split_once('/').unwrap_or((name.as_str(), ""));
-        let meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();
+        let mut meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();
+        if meta.dead_count.is_none() {
+            let dead: Vec<(String, Value)> = ctx.storage().list(ListOptions::prefix(DEAD)).await?;
+            meta.dead_count = Some(dead.len() as u64);
+        }
         let commands: Vec<(String, Command)> = ctx.storage().list(ListOptions::prefix(CMD)).await?;
         let outbox: BTreeMap<u64, Command> =
             commands.into_iter().map(|(_, c)| (c.seq, c)).collect();
@@ -525,7 +533,6 @@ impl Handler<Inspect> for Entity {
                 }
             })
             .collect();
-        let dead: Vec<(String, Value)> = _ctx.storage().list(ListOptions::prefix(DEAD)).await?;
         Ok(EntityView {
             reactor: self.kind.clone(),
             entity: self.entity.clone(),
@@ -535,7 +542,7 @@ impl Handler<Inspect> for Entity {
             acked: ty.delivery.pull.then_some(self.meta.acked),
             pending: self.outbox.len() as u64,
             endpoints,
-            dead_letters: dead.len() as u64,
+            dead_letters: self.meta.dead_count.unwrap_or(0),
         })
     }
 }
@@ -662,7 +669,7 @@ impl Handler<ResolveDeadLetters> for Entity {
         for d in chosen {
             match msg.action {
                 DeadLetterAction::Drop => {
-                    ctx.storage().delete(&seq_key(DEAD, d.seq))?;
+                    self.remove_dead(ctx, d.seq).await?;
                     if let Some(c) = self.meta.endpoints.get_mut(&d.endpoint) {
                         c.redo.retain(|s| *s != d.seq);
                     }
@@ -727,7 +734,7 @@ impl Handler<Delivered> for Entity {
                     Target::Seq(s) => cursor.delivered = s,
                     Target::Dead(d) => {
                         cursor.redo.pop_front();
-                        ctx.storage().delete(&seq_key(DEAD, d))?;
+                        self.remove_dead(ctx, d).await?;
                     }
                 }
             }
@@ -1113,12 +1120,24 @@ impl Entity {
             retrying: false,
         };
         ctx.storage().put(&seq_key(DEAD, n), &dead)?;
+        *self.meta.dead_count.get_or_insert(0) += 1;
         if n > keep {
             let old = n - keep;
-            ctx.storage().delete(&seq_key(DEAD, old))?;
+            self.remove_dead(ctx, old).await?;
             for c in self.meta.endpoints.values_mut() {
                 c.redo.retain(|s| *s != old);
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes dead letter `seq`, if it is still there, and counts it out.
+    async fn remove_dead(&mut self, ctx: &mut Context, seq: u64) -> stead_core::Result<()> {
+        let key = seq_key(DEAD, seq);
+        if ctx.storage().get::<Value>(&key).await?.is_some() {
+            ctx.storage().delete(&key)?;
+            let n = self.meta.dead_count.get_or_insert(0);
+            *n = n.saturating_sub(1);
         }
         Ok(())
     }

@@ -97,11 +97,28 @@ impl Decide {
         &self.entity
     }
 
-    /// Emits a command. Its payload must serialize to JSON (a failure emits `null`).
-    pub fn emit(&mut self, kind: impl Into<String>, payload: impl Serialize) {
+    /// Emits a command. A payload that does not serialize to JSON is [`Rejected`] (say
+    /// `out.emit(...)?`): the event is refused and nothing it decided is kept.
+    pub fn emit(
+        &mut self,
+        kind: impl Into<String>,
+        payload: impl Serialize,
+    ) -> Result<(), Rejected> {
+        let kind = kind.into();
+        let payload = serde_json::to_value(payload).map_err(|e| {
+            Rejected(format!(
+                "the payload of a {kind:?} command does not serialize to JSON: {e}"
+            ))
+        })?;
+        self.emit_value(kind, payload);
+        Ok(())
+    }
+
+    /// Emits a command whose payload is JSON already.
+    pub fn emit_value(&mut self, kind: impl Into<String>, payload: Value) {
         self.commands.push(Emit {
             kind: kind.into(),
-            payload: serde_json::to_value(payload).unwrap_or(Value::Null),
+            payload,
         });
     }
 
@@ -181,7 +198,7 @@ impl Cycle {
 ///         let amount = event.payload["amount"].as_f64().ok_or_else(|| Rejected("no amount".into()))?;
 ///         if event.kind == "order.placed" && amount > 100.0 {
 ///             state.big += 1;
-///             out.emit("review.request", serde_json::json!({"order": event.payload["id"]}));
+///             out.emit("review.request", serde_json::json!({"order": event.payload["id"]}))?;
 ///             out.log("review", "large order");
 ///         }
 ///         Ok(())

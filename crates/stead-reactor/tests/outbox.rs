@@ -446,3 +446,38 @@ async fn the_outbox_and_one_events_output_are_bounded_by_bytes() {
     assert!(r.send("fan", "a", event("after", 10_000)).await.is_ok());
     t.shutdown().await.unwrap();
 }
+
+/// Emits a payload that cannot be JSON (a map with keys that are not strings).
+struct Unserializable;
+
+impl stead_reactor::Reactor for Unserializable {
+    type State = u64;
+    fn on_event(
+        &self,
+        seen: &mut u64,
+        _: &Event,
+        out: &mut stead_reactor::Decide,
+    ) -> Result<(), stead_reactor::Rejected> {
+        *seen += 1;
+        let payload: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        out.emit("bad", payload)?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_json_rejects_the_event() {
+    let rt = TestRuntime::memory().await;
+    let r = ReactorClient::new(&rt).unwrap();
+    r.register("u", Unserializable, stead_reactor::Delivery::pull())
+        .unwrap();
+    let err = r
+        .send("u", "a", Event::new("e-1", "x", json!({})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not serialize"), "{err}");
+    // Nothing kept: no command (never a `null` payload), no state, the event not seen.
+    let view = r.state("u", "a").await.unwrap();
+    assert_eq!((view.pending, view.events), (0, 0));
+    rt.shutdown().await.unwrap();
+}

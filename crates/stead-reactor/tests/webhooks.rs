@@ -246,6 +246,7 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
         (1, 4, url.as_str())
     );
     assert!(dead[0].error.contains("500"), "{}", dead[0].error);
+    assert_eq!(r.state("orders", "a").await.unwrap().dead_letters, 1);
     // Retry it: delivered (with the same id), and it leaves the list.
     assert_eq!(
         r.resolve_dead_letters("orders", "a", DeadLetterAction::Retry, None)
@@ -261,6 +262,11 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
         r.dead_letters("orders", "a", 10).await.unwrap().is_empty()
     })
     .await;
+    assert_eq!(
+        r.state("orders", "a").await.unwrap().dead_letters,
+        0,
+        "the count follows"
+    );
     // Timestamps are the runtime's clock at each attempt: they grew with the backoff.
     let stamps: Vec<i64> = rx
         .all()
@@ -298,6 +304,7 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
     );
     let dead = r.dead_letters("orders", "a", 10).await.unwrap();
     assert_eq!(dead.iter().map(|d| d.command.seq).collect::<Vec<_>>(), [4]);
+    assert_eq!(r.state("orders", "a").await.unwrap().dead_letters, 1);
     assert_eq!(
         r.resolve_dead_letters(
             "orders",
@@ -310,6 +317,7 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
         1
     );
     assert!(r.dead_letters("orders", "a", 10).await.unwrap().is_empty());
+    assert_eq!(r.state("orders", "a").await.unwrap().dead_letters, 0);
     assert!(
         r.resolve_dead_letters("orders", "a", DeadLetterAction::Drop, Some(vec![99]))
             .await

@@ -81,7 +81,7 @@ impl Reactor for BrandAgent {
                     out.emit(
                         "content.create",
                         json!({"brandId": brand, "keyword": opportunity, "priority": priority}),
-                    );
+                    )?;
                     out.log(
                         "create-content",
                         format!("Research found opportunity \"{opportunity}\" — creating content"),
@@ -98,7 +98,7 @@ impl Reactor for BrandAgent {
                         "social.schedule",
                         json!({"brandId": brand, "contentId": content_id,
                                "platforms": ["twitter", "linkedin"], "timing": "optimal"}),
-                    );
+                    )?;
                     out.log(
                         "promote-content",
                         format!("Content \"{keyword}\" published — scheduling social promotion"),
@@ -113,7 +113,7 @@ impl Reactor for BrandAgent {
                         "research.request",
                         json!({"brandId": brand, "focus": "engagement-optimization",
                                "context": {"underPerforming": e.payload["underPerforming"]}}),
-                    );
+                    )?;
                     out.log(
                         "engagement-pivot",
                         format!("Engagement at {}% — triggering research pivot", avg * 100.0),
@@ -142,7 +142,7 @@ impl Reactor for BrandAgent {
                         json!({"brandId": brand, "focus": "competitive-response",
                                "context": {"competitor": competitor, "action": action,
                                            "details": e.payload["details"]}}),
-                    );
+                    )?;
                     out.log(
                         "competitive-response",
                         format!(
@@ -169,7 +169,7 @@ impl Reactor for BrandAgent {
                 out.emit(
                     "research.request",
                     json!({"brandId": brand, "focus": "routine-discovery"}),
-                );
+                )?;
                 out.log(
                     "routine-research",
                     match last {
