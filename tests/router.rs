@@ -166,14 +166,14 @@ async fn the_bearer_mount_answers_only_holders_of_a_token() {
             "/stead",
             stead::router(&rt)
                 .unwrap()
-                .bearer(["admin-token-1", "admin-token-2"])
+                .bearer(["admin-token-0001", "admin-token-0002"])
                 .unwrap(),
         )
         .nest(
             "/locks",
             stead::lock::router(&rt)
                 .unwrap()
-                .bearer(["lock-token"])
+                .bearer(["lock-token-000000001"])
                 .unwrap(),
         )
         .fallback(stead::http::not_found);
@@ -184,8 +184,8 @@ async fn the_bearer_mount_answers_only_holders_of_a_token() {
     for auth in [
         None,
         Some("Bearer nope"),
-        Some("Bearer lock-token"),
-        Some("Bearer admin-token"),
+        Some("Bearer lock-token-000000001"),
+        Some("Bearer admin-token-000"),
         Some("Basic YWRtaW4tdG9rZW4tMQ=="),
         Some("Bearer "),
     ] {
@@ -204,7 +204,7 @@ async fn the_bearer_mount_answers_only_holders_of_a_token() {
         assert_eq!(r.headers["www-authenticate"], "Bearer");
     }
     // Either token passes, the scheme in any case.
-    for auth in ["Bearer admin-token-1", "bearer admin-token-2"] {
+    for auth in ["Bearer admin-token-0001", "bearer admin-token-0002"] {
         let r = app
             .post("/stead/counters/hits/increment")
             .header("authorization", auth)
@@ -215,14 +215,14 @@ async fn the_bearer_mount_answers_only_holders_of_a_token() {
     }
     let read = app
         .get("/stead/counters/hits")
-        .header("authorization", "Bearer admin-token-1")
+        .header("authorization", "Bearer admin-token-0001")
         .send()
         .await;
     assert_eq!(read.value()["value"], 2, "the refused calls did nothing");
     // The one-pattern mount has its own token.
     let lock = app
         .get("/locks/db")
-        .header("authorization", "Bearer lock-token")
+        .header("authorization", "Bearer lock-token-000000001")
         .send()
         .await;
     assert_eq!(lock.status, 200);
@@ -230,6 +230,7 @@ async fn the_bearer_mount_answers_only_holders_of_a_token() {
     assert_eq!(app.get("/stead/nope").send().await.status, 404);
     // A token that is no secret at all is refused when the app is built.
     assert!(stead::router::<()>(&rt).unwrap().bearer([" "]).is_err());
+    assert!(stead::router::<()>(&rt).unwrap().bearer(["short"]).is_err());
     assert!(
         stead::router::<()>(&rt)
             .unwrap()

@@ -393,19 +393,8 @@ impl Config {
         if self.header_read_timeout_ms == 0 {
             anyhow::bail!("invalid header_read_timeout_ms 0: at least 1");
         }
-        if self.tokens.iter().any(|t| t.trim().is_empty()) {
-            anyhow::bail!("a bearer token may not be empty or only whitespace");
-        }
-        if self.tokens.iter().any(|t| t.trim() != t) {
-            anyhow::bail!(
-                "a bearer token may not start or end with whitespace (clients trim what they send)"
-            );
-        }
-        if let Some(t) = self.tokens.iter().find(|t| t.len() < 16) {
-            anyhow::bail!(
-                "a bearer token of {} characters is too short to be safe: use at least 16",
-                t.len()
-            );
+        for t in &self.tokens {
+            stead::http::check_token(t)?;
         }
         Ok(())
     }

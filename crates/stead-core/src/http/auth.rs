@@ -17,15 +17,15 @@ use crate::error::{Error, Result};
 ///
 /// The scheme is case-insensitive (RFC 9110); the token is compared in constant time (the
 /// SHA-256 of each side, every configured token compared), so timing reveals neither how
-/// much of a token matched nor its length. Tokens must be non-empty, without whitespace at
-/// their ends: a token of spaces would be an open door.
+/// much of a token matched nor its length. Tokens are checked by [`check_token`]: at least
+/// 16 characters, without whitespace at their ends (a token of spaces would be an open door).
 ///
 /// ```
 /// use axum::{Router, routing::get};
 /// use stead_core::http::RequireBearer;
 /// let admin: Router = Router::new()
 ///     .route("/admin", get(|| async { "secret" }))
-///     .route_layer(RequireBearer::new(["s3cr3t-token"])?);
+///     .route_layer(RequireBearer::new(["a-long-random-secret"])?);
 /// assert!(RequireBearer::new([" "]).is_err());
 /// # Ok::<(), stead_core::Error>(())
 /// ```
@@ -43,8 +43,8 @@ impl std::fmt::Debug for RequireBearer {
 }
 
 impl RequireBearer {
-    /// Requires one of `tokens`. An empty list, an empty token or one with whitespace at
-    /// its ends is an [`Error::InvalidConfig`].
+    /// Requires one of `tokens`. An empty list, or a token [`check_token`] refuses, is an
+    /// [`Error::InvalidConfig`].
     pub fn new<I, T>(tokens: I) -> Result<Self>
     where
         I: IntoIterator<Item = T>,
@@ -53,12 +53,7 @@ impl RequireBearer {
         let mut digests = Vec::new();
         for t in tokens {
             let t = t.as_ref();
-            if t.is_empty() || t.trim() != t || t.chars().any(char::is_control) {
-                return Err(Error::invalid_config(
-                    "a bearer token must be non-empty, without whitespace at its ends or \
-                     control characters",
-                ));
-            }
+            check_token(t)?;
             digests.push(Sha256::digest(t.as_bytes()).into());
         }
         if digests.is_empty() {
@@ -103,6 +98,41 @@ fn unauthorized(detail: &str) -> Response {
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     resp
+}
+
+/// The shortest bearer token accepted, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Checks a bearer token: at least [`MIN_TOKEN_CHARS`] characters, no whitespace at its
+/// ends (clients trim what they send), no control characters.
+///
+/// ```
+/// assert!(stead_core::http::check_token("a-long-random-secret").is_ok());
+/// assert!(stead_core::http::check_token("short").is_err());
+/// ```
+pub fn check_token(token: &str) -> Result<()> {
+    if token.trim().is_empty() {
+        return Err(Error::invalid_config(
+            "a bearer token may not be empty or only whitespace",
+        ));
+    }
+    if token.trim() != token {
+        return Err(Error::invalid_config(
+            "a bearer token may not start or end with whitespace (clients trim what they send)",
+        ));
+    }
+    if token.chars().any(char::is_control) {
+        return Err(Error::invalid_config(
+            "a bearer token may not hold control characters",
+        ));
+    }
+    let n = token.chars().count();
+    if n < MIN_TOKEN_CHARS {
+        return Err(Error::invalid_config(format!(
+            "a bearer token of {n} characters is too short to be safe: use at least {MIN_TOKEN_CHARS}"
+        )));
+    }
+    Ok(())
 }
 
 /// Compares two digests without an early exit.
@@ -169,7 +199,7 @@ where
 /// use axum::{Router, routing::get};
 /// use stead_core::http::Routes;
 /// let routes: Routes = Routes::new(Router::new().route("/x", get(|| async { "x" })));
-/// let app: Router = Router::new().nest("/admin", routes.bearer(["s3cr3t-token"])?);
+/// let app: Router = Router::new().nest("/admin", routes.bearer(["a-long-random-secret"])?);
 /// # Ok::<(), stead_core::Error>(())
 /// ```
 #[must_use = "say who may call these routes: `.bearer(tokens)?` or `.unauthenticated()`"]

@@ -10,7 +10,7 @@ mod openapi;
 mod pattern;
 mod websocket;
 
-pub use auth::{RequireBearer, RequireBearerService, Routes};
+pub use auth::{MIN_TOKEN_CHARS, RequireBearer, RequireBearerService, Routes, check_token};
 pub use name::Name;
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;
