@@ -37,8 +37,9 @@
 //! let rt = Runtime::builder().sqlite(dir.path()).build().await?;
 //! let page = rt.namespace::<Visits>(())?.get_by_name("/home");
 //! assert_eq!(page.call(Visit).await?, 1);
-//! // Mount every enabled pattern under /stead in your own app:
-//! let app: axum::Router = axum::Router::new().nest("/stead", stead::router(&rt)?);
+//! // Mount every enabled pattern under /stead in your own app, for holders of a token:
+//! let token = "a-long-random-admin-token";
+//! let app: axum::Router = axum::Router::new().nest("/stead", stead::router(&rt)?.bearer([token])?);
 //! # let _ = app;
 //! rt.shutdown().await?;
 //! # Ok::<(), stead::Error>(()) }).unwrap();
@@ -55,7 +56,7 @@ pub use stead_core::{
     validate_name,
 };
 #[cfg(feature = "sqlite")]
-pub use stead_core::{SqliteBackend, SqliteOptions};
+pub use stead_core::{BackupReport, SqliteBackend, SqliteOptions};
 
 /// HTTP plumbing shared by the pattern routers: problem+json errors, the JSON and `Name`
 /// extractors, the OpenAPI pieces, and the `Pattern` trait.

@@ -84,7 +84,7 @@ pub use backend::{
     NamedObject, ObjectEntry, ObjectRef, Value,
 };
 #[cfg(feature = "sqlite")]
-pub use backend::{SqliteBackend, SqliteOptions};
+pub use backend::{BackupReport, SqliteBackend, SqliteOptions};
 /// The date and time library of every timestamp in the API (instants are
 /// `chrono::DateTime<Utc>`; durations are `std::time::Duration` throughout).
 pub use chrono;
@@ -100,7 +100,7 @@ pub use input::{
 };
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{Runtime, RuntimeBuilder};
-pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules};
+pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
 pub use storage::{MAX_KEY_BYTES, Storage};
 pub use websocket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS, WebSocket, WebSocketClose, WebSocketConfig,

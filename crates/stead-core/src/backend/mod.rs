@@ -691,4 +691,4 @@ pub(crate) fn unavailable(what: &'static str) -> Error {
 
 pub use memory::MemoryBackend;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteBackend, SqliteOptions};
+pub use sqlite::{BackupReport, SqliteBackend, SqliteOptions};

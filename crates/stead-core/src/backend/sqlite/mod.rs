@@ -3,6 +3,7 @@
 //! [`commit_log`]).
 
 mod apply;
+mod backup;
 mod commit_log;
 mod read;
 mod schema;
@@ -10,6 +11,7 @@ mod window;
 mod writer;
 
 use apply::*;
+pub use backup::BackupReport;
 use commit_log::CommitLog;
 use read::*;
 use schema::*;
@@ -150,6 +152,24 @@ fn sql_err(e: rusqlite::Error) -> Error {
 }
 
 impl SqliteBackend {
+    /// Copies the data directory `dir` into `dest` (absent or empty) while a runtime may be
+    /// serving it, from this process or another: every write acknowledged before the copy
+    /// began is in it, every object's state in it is one the object had, and a runtime
+    /// starts on it as on any data directory. Blocking (run it on a blocking thread from
+    /// async code); it takes no lock and changes nothing in `dir`.
+    ///
+    /// ```
+    /// # let src = tempfile::tempdir().unwrap();
+    /// # let dest = tempfile::tempdir().unwrap();
+    /// # drop(stead_core::SqliteBackend::open(src.path(), Default::default()).unwrap());
+    /// let report = stead_core::SqliteBackend::backup(src.path(), dest.path())?;
+    /// println!("{} shards, {} bytes in {:?}", report.shards, report.bytes, report.elapsed);
+    /// # Ok::<(), stead_core::Error>(())
+    /// ```
+    pub fn backup(dir: impl AsRef<Path>, dest: impl AsRef<Path>) -> Result<BackupReport> {
+        backup::backup(dir.as_ref(), dest.as_ref())
+    }
+
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
