@@ -146,9 +146,10 @@ async fn post_ok(
     url: String,
     body: Option<String>,
 ) -> Result<reqwest::Response, ()> {
-    let mut req = client.post(url);
+    // A write says it is JSON, with or without a body.
+    let mut req = client.post(url).header("content-type", "application/json");
     if let Some(body) = body {
-        req = req.header("content-type", "application/json").body(body);
+        req = req.body(body);
     }
     let r = req.send().await.map_err(|_| ())?;
     if r.status().is_success() {

@@ -91,7 +91,12 @@ pub async fn worker(
     let http = client();
     let mut done_so_far = 0;
     loop {
-        let r = http.post(format!("{url}/lease")).send().await?;
+        // A write says it is JSON, even without a body.
+        let r = http
+            .post(format!("{url}/lease"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .send()
+            .await?;
         let status = r.status().as_u16();
         let body: Value = r.json().await?;
         if status == 429 || status == 409 {

@@ -189,9 +189,14 @@ impl BudgetSpec {
             (Some(ms), None) if *ms < 1000 || *ms > 366 * 86_400_000 => {
                 return bad("cycle_ms must be between 1000 and a year".into());
             }
-            // The expression itself is checked when it is scheduled (a 400 naming it).
             (None, Some(expr)) if expr.trim().is_empty() => {
                 return bad("cron may not be empty".into());
+            }
+            // As often as cycle_ms allows, and never a cron that never matches.
+            (None, Some(expr)) => {
+                if let Err(e) = stead_core::check_cron(expr, std::time::Duration::from_secs(1)) {
+                    return bad(format!("cron: {e}"));
+                }
             }
             _ => {}
         }

@@ -273,6 +273,51 @@ fn next_after(kind: &ScheduleKind, due: i64, now: i64) -> Result<Option<i64>> {
     }
 }
 
+/// Checks a cron expression as [`Schedules::cron`] reads it (UTC; five fields, or six with
+/// seconds first): that it parses, that it ever matches, and that it never fires twice
+/// within `min_interval`, judged over its first 64 firings after 2000-01-01 (a pattern's
+/// definition checks this once, so that a per-second cron cannot make every object of a
+/// class run a turn every second). Errors are [`Error::InvalidSchedule`], naming the
+/// expression.
+///
+/// ```
+/// use std::time::Duration;
+/// use stead_core::check_cron;
+/// assert!(check_cron("*/5 * * * *", Duration::from_secs(60)).is_ok());
+/// assert!(check_cron("*/5 * * * * *", Duration::from_secs(10)).is_err()); // every 5 s
+/// assert!(check_cron("0 0 30 2 *", Duration::ZERO).is_err()); // February the 30th
+/// ```
+pub fn check_cron(expr: &str, min_interval: Duration) -> Result<()> {
+    let invalid = |detail: String| Error::InvalidSchedule { detail };
+    let cron = croner::Cron::from_str(expr)
+        .map_err(|e| invalid(format!("invalid cron expression {expr:?}: {e}")))?;
+    // Any fixed start will do: a calendar repeats within 400 years, and croner looks far
+    // enough ahead from it for every expression that matches at all.
+    let mut at = from_ms(946_684_800_000);
+    let mut previous: Option<DateTime<Utc>> = None;
+    for _ in 0..64 {
+        let Ok(next) = cron.find_next_occurrence(&at, false) else {
+            if previous.is_none() {
+                return Err(invalid(format!("cron expression {expr:?} never matches")));
+            }
+            break;
+        };
+        if let Some(p) = previous {
+            let gap = (next - p).to_std().unwrap_or_default();
+            if gap < min_interval {
+                return Err(invalid(format!(
+                    "cron expression {expr:?} fires {} s apart; at least {} s is allowed here",
+                    gap.as_secs_f64(),
+                    min_interval.as_secs_f64()
+                )));
+            }
+        }
+        previous = Some(next);
+        at = next;
+    }
+    Ok(())
+}
+
 /// The earliest time any job is due.
 pub(crate) fn earliest(jobs: &[(String, JobRecord)]) -> Option<i64> {
     jobs.iter().map(|(_, r)| r.next_ms).min()

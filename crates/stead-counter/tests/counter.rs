@@ -395,7 +395,14 @@ mod over_http {
         assert!(d.contains("16 shards"), "{d}");
         let d = problem(http.delete("/counters/x").send().await, 405);
         assert!(d.contains("DELETE"), "{d}");
-        let d = problem(http.post(&inc()).bytes("{}").send().await, 415);
+        let d = problem(
+            http.post(&inc())
+                .bytes("{}")
+                .without_content_type()
+                .send()
+                .await,
+            415,
+        );
         assert!(d.contains("Content-Type"), "{d}");
         rt.shutdown().await.unwrap();
     }

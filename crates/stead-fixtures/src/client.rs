@@ -72,6 +72,7 @@ impl TestClient {
         TestRequest {
             router: self.router.clone(),
             req,
+            bare: false,
         }
     }
 
@@ -106,6 +107,8 @@ impl TestClient {
 pub struct TestRequest {
     router: Router,
     req: Request<Body>,
+    /// Whether to leave a write's missing content type missing.
+    bare: bool,
 }
 
 impl TestRequest {
@@ -132,8 +135,26 @@ impl TestRequest {
         self
     }
 
+    /// Sends a bodiless write without a content type, as a web page's form could: by
+    /// default [`send`](Self::send) says `application/json` on a `POST`, `PUT` or `PATCH`
+    /// that has none, as a JSON client does.
+    pub fn without_content_type(mut self) -> Self {
+        self.bare = true;
+        self
+    }
+
     /// Calls the router and reads the whole response.
-    pub async fn send(self) -> TestResponse {
+    pub async fn send(mut self) -> TestResponse {
+        let write = matches!(
+            *self.req.method(),
+            Method::POST | Method::PUT | Method::PATCH
+        );
+        if write && !self.bare && !self.req.headers().contains_key("content-type") {
+            self.req.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
         let resp = match self.router.oneshot(self.req).await {
             Ok(resp) => resp,
             Err(never) => match never {},

@@ -218,10 +218,17 @@ impl PartialEq for ReactorEnv {
 
 impl ReactorEnv {
     fn new(config: ReactorConfig, clock: Arc<dyn Clock>) -> Self {
+        // Every host name is resolved through the destination rules at each delivery.
+        let http = reqwest::Client::builder()
+            .dns_resolver(crate::destination::CheckedResolver::new(
+                &config.webhook_hosts,
+            ))
+            .build()
+            .expect("the webhook HTTP client builds");
         ReactorEnv {
             config,
             types: Arc::default(),
-            http: reqwest::Client::new(),
+            http,
             clock,
             entities: OnceLock::new(),
         }
@@ -380,6 +387,10 @@ impl ReactorClient {
     ) -> Result<(), ReactorError> {
         check_type(kind)?;
         delivery.check()?;
+        for c in reactor.cycles() {
+            crate::definition::check_cron(&c.cron)
+                .map_err(|m| stead_core::InvalidInput::new(format!("cycle {:?}: {m}", c.name)))?;
+        }
         let entry = Arc::new(TypeEntry {
             behaviour: Arc::new(Typed(reactor)),
             delivery,

@@ -630,18 +630,18 @@ fn label(list: &str, i: usize, v: &Value) -> String {
     }
 }
 
-/// Checks a cron expression as schedules read it, and that it ever matches (`0 0 30 2 *`,
-/// February the 30th, never does: every event of the type would then fail to schedule it).
+/// The shortest time between two firings of a declared cycle: a cycle runs for every entity
+/// of its type, so a per-second cron would make each of them run a turn every second.
+pub const MIN_CYCLE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks a cycle's cron: it parses, ever matches (`0 0 30 2 *`, February the 30th, never
+/// does: every event of the type would then fail to schedule it), and fires at most once
+/// per [`MIN_CYCLE_INTERVAL`].
 pub(crate) fn check_cron(expr: &str) -> Result<(), String> {
-    use std::str::FromStr;
-    let cron = croner::Cron::from_str(expr).map_err(|e| format!("cron {expr:?}: {e}"))?;
-    // Any fixed start will do: a calendar repeats within 400 years, and croner looks far
-    // enough ahead from it for every expression that matches at all.
-    let start = chrono::DateTime::<chrono::Utc>::from_timestamp(946_684_800, 0)
-        .ok_or_else(|| "cron: no start time".to_owned())?;
-    cron.find_next_occurrence(&start, false)
-        .map(drop)
-        .map_err(|_| format!("cron {expr:?} never matches"))
+    stead_core::check_cron(expr, MIN_CYCLE_INTERVAL).map_err(|e| match e {
+        stead_core::Error::InvalidSchedule { detail } => detail,
+        other => other.to_string(),
+    })
 }
 
 impl Behaviour for Declarative {
@@ -774,11 +774,15 @@ mod tests {
             ),
             (
                 json!({"cycles": [{"cron": "99 * * * *"}]}),
-                "cycles[0]: cron",
+                "cycles[0]: invalid cron expression",
             ),
             (
                 json!({"cycles": [{"name": "never", "cron": "0 0 30 2 *", "increment": {"n": 1}}]}),
-                "cycles[0] \"never\": cron \"0 0 30 2 *\" never matches",
+                "cycles[0] \"never\": cron expression \"0 0 30 2 *\" never matches",
+            ),
+            (
+                json!({"cycles": [{"name": "fast", "cron": "*/5 * * * * *", "increment": {"n": 1}}]}),
+                "cycles[0] \"fast\": cron expression \"*/5 * * * * *\" fires 5 s apart",
             ),
             (
                 json!({"cycles": [{"reason": "x"}]}),

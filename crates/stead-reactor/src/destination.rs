@@ -1,9 +1,12 @@
 //! Where webhooks may deliver: an operator's allow-list of hosts and networks, and by
 //! default everything but link-local addresses and cloud metadata endpoints (a definition
 //! that points there would let whoever may define reactors read from the host's
-//! surroundings). Checked, without sending anything, when a definition is stored.
+//! surroundings). Checked, without sending anything, when a definition is stored; and again
+//! at every delivery, on the addresses a host name resolves to ([`CheckedResolver`]), so
+//! that a name that resolves, or is rebound, to such an address gets nothing.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use crate::definition::{DefinitionError, Webhook, fault};
 
@@ -55,6 +58,66 @@ pub(crate) fn check(webhooks: &[Webhook], allowed: &[String]) -> Result<(), Defi
         }
     }
     Ok(())
+}
+
+/// The webhook client's resolver: it resolves a host name as the system does, then keeps
+/// only the addresses a webhook may reach (see [`allowed_addrs`]); a name left with none
+/// fails the delivery, which is retried and dead-lettered as any failure.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedResolver {
+    allowed: Arc<[String]>,
+}
+
+impl CheckedResolver {
+    pub(crate) fn new(allowed: &[String]) -> Self {
+        CheckedResolver {
+            allowed: allowed.into(),
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let allowed = self.allowed.clone();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept = allowed_addrs(&host, found, &allowed)?;
+            let addrs: reqwest::dns::Addrs = Box::new(kept.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The addresses `host` resolved to that a webhook may reach: with an allow-list, all of
+/// them if the name is on it, else those its addresses and networks cover; without one,
+/// all but link-local and metadata addresses. None is an error naming the host.
+pub(crate) fn allowed_addrs(
+    host: &str,
+    found: Vec<SocketAddr>,
+    allowed: &[String],
+) -> Result<Vec<SocketAddr>, String> {
+    let entries: Vec<Entry> = allowed
+        .iter()
+        .filter_map(|a| Entry::parse(a).ok())
+        .collect();
+    let kept: Vec<SocketAddr> = found
+        .into_iter()
+        .filter(|a| {
+            if entries.is_empty() {
+                !link_local_or_metadata(a.ip())
+            } else {
+                entries.iter().any(|e| e.covers(host, Some(a.ip())))
+            }
+        })
+        .collect();
+    if kept.is_empty() {
+        return Err(format!(
+            "{host} resolves to no address a webhook may reach (link-local, metadata, or not in reactors.webhook_hosts)"
+        ));
+    }
+    Ok(kept)
 }
 
 /// An entry of the allow-list.
@@ -175,6 +238,39 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn resolved_addresses_are_filtered_at_delivery() {
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 0);
+        // A name that resolves to the metadata address (or was rebound to it) is refused.
+        let e = allowed_addrs("hooks.example", vec![at("169.254.169.254")], &[]).unwrap_err();
+        assert!(e.contains("hooks.example"), "{e}");
+        assert!(allowed_addrs("h", vec![at("fe80::1"), at("fd00:ec2::254")], &[]).is_err());
+        // Other addresses of the same name are kept.
+        let kept = allowed_addrs("h", vec![at("169.254.169.254"), at("10.0.0.7")], &[]).unwrap();
+        assert_eq!(kept, [at("10.0.0.7")]);
+        // With an allow-list: a listed name keeps its addresses; networks filter them.
+        let list = ["hooks.internal".to_owned(), "10.0.0.0/8".to_owned()];
+        let any = vec![at("192.168.1.5")];
+        assert!(allowed_addrs("hooks.internal", any.clone(), &list).is_ok());
+        assert!(allowed_addrs("other.internal", any, &list).is_err());
+        assert!(allowed_addrs("other.internal", vec![at("10.9.9.9")], &list).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_resolver_resolves_what_it_may() {
+        use reqwest::dns::Resolve;
+        let r = CheckedResolver::new(&[]);
+        let found: Vec<SocketAddr> = r
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(found.iter().all(|a| a.ip().is_loopback()), "{found:?}");
+        assert!(!found.is_empty());
+        let only = CheckedResolver::new(&["10.0.0.0/8".to_owned()]);
+        assert!(only.resolve("localhost".parse().unwrap()).await.is_err());
     }
 
     #[test]

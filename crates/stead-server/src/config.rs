@@ -41,10 +41,26 @@ pub enum BackendKind {
     Postgres,
 }
 
+/// What `stead` can do besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Copy a SQLite data directory, even while a server serves it: every write acknowledged
+    /// before the copy began is in it, and a server starts on the copy as on any data
+    /// directory.
+    Backup {
+        /// Where to put the copy: a directory that does not exist yet, or an empty one.
+        #[arg(value_name = "DEST")]
+        dest: PathBuf,
+    },
+}
+
 /// `stead`: durable objects and coordination patterns over HTTP.
 #[derive(Debug, Parser)]
 #[command(name = "stead", version, about, long_about = None)]
 pub struct Cli {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// A TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "STEAD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -122,6 +138,10 @@ pub struct Cli {
     /// [default: 15000].
     #[arg(long, env = "STEAD_HEADER_READ_TIMEOUT_MS", value_name = "MS")]
     pub header_read_timeout_ms: Option<u64>,
+    /// How long a request's body has to arrive whole, from the request's start, in
+    /// milliseconds; a body still trickling in then is answered 408 [default: 30000].
+    #[arg(long, env = "STEAD_BODY_READ_TIMEOUT_MS", value_name = "MS")]
+    pub body_read_timeout_ms: Option<u64>,
     /// How long a shutdown waits for requests in flight before closing their connections,
     /// in milliseconds; a second SIGINT or SIGTERM exits at once [default: 10000].
     #[arg(long, env = "STEAD_SHUTDOWN_GRACE_MS", value_name = "MS")]
@@ -172,6 +192,7 @@ struct FileConfig {
     allowed_origins: Option<Vec<String>>,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -216,6 +237,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a connection has to send a request's headers (also its idle limit).
     pub header_read_timeout_ms: u64,
+    /// How long a request's body has to arrive whole.
+    pub body_read_timeout_ms: u64,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_grace_ms: u64,
     /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
@@ -244,6 +267,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             max_connections: 512,
             header_read_timeout_ms: 15_000,
+            body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
             shards: None,
             max_body_bytes: 1024 * 1024,
@@ -260,6 +284,7 @@ impl Config {
         crate::serve::ServeLimits {
             max_connections: self.max_connections,
             header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: std::time::Duration::from_millis(self.body_read_timeout_ms),
             shutdown_grace: std::time::Duration::from_millis(self.shutdown_grace_ms),
         }
     }
@@ -317,6 +342,10 @@ impl Config {
                 .header_read_timeout_ms
                 .or(file.header_read_timeout_ms)
                 .unwrap_or(d.header_read_timeout_ms),
+            body_read_timeout_ms: cli
+                .body_read_timeout_ms
+                .or(file.body_read_timeout_ms)
+                .unwrap_or(d.body_read_timeout_ms),
             shutdown_grace_ms: cli
                 .shutdown_grace_ms
                 .or(file.shutdown_grace_ms)
@@ -392,6 +421,9 @@ impl Config {
         }
         if self.header_read_timeout_ms == 0 {
             anyhow::bail!("invalid header_read_timeout_ms 0: at least 1");
+        }
+        if self.body_read_timeout_ms == 0 {
+            anyhow::bail!("invalid body_read_timeout_ms 0: at least 1");
         }
         for t in &self.tokens {
             stead::http::check_token(t)?;

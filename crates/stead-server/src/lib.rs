@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use app::{app, app_with};
-pub use config::{BackendKind, Cli, Config, DurabilityMode, PostgresConfig};
+pub use config::{BackendKind, Cli, Command, Config, DurabilityMode, PostgresConfig};
 pub use openapi::spec as openapi_spec;
 
 /// Opens the runtime the configuration asks for.

@@ -1,6 +1,6 @@
 //! Serving connections: HTTP/1.1 whose header-read timeout also bounds a connection that
-//! sends nothing (and, between requests, one left idle), a cap on open connections, and a
-//! graceful shutdown with a deadline.
+//! sends nothing (and, between requests, one left idle), a deadline for each request's body,
+//! a cap on open connections, and a graceful shutdown with a deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,8 @@ pub(crate) struct ServeLimits {
     /// A connection must send a whole request head within this long of opening, or of its
     /// last response (so an idle keep-alive connection is closed after it too).
     pub(crate) header_read_timeout: Duration,
+    /// A request's body must arrive whole within this long of the request's start.
+    pub(crate) body_read_timeout: Duration,
     /// How long a shutdown waits for requests in flight before it closes their connections.
     pub(crate) shutdown_grace: Duration,
 }
@@ -63,10 +65,17 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let body_limit = limits.body_read_timeout;
         let service = TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
+            tower::ServiceBuilder::new()
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    req.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_limit)))
+                })
+                .service(
+                    router
+                        .clone()
+                        .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
+                ),
         );
         let conn = http
             .serve_connection(TokioIo::new(stream), service)
@@ -98,6 +107,61 @@ pub(crate) async fn serve(
             "requests still in flight after the shutdown grace period; their connections close"
         );
         connections.abort_all();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that must arrive whole within a deadline of its request's start: past
+    /// it, reading fails with [`stead::http::BodyTimeout`] (answered 408), so a client that
+    /// trickles its body cannot hold a request open.
+    struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        limit: Duration,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: tokio::time::sleep(limit),
+            limit,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = axum::body::Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = axum::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.poll(cx).is_ready() {
+            let timeout = stead::http::BodyTimeout(*this.limit);
+            return std::task::Poll::Ready(Some(Err(Box::new(timeout))));
+        }
+        std::task::Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

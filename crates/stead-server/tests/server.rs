@@ -601,6 +601,20 @@ async fn a_loopback_server_is_not_open_to_every_web_page() {
     )
     .await;
     assert_eq!(body["type"], "/problems/origin-not-allowed");
+    // A write without the JSON content type is refused whoever sends it: no page can send
+    // one cross-site without the browser asking first (a form's or text/plain's it can).
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = http.post(&reset);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let body = problem(req.send().await.unwrap(), 415).await;
+        assert_eq!(body["type"], "/problems/unsupported-media-type", "{ct:?}");
+    }
     problem(
         http.get(format!("{base}/reactors/t/e/live"))
             .header("origin", "http://evil.example")
@@ -621,7 +635,10 @@ async fn a_loopback_server_is_not_open_to_every_web_page() {
         (addr.to_string(), Some(format!("http://{addr}"))),
         (addr.to_string(), Some("https://app.example".to_owned())),
     ] {
-        let mut req = http.post(&reset).header("host", &host);
+        let mut req = http
+            .post(&reset)
+            .header("host", &host)
+            .header("content-type", "application/json");
         if let Some(o) = &origin {
             req = req.header("origin", o);
         }
@@ -664,6 +681,36 @@ async fn silent_and_trickling_connections_are_closed() {
             tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
         assert!(read.is_ok(), "a silent connection is closed by the server");
     }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.body_read_timeout_ms = 300;
+    let server = stead_server::start(c).await.unwrap();
+    let addr = server.addr();
+    // The head promises 20 bytes; one comes, then nothing.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /counters/slow/increment HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/json\r\ncontent-length: 20\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server answers and closes the connection");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("/problems/body-timeout"), "{text}");
+    // Nothing was counted.
+    let http = reqwest::Client::new();
+    let v = get_json(&http, &format!("http://{addr}/counters/slow")).await;
+    assert_eq!(v["value"], 0);
     server.shutdown().await.unwrap();
 }
 

@@ -209,9 +209,12 @@ pub struct Routes<S = ()> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
-    /// Wraps a router whose callers are not yet decided.
+    /// Wraps a router whose callers are not yet decided. Its writes must say they are JSON
+    /// ([`require_json_writes`](super::require_json_writes)), however they are mounted.
     pub fn new(router: Router<S>) -> Self {
-        Routes { router }
+        Routes {
+            router: router.route_layer(axum::middleware::from_fn(super::require_json_writes)),
+        }
     }
 
     /// The routes, answering only requests with `Authorization: Bearer` and one of

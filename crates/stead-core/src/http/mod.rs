@@ -208,24 +208,29 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = json_body(req, state).await?;
-        // The usual request parses once; only a failure is parsed again, to say where.
-        if let Ok(v) = serde_json::from_slice(&bytes) {
-            return Ok(Json(v));
-        }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => {
-                // Only on failure, so the usual request pays nothing: try again with
-                // integral floats read as integers.
-                if matches!(rejection, JsonRejection::JsonDataError(_))
-                    && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    && integral_floats_to_integers(&mut value)
-                    && let Ok(v) = serde_json::from_value(value)
-                {
-                    return Ok(Json(v));
-                }
-                Err(json_problem(rejection))
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parses a JSON body as `T`, with the problems [`Json`] answers.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // The usual request parses once; only a failure is parsed again, to say where.
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(v)) => Ok(v),
+        Err(rejection) => {
+            // Only on failure, so the usual request pays nothing: try again with
+            // integral floats read as integers.
+            if matches!(rejection, JsonRejection::JsonDataError(_))
+                && let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes)
+                && integral_floats_to_integers(&mut value)
+                && let Ok(v) = serde_json::from_value(value)
+            {
+                return Ok(v);
             }
+            Err(json_problem(rejection))
         }
     }
 }
@@ -234,11 +239,7 @@ where
 /// when it is larger than the route accepts.
 async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, Problem> {
     if !json_content_type(req.headers()) {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "expected a request body with Content-Type: application/json",
-        ));
+        return Err(not_json());
     }
     let bytes = axum::body::Bytes::from_request(req, state)
         .await
@@ -249,12 +250,33 @@ async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body
                     "body-too-large",
                     "the request body is larger than the server accepts",
                 )
+            } else if let Some(t) = body_timeout(&e) {
+                Problem::new(StatusCode::REQUEST_TIMEOUT, "body-timeout", t.to_string())
             } else {
                 Problem::new(e.status(), "bad-body", e.body_text())
             }
         })?;
     check_nesting(&bytes)?;
     Ok(bytes)
+}
+
+/// A request body that did not arrive whole within its deadline (the server's
+/// `--body-read-timeout-ms`): reading it fails with this, and the JSON extractors answer
+/// 408 `body-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// The [`BodyTimeout`] behind a failed body read, if that is why it failed.
+fn body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyTimeout> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<BodyTimeout>() {
+            return Some(*t);
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// How deep a JSON request body may nest. What a route accepts is stored inside a few more
@@ -307,9 +329,9 @@ pub fn created_or_ok(created: bool) -> StatusCode {
     }
 }
 
-/// A JSON body that may be left out: no body at all (no `Content-Type`, or an empty one)
-/// reads as `T::default()`; a body is read as [`Json`] reads it, with the same problems.
-/// For actions whose every parameter is optional (`POST .../lease`).
+/// A JSON body that may be left out: no body at all (an empty one, with or without its
+/// `Content-Type`) reads as `T::default()`; a body is read as [`Json`] reads it, with the
+/// same problems. For actions whose every parameter is optional (`POST .../lease`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OptionalJson<T>(pub T);
 
@@ -328,9 +350,11 @@ where
         if empty {
             return Ok(OptionalJson(T::default()));
         }
-        Json::<T>::from_request(req, state)
-            .await
-            .map(|Json(v)| OptionalJson(v))
+        let bytes = json_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        parse_json(&bytes).map(OptionalJson)
     }
 }
 
@@ -376,6 +400,32 @@ where
             .map(|axum::extract::Query(v)| Query(v))
             .map_err(|e| Problem::from(&Error::bad_request(e.body_text())))
     }
+}
+
+/// The 415 of a request that does not say its body is JSON.
+fn not_json() -> Problem {
+    Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+        "expected Content-Type: application/json (a write says it even without a body)",
+    )
+}
+
+/// Refuses a `POST`, `PUT` or `PATCH` that does not say `Content-Type: application/json`
+/// (or `application/*+json`), with or without a body, with 415. A web page can send a
+/// cross-site `POST` with another content type (a form, `text/plain`) without asking the
+/// browser's permission first; with a JSON content type it cannot, so an unauthenticated
+/// route can never be written by a page its operator happens to visit. (`DELETE` is never
+/// sent cross-site without that permission, so it needs no content type.) Every pattern
+/// router carries it (see [`Routes`]); add it to routes of your own with
+/// `.route_layer(axum::middleware::from_fn(stead_core::http::require_json_writes))`.
+pub async fn require_json_writes(req: Request, next: axum::middleware::Next) -> Response {
+    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+        && !json_content_type(req.headers())
+    {
+        return not_json().into_response();
+    }
+    next.run(req).await
 }
 
 /// Whether the request says its body is JSON (`application/json`, or `application/*+json`).
@@ -431,11 +481,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
     match rejection {
         JsonRejection::JsonDataError(_) => Problem::new(S::BAD_REQUEST, "invalid-body", detail),
         JsonRejection::JsonSyntaxError(_) => Problem::new(S::BAD_REQUEST, "malformed-json", detail),
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            S::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "expected a request body with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => not_json(),
         _ if status == S::PAYLOAD_TOO_LARGE => Problem::new(
             S::PAYLOAD_TOO_LARGE,
             "body-too-large",
