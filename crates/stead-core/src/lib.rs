@@ -101,7 +101,7 @@ pub use input::{
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{Runtime, RuntimeBuilder};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
-pub use storage::{MAX_KEY_BYTES, Storage};
+pub use storage::{MAX_KEY_BYTES, ObjectDocument, Storage};
 pub use websocket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS, WebSocket, WebSocketClose, WebSocketConfig,
     WebSocketMessage,

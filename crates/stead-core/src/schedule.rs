@@ -195,7 +195,7 @@ pub(crate) fn key(name: &str) -> String {
     format!("{SCHEDULE_PREFIX}{name}")
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
         return Err(Error::InvalidSchedule {
             detail: format!("a job name must be 1 to {MAX_NAME_BYTES} bytes"),

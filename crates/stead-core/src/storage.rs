@@ -671,6 +671,89 @@ impl Storage {
     }
 }
 
+/// One object as a document: what [`Stub::export`](crate::Stub::export) answers and
+/// [`Stub::import`](crate::Stub::import) takes, to restore an object or fork it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct ObjectDocument {
+    /// The object's class.
+    pub class: String,
+    /// The name it was exported from, if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its storage: every key and its value.
+    pub entries: BTreeMap<String, serde_json::Value>,
+    /// Its alarm, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<DateTime<Utc>>,
+    /// Its schedules, by job name, as the runtime keeps them (kind and next run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, serde_json::Value>,
+}
+
+/// Checks a document before it is imported: keys an object could have written, schedules
+/// the runtime can read, values within the value limit is checked as they are written.
+pub(crate) fn check_import(doc: &ObjectDocument) -> Result<()> {
+    let bad = |what: String| Err(Error::bad_request(what));
+    for k in doc.entries.keys() {
+        if let Err(e) = check_user_key(k) {
+            return bad(format!("entry {k:?}: {e}"));
+        }
+    }
+    for (name, job) in &doc.schedules {
+        if let Err(e) = crate::schedule::check_name(name) {
+            return bad(format!("schedule {name:?}: {e}"));
+        }
+        if let Err(e) = serde_json::from_value::<crate::schedule::JobRecord>(job.clone()) {
+            return bad(format!("schedule {name:?}: {e}"));
+        }
+    }
+    Ok(())
+}
+
+impl Storage {
+    /// Everything the object holds, as a document (its class and name left for the caller).
+    pub(crate) async fn export_document(&mut self) -> Result<ObjectDocument> {
+        let mut doc = ObjectDocument {
+            class: String::new(),
+            name: None,
+            entries: BTreeMap::new(),
+            alarm: None,
+            schedules: BTreeMap::new(),
+        };
+        for (k, v) in self.list_raw(&ListOptions::all()).await? {
+            let value: serde_json::Value = decode(&v)?;
+            if let Some(job) = k.strip_prefix(SCHEDULE_PREFIX) {
+                doc.schedules.insert(job.to_owned(), value);
+            } else if k == USER_ALARM_KEY {
+                doc.alarm = value.as_i64().map(from_ms);
+            } else if !k.starts_with(INTERNAL) {
+                doc.entries.insert(k, value);
+            }
+        }
+        Ok(doc)
+    }
+
+    /// Replaces everything the object holds with `doc` (checked by [`check_import`]), in
+    /// this turn.
+    pub(crate) fn import_document(&mut self, doc: &ObjectDocument) -> Result<()> {
+        self.delete_all();
+        for (k, v) in &doc.entries {
+            let v = self.encode(v)?;
+            self.turn.insert(k.clone(), Some(v));
+        }
+        for (name, job) in &doc.schedules {
+            let v = self.encode(job)?;
+            self.turn.insert(crate::schedule::key(name), Some(v));
+        }
+        if let Some(at) = doc.alarm {
+            self.set_alarm_ms(to_ms(at))?;
+        }
+        self.turn_alarm_dirty = true;
+        Ok(())
+    }
+}
+
 fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(Error::Codec)
 }

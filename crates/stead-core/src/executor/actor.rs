@@ -280,6 +280,28 @@ impl<O: DurableObject> Actor<O> {
             }
             Envelope::Alarm { reply } => self.run_alarm(reply).await,
             Envelope::Socket(event, _) => self.run_socket(event).await,
+            Envelope::Export { reply } => {
+                let doc = self.ctx.storage.export_document().await;
+                // Held behind the writes it may have read, as any reply.
+                self.ctx.queue_reply(Box::new(move |gate: Result<()>| {
+                    let _ = reply.send(gate.and(doc));
+                }));
+                self.end_turn().await;
+            }
+            Envelope::Import { doc, reply } => {
+                if let Err(e) = self.ctx.storage.import_document(&doc) {
+                    self.ctx.storage.rollback();
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                self.ctx.queue_reply(Box::new(move |gate: Result<()>| {
+                    let _ = reply.send(gate);
+                }));
+                self.end_turn().await;
+                // The instance's fields describe what was replaced: it activates again,
+                // from what was imported, on its next message.
+                self.instance = None;
+            }
         }
     }
 

@@ -115,6 +115,16 @@ enum Envelope<O> {
     /// An event of one of the object's WebSockets: a turn with no caller, with how often
     /// its delivery was tried before.
     Socket(SocketEvent, u32),
+    /// Everything the object holds, as a document (a turn that reads).
+    Export {
+        reply: oneshot::Sender<Result<crate::ObjectDocument>>,
+    },
+    /// Replace everything the object holds with a document (a turn that writes, after
+    /// which the object activates again from what it holds).
+    Import {
+        doc: Box<crate::ObjectDocument>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 impl<O> Envelope<O> {
@@ -126,6 +136,12 @@ impl<O> Envelope<O> {
             }
             Envelope::Socket(event, _) => {
                 tracing::debug!(socket = event.socket().id(), error = %err, "a WebSocket event was not delivered");
+            }
+            Envelope::Export { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            Envelope::Import { reply, .. } => {
+                let _ = reply.send(Err(err));
             }
         }
     }

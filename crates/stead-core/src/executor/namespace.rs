@@ -582,6 +582,11 @@ impl<O: DurableObject> Stub<O> {
         };
         self.ns
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
+        self.wait(rx).await
+    }
+
+    /// Waits for a reply, within the stub's deadline.
+    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         let shared = &self.ns.shared;
         let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
         if shared.clock.as_manual().is_none() {
@@ -605,6 +610,71 @@ impl<O: DurableObject> Stub<O> {
             reply = rx => reply.unwrap_or(Err(Error::Reset)),
             () = expired => Err(Error::Timeout),
         }
+    }
+
+    /// The object as a document: every entry of its storage (JSON), its alarm and its
+    /// schedules, read in a turn of its own (after the turns before it, and answered once
+    /// their writes are durable). Import it under the same name to restore the object, or
+    /// under another to fork it ([`import`](Self::import)).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # use std::sync::Arc;
+    /// # use stead_core::{Context, DurableObject, Handler, Runtime};
+    /// # struct Note;
+    /// # impl DurableObject for Note {
+    /// #     const CLASS: &'static str = "note";
+    /// #     type Env = ();
+    /// #     async fn activate(_: &mut Context, _: Arc<()>) -> stead_core::Result<Self> { Ok(Note) }
+    /// # }
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct Write(String);
+    /// # impl Handler<Write> for Note {
+    /// #     type Reply = stead_core::Result<()>;
+    /// #     async fn handle(&mut self, w: Write, ctx: &mut Context) -> stead_core::Result<()> {
+    /// #         ctx.storage().put("text", &w.0)
+    /// #     }
+    /// # }
+    /// let rt = Runtime::builder().memory().build().await?;
+    /// let notes = rt.namespace::<Note>(())?;
+    /// notes.get_by_name("draft").call(Write("hello".into())).await?;
+    /// let doc = notes.get_by_name("draft").export().await?;
+    /// assert_eq!(doc.entries["text"], "hello");
+    /// notes.get_by_name("copy").import(&doc).await?; // a fork
+    /// # rt.shutdown().await?;
+    /// # Ok::<(), stead_core::Error>(()) }).unwrap();
+    /// ```
+    pub async fn export(&self) -> Result<crate::ObjectDocument> {
+        self.check_name()?;
+        let (tx, rx) = oneshot::channel();
+        self.ns
+            .send(self.id, &self.name, Envelope::Export { reply: tx })?;
+        let mut doc = self.wait(rx).await?;
+        doc.class = O::CLASS.to_owned();
+        doc.name = self.name.as_deref().map(str::to_owned);
+        Ok(doc)
+    }
+
+    /// Replaces everything the object holds with `doc` (an [`export`](Self::export) of an
+    /// object of the same class, this one or another): its storage, alarm and schedules, in
+    /// one turn, answered once durable. The object in memory is then dropped, and activates
+    /// from what was imported on its next message. A document of another class, or with an
+    /// entry no object could have written, is [`Error::BadRequest`] and changes nothing.
+    pub async fn import(&self, doc: &crate::ObjectDocument) -> Result<()> {
+        self.check_name()?;
+        if doc.class != O::CLASS {
+            return Err(Error::bad_request(format!(
+                "a document of class {:?} cannot be imported into class {:?}",
+                doc.class,
+                O::CLASS
+            )));
+        }
+        crate::storage::check_import(doc)?;
+        let (tx, rx) = oneshot::channel();
+        let doc = Box::new(doc.clone());
+        self.ns
+            .send(self.id, &self.name, Envelope::Import { doc, reply: tx })?;
+        self.wait(rx).await
     }
 
     /// Sends `msg` to a handler whose reply is a `Result<T, E>` and flattens the two
