@@ -48,12 +48,12 @@
 /// The date and time types of the API (`ctx.now()`, alarms).
 pub use stead_core::chrono;
 pub use stead_core::{
-    AlarmInfo, Backend, Clock, Context, Deferred, DeferredHandler, Durability, DurableObject,
-    Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock, MemoryBackend, Message,
-    Namespace, NamespaceOptions, ObjectEntry, ObjectId, ObjectPage, Result, Runtime,
-    RuntimeBuilder, RuntimeConfig, ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, Storage,
-    Stub, SystemClock, WebSocket, WebSocketClose, WebSocketConfig, WebSocketMessage, validate_ms,
-    validate_name,
+    AlarmInfo, Backend, ClassVitals, Clock, Context, Deferred, DeferredHandler, Durability,
+    DurableObject, Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock,
+    MemoryBackend, Message, Namespace, NamespaceOptions, ObjectDocument, ObjectEntry, ObjectId,
+    ObjectPage, Result, Runtime, RuntimeBuilder, RuntimeConfig, ScheduleInfo, ScheduleKind,
+    ScheduledJob, Schedules, Storage, Stub, SystemClock, Vitals, WebSocket, WebSocketClose,
+    WebSocketConfig, WebSocketMessage, validate_ms, validate_name,
 };
 #[cfg(feature = "sqlite")]
 pub use stead_core::{BackupReport, SqliteBackend, SqliteOptions};

@@ -99,7 +99,7 @@ pub use input::{
     validate_object_name,
 };
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
-pub use runtime::{Runtime, RuntimeBuilder};
+pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
 pub use storage::{MAX_KEY_BYTES, ObjectDocument, Storage};
 pub use websocket::{

@@ -464,6 +464,58 @@ impl Runtime {
         self.inner.shared.alarms.len()
     }
 
+    /// The runtime's vital signs now: turns run so far (per class and in all), objects in
+    /// memory, alarms held. Two readings a second apart give turns per second.
+    pub async fn vitals(&self) -> Vitals {
+        let namespaces: Vec<_> = lock(&self.inner.namespaces).values().cloned().collect();
+        let mut classes: Vec<ClassVitals> = namespaces
+            .iter()
+            .map(|ns| ClassVitals {
+                class: ns.class().to_owned(),
+                active_objects: ns.active(),
+                turns: ns.turns(),
+            })
+            .collect();
+        classes.sort_by(|a, b| a.class.cmp(&b.class));
+        Vitals {
+            at: self.inner.shared.clock.now(),
+            turns: classes.iter().map(|c| c.turns).sum(),
+            active_objects: self.active_objects(),
+            pending_alarms: self.pending_alarms().await,
+            classes,
+        }
+    }
+
+    fn namespace_of(&self, class: &str) -> Result<Arc<dyn NamespaceDyn>> {
+        lock(&self.inner.namespaces)
+            .get(class)
+            .cloned()
+            .ok_or_else(|| Error::bad_request(format!("no class {class:?} is registered")))
+    }
+
+    /// The names of the objects of `class` that start with `prefix` (and have stored
+    /// something), in order, at most `limit`: a search for an operator, without knowing
+    /// the class's Rust type.
+    pub async fn find_objects(
+        &self,
+        class: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        self.namespace_of(class)?
+            .find(prefix.to_owned(), limit)
+            .await
+    }
+
+    /// The object `name` of `class` as a document (see [`crate::Stub::export`]), without
+    /// knowing the class's Rust type.
+    pub async fn export_object(&self, class: &str, name: &str) -> Result<crate::ObjectDocument> {
+        crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.namespace_of(class)?
+            .export_named(name.to_owned())
+            .await
+    }
+
     /// Whether [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shared.closed.load(Ordering::Acquire)
@@ -521,6 +573,34 @@ impl Runtime {
         inner.memory.close().await?;
         inner.backend.close().await
     }
+}
+
+/// The runtime's vital signs at one instant (see [`Runtime::vitals`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Vitals {
+    /// When they were read (the runtime's clock).
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Turns run since the runtime started, over every class.
+    pub turns: u64,
+    /// Objects in memory.
+    pub active_objects: usize,
+    /// Alarms the runtime holds in memory (due soon, or not yet durable).
+    pub pending_alarms: usize,
+    /// Per class.
+    pub classes: Vec<ClassVitals>,
+}
+
+/// One class's vital signs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ClassVitals {
+    /// The class.
+    pub class: String,
+    /// Its objects in memory.
+    pub active_objects: usize,
+    /// Turns its objects ran since the runtime started.
+    pub turns: u64,
 }
 
 fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>> {

@@ -74,6 +74,7 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
         stead::router(rt)?
             .unauthenticated()
             .merge(extra)
+            .merge(crate::inspector::api(rt))
             .route("/metrics", get(metrics)),
     );
     let guarded = if config.tokens.is_empty() {
@@ -84,6 +85,7 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     };
     let api = Router::new()
         .merge(guarded)
+        .merge(crate::inspector::page())
         .route("/openapi.json", get(openapi::document))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(Ready(rt.clone())))

@@ -15,6 +15,7 @@
 
 mod app;
 mod config;
+mod inspector;
 mod openapi;
 mod postgres;
 mod serve;

@@ -40,6 +40,21 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn backend(&self) -> Arc<dyn DynBackend>;
     /// Closes every WebSocket of the namespace's objects as the runtime shuts down.
     fn stop_sockets(&self);
+    /// The class of the namespace's objects.
+    fn class(&self) -> &'static str;
+    /// The turns its objects have run since the runtime started.
+    fn turns(&self) -> u64;
+    /// The names of its objects that start with `prefix`, in order, at most `limit`.
+    fn find(
+        self: Arc<Self>,
+        prefix: String,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>>>;
+    /// The object `name` as a document (see [`Stub::export`]).
+    fn export_named(
+        self: Arc<Self>,
+        name: String,
+    ) -> BoxFuture<'static, Result<crate::ObjectDocument>>;
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
@@ -56,6 +71,8 @@ pub(crate) struct NsInner<O: DurableObject> {
 /// Metric handles of the hot path, registered once per namespace rather than looked up on
 /// every turn.
 pub(super) struct HotMetrics {
+    /// Turns run, for the runtime's own figures (the inspector's turns per second).
+    turn_count: std::sync::atomic::AtomicU64,
     turns: metrics::Counter,
     turn_seconds: metrics::Histogram,
     mailbox_depth: metrics::Histogram,
@@ -63,6 +80,7 @@ pub(super) struct HotMetrics {
 
 impl HotMetrics {
     pub(super) fn record_turn(&self, took: std::time::Duration) {
+        self.turn_count.fetch_add(1, Ordering::Relaxed);
         self.turns.increment(1);
         self.turn_seconds.record(took.as_secs_f64());
     }
@@ -84,6 +102,7 @@ impl<O: DurableObject> NsInner<O> {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             metrics: HotMetrics {
+                turn_count: std::sync::atomic::AtomicU64::new(0),
                 turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
                 turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
@@ -259,6 +278,39 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     fn stop_sockets(&self) {
         self.sockets
             .stop_all(&crate::websocket::hub::Stop::Shutdown);
+    }
+
+    fn class(&self) -> &'static str {
+        O::CLASS
+    }
+
+    fn turns(&self) -> u64 {
+        self.metrics.turn_count.load(Ordering::Relaxed)
+    }
+
+    fn find(
+        self: Arc<Self>,
+        prefix: String,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<String>>> {
+        Box::pin(async move {
+            let page = Namespace::from_inner(self)
+                .list_by_name(&prefix, None, limit)
+                .await?;
+            Ok(page.objects.into_iter().map(|o| o.name).collect())
+        })
+    }
+
+    fn export_named(
+        self: Arc<Self>,
+        name: String,
+    ) -> BoxFuture<'static, Result<crate::ObjectDocument>> {
+        Box::pin(async move {
+            Namespace::from_inner(self)
+                .get_by_name(&name)
+                .export()
+                .await
+        })
     }
 }
 

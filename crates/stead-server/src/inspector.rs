@@ -1,0 +1,141 @@
+//! The inspector: a page at `/ui/` whose script, style and data all come from this server
+//! (nothing is fetched from elsewhere: the machines may have no internet), and the JSON it
+//! reads under `/ui/api/`, behind the server's tokens like every other data route. The page
+//! itself holds no data; it asks for a token when the API answers 401 and keeps it in memory.
+//!
+//! Every value is put on the page as text, never as markup: object names and stored values
+//! are whatever clients wrote.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use stead::Runtime;
+use stead::http::{Json, Query};
+
+const PAGE: &str = include_str!("inspector/index.html");
+const SCRIPT: &str = include_str!("inspector/app.js");
+const STYLE: &str = include_str!("inspector/style.css");
+
+/// The most objects one search answers.
+const MAX_RESULTS: usize = 200;
+
+/// The page and its script and style, which need no token (they hold no data).
+pub(crate) fn page() -> Router {
+    Router::new()
+        .route(
+            "/ui",
+            get(|| async { asset(PAGE, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/",
+            get(|| async { asset(PAGE, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/ui/style.css",
+            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+        )
+}
+
+/// The data the page reads, for the server's guarded routes.
+pub(crate) fn api(rt: &Runtime) -> Router {
+    Router::new()
+        .route("/ui/api/vitals", get(vitals))
+        .route("/ui/api/objects", get(objects))
+        .route("/ui/api/object", get(object))
+        .with_state(rt.clone())
+}
+
+/// A static asset, with a policy that lets the page load only from this server and never
+/// be framed by another site.
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn vitals(State(rt): State<Runtime>) -> Json<stead::Vitals> {
+    Json(rt.vitals().await)
+}
+
+/// A search: objects whose name starts with `q`, of one class or of every class.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    #[serde(default)]
+    q: String,
+    class: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Found {
+    class: String,
+    name: String,
+}
+
+async fn objects(
+    State(rt): State<Runtime>,
+    Query(s): Query<Search>,
+) -> Result<Json<Vec<Found>>, stead::Error> {
+    let limit = s.limit.unwrap_or(50).clamp(1, MAX_RESULTS);
+    let classes = match s.class {
+        Some(c) => vec![c],
+        None => rt
+            .vitals()
+            .await
+            .classes
+            .into_iter()
+            .map(|c| c.class)
+            .collect(),
+    };
+    let mut found = Vec::new();
+    for class in classes {
+        for name in rt
+            .find_objects(&class, &s.q, limit - found.len().min(limit))
+            .await?
+        {
+            found.push(Found {
+                class: class.clone(),
+                name,
+            });
+        }
+        if found.len() >= limit {
+            break;
+        }
+    }
+    Ok(Json(found))
+}
+
+/// One object, by class and name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectRef {
+    class: String,
+    name: String,
+}
+
+async fn object(
+    State(rt): State<Runtime>,
+    Query(o): Query<ObjectRef>,
+) -> Result<Json<stead::ObjectDocument>, stead::Error> {
+    Ok(Json(rt.export_object(&o.class, &o.name).await?))
+}

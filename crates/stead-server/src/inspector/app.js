@@ -1,0 +1,254 @@
+// The stead inspector. Everything it shows comes from /ui/api/ on this server, and is put on
+// the page as text (textContent), never as markup: names and values are whatever clients
+// wrote. The token, when the server asks for one, lives in this variable only.
+"use strict";
+
+let token = null;
+let pending = null; // what to load again once a token is given
+let timer = null;
+const readings = []; // [time ms, turns] readings for the turns-per-second chart
+
+window.addEventListener("error", (e) => report(e.message || String(e)));
+window.addEventListener("unhandledrejection", (e) => report(String(e.reason)));
+
+function report(text) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  document.getElementById("errors").appendChild(li);
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function clear(node) {
+  while (node.firstChild) node.removeChild(node.firstChild);
+  return node;
+}
+
+class Unauthorized extends Error {}
+
+async function api(path) {
+  const headers = { accept: "application/json" };
+  if (token) headers.authorization = "Bearer " + token;
+  const resp = await fetch("/ui/api/" + path, { headers });
+  if (resp.status === 401) throw new Unauthorized("a token is needed");
+  const body = await resp.json();
+  if (!resp.ok) throw new Error(body.detail || resp.statusText);
+  return body;
+}
+
+async function load(what) {
+  try {
+    await what();
+  } catch (e) {
+    if (e instanceof Unauthorized) {
+      pending = what;
+      document.getElementById("auth").hidden = false;
+      document.getElementById("token").focus();
+      return;
+    }
+    const view = clear(document.getElementById("view"));
+    view.appendChild(el("p", "Could not load: " + e.message, "muted"));
+  }
+}
+
+// ----- the overview ------------------------------------------------------------------------
+
+async function overview() {
+  const v = await api("vitals");
+  const view = clear(document.getElementById("view"));
+  view.appendChild(el("h1", "Runtime"));
+  const cards = el("div", null, "cards");
+  const rate = card(cards, "turns per second", "–");
+  card(cards, "objects in memory", v.active_objects);
+  card(cards, "alarms held", v.pending_alarms);
+  card(cards, "turns since start", v.turns);
+  const chart = el("canvas");
+  chart.width = 240;
+  chart.height = 48;
+  chart.id = "turns-chart";
+  rate.appendChild(chart);
+  view.appendChild(cards);
+  view.appendChild(el("h2", "Namespaces"));
+  const table = el("table");
+  const head = el("tr");
+  for (const h of ["class", "objects in memory", "turns", ""]) head.appendChild(el("th", h));
+  table.appendChild(head);
+  for (const c of v.classes) {
+    const tr = el("tr");
+    tr.dataset.class = c.class;
+    tr.appendChild(el("td", c.class));
+    tr.appendChild(el("td", c.active_objects, "num"));
+    tr.appendChild(el("td", c.turns, "num"));
+    const td = el("td");
+    const a = el("a", "objects");
+    a.href = "#/search/" + encodeURIComponent(c.class) + "/";
+    td.appendChild(a);
+    tr.appendChild(td);
+    table.appendChild(tr);
+  }
+  view.appendChild(table);
+  sample(v);
+  draw(rate);
+  if (!timer) {
+    timer = setInterval(() => {
+      if (location.hash === "" || location.hash === "#/") load(refresh);
+    }, 2000);
+  }
+}
+
+function card(parent, label, value) {
+  const c = el("div", null, "card");
+  c.appendChild(el("div", value, "n"));
+  c.appendChild(el("div", label, "label"));
+  parent.appendChild(c);
+  return c;
+}
+
+function sample(v) {
+  readings.push([Date.parse(v.at), v.turns]);
+  while (readings.length > 60) readings.shift();
+}
+
+async function refresh() {
+  const v = await api("vitals");
+  sample(v);
+  const rate = document.querySelector(".card");
+  if (rate) draw(rate);
+}
+
+// Turns per second between readings, drawn as a line (no library: a canvas and a loop).
+function draw(rateCard) {
+  const rates = [];
+  for (let i = 1; i < readings.length; i++) {
+    const dt = (readings[i][0] - readings[i - 1][0]) / 1000;
+    rates.push(dt > 0 ? (readings[i][1] - readings[i - 1][1]) / dt : 0);
+  }
+  const last = rates.length ? Math.round(rates[rates.length - 1]) : null;
+  rateCard.querySelector(".n").textContent = last === null ? "–" : String(last);
+  const canvas = rateCard.querySelector("canvas");
+  if (!canvas || !canvas.getContext) return;
+  const g = canvas.getContext("2d");
+  g.clearRect(0, 0, canvas.width, canvas.height);
+  if (rates.length < 2) return;
+  const max = Math.max(1, ...rates);
+  g.strokeStyle = "#2f6fd0";
+  g.beginPath();
+  rates.forEach((r, i) => {
+    const x = (i / (rates.length - 1)) * (canvas.width - 2) + 1;
+    const y = canvas.height - 2 - (r / max) * (canvas.height - 4);
+    if (i === 0) g.moveTo(x, y);
+    else g.lineTo(x, y);
+  });
+  g.stroke();
+}
+
+// ----- search --------------------------------------------------------------------------------
+
+async function search(q, cls) {
+  const params = new URLSearchParams({ q: q });
+  if (cls) params.set("class", cls);
+  const found = await api("objects?" + params.toString());
+  const view = clear(document.getElementById("view"));
+  const title = cls ? "Objects of " + cls : "Objects";
+  view.appendChild(el("h1", q ? title + " starting with \u201c" + q + "\u201d" : title));
+  if (found.length === 0) {
+    view.appendChild(el("p", "None found (only objects that stored something are listed).", "muted"));
+    return;
+  }
+  const table = el("table");
+  table.id = "results";
+  const head = el("tr");
+  head.appendChild(el("th", "name"));
+  head.appendChild(el("th", "class"));
+  table.appendChild(head);
+  for (const o of found) {
+    const tr = el("tr");
+    const td = el("td");
+    const a = el("a", o.name);
+    a.href = "#/object/" + encodeURIComponent(o.class) + "/" + encodeURIComponent(o.name);
+    td.appendChild(a);
+    tr.appendChild(td);
+    tr.appendChild(el("td", o.class));
+    table.appendChild(tr);
+  }
+  view.appendChild(table);
+}
+
+// ----- one object ----------------------------------------------------------------------------
+
+async function object(cls, name) {
+  const params = new URLSearchParams({ class: cls, name: name });
+  const doc = await api("object?" + params.toString());
+  const view = clear(document.getElementById("view"));
+  view.appendChild(el("h1", doc.class + " \u00b7 " + name));
+  view.appendChild(el("p", doc.alarm ? "Alarm at " + doc.alarm : "No alarm.", "muted"));
+  const jobs = Object.entries(doc.schedules || {});
+  if (jobs.length) {
+    view.appendChild(el("h2", "Schedules"));
+    view.appendChild(pairs(jobs, "job"));
+  }
+  view.appendChild(el("h2", "Storage"));
+  const entries = Object.entries(doc.entries);
+  if (entries.length === 0) {
+    view.appendChild(el("p", "Empty.", "muted"));
+  } else {
+    const t = pairs(entries, "key");
+    t.id = "storage";
+    view.appendChild(t);
+  }
+}
+
+function pairs(list, label) {
+  const table = el("table");
+  const head = el("tr");
+  head.appendChild(el("th", label));
+  head.appendChild(el("th", "value"));
+  table.appendChild(head);
+  for (const [k, v] of list) {
+    const tr = el("tr");
+    tr.appendChild(el("td", k));
+    const td = el("td");
+    td.appendChild(el("pre", JSON.stringify(v, null, 2)));
+    tr.appendChild(td);
+    table.appendChild(tr);
+  }
+  return table;
+}
+
+// ----- routing -------------------------------------------------------------------------------
+
+function route() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const parts = hash.split("/").map(decodeURIComponent);
+  if (parts[0] === "object" && parts.length >= 3) {
+    const cls = parts[1];
+    const name = parts.slice(2).join("/");
+    return load(() => object(cls, name));
+  }
+  if (parts[0] === "search") {
+    const cls = parts[1] || null;
+    const q = parts.slice(2).join("/");
+    return load(() => search(q, cls));
+  }
+  const q = new URLSearchParams(location.search).get("q");
+  if (q !== null && hash === "") {
+    document.getElementById("q").value = q;
+    return load(() => search(q, null));
+  }
+  return load(overview);
+}
+
+document.getElementById("auth").addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = document.getElementById("token").value.trim() || null;
+  document.getElementById("auth").hidden = true;
+  if (pending) load(pending);
+});
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,200 @@
+//! The inspector in a real headless Chromium (Debian's `chromium`, driven from its command
+//! line: it loads each page, runs its script against the real server on 127.0.0.1, and
+//! prints the resulting document): the overview lists the namespaces, `?q=` finds a counter,
+//! an object's page shows its storage, a name that looks like markup stays text, a server
+//! with tokens asks for one, and no page logs a script error.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use stead_server::Config;
+
+/// Chromium, if the machine has it. CI installs it, so there a missing browser fails the
+/// test rather than skipping it.
+fn chromium() -> Option<PathBuf> {
+    for name in ["chromium", "chromium-browser"] {
+        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+            let p = PathBuf::from(dir).join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "chromium is not installed: CI installs it (apt-get install chromium)"
+    );
+    eprintln!("skipped: no chromium on this machine (apt-get install chromium)");
+    None
+}
+
+/// What the page at `url` becomes once its script has run, and what the browser logged.
+async fn render(browser: &std::path::Path, url: &str) -> (String, String) {
+    let (browser, page) = (browser.to_owned(), url.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        common::run_to_exit(Command::new(browser).args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            &page,
+        ]))
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(dom.contains("<main"), "no page rendered for {url}: {log}");
+    (dom, log)
+}
+
+/// The page rendered without a script error: none caught by the page, none logged.
+fn no_errors(dom: &str, log: &str) {
+    assert!(
+        dom.contains(r#"<ul id="errors"></ul>"#),
+        "the page caught an error: {dom}"
+    );
+    for line in log.lines() {
+        let console = line.contains("CONSOLE");
+        assert!(
+            !(console && (line.contains("Uncaught") || line.contains("rror"))),
+            "{line}"
+        );
+        assert!(
+            !line.contains("Refused to"),
+            "a resource was refused: {line}"
+        );
+    }
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.bind = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.to_path_buf();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_in_a_real_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        let r = http
+            .post(format!("{base}/counters/hits/increment"))
+            .json(&serde_json::json!({"by": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let sneaky = "<img src=x onerror=alert(1)>";
+    let r = http
+        .put(format!("{base}/sidecars/{}/keys/note", urlencode(sneaky)))
+        .header("content-type", "application/json")
+        .body(r#""<script>alert(2)</script>""#)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+
+    // The overview: the vital signs and every namespace.
+    let (dom, log) = render(&browser, &format!("{base}/ui/")).await;
+    no_errors(&dom, &log);
+    assert!(
+        dom.contains("turns per second") && dom.contains("objects in memory"),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"data-class="counter-shard""#), "{dom}");
+    // A search shared as a link: `?q=` opens with it done.
+    let (dom, log) = render(&browser, &format!("{base}/ui/?q=hits")).await;
+    no_errors(&dom, &log);
+    assert!(
+        dom.contains(r##"<a href="#/object/counter/hits">hits</a>"##),
+        "{dom}"
+    );
+    // The counter's page: its storage, JSON decoded.
+    let (dom, log) = render(&browser, &format!("{base}/ui/#/object/counter/hits")).await;
+    no_errors(&dom, &log);
+    assert!(dom.contains(r#"<table id="storage">"#), "{dom}");
+    // Names and values that look like markup are shown as text, never run.
+    let (dom, log) = render(
+        &browser,
+        &format!("{base}/ui/#/object/sidecar/{}", urlencode(sneaky)),
+    )
+    .await;
+    no_errors(&dom, &log);
+    assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt;"), "{dom}");
+    assert!(
+        dom.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<img src"), "{dom}");
+    server.shutdown().await.unwrap();
+
+    // With tokens: the page itself loads, its data needs a token, and it asks for one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.tokens = vec!["inspector-token-0123456789".into()];
+    let server = stead_server::start(c).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let api = format!("{base}/ui/api/vitals");
+    assert_eq!(http.get(&api).send().await.unwrap().status(), 401);
+    let with = http
+        .get(&api)
+        .bearer_auth("inspector-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    let (dom, log) = render(&browser, &format!("{base}/ui/")).await;
+    no_errors(&dom, &log);
+    assert!(
+        dom.contains(r#"<form id="auth">"#),
+        "the page asks for a token: {dom}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_inspector_api_refuses_what_it_cannot_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    for path in [
+        "/ui/api/object?class=nope&name=x",
+        "/ui/api/object?class=counter",
+        "/ui/api/objects?colour=red",
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let page = http.get(format!("{base}/ui/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    server.shutdown().await.unwrap();
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
