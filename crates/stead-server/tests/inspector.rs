@@ -123,9 +123,14 @@ async fn the_inspector_in_a_real_browser() {
         dom.contains(r##"<a href="#/object/counter/hits">hits</a>"##),
         "{dom}"
     );
-    // The counter's page: its storage, JSON decoded.
+    // The counter's page: the pattern's own view (its value), and its storage.
     let (dom, log) = render(&browser, &format!("{base}/ui/#/object/counter/hits")).await;
     no_errors(&dom, &log);
+    assert!(dom.contains(r#"<section id="pattern-view"><h2>Counter</h2>"#), "{dom}");
+    assert!(
+        dom.contains(r#"<div class="n">3</div><div class="label">value</div>"#),
+        "{dom}"
+    );
     assert!(dom.contains(r#"<table id="storage">"#), "{dom}");
     // Names and values that look like markup are shown as text, never run.
     let (dom, log) = render(

@@ -32,9 +32,13 @@ function clear(node) {
 class Unauthorized extends Error {}
 
 async function api(path) {
+  return get("/ui/api/" + path);
+}
+
+async function get(url) {
   const headers = { accept: "application/json" };
   if (token) headers.authorization = "Bearer " + token;
-  const resp = await fetch("/ui/api/" + path, { headers });
+  const resp = await fetch(url, { headers });
   if (resp.status === 401) throw new Unauthorized("a token is needed");
   const body = await resp.json();
   if (!resp.ok) throw new Error(body.detail || resp.statusText);
@@ -181,11 +185,59 @@ async function search(q, cls) {
 
 // ----- one object ----------------------------------------------------------------------------
 
+// What each pattern's users look for: the pattern's own read route for an object of its
+// class (the same answer its HTTP clients get), by the object's name.
+const enc = encodeURIComponent;
+const PATTERN_VIEWS = {
+  counter: { title: "Counter", url: (n) => "/counters/" + enc(n) },
+  lock: { title: "Lock", url: (n) => "/locks/" + enc(n) },
+  leader: { title: "Leader election", url: (n) => "/leaders/" + enc(n) },
+  sidecar: { title: "Sidecar", url: (n) => "/sidecars/" + enc(n) },
+  session: { title: "Session", url: (n) => "/sessions/" + enc(n) },
+  flagset: { title: "Flag set", url: (n) => "/flags/" + enc(n) },
+  controller: { title: "Controller", url: (n) => "/controllers/" + enc(n) },
+  budget: { title: "Budget", url: (n) => "/budgets/" + enc(n) },
+  reactor: {
+    title: "Reactor entity",
+    url: (n) => {
+      const i = n.indexOf("/");
+      return i < 0 ? null : "/reactors/" + enc(n.slice(0, i)) + "/" + enc(n.slice(i + 1));
+    },
+  },
+};
+
+async function patternView(cls, name) {
+  const p = PATTERN_VIEWS[cls];
+  const url = p && p.url(name);
+  if (!url) return null;
+  let body;
+  try {
+    body = await get(url);
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    return null; // not one this pattern answers for (its route says why)
+  }
+  const box = el("section");
+  box.id = "pattern-view";
+  box.appendChild(el("h2", p.title));
+  const facts = Object.entries(body).filter(([, v]) => v === null || typeof v !== "object");
+  if (facts.length) {
+    const cards = el("div", null, "cards");
+    for (const [k, v] of facts) card(cards, k.replace(/_/g, " "), v === null ? "–" : v);
+    box.appendChild(cards);
+  }
+  const rest = Object.entries(body).filter(([, v]) => v !== null && typeof v === "object");
+  if (rest.length) box.appendChild(pairs(rest, "field"));
+  return box;
+}
+
 async function object(cls, name) {
   const params = new URLSearchParams({ class: cls, name: name });
   const doc = await api("object?" + params.toString());
+  const pattern = await patternView(cls, name);
   const view = clear(document.getElementById("view"));
   view.appendChild(el("h1", doc.class + " \u00b7 " + name));
+  if (pattern) view.appendChild(pattern);
   view.appendChild(el("p", doc.alarm ? "Alarm at " + doc.alarm : "No alarm.", "muted"));
   const jobs = Object.entries(doc.schedules || {});
   if (jobs.length) {
