@@ -303,3 +303,41 @@ async fn over_http_with_every_error() {
     assert_eq!(bad.status, 400);
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_past_the_cap_are_refused_not_held() {
+    let (rt, leaders, _clock) = setup().await;
+    let n1 = leaders.campaign("busy", "n1", TTL).await.unwrap();
+    let max = stead_core::MAX_PARKED_PER_OBJECT;
+    let watches: Vec<_> = (0..=max)
+        .map(|_| {
+            let leaders = leaders.clone();
+            tokio::spawn(async move {
+                leaders
+                    .watch("busy", n1.term, Duration::from_secs(30))
+                    .await
+            })
+        })
+        .collect();
+    // One more than the cap: exactly one is refused at once, as an overload to retry.
+    eventually("one watch refused", || async {
+        watches.iter().filter(|w| w.is_finished()).count() == 1
+    })
+    .await;
+    assert_eq!(leaders.get("busy").await.unwrap().watchers, max);
+    for w in watches {
+        if w.is_finished() {
+            let err = w.await.unwrap().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    LeaderError::Runtime(stead_core::Error::Overloaded { .. })
+                ),
+                "{err:?}"
+            );
+        } else {
+            w.abort();
+        }
+    }
+    rt.shutdown().await.unwrap();
+}

@@ -481,3 +481,40 @@ async fn a_payload_that_cannot_be_json_rejects_the_event() {
     assert_eq!((view.pending, view.events), (0, 0));
     rt.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_past_the_cap_are_refused_not_held() {
+    let t = TestRuntime::memory().await;
+    let r = ReactorClient::new(&t).unwrap();
+    r.define("orders", orders()).await.unwrap();
+    let max = stead_core::MAX_PARKED_PER_OBJECT;
+    let polls: Vec<_> = (0..=max)
+        .map(|_| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                r.commands("orders", "busy", 0, 10, Duration::from_secs(30))
+                    .await
+            })
+        })
+        .collect();
+    // One more than the cap: exactly one is refused at once, as an overload to retry.
+    stead_fixtures::eventually("one poll refused", || async {
+        polls.iter().filter(|p| p.is_finished()).count() == 1
+    })
+    .await;
+    for p in polls {
+        if p.is_finished() {
+            let err = p.await.unwrap().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ReactorError::Runtime(stead_core::Error::Overloaded { .. })
+                ),
+                "{err:?}"
+            );
+        } else {
+            p.abort();
+        }
+    }
+    t.shutdown().await.unwrap();
+}

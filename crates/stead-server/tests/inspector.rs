@@ -126,7 +126,10 @@ async fn the_inspector_in_a_real_browser() {
     // The counter's page: the pattern's own view (its value), and its storage.
     let (dom, log) = render(&browser, &format!("{base}/ui/#/object/counter/hits")).await;
     no_errors(&dom, &log);
-    assert!(dom.contains(r#"<section id="pattern-view"><h2>Counter</h2>"#), "{dom}");
+    assert!(
+        dom.contains(r#"<section id="pattern-view"><h2>Counter</h2>"#),
+        "{dom}"
+    );
     assert!(
         dom.contains(r#"<div class="n">3</div><div class="label">value</div>"#),
         "{dom}"
