@@ -516,6 +516,21 @@ impl Runtime {
             .await
     }
 
+    /// Replaces what the object `name` of `class` holds with `doc` (see
+    /// [`crate::Stub::import`]: a restore under the name it was exported from, a fork under
+    /// another), without knowing the class's Rust type.
+    pub async fn import_object(
+        &self,
+        class: &str,
+        name: &str,
+        doc: crate::ObjectDocument,
+    ) -> Result<()> {
+        crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.namespace_of(class)?
+            .import_named(name.to_owned(), doc)
+            .await
+    }
+
     /// Whether [`shutdown`](Self::shutdown) has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shared.closed.load(Ordering::Acquire)

@@ -48,7 +48,7 @@ pub(crate) fn api(rt: &Runtime) -> Router {
     Router::new()
         .route("/ui/api/vitals", get(vitals))
         .route("/ui/api/objects", get(objects))
-        .route("/ui/api/object", get(object))
+        .route("/ui/api/object", get(object).put(import))
         .with_state(rt.clone())
 }
 
@@ -138,4 +138,15 @@ async fn object(
     Query(o): Query<ObjectRef>,
 ) -> Result<Json<stead::ObjectDocument>, stead::Error> {
     Ok(Json(rt.export_object(&o.class, &o.name).await?))
+}
+
+/// Replaces what the object holds with the document in the body (an export of an object of
+/// the same class): a restore under the name it came from, a fork under another. 204.
+async fn import(
+    State(rt): State<Runtime>,
+    Query(o): Query<ObjectRef>,
+    Json(doc): Json<stead::ObjectDocument>,
+) -> Result<axum::http::StatusCode, stead::Error> {
+    rt.import_object(&o.class, &o.name, doc).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }

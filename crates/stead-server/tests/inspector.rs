@@ -206,3 +206,53 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn an_object_is_exported_and_forked_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/locks/db/acquire"))
+        .json(&serde_json::json!({"holder": "w1", "ttl_ms": 60000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let doc: serde_json::Value = http
+        .get(format!("{base}/ui/api/object?class=lock&name=db"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["alarm"].is_string(), "{doc}");
+    // The same document under another name: a fork, with the lease and its alarm.
+    let put = http
+        .put(format!("{base}/ui/api/object?class=lock&name=db-fork"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let fork: serde_json::Value = http
+        .get(format!("{base}/locks/db-fork"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fork["holders"][0]["holder"], "w1", "{fork}");
+    // Into another class: refused, nothing written.
+    let wrong = http
+        .put(format!("{base}/ui/api/object?class=counter&name=x"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 400);
+    server.shutdown().await.unwrap();
+}

@@ -55,6 +55,12 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
         self: Arc<Self>,
         name: String,
     ) -> BoxFuture<'static, Result<crate::ObjectDocument>>;
+    /// Replaces what the object `name` holds with `doc` (see [`Stub::import`]).
+    fn import_named(
+        self: Arc<Self>,
+        name: String,
+        doc: crate::ObjectDocument,
+    ) -> BoxFuture<'static, Result<()>>;
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
@@ -309,6 +315,19 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
             Namespace::from_inner(self)
                 .get_by_name(&name)
                 .export()
+                .await
+        })
+    }
+
+    fn import_named(
+        self: Arc<Self>,
+        name: String,
+        doc: crate::ObjectDocument,
+    ) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            Namespace::from_inner(self)
+                .get_by_name(&name)
+                .import(&doc)
                 .await
         })
     }
