@@ -516,6 +516,13 @@ impl Runtime {
             .await
     }
 
+    /// How many objects of `class` hold something (alarms and schedules included), counted
+    /// up to `up_to`: `up_to + 1` means more than that. One read of the registry, for an
+    /// operator's overview.
+    pub async fn count_objects(&self, class: &str, up_to: usize) -> Result<usize> {
+        self.namespace_of(class)?.count(up_to).await
+    }
+
     /// Replaces what the object `name` of `class` holds with `doc` (see
     /// [`crate::Stub::import`]: a restore under the name it was exported from, a fork under
     /// another), without knowing the class's Rust type.

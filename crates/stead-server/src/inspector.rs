@@ -47,6 +47,7 @@ pub(crate) fn page() -> Router {
 pub(crate) fn api(rt: &Runtime) -> Router {
     Router::new()
         .route("/ui/api/vitals", get(vitals))
+        .route("/ui/api/counts", get(counts))
         .route("/ui/api/objects", get(objects))
         .route("/ui/api/object", get(object).put(import))
         .with_state(rt.clone())
@@ -74,6 +75,30 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 async fn vitals(State(rt): State<Runtime>) -> Json<stead::Vitals> {
     Json(rt.vitals().await)
+}
+
+/// Counted up to this many objects per class (more shows as "10000+").
+const COUNT_UP_TO: usize = 10_000;
+
+/// How many objects each class holds (up to [`COUNT_UP_TO`], then `more`).
+#[derive(Debug, serde::Serialize)]
+struct Count {
+    class: String,
+    objects: usize,
+    more: bool,
+}
+
+async fn counts(State(rt): State<Runtime>) -> Result<Json<Vec<Count>>, stead::Error> {
+    let mut out = Vec::new();
+    for c in rt.vitals().await.classes {
+        let n = rt.count_objects(&c.class, COUNT_UP_TO).await?;
+        out.push(Count {
+            class: c.class,
+            objects: n.min(COUNT_UP_TO),
+            more: n > COUNT_UP_TO,
+        });
+    }
+    Ok(Json(out))
 }
 
 /// A search: objects whose name starts with `q`, of one class or of every class.

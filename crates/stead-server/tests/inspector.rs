@@ -116,6 +116,15 @@ async fn the_inspector_in_a_real_browser() {
         "{dom}"
     );
     assert!(dom.contains(r#"data-class="counter-shard""#), "{dom}");
+    // Each class with the objects it holds: one counter, three of its shards.
+    assert!(
+        dom.contains(r#"<td class="num" data-count="counter">1</td>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<td class="num" data-count="counter-shard">3</td>"#),
+        "{dom}"
+    );
     // A search shared as a link: `?q=` opens with it done.
     let (dom, log) = render(&browser, &format!("{base}/ui/?q=hits")).await;
     no_errors(&dom, &log);

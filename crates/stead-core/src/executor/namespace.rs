@@ -61,6 +61,9 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
         name: String,
         doc: crate::ObjectDocument,
     ) -> BoxFuture<'static, Result<()>>;
+    /// How many objects of the class hold something, counted up to `up_to` (one more means
+    /// "more than that").
+    fn count(self: Arc<Self>, up_to: usize) -> BoxFuture<'static, Result<usize>>;
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
@@ -329,6 +332,16 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
                 .get_by_name(&name)
                 .import(&doc)
                 .await
+        })
+    }
+
+    fn count(self: Arc<Self>, up_to: usize) -> BoxFuture<'static, Result<usize>> {
+        Box::pin(async move {
+            let page = self
+                .backend
+                .objects(O::CLASS, None, up_to.saturating_add(1))
+                .await?;
+            Ok(page.len())
         })
     }
 }

@@ -80,12 +80,15 @@ async function overview() {
   view.appendChild(el("h2", "Namespaces"));
   const table = el("table");
   const head = el("tr");
-  for (const h of ["class", "objects in memory", "turns", ""]) head.appendChild(el("th", h));
+  for (const h of ["class", "objects", "in memory", "turns", ""]) head.appendChild(el("th", h));
   table.appendChild(head);
   for (const c of v.classes) {
     const tr = el("tr");
     tr.dataset.class = c.class;
     tr.appendChild(el("td", c.class));
+    const stored = el("td", "…", "num");
+    stored.dataset.count = c.class;
+    tr.appendChild(stored);
     tr.appendChild(el("td", c.active_objects, "num"));
     tr.appendChild(el("td", c.turns, "num"));
     const td = el("td");
@@ -98,6 +101,12 @@ async function overview() {
   view.appendChild(table);
   sample(v);
   draw(rate);
+  // Stored objects per class: one read of the registry each, once per visit.
+  const counts = await api("counts");
+  for (const c of counts) {
+    const td = table.querySelector('td[data-count="' + CSS.escape(c.class) + '"]');
+    if (td) td.textContent = c.objects + (c.more ? "+" : "");
+  }
   if (!timer) {
     timer = setInterval(() => {
       if (location.hash === "" || location.hash === "#/") load(refresh);
