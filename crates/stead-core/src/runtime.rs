@@ -486,6 +486,13 @@ impl Runtime {
         }
     }
 
+    /// The classes registered on this runtime, in order.
+    pub fn classes(&self) -> Vec<&'static str> {
+        let mut classes: Vec<_> = lock(&self.inner.namespaces).keys().copied().collect();
+        classes.sort_unstable();
+        classes
+    }
+
     fn namespace_of(&self, class: &str) -> Result<Arc<dyn NamespaceDyn>> {
         lock(&self.inner.namespaces)
             .get(class)

@@ -69,20 +69,17 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
             "unknown setting {unknown:?}"
         )));
     }
-    // Everything but health and the API description needs a token, when tokens are set.
-    let routes = stead::http::Routes::new(
-        stead::router(rt)?
-            .unauthenticated()
-            .merge(extra)
-            .merge(crate::inspector::api(rt))
-            .route("/metrics", get(metrics)),
-    );
-    let guarded = if config.tokens.is_empty() {
-        // Only on loopback: the configuration refuses a wider bind without a token.
-        routes.unauthenticated()
-    } else {
-        routes.bearer(&config.tokens)?
-    };
+    // Everything but health, the API description and the inspector's page needs a token,
+    // when tokens are set (without any, the configuration allows only a loopback bind). The
+    // patterns' routes carry their JSON-writes check already: the guard adds only the token.
+    let mut guarded = stead::router(rt)?
+        .unauthenticated()
+        .merge(extra)
+        .merge(crate::inspector::api(rt))
+        .route("/metrics", get(metrics));
+    if !config.tokens.is_empty() {
+        guarded = guarded.route_layer(stead::http::RequireBearer::new(&config.tokens)?);
+    }
     let api = Router::new()
         .merge(guarded)
         .merge(crate::inspector::page())

@@ -90,10 +90,10 @@ struct Count {
 
 async fn counts(State(rt): State<Runtime>) -> Result<Json<Vec<Count>>, stead::Error> {
     let mut out = Vec::new();
-    for c in rt.vitals().await.classes {
-        let n = rt.count_objects(&c.class, COUNT_UP_TO).await?;
+    for class in rt.classes() {
+        let n = rt.count_objects(class, COUNT_UP_TO).await?;
         out.push(Count {
-            class: c.class,
+            class: class.to_owned(),
             objects: n.min(COUNT_UP_TO),
             more: n > COUNT_UP_TO,
         });

@@ -113,12 +113,13 @@ pub(crate) async fn serve(
 pin_project_lite::pin_project! {
     /// A request body that must arrive whole within a deadline of its request's start: past
     /// it, reading fails with [`stead::http::BodyTimeout`] (answered 408), so a client that
-    /// trickles its body cannot hold a request open.
+    /// trickles its body cannot hold a request open. The timer is made only when a read has
+    /// to wait (a body that is there at once, or never read, costs a clock reading).
     struct DeadlineBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        deadline: tokio::time::Sleep,
+        started: tokio::time::Instant,
+        deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
         limit: Duration,
     }
 }
@@ -127,7 +128,8 @@ impl<B> DeadlineBody<B> {
     fn new(inner: B, limit: Duration) -> Self {
         DeadlineBody {
             inner,
-            deadline: tokio::time::sleep(limit),
+            started: tokio::time::Instant::now(),
+            deadline: None,
             limit,
         }
     }
@@ -149,7 +151,11 @@ where
         if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if this.deadline.poll(cx).is_ready() {
+        let (started, limit) = (*this.started, *this.limit);
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + limit)));
+        if deadline.as_mut().poll(cx).is_ready() {
             let timeout = stead::http::BodyTimeout(*this.limit);
             return std::task::Poll::Ready(Some(Err(Box::new(timeout))));
         }

@@ -208,6 +208,15 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A store's inactivity timeout, checked, in ms.
+fn idle_ms(idle: Option<Duration>) -> Result<Option<u64>, SessionError> {
+    let idle = idle.map(ms);
+    if let Some(i) = idle {
+        stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
+    }
+    Ok(idle)
+}
+
 /// Checks a session id: the 22 base64url characters of 128 random bits.
 pub fn check_id(id: &str) -> std::result::Result<(), InvalidInput> {
     if id.len() == 22 && Id::from_str(id).is_ok() {
@@ -227,13 +236,7 @@ pub fn check_id(id: &str) -> std::result::Result<(), InvalidInput> {
 /// assert!(stead_session::check_handle(&h).is_ok());
 /// ```
 pub fn handle_of(id: &str) -> String {
-    use std::fmt::Write;
-    let digest = Sha256::digest(id.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
+    hex::encode(Sha256::digest(id.as_bytes()))
 }
 
 /// Checks a session handle: 64 lowercase hex characters.
@@ -332,10 +335,15 @@ impl SessionClient {
         self.inner.sessions.env()
     }
 
+    /// The handle of a checked id.
+    fn handle(id: &str) -> Result<String, SessionError> {
+        check_id(id)?;
+        Ok(handle_of(id))
+    }
+
     /// The session whose id is `id`, addressed by its handle.
     fn session(&self, id: &str) -> Result<stead_core::Stub<StoredSession>, SessionError> {
-        check_id(id)?;
-        Ok(self.inner.sessions.get_by_name(&handle_of(id)))
+        Ok(self.inner.sessions.get_by_name(&Self::handle(id)?))
     }
 
     /// The session whose handle is `handle`.
@@ -386,19 +394,13 @@ impl SessionClient {
     /// Creates the session `id`, entering it in its user's index first (so that no live
     /// session of a user is ever missing from the index).
     async fn create_under(&self, id: &str, create: Create) -> Result<SessionView, SessionError> {
-        let stub = self.session(id)?;
+        let handle = Self::handle(id)?;
         if let Some(user) = &create.user {
             let now = self.now();
-            self.enter(
-                user,
-                &handle_of(id),
-                now,
-                create.label.clone(),
-                create.expires_at,
-            )
-            .await?;
+            self.enter(user, &handle, now, create.label.clone(), create.expires_at)
+                .await?;
         }
-        stub.call(create).await
+        self.inner.sessions.get_by_name(&handle).call(create).await
     }
 
     /// Enters a session in `user`'s index; past the per-user cap, ends the user's oldest
@@ -509,11 +511,9 @@ impl SessionClient {
         idle: Option<Duration>,
     ) -> Result<(), SessionError> {
         let user = self.user_of(&data)?;
-        let stub = self.session(id)?;
-        let idle_ms = idle.map(ms);
-        if let Some(i) = idle_ms {
-            stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
-        }
+        let handle = Self::handle(id)?;
+        let stub = self.inner.sessions.get_by_name(&handle);
+        let idle_ms = idle_ms(idle)?;
         let mut save = Save {
             data,
             user: user.clone(),
@@ -525,7 +525,7 @@ impl SessionClient {
         if saved.needs_index
             && let Some(u) = &user
         {
-            self.enter(u, &handle_of(id), saved.created_at, None, saved.expires_at)
+            self.enter(u, &handle, saved.created_at, None, saved.expires_at)
                 .await?;
             save.indexed = true;
             saved = stub.call(save).await?;
@@ -533,7 +533,7 @@ impl SessionClient {
         if saved.previous_user != user
             && let Some(old) = &saved.previous_user
         {
-            self.leave(old, vec![handle_of(id)]).await?;
+            self.leave(old, vec![handle]).await?;
         }
         Ok(())
     }
@@ -548,12 +548,9 @@ impl SessionClient {
         idle: Option<Duration>,
     ) -> Result<(), SessionError> {
         let user = self.user_of(&data)?;
-        let idle_ms = idle.map(ms);
+        let idle_ms = idle_ms(idle)?;
         let expires_at = match idle_ms {
-            Some(i) => {
-                stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
-                expires_at.min(self.now() + chrono::Duration::milliseconds(i as i64))
-            }
+            Some(i) => expires_at.min(self.now() + chrono::Duration::milliseconds(i as i64)),
             None => expires_at,
         };
         let create = Create {
@@ -579,8 +576,7 @@ impl SessionClient {
 
     /// Deletes (revokes) a session by id; answers whether it was live.
     pub async fn delete(&self, id: &str) -> Result<bool, SessionError> {
-        check_id(id)?;
-        self.delete_handle(handle_of(id)).await
+        self.delete_handle(Self::handle(id)?).await
     }
 
     /// Revokes a session by its handle (as [`user_sessions`](Self::user_sessions) lists

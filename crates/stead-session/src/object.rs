@@ -515,39 +515,32 @@ impl DurableObject for UserSessions {
     async fn alarm(&mut self, ctx: &mut Context, _info: AlarmInfo) -> Result<()> {
         let now = ctx.now();
         let user = ctx.name().unwrap_or_default().to_owned();
-        let entries = Self::entries(ctx).await?;
-        let due: Vec<_> = entries
-            .iter()
-            .filter(|(_, e)| e.expires_at <= now)
-            .map(|(handle, _)| {
-                let stub = self.env.sessions.get_by_name(handle);
-                async move { stub.call(Load { touch: false }).await }
-            })
-            .collect();
-        let answers = futures_util::future::join_all(due).await;
-        let mut n = entries.len() as u64;
-        let mut earliest: Option<DateTime<Utc>> = None;
-        let mut answers = answers.into_iter();
-        for (handle, mut entry) in entries {
-            if entry.expires_at <= now {
-                let live = answers.next().unwrap_or(Ok(None)).map_err(|e| match e {
-                    SessionError::Runtime(e) => e,
-                    other => stead_core::Error::other(other),
-                })?;
-                match live {
-                    Some(s) if s.user.as_deref() == Some(user.as_str()) => {
-                        entry.expires_at = s.expires_at;
-                        ctx.storage().put(&entry_key(&handle), &entry)?;
-                    }
-                    _ => {
-                        ctx.storage().delete(&entry_key(&handle))?;
-                        n -= 1;
-                        continue;
-                    }
+        let (due, later): (Vec<_>, Vec<_>) = Self::entries(ctx)
+            .await?
+            .into_iter()
+            .partition(|(_, e)| e.expires_at <= now);
+        let reads = due.iter().map(|(handle, _)| {
+            let stub = self.env.sessions.get_by_name(handle);
+            async move { stub.call(Load { touch: false }).await }
+        });
+        let answers = futures_util::future::join_all(reads).await;
+        let mut kept: Vec<DateTime<Utc>> = later.iter().map(|(_, e)| e.expires_at).collect();
+        for ((handle, mut entry), live) in due.into_iter().zip(answers) {
+            let live = live.map_err(|e| match e {
+                SessionError::Runtime(e) => e,
+                other => stead_core::Error::other(other),
+            })?;
+            match live {
+                Some(s) if s.user.as_deref() == Some(user.as_str()) => {
+                    entry.expires_at = s.expires_at;
+                    ctx.storage().put(&entry_key(&handle), &entry)?;
+                    kept.push(entry.expires_at);
                 }
+                _ => ctx.storage().delete(&entry_key(&handle))?,
             }
-            earliest = Some(earliest.map_or(entry.expires_at, |t| t.min(entry.expires_at)));
         }
+        let n = kept.len() as u64;
+        let earliest = kept.into_iter().min();
         Self::set_count(ctx, n)?;
         if let Some(at) = earliest {
             ctx.storage().set_alarm(at)?;

@@ -290,7 +290,7 @@ impl<O: DurableObject> Actor<O> {
             }
             Envelope::Import { doc, reply } => {
                 if let Err(e) = self.ctx.storage.import_document(&doc) {
-                    self.ctx.storage.rollback();
+                    self.discard_turn();
                     let _ = reply.send(Err(e));
                     return;
                 }

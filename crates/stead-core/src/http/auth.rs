@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
@@ -140,27 +140,48 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl<S> tower::Layer<S> for RequireBearer {
-    type Service = RequireBearerService<S>;
+/// A check of a request's head, made before the request reaches the service it guards:
+/// [`RequireBearer`] and [`RequireJsonWrites`](super::RequireJsonWrites). Either is a tower
+/// layer whose service is [`Checked`]; a refused request is answered at once, without an
+/// allocation or a task on the way.
+pub trait RequestCheck: Clone + Send + Sync + 'static {
+    /// `Some(answer)` refuses the request with that answer; `None` lets it through.
+    fn refuse(&self, method: &Method, headers: &HeaderMap) -> Option<Response>;
+}
 
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireBearerService {
-            inner,
-            check: self.clone(),
-        }
+impl RequestCheck for RequireBearer {
+    fn refuse(&self, _: &Method, headers: &HeaderMap) -> Option<Response> {
+        self.admits(headers.get(header::AUTHORIZATION))
+            .err()
+            .map(unauthorized)
     }
 }
 
-/// The service of [`RequireBearer`].
-#[derive(Debug, Clone)]
-pub struct RequireBearerService<S> {
-    inner: S,
-    check: RequireBearer,
+impl<S> tower::Layer<S> for RequireBearer {
+    type Service = Checked<S, RequireBearer>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Checked::new(inner, self.clone())
+    }
 }
 
-impl<S, B> tower::Service<axum::http::Request<B>> for RequireBearerService<S>
+/// The service of a [`RequestCheck`] layer.
+#[derive(Debug, Clone)]
+pub struct Checked<S, C> {
+    inner: S,
+    check: C,
+}
+
+impl<S, C> Checked<S, C> {
+    pub(super) fn new(inner: S, check: C) -> Self {
+        Checked { inner, check }
+    }
+}
+
+impl<S, B, C> tower::Service<axum::http::Request<B>> for Checked<S, C>
 where
     S: tower::Service<axum::http::Request<B>, Response = Response>,
+    C: RequestCheck,
 {
     type Response = Response;
     type Error = S::Error;
@@ -177,11 +198,9 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        match self.check.admits(req.headers().get(header::AUTHORIZATION)) {
-            Ok(()) => futures_util::future::Either::Right(self.inner.call(req)),
-            Err(detail) => {
-                futures_util::future::Either::Left(std::future::ready(Ok(unauthorized(detail))))
-            }
+        match self.check.refuse(req.method(), req.headers()) {
+            None => futures_util::future::Either::Right(self.inner.call(req)),
+            Some(answer) => futures_util::future::Either::Left(std::future::ready(Ok(answer))),
         }
     }
 }
@@ -210,10 +229,10 @@ pub struct Routes<S = ()> {
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
     /// Wraps a router whose callers are not yet decided. Its writes must say they are JSON
-    /// ([`require_json_writes`](super::require_json_writes)), however they are mounted.
+    /// ([`RequireJsonWrites`](super::RequireJsonWrites)), however they are mounted.
     pub fn new(router: Router<S>) -> Self {
         Routes {
-            router: router.route_layer(axum::middleware::from_fn(super::require_json_writes)),
+            router: router.route_layer(super::RequireJsonWrites),
         }
     }
 

@@ -10,7 +10,7 @@ mod openapi;
 mod pattern;
 mod websocket;
 
-pub use auth::{MIN_TOKEN_CHARS, RequireBearer, RequireBearerService, Routes, check_token};
+pub use auth::{Checked, MIN_TOKEN_CHARS, RequestCheck, RequireBearer, Routes, check_token};
 pub use name::Name;
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;
@@ -411,21 +411,30 @@ fn not_json() -> Problem {
     )
 }
 
-/// Refuses a `POST`, `PUT` or `PATCH` that does not say `Content-Type: application/json`
-/// (or `application/*+json`), with or without a body, with 415. A web page can send a
-/// cross-site `POST` with another content type (a form, `text/plain`) without asking the
-/// browser's permission first; with a JSON content type it cannot, so an unauthenticated
-/// route can never be written by a page its operator happens to visit. (`DELETE` is never
-/// sent cross-site without that permission, so it needs no content type.) Every pattern
-/// router carries it (see [`Routes`]); add it to routes of your own with
-/// `.route_layer(axum::middleware::from_fn(stead_core::http::require_json_writes))`.
-pub async fn require_json_writes(req: Request, next: axum::middleware::Next) -> Response {
-    if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-        && !json_content_type(req.headers())
-    {
-        return not_json().into_response();
+/// A tower layer that refuses a `POST`, `PUT` or `PATCH` that does not say
+/// `Content-Type: application/json` (or `application/*+json`), with or without a body, with
+/// 415. A web page can send a cross-site `POST` with another content type (a form,
+/// `text/plain`) without asking the browser's permission first; with a JSON content type it
+/// cannot, so an unauthenticated route can never be written by a page its operator happens
+/// to visit. (`DELETE` is never sent cross-site without that permission, so it needs no
+/// content type.) Every pattern router carries it (see [`Routes`]); add it to routes of
+/// your own with `.route_layer(stead_core::http::RequireJsonWrites)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequireJsonWrites;
+
+impl RequestCheck for RequireJsonWrites {
+    fn refuse(&self, method: &Method, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let write = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+        (write && !json_content_type(headers)).then(|| not_json().into_response())
     }
-    next.run(req).await
+}
+
+impl<S> tower::Layer<S> for RequireJsonWrites {
+    type Service = Checked<S, RequireJsonWrites>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Checked::new(inner, *self)
+    }
 }
 
 /// Whether the request says its body is JSON (`application/json`, or `application/*+json`).
