@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backend::Durability;
+use crate::sql::SqlConfig;
 use crate::websocket::WebSocketConfig;
 
 /// Tunables of a runtime. Build one with [`crate::Runtime::builder`].
@@ -33,6 +34,8 @@ pub struct RuntimeConfig {
     pub ask_timeout: Duration,
     /// Limits and timers of the WebSockets objects hold.
     pub websocket: WebSocketConfig,
+    /// Limits of every object's SQL database.
+    pub sql: SqlConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -48,6 +51,7 @@ impl Default for RuntimeConfig {
             durability: Durability::Fsync,
             ask_timeout: Duration::from_secs(30),
             websocket: WebSocketConfig::default(),
+            sql: SqlConfig::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::schedule::Schedules;
+use crate::sql::Sql;
 use crate::storage::Storage;
 use crate::websocket::{Frame, SocketShared, SocketTable, WebSocket, WebSocketMessage};
 
@@ -89,6 +90,13 @@ impl Context {
     /// The object's durable storage.
     pub fn storage(&mut self) -> &mut Storage {
         &mut self.storage
+    }
+
+    /// The object's SQL database (SQLite's dialect), in this turn's transaction.
+    pub fn sql(&mut self) -> Sql<'_> {
+        Sql {
+            storage: &mut self.storage,
+        }
     }
 
     /// The object's named jobs (one-shot, interval, cron), run by its `on_schedule` handler.

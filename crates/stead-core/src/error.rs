@@ -108,6 +108,9 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A SQL statement failed; see [`crate::SqlError`] for which and why.
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     /// A cron expression or schedule is invalid.
     #[error("invalid schedule: {detail}")]
     InvalidSchedule {

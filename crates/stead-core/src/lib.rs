@@ -72,6 +72,7 @@ mod runtime;
 mod schedule;
 mod scheduler;
 mod shared;
+mod sql;
 mod storage;
 // Sockets are accepted through the `http` feature; without it this room is unused.
 #[cfg(feature = "test-util")]
@@ -101,6 +102,7 @@ pub use input::{
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
+pub use sql::{Cursor, Params, Sql, SqlConfig, SqlError, SqlErrorKind, SqlValue};
 pub use storage::{MAX_KEY_BYTES, ObjectDocument, Storage};
 pub use websocket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS, WebSocket, WebSocketClose, WebSocketConfig,

@@ -196,6 +196,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Limits of every object's SQL database (size, statement deadline, page cache).
+    pub fn sql(mut self, config: crate::SqlConfig) -> Self {
+        self.config.sql = config;
+        self
+    }
+
     /// The memory cap of each object's cache.
     pub fn cache_bytes_per_object(mut self, n: usize) -> Self {
         self.config.cache_bytes_per_object = n;

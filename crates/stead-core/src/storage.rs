@@ -14,6 +14,7 @@ use crate::backend::{
 };
 use crate::clock::{from_ms, to_ms};
 use crate::error::{Error, Result};
+use crate::sql::{SQL_PREFIX, SqlDb, SqlLimits, chunk_key, vfs::CHUNK};
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 2048;
@@ -37,6 +38,7 @@ const PREFETCH_ENTRIES: usize = 64;
 pub(crate) struct StorageLimits {
     pub(crate) max_value_bytes: usize,
     pub(crate) cache_bytes: usize,
+    pub(crate) sql: SqlLimits,
 }
 
 /// An object's durable key-value storage, as seen from inside a turn.
@@ -85,6 +87,12 @@ pub struct Storage {
     /// The committed store is known to have no schedule entries (saves a range scan whenever
     /// the alarm changes). Says nothing of this turn's writes or unacknowledged ones.
     committed_no_schedules: bool,
+    /// The object's SQL database, once a turn of this activation used it. Its committed
+    /// state always equals what storage holds (written, unacknowledged or committed), so
+    /// dropping it is always safe: the next use reads it back.
+    sql: Option<SqlDb>,
+    /// This turn committed SQL changes into its writes (a rollback must drop the database).
+    sql_flushed: bool,
 }
 
 impl std::fmt::Debug for Storage {
@@ -137,6 +145,8 @@ impl Storage {
             registered: false,
             fence: Arc::new(Fence::default()),
             committed_no_schedules: false,
+            sql: None,
+            sql_flushed: false,
         }
     }
 
@@ -237,6 +247,8 @@ impl Storage {
 
     /// Deletes every key, the alarm and every schedule of the object.
     pub fn delete_all(&mut self) {
+        // The database goes too; a later statement of the turn starts an empty one.
+        self.sql = None;
         self.turn.clear();
         self.turn_cleared = true;
         self.turn_alarm_dirty = true;
@@ -244,11 +256,19 @@ impl Storage {
 
     /// Whether this turn has written, deleted or changed the alarm or schedules so far.
     pub(crate) fn turn_changed(&self) -> bool {
-        !self.turn.is_empty() || self.turn_cleared || self.turn_alarm_dirty
+        !self.turn.is_empty()
+            || self.turn_cleared
+            || self.turn_alarm_dirty
+            || self.sql.as_ref().is_some_and(SqlDb::turn_wrote)
     }
 
-    /// Discards every write this turn has made so far.
+    /// Discards every write this turn has made so far, its SQL changes included.
     pub fn rollback(&mut self) {
+        if std::mem::take(&mut self.sql_flushed) {
+            self.sql = None;
+        } else if let Some(db) = self.sql.as_mut() {
+            db.rollback();
+        }
         self.turn.clear();
         self.turn_cleared = false;
         self.turn_alarm_dirty = false;
@@ -427,7 +447,7 @@ impl Storage {
         // Complete unless inserting overflows the cache budget (which empties it and says so).
         self.complete = true;
         for (k, v) in entries {
-            if !self.cache.contains_key(&k) {
+            if !self.cache.contains_key(&k) && !k.starts_with(SQL_PREFIX) {
                 self.cache_insert(k, Some(v));
             }
         }
@@ -545,6 +565,7 @@ impl Storage {
 
     /// Folds this turn's changes into the unacknowledged set under `seq`.
     pub(crate) fn end_turn(&mut self, seq: u64) -> TurnEnd {
+        self.sql_flushed = false;
         let wrote = self.turn_cleared || !self.turn.is_empty() || self.turn_alarm.is_some();
         if self.turn_cleared {
             self.unacked.clear();
@@ -640,7 +661,10 @@ impl Storage {
                 if v.is_some() && k.starts_with(SCHEDULE_PREFIX) {
                     self.committed_no_schedules = false;
                 }
-                self.cache_insert(k, v);
+                // A database's chunks are kept by the database itself, never cached twice.
+                if !k.starts_with(SQL_PREFIX) {
+                    self.cache_insert(k, v);
+                }
             } else {
                 self.unacked.insert(k, (v, s));
             }
@@ -668,6 +692,64 @@ impl Storage {
         self.registered = false;
         self.fence = Arc::new(Fence::default());
         self.committed_no_schedules = false;
+        self.sql = None;
+        self.sql_flushed = false;
+    }
+
+    // ----- the SQL database -------------------------------------------------------------
+
+    /// The object's database, read from storage by its first use in an activation.
+    pub(crate) async fn sql_db(&mut self) -> Result<&mut SqlDb> {
+        if self.sql.is_none() {
+            let chunks = self.sql_chunks().await?;
+            self.sql = Some(SqlDb::open(chunks, self.limits.sql).map_err(Error::Sql)?);
+        }
+        Ok(self.sql.as_mut().expect("opened above"))
+    }
+
+    /// The stored chunks of the database, this turn's and unacknowledged writes applied.
+    /// Never from the cache: chunks are not cached (the open database holds them).
+    async fn sql_chunks(&mut self) -> Result<Vec<(String, Value)>> {
+        let opts = ListOptions::prefix(SQL_PREFIX);
+        let (lower, upper) = opts.bounds();
+        let r = (
+            Bound::Included(lower),
+            upper.map_or(Bound::Unbounded, Bound::Excluded),
+        );
+        let mut merged: BTreeMap<String, Option<Value>> = BTreeMap::new();
+        if !self.turn_cleared {
+            if self.cleared_seq.is_none() {
+                for (k, v) in self.backend.list(&self.obj, &opts).await? {
+                    merged.insert(k, Some(v));
+                }
+            }
+            for (k, (v, _)) in self.unacked.range(r.clone()) {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        for (k, v) in self.turn.range(r) {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
+    }
+
+    /// Commits the turn's SQL transaction, if it has one, into the turn's writes. On an
+    /// error the SQL changes are rolled back and the caller discards the turn.
+    pub(crate) fn commit_sql(&mut self) -> Result<()> {
+        let Some(db) = self.sql.as_mut() else {
+            return Ok(());
+        };
+        let chunks = db.commit().map_err(Error::Sql)?;
+        if !chunks.is_empty() {
+            self.sql_flushed = true;
+            for (k, v) in chunks {
+                self.turn.insert(k, v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -689,6 +771,9 @@ pub struct ObjectDocument {
     /// Its schedules, by job name, as the runtime keeps them (kind and next run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schedules: BTreeMap<String, serde_json::Value>,
+    /// Its SQL database, if it has one: the database file, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 /// Checks a document before it is imported: keys an object could have written, schedules
@@ -699,6 +784,9 @@ pub(crate) fn check_import(doc: &ObjectDocument) -> Result<()> {
         if let Err(e) = check_user_key(k) {
             return bad(format!("entry {k:?}: {e}"));
         }
+    }
+    if let Some(file) = &doc.sql {
+        decode_sql(file)?;
     }
     for (name, job) in &doc.schedules {
         if let Err(e) = crate::schedule::check_name(name) {
@@ -720,11 +808,21 @@ impl Storage {
             entries: BTreeMap::new(),
             alarm: None,
             schedules: BTreeMap::new(),
+            sql: None,
         };
+        // The database as committed by earlier turns (this turn's open transaction aside).
+        let chunks = self.sql_chunks().await?;
+        if !chunks.is_empty() {
+            let file: Vec<u8> = chunks.into_iter().flat_map(|(_, v)| v.to_vec()).collect();
+            use base64::Engine as _;
+            doc.sql = Some(base64::engine::general_purpose::STANDARD.encode(file));
+        }
         for (k, v) in self.list_raw(&ListOptions::all()).await? {
             let value: serde_json::Value = decode(&v)?;
             if let Some(job) = k.strip_prefix(SCHEDULE_PREFIX) {
                 doc.schedules.insert(job.to_owned(), value);
+            } else if k.starts_with(SQL_PREFIX) {
+                continue;
             } else if k == USER_ALARM_KEY {
                 doc.alarm = value.as_i64().map(from_ms);
             } else if !k.starts_with(INTERNAL) {
@@ -749,9 +847,27 @@ impl Storage {
         if let Some(at) = doc.alarm {
             self.set_alarm_ms(to_ms(at))?;
         }
+        if let Some(file) = &doc.sql {
+            for (i, chunk) in decode_sql(file)?.chunks(CHUNK).enumerate() {
+                self.turn
+                    .insert(chunk_key(i as u32), Some(Value::from(chunk)));
+            }
+        }
         self.turn_alarm_dirty = true;
         Ok(())
     }
+}
+
+/// A document's database file: base64 of a SQLite database.
+fn decode_sql(file: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(file)
+        .map_err(|e| Error::bad_request(format!("sql: not base64: {e}")))?;
+    if !bytes.is_empty() && !bytes.starts_with(b"SQLite format 3\0") {
+        return Err(Error::bad_request("sql: not a SQLite database file"));
+    }
+    Ok(bytes)
 }
 
 fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T> {

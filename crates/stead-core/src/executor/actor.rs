@@ -59,6 +59,7 @@ impl<O: DurableObject> Actor<O> {
         let limits = StorageLimits {
             max_value_bytes: shared.config.max_value_bytes,
             cache_bytes: shared.config.cache_bytes_per_object,
+            sql: shared.config.sql.limits(),
         };
         let storage = Storage::new(obj, name.clone(), ns.backend.clone(), ns.durability, limits);
         let ctx = Context {
@@ -408,9 +409,13 @@ impl<O: DurableObject> Actor<O> {
     /// Closes a successful turn: recomputes the alarm if needed, folds the writes into the
     /// outgoing batch, and puts the turn's replies behind the output gate.
     pub(super) async fn end_turn(&mut self) {
-        if self.ctx.storage.alarm_inputs_changed()
-            && let Err(e) = self.recompute_alarm().await
-        {
+        let alarm = if self.ctx.storage.alarm_inputs_changed() {
+            self.recompute_alarm().await
+        } else {
+            Ok(())
+        };
+        // The SQL transaction commits last: whatever fails before it rolls it back instead.
+        if let Err(e) = alarm.and_then(|()| self.ctx.storage.commit_sql()) {
             // The turn's own reply gets the error itself; replies it completed for earlier
             // callers learn that their turn was discarded (the turn changed its alarm
             // inputs, so the discard also drops the object).

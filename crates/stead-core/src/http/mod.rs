@@ -159,6 +159,19 @@ impl From<&Error> for Problem {
             Error::InvalidSchedule { detail } => {
                 Problem::new(S::BAD_REQUEST, "invalid-schedule", detail.clone())
             }
+            Error::Sql(e) => {
+                use crate::SqlErrorKind as K;
+                let (status, kind) = match e.kind {
+                    K::Invalid => (S::BAD_REQUEST, "sql-invalid"),
+                    K::Refused => (S::FORBIDDEN, "sql-refused"),
+                    K::Constraint => (S::CONFLICT, "sql-constraint"),
+                    K::TooLarge => (S::INSUFFICIENT_STORAGE, "sql-too-large"),
+                    K::Interrupted => (S::UNPROCESSABLE_ENTITY, "sql-interrupted"),
+                    K::Failed => (S::BAD_REQUEST, "sql-failed"),
+                    _ => (S::INTERNAL_SERVER_ERROR, "sql"),
+                };
+                Problem::new(status, kind, e.message.clone()).with("statement", e.statement.clone())
+            }
             Error::TooManyWebSockets { max } => Problem::new(
                 S::SERVICE_UNAVAILABLE,
                 "too-many-websockets",

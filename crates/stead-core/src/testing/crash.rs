@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Setup;
-use super::probe::{Incr, Op, Probe, ProbeEnv, Script, Seen};
+use super::probe::{IncrWithSql, Probe, ProbeEnv, ReadIncrWithSql};
 use crate::{Durability, Runtime};
 
 const OBJECTS: usize = 8;
@@ -77,8 +77,8 @@ pub fn crash_rounds(setup: &Setup, durability: Durability, child_test: &str) {
                 // the killed process held must expire first): bounded retries.
                 let stub = ns.get_by_name(&format!("c{i}"));
                 let mut tries = 0;
-                let seen = loop {
-                    match stub.ask(Script(vec![Op::Get("n".into())])).await {
+                let (v, rows, max) = loop {
+                    match stub.ask(ReadIncrWithSql("n".into())).await {
                         Ok(Ok(seen)) => break seen,
                         Ok(Err(e)) | Err(e) if tries < 400 => {
                             tries += 1;
@@ -90,10 +90,13 @@ pub fn crash_rounds(setup: &Setup, durability: Durability, child_test: &str) {
                         other => panic!("round {round}: the store does not serve: {other:?}"),
                     }
                 };
-                let Seen::Value(v) = seen[0] else {
-                    unreachable!()
-                };
-                stored.push(v.unwrap_or(0));
+                // No partial turn: the key and the SQL table were written by the same turns.
+                assert_eq!(
+                    (rows, max),
+                    (v, v),
+                    "round {round}, object {i}: the SQL log disagrees with the key"
+                );
+                stored.push(v);
             }
             rt.shutdown().await.unwrap();
             stored
@@ -141,7 +144,7 @@ pub fn crash_child(setup: &Setup) {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     loop {
-                        match stub.ask(Incr("n".into())).await {
+                        match stub.ask(IncrWithSql("n".into())).await {
                             Ok(Ok(v)) => {
                                 let _ = tx.send((obj, v));
                             }

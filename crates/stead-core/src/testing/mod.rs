@@ -176,6 +176,9 @@ macro_rules! conformance {
             alarms_wake_evicted_objects false,
             schedules_run_once_interval_and_cron false,
             deferred_replies_wait_for_a_later_turn false,
+            sql_commits_with_the_turn false,
+            sql_is_deleted_with_the_object false,
+            sql_agrees_with_plain_sqlite true,
         );
         #[test]
         fn list_agrees_with_a_model() {
@@ -197,7 +200,8 @@ macro_rules! conformance {
 }
 
 /// Checks crash consistency with real SIGKILLs: a child process (this test binary, started
-/// again) increments counters through the backend as fast as it can and prints each
+/// again) increments counters through the backend as fast as it can (each turn also adds a
+/// row to the object's SQL table) and prints each
 /// acknowledged value; the parent kills it at a random moment, reopens the store and checks
 /// that every stored value is at least the last acknowledged one. Three rounds, in `Fsync`
 /// and in `ProcessCrashSafe` durability. The setup must open the same store each time for

@@ -291,6 +291,55 @@ impl Handler<Incr> for Probe {
     }
 }
 
+/// Increments `key` and, in the same turn, inserts a row with the new value into the
+/// object's SQL table `log`: after any crash the two must agree.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IncrWithSql(pub String);
+
+impl Handler<IncrWithSql> for Probe {
+    type Reply = Result<i64>;
+    async fn handle(&mut self, msg: IncrWithSql, ctx: &mut Context) -> Result<i64> {
+        let v: i64 = ctx.storage().get(&msg.0).await?.unwrap_or(0);
+        ctx.storage().put(&msg.0, &(v + 1))?;
+        let mut sql = ctx.sql();
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS log (n INTEGER PRIMARY KEY, pad BLOB)",
+            (),
+        )
+        .await?;
+        // Rows of a few hundred bytes, so the database spans many chunks.
+        sql.exec(
+            "INSERT INTO log (n, pad) VALUES (?1, zeroblob(300))",
+            [v + 1],
+        )
+        .await?;
+        Ok(v + 1)
+    }
+}
+
+/// What [`IncrWithSql`] left: the key's value, and the `log` table's row count and largest
+/// value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadIncrWithSql(pub String);
+
+impl Handler<ReadIncrWithSql> for Probe {
+    type Reply = Result<(i64, i64, i64)>;
+    async fn handle(&mut self, msg: ReadIncrWithSql, ctx: &mut Context) -> Result<(i64, i64, i64)> {
+        let v: i64 = ctx.storage().get(&msg.0).await?.unwrap_or(0);
+        let mut sql = ctx.sql();
+        sql.exec(
+            "CREATE TABLE IF NOT EXISTS log (n INTEGER PRIMARY KEY, pad BLOB)",
+            (),
+        )
+        .await?;
+        let (count, max): (i64, i64) = sql
+            .one::<(i64, Option<i64>)>("SELECT count(*), max(n) FROM log", ())
+            .await
+            .map(|(c, m)| (c, m.unwrap_or(0)))?;
+        Ok((v, count, max))
+    }
+}
+
 /// Puts every key, then panics.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PutThenPanic(pub Vec<String>);
@@ -452,5 +501,64 @@ impl Handler<Block> for Probe {
     async fn handle(&mut self, _: Block, _ctx: &mut Context) {
         self.env.blocked.store(true, Ordering::SeqCst);
         let _ = self.env.gate.acquire().await.map(|p| p.forget());
+    }
+}
+
+/// One statement's outcome in a [`SqlScript`]: its columns and rows, or SQLite's message.
+pub type SqlOutcome = std::result::Result<(Vec<String>, Vec<Vec<crate::SqlValue>>), String>;
+
+/// Runs SQL statements in one turn, each with its positional parameters; a statement that
+/// fails is reported and the script goes on (as with a plain SQLite connection).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SqlScript(pub Vec<(String, Vec<crate::SqlValue>)>);
+
+async fn run_sql(
+    ctx: &mut Context,
+    script: Vec<(String, Vec<crate::SqlValue>)>,
+) -> Vec<SqlOutcome> {
+    let mut out = Vec::with_capacity(script.len());
+    for (sql, params) in script {
+        out.push(match ctx.sql().exec(&sql, params).await {
+            Ok(c) => Ok((c.columns().to_vec(), c.into_rows())),
+            Err(e) => Err(e.to_string()),
+        });
+    }
+    out
+}
+
+impl Handler<SqlScript> for Probe {
+    type Reply = Result<Vec<SqlOutcome>>;
+    async fn handle(&mut self, msg: SqlScript, ctx: &mut Context) -> Result<Vec<SqlOutcome>> {
+        Ok(run_sql(ctx, msg.0).await)
+    }
+}
+
+/// Runs SQL statements, then answers an error: the turn keeps nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SqlScriptThenFail(pub Vec<(String, Vec<crate::SqlValue>)>);
+
+impl Handler<SqlScriptThenFail> for Probe {
+    type Reply = Result<Vec<SqlOutcome>>;
+    async fn handle(
+        &mut self,
+        msg: SqlScriptThenFail,
+        ctx: &mut Context,
+    ) -> Result<Vec<SqlOutcome>> {
+        run_sql(ctx, msg.0).await;
+        Err(crate::Error::conflict(
+            "deliberate failure after SQL writes",
+        ))
+    }
+}
+
+/// Runs SQL statements, then panics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SqlScriptThenPanic(pub Vec<(String, Vec<crate::SqlValue>)>);
+
+impl Handler<SqlScriptThenPanic> for Probe {
+    type Reply = ();
+    async fn handle(&mut self, msg: SqlScriptThenPanic, ctx: &mut Context) {
+        run_sql(ctx, msg.0).await;
+        panic!("deliberate panic after SQL writes");
     }
 }

@@ -551,3 +551,370 @@ pub async fn list_agrees_with_a_model(setup: &Setup) {
         panic!("{e}");
     }
 }
+
+fn stmt(sql: &str, params: Vec<crate::SqlValue>) -> (String, Vec<crate::SqlValue>) {
+    (sql.to_owned(), params)
+}
+
+fn rows_of(out: &[SqlOutcome]) -> Vec<Vec<crate::SqlValue>> {
+    match out.last() {
+        Some(Ok((_, rows))) => rows.clone(),
+        other => panic!("the last statement answers rows, not {other:?}"),
+    }
+}
+
+pub async fn sql_commits_with_the_turn(h: Harness) {
+    use crate::SqlValue::{Integer, Text};
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("sql");
+    let out = o
+        .ask(SqlScript(vec![
+            stmt(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+                vec![],
+            ),
+            stmt(
+                "INSERT INTO t (name) VALUES (?1), (?2)",
+                vec![Text("a".into()), Text("b".into())],
+            ),
+        ]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    // A turn that answers an error, and one that panics, keep none of their SQL changes
+    // (nor their key-value writes).
+    let failing = vec![
+        stmt("INSERT INTO t (name) VALUES ('c')", vec![]),
+        stmt("UPDATE t SET name = 'changed'", vec![]),
+        stmt("CREATE TABLE u (x)", vec![]),
+    ];
+    o.ask(SqlScriptThenFail(failing.clone()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    o.ask(SqlScriptThenPanic(failing)).await.unwrap_err();
+    let select = || SqlScript(vec![stmt("SELECT id, name FROM t ORDER BY id", vec![])]);
+    let want = vec![
+        vec![Integer(1), Text("a".into())],
+        vec![Integer(2), Text("b".into())],
+    ];
+    assert_eq!(rows_of(&o.ask(select()).await.unwrap().unwrap()), want);
+    let tables = o
+        .ask(SqlScript(vec![stmt(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name",
+            vec![],
+        )]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows_of(&tables), vec![vec![Text("t".into())]]);
+    // SQL and key-value writes of one turn are one transaction.
+    o.ask(Script(vec![Op::Put("kv".into(), 1)]))
+        .await
+        .unwrap()
+        .unwrap();
+    // A failed statement fails alone: the turn goes on and keeps the others.
+    let out = o
+        .ask(SqlScript(vec![
+            stmt("INSERT INTO t (name) VALUES (NULL)", vec![]),
+            stmt("INSERT INTO t (name) VALUES ('c')", vec![]),
+        ]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out[0].as_ref().unwrap_err().contains("NOT NULL"), "{out:?}");
+    assert!(out[1].is_ok());
+    // Read back by a new activation, from the store.
+    h.clock.advance(Duration::from_secs(120)).await;
+    assert_eq!(ns.active_objects(), 0, "the object left memory");
+    let mut want = want;
+    want.push(vec![Integer(3), Text("c".into())]);
+    assert_eq!(rows_of(&o.ask(select()).await.unwrap().unwrap()), want);
+    assert_eq!(
+        o.ask(Script(vec![Op::Get("kv".into())]))
+            .await
+            .unwrap()
+            .unwrap(),
+        vec![Seen::Value(Some(1))]
+    );
+    // Another object has a database of its own.
+    let other = ns.get_by_name("sql-other");
+    let out = other.ask(select()).await.unwrap().unwrap();
+    assert!(
+        out[0].as_ref().unwrap_err().contains("no such table"),
+        "{out:?}"
+    );
+    h.rt.shutdown().await.unwrap();
+}
+
+pub async fn sql_is_deleted_with_the_object(h: Harness) {
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let o = ns.get_by_name("sql-deleted");
+    o.ask(SqlScript(vec![
+        stmt("CREATE TABLE t (x)", vec![]),
+        stmt("INSERT INTO t VALUES (zeroblob(50000))", vec![]),
+    ]))
+    .await
+    .unwrap()
+    .unwrap();
+    let schema = || SqlScript(vec![stmt("SELECT count(*) FROM sqlite_schema", vec![])]);
+    let one = vec![vec![crate::SqlValue::Integer(1)]];
+    assert_eq!(rows_of(&o.ask(schema()).await.unwrap().unwrap()), one);
+    o.ask(Script(vec![Op::DeleteAll])).await.unwrap().unwrap();
+    let none = vec![vec![crate::SqlValue::Integer(0)]];
+    assert_eq!(rows_of(&o.ask(schema()).await.unwrap().unwrap()), none);
+    h.clock.advance(Duration::from_secs(120)).await;
+    assert_eq!(rows_of(&o.ask(schema()).await.unwrap().unwrap()), none);
+    h.rt.shutdown().await.unwrap();
+}
+
+/// Random SQL workloads, applied turn by turn to an object and to a plain SQLite database
+/// (each turn in a transaction there too, a failing turn rolled back): every statement
+/// answers the same, through evictions (the database read back from the store), pipelined
+/// turns and failed turns.
+pub async fn sql_agrees_with_plain_sqlite(h: Harness) {
+    use rand::{RngExt, SeedableRng};
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for seed in 0..4u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let o = ns.get_by_name(&format!("differential-{seed}"));
+        let plain = rusqlite::Connection::open_in_memory().unwrap();
+        plain.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        for turn in 0..40 {
+            let script: Vec<_> = (0..rng.random_range(1..6))
+                .map(|_| random_statement(&mut rng))
+                .collect();
+            let fail = rng.random_ratio(1, 8);
+            let want = plain_turn(&plain, &script, fail);
+            let got = if fail {
+                o.ask(SqlScriptThenFail(script.clone()))
+                    .await
+                    .unwrap()
+                    .unwrap_err();
+                None
+            } else if rng.random_ratio(1, 4) {
+                // Two turns in flight at once: the second runs before the first is durable.
+                let extra = vec![random_statement(&mut rng)];
+                let want_extra = plain_turn(&plain, &extra, false);
+                let (a, b) = tokio::join!(
+                    o.ask(SqlScript(script.clone())),
+                    o.ask(SqlScript(extra.clone()))
+                );
+                compare(
+                    seed,
+                    turn,
+                    &extra,
+                    &b.unwrap().unwrap(),
+                    want_extra.as_ref().unwrap(),
+                );
+                Some(a.unwrap().unwrap())
+            } else {
+                Some(o.ask(SqlScript(script.clone())).await.unwrap().unwrap())
+            };
+            if let (Some(got), Some(want)) = (got, want) {
+                compare(seed, turn, &script, &got, &want[..]);
+            }
+            if rng.random_ratio(1, 6) {
+                h.clock.advance(Duration::from_secs(120)).await;
+                assert_eq!(ns.active_objects(), 0, "the object left memory");
+            }
+        }
+        // Everything, compared at the end.
+        let dump = vec![stmt(
+            "SELECT type, name, sql FROM sqlite_schema ORDER BY name",
+            vec![],
+        )];
+        let got = o.ask(SqlScript(dump.clone())).await.unwrap().unwrap();
+        compare(
+            seed,
+            999,
+            &dump,
+            &got,
+            &plain_turn(&plain, &dump, false).unwrap(),
+        );
+        for t in 0..3 {
+            let all = vec![stmt(&format!("SELECT * FROM t{t} ORDER BY id"), vec![])];
+            let got = o.ask(SqlScript(all.clone())).await.unwrap().unwrap();
+            compare(
+                seed,
+                1000 + t,
+                &all,
+                &got,
+                &plain_turn(&plain, &all, false).unwrap(),
+            );
+        }
+    }
+    h.rt.shutdown().await.unwrap();
+}
+
+fn compare(
+    seed: u64,
+    turn: usize,
+    script: &[(String, Vec<crate::SqlValue>)],
+    got: &[SqlOutcome],
+    want: &[SqlOutcome],
+) {
+    assert_eq!(got.len(), want.len());
+    for ((s, (g, w)), i) in script.iter().zip(got.iter().zip(want)).zip(0..) {
+        match (g, w) {
+            (Ok(g), Ok(w)) => assert_eq!(g, w, "seed {seed} turn {turn} statement {i}: {s:?}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!(
+                "seed {seed} turn {turn} statement {i}: {s:?}: the object answered {g:?}, plain SQLite {w:?}"
+            ),
+        }
+    }
+}
+
+/// A turn on the plain database: its statements in one transaction, rolled back when the
+/// turn fails (then no outcome).
+fn plain_turn(
+    db: &rusqlite::Connection,
+    script: &[(String, Vec<crate::SqlValue>)],
+    fail: bool,
+) -> Option<Vec<SqlOutcome>> {
+    db.execute_batch("BEGIN").unwrap();
+    let mut out = Vec::new();
+    for (sql, params) in script {
+        let r = (|| {
+            let mut st = db.prepare(sql)?;
+            let columns: Vec<String> = st.column_names().map(str::to_owned).collect();
+            for (i, p) in params.iter().enumerate() {
+                st.raw_bind_parameter(i + 1, plain_value(p))?;
+            }
+            let mut rows = Vec::new();
+            let mut q = st.raw_query();
+            while let Some(r) = q.next()? {
+                let mut row = Vec::new();
+                for i in 0..columns.len() {
+                    row.push(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => crate::SqlValue::Null,
+                        rusqlite::types::ValueRef::Integer(x) => crate::SqlValue::Integer(x),
+                        rusqlite::types::ValueRef::Real(x) => crate::SqlValue::Real(x),
+                        rusqlite::types::ValueRef::Text(x) => {
+                            crate::SqlValue::Text(String::from_utf8_lossy(x).into_owned())
+                        }
+                        rusqlite::types::ValueRef::Blob(x) => crate::SqlValue::Blob(x.to_vec()),
+                    });
+                }
+                rows.push(row);
+            }
+            Ok::<_, rusqlite::Error>((columns, rows))
+        })();
+        out.push(r.map_err(|e| e.to_string()));
+    }
+    if fail {
+        db.execute_batch("ROLLBACK").unwrap();
+        None
+    } else {
+        db.execute_batch("COMMIT").unwrap();
+        Some(out)
+    }
+}
+
+fn plain_value(v: &crate::SqlValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match v {
+        crate::SqlValue::Null => Value::Null,
+        crate::SqlValue::Integer(i) => Value::Integer(*i),
+        crate::SqlValue::Real(f) => Value::Real(*f),
+        crate::SqlValue::Text(t) => Value::Text(t.clone()),
+        crate::SqlValue::Blob(b) => Value::Blob(b.clone()),
+    }
+}
+
+fn random_value(rng: &mut rand::rngs::StdRng) -> crate::SqlValue {
+    use crate::SqlValue::*;
+    use rand::RngExt;
+    match rng.random_range(0..10) {
+        0 => Null,
+        1 => Integer(
+            *[i64::MIN, i64::MAX, -1, 0, 1 << 53, (1 << 53) + 1]
+                .get(rng.random_range(0..6))
+                .unwrap(),
+        ),
+        2 | 3 => Integer(rng.random_range(-50..50)),
+        4 => Real(rng.random_range(-1e6..1e6)),
+        5 => Text(["", "é", "a'b", "NULL", "日本語"][rng.random_range(0..5)].to_owned()),
+        6 => Text("x".repeat(rng.random_range(0..3000))),
+        7 => Blob(vec![rng.random(); rng.random_range(0..9000)]),
+        _ => Integer(rng.random_range(0..20)),
+    }
+}
+
+fn random_statement(rng: &mut rand::rngs::StdRng) -> (String, Vec<crate::SqlValue>) {
+    use rand::RngExt;
+    let t = rng.random_range(0..3);
+    let v = |rng: &mut rand::rngs::StdRng| random_value(rng);
+    match rng.random_range(0..20) {
+        0 | 1 => stmt(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS t{t} (id INTEGER PRIMARY KEY, a, b TEXT, c BLOB, d REAL, UNIQUE (a, d))"
+            ),
+            vec![],
+        ),
+        2 => stmt(&format!("DROP TABLE IF EXISTS t{t}"), vec![]),
+        3 => stmt(
+            &format!(
+                "ALTER TABLE t{t} ADD COLUMN e{} INTEGER DEFAULT 7",
+                rng.random_range(0..3)
+            ),
+            vec![],
+        ),
+        4 => stmt(
+            &format!("CREATE INDEX IF NOT EXISTS i{t} ON t{t} (b, a)"),
+            vec![],
+        ),
+        5..=8 => stmt(
+            &format!("INSERT INTO t{t} (a, b, c, d) VALUES (?, ?, ?, ?)"),
+            vec![v(rng), v(rng), v(rng), v(rng)],
+        ),
+        9 => stmt(
+            &format!("INSERT INTO t{t} (id, a) VALUES (?, ?)"),
+            vec![crate::SqlValue::Integer(rng.random_range(1..30)), v(rng)],
+        ),
+        10 => stmt(
+            &format!(
+                "INSERT INTO t{t} (a, b) SELECT x, printf('%d-%s', x, ?) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?) SELECT x FROM c)"
+            ),
+            vec![v(rng), crate::SqlValue::Integer(rng.random_range(0..400))],
+        ),
+        11 => stmt(
+            &format!("UPDATE t{t} SET a = a + ?, b = ? WHERE id % 3 = ?"),
+            vec![
+                v(rng),
+                v(rng),
+                crate::SqlValue::Integer(rng.random_range(0..3)),
+            ],
+        ),
+        12 => stmt(
+            &format!("DELETE FROM t{t} WHERE a < ? OR id % 5 = 0"),
+            vec![v(rng)],
+        ),
+        13 => stmt(&format!("DELETE FROM t{t}"), vec![]),
+        14 => stmt("SAVEPOINT s", vec![]),
+        15 => stmt(
+            if rng.random() {
+                "ROLLBACK TO s"
+            } else {
+                "RELEASE s"
+            },
+            vec![],
+        ),
+        16 => stmt(
+            &format!(
+                "SELECT a, count(*), sum(length(c)), max(d) FROM t{t} GROUP BY a ORDER BY a NULLS FIRST"
+            ),
+            vec![],
+        ),
+        17 => stmt(
+            &format!("SELECT * FROM t{t} WHERE b IS NULL OR a > ? ORDER BY id DESC LIMIT 20"),
+            vec![v(rng)],
+        ),
+        _ => stmt(
+            &format!("SELECT id, a, b, c, d FROM t{t} ORDER BY id"),
+            vec![],
+        ),
+    }
+}

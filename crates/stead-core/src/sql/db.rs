@@ -1,0 +1,480 @@
+//! One object's database while the object is in memory: its connection, the turn's
+//! transaction, the statement rules and limits, and the chunks a commit hands to storage.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags, ffi};
+
+use super::vfs::{self, CHUNK, MemFile, SharedFile};
+use super::{Cursor, Params, SqlError, SqlErrorKind, SqlValue};
+use crate::backend::Value;
+
+/// Where an object's database chunks are kept among its entries (internal keys).
+pub(crate) const SQL_PREFIX: &str = "\0sql/";
+
+/// The key of chunk `i`.
+pub(crate) fn chunk_key(i: u32) -> String {
+    format!("{SQL_PREFIX}{i:08x}")
+}
+
+/// Limits of every object's database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SqlLimits {
+    pub(crate) max_bytes: u64,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) cache_bytes: usize,
+}
+
+/// Pragmas a turn may run: ones that read the schema or the database's figures, and
+/// settings that only change how statements behave. Anything else (journal, locking, page
+/// size, size limit, writable schema) is the runtime's.
+const ALLOWED_PRAGMAS: &[&str] = &[
+    "analysis_limit",
+    "application_id",
+    "automatic_index",
+    "case_sensitive_like",
+    "collation_list",
+    "data_version",
+    "defer_foreign_keys",
+    "encoding",
+    "foreign_key_check",
+    "foreign_key_list",
+    "foreign_keys",
+    "freelist_count",
+    "function_list",
+    "ignore_check_constraints",
+    "index_info",
+    "index_list",
+    "index_xinfo",
+    "integrity_check",
+    "legacy_alter_table",
+    "optimize",
+    "page_count",
+    "pragma_list",
+    "quick_check",
+    "recursive_triggers",
+    "reverse_unordered_selects",
+    "table_info",
+    "table_list",
+    "table_xinfo",
+    "user_version",
+];
+
+/// Pragmas a turn may read but not set.
+const READ_ONLY_PRAGMAS: &[&str] = &["page_size", "max_page_count", "schema_version"];
+
+pub(crate) struct SqlDb {
+    conn: Connection,
+    file: SharedFile,
+    /// How many chunks the store holds (the file's length when it was last flushed).
+    stored_chunks: u32,
+    /// The turn's transaction is open.
+    in_turn: bool,
+    /// The turn ran a statement that may have changed the database.
+    wrote: bool,
+    /// Our own BEGIN, COMMIT and ROLLBACK pass the authorizer; a turn's do not.
+    ours: Arc<AtomicBool>,
+    /// Why the authorizer last refused a statement.
+    refused: Arc<Mutex<Option<String>>>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+    limits: SqlLimits,
+}
+
+impl std::fmt::Debug for SqlDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlDb")
+            .field("bytes", &vfs::lock(&self.file).data.len())
+            .field("in_turn", &self.in_turn)
+            .finish()
+    }
+}
+
+fn setup_error(e: impl std::fmt::Display) -> SqlError {
+    SqlError {
+        kind: SqlErrorKind::Other,
+        statement: String::new(),
+        message: format!("the object's database could not be opened: {e}"),
+    }
+}
+
+impl SqlDb {
+    /// Opens a database from its stored chunks, in order (chunk `i` at index `i`).
+    pub(crate) fn open(chunks: Vec<(String, Value)>, limits: SqlLimits) -> Result<Self, SqlError> {
+        vfs::register().map_err(setup_error)?;
+        let mut data = Vec::with_capacity(chunks.len() * CHUNK);
+        for (i, (key, bytes)) in chunks.iter().enumerate() {
+            if *key != chunk_key(i as u32) || (bytes.len() != CHUNK && i + 1 != chunks.len()) {
+                return Err(setup_error(format!(
+                    "its stored chunks are not whole (at {key:?})"
+                )));
+            }
+            data.extend_from_slice(bytes);
+        }
+        let stored_chunks = chunks.len() as u32;
+        let file: SharedFile = Arc::new(Mutex::new(MemFile {
+            data,
+            dirty: Default::default(),
+        }));
+        let name = vfs::offer(file.clone());
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = match Connection::open_with_flags_and_vfs(&name, flags, vfs::VFS_NAME) {
+            Ok(c) => c,
+            Err(e) => {
+                vfs::withdraw(&name);
+                return Err(setup_error(e));
+            }
+        };
+        let max_pages = (limits.max_bytes / CHUNK as u64).max(2);
+        let cache_kib = (limits.cache_bytes / 1024).max(64);
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = MEMORY;
+             PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA synchronous = OFF;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -{cache_kib};
+             PRAGMA max_page_count = {max_pages};"
+        ))
+        .map_err(setup_error)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let ours = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(Mutex::new(None));
+        let (o, r) = (ours.clone(), refused.clone());
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            let why = refusal(&ctx, o.load(Ordering::Relaxed));
+            match why {
+                None => Authorization::Allow,
+                Some(why) => {
+                    *r.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    Authorization::Deny
+                }
+            }
+        }))
+        .map_err(setup_error)?;
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let d = deadline.clone();
+        conn.progress_handler(
+            10_000,
+            Some(move || {
+                d.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some_and(|d| Instant::now() > d)
+            }),
+        )
+        .map_err(setup_error)?;
+        Ok(SqlDb {
+            conn,
+            file,
+            stored_chunks,
+            in_turn: false,
+            wrote: false,
+            ours,
+            refused,
+            deadline,
+            limits,
+        })
+    }
+
+    /// Runs our own transaction statement.
+    fn control(&mut self, sql: &str) -> rusqlite::Result<()> {
+        self.ours.store(true, Ordering::Relaxed);
+        let r = self
+            .conn
+            .prepare_cached(sql)
+            .and_then(|mut s| s.execute([]).map(drop));
+        self.ours.store(false, Ordering::Relaxed);
+        r
+    }
+
+    /// Runs `sql` in the turn's transaction (opened by the turn's first statement).
+    pub(crate) fn exec(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+        if !self.in_turn {
+            self.control("BEGIN")
+                .map_err(|e| self.error(SqlErrorKind::Other, "BEGIN", e))?;
+            self.in_turn = true;
+        }
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + self.limits.statement_timeout);
+        let result = self.run(sql, params);
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        result
+    }
+
+    fn run(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+        let before = self.conn.total_changes();
+        let prepared = match self.conn.prepare_cached(sql) {
+            Ok(mut stmt) => {
+                let c = collect(&mut stmt, params).map_err(|e| (e, true));
+                Ok((c, !stmt.readonly()))
+            }
+            Err(e) => Err(e),
+        };
+        let cursor = match prepared {
+            Ok((c, wrote)) => {
+                self.wrote |= wrote;
+                c
+            }
+            Err(rusqlite::Error::MultipleStatement) => self.run_many(sql, params),
+            Err(e) => Err((e, false)),
+        };
+        let mut cursor = cursor.map_err(|(e, prepared)| {
+            let kind = if prepared {
+                SqlErrorKind::Failed
+            } else {
+                SqlErrorKind::Invalid
+            };
+            self.error(kind, sql, e)
+        })?;
+        cursor.rows_written = self.conn.total_changes().saturating_sub(before);
+        Ok(cursor)
+    }
+
+    /// Several statements separated by `;`: run in order, the cursor is the last one's.
+    fn run_many(&mut self, sql: &str, params: &Params) -> Result<Cursor, (rusqlite::Error, bool)> {
+        use rusqlite::fallible_iterator::FallibleIterator;
+        if !params.is_empty() {
+            return Err((
+                rusqlite::Error::InvalidParameterCount(params.len(), 0),
+                false,
+            ));
+        }
+        let mut batch = rusqlite::Batch::new(&self.conn, sql);
+        let mut last = Cursor::default();
+        let mut wrote = false;
+        while let Some(mut stmt) = batch.next().map_err(|e| (e, false))? {
+            last = collect(&mut stmt, params).map_err(|e| (e, true))?;
+            wrote |= !stmt.readonly();
+        }
+        self.wrote |= wrote;
+        Ok(last)
+    }
+
+    fn error(&self, kind: SqlErrorKind, sql: &str, e: rusqlite::Error) -> SqlError {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let (kind, message) = match (&e, refused) {
+            (_, Some(why)) if is_code(&e, ffi::ErrorCode::AuthorizationForStatementDenied) => {
+                (SqlErrorKind::Refused, why)
+            }
+            _ if is_code(&e, ffi::ErrorCode::OperationInterrupted) => (
+                SqlErrorKind::Interrupted,
+                format!(
+                    "the statement ran past its deadline of {:?} and was interrupted",
+                    self.limits.statement_timeout
+                ),
+            ),
+            _ if is_code(&e, ffi::ErrorCode::DiskFull) => (
+                SqlErrorKind::TooLarge,
+                format!(
+                    "the object's database would grow past its limit of {} bytes",
+                    self.limits.max_bytes
+                ),
+            ),
+            _ if is_code(&e, ffi::ErrorCode::ConstraintViolation) => {
+                (SqlErrorKind::Constraint, message_of(&e))
+            }
+            (rusqlite::Error::InvalidParameterCount(_, _), _) => (
+                SqlErrorKind::Invalid,
+                format!(
+                    "{e}: parameters bind to one statement; run several statements without parameters"
+                ),
+            ),
+            _ => (kind, message_of(&e)),
+        };
+        SqlError {
+            kind,
+            statement: shorten(sql),
+            message,
+        }
+    }
+
+    /// The database's size in bytes, this turn's changes included.
+    pub(crate) fn size(&mut self) -> Result<u64, SqlError> {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| self.error(SqlErrorKind::Other, "PRAGMA page_count", e))?;
+        let page: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(|e| self.error(SqlErrorKind::Other, "PRAGMA page_size", e))?;
+        Ok((pages * page) as u64)
+    }
+
+    /// Whether the turn ran a statement that may have changed the database.
+    pub(crate) fn turn_wrote(&self) -> bool {
+        self.in_turn && self.wrote
+    }
+
+    /// Commits the turn's transaction and answers the chunks to store: each changed chunk
+    /// with its bytes, and chunks past the new end to delete. On an error the transaction
+    /// is rolled back.
+    pub(crate) fn commit(&mut self) -> Result<Vec<(String, Option<Value>)>, SqlError> {
+        if !self.in_turn {
+            return Ok(Vec::new());
+        }
+        self.in_turn = false;
+        let wrote = std::mem::take(&mut self.wrote);
+        if let Err(e) = self.control("COMMIT") {
+            let err = self.error(SqlErrorKind::Failed, "COMMIT", e);
+            self.rollback();
+            return Err(err);
+        }
+        if !wrote {
+            vfs::lock(&self.file).dirty.clear();
+            return Ok(Vec::new());
+        }
+        let mut file = vfs::lock(&self.file);
+        let chunks = file.chunks();
+        let mut out = Vec::with_capacity(file.dirty.len());
+        for i in std::mem::take(&mut file.dirty) {
+            if i < chunks {
+                out.push((chunk_key(i), Some(Value::from(file.chunk(i)))));
+            }
+        }
+        for i in chunks..self.stored_chunks {
+            out.push((chunk_key(i), None));
+        }
+        self.stored_chunks = chunks;
+        Ok(out)
+    }
+
+    /// Rolls the turn's transaction back: the database is as the last commit left it.
+    pub(crate) fn rollback(&mut self) {
+        if self.in_turn || !self.conn.is_autocommit() {
+            let _ = self.control("ROLLBACK");
+        }
+        self.in_turn = false;
+        self.wrote = false;
+        // Pages spilled during the turn were written back as they were: nothing to store.
+        vfs::lock(&self.file).dirty.clear();
+    }
+}
+
+/// Why the authorizer refuses an action of a turn's statement, if it does.
+fn refusal(ctx: &AuthContext<'_>, ours: bool) -> Option<String> {
+    match ctx.action {
+        AuthAction::Transaction { .. } if !ours => Some(
+            "a turn is the transaction: BEGIN, COMMIT and ROLLBACK are refused inside one \
+             (SAVEPOINT, RELEASE and ROLLBACK TO give nested transactions)"
+                .into(),
+        ),
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } => {
+            Some("ATTACH and DETACH are refused: an object sees its own database only".into())
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let name = pragma_name.to_ascii_lowercase();
+            let allowed = ALLOWED_PRAGMAS.contains(&name.as_str())
+                || (pragma_value.is_none() && READ_ONLY_PRAGMAS.contains(&name.as_str()));
+            (!allowed)
+                .then(|| format!("PRAGMA {pragma_name} is the runtime's; a turn may not run it"))
+        }
+        _ => None,
+    }
+}
+
+fn is_code(e: &rusqlite::Error, code: ffi::ErrorCode) -> bool {
+    e.sqlite_error_code() == Some(code)
+}
+
+fn message_of(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(err, Some(msg)) => format!("{msg} ({:?})", err.code),
+        e => e.to_string(),
+    }
+}
+
+/// A statement as errors quote it: at most 200 characters.
+fn shorten(sql: &str) -> String {
+    let sql = sql.trim();
+    match sql.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &sql[..i]),
+        None => sql.to_owned(),
+    }
+}
+
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<()> {
+    match params {
+        Params::None => Ok(()),
+        Params::Positional(values) => {
+            let expected = stmt.parameter_count();
+            if values.len() != expected {
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    values.len(),
+                    expected,
+                ));
+            }
+            for (i, v) in values.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, as_sql(v))?;
+            }
+            Ok(())
+        }
+        Params::Named(values) => {
+            for (name, v) in values {
+                let index = stmt
+                    .parameter_index(name)?
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                stmt.raw_bind_parameter(index, as_sql(v))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn collect(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<Cursor> {
+    stmt.clear_bindings();
+    bind(stmt, params)?;
+    let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut raw = stmt.raw_query();
+    while let Some(row) = raw.next()? {
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(value_of(row.get_ref(i)?));
+        }
+        rows.push(values);
+    }
+    drop(raw);
+    let scanned = stmt.reset_status(rusqlite::StatementStatus::FullscanStep) as u64;
+    let rows_read = rows.len() as u64 + scanned;
+    Ok(Cursor {
+        columns,
+        rows,
+        rows_read,
+        rows_written: 0,
+    })
+}
+
+fn as_sql(v: &SqlValue) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::ValueRef;
+    rusqlite::types::ToSqlOutput::Borrowed(match v {
+        SqlValue::Null => ValueRef::Null,
+        SqlValue::Integer(i) => ValueRef::Integer(*i),
+        SqlValue::Real(f) => ValueRef::Real(*f),
+        SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+        SqlValue::Blob(b) => ValueRef::Blob(b),
+    })
+}
+
+fn value_of(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
