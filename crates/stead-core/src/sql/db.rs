@@ -75,6 +75,10 @@ pub(crate) struct SqlDb {
     in_turn: bool,
     /// The turn ran a statement that may have changed the database.
     wrote: bool,
+    /// SQLite rolled the turn's transaction back on an error (it does for some: a full
+    /// database, an interrupt): the turn's earlier statements are undone, so the turn may
+    /// not go on or commit.
+    aborted: Option<String>,
     /// Our own BEGIN, COMMIT and ROLLBACK pass the authorizer; a turn's do not.
     ours: Arc<AtomicBool>,
     /// Why the authorizer last refused a statement.
@@ -173,6 +177,7 @@ impl SqlDb {
             stored_chunks,
             in_turn: false,
             wrote: false,
+            aborted: None,
             ours,
             refused,
             deadline,
@@ -180,19 +185,20 @@ impl SqlDb {
         })
     }
 
-    /// Runs our own transaction statement.
+    /// Runs our own transaction statement. Never from the statement cache: a turn's
+    /// `COMMIT` must not find ours there, authorized already.
     fn control(&mut self, sql: &str) -> rusqlite::Result<()> {
         self.ours.store(true, Ordering::Relaxed);
-        let r = self
-            .conn
-            .prepare_cached(sql)
-            .and_then(|mut s| s.execute([]).map(drop));
+        let r = self.conn.execute_batch(sql);
         self.ours.store(false, Ordering::Relaxed);
         r
     }
 
     /// Runs `sql` in the turn's transaction (opened by the turn's first statement).
     pub(crate) fn exec(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+        if let Some(why) = &self.aborted {
+            return Err(aborted(sql, why));
+        }
         if !self.in_turn {
             self.control("BEGIN")
                 .map_err(|e| self.error(SqlErrorKind::Other, "BEGIN", e))?;
@@ -202,56 +208,74 @@ impl SqlDb {
             Some(Instant::now() + self.limits.statement_timeout);
         let result = self.run(sql, params);
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(e) = &result
+            && self.conn.is_autocommit()
+        {
+            self.aborted = Some(e.message.clone());
+        }
         result
     }
 
     fn run(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
         let before = self.conn.total_changes();
+        // One statement, prepared once per connection (the common case); anything the cache
+        // cannot take (several statements, or an error to report) goes through `run_many`.
         let prepared = match self.conn.prepare_cached(sql) {
             Ok(mut stmt) => {
-                let c = collect(&mut stmt, params).map_err(|e| (e, true));
-                Ok((c, !stmt.readonly()))
+                let c = collect(&mut stmt, params);
+                Some((c, !stmt.readonly()))
             }
-            Err(e) => Err(e),
+            Err(_) => None,
         };
-        let cursor = match prepared {
-            Ok((c, wrote)) => {
+        let mut cursor = match prepared {
+            Some((c, wrote)) => {
                 self.wrote |= wrote;
-                c
+                c.map_err(|e| self.error(SqlErrorKind::Failed, sql, e))?
             }
-            Err(rusqlite::Error::MultipleStatement) => self.run_many(sql, params),
-            Err(e) => Err((e, false)),
+            None => self.run_many(sql, params)?,
         };
-        let mut cursor = cursor.map_err(|(e, prepared)| {
-            let kind = if prepared {
-                SqlErrorKind::Failed
-            } else {
-                SqlErrorKind::Invalid
-            };
-            self.error(kind, sql, e)
-        })?;
         cursor.rows_written = self.conn.total_changes().saturating_sub(before);
         Ok(cursor)
     }
 
-    /// Several statements separated by `;`: run in order, the cursor is the last one's.
-    fn run_many(&mut self, sql: &str, params: &Params) -> Result<Cursor, (rusqlite::Error, bool)> {
+    /// Statements separated by `;`, each prepared after the one before has run (so a script
+    /// may create a table and fill it): the cursor is the last one's. Parameters bind to a
+    /// single statement only.
+    fn run_many(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
         use rusqlite::fallible_iterator::FallibleIterator;
-        if !params.is_empty() {
-            return Err((
-                rusqlite::Error::InvalidParameterCount(params.len(), 0),
-                false,
-            ));
-        }
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
         let mut last = Cursor::default();
         let mut wrote = false;
-        while let Some(mut stmt) = batch.next().map_err(|e| (e, false))? {
-            last = collect(&mut stmt, params).map_err(|e| (e, true))?;
+        let mut first = true;
+        let outcome = loop {
+            let mut stmt = match batch.next() {
+                Ok(Some(s)) => s,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err((SqlErrorKind::Invalid, e)),
+            };
+            if first && !params.is_empty() && !matches!(batch.next(), Ok(None)) {
+                drop(stmt);
+                self.wrote |= wrote;
+                return Err(SqlError {
+                    kind: SqlErrorKind::Invalid,
+                    statement: shorten(sql),
+                    message: "parameters bind to one statement; run several statements \
+                              without parameters"
+                        .into(),
+                });
+            }
+            first = false;
             wrote |= !stmt.readonly();
-        }
+            match collect(&mut stmt, params) {
+                Ok(c) => last = c,
+                Err(e) => break Err((SqlErrorKind::Failed, e)),
+            }
+        };
         self.wrote |= wrote;
-        Ok(last)
+        match outcome {
+            Ok(()) => Ok(last),
+            Err((kind, e)) => Err(self.error(kind, sql, e)),
+        }
     }
 
     fn error(&self, kind: SqlErrorKind, sql: &str, e: rusqlite::Error) -> SqlError {
@@ -321,6 +345,11 @@ impl SqlDb {
         if !self.in_turn {
             return Ok(Vec::new());
         }
+        if let Some(why) = &self.aborted {
+            let err = aborted("COMMIT", why);
+            self.rollback();
+            return Err(err);
+        }
         self.in_turn = false;
         let wrote = std::mem::take(&mut self.wrote);
         if let Err(e) = self.control("COMMIT") {
@@ -354,8 +383,20 @@ impl SqlDb {
         }
         self.in_turn = false;
         self.wrote = false;
+        self.aborted = None;
         // Pages spilled during the turn were written back as they were: nothing to store.
         vfs::lock(&self.file).dirty.clear();
+    }
+}
+
+fn aborted(sql: &str, why: &str) -> SqlError {
+    SqlError {
+        kind: SqlErrorKind::Failed,
+        statement: shorten(sql),
+        message: format!(
+            "an earlier statement of this turn failed and rolled its transaction back ({why}); \
+             the turn's SQL changes are undone and it cannot go on"
+        ),
     }
 }
 

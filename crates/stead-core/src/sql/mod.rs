@@ -171,14 +171,6 @@ impl Params {
             Params::Named(v) => v.is_empty(),
         }
     }
-
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Params::None => 0,
-            Params::Positional(v) => v.len(),
-            Params::Named(v) => v.len(),
-        }
-    }
 }
 
 impl From<()> for Params {
