@@ -243,6 +243,8 @@ impl RuntimeBuilder {
     /// without `.sqlite(..)`; with the SQLite store, also when the directory is in use by
     /// another runtime.
     pub async fn build(self) -> Result<Runtime> {
+        // Before any backend starts SQLite in the process (see the function).
+        crate::sql::vfs::configure_sqlite();
         let memory: Arc<dyn DynBackend> = Arc::new(MemoryBackend::new());
         let mut config = self.config;
         let Some(choice) = self.backend else {

@@ -71,6 +71,11 @@ pub(crate) struct SqlDb {
     file: SharedFile,
     /// How many chunks the store holds (the file's length when it was last flushed).
     stored_chunks: u32,
+    /// The first chunk as stored. Every commit bumps the change counter in the database's
+    /// header; a first chunk that differs from the stored one only there is not written
+    /// again (one chunk less per turn: the counter is only read to tell other connections
+    /// of a change, and an object's database has one).
+    stored_first: Vec<u8>,
     /// The turn's transaction is open.
     in_turn: bool,
     /// The turn ran a statement that may have changed the database.
@@ -118,6 +123,7 @@ impl SqlDb {
             data.extend_from_slice(bytes);
         }
         let stored_chunks = chunks.len() as u32;
+        let stored_first = data[..data.len().min(CHUNK)].to_vec();
         let file: SharedFile = Arc::new(Mutex::new(MemFile {
             data,
             dirty: Default::default(),
@@ -133,8 +139,9 @@ impl SqlDb {
                 return Err(setup_error(e));
             }
         };
+        vfs::without_lookaside(&conn).map_err(setup_error)?;
         let max_pages = (limits.max_bytes / CHUNK as u64).max(2);
-        let cache_kib = (limits.cache_bytes / 1024).max(64);
+        let cache_kib = (limits.cache_bytes / 1024).max(16);
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = MEMORY;
              PRAGMA locking_mode = EXCLUSIVE;
@@ -175,6 +182,7 @@ impl SqlDb {
             conn,
             file,
             stored_chunks,
+            stored_first,
             in_turn: false,
             wrote: false,
             aborted: None,
@@ -185,30 +193,18 @@ impl SqlDb {
         })
     }
 
-    /// Runs our own transaction statement. Never from the statement cache: a turn's
-    /// `COMMIT` must not find ours there, authorized already.
-    fn control(&mut self, sql: &str) -> rusqlite::Result<()> {
-        self.ours.store(true, Ordering::Relaxed);
-        let r = self.conn.execute_batch(sql);
-        self.ours.store(false, Ordering::Relaxed);
-        r
-    }
-
-    /// Runs `sql` in the turn's transaction (opened by the turn's first statement).
+    /// Runs `sql` in the turn: reads before the turn's first write run on their own; the
+    /// first statement that may write opens the turn's transaction.
     pub(crate) fn exec(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
         if let Some(why) = &self.aborted {
             return Err(aborted(sql, why));
-        }
-        if !self.in_turn {
-            self.control("BEGIN")
-                .map_err(|e| self.error(SqlErrorKind::Other, "BEGIN", e))?;
-            self.in_turn = true;
         }
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.limits.statement_timeout);
         let result = self.run(sql, params);
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
         if let Err(e) = &result
+            && self.in_turn
             && self.conn.is_autocommit()
         {
             self.aborted = Some(e.message.clone());
@@ -222,20 +218,41 @@ impl SqlDb {
         // cannot take (several statements, or an error to report) goes through `run_many`.
         let prepared = match self.conn.prepare_cached(sql) {
             Ok(mut stmt) => {
-                let c = collect(&mut stmt, params);
-                Some((c, !stmt.readonly()))
+                let writes = !stmt.readonly() || opens_transaction(sql);
+                let began = if writes && !self.in_turn {
+                    control(&self.conn, &self.ours, Control::Begin)
+                } else {
+                    Ok(())
+                };
+                Some(began.map(|()| (collect(&mut stmt, params), writes)))
             }
             Err(_) => None,
         };
         let mut cursor = match prepared {
-            Some((c, wrote)) => {
-                self.wrote |= wrote;
+            Some(Ok((c, writes))) => {
+                if writes {
+                    self.in_turn = true;
+                    self.wrote = true;
+                }
                 c.map_err(|e| self.error(SqlErrorKind::Failed, sql, e))?
             }
-            None => self.run_many(sql, params)?,
+            Some(Err(e)) => return Err(self.error(SqlErrorKind::Other, "BEGIN", e)),
+            None => {
+                self.begin()?;
+                self.run_many(sql, params)?
+            }
         };
         cursor.rows_written = self.conn.total_changes().saturating_sub(before);
         Ok(cursor)
+    }
+
+    fn begin(&mut self) -> Result<(), SqlError> {
+        if !self.in_turn {
+            control(&self.conn, &self.ours, Control::Begin)
+                .map_err(|e| self.error(SqlErrorKind::Other, "BEGIN", e))?;
+            self.in_turn = true;
+        }
+        Ok(())
     }
 
     /// Statements separated by `;`, each prepared after the one before has run (so a script
@@ -352,7 +369,7 @@ impl SqlDb {
         }
         self.in_turn = false;
         let wrote = std::mem::take(&mut self.wrote);
-        if let Err(e) = self.control("COMMIT") {
+        if let Err(e) = control(&self.conn, &self.ours, Control::Commit) {
             let err = self.error(SqlErrorKind::Failed, "COMMIT", e);
             self.rollback();
             return Err(err);
@@ -365,9 +382,17 @@ impl SqlDb {
         let chunks = file.chunks();
         let mut out = Vec::with_capacity(file.dirty.len());
         for i in std::mem::take(&mut file.dirty) {
-            if i < chunks {
-                out.push((chunk_key(i), Some(Value::from(file.chunk(i)))));
+            if i >= chunks {
+                continue;
             }
+            let chunk = file.chunk(i);
+            if i == 0 {
+                if only_counters_differ(&self.stored_first, chunk) {
+                    continue;
+                }
+                self.stored_first = chunk.to_vec();
+            }
+            out.push((chunk_key(i), Some(Value::from(chunk))));
         }
         for i in chunks..self.stored_chunks {
             out.push((chunk_key(i), None));
@@ -379,7 +404,7 @@ impl SqlDb {
     /// Rolls the turn's transaction back: the database is as the last commit left it.
     pub(crate) fn rollback(&mut self) {
         if self.in_turn || !self.conn.is_autocommit() {
-            let _ = self.control("ROLLBACK");
+            let _ = control(&self.conn, &self.ours, Control::Rollback);
         }
         self.in_turn = false;
         self.wrote = false;
@@ -387,6 +412,64 @@ impl SqlDb {
         // Pages spilled during the turn were written back as they were: nothing to store.
         vfs::lock(&self.file).dirty.clear();
     }
+}
+
+/// Whether two first chunks differ only in the header's change counter (bytes 24..28) and
+/// its copy, the version-valid-for number (bytes 92..96).
+fn only_counters_differ(stored: &[u8], now: &[u8]) -> bool {
+    stored.len() == now.len()
+        && now.len() >= 100
+        && stored[..24] == now[..24]
+        && stored[28..92] == now[28..92]
+        && stored[96..] == now[96..]
+}
+
+#[derive(Clone, Copy)]
+enum Control {
+    Begin,
+    Commit,
+    Rollback,
+}
+
+/// Runs the runtime's own transaction statement. Their text carries a secret of this
+/// process, so that the statement cache they share with a turn's statements never hands a
+/// turn's `COMMIT` one of ours, authorized already.
+fn control(conn: &Connection, ours: &AtomicBool, what: Control) -> rusqlite::Result<()> {
+    static TEXTS: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        let secret: u128 = rand::random();
+        ["BEGIN", "COMMIT", "ROLLBACK"].map(|s| format!("{s} -- stead {secret:032x}"))
+    });
+    ours.store(true, Ordering::Relaxed);
+    let r = conn
+        .prepare_cached(&texts[what as usize])
+        .and_then(|mut s| s.raw_execute().map(drop));
+    ours.store(false, Ordering::Relaxed);
+    r
+}
+
+/// Whether a statement SQLite calls read-only still opens or ends a transaction: a
+/// savepoint's statements. (BEGIN, COMMIT and ROLLBACK are refused.)
+fn opens_transaction(sql: &str) -> bool {
+    let mut rest = sql.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = rest
+        .chars()
+        .take_while(char::is_ascii_alphabetic)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    matches!(
+        word.as_str(),
+        "SAVEPOINT" | "RELEASE" | "ROLLBACK" | "BEGIN" | "END" | "COMMIT"
+    )
 }
 
 fn aborted(sql: &str, why: &str) -> SqlError {

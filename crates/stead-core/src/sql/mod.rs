@@ -9,6 +9,7 @@
 //! whole when the object next activates.
 
 mod db;
+mod row;
 pub(crate) mod vfs;
 
 use std::time::Duration;
@@ -30,7 +31,8 @@ pub struct SqlConfig {
     pub max_bytes: u64,
     /// How long one statement may run before it is interrupted (default 5 s).
     pub statement_timeout: Duration,
-    /// SQLite's page cache per object in memory, in bytes (default 1 MiB).
+    /// SQLite's page cache per object in memory, in bytes (default 64 KiB). The database
+    /// itself is in memory already; this only saves copying hot pages out of it.
     pub cache_bytes: usize,
 }
 
@@ -39,7 +41,7 @@ impl Default for SqlConfig {
         SqlConfig {
             max_bytes: 256 * 1024 * 1024,
             statement_timeout: Duration::from_secs(5),
-            cache_bytes: 1024 * 1024,
+            cache_bytes: 64 * 1024,
         }
     }
 }
@@ -241,26 +243,11 @@ impl Cursor {
     }
 
     fn row_as<T: DeserializeOwned>(&self, row: &[SqlValue]) -> Result<T> {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .columns
-            .iter()
-            .zip(row)
-            .map(|(c, v)| (c.clone(), v.to_json()))
-            .collect();
-        let err = match serde_json::from_value(serde_json::Value::Object(map)) {
-            Ok(t) => return Ok(t),
-            Err(e) => e,
-        };
-        let values: Vec<serde_json::Value> = row.iter().map(SqlValue::to_json).collect();
-        if let Ok(t) = serde_json::from_value(serde_json::Value::Array(values)) {
-            return Ok(t);
-        }
-        if row.len() == 1
-            && let Ok(t) = serde_json::from_value(row[0].to_json())
-        {
-            return Ok(t);
-        }
-        Err(Error::Codec(err))
+        T::deserialize(row::RowDe {
+            columns: &self.columns,
+            values: row,
+        })
+        .map_err(|e| Error::Codec(serde::de::Error::custom(e)))
     }
 }
 

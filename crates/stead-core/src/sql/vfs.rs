@@ -113,9 +113,33 @@ pub(crate) fn withdraw(name: &str) {
     }
 }
 
+/// Asks SQLite, before it first starts in this process, not to allocate a block of page
+/// cache up front for every connection (20 pages, some 83 KiB: with a connection per object
+/// in memory, that block would cost more than the object's whole database). Pages are then
+/// allocated as a connection uses them. SQLite takes such settings only before it starts:
+/// the runtime builder calls this before its backend opens anything; if something else in
+/// the process started SQLite first, this does nothing.
+pub(crate) fn configure_sqlite() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: SQLITE_CONFIG_PAGECACHE takes a buffer pointer and two ints; a null buffer
+        // with zero sizes means "no preallocated page cache". SQLite refuses (SQLITE_MISUSE)
+        // if it has started already, which is harmless.
+        unsafe {
+            ffi::sqlite3_config(
+                ffi::SQLITE_CONFIG_PAGECACHE,
+                ptr::null_mut::<c_void>(),
+                0 as c_int,
+                0 as c_int,
+            );
+        }
+    });
+}
+
 /// Registers the VFS with SQLite, once per process.
 pub(crate) fn register() -> Result<(), String> {
     static REGISTERED: OnceLock<c_int> = OnceLock::new();
+    configure_sqlite();
     let rc = *REGISTERED.get_or_init(|| {
         // SAFETY: sqlite3_vfs_find initialises SQLite and returns the default VFS, which lives
         // as long as the process. The struct handed to sqlite3_vfs_register is leaked, so it
@@ -156,6 +180,31 @@ pub(crate) fn register() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("SQLite refused the object VFS (code {rc})"))
+    }
+}
+
+/// Turns off the connection's lookaside memory (a per-connection pool SQLite allocates up
+/// front): an object's connection lives as long as the object is in memory, and with many
+/// objects the pools would cost more than they save.
+pub(crate) fn without_lookaside(conn: &rusqlite::Connection) -> Result<(), String> {
+    // SAFETY: the handle is the open connection's own, used on this thread only, and
+    // SQLITE_DBCONFIG_LOOKASIDE with a null buffer and zero sizes asks SQLite for no pool;
+    // no statement runs on the connection yet.
+    let rc = unsafe {
+        ffi::sqlite3_db_config(
+            conn.handle(),
+            ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            ptr::null_mut::<c_void>(),
+            0 as c_int,
+            0 as c_int,
+        )
+    };
+    if rc == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(format!(
+            "SQLite refused to configure the connection (code {rc})"
+        ))
     }
 }
 

@@ -172,6 +172,8 @@ impl SqliteBackend {
 
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
+        // Before this backend starts SQLite in the process (see the function).
+        crate::sql::vfs::configure_sqlite();
         let dir = dir.as_ref().to_path_buf();
         if opts.shards.is_some_and(|n| n == 0 || n > 256) {
             return Err(Error::invalid_config(

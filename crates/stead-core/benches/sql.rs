@@ -1,0 +1,308 @@
+//! SQL in an object against the key-value storage beside it, and against plain SQLite, in
+//! one run (the machine's noise cancels in the ratios).
+//!
+//! `cargo bench -p stead-core --bench sql` prints, on the SQLite backend in `Fsync` mode:
+//! - a turn with one `INSERT` against a turn with one key-value put (64 callers in flight);
+//! - a point `SELECT` turn against a key-value get turn;
+//! - 100,000 rows into one object (turns of 1,000 rows, and turns of one row with 64 in
+//!   flight) against the same rows into a plain SQLite database in WAL mode with
+//!   `synchronous = FULL` (acknowledged means on disk, as in `Fsync`);
+//! - 10,000 objects, each with a small table, writes spread over them, against key-value
+//!   writes spread the same way;
+//! - the memory of an object in memory with a 1 MiB database.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use stead_core::{
+    Context, DurableObject, Handler, Namespace, Result, Runtime, SqlValue, Stub, sql_params,
+};
+
+struct Bench;
+
+impl DurableObject for Bench {
+    const CLASS: &'static str = "bench-sql";
+    /// Whether the object has a table (created by its activation).
+    type Env = bool;
+    async fn activate(ctx: &mut Context, sql: Arc<bool>) -> Result<Self> {
+        if *sql {
+            ctx.sql()
+                .exec(
+                    "CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v INTEGER, note TEXT)",
+                    (),
+                )
+                .await?;
+        }
+        Ok(Bench)
+    }
+}
+
+#[derive(Clone, Copy, Serialize, Deserialize)]
+enum Op {
+    Put(i64),
+    Insert(i64),
+    Get(i64),
+    Select(i64),
+    InsertMany(i64, u32),
+    Ballast(u32),
+    Size,
+}
+
+impl Handler<Op> for Bench {
+    type Reply = Result<i64>;
+    async fn handle(&mut self, op: Op, ctx: &mut Context) -> Result<i64> {
+        match op {
+            Op::Put(i) => {
+                ctx.storage().put(&format!("k{i}"), &i)?;
+                Ok(i)
+            }
+            Op::Insert(i) => {
+                ctx.sql()
+                    .exec("INSERT INTO t (v, note) VALUES (?1, 'x')", [i])
+                    .await?;
+                Ok(i)
+            }
+            Op::Get(i) => Ok(ctx
+                .storage()
+                .get::<i64>(&format!("k{}", i % 1000))
+                .await?
+                .unwrap_or(0)),
+            Op::Select(i) => Ok(ctx
+                .sql()
+                .optional::<i64>("SELECT v FROM t WHERE id = ?1", [i % 1000 + 1])
+                .await?
+                .unwrap_or(0)),
+            Op::InsertMany(from, n) => {
+                let mut sql = ctx.sql();
+                for i in 0..i64::from(n) {
+                    sql.exec(
+                        "INSERT INTO t (v, note) VALUES (?1, ?2)",
+                        sql_params![from + i, "a row of some thirty bytes...."],
+                    )
+                    .await?;
+                }
+                Ok(from)
+            }
+            Op::Size => Ok(ctx.sql().size().await? as i64),
+            Op::Ballast(kib) => {
+                ctx.sql()
+                    .exec(
+                        "INSERT INTO t (v, note) SELECT x, hex(zeroblob(500)) FROM \
+                         (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?1) SELECT x FROM c)",
+                        [SqlValue::Integer(i64::from(kib))],
+                    )
+                    .await?;
+                Ok(0)
+            }
+        }
+    }
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn open(dir: &std::path::Path, sql: bool) -> (Runtime, Namespace<Bench>) {
+    let rt = Runtime::builder()
+        .sqlite(dir)
+        .shards(2)
+        .mailbox_capacity(16_384)
+        .build()
+        .await
+        .unwrap();
+    let ns = rt.namespace::<Bench>(sql).unwrap();
+    (rt, ns)
+}
+
+/// `total` operations from `in_flight` tasks, operation `i` made by `op(i)` on the stub
+/// `pick(i)`; answers operations per second.
+async fn drive(
+    stubs: Arc<Vec<Stub<Bench>>>,
+    in_flight: usize,
+    total: usize,
+    op: fn(i64) -> Op,
+) -> f64 {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let per_task = total / in_flight;
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|t| {
+                let stubs = stubs.clone();
+                tokio::spawn(async move {
+                    for k in 0..per_task {
+                        let i = (t * per_task + k) as i64;
+                        let stub = &stubs[(i as usize * 7919) % stubs.len()];
+                        stub.ask(op(i)).await.unwrap().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        (per_task * in_flight) as f64 / start.elapsed().as_secs_f64()
+    })
+    .await
+    .unwrap()
+}
+
+fn row(what: &str, per_sec: f64, base: f64, base_name: &str) {
+    println!(
+        "{what:<62} {per_sec:>12.0}/s   {:>5.1}% of {base_name}",
+        100.0 * per_sec / base
+    );
+}
+
+/// Plain SQLite in WAL mode with `synchronous = FULL`: `rows` rows, `per_tx` per
+/// transaction. Answers rows per second.
+fn plain_sqlite(rows: usize, per_tx: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("plain.db")).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER, note TEXT);",
+    )
+    .unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while i < rows {
+        let tx = db.unchecked_transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO t (v, note) VALUES (?1, ?2)")
+                .unwrap();
+            for _ in 0..per_tx {
+                st.execute(rusqlite::params![
+                    i as i64,
+                    "a row of some thirty bytes...."
+                ])
+                .unwrap();
+                i += 1;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    rows as f64 / start.elapsed().as_secs_f64()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this once, quickly.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let scale = if quick { 20 } else { 1 };
+    let tokio = tokio_rt();
+    tokio.block_on(async {
+        println!("SQL in an object, SQLite backend, Fsync (2 shards)");
+        // STEAD_BENCH_ONLY=spread runs the spread figures alone (for a profiler).
+        let only = std::env::var("STEAD_BENCH_ONLY").unwrap_or_default();
+        if only.is_empty() {
+
+        // One object: one INSERT per turn against one put per turn.
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = open(dir.path(), true).await;
+        let one = Arc::new(vec![ns.get_by_name("one")]);
+        let n = 40_000 / scale;
+        drive(one.clone(), 64, 2_000 / scale, Op::Put).await;
+        drive(one.clone(), 64, 2_000 / scale, Op::Insert).await;
+        let put = drive(one.clone(), 64, n, Op::Put).await;
+        let insert = drive(one.clone(), 64, n, Op::Insert).await;
+        let put2 = drive(one.clone(), 64, n, Op::Put).await;
+        let put = put.max(put2);
+        row("key-value put turns, one object, 64 in flight", put, put, "put");
+        row("INSERT turns, one object, 64 in flight", insert, put, "put");
+
+        // Reads: a point SELECT against a get.
+        let get = drive(one.clone(), 64, n * 4, Op::Get).await;
+        let select = drive(one.clone(), 64, n * 4, Op::Select).await;
+        row("key-value get turns, one object, 64 in flight", get, get, "get");
+        row("point SELECT turns (by primary key)", select, get, "get");
+        rt.shutdown().await.unwrap();
+
+        // 100,000 rows into one object against plain SQLite.
+        let rows = 100_000 / scale;
+        let plain_batched = plain_sqlite(rows, 1000);
+        let plain_single = plain_sqlite(rows / 20, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = open(dir.path(), true).await;
+        let o = ns.get_by_name("bulk");
+        let start = Instant::now();
+        for b in 0..(rows / 1000) {
+            o.ask(Op::InsertMany((b * 1000) as i64, 1000))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let batched = rows as f64 / start.elapsed().as_secs_f64();
+        let o2 = Arc::new(vec![ns.get_by_name("bulk-single")]);
+        let single = drive(o2, 64, rows, Op::Insert).await;
+        println!();
+        row("plain SQLite, WAL, synchronous=FULL, 1,000 rows per tx", plain_batched, plain_batched, "plain");
+        row("one object, turns of 1,000 INSERTs", batched, plain_batched, "plain");
+        row("plain SQLite, WAL, synchronous=FULL, one row per tx", plain_single, plain_batched, "plain");
+        row("one object, one INSERT per turn, 64 in flight", single, plain_batched, "plain");
+        println!(
+            "  (one row per turn against one row per plain transaction: {:.1}x)",
+            single / plain_single
+        );
+        rt.shutdown().await.unwrap();
+
+        }
+        // 10,000 objects, writes spread over them (first touches activate and create the
+        // table).
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = open(dir.path(), false).await;
+        let objects = 10_000 / scale;
+        let many: Arc<Vec<_>> = Arc::new((0..objects).map(|i| ns.get_by_name(&format!("o{i}"))).collect());
+        let spread_put = drive(many.clone(), 256, objects * 4, Op::Put).await;
+        rt.shutdown().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = open(dir.path(), true).await;
+        let many: Arc<Vec<_>> = Arc::new((0..objects).map(|i| ns.get_by_name(&format!("o{i}"))).collect());
+        let spread_insert = drive(many.clone(), 256, objects * 4, Op::Insert).await;
+        println!();
+        row(&format!("{objects} objects, key-value puts spread, 256 in flight"), spread_put, spread_put, "puts");
+        row(&format!("{objects} objects, INSERTs spread (tables created)"), spread_insert, spread_put, "puts");
+        rt.shutdown().await.unwrap();
+
+        if !only.is_empty() {
+            return;
+        }
+        // Memory of objects in memory, each with a 1 MiB database.
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = open(dir.path(), true).await;
+        let count = if quick { 4 } else { 50 };
+        let before = rss_bytes();
+        for i in 0..count {
+            // About 1,000 rows of 1 KiB: a database of about 1 MiB.
+            let o = ns.get_by_name(&format!("big{i}"));
+            o.ask(Op::Ballast(1000)).await.unwrap().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = rss_bytes();
+        let size = ns.get_by_name("big0").ask(Op::Size).await.unwrap().unwrap();
+        println!();
+        println!(
+            "{count} objects in memory with a {} KiB database each: RSS grew {} KiB, {} KiB per object",
+            size / 1024,
+            after.saturating_sub(before) / 1024,
+            after.saturating_sub(before) / 1024 / count as u64
+        );
+        rt.shutdown().await.unwrap();
+    });
+}
