@@ -813,7 +813,13 @@ impl Storage {
         // The database as committed by earlier turns (this turn's open transaction aside).
         let chunks = self.sql_chunks().await?;
         if !chunks.is_empty() {
-            let file: Vec<u8> = chunks.into_iter().flat_map(|(_, v)| v.to_vec()).collect();
+            let mut file = Vec::with_capacity(chunks.len() * CHUNK);
+            for (k, v) in chunks {
+                let chunk = crate::sql::chunk::decode(&v).ok_or_else(|| {
+                    Error::storage(format!("a stored SQL chunk is damaged: {k:?}"))
+                })?;
+                file.extend_from_slice(&chunk);
+            }
             use base64::Engine as _;
             doc.sql = Some(base64::engine::general_purpose::STANDARD.encode(file));
         }
@@ -864,8 +870,16 @@ fn decode_sql(file: &str) -> Result<Vec<u8>> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(file)
         .map_err(|e| Error::bad_request(format!("sql: not base64: {e}")))?;
-    if !bytes.is_empty() && !bytes.starts_with(b"SQLite format 3\0") {
+    if bytes.is_empty() {
+        return Ok(bytes);
+    }
+    if !bytes.starts_with(b"SQLite format 3\0") {
         return Err(Error::bad_request("sql: not a SQLite database file"));
+    }
+    if !bytes.len().is_multiple_of(CHUNK) || bytes.get(16..18) != Some(&[0x10, 0x00][..]) {
+        return Err(Error::bad_request(
+            "sql: a database of 4096-byte pages is expected (the page size every object uses)",
+        ));
     }
     Ok(bytes)
 }

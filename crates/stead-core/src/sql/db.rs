@@ -1,13 +1,14 @@
 //! One object's database while the object is in memory: its connection, the turn's
 //! transaction, the statement rules and limits, and the chunks a commit hands to storage.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, ffi};
 
+use super::chunk;
 use super::vfs::{self, CHUNK, MemFile, SharedFile};
 use super::{Cursor, Params, SqlError, SqlErrorKind, SqlValue};
 use crate::backend::Value;
@@ -88,7 +89,9 @@ pub(crate) struct SqlDb {
     ours: Arc<AtomicBool>,
     /// Why the authorizer last refused a statement.
     refused: Arc<Mutex<Option<String>>>,
-    deadline: Arc<Mutex<Option<Instant>>>,
+    /// When the running statement must stop: nanoseconds after `epoch` (0: none).
+    deadline: Arc<AtomicU64>,
+    epoch: Instant,
     limits: SqlLimits,
 }
 
@@ -114,13 +117,15 @@ impl SqlDb {
     pub(crate) fn open(chunks: Vec<(String, Value)>, limits: SqlLimits) -> Result<Self, SqlError> {
         vfs::register().map_err(setup_error)?;
         let mut data = Vec::with_capacity(chunks.len() * CHUNK);
-        for (i, (key, bytes)) in chunks.iter().enumerate() {
-            if *key != chunk_key(i as u32) || (bytes.len() != CHUNK && i + 1 != chunks.len()) {
-                return Err(setup_error(format!(
-                    "its stored chunks are not whole (at {key:?})"
-                )));
+        for (i, (key, stored)) in chunks.iter().enumerate() {
+            match chunk::decode(stored) {
+                Some(bytes) if *key == chunk_key(i as u32) => data.extend_from_slice(&bytes),
+                _ => {
+                    return Err(setup_error(format!(
+                        "its stored chunks are not whole (at {key:?})"
+                    )));
+                }
             }
-            data.extend_from_slice(bytes);
         }
         let stored_chunks = chunks.len() as u32;
         let stored_first = data[..data.len().min(CHUNK)].to_vec();
@@ -143,7 +148,9 @@ impl SqlDb {
         let max_pages = (limits.max_bytes / CHUNK as u64).max(2);
         let cache_kib = (limits.cache_bytes / 1024).max(16);
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = MEMORY;
+            "PRAGMA page_size = 4096;
+             PRAGMA secure_delete = ON;
+             PRAGMA journal_mode = MEMORY;
              PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA synchronous = OFF;
              PRAGMA temp_store = MEMORY;
@@ -167,14 +174,14 @@ impl SqlDb {
             }
         }))
         .map_err(setup_error)?;
-        let deadline: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+        let deadline = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
         let d = deadline.clone();
         conn.progress_handler(
             10_000,
             Some(move || {
-                d.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some_and(|d| Instant::now() > d)
+                let at = d.load(Ordering::Relaxed);
+                at != 0 && epoch.elapsed().as_nanos() as u64 > at
             }),
         )
         .map_err(setup_error)?;
@@ -189,6 +196,7 @@ impl SqlDb {
             ours,
             refused,
             deadline,
+            epoch,
             limits,
         })
     }
@@ -199,10 +207,11 @@ impl SqlDb {
         if let Some(why) = &self.aborted {
             return Err(aborted(sql, why));
         }
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + self.limits.statement_timeout);
+        let at = self.epoch.elapsed() + self.limits.statement_timeout;
+        self.deadline
+            .store((at.as_nanos() as u64).max(1), Ordering::Relaxed);
         let result = self.run(sql, params);
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.deadline.store(0, Ordering::Relaxed);
         if let Err(e) = &result
             && self.in_turn
             && self.conn.is_autocommit()
@@ -392,7 +401,7 @@ impl SqlDb {
                 }
                 self.stored_first = chunk.to_vec();
             }
-            out.push((chunk_key(i), Some(Value::from(chunk))));
+            out.push((chunk_key(i), Some(Value::from(&*chunk::encode(chunk)))));
         }
         for i in chunks..self.stored_chunks {
             out.push((chunk_key(i), None));
@@ -461,15 +470,13 @@ fn opens_transaction(sql: &str) -> bool {
             break;
         }
     }
-    let word: String = rest
-        .chars()
-        .take_while(char::is_ascii_alphabetic)
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(
-        word.as_str(),
-        "SAVEPOINT" | "RELEASE" | "ROLLBACK" | "BEGIN" | "END" | "COMMIT"
-    )
+    let word = rest
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    ["SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "END", "COMMIT"]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 fn aborted(sql: &str, why: &str) -> SqlError {
@@ -559,7 +566,11 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
 fn collect(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<Cursor> {
     stmt.clear_bindings();
     bind(stmt, params)?;
-    let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let columns: Vec<String> = if stmt.column_count() == 0 {
+        Vec::new()
+    } else {
+        stmt.column_names().map(str::to_owned).collect()
+    };
     let n = columns.len();
     let mut rows = Vec::new();
     let mut raw = stmt.raw_query();

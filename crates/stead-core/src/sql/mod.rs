@@ -8,6 +8,7 @@
 //! shards, PostgreSQL), goes into the same group commit as everything else, and is read back
 //! whole when the object next activates.
 
+pub(crate) mod chunk;
 mod db;
 mod row;
 pub(crate) mod vfs;
