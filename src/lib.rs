@@ -99,6 +99,10 @@ pub use stead_controller as controller;
 #[cfg(feature = "budget")]
 pub use stead_budget as budget;
 
+/// A SQL database per name, spoken to over the libSQL remote protocol by stock clients
+/// (feature `databases`).
+#[cfg(feature = "databases")]
+pub use stead_databases as databases;
 /// Feature flags: flagd's definitions, evaluated from committed snapshots without a turn,
 /// served over OpenFeature's remote evaluation protocol (feature `flags`).
 #[cfg(feature = "flags")]
@@ -137,6 +141,8 @@ macro_rules! for_each_pattern {
         $f::<stead_flags::FlagsPattern>($($arg),*)?;
         #[cfg(feature = "reactor")]
         $f::<stead_reactor::ReactorPattern>($($arg),*)?;
+        #[cfg(feature = "databases")]
+        $f::<stead_databases::DatabasesPattern>($($arg),*)?;
     }};
 }
 

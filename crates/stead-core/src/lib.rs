@@ -102,7 +102,9 @@ pub use input::{
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
-pub use sql::{Cursor, Params, Sql, SqlConfig, SqlError, SqlErrorKind, SqlValue};
+pub use sql::{
+    Cursor, Description, Params, Sql, SqlConfig, SqlError, SqlErrorKind, SqlValue, split_statements,
+};
 pub use storage::{MAX_KEY_BYTES, ObjectDocument, Storage};
 pub use websocket::{
     MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS, WebSocket, WebSocketClose, WebSocketConfig,

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, ffi};
 
 use super::chunk;
 use super::vfs::{self, CHUNK, MemFile, SharedFile};
-use super::{Cursor, Params, SqlError, SqlErrorKind, SqlValue};
+use super::{Cursor, Description, Params, SqlError, SqlErrorKind, SqlValue};
 use crate::backend::Value;
 
 /// Where an object's database chunks are kept among its entries (internal keys).
@@ -203,14 +203,19 @@ impl SqlDb {
 
     /// Runs `sql` in the turn: reads before the turn's first write run on their own; the
     /// first statement that may write opens the turn's transaction.
-    pub(crate) fn exec(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+    pub(crate) fn exec(
+        &mut self,
+        sql: &str,
+        params: &Params,
+        decltypes: bool,
+    ) -> Result<Cursor, SqlError> {
         if let Some(why) = &self.aborted {
             return Err(aborted(sql, why));
         }
         let at = self.epoch.elapsed() + self.limits.statement_timeout;
         self.deadline
             .store((at.as_nanos() as u64).max(1), Ordering::Relaxed);
-        let result = self.run(sql, params);
+        let result = self.run(sql, params, decltypes);
         self.deadline.store(0, Ordering::Relaxed);
         if let Err(e) = &result
             && self.in_turn
@@ -221,7 +226,7 @@ impl SqlDb {
         result
     }
 
-    fn run(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+    fn run(&mut self, sql: &str, params: &Params, decltypes: bool) -> Result<Cursor, SqlError> {
         let before = self.conn.total_changes();
         // One statement, prepared once per connection (the common case); anything the cache
         // cannot take (several statements, or an error to report) goes through `run_many`.
@@ -233,7 +238,7 @@ impl SqlDb {
                 } else {
                     Ok(())
                 };
-                Some(began.map(|()| (collect(&mut stmt, params), writes)))
+                Some(began.map(|()| (collect(&mut stmt, params, decltypes), writes)))
             }
             Err(_) => None,
         };
@@ -248,10 +253,11 @@ impl SqlDb {
             Some(Err(e)) => return Err(self.error(SqlErrorKind::Other, "BEGIN", e)),
             None => {
                 self.begin()?;
-                self.run_many(sql, params)?
+                self.run_many(sql, params, decltypes)?
             }
         };
         cursor.rows_written = self.conn.total_changes().saturating_sub(before);
+        cursor.last_insert_rowid = self.conn.last_insert_rowid();
         Ok(cursor)
     }
 
@@ -267,7 +273,12 @@ impl SqlDb {
     /// Statements separated by `;`, each prepared after the one before has run (so a script
     /// may create a table and fill it): the cursor is the last one's. Parameters bind to a
     /// single statement only.
-    fn run_many(&mut self, sql: &str, params: &Params) -> Result<Cursor, SqlError> {
+    fn run_many(
+        &mut self,
+        sql: &str,
+        params: &Params,
+        decltypes: bool,
+    ) -> Result<Cursor, SqlError> {
         use rusqlite::fallible_iterator::FallibleIterator;
         let mut batch = rusqlite::Batch::new(&self.conn, sql);
         let mut last = Cursor::default();
@@ -292,7 +303,7 @@ impl SqlDb {
             }
             first = false;
             wrote |= !stmt.readonly();
-            match collect(&mut stmt, params) {
+            match collect(&mut stmt, params, decltypes) {
                 Ok(c) => last = c,
                 Err(e) => break Err((SqlErrorKind::Failed, e)),
             }
@@ -344,6 +355,27 @@ impl SqlDb {
             statement: shorten(sql),
             message,
         }
+    }
+
+    /// What a statement takes and answers, without running it.
+    pub(crate) fn describe(&mut self, sql: &str) -> Result<Description, SqlError> {
+        let stmt = match self.conn.prepare(sql) {
+            Ok(s) => s,
+            Err(e) => return Err(self.error(SqlErrorKind::Invalid, sql, e)),
+        };
+        let params = (1..=stmt.parameter_count())
+            .map(|i| stmt.parameter_name(i).map(str::to_owned))
+            .collect();
+        let columns = stmt
+            .columns()
+            .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
+            .collect();
+        Ok(Description {
+            params,
+            columns,
+            readonly: stmt.readonly(),
+            explain: stmt.is_explain() > 0,
+        })
     }
 
     /// The database's size in bytes, this turn's changes included.
@@ -553,9 +585,18 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
         }
         Params::Named(values) => {
             for (name, v) in values {
-                let index = stmt
-                    .parameter_index(name)?
-                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                // A name without its sigil matches `:name`, `@name` or `$name`.
+                let mut index = stmt.parameter_index(name)?;
+                if index.is_none() && !name.starts_with([':', '@', '$', '?']) {
+                    for sigil in [':', '@', '$'] {
+                        index = stmt.parameter_index(&format!("{sigil}{name}"))?;
+                        if index.is_some() {
+                            break;
+                        }
+                    }
+                }
+                let index =
+                    index.ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
                 stmt.raw_bind_parameter(index, as_sql(v))?;
             }
             Ok(())
@@ -563,13 +604,24 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
     }
 }
 
-fn collect(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result<Cursor> {
+fn collect(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &Params,
+    want_decltypes: bool,
+) -> rusqlite::Result<Cursor> {
     stmt.clear_bindings();
     bind(stmt, params)?;
     let columns: Vec<String> = if stmt.column_count() == 0 {
         Vec::new()
     } else {
         stmt.column_names().map(str::to_owned).collect()
+    };
+    let decltypes = if want_decltypes {
+        stmt.columns()
+            .map(|c| c.decl_type().map(str::to_owned))
+            .collect()
+    } else {
+        Vec::new()
     };
     let n = columns.len();
     let mut rows = Vec::new();
@@ -586,9 +638,11 @@ fn collect(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Res
     let rows_read = rows.len() as u64 + scanned;
     Ok(Cursor {
         columns,
+        decltypes,
         rows,
         rows_read,
         rows_written: 0,
+        last_insert_rowid: 0,
     })
 }
 

@@ -150,12 +150,13 @@ pub enum Params {
     None,
     /// Bound in order to `?`, `?1`, `?2`...
     Positional(Vec<SqlValue>),
-    /// Bound by name; each name includes its sigil (`":id"`).
+    /// Bound by name: `":id"`, or `"id"` for whichever of `:id`, `@id`, `$id` the
+    /// statement has.
     Named(Vec<(String, SqlValue)>),
 }
 
 impl Params {
-    /// Parameters bound by name (each name with its sigil, `":id"`).
+    /// Parameters bound by name (`":id"`, or `"id"` for whichever sigil the statement uses).
     pub fn named<K: Into<String>, V: Into<SqlValue>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
@@ -205,15 +206,30 @@ macro_rules! sql_params {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cursor {
     pub(crate) columns: Vec<String>,
+    /// Filled by [`Sql::exec_with_decltypes`] only.
+    pub(crate) decltypes: Vec<Option<String>>,
     pub(crate) rows: Vec<Vec<SqlValue>>,
     pub(crate) rows_read: u64,
     pub(crate) rows_written: u64,
+    pub(crate) last_insert_rowid: i64,
 }
 
 impl Cursor {
     /// The names of the columns.
     pub fn columns(&self) -> &[String] {
         &self.columns
+    }
+
+    /// The declared type of each column (`INTEGER`, `TEXT`...; `None` for an expression),
+    /// when the statement ran by [`Sql::exec_with_decltypes`]; empty otherwise.
+    pub fn decltypes(&self) -> &[Option<String>] {
+        &self.decltypes
+    }
+
+    /// The rowid of the last row inserted through this database (by this statement or an
+    /// earlier one), as SQLite's `last_insert_rowid()` says.
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.last_insert_rowid
     }
 
     /// The rows, each a value per column.
@@ -250,6 +266,51 @@ impl Cursor {
         })
         .map_err(|e| Error::Codec(serde::de::Error::custom(e)))
     }
+}
+
+/// What a statement takes and answers: from [`Sql::describe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Description {
+    /// Its parameters in order, with their names (`:id`) where they have one.
+    pub params: Vec<Option<String>>,
+    /// Its columns: name and declared type.
+    pub columns: Vec<(String, Option<String>)>,
+    /// Whether it leaves the database as it is.
+    pub readonly: bool,
+    /// Whether it is an `EXPLAIN`.
+    pub explain: bool,
+}
+
+/// Splits a script into its statements, each with its `;`, as SQLite reads them: a `;`
+/// inside a string, a comment or a trigger's body does not end a statement. Text after the
+/// last complete statement is the last item.
+///
+/// ```
+/// let s = stead_core::split_statements(
+///     "CREATE TABLE t (x); INSERT INTO t VALUES (';'); CREATE TRIGGER g AFTER INSERT ON t BEGIN DELETE FROM t; END;",
+/// );
+/// assert_eq!(s.len(), 3);
+/// assert_eq!(s[1], "INSERT INTO t VALUES (';');");
+/// ```
+pub fn split_statements(script: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, _) in script.match_indices(';') {
+        let candidate = &script[start..=i];
+        if vfs::is_complete(candidate) {
+            let trimmed = candidate.trim();
+            if trimmed != ";" {
+                out.push(trimmed);
+            }
+            start = i + 1;
+        }
+    }
+    let rest = script[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
 }
 
 /// What kind of SQL failure an [`SqlError`] is.
@@ -346,7 +407,28 @@ impl Sql<'_> {
     pub async fn exec(&mut self, sql: &str, params: impl Into<Params>) -> Result<Cursor> {
         let params = params.into();
         let db = self.storage.sql_db().await?;
-        db.exec(sql, &params).map_err(Error::Sql)
+        db.exec(sql, &params, false).map_err(Error::Sql)
+    }
+
+    /// [`exec`](Self::exec), with the declared type of each column in the cursor
+    /// ([`Cursor::decltypes`]).
+    pub async fn exec_with_decltypes(
+        &mut self,
+        sql: &str,
+        params: impl Into<Params>,
+    ) -> Result<Cursor> {
+        let params = params.into();
+        let db = self.storage.sql_db().await?;
+        db.exec(sql, &params, true).map_err(Error::Sql)
+    }
+
+    /// What one statement takes and answers, without running it.
+    pub async fn describe(&mut self, sql: &str) -> Result<Description> {
+        self.storage
+            .sql_db()
+            .await?
+            .describe(sql)
+            .map_err(Error::Sql)
     }
 
     /// Runs a query and answers each row as a `T` (see [`Cursor::deserialize`]).

@@ -208,6 +208,16 @@ pub(crate) fn without_lookaside(conn: &rusqlite::Connection) -> Result<(), Strin
     }
 }
 
+/// Whether `sql` ends with a complete statement (SQLite's own reading: strings, comments
+/// and trigger bodies taken into account).
+pub(crate) fn is_complete(sql: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(sql) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated string that lives across the call.
+    unsafe { ffi::sqlite3_complete(c.as_ptr()) != 0 }
+}
+
 /// What SQLite allocates for an open file (`szOsFile` bytes): its methods, then ours.
 #[repr(C)]
 struct Handle {
