@@ -56,6 +56,8 @@ enum Route {
     OfrepOne,
     OfrepBulk,
     ReactorEvent,
+    DatabaseInsert,
+    DatabaseSelect,
 }
 
 impl Route {
@@ -72,6 +74,8 @@ impl Route {
             Route::OfrepOne => "POST /ofrep/v1/evaluate/flags/{key} (fractional)",
             Route::OfrepBulk => "POST /ofrep/v1/evaluate/flags (100 flags)",
             Route::ReactorEvent => "POST /reactors/{type}/{entity}/events (one entity, 1 command)",
+            Route::DatabaseInsert => "POST /databases/{name}/v2/pipeline (INSERT, close)",
+            Route::DatabaseSelect => "POST /databases/{name}/v2/pipeline (SELECT by key, close)",
         }
     }
 
@@ -110,6 +114,9 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                     .header("content-type", "application/json")
                     .body(r#"{"by":1}"#),
                 Route::CounterRead => client.get(format!("{base}/counters/{name}")),
+                Route::DatabaseInsert | Route::DatabaseSelect => client
+                    .post(format!("{base}/databases/{name}/v2/pipeline"))
+                    .header("content-type", "application/json"),
                 Route::SidecarPut => client
                     .put(format!("{base}/sidecars/load-{conn}/keys/state"))
                     .header("content-type", "application/json")
@@ -130,6 +137,16 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                         r#"{{"id":"{}-{conn}-{n}","type":"tick","payload":{{"n":{n}}}}}"#,
                         EVENT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     )),
+            };
+            let req = match route {
+                Route::DatabaseInsert => req.body(format!(
+                    r#"{{"requests":[{{"type":"execute","stmt":{{"sql":"INSERT INTO t (v) VALUES (?)","args":[{{"type":"integer","value":"{n}"}}],"want_rows":false}}}},{{"type":"close"}}]}}"#
+                )),
+                Route::DatabaseSelect => req.body(format!(
+                    r#"{{"requests":[{{"type":"execute","stmt":{{"sql":"SELECT v FROM t WHERE id = ?","args":[{{"type":"integer","value":"{}"}}]}}}},{{"type":"close"}}]}}"#,
+                    n % 64 + 1
+                )),
+                _ => req,
             };
             match req.send().await {
                 Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
@@ -304,6 +321,18 @@ async fn seed_sidecars(base: &str) {
 /// Creates the 64 counters the load rows use, with a value in every shard.
 async fn seed_counters(base: &str) {
     let client = reqwest::Client::new();
+    // And the databases' tables, with 64 rows each.
+    for name in 0..64 {
+        let r = client
+            .post(format!("{base}/databases/load-{name}/v2/pipeline"))
+            .header("content-type", "application/json")
+            .body(r#"{"requests":[{"type":"sequence","sql":"CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t (v) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 64) SELECT x FROM c;"},{"type":"close"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["results"][0]["type"], "ok", "seeding: {body}");
+    }
     for name in 0..64 {
         for i in 0..64 {
             let r = client
@@ -371,6 +400,8 @@ fn main() {
             Route::OfrepOne,
             Route::OfrepBulk,
             Route::ReactorEvent,
+            Route::DatabaseInsert,
+            Route::DatabaseSelect,
         ];
         if !routes
             .iter()
