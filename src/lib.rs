@@ -57,6 +57,11 @@ pub use stead_core::{
 };
 #[cfg(feature = "sqlite")]
 pub use stead_core::{BackupReport, SqliteBackend, SqliteOptions};
+/// SQL in every object (`ctx.sql()`): see the guide's chapter "SQL in an object".
+pub use stead_core::{
+    Cursor, Description, Params, Sql, SqlConfig, SqlError, SqlErrorKind, SqlValue,
+    split_statements, sql_params,
+};
 
 /// HTTP plumbing shared by the pattern routers: problem+json errors, the JSON and `Name`
 /// extractors, the OpenAPI pieces, and the `Pattern` trait.
@@ -334,6 +339,8 @@ mod guide {
     mod custom_object {}
     #[doc = include_str!("../book/src/websockets.md")]
     mod websockets {}
+    #[doc = include_str!("../book/src/sql.md")]
+    mod sql {}
     #[doc = include_str!("../book/src/patterns.md")]
     mod patterns {}
     #[doc = include_str!("../book/src/patterns/ratelimit.md")]
@@ -362,6 +369,9 @@ mod guide {
     #[cfg(feature = "reactor")]
     #[doc = include_str!("../book/src/patterns/reactor.md")]
     mod reactor {}
+    #[cfg(feature = "databases")]
+    #[doc = include_str!("../book/src/patterns/databases.md")]
+    mod databases {}
     #[doc = include_str!("../book/src/testing.md")]
     mod testing {}
     #[doc = include_str!("../book/src/deployment.md")]

@@ -218,6 +218,12 @@ fn main() {
         let (rt, ns) = open(dir.path(), true).await;
         let one = Arc::new(vec![ns.get_by_name("one")]);
         let n = 40_000 / scale;
+        if only == "read" {
+            for _ in 0..10 {
+                drive(one.clone(), 64, n * 4, Op::Select).await;
+            }
+            return;
+        }
         drive(one.clone(), 64, 2_000 / scale, Op::Put).await;
         drive(one.clone(), 64, 2_000 / scale, Op::Insert).await;
         let put = drive(one.clone(), 64, n, Op::Put).await;
@@ -228,12 +234,6 @@ fn main() {
         row("INSERT turns, one object, 64 in flight", insert, put, "put");
 
         // Reads: a point SELECT against a get.
-        if only == "read" {
-            for _ in 0..10 {
-                drive(one.clone(), 64, n * 4, Op::Select).await;
-            }
-            return;
-        }
         // Alternated, best of three each: read turns are short and the machine is noisy.
         let (mut get, mut select) = (0f64, 0f64);
         for _ in 0..3 {

@@ -1,6 +1,7 @@
 //! One object's database while the object is in memory: its connection, the turn's
 //! transaction, the statement rules and limits, and the chunks a commit hands to storage.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ pub(crate) struct SqlLimits {
     pub(crate) statement_timeout: Duration,
     pub(crate) cache_bytes: usize,
 }
+
+/// No statement is running.
+const IDLE: u64 = 0;
+/// A statement is running; its deadline is set at its first progress call.
+const STARTED: u64 = 1;
 
 /// Pragmas a turn may run: ones that read the schema or the database's figures, and
 /// settings that only change how statements behave. Anything else (journal, locking, page
@@ -77,8 +83,10 @@ pub(crate) struct SqlDb {
     /// again (one chunk less per turn: the counter is only read to tell other connections
     /// of a change, and an object's database has one).
     stored_first: Vec<u8>,
-    /// The turn's transaction is open.
-    in_turn: bool,
+    /// Our transaction is open. It opens with the first statement and stays open through
+    /// turns that only read (so that their statements pay no transaction of their own); a
+    /// turn that may have written commits it (or rolls it back) at its end.
+    open: bool,
     /// The turn ran a statement that may have changed the database.
     wrote: bool,
     /// SQLite rolled the turn's transaction back on an error (it does for some: a full
@@ -89,17 +97,21 @@ pub(crate) struct SqlDb {
     ours: Arc<AtomicBool>,
     /// Why the authorizer last refused a statement.
     refused: Arc<Mutex<Option<String>>>,
-    /// When the running statement must stop: nanoseconds after `epoch` (0: none).
+    /// When the running statement must stop, in nanoseconds after the connection opened;
+    /// [`IDLE`] between statements, [`STARTED`] until the statement's first progress call.
     deadline: Arc<AtomicU64>,
-    epoch: Instant,
     limits: SqlLimits,
+    /// The column names of statements run lately, by their text: a cursor shares them
+    /// instead of copying them out of SQLite each time (checked against the statement, which
+    /// a schema change may have changed).
+    columns: HashMap<Box<str>, Arc<[String]>>,
 }
 
 impl std::fmt::Debug for SqlDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlDb")
             .field("bytes", &vfs::lock(&self.file).data.len())
-            .field("in_turn", &self.in_turn)
+            .field("open", &self.open)
             .finish()
     }
 }
@@ -174,14 +186,22 @@ impl SqlDb {
             }
         }))
         .map_err(setup_error)?;
-        let deadline = Arc::new(AtomicU64::new(0));
+        let deadline = Arc::new(AtomicU64::new(IDLE));
         let epoch = Instant::now();
         let d = deadline.clone();
+        let timeout = limits.statement_timeout;
+        // Called every 10,000 steps of a statement (tens of microseconds): the first call
+        // starts the clock, so that a short statement never reads it.
         conn.progress_handler(
             10_000,
-            Some(move || {
-                let at = d.load(Ordering::Relaxed);
-                at != 0 && epoch.elapsed().as_nanos() as u64 > at
+            Some(move || match d.load(Ordering::Relaxed) {
+                IDLE => false,
+                STARTED => {
+                    let at = (epoch.elapsed() + timeout).as_nanos() as u64;
+                    d.store(at.max(STARTED + 1), Ordering::Relaxed);
+                    false
+                }
+                at => epoch.elapsed().as_nanos() as u64 > at,
             }),
         )
         .map_err(setup_error)?;
@@ -190,14 +210,14 @@ impl SqlDb {
             file,
             stored_chunks,
             stored_first,
-            in_turn: false,
+            open: false,
             wrote: false,
             aborted: None,
             ours,
             refused,
             deadline,
-            epoch,
             limits,
+            columns: HashMap::new(),
         })
     }
 
@@ -212,13 +232,11 @@ impl SqlDb {
         if let Some(why) = &self.aborted {
             return Err(aborted(sql, why));
         }
-        let at = self.epoch.elapsed() + self.limits.statement_timeout;
-        self.deadline
-            .store((at.as_nanos() as u64).max(1), Ordering::Relaxed);
+        self.deadline.store(STARTED, Ordering::Relaxed);
         let result = self.run(sql, params, decltypes);
-        self.deadline.store(0, Ordering::Relaxed);
+        self.deadline.store(IDLE, Ordering::Relaxed);
         if let Err(e) = &result
-            && self.in_turn
+            && self.open
             && self.conn.is_autocommit()
         {
             self.aborted = Some(e.message.clone());
@@ -233,21 +251,20 @@ impl SqlDb {
         let prepared = match self.conn.prepare_cached(sql) {
             Ok(mut stmt) => {
                 let writes = !stmt.readonly() || opens_transaction(sql);
-                let began = if writes && !self.in_turn {
+                let began = if !self.open {
                     control(&self.conn, &self.ours, Control::Begin)
                 } else {
                     Ok(())
                 };
-                Some(began.map(|()| (collect(&mut stmt, params, decltypes), writes)))
+                let columns = column_names(&mut self.columns, sql, &stmt);
+                Some(began.map(|()| (collect(&mut stmt, params, decltypes, columns), writes)))
             }
             Err(_) => None,
         };
         let mut cursor = match prepared {
             Some(Ok((c, writes))) => {
-                if writes {
-                    self.in_turn = true;
-                    self.wrote = true;
-                }
+                self.open = true;
+                self.wrote |= writes;
                 c.map_err(|e| self.error(SqlErrorKind::Failed, sql, e))?
             }
             Some(Err(e)) => return Err(self.error(SqlErrorKind::Other, "BEGIN", e)),
@@ -262,10 +279,10 @@ impl SqlDb {
     }
 
     fn begin(&mut self) -> Result<(), SqlError> {
-        if !self.in_turn {
+        if !self.open {
             control(&self.conn, &self.ours, Control::Begin)
                 .map_err(|e| self.error(SqlErrorKind::Other, "BEGIN", e))?;
-            self.in_turn = true;
+            self.open = true;
         }
         Ok(())
     }
@@ -303,7 +320,8 @@ impl SqlDb {
             }
             first = false;
             wrote |= !stmt.readonly();
-            match collect(&mut stmt, params, decltypes) {
+            let columns = column_names(&mut HashMap::new(), "", &stmt);
+            match collect(&mut stmt, params, decltypes, columns) {
                 Ok(c) => last = c,
                 Err(e) => break Err((SqlErrorKind::Failed, e)),
             }
@@ -393,32 +411,29 @@ impl SqlDb {
 
     /// Whether the turn ran a statement that may have changed the database.
     pub(crate) fn turn_wrote(&self) -> bool {
-        self.in_turn && self.wrote
+        self.wrote
     }
 
-    /// Commits the turn's transaction and answers the chunks to store: each changed chunk
-    /// with its bytes, and chunks past the new end to delete. On an error the transaction
-    /// is rolled back.
+    /// Ends a turn that succeeded: commits what it may have written and answers the chunks to
+    /// store (each changed chunk with its bytes, and chunks past the new end to delete). On
+    /// an error the transaction is rolled back.
     pub(crate) fn commit(&mut self) -> Result<Vec<(String, Option<Value>)>, SqlError> {
-        if !self.in_turn {
-            return Ok(Vec::new());
-        }
         if let Some(why) = &self.aborted {
             let err = aborted("COMMIT", why);
             self.rollback();
             return Err(err);
         }
-        self.in_turn = false;
-        let wrote = std::mem::take(&mut self.wrote);
+        if !self.wrote {
+            // Only reads: the transaction stays open for the next turn.
+            return Ok(Vec::new());
+        }
         if let Err(e) = control(&self.conn, &self.ours, Control::Commit) {
             let err = self.error(SqlErrorKind::Failed, "COMMIT", e);
             self.rollback();
             return Err(err);
         }
-        if !wrote {
-            vfs::lock(&self.file).dirty.clear();
-            return Ok(Vec::new());
-        }
+        self.open = false;
+        self.wrote = false;
         let mut file = vfs::lock(&self.file);
         let chunks = file.chunks();
         let mut out = Vec::with_capacity(file.dirty.len());
@@ -442,12 +457,16 @@ impl SqlDb {
         Ok(out)
     }
 
-    /// Rolls the turn's transaction back: the database is as the last commit left it.
+    /// Ends a turn that failed: the database is as the last commit left it.
     pub(crate) fn rollback(&mut self) {
-        if self.in_turn || !self.conn.is_autocommit() {
+        if !(self.wrote || self.aborted.is_some()) {
+            // Only reads: nothing to undo; the transaction stays open.
+            return;
+        }
+        if !self.conn.is_autocommit() {
             let _ = control(&self.conn, &self.ours, Control::Rollback);
         }
-        self.in_turn = false;
+        self.open = false;
         self.wrote = false;
         self.aborted = None;
         // Pages spilled during the turn were written back as they were: nothing to store.
@@ -604,18 +623,41 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
     }
 }
 
+/// The statement's column names: from `cache` when they are still the statement's.
+fn column_names(
+    cache: &mut HashMap<Box<str>, Arc<[String]>>,
+    sql: &str,
+    stmt: &rusqlite::Statement<'_>,
+) -> Arc<[String]> {
+    if stmt.column_count() == 0 {
+        static NONE: std::sync::LazyLock<Arc<[String]>> =
+            std::sync::LazyLock::new(|| Arc::from([]));
+        return NONE.clone();
+    }
+    if let Some(names) = cache.get(sql)
+        && names.len() == stmt.column_count()
+        && names.iter().zip(stmt.column_names()).all(|(a, b)| a == b)
+    {
+        return names.clone();
+    }
+    let names: Arc<[String]> = stmt.column_names().map(str::to_owned).collect();
+    if !sql.is_empty() {
+        if cache.len() >= 64 {
+            cache.clear();
+        }
+        cache.insert(sql.into(), names.clone());
+    }
+    names
+}
+
 fn collect(
     stmt: &mut rusqlite::Statement<'_>,
     params: &Params,
     want_decltypes: bool,
+    columns: Arc<[String]>,
 ) -> rusqlite::Result<Cursor> {
     stmt.clear_bindings();
     bind(stmt, params)?;
-    let columns: Vec<String> = if stmt.column_count() == 0 {
-        Vec::new()
-    } else {
-        stmt.column_names().map(str::to_owned).collect()
-    };
     let decltypes = if want_decltypes {
         stmt.columns()
             .map(|c| c.decl_type().map(str::to_owned))

@@ -205,7 +205,7 @@ macro_rules! sql_params {
 /// What a statement answered: its columns, its rows, and how many rows it read and wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cursor {
-    pub(crate) columns: Vec<String>,
+    pub(crate) columns: std::sync::Arc<[String]>,
     /// Filled by [`Sql::exec_with_decltypes`] only.
     pub(crate) decltypes: Vec<Option<String>>,
     pub(crate) rows: Vec<Vec<SqlValue>>,
