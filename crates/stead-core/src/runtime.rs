@@ -531,6 +531,22 @@ impl Runtime {
             .await
     }
 
+    /// A statement that only reads on the SQL database of the object `name` of `class` (see
+    /// [`crate::Stub::query`]), without knowing the class's Rust type: the inspector's and
+    /// an operator's way into an object's tables.
+    pub async fn query_object(
+        &self,
+        class: &str,
+        name: &str,
+        sql: &str,
+        params: impl Into<crate::Params>,
+    ) -> Result<crate::Cursor> {
+        crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.namespace_of(class)?
+            .query_named(name.to_owned(), sql.to_owned(), params.into())
+            .await
+    }
+
     /// How many objects of `class` hold something (alarms and schedules included), counted
     /// up to `up_to`: `up_to + 1` means more than that. One read of the registry, for an
     /// operator's overview.

@@ -736,6 +736,22 @@ impl Storage {
             .collect())
     }
 
+    /// Runs one statement that reads only (checked before it runs), for an operator.
+    pub(crate) async fn query_read_only(
+        &mut self,
+        sql: &str,
+        params: crate::Params,
+    ) -> Result<crate::Cursor> {
+        let db = self.sql_db().await?;
+        let d = db.describe(sql).map_err(Error::Sql)?;
+        if !d.readonly || crate::sql::opens_transaction(sql) {
+            return Err(Error::bad_request(
+                "only statements that read are run from outside the object (SELECT, read-only PRAGMAs, EXPLAIN)",
+            ));
+        }
+        db.exec(sql, &params, true).map_err(Error::Sql)
+    }
+
     /// Commits the turn's SQL transaction, if it has one, into the turn's writes. On an
     /// error the SQL changes are rolled back and the caller discards the turn.
     pub(crate) fn commit_sql(&mut self) -> Result<()> {

@@ -387,6 +387,42 @@ async fn the_database_survives_a_restart_and_travels_in_an_export() {
         SqlValue::Integer(200),
         "the original is untouched"
     );
+    // An operator reads the tables from outside, through a turn; writes are refused.
+    let c = rt
+        .query_object(
+            "db",
+            "kept",
+            "SELECT count(*) AS n FROM kv WHERE v < ?",
+            [10],
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.columns(), ["n"]);
+    assert_eq!(c.rows(), &[vec![SqlValue::Integer(10)]]);
+    let c = o
+        .query("SELECT k, v FROM kv ORDER BY v LIMIT 1", ())
+        .await
+        .unwrap();
+    assert_eq!(
+        c.decltypes(),
+        [Some("TEXT".to_owned()), Some("INTEGER".to_owned())]
+    );
+    for write in [
+        "DELETE FROM kv",
+        "INSERT INTO kv VALUES ('x', 1)",
+        "CREATE TABLE y (z)",
+        "SAVEPOINT s",
+        "PRAGMA user_version = 3",
+    ] {
+        let err = rt.query_object("db", "kept", write, ()).await.unwrap_err();
+        assert!(matches!(err, Error::BadRequest { .. }), "{write}: {err}");
+    }
+    let (_, rows, _, _) = exec(&o, "SELECT count(*) FROM kv", vec![]).await.unwrap();
+    assert_eq!(rows[0][0], SqlValue::Integer(200));
+    assert!(matches!(
+        rt.query_object("nope", "kept", "SELECT 1", ()).await,
+        Err(Error::NotFound { .. } | Error::BadRequest { .. })
+    ));
     // A document whose database is not one is refused.
     let mut bad = doc.clone();
     bad.sql = Some("bm90IGEgZGF0YWJhc2U=".into());

@@ -21,6 +21,8 @@ const STYLE: &str = include_str!("inspector/style.css");
 
 /// The most objects one search answers.
 const MAX_RESULTS: usize = 200;
+/// The most rows the SQL console shows of one query.
+const MAX_SQL_ROWS: usize = 1000;
 
 /// The page and its script and style, which need no token (they hold no data).
 pub(crate) fn page() -> Router {
@@ -50,6 +52,7 @@ pub(crate) fn api(rt: &Runtime) -> Router {
         .route("/ui/api/counts", get(counts))
         .route("/ui/api/objects", get(objects))
         .route("/ui/api/object", get(object).put(import))
+        .route("/ui/api/sql", get(sql))
         .with_state(rt.clone())
 }
 
@@ -174,4 +177,39 @@ async fn import(
 ) -> Result<axum::http::StatusCode, stead::Error> {
     rt.import_object(&o.class, &o.name, doc).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// A read-only query on one object's SQL database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlQuery {
+    class: String,
+    name: String,
+    sql: String,
+}
+
+/// What a query answered, its rows cut at [`MAX_SQL_ROWS`].
+#[derive(Debug, serde::Serialize)]
+struct SqlAnswer {
+    columns: Vec<String>,
+    decltypes: Vec<Option<String>>,
+    rows: Vec<Vec<stead::SqlValue>>,
+    truncated: bool,
+    rows_read: u64,
+}
+
+/// Runs one statement that only reads (anything else is a 400) in a turn of the object.
+async fn sql(
+    State(rt): State<Runtime>,
+    Query(q): Query<SqlQuery>,
+) -> Result<Json<SqlAnswer>, stead::Error> {
+    let c = rt.query_object(&q.class, &q.name, &q.sql, ()).await?;
+    let truncated = c.rows().len() > MAX_SQL_ROWS;
+    Ok(Json(SqlAnswer {
+        columns: c.columns().to_vec(),
+        decltypes: c.decltypes().to_vec(),
+        rows_read: c.rows_read(),
+        rows: c.into_rows().into_iter().take(MAX_SQL_ROWS).collect(),
+        truncated,
+    }))
 }

@@ -168,6 +168,38 @@ async fn the_inspector_in_a_real_browser() {
         "{dom}"
     );
     assert!(!dom.contains("<img src"), "{dom}");
+    // An object with SQL: its tables, and the console opened on the first one's rows.
+    let r = http
+        .post(format!("{base}/databases/shop/v2/pipeline"))
+        .json(&serde_json::json!({"requests": [{"type": "sequence", "sql":
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT); INSERT INTO orders (item) VALUES ('tea'), ('<b>cake</b>');"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (dom, log) = render(&browser, &format!("{base}/ui/#/object/database/shop")).await;
+    no_errors(&dom, &log);
+    assert!(dom.contains(r#"<table id="sql-schema">"#), "{dom}");
+    assert!(
+        dom.contains("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)"),
+        "{dom}"
+    );
+    assert!(dom.contains("<th>item TEXT</th>"), "{dom}");
+    assert!(
+        dom.contains("<td>tea</td>") && dom.contains("<td>&lt;b&gt;cake&lt;/b&gt;</td>"),
+        "{dom}"
+    );
+    assert!(dom.contains("2 rows"), "{dom}");
+    // The console reads only.
+    let r = http
+        .get(format!(
+            "{base}/ui/api/sql?class=database&name=shop&sql={}",
+            urlencode("DELETE FROM orders")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     server.shutdown().await.unwrap();
 
     // With tokens: the page itself loads, its data needs a token, and it asks for one.

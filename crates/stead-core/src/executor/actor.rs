@@ -289,6 +289,13 @@ impl<O: DurableObject> Actor<O> {
                 }));
                 self.end_turn().await;
             }
+            Envelope::Query { sql, params, reply } => {
+                let cursor = self.ctx.storage.query_read_only(&sql, params).await;
+                self.ctx.queue_reply(Box::new(move |gate: Result<()>| {
+                    let _ = reply.send(gate.and(cursor));
+                }));
+                self.end_turn().await;
+            }
             Envelope::Import { doc, reply } => {
                 if let Err(e) = self.ctx.storage.import_document(&doc) {
                     self.discard_turn();

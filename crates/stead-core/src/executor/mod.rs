@@ -119,6 +119,12 @@ enum Envelope<O> {
     Export {
         reply: oneshot::Sender<Result<crate::ObjectDocument>>,
     },
+    /// A read-only SQL statement on the object's database (a turn that reads).
+    Query {
+        sql: String,
+        params: crate::Params,
+        reply: oneshot::Sender<Result<crate::Cursor>>,
+    },
     /// Replace everything the object holds with a document (a turn that writes, after
     /// which the object activates again from what it holds).
     Import {
@@ -138,6 +144,9 @@ impl<O> Envelope<O> {
                 tracing::debug!(socket = event.socket().id(), error = %err, "a WebSocket event was not delivered");
             }
             Envelope::Export { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            Envelope::Query { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
             Envelope::Import { reply, .. } => {

@@ -64,6 +64,13 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     /// How many objects of the class hold something, counted up to `up_to` (one more means
     /// "more than that").
     fn count(self: Arc<Self>, up_to: usize) -> BoxFuture<'static, Result<usize>>;
+    /// A read-only statement on the SQL database of the object `name` (see [`Stub::query`]).
+    fn query_named(
+        self: Arc<Self>,
+        name: String,
+        sql: String,
+        params: crate::Params,
+    ) -> BoxFuture<'static, Result<crate::Cursor>>;
 }
 
 pub(crate) struct NsInner<O: DurableObject> {
@@ -331,6 +338,20 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
             Namespace::from_inner(self)
                 .get_by_name(&name)
                 .import(&doc)
+                .await
+        })
+    }
+
+    fn query_named(
+        self: Arc<Self>,
+        name: String,
+        sql: String,
+        params: crate::Params,
+    ) -> BoxFuture<'static, Result<crate::Cursor>> {
+        Box::pin(async move {
+            Namespace::from_inner(self)
+                .get_by_name(&name)
+                .query(&sql, params)
                 .await
         })
     }
@@ -737,6 +758,30 @@ impl<O: DurableObject> Stub<O> {
         doc.class = O::CLASS.to_owned();
         doc.name = self.name.as_deref().map(str::to_owned);
         Ok(doc)
+    }
+
+    /// Runs one statement that only reads (`SELECT`, a read-only `PRAGMA`, `EXPLAIN`) on the
+    /// object's SQL database, in a turn of the object: what an operator's console or the
+    /// inspector uses to look at an object's tables from outside. A statement that could
+    /// write is [`Error::BadRequest`] and does not run; the cursor carries the declared
+    /// types of the columns.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: impl Into<crate::Params>,
+    ) -> Result<crate::Cursor> {
+        self.check_name()?;
+        let (tx, rx) = oneshot::channel();
+        self.ns.send(
+            self.id,
+            &self.name,
+            Envelope::Query {
+                sql: sql.to_owned(),
+                params: params.into(),
+                reply: tx,
+            },
+        )?;
+        self.wait(rx).await
     }
 
     /// Replaces everything the object holds with `doc` (an [`export`](Self::export) of an

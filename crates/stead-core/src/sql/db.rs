@@ -510,7 +510,7 @@ fn control(conn: &Connection, ours: &AtomicBool, what: Control) -> rusqlite::Res
 
 /// Whether a statement SQLite calls read-only still opens or ends a transaction: a
 /// savepoint's statements. (BEGIN, COMMIT and ROLLBACK are refused.)
-fn opens_transaction(sql: &str) -> bool {
+pub(crate) fn opens_transaction(sql: &str) -> bool {
     let mut rest = sql.trim_start();
     loop {
         if let Some(r) = rest.strip_prefix("--") {
@@ -677,7 +677,8 @@ fn collect(
     }
     drop(raw);
     let scanned = stmt.reset_status(rusqlite::StatementStatus::FullscanStep) as u64;
-    let rows_read = rows.len() as u64 + scanned;
+    // A full scan's steps move between rows: n steps read n + 1 rows.
+    let rows_read = (rows.len() as u64).max(if scanned > 0 { scanned + 1 } else { 0 });
     Ok(Cursor {
         columns,
         decltypes,

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-pub(crate) use db::{SQL_PREFIX, SqlDb, SqlLimits, chunk_key};
+pub(crate) use db::{SQL_PREFIX, SqlDb, SqlLimits, chunk_key, opens_transaction};
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -242,7 +242,8 @@ impl Cursor {
         self.rows
     }
 
-    /// Rows the statement read: those it answered and those its full scans stepped over.
+    /// Rows the statement read: those its full scans went through, or those it answered if
+    /// more (an estimate from SQLite's counters, as Cloudflare's `rowsRead` is a count).
     pub fn rows_read(&self) -> u64 {
         self.rows_read
     }

@@ -253,6 +253,7 @@ async function object(cls, name) {
     view.appendChild(el("h2", "Schedules"));
     view.appendChild(pairs(jobs, "job"));
   }
+  if (doc.sql) await sqlSection(view, cls, name);
   view.appendChild(el("h2", "Storage"));
   const entries = Object.entries(doc.entries);
   if (entries.length === 0) {
@@ -262,6 +263,76 @@ async function object(cls, name) {
     t.id = "storage";
     view.appendChild(t);
   }
+}
+
+// The object's SQL database: its tables, and a console for statements that read (the
+// server refuses any other). It opens with the first table's first rows.
+async function sqlSection(view, cls, name) {
+  const run = (sql) => api("sql?" + new URLSearchParams({ class: cls, name: name, sql: sql }).toString());
+  const box = el("section");
+  box.id = "sql";
+  box.appendChild(el("h2", "SQL"));
+  const schema = await run(
+    "SELECT name, type, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type DESC, name",
+  );
+  const tables = schema.rows.filter((r) => r[1] === "table").map((r) => r[0]);
+  const list = el("table");
+  list.id = "sql-schema";
+  const head = el("tr");
+  for (const h of ["name", "type", "definition"]) head.appendChild(el("th", h));
+  list.appendChild(head);
+  for (const r of schema.rows) {
+    const tr = el("tr");
+    tr.appendChild(el("td", r[0]));
+    tr.appendChild(el("td", r[1]));
+    const td = el("td");
+    td.appendChild(el("pre", r[2]));
+    tr.appendChild(td);
+    list.appendChild(tr);
+  }
+  box.appendChild(list);
+  const form = el("form");
+  form.id = "sql-console";
+  const input = el("textarea");
+  input.id = "sql-query";
+  input.rows = 3;
+  input.value = tables.length
+    ? 'SELECT * FROM "' + tables[0].replace(/"/g, '""') + '" LIMIT 100'
+    : "SELECT name FROM sqlite_schema";
+  const button = el("button", "Run (read-only)");
+  button.type = "submit";
+  form.appendChild(input);
+  form.appendChild(button);
+  box.appendChild(form);
+  const out = el("div");
+  out.id = "sql-result";
+  box.appendChild(out);
+  const show = async () => {
+    clear(out);
+    try {
+      const r = await run(input.value);
+      const t = el("table");
+      const hr = el("tr");
+      r.columns.forEach((c, i) => hr.appendChild(el("th", c + (r.decltypes[i] ? " " + r.decltypes[i] : ""))));
+      t.appendChild(hr);
+      for (const row of r.rows) {
+        const tr = el("tr");
+        for (const v of row) tr.appendChild(el("td", v === null ? "NULL" : typeof v === "object" ? JSON.stringify(v) : v));
+        t.appendChild(tr);
+      }
+      out.appendChild(t);
+      out.appendChild(el("p", r.rows.length + " rows" + (r.truncated ? " (first 1000 shown)" : "") + ", " + r.rows_read + " read", "muted"));
+    } catch (e) {
+      if (e instanceof Unauthorized) throw e;
+      out.appendChild(el("p", e.message, "error"));
+    }
+  };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    load(show);
+  });
+  view.appendChild(box);
+  await show();
 }
 
 function pairs(list, label) {
