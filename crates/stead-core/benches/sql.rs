@@ -9,7 +9,8 @@
 //!   `synchronous = FULL` (acknowledged means on disk, as in `Fsync`);
 //! - 10,000 objects, each with a small table, writes spread over them, against key-value
 //!   writes spread the same way;
-//! - the memory of an object in memory with a 1 MiB database.
+//! - the heap (Rust's and SQLite's) an object in memory holds: with a one-row table beside
+//!   one without SQL, and with a 1 MiB database.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -190,17 +191,45 @@ fn plain_sqlite(rows: usize, per_tx: usize) -> f64 {
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+/// Heap bytes in use: Rust's (counted by the allocator below) and SQLite's own.
+fn heap_bytes() -> i64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed) as i64 + sqlite_heap()
 }
+
+#[allow(unsafe_code)]
+fn sqlite_heap() -> i64 {
+    // SAFETY: a statistics read with no arguments.
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The system allocator, counting the bytes it holds.
+struct Counting;
+
+#[allow(unsafe_code)]
+// SAFETY: every call is passed to the system allocator unchanged; only a counter is kept.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout, passed on.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: a pointer this allocator gave, with its layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this once, quickly.
@@ -297,25 +326,57 @@ fn main() {
         if !only.is_empty() {
             return;
         }
-        // Memory of objects in memory, each with a 1 MiB database.
+        // Memory of objects in memory with a small table, beside objects without SQL: the
+        // heap held by Rust and by SQLite, per object.
         let dir = tempfile::tempdir().unwrap();
-        let (rt, ns) = open(dir.path(), true).await;
-        let count = if quick { 4 } else { 50 };
-        let before = rss_bytes();
-        for i in 0..count {
-            // About 1,000 rows of 1 KiB: a database of about 1 MiB.
-            let o = ns.get_by_name(&format!("big{i}"));
-            o.ask(Op::Ballast(1000)).await.unwrap().unwrap();
+        let small = if quick { 50 } else { 2000 };
+        let mut per = [0i64; 2];
+        for (i, with_sql) in [false, true].into_iter().enumerate() {
+            let (rt, ns) = open(dir.path().join(i.to_string()).as_path(), with_sql).await;
+            ns.get_by_name("first").ask(Op::Put(1)).await.unwrap().unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let before = heap_bytes();
+            for j in 0..small {
+                let o = ns.get_by_name(&format!("s{j}"));
+                o.ask(if with_sql { Op::Insert(1) } else { Op::Put(1) }).await.unwrap().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            per[i] = (heap_bytes() - before) / small as i64;
+            rt.shutdown().await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let after = rss_bytes();
-        let size = ns.get_by_name("big0").ask(Op::Size).await.unwrap().unwrap();
         println!();
         println!(
-            "{count} objects in memory with a {} KiB database each: RSS grew {} KiB, {} KiB per object",
+            "{small} objects in memory, one small write each: heap {} bytes per object without SQL, {} with a one-row table",
+            per[0], per[1]
+        );
+
+        // Memory of objects in memory, each with a 1 MiB database: written, the runtime
+        // restarted, then each object activated by a read (its database read back whole).
+        let dir = tempfile::tempdir().unwrap();
+        let count = if quick { 4 } else { 50 };
+        {
+            let (rt, ns) = open(dir.path(), true).await;
+            for i in 0..count {
+                // About 1,000 rows of 1 KiB: a database of about 1 MiB.
+                let o = ns.get_by_name(&format!("big{i}"));
+                o.ask(Op::Ballast(1000)).await.unwrap().unwrap();
+            }
+            rt.shutdown().await.unwrap();
+        }
+        let (rt, ns) = open(dir.path(), true).await;
+        ns.get_by_name("first").ask(Op::Size).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = heap_bytes();
+        let mut size = 0;
+        for i in 0..count {
+            let o = ns.get_by_name(&format!("big{i}"));
+            size = o.ask(Op::Size).await.unwrap().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        println!(
+            "{count} objects in memory with a {} KiB database each: heap {} KiB per object",
             size / 1024,
-            after.saturating_sub(before) / 1024,
-            after.saturating_sub(before) / 1024 / count as u64
+            (heap_bytes() - before) / 1024 / count as i64,
         );
         rt.shutdown().await.unwrap();
     });

@@ -38,7 +38,7 @@ impl MemFile {
         let end = offset + buf.len();
         if self.data.len() < end {
             let old = self.data.len();
-            self.data.resize(end, 0);
+            self.grow_to(end);
             self.mark(old.min(offset), end);
         }
         self.data[offset..end].copy_from_slice(buf);
@@ -53,9 +53,20 @@ impl MemFile {
             }
         } else if size > self.data.len() {
             let old = self.data.len();
-            self.data.resize(size, 0);
+            self.grow_to(size);
             self.mark(old, size);
         }
+    }
+
+    /// Lengthens the file with zeros, its buffer growing by a quarter at a time (not
+    /// doubling: a database is kept whole in memory, and half of a doubled buffer would be
+    /// memory held for nothing).
+    fn grow_to(&mut self, end: usize) {
+        if end > self.data.capacity() {
+            let extra = (end - self.data.len()).max(self.data.len() / 4);
+            self.data.reserve_exact(extra);
+        }
+        self.data.resize(end, 0);
     }
 
     fn mark(&mut self, from: usize, to: usize) {
