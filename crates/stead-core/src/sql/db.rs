@@ -104,7 +104,7 @@ pub(crate) struct SqlDb {
     /// The column names of statements run lately, by their text: a cursor shares them
     /// instead of copying them out of SQLite each time (checked against the statement, which
     /// a schema change may have changed).
-    columns: HashMap<Box<str>, Arc<[String]>>,
+    columns: HashMap<Box<str>, Arc<[String]>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for SqlDb {
@@ -217,7 +217,7 @@ impl SqlDb {
             refused,
             deadline,
             limits,
-            columns: HashMap::new(),
+            columns: HashMap::default(),
         })
     }
 
@@ -246,6 +246,7 @@ impl SqlDb {
 
     fn run(&mut self, sql: &str, params: &Params, decltypes: bool) -> Result<Cursor, SqlError> {
         let before = self.conn.total_changes();
+        let wrote_before = self.wrote;
         // One statement, prepared once per connection (the common case); anything the cache
         // cannot take (several statements, or an error to report) goes through `run_many`.
         let prepared = match self.conn.prepare_cached(sql) {
@@ -273,7 +274,9 @@ impl SqlDb {
                 self.run_many(sql, params, decltypes)?
             }
         };
-        cursor.rows_written = self.conn.total_changes().saturating_sub(before);
+        if self.wrote || wrote_before {
+            cursor.rows_written = self.conn.total_changes().saturating_sub(before);
+        }
         cursor.last_insert_rowid = self.conn.last_insert_rowid();
         Ok(cursor)
     }
@@ -320,7 +323,7 @@ impl SqlDb {
             }
             first = false;
             wrote |= !stmt.readonly();
-            let columns = column_names(&mut HashMap::new(), "", &stmt);
+            let columns = column_names(&mut HashMap::default(), "", &stmt);
             match collect(&mut stmt, params, decltypes, columns) {
                 Ok(c) => last = c,
                 Err(e) => break Err((SqlErrorKind::Failed, e)),
@@ -625,7 +628,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
 
 /// The statement's column names: from `cache` when they are still the statement's.
 fn column_names(
-    cache: &mut HashMap<Box<str>, Arc<[String]>>,
+    cache: &mut HashMap<Box<str>, Arc<[String]>, foldhash::fast::RandomState>,
     sql: &str,
     stmt: &rusqlite::Statement<'_>,
 ) -> Arc<[String]> {
@@ -656,7 +659,10 @@ fn collect(
     want_decltypes: bool,
     columns: Arc<[String]>,
 ) -> rusqlite::Result<Cursor> {
-    stmt.clear_bindings();
+    if matches!(params, Params::Named(_)) {
+        // Names may leave some parameters unbound: none keeps a value from an earlier run.
+        stmt.clear_bindings();
+    }
     bind(stmt, params)?;
     let decltypes = if want_decltypes {
         stmt.columns()
