@@ -161,11 +161,28 @@ struct ObjectRef {
     name: String,
 }
 
+/// One object, by class and name, and how much of it to answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectQuery {
+    class: String,
+    name: String,
+    /// `true`: the page's view, whose SQL database is left out (`"sql": ""` says there is
+    /// one; the page reads its tables with queries). Otherwise the whole document, which
+    /// `PUT` takes back.
+    #[serde(default)]
+    brief: bool,
+}
+
 async fn object(
     State(rt): State<Runtime>,
-    Query(o): Query<ObjectRef>,
+    Query(o): Query<ObjectQuery>,
 ) -> Result<Json<stead::ObjectDocument>, stead::Error> {
-    Ok(Json(rt.export_object(&o.class, &o.name).await?))
+    let mut doc = rt.export_object(&o.class, &o.name).await?;
+    if o.brief && doc.sql.is_some() {
+        doc.sql = Some(String::new());
+    }
+    Ok(Json(doc))
 }
 
 /// Replaces what the object holds with the document in the body (an export of an object of

@@ -241,7 +241,7 @@ async function patternView(cls, name) {
 }
 
 async function object(cls, name) {
-  const params = new URLSearchParams({ class: cls, name: name });
+  const params = new URLSearchParams({ class: cls, name: name, brief: "true" });
   const doc = await api("object?" + params.toString());
   const pattern = await patternView(cls, name);
   const view = clear(document.getElementById("view"));
@@ -253,7 +253,7 @@ async function object(cls, name) {
     view.appendChild(el("h2", "Schedules"));
     view.appendChild(pairs(jobs, "job"));
   }
-  if (doc.sql) await sqlSection(view, cls, name);
+  if (typeof doc.sql === "string") await sqlSection(view, cls, name);
   view.appendChild(el("h2", "Storage"));
   const entries = Object.entries(doc.entries);
   if (entries.length === 0) {
