@@ -478,16 +478,25 @@ impl Runtime {
         let namespaces: Vec<_> = lock(&self.inner.namespaces).values().cloned().collect();
         let mut classes: Vec<ClassVitals> = namespaces
             .iter()
-            .map(|ns| ClassVitals {
-                class: ns.class().to_owned(),
-                active_objects: ns.active(),
-                turns: ns.turns(),
+            .map(|ns| {
+                let (commits_timed, commit_nanos) = ns.commit_latency();
+                ClassVitals {
+                    class: ns.class().to_owned(),
+                    active_objects: ns.active(),
+                    turns: ns.turns(),
+                    open_websockets: ns.open_websockets(),
+                    commits_timed,
+                    commit_seconds: commit_nanos as f64 / 1e9,
+                }
             })
             .collect();
         classes.sort_by(|a, b| a.class.cmp(&b.class));
         Vitals {
             at: self.inner.shared.clock.now(),
             turns: classes.iter().map(|c| c.turns).sum(),
+            open_websockets: classes.iter().map(|c| c.open_websockets).sum(),
+            commits_timed: classes.iter().map(|c| c.commits_timed).sum(),
+            commit_seconds: classes.iter().map(|c| c.commit_seconds).sum(),
             active_objects: self.active_objects(),
             pending_alarms: self.pending_alarms().await,
             classes,
@@ -629,7 +638,7 @@ impl Runtime {
 }
 
 /// The runtime's vital signs at one instant (see [`Runtime::vitals`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Vitals {
     /// When they were read (the runtime's clock).
@@ -640,12 +649,20 @@ pub struct Vitals {
     pub active_objects: usize,
     /// Alarms the runtime holds in memory (due soon, or not yet durable).
     pub pending_alarms: usize,
+    /// WebSockets the runtime holds open for objects.
+    pub open_websockets: usize,
+    /// Commits timed since the runtime started (a sample: at most one in flight per object
+    /// is timed, from its submission to its acknowledgement)...
+    pub commits_timed: u64,
+    /// ...and their latencies summed, in seconds: the difference of two readings divided by
+    /// the difference of their `commits_timed` is the mean commit latency between them.
+    pub commit_seconds: f64,
     /// Per class.
     pub classes: Vec<ClassVitals>,
 }
 
 /// One class's vital signs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct ClassVitals {
     /// The class.
@@ -654,6 +671,12 @@ pub struct ClassVitals {
     pub active_objects: usize,
     /// Turns its objects ran since the runtime started.
     pub turns: u64,
+    /// WebSockets its objects hold open.
+    pub open_websockets: usize,
+    /// Commits of its objects timed (see [`Vitals::commits_timed`]).
+    pub commits_timed: u64,
+    /// Their latencies summed, in seconds.
+    pub commit_seconds: f64,
 }
 
 fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>> {

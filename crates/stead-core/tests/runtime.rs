@@ -797,3 +797,35 @@ async fn on_leave_writes_back_before_eviction_and_shutdown() {
         }
     }
 }
+
+#[tokio::test]
+async fn vital_signs_count_turns_and_time_commits() {
+    let h = harness(Kind::Sqlite).await;
+    let ns = h.rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    let before = h.rt.vitals().await;
+    assert_eq!(before.open_websockets, 0);
+    for i in 0..5 {
+        ns.get_by_name(&format!("v{i}"))
+            .ask(Incr("n".into()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // An object takes its acknowledgements up on its own task, after its caller has its
+    // reply: wait for them (bounded).
+    let mut after = h.rt.vitals().await;
+    for _ in 0..200 {
+        if after.commits_timed - before.commits_timed == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        after = h.rt.vitals().await;
+    }
+    assert_eq!(after.turns - before.turns, 5);
+    // Each of these commits was the only one in flight of its object: each was timed.
+    assert_eq!(after.commits_timed - before.commits_timed, 5);
+    assert!(after.commit_seconds > before.commit_seconds);
+    let probe = after.classes.iter().find(|c| c.class == "probe").unwrap();
+    assert_eq!(probe.commits_timed, 5);
+    h.rt.shutdown().await.unwrap();
+}

@@ -121,7 +121,10 @@ async fn the_inspector_in_a_real_browser() {
     let (dom, log) = render(&browser, &format!("{base}/ui/")).await;
     no_errors(&dom, &log);
     assert!(
-        dom.contains("turns per second") && dom.contains("objects in memory"),
+        dom.contains("turns per second")
+            && dom.contains("objects in memory")
+            && dom.contains("commit latency, ms")
+            && dom.contains("open WebSockets"),
         "{dom}"
     );
     assert!(dom.contains(r#"data-class="counter-shard""#), "{dom}");

@@ -520,6 +520,13 @@ impl<O: DurableObject> Actor<O> {
         self.hold_replies();
         if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
             self.outstanding += 1;
+            if let Some((seq, _)) = &batch.ack {
+                // One commit in flight at a time is timed, from here to its ack.
+                let mut inbox = lock(&self.mailbox.inbox);
+                if inbox.timed.is_none() {
+                    inbox.timed = Some((*seq, Instant::now()));
+                }
+            }
             self.ns.backend.submit(batch);
         }
     }

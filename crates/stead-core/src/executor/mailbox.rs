@@ -2,8 +2,8 @@
 //! acknowledged, released in turn order.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, oneshot};
 
@@ -26,6 +26,16 @@ pub(crate) struct Mailbox<O> {
     pub(super) inbox: Mutex<Inbox<O>>,
     /// How long the object's turns take lately, for the `Retry-After` of an overload.
     pub(super) pace: TurnPace,
+    /// Where the namespace sums the commit latencies its objects timed.
+    pub(super) commit_timing: Arc<CommitTiming>,
+}
+
+/// Commits timed (a sample: one in flight per object at a time, from its submission to its
+/// acknowledgement) and their latencies summed, in nanoseconds: the runtime's vital signs.
+#[derive(Debug, Default)]
+pub(crate) struct CommitTiming {
+    pub(crate) commits: AtomicU64,
+    pub(crate) nanos: AtomicU64,
 }
 
 /// A moving average of an object's turn length in nanoseconds (each turn weighs 1/16),
@@ -76,6 +86,8 @@ pub(super) struct Inbox<O> {
     /// sent ahead of them, even if its write is acknowledged: it goes behind the gate, and
     /// they send it after theirs (replies and `after_commit` calls keep turn order).
     pub(super) releasing: usize,
+    /// The commit being timed: the seq it covers and when it was submitted.
+    pub(super) timed: Option<(u64, std::time::Instant)>,
 }
 
 /// Replies to send once the inbox lock is released (a reply may run code that sends to
@@ -94,6 +106,7 @@ impl<O> Inbox<O> {
             acked: 0,
             failed: false,
             releasing: 0,
+            timed: None,
         }
     }
 
@@ -145,6 +158,16 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
         let mut released = Vec::new();
         let wake = {
             let mut inbox = lock(&self.inbox);
+            if let Some((seq, at)) = inbox.timed
+                && ack.seq >= seq
+            {
+                inbox.timed = None;
+                if ack.ok {
+                    let took = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.commit_timing.commits.fetch_add(1, Ordering::Relaxed);
+                    self.commit_timing.nanos.fetch_add(took, Ordering::Relaxed);
+                }
+            }
             inbox.release(&ack, &mut released);
             if !released.is_empty() {
                 inbox.releasing += 1;

@@ -17,7 +17,7 @@ use crate::shared::Shared;
 use crate::websocket::SocketTable;
 
 use super::actor::Actor;
-use super::mailbox::{Inbox, Mailbox, TurnPace};
+use super::mailbox::{CommitTiming, Inbox, Mailbox, TurnPace};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
 
 /// The `Retry-After` of a message refused because the store's commit queue is backlogged.
@@ -44,6 +44,10 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn class(&self) -> &'static str;
     /// The turns its objects have run since the runtime started.
     fn turns(&self) -> u64;
+    /// Commits timed so far, and their latency summed in nanoseconds.
+    fn commit_latency(&self) -> (u64, u64);
+    /// The WebSockets its objects hold open.
+    fn open_websockets(&self) -> usize;
     /// The names of its objects that start with `prefix`, in order, at most `limit`.
     fn find(
         self: Arc<Self>,
@@ -89,6 +93,8 @@ pub(crate) struct NsInner<O: DurableObject> {
 pub(super) struct HotMetrics {
     /// Turns run, for the runtime's own figures (the inspector's turns per second).
     turn_count: std::sync::atomic::AtomicU64,
+    /// Commits timed by the namespace's objects (see [`CommitTiming`]).
+    commit_timing: Arc<CommitTiming>,
     turns: metrics::Counter,
     turn_seconds: metrics::Histogram,
     mailbox_depth: metrics::Histogram,
@@ -119,6 +125,7 @@ impl<O: DurableObject> NsInner<O> {
                 .collect(),
             metrics: HotMetrics {
                 turn_count: std::sync::atomic::AtomicU64::new(0),
+                commit_timing: Arc::default(),
                 turns: metrics::counter!("stead_turns_total", "class" => O::CLASS),
                 turn_seconds: metrics::histogram!("stead_turn_seconds", "class" => O::CLASS),
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
@@ -210,6 +217,7 @@ impl<O: DurableObject> NsInner<O> {
                     notify: Notify::new(),
                     inbox: Mutex::new(Inbox::new()),
                     pace: TurnPace::default(),
+                    commit_timing: self.metrics.commit_timing.clone(),
                 });
                 let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
                 self.shared.object_started();
@@ -302,6 +310,17 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
 
     fn turns(&self) -> u64 {
         self.metrics.turn_count.load(Ordering::Relaxed)
+    }
+
+    fn commit_latency(&self) -> (u64, u64) {
+        (
+            self.metrics.commit_timing.commits.load(Ordering::Relaxed),
+            self.metrics.commit_timing.nanos.load(Ordering::Relaxed),
+        )
+    }
+
+    fn open_websockets(&self) -> usize {
+        self.sockets.open()
     }
 
     fn find(

@@ -231,6 +231,12 @@ pub(crate) struct SocketTable {
 }
 
 impl SocketTable {
+    /// How many sockets are open, over every object.
+    pub(crate) fn open(&self) -> usize {
+        let hubs: Vec<_> = lock(&self.map).values().cloned().collect();
+        hubs.iter().map(|h| lock(&h.inner).sockets.len()).sum()
+    }
+
     pub(crate) fn get(&self, id: &ObjectId) -> Option<Arc<ObjectSockets>> {
         lock(&self.map).get(id).cloned()
     }

@@ -6,7 +6,7 @@
 let token = null;
 let pending = null; // what to load again once a token is given
 let timer = null;
-const readings = []; // [time ms, turns] readings for the turns-per-second chart
+const readings = []; // vital-sign readings for the charts: time, turns, commits timed
 
 window.addEventListener("error", (e) => report(e.message || String(e)));
 window.addEventListener("unhandledrejection", (e) => report(String(e.reason)));
@@ -67,20 +67,17 @@ async function overview() {
   const view = clear(document.getElementById("view"));
   view.appendChild(el("h1", "Runtime"));
   const cards = el("div", null, "cards");
-  const rate = card(cards, "turns per second", "–");
-  card(cards, "objects in memory", v.active_objects);
-  card(cards, "alarms held", v.pending_alarms);
-  card(cards, "turns since start", v.turns);
-  const chart = el("canvas");
-  chart.width = 240;
-  chart.height = 48;
-  chart.id = "turns-chart";
-  rate.appendChild(chart);
+  chartCard(cards, "turns per second", "turns-chart");
+  chartCard(cards, "commit latency, ms", "commit-chart");
+  card(cards, "objects in memory", v.active_objects).dataset.vital = "active_objects";
+  card(cards, "open WebSockets", v.open_websockets).dataset.vital = "open_websockets";
+  card(cards, "alarms held", v.pending_alarms).dataset.vital = "pending_alarms";
+  card(cards, "turns since start", v.turns).dataset.vital = "turns";
   view.appendChild(cards);
   view.appendChild(el("h2", "Namespaces"));
   const table = el("table");
   const head = el("tr");
-  for (const h of ["class", "objects", "in memory", "turns", ""]) head.appendChild(el("th", h));
+  for (const h of ["class", "objects", "in memory", "turns", "WebSockets", ""]) head.appendChild(el("th", h));
   table.appendChild(head);
   for (const c of v.classes) {
     const tr = el("tr");
@@ -91,6 +88,7 @@ async function overview() {
     tr.appendChild(stored);
     tr.appendChild(el("td", c.active_objects, "num"));
     tr.appendChild(el("td", c.turns, "num"));
+    tr.appendChild(el("td", c.open_websockets, "num"));
     const td = el("td");
     const a = el("a", "objects");
     a.href = "#/search/" + encodeURIComponent(c.class) + "/";
@@ -100,7 +98,7 @@ async function overview() {
   }
   view.appendChild(table);
   sample(v);
-  draw(rate);
+  drawAll();
   // Stored objects per class: one read of the registry each, once per visit.
   const counts = await api("counts");
   for (const c of counts) {
@@ -122,37 +120,63 @@ function card(parent, label, value) {
   return c;
 }
 
+function chartCard(parent, label, id) {
+  const c = card(parent, label, "–");
+  const chart = el("canvas");
+  chart.width = 240;
+  chart.height = 48;
+  chart.id = id;
+  c.appendChild(chart);
+  return c;
+}
+
 function sample(v) {
-  readings.push([Date.parse(v.at), v.turns]);
+  readings.push({ t: Date.parse(v.at), turns: v.turns, commits: v.commits_timed, seconds: v.commit_seconds });
   while (readings.length > 60) readings.shift();
 }
 
 async function refresh() {
   const v = await api("vitals");
   sample(v);
-  const rate = document.querySelector(".card");
-  if (rate) draw(rate);
+  for (const c of document.querySelectorAll("[data-vital]")) {
+    c.querySelector(".n").textContent = String(v[c.dataset.vital]);
+  }
+  drawAll();
 }
 
-// Turns per second between readings, drawn as a line (no library: a canvas and a loop).
-function draw(rateCard) {
+// Between consecutive readings: turns per second, and the mean latency of the commits timed
+// (carried over when none was).
+function drawAll() {
   const rates = [];
+  const latencies = [];
+  let last = null;
   for (let i = 1; i < readings.length; i++) {
-    const dt = (readings[i][0] - readings[i - 1][0]) / 1000;
-    rates.push(dt > 0 ? (readings[i][1] - readings[i - 1][1]) / dt : 0);
+    const a = readings[i - 1];
+    const b = readings[i];
+    const dt = (b.t - a.t) / 1000;
+    rates.push(dt > 0 ? (b.turns - a.turns) / dt : 0);
+    const n = b.commits - a.commits;
+    if (n > 0) last = ((b.seconds - a.seconds) / n) * 1000;
+    latencies.push(last === null ? 0 : last);
   }
-  const last = rates.length ? Math.round(rates[rates.length - 1]) : null;
-  rateCard.querySelector(".n").textContent = last === null ? "–" : String(last);
-  const canvas = rateCard.querySelector("canvas");
-  if (!canvas || !canvas.getContext) return;
+  draw("turns-chart", rates, (x) => String(Math.round(x)));
+  draw("commit-chart", latencies, (x) => (last === null ? "–" : x.toFixed(2)));
+}
+
+// A series drawn as a line (no library: a canvas and a loop), its last value in the card.
+function draw(id, values, format) {
+  const canvas = document.getElementById(id);
+  if (!canvas) return;
+  canvas.parentNode.querySelector(".n").textContent = values.length ? format(values[values.length - 1]) : "–";
+  if (!canvas.getContext) return;
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, canvas.width, canvas.height);
-  if (rates.length < 2) return;
-  const max = Math.max(1, ...rates);
+  if (values.length < 2) return;
+  const max = Math.max(1e-9, ...values);
   g.strokeStyle = "#2f6fd0";
   g.beginPath();
-  rates.forEach((r, i) => {
-    const x = (i / (rates.length - 1)) * (canvas.width - 2) + 1;
+  values.forEach((r, i) => {
+    const x = (i / (values.length - 1)) * (canvas.width - 2) + 1;
     const y = canvas.height - 2 - (r / max) * (canvas.height - 4);
     if (i === 0) g.moveTo(x, y);
     else g.lineTo(x, y);
