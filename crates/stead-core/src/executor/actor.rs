@@ -523,8 +523,8 @@ impl<O: DurableObject> Actor<O> {
             if let Some((seq, _)) = &batch.ack {
                 // One commit in flight at a time is timed, from here to its ack.
                 let mut inbox = lock(&self.mailbox.inbox);
-                if inbox.timed.is_none() {
-                    inbox.timed = Some((*seq, Instant::now()));
+                if inbox.timed.1 == 0 {
+                    inbox.timed = (*seq, self.mailbox.commit_timing.now());
                 }
             }
             self.ns.backend.submit(batch);

@@ -32,10 +32,31 @@ pub(crate) struct Mailbox<O> {
 
 /// Commits timed (a sample: one in flight per object at a time, from its submission to its
 /// acknowledgement) and their latencies summed, in nanoseconds: the runtime's vital signs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct CommitTiming {
     pub(crate) commits: AtomicU64,
     pub(crate) nanos: AtomicU64,
+    /// What submission times count from (so that an inbox keeps a `u64`, not an `Instant`).
+    epoch: std::time::Instant,
+}
+
+impl Default for CommitTiming {
+    fn default() -> Self {
+        CommitTiming {
+            commits: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+}
+
+impl CommitTiming {
+    /// Nanoseconds since the epoch, now (at least 1: 0 means "nothing timed").
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
 }
 
 /// A moving average of an object's turn length in nanoseconds (each turn weighs 1/16),
@@ -86,8 +107,9 @@ pub(super) struct Inbox<O> {
     /// sent ahead of them, even if its write is acknowledged: it goes behind the gate, and
     /// they send it after theirs (replies and `after_commit` calls keep turn order).
     pub(super) releasing: usize,
-    /// The commit being timed: the seq it covers and when it was submitted.
-    pub(super) timed: Option<(u64, std::time::Instant)>,
+    /// The commit being timed: the seq it covers, and when it was submitted
+    /// ([`CommitTiming::now`]; 0 when none is).
+    pub(super) timed: (u64, u64),
 }
 
 /// Replies to send once the inbox lock is released (a reply may run code that sends to
@@ -106,7 +128,7 @@ impl<O> Inbox<O> {
             acked: 0,
             failed: false,
             releasing: 0,
-            timed: None,
+            timed: (0, 0),
         }
     }
 
@@ -158,12 +180,11 @@ impl<O: DurableObject> AckSink for Mailbox<O> {
         let mut released = Vec::new();
         let wake = {
             let mut inbox = lock(&self.inbox);
-            if let Some((seq, at)) = inbox.timed
-                && ack.seq >= seq
-            {
-                inbox.timed = None;
+            let (seq, at) = inbox.timed;
+            if at != 0 && ack.seq >= seq {
+                inbox.timed = (0, 0);
                 if ack.ok {
-                    let took = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    let took = self.commit_timing.now().saturating_sub(at);
                     self.commit_timing.commits.fetch_add(1, Ordering::Relaxed);
                     self.commit_timing.nanos.fetch_add(took, Ordering::Relaxed);
                 }
