@@ -291,6 +291,7 @@ impl RuntimeBuilder {
         };
         let shared = Arc::new(Shared {
             clock: self.clock,
+            sql_limits: Arc::new(config.sql.limits()),
             config,
             alarms: AlarmIndex::default(),
             closed: Arc::new(AtomicBool::new(false)),

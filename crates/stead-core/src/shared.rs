@@ -14,6 +14,8 @@ use crate::scheduler::AlarmIndex;
 pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: RuntimeConfig,
+    /// The SQL limits every object's storage points to (one copy, not one per object).
+    pub(crate) sql_limits: Arc<crate::sql::SqlLimits>,
     pub(crate) alarms: AlarmIndex,
     pub(crate) closed: Arc<AtomicBool>,
     pub(crate) live_objects: AtomicUsize,

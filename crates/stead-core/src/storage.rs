@@ -34,11 +34,11 @@ const FIRST_USER_KEY: &str = "\u{1}";
 const PREFETCH_ENTRIES: usize = 64;
 
 /// Limits that apply to an object's storage.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct StorageLimits {
     pub(crate) max_value_bytes: usize,
     pub(crate) cache_bytes: usize,
-    pub(crate) sql: SqlLimits,
+    pub(crate) sql: Arc<SqlLimits>,
 }
 
 /// An object's durable key-value storage, as seen from inside a turn.
@@ -90,7 +90,7 @@ pub struct Storage {
     /// The object's SQL database, once a turn of this activation used it. Its committed
     /// state always equals what storage holds (written, unacknowledged or committed), so
     /// dropping it is always safe: the next use reads it back.
-    sql: Option<SqlDb>,
+    sql: Option<Box<SqlDb>>,
     /// This turn committed SQL changes into its writes (a rollback must drop the database).
     sql_flushed: bool,
 }
@@ -259,7 +259,7 @@ impl Storage {
         !self.turn.is_empty()
             || self.turn_cleared
             || self.turn_alarm_dirty
-            || self.sql.as_ref().is_some_and(SqlDb::turn_wrote)
+            || self.sql.as_ref().is_some_and(|db| db.turn_wrote())
     }
 
     /// Discards every write this turn has made so far, its SQL changes included.
@@ -702,7 +702,9 @@ impl Storage {
     pub(crate) async fn sql_db(&mut self) -> Result<&mut SqlDb> {
         if self.sql.is_none() {
             let chunks = self.sql_chunks().await?;
-            self.sql = Some(SqlDb::open(chunks, self.limits.sql).map_err(Error::Sql)?);
+            self.sql = Some(Box::new(
+                SqlDb::open(chunks, *self.limits.sql).map_err(Error::Sql)?,
+            ));
         }
         Ok(self.sql.as_mut().expect("opened above"))
     }

@@ -59,7 +59,7 @@ impl<O: DurableObject> Actor<O> {
         let limits = StorageLimits {
             max_value_bytes: shared.config.max_value_bytes,
             cache_bytes: shared.config.cache_bytes_per_object,
-            sql: shared.config.sql.limits(),
+            sql: shared.sql_limits.clone(),
         };
         let storage = Storage::new(obj, name.clone(), ns.backend.clone(), ns.durability, limits);
         let ctx = Context {
