@@ -158,6 +158,13 @@ async fn the_inspector_in_a_real_browser() {
         "{dom}"
     );
     assert!(dom.contains(r#"<table id="storage">"#), "{dom}");
+    // Export, fork and restore from the page.
+    assert!(
+        dom.contains(r#"<div class="actions" id="object-actions">"#)
+            && dom.contains(r#"id="fork-name""#)
+            && dom.contains(r#"id="restore-file""#),
+        "{dom}"
+    );
     // Names and values that look like markup are shown as text, never run.
     let (dom, log) = render(
         &browser,

@@ -35,6 +35,18 @@ async function api(path) {
   return get("/ui/api/" + path);
 }
 
+// A write of JSON (import), with the token if there is one; answers nothing on success.
+async function put(url, body) {
+  const headers = { accept: "application/json", "content-type": "application/json" };
+  if (token) headers.authorization = "Bearer " + token;
+  const resp = await fetch(url, { method: "PUT", headers, body: JSON.stringify(body) });
+  if (resp.status === 401) throw new Unauthorized("a token is needed");
+  if (!resp.ok) {
+    const problem = await resp.json().catch(() => ({}));
+    throw new Error(problem.detail || resp.statusText);
+  }
+}
+
 async function get(url) {
   const headers = { accept: "application/json" };
   if (token) headers.authorization = "Bearer " + token;
@@ -270,6 +282,7 @@ async function object(cls, name) {
   const pattern = await patternView(cls, name);
   const view = clear(document.getElementById("view"));
   view.appendChild(el("h1", doc.class + " \u00b7 " + name));
+  view.appendChild(actions(cls, name));
   if (pattern) view.appendChild(pattern);
   view.appendChild(el("p", doc.alarm ? "Alarm at " + doc.alarm : "No alarm.", "muted"));
   const jobs = Object.entries(doc.schedules || {});
@@ -357,6 +370,60 @@ async function sqlSection(view, cls, name) {
   });
   view.appendChild(box);
   await show();
+}
+
+// Export the object as a document (a file), fork it under another name, or restore it from
+// a file: the whole document, SQL database included, through /ui/api/object.
+function actions(cls, name) {
+  const bar = el("div", null, "actions");
+  bar.id = "object-actions";
+  const whole = () => api("object?" + new URLSearchParams({ class: cls, name: name }).toString());
+  const target = (n) => "/ui/api/object?" + new URLSearchParams({ class: cls, name: n }).toString();
+  const status = el("span", null, "muted");
+  const exportButton = el("button", "Export");
+  exportButton.type = "button";
+  exportButton.addEventListener("click", () =>
+    load(async () => {
+      const doc = await whole();
+      const a = el("a");
+      a.href = URL.createObjectURL(new Blob([JSON.stringify(doc, null, 2)], { type: "application/json" }));
+      a.download = cls + "-" + name + ".json";
+      a.click();
+      URL.revokeObjectURL(a.href);
+    }),
+  );
+  const forkName = el("input");
+  forkName.placeholder = "new name";
+  forkName.id = "fork-name";
+  const forkButton = el("button", "Fork");
+  forkButton.type = "button";
+  forkButton.addEventListener("click", () =>
+    load(async () => {
+      const to = forkName.value.trim();
+      if (!to) return;
+      await put(target(to), await whole());
+      location.hash = "#/object/" + encodeURIComponent(cls) + "/" + encodeURIComponent(to);
+    }),
+  );
+  const file = el("input");
+  file.type = "file";
+  file.accept = "application/json,.json";
+  file.id = "restore-file";
+  file.addEventListener("change", () =>
+    load(async () => {
+      const f = file.files && file.files[0];
+      if (!f) return;
+      const doc = JSON.parse(await f.text());
+      if (!confirm("Replace everything " + name + " holds with " + f.name + "?")) return;
+      await put(target(name), doc);
+      status.textContent = "Restored from " + f.name + ".";
+      await object(cls, name);
+    }),
+  );
+  const restore = el("label", "Restore from a file: ");
+  restore.appendChild(file);
+  for (const x of [exportButton, forkName, forkButton, restore, status]) bar.appendChild(x);
+  return bar;
 }
 
 function pairs(list, label) {
