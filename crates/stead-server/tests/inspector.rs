@@ -318,3 +318,86 @@ async fn an_object_is_exported_and_forked_over_http() {
     assert_eq!(wrong.status(), 400);
     server.shutdown().await.unwrap();
 }
+
+/// Installs the driver's packages (once, from the lock file) if they are not there.
+fn install_driver() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm (Node.js) is needed to drive the browser");
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_queries_forks_and_exports_in_the_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = stead_server::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let r = reqwest::Client::new()
+        .post(format!("{base}/databases/shop/v2/pipeline"))
+        .json(&serde_json::json!({"requests": [{"type": "sequence", "sql":
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT, qty INTEGER);
+             INSERT INTO orders (item, qty) VALUES ('tea', 2), ('cake', 1), ('scone', 4);"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let out: serde_json::Value = tokio::task::spawn_blocking(move || {
+        let driver = install_driver();
+        let out = Command::new("node")
+            .arg("drive.mjs")
+            .arg(&base)
+            .arg(&browser)
+            .current_dir(driver)
+            .output()
+            .expect("node runs");
+        assert!(
+            out.status.success(),
+            "the driver failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out["firstRows"].as_str().unwrap().contains("3 rows"),
+        "{out}"
+    );
+    assert_eq!(
+        out["query"],
+        serde_json::json!([["item TEXT", "twice"], ["scone", "8"], ["tea", "4"]]),
+        "{out}"
+    );
+    assert!(
+        out["refused"]
+            .as_str()
+            .unwrap()
+            .contains("only statements that read"),
+        "{out}"
+    );
+    assert!(
+        out["forkRows"].as_str().unwrap().contains("3 rows"),
+        "{out}"
+    );
+    assert_eq!(out["exported"], "database-shop-copy.json");
+    assert_eq!(out["errors"], serde_json::json!([]), "{out}");
+    // The fork is a database of its own.
+    let list: serde_json::Value = reqwest::get(format!("http://{}/databases", server.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["databases"], serde_json::json!(["shop", "shop-copy"]));
+    server.shutdown().await.unwrap();
+}
