@@ -553,7 +553,25 @@ impl Runtime {
     ) -> Result<crate::Cursor> {
         crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
         self.namespace_of(class)?
-            .query_named(name.to_owned(), sql.to_owned(), params.into())
+            .query_named(name.to_owned(), sql.to_owned(), params.into(), false)
+            .await
+    }
+
+    /// Any statement on the SQL database of the object `name` of `class`, in a turn of the
+    /// object, committed like its own writes: an operator's write from a console. It goes
+    /// around the object's code and rules, so use it as you would a write into another
+    /// program's database; the object in memory is dropped after it and activates again from
+    /// what it holds. A statement that fails changes nothing.
+    pub async fn execute_object(
+        &self,
+        class: &str,
+        name: &str,
+        sql: &str,
+        params: impl Into<crate::Params>,
+    ) -> Result<crate::Cursor> {
+        crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
+        self.namespace_of(class)?
+            .query_named(name.to_owned(), sql.to_owned(), params.into(), true)
             .await
     }
 

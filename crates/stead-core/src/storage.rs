@@ -738,13 +738,18 @@ impl Storage {
             .collect())
     }
 
-    /// Runs one statement that reads only (checked before it runs), for an operator.
-    pub(crate) async fn query_read_only(
+    /// Runs one statement for an operator, from outside the object's code: one that reads
+    /// only (checked before it runs), or, with `writes`, any.
+    pub(crate) async fn query_from_outside(
         &mut self,
         sql: &str,
         params: crate::Params,
+        writes: bool,
     ) -> Result<crate::Cursor> {
         let db = self.sql_db().await?;
+        if writes {
+            return db.exec(sql, &params, true).map_err(Error::Sql);
+        }
         let d = db.describe(sql).map_err(Error::Sql)?;
         if !d.readonly || crate::sql::opens_transaction(sql) {
             return Err(Error::bad_request(

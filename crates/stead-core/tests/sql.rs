@@ -419,6 +419,29 @@ async fn the_database_survives_a_restart_and_travels_in_an_export() {
     }
     let (_, rows, _, _) = exec(&o, "SELECT count(*) FROM kv", vec![]).await.unwrap();
     assert_eq!(rows[0][0], SqlValue::Integer(200));
+    // An operator's write, committed in a turn of the object; a failing one changes nothing.
+    let c = rt
+        .execute_object("db", "kept", "UPDATE kv SET v = v + 1000 WHERE v < ?", [5])
+        .await
+        .unwrap();
+    assert_eq!(c.rows_written(), 5);
+    let err = rt
+        .execute_object(
+            "db",
+            "kept",
+            "INSERT INTO kv VALUES ('key-000-x', NULL)",
+            (),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Sql(e) if e.kind == SqlErrorKind::Constraint),
+        "{err:?}"
+    );
+    let (_, rows, _, _) = exec(&o, "SELECT count(*) FROM kv WHERE v >= 1000", vec![])
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0], SqlValue::Integer(5));
     assert!(matches!(
         rt.query_object("nope", "kept", "SELECT 1", ()).await,
         Err(Error::NotFound { .. } | Error::BadRequest { .. })

@@ -75,7 +75,7 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
     let mut guarded = stead::router(rt)?
         .unauthenticated()
         .merge(extra)
-        .merge(crate::inspector::api(rt))
+        .merge(crate::inspector::api(rt, config.inspector_sql_writes))
         .route("/metrics", get(metrics));
     if !config.tokens.is_empty() {
         guarded = guarded.route_layer(stead::http::RequireBearer::new(&config.tokens)?);

@@ -150,6 +150,10 @@ pub struct Cli {
     /// [default: the directory's count, or one per two cores for a new directory].
     #[arg(long, env = "STEAD_SHARDS")]
     pub shards: Option<usize>,
+    /// Let the inspector's SQL console run statements that write (it runs only statements
+    /// that read otherwise). A write from the console goes around the object's own code.
+    #[arg(long, env = "STEAD_INSPECTOR_SQL_WRITES")]
+    pub inspector_sql_writes: bool,
     /// The largest request body accepted, in bytes [default: 1048576].
     #[arg(long, env = "STEAD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -194,6 +198,7 @@ struct FileConfig {
     header_read_timeout_ms: Option<u64>,
     body_read_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    inspector_sql_writes: Option<bool>,
     shards: Option<usize>,
     max_body_bytes: Option<usize>,
     max_value_bytes: Option<usize>,
@@ -241,6 +246,8 @@ pub struct Config {
     pub body_read_timeout_ms: u64,
     /// How long a shutdown waits for requests in flight.
     pub shutdown_grace_ms: u64,
+    /// The inspector's SQL console may run statements that write (off by default).
+    pub inspector_sql_writes: bool,
     /// SQLite shard count (`None`: the directory's, or one per two cores for a new one).
     pub shards: Option<usize>,
     /// Largest request body.
@@ -269,6 +276,7 @@ impl Default for Config {
             header_read_timeout_ms: 15_000,
             body_read_timeout_ms: 30_000,
             shutdown_grace_ms: 10_000,
+            inspector_sql_writes: false,
             shards: None,
             max_body_bytes: 1024 * 1024,
             max_value_bytes: 128 * 1024,
@@ -350,6 +358,8 @@ impl Config {
                 .shutdown_grace_ms
                 .or(file.shutdown_grace_ms)
                 .unwrap_or(d.shutdown_grace_ms),
+            inspector_sql_writes: cli.inspector_sql_writes
+                || file.inspector_sql_writes.unwrap_or(d.inspector_sql_writes),
             shards: cli.shards.or(file.shards).or(d.shards),
             max_body_bytes: cli
                 .max_body_bytes

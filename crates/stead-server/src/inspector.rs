@@ -46,14 +46,17 @@ pub(crate) fn page() -> Router {
 }
 
 /// The data the page reads, for the server's guarded routes.
-pub(crate) fn api(rt: &Runtime) -> Router {
+pub(crate) fn api(rt: &Runtime, sql_writes: bool) -> Router {
     Router::new()
         .route("/ui/api/vitals", get(vitals))
         .route("/ui/api/counts", get(counts))
         .route("/ui/api/objects", get(objects))
         .route("/ui/api/object", get(object).put(import))
-        .route("/ui/api/sql", get(sql))
-        .with_state(rt.clone())
+        .route("/ui/api/sql", get(sql).post(sql_write))
+        .with_state(Inspector {
+            rt: rt.clone(),
+            sql_writes,
+        })
 }
 
 /// A static asset, with a policy that lets the page load only from this server and never
@@ -76,7 +79,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     resp
 }
 
-async fn vitals(State(rt): State<Runtime>) -> Json<stead::Vitals> {
+async fn vitals(State(Inspector { rt, .. }): State<Inspector>) -> Json<stead::Vitals> {
     Json(rt.vitals().await)
 }
 
@@ -91,7 +94,9 @@ struct Count {
     more: bool,
 }
 
-async fn counts(State(rt): State<Runtime>) -> Result<Json<Vec<Count>>, stead::Error> {
+async fn counts(
+    State(Inspector { rt, .. }): State<Inspector>,
+) -> Result<Json<Vec<Count>>, stead::Error> {
     let mut out = Vec::new();
     for class in rt.classes() {
         let n = rt.count_objects(class, COUNT_UP_TO).await?;
@@ -121,7 +126,7 @@ struct Found {
 }
 
 async fn objects(
-    State(rt): State<Runtime>,
+    State(Inspector { rt, .. }): State<Inspector>,
     Query(s): Query<Search>,
 ) -> Result<Json<Vec<Found>>, stead::Error> {
     let limit = s.limit.unwrap_or(50).clamp(1, MAX_RESULTS);
@@ -175,7 +180,7 @@ struct ObjectQuery {
 }
 
 async fn object(
-    State(rt): State<Runtime>,
+    State(Inspector { rt, .. }): State<Inspector>,
     Query(o): Query<ObjectQuery>,
 ) -> Result<Json<stead::ObjectDocument>, stead::Error> {
     let mut doc = rt.export_object(&o.class, &o.name).await?;
@@ -188,12 +193,20 @@ async fn object(
 /// Replaces what the object holds with the document in the body (an export of an object of
 /// the same class): a restore under the name it came from, a fork under another. 204.
 async fn import(
-    State(rt): State<Runtime>,
+    State(Inspector { rt, .. }): State<Inspector>,
     Query(o): Query<ObjectRef>,
     Json(doc): Json<stead::ObjectDocument>,
 ) -> Result<axum::http::StatusCode, stead::Error> {
     rt.import_object(&o.class, &o.name, doc).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// What the inspector's routes share.
+#[derive(Clone)]
+struct Inspector {
+    rt: Runtime,
+    /// The console may run statements that write.
+    sql_writes: bool,
 }
 
 /// A read-only query on one object's SQL database.
@@ -213,20 +226,51 @@ struct SqlAnswer {
     rows: Vec<Vec<stead::SqlValue>>,
     truncated: bool,
     rows_read: u64,
+    rows_written: u64,
+    /// Whether the console may write (`POST`), so the page can say so.
+    writes: bool,
+}
+
+impl SqlAnswer {
+    fn of(c: stead::Cursor, writes: bool) -> Self {
+        let truncated = c.rows().len() > MAX_SQL_ROWS;
+        SqlAnswer {
+            columns: c.columns().to_vec(),
+            decltypes: c.decltypes().to_vec(),
+            rows_read: c.rows_read(),
+            rows_written: c.rows_written(),
+            rows: c.into_rows().into_iter().take(MAX_SQL_ROWS).collect(),
+            truncated,
+            writes,
+        }
+    }
 }
 
 /// Runs one statement that only reads (anything else is a 400) in a turn of the object.
 async fn sql(
-    State(rt): State<Runtime>,
+    State(Inspector { rt, sql_writes }): State<Inspector>,
     Query(q): Query<SqlQuery>,
 ) -> Result<Json<SqlAnswer>, stead::Error> {
     let c = rt.query_object(&q.class, &q.name, &q.sql, ()).await?;
-    let truncated = c.rows().len() > MAX_SQL_ROWS;
-    Ok(Json(SqlAnswer {
-        columns: c.columns().to_vec(),
-        decltypes: c.decltypes().to_vec(),
-        rows_read: c.rows_read(),
-        rows: c.into_rows().into_iter().take(MAX_SQL_ROWS).collect(),
-        truncated,
-    }))
+    Ok(Json(SqlAnswer::of(c, sql_writes)))
+}
+
+/// Runs any statement in a turn of the object, committed like its own writes, when the
+/// server was started with `--inspector-sql-writes`; a 403 otherwise.
+async fn sql_write(
+    State(Inspector { rt, sql_writes }): State<Inspector>,
+    Json(q): Json<SqlQuery>,
+) -> Result<Json<SqlAnswer>, stead::http::Problem> {
+    if !sql_writes {
+        return Err(stead::http::Problem::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "sql-writes-off",
+            "the inspector's console only reads here: start the server with --inspector-sql-writes to let it write",
+        ));
+    }
+    let c = rt
+        .execute_object(&q.class, &q.name, &q.sql, ())
+        .await
+        .map_err(|e| stead::http::Problem::from(&e))?;
+    Ok(Json(SqlAnswer::of(c, true)))
 }

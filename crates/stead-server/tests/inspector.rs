@@ -200,7 +200,7 @@ async fn the_inspector_in_a_real_browser() {
         "{dom}"
     );
     assert!(dom.contains("2 rows"), "{dom}");
-    // The console reads only.
+    // The console reads only, unless the operator says otherwise.
     let r = http
         .get(format!(
             "{base}/ui/api/sql?class=database&name=shop&sql={}",
@@ -210,6 +210,15 @@ async fn the_inspector_in_a_real_browser() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let write = serde_json::json!({"class": "database", "name": "shop",
+        "sql": "UPDATE orders SET item = 'green tea' WHERE item = 'tea'"});
+    let r = http
+        .post(format!("{base}/ui/api/sql"))
+        .json(&write)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     server.shutdown().await.unwrap();
 
     // With tokens: the page itself loads, its data needs a token, and it asks for one.
@@ -399,5 +408,37 @@ async fn an_operator_queries_forks_and_exports_in_the_browser() {
         .await
         .unwrap();
     assert_eq!(list["databases"], serde_json::json!(["shop", "shop-copy"]));
+    server.shutdown().await.unwrap();
+
+    // With --inspector-sql-writes, the console writes, in a turn of the object.
+    let mut c = config(dir.path());
+    c.inspector_sql_writes = true;
+    let server = stead_server::start(c).await.unwrap();
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let r: serde_json::Value = http
+        .post(format!("{base}/ui/api/sql"))
+        .json(&serde_json::json!({"class": "database", "name": "shop",
+            "sql": "UPDATE orders SET qty = qty + 10 WHERE item = 'tea'"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["rows_written"], 1, "{r}");
+    assert_eq!(r["writes"], true);
+    let r: serde_json::Value = http
+        .get(format!(
+            "{base}/ui/api/sql?class=database&name=shop&sql={}",
+            urlencode("SELECT qty FROM orders WHERE item = 'tea'")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["rows"], serde_json::json!([[12]]), "{r}");
     server.shutdown().await.unwrap();
 }

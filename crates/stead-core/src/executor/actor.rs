@@ -289,12 +289,31 @@ impl<O: DurableObject> Actor<O> {
                 }));
                 self.end_turn().await;
             }
-            Envelope::Query { sql, params, reply } => {
-                let cursor = self.ctx.storage.query_read_only(&sql, params).await;
+            Envelope::Query(q) => {
+                let super::OutsideQuery {
+                    sql,
+                    params,
+                    writes,
+                    reply,
+                } = *q;
+                let cursor = self
+                    .ctx
+                    .storage
+                    .query_from_outside(&sql, params, writes)
+                    .await;
+                if cursor.is_err() {
+                    self.discard_turn();
+                    let _ = reply.send(cursor);
+                    return;
+                }
                 self.ctx.queue_reply(Box::new(move |gate: Result<()>| {
                     let _ = reply.send(gate.and(cursor));
                 }));
                 self.end_turn().await;
+                if writes {
+                    // The object's fields may describe what the statement changed.
+                    self.instance = None;
+                }
             }
             Envelope::Import { doc, reply } => {
                 if let Err(e) = self.ctx.storage.import_document(&doc) {

@@ -119,18 +119,24 @@ enum Envelope<O> {
     Export {
         reply: oneshot::Sender<Result<crate::ObjectDocument>>,
     },
-    /// A read-only SQL statement on the object's database (a turn that reads).
-    Query {
-        sql: String,
-        params: crate::Params,
-        reply: oneshot::Sender<Result<crate::Cursor>>,
-    },
+    /// A SQL statement on the object's database, from outside the object: one that only
+    /// reads, or (`writes`) any, for an operator.
+    Query(Box<OutsideQuery>),
     /// Replace everything the object holds with a document (a turn that writes, after
     /// which the object activates again from what it holds).
     Import {
         doc: Box<crate::ObjectDocument>,
         reply: oneshot::Sender<Result<()>>,
     },
+}
+
+/// A statement from outside the object (boxed: a message waits in a mailbox as large as its
+/// largest kind).
+struct OutsideQuery {
+    sql: String,
+    params: crate::Params,
+    writes: bool,
+    reply: oneshot::Sender<Result<crate::Cursor>>,
 }
 
 impl<O> Envelope<O> {
@@ -146,8 +152,8 @@ impl<O> Envelope<O> {
             Envelope::Export { reply } => {
                 let _ = reply.send(Err(err));
             }
-            Envelope::Query { reply, .. } => {
-                let _ = reply.send(Err(err));
+            Envelope::Query(q) => {
+                let _ = q.reply.send(Err(err));
             }
             Envelope::Import { reply, .. } => {
                 let _ = reply.send(Err(err));

@@ -74,6 +74,7 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
         name: String,
         sql: String,
         params: crate::Params,
+        writes: bool,
     ) -> BoxFuture<'static, Result<crate::Cursor>>;
 }
 
@@ -366,12 +367,15 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
         name: String,
         sql: String,
         params: crate::Params,
+        writes: bool,
     ) -> BoxFuture<'static, Result<crate::Cursor>> {
         Box::pin(async move {
-            Namespace::from_inner(self)
-                .get_by_name(&name)
-                .query(&sql, params)
-                .await
+            let stub = Namespace::from_inner(self).get_by_name(&name);
+            if writes {
+                stub.execute_from_outside(&sql, params).await
+            } else {
+                stub.query(&sql, params).await
+            }
         })
     }
 
@@ -794,11 +798,35 @@ impl<O: DurableObject> Stub<O> {
         self.ns.send(
             self.id,
             &self.name,
-            Envelope::Query {
+            Envelope::Query(Box::new(super::OutsideQuery {
                 sql: sql.to_owned(),
                 params: params.into(),
+                writes: false,
                 reply: tx,
-            },
+            })),
+        )?;
+        self.wait(rx).await
+    }
+
+    /// Runs any statement on the object's SQL database, in a turn of the object, for an
+    /// operator: it goes around the object's own code and rules (a console's write). The
+    /// object in memory is dropped after it, and activates again from what it holds.
+    pub(crate) async fn execute_from_outside(
+        &self,
+        sql: &str,
+        params: crate::Params,
+    ) -> Result<crate::Cursor> {
+        self.check_name()?;
+        let (tx, rx) = oneshot::channel();
+        self.ns.send(
+            self.id,
+            &self.name,
+            Envelope::Query(Box::new(super::OutsideQuery {
+                sql: sql.to_owned(),
+                params,
+                writes: true,
+                reply: tx,
+            })),
         )?;
         self.wait(rx).await
     }

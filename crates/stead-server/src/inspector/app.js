@@ -35,17 +35,18 @@ async function api(path) {
   return get("/ui/api/" + path);
 }
 
-// A write of JSON (import), with the token if there is one; answers nothing on success.
-async function put(url, body) {
+// A write of JSON, with the token if there is one; answers the JSON answer, if any.
+async function send(method, url, body) {
   const headers = { accept: "application/json", "content-type": "application/json" };
   if (token) headers.authorization = "Bearer " + token;
-  const resp = await fetch(url, { method: "PUT", headers, body: JSON.stringify(body) });
+  const resp = await fetch(url, { method, headers, body: JSON.stringify(body) });
   if (resp.status === 401) throw new Unauthorized("a token is needed");
-  if (!resp.ok) {
-    const problem = await resp.json().catch(() => ({}));
-    throw new Error(problem.detail || resp.statusText);
-  }
+  const answer = resp.status === 204 ? null : await resp.json().catch(() => ({}));
+  if (!resp.ok) throw new Error((answer && answer.detail) || resp.statusText);
+  return answer;
 }
+
+const put = (url, body) => send("PUT", url, body);
 
 async function get(url) {
   const headers = { accept: "application/json" };
@@ -306,6 +307,8 @@ async function object(cls, name) {
 // server refuses any other). It opens with the first table's first rows.
 async function sqlSection(view, cls, name) {
   const run = (sql) => api("sql?" + new URLSearchParams({ class: cls, name: name, sql: sql }).toString());
+  // With --inspector-sql-writes the console runs any statement, in a turn of the object.
+  const write = (sql) => send("POST", "/ui/api/sql", { class: cls, name: name, sql: sql });
   const box = el("section");
   box.id = "sql";
   box.appendChild(el("h2", "SQL"));
@@ -313,6 +316,7 @@ async function sqlSection(view, cls, name) {
     "SELECT name, type, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type DESC, name",
   );
   const tables = schema.rows.filter((r) => r[1] === "table").map((r) => r[0]);
+  const writes = schema.writes === true;
   const list = el("table");
   list.id = "sql-schema";
   const head = el("tr");
@@ -336,7 +340,7 @@ async function sqlSection(view, cls, name) {
   input.value = tables.length
     ? 'SELECT * FROM "' + tables[0].replace(/"/g, '""') + '" LIMIT 100'
     : "SELECT name FROM sqlite_schema";
-  const button = el("button", "Run (read-only)");
+  const button = el("button", writes ? "Run (may write)" : "Run (read-only)");
   button.type = "submit";
   form.appendChild(input);
   form.appendChild(button);
@@ -347,7 +351,7 @@ async function sqlSection(view, cls, name) {
   const show = async () => {
     clear(out);
     try {
-      const r = await run(input.value);
+      const r = writes ? await write(input.value) : await run(input.value);
       const t = el("table");
       const hr = el("tr");
       r.columns.forEach((c, i) => hr.appendChild(el("th", c + (r.decltypes[i] ? " " + r.decltypes[i] : ""))));
@@ -358,7 +362,14 @@ async function sqlSection(view, cls, name) {
         t.appendChild(tr);
       }
       out.appendChild(t);
-      out.appendChild(el("p", r.rows.length + " rows" + (r.truncated ? " (first 1000 shown)" : "") + ", " + r.rows_read + " read", "muted"));
+      out.appendChild(
+        el(
+          "p",
+          r.rows.length + " rows" + (r.truncated ? " (first 1000 shown)" : "") + ", " + r.rows_read + " read" +
+            (r.rows_written ? ", " + r.rows_written + " written" : ""),
+          "muted",
+        ),
+      );
     } catch (e) {
       if (e instanceof Unauthorized) throw e;
       out.appendChild(el("p", e.message, "error"));
