@@ -319,6 +319,17 @@ async fn size_and_time_are_bounded() {
             assert_eq!(rows, vec![vec![SqlValue::Integer(1)]]);
         }
     }
+    // A value, and a statement's text, are bounded whatever the database's limit.
+    let err = exec(&o, "SELECT length(zeroblob(20000000))", vec![])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too big"), "{err}");
+    let long = format!("SELECT {}1", "1 + ".repeat(300_000));
+    let err = exec(&o, &long, vec![]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("too big") || err.to_string().contains("too long"),
+        "{err}"
+    );
     // A statement that runs too long is interrupted; the object serves the next one.
     let started = std::time::Instant::now();
     let err = exec(

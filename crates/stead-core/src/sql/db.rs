@@ -30,6 +30,11 @@ pub(crate) struct SqlLimits {
     pub(crate) cache_bytes: usize,
 }
 
+/// The largest string, blob or row a statement may make (SQLite's `SQLITE_LIMIT_LENGTH`).
+pub(crate) const MAX_SQL_VALUE_BYTES: i32 = 16 * 1024 * 1024;
+/// The longest statement text (`SQLITE_LIMIT_SQL_LENGTH`).
+pub(crate) const MAX_SQL_TEXT_BYTES: i32 = 1024 * 1024;
+
 /// No statement is running.
 const IDLE: u64 = 0;
 /// A statement is running; its deadline is set at its first progress call.
@@ -171,6 +176,20 @@ impl SqlDb {
              PRAGMA max_page_count = {max_pages};"
         ))
         .map_err(setup_error)?;
+        // A value (string, blob, row) and a statement's text are bounded, so that one
+        // statement cannot make the object allocate what it pleases.
+        for (limit, value) in [
+            (
+                rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+                MAX_SQL_VALUE_BYTES,
+            ),
+            (
+                rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH,
+                MAX_SQL_TEXT_BYTES,
+            ),
+        ] {
+            conn.set_limit(limit, value).map_err(setup_error)?;
+        }
         conn.set_prepared_statement_cache_capacity(64);
         let ours = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(Mutex::new(None));
