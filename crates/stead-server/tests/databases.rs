@@ -1,29 +1,10 @@
 //! Databases over HTTP, spoken to by the stock libSQL client (`@libsql/client`, from the npm
 //! registry, run by `node`) against the real server on 127.0.0.1, with a bearer token.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
 use serde_json::{Value, json};
 use stead_server::Config;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/libsql")
-}
-
-/// Installs the client's packages (once, from the lock file) if they are not there.
-fn install() {
-    let dir = fixtures();
-    if dir.join("node_modules/@libsql/client").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--silent", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .status()
-        .expect("npm (Node.js) is needed for the libSQL client test");
-    assert!(status.success(), "npm ci failed in {}", dir.display());
-}
 
 const TOKEN: &str = "databases-token-0123456789";
 
@@ -41,21 +22,12 @@ async fn the_libsql_client_works_unchanged() {
     let server = stead_server::start(config(dir.path())).await.unwrap();
     let url = format!("http://{}/databases/orders/", server.addr());
     let out: Value = tokio::task::spawn_blocking(move || {
-        install();
-        let out = Command::new("node")
-            .arg("libsql-client.mjs")
-            .arg(&url)
-            .arg(TOKEN)
-            .current_dir(fixtures())
-            .output()
-            .expect("node runs");
-        assert!(
-            out.status.success(),
-            "the client failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+        common::run_node(
+            "libsql",
+            "@libsql/client",
+            "libsql-client.mjs",
+            &[&url, TOKEN],
+        )
     })
     .await
     .unwrap();

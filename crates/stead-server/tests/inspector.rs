@@ -328,20 +328,6 @@ async fn an_object_is_exported_and_forked_over_http() {
     server.shutdown().await.unwrap();
 }
 
-/// Installs the driver's packages (once, from the lock file) if they are not there.
-fn install_driver() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--silent", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("npm (Node.js) is needed to drive the browser");
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    }
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_queries_forks_and_exports_in_the_browser() {
     let Some(browser) = chromium() else {
@@ -360,21 +346,13 @@ async fn an_operator_queries_forks_and_exports_in_the_browser() {
         .unwrap();
     assert!(r.status().is_success());
     let out: serde_json::Value = tokio::task::spawn_blocking(move || {
-        let driver = install_driver();
-        let out = Command::new("node")
-            .arg("drive.mjs")
-            .arg(&base)
-            .arg(&browser)
-            .current_dir(driver)
-            .output()
-            .expect("node runs");
-        assert!(
-            out.status.success(),
-            "the driver failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+        let browser = browser.to_string_lossy().into_owned();
+        common::run_node(
+            "browser",
+            "playwright-core",
+            "drive.mjs",
+            &[&base, &browser],
+        )
     })
     .await
     .unwrap();

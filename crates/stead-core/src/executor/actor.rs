@@ -521,7 +521,14 @@ impl<O: DurableObject> Actor<O> {
     /// Moves this run's held replies behind the inbox's gate, where acks release them. It
     /// comes before their batch is submitted, so that its ack finds them there.
     pub(super) fn hold_replies(&mut self) {
-        if self.held.is_empty() {
+        self.hold_replies_timing(None);
+    }
+
+    /// [`hold_replies`](Self::hold_replies), and, under the same lock, marks the commit of
+    /// `timed` (the seq it covers) to be timed if none in flight is (one at a time is timed,
+    /// from here to its ack).
+    fn hold_replies_timing(&mut self, timed: Option<u64>) {
+        if self.held.is_empty() && timed.is_none() {
             return;
         }
         let mut released = Vec::new();
@@ -530,22 +537,24 @@ impl<O: DurableObject> Actor<O> {
             for (seq, reply) in self.held.drain(..) {
                 inbox.hold(seq, reply, &mut released);
             }
+            if let Some(seq) = timed
+                && inbox.timed.1 == 0
+            {
+                inbox.timed = (seq, self.mailbox.commit_timing.now());
+            }
         }
         send_released(released);
     }
 
     /// Submits every pending write, if there are any.
     pub(super) fn flush_writes(&mut self) {
-        self.hold_replies();
-        if let Some(batch) = self.ctx.storage.take_batch(self.mailbox.clone()) {
+        let batch = self.ctx.storage.take_batch(self.mailbox.clone());
+        let timed = batch
+            .as_ref()
+            .and_then(|b| b.ack.as_ref().map(|(seq, _)| *seq));
+        self.hold_replies_timing(timed);
+        if let Some(batch) = batch {
             self.outstanding += 1;
-            if let Some((seq, _)) = &batch.ack {
-                // One commit in flight at a time is timed, from here to its ack.
-                let mut inbox = lock(&self.mailbox.inbox);
-                if inbox.timed.1 == 0 {
-                    inbox.timed = (*seq, self.mailbox.commit_timing.now());
-                }
-            }
             self.ns.backend.submit(batch);
         }
     }

@@ -793,6 +793,16 @@ impl<O: DurableObject> Stub<O> {
         sql: &str,
         params: impl Into<crate::Params>,
     ) -> Result<crate::Cursor> {
+        self.outside(sql, params.into(), false).await
+    }
+
+    /// A statement from outside the object, in a turn of its own.
+    async fn outside(
+        &self,
+        sql: &str,
+        params: crate::Params,
+        writes: bool,
+    ) -> Result<crate::Cursor> {
         self.check_name()?;
         let (tx, rx) = oneshot::channel();
         self.ns.send(
@@ -800,8 +810,8 @@ impl<O: DurableObject> Stub<O> {
             &self.name,
             Envelope::Query(Box::new(super::OutsideQuery {
                 sql: sql.to_owned(),
-                params: params.into(),
-                writes: false,
+                params,
+                writes,
                 reply: tx,
             })),
         )?;
@@ -816,19 +826,7 @@ impl<O: DurableObject> Stub<O> {
         sql: &str,
         params: crate::Params,
     ) -> Result<crate::Cursor> {
-        self.check_name()?;
-        let (tx, rx) = oneshot::channel();
-        self.ns.send(
-            self.id,
-            &self.name,
-            Envelope::Query(Box::new(super::OutsideQuery {
-                sql: sql.to_owned(),
-                params,
-                writes: true,
-                reply: tx,
-            })),
-        )?;
-        self.wait(rx).await
+        self.outside(sql, params, true).await
     }
 
     /// Replaces everything the object holds with `doc` (an [`export`](Self::export) of an

@@ -714,7 +714,7 @@ fn collect(
     })
 }
 
-fn as_sql(v: &SqlValue) -> rusqlite::types::ToSqlOutput<'_> {
+pub(crate) fn as_sql(v: &SqlValue) -> rusqlite::types::ToSqlOutput<'_> {
     use rusqlite::types::ValueRef;
     rusqlite::types::ToSqlOutput::Borrowed(match v {
         SqlValue::Null => ValueRef::Null,
@@ -725,7 +725,7 @@ fn as_sql(v: &SqlValue) -> rusqlite::types::ToSqlOutput<'_> {
     })
 }
 
-fn value_of(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+pub(crate) fn value_of(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
     use rusqlite::types::ValueRef;
     match v {
         ValueRef::Null => SqlValue::Null,

@@ -18,6 +18,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 pub(crate) use db::{SQL_PREFIX, SqlDb, SqlLimits, chunk_key, opens_transaction};
+// The differential test of the conformance suite converts values as the runtime does.
+#[cfg(feature = "test-util")]
+pub(crate) use db::{as_sql, value_of};
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
@@ -406,9 +409,12 @@ impl Sql<'_> {
     /// Runs one statement (or, without parameters, several separated by `;`, answering the
     /// last one's cursor).
     pub async fn exec(&mut self, sql: &str, params: impl Into<Params>) -> Result<Cursor> {
-        let params = params.into();
+        self.run(sql, params.into(), false).await
+    }
+
+    async fn run(&mut self, sql: &str, params: Params, decltypes: bool) -> Result<Cursor> {
         let db = self.storage.sql_db().await?;
-        db.exec(sql, &params, false).map_err(Error::Sql)
+        db.exec(sql, &params, decltypes).map_err(Error::Sql)
     }
 
     /// [`exec`](Self::exec), with the declared type of each column in the cursor
@@ -418,9 +424,7 @@ impl Sql<'_> {
         sql: &str,
         params: impl Into<Params>,
     ) -> Result<Cursor> {
-        let params = params.into();
-        let db = self.storage.sql_db().await?;
-        db.exec(sql, &params, true).map_err(Error::Sql)
+        self.run(sql, params.into(), true).await
     }
 
     /// What one statement takes and answers, without running it.

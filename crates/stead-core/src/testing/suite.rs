@@ -809,22 +809,14 @@ fn plain_turn(
             let mut st = db.prepare(sql)?;
             let columns: Vec<String> = st.column_names().map(str::to_owned).collect();
             for (i, p) in params.iter().enumerate() {
-                st.raw_bind_parameter(i + 1, plain_value(p))?;
+                st.raw_bind_parameter(i + 1, crate::sql::as_sql(p))?;
             }
             let mut rows = Vec::new();
             let mut q = st.raw_query();
             while let Some(r) = q.next()? {
                 let mut row = Vec::new();
                 for i in 0..columns.len() {
-                    row.push(match r.get_ref(i)? {
-                        rusqlite::types::ValueRef::Null => crate::SqlValue::Null,
-                        rusqlite::types::ValueRef::Integer(x) => crate::SqlValue::Integer(x),
-                        rusqlite::types::ValueRef::Real(x) => crate::SqlValue::Real(x),
-                        rusqlite::types::ValueRef::Text(x) => {
-                            crate::SqlValue::Text(String::from_utf8_lossy(x).into_owned())
-                        }
-                        rusqlite::types::ValueRef::Blob(x) => crate::SqlValue::Blob(x.to_vec()),
-                    });
+                    row.push(crate::sql::value_of(r.get_ref(i)?));
                 }
                 rows.push(row);
             }
@@ -838,17 +830,6 @@ fn plain_turn(
     } else {
         db.execute_batch("COMMIT").unwrap();
         Some(out)
-    }
-}
-
-fn plain_value(v: &crate::SqlValue) -> rusqlite::types::Value {
-    use rusqlite::types::Value;
-    match v {
-        crate::SqlValue::Null => Value::Null,
-        crate::SqlValue::Integer(i) => Value::Integer(*i),
-        crate::SqlValue::Real(f) => Value::Real(*f),
-        crate::SqlValue::Text(t) => Value::Text(t.clone()),
-        crate::SqlValue::Blob(b) => Value::Blob(b.clone()),
     }
 }
 

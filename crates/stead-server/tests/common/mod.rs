@@ -117,3 +117,33 @@ pub fn spawn_server(dir: &std::path::Path, extra: &[&str]) -> (Server, String, R
     });
     (child, format!("http://{addr}"), rx)
 }
+
+/// Runs `script` with `node` in the fixture directory `fixture` (under `fixtures/`), its
+/// packages installed from the lock file first if they are not there (`marker` is a package
+/// directory under `node_modules`), and answers the last line it printed, as JSON.
+pub fn run_node(fixture: &str, marker: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(fixture);
+    if !dir.join("node_modules").join(marker).exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--silent", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm (Node.js) is needed for this test");
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    }
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("node runs");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
