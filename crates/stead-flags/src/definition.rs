@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::logic::{Rule, RuleError};
+use stead_logic::{Rule, RuleError};
 
 /// The most flags one set holds.
 pub const MAX_FLAGS: usize = 10_000;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::{DefinitionError, FlagDefinition, FlagSetDefinition, FlagState, FlagType};
-use crate::logic::{Root, Rule};
+use stead_logic::Rule;
 
 /// Why an evaluation answered what it did (OpenFeature's resolution reasons).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,10 +265,7 @@ impl Snapshot {
                 flagd.insert("flagKey".to_owned(), Value::String(key.to_owned()));
                 flagd.insert("timestamp".to_owned(), Value::from(now_secs));
                 let flagd = Value::Object(flagd);
-                match rule.evaluate(Root {
-                    context,
-                    flagd: &flagd,
-                }) {
+                match rule.apply_with_flagd(context, &flagd) {
                     Err(fault) => {
                         return Evaluation::error(
                             ErrorCode::General,
@@ -278,7 +275,7 @@ impl Snapshot {
                     }
                     Ok(Value::Null) => (c.flag.default_variant.clone(), Reason::Default),
                     Ok(chosen) => (
-                        Some(crate::logic::to_js_string(&chosen)),
+                        Some(stead_logic::js_string(&chosen)),
                         Reason::TargetingMatch,
                     ),
                 }

@@ -21,10 +21,8 @@ mod client;
 mod definition;
 mod error;
 mod evaluate;
-mod fractional;
 #[cfg(feature = "http")]
 mod http;
-mod logic;
 mod object;
 #[cfg(feature = "openfeature")]
 mod openfeature;
@@ -36,16 +34,19 @@ pub use definition::{
 };
 pub use error::FlagsError;
 pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
-pub use fractional::{MAX_TOTAL_WEIGHT, bucket_of, fractional_bucket};
 #[cfg(feature = "http")]
 pub use http::{ACTOR_HEADER, FlagsPattern, MAX_WAIT_MS};
-pub use logic::{MAX_RESULT_DEPTH, MAX_WORK, OPERATIONS, Rule, RuleError, RuleFault, truthy};
+// Targeting rules are stead-logic's; the names a flag user meets are here too.
 pub use object::{
     AuditAction, AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag,
     ReadAudit, Replace, Snapshots,
 };
 #[cfg(feature = "openfeature")]
 pub use openfeature::FlagsProvider;
+pub use stead_logic::{
+    MAX_RESULT_DEPTH, MAX_TOTAL_WEIGHT, MAX_WORK, OPERATIONS, Rule, RuleError, RuleFault,
+    bucket_of, fractional_bucket,
+};
 
 /// The admin and per-set OFREP routes, without a prefix (the umbrella crate mounts them
 /// under `/flags`), in any app state.

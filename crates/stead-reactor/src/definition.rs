@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use stead_flags::{OPERATIONS, Rule, RuleFault, truthy};
+use stead_logic::{OPERATIONS, Rule, RuleFault, truthy};
 
 use crate::reactor::{Behaviour, Cycle, Decide, Event, Rejected};
 
