@@ -53,10 +53,18 @@ fn tokio_rt() -> tokio::runtime::Runtime {
 }
 
 async fn open(dir: &std::path::Path) -> (Runtime, Namespace<Counter>) {
+    open_with(dir, true).await
+}
+
+/// Opens the benchmarks' runtime; `inline` says whether idle objects' turns may run in
+/// their callers' tasks (`RuntimeConfig::inline_turns`), so that rows can be measured both
+/// ways in one run.
+async fn open_with(dir: &std::path::Path, inline: bool) -> (Runtime, Namespace<Counter>) {
     let rt = Runtime::builder()
         .sqlite(dir)
         .shards(2)
         .mailbox_capacity(16_384)
+        .inline_turns(inline)
         .build()
         .await
         .unwrap();
@@ -89,6 +97,12 @@ async fn drive(stubs: &[stead_core::Stub<Counter>], per_task: usize) -> Duration
     .unwrap()
 }
 
+/// A row's suffix: nothing for the default (turns of idle objects in their callers'
+/// tasks), `/task_turns` for every turn on the object's own task.
+fn way(inline: bool) -> &'static str {
+    if inline { "" } else { "/task_turns" }
+}
+
 /// Measures `drive` as one benchmark.
 fn bench_drive(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -116,22 +130,36 @@ fn durable_turns(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(8));
 
     // One hot object, many callers in flight.
-    for in_flight in [1024usize, 4096] {
+    for (in_flight, inline) in [
+        (1024usize, true),
+        (1024, false),
+        (4096, true),
+        (4096, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let (rt, ns) = tokio.block_on(open(dir.path()));
+        let (rt, ns) = tokio.block_on(open_with(dir.path(), inline));
         let stubs: Vec<_> = (0..in_flight).map(|_| ns.get_by_name("hot")).collect();
         let per_task = 50;
         g.throughput(Throughput::Elements((in_flight * per_task) as u64));
-        let id = BenchmarkId::new("one_hot_object", format!("in_flight={in_flight}"));
+        let id = BenchmarkId::new(
+            "one_hot_object",
+            format!("in_flight={in_flight}{}", way(inline)),
+        );
         bench_drive(&mut g, &tokio, id, &stubs, per_task);
         tokio.block_on(rt.shutdown()).unwrap();
     }
 
     // A few objects, one caller each: bound by the commit's latency, not by CPU. The writer
     // paces itself only under many writers; these rows show what that costs the few.
-    for objects in [4usize, 16, 64] {
+    for (objects, inline) in [
+        (4usize, true),
+        (4, false),
+        (16, true),
+        (64, true),
+        (64, false),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let (rt, ns) = tokio.block_on(open(dir.path()));
+        let (rt, ns) = tokio.block_on(open_with(dir.path(), inline));
         let stubs: Vec<_> = (0..objects)
             .map(|i| ns.get_by_name(&format!("m{i}")))
             .collect();
@@ -141,7 +169,7 @@ fn durable_turns(c: &mut Criterion) {
         bench_drive(
             &mut g,
             &tokio,
-            BenchmarkId::new("moderate", objects),
+            BenchmarkId::new("moderate", format!("{objects}{}", way(inline))),
             &stubs,
             per_task,
         );
@@ -150,17 +178,19 @@ fn durable_turns(c: &mut Criterion) {
 
     // 10,000 objects, each incrementing its own key; one caller per object.
     let objects = 10_000usize;
-    let dir = tempfile::tempdir().unwrap();
-    let (rt, ns) = tokio.block_on(open(dir.path()));
-    let stubs: Vec<_> = (0..objects)
-        .map(|i| ns.get_by_name(&format!("o{i}")))
-        .collect();
     let per_task = 5;
-    tokio.block_on(drive(&stubs, 1)); // activate them all first
-    g.throughput(Throughput::Elements((objects * per_task) as u64));
-    let id = BenchmarkId::new("10k_objects", format!("in_flight={objects}"));
-    bench_drive(&mut g, &tokio, id, &stubs, per_task);
-    tokio.block_on(rt.shutdown()).unwrap();
+    for inline in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, ns) = tokio.block_on(open_with(dir.path(), inline));
+        let stubs: Vec<_> = (0..objects)
+            .map(|i| ns.get_by_name(&format!("o{i}")))
+            .collect();
+        tokio.block_on(drive(&stubs, 1)); // activate them all first
+        g.throughput(Throughput::Elements((objects * per_task) as u64));
+        let id = BenchmarkId::new("10k_objects", format!("in_flight={objects}{}", way(inline)));
+        bench_drive(&mut g, &tokio, id, &stubs, per_task);
+        tokio.block_on(rt.shutdown()).unwrap();
+    }
 
     // The ceiling: the same rows upserted into a plain table, 1,000 per transaction.
     let dir = tempfile::tempdir().unwrap();
@@ -232,24 +262,32 @@ fn activation(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    let warm = ns.get_by_name("warm");
-    tokio.block_on(warm.ask(Peek)).unwrap();
-    g.bench_function("warm_object_ask", |b| {
-        b.iter_custom(|iters| {
-            let warm = warm.clone();
-            tokio
-                .block_on(tokio.spawn(async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        warm.ask(Peek).await.unwrap();
-                    }
-                    start.elapsed()
-                }))
-                .unwrap()
-        })
-    });
+    let task_dir = tempfile::tempdir().unwrap();
+    let (task_rt, task_ns) = tokio.block_on(open_with(task_dir.path(), false));
+    for (ns, name) in [
+        (&ns, "warm_object_ask"),
+        (&task_ns, "warm_object_ask/task_turns"),
+    ] {
+        let warm = ns.get_by_name("warm");
+        tokio.block_on(warm.ask(Peek)).unwrap();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let warm = warm.clone();
+                tokio
+                    .block_on(tokio.spawn(async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            warm.ask(Peek).await.unwrap();
+                        }
+                        start.elapsed()
+                    }))
+                    .unwrap()
+            })
+        });
+    }
     g.finish();
     tokio.block_on(rt.shutdown()).unwrap();
+    tokio.block_on(task_rt.shutdown()).unwrap();
 }
 
 #[derive(Serialize, Deserialize)]

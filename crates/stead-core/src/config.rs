@@ -32,6 +32,12 @@ pub struct RuntimeConfig {
     /// [`crate::ManualClock`] in tests, real time otherwise). A call cycle (A asks B,
     /// which asks A) ends this way instead of hanging. Per call: [`crate::Stub::with_timeout`].
     pub ask_timeout: Duration,
+    /// Whether a call to an idle object runs its turn in the caller's own task (default
+    /// `true`): no task is woken for it, and the turn is the same in every respect (one at a
+    /// time, in order, behind the output gate; a turn that has to wait for something is
+    /// finished by the object's own task, so a caller that goes away never cuts it short).
+    /// `false` runs every turn on the object's task; it exists to measure the difference.
+    pub inline_turns: bool,
     /// Limits and timers of the WebSockets objects hold.
     pub websocket: WebSocketConfig,
     /// Limits of every object's SQL database.
@@ -50,6 +56,7 @@ impl Default for RuntimeConfig {
             alarm_max_retries: 6,
             durability: Durability::Fsync,
             ask_timeout: Duration::from_secs(30),
+            inline_turns: true,
             websocket: WebSocketConfig::default(),
             sql: SqlConfig::default(),
         }

@@ -123,6 +123,13 @@ impl<F: Future> Future for JoinAll<F> {
             }
         }
         if this.pending > 0 {
+            // Every child still pending has woken already (one polled early woke while a
+            // later one ran, and that one then finished: a finish wakes no one): no wake-up
+            // is coming, so this task wakes itself, to poll them again from the scheduler
+            // (not in a loop here, which a child out of its task's budget would spin).
+            if this.shared.unwoken.load(Ordering::Acquire) == 0 {
+                cx.waker().wake_by_ref();
+            }
             return Poll::Pending;
         }
         Poll::Ready(
@@ -180,6 +187,50 @@ mod tests {
             "polled {} times",
             polls.load(Ordering::SeqCst)
         );
+    }
+
+    #[test]
+    fn a_child_woken_while_a_later_one_finishes_is_polled_again() {
+        // Child 0 waits; child 1, polled after it, answers child 0 and finishes at once:
+        // child 0's wake-up comes while child 1 is counted, and child 1's finish wakes no one.
+        let (tx, rx) = oneshot::channel::<u8>();
+        let mut tx = Some(tx);
+        let answers_first = std::future::poll_fn(move |_| {
+            if let Some(tx) = tx.take() {
+                tx.send(7).unwrap();
+            }
+            Poll::Ready(Ok(1))
+        });
+        let children: Vec<Pin<Box<dyn Future<Output = _> + Send>>> =
+            vec![Box::pin(rx), Box::pin(answers_first)];
+        let mut joined = Box::pin(join_all(children));
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(joined.as_mut().poll(&mut cx).is_pending());
+        assert!(
+            woken.0.load(Ordering::SeqCst) > 0,
+            "the caller must be woken to poll child 0 again"
+        );
+        match joined.as_mut().poll(&mut cx) {
+            Poll::Ready(out) => {
+                assert_eq!(
+                    out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>(),
+                    [7, 1]
+                )
+            }
+            Poll::Pending => panic!("both children have answered"),
+        }
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Woken(AtomicUsize);
+
+    impl Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[tokio::test]

@@ -214,6 +214,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether a call to an idle object runs its turn in the caller's task (default `true`;
+    /// see [`crate::RuntimeConfig::inline_turns`]).
+    pub fn inline_turns(mut self, on: bool) -> Self {
+        self.config.inline_turns = on;
+        self
+    }
+
     /// Limits and timers of WebSockets (see [`crate::WebSocketConfig`]).
     pub fn websocket(mut self, config: crate::WebSocketConfig) -> Self {
         self.config.websocket = config;

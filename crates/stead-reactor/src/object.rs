@@ -699,7 +699,8 @@ impl Handler<Delivered> for Entity {
         let Some(delivery) = self.delivery_for_job().await? else {
             return Ok(());
         };
-        if self.inflight.get(&msg.endpoint).map(|(t, _)| *t) == Some(msg.target) {
+        let was_inflight = self.inflight.get(&msg.endpoint).map(|(t, _)| *t) == Some(msg.target);
+        if was_inflight {
             self.inflight.remove(&msg.endpoint);
         }
         let Some(hook) = delivery.webhooks.iter().find(|w| w.url == msg.endpoint) else {
@@ -716,13 +717,20 @@ impl Handler<Delivered> for Entity {
             .endpoints
             .entry(url.clone())
             .or_insert_with(|| Cursor::starting_at(start));
-        // Only the outcome for what the endpoint waits on now counts (a late answer to a
-        // delivery sent again is a duplicate).
-        let current = match cursor.redo.front() {
-            Some(d) => Target::Dead(*d),
-            None => Target::Seq(cursor.delivered + 1),
+        // Only the outcome for what the endpoint waits on counts (a late answer to a
+        // delivery sent again is a duplicate): its next command, or the dead letter first in
+        // line. A dead letter queued while a command was out does not make that command's
+        // answer a duplicate.
+        let waited_on = match msg.target {
+            Target::Seq(s) => s == cursor.delivered + 1,
+            Target::Dead(d) => cursor.redo.front() == Some(&d),
         };
-        if current != msg.target {
+        if !waited_on {
+            if was_inflight {
+                // The endpoint is free again: send what it does wait on.
+                self.pump(ctx, &delivery).await?;
+                self.save(ctx)?;
+            }
             return Ok(());
         }
         match msg.outcome {

@@ -3,9 +3,11 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -20,9 +22,19 @@ use crate::object::DurableObject;
 use crate::schedule;
 use crate::storage::{Storage, StorageLimits};
 
-use super::mailbox::{Mailbox, send_released};
+use super::mailbox::{Inbox, Mailbox, Slot, send_released};
 use super::namespace::NsInner;
 use super::{Answer, Envelope, MAX_COMMITS_IN_FLIGHT, MAX_TURNS_PER_BATCH, panic_message};
+
+/// What a round of an object's task came to.
+enum Step {
+    /// Go round again.
+    Again,
+    /// Sleep until notified; whether messages may be taken, and whether acks must wake it.
+    Sleep { can_take: bool, wants_acks: bool },
+    /// The object left the table: the task ends.
+    Left,
+}
 
 /// The task of one active object.
 pub(super) struct Actor<O: DurableObject> {
@@ -94,85 +106,28 @@ impl<O: DurableObject> Actor<O> {
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// The object's task: turns, acks, leaving. While it sleeps with nothing to do, the
+    /// object waits in its inbox, where a caller may take it to run a turn in the caller's
+    /// own task ([`run_inline`](Self::run_inline)), with no task woken for it.
+    pub(super) async fn run(self) {
+        let mailbox = self.mailbox.clone();
+        let mut actor = Box::new(self);
         let mut messages: VecDeque<Envelope<O>> = VecDeque::new();
         let mut acks: Vec<Ack> = Vec::new();
         loop {
-            if self.resetting && self.outstanding == 0 {
-                self.ctx.storage.reset();
-                self.resetting = false;
-                // Nothing is pending any more: later replies need not wait.
-                let mut inbox = lock(&self.mailbox.inbox);
-                inbox.failed = false;
-                inbox.acked = inbox.acked.max(self.last_write);
-            }
-            {
-                let mut inbox = lock(&self.mailbox.inbox);
-                std::mem::swap(&mut acks, &mut inbox.acks);
-                // Messages are taken only once every ack is seen (a failed commit must reset
-                // the object before it runs another turn), and only while the object has room
-                // for another commit in flight: a stalled store stops its intake here, and
-                // its full mailbox refuses callers with `Overloaded`.
-                if acks.is_empty()
-                    && !self.resetting
-                    && self.outstanding < MAX_COMMITS_IN_FLIGHT
-                    && !inbox.messages.is_empty()
-                {
-                    if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
-                        std::mem::swap(&mut messages, &mut inbox.messages);
-                    } else {
-                        messages.extend(inbox.messages.drain(..MAX_TURNS_PER_BATCH));
-                    }
-                }
-            }
-            if !acks.is_empty() {
-                for ack in acks.drain(..) {
-                    self.on_ack(ack);
-                }
-                continue;
-            }
-            if !messages.is_empty() {
-                self.mailbox
-                    .last_used_ms
-                    .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
-                self.decline_eviction();
-                // Boxed so that the task of an idle object stays small: a turn's futures
-                // live only while it runs.
-                Box::pin(self.process_all(&mut messages)).await;
-                if messages.capacity() > 64 {
-                    messages = VecDeque::new();
-                }
-                self.submit();
-                continue;
-            }
-            let stopping = self.ns.shared.closed.load(Ordering::Acquire);
-            if stopping || self.mailbox.evict.load(Ordering::Acquire) {
-                if !self.left_cleanly && self.instance.is_some() && !self.resetting {
-                    // The object writes back what it keeps in fields; its commit is awaited
-                    // like any other before the object may leave.
-                    Box::pin(self.on_leave()).await;
-                    self.submit();
-                    continue;
-                }
-                // Waiting for on_leave's commit: leave once it is acknowledged.
-                let flushing = self.left_cleanly && self.outstanding > 0 && !self.resetting;
-                if !flushing && self.try_leave(stopping) {
-                    break;
-                }
-            }
+            let (can_take, wants_acks) = match actor.step(&mut messages, &mut acks).await {
+                Step::Again => continue,
+                Step::Left => return,
+                Step::Sleep {
+                    can_take,
+                    wants_acks,
+                } => (can_take, wants_acks),
+            };
             {
                 // Sleep only on an inbox seen empty under its lock, and say so: the next push
                 // (or ack, when acks are awaited) then notifies (a permit stored before the
-                // wait wakes it at once). Messages wait out a reset only while commits are
-                // outstanding (their acks will wake this); once none are, the loop's top
-                // resets and takes them. Stopping waits for every outstanding commit. A failed
-                // commit is taken at once, before the task sleeps.
-                let full = self.outstanding >= MAX_COMMITS_IN_FLIGHT;
-                let can_take = (!self.resetting || self.outstanding == 0) && !full;
-                let leaving = self.left_cleanly && self.mailbox.evict.load(Ordering::Acquire);
-                let wants_acks =
-                    self.resetting || full || ((stopping || leaving) && self.outstanding > 0);
-                let mut inbox = lock(&self.mailbox.inbox);
+                // wait wakes it at once). The object stays in the inbox meanwhile.
+                let mut inbox = lock(&mailbox.inbox);
                 if ((wants_acks || inbox.failed) && !inbox.acks.is_empty())
                     || (can_take && !inbox.messages.is_empty())
                 {
@@ -180,9 +135,160 @@ impl<O: DurableObject> Actor<O> {
                 }
                 inbox.waiting = true;
                 inbox.wants_acks = wants_acks;
+                inbox.slot = Slot::Idle(actor);
             }
-            self.mailbox.notify.notified().await;
+            actor = loop {
+                mailbox.notify.notified().await;
+                let slot = {
+                    let mut inbox = lock(&mailbox.inbox);
+                    let slot = std::mem::replace(&mut inbox.slot, Slot::Away);
+                    if !matches!(slot, Slot::Away) {
+                        inbox.waiting = false;
+                    }
+                    slot
+                };
+                match slot {
+                    Slot::Idle(actor) => break actor,
+                    Slot::Turn(turn) => break turn.await,
+                    // A caller is running a turn of the object: it gives the object back,
+                    // and wakes this task if there is anything for it to do.
+                    Slot::Away => {}
+                }
+            };
         }
+    }
+
+    /// One round of the task: takes acks and messages, runs turns, submits their writes,
+    /// or leaves; says whether to go round again, to sleep, or that the object left.
+    async fn step(&mut self, messages: &mut VecDeque<Envelope<O>>, acks: &mut Vec<Ack>) -> Step {
+        if self.resetting && self.outstanding == 0 {
+            self.ctx.storage.reset();
+            self.resetting = false;
+            // Nothing is pending any more: later replies need not wait.
+            let mut inbox = lock(&self.mailbox.inbox);
+            inbox.failed = false;
+            inbox.acked = inbox.acked.max(self.last_write);
+        }
+        {
+            let mut inbox = lock(&self.mailbox.inbox);
+            std::mem::swap(acks, &mut inbox.acks);
+            // Messages are taken only once every ack is seen (a failed commit must reset
+            // the object before it runs another turn), and only while the object has room
+            // for another commit in flight: a stalled store stops its intake here, and
+            // its full mailbox refuses callers with `Overloaded`.
+            if acks.is_empty()
+                && !self.resetting
+                && self.outstanding < MAX_COMMITS_IN_FLIGHT
+                && !inbox.messages.is_empty()
+            {
+                if inbox.messages.len() <= MAX_TURNS_PER_BATCH {
+                    std::mem::swap(messages, &mut inbox.messages);
+                } else {
+                    messages.extend(inbox.messages.drain(..MAX_TURNS_PER_BATCH));
+                }
+            }
+        }
+        if !acks.is_empty() {
+            for ack in acks.drain(..) {
+                self.on_ack(ack);
+            }
+            return Step::Again;
+        }
+        if !messages.is_empty() {
+            self.mailbox
+                .last_used_ms
+                .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
+            self.decline_eviction();
+            // Boxed so that the task of an idle object stays small: a turn's futures
+            // live only while it runs.
+            Box::pin(self.process_all(messages)).await;
+            if messages.capacity() > 64 {
+                *messages = VecDeque::new();
+            }
+            self.submit();
+            return Step::Again;
+        }
+        let stopping = self.ns.shared.closed.load(Ordering::Acquire);
+        if stopping || self.mailbox.evict.load(Ordering::Acquire) {
+            if !self.left_cleanly && self.instance.is_some() && !self.resetting {
+                // The object writes back what it keeps in fields; its commit is awaited
+                // like any other before the object may leave.
+                Box::pin(self.on_leave()).await;
+                self.submit();
+                return Step::Again;
+            }
+            // Waiting for on_leave's commit: leave once it is acknowledged.
+            let flushing = self.left_cleanly && self.outstanding > 0 && !self.resetting;
+            if !flushing && self.try_leave(stopping) {
+                return Step::Left;
+            }
+        }
+        // Messages wait out a reset only while commits are outstanding (their acks will
+        // wake the task); once none are, the next round resets and takes them. Stopping
+        // waits for every outstanding commit. A failed commit is taken at once, before the
+        // task sleeps.
+        let full = self.outstanding >= MAX_COMMITS_IN_FLIGHT;
+        let leaving = self.left_cleanly && self.mailbox.evict.load(Ordering::Acquire);
+        Step::Sleep {
+            can_take: (!self.resetting || self.outstanding == 0) && !full,
+            wants_acks: self.resetting || full || ((stopping || leaving) && self.outstanding > 0),
+        }
+    }
+
+    /// Runs one turn of an idle object in the caller's task: the object was taken from its
+    /// inbox with the acks that came while it slept (all of them successes; see
+    /// `NsInner::try_send`). The turn is the same as on the object's task: in order (the
+    /// inbox was empty), alone (the object is out of the inbox), its writes submitted and
+    /// its reply held behind the output gate. A turn that cannot finish at once (it awaits a
+    /// read, another object, a timer) is handed to the object's task to finish, so that the
+    /// caller going away never cuts a turn short.
+    pub(super) async fn run_inline(mut actor: Box<Self>, acks: Vec<Ack>, env: Envelope<O>) {
+        let mailbox = actor.mailbox.clone();
+        let mut turn = Box::pin(async move {
+            for ack in acks {
+                actor.on_ack(ack);
+            }
+            actor
+                .mailbox
+                .last_used_ms
+                .store(to_ms(actor.ns.shared.clock.now()), Ordering::Relaxed);
+            actor.decline_eviction();
+            actor.process(env).await;
+            actor.submit();
+            actor
+        });
+        // One poll, which cannot be interrupted: the caller's future is not dropped in it.
+        let polled = std::future::poll_fn(|cx| Poll::Ready(turn.as_mut().poll(cx))).await;
+        let slot = match polled {
+            Poll::Ready(actor) => Slot::Idle(actor),
+            Poll::Pending => Slot::Turn(turn),
+        };
+        let wake = {
+            let mut inbox = lock(&mailbox.inbox);
+            let wake = match &slot {
+                Slot::Idle(actor) => actor.needs_task(&inbox),
+                _ => true,
+            };
+            inbox.slot = slot;
+            inbox.waiting = !wake;
+            inbox.wants_acks = false;
+            wake
+        };
+        if wake {
+            mailbox.notify.notify_one();
+        }
+    }
+
+    /// Whether the object, idle after a turn run by a caller, has anything for its task to
+    /// do (messages, a failed commit, a reset, a full pipeline, leaving, stopping).
+    fn needs_task(&self, inbox: &Inbox<O>) -> bool {
+        !inbox.messages.is_empty()
+            || inbox.failed
+            || inbox.acks.iter().any(|a| !a.ok)
+            || self.resetting
+            || self.outstanding >= MAX_COMMITS_IN_FLIGHT
+            || self.mailbox.evict.load(Ordering::Acquire)
+            || self.ns.shared.closed.load(Ordering::Acquire)
     }
 
     /// Leaves the table if the object is idle; returns whether it did.

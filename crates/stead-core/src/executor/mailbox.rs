@@ -2,6 +2,8 @@
 //! acknowledged, released in turn order.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,11 +16,12 @@ use crate::error::{Error, Result};
 use crate::object::DurableObject;
 
 use super::Envelope;
+use super::actor::Actor;
 
 /// An object's inbox and its controls, shared between its task and the runtime. Messages
 /// are pushed only under the table lock, so an object can leave the table only with an empty
 /// inbox.
-pub(crate) struct Mailbox<O> {
+pub(crate) struct Mailbox<O: DurableObject> {
     pub(super) last_used_ms: AtomicI64,
     pub(super) evict: AtomicBool,
     pub(super) evicted: Mutex<Vec<oneshot::Sender<bool>>>,
@@ -83,8 +86,22 @@ impl TurnPace {
     }
 }
 
-pub(super) struct Inbox<O> {
+/// Where an object's state is while its task sleeps: with the task, in the inbox for a
+/// caller to take and run one turn in its own task (the object is idle), or inside a turn a
+/// caller started and could not finish at once, for the task to finish.
+pub(super) enum Slot<O: DurableObject> {
+    /// With the object's task, or with a caller running a turn of it.
+    Away,
+    /// The task sleeps with nothing to do: a caller may take the object.
+    Idle(Box<Actor<O>>),
+    /// A turn a caller started, waiting on something: the task finishes it.
+    Turn(Pin<Box<dyn Future<Output = Box<Actor<O>>> + Send>>),
+}
+
+pub(super) struct Inbox<O: DurableObject> {
     pub(super) messages: VecDeque<Envelope<O>>,
+    /// The object's state, while its task sleeps (see [`Slot`]).
+    pub(super) slot: Slot<O>,
     /// Acks the task has not seen yet: it counts its outstanding commits with them.
     pub(super) acks: Vec<Ack>,
     /// The task found the inbox empty and sleeps: the next push must wake it. While the task
@@ -116,11 +133,12 @@ pub(super) struct Inbox<O> {
 /// this very object).
 pub(super) type Released = Vec<(PendingReply, Result<()>)>;
 
-impl<O> Inbox<O> {
+impl<O: DurableObject> Inbox<O> {
     /// An empty inbox with nothing acknowledged.
     pub(super) fn new() -> Self {
         Inbox {
             messages: VecDeque::new(),
+            slot: Slot::Away,
             acks: Vec::new(),
             waiting: false,
             wants_acks: false,
@@ -222,6 +240,17 @@ mod tests {
 
     use super::*;
 
+    /// An object type for inboxes that never run a turn.
+    struct Nothing;
+
+    impl DurableObject for Nothing {
+        const CLASS: &'static str = "nothing";
+        type Env = ();
+        async fn activate(_: &mut crate::Context, _: Arc<()>) -> Result<Self> {
+            Ok(Nothing)
+        }
+    }
+
     /// A reply that records (its name, whether it was released with Ok) when sent.
     fn reply(log: &Arc<Mutex<Vec<(u32, bool)>>>, name: u32) -> PendingReply {
         let log = log.clone();
@@ -257,7 +286,7 @@ mod tests {
     #[test]
     fn replies_wait_for_the_write_they_follow_and_leave_in_turn_order() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut inbox = Inbox::<()>::new();
+        let mut inbox = Inbox::<Nothing>::new();
         let mut out = Vec::new();
         for (seq, name) in [(1, 1), (1, 2), (2, 3), (3, 4)] {
             inbox.hold(seq, reply(&log, name), &mut out);
@@ -279,7 +308,7 @@ mod tests {
     #[test]
     fn a_failed_commit_fails_every_held_reply_and_those_that_follow_until_the_reset() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut inbox = Inbox::<()>::new();
+        let mut inbox = Inbox::<Nothing>::new();
         let mut out = Vec::new();
         inbox.hold(1, reply(&log, 1), &mut out);
         inbox.hold(2, reply(&log, 2), &mut out);
@@ -295,7 +324,7 @@ mod tests {
     #[test]
     fn while_an_ack_sends_its_replies_a_later_reply_waits_behind_them() {
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut inbox = Inbox::<()>::new();
+        let mut inbox = Inbox::<Nothing>::new();
         let mut out = Vec::new();
         inbox.hold(1, reply(&log, 1), &mut out);
         inbox.release(&ack(1, true), &mut out);

@@ -17,7 +17,7 @@ use crate::shared::Shared;
 use crate::websocket::SocketTable;
 
 use super::actor::Actor;
-use super::mailbox::{CommitTiming, Inbox, Mailbox, TurnPace};
+use super::mailbox::{CommitTiming, Inbox, Mailbox, Slot, TurnPace};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
 
 /// The `Retry-After` of a message refused because the store's commit queue is backlogged.
@@ -25,6 +25,14 @@ const BACKLOG_RETRY_AFTER: std::time::Duration = std::time::Duration::from_milli
 
 /// One lock shard of the table of active objects.
 type TableShard<O> = Mutex<HashMap<ObjectId, Arc<Mailbox<O>>, IdHashState>>;
+
+/// An idle object taken from its inbox, for its caller to run one turn of it: the object,
+/// the (successful) acks that came while it slept, and the envelope of the turn.
+pub(super) struct Taken<O: DurableObject> {
+    pub(super) actor: Box<Actor<O>>,
+    pub(super) acks: Vec<crate::backend::Ack>,
+    pub(super) env: Envelope<O>,
+}
 
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
@@ -147,17 +155,36 @@ impl<O: DurableObject> NsInner<O> {
         name: &Option<Arc<str>>,
         env: Envelope<O>,
     ) -> Result<()> {
-        self.try_send(id, name, env).map_err(|(err, env)| {
-            let again = match &err {
-                Error::Overloaded { class, retry_after } => Error::Overloaded {
-                    class,
-                    retry_after: *retry_after,
-                },
-                _ => Error::ShuttingDown,
-            };
-            env.fail(again);
-            err
-        })
+        self.try_send(id, name, env, false)
+            .map(|_| ())
+            .map_err(|(err, env)| self.refused(err, env))
+    }
+
+    /// Hands an envelope to the object, or, when the object is idle (its task asleep with
+    /// nothing to do, its inbox empty), takes the object for the caller to run the turn in
+    /// its own task ([`Actor::run_inline`]); a refused envelope is failed with the error.
+    pub(super) fn send_or_take(
+        self: &Arc<Self>,
+        id: ObjectId,
+        name: &Option<Arc<str>>,
+        env: Envelope<O>,
+    ) -> Result<Option<Taken<O>>> {
+        let take = self.shared.config.inline_turns;
+        self.try_send(id, name, env, take)
+            .map_err(|(err, env)| self.refused(err, env))
+    }
+
+    /// Fails a refused envelope with the error its caller gets.
+    fn refused(&self, err: Error, env: Envelope<O>) -> Error {
+        let again = match &err {
+            Error::Overloaded { class, retry_after } => Error::Overloaded {
+                class,
+                retry_after: *retry_after,
+            },
+            _ => Error::ShuttingDown,
+        };
+        env.fail(again);
+        err
     }
 
     /// Hands an envelope to the object, waiting while its mailbox is full (on real time:
@@ -170,24 +197,26 @@ impl<O: DurableObject> NsInner<O> {
         mut env: Envelope<O>,
     ) -> Result<(), (Error, Envelope<O>)> {
         loop {
-            match self.try_send(id, name, env) {
+            match self.try_send(id, name, env, false) {
                 Err((Error::Overloaded { retry_after, .. }, back)) => {
                     tokio::time::sleep(retry_after).await;
                     env = back;
                 }
-                sent => return sent,
+                sent => return sent.map(|_| ()),
             }
         }
     }
 
     /// Like `send`, but a refused envelope comes back with the error (`Overloaded` or
-    /// `ShuttingDown`), for the caller to try again.
+    /// `ShuttingDown`), for the caller to try again. With `take`, an idle object is taken
+    /// instead, for the caller to run the turn (see [`send_or_take`](Self::send_or_take)).
     pub(super) fn try_send(
         self: &Arc<Self>,
         id: ObjectId,
         name: &Option<Arc<str>>,
         env: Envelope<O>,
-    ) -> Result<(), (Error, Envelope<O>)> {
+        take: bool,
+    ) -> Result<Option<Taken<O>>, (Error, Envelope<O>)> {
         // As the runtime shuts down, the close turns of its sockets still run (until it
         // stops waiting for them); nothing else does. Only then is the envelope looked at.
         if self.shared.closed.load(Ordering::Acquire)
@@ -227,6 +256,23 @@ impl<O: DurableObject> NsInner<O> {
             }
         };
         let mut inbox = lock(&mailbox.inbox);
+        // Idle: the task sleeps with the object in the inbox, nothing queued, no commit
+        // failed, nothing but successful acks to see, not leaving, not stopping (the runtime
+        // refused above). The caller takes the object, and the acks for it to see first.
+        if take
+            && inbox.waiting
+            && !inbox.wants_acks
+            && !inbox.failed
+            && inbox.messages.is_empty()
+            && matches!(inbox.slot, Slot::Idle(_))
+            && inbox.acks.iter().all(|a| a.ok)
+            && !mailbox.evict.load(Ordering::Acquire)
+            && let Slot::Idle(actor) = std::mem::replace(&mut inbox.slot, Slot::Away)
+        {
+            inbox.waiting = false;
+            let acks = std::mem::take(&mut inbox.acks);
+            return Ok(Some(Taken { actor, acks, env }));
+        }
         let depth = inbox.messages.len();
         if depth >= self.shared.config.mailbox_capacity {
             drop(inbox);
@@ -245,7 +291,7 @@ impl<O: DurableObject> NsInner<O> {
         if wake {
             mailbox.notify.notify_one();
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -390,7 +436,7 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     }
 }
 
-fn request_evict<O>(mailbox: &Mailbox<O>) -> oneshot::Receiver<bool> {
+fn request_evict<O: DurableObject>(mailbox: &Mailbox<O>) -> oneshot::Receiver<bool> {
     let (tx, rx) = oneshot::channel();
     lock(&mailbox.evicted).push(tx);
     mailbox.evict.store(true, Ordering::Release);
@@ -708,13 +754,24 @@ impl<O: DurableObject> Stub<O> {
             msg,
             reply: Some(tx),
         };
-        self.ns
-            .send(self.id, &self.name, Envelope::Call(Box::new(request)))?;
+        if let Some(taken) =
+            self.ns
+                .send_or_take(self.id, &self.name, Envelope::Call(Box::new(request)))?
+        {
+            Actor::run_inline(taken.actor, taken.acks, taken.env).await;
+        }
         self.wait(rx).await
     }
 
     /// Waits for a reply, within the stub's deadline.
-    async fn wait<T>(&self, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    async fn wait<T>(&self, mut rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+        // A turn run in this task that wrote nothing has answered already: no deadline to
+        // set.
+        match rx.try_recv() {
+            Ok(reply) => return reply,
+            Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Reset),
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
         let shared = &self.ns.shared;
         let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
         if shared.clock.as_manual().is_none() {
