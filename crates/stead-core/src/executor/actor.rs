@@ -109,9 +109,8 @@ impl<O: DurableObject> Actor<O> {
     /// The object's task: turns, acks, leaving. While it sleeps with nothing to do, the
     /// object waits in its inbox, where a caller may take it to run a turn in the caller's
     /// own task ([`run_inline`](Self::run_inline)), with no task woken for it.
-    pub(super) async fn run(self) {
-        let mailbox = self.mailbox.clone();
-        let mut actor = Box::new(self);
+    pub(super) async fn run(mut actor: Box<Self>) {
+        let mailbox = actor.mailbox.clone();
         let mut messages: VecDeque<Envelope<O>> = VecDeque::new();
         let mut acks: Vec<Ack> = Vec::new();
         loop {

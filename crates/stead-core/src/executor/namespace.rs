@@ -249,9 +249,9 @@ impl<O: DurableObject> NsInner<O> {
                     pace: TurnPace::default(),
                     commit_timing: self.metrics.commit_timing.clone(),
                 });
-                let actor = Actor::new(self.clone(), id, name.clone(), mailbox.clone());
+                let actor = Box::new(Actor::new(self.clone(), id, name.clone(), mailbox.clone()));
                 self.shared.object_started();
-                tokio::spawn(actor.run());
+                tokio::spawn(Actor::run(actor));
                 v.insert(mailbox)
             }
         };
