@@ -30,6 +30,10 @@ struct Receiver {
     /// How many of the next requests to fail, per command seq.
     fail: Mutex<Vec<(u64, u32)>>,
     bad_signatures: Mutex<u32>,
+    /// A command seq whose first request is held until `release` is notified.
+    hold: Mutex<Option<u64>>,
+    holding: std::sync::atomic::AtomicBool,
+    release: tokio::sync::Notify,
 }
 
 impl Receiver {
@@ -54,6 +58,14 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
         return StatusCode::UNAUTHORIZED;
     }
     let command: Command = serde_json::from_slice(&body).unwrap();
+    let held = {
+        let mut hold = r.hold.lock().unwrap();
+        hold.take_if(|s| *s == command.seq).is_some()
+    };
+    if held {
+        r.holding.store(true, std::sync::atomic::Ordering::SeqCst);
+        r.release.notified().await;
+    }
     let mut accepted = true;
     if let Some(f) = r
         .fail
@@ -190,6 +202,45 @@ async fn a_tampered_body_or_a_wrong_secret_fails_the_reference_check() {
     let other =
         standardwebhooks::Webhook::new("whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkh").unwrap();
     assert!(other.verify(body, &headers).is_err(), "another secret");
+}
+
+#[tokio::test]
+async fn a_dead_letter_retried_while_a_command_is_out_does_not_make_its_answer_a_duplicate() {
+    let (rx, url) = receiver().await;
+    let mut config = ReactorConfig::default();
+    config.max_attempts = 1;
+    let (_t, r) = runtime(config).await;
+    r.define("orders", definition(&url)).await.unwrap();
+    // Command 1 fails once and is given up at once; command 2 is held at the receiver.
+    rx.fail.lock().unwrap().push((1, 1));
+    *rx.hold.lock().unwrap() = Some(2);
+    r.send("orders", "a", order(1)).await.unwrap();
+    r.send("orders", "a", order(2)).await.unwrap();
+    eventually("command 2 out", || async {
+        rx.holding.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    assert_eq!(r.dead_letters("orders", "a", 10).await.unwrap().len(), 1);
+    // The dead letter is queued for retry while command 2 is out; then 2 is answered.
+    assert_eq!(
+        r.resolve_dead_letters("orders", "a", DeadLetterAction::Retry, None)
+            .await
+            .unwrap(),
+        1
+    );
+    rx.release.notify_one();
+    // Command 2's answer counts, and the dead letter goes next.
+    eventually("the dead letter delivered", || async {
+        rx.accepted().iter().any(|g| g.command.seq == 1)
+    })
+    .await;
+    let accepted: Vec<u64> = rx.accepted().iter().map(|g| g.command.seq).collect();
+    assert_eq!(accepted, [2, 1]);
+    eventually("both counted", || async {
+        let view = r.state("orders", "a").await.unwrap();
+        view.endpoints[0].delivered == 2 && view.dead_letters == 0
+    })
+    .await;
 }
 
 #[tokio::test]
