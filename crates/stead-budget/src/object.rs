@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
+use stead_core::from_ms;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -28,8 +29,7 @@ const EXPIRY_JOB: &str = "expiry";
 
 /// The longest reservation, in ms (a day).
 pub const MAX_TTL_MS: u64 = 86_400_000;
-/// The most events or cycles one read returns.
-pub const MAX_PAGE: u32 = 1000;
+pub use stead_core::MAX_PAGE;
 
 fn cycle_key(n: u64) -> String {
     format!("{CYCLE}{n:020}")
@@ -37,10 +37,6 @@ fn cycle_key(n: u64) -> String {
 
 fn res_key(id: &str) -> String {
     format!("{RES}{id}")
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// What the object keeps beside its books.
@@ -329,10 +325,10 @@ impl From<&Reservation> for ReservationView {
             processor: r.processor.clone(),
             amount: r.amount,
             cycle: r.cycle,
-            expires_at: at(r.expires_ms),
+            expires_at: from_ms(r.expires_ms),
             state: state.to_owned(),
             actual,
-            resolved_at: r.resolved_ms.map(at),
+            resolved_at: r.resolved_ms.map(from_ms),
             late: r.late,
         }
     }
@@ -603,7 +599,7 @@ impl Handler<History> for Governor {
     type Reply = Result<Vec<CycleView>, BudgetError>;
     async fn handle(&mut self, msg: History, _ctx: &mut Context) -> Self::Reply {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(u64::from(msg.limit))?;
         Ok(self
             .books
             .cycles
@@ -620,7 +616,7 @@ impl Handler<Events> for Governor {
     type Reply = Result<Vec<BudgetEvent>, BudgetError>;
     async fn handle(&mut self, msg: Events, ctx: &mut Context) -> Self::Reply {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(u64::from(msg.limit))?;
         let mut opts = ListOptions::prefix(EVENT)
             .reverse()
             .limit(msg.limit as usize);
@@ -645,15 +641,6 @@ impl Handler<Remove> for Governor {
         self.dirty_events.clear();
         Ok(existed)
     }
-}
-
-fn check_limit(limit: u32) -> Result<(), InvalidInput> {
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(InvalidInput::new(format!(
-            "limit must be between 1 and {MAX_PAGE}, not {limit}"
-        )));
-    }
-    Ok(())
 }
 
 fn account_view(processor: &str, a: &Account) -> AccountView {
@@ -871,7 +858,7 @@ impl Governor {
         let next = self.books.next_expiry_ms();
         if next != self.expiry_ms {
             match next {
-                Some(ms) => ctx.schedules().once(EXPIRY_JOB, at(ms))?,
+                Some(ms) => ctx.schedules().once(EXPIRY_JOB, from_ms(ms))?,
                 None => {
                     ctx.schedules().cancel(EXPIRY_JOB).await?;
                 }
@@ -900,8 +887,8 @@ impl Governor {
         );
         CycleView {
             number: c.number,
-            started_at: at(c.started_ms),
-            closed_at: c.closed_ms.map(at),
+            started_at: from_ms(c.started_ms),
+            closed_at: c.closed_ms.map(from_ms),
             total: c.total,
             rollover_in: c.rollover_in,
             rollover_out: c.rollover_out,

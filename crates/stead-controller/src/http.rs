@@ -2,6 +2,7 @@
 //! and the mapping of [`ControllerError`] to problems.
 
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use axum::Router;
 use axum::extract::State;
@@ -50,16 +51,12 @@ impl stead_core::http::Pattern for ControllerPattern {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 impl From<&ControllerError> for Problem {
     fn from(err: &ControllerError) -> Self {
         let detail = err.to_string();
         let later = |status, slug, retry_after: &Duration| {
             Problem::new(status, slug, detail.clone())
-                .with("retry_after_ms", ms(*retry_after))
+                .with("retry_after_ms", duration_ms(*retry_after))
                 .retry_after(*retry_after)
         };
         match err {

@@ -4,6 +4,7 @@
 //! starts each batch when it is due.
 
 use std::sync::Arc;
+use stead_core::{from_ms, to_ms};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -191,14 +192,6 @@ fn empty_window() -> Window {
     Window::new(1)
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
 fn log_key(seq: u64) -> String {
     format!("{LOG}{seq:020}")
 }
@@ -219,7 +212,7 @@ impl DurableObject for Controller {
         Ok(Controller {
             state,
             env,
-            alarm_ms: ctx.storage().alarm().await?.map(ms),
+            alarm_ms: ctx.storage().alarm().await?.map(to_ms),
         })
     }
 
@@ -404,7 +397,7 @@ impl Handler<Configure> for Controller {
     type Reply = Result<(ControllerState, bool), ControllerError>;
     async fn handle(&mut self, Configure(body): Configure, ctx: &mut Context) -> Self::Reply {
         let spec = body.check()?;
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let created = self.state.is_none();
         let before = self.state.as_ref().map(State::setting);
         match &mut self.state {
@@ -734,7 +727,7 @@ impl State {
         results: &[Sample],
         cause: Cause,
     ) -> Result<Reported> {
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let before = self.setting();
         self.window.extend(results);
         self.window_dirty = true;
@@ -796,7 +789,7 @@ fn existing(state: &mut Option<State>) -> Result<&mut State, ControllerError> {
 impl Controller {
     /// Decides on every lease past its deadline as a failed batch; whether there was one.
     async fn expire(&mut self, ctx: &mut Context) -> Result<bool> {
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let Some(s) = self.state.as_mut() else {
             return Ok(false);
         };
@@ -862,7 +855,7 @@ impl Controller {
         ctx: &mut Context,
         worker: Option<String>,
     ) -> Result<Granted, ControllerError> {
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let s = existing(&mut self.state)?;
         if s.paused {
             return Err(ControllerError::Paused);
@@ -935,7 +928,7 @@ impl Controller {
         let granted = Granted {
             lease_id: s.lease_id(&lease),
             batch_size,
-            deadline: at(lease.deadline_ms),
+            deadline: from_ms(lease.deadline_ms),
             probe,
         };
         s.leases.push(lease);
@@ -966,7 +959,7 @@ impl Controller {
         let Some(s) = &mut self.state else {
             return Ok(());
         };
-        s.updated_ms = ms(ctx.now());
+        s.updated_ms = to_ms(ctx.now());
         ctx.storage().put(STATE, s)?;
         if s.window_dirty {
             ctx.storage().put(WINDOW, &s.window)?;
@@ -975,23 +968,23 @@ impl Controller {
         let mut wake = s.leases.iter().map(|l| l.deadline_ms).min();
         let driven = ctx.name().is_some_and(|n| self.env.runner(n).is_some());
         if driven && !s.paused && s.leases.len() < s.spec.concurrency as usize {
-            let next = s.next_batch_ms().max(ms(ctx.now()));
+            let next = s.next_batch_ms().max(to_ms(ctx.now()));
             wake = Some(wake.map_or(next, |w| w.min(next)));
         }
         if wake != self.alarm_ms {
-            ctx.storage().replace_alarm(wake.map(at))?;
+            ctx.storage().replace_alarm(wake.map(from_ms))?;
             self.alarm_ms = wake;
         }
         Ok(())
     }
 
     fn view(&mut self, ctx: &mut Context) -> Result<ControllerState, ControllerError> {
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let s = existing(&mut self.state)?;
         let status = s.status();
         let next_batch_at = match status {
             Status::Paused => None,
-            _ => Some(at(s.next_batch_ms().max(now))),
+            _ => Some(from_ms(s.next_batch_ms().max(now))),
         };
         let breaker = match s.breaker {
             Breaker::Closed { failures } => BreakerView {
@@ -1004,7 +997,7 @@ impl Controller {
                 cooldown_ms,
             } => BreakerView {
                 consecutive_failures: 0,
-                open_until: Some(at(until_ms as i64)),
+                open_until: Some(from_ms(until_ms as i64)),
                 cooldown_ms: Some(cooldown_ms),
             },
             Breaker::HalfOpen { cooldown_ms, .. } => BreakerView {
@@ -1025,8 +1018,8 @@ impl Controller {
                 .map(|l| LeaseOut {
                     lease_id: s.lease_id(l),
                     batch_size: l.batch_size,
-                    granted_at: at(l.granted_ms),
-                    deadline: at(l.deadline_ms),
+                    granted_at: from_ms(l.granted_ms),
+                    deadline: from_ms(l.deadline_ms),
                     probe: l.probe,
                     worker: l.worker.clone(),
                 })
@@ -1041,7 +1034,7 @@ impl Controller {
             totals: s.totals,
             config: s.spec.to_spec(),
             decisions: s.next_log - 1,
-            updated_at: at(s.updated_ms),
+            updated_at: from_ms(s.updated_ms),
         })
     }
 }

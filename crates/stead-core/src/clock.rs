@@ -240,12 +240,18 @@ pub(crate) fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+/// Milliseconds since the Unix epoch: how objects store instants.
+///
+/// ```
+/// let t = "1970-01-01T00:00:01.5Z".parse().unwrap();
+/// assert_eq!(stead_core::to_ms(t), 1500);
+/// assert_eq!(stead_core::from_ms(1500), t);
+/// ```
+pub fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 /// The instant `ms` milliseconds after the Unix epoch (clamped to chrono's range).
-pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

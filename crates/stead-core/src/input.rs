@@ -105,10 +105,44 @@ pub fn validate_object_name(name: &str) -> Result<(), InvalidInput> {
 /// assert!(stead_core::validate_ms("ttl_ms", 1000, 1000).is_ok());
 /// ```
 pub fn validate_ms(what: &str, value: u64, max: u64) -> Result<(), InvalidInput> {
+    between_one_and(what, value, max)
+}
+
+/// The most entries one page of a listing holds, in every pattern (counters, keys, events,
+/// dead letters, ...).
+pub const MAX_PAGE: usize = 1000;
+
+/// Checks the `limit` of a listing: at least 1, at most [`MAX_PAGE`].
+///
+/// ```
+/// assert!(stead_core::validate_page_limit(0).is_err());
+/// assert!(stead_core::validate_page_limit(1000).is_ok());
+/// assert_eq!(
+///     stead_core::validate_page_limit(1001).unwrap_err().detail(),
+///     "limit must be between 1 and 1000, not 1001"
+/// );
+/// ```
+pub fn validate_page_limit(limit: u64) -> Result<(), InvalidInput> {
+    between_one_and("limit", limit, MAX_PAGE as u64)
+}
+
+/// The rule `validate_ms` and `validate_page_limit` share: between 1 and `max`.
+fn between_one_and(what: &str, value: u64, max: u64) -> Result<(), InvalidInput> {
     if value == 0 || value > max {
         return Err(InvalidInput::new(format!(
             "{what} must be between 1 and {max}, not {value}"
         )));
     }
     Ok(())
+}
+
+/// A duration in whole milliseconds, saturating at `u64::MAX` (for settings and requests that
+/// carry durations as milliseconds).
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(stead_core::duration_ms(Duration::from_micros(2500)), 2);
+/// ```
+pub fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -89,15 +89,15 @@ pub use backend::{BackupReport, SqliteBackend, SqliteOptions};
 /// The date and time library of every timestamp in the API (instants are
 /// `chrono::DateTime<Utc>`; durations are `std::time::Duration` throughout).
 pub use chrono;
-pub use clock::{Clock, ManualClock, Sleep, SystemClock};
+pub use clock::{Clock, ManualClock, Sleep, SystemClock, from_ms, to_ms};
 pub use config::{NamespaceOptions, RuntimeConfig};
 pub use context::{Context, Deferred};
 pub use error::{BoxError, Error, MAX_PARKED_PER_OBJECT, Result};
 pub use executor::{NamedPage, Namespace, ObjectPage, Stub};
 pub use id::ObjectId;
 pub use input::{
-    InvalidInput, MAX_NAME_CHARS, MAX_OBJECT_NAME_BYTES, validate_ms, validate_name,
-    validate_object_name,
+    InvalidInput, MAX_NAME_CHARS, MAX_OBJECT_NAME_BYTES, MAX_PAGE, duration_ms, validate_ms,
+    validate_name, validate_object_name, validate_page_limit,
 };
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};

@@ -17,8 +17,7 @@ use crate::object::{
 /// The longest idempotency key, in characters.
 pub const MAX_KEY_CHARS: usize = stead_core::MAX_NAME_CHARS;
 
-/// The most counter names one page of [`CounterClient::list`] holds.
-pub const MAX_LIST_LIMIT: usize = 1000;
+pub use stead_core::MAX_PAGE;
 
 /// A counter's exact value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,19 +197,14 @@ impl CounterClient {
     }
 
     /// Counter names starting with `prefix`, in byte order, `limit` (1 to
-    /// [`MAX_LIST_LIMIT`]) per page.
+    /// [`MAX_PAGE`]) per page.
     pub async fn list(
         &self,
         prefix: &str,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<CounterPage, CounterError> {
-        if limit == 0 || limit > MAX_LIST_LIMIT {
-            return Err(InvalidInput::new(format!(
-                "limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}"
-            ))
-            .into());
-        }
+        stead_core::validate_page_limit(limit as u64)?;
         let page = self.inner.meta.list_by_name(prefix, cursor, limit).await?;
         Ok(CounterPage {
             counters: page.objects.into_iter().map(|o| o.name).collect(),

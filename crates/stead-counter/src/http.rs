@@ -11,7 +11,7 @@ use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
 use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use crate::client::{CounterClient, CounterPage, CounterValue, MAX_LIST_LIMIT};
+use crate::client::{CounterClient, CounterPage, CounterValue, MAX_PAGE};
 use crate::error::CounterError;
 use crate::object::{Applied, CounterConfig, MAX_SHARDS};
 
@@ -96,7 +96,7 @@ struct ListQuery {
     #[serde(default)]
     prefix: String,
     /// At most this many names (1 to 1000, 100 when absent).
-    #[param(schema_with = schema::integer::<1, { MAX_LIST_LIMIT as u64 }>)]
+    #[param(schema_with = schema::integer::<1, { MAX_PAGE as u64 }>)]
     limit: Option<usize>,
     /// The `next_cursor` of the page before.
     cursor: Option<String>,

@@ -38,7 +38,7 @@ mod error;
 mod http;
 mod object;
 
-pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_CHARS, MAX_LIST_LIMIT};
+pub use client::{CounterClient, CounterPage, CounterValue, MAX_KEY_CHARS, MAX_PAGE};
 pub use error::CounterError;
 #[cfg(feature = "http")]
 pub use http::CounterPattern;

@@ -1,6 +1,6 @@
 //! The typed client: pipelines, single statements, and the list of databases.
 
-use stead_core::{InvalidInput, Namespace, Runtime, SqlValue};
+use stead_core::{Namespace, Runtime, SqlValue};
 
 use crate::error::DatabaseError;
 use crate::object::{Database, DeleteDatabase, Pipeline};
@@ -8,8 +8,7 @@ use crate::protocol::{
     ProtoError, Stmt, StmtResult, StreamRequest, StreamResponse, StreamResult, Value,
 };
 
-/// The most database names one page of [`DatabaseClient::list`] holds.
-pub const MAX_LIST_LIMIT: usize = 1000;
+pub use stead_core::MAX_PAGE;
 
 /// A page of database names.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -90,12 +89,7 @@ impl DatabaseClient {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<DatabasePage, DatabaseError> {
-        if limit == 0 || limit > MAX_LIST_LIMIT {
-            return Err(InvalidInput::new(format!(
-                "limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}"
-            ))
-            .into());
-        }
+        stead_core::validate_page_limit(limit as u64)?;
         let page = self.ns.list_by_name(prefix, cursor, limit).await?;
         Ok(DatabasePage {
             databases: page.objects.into_iter().map(|o| o.name).collect(),

@@ -14,7 +14,7 @@ use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
 use stead_core::{Result, Runtime};
 use utoipa::{IntoParams, OpenApi};
 
-use crate::client::{DatabaseClient, DatabasePage, MAX_LIST_LIMIT};
+use crate::client::{DatabaseClient, DatabasePage, MAX_PAGE};
 use crate::error::DatabaseError;
 use crate::protocol::{PipelineRequest, PipelineResponse, ProtoError};
 
@@ -99,7 +99,7 @@ struct ListQuery {
     #[serde(default)]
     prefix: String,
     /// At most this many names (1 to 1000, 100 when absent).
-    #[param(schema_with = schema::integer::<1, { MAX_LIST_LIMIT as u64 }>)]
+    #[param(schema_with = schema::integer::<1, { MAX_PAGE as u64 }>)]
     limit: Option<usize>,
     /// The `next_cursor` of the page before.
     cursor: Option<String>,

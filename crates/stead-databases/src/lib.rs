@@ -34,7 +34,7 @@ mod http;
 mod object;
 pub mod protocol;
 
-pub use client::{DatabaseClient, DatabasePage, MAX_LIST_LIMIT};
+pub use client::{DatabaseClient, DatabasePage, MAX_PAGE};
 pub use error::DatabaseError;
 #[cfg(feature = "http")]
 pub use http::{DatabasesPattern, DatabasesSettings};

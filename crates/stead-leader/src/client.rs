@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use serde::Deserialize;
 use stead_core::{
@@ -33,10 +34,6 @@ impl LeaderConfig {
         self.durability = Some(durability);
         self
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Leader election over a runtime.
@@ -117,7 +114,7 @@ impl LeaderClient {
         self.stub(group)?
             .call(Campaign {
                 candidate: candidate.to_owned(),
-                ttl_ms: ms(ttl),
+                ttl_ms: duration_ms(ttl),
             })
             .await
     }
@@ -170,7 +167,7 @@ impl LeaderClient {
             .with_timeout(self.inner.ask_timeout.saturating_add(timeout))
             .call(Watch {
                 after_term,
-                timeout_ms: ms(timeout),
+                timeout_ms: duration_ms(timeout),
             })
             .await
     }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -76,10 +77,6 @@ impl LockConfig {
         self.durability = Some(durability);
         self
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Locks and semaphores with fencing tokens.
@@ -165,8 +162,8 @@ impl LockClient {
             .with_timeout(deadline)
             .call(Acquire {
                 holder: opts.holder.clone(),
-                ttl_ms: ms(opts.ttl),
-                wait_ms: ms(opts.wait),
+                ttl_ms: duration_ms(opts.ttl),
+                wait_ms: duration_ms(opts.wait),
                 permits: opts.permits,
             })
             .await
@@ -214,7 +211,7 @@ impl LockClient {
             .call(Renew {
                 holder: holder.to_owned(),
                 token,
-                ttl_ms: ms(ttl),
+                ttl_ms: duration_ms(ttl),
             })
             .await
     }

@@ -2,6 +2,7 @@
 //! mapping of [`LockError`] to problems.
 
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use axum::Router;
 use axum::extract::State;
@@ -55,7 +56,7 @@ impl From<&LockError> for Problem {
                 retry_after,
             } => Problem::new(StatusCode::CONFLICT, "lock-held", detail)
                 .with("holder", holder.clone())
-                .with("retry_after_ms", ms(*retry_after))
+                .with("retry_after_ms", duration_ms(*retry_after))
                 .retry_after(*retry_after),
             LockError::PermitMismatch { permits } => {
                 Problem::new(StatusCode::CONFLICT, "permit-mismatch", detail)
@@ -87,10 +88,6 @@ impl IntoResponse for LockError {
             other => Problem::from(&other).into_response(),
         }
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Asks for a lease.

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use stead_core::{from_ms, to_ms};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -45,21 +46,12 @@ const CYCLE_JOB: &str = "cycle:";
 /// The tag of live-view sockets.
 pub(crate) const LIVE_TAG: &str = "live";
 
-/// The most commands, decisions or dead letters one read returns.
-pub const MAX_PAGE: u32 = 1000;
+pub use stead_core::MAX_PAGE;
 /// The longest long-poll, in ms.
 pub const MAX_WAIT_MS: u64 = 60_000;
 
 fn seq_key(prefix: &str, n: u64) -> String {
     format!("{prefix}{n:020}")
-}
-
-fn ms(at: DateTime<Utc>) -> i64 {
-    at.timestamp_millis()
-}
-
-fn at(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// A command in an entity's outbox, as pulled and as pushed to webhooks.
@@ -334,7 +326,7 @@ impl DurableObject for Entity {
                 let Some(delivery) = self.delivery_for_job().await? else {
                     return Ok(());
                 };
-                let now = ms(ctx.now());
+                let now = to_ms(ctx.now());
                 // A delivery whose answer never came (the message was lost) is sent again;
                 // one in flight in a process that died was forgotten with it.
                 let timeout = self.env.config.delivery_timeout_ms as i64 + WATCHDOG_MS;
@@ -477,7 +469,7 @@ impl Handler<Ingest> for Entity {
         stead_core::validate_name("event type", &event.kind)?;
         let ty = self.env.entry(&self.kind).await?;
         let now = ctx.now();
-        self.forget_old_events(ctx, ms(now)).await?;
+        self.forget_old_events(ctx, to_ms(now)).await?;
         let key = seen_key(&event.id);
         if self.seen.contains_key(&key) {
             return Ok(Ingested {
@@ -499,9 +491,9 @@ impl Handler<Ingest> for Entity {
             return Err(ReactorError::OutboxFull { pending });
         }
         self.check_size(&state)?;
-        self.seen.insert(key.clone(), ms(now));
-        self.seen_order.push_back((ms(now), key.clone()));
-        ctx.storage().put(&format!("{SEEN}{key}"), &ms(now))?;
+        self.seen.insert(key.clone(), to_ms(now));
+        self.seen_order.push_back((to_ms(now), key.clone()));
+        ctx.storage().put(&format!("{SEEN}{key}"), &to_ms(now))?;
         self.meta.events += 1;
         self.record(ctx, state, out, format!("event:{}", event.id), &ty.delivery)
             .await?;
@@ -528,7 +520,7 @@ impl Handler<Inspect> for Entity {
                     url: w.url.clone(),
                     delivered: self.start_of(&w.url),
                     attempts: c.attempts,
-                    retry_at: c.retry_at_ms.map(at),
+                    retry_at: c.retry_at_ms.map(from_ms),
                     last_error: c.last_error,
                 }
             })
@@ -550,7 +542,7 @@ impl Handler<Inspect> for Entity {
 impl Handler<Decisions> for Entity {
     type Reply = Result<Vec<Decision>, ReactorError>;
     async fn handle(&mut self, msg: Decisions, ctx: &mut Context) -> Self::Reply {
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(u64::from(msg.limit))?;
         let mut out: Vec<(String, Decision)> = ctx
             .storage()
             .list(ListOptions::prefix(DEC).reverse().limit(msg.limit as usize))
@@ -564,7 +556,7 @@ impl DeferredHandler<Poll> for Entity {
     type Reply = Result<CommandPage, ReactorError>;
     async fn handle(&mut self, msg: Poll, ctx: &mut Context, reply: Deferred<Self::Reply>) {
         let answer = async {
-            check_limit(msg.limit)?;
+            stead_core::validate_page_limit(u64::from(msg.limit))?;
             if msg.wait_ms > MAX_WAIT_MS {
                 return Err(
                     InvalidInput::new(format!("wait_ms may be at most {MAX_WAIT_MS}")).into(),
@@ -631,7 +623,7 @@ impl Handler<Ack> for Entity {
 impl Handler<DeadLetters> for Entity {
     type Reply = Result<Vec<DeadLetter>, ReactorError>;
     async fn handle(&mut self, msg: DeadLetters, ctx: &mut Context) -> Self::Reply {
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(u64::from(msg.limit))?;
         let list: Vec<(String, DeadLetter)> = ctx
             .storage()
             .list(ListOptions::prefix(DEAD).limit(msg.limit as usize))
@@ -708,7 +700,7 @@ impl Handler<Delivered> for Entity {
         };
         let url = hook.url.clone();
         let start = self.start_of(&url);
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let cfg = &self.env.config;
         let (max_attempts, base_ms, max_ms) =
             (cfg.max_attempts, cfg.retry_base_ms, cfg.retry_max_ms);
@@ -768,7 +760,7 @@ impl Handler<Delivered> for Entity {
                             if let Some(mut dead) = ctx.storage().get::<DeadLetter>(&key).await? {
                                 dead.attempts += attempts;
                                 dead.error = error;
-                                dead.at = at(now);
+                                dead.at = from_ms(now);
                                 ctx.storage().put(&key, &dead)?;
                             }
                         }
@@ -1030,7 +1022,7 @@ impl Entity {
         if delivery.webhooks.is_empty() {
             return Ok(());
         }
-        let now = ms(ctx.now());
+        let now = to_ms(ctx.now());
         let mut wake: Option<i64> = None;
         for hook in &delivery.webhooks {
             let start = self.start_of(&hook.url);
@@ -1088,7 +1080,7 @@ impl Entity {
             });
         }
         if let Some(wake) = wake {
-            ctx.schedules().once(DELIVER_JOB, at(wake))?;
+            ctx.schedules().once(DELIVER_JOB, from_ms(wake))?;
         }
         Ok(())
     }
@@ -1190,15 +1182,6 @@ impl Entity {
             None => Ok(()),
         }
     }
-}
-
-fn check_limit(limit: u32) -> Result<(), InvalidInput> {
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(InvalidInput::new(format!(
-            "limit must be between 1 and {MAX_PAGE}, not {limit}"
-        )));
-    }
-    Ok(())
 }
 
 // ----- the definitions of declarative types ----------------------------------------------------

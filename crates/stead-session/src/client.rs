@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -204,13 +205,9 @@ impl std::fmt::Debug for SessionClient {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A store's inactivity timeout, checked, in ms.
 fn idle_ms(idle: Option<Duration>) -> Result<Option<u64>, SessionError> {
-    let idle = idle.map(ms);
+    let idle = idle.map(duration_ms);
     if let Some(i) = idle {
         stead_core::validate_ms("idle", i, MAX_TTL_MS)?;
     }
@@ -360,10 +357,10 @@ impl SessionClient {
     /// Creates a session under a fresh random id (drawing again on a collision). The
     /// answer is the only place its id is ever shown.
     pub async fn create(&self, new: NewSession) -> Result<CreatedSession, SessionError> {
-        let ttl = ms(new.ttl);
+        let ttl = duration_ms(new.ttl);
         stead_core::validate_ms("ttl_ms", ttl, MAX_TTL_MS)?;
         if let Some(max) = new.max_lifetime {
-            stead_core::validate_ms("max_lifetime_ms", ms(max), MAX_TTL_MS)?;
+            stead_core::validate_ms("max_lifetime_ms", duration_ms(max), MAX_TTL_MS)?;
         }
         if let Some(u) = &new.user {
             stead_core::validate_name("user", u)?;
@@ -381,7 +378,7 @@ impl SessionClient {
                 label: new.label.clone(),
                 idle_ms: Some(ttl),
                 expires_at,
-                max_lifetime_ms: new.max_lifetime.map(ms),
+                max_lifetime_ms: new.max_lifetime.map(duration_ms),
             };
             match self.create_under(&id, create).await {
                 Err(SessionError::Exists) => continue,

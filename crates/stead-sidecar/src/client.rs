@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use stead_core::duration_ms;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -154,10 +155,6 @@ impl std::fmt::Debug for SidecarClient {
             .field("limits", self.inner.ns.env())
             .finish()
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn to_json(what: &str, value: &(impl Serialize + ?Sized)) -> Result<String, SidecarError> {
@@ -382,7 +379,7 @@ impl SidecarClient {
         self.stub(entity)?
             .call(NextStep {
                 worker: worker.to_owned(),
-                lease_ms: ms(lease),
+                lease_ms: duration_ms(lease),
             })
             .await
     }

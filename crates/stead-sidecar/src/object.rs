@@ -22,8 +22,7 @@ use crate::error::{Quota, SidecarError, StepStatus};
 
 /// The longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
-/// The most keys a listing page or a list range returns.
-pub const MAX_PAGE: usize = 1000;
+pub use stead_core::MAX_PAGE;
 /// The most steps a sidecar declares.
 pub const MAX_STEPS: usize = 1000;
 /// The longest lifetime, in ms (a year).
@@ -559,20 +558,10 @@ pub struct KeyPage {
     pub next_cursor: Option<String>,
 }
 
-fn check_limit(limit: usize) -> std::result::Result<(), InvalidInput> {
-    if (1..=MAX_PAGE).contains(&limit) {
-        Ok(())
-    } else {
-        Err(InvalidInput::new(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )))
-    }
-}
-
 impl Handler<ListKeys> for Sidecar {
     type Reply = Result<KeyPage, SidecarError>;
     async fn handle(&mut self, msg: ListKeys, ctx: &mut Context) -> Self::Reply {
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(msg.limit as u64)?;
         if msg.prefix.len() > MAX_KEY_BYTES {
             return Err(
                 InvalidInput::new(format!("prefix may be at most {MAX_KEY_BYTES} bytes")).into(),
@@ -708,7 +697,7 @@ impl Handler<Range> for Sidecar {
     type Reply = Result<Option<Items>, SidecarError>;
     async fn handle(&mut self, msg: Range, ctx: &mut Context) -> Self::Reply {
         validate_key(&msg.key)?;
-        check_limit(msg.limit)?;
+        stead_core::validate_page_limit(msg.limit as u64)?;
         self.expire_if_due(ctx)?;
         let Some(list) = ctx.storage().get::<ListMeta>(&list_key(&msg.key)).await? else {
             return Ok(None);
