@@ -168,6 +168,7 @@ impl Reservation {
 
 /// Why the ledger refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LedgerError {
     /// No cycle has started.
     #[error("no cycle has started")]

@@ -42,6 +42,7 @@ impl Reason {
 /// Why an evaluation failed (OpenFeature's error codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// No flag has this key.
     FlagNotFound,

@@ -27,6 +27,7 @@ impl fmt::Display for RuleError {
 
 /// Why an evaluation failed (a flag then answers with the `GENERAL` error code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RuleFault {
     /// A value without a number in it met arithmetic or a comparison.
     NaN,

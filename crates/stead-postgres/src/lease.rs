@@ -23,6 +23,7 @@ use crate::schema::{Sql, describe};
 
 /// Where the node stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LeaseState {
     /// Connecting, migrating, or asking for the lease the first time.
     Starting,
