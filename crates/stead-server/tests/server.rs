@@ -206,6 +206,22 @@ async fn health_openapi_metrics_and_problem_answers() {
             .contains("POST is not allowed on /healthz"),
         "{body}"
     );
+    // Inside a pattern's nested routes, the detail names the path the client sent.
+    let body = problem(
+        http.get(format!("{base}/counters/x/increment"))
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("GET is not allowed on /counters/x/increment"),
+        "{body}"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -559,8 +559,14 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        // Both clones are reference counts, not copies.
-        let request = Some((req.method().clone(), req.uri().clone()));
+        // The path the client sent: inside a nested router the request's own URI has lost
+        // the prefix, which axum keeps as the original URI. Both clones are reference
+        // counts, not copies.
+        let uri = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+        let request = Some((req.method().clone(), uri));
         ProblemFuture {
             inner: self.inner.call(req),
             request,
