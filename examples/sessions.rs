@@ -4,6 +4,7 @@
 //! `cargo run --example sessions`, then with a cookie jar:
 //! `curl -c j -b j -XPOST 'localhost:3000/login?user=ada'`, `curl -c j -b j localhost:3000/count`.
 
+// ANCHOR: app
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -19,7 +20,6 @@ struct Login {
     user: String,
 }
 
-// ANCHOR: app
 /// The app: sessions end after 30 minutes without a request (a read counts), in stead.
 pub fn app(sessions: SessionClient) -> Router {
     let store = SteadSessionStore::new(sessions.clone())
