@@ -42,6 +42,8 @@ type KeyFn = dyn Fn(&Request) -> Option<String> + Send + Sync;
 #[derive(Clone)]
 enum KeyBy {
     PeerIp,
+    /// The client address the given number of proxies recorded (see `key_by_forwarded_ip`).
+    Forwarded(usize),
     Header(HeaderName),
     Custom(Arc<KeyFn>),
 }
@@ -113,6 +115,26 @@ impl RateLimitLayer {
         self
     }
 
+    /// Keys requests by the client's address as recorded by the reverse proxies in front of
+    /// the app: `proxies` of them, each appending the address it saw to `X-Forwarded-For`.
+    /// The key is the entry `proxies` places from the right, which the nearest proxy wrote;
+    /// what a client puts in the header itself sits to its left and is never used. A request
+    /// whose header has fewer entries, or an entry that is not an IP address, shares the
+    /// limiter of [`NO_KEY`]. `proxies` is 1 to 16.
+    ///
+    /// Use it only when every request reaches the app through those proxies: a client that
+    /// can reach the app directly can name any address.
+    pub fn key_by_forwarded_ip(mut self, proxies: usize) -> Result<Self> {
+        if !(1..=16).contains(&proxies) {
+            return Err(stead_core::InvalidInput::new(format!(
+                "the number of proxies must be between 1 and 16, not {proxies}"
+            ))
+            .into());
+        }
+        self.key = KeyBy::Forwarded(proxies);
+        Ok(self)
+    }
+
     /// Keys requests by the value of a header (an API key, a tenant id). Requests without
     /// it share the limiter of [`NO_KEY`].
     pub fn key_by_header(mut self, name: HeaderName) -> Self {
@@ -180,6 +202,7 @@ impl RateLimitLayer {
                 let ConnectInfo(addr) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
                 Some(addr.ip().to_string())
             }
+            KeyBy::Forwarded(proxies) => forwarded_ip(req.headers(), *proxies),
             KeyBy::Header(name) => req
                 .headers()
                 .get(name)
@@ -188,6 +211,21 @@ impl RateLimitLayer {
         };
         Some(key.unwrap_or_else(|| NO_KEY.to_owned()))
     }
+}
+
+/// The entry `proxies` places from the right of `X-Forwarded-For` (several header lines are
+/// one list, in order), as an IP address.
+fn forwarded_ip(headers: &axum::http::HeaderMap, proxies: usize) -> Option<String> {
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let entry = entries.get(entries.len().checked_sub(proxies)?)?;
+    let ip: std::net::IpAddr = entry.parse().ok()?;
+    Some(ip.to_string())
 }
 
 impl<S> tower::Service<Request> for RateLimitService<S>

@@ -300,6 +300,39 @@ async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
 }
 
 #[tokio::test]
+async fn behind_proxies_the_layer_keys_by_the_address_the_nearest_proxy_recorded() {
+    let rt = runtime().await;
+    // Two proxies: the client's address is the second entry from the right.
+    let l = layer(&rt, Policy::per_minute(1))
+        .unwrap()
+        .key_by_forwarded_ip(2)
+        .unwrap();
+    let http = TestClient::new(app(l));
+    let via = |xff: &str| http.get("/hello").header("x-forwarded-for", xff);
+    assert_eq!(call(via("203.0.113.7, 10.0.0.2")).await.status, 200);
+    assert_eq!(call(via("203.0.113.7, 10.0.0.2")).await.status, 429);
+    // What a client writes itself stays to the left, and is not its key.
+    assert_eq!(
+        call(via("198.51.100.1, 203.0.113.7, 10.0.0.2"))
+            .await
+            .status,
+        429
+    );
+    // Another client, the same proxies: its own limit.
+    assert_eq!(call(via("203.0.113.8, 10.0.0.2")).await.status, 200);
+    // Too few entries or no address: the shared limiter of requests without a key.
+    assert_eq!(call(via("10.0.0.2")).await.status, 200);
+    assert_eq!(call(via("not-an-address, 10.0.0.2")).await.status, 429);
+    // A count of proxies that cannot be right is refused when the app is built.
+    let err = layer(&rt, Policy::per_minute(1))
+        .unwrap()
+        .key_by_forwarded_ip(0)
+        .unwrap_err();
+    assert!(err.to_string().contains("between 1 and 16"), "{err}");
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_layer_fails_closed_unless_told_open() {
     let rt = runtime().await;
     let key = HeaderName::from_static("x-api-key");
