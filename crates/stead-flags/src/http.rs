@@ -46,7 +46,7 @@ impl stead_core::http::Pattern for FlagsPattern {
             .route("/{set}", get(read_set).put(replace_set))
             .route("/{set}/audit", get(audit))
             .route("/{set}/version", get(version))
-            .route("/{set}/{flag}", put(put_flag).delete(delete_flag))
+            .route("/{set}/flags/{flag}", put(put_flag).delete(delete_flag))
             .route("/{set}/ofrep/v1/evaluate/flags/{key}", post(ofrep_one))
             .route("/{set}/ofrep/v1/evaluate/flags", post(ofrep_bulk))
             .with_state(FlagsClient::new(rt)?)
@@ -218,7 +218,7 @@ async fn replace_set(
 }
 
 /// Create or replace one flag (flagd's form, or the simple form).
-#[utoipa::path(put, path = "/{set}/{flag}", operation_id = "putFlag", tag = "flags",
+#[utoipa::path(put, path = "/{set}/flags/{flag}", operation_id = "putFlag", tag = "flags",
     params(("set" = String, Path, description = "The flag set."),
         ("flag" = String, Path, description = "The flag key."),
         ("If-Match" = Option<String>, Header, description = "The ETag the change was made against."),
@@ -240,7 +240,7 @@ async fn put_flag(
 }
 
 /// Delete one flag.
-#[utoipa::path(delete, path = "/{set}/{flag}", operation_id = "deleteFlag", tag = "flags",
+#[utoipa::path(delete, path = "/{set}/flags/{flag}", operation_id = "deleteFlag", tag = "flags",
     params(("set" = String, Path, description = "The flag set."),
         ("flag" = String, Path, description = "The flag key."),
         ("If-Match" = Option<String>, Header, description = "The ETag the change was made against."),

@@ -27,6 +27,40 @@ fn doc() -> Value {
 }
 
 #[tokio::test]
+async fn a_flag_may_have_the_name_of_a_route() {
+    let rt = TestRuntime::memory().await;
+    let http = app(&rt);
+    let simple = json!({"enabled": true, "rollout_percent": 100});
+    for key in ["audit", "version", "ofrep", "flags"] {
+        let r = http
+            .put(&format!("/flags/prod/flags/{key}"))
+            .json(&simple)
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+    }
+    let r = http.get("/flags/prod").send().await;
+    let keys: Vec<String> = r.value()["flags"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    // The routes named like them still answer as themselves.
+    assert_eq!(http.get("/flags/prod/version").send().await.status, 200);
+    assert_eq!(http.get("/flags/prod/audit").send().await.status, 200);
+    for key in ["audit", "version", "ofrep", "flags"] {
+        let r = http
+            .delete(&format!("/flags/prod/flags/{key}"))
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{key}: {}", r.text());
+    }
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn admin_routes_version_and_guard_every_change() {
     let rt = TestRuntime::memory().await;
     let http = app(&rt);
@@ -52,7 +86,7 @@ async fn admin_routes_version_and_guard_every_change() {
     // A stale If-Match: 412, and nothing written.
     let simple = json!({"enabled": true, "rollout_percent": 50});
     let r = http
-        .put("/flags/prod/beta")
+        .put("/flags/prod/flags/beta")
         .header("if-match", "\"0\"")
         .json(&simple)
         .send()
@@ -63,14 +97,14 @@ async fn admin_routes_version_and_guard_every_change() {
     );
     assert_eq!(r.value()["current_version"], 1);
     let r = http
-        .put("/flags/prod/beta")
+        .put("/flags/prod/flags/beta")
         .header("if-match", "\"1\"")
         .json(&simple)
         .send()
         .await;
     assert_eq!((r.status.as_u16(), r.header("etag")), (200, Some("\"2\"")));
     let r = http
-        .put("/flags/prod/beta")
+        .put("/flags/prod/flags/beta")
         .header("if-match", "\"1\"")
         .json(&simple)
         .send()
@@ -79,7 +113,7 @@ async fn admin_routes_version_and_guard_every_change() {
 
     // Validation: the flag and the path of the fault.
     let r = http
-        .put("/flags/prod/bad")
+        .put("/flags/prod/flags/bad")
         .json(&json!({"state": "ENABLED", "variants": {"a": 1, "b": "two"}}))
         .send()
         .await;
@@ -104,12 +138,12 @@ async fn admin_routes_version_and_guard_every_change() {
     );
 
     let r = http
-        .delete("/flags/prod/beta")
+        .delete("/flags/prod/flags/beta")
         .header("stead-actor", "bo")
         .send()
         .await;
     assert_eq!(r.status, 200);
-    let r = http.delete("/flags/prod/beta").send().await;
+    let r = http.delete("/flags/prod/flags/beta").send().await;
     assert_eq!(
         (r.status.as_u16(), r.value()["type"].as_str()),
         (404, Some("/problems/not-found"))
@@ -252,7 +286,7 @@ async fn ofrep_answers_with_the_protocols_bodies() {
             .status,
         200
     );
-    http.delete("/flags/default/broken").send().await;
+    http.delete("/flags/default/flags/broken").send().await;
     assert_eq!(
         http.post(one)
             .header("if-none-match", &etag)
@@ -282,7 +316,7 @@ async fn a_long_poll_answers_when_the_set_changes() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!poll.is_finished(), "it waits while nothing changes");
-    http.delete("/flags/s/off").send().await;
+    http.delete("/flags/s/flags/off").send().await;
     let v = tokio::time::timeout(Duration::from_secs(10), poll)
         .await
         .unwrap()
