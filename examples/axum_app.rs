@@ -5,12 +5,14 @@
 //! `curl localhost:3000/hits/home`; the catalog answers under `/stead` to
 //! `curl -H "Authorization: Bearer $ADMIN_TOKEN" ...`.
 
+// ANCHOR: imports
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use stead::{Context, DurableObject, Handler, Namespace, Result, Runtime};
+// ANCHOR_END: imports
 
 struct Hits(u64);
 

@@ -6,11 +6,13 @@
 //!
 //! `cargo run --example controller_queue`
 
+// ANCHOR: imports
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
+// ANCHOR_END: imports
 
 // ANCHOR: queue
 /// A queue table: rows wait until an item is done.
