@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use stead_core::from_ms;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    Context, DurableObject, Handler, InvalidInput, ListOptions, Result, ScheduledJob,
+    Context, DurableObject, Handler, InvalidInput, ListOptions, Result, ScheduledJob, from_ms,
 };
 
 use crate::client::BudgetConfig;

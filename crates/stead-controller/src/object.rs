@@ -4,11 +4,12 @@
 //! starts each batch when it is due.
 
 use std::sync::Arc;
-use stead_core::{from_ms, to_ms};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use stead_core::{AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result};
+use stead_core::{
+    AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result, from_ms, to_ms,
+};
 
 use crate::breaker::{Breaker, Transition};
 use crate::client::ControllerEnv;

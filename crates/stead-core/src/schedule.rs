@@ -137,7 +137,7 @@ impl<'a> Schedules<'a> {
 
     /// Runs job `name` every `interval`, first one `interval` from now.
     pub fn every(&mut self, name: &str, interval: Duration) -> Result<()> {
-        let ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::duration_ms(interval);
         if ms == 0 {
             return Err(Error::InvalidSchedule {
                 detail: "an interval must be at least one millisecond".into(),

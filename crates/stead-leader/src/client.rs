@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use stead_core::duration_ms;
 
 use serde::Deserialize;
 use stead_core::{
     Clock, Durability, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub,
+    duration_ms,
 };
 
 use crate::error::LeaderError;

@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use stead_core::duration_ms;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use stead_core::{Clock, Durability, Namespace, NamespaceOptions, Result, Runtime, Stub};
+use stead_core::{
+    Clock, Durability, Namespace, NamespaceOptions, Result, Runtime, Stub, duration_ms,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

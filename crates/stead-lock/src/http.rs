@@ -2,7 +2,6 @@
 //! mapping of [`LockError`] to problems.
 
 use std::time::Duration;
-use stead_core::duration_ms;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use stead_core::http::{Json as Body, Name, Problem, problems, schema};
-use stead_core::{Result, Runtime};
+use stead_core::{Result, Runtime, duration_ms};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::client::{AcquireOptions, LockClient, LockConfig};

@@ -213,18 +213,20 @@ impl RateLimitLayer {
     }
 }
 
+/// The header reverse proxies append the addresses they saw to.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// The entry `proxies` places from the right of `X-Forwarded-For` (several header lines are
-/// one list, in order), as an IP address.
+/// one list, in order), as an IP address. Read from the right, without collecting the list.
 fn forwarded_ip(headers: &axum::http::HeaderMap, proxies: usize) -> Option<String> {
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    let entry = headers
+        .get_all(X_FORWARDED_FOR)
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let entry = entries.get(entries.len().checked_sub(proxies)?)?;
-    let ip: std::net::IpAddr = entry.parse().ok()?;
+        .flat_map(|v| v.rsplit(','))
+        .nth(proxies.checked_sub(1)?)?;
+    let ip: std::net::IpAddr = entry.trim().parse().ok()?;
     Some(ip.to_string())
 }
 

@@ -107,7 +107,7 @@ impl Policy {
         Policy {
             algorithm: Algorithm::Gcra,
             limit,
-            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            period_ms: stead_core::duration_ms(period),
             burst: None,
         }
     }

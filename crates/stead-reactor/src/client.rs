@@ -464,7 +464,7 @@ impl ReactorClient {
         limit: u32,
         wait: Duration,
     ) -> Result<CommandPage, ReactorError> {
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let wait_ms = stead_core::duration_ms(wait);
         self.entity(kind, entity)?
             .with_timeout(wait + Duration::from_secs(30))
             .call(Poll {

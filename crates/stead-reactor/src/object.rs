@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use stead_core::{from_ms, to_ms};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stead_core::{
     Context, Deferred, DeferredHandler, DurableObject, Handler, InvalidInput, ListOptions,
-    ScheduledJob, WebSocket, WebSocketMessage,
+    ScheduledJob, WebSocket, WebSocketMessage, from_ms, to_ms,
 };
 
 use crate::client::ReactorEnv;
@@ -469,7 +468,8 @@ impl Handler<Ingest> for Entity {
         stead_core::validate_name("event type", &event.kind)?;
         let ty = self.env.entry(&self.kind).await?;
         let now = ctx.now();
-        self.forget_old_events(ctx, to_ms(now)).await?;
+        let now_ms = to_ms(now);
+        self.forget_old_events(ctx, now_ms).await?;
         let key = seen_key(&event.id);
         if self.seen.contains_key(&key) {
             return Ok(Ingested {
@@ -491,9 +491,9 @@ impl Handler<Ingest> for Entity {
             return Err(ReactorError::OutboxFull { pending });
         }
         self.check_size(&state)?;
-        self.seen.insert(key.clone(), to_ms(now));
-        self.seen_order.push_back((to_ms(now), key.clone()));
-        ctx.storage().put(&format!("{SEEN}{key}"), &to_ms(now))?;
+        self.seen.insert(key.clone(), now_ms);
+        self.seen_order.push_back((now_ms, key.clone()));
+        ctx.storage().put(&format!("{SEEN}{key}"), &now_ms)?;
         self.meta.events += 1;
         self.record(ctx, state, out, format!("event:{}", event.id), &ty.delivery)
             .await?;

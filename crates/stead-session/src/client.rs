@@ -3,7 +3,6 @@
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use stead_core::duration_ms;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,6 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use stead_core::{
     Clock, Durability, Error, InvalidInput, Namespace, NamespaceOptions, Result, Runtime,
+    duration_ms,
 };
 use tower_sessions_core::session::Id;
 

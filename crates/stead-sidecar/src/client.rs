@@ -2,13 +2,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use stead_core::duration_ms;
 
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use stead_core::{
     Durability, Error, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub,
+    duration_ms,
 };
 
 use crate::error::SidecarError;

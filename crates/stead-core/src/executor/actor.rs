@@ -194,10 +194,7 @@ impl<O: DurableObject> Actor<O> {
             return Step::Again;
         }
         if !messages.is_empty() {
-            self.mailbox
-                .last_used_ms
-                .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
-            self.decline_eviction();
+            self.begin_turns();
             // Boxed so that the task of an idle object stays small: a turn's futures
             // live only while it runs.
             Box::pin(self.process_all(messages)).await;
@@ -247,11 +244,7 @@ impl<O: DurableObject> Actor<O> {
             for ack in acks {
                 actor.on_ack(ack);
             }
-            actor
-                .mailbox
-                .last_used_ms
-                .store(to_ms(actor.ns.shared.clock.now()), Ordering::Relaxed);
-            actor.decline_eviction();
+            actor.begin_turns();
             actor.process(env).await;
             actor.submit();
             actor
@@ -276,6 +269,14 @@ impl<O: DurableObject> Actor<O> {
         if wake {
             mailbox.notify.notify_one();
         }
+    }
+
+    /// Marks the object used now and keeps it from leaving: turns are about to run.
+    fn begin_turns(&mut self) {
+        self.mailbox
+            .last_used_ms
+            .store(to_ms(self.ns.shared.clock.now()), Ordering::Relaxed);
+        self.decline_eviction();
     }
 
     /// Whether the object, idle after a turn run by a caller, has anything for its task to

@@ -150,6 +150,33 @@ impl<O: DurableObject> Inbox<O> {
         }
     }
 
+    /// The object, if its task sleeps with it here and nothing else to do (nothing queued, no
+    /// commit failed, only successful acks to see, not leaving), for a caller to run a turn
+    /// of it in its own task, with those acks for it to see first.
+    pub(super) fn take_idle(&mut self, leaving: bool) -> Option<(Box<Actor<O>>, Vec<Ack>)> {
+        let idle = self.waiting
+            && !self.wants_acks
+            && !self.failed
+            && !leaving
+            && self.messages.is_empty()
+            && self.acks.iter().all(|a| a.ok);
+        if !idle {
+            return None;
+        }
+        // A task that waits has left the object here; anything else stays where it is.
+        match std::mem::replace(&mut self.slot, Slot::Away) {
+            Slot::Idle(actor) => {
+                self.waiting = false;
+                Some((actor, std::mem::take(&mut self.acks)))
+            }
+            other => {
+                debug_assert!(false, "a waiting task without its object in the inbox");
+                self.slot = other;
+                None
+            }
+        }
+    }
+
     /// Puts a turn's reply behind the gate, or releases it if its write is already
     /// acknowledged (or lost).
     pub(super) fn hold(&mut self, seq: u64, reply: PendingReply, out: &mut Released) {

@@ -17,7 +17,7 @@ use crate::shared::Shared;
 use crate::websocket::SocketTable;
 
 use super::actor::Actor;
-use super::mailbox::{CommitTiming, Inbox, Mailbox, Slot, TurnPace};
+use super::mailbox::{CommitTiming, Inbox, Mailbox, TurnPace};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
 
 /// The `Retry-After` of a message refused because the store's commit queue is backlogged.
@@ -256,21 +256,10 @@ impl<O: DurableObject> NsInner<O> {
             }
         };
         let mut inbox = lock(&mailbox.inbox);
-        // Idle: the task sleeps with the object in the inbox, nothing queued, no commit
-        // failed, nothing but successful acks to see, not leaving, not stopping (the runtime
-        // refused above). The caller takes the object, and the acks for it to see first.
-        if take
-            && inbox.waiting
-            && !inbox.wants_acks
-            && !inbox.failed
-            && inbox.messages.is_empty()
-            && matches!(inbox.slot, Slot::Idle(_))
-            && inbox.acks.iter().all(|a| a.ok)
-            && !mailbox.evict.load(Ordering::Acquire)
-            && let Slot::Idle(actor) = std::mem::replace(&mut inbox.slot, Slot::Away)
+        // An idle object is taken for the caller to run the turn (the runtime is not
+        // stopping: that was refused above).
+        if take && let Some((actor, acks)) = inbox.take_idle(mailbox.evict.load(Ordering::Acquire))
         {
-            inbox.waiting = false;
-            let acks = std::mem::take(&mut inbox.acks);
             return Ok(Some(Taken { actor, acks, env }));
         }
         let depth = inbox.messages.len();

@@ -297,9 +297,7 @@ impl Runtime {
         sql: &str,
         params: impl Into<crate::Params>,
     ) -> Result<crate::Cursor> {
-        crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
-        self.namespace_of(class)?
-            .query_named(name.to_owned(), sql.to_owned(), params.into(), false)
+        self.object_sql(class, name, sql, params.into(), false)
             .await
     }
 
@@ -315,9 +313,22 @@ impl Runtime {
         sql: &str,
         params: impl Into<crate::Params>,
     ) -> Result<crate::Cursor> {
+        self.object_sql(class, name, sql, params.into(), true).await
+    }
+
+    /// One statement on an object's database, in a turn of the object; `writes` says whether
+    /// it may change anything.
+    async fn object_sql(
+        &self,
+        class: &str,
+        name: &str,
+        sql: &str,
+        params: crate::Params,
+        writes: bool,
+    ) -> Result<crate::Cursor> {
         crate::validate_object_name(name).map_err(|e| Error::bad_request(e.to_string()))?;
         self.namespace_of(class)?
-            .query_named(name.to_owned(), sql.to_owned(), params.into(), true)
+            .query_named(name.to_owned(), sql.to_owned(), params, writes)
             .await
     }
 
