@@ -165,12 +165,12 @@ pub async fn serve(rt: &stead::Runtime) -> anyhow::Result<String> {
     Ok(base)
 }
 
-/// The decision log as a table, oldest first.
+/// The decision log as a table (entries given oldest first).
 pub fn format_log(entries: &[Value]) -> String {
     let mut out = String::from(
         "seq  cause        reason       status    batch      interval  success  outcome\n",
     );
-    for e in entries.iter().rev() {
+    for e in entries {
         let batch = &e["batch"];
         let outcome = if batch.is_object() {
             format!("{}/{} ok", batch["succeeded"], batch["leased"])
@@ -221,12 +221,13 @@ async fn main() -> anyhow::Result<()> {
     // The downstream handles 20 items per batch, until it degrades to 8 after 400 items.
     worker(&url, &queue, |done| if done < 400 { 20 } else { 8 }).await?;
     let state: Value = http.get(&url).send().await?.json().await?;
-    let log: Vec<Value> = http
-        .get(format!("{url}/decisions?limit=100"))
+    let log: Value = http
+        .get(format!("{url}/decisions?limit=100&order=oldest"))
         .send()
         .await?
         .json()
         .await?;
+    let log = log["entries"].as_array().cloned().unwrap_or_default();
     println!(
         "drained: {} rows waiting, {} items done, {} failed and retried\n",
         queue.waiting()?,

@@ -49,11 +49,12 @@
 pub use stead_core::chrono;
 pub use stead_core::{
     AlarmInfo, Backend, ClassVitals, Clock, Context, Deferred, DeferredHandler, Durability,
-    DurableObject, Error, Handler, InvalidInput, ListOptions, MAX_NAME_CHARS, ManualClock,
-    MemoryBackend, Message, Namespace, NamespaceOptions, ObjectDocument, ObjectEntry, ObjectId,
-    ObjectPage, Result, Runtime, RuntimeBuilder, RuntimeConfig, ScheduleInfo, ScheduleKind,
-    ScheduledJob, Schedules, Storage, Stub, SystemClock, Vitals, WebSocket, WebSocketClose,
-    WebSocketConfig, WebSocketMessage, validate_ms, validate_name,
+    DurableObject, Error, Handler, InvalidInput, ListOptions, Log, LogOrder, LogPage, LogQuery,
+    MAX_NAME_CHARS, ManualClock, MemoryBackend, Message, Namespace, NamespaceOptions,
+    ObjectDocument, ObjectEntry, ObjectId, ObjectPage, Result, Runtime, RuntimeBuilder,
+    RuntimeConfig, ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, Storage, Stub, SystemClock,
+    Vitals, WebSocket, WebSocketClose, WebSocketConfig, WebSocketMessage, validate_ms,
+    validate_name,
 };
 #[cfg(feature = "sqlite")]
 pub use stead_core::{BackupReport, SqliteBackend, SqliteOptions};

@@ -35,16 +35,17 @@ async fn the_example_drains_the_queue_and_the_log_says_why() {
     assert_eq!(state["batch_size"], 23, "{state}");
     assert_eq!(state["status"], "running");
 
-    let log: Vec<Value> = http
-        .get(format!("{url}/decisions?limit=100"))
+    let page: Value = http
+        .get(format!("{url}/decisions?limit=100&order=oldest"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    assert_eq!(page["next"], Value::Null);
     // Oldest first: configured, then 10 → 15 → 23, each explained.
-    let log: Vec<&Value> = log.iter().rev().collect();
+    let log = page["entries"].as_array().unwrap();
     assert_eq!(log[0]["cause"], "configured");
     let sizes: Vec<(u64, u64)> = log[1..]
         .iter()
@@ -63,7 +64,7 @@ async fn the_example_drains_the_queue_and_the_log_says_why() {
     for pair in log.windows(2) {
         assert_eq!(pair[0]["after"], pair[1]["before"]);
     }
-    let table = example::format_log(&log.into_iter().rev().cloned().collect::<Vec<_>>());
+    let table = example::format_log(log);
     assert!(table.contains("increase"), "{table}");
     rt.shutdown().await.unwrap();
 }

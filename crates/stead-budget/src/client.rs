@@ -1,7 +1,9 @@
 //! The typed client and the configuration of a runtime's budgets.
 
 use serde::Deserialize;
-use stead_core::{Durability, Namespace, NamespaceOptions, Result, Runtime, Stub};
+use stead_core::{
+    Durability, LogPage, LogQuery, Namespace, NamespaceOptions, Result, Runtime, Stub,
+};
 
 use crate::error::BudgetError;
 use crate::object::{
@@ -194,19 +196,23 @@ impl BudgetClient {
         self.stub(name)?.call(Plan).await
     }
 
-    /// Closed cycles, newest first.
-    pub async fn history(&self, name: &str, limit: u32) -> Result<Vec<CycleView>, BudgetError> {
-        self.stub(name)?.call(History { limit }).await
+    /// A page of the closed cycles kept, numbered by cycle (`LogQuery::newest(10)`: the last
+    /// ten, newest first).
+    pub async fn history(
+        &self,
+        name: &str,
+        page: LogQuery,
+    ) -> Result<LogPage<CycleView>, BudgetError> {
+        self.stub(name)?.call(History(page)).await
     }
 
-    /// Events, newest first: at most `limit`, numbered below `before`.
+    /// A page of the event log (cycles started, alerts, overruns).
     pub async fn events(
         &self,
         name: &str,
-        limit: u32,
-        before: Option<u64>,
-    ) -> Result<Vec<BudgetEvent>, BudgetError> {
-        self.stub(name)?.call(Events { limit, before }).await
+        page: LogQuery,
+    ) -> Result<LogPage<BudgetEvent>, BudgetError> {
+        self.stub(name)?.call(Events(page)).await
     }
 
     /// Deletes a budget and everything it keeps; whether it existed.

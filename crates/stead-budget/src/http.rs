@@ -7,16 +7,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use stead_core::http::{Json as Body, Name, OptionalJson, Problem, Query, problems, schema};
-use stead_core::{Result, Runtime};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use stead_core::http::{
+    Json as Body, LogParams, Name, OptionalJson, Problem, Query, problems, schema,
+};
+use stead_core::{LogPage, Result, Runtime};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::client::{BudgetClient, BudgetConfig};
 use crate::error::BudgetError;
 use crate::ledger::LedgerError;
 use crate::object::{
-    AccountView, BudgetEvent, BudgetState, CycleView, MAX_PAGE, MAX_TTL_MS, PlanPhase,
-    ReservationView,
+    AccountView, BudgetEvent, BudgetState, CycleView, MAX_TTL_MS, PlanPhase, ReservationView,
 };
 use crate::spec::{BudgetSpec, MAX_AMOUNT};
 
@@ -177,45 +178,30 @@ async fn plan(
     Ok(Body(c.plan(&name).await?))
 }
 
-/// How many entries.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct PageParams {
-    /// At most this many (default 50).
-    #[param(schema_with = schema::integer::<1, { MAX_PAGE as u64 }>)]
-    limit: Option<u32>,
-    /// Only entries numbered below this (events only).
-    #[param(schema_with = schema::integer::<1, { u64::MAX }>)]
-    before: Option<u64>,
-}
-
-/// Closed cycles, newest first.
+/// Closed cycles kept, numbered by cycle (newest first unless asked otherwise).
 #[utoipa::path(get, path = "/{name}/history", operation_id = "getBudgetHistory", tag = "budgets",
-    params(Name, PageParams),
-    responses((status = 200, description = "closed cycles", body = [CycleView]),
+    params(Name, LogParams),
+    responses((status = 200, description = "a page of closed cycles", body = LogPage<CycleView>),
         problems::NotFound, problems::BadRequest))]
 async fn history(
     State(c): State<BudgetClient>,
     Name(name): Name,
-    Query(q): Query<PageParams>,
-) -> Result<Body<Vec<CycleView>>, BudgetError> {
-    Ok(Body(c.history(&name, q.limit.unwrap_or(50)).await?))
+    Query(q): Query<LogParams>,
+) -> Result<Body<LogPage<CycleView>>, BudgetError> {
+    Ok(Body(c.history(&name, q.query()).await?))
 }
 
-/// Events (cycles started, alerts, overruns), newest first.
+/// The event log (cycles started, alerts, overruns), newest first unless asked otherwise.
 #[utoipa::path(get, path = "/{name}/events", operation_id = "getBudgetEvents", tag = "budgets",
-    params(Name, PageParams),
-    responses((status = 200, description = "events", body = [BudgetEvent]),
+    params(Name, LogParams),
+    responses((status = 200, description = "a page of the log", body = LogPage<BudgetEvent>),
         problems::NotFound, problems::BadRequest))]
 async fn events(
     State(c): State<BudgetClient>,
     Name(name): Name,
-    Query(q): Query<PageParams>,
-) -> Result<Body<Vec<BudgetEvent>>, BudgetError> {
-    Ok(Body(
-        c.events(&name, q.limit.unwrap_or(50), q.before).await?,
-    ))
+    Query(q): Query<LogParams>,
+) -> Result<Body<LogPage<BudgetEvent>>, BudgetError> {
+    Ok(Body(c.events(&name, q.query()).await?))
 }
 
 /// Starts a cycle (the body is optional).

@@ -10,7 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    Context, DurableObject, Handler, InvalidInput, ListOptions, Result, ScheduledJob, from_ms,
+    Context, DurableObject, Handler, InvalidInput, ListOptions, Log, LogPage, LogQuery, Result,
+    ScheduledJob, from_ms,
 };
 
 use crate::client::BudgetConfig;
@@ -22,7 +23,8 @@ const CONFIG: &str = "config";
 const META: &str = "meta";
 const CYCLE: &str = "cycle/";
 const RES: &str = "res/";
-const EVENT: &str = "event/";
+/// The event log.
+const EVENTS: Log = Log::new("event/");
 const CYCLE_JOB: &str = "cycle";
 const EXPIRY_JOB: &str = "expiry";
 
@@ -97,8 +99,6 @@ pub struct Governor {
     /// What this turn changed: cycles and reservations to write (or delete).
     dirty_cycles: BTreeSet<u64>,
     dirty_res: BTreeSet<String>,
-    /// Events that fell off the log.
-    dirty_events: Vec<u64>,
     /// Whether the meta changed this turn (an event was written).
     meta_dirty: bool,
 }
@@ -126,7 +126,6 @@ impl DurableObject for Governor {
             expiry_ms,
             dirty_cycles: BTreeSet::new(),
             dirty_res: BTreeSet::new(),
-            dirty_events: Vec::new(),
             meta_dirty: false,
         })
     }
@@ -213,21 +212,13 @@ pub struct Inspect;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Plan;
 
-/// Asks for the closed cycles, newest first.
+/// Asks for a page of the closed cycles kept (numbered by cycle).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct History {
-    /// At most this many.
-    pub limit: u32,
-}
+pub struct History(pub LogQuery);
 
-/// Asks for events, newest first.
+/// Asks for a page of the event log.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Events {
-    /// At most this many.
-    pub limit: u32,
-    /// Only events numbered below this.
-    pub before: Option<u64>,
-}
+pub struct Events(pub LogQuery);
 
 /// Deletes the budget and everything it keeps.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -595,35 +586,21 @@ impl Handler<Plan> for Governor {
 }
 
 impl Handler<History> for Governor {
-    type Reply = Result<Vec<CycleView>, BudgetError>;
+    type Reply = Result<LogPage<CycleView>, BudgetError>;
     async fn handle(&mut self, msg: History, _ctx: &mut Context) -> Self::Reply {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
-        stead_core::validate_page_limit(u64::from(msg.limit))?;
-        Ok(self
-            .books
-            .cycles
-            .iter()
-            .rev()
-            .filter(|c| c.closed_ms.is_some())
-            .take(msg.limit as usize)
-            .map(|c| self.cycle_view(c))
-            .collect())
+        msg.0.validate()?;
+        let closed = self.books.cycles.iter().filter(|c| c.closed_ms.is_some());
+        Ok(LogPage::from_numbered(closed, |c| c.number, &msg.0).map(|c| self.cycle_view(c)))
     }
 }
 
 impl Handler<Events> for Governor {
-    type Reply = Result<Vec<BudgetEvent>, BudgetError>;
+    type Reply = Result<LogPage<BudgetEvent>, BudgetError>;
     async fn handle(&mut self, msg: Events, ctx: &mut Context) -> Self::Reply {
         self.spec.as_ref().ok_or(BudgetError::NotFound)?;
-        stead_core::validate_page_limit(u64::from(msg.limit))?;
-        let mut opts = ListOptions::prefix(EVENT)
-            .reverse()
-            .limit(msg.limit as usize);
-        if let Some(before) = msg.before {
-            opts = opts.end(format!("{EVENT}{before:020}"));
-        }
-        let events: Vec<(String, BudgetEvent)> = ctx.storage().list(opts).await?;
-        Ok(events.into_iter().map(|(_, e)| e).collect())
+        msg.0.validate()?;
+        Ok(EVENTS.page(ctx.storage(), &msg.0).await?)
     }
 }
 
@@ -637,7 +614,6 @@ impl Handler<Remove> for Governor {
         self.expiry_ms = None;
         self.dirty_cycles.clear();
         self.dirty_res.clear();
-        self.dirty_events.clear();
         Ok(existed)
     }
 }
@@ -819,20 +795,12 @@ impl Governor {
             spent,
             allocated,
         };
-        ctx.storage().put(&format!("{EVENT}{seq:020}"), &e)?;
-        let keep = u64::from(self.env.events.max(1));
-        if seq > keep {
-            self.dirty_events.push(seq - keep);
-        }
-        Ok(())
+        EVENTS.append(ctx.storage(), seq, &e, u64::from(self.env.events.max(1)))
     }
 
     /// Writes what the turn changed, forgets old resolved reservations, and sets the
     /// expiry job for the next pending expiry.
     async fn save(&mut self, ctx: &mut Context) -> Result<()> {
-        for seq in std::mem::take(&mut self.dirty_events) {
-            ctx.storage().delete(&format!("{EVENT}{seq:020}"))?;
-        }
         // Cheap: it looks at the oldest resolved reservation and stops at the first young one.
         self.forget(ctx.now().timestamp_millis());
         for n in std::mem::take(&mut self.dirty_cycles) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use stead_budget::{BudgetClient, BudgetError, BudgetSpec, EventKind, LedgerError};
+use stead_core::LogQuery;
 use stead_fixtures::TestRuntime;
 
 /// The seed's scenario: three processors (weights 5/3/2, phases 1/1/2) on three tiers.
@@ -137,7 +138,7 @@ async fn an_unresolved_reservation_expires_and_frees_its_amount() {
     );
     assert_eq!(b.commit("e", "slow", 10).await.unwrap(), late, "idempotent");
     assert_eq!(available(&b.state("e").await.unwrap(), "content"), 2990);
-    let events = b.events("e", 10, None).await.unwrap();
+    let events = b.events("e", LogQuery::newest(10)).await.unwrap().entries;
     assert!(events.iter().any(|e| e.kind == EventKind::LateCommit));
     assert!(matches!(
         b.void("e", "slow").await,
@@ -156,9 +157,10 @@ async fn a_late_commit_past_the_allocation_is_an_overrun() {
     b.reserve("o", "other", "seo", 1500, 60_000).await.unwrap();
     b.commit("o", "big", 2000).await.unwrap();
     let kinds: Vec<_> = b
-        .events("o", 10, None)
+        .events("o", LogQuery::newest(10))
         .await
         .unwrap()
+        .entries
         .into_iter()
         .map(|e| e.kind)
         .collect();
@@ -243,15 +245,27 @@ async fn cycles_by_schedule_roll_over_up_to_the_cap_and_the_history_is_bounded()
     assert_eq!(cycle.rollover_in, 2500);
     let alloc: Vec<u64> = cycle.accounts.iter().map(|a| a.allocated).collect();
     assert_eq!(alloc, [5500, 4000, 3000]);
-    let h = b.history("c", 10).await.unwrap();
+    let h = b.history("c", LogQuery::newest(10)).await.unwrap().entries;
     assert_eq!(h.len(), 1);
     assert_eq!((h[0].spent, h[0].rollover_out), (4500, 2500));
     assert_eq!(h[0].allocated + h[0].rollover_out, h[0].total);
     for _ in 0..4 {
         rt.advance(Duration::from_secs(86_400)).await;
     }
-    let h = b.history("c", 10).await.unwrap();
-    assert_eq!(h.iter().map(|c| c.number).collect::<Vec<_>>(), [5, 4]);
+    let h = b.history("c", LogQuery::newest(10)).await.unwrap();
+    assert_eq!(
+        h.entries.iter().map(|c| c.number).collect::<Vec<_>>(),
+        [5, 4]
+    );
+    assert_eq!(h.next, None);
+    // Paged, oldest first: the cursor is a cycle's number.
+    let first = b.history("c", LogQuery::oldest(1)).await.unwrap();
+    assert_eq!((first.entries[0].number, first.next), (4, Some(4)));
+    let second = b
+        .history("c", LogQuery::oldest(1).from(first.next))
+        .await
+        .unwrap();
+    assert_eq!((second.entries[0].number, second.next), (5, None));
     // A cycle by API, with another total.
     let c = b.start_cycle("c", Some(100)).await.unwrap();
     assert_eq!(c.number, 7);
@@ -274,10 +288,9 @@ async fn alerts_and_an_overrun_are_events() {
         b.reserve("a", "r3", "seo", 1, 60_000).await,
         Err(BudgetError::Ledger(LedgerError::Overrun(_)))
     ));
-    let events = b.events("a", 100, None).await.unwrap();
+    let events = b.events("a", LogQuery::oldest(100)).await.unwrap().entries;
     let seen: Vec<(EventKind, Option<String>, Option<u32>)> = events
         .iter()
-        .rev()
         .map(|e| (e.kind, e.processor.clone(), e.threshold))
         .collect();
     let seo = || Some("seo".to_owned());

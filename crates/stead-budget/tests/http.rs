@@ -115,13 +115,20 @@ async fn a_budget_over_http() {
         .send()
         .await
         .value();
-    assert_eq!(h[0]["number"], 2);
+    assert_eq!(h["entries"][0]["number"], 2);
+    assert_eq!(h["next"], 2);
     let e = http
         .get("/budgets/daily/events?limit=100")
         .send()
         .await
         .value();
-    assert!(e.as_array().unwrap().iter().any(|e| e["kind"] == "overrun"));
+    assert!(
+        e["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "overrun")
+    );
 
     let r = http
         .put("/budgets/daily")

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use stead_core::{Durability, InvalidInput, Namespace, NamespaceOptions, Result, Runtime, Stub};
+use stead_core::{
+    Durability, InvalidInput, LogPage, LogQuery, Namespace, NamespaceOptions, Result, Runtime, Stub,
+};
 
 use crate::error::ControllerError;
 use crate::object::{
@@ -329,14 +331,13 @@ impl ControllerClient {
         self.stub(name)?.call(Inspect).await
     }
 
-    /// Decision-log entries, newest first: at most `limit`, numbered below `before`.
+    /// A page of the decision log (`LogQuery::newest(50)`: the last 50, newest first).
     pub async fn decisions(
         &self,
         name: &str,
-        limit: u32,
-        before: Option<u64>,
-    ) -> Result<Vec<DecisionEntry>, ControllerError> {
-        self.stub(name)?.call(Decisions { limit, before }).await
+        page: LogQuery,
+    ) -> Result<LogPage<DecisionEntry>, ControllerError> {
+        self.stub(name)?.call(Decisions(page)).await
     }
 
     /// Attaches `processor` to the controller `name` in this process: from now on the

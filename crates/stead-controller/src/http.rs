@@ -9,13 +9,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use stead_core::http::{Json as Body, Name, OptionalJson, Problem, Query, problems, schema};
-use stead_core::{Result, Runtime, duration_ms};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use stead_core::http::{
+    Json as Body, LogParams, Name, OptionalJson, Problem, Query, problems, schema,
+};
+use stead_core::{LogPage, Result, Runtime, duration_ms};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::client::{ControllerClient, ControllerConfig};
 use crate::error::ControllerError;
-use crate::object::{ControllerState, DecisionEntry, Granted, MAX_DECISIONS_PAGE, Reported};
+use crate::object::{ControllerState, DecisionEntry, Granted, Reported};
 use crate::policy::Sample;
 use crate::spec::ControllerSpec;
 
@@ -239,34 +241,19 @@ async fn report(
     Ok(Body(c.report(&name, &b.lease_id, b.results).await?))
 }
 
-/// Which decision-log entries.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct DecisionParams {
-    /// At most this many (default 50).
-    #[param(schema_with = schema::integer::<1, { MAX_DECISIONS_PAGE as u64 }>)]
-    limit: Option<u32>,
-    /// Only entries numbered below this (the `seq` of the last entry of the previous page).
-    #[param(schema_with = schema::integer::<1, { u64::MAX }>)]
-    before: Option<u64>,
-}
-
-/// The decision log, newest first: every change of batch size, interval or status, with its
-/// cause, the policy's reason and the numbers it was based on.
+/// The decision log (newest first unless asked otherwise): every change of batch size,
+/// interval or status, with its cause, the policy's reason and the numbers it was based on.
 #[utoipa::path(get, path = "/{name}/decisions", operation_id = "listControllerDecisions", tag = "controllers",
-    params(Name, DecisionParams),
+    params(Name, LogParams),
     responses(
-        (status = 200, description = "entries, newest first", body = [DecisionEntry]),
+        (status = 200, description = "a page of the log", body = LogPage<DecisionEntry>),
         problems::NotFound, problems::BadRequest))]
 async fn decisions(
     State(c): State<ControllerClient>,
     Name(name): Name,
-    Query(q): Query<DecisionParams>,
-) -> Result<Body<Vec<DecisionEntry>>, ControllerError> {
-    Ok(Body(
-        c.decisions(&name, q.limit.unwrap_or(50), q.before).await?,
-    ))
+    Query(q): Query<LogParams>,
+) -> Result<Body<LogPage<DecisionEntry>>, ControllerError> {
+    Ok(Body(c.decisions(&name, q.query()).await?))
 }
 
 /// The OpenAPI description of these routes, generated from the handlers and types above.

@@ -21,6 +21,7 @@
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use stead_controller::{ControllerClient, ControllerError, ControllerSpec, Sample};
+//! use stead_core::LogQuery;
 //!
 //! let rt = stead_core::Runtime::builder().memory().build().await?;
 //! let controllers = ControllerClient::new(&rt)?;
@@ -35,8 +36,8 @@
 //! // The next batch is due a minute later (the interval).
 //! let early = controllers.lease("enrich", None).await.unwrap_err();
 //! assert!(matches!(early, ControllerError::NotDue { .. }));
-//! let log = controllers.decisions("enrich", 10, None).await?;
-//! assert_eq!(log[0].after.batch_size, 15);
+//! let log = controllers.decisions("enrich", LogQuery::newest(10)).await?;
+//! assert_eq!(log.entries[0].after.batch_size, 15);
 //! # rt.shutdown().await?;
 //! # Ok::<(), ControllerError>(()) }).unwrap();
 //! ```
@@ -64,9 +65,8 @@ pub use error::ControllerError;
 pub use http::ControllerPattern;
 pub use object::{
     BatchSummary, BreakerView, Cause, Configure, Controller, ControllerState, DecisionEntry,
-    Decisions, Drive, Granted, Inspect, Lease, LeaseOut, MAX_DECISIONS_PAGE, MAX_LATENCY_MS,
-    MAX_WORKER_CHARS, Pause, Remove, Report, Reported, Reset, Setting, Start, Status, Totals,
-    WindowStats,
+    Decisions, Drive, Granted, Inspect, Lease, LeaseOut, MAX_LATENCY_MS, MAX_WORKER_CHARS, Pause,
+    Remove, Report, Reported, Reset, Setting, Start, Status, Totals, WindowStats,
 };
 pub use policy::{
     Aimd, Bounds, Decision, Gradient, GradientState, MIN_BACKOFF_MS, Observation, Policy, Reason,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    AlarmInfo, Context, DurableObject, Handler, InvalidInput, ListOptions, Result, from_ms, to_ms,
+    AlarmInfo, Context, DurableObject, Handler, InvalidInput, Log, LogPage, LogQuery, Result,
+    from_ms, to_ms,
 };
 
 use crate::breaker::{Breaker, Transition};
@@ -20,14 +21,13 @@ use crate::spec::{ControllerSpec, MAX_INTERVAL_MS, Spec};
 const STATE: &str = "state";
 /// The window, kept apart from the state: a lease changes the state, not the window.
 const WINDOW: &str = "window";
-const LOG: &str = "log/";
+/// The decision log.
+const LOG: Log = Log::new("log/");
 
 /// The longest latency an outcome may report, in ms (one day).
 pub const MAX_LATENCY_MS: u64 = MAX_INTERVAL_MS;
 /// The longest worker name, in characters.
 pub const MAX_WORKER_CHARS: usize = stead_core::MAX_NAME_CHARS;
-/// The most decision-log entries one read returns.
-pub const MAX_DECISIONS_PAGE: u32 = 1000;
 
 /// Where a controller is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,10 +193,6 @@ fn empty_window() -> Window {
     Window::new(1)
 }
 
-fn log_key(seq: u64) -> String {
-    format!("{LOG}{seq:020}")
-}
-
 impl DurableObject for Controller {
     const CLASS: &'static str = "controller";
     type Env = ControllerEnv;
@@ -300,14 +296,9 @@ pub struct Reported {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Inspect;
 
-/// Asks for decision-log entries, newest first.
+/// Asks for a page of the decision log.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Decisions {
-    /// At most this many.
-    pub limit: u32,
-    /// Only entries numbered below this.
-    pub before: Option<u64>,
-}
+pub struct Decisions(pub LogQuery);
 
 /// Starts what batches are due for a processor attached in this process (sent by the
 /// client when one is attached).
@@ -580,22 +571,11 @@ impl Handler<Inspect> for Controller {
 }
 
 impl Handler<Decisions> for Controller {
-    type Reply = Result<Vec<DecisionEntry>, ControllerError>;
+    type Reply = Result<LogPage<DecisionEntry>, ControllerError>;
     async fn handle(&mut self, msg: Decisions, ctx: &mut Context) -> Self::Reply {
         existing(&mut self.state)?;
-        if msg.limit == 0 || msg.limit > MAX_DECISIONS_PAGE {
-            return Err(InvalidInput::new(format!(
-                "limit must be between 1 and {MAX_DECISIONS_PAGE}, not {}",
-                msg.limit
-            ))
-            .into());
-        }
-        let mut opts = ListOptions::prefix(LOG).reverse().limit(msg.limit as usize);
-        if let Some(before) = msg.before {
-            opts = opts.end(log_key(before));
-        }
-        let entries: Vec<(String, DecisionEntry)> = ctx.storage().list(opts).await?;
-        Ok(entries.into_iter().map(|(_, e)| e).collect())
+        msg.0.validate()?;
+        Ok(LOG.page(ctx.storage(), &msg.0).await?)
     }
 }
 
@@ -697,8 +677,9 @@ impl State {
         let seq = self.next_log;
         self.next_log += 1;
         let now = ctx.now();
-        ctx.storage().put(
-            &log_key(seq),
+        LOG.append(
+            ctx.storage(),
+            seq,
             &DecisionEntry {
                 seq,
                 at: now,
@@ -711,11 +692,8 @@ impl State {
                 latency_ms: e.latency_ms,
                 batch: e.batch,
             },
+            env.config.decision_log.max(1) as u64,
         )?;
-        let keep = env.config.decision_log.max(1) as u64;
-        if seq > keep {
-            ctx.storage().delete(&log_key(seq - keep))?;
-        }
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use stead_controller::{
     Batch, BatchProcessor, Cause, ControllerClient, ControllerConfig, ControllerError,
     ControllerSpec, DecisionEntry, Reason, Sample, Status, Transition,
 };
-use stead_core::Clock;
+use stead_core::{Clock, LogPage, LogQuery};
 use stead_fixtures::{TestRuntime, eventually};
 
 fn spec(json: &str) -> ControllerSpec {
@@ -38,9 +38,10 @@ fn downstream(batch: u32, capacity: u32) -> Vec<Sample> {
 
 /// Every entry, oldest first.
 async fn log(c: &ControllerClient, name: &str) -> Vec<DecisionEntry> {
-    let mut all = c.decisions(name, 1000, None).await.unwrap();
-    all.reverse();
-    all
+    c.decisions(name, LogQuery::oldest(1000))
+        .await
+        .unwrap()
+        .entries
 }
 
 /// The log explains every change: each entry starts where the one before it ended, and the
@@ -186,7 +187,7 @@ async fn a_dead_worker_is_a_failed_batch_and_the_next_worker_gets_a_lease() {
     assert_eq!(state.breaker.consecutive_failures, 1);
     // 0% success: the seed's table backs off.
     assert_eq!((state.status, state.batch_size), (Status::Backoff, 5));
-    let last = &c.decisions("q", 1, None).await.unwrap()[0];
+    let last = &c.decisions("q", LogQuery::newest(1)).await.unwrap().entries[0];
     assert_eq!(last.cause, Cause::LeaseExpired);
     assert_eq!(last.batch.as_ref().unwrap().failed, 10);
     assert_eq!(last.batch.as_ref().unwrap().lease_id, dead.lease_id);
@@ -419,7 +420,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
         Err(ControllerError::Invalid(_))
     ));
     assert!(matches!(
-        c.decisions("b", 0, None).await,
+        c.decisions("b", LogQuery::newest(0)).await,
         Err(ControllerError::Invalid(_))
     ));
     // A change keeps the batch within the new bounds.
@@ -443,11 +444,25 @@ async fn the_decision_log_is_bounded_and_paged() {
         c.pause("l").await.unwrap();
         c.start("l").await.unwrap();
     }
-    let all = c.decisions("l", 100, None).await.unwrap();
-    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [7, 6, 5]);
-    let page = c.decisions("l", 2, Some(7)).await.unwrap();
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 5]);
+    let seqs = |p: &LogPage<DecisionEntry>| p.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let all = c.decisions("l", LogQuery::newest(100)).await.unwrap();
+    assert_eq!((seqs(&all), all.next), (vec![7, 6, 5], None));
+    // Pages of two, newest first: the cursor of the first page starts the second.
+    let first = c.decisions("l", LogQuery::newest(2)).await.unwrap();
+    assert_eq!((seqs(&first), first.next), (vec![7, 6], Some(6)));
+    let second = c
+        .decisions("l", LogQuery::newest(2).from(first.next))
+        .await
+        .unwrap();
+    assert_eq!((seqs(&second), second.next), (vec![5], None));
+    // Oldest first, the same way.
+    let first = c.decisions("l", LogQuery::oldest(2)).await.unwrap();
+    assert_eq!((seqs(&first), first.next), (vec![5, 6], Some(6)));
+    let second = c
+        .decisions("l", LogQuery::oldest(2).from(first.next))
+        .await
+        .unwrap();
+    assert_eq!((seqs(&second), second.next), (vec![7], None));
     assert_eq!(c.state("l").await.unwrap().decisions, 7);
 }
 

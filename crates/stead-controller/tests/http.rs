@@ -98,19 +98,22 @@ async fn configure_lease_report_and_read_over_http() {
         .send()
         .await;
     assert_eq!(r.status, 200);
-    let d = r.value();
+    let page = r.value();
+    let d = &page["entries"];
     assert_eq!(d.as_array().unwrap().len(), 1);
     assert_eq!(d[0]["cause"], "batch");
     assert_eq!(d[0]["before"]["batch_size"], 10);
     assert_eq!(d[0]["after"]["batch_size"], 15);
     assert_eq!(d[0]["batch"]["succeeded"], 10);
-    let before = d[0]["seq"].as_u64().unwrap();
+    assert_eq!(page["next"], d[0]["seq"]);
+    let next = page["next"].as_u64().unwrap();
     let r = http
-        .get(&format!("/controllers/enrich/decisions?before={before}"))
+        .get(&format!("/controllers/enrich/decisions?cursor={next}"))
         .send()
         .await;
+    assert_eq!(r.value()["next"], serde_json::Value::Null);
     assert!(
-        r.value()
+        r.value()["entries"]
             .as_array()
             .unwrap()
             .iter()

@@ -67,6 +67,7 @@ pub mod http;
 mod id;
 mod input;
 mod join;
+mod log;
 mod object;
 mod runtime;
 mod schedule;
@@ -99,6 +100,7 @@ pub use input::{
     InvalidInput, MAX_NAME_CHARS, MAX_OBJECT_NAME_BYTES, MAX_PAGE, duration_ms, validate_ms,
     validate_name, validate_object_name, validate_page_limit,
 };
+pub use log::{Log, LogOrder, LogPage, LogQuery};
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use stead_core::{Clock, Durability, Error, Namespace, NamespaceOptions, Result, Runtime};
+use stead_core::{
+    Clock, Durability, Error, LogPage, LogQuery, Namespace, NamespaceOptions, Result, Runtime,
+};
 
 use crate::definition::{FlagDefinition, FlagSetDefinition, FlagType, check_flag_key};
 use crate::error::FlagsError;
@@ -147,6 +149,7 @@ pub struct Details<T> {
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use serde_json::json;
+/// use stead_core::LogQuery;
 /// use stead_flags::{Edit, FlagsClient};
 ///
 /// let rt = stead_core::Runtime::builder().memory().build().await?;
@@ -158,7 +161,7 @@ pub struct Details<T> {
 /// assert!(flags.value("production", "new-checkout", false, ctx.as_object().unwrap()).await?.value);
 /// let ctx = json!({"targetingKey": "u2"});
 /// assert!(!flags.value("production", "new-checkout", true, ctx.as_object().unwrap()).await?.value);
-/// assert_eq!(flags.audit("production", 10).await?.len(), 1);
+/// assert_eq!(flags.audit("production", LogQuery::newest(10)).await?.entries.len(), 1);
 /// # rt.shutdown().await?;
 /// # Ok::<(), stead_flags::FlagsError>(()) }).unwrap();
 /// ```
@@ -274,20 +277,15 @@ impl FlagsClient {
             .await
     }
 
-    /// The newest `limit` entries of the audit log of `set`, newest first.
-    pub async fn audit(&self, set: &str, limit: usize) -> Result<Vec<AuditEntry>, FlagsError> {
-        self.audit_page(set, limit, None).await
-    }
-
-    /// Audit entries of versions below `before`, newest first (paging back).
-    pub async fn audit_page(
+    /// A page of the audit log of `set`, numbered by version (`LogQuery::newest(10)`: the
+    /// last ten changes, newest first).
+    pub async fn audit(
         &self,
         set: &str,
-        limit: usize,
-        before: Option<u64>,
-    ) -> Result<Vec<AuditEntry>, FlagsError> {
-        stead_core::validate_ms("limit", limit as u64, 1000)?;
-        self.set(set)?.call(ReadAudit { limit, before }).await
+        page: LogQuery,
+    ) -> Result<LogPage<AuditEntry>, FlagsError> {
+        page.validate()?;
+        self.set(set)?.call(ReadAudit(page)).await
     }
 
     /// The committed snapshot of `set`: the published one, or (the first time in this

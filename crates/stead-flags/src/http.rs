@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use stead_core::http::{Json as Body, Problem, Query, problems, schema};
-use stead_core::{Result, Runtime};
+use stead_core::http::{Json as Body, LogParams, Problem, Query, problems, schema};
+use stead_core::{LogPage, Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::{FlagsClient, FlagsConfig};
@@ -257,40 +257,17 @@ async fn delete_flag(
     Ok(changed(c.delete_flag(&set, &flag, edit(&headers)).await?))
 }
 
-/// Which audit entries.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct AuditParams {
-    /// At most this many (1 to 1000, default 100).
-    #[param(schema_with = schema::integer::<1, 1000>)]
-    limit: Option<u64>,
-    /// Only entries of versions below this one (paging back).
-    #[param(schema_with = schema::integer::<1, 9007199254740991>)]
-    before: Option<u64>,
-}
-
-/// A set's audit log.
-#[derive(Debug, Serialize, ToSchema)]
-struct AuditBody {
-    /// The entries, newest first.
-    entries: Vec<AuditEntry>,
-}
-
-/// Read a set's audit log, newest first.
+/// A set's audit log, numbered by version (newest first unless asked otherwise).
 #[utoipa::path(get, path = "/{set}/audit", operation_id = "getFlagAudit", tag = "flags",
-    params(("set" = String, Path, description = "The flag set."), AuditParams),
-    responses((status = 200, description = "the entries", body = AuditBody), problems::BadRequest))]
+    params(("set" = String, Path, description = "The flag set."), LogParams),
+    responses((status = 200, description = "a page of the log", body = LogPage<AuditEntry>),
+        problems::BadRequest))]
 async fn audit(
     State(c): State<FlagsClient>,
     Path(set): Path<String>,
-    Query(q): Query<AuditParams>,
-) -> Result<Body<AuditBody>, FlagsError> {
-    let limit = q.limit.unwrap_or(100);
-    stead_core::validate_ms("limit", limit, 1000)?;
-    Ok(Body(AuditBody {
-        entries: c.audit_page(&set, limit as usize, q.before).await?,
-    }))
+    Query(q): Query<LogParams>,
+) -> Result<Body<LogPage<AuditEntry>>, FlagsError> {
+    Ok(Body(c.audit(&set, q.query()).await?))
 }
 
 /// A long-poll on a set's version.

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use stead_core::{Context, DurableObject, Handler, ListOptions, Result};
+use stead_core::{Context, DurableObject, Handler, Log, LogPage, LogQuery, Result};
 use tokio::sync::watch;
 
 use crate::client::FlagsConfig;
@@ -18,11 +18,8 @@ use crate::error::FlagsError;
 use crate::evaluate::Snapshot;
 
 const DEFINITION: &str = "d";
-const AUDIT_PREFIX: &str = "a/";
-
-fn audit_key(seq: u64) -> String {
-    format!("{AUDIT_PREFIX}{seq:020}")
-}
+/// The audit log, numbered by version.
+const AUDIT: Log = Log::new("a/");
 
 /// The committed snapshots of a runtime's flag sets, shared by the objects (which publish)
 /// and every evaluator (which read). A snapshot is only ever replaced by a newer version.
@@ -296,14 +293,9 @@ pub struct DeleteFlag {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Load;
 
-/// The newest entries of the audit log, newest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReadAudit {
-    /// At most this many.
-    pub limit: usize,
-    /// Only entries of versions below this one (for paging back).
-    pub before: Option<u64>,
-}
+/// Asks for a page of the audit log (numbered by version).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ReadAudit(pub LogQuery);
 
 fn flag_json(f: Option<&FlagDefinition>) -> Value {
     f.map_or(Value::Null, |f| {
@@ -384,11 +376,8 @@ impl FlagSet {
             definition: next,
         };
         ctx.storage().put(DEFINITION, &stored)?;
-        ctx.storage().put(&audit_key(version), &entry)?;
         let keep = self.env.config.max_audit_entries as u64;
-        if version > keep {
-            ctx.storage().delete(&audit_key(version - keep))?;
-        }
+        AUDIT.append(ctx.storage(), version, &entry, keep)?;
         self.snapshot = snapshot.clone();
         let (snapshots, name, published) = (
             self.env.snapshots.clone(),
@@ -466,13 +455,8 @@ impl Handler<Load> for FlagSet {
 }
 
 impl Handler<ReadAudit> for FlagSet {
-    type Reply = Result<Vec<AuditEntry>, FlagsError>;
+    type Reply = Result<LogPage<AuditEntry>, FlagsError>;
     async fn handle(&mut self, msg: ReadAudit, ctx: &mut Context) -> Self::Reply {
-        let mut opts = ListOptions::prefix(AUDIT_PREFIX).reverse().limit(msg.limit);
-        if let Some(before) = msg.before {
-            opts = opts.end(audit_key(before));
-        }
-        let entries: Vec<(String, AuditEntry)> = ctx.storage().list(opts).await?;
-        Ok(entries.into_iter().map(|(_, e)| e).collect())
+        Ok(AUDIT.page(ctx.storage(), &msg.0).await?)
     }
 }

@@ -2,6 +2,7 @@
 //! snapshot never older than an acknowledged change.
 
 use serde_json::{Map, Value, json};
+use stead_core::LogQuery;
 use stead_fixtures::TestRuntime;
 use stead_flags::{AuditAction, Edit, ErrorCode, FlagsClient, FlagsError, Reason};
 
@@ -20,6 +21,12 @@ fn doc() -> Value {
         },
         "metadata": {"env": "prod"}
     })
+}
+
+/// How many changes of `set` the audit log holds (up to 100).
+async fn audited(flags: &FlagsClient, set: &str) -> usize {
+    let page = flags.audit(set, LogQuery::newest(100)).await.unwrap();
+    page.entries.len()
 }
 
 #[tokio::test]
@@ -78,7 +85,11 @@ async fn changes_are_versioned_audited_and_evaluated() {
     let d = flags.value("prod", "dark-mode", false, &pro).await.unwrap();
     assert_eq!(d.error.map(|e| e.0), Some(ErrorCode::FlagNotFound));
 
-    let log = flags.audit("prod", 10).await.unwrap();
+    let log = flags
+        .audit("prod", LogQuery::newest(10))
+        .await
+        .unwrap()
+        .entries;
     let summary: Vec<_> = log
         .iter()
         .map(|e| (e.version, e.actor.as_str(), e.action, e.flags.clone()))
@@ -107,8 +118,14 @@ async fn changes_are_versioned_audited_and_evaluated() {
     assert_eq!(log[1].after["banner"]["state"], "DISABLED");
     assert_eq!(log[2].before["banner"], Value::Null);
     // Paging back.
-    let older = flags.audit_page("prod", 10, Some(2)).await.unwrap();
-    assert_eq!(older.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1]);
+    let first = flags.audit("prod", LogQuery::newest(2)).await.unwrap();
+    assert_eq!(first.next, Some(2));
+    let older = flags
+        .audit("prod", LogQuery::newest(10).from(first.next))
+        .await
+        .unwrap();
+    let versions: Vec<u64> = older.entries.iter().map(|e| e.version).collect();
+    assert_eq!((versions, older.next), (vec![1], None));
 }
 
 #[tokio::test]
@@ -128,7 +145,7 @@ async fn a_stale_edit_is_refused_and_exactly_one_of_two_concurrent_editors_wins(
     assert_eq!(wins, 1, "{a:?} {b:?}");
     let loser = if a.is_ok() { b } else { a };
     assert!(matches!(loser, Err(FlagsError::VersionConflict { current }) if current == v + 1));
-    assert_eq!(flags.audit("s", 10).await.unwrap().len(), 2);
+    assert_eq!(audited(&flags, "s").await, 2);
 }
 
 #[tokio::test]
@@ -197,7 +214,7 @@ async fn sets_and_audit_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!((u1.value, u2.value), (true, false));
-    assert_eq!(flags.audit("s", 10).await.unwrap().len(), 2);
+    assert_eq!(audited(&flags, "s").await, 2);
 }
 
 #[tokio::test]
@@ -235,7 +252,11 @@ async fn the_audit_log_is_bounded() {
             .await
             .unwrap();
     }
-    let log = flags.audit("s", 100).await.unwrap();
+    let log = flags
+        .audit("s", LogQuery::newest(100))
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(
         log.iter().map(|e| e.version).collect::<Vec<_>>(),
         vec![6, 5, 4]

@@ -157,6 +157,24 @@ async fn admin_routes_version_and_guard_every_change() {
         (Some("bo"), Some("delete_flag"))
     );
     assert_eq!(entries[1]["flags"], json!(["beta"]));
+    let next = r.value()["next"].clone();
+    assert_eq!(next, entries[1]["version"]);
+    let r = http
+        .get(&format!("/flags/prod/audit?cursor={next}&limit=1000"))
+        .send()
+        .await;
+    assert_eq!(r.value()["next"], Value::Null);
+    let all_older = r.value()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["version"].as_u64() < next.as_u64());
+    assert!(all_older);
+    let r = http
+        .get("/flags/prod/audit?order=oldest&limit=1")
+        .send()
+        .await;
+    assert_eq!(r.value()["entries"][0]["version"], 1);
     let r = http.get("/flags/prod/audit?limit=0").send().await;
     assert_eq!(r.status, 400);
     let r = http.get("/flags/bad%01name").send().await;

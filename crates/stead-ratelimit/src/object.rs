@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    AlarmInfo, Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Result,
+    AlarmInfo, Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Log, Result,
 };
 
 use crate::error::RateLimitError;
@@ -34,7 +34,10 @@ const NS_PER_MS: u64 = 1_000_000;
 /// write it again; a minute of grace turns that into one write per admission.
 pub const FORGET_AFTER_IDLE_MS: u64 = 60_000;
 const STATE: &str = "s";
-const LOG_PREFIX: &str = "w/";
+/// The sliding window's log of admissions, trimmed by age.
+const WINDOW: Log = Log::new("window/");
+/// Where builds before the shared log kept it (hexadecimal numbers).
+const LEGACY_WINDOW: &str = "w/";
 
 /// How a policy counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -500,8 +503,21 @@ fn forget_at(idle_from: u64) -> u64 {
     idle_from.saturating_add(FORGET_AFTER_IDLE_MS * NS_PER_MS)
 }
 
-fn log_key(seq: u64) -> String {
-    format!("{LOG_PREFIX}{seq:016x}")
+/// A window log stored by an earlier build, moved under the shared log's keys.
+async fn legacy_window(ctx: &mut Context) -> Result<Vec<(u64, (u64, u64))>> {
+    let old: Vec<(String, (u64, u64))> = ctx
+        .storage()
+        .list(ListOptions::prefix(LEGACY_WINDOW))
+        .await?;
+    let mut moved = Vec::with_capacity(old.len());
+    for (k, e) in old {
+        ctx.storage().delete(&k)?;
+        if let Ok(seq) = u64::from_str_radix(&k[LEGACY_WINDOW.len()..], 16) {
+            ctx.storage().put(&WINDOW.key(seq), &e)?;
+            moved.push((seq, e));
+        }
+    }
+    Ok(moved)
 }
 
 impl DurableObject for RateLimiter {
@@ -517,10 +533,11 @@ impl DurableObject for RateLimiter {
             ..
         }) = &mut stored
         {
-            let entries: Vec<(String, (u64, u64))> =
-                ctx.storage().list(ListOptions::prefix(LOG_PREFIX)).await?;
-            let seq = |k: &str| u64::from_str_radix(&k[LOG_PREFIX.len()..], 16).ok();
-            if let Some(first) = entries.first().and_then(|(k, _)| seq(k)) {
+            let mut entries: Vec<(u64, (u64, u64))> = WINDOW.all(ctx.storage()).await?;
+            if entries.is_empty() {
+                entries = legacy_window(ctx).await?;
+            }
+            if let Some(&(first, _)) = entries.first() {
                 *first_seq = first;
             }
             log.extend(entries.into_iter().map(|(_, e)| e));
@@ -603,7 +620,7 @@ impl RateLimiter {
         };
         if let AlgoState::SlidingWindow { first_seq, log } = &stored.state {
             for seq in self.log_kept_from..(*first_seq).min(self.log_stored_to) {
-                ctx.storage().delete(&log_key(seq))?;
+                WINDOW.forget(ctx.storage(), seq)?;
             }
             self.log_kept_from = *first_seq;
             let from = if whole_log {
@@ -612,7 +629,8 @@ impl RateLimiter {
                 log.len().saturating_sub(1)
             };
             for (i, entry) in log.iter().enumerate().skip(from) {
-                ctx.storage().put(&log_key(*first_seq + i as u64), entry)?;
+                ctx.storage()
+                    .put(&WINDOW.key(*first_seq + i as u64), entry)?;
             }
             self.log_stored_to = *first_seq + log.len() as u64;
         }

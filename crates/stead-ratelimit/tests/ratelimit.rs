@@ -136,6 +136,63 @@ async fn a_sliding_window_reloads_its_log_and_lets_old_entries_go() {
 }
 
 #[tokio::test]
+async fn a_window_log_stored_by_an_earlier_build_is_read_and_moved() {
+    let rt = sqlite().await;
+    let clock = rt.clock.clone();
+    let limit = Limit::inline(Policy::per_second(3).algorithm(Algorithm::SlidingWindow)).unwrap();
+    let limits = durable(&rt);
+    for _ in 0..3 {
+        assert!(limits.check("old", &limit, 1).await.unwrap().allowed);
+        clock.advance(Duration::from_millis(100)).await;
+    }
+    // The object as an earlier build stored it: its log under `w/` with hexadecimal numbers.
+    let ns = rt.get_namespace::<RateLimiter>().unwrap().unwrap();
+    let name = ns.list_objects(None, 10).await.unwrap().objects[0]
+        .name
+        .clone()
+        .unwrap();
+    let stub = ns.get_by_name(&name);
+    let mut doc = stub.export().await.unwrap();
+    let window: Vec<String> = doc
+        .entries
+        .keys()
+        .filter(|k| k.starts_with("window/"))
+        .cloned()
+        .collect();
+    assert_eq!(window.len(), 3, "{:?}", doc.entries.keys());
+    for k in window {
+        let v = doc.entries.remove(&k).unwrap();
+        let seq: u64 = k["window/".len()..].parse().unwrap();
+        doc.entries.insert(format!("w/{seq:016x}"), v);
+    }
+    stub.import(&doc).await.unwrap();
+    let rt = rt.restart().await;
+    let limits = durable(&rt);
+    // Read: the window is full until the first admission leaves it.
+    assert!(!limits.check("old", &limit, 1).await.unwrap().allowed);
+    clock.advance(Duration::from_millis(750)).await;
+    // At 1,050 ms the admission at 0 ms has left; those at 100 and 200 ms have not.
+    assert!(limits.check("old", &limit, 1).await.unwrap().allowed);
+    assert!(!limits.check("old", &limit, 1).await.unwrap().allowed);
+    // Moved: nothing is left under the old keys.
+    let ns = rt.get_namespace::<RateLimiter>().unwrap().unwrap();
+    let doc = ns.get_by_name(&name).export().await.unwrap();
+    assert!(
+        doc.entries.keys().all(|k| !k.starts_with("w/")),
+        "{:?}",
+        doc.entries.keys()
+    );
+    assert_eq!(
+        doc.entries
+            .keys()
+            .filter(|k| k.starts_with("window/"))
+            .count(),
+        3
+    );
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn idle_keys_are_forgotten_so_storage_stays_bounded() {
     let rt = sqlite().await;
     let clock = rt.clock.clone();

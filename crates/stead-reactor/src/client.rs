@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use stead_core::{Clock, Durability, InvalidInput, Namespace, NamespaceOptions, Runtime, Stub};
+use stead_core::{
+    Clock, Durability, InvalidInput, LogPage, LogQuery, Namespace, NamespaceOptions, Runtime, Stub,
+};
 
 use crate::definition::{Declarative, Delivery};
 use crate::delivery;
@@ -444,14 +446,14 @@ impl ReactorClient {
         self.entity(kind, entity)?.call(Inspect).await
     }
 
-    /// The last `limit` decisions, oldest first.
+    /// A page of the decision log (`LogQuery::newest(50)`: the last 50, newest first).
     pub async fn decisions(
         &self,
         kind: &str,
         entity: &str,
-        limit: u32,
-    ) -> Result<Vec<Decision>, ReactorError> {
-        self.entity(kind, entity)?.call(Decisions { limit }).await
+        page: LogQuery,
+    ) -> Result<LogPage<Decision>, ReactorError> {
+        self.entity(kind, entity)?.call(Decisions(page)).await
     }
 
     /// Commands numbered above `after` (and above those acknowledged), at most `limit`;
@@ -481,14 +483,14 @@ impl ReactorClient {
         self.entity(kind, entity)?.call(Ack { up_to }).await
     }
 
-    /// Dead letters, oldest first.
+    /// A page of the dead letters (`LogQuery::oldest(50)`: the first 50 to handle).
     pub async fn dead_letters(
         &self,
         kind: &str,
         entity: &str,
-        limit: u32,
-    ) -> Result<Vec<DeadLetter>, ReactorError> {
-        self.entity(kind, entity)?.call(DeadLetters { limit }).await
+        page: LogQuery,
+    ) -> Result<LogPage<DeadLetter>, ReactorError> {
+        self.entity(kind, entity)?.call(DeadLetters(page)).await
     }
 
     /// Retries or drops dead letters (those numbered in `seqs`, or all); how many.

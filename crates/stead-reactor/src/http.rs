@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stead_core::http::{Json as Body, Name, Problem, Query, problems, schema};
-use stead_core::{Result, Runtime};
+use stead_core::http::{Json as Body, LogParams, Name, Problem, Query, problems, schema};
+use stead_core::{LogPage, Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::client::{ReactorClient, ReactorConfig};
@@ -217,30 +217,18 @@ async fn ingest(
     Ok(Body(c.send(&p.kind, &p.entity, event).await?))
 }
 
-/// How many entries.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct LimitParams {
-    /// At most this many (default 50).
-    #[param(schema_with = schema::integer::<1, { MAX_PAGE as u64 }>)]
-    limit: Option<u32>,
-}
-
-/// The last decisions, oldest first, each with its reason and the commands it emitted.
+/// The decision log (newest first unless asked otherwise), each with its reason and the
+/// commands it emitted.
 #[utoipa::path(get, path = "/{type}/{entity}/decisions", operation_id = "getReactorDecisions", tag = "reactors",
-    params(TypeEntity, LimitParams),
-    responses((status = 200, description = "decisions", body = [Decision]),
+    params(TypeEntity, LogParams),
+    responses((status = 200, description = "a page of the log", body = LogPage<Decision>),
         problems::NotFound, problems::BadRequest))]
 async fn decisions(
     State(c): State<ReactorClient>,
     Path(p): Path<TypeEntity>,
-    Query(q): Query<LimitParams>,
-) -> std::result::Result<Body<Vec<Decision>>, ReactorError> {
-    Ok(Body(
-        c.decisions(&p.kind, &p.entity, q.limit.unwrap_or(50))
-            .await?,
-    ))
+    Query(q): Query<LogParams>,
+) -> std::result::Result<Body<LogPage<Decision>>, ReactorError> {
+    Ok(Body(c.decisions(&p.kind, &p.entity, q.query()).await?))
 }
 
 /// Which commands to read.
@@ -322,23 +310,22 @@ async fn ack(
     }))
 }
 
-/// Commands a webhook endpoint did not take after every attempt, oldest first.
+/// Commands a webhook endpoint did not take after every attempt (newest first unless asked
+/// otherwise; `order=oldest` lists them in the order they failed).
 #[utoipa::path(get, path = "/{type}/{entity}/dead-letters", operation_id = "getReactorDeadLetters", tag = "reactors",
-    params(TypeEntity, LimitParams),
-    responses((status = 200, description = "dead letters", body = [DeadLetter]),
+    params(TypeEntity, LogParams),
+    responses((status = 200, description = "a page of dead letters", body = LogPage<DeadLetter>),
         problems::NotFound, problems::BadRequest))]
 async fn dead_letters(
     State(c): State<ReactorClient>,
     Path(p): Path<TypeEntity>,
-    Query(q): Query<LimitParams>,
-) -> std::result::Result<Body<Vec<DeadLetter>>, ReactorError> {
-    let mut letters = c
-        .dead_letters(&p.kind, &p.entity, q.limit.unwrap_or(50))
-        .await?;
-    for d in &mut letters {
+    Query(q): Query<LogParams>,
+) -> std::result::Result<Body<LogPage<DeadLetter>>, ReactorError> {
+    let page = c.dead_letters(&p.kind, &p.entity, q.query()).await?;
+    Ok(Body(page.map(|mut d| {
         d.endpoint = masked(&d.endpoint);
-    }
-    Ok(Body(letters))
+        d
+    })))
 }
 
 /// What to do with dead letters.

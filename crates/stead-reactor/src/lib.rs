@@ -47,8 +47,8 @@
 //! reactors.register("stock", Restock, Delivery::pull())?;
 //! let e = Event::new("e-1", "sold", serde_json::json!({"delta": 5}));
 //! assert_eq!(reactors.send("stock", "sku-1", e).await?.commands, 1);
-//! let log = reactors.decisions("stock", "sku-1", 10).await?;
-//! assert_eq!(log[0].reason, "level 5 is below 10");
+//! let log = reactors.decisions("stock", "sku-1", stead_core::LogQuery::newest(10)).await?;
+//! assert_eq!(log.entries[0].reason, "level 5 is below 10");
 //! # rt.shutdown().await?;
 //! # Ok::<(), stead_reactor::ReactorError>(()) }).unwrap();
 //! ```

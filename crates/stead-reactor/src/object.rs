@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stead_core::{
-    Context, Deferred, DeferredHandler, DurableObject, Handler, InvalidInput, ListOptions,
-    ScheduledJob, WebSocket, WebSocketMessage, from_ms, to_ms,
+    Context, Deferred, DeferredHandler, DurableObject, Handler, InvalidInput, ListOptions, Log,
+    LogPage, LogQuery, ScheduledJob, WebSocket, WebSocketMessage, from_ms, to_ms,
 };
 
 use crate::client::ReactorEnv;
@@ -28,9 +28,12 @@ use crate::reactor::{Decide, Event, Note, SharedBehaviour};
 
 const META: &str = "meta";
 const CMD: &str = "cmd/";
-const DEC: &str = "dec/";
+/// The decision log.
+const DECISIONS: Log = Log::new("dec/");
 const SEEN: &str = "seen/";
 const DEAD: &str = "dead/";
+/// The dead letters, numbered in the order they were dead-lettered.
+const DEAD_LETTERS: Log = Log::new(DEAD);
 const DEF: &str = "def";
 /// The job that delivers to webhooks (at the next retry, or as a watchdog while a delivery
 /// is in flight).
@@ -398,12 +401,9 @@ pub struct Ingest(pub Event);
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Inspect;
 
-/// Reads the last `limit` decisions, oldest first.
+/// Asks for a page of the decision log.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct Decisions {
-    /// How many.
-    pub limit: u32,
-}
+pub struct Decisions(pub LogQuery);
 
 /// Reads commands after `after` (and after those acknowledged), waiting up to `wait_ms`
 /// for one when there is none.
@@ -424,12 +424,9 @@ pub struct Ack {
     pub up_to: u64,
 }
 
-/// Lists dead letters, oldest first.
+/// Asks for a page of the dead letters.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct DeadLetters {
-    /// At most this many.
-    pub limit: u32,
-}
+pub struct DeadLetters(pub LogQuery);
 
 /// What to do with dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,15 +537,9 @@ impl Handler<Inspect> for Entity {
 }
 
 impl Handler<Decisions> for Entity {
-    type Reply = Result<Vec<Decision>, ReactorError>;
+    type Reply = Result<LogPage<Decision>, ReactorError>;
     async fn handle(&mut self, msg: Decisions, ctx: &mut Context) -> Self::Reply {
-        stead_core::validate_page_limit(u64::from(msg.limit))?;
-        let mut out: Vec<(String, Decision)> = ctx
-            .storage()
-            .list(ListOptions::prefix(DEC).reverse().limit(msg.limit as usize))
-            .await?;
-        out.reverse();
-        Ok(out.into_iter().map(|(_, d)| d).collect())
+        Ok(DECISIONS.page(ctx.storage(), &msg.0).await?)
     }
 }
 
@@ -621,24 +612,17 @@ impl Handler<Ack> for Entity {
 }
 
 impl Handler<DeadLetters> for Entity {
-    type Reply = Result<Vec<DeadLetter>, ReactorError>;
+    type Reply = Result<LogPage<DeadLetter>, ReactorError>;
     async fn handle(&mut self, msg: DeadLetters, ctx: &mut Context) -> Self::Reply {
-        stead_core::validate_page_limit(u64::from(msg.limit))?;
-        let list: Vec<(String, DeadLetter)> = ctx
-            .storage()
-            .list(ListOptions::prefix(DEAD).limit(msg.limit as usize))
-            .await?;
-        Ok(list
-            .into_iter()
-            .map(|(_, mut d)| {
-                d.retrying = self
-                    .meta
-                    .endpoints
-                    .get(&d.endpoint)
-                    .is_some_and(|c| c.redo.contains(&d.seq));
-                d
-            })
-            .collect())
+        let page: LogPage<DeadLetter> = DEAD_LETTERS.page(ctx.storage(), &msg.0).await?;
+        Ok(page.map(|mut d| {
+            d.retrying = self
+                .meta
+                .endpoints
+                .get(&d.endpoint)
+                .is_some_and(|c| c.redo.contains(&d.seq));
+            d
+        }))
     }
 }
 
@@ -756,7 +740,7 @@ impl Handler<Delivered> for Entity {
                         Target::Dead(d) => {
                             // Given up again: it stays a dead letter, no longer queued.
                             cursor.redo.pop_front();
-                            let key = seq_key(DEAD, d);
+                            let key = DEAD_LETTERS.key(d);
                             if let Some(mut dead) = ctx.storage().get::<DeadLetter>(&key).await? {
                                 dead.attempts += attempts;
                                 dead.error = error;
@@ -990,10 +974,7 @@ impl Entity {
                 cause: cause.clone(),
                 commands: covered.iter().map(|i| first + *i as u64).collect(),
             };
-            ctx.storage().put(&seq_key(DEC, n), &decision)?;
-            if n > keep {
-                ctx.storage().delete(&seq_key(DEC, n - keep))?;
-            }
+            DECISIONS.append(ctx.storage(), n, &decision, keep)?;
             logged.push(decision);
         }
         let changed = self.meta.state.as_ref() != Some(&state);
@@ -1046,7 +1027,11 @@ impl Entity {
                 match cursor.redo.front() {
                     Some(d) => {
                         let d = *d;
-                        match ctx.storage().get::<DeadLetter>(&seq_key(DEAD, d)).await? {
+                        match ctx
+                            .storage()
+                            .get::<DeadLetter>(&DEAD_LETTERS.key(d))
+                            .await?
+                        {
                             Some(dead) => break (Target::Dead(d), Some(dead.command)),
                             // Dropped meanwhile.
                             None => {
@@ -1119,7 +1104,7 @@ impl Entity {
             at: ctx.now(),
             retrying: false,
         };
-        ctx.storage().put(&seq_key(DEAD, n), &dead)?;
+        ctx.storage().put(&DEAD_LETTERS.key(n), &dead)?;
         *self.meta.dead_count.get_or_insert(0) += 1;
         if n > keep {
             let old = n - keep;
@@ -1133,7 +1118,7 @@ impl Entity {
 
     /// Deletes dead letter `seq`, if it is still there, and counts it out.
     async fn remove_dead(&mut self, ctx: &mut Context, seq: u64) -> stead_core::Result<()> {
-        let key = seq_key(DEAD, seq);
+        let key = DEAD_LETTERS.key(seq);
         if ctx.storage().get::<Value>(&key).await?.is_some() {
             ctx.storage().delete(&key)?;
             let n = self.meta.dead_count.get_or_insert(0);

@@ -9,6 +9,7 @@ mod agent;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use stead_core::LogQuery;
 use stead_fixtures::TestRuntime;
 use stead_reactor::{Delivery, Event, ReactorClient};
 
@@ -19,9 +20,10 @@ type Outcome = (Vec<(String, String)>, Vec<(String, Value)>);
 
 async fn outcome(r: &ReactorClient, kind: &str) -> Outcome {
     let decisions = r
-        .decisions(kind, "acme", 1000)
+        .decisions(kind, "acme", LogQuery::oldest(1000))
         .await
         .unwrap()
+        .entries
         .into_iter()
         .map(|d| (d.kind, d.reason))
         .collect();

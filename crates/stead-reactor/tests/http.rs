@@ -161,7 +161,7 @@ async fn definitions_events_state_decisions_and_problems() {
         ),
         (json!({"big": 1}), json!(1), json!(0))
     );
-    let decisions: Value = http
+    let page: Value = http
         .get(url("/orders/acme/decisions?limit=5"))
         .send()
         .await
@@ -169,6 +169,8 @@ async fn definitions_events_state_decisions_and_problems() {
         .json()
         .await
         .unwrap();
+    assert_eq!(page["next"], Value::Null);
+    let decisions = &page["entries"];
     assert_eq!(decisions[0]["reason"], "large order");
     assert_eq!(decisions[0]["type"], "review");
     assert_eq!(decisions[0]["commands"], json!([1]));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use stead_core::LogQuery;
 use stead_fixtures::TestRuntime;
 use stead_reactor::{Event, ReactorClient, ReactorConfig, ReactorError};
 
@@ -69,7 +70,14 @@ async fn every_event_sent_twice_concurrently_and_later_decides_once() {
     assert_eq!(view.state, json!({"big": 50, "seen": 50}));
     assert_eq!(view.events, 50);
     assert_eq!(view.last_seq, 50);
-    assert_eq!(r.decisions("orders", "acme", 1000).await.unwrap().len(), 50);
+    assert_eq!(
+        r.decisions("orders", "acme", LogQuery::newest(1000))
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        50
+    );
     t.shutdown().await.unwrap();
 }
 
@@ -128,13 +136,18 @@ async fn commands_are_numbered_read_in_order_and_leave_when_acknowledged() {
         [4, 5]
     );
     // The decisions say which commands they emitted.
-    let log = r.decisions("orders", "a", 2).await.unwrap();
+    let log = r
+        .decisions("orders", "a", LogQuery::newest(2))
+        .await
+        .unwrap();
     assert_eq!(
-        log.iter()
+        log.entries
+            .iter()
             .map(|d| (d.seq, d.commands.clone()))
             .collect::<Vec<_>>(),
-        [(4, vec![4]), (5, vec![5])]
+        [(5, vec![5]), (4, vec![4])]
     );
+    assert_eq!(log.next, Some(4));
 
     assert_eq!(r.ack("orders", "a", 3).await.unwrap(), 3);
     assert_eq!(r.state("orders", "a").await.unwrap().pending, 2);

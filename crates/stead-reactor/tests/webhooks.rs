@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
-use stead_core::Clock;
+use stead_core::{Clock, LogQuery};
 use stead_fixtures::{TestRuntime, eventually};
 use stead_reactor::{Command, DeadLetterAction, Event, ReactorClient, ReactorConfig};
 
@@ -220,7 +220,14 @@ async fn a_dead_letter_retried_while_a_command_is_out_does_not_make_its_answer_a
         rx.holding.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;
-    assert_eq!(r.dead_letters("orders", "a", 10).await.unwrap().len(), 1);
+    assert_eq!(
+        r.dead_letters("orders", "a", LogQuery::oldest(10))
+            .await
+            .unwrap()
+            .entries
+            .len(),
+        1
+    );
     // The dead letter is queued for retry while command 2 is out; then 2 is answered.
     assert_eq!(
         r.resolve_dead_letters("orders", "a", DeadLetterAction::Retry, None)
@@ -286,7 +293,11 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
         [1, 1, 1, 1, 2],
         "in order: 2 only after 1 was given up"
     );
-    let dead = r.dead_letters("orders", "a", 10).await.unwrap();
+    let dead = r
+        .dead_letters("orders", "a", LogQuery::oldest(10))
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (
@@ -310,7 +321,11 @@ async fn failures_back_off_then_dead_letter_and_a_retried_dead_letter_is_deliver
     })
     .await;
     eventually("the list empties", || async {
-        r.dead_letters("orders", "a", 10).await.unwrap().is_empty()
+        r.dead_letters("orders", "a", LogQuery::oldest(10))
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
     })
     .await;
     assert_eq!(
@@ -353,7 +368,11 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
         [1, 2, 2, 3, 4, 4, 5, 6],
         "each endpoint sees an entity's commands in order"
     );
-    let dead = r.dead_letters("orders", "a", 10).await.unwrap();
+    let dead = r
+        .dead_letters("orders", "a", LogQuery::oldest(10))
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(dead.iter().map(|d| d.command.seq).collect::<Vec<_>>(), [4]);
     assert_eq!(r.state("orders", "a").await.unwrap().dead_letters, 1);
     assert_eq!(
@@ -367,7 +386,13 @@ async fn order_per_entity_holds_across_retries_and_dropped_dead_letters_go() {
         .unwrap(),
         1
     );
-    assert!(r.dead_letters("orders", "a", 10).await.unwrap().is_empty());
+    assert!(
+        r.dead_letters("orders", "a", LogQuery::oldest(10))
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
     assert_eq!(r.state("orders", "a").await.unwrap().dead_letters, 0);
     assert!(
         r.resolve_dead_letters("orders", "a", DeadLetterAction::Drop, Some(vec![99]))

@@ -178,6 +178,29 @@ async fn the_inspector_in_a_real_browser() {
         "{dom}"
     );
     assert!(!dom.contains("<img src"), "{dom}");
+    // A pattern's logs on its page: a flag set's audit, a page at a time, newest first.
+    for (enabled, actor) in [(true, "ada"), (false, "<b>bo</b>")] {
+        let r = http
+            .put(format!("{base}/flags/prod/flags/beta"))
+            .header("stead-actor", actor)
+            .json(&serde_json::json!({"enabled": enabled, "rollout_percent": 100}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let (dom, log) = render(&browser, &format!("{base}/ui/#/object/flagset/prod")).await;
+    no_errors(&dom, &log);
+    assert!(dom.contains("<h2>Flag set</h2>"), "{dom}");
+    assert!(
+        dom.contains(r#"<h3>Audit</h3><table id="log-audit">"#),
+        "{dom}"
+    );
+    let (newest, oldest) = (
+        dom.find("<td>&lt;b&gt;bo&lt;/b&gt;</td>"),
+        dom.find("<td>ada</td>"),
+    );
+    assert!(newest.is_some() && newest < oldest, "{dom}");
     // An object with SQL: its tables, and the console opened on the first one's rows.
     let r = http
         .post(format!("{base}/databases/shop/v2/pipeline"))

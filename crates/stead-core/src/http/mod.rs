@@ -1,16 +1,18 @@
 //! HTTP plumbing shared by every pattern's routes: RFC 9457 problem details, a JSON
 //! extractor whose rejections are problems too, the validated [`Name`] path extractor, the
-//! OpenAPI pieces every route declares alike ([`schema`], [`problems`]), the [`Pattern`]
-//! trait by which the umbrella crate mounts each pattern, and who may call them
-//! ([`RequireBearer`], [`Routes`]).
+//! OpenAPI pieces every route declares alike ([`schema`], [`problems`]), the query of every
+//! log route ([`LogParams`]), the [`Pattern`] trait by which the umbrella crate mounts each
+//! pattern, and who may call them ([`RequireBearer`], [`Routes`]).
 
 mod auth;
+mod log;
 mod name;
 mod openapi;
 mod pattern;
 mod websocket;
 
 pub use auth::{Checked, MIN_TOKEN_CHARS, RequestCheck, RequireBearer, Routes, check_token};
+pub use log::LogParams;
 pub use name::Name;
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;

@@ -41,7 +41,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             reactors.send(kind, "acme", e.clone()).await?;
         }
         println!("== {kind}");
-        for d in reactors.decisions(kind, "acme", 100).await? {
+        for d in reactors
+            .decisions(kind, "acme", stead_core::LogQuery::oldest(100))
+            .await?
+            .entries
+        {
             println!("  {:<16} {}", d.kind, d.reason);
         }
         let page = reactors

@@ -232,7 +232,8 @@ async function search(q, cls) {
 // ----- one object ----------------------------------------------------------------------------
 
 // What each pattern's users look for: the pattern's own read route for an object of its
-// class (the same answer its HTTP clients get), by the object's name.
+// class (the same answer its HTTP clients get), by the object's name, and its logs (every
+// log route answers {"entries": [...], "next": cursor}, newest first).
 const enc = encodeURIComponent;
 const PATTERN_VIEWS = {
   counter: { title: "Counter", url: (n) => "/counters/" + enc(n) },
@@ -240,15 +241,24 @@ const PATTERN_VIEWS = {
   leader: { title: "Leader election", url: (n) => "/leaders/" + enc(n) },
   sidecar: { title: "Sidecar", url: (n) => "/sidecars/" + enc(n) },
   session: { title: "Session", url: (n) => "/sessions/" + enc(n) },
-  flagset: { title: "Flag set", url: (n) => "/flags/" + enc(n) },
-  controller: { title: "Controller", url: (n) => "/controllers/" + enc(n) },
-  budget: { title: "Budget", url: (n) => "/budgets/" + enc(n) },
+  flagset: { title: "Flag set", url: (n) => "/flags/" + enc(n), logs: { audit: "Audit" } },
+  controller: {
+    title: "Controller",
+    url: (n) => "/controllers/" + enc(n),
+    logs: { decisions: "Decisions" },
+  },
+  budget: {
+    title: "Budget",
+    url: (n) => "/budgets/" + enc(n),
+    logs: { events: "Events", history: "Closed cycles" },
+  },
   reactor: {
     title: "Reactor entity",
     url: (n) => {
       const i = n.indexOf("/");
       return i < 0 ? null : "/reactors/" + enc(n.slice(0, i)) + "/" + enc(n.slice(i + 1));
     },
+    logs: { decisions: "Decisions", "dead-letters": "Dead letters" },
   },
 };
 
@@ -269,12 +279,63 @@ async function patternView(cls, name) {
   const facts = Object.entries(body).filter(([, v]) => v === null || typeof v !== "object");
   if (facts.length) {
     const cards = el("div", null, "cards");
-    for (const [k, v] of facts) card(cards, k.replace(/_/g, " "), v === null ? "–" : v);
+    for (const [k, v] of facts) card(cards, k.replace(/_/g, " "), v === null ? "\u2013" : v);
     box.appendChild(cards);
   }
   const rest = Object.entries(body).filter(([, v]) => v !== null && typeof v === "object");
   if (rest.length) box.appendChild(pairs(rest, "field"));
+  for (const [path, title] of Object.entries(p.logs || {})) {
+    await logSection(box, url + "/" + path, title, "log-" + path);
+  }
   return box;
+}
+
+// One page of a log as a table (a column per field, nested values as JSON), and a button
+// for the next page while there is one.
+async function logSection(box, url, title, id) {
+  let page;
+  try {
+    page = await get(url + "?limit=20");
+  } catch (e) {
+    if (e instanceof Unauthorized) throw e;
+    return; // this object has no such log (its route says why)
+  }
+  box.appendChild(el("h3", title));
+  if (page.entries.length === 0) {
+    box.appendChild(el("p", "Empty.", "muted"));
+    return;
+  }
+  const columns = [];
+  for (const e of page.entries) for (const k of Object.keys(e)) if (!columns.includes(k)) columns.push(k);
+  const table = el("table");
+  table.id = id;
+  const head = el("tr");
+  for (const c of columns) head.appendChild(el("th", c));
+  table.appendChild(head);
+  const more = el("button", "Older");
+  const add = (entries) => {
+    for (const e of entries) {
+      const tr = el("tr");
+      for (const c of columns) {
+        const v = e[c];
+        tr.appendChild(el("td", v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : v));
+      }
+      table.appendChild(tr);
+    }
+  };
+  let next = page.next;
+  add(page.entries);
+  box.appendChild(table);
+  more.hidden = next === null;
+  more.addEventListener("click", () =>
+    load(async () => {
+      const p = await get(url + "?limit=20&cursor=" + next);
+      add(p.entries);
+      next = p.next;
+      more.hidden = next === null;
+    })
+  );
+  box.appendChild(more);
 }
 
 async function object(cls, name) {
