@@ -86,13 +86,7 @@ impl From<&BudgetError> for Problem {
                 LedgerError::IdReused(id) => {
                     Problem::new(StatusCode::CONFLICT, "id-reused", detail).with("id", id.clone())
                 }
-                LedgerError::Remembering {
-                    remembered,
-                    retry_after_ms,
-                } => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "remembering", detail)
-                    .with("remembered", *remembered)
-                    .with("retry_after_ms", *retry_after_ms)
-                    .retry_after(std::time::Duration::from_millis(*retry_after_ms)),
+                LedgerError::Remembering(r) => Problem::from(r),
                 LedgerError::AlreadyResolved { id, state } => {
                     Problem::new(StatusCode::CONFLICT, "already-resolved", detail)
                         .with("id", id.clone())

@@ -201,16 +201,10 @@ pub enum LedgerError {
     #[error("reservation {0} exists with other parameters")]
     IdReused(String),
     /// Too many resolved reservations are remembered, and none is old enough to forget:
-    /// forgetting a young id would let its retry spend twice, so new reservations wait.
-    #[error(
-        "{remembered} resolved reservations are remembered, none old enough to forget; retry in {retry_after_ms} ms"
-    )]
-    Remembering {
-        /// How many are remembered.
-        remembered: usize,
-        /// When the oldest may be forgotten.
-        retry_after_ms: u64,
-    },
+    /// forgetting a young id would let its retry spend twice, so new reservations wait
+    /// (the rule of `stead_core::check_room`).
+    #[error("resolved reservations: {0}")]
+    Remembering(stead_core::Remembering),
     /// The reservation was resolved another way already.
     #[error("reservation {id} is already {state}")]
     AlreadyResolved {
@@ -580,17 +574,14 @@ impl Ledger {
         remember_ms: i64,
         now_ms: i64,
     ) -> Result<(), LedgerError> {
-        if self.resolved.len() < keep {
-            return Ok(());
-        }
-        let oldest = self.resolved.first().map_or(now_ms, |(at, _)| *at);
-        let free_at = oldest.saturating_add(remember_ms);
-        Err(LedgerError::Remembering {
-            remembered: self.resolved.len(),
-            retry_after_ms: u64::try_from(free_at.saturating_sub(now_ms))
-                .unwrap_or(0)
-                .max(1),
-        })
+        stead_core::check_room(
+            self.resolved.len() as u64,
+            keep as u64,
+            self.resolved.first().map(|(at, _)| *at),
+            remember_ms,
+            now_ms,
+        )
+        .map_err(LedgerError::Remembering)
     }
 
     /// How many resolved reservations it remembers.

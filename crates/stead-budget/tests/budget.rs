@@ -205,10 +205,9 @@ async fn an_id_is_remembered_from_its_resolution_never_forgotten_young() {
     }
     rt.advance(Duration::from_secs(10)).await;
     match b.reserve("i", "c", "seo", 1, 60_000).await {
-        Err(BudgetError::Ledger(LedgerError::Remembering {
-            remembered,
-            retry_after_ms,
-        })) => assert_eq!((remembered, retry_after_ms), (3, 50_000)),
+        Err(BudgetError::Ledger(LedgerError::Remembering(r))) => {
+            assert_eq!((r.remembered, r.retry_after_ms), (3, 50_000))
+        }
         other => panic!("{other:?}"),
     }
     // Once the oldest is a minute past its resolution, it is forgotten and room is made.

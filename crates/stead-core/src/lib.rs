@@ -69,6 +69,7 @@ mod input;
 mod join;
 mod log;
 mod object;
+mod remembered;
 mod runtime;
 mod schedule;
 mod scheduler;
@@ -102,6 +103,7 @@ pub use input::{
 };
 pub use log::{Log, LogOrder, LogPage, LogQuery};
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
+pub use remembered::{Remembered, RememberedLayout, Remembering, check_room};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
 pub use sql::{

@@ -31,6 +31,11 @@ pub enum CounterError {
         /// The greatest value one shard may hold.
         max: i64,
     },
+    /// The shard remembers `max_keys` idempotency keys and none is older than the dedup
+    /// window: forgetting a young one would let its retry count twice, so nothing was
+    /// added; send it again after `retry_after_ms`.
+    #[error("idempotency keys: {0}")]
+    Remembering(stead_core::Remembering),
     /// An argument breaks a rule (an empty name, a shard count out of range...).
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

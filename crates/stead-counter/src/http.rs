@@ -55,6 +55,7 @@ impl From<&CounterError> for Problem {
                     .with("shard_min", *min)
                     .with("shard_max", *max)
             }
+            CounterError::Remembering(r) => Problem::from(r),
             CounterError::Invalid(e) => Problem::from(e),
             CounterError::Runtime(e) => Problem::from(e),
         }

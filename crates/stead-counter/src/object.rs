@@ -7,27 +7,29 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use stead_core::{
-    Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Result, ScheduledJob,
+    Context, Durability, DurableObject, Handler, InvalidInput, ListOptions, Remembered,
+    RememberedLayout, Result, ScheduledJob,
 };
 
 use crate::error::CounterError;
 
 /// Where a shard keeps its partial sum.
 const VALUE: &str = "value";
-/// Idempotency key -> when it was applied (epoch ms).
-const SEEN: &str = "seen/";
-/// `exp/<applied at, 20 digits>/<key>` -> key: the purge walks these in time order.
-const EXPIRY: &str = "exp/";
+/// The idempotency keys a shard remembers, by the rule of `stead_core::Remembered`:
+/// `seen/<key>` -> when it was applied (epoch ms), `exp/<applied at, 20 digits>/<key>` -> key
+/// (walked in time order to forget), `keys` -> how many.
+const KEYS: RememberedLayout = RememberedLayout {
+    ids: "seen/",
+    index: "exp/",
+    count: "keys",
+};
 /// The name of the purge job.
 const PURGE: &str = "purge";
 /// At most this many keys are purged per run; the rest wait for the next run.
 const PURGE_BATCH: usize = 1000;
-/// Past this many remembered keys a shard stops mirroring them in memory and looks them up
-/// in storage instead.
-const MAX_KEYS_IN_MEMORY: usize = 100_000;
 
 /// Settings shared by every counter of a runtime (the `[counters]` table of the server's
-/// configuration: `default_shards`, `dedup_window_ms`, `durability`).
+/// configuration: `default_shards`, `dedup_window_ms`, `max_keys`, `durability`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
@@ -37,6 +39,11 @@ pub struct CounterConfig {
     /// How long an idempotency key is remembered (default 24 h).
     #[serde(rename = "dedup_window_ms", deserialize_with = "duration_ms")]
     pub dedup_window: Duration,
+    /// The most idempotency keys one shard remembers (default 1,000,000). None is
+    /// forgotten before the dedup window has passed: at the bound, an increment with a new
+    /// key is refused (503 `remembering`, with when to retry) rather than a young key
+    /// forgotten, which would let its retry count twice.
+    pub max_keys: u64,
     /// How durable counter state is; `None` takes the runtime's default.
     pub durability: Option<Durability>,
 }
@@ -50,6 +57,7 @@ impl Default for CounterConfig {
         CounterConfig {
             default_shards: 16,
             dedup_window: Duration::from_secs(24 * 3600),
+            max_keys: 1_000_000,
             durability: None,
         }
     }
@@ -74,12 +82,21 @@ impl CounterConfig {
         if self.dedup_window.is_zero() {
             return Err(InvalidInput::new("dedup_window must be at least 1 ms"));
         }
+        if self.max_keys == 0 {
+            return Err(InvalidInput::new("max_keys must be at least 1"));
+        }
         Ok(())
     }
 
     /// The same configuration with this dedup window.
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
+        self
+    }
+
+    /// The same configuration with this bound on the keys one shard remembers.
+    pub fn max_keys(mut self, max: u64) -> Self {
+        self.max_keys = max;
         self
     }
 
@@ -271,9 +288,8 @@ pub struct CounterShard {
     window_ms: i64,
     /// Whether the purge job exists; learnt from storage on first need.
     purge_scheduled: Option<bool>,
-    /// Every remembered idempotency key and when it was applied, when the shard knows them
-    /// all (it started with none stored, or a purge emptied it); `None`: look in storage.
-    keys: Option<HashMap<String, i64>>,
+    /// The idempotency keys applied within the window.
+    keys: Remembered,
 }
 
 impl DurableObject for CounterShard {
@@ -281,22 +297,20 @@ impl DurableObject for CounterShard {
     type Env = ShardEnv;
 
     async fn activate(ctx: &mut Context, env: Arc<ShardEnv>) -> Result<Self> {
-        let none_stored = ctx
-            .storage()
-            .list::<i64>(ListOptions::prefix(SEEN).limit(1))
-            .await?
-            .is_empty();
+        let window_ms = i64::try_from(env.config.dedup_window.as_millis()).unwrap_or(i64::MAX);
+        let keys =
+            Remembered::load(ctx.storage(), KEYS, window_ms as u64, env.config.max_keys).await?;
         let place = ctx
             .name()
             .and_then(|n| n.rsplit_once('#'))
             .and_then(|(counter, i)| Some((Arc::from(counter), i.parse().ok()?)));
         Ok(CounterShard {
             value: ctx.storage().get(VALUE).await?.unwrap_or(0),
-            window_ms: i64::try_from(env.config.dedup_window.as_millis()).unwrap_or(i64::MAX),
+            window_ms,
             env,
             place,
             purge_scheduled: None,
-            keys: none_stored.then(HashMap::new),
+            keys,
         })
     }
 
@@ -317,38 +331,19 @@ impl CounterShard {
         }
     }
 
-    /// Forgets idempotency keys older than the window, oldest first.
+    /// Forgets idempotency keys older than the window, oldest first (a batch per run);
+    /// the purge job ends when none is left.
     async fn purge(&mut self, ctx: &mut Context) -> Result<usize> {
-        let cutoff = ctx.now().timestamp_millis().saturating_sub(self.window_ms);
-        let end = format!("{EXPIRY}{:020}", cutoff.max(0) + 1);
-        let opts = ListOptions::prefix(EXPIRY).end(end).limit(PURGE_BATCH);
-        let expired: Vec<(String, String)> = ctx.storage().list(opts).await?;
-        for (exp_key, key) in &expired {
-            ctx.storage().delete(exp_key)?;
-            // A key applied again after it expired has a newer entry: keep that one.
-            let at: Option<i64> = exp_key
-                .get(EXPIRY.len()..EXPIRY.len() + 20)
-                .and_then(|d| d.parse().ok());
-            let seen_key = format!("{SEEN}{key}");
-            let seen: Option<i64> = ctx.storage().get(&seen_key).await?;
-            if seen.is_some() && seen == at {
-                ctx.storage().delete(&seen_key)?;
-                if let Some(keys) = &mut self.keys {
-                    keys.remove(key);
-                }
-            }
-        }
-        let remaining = ctx
-            .storage()
-            .list::<String>(ListOptions::prefix(EXPIRY).limit(1))
+        let now = ctx.now().timestamp_millis();
+        let forgot = self
+            .keys
+            .forget_expired(ctx.storage(), now, PURGE_BATCH)
             .await?;
-        if remaining.is_empty() {
+        if self.keys.is_empty() {
             ctx.schedules().cancel(PURGE).await?;
             self.purge_scheduled = Some(false);
-            // Every key has an expiry entry: none left means none remembered.
-            self.keys = Some(HashMap::new());
         }
-        Ok(expired.len())
+        Ok(forgot)
     }
 }
 
@@ -377,12 +372,11 @@ impl Handler<Apply> for CounterShard {
     async fn handle(&mut self, msg: Apply, ctx: &mut Context) -> Result<Applied, CounterError> {
         let now = ctx.now().timestamp_millis();
         if let Some(key) = &msg.idempotency_key {
-            let seen: Option<i64> = match &self.keys {
-                Some(keys) => keys.get(key).copied(),
-                None => ctx.storage().get(&format!("{SEEN}{key}")).await?,
-            };
-            if seen.is_some_and(|at| now - at < self.window_ms) {
+            if self.keys.seen(ctx.storage(), key, now).await?.is_some() {
                 return Ok(Applied { applied: false });
+            }
+            if let Err(r) = self.keys.make_room(ctx.storage(), now).await? {
+                return Err(CounterError::Remembering(r));
             }
         }
         let shards = i64::from(msg.shards.max(1));
@@ -399,9 +393,7 @@ impl Handler<Apply> for CounterShard {
             })?;
         ctx.storage().put(VALUE, &value)?;
         if let Some(key) = &msg.idempotency_key {
-            ctx.storage().put(&format!("{SEEN}{key}"), &now)?;
-            ctx.storage()
-                .put(&format!("{EXPIRY}{now:020}/{key}"), key)?;
+            self.keys.remember(ctx.storage(), key, now).await?;
             let scheduled = match self.purge_scheduled {
                 Some(s) => s,
                 None => ctx
@@ -416,13 +408,6 @@ impl Handler<Apply> for CounterShard {
                 ctx.schedules().every(PURGE, Duration::from_millis(every))?;
             }
             self.purge_scheduled = Some(true);
-            if let Some(keys) = &mut self.keys {
-                if keys.len() >= MAX_KEYS_IN_MEMORY {
-                    self.keys = None;
-                } else {
-                    keys.insert(key.clone(), now);
-                }
-            }
         }
         self.value = value;
         self.publish_after_commit(ctx);
@@ -451,7 +436,7 @@ impl Handler<Clear> for CounterShard {
         ctx.storage().delete_all();
         self.value = 0;
         self.purge_scheduled = Some(false);
-        self.keys = Some(HashMap::new());
+        self.keys.cleared();
         self.publish_after_commit(ctx);
     }
 }
@@ -465,7 +450,7 @@ impl Handler<RememberedKeys> for CounterShard {
     async fn handle(&mut self, _: RememberedKeys, ctx: &mut Context) -> Result<usize> {
         Ok(ctx
             .storage()
-            .list::<i64>(ListOptions::prefix(SEEN))
+            .list::<i64>(ListOptions::prefix(KEYS.ids))
             .await?
             .len())
     }

@@ -174,6 +174,55 @@ async fn a_retried_increment_counts_once() {
 }
 
 #[tokio::test]
+async fn at_the_bound_a_new_key_waits_rather_than_a_young_key_being_forgotten() {
+    let rt = TestRuntime::sqlite().await;
+    let clock = rt.clock.clone();
+    let config = CounterConfig::default()
+        .default_shards(1)
+        .dedup_window(Duration::from_secs(600))
+        .max_keys(3);
+    let counters = CounterClient::with_config(&rt, config.clone()).unwrap();
+    for i in 0..3 {
+        counters
+            .increment("k", 1, Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(100)).await;
+    }
+    // Three remembered, the oldest 300 s old: a fourth waits 300 s and adds nothing.
+    match counters.increment("k", 1, Some("key-3")).await {
+        Err(CounterError::Remembering(r)) => {
+            assert_eq!((r.remembered, r.retry_after_ms), (3, 300_000))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every remembered key is still a duplicate, the oldest too, and after a restart.
+    let rt = rt.restart().await;
+    let counters = CounterClient::with_config(&rt, config).unwrap();
+    for i in 0..3 {
+        let again = counters
+            .increment("k", 1, Some(&format!("key-{i}")))
+            .await
+            .unwrap();
+        assert!(!again.applied, "key-{i}");
+    }
+    // Increments without a key are not held back.
+    counters.increment("k", 1, None).await.unwrap();
+    assert_eq!(counters.get("k").await.unwrap().value, 4);
+    // Once the oldest has had its window, it goes and the fourth counts.
+    rt.clock.advance(Duration::from_secs(300)).await;
+    assert!(
+        counters
+            .increment("k", 1, Some("key-3"))
+            .await
+            .unwrap()
+            .applied
+    );
+    assert_eq!(counters.get("k").await.unwrap().value, 5);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn old_keys_are_purged_and_storage_shrinks() {
     let rt = TestRuntime::memory().await;
     let clock = rt.clock.clone();

@@ -53,7 +53,10 @@ pub struct ReactorConfig {
     /// How long an event id is remembered, so that the same event again changes nothing,
     /// in ms.
     pub event_retention_ms: u64,
-    /// The most event ids an entity remembers (the oldest are forgotten first).
+    /// The most event ids an entity remembers. None is forgotten before `event_retention_ms`:
+    /// at the bound, a new event is refused (503 `remembering`, with when to retry) rather
+    /// than a young id forgotten (default 1,000,000: about 11 events a second, every second
+    /// of a day, per entity).
     pub max_event_ids: u32,
     /// How many dead letters an entity keeps (the oldest go first).
     pub dead_letters: u32,
@@ -83,7 +86,7 @@ impl Default for ReactorConfig {
             max_outbox_bytes: 64 << 20,
             max_event_output_bytes: 4 << 20,
             event_retention_ms: 86_400_000,
-            max_event_ids: 10_000,
+            max_event_ids: 1_000_000,
             dead_letters: 1000,
             max_state_bytes: 65_536,
             max_attempts: 8,

@@ -31,6 +31,11 @@ pub enum ReactorError {
         /// Commands not yet delivered everywhere.
         pending: u64,
     },
+    /// As many event ids are remembered as may be (`max_event_ids`), and none is old enough
+    /// to forget (`event_retention_ms`): forgetting a young one would let its retry act
+    /// twice. Nothing changed; send the event again after `retry_after_ms`.
+    #[error("event ids: {0}")]
+    Remembering(stead_core::Remembering),
     /// The state after the event would be larger than allowed.
     #[error("the state would take {bytes} bytes; the limit is {max}")]
     StateTooLarge {

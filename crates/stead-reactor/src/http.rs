@@ -97,6 +97,7 @@ impl From<&ReactorError> for Problem {
                     .with("pending", *pending)
                     .retry_after(Duration::from_secs(1))
             }
+            ReactorError::Remembering(r) => Problem::from(r),
             ReactorError::StateTooLarge { bytes, max } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "state-too-large", detail)
                     .with("bytes", *bytes)

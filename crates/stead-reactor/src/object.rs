@@ -17,7 +17,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use stead_core::{
     Context, Deferred, DeferredHandler, DurableObject, Handler, InvalidInput, ListOptions, Log,
-    LogPage, LogQuery, ScheduledJob, WebSocket, WebSocketMessage, from_ms, to_ms,
+    LogPage, LogQuery, Remembered, RememberedLayout, ScheduledJob, WebSocket, WebSocketMessage,
+    from_ms, to_ms,
 };
 
 use crate::client::ReactorEnv;
@@ -30,7 +31,16 @@ const META: &str = "meta";
 const CMD: &str = "cmd/";
 /// The decision log.
 const DECISIONS: Log = Log::new("dec/");
-const SEEN: &str = "seen/";
+/// Where event ids are remembered (hashed), by the rule of `stead_core::Remembered`.
+const EVENT_IDS: RememberedLayout = RememberedLayout {
+    ids: "ev/",
+    index: "evt/",
+    count: "evn",
+};
+/// At most this many expired event ids are forgotten in one turn.
+const FORGET_BATCH: usize = 100;
+/// Where builds before `Remembered` kept them: hashed id -> when it was seen.
+const LEGACY_SEEN: &str = "seen/";
 const DEAD: &str = "dead/";
 /// The dead letters, numbered in the order they were dead-lettered.
 const DEAD_LETTERS: Log = Log::new(DEAD);
@@ -248,9 +258,8 @@ pub struct Entity {
     outbox: BTreeMap<u64, Command>,
     /// What the outbox's commands weigh (see [`command_bytes`]).
     outbox_bytes: u64,
-    /// Seen event ids (hashed) with when they were seen, oldest first.
-    seen: HashMap<String, i64>,
-    seen_order: VecDeque<(i64, String)>,
+    /// Event ids (hashed) seen within the retention time.
+    seen: Remembered,
     /// Deliveries in flight, per endpoint, with when they started.
     inflight: HashMap<String, (Target, i64)>,
     waiters: Vec<Waiter>,
@@ -295,12 +304,21 @@ impl DurableObject for Entity {
         let outbox: BTreeMap<u64, Command> =
             commands.into_iter().map(|(_, c)| (c.seq, c)).collect();
         let outbox_bytes = outbox.values().map(command_bytes).sum();
-        let seen: Vec<(String, i64)> = ctx.storage().list(ListOptions::prefix(SEEN)).await?;
-        let mut seen_order: Vec<(i64, String)> = seen
-            .into_iter()
-            .map(|(k, t)| (t, k[SEEN.len()..].to_owned()))
-            .collect();
-        seen_order.sort();
+        let mut seen = Remembered::load(
+            ctx.storage(),
+            EVENT_IDS,
+            env.config.event_retention_ms,
+            u64::from(env.config.max_event_ids),
+        )
+        .await?;
+        // Ids an earlier build kept under `seen/` are remembered from when they were seen.
+        let legacy: Vec<(String, i64)> =
+            ctx.storage().list(ListOptions::prefix(LEGACY_SEEN)).await?;
+        for (k, at) in legacy {
+            ctx.storage().delete(&k)?;
+            seen.remember(ctx.storage(), &k[LEGACY_SEEN.len()..], at)
+                .await?;
+        }
         let id_hash = hex(&Sha256::digest(name.as_bytes()))[..16].to_owned();
         Ok(Entity {
             kind: kind.to_owned(),
@@ -310,8 +328,7 @@ impl DurableObject for Entity {
             meta,
             outbox,
             outbox_bytes,
-            seen: seen_order.iter().map(|(t, k)| (k.clone(), *t)).collect(),
-            seen_order: seen_order.into(),
+            seen,
             inflight: HashMap::new(),
             waiters: Vec::new(),
             cycles_checked: false,
@@ -466,9 +483,11 @@ impl Handler<Ingest> for Entity {
         let ty = self.env.entry(&self.kind).await?;
         let now = ctx.now();
         let now_ms = to_ms(now);
-        self.forget_old_events(ctx, now_ms).await?;
+        self.seen
+            .forget_expired(ctx.storage(), now_ms, FORGET_BATCH)
+            .await?;
         let key = seen_key(&event.id);
-        if self.seen.contains_key(&key) {
+        if self.seen.seen(ctx.storage(), &key, now_ms).await?.is_some() {
             return Ok(Ingested {
                 accepted: true,
                 duplicate: true,
@@ -488,9 +507,10 @@ impl Handler<Ingest> for Entity {
             return Err(ReactorError::OutboxFull { pending });
         }
         self.check_size(&state)?;
-        self.seen.insert(key.clone(), now_ms);
-        self.seen_order.push_back((now_ms, key.clone()));
-        ctx.storage().put(&format!("{SEEN}{key}"), &now_ms)?;
+        if let Err(r) = self.seen.make_room(ctx.storage(), now_ms).await? {
+            return Err(ReactorError::Remembering(r));
+        }
+        self.seen.remember(ctx.storage(), &key, now_ms).await?;
         self.meta.events += 1;
         self.record(ctx, state, out, format!("event:{}", event.id), &ty.delivery)
             .await?;
@@ -830,23 +850,6 @@ impl Entity {
                 .next()
                 .map_or(self.meta.last_seq, |first| first - 1),
         }
-    }
-
-    /// Forgets event ids past the retention window or over the count.
-    async fn forget_old_events(&mut self, ctx: &mut Context, now: i64) -> stead_core::Result<()> {
-        let horizon = now - self.env.config.event_retention_ms as i64;
-        let max = self.env.config.max_event_ids as usize;
-        while let Some((t, key)) = self.seen_order.front() {
-            if *t > horizon && self.seen_order.len() < max {
-                break;
-            }
-            let key = format!("{SEEN}{key}");
-            if let Some((_, k)) = self.seen_order.pop_front() {
-                self.seen.remove(&k);
-            }
-            ctx.storage().delete(&key)?;
-        }
-        Ok(())
     }
 
     /// Sets the cycle jobs to the type's cycles, once per activation (a type's cycles

@@ -107,6 +107,88 @@ async fn an_event_id_is_forgotten_after_the_retention_window() {
 }
 
 #[tokio::test]
+async fn at_the_bound_a_new_event_waits_rather_than_a_young_id_being_forgotten() {
+    let t = TestRuntime::sqlite().await;
+    let mut config = ReactorConfig::default();
+    config.event_retention_ms = 60_000;
+    config.max_event_ids = 3;
+    let r = ReactorClient::with_config(&t, config.clone()).unwrap();
+    r.define("orders", orders()).await.unwrap();
+    for n in 1..=3 {
+        r.send("orders", "a", order(n, 5)).await.unwrap();
+        t.advance(Duration::from_secs(10)).await;
+    }
+    // Three remembered, the oldest 30 s old: a fourth waits 30 s, and changes nothing.
+    let before = r.state("orders", "a").await.unwrap();
+    match r.send("orders", "a", order(4, 5)).await {
+        Err(ReactorError::Remembering(w)) => {
+            assert_eq!((w.remembered, w.retry_after_ms), (3, 30_000))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.state("orders", "a").await.unwrap(), before);
+    // Every one of the three is still known: a retry is a duplicate, even the oldest.
+    for n in 1..=3 {
+        assert!(r.send("orders", "a", order(n, 5)).await.unwrap().duplicate);
+    }
+    // After a restart too.
+    let t = t.restart().await;
+    let r = ReactorClient::with_config(&t, config).unwrap();
+    r.define("orders", orders()).await.unwrap();
+    assert!(r.send("orders", "a", order(1, 5)).await.unwrap().duplicate);
+    assert!(matches!(
+        r.send("orders", "a", order(4, 5)).await,
+        Err(ReactorError::Remembering(_))
+    ));
+    // Once the oldest is a minute old it goes, and the fourth is taken.
+    t.advance(Duration::from_secs(30)).await;
+    let taken = r.send("orders", "a", order(4, 5)).await.unwrap();
+    assert!(!taken.duplicate);
+    assert!(r.send("orders", "a", order(2, 5)).await.unwrap().duplicate);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn event_ids_stored_by_an_earlier_build_are_still_known() {
+    let t = TestRuntime::sqlite().await;
+    let mut config = ReactorConfig::default();
+    config.event_retention_ms = 60_000;
+    let r = ReactorClient::with_config(&t, config.clone()).unwrap();
+    r.define("orders", orders()).await.unwrap();
+    r.send("orders", "a", order(1, 5)).await.unwrap();
+    t.advance(Duration::from_secs(30)).await;
+    r.send("orders", "a", order(2, 5)).await.unwrap();
+    // The entity as an earlier build stored it: `seen/<hashed id>` -> when, nothing else.
+    let mut doc = t.export_object("reactor", "orders/a").await.unwrap();
+    let ids: Vec<(String, serde_json::Value)> = doc
+        .entries
+        .iter()
+        .filter(|(k, _)| k.starts_with("ev/"))
+        .map(|(k, v)| (k["ev/".len()..].to_owned(), v.clone()))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    doc.entries
+        .retain(|k, _| !(k.starts_with("ev/") || k.starts_with("evt/") || k == "evn"));
+    for (id, at) in ids {
+        doc.entries.insert(format!("seen/{id}"), at);
+    }
+    t.import_object("reactor", "orders/a", doc).await.unwrap();
+    let t = t.restart().await;
+    let r = ReactorClient::with_config(&t, config).unwrap();
+    r.define("orders", orders()).await.unwrap();
+    assert!(r.send("orders", "a", order(1, 5)).await.unwrap().duplicate);
+    assert!(r.send("orders", "a", order(2, 5)).await.unwrap().duplicate);
+    // Moved under the new keys, and forgotten on time: the first after a minute.
+    t.advance(Duration::from_secs(31)).await;
+    assert!(!r.send("orders", "a", order(1, 5)).await.unwrap().duplicate);
+    assert!(r.send("orders", "a", order(2, 5)).await.unwrap().duplicate);
+    let doc = t.export_object("reactor", "orders/a").await.unwrap();
+    assert!(doc.entries.keys().all(|k| !k.starts_with("seen/")));
+    assert_eq!(doc.entries["evn"], 2);
+    t.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn commands_are_numbered_read_in_order_and_leave_when_acknowledged() {
     let t = TestRuntime::memory().await;
     let r = ReactorClient::new(&t).unwrap();

@@ -193,6 +193,22 @@ impl From<&crate::InvalidInput> for Problem {
     }
 }
 
+/// A new id refused because none remembered may be forgotten yet: a 503 `remembering`
+/// problem with `remembered`, `retry_after_ms` and a `Retry-After` header, the same in every
+/// pattern that remembers ids.
+impl From<&crate::Remembering> for Problem {
+    fn from(e: &crate::Remembering) -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "remembering",
+            e.to_string(),
+        )
+        .with("remembered", e.remembered)
+        .with("retry_after_ms", e.retry_after_ms)
+        .retry_after(std::time::Duration::from_millis(e.retry_after_ms))
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
