@@ -298,8 +298,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     #[allow(dead_code)]
     fn nest<P: http::Pattern>(doc: &mut utoipa::openapi::OpenApi) -> Result<()> {
         let taken = std::mem::replace(doc, utoipa::openapi::OpenApiBuilder::new().build());
+        let theirs = P::openapi();
+        // Schemas are named by their Rust type's name: two patterns' types of one name
+        // would describe one pattern's body with the other's schema.
+        if let (Some(ours), Some(new)) = (&taken.components, &theirs.components) {
+            for (name, schema) in &new.schemas {
+                let same = ours.schemas.get(name).is_none_or(|s| s == schema);
+                debug_assert!(same, "two schemas are named {name} ({})", P::PREFIX);
+            }
+        }
         // A pattern's `/` is its prefix itself, as axum nests it.
-        *doc = taken.nest_with_path_composer(P::PREFIX, P::openapi(), |base, path| {
+        *doc = taken.nest_with_path_composer(P::PREFIX, theirs, |base, path| {
             if path == "/" {
                 base.to_owned()
             } else {

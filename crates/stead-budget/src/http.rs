@@ -203,7 +203,7 @@ async fn events(
 #[serde(deny_unknown_fields)]
 struct CycleBody {
     /// The cycle's total (the configured total if absent).
-    #[schema(schema_with = schema::integer::<0, MAX_AMOUNT>)]
+    #[schema(schema_with = schema::optional_integer::<0, MAX_AMOUNT>)]
     total: Option<u64>,
 }
 

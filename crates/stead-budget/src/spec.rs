@@ -23,6 +23,7 @@ pub const MAX_HISTORY: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct ProcessorSpec {
     /// Its id (a name).
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::name))]
     pub id: String,
     /// Its relative weight: its share is weight / the sum of the enabled weights.
     #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<0, MAX_WEIGHT>))]
@@ -32,6 +33,7 @@ pub struct ProcessorSpec {
     #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<0, 1000>))]
     pub phase: u32,
     /// The tier (model) it calls.
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::name))]
     pub tier: String,
     /// Whether it gets a share (a disabled processor has no account).
     #[serde(default = "yes")]
@@ -89,12 +91,14 @@ pub struct BudgetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     /// The processors, in the order leftover minor units are handed out.
+    // 256: MAX_PROCESSORS (the attribute takes a literal; a test holds them equal).
+    #[cfg_attr(feature = "http", schema(min_items = 1, max_items = 256))]
     pub processors: Vec<ProcessorSpec>,
     /// The tiers, by name.
     pub tiers: BTreeMap<String, TierSpec>,
     /// A new cycle every this many ms (or give `cron`; neither: cycles start by API only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1000, { 366 * 86_400_000 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1000, { 366 * 86_400_000 }>))]
     pub cycle_ms: Option<u64>,
     /// A new cycle at the times this cron expression names, in UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -151,4 +151,13 @@ async fn a_budget_over_http() {
 fn every_route_is_described() {
     let doc = stead_budget::openapi();
     assert_eq!(doc.paths.paths.len(), 9);
+    // The bound on processors the document states is the one the spec checks.
+    let doc = serde_json::to_value(&doc).unwrap();
+    let processors = &doc["components"]["schemas"]["BudgetSpec"]["properties"]["processors"];
+    assert_eq!(processors["minItems"], 1);
+    assert_eq!(
+        processors["maxItems"],
+        stead_budget::MAX_PROCESSORS as u64,
+        "{processors}"
+    );
 }

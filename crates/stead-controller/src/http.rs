@@ -190,7 +190,7 @@ async fn reset(
 #[serde(deny_unknown_fields)]
 struct LeaseBody {
     /// A name for the worker, shown among the leases out.
-    #[schema(schema_with = schema::name)]
+    #[schema(schema_with = schema::optional_name)]
     worker: Option<String>,
 }
 

@@ -54,52 +54,52 @@ pub struct ControllerSpec {
     pub policy: PolicyKind,
     /// The smallest batch (5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_BATCH as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_BATCH as u64 }>))]
     pub min_batch: Option<u32>,
     /// The largest batch (50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_BATCH as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_BATCH as u64 }>))]
     pub max_batch: Option<u32>,
     /// The first batch, and the batch after a reset (10, within the bounds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_BATCH as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_BATCH as u64 }>))]
     pub initial_batch: Option<u32>,
     /// The time between batch starts when all is well, in ms (60000; 0 runs back to back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<0, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<0, MAX_INTERVAL_MS>))]
     pub interval_ms: Option<u64>,
     /// The longest interval a backoff reaches, in ms (300000, at least `interval_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_INTERVAL_MS>))]
     pub max_interval_ms: Option<u64>,
     /// How many recent outcomes the window keeps (100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_WINDOW as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_WINDOW as u64 }>))]
     pub window: Option<u32>,
     /// How many leases may be out at once (1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_CONCURRENCY as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_CONCURRENCY as u64 }>))]
     pub concurrency: Option<u32>,
     /// How long a worker has to report a batch before it counts as failed, in ms (60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_INTERVAL_MS>))]
     pub lease_ms: Option<u64>,
     /// Consecutive failed batches (every item failed, or never reported) that open the
     /// circuit (5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, 1000>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, 1000>))]
     pub failures_to_open: Option<u32>,
     /// The first cool-down of an open circuit, in ms (60000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_INTERVAL_MS>))]
     pub cooldown_ms: Option<u64>,
     /// The longest cool-down (each failed probe doubles it), in ms (3600000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_INTERVAL_MS>))]
     pub max_cooldown_ms: Option<u64>,
     /// aimd: added after a good batch (1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, { MAX_BATCH as u64 }>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, { MAX_BATCH as u64 }>))]
     pub increase: Option<u32>,
     /// aimd: the factor after a bad batch, above 0 and below 1 (0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,14 +109,14 @@ pub struct ControllerSpec {
     pub min_success: Option<f64>,
     /// aimd: the mean latency above which a batch was bad, in ms (none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_INTERVAL_MS>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_INTERVAL_MS>))]
     pub latency_bound_ms: Option<u64>,
     /// gradient: how much slower than the long-term latency a batch may be (1.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
     /// gradient: how many batches the long-term latency averages over (20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, 1000>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, 1000>))]
     pub long_window: Option<u32>,
     /// gradient: how much of each new estimate is taken, above 0 and at most 1 (0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]

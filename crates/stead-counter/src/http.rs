@@ -80,7 +80,7 @@ struct IncrementBody {
     #[schema(schema_with = schema::signed::<{ i64::MIN }, { i64::MAX }>, default = 1)]
     by: i64,
     /// Applied once: a repeat within the dedup window (24 h by default) is not counted again.
-    #[schema(schema_with = schema::name)]
+    #[schema(schema_with = schema::optional_name)]
     idempotency_key: Option<String>,
 }
 
@@ -106,6 +106,7 @@ struct ListQuery {
 /// Fixes the shard count of a new counter.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateCounter)]
 struct CreateBody {
     /// How many shard objects the counter spreads over.
     #[schema(schema_with = schema::integer::<1, { MAX_SHARDS as u64 }>)]

@@ -150,7 +150,7 @@ async fn version(Name(_name): Name) -> StatusCode {
     request_body(content = serde_json::Value, description = "`{\"baton\": null, \"requests\": [...]}`", content_type = "application/json"),
     responses(
         (status = 200, description = "one result per request: `{\"baton\": null, \"base_url\": null, \"results\": [...]}`", body = serde_json::Value),
-        (status = 400, description = "the pipeline was refused whole: `{\"message\", \"code\"}`", body = serde_json::Value)))]
+        (status = 400, description = "the pipeline was refused whole: `{\"message\", \"code\"}`; a bad name in the path is a problem", content((serde_json::Value = "application/json"), (Problem = "application/problem+json")))))]
 async fn pipeline(State(c): State<DatabaseClient>, Name(name): Name, body: Bytes) -> Response {
     let req: PipelineRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -11,8 +11,9 @@ use stead_logic::{Rule, RuleError};
 
 /// The most flags one set holds.
 pub const MAX_FLAGS: usize = 10_000;
-/// The longest flag key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+/// The longest flag key, in characters (the rule of every name: a flag is reached at
+/// `/{set}/flags/{flag}`).
+pub const MAX_KEY_CHARS: usize = stead_core::MAX_NAME_CHARS;
 /// How deep `$ref`s may nest inside one another.
 const MAX_REF_DEPTH: usize = 32;
 /// The most JSON values a flag's targeting may hold once its `$ref`s are resolved (a chain
@@ -148,10 +149,10 @@ fn escape(segment: &str) -> String {
 
 /// Checks a flag key: 1 to 256 bytes, no control characters.
 pub fn check_flag_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+    let chars = key.chars().count();
+    if chars == 0 || chars > MAX_KEY_CHARS {
         return Err(format!(
-            "a flag key is 1 to {MAX_KEY_BYTES} bytes, this one is {}",
-            key.len()
+            "a flag key is 1 to {MAX_KEY_CHARS} characters, this one has {chars}"
         ));
     }
     if key.chars().any(char::is_control) {

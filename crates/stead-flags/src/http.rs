@@ -119,32 +119,36 @@ fn etag(version: u64) -> String {
 
 /// The version an `If-Match` names: `None` for none or `*`; a value that names no version
 /// can never match (a version no set has).
-fn if_match(headers: &HeaderMap) -> Option<u64> {
-    let v = headers
-        .get(header::IF_MATCH)?
-        .to_str()
-        .unwrap_or("?")
-        .trim();
-    if v == "*" {
-        return None;
+/// The version an `If-Match` names: none for `*`, an empty field or no header; a version that never matches
+/// for an entity tag that is not one of ours (412). A value that is not an entity tag at all
+/// is a 400.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FlagsError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or("?").trim();
+    // An empty field says nothing; `*` matches any version.
+    if v.is_empty() || v == "*" {
+        return Ok(None);
     }
-    let v = v.strip_prefix("W/").unwrap_or(v);
-    Some(
-        v.strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX),
-    )
+    let tag = v.strip_prefix("W/").unwrap_or(v);
+    let Some(opaque) = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
+        return Err(stead_core::InvalidInput::new(format!(
+            "If-Match must be * or an entity tag such as \"3\", not {v}"
+        ))
+        .into());
+    };
+    Ok(Some(opaque.parse().unwrap_or(u64::MAX)))
 }
 
-fn edit(headers: &HeaderMap) -> Edit {
-    Edit {
+fn edit(headers: &HeaderMap) -> Result<Edit, FlagsError> {
+    Ok(Edit {
         actor: headers
             .get(ACTOR_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect()),
-        expect_version: if_match(headers),
-    }
+        expect_version: if_match(headers)?,
+    })
 }
 
 fn with_etag(tag: &str, body: impl IntoResponse) -> Response {
@@ -201,7 +205,7 @@ async fn read_set(
 /// Replace a set's whole definition with a flagd document.
 #[utoipa::path(put, path = "/{set}", operation_id = "putFlagSet", tag = "flags",
     params(("set" = String, Path, description = "The flag set."),
-        ("If-Match" = Option<String>, Header, description = "The ETag the change was made against."),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"]*\")$", description = "The ETag the change was made against (or `*`)."),
         ("Stead-Actor" = Option<String>, Header, description = "Who makes the change, for the audit log.")),
     request_body(content = Object, description = "flagd's flag-definition document."),
     responses(
@@ -214,14 +218,14 @@ async fn replace_set(
     headers: HeaderMap,
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
-    Ok(changed(c.replace(&set, &doc, edit(&headers)).await?))
+    Ok(changed(c.replace(&set, &doc, edit(&headers)?).await?))
 }
 
 /// Create or replace one flag (flagd's form, or the simple form).
 #[utoipa::path(put, path = "/{set}/flags/{flag}", operation_id = "putFlag", tag = "flags",
     params(("set" = String, Path, description = "The flag set."),
         ("flag" = String, Path, description = "The flag key."),
-        ("If-Match" = Option<String>, Header, description = "The ETag the change was made against."),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"]*\")$", description = "The ETag the change was made against (or `*`)."),
         ("Stead-Actor" = Option<String>, Header, description = "Who makes the change.")),
     request_body(content = Object, description = "One flag: flagd's form, or {enabled, rollout_percent, allow, block}."),
     responses(
@@ -235,7 +239,7 @@ async fn put_flag(
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
     Ok(changed(
-        c.put_flag(&set, &flag, &doc, edit(&headers)).await?,
+        c.put_flag(&set, &flag, &doc, edit(&headers)?).await?,
     ))
 }
 
@@ -243,7 +247,7 @@ async fn put_flag(
 #[utoipa::path(delete, path = "/{set}/flags/{flag}", operation_id = "deleteFlag", tag = "flags",
     params(("set" = String, Path, description = "The flag set."),
         ("flag" = String, Path, description = "The flag key."),
-        ("If-Match" = Option<String>, Header, description = "The ETag the change was made against."),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"]*\")$", description = "The ETag the change was made against (or `*`)."),
         ("Stead-Actor" = Option<String>, Header, description = "Who makes the change.")),
     responses(
         (status = 200, description = "deleted", body = ChangeBody),
@@ -254,7 +258,7 @@ async fn delete_flag(
     Path((set, flag)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, FlagsError> {
-    Ok(changed(c.delete_flag(&set, &flag, edit(&headers)).await?))
+    Ok(changed(c.delete_flag(&set, &flag, edit(&headers)?).await?))
 }
 
 /// A set's audit log, numbered by version (newest first unless asked otherwise).
@@ -276,7 +280,7 @@ async fn audit(
 #[into_params(parameter_in = Query)]
 struct VersionParams {
     /// Answer once the set is at another version than this one.
-    #[param(schema_with = schema::integer::<0, 9007199254740991>)]
+    #[param(schema_with = schema::integer::<0, { u64::MAX }>)]
     after: Option<u64>,
     /// Wait at most this long for a change, in ms (at most 60000; default 0).
     #[param(schema_with = schema::integer::<0, 60000>)]
@@ -475,7 +479,7 @@ async fn evaluate_bulk(c: &FlagsClient, set: &str, headers: &HeaderMap, body: &B
 #[allow(dead_code)]
 struct EvaluationRequest {
     /// The evaluation context (`targetingKey` and any attributes); none is an empty one.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     context: Option<Map<String, Value>>,
 }
 
@@ -498,7 +502,7 @@ async fn ofrep_one(
 /// OFREP: evaluate every flag of a set.
 #[utoipa::path(post, path = "/{set}/ofrep/v1/evaluate/flags", operation_id = "ofrepEvaluateFlags", tag = "ofrep",
     params(("set" = String, Path, description = "The flag set."),
-        ("If-None-Match" = Option<String>, Header, description = "The ETag of an earlier answer: 304 when nothing changed.")),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "The ETag of an earlier answer: 304 when nothing changed.")),
     request_body(content = EvaluationRequest, description = "The evaluation context (optional)."),
     responses(
         (status = 200, description = "`{flags: [...]}`, each a success or a failure object", body = Object),
@@ -532,7 +536,7 @@ async fn ofrep_root_one(
 
 /// OFREP: evaluate every flag of the default set.
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", operation_id = "ofrepEvaluateDefaultFlags", tag = "ofrep",
-    params(("If-None-Match" = Option<String>, Header, description = "The ETag of an earlier answer.")),
+    params(("If-None-Match" = Option<String>, Header, nullable = false, description = "The ETag of an earlier answer.")),
     request_body(content = EvaluationRequest, description = "The evaluation context (optional)."),
     responses(
         (status = 200, description = "`{flags: [...]}`", body = Object),

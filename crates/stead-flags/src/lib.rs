@@ -30,7 +30,7 @@ mod openfeature;
 pub use client::{Details, FlagValue, FlagsClient, FlagsConfig, typed};
 pub use definition::{
     DefinitionError, FlagDefinition, FlagSetDefinition, FlagState, FlagType, MAX_FLAGS,
-    MAX_KEY_BYTES, check_flag_key,
+    MAX_KEY_CHARS, check_flag_key,
 };
 pub use error::FlagsError;
 pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};

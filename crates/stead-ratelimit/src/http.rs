@@ -234,7 +234,7 @@ struct NamedCheck {
     #[schema(schema_with = policy_ref)]
     policy: Json,
     /// Units this request consumes (1 when absent); at most the policy's burst.
-    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
+    #[schema(schema_with = schema::optional_integer::<1, MAX_LIMIT>)]
     cost: Option<u64>,
 }
 
@@ -252,10 +252,10 @@ struct InlineCheck {
     #[schema(schema_with = schema::integer::<1, MAX_PERIOD_MS>)]
     period_ms: u64,
     /// The burst (gcra and token_bucket only; `limit` when absent).
-    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
+    #[schema(schema_with = schema::optional_integer::<1, MAX_LIMIT>)]
     burst: Option<u64>,
     /// Units this request consumes (1 when absent); at most the policy's burst.
-    #[schema(schema_with = schema::integer::<1, MAX_LIMIT>)]
+    #[schema(schema_with = schema::optional_integer::<1, MAX_LIMIT>)]
     cost: Option<u64>,
 }
 

@@ -100,7 +100,7 @@ pub struct Policy {
     /// The largest burst (GCRA) or the bucket's capacity (token bucket); `limit` when absent.
     /// Not for the window algorithms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::integer::<1, MAX_LIMIT>))]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::optional_integer::<1, MAX_LIMIT>))]
     pub burst: Option<u64>,
 }
 
@@ -389,7 +389,7 @@ impl Policy {
 
 /// What a check decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema), schema(as = RateLimitDecision))]
 pub struct Decision {
     /// Whether the request was admitted (and its cost consumed).
     pub allowed: bool,

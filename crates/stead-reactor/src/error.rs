@@ -49,6 +49,15 @@ pub enum ReactorError {
         "this reactor type's commands are delivered to webhooks, not pulled (set \"pull\": true)"
     )]
     NotPulled,
+    /// An acknowledgement of commands not yet emitted (the request is well formed; the
+    /// entity's outbox is not there yet).
+    #[error("up_to is {up_to}, but the last command is {last}")]
+    AckBeyondOutbox {
+        /// What was acknowledged.
+        up_to: u64,
+        /// The last command emitted.
+        last: u64,
+    },
     /// No dead letter has this number.
     #[error("no dead letter {0}")]
     UnknownDeadLetter(u64),

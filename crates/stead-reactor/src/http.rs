@@ -98,6 +98,9 @@ impl From<&ReactorError> for Problem {
                     .retry_after(Duration::from_secs(1))
             }
             ReactorError::Remembering(r) => Problem::from(r),
+            ReactorError::AckBeyondOutbox { last, .. } => {
+                Problem::new(StatusCode::CONFLICT, "ack-beyond-outbox", detail).with("last", *last)
+            }
             ReactorError::StateTooLarge { bytes, max } => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "state-too-large", detail)
                     .with("bytes", *bytes)
@@ -299,7 +302,7 @@ struct Acked {
     params(TypeEntity),
     request_body = AckBody,
     responses((status = 200, description = "acknowledged", body = Acked),
-        (status = 409, description = "`not-pulled`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`not-pulled`, or `ack-beyond-outbox`: `up_to` is past the last command", body = Problem, content_type = "application/problem+json"),
         problems::NotFound, problems::BadRequest))]
 async fn ack(
     State(c): State<ReactorClient>,
@@ -341,9 +344,11 @@ struct ResolveBody {
     seqs: Option<Vec<u64>>,
 }
 
-/// A list of dead-letter numbers.
+/// A list of dead-letter numbers, or `null` for all.
 fn seq_list() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
     utoipa::openapi::schema::ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
         .items(schema::integer::<1, { u64::MAX }>())
         .build()
 }

@@ -91,7 +91,7 @@ pub struct Command {
 
 /// An entry of the decision log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema), schema(as = ReactorDecision))]
 pub struct Decision {
     /// Its number, from 1.
     pub seq: u64,
@@ -616,11 +616,10 @@ impl Handler<Ack> for Entity {
             return Err(ReactorError::NotPulled);
         }
         if msg.up_to > self.meta.last_seq {
-            return Err(InvalidInput::new(format!(
-                "up_to is {}, but the last command is {}",
-                msg.up_to, self.meta.last_seq
-            ))
-            .into());
+            return Err(ReactorError::AckBeyondOutbox {
+                up_to: msg.up_to,
+                last: self.meta.last_seq,
+            });
         }
         if msg.up_to > self.meta.acked {
             self.meta.acked = msg.up_to;

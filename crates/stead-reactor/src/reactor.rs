@@ -17,9 +17,11 @@ use serde_json::Value;
 pub struct Event {
     /// The sender's id for it: the same id again within the retention window is
     /// acknowledged and changes nothing.
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::name))]
     pub id: String,
     /// What happened (`order.placed`, `research.completed`, ...).
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "http", schema(schema_with = stead_core::http::schema::name))]
     pub kind: String,
     /// Its data.
     #[serde(default)]

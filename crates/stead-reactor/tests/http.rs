@@ -201,8 +201,8 @@ async fn definitions_events_state_decisions_and_problems() {
             "POST",
             "/orders/acme/commands/ack",
             json!({"up_to": 7}),
-            400,
-            "bad-request",
+            409,
+            "ack-beyond-outbox",
         ),
         (
             "GET",

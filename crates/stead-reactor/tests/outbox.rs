@@ -246,7 +246,7 @@ async fn commands_are_numbered_read_in_order_and_leave_when_acknowledged() {
     assert_eq!(r.ack("orders", "a", 1).await.unwrap(), 3);
     assert!(matches!(
         r.ack("orders", "a", 9).await,
-        Err(ReactorError::Invalid(_))
+        Err(ReactorError::AckBeyondOutbox { up_to: 9, last: 5 })
     ));
     t.shutdown().await.unwrap();
 }

@@ -93,15 +93,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Handle {
 /// A new session.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateSession)]
 struct CreateBody {
     /// The user it belongs to (entered in that user's index).
-    #[schema(schema_with = schema::name)]
+    #[schema(schema_with = schema::optional_name)]
     user: Option<String>,
     /// The sliding TTL in ms: each use pushes the expiry this far out.
     #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
     ttl_ms: u64,
     /// The absolute lifetime in ms: the session ends then however active.
-    #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
+    #[schema(schema_with = schema::optional_integer::<1, MAX_TTL_MS>)]
     max_lifetime_ms: Option<u64>,
     /// Its data (a JSON object).
     #[serde(default)]
@@ -149,7 +150,7 @@ async fn create(
 
 /// Read a session (not a use of it: an operator looking does not keep it alive).
 #[utoipa::path(get, path = "/{handle}", operation_id = "getSession", tag = "sessions",
-    params(("handle" = String, Path, description = "The session's handle: 64 hex characters.")),
+    params(("handle" = String, Path, min_length = 64, max_length = 64, pattern = "^[0-9a-f]{64}$", description = "The session's handle: 64 hex characters.")),
     responses(
         (status = 200, description = "the session", body = SessionView),
         problems::NotFound, problems::BadRequest))]
@@ -165,7 +166,7 @@ async fn read(
 
 /// Change a session's data with a JSON merge patch (RFC 7396); a use of it.
 #[utoipa::path(patch, path = "/{handle}", operation_id = "patchSession", tag = "sessions",
-    params(("handle" = String, Path, description = "The session's handle.")),
+    params(("handle" = String, Path, min_length = 64, max_length = 64, pattern = "^[0-9a-f]{64}$", description = "The session's handle.")),
     request_body(content = Object, content_type = "application/merge-patch+json",
         description = "A JSON merge patch of the data: members set keys, `null` members delete them."),
     responses(
@@ -184,7 +185,7 @@ async fn patch(
 
 /// Delete (revoke) a session.
 #[utoipa::path(delete, path = "/{handle}", operation_id = "deleteSession", tag = "sessions",
-    params(("handle" = String, Path, description = "The session's handle.")),
+    params(("handle" = String, Path, min_length = 64, max_length = 64, pattern = "^[0-9a-f]{64}$", description = "The session's handle.")),
     responses((status = 204, description = "deleted"), problems::NotFound, problems::BadRequest))]
 async fn delete(
     State(c): State<SessionClient>,
@@ -202,8 +203,12 @@ async fn delete(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct UserParams {
-    /// The user.
-    #[param(schema_with = schema::name)]
+    /// The user (a name: 1 to 256 characters, no control characters).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     user: String,
 }
 

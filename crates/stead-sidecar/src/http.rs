@@ -16,8 +16,8 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::client::{SidecarClient, SidecarConfig};
 use crate::error::SidecarError;
 use crate::object::{
-    Appended, Condition, KeyPage, Lifetime, MAX_LEASE_MS, MAX_PAGE, MAX_TTL_MS, NextReply,
-    SidecarInfo, Step, Written, validate_key,
+    Appended, Condition, KeyPage, Lifetime, MAX_LEASE_MS, MAX_PAGE, MAX_STEPS, MAX_TTL_MS,
+    NextReply, SidecarInfo, Step, Written, validate_key,
 };
 
 /// The sidecar pattern, as the umbrella crate mounts it.
@@ -245,8 +245,9 @@ fn tag_list(value: &str) -> Option<Option<Vec<Tag>>> {
     }
 }
 
+/// A header's text; an empty one is no header (a field with an empty value says nothing).
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, Problem> {
-    headers
+    let text = headers
         .get(&name)
         .map(|v| {
             v.to_str().map_err(|_| {
@@ -257,7 +258,8 @@ fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&
                 )
             })
         })
-        .transpose()
+        .transpose()?;
+    Ok(text.filter(|t| !t.trim().is_empty()))
 }
 
 /// The write condition of `If-Match` (`*` or a list of ETags, compared strongly: a weak
@@ -354,7 +356,7 @@ async fn delete_all(
 #[serde(deny_unknown_fields)]
 struct TtlBody {
     /// How long the sidecar lives, in ms; `null` removes the lifetime.
-    #[schema(schema_with = schema::integer::<1, MAX_TTL_MS>)]
+    #[schema(schema_with = schema::optional_integer::<1, MAX_TTL_MS>)]
     ttl_ms: Option<u64>,
     /// Whether each write starts the time again (default true).
     #[serde(default = "yes")]
@@ -418,8 +420,8 @@ async fn list_keys(
 
 /// Read a value: its JSON text as written, with its ETag.
 #[utoipa::path(get, path = "/{name}/keys/{key}", operation_id = "getSidecarValue", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The key: 1 to 1024 bytes, no control characters; may contain `/`."),
-        ("If-None-Match" = Option<String>, Header, description = "`*` or a list of ETags: 304 without a body if the value is at one of them.")),
+    params(Name, ("key" = String, Path, min_length = 1, max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$", description = "The key: 1 to 1024 bytes, no control characters; may contain `/`."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\"([ \\t]*,[ \\t]*(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\")*)$", description = "`*` or a list of ETags: 304 without a body if the value is at one of them.")),
     responses(
         (status = 200, description = "the value, with its `ETag`", body = serde_json::Value),
         (status = 304, description = "not modified: the value is at an ETag `If-None-Match` names"),
@@ -448,9 +450,9 @@ async fn get_value(
 /// Write a value (any JSON), optionally only at a version (`If-Match`) or only if absent
 /// (`If-None-Match: *`).
 #[utoipa::path(put, path = "/{name}/keys/{key}", operation_id = "putSidecarValue", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The key."),
-        ("If-Match" = Option<String>, Header, description = "Write only if the key is at one of these ETags (compared strongly: a weak ETag never matches), or with `*` if it exists."),
-        ("If-None-Match" = Option<String>, Header, description = "`*`: write only if the key does not exist.")),
+    params(Name, ("key" = String, Path, min_length = 1, max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$", description = "The key."),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\"([ \\t]*,[ \\t]*(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\")*)$", description = "Write only if the key is at one of these ETags (compared strongly: a weak ETag never matches), or with `*` if it exists."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, pattern = "^\\*?$", description = "`*`: write only if the key does not exist.")),
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "replaced; the new `ETag`", body = Written),
@@ -474,8 +476,8 @@ async fn put_value(
 
 /// Delete a value, optionally only at a version (`If-Match`).
 #[utoipa::path(delete, path = "/{name}/keys/{key}", operation_id = "deleteSidecarValue", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The key."),
-        ("If-Match" = Option<String>, Header, description = "Delete only if the key is at this ETag.")),
+    params(Name, ("key" = String, Path, min_length = 1, max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$", description = "The key."),
+        ("If-Match" = Option<String>, Header, nullable = false, pattern = "^(|\\*|(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\"([ \\t]*,[ \\t]*(W/)?\"[^\"\\u0000-\\u0020\\u007F]*\")*)$", description = "Delete only if the key is at this ETag.")),
     responses(
         (status = 204, description = "deleted"),
         problems::NotFound, problems::PreconditionFailed, problems::BadRequest))]
@@ -496,10 +498,14 @@ async fn delete_value(
         Ok(c) => c,
         Err(p) => return Ok(p.into_response()),
     };
-    if c.delete(&k.entity, &k.key, cond).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Ok(not_found("such key").into_response())
+    match c.delete(&k.entity, &k.key, cond).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        // An absent key is a 404 with or without a condition: a precondition is ignored
+        // where the request without it would not succeed (RFC 9110, 13.2.1).
+        Ok(false) | Err(SidecarError::PreconditionFailed { current: None, .. }) => {
+            Ok(not_found("such key").into_response())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -515,7 +521,7 @@ struct AppendParams {
 
 /// Append an item (any JSON) to a list; answers its index.
 #[utoipa::path(post, path = "/{name}/lists/{key}", operation_id = "appendSidecarList", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The list's key."), AppendParams),
+    params(Name, ("key" = String, Path, min_length = 1, max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$", description = "The list's key."), AppendParams),
     request_body(content = serde_json::Value, content_type = "application/json"),
     responses(
         (status = 200, description = "appended", body = Appended),
@@ -568,7 +574,7 @@ struct ItemBody {
 
 /// Read items of a list, from an index on.
 #[utoipa::path(get, path = "/{name}/lists/{key}", operation_id = "readSidecarList", tag = "sidecars",
-    params(Name, ("key" = String, Path, description = "The list's key."), RangeParams),
+    params(Name, ("key" = String, Path, min_length = 1, max_length = 1024, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$", description = "The list's key."), RangeParams),
     responses(
         (status = 200, description = "the items", body = ItemsBody),
         problems::NotFound, problems::BadRequest))]
@@ -605,7 +611,18 @@ async fn range(
 #[serde(deny_unknown_fields)]
 struct StepsBody {
     /// Step names (1 to 256 characters each), in the order they run.
+    #[schema(schema_with = step_names)]
     steps: Vec<String>,
+}
+
+/// 1 to [`MAX_STEPS`] names, each once.
+fn step_names() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(schema::name())
+        .min_items(Some(1))
+        .max_items(Some(MAX_STEPS))
+        .unique_items(true)
+        .build()
 }
 
 /// Declare the steps (again with the same steps: no change).

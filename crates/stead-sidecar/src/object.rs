@@ -83,8 +83,8 @@ pub struct Lifetime {
 struct Entry {
     version: u64,
     size: u64,
-    /// The value itself when it is small and has no whitespace around it, as JSON; else it
-    /// is in `chunks` chunks.
+    /// The value itself when it is small, has no whitespace around it and is not `null`, as
+    /// JSON; else it is in `chunks` chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     raw: Option<Box<RawValue>>,
     #[serde(default)]
@@ -393,6 +393,14 @@ impl Handler<Get> for Sidecar {
                 value,
             }));
         }
+        // Neither inline nor in chunks, four bytes: a `null` an earlier build kept inline
+        // (and so stored as "no inline value").
+        if entry.chunks == 0 && entry.size == 4 {
+            return Ok(Some(Versioned {
+                version: entry.version,
+                value: "null".to_owned(),
+            }));
+        }
         let mut value = String::with_capacity(entry.size as usize);
         for i in 0..entry.chunks {
             let chunk: String = ctx
@@ -449,7 +457,9 @@ impl Handler<Put> for Sidecar {
             value,
             condition,
         } = msg;
-        let (raw, text) = if value.len() <= INLINE_BYTES && value.trim() == value {
+        // `null` is never kept inline: an inline `null` would read back as "no inline value".
+        let inline = value.len() <= INLINE_BYTES && value.trim() == value && value != "null";
+        let (raw, text) = if inline {
             let raw = RawValue::from_string(value)
                 .map_err(|e| InvalidInput::new(format!("value is not JSON: {e}")))?;
             (Some(raw), None)

@@ -277,6 +277,39 @@ async fn large_values_round_trip_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn a_json_null_value_is_read_back_as_null() {
+    // `null` is a JSON value like any other: stored, evicted, restarted, it reads `null`
+    // (it once came back empty: kept inline, it was taken for "nothing inline").
+    let rt = TestRuntime::sqlite().await;
+    let sc = SidecarClient::new(&rt).unwrap();
+    for (key, text) in [("n", "null"), ("s", "\"\""), ("z", "0"), ("e", "[]")] {
+        sc.put_raw("nulls", key, text.into(), Condition::Always)
+            .await
+            .unwrap();
+        assert_eq!(sc.get("nulls", key).await.unwrap().unwrap().value, text);
+    }
+    let rt = rt.restart().await;
+    let sc = SidecarClient::new(&rt).unwrap();
+    for (key, text) in [("n", "null"), ("s", "\"\""), ("z", "0"), ("e", "[]")] {
+        assert_eq!(
+            sc.get("nulls", key).await.unwrap().unwrap().value,
+            text,
+            "{key}"
+        );
+    }
+    // A `null` an earlier build kept inline (stored as an entry of 4 bytes with no value).
+    let mut doc = rt.export_object("sidecar", "nulls").await.unwrap();
+    doc.entries.insert(
+        "k/old".into(),
+        serde_json::json!({"version": 7, "size": 4, "chunks": 0}),
+    );
+    rt.import_object("sidecar", "nulls", doc).await.unwrap();
+    let old = sc.get("nulls", "old").await.unwrap().unwrap();
+    assert_eq!((old.version, old.value.as_str()), (7, "null"));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_lifetime_deletes_everything_when_it_runs_out() {
     let rt = TestRuntime::sqlite().await;
     let sc = SidecarClient::new(&rt).unwrap();

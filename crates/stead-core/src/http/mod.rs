@@ -361,7 +361,7 @@ pub fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// A JSON body that may be left out: no body at all (an empty one, with or without its
-/// `Content-Type`) reads as `T::default()`; a body is read as [`Json`] reads it, with the
+/// `Content-Type`) or `null` reads as `T::default()`; a body is read as [`Json`] reads it, with the
 /// same problems. For actions whose every parameter is optional (`POST .../lease`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OptionalJson<T>(pub T);
@@ -382,7 +382,8 @@ where
             return Ok(OptionalJson(T::default()));
         }
         let bytes = json_body(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body, or `null` (which an optional body's schema allows): the defaults.
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJson(T::default()));
         }
         parse_json(&bytes).map(OptionalJson)
@@ -461,10 +462,75 @@ impl RequestCheck for RequireJsonWrites {
 }
 
 impl<S> tower::Layer<S> for RequireJsonWrites {
-    type Service = Checked<S, RequireJsonWrites>;
+    type Service = JsonWrites<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Checked::new(inner, *self)
+        JsonWrites { inner }
+    }
+}
+
+/// The service of [`RequireJsonWrites`]. A method the route does not take is answered
+/// 405 before any content type is looked at: a write without one is first shown, with a
+/// method no route takes, to the routes it was meant for; their 405 stands when its
+/// `Allow` lacks the write's method, and the write is refused with 415 otherwise. No
+/// handler runs for the probe (a route that takes any method would: stead's take none).
+#[derive(Debug, Clone)]
+pub struct JsonWrites<S> {
+    inner: S,
+}
+
+/// The method of the probe: one no route takes.
+const PROBE_METHOD: &[u8] = b"STEAD-NO-SUCH-METHOD";
+
+impl<S> tower::Service<Request> for JsonWrites<S>
+where
+    S: tower::Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, std::result::Result<Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(refused) = RequireJsonWrites.refuse(req.method(), req.headers()) else {
+            return Box::pin(self.inner.call(req));
+        };
+        let method = std::mem::replace(
+            req.method_mut(),
+            Method::from_bytes(PROBE_METHOD).expect("a valid method token"),
+        );
+        let uri = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+        // The service that was made ready is used for the probe; the clone left behind is
+        // the one the next call readies.
+        let ready = self.inner.clone();
+        let mut probe = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            let answer = probe.call(req).await?;
+            let allowed = answer
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|allow| allow.split(',').any(|m| m.trim() == method.as_str()));
+            if answer.status() != StatusCode::METHOD_NOT_ALLOWED || allowed {
+                return Ok(refused);
+            }
+            // The routes' 405, told of the method the client sent (not the probe's).
+            let mut bare = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            if let Some(allow) = answer.headers().get(header::ALLOW) {
+                bare.headers_mut().insert(header::ALLOW, allow.clone());
+            }
+            Ok(problem_for_bare_error(&method, uri.path(), bare))
+        })
     }
 }
 

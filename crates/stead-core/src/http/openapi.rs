@@ -35,6 +35,24 @@ pub mod schema {
             .build()
     }
 
+    /// A name, or `null` (an `Option<String>` field: serde reads `null` as absent).
+    pub fn optional_name() -> Object {
+        nullable(name())
+    }
+
+    /// An unsigned integer from `MIN` to `MAX`, or `null` (an `Option` field).
+    pub fn optional_integer<const MIN: u64, const MAX: u64>() -> Object {
+        nullable(bounded(MIN, MAX))
+    }
+
+    /// The same schema, with `null` allowed too.
+    pub fn nullable(mut o: Object) -> Object {
+        if let utoipa::openapi::schema::SchemaType::Type(t) = o.schema_type {
+            o.schema_type = utoipa::openapi::schema::SchemaType::from_iter([t, Type::Null]);
+        }
+        o
+    }
+
     /// An unsigned integer from `MIN` to `MAX` (a field stored as `u64` or smaller).
     pub fn integer<const MIN: u64, const MAX: u64>() -> Object {
         bounded(MIN, MAX)
@@ -125,14 +143,19 @@ pub fn document_problems(doc: &mut OpenApi) {
         .or_insert_with(super::Problem::schema);
     for item in doc.paths.paths.values_mut() {
         let ops = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, false),
+            (&mut item.patch, true),
         ];
-        for op in ops.into_iter().flatten() {
+        for (op, write) in ops {
+            let Some(op) = op else { continue };
+            if write {
+                json_write_body(op);
+            }
             let has_body = op.request_body.is_some();
+            let names_in_path = name_path_params(op);
             let r = &mut op.responses.responses;
             let mut add = |status: &str, description: &str| {
                 r.entry(status.into())
@@ -146,8 +169,78 @@ pub fn document_problems(doc: &mut OpenApi) {
             add("504", "the object did not answer within the deadline");
             if has_body {
                 add("413", "the body is larger than the server accepts");
-                add("415", "the body is not application/json");
+            }
+            if has_body || write {
+                add(
+                    "415",
+                    "the request does not say Content-Type: application/json (a write says it even without a body)",
+                );
+            }
+            if names_in_path {
+                add("400", "a name in the path breaks the rules of names");
             }
         }
     }
+}
+
+/// States what every write sends: a JSON body, required, since a write must say
+/// `Content-Type: application/json` even when it has nothing to say (415 otherwise). A write
+/// that takes no parameters is described as taking any JSON value, which it ignores; one whose
+/// body is optional, as taking `null` for "nothing" (an empty body is accepted too).
+fn json_write_body(op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::Required;
+    use utoipa::openapi::request_body::RequestBodyBuilder;
+    match &mut op.request_body {
+        Some(utoipa::openapi::RefOr::T(body)) => body.required = Some(Required::True),
+        Some(_) => {}
+        None => {
+            op.request_body = Some(
+                RequestBodyBuilder::new()
+                    .description(Some(
+                        "Nothing to say: any JSON value, ignored (`{}`); the request must say Content-Type: application/json",
+                    ))
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::schema::Schema::Object(
+                                utoipa::openapi::schema::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+                                    .build(),
+                            )))
+                            .build(),
+                    )
+                    .required(Some(Required::True))
+                    .build()
+                    .into(),
+            )
+        }
+    }
+}
+
+/// Gives every path parameter declared as a bare string the schema of a name (1 to
+/// [`crate::MAX_NAME_CHARS`] characters, no control characters: what the routes check with
+/// the `Name` extractor or `validate_name`); whether the operation has any.
+fn name_path_params(op: &mut utoipa::openapi::path::Operation) -> bool {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::schema::{Schema, Type};
+    use utoipa::openapi::{RefOr, schema::SchemaType};
+    let mut any = false;
+    for p in op.parameters.iter_mut().flatten() {
+        let RefOr::T(p) = p else { continue };
+        if p.parameter_in != ParameterIn::Path {
+            continue;
+        }
+        any = true;
+        let bare = match &p.schema {
+            None => true,
+            Some(RefOr::T(Schema::Object(o))) => {
+                o.schema_type == SchemaType::Type(Type::String) && o.pattern.is_none()
+            }
+            Some(_) => false,
+        };
+        if bare {
+            p.schema = Some(RefOr::T(Schema::Object(schema::name())));
+        }
+    }
+    any
 }
