@@ -10,8 +10,8 @@ use stead_core::{Error, InvalidInput, Namespace, NamespaceOptions, Result, Runti
 use crate::error::CounterError;
 
 use crate::object::{
-    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Open, RememberedKeys,
-    ShardEnv, Shards, Value,
+    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Inspect, Open, RememberedKeys,
+    ShardEnv, Shards,
 };
 
 /// The longest idempotency key, in characters.
@@ -169,7 +169,7 @@ impl CounterClient {
             let asked = self
                 .inner
                 .shards
-                .ask_all(missing.iter().map(|&i| &stubs[i]), || Value)
+                .ask_all(missing.iter().map(|&i| &stubs[i]), || Inspect)
                 .await?;
             let filled: Vec<(usize, i64)> = missing.into_iter().zip(asked).collect();
             views.fill(name, &filled);

@@ -43,8 +43,8 @@ pub use error::CounterError;
 #[cfg(feature = "http")]
 pub use http::CounterPattern;
 pub use object::{
-    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, MAX_SHARDS, Open,
-    RememberedKeys, ShardEnv, Shards, Value,
+    Applied, Apply, Clear, CounterConfig, CounterMeta, CounterShard, Inspect, MAX_SHARDS, Open,
+    RememberedKeys, ShardEnv, Shards,
 };
 
 /// The counter routes, without a prefix (the umbrella crate mounts them under

@@ -417,11 +417,11 @@ impl Handler<Apply> for CounterShard {
 
 /// The shard's partial sum.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Value;
+pub struct Inspect;
 
-impl Handler<Value> for CounterShard {
+impl Handler<Inspect> for CounterShard {
     type Reply = i64;
-    async fn handle(&mut self, _: Value, _ctx: &mut Context) -> i64 {
+    async fn handle(&mut self, _: Inspect, _ctx: &mut Context) -> i64 {
         self.value
     }
 }

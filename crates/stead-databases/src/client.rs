@@ -3,7 +3,7 @@
 use stead_core::{Namespace, Runtime, SqlValue};
 
 use crate::error::DatabaseError;
-use crate::object::{Database, DeleteDatabase, Pipeline};
+use crate::object::{Database, Pipeline, Remove};
 use crate::protocol::{
     ProtoError, Stmt, StmtResult, StreamRequest, StreamResponse, StreamResult, Value,
 };
@@ -79,7 +79,7 @@ impl DatabaseClient {
     /// Deletes database `name`: its tables and everything in them.
     pub async fn delete(&self, name: &str) -> Result<(), DatabaseError> {
         stead_core::validate_object_name(name)?;
-        Ok(self.ns.get_by_name(name).call(DeleteDatabase).await?)
+        Ok(self.ns.get_by_name(name).call(Remove).await?)
     }
 
     /// Database names that start with `prefix`, in order, a page at a time.

@@ -38,7 +38,7 @@ pub use client::{DatabaseClient, DatabasePage, MAX_PAGE};
 pub use error::DatabaseError;
 #[cfg(feature = "http")]
 pub use http::{DatabasesPattern, DatabasesSettings};
-pub use object::{Database, DeleteDatabase, MAX_RESULT_BYTES, Pipeline};
+pub use object::{Database, MAX_RESULT_BYTES, Pipeline, Remove};
 
 /// The database routes, without a prefix (the umbrella crate mounts them under
 /// `/databases`), in any app state.

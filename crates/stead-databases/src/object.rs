@@ -88,12 +88,12 @@ impl Handler<Pipeline> for Database {
 
 /// Deletes the database: its tables and everything in them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeleteDatabase;
+pub struct Remove;
 
-impl Handler<DeleteDatabase> for Database {
+impl Handler<Remove> for Database {
     type Reply = Result<()>;
 
-    async fn handle(&mut self, _: DeleteDatabase, ctx: &mut Context) -> Result<()> {
+    async fn handle(&mut self, _: Remove, ctx: &mut Context) -> Result<()> {
         ctx.storage().delete_all();
         Ok(())
     }

@@ -14,8 +14,8 @@ use crate::definition::{FlagDefinition, FlagSetDefinition, FlagType, check_flag_
 use crate::error::FlagsError;
 use crate::evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
 use crate::object::{
-    AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag, ReadAudit, Replace,
-    Snapshots,
+    AuditEntry, Changed, Configure, DeleteFlag, Edit, FlagSet, FlagsEnv, Inspect, PutFlag,
+    ReadAudit, Snapshots,
 };
 
 /// The settings of a runtime's flag sets (the server's `[flags]` table).
@@ -240,7 +240,7 @@ impl FlagsClient {
     pub async fn replace(&self, set: &str, doc: &Value, edit: Edit) -> Result<Changed, FlagsError> {
         // The object compiles the rules, once, as it commits.
         let definition = FlagSetDefinition::parse_structure(doc)?;
-        self.set(set)?.call(Replace { definition, edit }).await
+        self.set(set)?.call(Configure { definition, edit }).await
     }
 
     /// Creates or replaces flag `key` of `set` (flagd's form or the simple form).
@@ -294,7 +294,7 @@ impl FlagsClient {
         if let Some(s) = self.inner.sets.env().snapshots.get(set) {
             return Ok(s);
         }
-        self.set(set)?.call(Load).await
+        self.set(set)?.call(Inspect).await
     }
 
     /// Waits until `set` is past `version` or `timeout` has passed; answers the version

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use stead_core::http::{Json as Body, LogParams, Problem, Query, problems, schema};
+use stead_core::http::{Json as Body, LogParams, Name, Names, Problem, Query, problems, schema};
 use stead_core::{LogPage, Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -191,10 +191,7 @@ fn changed(c: Changed) -> Response {
         (status = 200, description = "the definition; an unknown set has no flags", body = Object,
             headers(("ETag" = String, description = "The set's version, for If-Match"))),
         problems::BadRequest))]
-async fn read_set(
-    State(c): State<FlagsClient>,
-    Path(set): Path<String>,
-) -> Result<Response, FlagsError> {
+async fn read_set(State(c): State<FlagsClient>, Name(set): Name) -> Result<Response, FlagsError> {
     let snap = c.snapshot(&set).await?;
     Ok(with_etag(
         &etag(snap.version()),
@@ -214,7 +211,7 @@ async fn read_set(
         problems::BadRequest))]
 async fn replace_set(
     State(c): State<FlagsClient>,
-    Path(set): Path<String>,
+    Name(set): Name,
     headers: HeaderMap,
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
@@ -234,7 +231,7 @@ async fn replace_set(
         problems::BadRequest))]
 async fn put_flag(
     State(c): State<FlagsClient>,
-    Path((set, flag)): Path<(String, String)>,
+    Names(set, flag): Names,
     headers: HeaderMap,
     Body(doc): Body<Value>,
 ) -> Result<Response, FlagsError> {
@@ -255,7 +252,7 @@ async fn put_flag(
         problems::NotFound, problems::BadRequest))]
 async fn delete_flag(
     State(c): State<FlagsClient>,
-    Path((set, flag)): Path<(String, String)>,
+    Names(set, flag): Names,
     headers: HeaderMap,
 ) -> Result<Response, FlagsError> {
     Ok(changed(c.delete_flag(&set, &flag, edit(&headers)?).await?))
@@ -268,7 +265,7 @@ async fn delete_flag(
         problems::BadRequest))]
 async fn audit(
     State(c): State<FlagsClient>,
-    Path(set): Path<String>,
+    Name(set): Name,
     Query(q): Query<LogParams>,
 ) -> Result<Body<LogPage<AuditEntry>>, FlagsError> {
     Ok(Body(c.audit(&set, q.query()).await?))
@@ -303,7 +300,7 @@ struct VersionBody {
     responses((status = 200, description = "the version", body = VersionBody), problems::BadRequest))]
 async fn version(
     State(c): State<FlagsClient>,
-    Path(set): Path<String>,
+    Name(set): Name,
     Query(q): Query<VersionParams>,
 ) -> Result<Response, FlagsError> {
     let wait = q.wait_ms.unwrap_or(0);

@@ -38,8 +38,8 @@ pub use evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
 pub use http::{ACTOR_HEADER, FlagsPattern, MAX_WAIT_MS};
 // Targeting rules are stead-logic's; the names a flag user meets are here too.
 pub use object::{
-    AuditAction, AuditEntry, Changed, DeleteFlag, Edit, FlagSet, FlagsEnv, Load, PutFlag,
-    ReadAudit, Replace, Snapshots,
+    AuditAction, AuditEntry, Changed, Configure, DeleteFlag, Edit, FlagSet, FlagsEnv, Inspect,
+    PutFlag, ReadAudit, Snapshots,
 };
 #[cfg(feature = "openfeature")]
 pub use openfeature::FlagsProvider;

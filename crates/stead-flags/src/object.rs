@@ -262,7 +262,7 @@ pub struct Changed {
 
 /// Replaces the whole definition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Replace {
+pub struct Configure {
     /// The new definition (checked).
     pub definition: FlagSetDefinition,
     /// By whom and against which version.
@@ -291,7 +291,7 @@ pub struct DeleteFlag {
 
 /// The set's current snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Load;
+pub struct Inspect;
 
 /// Asks for a page of the audit log (numbered by version).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -394,9 +394,9 @@ impl FlagSet {
     }
 }
 
-impl Handler<Replace> for FlagSet {
+impl Handler<Configure> for FlagSet {
     type Reply = Result<Changed, FlagsError>;
-    async fn handle(&mut self, msg: Replace, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: Configure, ctx: &mut Context) -> Self::Reply {
         self.check_version(&msg.edit)?;
         self.commit(ctx, msg.definition, AuditAction::Replace, msg.edit)
             .await
@@ -447,9 +447,9 @@ impl Handler<DeleteFlag> for FlagSet {
     }
 }
 
-impl Handler<Load> for FlagSet {
+impl Handler<Inspect> for FlagSet {
     type Reply = Result<Arc<Snapshot>, FlagsError>;
-    async fn handle(&mut self, _msg: Load, _ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, _msg: Inspect, _ctx: &mut Context) -> Self::Reply {
         Ok(self.snapshot.clone())
     }
 }

@@ -16,9 +16,9 @@ use crate::definition::{Declarative, Delivery};
 use crate::delivery;
 use crate::error::ReactorError;
 use crate::object::{
-    Ack, CommandPage, DeadLetter, DeadLetterAction, DeadLetters, Decision, Decisions, Define,
-    Delivered, Entity, EntityView, GetDefinition, Ingest, Ingested, Inspect, Poll,
-    ResolveDeadLetters, Target, TypeObject, entity_name,
+    Ack, CommandPage, Configure, DeadLetter, DeadLetterAction, DeadLetters, Decision, Decisions,
+    Delivered, Entity, EntityView, Ingest, Ingested, Inspect, Poll, ResolveDeadLetters, Target,
+    TypeObject, entity_name,
 };
 use crate::reactor::{Event, Reactor, SharedBehaviour, Typed};
 
@@ -251,7 +251,7 @@ impl ReactorEnv {
             .ok_or_else(|| ReactorError::UnknownType(kind.to_owned()))?;
         let def = registry
             .get_by_name(kind)
-            .ask(GetDefinition)
+            .ask(Inspect)
             .await?
             .ok_or_else(|| ReactorError::UnknownType(kind.to_owned()))?;
         let entry = TypeEntry::declarative(Arc::new(Declarative::compile(&def)?), def);
@@ -423,7 +423,7 @@ impl ReactorClient {
         )?;
         self.registry
             .get_by_name(kind)
-            .call(Define(definition))
+            .call(Configure(definition))
             .await
     }
 

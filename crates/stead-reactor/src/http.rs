@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stead_core::http::{Json as Body, LogParams, Name, Problem, Query, problems, schema};
+use stead_core::http::{Json as Body, LogParams, Name, Names, Problem, Query, problems, schema};
 use stead_core::{LogPage, Result, Runtime};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -129,8 +129,10 @@ impl IntoResponse for ReactorError {
     }
 }
 
-/// The type and entity of a path.
+/// The type and entity of a path, as the OpenAPI document describes them (the handlers take
+/// them with `Names`).
 #[derive(Debug, Deserialize, IntoParams)]
+#[allow(dead_code)]
 #[into_params(parameter_in = Path)]
 struct TypeEntity {
     /// The reactor type: 1 to 256 characters, no control characters, no `/`.
@@ -194,9 +196,9 @@ async fn definition(
         problems::NotFound, problems::BadRequest))]
 async fn state(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
 ) -> std::result::Result<Body<EntityView>, ReactorError> {
-    let mut view = c.state(&p.kind, &p.entity).await?;
+    let mut view = c.state(&kind, &entity).await?;
     for e in &mut view.endpoints {
         e.url = masked(&e.url);
     }
@@ -215,10 +217,10 @@ async fn state(
         problems::NotFound, problems::BadRequest))]
 async fn ingest(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Body(event): Body<Event>,
 ) -> std::result::Result<Body<Ingested>, ReactorError> {
-    Ok(Body(c.send(&p.kind, &p.entity, event).await?))
+    Ok(Body(c.send(&kind, &entity, event).await?))
 }
 
 /// The decision log (newest first unless asked otherwise), each with its reason and the
@@ -229,10 +231,10 @@ async fn ingest(
         problems::NotFound, problems::BadRequest))]
 async fn decisions(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Query(q): Query<LogParams>,
 ) -> std::result::Result<Body<LogPage<Decision>>, ReactorError> {
-    Ok(Body(c.decisions(&p.kind, &p.entity, q.query()).await?))
+    Ok(Body(c.decisions(&kind, &entity, q.query()).await?))
 }
 
 /// Which commands to read.
@@ -260,7 +262,7 @@ struct PollParams {
         problems::NotFound, problems::BadRequest))]
 async fn commands(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Query(q): Query<PollParams>,
 ) -> std::result::Result<Body<CommandPage>, ReactorError> {
     let wait = q.wait_ms.unwrap_or(0);
@@ -271,8 +273,8 @@ async fn commands(
     }
     Ok(Body(
         c.commands(
-            &p.kind,
-            &p.entity,
+            &kind,
+            &entity,
             q.after.unwrap_or(0),
             q.limit.unwrap_or(100),
             Duration::from_millis(wait),
@@ -306,11 +308,11 @@ struct Acked {
         problems::NotFound, problems::BadRequest))]
 async fn ack(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Body(b): Body<AckBody>,
 ) -> std::result::Result<Body<Acked>, ReactorError> {
     Ok(Body(Acked {
-        acked: c.ack(&p.kind, &p.entity, b.up_to).await?,
+        acked: c.ack(&kind, &entity, b.up_to).await?,
     }))
 }
 
@@ -322,10 +324,10 @@ async fn ack(
         problems::NotFound, problems::BadRequest))]
 async fn dead_letters(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Query(q): Query<LogParams>,
 ) -> std::result::Result<Body<LogPage<DeadLetter>>, ReactorError> {
-    let page = c.dead_letters(&p.kind, &p.entity, q.query()).await?;
+    let page = c.dead_letters(&kind, &entity, q.query()).await?;
     Ok(Body(page.map(|mut d| {
         d.endpoint = masked(&d.endpoint);
         d
@@ -369,12 +371,12 @@ struct Resolved {
         problems::NotFound, problems::BadRequest))]
 async fn resolve_dead_letters(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     Body(b): Body<ResolveBody>,
 ) -> std::result::Result<Body<Resolved>, ReactorError> {
     Ok(Body(Resolved {
         count: c
-            .resolve_dead_letters(&p.kind, &p.entity, b.action, b.seqs)
+            .resolve_dead_letters(&kind, &entity, b.action, b.seqs)
             .await?,
     }))
 }
@@ -384,10 +386,10 @@ async fn resolve_dead_letters(
 /// OpenAPI document, which describes request and response routes only.
 async fn live(
     State(c): State<ReactorClient>,
-    Path(p): Path<TypeEntity>,
+    Names(kind, entity): Names,
     upgrade: WebSocketUpgrade,
 ) -> std::result::Result<Response, ReactorError> {
-    let stub = c.stub(&p.kind, &p.entity)?;
+    let stub = c.stub(&kind, &entity)?;
     Ok(stub.accept_websocket(upgrade, &[LIVE_TAG], &())?)
 }
 

@@ -70,9 +70,9 @@ pub use error::ReactorError;
 #[cfg(feature = "http")]
 pub use http::ReactorPattern;
 pub use object::{
-    Ack, Command, CommandPage, DeadLetter, DeadLetterAction, DeadLetters, Decision, Decisions,
-    Define, EndpointView, Entity, EntityView, GetDefinition, Ingest, Ingested, Inspect, MAX_PAGE,
-    MAX_WAIT_MS, Poll, ResolveDeadLetters, TypeObject,
+    Ack, Command, CommandPage, Configure, DeadLetter, DeadLetterAction, DeadLetters, Decision,
+    Decisions, EndpointView, Entity, EntityView, Ingest, Ingested, Inspect, MAX_PAGE, MAX_WAIT_MS,
+    Poll, ResolveDeadLetters, TypeObject,
 };
 pub use reactor::{Cycle, Decide, Emit, Event, Note, Reactor, Rejected};
 

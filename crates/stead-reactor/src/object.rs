@@ -414,7 +414,8 @@ fn seen_key(id: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ingest(pub Event);
 
-/// Reads the state and where the outbox stands.
+/// Reads what an object holds: an entity's state and where its outbox stands; a type's
+/// definition.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Inspect;
 
@@ -1202,15 +1203,11 @@ impl DurableObject for TypeObject {
 
 /// Sets a type's definition; whether it was new.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Define(pub Value);
+pub struct Configure(pub Value);
 
-/// Reads a type's definition.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct GetDefinition;
-
-impl Handler<Define> for TypeObject {
+impl Handler<Configure> for TypeObject {
     type Reply = Result<bool, ReactorError>;
-    async fn handle(&mut self, Define(def): Define, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, Configure(def): Configure, ctx: &mut Context) -> Self::Reply {
         let kind = ctx.name().unwrap_or_default().to_owned();
         if self.env.is_code(&kind) {
             return Err(ReactorError::DefinedInCode(kind));
@@ -1225,9 +1222,9 @@ impl Handler<Define> for TypeObject {
     }
 }
 
-impl Handler<GetDefinition> for TypeObject {
+impl Handler<Inspect> for TypeObject {
     type Reply = Option<Value>;
-    async fn handle(&mut self, _: GetDefinition, _ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, _: Inspect, _ctx: &mut Context) -> Self::Reply {
         self.definition.clone()
     }
 }

@@ -16,7 +16,7 @@ use tower_sessions_core::session::Id;
 
 use crate::error::SessionError;
 use crate::object::{
-    AddEntry, Create, Delete, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_TTL_MS, Patch,
+    AddEntry, Create, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_TTL_MS, Patch, Remove,
     RemoveEntries, Save, SessionView, StoredSession, UserSessions, check_label,
 };
 
@@ -434,7 +434,7 @@ impl SessionClient {
         let deletes = handles.iter().map(|h| {
             let stub = self.inner.sessions.get_by_name(h);
             let if_user = Some(user.to_owned());
-            async move { stub.call(Delete { if_user }).await }
+            async move { stub.call(Remove { if_user }).await }
         });
         let mut ended = 0;
         for d in futures_util::future::join_all(deletes).await {
@@ -564,7 +564,7 @@ impl SessionClient {
     /// Deletes the session with this (checked) handle and its index entry.
     async fn delete_handle(&self, handle: String) -> Result<bool, SessionError> {
         let stub = self.inner.sessions.get_by_name(&handle);
-        let Deleted { existed, user } = stub.call(Delete::default()).await?;
+        let Deleted { existed, user } = stub.call(Remove::default()).await?;
         if let Some(user) = &user {
             self.leave(user, vec![handle]).await?;
         }

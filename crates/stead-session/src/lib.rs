@@ -55,8 +55,8 @@ pub use error::SessionError;
 #[cfg(feature = "http")]
 pub use http::SessionPattern;
 pub use object::{
-    AddEntry, Create, Delete, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_LABEL_CHARS,
-    MAX_TTL_MS, Patch, RemoveEntries, SLIDE_EVERY, Save, Saved, SessionView, StoredSession,
+    AddEntry, Create, Deleted, IndexEntry, IndexEnv, ListEntries, Load, MAX_LABEL_CHARS,
+    MAX_TTL_MS, Patch, Remove, RemoveEntries, SLIDE_EVERY, Save, Saved, SessionView, StoredSession,
     UserSessions,
 };
 #[cfg(feature = "tower-sessions")]

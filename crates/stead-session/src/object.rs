@@ -395,7 +395,7 @@ impl Handler<Patch> for StoredSession {
 
 /// Deletes the session; answers whether it existed, and the user whose index held it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Delete {
+pub struct Remove {
     /// Only if the session belongs to this user (a sign-out everywhere never ends another
     /// user's session through a stale index entry).
     pub if_user: Option<String>,
@@ -410,9 +410,9 @@ pub struct Deleted {
     pub user: Option<String>,
 }
 
-impl Handler<Delete> for StoredSession {
+impl Handler<Remove> for StoredSession {
     type Reply = Result<Deleted, SessionError>;
-    async fn handle(&mut self, msg: Delete, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, msg: Remove, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx);
         if let (Some(want), Some(r)) = (&msg.if_user, &self.record)
             && r.user.as_ref() != Some(want)

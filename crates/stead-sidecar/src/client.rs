@@ -13,8 +13,8 @@ use stead_core::{
 
 use crate::error::SidecarError;
 use crate::object::{
-    Append, Appended, Condition, DeclareSteps, Delete, DeleteAll, FinishStep, Get, Info, Items,
-    KeyPage, Lifetime, Limits, ListKeys, NextReply, NextStep, Put, Range, ResumeStep, SetLifetime,
+    Append, Appended, Condition, DeclareSteps, Delete, FinishStep, Get, Inspect, Items, KeyPage,
+    Lifetime, Limits, ListKeys, NextReply, NextStep, Put, Range, Remove, ResumeStep, SetLifetime,
     Sidecar, SidecarInfo, Step, Steps, Versioned, Written,
 };
 
@@ -337,7 +337,7 @@ impl SidecarClient {
 
     /// Deletes everything the sidecar holds.
     pub async fn delete_all(&self, entity: &str) -> Result<(), SidecarError> {
-        self.stub(entity)?.call(DeleteAll).await
+        self.stub(entity)?.call(Remove).await
     }
 
     /// Sets the sidecar's lifetime (from now), or removes it with `None`: when it runs out,
@@ -352,7 +352,7 @@ impl SidecarClient {
 
     /// What the sidecar holds, its quotas and lifetime.
     pub async fn info(&self, entity: &str) -> Result<SidecarInfo, SidecarError> {
-        self.stub(entity)?.call(Info).await
+        self.stub(entity)?.call(Inspect).await
     }
 
     /// Declares the steps of the entity's workflow, in order (again with the same steps: no

@@ -50,9 +50,9 @@ pub use error::{Quota, SidecarError, StepStatus};
 #[cfg(feature = "http")]
 pub use http::SidecarPattern;
 pub use object::{
-    Append, Appended, Condition, DeclareSteps, Delete, DeleteAll, FinishStep, Get, Info, Item,
-    Items, KeyInfo, KeyPage, Lifetime, Limits, ListKeys, MAX_ERROR_CHARS, MAX_KEY_BYTES,
-    MAX_LEASE_MS, MAX_PAGE, MAX_STEPS, MAX_TTL_MS, NextReply, NextStep, Put, Range, ResumeStep,
+    Append, Appended, Condition, DeclareSteps, Delete, FinishStep, Get, Inspect, Item, Items,
+    KeyInfo, KeyPage, Lifetime, Limits, ListKeys, MAX_ERROR_CHARS, MAX_KEY_BYTES, MAX_LEASE_MS,
+    MAX_PAGE, MAX_STEPS, MAX_TTL_MS, NextReply, NextStep, Put, Range, Remove, ResumeStep,
     SetLifetime, Sidecar, SidecarInfo, Step, StepLease, Steps, Versioned, Written, validate_key,
 };
 

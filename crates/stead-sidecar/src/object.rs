@@ -737,11 +737,11 @@ impl Handler<Range> for Sidecar {
 
 /// Deletes everything the sidecar holds (its lifetime and steps too).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeleteAll;
+pub struct Remove;
 
-impl Handler<DeleteAll> for Sidecar {
+impl Handler<Remove> for Sidecar {
     type Reply = Result<(), SidecarError>;
-    async fn handle(&mut self, _: DeleteAll, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, _: Remove, ctx: &mut Context) -> Self::Reply {
         self.clear(ctx)?;
         Ok(())
     }
@@ -807,11 +807,11 @@ impl Handler<SetLifetime> for Sidecar {
 
 /// Reads what the sidecar holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Info;
+pub struct Inspect;
 
-impl Handler<Info> for Sidecar {
+impl Handler<Inspect> for Sidecar {
     type Reply = Result<SidecarInfo, SidecarError>;
-    async fn handle(&mut self, _: Info, ctx: &mut Context) -> Self::Reply {
+    async fn handle(&mut self, _: Inspect, ctx: &mut Context) -> Self::Reply {
         self.expire_if_due(ctx)?;
         Ok(self.info())
     }

@@ -13,7 +13,7 @@ mod websocket;
 
 pub use auth::{Checked, MIN_TOKEN_CHARS, RequestCheck, RequireBearer, Routes, check_token};
 pub use log::LogParams;
-pub use name::Name;
+pub use name::{Name, Names};
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;
 

@@ -55,3 +55,45 @@ impl utoipa::IntoParams for Name {
         ]
     }
 }
+
+/// The two names of a route that has two (`/{set}/flags/{flag}`, `/{type}/{entity}`), each
+/// checked as [`Name`] checks one; a bad one is a 400 problem that names the parameter. The
+/// route declares the two parameters in its OpenAPI attribute (a parameter that is a bare
+/// string there is described as a name).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use stead_core::http::Names;
+///
+/// async fn show(Names(set, flag): Names) -> String {
+///     format!("{flag} of {set}")
+/// }
+/// let app: Router = Router::new().route("/{set}/flags/{flag}", get(show));
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Names {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let axum::extract::Path(params) =
+            axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "bad-request", e.body_text()))?;
+        let [(first_param, first), (second_param, second)]: [(String, String); 2] =
+            params.try_into().map_err(|p: Vec<_>| {
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "error",
+                    format!("the route has {} parameters, not 2", p.len()),
+                )
+            })?;
+        for (param, value) in [(&first_param, &first), (&second_param, &second)] {
+            crate::validate_name(&format!("the {param} in the path"), value)
+                .map_err(|e| Problem::from(&e))?;
+        }
+        Ok(Names(first, second))
+    }
+}
