@@ -38,8 +38,9 @@ pub enum LeaseState {
         /// Why, for operators (the holder, or what failed).
         reason: String,
     },
-    /// Could not start (a wrong URL, missing privileges, a newer schema): the reason.
-    Failed(String),
+    /// Could not start (a wrong URL, missing privileges, a newer schema): why, with
+    /// PostgreSQL's SQLSTATE when the server said.
+    Failed(crate::PostgresError),
     /// Closed: the lease was given back.
     Closed,
 }

@@ -32,6 +32,7 @@
 //! # rt.shutdown().await }
 //! ```
 
+mod error;
 mod lease;
 mod schema;
 mod writer;
@@ -48,11 +49,12 @@ use stead_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 
+pub use error::PostgresError;
 pub use lease::LeaseState;
 pub use schema::SCHEMA_VERSION;
 
 use lease::Lease;
-use schema::{Sql, describe};
+use schema::Sql;
 use writer::{WriterCtx, WriterMsg};
 
 /// Options of the PostgreSQL backend.
@@ -228,11 +230,16 @@ fn redacted(url: &str) -> String {
 }
 
 pub(crate) fn pg_err(e: tokio_postgres::Error) -> Error {
-    unavailable(format!("PostgreSQL: {}", describe(&e)))
+    Error::storage(PostgresError::postgres("PostgreSQL", e))
 }
 
 pub(crate) fn unavailable(what: impl Into<String>) -> Error {
-    Error::storage(std::io::Error::other(what.into()))
+    Error::storage(PostgresError::new(what))
+}
+
+/// No connection could be had from the pool.
+pub(crate) fn no_connection(e: deadpool_postgres::PoolError) -> Error {
+    Error::storage(PostgresError::pool("no PostgreSQL connection", e))
 }
 
 /// Objects, alarms and the registry in PostgreSQL, written by the node that holds the
@@ -352,7 +359,7 @@ impl PostgresBackend {
             .wait_for(|s| *s != LeaseState::Starting)
             .await;
         match state {
-            LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
+            LeaseState::Failed(e) => Err(Error::invalid_config(e.to_string())),
             _ => Ok(backend),
         }
     }
@@ -371,7 +378,7 @@ impl PostgresBackend {
             .await;
         match state {
             LeaseState::Active { .. } => Ok(()),
-            LeaseState::Failed(reason) => Err(Error::invalid_config(reason)),
+            LeaseState::Failed(e) => Err(Error::invalid_config(e.to_string())),
             _ => Err(unavailable("the PostgreSQL backend is closed")),
         }
     }
@@ -426,7 +433,7 @@ impl PostgresBackend {
             LeaseState::Standby { reason } => {
                 Err(unavailable(format!("this node is a standby ({reason})")))
             }
-            LeaseState::Failed(reason) => Err(unavailable(reason)),
+            LeaseState::Failed(e) => Err(Error::storage(e)),
             LeaseState::Starting | LeaseState::Closed => {
                 Err(unavailable("the PostgreSQL backend is closed"))
             }
@@ -435,11 +442,7 @@ impl PostgresBackend {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.ready().await?;
-        self.inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| unavailable(format!("no PostgreSQL connection: {e}")))
+        self.inner.pool.get().await.map_err(no_connection)
     }
 
     /// Runs one read statement (prepared once per connection).
@@ -471,13 +474,16 @@ async fn start(
     stop: oneshot::Receiver<()>,
 ) {
     let prepared = async {
-        let mut client = pool
-            .get()
-            .await
-            .map_err(|e| format!("cannot connect to PostgreSQL at {server}: {e}"))?;
-        schema::migrate(&mut client, &schema)
-            .await
-            .map_err(|e| format!("PostgreSQL at {server}: {e}"))
+        let mut client = pool.get().await.map_err(|e| {
+            PostgresError::pool(format_args!("cannot connect to PostgreSQL at {server}"), e)
+        })?;
+        schema::migrate(&mut client, &schema).await.map_err(|e| {
+            match error::carried(&e) {
+                Some(p) => p.clone(),
+                None => PostgresError::new(e.to_string()),
+            }
+            .within(format_args!("PostgreSQL at {server}"))
+        })
     };
     if let Err(reason) = prepared.await {
         tracing::error!(%reason, "the PostgreSQL backend cannot start");

@@ -100,10 +100,15 @@ async fn commit(ctx: &WriterCtx, batches: Vec<CommitBatch>) {
     }
 }
 
+/// Fails every batch with the group's error (its PostgreSQL error shared, cause and
+/// SQLSTATE included).
 fn fail(batches: Vec<CommitBatch>, e: Error) {
-    let message = e.to_string();
+    let shared = crate::error::carried(&e).cloned();
     for b in batches {
-        b.complete(Err(unavailable(message.as_str())));
+        b.complete(Err(match &shared {
+            Some(p) => Error::storage(p.clone()),
+            None => unavailable(e.to_string()),
+        }));
     }
 }
 
@@ -216,11 +221,7 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
 /// takeover until the commit), then every change, then the commit.
 async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()> {
     let c = fold(batches);
-    let mut client = ctx
-        .pool
-        .get()
-        .await
-        .map_err(|e| unavailable(format!("no PostgreSQL connection: {e}")))?;
+    let mut client = ctx.pool.get().await.map_err(crate::no_connection)?;
     let tx = client.transaction().await.map_err(pg_err)?;
     // Process-crash-safe durability: PostgreSQL acknowledges before its WAL is flushed
     // (a crash of the PostgreSQL server may lose the last moments; one of stead's does not).

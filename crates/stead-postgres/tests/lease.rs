@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use stead_core::testing::probe::{GetJson, Incr, Probe};
 use stead_core::{Backend, ObjectId, ObjectRef, Runtime, Stub};
-use stead_postgres::{LeaseState, PostgresBackend, PostgresOptions};
+use stead_postgres::{LeaseState, PostgresBackend, PostgresError, PostgresOptions};
 use support::{drop_schema, on_own_runtime, options, probe_runtime, require_server, url};
 
 fn fresh_schema() -> String {
@@ -206,6 +206,39 @@ async fn an_activation_from_an_earlier_epoch_never_commits() {
     assert_eq!(incr(&x).await.unwrap(), 42);
     rt.shutdown().await.unwrap();
     drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn a_failed_statement_keeps_its_sqlstate_and_its_cause() {
+    use std::error::Error as _;
+    let schema = fresh_schema();
+    let b = node(&schema, "a").await;
+    // The tables go from under the node: its next read fails in PostgreSQL.
+    drop_schema(&schema);
+    let obj = ObjectRef {
+        class: "probe",
+        id: ObjectId::from_bytes([0xab; 32]),
+    };
+    let e = Backend::get(&b, &obj, "k").await.unwrap_err();
+    let stead_core::Error::Storage(source) = &e else {
+        panic!("{e:?}")
+    };
+    let pg = source
+        .downcast_ref::<PostgresError>()
+        .unwrap_or_else(|| panic!("{e:?}"));
+    // 42P01: undefined table (the schema and its tables are gone).
+    assert!(matches!(pg.sqlstate(), Some("42P01" | "3F000")), "{pg}");
+    let cause = pg
+        .source()
+        .expect("the client's error is kept as the source");
+    assert!(cause.to_string().contains("db error"), "{cause}");
+    // A bad start says its SQLSTATE too: no such database is 3D000.
+    let e = PostgresBackend::connect(
+        PostgresOptions::new(url().replace("/test", "/no_such_database")).schema(&schema),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("3D000"), "{e}");
 }
 
 #[tokio::test]

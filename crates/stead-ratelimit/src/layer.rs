@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use stead_core::http::Problem;
@@ -37,7 +39,7 @@ pub enum OnFailure {
     Open,
 }
 
-type KeyFn = dyn Fn(&Request) -> Option<String> + Send + Sync;
+type KeyFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 
 #[derive(Clone)]
 enum KeyBy {
@@ -142,12 +144,9 @@ impl RateLimitLayer {
         self
     }
 
-    /// Keys requests by a function of the request; `None` puts the request in the shared
-    /// limiter of [`NO_KEY`].
-    pub fn key_by(
-        mut self,
-        f: impl Fn(&Request) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
+    /// Keys requests by a function of the request's head (method, URI, headers,
+    /// extensions); `None` puts the request in the shared limiter of [`NO_KEY`].
+    pub fn key_by(mut self, f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
         self.key = KeyBy::Custom(Arc::new(f));
         self
     }
@@ -196,15 +195,15 @@ impl<S> std::fmt::Debug for RateLimitService<S> {
 impl RateLimitLayer {
     /// The request's key; `None` when it is keyed by peer IP and the server does not record
     /// peer addresses.
-    fn key_of(&self, req: &Request) -> Option<String> {
+    fn key_of(&self, req: &Parts) -> Option<String> {
         let key = match &self.key {
             KeyBy::PeerIp => {
-                let ConnectInfo(addr) = req.extensions().get::<ConnectInfo<SocketAddr>>()?;
+                let ConnectInfo(addr) = req.extensions.get::<ConnectInfo<SocketAddr>>()?;
                 Some(addr.ip().to_string())
             }
-            KeyBy::Forwarded(proxies) => forwarded_ip(req.headers(), *proxies),
+            KeyBy::Forwarded(proxies) => forwarded_ip(&req.headers, *proxies),
             KeyBy::Header(name) => req
-                .headers()
+                .headers
                 .get(name)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             KeyBy::Custom(f) => f(req),
@@ -230,10 +229,13 @@ fn forwarded_ip(headers: &axum::http::HeaderMap, proxies: usize) -> Option<Strin
     Some(ip.to_string())
 }
 
-impl<S> tower::Service<Request> for RateLimitService<S>
+/// Generic over the request body, as tower's layers are: the limiter looks at the request's
+/// head only.
+impl<S, B> tower::Service<Request<B>> for RateLimitService<S>
 where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S: tower::Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
@@ -243,13 +245,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The clone is the one that is not yet ready; the ready one serves this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let cfg = self.cfg.clone();
         Box::pin(async move {
-            let Some(key) = cfg.key_of(&req) else {
+            let (head, body) = req.into_parts();
+            let key = cfg.key_of(&head);
+            let req = Request::from_parts(head, body);
+            let Some(key) = key else {
                 tracing::error!(
                     "rate limit keyed by peer IP, but the request has no ConnectInfo<SocketAddr>"
                 );

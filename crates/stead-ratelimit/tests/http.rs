@@ -277,6 +277,34 @@ async fn the_layer_limits_by_header_and_reports_in_headers() {
 }
 
 #[tokio::test]
+async fn the_layer_wraps_a_service_of_any_request_body_keyed_by_the_head() {
+    use std::convert::Infallible;
+
+    use axum::http::Request;
+    use axum::response::{IntoResponse, Response};
+    use tower::{Layer, Service, ServiceExt};
+
+    let rt = runtime().await;
+    let l = layer(&rt, Policy::per_minute(1))
+        .unwrap()
+        .key_by(|head| Some(head.uri.path().to_owned()));
+    // A service of its own body type, not axum's.
+    let echo = tower::service_fn(|req: Request<String>| async move {
+        Ok::<Response, Infallible>(req.into_body().into_response())
+    });
+    let mut svc = l.layer(echo);
+    let mut send = async |path: &str| {
+        let req = Request::get(path).body(format!("to {path}")).unwrap();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(send("/a").await, 200);
+    assert_eq!(send("/a").await, 429);
+    assert_eq!(send("/b").await, 200);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_layer_keys_by_peer_ip_and_says_when_it_cannot() {
     let rt = runtime().await;
     let http = TestClient::new(app(layer(&rt, Policy::per_minute(1)).unwrap()));
