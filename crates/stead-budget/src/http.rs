@@ -15,7 +15,6 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::client::{BudgetClient, BudgetConfig};
 use crate::error::BudgetError;
-use crate::ledger::LedgerError;
 use crate::object::{
     AccountView, BudgetEvent, BudgetState, CycleView, MAX_TTL_MS, PlanPhase, ReservationView,
 };
@@ -61,43 +60,42 @@ impl From<&BudgetError> for Problem {
             BudgetError::NotFound => {
                 Problem::new(StatusCode::NOT_FOUND, "budget-not-found", detail)
             }
-            BudgetError::Ledger(e) => match e {
-                LedgerError::NoCycle => Problem::new(StatusCode::CONFLICT, "no-cycle", detail),
-                LedgerError::UnknownProcessor(p) => {
-                    Problem::new(StatusCode::NOT_FOUND, "unknown-processor", detail)
-                        .with("processor", p.clone())
-                }
-                LedgerError::UnknownReservation(id) => {
-                    Problem::new(StatusCode::NOT_FOUND, "unknown-reservation", detail)
-                        .with("id", id.clone())
-                }
-                LedgerError::Insufficient {
-                    processor,
-                    requested,
-                    available,
-                    budget_available,
-                } => Problem::new(StatusCode::CONFLICT, "insufficient-budget", detail)
-                    .with("processor", processor.clone())
-                    .with("requested", *requested)
-                    .with("available", *available)
-                    .with("budget_available", *budget_available),
-                LedgerError::Overrun(p) => Problem::new(StatusCode::CONFLICT, "overrun", detail)
-                    .with("processor", p.clone()),
-                LedgerError::IdReused(id) => {
-                    Problem::new(StatusCode::CONFLICT, "id-reused", detail).with("id", id.clone())
-                }
-                LedgerError::Remembering(r) => Problem::from(r),
-                LedgerError::AlreadyResolved { id, state } => {
-                    Problem::new(StatusCode::CONFLICT, "already-resolved", detail)
-                        .with("id", id.clone())
-                        .with("state", *state)
-                }
-                LedgerError::AboveReserved { actual, reserved } => {
-                    Problem::new(StatusCode::CONFLICT, "above-reserved", detail)
-                        .with("actual", *actual)
-                        .with("reserved", *reserved)
-                }
-            },
+            BudgetError::NoCycle => Problem::new(StatusCode::CONFLICT, "no-cycle", detail),
+            BudgetError::UnknownProcessor(p) => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown-processor", detail)
+                    .with("processor", p.clone())
+            }
+            BudgetError::UnknownReservation(id) => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown-reservation", detail)
+                    .with("id", id.clone())
+            }
+            BudgetError::Insufficient {
+                processor,
+                requested,
+                available,
+                budget_available,
+            } => Problem::new(StatusCode::CONFLICT, "insufficient-budget", detail)
+                .with("processor", processor.clone())
+                .with("requested", *requested)
+                .with("available", *available)
+                .with("budget_available", *budget_available),
+            BudgetError::Overrun(p) => {
+                Problem::new(StatusCode::CONFLICT, "overrun", detail).with("processor", p.clone())
+            }
+            BudgetError::IdReused(id) => {
+                Problem::new(StatusCode::CONFLICT, "id-reused", detail).with("id", id.clone())
+            }
+            BudgetError::Remembering(r) => Problem::from(r),
+            BudgetError::AlreadyResolved { id, state } => {
+                Problem::new(StatusCode::CONFLICT, "already-resolved", detail)
+                    .with("id", id.clone())
+                    .with("state", *state)
+            }
+            BudgetError::AboveReserved { actual, reserved } => {
+                Problem::new(StatusCode::CONFLICT, "above-reserved", detail)
+                    .with("actual", *actual)
+                    .with("reserved", *reserved)
+            }
             BudgetError::Invalid(e) => Problem::from(e),
             BudgetError::Runtime(e) => Problem::from(e),
         }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use stead_budget::{BudgetClient, BudgetError, BudgetSpec, EventKind, LedgerError};
+use stead_budget::{BudgetClient, BudgetError, BudgetSpec, EventKind};
 use stead_core::LogQuery;
 use stead_fixtures::TestRuntime;
 
@@ -72,14 +72,14 @@ async fn reserve_commit_void_and_every_refusal() {
     assert_eq!(available(&b.state("d").await.unwrap(), "keywords"), 3800);
     assert!(matches!(
         b.reserve("d", "job-1", "keywords", 1300, 60_000).await,
-        Err(BudgetError::Ledger(LedgerError::IdReused(_)))
+        Err(BudgetError::IdReused(_))
     ));
     match b.reserve("d", "job-2", "keywords", 3801, 60_000).await {
-        Err(BudgetError::Ledger(LedgerError::Insufficient {
+        Err(BudgetError::Insufficient {
             available,
             budget_available,
             ..
-        })) => assert_eq!((available, budget_available), (3800, 8800)),
+        }) => assert_eq!((available, budget_available), (3800, 8800)),
         other => panic!("{other:?}"),
     }
     let c = b.commit("d", "job-1", 400).await.unwrap();
@@ -88,23 +88,23 @@ async fn reserve_commit_void_and_every_refusal() {
     assert_eq!(b.commit("d", "job-1", 400).await.unwrap(), c);
     assert!(matches!(
         b.void("d", "job-1").await,
-        Err(BudgetError::Ledger(LedgerError::AlreadyResolved { .. }))
+        Err(BudgetError::AlreadyResolved { .. })
     ));
     assert_eq!(available(&b.state("d").await.unwrap(), "keywords"), 4600);
 
     b.reserve("d", "job-3", "seo", 500, 60_000).await.unwrap();
     assert!(matches!(
         b.commit("d", "job-3", 501).await,
-        Err(BudgetError::Ledger(LedgerError::AboveReserved { .. }))
+        Err(BudgetError::AboveReserved { .. })
     ));
     assert_eq!(b.void("d", "job-3").await.unwrap().state, "voided");
     assert!(matches!(
         b.commit("d", "nope", 1).await,
-        Err(BudgetError::Ledger(LedgerError::UnknownReservation(_)))
+        Err(BudgetError::UnknownReservation(_))
     ));
     assert!(matches!(
         b.reserve("d", "x", "nobody", 1, 1000).await,
-        Err(BudgetError::Ledger(LedgerError::UnknownProcessor(_)))
+        Err(BudgetError::UnknownProcessor(_))
     ));
     assert!(matches!(
         b.reserve("d", "x", "seo", 0, 1000).await,
@@ -142,7 +142,7 @@ async fn an_unresolved_reservation_expires_and_frees_its_amount() {
     assert!(events.iter().any(|e| e.kind == EventKind::LateCommit));
     assert!(matches!(
         b.void("e", "slow").await,
-        Err(BudgetError::Ledger(LedgerError::AlreadyResolved { .. }))
+        Err(BudgetError::AlreadyResolved { .. })
     ));
 }
 
@@ -167,7 +167,7 @@ async fn a_late_commit_past_the_allocation_is_an_overrun() {
     assert!(kinds.contains(&EventKind::Overrun), "{kinds:?}");
     assert!(matches!(
         b.reserve("o", "more", "seo", 1, 60_000).await,
-        Err(BudgetError::Ledger(LedgerError::Overrun(_)))
+        Err(BudgetError::Overrun(_))
     ));
 }
 
@@ -205,7 +205,7 @@ async fn an_id_is_remembered_from_its_resolution_never_forgotten_young() {
     }
     rt.advance(Duration::from_secs(10)).await;
     match b.reserve("i", "c", "seo", 1, 60_000).await {
-        Err(BudgetError::Ledger(LedgerError::Remembering(r))) => {
+        Err(BudgetError::Remembering(r)) => {
             assert_eq!((r.remembered, r.retry_after_ms), (3, 50_000))
         }
         other => panic!("{other:?}"),
@@ -285,7 +285,7 @@ async fn alerts_and_an_overrun_are_events() {
     assert_eq!(acc.available, 0);
     assert!(matches!(
         b.reserve("a", "r3", "seo", 1, 60_000).await,
-        Err(BudgetError::Ledger(LedgerError::Overrun(_)))
+        Err(BudgetError::Overrun(_))
     ));
     let events = b.events("a", LogQuery::oldest(100)).await.unwrap().entries;
     let seen: Vec<(EventKind, Option<String>, Option<u32>)> = events

@@ -11,13 +11,13 @@ use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use stead_core::http::{Json as Body, Problem, Query, problems, schema};
+use stead_core::http::{Json as Body, Name, Problem, problems, schema};
 use stead_core::{Result, Runtime};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::client::{NewSession, SessionClient, SessionConfig, UserSession, check_handle};
 use crate::error::SessionError;
@@ -38,8 +38,9 @@ impl stead_core::http::Pattern for SessionPattern {
 
     fn router<S: Clone + Send + Sync + 'static>(rt: &Runtime) -> Result<Router<S>> {
         Ok(Router::new()
-            .route("/", get(list).post(create).delete(revoke_user))
+            .route("/", post(create))
             .route("/{handle}", get(read).patch(patch).delete(delete))
+            .route("/users/{name}", get(list).delete(revoke_user))
             .with_state(SessionClient::new(rt)?)
             .layer(stead_core::http::ProblemLayer))
     }
@@ -198,20 +199,6 @@ async fn delete(
     }
 }
 
-/// Whose sessions.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct UserParams {
-    /// The user (a name: 1 to 256 characters, no control characters).
-    #[param(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"
-    )]
-    user: String,
-}
-
 /// A user's live sessions.
 #[derive(Debug, Serialize, ToSchema)]
 struct SessionList {
@@ -220,15 +207,15 @@ struct SessionList {
 }
 
 /// List a user's live sessions.
-#[utoipa::path(get, path = "/", operation_id = "listUserSessions", tag = "sessions",
-    params(UserParams),
+#[utoipa::path(get, path = "/users/{name}", operation_id = "listUserSessions", tag = "sessions",
+    params(Name),
     responses((status = 200, description = "the sessions", body = SessionList), problems::BadRequest))]
 async fn list(
     State(c): State<SessionClient>,
-    Query(q): Query<UserParams>,
+    Name(user): Name,
 ) -> Result<Body<SessionList>, SessionError> {
     Ok(Body(SessionList {
-        sessions: c.user_sessions(&q.user).await?,
+        sessions: c.user_sessions(&user).await?,
     }))
 }
 
@@ -239,16 +226,16 @@ struct Revoked {
     revoked: u64,
 }
 
-/// Sign a user out everywhere.
-#[utoipa::path(delete, path = "/", operation_id = "revokeUserSessions", tag = "sessions",
-    params(UserParams),
+/// Sign a user out everywhere: every live session of the user ends.
+#[utoipa::path(delete, path = "/users/{name}", operation_id = "revokeUserSessions", tag = "sessions",
+    params(Name),
     responses((status = 200, description = "revoked", body = Revoked), problems::BadRequest))]
 async fn revoke_user(
     State(c): State<SessionClient>,
-    Query(q): Query<UserParams>,
+    Name(user): Name,
 ) -> Result<Body<Revoked>, SessionError> {
     Ok(Body(Revoked {
-        revoked: c.revoke_user(&q.user).await?,
+        revoked: c.revoke_user(&user).await?,
     }))
 }
 

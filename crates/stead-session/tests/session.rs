@@ -287,7 +287,7 @@ async fn over_http() {
         .send()
         .await
         .value();
-    let list = http.get("/sessions?user=ada").send().await;
+    let list = http.get("/sessions/users/ada").send().await;
     assert_eq!(list.value()["sessions"].as_array().unwrap().len(), 3);
     // The list shows handles, never an id: nothing in it can be sent back as a cookie.
     assert!(!list.text().contains(&id) && !list.text().contains(third["id"].as_str().unwrap()));
@@ -299,7 +299,7 @@ async fn over_http() {
         .send()
         .await;
     assert_eq!(one.status, 204);
-    let revoked = http.delete("/sessions?user=ada").send().await.value();
+    let revoked = http.delete("/sessions/users/ada").send().await.value();
     assert_eq!(revoked["revoked"], 2);
     let gone = http.get(&format!("/sessions/{handle}")).send().await;
     assert_eq!(
