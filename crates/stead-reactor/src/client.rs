@@ -17,8 +17,8 @@ use crate::delivery;
 use crate::error::ReactorError;
 use crate::object::{
     Ack, CommandPage, Configure, DeadLetter, DeadLetterAction, DeadLetters, Decision, Decisions,
-    Delivered, Entity, EntityView, Ingest, Ingested, Inspect, Poll, ResolveDeadLetters, Target,
-    TypeObject, entity_name,
+    Delivered, EntityView, Ingest, Ingested, Inspect, Poll, ReactorEntity, ReactorType,
+    ResolveDeadLetters, Target, entity_name,
 };
 use crate::reactor::{Event, Reactor, SharedBehaviour, Typed};
 
@@ -155,11 +155,11 @@ impl TypeEntry {
 }
 
 /// The reactor types of a runtime: a cache of the declarative ones (their definitions are
-/// stored by [`TypeObject`]s) and the ones registered in code.
+/// stored by [`ReactorType`]s) and the ones registered in code.
 #[derive(Default)]
 pub struct Types {
     map: RwLock<HashMap<String, Arc<TypeEntry>>>,
-    registry: OnceLock<Namespace<TypeObject>>,
+    registry: OnceLock<Namespace<ReactorType>>,
 }
 
 impl Types {
@@ -193,17 +193,17 @@ impl std::fmt::Debug for Types {
     }
 }
 
-/// The environment of [`TypeObject`]s.
+/// The environment of [`ReactorType`]s.
 #[derive(Debug)]
 pub struct TypesEnv(pub(crate) Arc<Types>);
 
-/// The environment of [`Entity`] objects.
+/// The environment of [`ReactorEntity`] objects.
 pub struct ReactorEnv {
     pub(crate) config: ReactorConfig,
     pub(crate) types: Arc<Types>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
-    entities: OnceLock<Namespace<Entity>>,
+    entities: OnceLock<Namespace<ReactorEntity>>,
 }
 
 impl std::fmt::Debug for ReactorEnv {
@@ -319,8 +319,8 @@ impl ReactorEnv {
 /// ```
 #[derive(Clone)]
 pub struct ReactorClient {
-    entities: Namespace<Entity>,
-    registry: Namespace<TypeObject>,
+    entities: Namespace<ReactorEntity>,
+    registry: Namespace<ReactorType>,
 }
 
 impl std::fmt::Debug for ReactorClient {
@@ -342,9 +342,10 @@ impl ReactorClient {
     /// or with the defaults if they were not.
     pub fn new(rt: &Runtime) -> Result<Self, ReactorError> {
         let clock = rt.clock().clone();
-        let (entities, _) = rt.get_or_register::<Entity>(NamespaceOptions::default(), || {
-            ReactorEnv::new(ReactorConfig::default(), clock)
-        })?;
+        let (entities, _) = rt
+            .get_or_register::<ReactorEntity>(NamespaceOptions::default(), || {
+                ReactorEnv::new(ReactorConfig::default(), clock)
+            })?;
         Self::finish(rt, entities)
     }
 
@@ -356,12 +357,14 @@ impl ReactorClient {
             .durability
             .map(NamespaceOptions::durability)
             .unwrap_or_default();
-        let entities =
-            rt.configured_namespace::<Entity>(ReactorEnv::new(config, rt.clock().clone()), opts)?;
+        let entities = rt.configured_namespace::<ReactorEntity>(
+            ReactorEnv::new(config, rt.clock().clone()),
+            opts,
+        )?;
         Self::finish(rt, entities)
     }
 
-    fn finish(rt: &Runtime, entities: Namespace<Entity>) -> Result<Self, ReactorError> {
+    fn finish(rt: &Runtime, entities: Namespace<ReactorEntity>) -> Result<Self, ReactorError> {
         let env = entities.env().clone();
         let opts = env
             .config
@@ -369,13 +372,13 @@ impl ReactorClient {
             .map(NamespaceOptions::durability)
             .unwrap_or_default();
         let types = env.types.clone();
-        let (registry, _) = rt.get_or_register::<TypeObject>(opts, || TypesEnv(types))?;
+        let (registry, _) = rt.get_or_register::<ReactorType>(opts, || TypesEnv(types))?;
         let _ = env.types.registry.set(registry.clone());
         let _ = env.entities.set(entities.clone());
         Ok(ReactorClient { entities, registry })
     }
 
-    fn entity(&self, kind: &str, entity: &str) -> Result<Stub<Entity>, ReactorError> {
+    fn entity(&self, kind: &str, entity: &str) -> Result<Stub<ReactorEntity>, ReactorError> {
         check_type(kind)?;
         stead_core::validate_name("entity", entity)?;
         Ok(self.entities.get_by_name(&entity_name(kind, entity)))
@@ -510,7 +513,11 @@ impl ReactorClient {
     }
 
     /// The stub of an entity's object (for its live view).
-    pub(crate) fn stub(&self, kind: &str, entity: &str) -> Result<Stub<Entity>, ReactorError> {
+    pub(crate) fn stub(
+        &self,
+        kind: &str,
+        entity: &str,
+    ) -> Result<Stub<ReactorEntity>, ReactorError> {
         self.entity(kind, entity)
     }
 }

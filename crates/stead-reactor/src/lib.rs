@@ -71,8 +71,8 @@ pub use error::ReactorError;
 pub use http::ReactorPattern;
 pub use object::{
     Ack, Command, CommandPage, Configure, DeadLetter, DeadLetterAction, DeadLetters, Decision,
-    Decisions, EndpointView, Entity, EntityView, Ingest, Ingested, Inspect, MAX_PAGE, MAX_WAIT_MS,
-    Poll, ResolveDeadLetters, TypeObject,
+    Decisions, EndpointView, EntityView, Ingest, Ingested, Inspect, MAX_PAGE, MAX_WAIT_MS, Poll,
+    ReactorEntity, ReactorType, ResolveDeadLetters,
 };
 pub use reactor::{Cycle, Decide, Emit, Event, Note, Reactor, Rejected};
 

@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Handler<Ingest> for Entity {
+impl Handler<Ingest> for ReactorEntity {
     type Reply = Result<Ingested, ReactorError>;
     async fn handle(&mut self, Ingest(event): Ingest, ctx: &mut Context) -> Self::Reply {
         stead_core::validate_name("event id", &event.id)?;
@@ -49,7 +49,7 @@ impl Handler<Ingest> for Entity {
     }
 }
 
-impl Handler<Inspect> for Entity {
+impl Handler<Inspect> for ReactorEntity {
     type Reply = Result<EntityView, ReactorError>;
     async fn handle(&mut self, _: Inspect, _ctx: &mut Context) -> Self::Reply {
         let ty = self.env.entry(&self.kind).await?;
@@ -83,14 +83,14 @@ impl Handler<Inspect> for Entity {
     }
 }
 
-impl Handler<Decisions> for Entity {
+impl Handler<Decisions> for ReactorEntity {
     type Reply = Result<LogPage<Decision>, ReactorError>;
     async fn handle(&mut self, msg: Decisions, ctx: &mut Context) -> Self::Reply {
         Ok(DECISIONS.page(ctx.storage(), &msg.0).await?)
     }
 }
 
-impl DeferredHandler<Poll> for Entity {
+impl DeferredHandler<Poll> for ReactorEntity {
     type Reply = Result<CommandPage, ReactorError>;
     async fn handle(&mut self, msg: Poll, ctx: &mut Context, reply: Deferred<Self::Reply>) {
         let answer = async {
@@ -135,7 +135,7 @@ impl DeferredHandler<Poll> for Entity {
     }
 }
 
-impl Handler<Ack> for Entity {
+impl Handler<Ack> for ReactorEntity {
     type Reply = Result<u64, ReactorError>;
     async fn handle(&mut self, msg: Ack, ctx: &mut Context) -> Self::Reply {
         let ty = self.env.entry(&self.kind).await?;
@@ -157,7 +157,7 @@ impl Handler<Ack> for Entity {
     }
 }
 
-impl Handler<DeadLetters> for Entity {
+impl Handler<DeadLetters> for ReactorEntity {
     type Reply = Result<LogPage<DeadLetter>, ReactorError>;
     async fn handle(&mut self, msg: DeadLetters, ctx: &mut Context) -> Self::Reply {
         let page: LogPage<DeadLetter> = DEAD_LETTERS.page(ctx.storage(), &msg.0).await?;
@@ -172,7 +172,7 @@ impl Handler<DeadLetters> for Entity {
     }
 }
 
-impl Handler<ResolveDeadLetters> for Entity {
+impl Handler<ResolveDeadLetters> for ReactorEntity {
     type Reply = Result<u64, ReactorError>;
     async fn handle(&mut self, msg: ResolveDeadLetters, ctx: &mut Context) -> Self::Reply {
         let all: Vec<(String, DeadLetter)> = ctx.storage().list(ListOptions::prefix(DEAD)).await?;
@@ -215,7 +215,7 @@ impl Handler<ResolveDeadLetters> for Entity {
     }
 }
 
-impl Handler<Delivered> for Entity {
+impl Handler<Delivered> for ReactorEntity {
     type Reply = stead_core::Result<()>;
     async fn handle(&mut self, msg: Delivered, ctx: &mut Context) -> Self::Reply {
         let Some(delivery) = self.delivery_for_job().await? else {

@@ -1,6 +1,6 @@
-//! The objects: one [`Entity`] per reactor type and entity (its state, the ids of events it
+//! The objects: one [`ReactorEntity`] per reactor type and entity (its state, the ids of events it
 //! has seen, its decision log, its outbox, its dead letters, its delivery cursors), and one
-//! [`TypeObject`] per declarative reactor type (its definition).
+//! [`ReactorType`] per declarative reactor type (its definition).
 //!
 //! An event's turn runs the reactor and writes, together, the new state, the commands it
 //! emitted (numbered per entity), the decisions and the event's id: a crash leaves all or
@@ -255,8 +255,9 @@ struct Waiter {
     reply: Deferred<Result<CommandPage, ReactorError>>,
 }
 
-/// One entity of one reactor type.
-pub struct Entity {
+/// One entity of one reactor type: its state, its outbox, its logs (class `reactor`, named
+/// `{type}/{entity}`).
+pub struct ReactorEntity {
     env: Arc<ReactorEnv>,
     kind: String,
     entity: String,
@@ -275,9 +276,9 @@ pub struct Entity {
     cycles_checked: bool,
 }
 
-impl std::fmt::Debug for Entity {
+impl std::fmt::Debug for ReactorEntity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entity")
+        f.debug_struct("ReactorEntity")
             .field("reactor", &self.kind)
             .field("entity", &self.entity)
             .finish()
@@ -296,7 +297,7 @@ pub(crate) fn entity_name(kind: &str, entity: &str) -> String {
     format!("{kind}/{entity}")
 }
 
-impl DurableObject for Entity {
+impl DurableObject for ReactorEntity {
     const CLASS: &'static str = "reactor";
     type Env = ReactorEnv;
 
@@ -328,7 +329,7 @@ impl DurableObject for Entity {
                 .await?;
         }
         let id_hash = hex(&Sha256::digest(name.as_bytes()))[..16].to_owned();
-        Ok(Entity {
+        Ok(ReactorEntity {
             kind: kind.to_owned(),
             entity: entity.to_owned(),
             id_prefix: format!("cmd_{id_hash}_"),

@@ -2,19 +2,19 @@
 
 use super::*;
 
-/// The definition of one declarative reactor type.
-pub struct TypeObject {
+/// The definition of one declarative reactor type (class `reactor-type`, named by the type).
+pub struct ReactorType {
     env: Arc<crate::client::Types>,
     definition: Option<Value>,
 }
 
-impl std::fmt::Debug for TypeObject {
+impl std::fmt::Debug for ReactorType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TypeObject").finish()
+        f.debug_struct("ReactorType").finish()
     }
 }
 
-impl DurableObject for TypeObject {
+impl DurableObject for ReactorType {
     const CLASS: &'static str = "reactor-type";
     type Env = crate::client::TypesEnv;
 
@@ -22,7 +22,7 @@ impl DurableObject for TypeObject {
         ctx: &mut Context,
         env: Arc<crate::client::TypesEnv>,
     ) -> stead_core::Result<Self> {
-        Ok(TypeObject {
+        Ok(ReactorType {
             env: env.0.clone(),
             definition: ctx.storage().get(DEF).await?,
         })
@@ -33,7 +33,7 @@ impl DurableObject for TypeObject {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Configure(pub Value);
 
-impl Handler<Configure> for TypeObject {
+impl Handler<Configure> for ReactorType {
     type Reply = Result<bool, ReactorError>;
     async fn handle(&mut self, Configure(def): Configure, ctx: &mut Context) -> Self::Reply {
         let kind = ctx.name().unwrap_or_default().to_owned();
@@ -50,7 +50,7 @@ impl Handler<Configure> for TypeObject {
     }
 }
 
-impl Handler<Inspect> for TypeObject {
+impl Handler<Inspect> for ReactorType {
     type Reply = Option<Value>;
     async fn handle(&mut self, _: Inspect, _ctx: &mut Context) -> Self::Reply {
         self.definition.clone()

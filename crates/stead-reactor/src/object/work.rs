@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Entity {
+impl ReactorEntity {
     pub(super) async fn delivery(&self) -> Result<Delivery, ReactorError> {
         Ok(self.env.entry(&self.kind).await?.delivery.clone())
     }
