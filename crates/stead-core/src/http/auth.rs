@@ -229,10 +229,13 @@ pub struct Routes<S = ()> {
 
 impl<S: Clone + Send + Sync + 'static> Routes<S> {
     /// Wraps a router whose callers are not yet decided. Its writes must say they are JSON
-    /// ([`RequireJsonWrites`](super::RequireJsonWrites)), however they are mounted.
+    /// ([`RequireJsonWrites`](super::RequireJsonWrites)), however they are mounted; a method
+    /// a route does not take is a 405 first. Meant for routers without routes that take any
+    /// method (`axum::routing::any`), as stead's are: such a route would see a request with
+    /// a method of no meaning when a write without a JSON content type reaches it.
     pub fn new(router: Router<S>) -> Self {
         Routes {
-            router: router.route_layer(super::RequireJsonWrites),
+            router: router.route_layer(super::JsonWritesAfterMethods),
         }
     }
 

@@ -462,6 +462,24 @@ impl RequestCheck for RequireJsonWrites {
 }
 
 impl<S> tower::Layer<S> for RequireJsonWrites {
+    type Service = Checked<S, RequireJsonWrites>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Checked::new(inner, *self)
+    }
+}
+
+/// [`RequireJsonWrites`] for stead's own routers ([`Routes`]): a method the route does not
+/// take is answered 405 before any content type is looked at. A write without a JSON content
+/// type is first shown, with a method no route takes, to the routes it was meant for; their
+/// 405 stands when its `Allow` lacks the write's method, and the write is refused with 415
+/// otherwise. No handler runs for that probe because no stead route takes any method
+/// (`axum::routing::any`): a route that did would run its handler for it, which is why the
+/// public layer, for an app's own routes, does not probe.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JsonWritesAfterMethods;
+
+impl<S> tower::Layer<S> for JsonWritesAfterMethods {
     type Service = JsonWrites<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -469,13 +487,9 @@ impl<S> tower::Layer<S> for RequireJsonWrites {
     }
 }
 
-/// The service of [`RequireJsonWrites`]. A method the route does not take is answered
-/// 405 before any content type is looked at: a write without one is first shown, with a
-/// method no route takes, to the routes it was meant for; their 405 stands when its
-/// `Allow` lacks the write's method, and the write is refused with 415 otherwise. No
-/// handler runs for the probe (a route that takes any method would: stead's take none).
+/// The service of [`JsonWritesAfterMethods`].
 #[derive(Debug, Clone)]
-pub struct JsonWrites<S> {
+pub(crate) struct JsonWrites<S> {
     inner: S,
 }
 
@@ -746,6 +760,53 @@ pub async fn not_found() -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn status(app: axum::Router, method: &str, content_type: Option<&str>) -> u16 {
+        use tower::ServiceExt;
+        let mut req = axum::http::Request::builder().method(method).uri("/x");
+        if let Some(ct) = content_type {
+            req = req.header(header::CONTENT_TYPE, ct);
+        }
+        let resp = app
+            .oneshot(req.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        resp.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn a_method_a_route_does_not_take_is_405_before_any_content_type() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let routes = || {
+            axum::Router::new().route(
+                "/x",
+                axum::routing::get(|| async { "got" }).post(|| async { "posted" }),
+            )
+        };
+        let ours = routes().route_layer(JsonWritesAfterMethods);
+        assert_eq!(status(ours.clone(), "PUT", None).await, 405);
+        assert_eq!(status(ours.clone(), "POST", None).await, 415);
+        assert_eq!(
+            status(ours.clone(), "POST", Some("application/json")).await,
+            200
+        );
+        assert_eq!(status(ours, "GET", None).await, 200);
+        // The public layer, for an app's own routes, never shows a request to a handler
+        // before it is checked: a route that takes any method runs nothing for it.
+        let ran = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = ran.clone();
+        let any = axum::Router::new()
+            .route(
+                "/x",
+                axum::routing::any(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { "ran" }
+                }),
+            )
+            .route_layer(RequireJsonWrites);
+        assert_eq!(status(any, "PUT", None).await, 415);
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
 
     #[derive(Debug, serde::Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
