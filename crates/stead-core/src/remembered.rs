@@ -121,7 +121,9 @@ impl Remembered {
                 n
             }
         };
-        let mirror = if count <= Self::MIRROR_MAX {
+        let mirror = if count == 0 {
+            Some(HashMap::new())
+        } else if count <= Self::MIRROR_MAX {
             let ids: Vec<(String, i64)> = storage.list(ListOptions::prefix(layout.ids)).await?;
             Some(
                 ids.into_iter()
