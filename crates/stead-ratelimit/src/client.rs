@@ -9,7 +9,8 @@ use stead_core::{
 };
 
 use crate::error::RateLimitError;
-use crate::object::{Check, Decision, MAX_POLICY_NAME_BYTES, Peek, Policy, RateLimiter, Reset};
+use crate::object::{Check, Peek, RateLimiter, Reset};
+use crate::policy::{Decision, MAX_POLICY_NAME_BYTES, Policy};
 
 /// Separates the key from the policy name in a limiter's object name. Keys may not hold
 /// control characters, so a key's limiters are exactly the names starting `key` + this.

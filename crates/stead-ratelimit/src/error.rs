@@ -2,7 +2,7 @@
 
 use stead_core::InvalidInput;
 
-use crate::object::Decision;
+use crate::policy::Decision;
 
 /// The rate limiter's outcomes other than an admission.
 ///

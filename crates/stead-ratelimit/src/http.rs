@@ -19,7 +19,7 @@ use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
 use crate::client::{Limit, RateLimitClient, RateLimitConfig};
 use crate::error::RateLimitError;
-use crate::object::{Algorithm, Decision, MAX_LIMIT, MAX_PERIOD_MS, Policy};
+use crate::policy::{Algorithm, Decision, MAX_LIMIT, MAX_PERIOD_MS, Policy};
 
 /// The rate-limit pattern, as the umbrella crate mounts it.
 #[derive(Debug, Clone, Copy)]
@@ -267,7 +267,7 @@ fn policy_ref() -> Schema {
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .min_length(Some(1))
-                    .max_length(Some(crate::object::MAX_POLICY_NAME_BYTES))
+                    .max_length(Some(crate::policy::MAX_POLICY_NAME_BYTES))
                     .pattern(Some("^[A-Za-z0-9_.-]+$")),
             )
             .item(Ref::from_schema_name("Policy"))

@@ -19,7 +19,7 @@ use stead_core::{Result, Runtime};
 use crate::client::{Limit, RateLimitClient};
 use crate::error::RateLimitError;
 use crate::http::{insert_fields, policy_field, refusal};
-use crate::object::Policy;
+use crate::policy::Policy;
 
 /// The key of requests that carry none (no such header, or a key function that answered
 /// `None`): they share one limiter.

@@ -52,6 +52,7 @@ mod http;
 #[cfg(feature = "http")]
 mod layer;
 mod object;
+mod policy;
 
 pub use client::{Limit, Policies, RateLimitClient, RateLimitConfig};
 pub use error::RateLimitError;
@@ -59,10 +60,10 @@ pub use error::RateLimitError;
 pub use http::{RATELIMIT, RATELIMIT_POLICY, RateLimitPattern, insert_headers};
 #[cfg(feature = "http")]
 pub use layer::{NO_KEY, OnFailure, RateLimitLayer, RateLimitService, layer};
-pub use object::{
-    Algorithm, Check, Decision, FORGET_AFTER_IDLE_MS, MAX_LIMIT, MAX_PERIOD_MS,
-    MAX_POLICY_NAME_BYTES, MAX_REFILL_MS, MAX_SLIDING_WINDOW_LIMIT, Peek, Policy, RateLimiter,
-    Reset,
+pub use object::{Check, FORGET_AFTER_IDLE_MS, Peek, RateLimiter, Reset};
+pub use policy::{
+    Algorithm, Decision, MAX_LIMIT, MAX_PERIOD_MS, MAX_POLICY_NAME_BYTES, MAX_REFILL_MS,
+    MAX_SLIDING_WINDOW_LIMIT, Policy,
 };
 
 /// The rate-limit routes, without a prefix (the umbrella crate mounts them under
