@@ -93,12 +93,22 @@ pub struct Lifetime {
 struct Entry {
     version: u64,
     size: u64,
-    /// The value itself when it is small, has no whitespace around it and is not `null`, as
-    /// JSON; else it is in `chunks` chunks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The value itself when it is small and has no whitespace around it, as JSON; else it
+    /// is in `chunks` chunks. Absent means "in chunks"; present, even as `null`, is the value.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_raw"
+    )]
     raw: Option<Box<RawValue>>,
     #[serde(default)]
     chunks: u32,
+}
+
+/// An inline value that is there, whatever JSON it holds (`null` included: an `Option`
+/// would read a present `null` as no value).
+fn present_raw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// An [`Entry`] read without its inline value.

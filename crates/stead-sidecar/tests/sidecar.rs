@@ -297,11 +297,11 @@ async fn a_json_null_value_is_read_back_as_null() {
             "{key}"
         );
     }
-    // A `null` an earlier build kept inline (stored as an entry of 4 bytes with no value).
+    // A `null` an earlier build kept inline (stored as `"raw": null`, which it read as none).
     let mut doc = rt.export_object("sidecar", "nulls").await.unwrap();
     doc.entries.insert(
         "k/old".into(),
-        serde_json::json!({"version": 7, "size": 4, "chunks": 0}),
+        serde_json::json!({"version": 7, "size": 4, "raw": null, "chunks": 0}),
     );
     rt.import_object("sidecar", "nulls", doc).await.unwrap();
     let old = sc.get("nulls", "old").await.unwrap().unwrap();

@@ -23,14 +23,6 @@ impl Handler<Get> for Sidecar {
                 value,
             }));
         }
-        // Neither inline nor in chunks, four bytes: a `null` an earlier build kept inline
-        // (and so stored as "no inline value").
-        if entry.chunks == 0 && entry.size == 4 {
-            return Ok(Some(Versioned {
-                version: entry.version,
-                value: "null".to_owned(),
-            }));
-        }
         let mut value = String::with_capacity(entry.size as usize);
         for i in 0..entry.chunks {
             let chunk: String = ctx
@@ -87,9 +79,7 @@ impl Handler<Put> for Sidecar {
             value,
             condition,
         } = msg;
-        // `null` is never kept inline: an inline `null` would read back as "no inline value".
-        let inline = value.len() <= INLINE_BYTES && value.trim() == value && value != "null";
-        let (raw, text) = if inline {
+        let (raw, text) = if value.len() <= INLINE_BYTES && value.trim() == value {
             let raw = RawValue::from_string(value)
                 .map_err(|e| InvalidInput::new(format!("value is not JSON: {e}")))?;
             (Some(raw), None)
