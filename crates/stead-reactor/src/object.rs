@@ -320,13 +320,16 @@ impl DurableObject for ReactorEntity {
             u64::from(env.config.max_event_ids),
         )
         .await?;
-        // Ids an earlier build kept under `seen/` are remembered from when they were seen.
-        let legacy: Vec<(String, i64)> =
-            ctx.storage().list(ListOptions::prefix(LEGACY_SEEN)).await?;
-        for (k, at) in legacy {
-            ctx.storage().delete(&k)?;
-            seen.remember(ctx.storage(), &k[LEGACY_SEEN.len()..], at)
-                .await?;
+        // Ids an earlier build kept under `seen/` are remembered from when they were seen
+        // (an entity that remembers ids under the new keys has none left there).
+        if seen.is_empty() {
+            let legacy: Vec<(String, i64)> =
+                ctx.storage().list(ListOptions::prefix(LEGACY_SEEN)).await?;
+            for (k, at) in legacy {
+                ctx.storage().delete(&k)?;
+                seen.remember(ctx.storage(), &k[LEGACY_SEEN.len()..], at)
+                    .await?;
+            }
         }
         let id_hash = hex(&Sha256::digest(name.as_bytes()))[..16].to_owned();
         Ok(ReactorEntity {
