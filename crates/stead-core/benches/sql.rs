@@ -152,6 +152,23 @@ async fn drive(
     .unwrap()
 }
 
+/// Reads: a point SELECT against a get, alternated, best of three each (read turns are
+/// short and the machine is noisy).
+async fn reads(one: Arc<Vec<Stub<Bench>>>, n: usize) {
+    let (mut get, mut select) = (0f64, 0f64);
+    for _ in 0..3 {
+        get = get.max(drive(one.clone(), 64, n * 4, Op::Get).await);
+        select = select.max(drive(one.clone(), 64, n * 4, Op::Select).await);
+    }
+    row(
+        "key-value get turns, one object, 64 in flight",
+        get,
+        get,
+        "get",
+    );
+    row("point SELECT turns (by primary key)", select, get, "get");
+}
+
 fn row(what: &str, per_sec: f64, base: f64, base_name: &str) {
     println!(
         "{what:<62} {per_sec:>12.0}/s   {:>5.1}% of {base_name}",
@@ -240,7 +257,7 @@ fn main() {
         println!("SQL in an object, SQLite backend, Fsync (2 shards)");
         // STEAD_BENCH_ONLY=spread runs the spread figures alone (for a profiler).
         let only = std::env::var("STEAD_BENCH_ONLY").unwrap_or_default();
-        if only.is_empty() || only == "read" {
+        if only.is_empty() || only == "read" || only == "reads" {
 
         // One object: one INSERT per turn against one put per turn.
         let dir = tempfile::tempdir().unwrap();
@@ -255,6 +272,11 @@ fn main() {
         }
         drive(one.clone(), 64, 2_000 / scale, Op::Put).await;
         drive(one.clone(), 64, 2_000 / scale, Op::Insert).await;
+        // STEAD_BENCH_ONLY=reads prints the read figures alone.
+        if only == "reads" {
+            reads(one, n).await;
+            return;
+        }
         let put = drive(one.clone(), 64, n, Op::Put).await;
         let insert = drive(one.clone(), 64, n, Op::Insert).await;
         let put2 = drive(one.clone(), 64, n, Op::Put).await;
@@ -262,15 +284,7 @@ fn main() {
         row("key-value put turns, one object, 64 in flight", put, put, "put");
         row("INSERT turns, one object, 64 in flight", insert, put, "put");
 
-        // Reads: a point SELECT against a get.
-        // Alternated, best of three each: read turns are short and the machine is noisy.
-        let (mut get, mut select) = (0f64, 0f64);
-        for _ in 0..3 {
-            get = get.max(drive(one.clone(), 64, n * 4, Op::Get).await);
-            select = select.max(drive(one.clone(), 64, n * 4, Op::Select).await);
-        }
-        row("key-value get turns, one object, 64 in flight", get, get, "get");
-        row("point SELECT turns (by primary key)", select, get, "get");
+        reads(one, n).await;
         rt.shutdown().await.unwrap();
 
         // 100,000 rows into one object against plain SQLite.

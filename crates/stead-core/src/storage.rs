@@ -701,12 +701,20 @@ impl Storage {
     /// The object's database, read from storage by its first use in an activation.
     pub(crate) async fn sql_db(&mut self) -> Result<&mut SqlDb> {
         if self.sql.is_none() {
-            let chunks = self.sql_chunks().await?;
-            self.sql = Some(Box::new(
-                SqlDb::open(chunks, *self.limits.sql).map_err(Error::Sql)?,
-            ));
+            // Opening reads from the backend: its future is large, so it is boxed, and a
+            // statement on an open database (every one but the first) never builds it.
+            Box::pin(self.open_sql()).await?;
         }
         Ok(self.sql.as_mut().expect("opened above"))
+    }
+
+    #[cold]
+    async fn open_sql(&mut self) -> Result<()> {
+        let chunks = self.sql_chunks().await?;
+        self.sql = Some(Box::new(
+            SqlDb::open(chunks, *self.limits.sql).map_err(Error::Sql)?,
+        ));
+        Ok(())
     }
 
     /// The stored chunks of the database, this turn's and unacknowledged writes applied.

@@ -48,6 +48,21 @@ impl Handler<Exec> for Db {
     }
 }
 
+/// One statement with parameters by name.
+#[derive(Serialize, Deserialize)]
+struct Named(String, Vec<(String, SqlValue)>);
+
+impl Handler<Named> for Db {
+    type Reply = Result<Vec<Vec<SqlValue>>>;
+    async fn handle(&mut self, msg: Named, ctx: &mut Context) -> Result<Vec<Vec<SqlValue>>> {
+        Ok(ctx
+            .sql()
+            .exec(&msg.0, Params::named(msg.1))
+            .await?
+            .into_rows())
+    }
+}
+
 /// Several statements in one turn; each one's error is kept and the turn goes on.
 #[derive(Serialize, Deserialize)]
 struct Many(Vec<String>);
@@ -258,6 +273,88 @@ async fn a_turn_is_the_transaction_and_an_object_sees_only_its_own_database() {
         .await
         .unwrap();
     assert_eq!(rows, vec![vec![SqlValue::Integer(0)]]);
+    rt.shutdown().await.unwrap();
+}
+
+/// An object keeps the statements it ran prepared (by their text): what a kept statement
+/// answers must follow schema changes, its parameters must not leak into its next run, and
+/// more statements than are kept must still run.
+#[tokio::test]
+async fn statements_kept_prepared_follow_the_schema_and_keep_no_values() {
+    let rt = Runtime::builder().memory().build().await.unwrap();
+    let o = rt.namespace::<Db>(()).unwrap().get_by_name("kept");
+    exec(&o, "INSERT INTO kv VALUES ('a', 1)", vec![])
+        .await
+        .unwrap();
+    let star = "SELECT * FROM kv ORDER BY k";
+    let (cols, _, _, _) = exec(&o, star, vec![]).await.unwrap();
+    assert_eq!(cols, ["k", "v"]);
+    // The same text after the table gained and renamed a column: new names, new values.
+    exec(
+        &o,
+        "ALTER TABLE kv ADD COLUMN note TEXT DEFAULT 'n'",
+        vec![],
+    )
+    .await
+    .unwrap();
+    exec(&o, "ALTER TABLE kv RENAME COLUMN v TO value", vec![])
+        .await
+        .unwrap();
+    let (cols, rows, _, _) = exec(&o, star, vec![]).await.unwrap();
+    assert_eq!(cols, ["k", "value", "note"]);
+    assert_eq!(
+        rows,
+        vec![vec![
+            SqlValue::from("a"),
+            SqlValue::Integer(1),
+            SqlValue::from("n")
+        ]]
+    );
+    // Named parameters left out are NULL, not the value an earlier run bound.
+    let named = "SELECT :a, :b";
+    let c = o
+        .call(Named(
+            named.into(),
+            vec![(":a".into(), 1.into()), (":b".into(), 2.into())],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(c, vec![vec![SqlValue::Integer(1), SqlValue::Integer(2)]]);
+    let c = o
+        .call(Named(named.into(), vec![(":a".into(), 3.into())]))
+        .await
+        .unwrap();
+    assert_eq!(c, vec![vec![SqlValue::Integer(3), SqlValue::Null]]);
+    // Far more distinct statements than are kept, each run twice, answer what they say.
+    for round in 0..2 {
+        for i in 0..200 {
+            let (_, rows, _, _) = exec(&o, &format!("SELECT {i} + ?1"), vec![round.into()])
+                .await
+                .unwrap();
+            assert_eq!(rows, vec![vec![SqlValue::Integer(i + round)]]);
+        }
+    }
+    // A statement that fails to run leaves the kept one usable.
+    let err = exec(
+        &o,
+        "INSERT INTO kv (k, value) VALUES (?1, ?2)",
+        vec!["a".into(), 1.into()],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Sql(e) if e.kind == SqlErrorKind::Constraint),
+        "{err:?}"
+    );
+    exec(
+        &o,
+        "INSERT INTO kv (k, value) VALUES (?1, ?2)",
+        vec!["b".into(), 2.into()],
+    )
+    .await
+    .unwrap();
+    let (_, rows, _, _) = exec(&o, "SELECT count(*) FROM kv", vec![]).await.unwrap();
+    assert_eq!(rows, vec![vec![SqlValue::Integer(2)]]);
     rt.shutdown().await.unwrap();
 }
 

@@ -79,7 +79,10 @@ const ALLOWED_PRAGMAS: &[&str] = &[
 const READ_ONLY_PRAGMAS: &[&str] = &["page_size", "max_page_count", "schema_version"];
 
 pub(crate) struct SqlDb {
-    conn: Connection,
+    /// Statements prepared lately, by their text. Declared before `conn`: they are
+    /// finalized before it closes.
+    statements: Statements,
+    conn: Pinned,
     file: SharedFile,
     /// How many chunks the store holds (the file's length when it was last flushed).
     stored_chunks: u32,
@@ -106,10 +109,6 @@ pub(crate) struct SqlDb {
     /// [`IDLE`] between statements, [`STARTED`] until the statement's first progress call.
     deadline: Arc<AtomicU64>,
     limits: SqlLimits,
-    /// The column names of statements run lately, by their text: a cursor shares them
-    /// instead of copying them out of SQLite each time (checked against the statement, which
-    /// a schema change may have changed).
-    columns: HashMap<Box<str>, Arc<[String]>, foldhash::fast::RandomState>,
 }
 
 impl std::fmt::Debug for SqlDb {
@@ -190,7 +189,8 @@ impl SqlDb {
         ] {
             conn.set_limit(limit, value).map_err(setup_error)?;
         }
-        conn.set_prepared_statement_cache_capacity(64);
+        // The connection's own cache keeps only the runtime's BEGIN, COMMIT and ROLLBACK.
+        conn.set_prepared_statement_cache_capacity(3);
         let ours = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(Mutex::new(None));
         let (o, r) = (ours.clone(), refused.clone());
@@ -225,7 +225,8 @@ impl SqlDb {
         )
         .map_err(setup_error)?;
         Ok(SqlDb {
-            conn,
+            statements: Statements::default(),
+            conn: Pinned::new(conn),
             file,
             stored_chunks,
             stored_first,
@@ -236,7 +237,6 @@ impl SqlDb {
             refused,
             deadline,
             limits,
-            columns: HashMap::default(),
         })
     }
 
@@ -268,18 +268,27 @@ impl SqlDb {
         let wrote_before = self.wrote;
         // One statement, prepared once per connection (the common case); anything the cache
         // cannot take (several statements, or an error to report) goes through `run_many`.
-        let prepared = match self.conn.prepare_cached(sql) {
-            Ok(mut stmt) => {
-                let writes = !stmt.readonly() || opens_transaction(sql);
+        let prepared = match self.statements.get(&self.conn, sql) {
+            Some(prepared) => {
+                let stmt = &mut prepared.stmt;
+                // A statement that answers columns is never one of a savepoint's.
+                let writes =
+                    !stmt.readonly() || (stmt.column_count() == 0 && opens_transaction(sql));
                 let began = if !self.open {
                     control(&self.conn, &self.ours, Control::Begin)
                 } else {
                     Ok(())
                 };
-                let columns = column_names(&mut self.columns, sql, &stmt);
-                Some(began.map(|()| (collect(&mut stmt, params, decltypes, columns), writes)))
+                Some(began.map(|()| {
+                    let cursor = collect(stmt, params, decltypes, &mut prepared.columns);
+                    if !params.is_empty() {
+                        // A value bound stays with the statement until cleared.
+                        stmt.clear_bindings();
+                    }
+                    (cursor, writes)
+                }))
             }
-            Err(_) => None,
+            None => None,
         };
         let mut cursor = match prepared {
             Some(Ok((c, writes))) => {
@@ -342,8 +351,7 @@ impl SqlDb {
             }
             first = false;
             wrote |= !stmt.readonly();
-            let columns = column_names(&mut HashMap::default(), "", &stmt);
-            match collect(&mut stmt, params, decltypes, columns) {
+            match collect(&mut stmt, params, decltypes, &mut None) {
                 Ok(c) => last = c,
                 Err(e) => break Err((SqlErrorKind::Failed, e)),
             }
@@ -645,10 +653,11 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &Params) -> rusqlite::Result
     }
 }
 
-/// The statement's column names: from `cache` when they are still the statement's.
+/// The statement's column names: those `cached` when they are still the statement's (a
+/// schema change may change them), so that a cursor shares them instead of copying them out
+/// of SQLite each time.
 fn column_names(
-    cache: &mut HashMap<Box<str>, Arc<[String]>, foldhash::fast::RandomState>,
-    sql: &str,
+    cached: &mut Option<Arc<[String]>>,
     stmt: &rusqlite::Statement<'_>,
 ) -> Arc<[String]> {
     if stmt.column_count() == 0 {
@@ -656,44 +665,115 @@ fn column_names(
             std::sync::LazyLock::new(|| Arc::from([]));
         return NONE.clone();
     }
-    if let Some(names) = cache.get(sql)
+    if let Some(names) = cached
         && names.len() == stmt.column_count()
-        && names.iter().zip(stmt.column_names()).all(|(a, b)| a == b)
+        && names
+            .iter()
+            .enumerate()
+            .all(|(i, a)| stmt.column_name(i).is_ok_and(|b| a == b))
     {
         return names.clone();
     }
     let names: Arc<[String]> = stmt.column_names().map(str::to_owned).collect();
-    if !sql.is_empty() {
-        if cache.len() >= 64 {
-            cache.clear();
-        }
-        cache.insert(sql.into(), names.clone());
-    }
+    *cached = Some(names.clone());
     names
+}
+
+/// The connection, kept at one address for as long as it is open, so that the statements
+/// prepared on it ([`Statements`]) may point to it while both move together.
+struct Pinned(std::ptr::NonNull<Connection>);
+
+impl Pinned {
+    fn new(conn: Connection) -> Self {
+        Pinned(std::ptr::NonNull::from(Box::leak(Box::new(conn))))
+    }
+}
+
+impl std::ops::Deref for Pinned {
+    type Target = Connection;
+    #[allow(unsafe_code)]
+    fn deref(&self) -> &Connection {
+        // SAFETY: the pointer is the leaked box's, freed only by `drop`; only shared
+        // references are ever made from it.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for Pinned {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the box leaked by `new`, freed once; `SqlDb` drops its statements first.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: `Connection` is `Send`; the pointer is owned as a box is.
+#[allow(unsafe_code)]
+unsafe impl Send for Pinned {}
+
+/// A statement prepared once and run many times, with its column names.
+struct Prepared {
+    stmt: rusqlite::Statement<'static>,
+    columns: Option<Arc<[String]>>,
+}
+
+/// The statements an object ran lately, by their exact text (at most 64; the connection's
+/// own cache has one hash of the text more, and a removal and an insertion per run).
+#[derive(Default)]
+struct Statements(HashMap<Box<str>, Prepared, foldhash::fast::RandomState>);
+
+// SAFETY: the statements point to the connection of the same `SqlDb`, which moves between
+// threads with them and is never shared: neither is used by two threads at once.
+#[allow(unsafe_code)]
+unsafe impl Send for Statements {}
+
+impl Statements {
+    /// `sql` prepared on `conn` (and kept), or `None` if it cannot be prepared as one
+    /// statement.
+    fn get(&mut self, conn: &Pinned, sql: &str) -> Option<&mut Prepared> {
+        if !self.0.contains_key(sql) {
+            let stmt = conn
+                .prepare_with_flags(sql, rusqlite::PrepFlags::SQLITE_PREPARE_PERSISTENT)
+                .ok()?;
+            #[allow(unsafe_code)]
+            // SAFETY: the statement borrows the connection `conn` points to, which stays at
+            // its address until `SqlDb` is dropped; `SqlDb` drops `statements` before
+            // `conn`, and never lends a statement out of itself.
+            let stmt = unsafe {
+                std::mem::transmute::<rusqlite::Statement<'_>, rusqlite::Statement<'static>>(stmt)
+            };
+            if self.0.len() >= 64 {
+                self.0.clear();
+            }
+            self.0.insert(
+                sql.into(),
+                Prepared {
+                    stmt,
+                    columns: None,
+                },
+            );
+        }
+        self.0.get_mut(sql)
+    }
 }
 
 fn collect(
     stmt: &mut rusqlite::Statement<'_>,
     params: &Params,
     want_decltypes: bool,
-    columns: Arc<[String]>,
+    cached_columns: &mut Option<Arc<[String]>>,
 ) -> rusqlite::Result<Cursor> {
     if matches!(params, Params::Named(_)) {
         // Names may leave some parameters unbound: none keeps a value from an earlier run.
         stmt.clear_bindings();
     }
     bind(stmt, params)?;
-    let decltypes = if want_decltypes {
-        stmt.columns()
-            .map(|c| c.decl_type().map(str::to_owned))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let n = columns.len();
     let mut rows = Vec::new();
     let mut raw = stmt.raw_query();
     while let Some(row) = raw.next()? {
+        // Read after the first step: a statement prepared before a schema change is
+        // prepared again by it, and may answer other columns than it did.
+        let n = row.as_ref().column_count();
         let mut values = Vec::with_capacity(n);
         for i in 0..n {
             values.push(value_of(row.get_ref(i)?));
@@ -701,6 +781,14 @@ fn collect(
         rows.push(values);
     }
     drop(raw);
+    let decltypes = if want_decltypes {
+        stmt.columns()
+            .map(|c| c.decl_type().map(str::to_owned))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let columns = column_names(cached_columns, stmt);
     let scanned = stmt.reset_status(rusqlite::StatementStatus::FullscanStep) as u64;
     // A full scan's steps move between rows: n steps read n + 1 rows.
     let rows_read = (rows.len() as u64).max(if scanned > 0 { scanned + 1 } else { 0 });
