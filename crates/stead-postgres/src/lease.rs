@@ -38,6 +38,12 @@ pub enum LeaseState {
         /// Why, for operators (the holder, or what failed).
         reason: String,
     },
+    /// A member of a partitioned cluster that has joined: it holds this many partitions
+    /// (possibly none, while others hold them all).
+    Member {
+        /// How many partitions it holds.
+        partitions: u32,
+    },
     /// Could not start (a wrong URL, missing privileges, a newer schema): why, with
     /// PostgreSQL's SQLSTATE when the server said.
     Failed(crate::PostgresError),
@@ -76,17 +82,6 @@ impl Lease {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<LeaseState> {
         self.state.subscribe()
-    }
-
-    /// Waits until the state satisfies `done`, and answers it (`Closed` if the lease task
-    /// is gone).
-    pub(crate) async fn wait_for(&self, done: impl FnMut(&LeaseState) -> bool) -> LeaseState {
-        self.state
-            .subscribe()
-            .wait_for(done)
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(LeaseState::Closed)
     }
 
     pub(crate) fn state(&self) -> LeaseState {
@@ -256,5 +251,84 @@ async fn release(pool: &Pool, sql: &Sql, holder: &str, epoch: u64) {
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not give the lease back; a standby takes over when it expires");
+    }
+}
+
+/// What this node holds: the deployment's one lease, or partitions of a cluster.
+#[derive(Debug, Clone)]
+pub(crate) enum Owner {
+    Single(Arc<Lease>),
+    Cluster(Arc<crate::cluster::Partitions>),
+}
+
+impl Owner {
+    pub(crate) fn holder(&self) -> &str {
+        match self {
+            Owner::Single(l) => &l.holder,
+            Owner::Cluster(c) => &c.holder,
+        }
+    }
+
+    /// The partition of `obj` (0 with one lease).
+    pub(crate) fn partition(&self, obj: &stead_core::ObjectRef) -> u32 {
+        match self {
+            Owner::Single(_) => 0,
+            Owner::Cluster(c) => c.partition(obj),
+        }
+    }
+
+    /// The epoch new turns and reads of partition `p` run under, if this node holds it.
+    pub(crate) fn serving(&self, p: u32) -> Option<u64> {
+        match self {
+            Owner::Single(l) => l.epoch(),
+            Owner::Cluster(c) => c.serving(p),
+        }
+    }
+
+    /// The epoch commits of partition `p` may be made under, if any.
+    pub(crate) fn committing(&self, p: u32) -> Option<u64> {
+        match self {
+            Owner::Single(l) => l.epoch(),
+            Owner::Cluster(c) => c.committing(p),
+        }
+    }
+
+    /// Whether the node serves: holds the lease, or has joined its cluster.
+    pub(crate) fn is_active(&self) -> bool {
+        match self {
+            Owner::Single(l) => l.epoch().is_some(),
+            Owner::Cluster(c) => c.joined(),
+        }
+    }
+
+    pub(crate) fn state(&self) -> LeaseState {
+        match self {
+            Owner::Single(l) => l.state(),
+            Owner::Cluster(c) => c.state(),
+        }
+    }
+
+    pub(crate) fn set(&self, state: LeaseState) {
+        match self {
+            Owner::Single(l) => l.set(state),
+            Owner::Cluster(c) => c.set(state),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LeaseState> {
+        match self {
+            Owner::Single(l) => l.subscribe(),
+            Owner::Cluster(c) => c.subscribe(),
+        }
+    }
+
+    /// Waits until the state satisfies `done`, and answers it (`Closed` if the task that
+    /// keeps it is gone).
+    pub(crate) async fn wait_for(&self, done: impl FnMut(&LeaseState) -> bool) -> LeaseState {
+        self.subscribe()
+            .wait_for(done)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(LeaseState::Closed)
     }
 }

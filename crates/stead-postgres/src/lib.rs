@@ -32,6 +32,7 @@
 //! # rt.shutdown().await }
 //! ```
 
+mod cluster;
 mod error;
 mod lease;
 mod schema;
@@ -49,11 +50,12 @@ use stead_core::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 
+pub use cluster::{ClusterOptions, ClusterView, MAX_PARTITIONS, Member, partition_of};
 pub use error::PostgresError;
 pub use lease::LeaseState;
 pub use schema::SCHEMA_VERSION;
 
-use lease::Lease;
+use lease::{Lease, Owner};
 use schema::Sql;
 use writer::{WriterCtx, WriterMsg};
 
@@ -87,6 +89,9 @@ pub struct PostgresOptions {
     pub standby: bool,
     /// How long connecting, and waiting for a free connection, may take (5 s).
     pub connect_timeout: Duration,
+    /// A partitioned cluster instead of one active node: every node serves the partitions
+    /// it holds (see [`ClusterOptions`]). `None` (the default): one active node, standbys.
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -100,6 +105,7 @@ impl std::fmt::Debug for PostgresOptions {
             .field("lease_duration", &self.lease_duration)
             .field("node_id", &self.node_id)
             .field("standby", &self.standby)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -116,7 +122,14 @@ impl PostgresOptions {
             node_id: None,
             standby: false,
             connect_timeout: Duration::from_secs(5),
+            cluster: None,
         }
+    }
+
+    /// The same options for a node of a partitioned cluster.
+    pub fn cluster(mut self, cluster: ClusterOptions) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The same options in schema `schema`.
@@ -184,6 +197,19 @@ impl PostgresOptions {
                  connections than writers (and at least one writer)",
                 self.pool_size, self.writers
             )));
+        }
+        if let Some(c) = &self.cluster {
+            if c.partitions == 0 || c.partitions > MAX_PARTITIONS {
+                return Err(Error::invalid_config(format!(
+                    "cluster partitions: 1 to {MAX_PARTITIONS}, not {}",
+                    c.partitions
+                )));
+            }
+            if self.standby {
+                return Err(Error::invalid_config(
+                    "a cluster node is never a standby: every node serves its partitions",
+                ));
+            }
         }
         if self.lease_duration < Duration::from_millis(500) {
             return Err(Error::invalid_config(
@@ -256,7 +282,7 @@ struct Inner {
     schema: String,
     pool: Pool,
     sql: Arc<Sql>,
-    lease: Arc<Lease>,
+    owner: Owner,
     writers: Vec<WriterQueue>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
     lease_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -279,7 +305,7 @@ impl std::fmt::Debug for PostgresBackend {
         f.debug_struct("PostgresBackend")
             .field("server", &self.inner.server)
             .field("schema", &self.inner.schema)
-            .field("state", &self.inner.lease.state())
+            .field("state", &self.inner.owner.state())
             .finish()
     }
 }
@@ -307,14 +333,29 @@ impl PostgresBackend {
                 .unwrap_or_else(|| std::process::id().to_string()),
             hex::encode(rand::random::<[u8; 8]>())
         );
-        let lease = Arc::new(Lease::new(holder, opts.lease_duration, opts.standby));
+        let owner = match &opts.cluster {
+            None => Owner::Single(Arc::new(Lease::new(
+                holder,
+                opts.lease_duration,
+                opts.standby,
+            ))),
+            Some(c) => {
+                let node = holder.rsplit_once('/').map_or("", |(n, _)| n).to_owned();
+                Owner::Cluster(Arc::new(cluster::Partitions::new(
+                    holder,
+                    node,
+                    opts.lease_duration,
+                    c,
+                )))
+            }
+        };
         let sql = Arc::new(Sql::new(&opts.schema));
         let ctx = Arc::new(WriterCtx {
             pool: pool.clone(),
             sql: sql.clone(),
-            lease: lease.clone(),
+            owner: owner.clone(),
         });
-        let writers = (0..opts.writers)
+        let writers: Vec<WriterQueue> = (0..opts.writers)
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let queued = Arc::new(AtomicUsize::new(0));
@@ -322,14 +363,23 @@ impl PostgresBackend {
                 WriterQueue { tx, queued }
             })
             .collect();
+        // A cluster hands partitions over once the commits queued before are done.
+        let queues: Vec<_> = writers.iter().map(|w| w.tx.downgrade()).collect();
+        let flush: cluster::Flush = Box::new(move || {
+            let queues = queues.clone();
+            Box::pin(async move { flush_writers(queues.iter().filter_map(|q| q.upgrade())).await })
+        });
         let (stop, stopped) = oneshot::channel();
         let task = handle.spawn(start(
-            pool.clone(),
-            lease_pool,
-            opts.schema.clone(),
-            server.clone(),
-            sql.clone(),
-            lease.clone(),
+            Start {
+                pool: pool.clone(),
+                lease_pool,
+                schema: opts.schema.clone(),
+                server: server.clone(),
+                sql: sql.clone(),
+                owner: owner.clone(),
+                flush,
+            },
             stopped,
         ));
         Ok(PostgresBackend {
@@ -338,7 +388,7 @@ impl PostgresBackend {
                 schema: opts.schema,
                 pool,
                 sql,
-                lease,
+                owner,
                 writers,
                 stop: Mutex::new(Some(stop)),
                 lease_task: Mutex::new(Some(task)),
@@ -355,7 +405,7 @@ impl PostgresBackend {
         let backend = PostgresBackend::new(opts)?;
         let state = backend
             .inner
-            .lease
+            .owner
             .wait_for(|s| *s != LeaseState::Starting)
             .await;
         match state {
@@ -368,16 +418,19 @@ impl PostgresBackend {
     pub async fn wait_active(&self) -> Result<()> {
         let state = self
             .inner
-            .lease
+            .owner
             .wait_for(|s| {
                 matches!(
                     s,
-                    LeaseState::Active { .. } | LeaseState::Failed(_) | LeaseState::Closed
+                    LeaseState::Active { .. }
+                        | LeaseState::Member { .. }
+                        | LeaseState::Failed(_)
+                        | LeaseState::Closed
                 )
             })
             .await;
         match state {
-            LeaseState::Active { .. } => Ok(()),
+            LeaseState::Active { .. } | LeaseState::Member { .. } => Ok(()),
             LeaseState::Failed(e) => Err(Error::invalid_config(e.to_string())),
             _ => Err(unavailable("the PostgreSQL backend is closed")),
         }
@@ -385,17 +438,41 @@ impl PostgresBackend {
 
     /// Where the node stands now.
     pub fn state(&self) -> LeaseState {
-        self.inner.lease.state()
+        self.inner.owner.state()
     }
 
     /// Follows where the node stands (for readiness: serve only while active).
     pub fn watch_state(&self) -> watch::Receiver<LeaseState> {
-        self.inner.lease.subscribe()
+        self.inner.owner.subscribe()
     }
 
     /// Whether the node holds the lease now (and not possibly expired on its own clock).
     pub fn is_active(&self) -> bool {
-        self.inner.lease.epoch().is_some()
+        self.inner.owner.is_active()
+    }
+
+    /// What this node knows of its cluster (from its last round), or `None` when it is one
+    /// active node with standbys.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        match &self.inner.owner {
+            Owner::Cluster(c) => Some(c.view()),
+            Owner::Single(_) => None,
+        }
+    }
+
+    /// The partition `obj` belongs to (0 when one lease covers everything).
+    pub fn partition(&self, obj: &ObjectRef) -> u32 {
+        self.inner.owner.partition(obj)
+    }
+
+    /// Stops the node's lease task as a crash would: no lease given back, no goodbye to
+    /// the members table. For failure tests; a real node calls `close`.
+    #[doc(hidden)]
+    pub fn halt_for_tests(&self) {
+        if let Some(task) = lock(&self.inner.lease_task).take() {
+            task.abort();
+        }
+        lock(&self.inner.stop).take();
     }
 
     /// The same backend for one runtime of several in turn: closing it (when that runtime
@@ -414,22 +491,38 @@ impl PostgresBackend {
         &self.inner.schema
     }
 
-    /// Waits out start-up; then answers whether this node may read and write now.
-    async fn ready(&self) -> Result<()> {
+    /// Waits out start-up; then answers whether this node may read and write now: the
+    /// object `obj`, or (`None`) what belongs to no object.
+    async fn ready(&self, obj: Option<&ObjectRef>) -> Result<()> {
+        let owner = &self.inner.owner;
+        let serves = || match (owner, obj) {
+            (Owner::Cluster(c), None) => c.joined(),
+            (_, obj) => owner
+                .serving(obj.map_or(0, |o| owner.partition(o)))
+                .is_some(),
+        };
         // Every read comes here: the usual answer costs no subscription.
-        if self.inner.lease.epoch().is_some() {
+        if serves() {
             return Ok(());
         }
-        let state = self
-            .inner
-            .lease
-            .wait_for(|s| *s != LeaseState::Starting)
-            .await;
+        let state = owner.wait_for(|s| *s != LeaseState::Starting).await;
         match state {
-            LeaseState::Active { .. } if self.inner.lease.epoch().is_some() => Ok(()),
+            LeaseState::Active { .. } | LeaseState::Member { .. } if serves() => Ok(()),
             LeaseState::Active { .. } => Err(unavailable(
                 "this node's lease may have expired: it serves nothing until it renews it",
             )),
+            LeaseState::Member { .. } => Err(match obj {
+                Some(o) => unavailable(format!(
+                    "this node does not hold partition {} (of object {} of class {}): \
+                     another node of the cluster serves it",
+                    owner.partition(o),
+                    o.id,
+                    o.class
+                )),
+                None => unavailable(
+                    "this node's leases may have expired: it serves nothing until it renews them",
+                ),
+            }),
             LeaseState::Standby { reason } => {
                 Err(unavailable(format!("this node is a standby ({reason})")))
             }
@@ -440,18 +533,19 @@ impl PostgresBackend {
         }
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.ready().await?;
+    async fn client(&self, obj: Option<&ObjectRef>) -> Result<deadpool_postgres::Object> {
+        self.ready(obj).await?;
         self.inner.pool.get().await.map_err(no_connection)
     }
 
     /// Runs one read statement (prepared once per connection).
     async fn rows(
         &self,
+        obj: Option<&ObjectRef>,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        let client = self.client().await?;
+        let client = self.client(obj).await?;
         let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
         client.query(&stmt, params).await.map_err(pg_err)
     }
@@ -464,20 +558,42 @@ impl PostgresBackend {
 }
 
 /// Connects, migrates, then keeps the lease until stopped.
-async fn start(
+/// What the task that keeps the node's leases starts from.
+struct Start {
     pool: Pool,
+    /// Connections of its own, never waiting for those commits hold.
     lease_pool: Pool,
     schema: String,
     server: String,
     sql: Arc<Sql>,
-    lease: Arc<Lease>,
-    stop: oneshot::Receiver<()>,
-) {
+    owner: Owner,
+    /// Waits for the commits queued before (a cluster hands partitions over after them).
+    flush: cluster::Flush,
+}
+
+async fn start(s: Start, stop: oneshot::Receiver<()>) {
+    let Start {
+        pool,
+        lease_pool,
+        schema,
+        server,
+        sql,
+        owner,
+        flush,
+    } = s;
     let prepared = async {
         let mut client = pool.get().await.map_err(|e| {
             PostgresError::pool(format_args!("cannot connect to PostgreSQL at {server}"), e)
         })?;
-        schema::migrate(&mut client, &schema).await.map_err(|e| {
+        let partitions = match &owner {
+            Owner::Cluster(c) => Some(c.count),
+            Owner::Single(_) => None,
+        };
+        let checked = match schema::migrate(&mut client, &schema).await {
+            Ok(()) => cluster::check_deployment(&client, &sql, &schema, partitions).await,
+            Err(e) => Err(e),
+        };
+        checked.map_err(|e| {
             match error::carried(&e) {
                 Some(p) => p.clone(),
                 None => PostgresError::new(e.to_string()),
@@ -487,10 +603,30 @@ async fn start(
     };
     if let Err(reason) = prepared.await {
         tracing::error!(%reason, "the PostgreSQL backend cannot start");
-        lease.set(LeaseState::Failed(reason));
+        owner.set(LeaseState::Failed(reason));
         return;
     }
-    lease::run(lease, lease_pool, sql, stop).await;
+    match owner {
+        Owner::Single(lease) => lease::run(lease, lease_pool, sql, stop).await,
+        Owner::Cluster(parts) => {
+            // Rounds use a few connections of their own, never waiting for commits.
+            cluster::run(parts, lease_pool, sql, flush, stop).await;
+        }
+    }
+}
+
+/// Completes once every batch queued before the call on these writers is completed.
+async fn flush_writers(queues: impl Iterator<Item = mpsc::UnboundedSender<WriterMsg>>) {
+    let mut waits = Vec::new();
+    for q in queues {
+        let (tx, rx) = oneshot::channel();
+        if q.send(WriterMsg::Flush(tx)).is_ok() {
+            waits.push(rx);
+        }
+    }
+    for rx in waits {
+        let _ = rx.await;
+    }
 }
 
 fn id_of(bytes: &[u8]) -> Result<ObjectId> {
@@ -521,7 +657,11 @@ impl Backend for PostgresBackend {
     async fn get(&self, obj: &ObjectRef, key: &str) -> Result<Option<Value>> {
         let id = &obj.id.as_bytes()[..];
         let rows = self
-            .rows(&self.inner.sql.get, &[&obj.class, &id, &key.as_bytes()])
+            .rows(
+                Some(obj),
+                &self.inner.sql.get,
+                &[&obj.class, &id, &key.as_bytes()],
+            )
             .await?;
         Ok(rows.first().map(|r| Value::from(r.get::<_, &[u8]>(0))))
     }
@@ -536,9 +676,13 @@ impl Backend for PostgresBackend {
         let rows = match &upper {
             Some(u) => {
                 let u = u.as_bytes();
-                self.rows(sql, &[&obj.class, &id, &lower, &lim, &u]).await?
+                self.rows(Some(obj), sql, &[&obj.class, &id, &lower, &lim, &u])
+                    .await?
             }
-            None => self.rows(sql, &[&obj.class, &id, &lower, &lim]).await?,
+            None => {
+                self.rows(Some(obj), sql, &[&obj.class, &id, &lower, &lim])
+                    .await?
+            }
         };
         rows.iter().map(entry).collect()
     }
@@ -546,7 +690,11 @@ impl Backend for PostgresBackend {
     async fn load(&self, obj: &ObjectRef, n: usize) -> Result<Vec<(String, Value)>> {
         let id = &obj.id.as_bytes()[..];
         let rows = self
-            .rows(&self.inner.sql.load, &[&obj.class, &id, &limit(n)])
+            .rows(
+                Some(obj),
+                &self.inner.sql.load,
+                &[&obj.class, &id, &limit(n)],
+            )
             .await?;
         rows.iter().map(entry).collect()
     }
@@ -554,7 +702,7 @@ impl Backend for PostgresBackend {
     async fn get_alarm(&self, obj: &ObjectRef) -> Result<Option<i64>> {
         let id = &obj.id.as_bytes()[..];
         let rows = self
-            .rows(&self.inner.sql.get_alarm, &[&obj.class, &id])
+            .rows(Some(obj), &self.inner.sql.get_alarm, &[&obj.class, &id])
             .await?;
         Ok(rows.first().map(|r| r.get(0)))
     }
@@ -567,18 +715,42 @@ impl Backend for PostgresBackend {
         n: usize,
     ) -> Result<Vec<(i64, ObjectId)>> {
         let sql = &self.inner.sql;
-        let rows = match &after {
-            Some((at, id)) => {
+        // A cluster node fires the alarms of the partitions it serves only.
+        let serving = match &self.inner.owner {
+            Owner::Cluster(c) => Some(c.serving_now()),
+            Owner::Single(_) => None,
+        };
+        let rows = match (&after, &serving) {
+            (Some((at, id)), None) => {
                 let id = &id.as_bytes()[..];
                 self.rows(
+                    None,
                     &sql.due_alarms_after,
                     &[&class, &until_ms, &limit(n), at, &id],
                 )
                 .await?
             }
-            None => {
-                self.rows(&sql.due_alarms, &[&class, &until_ms, &limit(n)])
+            (None, None) => {
+                self.rows(None, &sql.due_alarms, &[&class, &until_ms, &limit(n)])
                     .await?
+            }
+            (_, Some(ps)) if ps.is_empty() => return Ok(Vec::new()),
+            (Some((at, id)), Some(ps)) => {
+                let id = &id.as_bytes()[..];
+                self.rows(
+                    None,
+                    &sql.due_alarms_after_in,
+                    &[&class, &until_ms, &limit(n), at, &id, ps],
+                )
+                .await?
+            }
+            (None, Some(ps)) => {
+                self.rows(
+                    None,
+                    &sql.due_alarms_in,
+                    &[&class, &until_ms, &limit(n), ps],
+                )
+                .await?
             }
         };
         rows.iter()
@@ -587,7 +759,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn alarm_classes(&self) -> Result<Vec<String>> {
-        let rows = self.rows(&self.inner.sql.alarm_classes, &[]).await?;
+        let rows = self.rows(None, &self.inner.sql.alarm_classes, &[]).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -602,7 +774,7 @@ impl Backend for PostgresBackend {
             None => &[],
         };
         let rows = self
-            .rows(&self.inner.sql.objects, &[&class, &after, &limit(n)])
+            .rows(None, &self.inner.sql.objects, &[&class, &after, &limit(n)])
             .await?;
         rows.iter()
             .map(|r| {
@@ -629,6 +801,7 @@ impl Backend for PostgresBackend {
         );
         let rows = self
             .rows(
+                None,
                 &self.inner.sql.objects_by_name,
                 &[&class, &lower, &upper, &after, &limit(n)],
             )
@@ -646,7 +819,7 @@ impl Backend for PostgresBackend {
     async fn object_name(&self, obj: &ObjectRef) -> Result<Option<String>> {
         let id = &obj.id.as_bytes()[..];
         let rows = self
-            .rows(&self.inner.sql.object_name, &[&obj.class, &id])
+            .rows(None, &self.inner.sql.object_name, &[&obj.class, &id])
             .await?;
         rows.first()
             .and_then(|r| r.get::<_, Option<Vec<u8>>>(0))
@@ -654,9 +827,11 @@ impl Backend for PostgresBackend {
             .transpose()
     }
 
-    fn fence_token(&self, _obj: &ObjectRef) -> Option<FenceToken> {
+    fn fence_token(&self, obj: &ObjectRef) -> Option<FenceToken> {
         // Epoch 0 is never held: an activation made without the lease can commit nothing.
-        Some(FenceToken::new(0, self.inner.lease.epoch().unwrap_or(0)))
+        let owner = &self.inner.owner;
+        let p = owner.partition(obj);
+        Some(FenceToken::new(p, owner.serving(p).unwrap_or(0)))
     }
 
     fn backlogged(&self, obj: &ObjectRef) -> bool {
@@ -673,16 +848,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn flush(&self) -> Result<()> {
-        let mut waits = Vec::with_capacity(self.inner.writers.len());
-        for w in &self.inner.writers {
-            let (tx, rx) = oneshot::channel();
-            if w.tx.send(WriterMsg::Flush(tx)).is_ok() {
-                waits.push(rx);
-            }
-        }
-        for rx in waits {
-            let _ = rx.await;
-        }
+        flush_writers(self.inner.writers.iter().map(|w| w.tx.clone())).await;
         Ok(())
     }
 

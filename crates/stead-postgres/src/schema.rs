@@ -8,10 +8,11 @@ use crate::pg_err;
 
 /// The migrations this build knows, in order. A database with a version beyond the last is
 /// refused: it was written by a newer stead.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "objects' keys and values, alarms, the registry, and the lease",
-    r#"
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "objects' keys and values, alarms, the registry, and the lease",
+        r#"
 CREATE TABLE {s}.kv (
     class text COLLATE "C" NOT NULL,
     id bytea NOT NULL,
@@ -37,7 +38,27 @@ CREATE TABLE {s}.lease (
     expires_at timestamptz NOT NULL,
     acquired_at timestamptz NOT NULL);
 "#,
-)];
+    ),
+    (
+        2,
+        "the deployment's partition count, the members of a cluster, and alarms by partition",
+        r#"
+CREATE TABLE {s}.deployment (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    mode text NOT NULL CHECK (mode IN ('single', 'cluster')),
+    partitions integer NOT NULL CHECK (partitions > 0),
+    created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO {s}.deployment (mode, partitions) SELECT 'single', 1 WHERE EXISTS (SELECT 1 FROM {s}.lease);
+CREATE TABLE {s}.members (
+    holder text PRIMARY KEY,
+    node text NOT NULL,
+    address text NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    joined_at timestamptz NOT NULL);
+ALTER TABLE {s}.alarms ADD COLUMN partition_id integer NOT NULL DEFAULT 0;
+"#,
+    ),
+];
 
 /// The newest schema version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -149,6 +170,18 @@ pub(crate) struct Sql {
     pub(crate) objects_by_name: String,
     pub(crate) object_name: String,
     pub(crate) lease_check: String,
+    pub(crate) due_alarms_in: String,
+    pub(crate) due_alarms_after_in: String,
+    pub(crate) deployment_create: String,
+    pub(crate) deployment_read: String,
+    pub(crate) member_heartbeat: String,
+    pub(crate) member_leave: String,
+    pub(crate) members_live: String,
+    pub(crate) partitions_read: String,
+    pub(crate) partitions_renew: String,
+    pub(crate) partitions_release: String,
+    pub(crate) partitions_lock: String,
+    pub(crate) partitions_acquire: String,
     pub(crate) lease_lock: String,
     pub(crate) lease_acquire: String,
     pub(crate) lease_renew: String,
@@ -204,9 +237,75 @@ impl Sql {
                  ORDER BY name LIMIT $5"
             ),
             object_name: format!("SELECT name FROM {s}.objects WHERE class = $1 AND id = $2"),
+            // The leases a group's commit writes under, held against a takeover until the
+            // commit ends.
             lease_check: format!(
-                "SELECT epoch FROM {s}.lease WHERE partition_id = 0 AND holder = $1 \
-                 AND expires_at > clock_timestamp() FOR KEY SHARE"
+                "SELECT partition_id, epoch FROM {s}.lease WHERE partition_id = ANY($2) \
+                 AND holder = $1 AND expires_at > clock_timestamp() FOR KEY SHARE"
+            ),
+            due_alarms_in: format!(
+                "SELECT at_ms, id FROM {s}.alarms WHERE class = $1 AND at_ms <= $2 \
+                 AND partition_id = ANY($4) ORDER BY at_ms, id LIMIT $3"
+            ),
+            due_alarms_after_in: format!(
+                "SELECT at_ms, id FROM {s}.alarms WHERE class = $1 AND at_ms <= $2 \
+                 AND (at_ms, id) > ($4, $5) AND partition_id = ANY($6) ORDER BY at_ms, id LIMIT $3"
+            ),
+            deployment_create: format!(
+                "INSERT INTO {s}.deployment (mode, partitions) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            deployment_read: format!("SELECT mode, partitions FROM {s}.deployment"),
+            member_heartbeat: format!(
+                "INSERT INTO {s}.members (holder, node, address, heartbeat_at, joined_at)
+                 VALUES ($1, $2, $3, clock_timestamp(), clock_timestamp())
+                 ON CONFLICT (holder) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                     address = excluded.address"
+            ),
+            member_leave: format!("DELETE FROM {s}.members WHERE holder = $1"),
+            // Live members, with the milliseconds their heartbeat has left; members silent
+            // for ten leases are forgotten on the way.
+            members_live: format!(
+                "WITH gone AS (DELETE FROM {s}.members
+                     WHERE heartbeat_at < clock_timestamp() - 10 * $1::bigint * interval '1 millisecond')
+                 SELECT holder, node, address,
+                     (extract(epoch FROM heartbeat_at + $1::bigint * interval '1 millisecond'
+                         - clock_timestamp()) * 1000)::bigint
+                 FROM {s}.members
+                 WHERE heartbeat_at > clock_timestamp() - $1::bigint * interval '1 millisecond'
+                 ORDER BY holder"
+            ),
+            partitions_read: format!(
+                "SELECT partition_id, holder,
+                     (extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint
+                 FROM {s}.lease WHERE partition_id < $1"
+            ),
+            partitions_renew: format!(
+                "UPDATE {s}.lease AS l
+                 SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+                 FROM unnest($1::int[], $2::bigint[]) AS h(p, e)
+                 WHERE l.partition_id = h.p AND l.epoch = h.e AND l.holder = $4
+                     AND l.expires_at > clock_timestamp()
+                 RETURNING l.partition_id"
+            ),
+            partitions_release: format!(
+                "UPDATE {s}.lease AS l SET expires_at = clock_timestamp()
+                 FROM unnest($1::int[], $2::bigint[]) AS h(p, e)
+                 WHERE l.partition_id = h.p AND l.epoch = h.e AND l.holder = $3"
+            ),
+            partitions_lock: format!(
+                "SELECT partition_id FROM {s}.lease WHERE partition_id = ANY($1)
+                 ORDER BY partition_id FOR UPDATE"
+            ),
+            partitions_acquire: format!(
+                "INSERT INTO {s}.lease AS l (partition_id, holder, epoch, expires_at, acquired_at)
+                 SELECT p, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond',
+                     clock_timestamp()
+                 FROM unnest($1::int[]) AS p ORDER BY p
+                 ON CONFLICT (partition_id) DO UPDATE SET holder = excluded.holder,
+                     epoch = l.epoch + 1, expires_at = excluded.expires_at,
+                     acquired_at = excluded.acquired_at
+                 WHERE l.expires_at <= clock_timestamp()
+                 RETURNING partition_id, epoch"
             ),
             // A takeover waits for every commit that checked the lease (`FOR KEY SHARE`);
             // a renewal, which changes only the expiry, does not.
@@ -242,9 +341,10 @@ impl Sql {
                  (SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]))"
             ),
             set_alarms: format!(
-                "INSERT INTO {s}.alarms (class, id, at_ms)
-                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])
-                 ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms"
+                "INSERT INTO {s}.alarms (class, id, at_ms, partition_id)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::int[])
+                 ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms,
+                     partition_id = excluded.partition_id"
             ),
             register: format!(
                 "INSERT INTO {s}.objects AS o (class, id, name)

@@ -1,5 +1,5 @@
 //! Group commit: one writer task per partition of object ids, each taking every batch that
-//! is pending and committing them in one transaction, fenced by the lease.
+//! is pending and committing them in one transaction, fenced by the leases it writes under.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 use stead_core::{AlarmChange, CommitBatch, Durability, Error, ObjectId, Result};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::lease::Lease;
+use crate::lease::Owner;
 use crate::schema::Sql;
 use crate::{pg_err, unavailable};
 
@@ -26,7 +26,7 @@ pub(crate) enum WriterMsg {
 pub(crate) struct WriterCtx {
     pub(crate) pool: Pool,
     pub(crate) sql: Arc<Sql>,
-    pub(crate) lease: Arc<Lease>,
+    pub(crate) owner: Owner,
 }
 
 /// A writer with this many batches waiting is backlogged: new messages for its objects
@@ -72,22 +72,29 @@ async fn commit(ctx: &WriterCtx, batches: Vec<CommitBatch>) {
     for b in fenced {
         b.complete(Err(Error::Reset));
     }
-    let Some(held) = ctx.lease.epoch() else {
-        fail(live, unavailable("this node does not hold the lease"));
-        return;
-    };
-    // A batch of an activation that started under another epoch (before the lease changed
-    // hands, even back to this node) never commits.
-    let (live, stale): (Vec<_>, Vec<_>) = live
-        .into_iter()
-        .partition(|b| b.fence_token().is_some_and(|t| t.epoch == held));
+    // A batch of an activation that started under another epoch (before its partition's
+    // lease changed hands, even back to this node), or of a partition this node no longer
+    // holds, never commits.
+    let (live, stale): (Vec<_>, Vec<_>) = live.into_iter().partition(|b| {
+        b.fence_token()
+            .is_some_and(|t| ctx.owner.committing(t.partition) == Some(t.epoch))
+    });
     for b in stale {
         b.complete(Err(Error::Reset));
     }
     if live.is_empty() {
         return;
     }
-    match write(ctx, held, &live).await {
+    // The epoch each partition written commits under (one per partition: every batch
+    // kept matched the epoch held when the group formed).
+    let mut held: Vec<(i32, i64)> = live
+        .iter()
+        .filter_map(|b| b.fence_token())
+        .map(|t| (t.partition as i32, t.epoch as i64))
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    match write(ctx, &held, &live).await {
         Ok(()) => {
             for b in live {
                 b.complete(Ok(()));
@@ -115,6 +122,8 @@ fn fail(batches: Vec<CommitBatch>, e: Error) {
 /// One object's changes within a group, the batches folded in order.
 #[derive(Default)]
 struct ObjectOps<'a> {
+    /// The partition the object belongs to (0 with one lease).
+    partition: i32,
     clear: bool,
     writes: HashMap<&'a str, Option<&'a [u8]>>,
     alarm: AlarmChange,
@@ -146,6 +155,7 @@ struct Columns<'a> {
     delete_key: Vec<&'a [u8]>,
     alarm_set: Rows<'a>,
     alarm_at: Vec<i64>,
+    alarm_partition: Vec<i32>,
     alarm_clear: Rows<'a>,
     register: Rows<'a>,
     register_name: Vec<Option<&'a [u8]>>,
@@ -158,7 +168,10 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
         let key = (b.object.class, &b.object.id);
         let o = ops.entry(key).or_insert_with(|| {
             order.push(key);
-            ObjectOps::default()
+            ObjectOps {
+                partition: b.fence_token().map_or(0, |t| t.partition as i32),
+                ..ObjectOps::default()
+            }
         });
         if b.clear {
             o.clear = true;
@@ -202,6 +215,7 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
             AlarmChange::Set(at) => {
                 c.alarm_set.push(class, id);
                 c.alarm_at.push(at);
+                c.alarm_partition.push(o.partition);
             }
             // A clear removed the alarm already.
             AlarmChange::Clear if !o.clear => {
@@ -219,7 +233,7 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
 
 /// The group's transaction: the lease check first (it holds the lease row against a
 /// takeover until the commit), then every change, then the commit.
-async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()> {
+async fn write(ctx: &WriterCtx, held: &[(i32, i64)], batches: &[CommitBatch]) -> Result<()> {
     let c = fold(batches);
     let mut client = ctx.pool.get().await.map_err(crate::no_connection)?;
     let tx = client.transaction().await.map_err(pg_err)?;
@@ -234,13 +248,19 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
             .map_err(pg_err)?;
     }
     let sql = &ctx.sql;
-    let lease = tx
-        .query_opt(&sql.lease_check, &[&ctx.lease.holder])
+    let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
+    let mut found: Vec<(i32, i64)> = tx
+        .query(&sql.lease_check, &[&ctx.owner.holder(), &partitions])
         .await
-        .map_err(pg_err)?;
-    let epoch = lease.map(|r| r.get::<_, i64>(0).unsigned_abs());
-    if epoch != Some(held) {
-        return Err(unavailable("this node no longer holds the lease"));
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))
+        .collect();
+    found.sort_unstable();
+    if found != held {
+        return Err(unavailable(
+            "this node no longer holds the lease it writes under",
+        ));
     }
     if !c.clear.class.is_empty() {
         for stmt in [&sql.clear_kv, &sql.clear_alarms, &sql.clear_objects] {
@@ -272,9 +292,17 @@ async fn write(ctx: &WriterCtx, held: u64, batches: &[CommitBatch]) -> Result<()
     }
     if !c.alarm_set.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.set_alarms).await.map_err(pg_err)?;
-        tx.execute(&stmt, &[&c.alarm_set.class, &c.alarm_set.id, &c.alarm_at])
-            .await
-            .map_err(pg_err)?;
+        tx.execute(
+            &stmt,
+            &[
+                &c.alarm_set.class,
+                &c.alarm_set.id,
+                &c.alarm_at,
+                &c.alarm_partition,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
     }
     if !c.alarm_clear.class.is_empty() {
         let stmt = tx.prepare_cached(&sql.clear_alarms).await.map_err(pg_err)?;

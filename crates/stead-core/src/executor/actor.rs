@@ -340,8 +340,14 @@ impl<O: DurableObject> Actor<O> {
         // Every turn, reads included, runs only under the ownership its activation holds.
         if self.resetting || (self.instance.is_some() && !self.ctx.storage.fence_current()) {
             self.fence_moved();
-            self.refuse(env, Error::Reset);
-            return;
+            if self.resetting {
+                // Commits of the old activation are still out: they fail, and so does this
+                // turn, rather than read past them.
+                self.refuse(env, Error::Reset);
+                return;
+            }
+            // Nothing of the old activation is out: the turn runs on a fresh activation,
+            // from durable state under the current ownership.
         }
         if self.instance.is_none()
             && let Err(e) = self.activate().await

@@ -1,0 +1,313 @@
+//! A partitioned cluster on one PostgreSQL schema, nodes on loopback in one process: the
+//! partitions spread over the members with one holder each, move when members join and
+//! leave, are taken over when a member dies, and a member that lost a partition commits
+//! nothing more for it. (Calls forwarded between nodes are not built yet: a node serves the
+//! objects of the partitions it holds and refuses the others.)
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use stead_core::testing::probe::{GetJson, Incr, Probe};
+use stead_core::{DurableObject, ObjectRef, Runtime, Stub};
+use stead_postgres::{ClusterOptions, LeaseState, PostgresBackend, PostgresOptions};
+use support::{drop_schema, on_own_runtime, probe_runtime, require_server, url};
+
+const PARTITIONS: u32 = 32;
+
+fn fresh_schema() -> String {
+    require_server();
+    format!("stead_test_{:016x}", rand::random::<u64>())
+}
+
+fn cluster_options(schema: &str, name: &str, lease: Duration) -> PostgresOptions {
+    PostgresOptions::new(url())
+        .schema(schema)
+        .lease_duration(lease)
+        .node_id(name)
+        .cluster(ClusterOptions::new(format!("127.0.0.1:1/{name}")).partitions(PARTITIONS))
+}
+
+async fn node(schema: &str, name: &str, lease: Duration) -> PostgresBackend {
+    let b = PostgresBackend::connect(cluster_options(schema, name, lease))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), b.wait_active())
+        .await
+        .expect("the node joins")
+        .unwrap();
+    b
+}
+
+/// Runs `sql` on a connection of its own.
+fn exec(sql: String) {
+    on_own_runtime(|client| async move {
+        client.batch_execute(&sql).await.unwrap();
+    });
+}
+
+/// Polls `f` every 20 ms until it holds, for at most `within`; answers how long it took.
+async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if f() {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within {within:?}");
+}
+
+fn held(b: &PostgresBackend) -> BTreeSet<u32> {
+    b.cluster_view().unwrap().held.keys().copied().collect()
+}
+
+/// Every partition held by exactly one of `nodes`, each holding some, nothing moving.
+fn settled(nodes: &[&PostgresBackend]) -> bool {
+    let sets: Vec<_> = nodes.iter().map(|n| held(n)).collect();
+    let total: usize = sets.iter().map(BTreeSet::len).sum();
+    let union: BTreeSet<u32> = sets.iter().flatten().copied().collect();
+    total == PARTITIONS as usize
+        && union.len() == PARTITIONS as usize
+        && sets.iter().all(|s| !s.is_empty())
+        && nodes.iter().all(|n| n.cluster_view().unwrap().moving == 0)
+}
+
+/// Nodes `a` and `b`, once the partitions have settled between them.
+async fn two_settled(schema: &str, lease: Duration) -> (PostgresBackend, PostgresBackend) {
+    let a = node(schema, "a", lease).await;
+    let b = node(schema, "b", lease).await;
+    eventually("the partitions settle", lease * 10, || settled(&[&a, &b])).await;
+    (a, b)
+}
+
+fn obj(stub: &Stub<Probe>) -> ObjectRef {
+    ObjectRef {
+        class: Probe::CLASS,
+        id: stub.id(),
+    }
+}
+
+async fn incr(x: &Stub<Probe>) -> stead_core::Result<i64> {
+    x.ask(Incr("c".into())).await.and_then(|r| r)
+}
+
+/// The index of the node in `nodes` that holds `x`'s partition.
+fn owner_of(nodes: &[&PostgresBackend], x: &Stub<Probe>) -> usize {
+    let p = nodes[0].partition(&obj(x));
+    let owners: Vec<usize> = (0..nodes.len())
+        .filter(|&i| held(nodes[i]).contains(&p))
+        .collect();
+    assert_eq!(owners.len(), 1, "partition {p}: {owners:?}");
+    owners[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_the_members_and_each_object_is_served_by_its_owner_only() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = node(&schema, "a", lease).await;
+    let b = node(&schema, "b", lease).await;
+    let c = node(&schema, "c", lease).await;
+    let nodes = [&a, &b, &c];
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&nodes)
+    })
+    .await;
+    let view = a.cluster_view().unwrap();
+    assert_eq!(view.partitions, PARTITIONS);
+    assert_eq!(view.members.len(), 3, "{view:?}");
+    assert!(matches!(a.state(), LeaseState::Member { partitions } if partitions > 0));
+
+    let mut runtimes = Vec::new();
+    let mut namespaces = Vec::new();
+    for n in nodes {
+        let (rt, ns) = probe_runtime(n).await;
+        namespaces.push(ns);
+        runtimes.push(rt);
+    }
+    for i in 0..12 {
+        // The object on each node.
+        let x: Vec<_> = namespaces
+            .iter()
+            .map(|ns| ns.get_by_name(&format!("x{i}")))
+            .collect();
+        let owner = owner_of(&nodes, &x[0]);
+        assert_eq!(incr(&x[owner]).await.unwrap(), 1);
+        assert_eq!(incr(&x[owner]).await.unwrap(), 2);
+        // Every other node refuses the object, and says why.
+        for other in (0..3).filter(|&n| n != owner) {
+            let refused = incr(&x[other]).await.unwrap_err();
+            assert!(
+                format!("{refused:?}").contains("does not hold partition"),
+                "{refused:?}"
+            );
+        }
+    }
+    for rt in runtimes {
+        rt.shutdown().await.unwrap();
+    }
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_joins_takes_its_share_and_one_that_leaves_hands_it_back() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = node(&schema, "a", lease).await;
+    eventually("one node holds everything", Duration::from_secs(5), || {
+        held(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    let (rt_a, ns_a) = probe_runtime(&a).await;
+    let xs: Vec<_> = (0..16)
+        .map(|i| ns_a.get_by_name(&format!("x{i}")))
+        .collect();
+    for x in &xs {
+        assert_eq!(incr(x).await.unwrap(), 1);
+    }
+
+    let b = node(&schema, "b", lease).await;
+    let moved = eventually(
+        "the newcomer takes its share",
+        Duration::from_secs(10),
+        || settled(&[&a, &b]),
+    )
+    .await;
+    let (rt_b, ns_b) = probe_runtime(&b).await;
+    let xb: Vec<_> = (0..16)
+        .map(|i| ns_b.get_by_name(&format!("x{i}")))
+        .collect();
+    // Each object goes on where it was, on whichever node holds it now.
+    for i in 0..16 {
+        let at = if owner_of(&[&a, &b], &xs[i]) == 0 {
+            &xs[i]
+        } else {
+            &xb[i]
+        };
+        assert_eq!(incr(at).await.unwrap(), 2, "x{i}");
+    }
+
+    // A graceful stop gives every partition back: the other takes them at its next round.
+    let stopped = Instant::now();
+    rt_b.shutdown().await.unwrap();
+    let back = eventually("the partitions come back", Duration::from_secs(5), || {
+        held(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    eprintln!(
+        "rebalance onto a joining node: {moved:?}; back after a graceful stop: {back:?} (stop took {:?})",
+        stopped.elapsed() - back
+    );
+    for x in &xs {
+        assert_eq!(incr(x).await.unwrap(), 3);
+    }
+    rt_a.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_dies_is_replaced_after_its_lease() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let (a, b) = two_settled(&schema, lease).await;
+    // `b` stops as a crash would: no lease given back, no goodbye.
+    b.halt_for_tests();
+    let killed = Instant::now();
+    let took = eventually(
+        "the survivor takes everything",
+        Duration::from_secs(5),
+        || held(&a).len() == PARTITIONS as usize,
+    )
+    .await;
+    eprintln!("every partition served again {took:?} after a kill (lease {lease:?})");
+    assert!(
+        killed.elapsed() >= lease / 2,
+        "not before b's leases could expire"
+    );
+    assert_eq!(a.cluster_view().unwrap().members.len(), 1);
+    drop_schema(&schema);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_a_partition_commits_nothing_more_for_it() {
+    let schema = fresh_schema();
+    // A long lease: `b` keeps believing it holds its partitions while the test runs.
+    let lease = Duration::from_secs(4);
+    let (a, b) = two_settled(&schema, lease).await;
+    let (rt_a, ns_a) = probe_runtime(&a).await;
+    let (rt_b, ns_b) = probe_runtime(&b).await;
+    let name = (0..64)
+        .map(|i| format!("x{i}"))
+        .find(|n| owner_of(&[&a, &b], &ns_b.get_by_name(n)) == 1)
+        .expect("b holds some object's partition");
+    let (xa, xb) = (ns_a.get_by_name(&name), ns_b.get_by_name(&name));
+    assert_eq!(incr(&xb).await.unwrap(), 1);
+
+    // As if `b` had been paused past its leases: they expire long ago, and `a` takes them.
+    // `b`'s own clock has not run out, so it still counts them as held.
+    b.halt_for_tests();
+    let holder = b.cluster_view().unwrap().holder;
+    exec(format!(
+        "UPDATE \"{schema}\".lease SET expires_at = clock_timestamp() - interval '1 hour' \
+         WHERE holder = '{holder}'"
+    ));
+    let p = a.partition(&obj(&xa));
+    eventually("a takes b's partition", Duration::from_secs(10), || {
+        held(&a).contains(&p)
+    })
+    .await;
+    assert!(held(&b).contains(&p), "b's own view has not changed");
+    assert_eq!(incr(&xa).await.unwrap(), 2);
+    // `b`'s commit finds another holder in its transaction: the turn fails, nothing of it
+    // is written.
+    let late = incr(&xb).await;
+    assert!(
+        late.is_err(),
+        "a write of the old owner must fail: {late:?}"
+    );
+    assert_eq!(
+        xa.ask(GetJson("c".into())).await.unwrap().unwrap(),
+        Some(serde_json::json!(2))
+    );
+    assert_eq!(incr(&xa).await.unwrap(), 3);
+    rt_a.shutdown().await.unwrap();
+    drop(rt_b);
+    drop_schema(&schema);
+}
+
+#[tokio::test]
+async fn a_deployment_keeps_its_partition_count_and_its_mode() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = node(&schema, "a", lease).await;
+    let other = PostgresBackend::connect(
+        cluster_options(&schema, "b", lease).cluster(ClusterOptions::new("x:1").partitions(16)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        other.to_string().contains("a cluster of 32 partitions"),
+        "{other}"
+    );
+    let single = PostgresBackend::connect(
+        PostgresOptions::new(url())
+            .schema(&schema)
+            .lease_duration(lease),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        single.to_string().contains("one active node with standbys"),
+        "{single}"
+    );
+    let bad = PostgresBackend::new(
+        cluster_options(&schema, "c", lease).cluster(ClusterOptions::new("x:1").partitions(0)),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("partitions"), "{bad}");
+    let rt = Runtime::builder().backend(a).build().await.unwrap();
+    rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
