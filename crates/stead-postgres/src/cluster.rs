@@ -487,6 +487,13 @@ async fn round(
             .query(&sql.partitions_acquire, &[&take, &parts.holder, &ms])
             .await
             .map_err(|e| describe(&e))?;
+        if let Some(audit) = &sql.audit {
+            let ps: Vec<i32> = got.iter().map(|r| r.get(0)).collect();
+            let es: Vec<i64> = got.iter().map(|r| r.get(1)).collect();
+            tx.execute(&audit.acquire, &[&ps, &es, &parts.holder])
+                .await
+                .map_err(|e| describe(&e))?;
+        }
         tx.commit().await.map_err(|e| describe(&e))?;
         for r in &got {
             let (p, e) = (

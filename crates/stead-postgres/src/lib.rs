@@ -92,6 +92,10 @@ pub struct PostgresOptions {
     /// A partitioned cluster instead of one active node: every node serves the partitions
     /// it holds (see [`ClusterOptions`]). `None` (the default): one active node, standbys.
     pub cluster: Option<ClusterOptions>,
+    /// Records every commit's and every takeover's partitions, epochs and holder in a table
+    /// `fence_audit`, for tests that check the fences (see `tests/cluster.rs`). Off.
+    #[doc(hidden)]
+    pub fence_audit: bool,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -123,7 +127,15 @@ impl PostgresOptions {
             standby: false,
             connect_timeout: Duration::from_secs(5),
             cluster: None,
+            fence_audit: false,
         }
+    }
+
+    /// The same options with the fence audit on or off (for tests).
+    #[doc(hidden)]
+    pub fn fence_audit(mut self, on: bool) -> Self {
+        self.fence_audit = on;
+        self
     }
 
     /// The same options for a node of a partitioned cluster.
@@ -349,7 +361,7 @@ impl PostgresBackend {
                 )))
             }
         };
-        let sql = Arc::new(Sql::new(&opts.schema));
+        let sql = Arc::new(Sql::new(&opts.schema, opts.fence_audit));
         let ctx = Arc::new(WriterCtx {
             pool: pool.clone(),
             sql: sql.clone(),
@@ -592,6 +604,10 @@ async fn start(s: Start, stop: oneshot::Receiver<()>) {
         let checked = match schema::migrate(&mut client, &schema).await {
             Ok(()) => cluster::check_deployment(&client, &sql, &schema, partitions).await,
             Err(e) => Err(e),
+        };
+        let checked = match (checked, &sql.audit) {
+            (Ok(()), Some(audit)) => client.batch_execute(&audit.create).await.map_err(pg_err),
+            (checked, _) => checked,
         };
         checked.map_err(|e| {
             match error::carried(&e) {

@@ -193,11 +193,44 @@ pub(crate) struct Sql {
     pub(crate) delete: String,
     pub(crate) set_alarms: String,
     pub(crate) register: String,
+    /// With the fence audit (tests): the table, and the rows each commit and each takeover
+    /// of a partition adds.
+    pub(crate) audit: Option<Audit>,
+}
+
+/// The fence audit's statements: every commit records the partitions and epochs it wrote
+/// under and its holder, every takeover the partition, epoch and holder it took, each at
+/// PostgreSQL's clock, so that a test can check one holder per epoch and no commit of an
+/// epoch after the next one began.
+#[derive(Debug)]
+pub(crate) struct Audit {
+    pub(crate) create: String,
+    pub(crate) commit: String,
+    pub(crate) acquire: String,
 }
 
 impl Sql {
-    pub(crate) fn new(schema: &str) -> Sql {
+    pub(crate) fn new(schema: &str, audit: bool) -> Sql {
         let s = format!("\"{schema}\"");
+        let audit = audit.then(|| Audit {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {s}.fence_audit (
+                     seq bigserial PRIMARY KEY,
+                     kind text NOT NULL,
+                     partition_id integer NOT NULL,
+                     epoch bigint NOT NULL,
+                     holder text NOT NULL,
+                     at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            ),
+            commit: format!(
+                "INSERT INTO {s}.fence_audit (kind, partition_id, epoch, holder)
+                 SELECT 'commit', p, e, $3 FROM unnest($1::int[], $2::bigint[]) AS h(p, e)"
+            ),
+            acquire: format!(
+                "INSERT INTO {s}.fence_audit (kind, partition_id, epoch, holder)
+                 SELECT 'acquire', p, e, $3 FROM unnest($1::int[], $2::bigint[]) AS h(p, e)"
+            ),
+        });
         let list = |upper: bool, desc: bool| {
             format!(
                 "SELECT key, value FROM {s}.kv WHERE class = $1 AND id = $2 AND key >= $3 {} \
@@ -346,6 +379,7 @@ impl Sql {
                  ON CONFLICT (class, id) DO UPDATE SET at_ms = excluded.at_ms,
                      partition_id = excluded.partition_id"
             ),
+            audit,
             register: format!(
                 "INSERT INTO {s}.objects AS o (class, id, name)
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])

@@ -262,6 +262,12 @@ async fn write(ctx: &WriterCtx, held: &[(i32, i64)], batches: &[CommitBatch]) ->
             "this node no longer holds the lease it writes under",
         ));
     }
+    if let Some(audit) = &sql.audit {
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+        tx.execute(&audit.commit, &[&partitions, &epochs, &ctx.owner.holder()])
+            .await
+            .map_err(pg_err)?;
+    }
     if !c.clear.class.is_empty() {
         for stmt in [&sql.clear_kv, &sql.clear_alarms, &sql.clear_objects] {
             let stmt = tx.prepare_cached(stmt).await.map_err(pg_err)?;

@@ -9,8 +9,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Mutex};
 use stead_core::testing::probe::{GetJson, Incr, Probe};
-use stead_core::{DurableObject, ObjectRef, Runtime, Stub};
+
+use stead_core::{DurableObject, Namespace, ObjectRef, Runtime, Stub};
 use stead_postgres::{ClusterOptions, LeaseState, PostgresBackend, PostgresOptions};
 use support::{drop_schema, on_own_runtime, probe_runtime, require_server, url};
 
@@ -30,9 +32,11 @@ fn cluster_options(schema: &str, name: &str, lease: Duration) -> PostgresOptions
 }
 
 async fn node(schema: &str, name: &str, lease: Duration) -> PostgresBackend {
-    let b = PostgresBackend::connect(cluster_options(schema, name, lease))
-        .await
-        .unwrap();
+    join(cluster_options(schema, name, lease)).await
+}
+
+async fn join(opts: PostgresOptions) -> PostgresBackend {
+    let b = PostgresBackend::connect(opts).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), b.wait_active())
         .await
         .expect("the node joins")
@@ -309,5 +313,186 @@ async fn a_deployment_keeps_its_partition_count_and_its_mode() {
     assert!(bad.to_string().contains("partitions"), "{bad}");
     let rt = Runtime::builder().backend(a).build().await.unwrap();
     rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
+
+/// The fence audit's rows that break a rule: two holders in one partition's epoch; a commit
+/// of an epoch made after a later epoch of its partition was taken; a partition's epochs
+/// taken out of order.
+fn fence_violations(schema: &str) -> Vec<String> {
+    let found = Arc::new(Mutex::new(Vec::new()));
+    let out = found.clone();
+    let s = format!("\"{schema}\"");
+    on_own_runtime(move |client| async move {
+        let checks = [
+            format!(
+                "SELECT format('partition %s epoch %s: holders %s', partition_id, epoch, \
+                 string_agg(DISTINCT holder, ', ')) FROM {s}.fence_audit \
+                 GROUP BY partition_id, epoch HAVING count(DISTINCT holder) > 1"
+            ),
+            format!(
+                "SELECT format('partition %s: a commit of epoch %s at %s, after epoch %s was \
+                 taken at %s', c.partition_id, c.epoch, c.at, a.epoch, a.at) \
+                 FROM {s}.fence_audit c JOIN {s}.fence_audit a \
+                 ON a.kind = 'acquire' AND c.kind = 'commit' \
+                 AND a.partition_id = c.partition_id AND a.epoch > c.epoch AND a.at < c.at"
+            ),
+            format!(
+                "SELECT format('partition %s: epoch %s taken after epoch %s', x.partition_id, \
+                 x.epoch, y.epoch) FROM {s}.fence_audit x JOIN {s}.fence_audit y \
+                 ON x.kind = 'acquire' AND y.kind = 'acquire' \
+                 AND x.partition_id = y.partition_id AND x.seq > y.seq AND x.epoch <= y.epoch"
+            ),
+        ];
+        for sql in checks {
+            for row in client.query(&sql, &[]).await.unwrap() {
+                out.lock().unwrap().push(row.get::<_, String>(0));
+            }
+        }
+    });
+    Arc::try_unwrap(found).unwrap().into_inner().unwrap()
+}
+
+/// Rows of the fence audit of one kind.
+fn audit_count(schema: &str, kind: &'static str) -> i64 {
+    let n = Arc::new(Mutex::new(0));
+    let out = n.clone();
+    let sql = format!("SELECT count(*) FROM \"{schema}\".fence_audit WHERE kind = $1");
+    on_own_runtime(move |client| async move {
+        *out.lock().unwrap() = client.query_one(&sql, &[&kind]).await.unwrap().get(0);
+    });
+    *n.lock().unwrap()
+}
+
+/// Clients call random nodes while members join, die, stall past their leases and leave;
+/// afterwards every acknowledged increment is there, none was applied on a stale base,
+/// and the fence audit finds one holder per epoch and no commit of an epoch after the next
+/// one began. (Until calls are forwarded, a client that a node refuses tries the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_joins_deaths_stalls_and_leaves_nothing_acknowledged_is_lost_and_every_fence_holds() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let opts = |name: &str| cluster_options(&schema, name, lease).fence_audit(true);
+    const OBJECTS: usize = 24;
+    let mut backends = Vec::new();
+    let mut runtimes = Vec::new();
+    // The namespaces clients may call, by node (`None`: unreachable, as a dead process).
+    let reachable: Arc<Mutex<Vec<Option<Namespace<Probe>>>>> = Arc::default();
+    for name in ["a", "b", "c"] {
+        let b = join(opts(name)).await;
+        let (rt, ns) = probe_runtime(&b).await;
+        reachable.lock().unwrap().push(Some(ns));
+        backends.push(b);
+        runtimes.push(Some(rt));
+    }
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&backends.iter().collect::<Vec<_>>())
+    })
+    .await;
+
+    let acks: Arc<Mutex<Vec<Vec<i64>>>> = Arc::new(Mutex::new(vec![Vec::new(); OBJECTS]));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (reachable, acks, stop) = (reachable.clone(), acks.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut refused = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = rand::random::<u32>() as usize;
+                    let i = k % OBJECTS;
+                    let nodes: Vec<_> = reachable.lock().unwrap().clone();
+                    let start = k % nodes.len();
+                    let mut done = false;
+                    for n in (0..nodes.len()).map(|j| (start + j) % nodes.len()) {
+                        let Some(ns) = &nodes[n] else { continue };
+                        match incr(&ns.get_by_name(&format!("x{i}"))).await {
+                            Ok(v) => {
+                                acks.lock().unwrap()[i].push(v);
+                                done = true;
+                                break;
+                            }
+                            Err(_) => refused += 1,
+                        }
+                    }
+                    if !done {
+                        // Nobody serves it this moment (a partition changing hands).
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+
+    let pause = |d: u64| tokio::time::sleep(Duration::from_millis(d));
+    pause(700).await;
+    // A fourth node joins.
+    let d = join(opts("d")).await;
+    let (rt_d, ns_d) = probe_runtime(&d).await;
+    reachable.lock().unwrap().push(Some(ns_d.clone()));
+    pause(1500).await;
+    // `b` dies: no lease given back, and no client reaches it any more.
+    backends[1].halt_for_tests();
+    reachable.lock().unwrap()[1] = None;
+    pause(1500).await;
+    // `c` stalls past its leases while clients still reach it: it serves on its own clock
+    // until that says its leases may have expired, and the fences refuse what it commits
+    // after the others took over.
+    backends[2].halt_for_tests();
+    // Its pause made its leases run out in PostgreSQL while its own clock says they still
+    // count: the others take them at once, and only the fences stop its commits.
+    let stalled = backends[2].cluster_view().unwrap().holder;
+    exec(format!(
+        "UPDATE \"{schema}\".lease SET expires_at = clock_timestamp() - interval '1 hour' \
+         WHERE holder = '{stalled}'"
+    ));
+    pause(1500).await;
+    // `a` leaves gracefully.
+    reachable.lock().unwrap()[0] = None;
+    runtimes[0].take().unwrap().shutdown().await.unwrap();
+    pause(1500).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut refused = 0;
+    for c in clients {
+        refused += c.await.unwrap();
+    }
+
+    // `d` is the one member left: it holds everything, and every value is at least the
+    // greatest acknowledged.
+    eventually(
+        "the survivor holds everything",
+        Duration::from_secs(5),
+        || held(&d).len() == PARTITIONS as usize,
+    )
+    .await;
+    let acks = Arc::try_unwrap(acks).unwrap().into_inner().unwrap();
+    let mut total = 0;
+    for (i, values) in acks.iter().enumerate() {
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            values.len(),
+            "x{i}: an increment was acknowledged twice on one base: {values:?}"
+        );
+        let now = incr(&ns_d.get_by_name(&format!("x{i}"))).await.unwrap() - 1;
+        let max = values.iter().copied().max().unwrap_or(0);
+        assert!(now >= max, "x{i}: {now} < acknowledged {max}");
+        total += values.len();
+    }
+    assert!(total > 200, "the load ran: {total} increments");
+    let violations = fence_violations(&schema);
+    assert!(violations.is_empty(), "{violations:#?}");
+    let (commits, takeovers) = (
+        audit_count(&schema, "commit"),
+        audit_count(&schema, "acquire"),
+    );
+    eprintln!(
+        "{total} increments acknowledged, {refused} refusals retried elsewhere; audit: \
+         {commits} commits, {takeovers} partitions taken, no violation"
+    );
+    rt_d.shutdown().await.unwrap();
+    drop(runtimes);
     drop_schema(&schema);
 }
