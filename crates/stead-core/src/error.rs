@@ -181,3 +181,169 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// watchers, a reactor entity's long-polls); past it they get
 /// [`Error::too_many_waiting`] (HTTP 503 with `Retry-After`).
 pub const MAX_PARKED_PER_OBJECT: usize = 1024;
+
+/// An [`Error`] as it travels between the nodes of a cluster (a forwarded call's failure):
+/// its kind, its message (with the causes of a storage or handler error), and the fields a
+/// caller acts on. It comes back as the same variant where the variant can be rebuilt, and
+/// otherwise as the closest one with the same message.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WireError {
+    kind: String,
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sql: Option<crate::sql::SqlError>,
+}
+
+/// The message of an error and of its causes, as one line.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// A class name from another node, as the `&'static str` the variants hold: each distinct
+/// name is kept once (a cluster's nodes know the same few classes).
+fn interned(name: String) -> &'static str {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.iter().find(|n| **n == name) {
+        return n;
+    }
+    if names.len() >= 1024 {
+        return "(unknown class)";
+    }
+    let leaked: &'static str = Box::leak(name.into_boxed_str());
+    names.push(leaked);
+    leaked
+}
+
+impl From<&Error> for WireError {
+    fn from(e: &Error) -> Self {
+        let mut w = WireError {
+            kind: String::new(),
+            message: with_causes(e),
+            class: None,
+            retry_after_ms: None,
+            size: None,
+            max: None,
+            sql: None,
+        };
+        w.kind = match e {
+            Error::Overloaded { class, retry_after } => {
+                w.class = Some((*class).to_owned());
+                w.retry_after_ms = Some(u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX));
+                "overloaded"
+            }
+            Error::Reset => "reset",
+            Error::Panicked { message } => {
+                w.message = message.clone();
+                "panicked"
+            }
+            Error::ValueTooLarge { size, max } => {
+                (w.size, w.max) = (Some(*size), Some(*max));
+                "value_too_large"
+            }
+            Error::Codec(_) => "codec",
+            Error::Storage(_) => "storage",
+            Error::Timeout => "timeout",
+            Error::NotFound { what } => {
+                w.message = what.clone();
+                "not_found"
+            }
+            Error::BadRequest { detail } => {
+                w.message = detail.clone();
+                "bad_request"
+            }
+            Error::Conflict { detail } => {
+                w.message = detail.clone();
+                "conflict"
+            }
+            Error::ShuttingDown => "shutting_down",
+            Error::InvalidId => "invalid_id",
+            Error::InvalidConfig { detail } => {
+                w.message = detail.clone();
+                "invalid_config"
+            }
+            Error::TooManyWebSockets { max } => {
+                w.max = Some(*max);
+                "too_many_websockets"
+            }
+            Error::Sql(s) => {
+                w.sql = Some(s.clone());
+                "sql"
+            }
+            Error::InvalidSchedule { detail } => {
+                w.message = detail.clone();
+                "invalid_schedule"
+            }
+            // The key's reason and the classes are this node's own: the message carries them.
+            Error::InvalidKey { .. } => "invalid_key",
+            Error::ClassConflict { .. } | Error::AlreadyRegistered { .. } => "invalid_config",
+            Error::Other(_) => "other",
+        }
+        .to_owned();
+        w
+    }
+}
+
+impl From<WireError> for Error {
+    fn from(w: WireError) -> Self {
+        match w.kind.as_str() {
+            "overloaded" => Error::Overloaded {
+                class: interned(w.class.unwrap_or_default()),
+                retry_after: Duration::from_millis(w.retry_after_ms.unwrap_or(0)),
+            },
+            "reset" => Error::Reset,
+            "panicked" => Error::Panicked { message: w.message },
+            "value_too_large" => Error::ValueTooLarge {
+                size: w.size.unwrap_or(0),
+                max: w.max.unwrap_or(0),
+            },
+            "codec" => Error::Codec(serde::de::Error::custom(w.message)),
+            "timeout" => Error::Timeout,
+            "not_found" => Error::NotFound { what: w.message },
+            "bad_request" | "invalid_key" => Error::BadRequest { detail: w.message },
+            "conflict" => Error::Conflict { detail: w.message },
+            "shutting_down" => Error::ShuttingDown,
+            "invalid_id" => Error::InvalidId,
+            "invalid_config" => Error::InvalidConfig { detail: w.message },
+            "too_many_websockets" => Error::TooManyWebSockets {
+                max: w.max.unwrap_or(0),
+            },
+            "invalid_schedule" => Error::InvalidSchedule { detail: w.message },
+            "sql" => match w.sql {
+                Some(s) => Error::Sql(s),
+                None => Error::Other(w.message.into()),
+            },
+            "storage" => Error::Storage(w.message.into()),
+            _ => Error::Other(w.message.into()),
+        }
+    }
+}
+
+/// Errors are serde so that a reply such as `Result<T, Error>` can come back from another
+/// node of a cluster (see [`WireError`]'s rules: causes travel as text).
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        WireError::from(self).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Error {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        WireError::deserialize(d).map(Error::from)
+    }
+}

@@ -132,6 +132,13 @@ pub trait DurableObject: Sized + Send + 'static {
         let _ = ctx;
         async { Ok(()) }
     }
+
+    /// Declares the messages other nodes of a cluster may send to this class's objects
+    /// (see [`Remote`](crate::Remote)). A call to an object another node owns is forwarded
+    /// there only for a message declared here. By default, none.
+    fn remote(remote: &mut crate::Remote<Self>) {
+        let _ = remote;
+    }
 }
 
 /// A message a durable object can receive: any serde type, so that a later cluster mode can

@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) lru_wanted: Notify,
     pub(crate) stop: Notify,
     pub(crate) sockets: SocketCount,
+    /// The other nodes, when the runtime is one node of a cluster.
+    pub(crate) cluster: Option<Arc<dyn crate::remote::Cluster>>,
 }
 
 /// The WebSockets of the runtime, from accept to the delivery of their close turn, for

@@ -36,6 +36,8 @@ pub(super) struct Taken<O: DurableObject> {
 
 pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    /// Runs a call forwarded from another node of the cluster (see [`crate::remote`]).
+    fn serve_peer(self: Arc<Self>, call: crate::PeerCall) -> BoxFuture<'static, crate::PeerReply>;
     fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome>;
     /// Asks every object idle since before `cutoff_ms` to leave memory; the receivers say
     /// whether each did.
@@ -95,6 +97,8 @@ pub(crate) struct NsInner<O: DurableObject> {
     pub(super) metrics: HotMetrics,
     /// The WebSockets held for the namespace's objects (in or out of memory).
     pub(crate) sockets: Arc<SocketTable>,
+    /// The messages other nodes of a cluster may send its objects.
+    pub(crate) remote: crate::remote::Remote<O>,
 }
 
 /// Metric handles of the hot path, registered once per namespace rather than looked up on
@@ -140,6 +144,7 @@ impl<O: DurableObject> NsInner<O> {
                 mailbox_depth: metrics::histogram!("stead_mailbox_depth", "class" => O::CLASS),
             },
             sockets: Arc::default(),
+            remote: crate::remote::Remote::built(),
         }
     }
 
@@ -287,6 +292,49 @@ impl<O: DurableObject> NsInner<O> {
 impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
         self
+    }
+
+    fn serve_peer(self: Arc<Self>, call: crate::PeerCall) -> BoxFuture<'static, crate::PeerReply> {
+        use crate::remote::{Location, PeerReply};
+        Box::pin(async move {
+            let ns = Namespace::from_inner(self);
+            let stub = match &call.name {
+                Some(name) => ns.get_by_name(name),
+                None => ns.get(call.id),
+            };
+            if stub.id != call.id {
+                return PeerReply::Failed(Error::bad_request(
+                    "a forwarded call's id is not its name's",
+                ));
+            }
+            // Only the owner runs it; another answers with the owner it knows.
+            if let Some(cluster) = &ns.inner.shared.cluster {
+                let obj = ObjectRef {
+                    class: O::CLASS,
+                    id: call.id,
+                };
+                match cluster.locate(&obj) {
+                    Location::Here => {}
+                    Location::At(owner) => {
+                        return PeerReply::NotOwner {
+                            owner: Some(owner.to_string()),
+                        };
+                    }
+                    Location::Unknown => return PeerReply::NotOwner { owner: None },
+                }
+            }
+            let Some(serve) = ns.inner.remote.serving(&call.message) else {
+                return PeerReply::Failed(Error::bad_request(format!(
+                    "message {} is not declared callable from another node by class {}",
+                    call.message,
+                    O::CLASS
+                )));
+            };
+            match serve(stub.local(), call.body).await {
+                Ok(v) => PeerReply::Reply(v),
+                Err(e) => PeerReply::Failed(e),
+            }
+        })
     }
 
     fn deliver_alarm(self: Arc<Self>, id: ObjectId) -> BoxFuture<'static, AlarmOutcome> {
@@ -526,6 +574,7 @@ impl<O: DurableObject> Namespace<O> {
             name: None,
             timeout: None,
             refused: None,
+            local: false,
         }
     }
 
@@ -542,6 +591,7 @@ impl<O: DurableObject> Namespace<O> {
             name: Some(Arc::from(name)),
             timeout: None,
             refused,
+            local: false,
         }
     }
 
@@ -658,6 +708,9 @@ pub struct Stub<O: DurableObject> {
     timeout: Option<std::time::Duration>,
     /// Why the name is refused, for a stub made with a name that breaks the rule.
     refused: Option<Arc<crate::InvalidInput>>,
+    /// Calls run on this node, wherever the cluster places the object (a call forwarded
+    /// here from another node is never forwarded again).
+    local: bool,
 }
 
 impl<O: DurableObject> Clone for Stub<O> {
@@ -668,6 +721,7 @@ impl<O: DurableObject> Clone for Stub<O> {
             name: self.name.clone(),
             timeout: self.timeout,
             refused: self.refused.clone(),
+            local: self.local,
         }
     }
 }
@@ -708,6 +762,14 @@ impl<O: DurableObject> Stub<O> {
         &self.ns
     }
 
+    /// The same stub, calling on this node wherever the cluster places the object.
+    pub(crate) fn local(&self) -> Stub<O> {
+        Stub {
+            local: true,
+            ..self.clone()
+        }
+    }
+
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         self.id
@@ -738,6 +800,30 @@ impl<O: DurableObject> Stub<O> {
         O: Handler<M>,
     {
         self.check_name()?;
+        if !self.local
+            && let Some(cluster) = &self.ns.shared.cluster
+        {
+            let obj = ObjectRef {
+                class: O::CLASS,
+                id: self.id,
+            };
+            let at = cluster.locate(&obj);
+            if at != crate::remote::Location::Here {
+                let timeout = self.timeout.unwrap_or(self.ns.shared.config.ask_timeout);
+                // Boxed: the common call never builds the forwarding future.
+                let forwarded: BoxFuture<'_, Result<<O as Handler<M>>::Reply>> =
+                    Box::pin(crate::remote::forward(self, cluster, msg, at, timeout));
+                return forwarded.await;
+            }
+        }
+        self.ask_here(msg).await
+    }
+
+    /// [`ask`](Self::ask) on this node, wherever the cluster places the object.
+    pub(crate) async fn ask_here<M: Message>(&self, msg: M) -> Result<<O as Handler<M>>::Reply>
+    where
+        O: Handler<M>,
+    {
         let (tx, rx) = oneshot::channel();
         let request: Request<M, <O as Handler<M>>::Reply> = Request {
             msg,

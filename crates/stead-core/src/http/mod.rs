@@ -9,6 +9,7 @@ mod log;
 mod name;
 mod openapi;
 mod pattern;
+mod peer;
 mod websocket;
 
 pub use auth::{Checked, MIN_TOKEN_CHARS, RequestCheck, RequireBearer, Routes, check_token};
@@ -16,6 +17,7 @@ pub use log::LogParams;
 pub use name::{Name, Names};
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;
+pub use peer::{PEER_CALL_PATH, peer_routes};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};

@@ -23,6 +23,7 @@ pub struct RuntimeBuilder {
     clock: Arc<dyn Clock>,
     config: RuntimeConfig,
     registrations: Vec<(&'static str, Registration)>,
+    cluster: Option<Arc<dyn crate::remote::Cluster>>,
 }
 
 impl std::fmt::Debug for RuntimeBuilder {
@@ -44,7 +45,16 @@ impl RuntimeBuilder {
             clock: Arc::new(SystemClock),
             config: RuntimeConfig::default(),
             registrations: Vec::new(),
+            cluster: None,
         }
+    }
+
+    /// Makes the runtime one node of a cluster: calls to objects `cluster` places on other
+    /// nodes are forwarded there (see [`Cluster`](crate::Cluster)), and calls forwarded
+    /// here are served by [`Runtime::serve_peer`](crate::Runtime::serve_peer).
+    pub fn cluster(mut self, cluster: Arc<dyn crate::remote::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Stores data in SQLite files under `dir` (the embedded default). One runtime per
@@ -247,6 +257,7 @@ impl RuntimeBuilder {
             lru_wanted: Notify::new(),
             stop: Notify::new(),
             sockets: crate::shared::SocketCount::default(),
+            cluster: self.cluster,
         });
         shared
             .alarms

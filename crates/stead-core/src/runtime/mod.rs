@@ -105,6 +105,22 @@ impl Runtime {
         self.namespace_with(env, NamespaceOptions::default())
     }
 
+    /// Runs a call another node of the cluster forwarded here (see
+    /// [`Cluster`](crate::Cluster)): on the object's namespace, if this node owns it and its
+    /// class declared the message; otherwise the reply says why.
+    pub async fn serve_peer(&self, call: crate::PeerCall) -> crate::PeerReply {
+        let ns = lock(&self.inner.namespaces)
+            .get(call.class.as_str())
+            .cloned();
+        match ns {
+            Some(ns) => ns.serve_peer(call).await,
+            None => crate::PeerReply::Failed(Error::not_found(format!(
+                "class {} on this node",
+                call.class
+            ))),
+        }
+    }
+
     /// The namespace of class `O`, if it is registered.
     pub fn get_namespace<O: DurableObject>(&self) -> Result<Option<Namespace<O>>> {
         let map = lock(&self.inner.namespaces);

@@ -318,7 +318,7 @@ pub fn split_statements(script: &str) -> Vec<&str> {
 }
 
 /// What kind of SQL failure an [`SqlError`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SqlErrorKind {
@@ -340,7 +340,7 @@ pub enum SqlErrorKind {
 }
 
 /// A statement that failed: which one, and SQLite's message.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{message} (in `{statement}`)")]
 #[non_exhaustive]
 pub struct SqlError {

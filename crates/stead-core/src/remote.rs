@@ -1,0 +1,290 @@
+//! Calls across the nodes of a cluster: a call to an object another node owns travels there
+//! as its serialized message, and the serialized reply comes back.
+//!
+//! A runtime built with a [`Cluster`] asks it where each called object lives
+//! ([`Cluster::locate`]). An object of this node is called as always, without serializing
+//! anything. Any other is forwarded: the message is serialized (JSON), sent to the owner
+//! ([`Cluster::call`]), run there as a local call, and its reply serialized back. A node
+//! that no longer owns the object answers [`PeerReply::NotOwner`] with the owner it knows;
+//! the caller follows at most two such hops, then waits briefly for the placement to settle
+//! (a partition changing hands) and asks again, within the call's deadline.
+//!
+//! Which messages may cross nodes is declared by the object's class in
+//! [`DurableObject::remote`](crate::DurableObject::remote): every node of a cluster runs the
+//! same build, so the same declarations. A message not declared is refused with a clear
+//! error when its object is elsewhere; its reply type must be serde too.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::ObjectRef;
+use crate::error::{Error, Result};
+use crate::executor::Stub;
+use crate::id::ObjectId;
+use crate::object::{DurableObject, Handler, Message};
+
+/// Where an object lives, as the cluster sees it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On this node: it is called here.
+    Here,
+    /// On the node at this address.
+    At(Arc<str>),
+    /// Nobody's for the moment (its partition is changing hands): wait and ask again.
+    Unknown,
+}
+
+/// The nodes of a cluster, as a runtime sees them: where objects live, and how to reach
+/// the others. The PostgreSQL backend's cluster mode provides one.
+pub trait Cluster: Send + Sync + 'static {
+    /// Where `obj` lives now. Called on every call, so it must be cheap.
+    fn locate(&self, obj: &ObjectRef) -> Location;
+    /// Sends `call` to the node at `peer` and answers its reply.
+    fn call(&self, peer: &str, call: PeerCall) -> BoxFuture<'static, Result<PeerReply>>;
+}
+
+/// A call forwarded to the node that owns the object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct PeerCall {
+    /// The object's class.
+    pub class: String,
+    /// The object's id.
+    pub id: ObjectId,
+    /// Its name, when it was called by name (the owner records it as the caller's node
+    /// would).
+    pub name: Option<String>,
+    /// The message's type, as its class declared it.
+    pub message: String,
+    /// The message, serialized.
+    pub body: serde_json::Value,
+}
+
+/// What the owner answers to a [`PeerCall`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PeerReply {
+    /// The handler's reply, serialized.
+    Reply(serde_json::Value),
+    /// This node does not own the object; `owner` is the node it believes does.
+    NotOwner {
+        /// The owner's address, if known.
+        owner: Option<String>,
+    },
+    /// The call failed before or around the handler (the runtime's error: overloaded,
+    /// reset, timed out, refused).
+    Failed(Error),
+}
+
+/// Decodes a reply forwarded back, into the reply type its message was declared with.
+type Decode = fn(serde_json::Value) -> Result<Box<dyn Any + Send>>;
+
+/// Runs a forwarded message on a local stub and serializes its reply.
+type Serve<O> = fn(Stub<O>, serde_json::Value) -> BoxFuture<'static, Result<serde_json::Value>>;
+
+/// The messages of a class that may be called from another node: declared in
+/// [`DurableObject::remote`](crate::DurableObject::remote).
+///
+/// ```
+/// use std::sync::Arc;
+/// use serde::{Deserialize, Serialize};
+/// use stead_core::{Context, DurableObject, Handler, Remote, Result};
+///
+/// struct Counter(i64);
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add(i64);
+///
+/// impl DurableObject for Counter {
+///     const CLASS: &'static str = "counter";
+///     type Env = ();
+///     async fn activate(_ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
+///         Ok(Counter(0))
+///     }
+///     fn remote(remote: &mut Remote<Self>) {
+///         remote.message::<Add>();
+///     }
+/// }
+///
+/// impl Handler<Add> for Counter {
+///     type Reply = Result<i64>;
+///     async fn handle(&mut self, msg: Add, _ctx: &mut Context) -> Result<i64> {
+///         self.0 += msg.0;
+///         Ok(self.0)
+///     }
+/// }
+/// ```
+pub struct Remote<O: DurableObject> {
+    send: HashMap<TypeId, (&'static str, Decode)>,
+    serve: HashMap<&'static str, Serve<O>>,
+}
+
+impl<O: DurableObject> Default for Remote<O> {
+    fn default() -> Self {
+        Remote {
+            send: HashMap::new(),
+            serve: HashMap::new(),
+        }
+    }
+}
+
+impl<O: DurableObject> std::fmt::Debug for Remote<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("class", &O::CLASS)
+            .field("messages", &self.serve.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<O: DurableObject> Remote<O> {
+    /// Declares that `M` may be sent to this class's objects from another node. Its reply
+    /// type must be serde as well.
+    pub fn message<M: Message>(&mut self) -> &mut Self
+    where
+        O: Handler<M>,
+        <O as Handler<M>>::Reply: Serialize + DeserializeOwned,
+    {
+        let name = std::any::type_name::<M>();
+        self.send.insert(TypeId::of::<M>(), (name, decode::<O, M>));
+        self.serve.insert(name, serve::<O, M>);
+        self
+    }
+
+    pub(crate) fn built() -> Self {
+        let mut r = Remote::default();
+        O::remote(&mut r);
+        r
+    }
+
+    /// The declared name and reply decoder of `M`.
+    pub(crate) fn sending<M: 'static>(&self) -> Option<(&'static str, Decode)> {
+        self.send.get(&TypeId::of::<M>()).copied()
+    }
+
+    pub(crate) fn serving(&self, name: &str) -> Option<Serve<O>> {
+        self.serve.get(name).copied()
+    }
+}
+
+fn decode<O: Handler<M>, M: Message>(v: serde_json::Value) -> Result<Box<dyn Any + Send>>
+where
+    <O as Handler<M>>::Reply: DeserializeOwned,
+{
+    serde_json::from_value::<<O as Handler<M>>::Reply>(v)
+        .map(|r| Box::new(r) as Box<dyn Any + Send>)
+        .map_err(Error::Codec)
+}
+
+fn serve<O: Handler<M>, M: Message>(
+    stub: Stub<O>,
+    body: serde_json::Value,
+) -> BoxFuture<'static, Result<serde_json::Value>>
+where
+    <O as Handler<M>>::Reply: Serialize,
+{
+    Box::pin(async move {
+        let msg: M = serde_json::from_value(body)
+            .map_err(|e| Error::bad_request(format!("a forwarded message does not decode: {e}")))?;
+        let reply = stub.ask(msg).await?;
+        serde_json::to_value(&reply).map_err(Error::Codec)
+    })
+}
+
+/// At most this many "not the owner, ask there" answers are followed before waiting.
+const MAX_HOPS: usize = 2;
+
+/// How long a forwarded call waits, in all, for a partition that is changing hands.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Sends `msg` for `stub`'s object to the node `at`, following the owner as it moves.
+pub(crate) async fn forward<O, M>(
+    stub: &Stub<O>,
+    cluster: &Arc<dyn Cluster>,
+    msg: M,
+    mut at: Location,
+    timeout: Duration,
+) -> Result<<O as Handler<M>>::Reply>
+where
+    O: Handler<M>,
+    M: Message,
+{
+    let ns = stub.inner();
+    let Some((name, decode)) = ns.remote.sending::<M>() else {
+        return Err(Error::invalid_config(format!(
+            "message {} of class {} cannot be called on another node: declare it in {}'s \
+             DurableObject::remote (the object is owned by another node of the cluster)",
+            std::any::type_name::<M>(),
+            O::CLASS,
+            O::CLASS,
+        )));
+    };
+    let obj = ObjectRef {
+        class: O::CLASS,
+        id: stub.id(),
+    };
+    let body = serde_json::to_value(&msg).map_err(Error::Codec)?;
+    let mut msg = Some(msg);
+    let start = tokio::time::Instant::now();
+    let limit = timeout.min(SETTLE);
+    let mut hops = 0;
+    loop {
+        match at {
+            Location::Here => {
+                // The object came to this node meanwhile.
+                let msg = msg.take().expect("sent once");
+                return stub.ask_here(msg).await;
+            }
+            Location::At(peer) => {
+                let call = PeerCall {
+                    class: O::CLASS.to_owned(),
+                    id: stub.id(),
+                    name: stub.name().map(str::to_owned),
+                    message: name.to_owned(),
+                    body: body.clone(),
+                };
+                let reply = tokio::time::timeout(timeout, cluster.call(&peer, call))
+                    .await
+                    .map_err(|_| Error::Timeout)??;
+                match reply {
+                    PeerReply::Reply(v) => {
+                        let reply = decode(v)?;
+                        return Ok(*reply
+                            .downcast::<<O as Handler<M>>::Reply>()
+                            .expect("a message's decoder answers its reply type"));
+                    }
+                    PeerReply::Failed(e) => return Err(e),
+                    PeerReply::NotOwner { owner } if hops < MAX_HOPS => {
+                        hops += 1;
+                        at = match owner {
+                            Some(o) if *o != *peer => Location::At(o.into()),
+                            _ => Location::Unknown,
+                        };
+                        if !matches!(at, Location::Unknown) {
+                            continue;
+                        }
+                    }
+                    PeerReply::NotOwner { .. } => {}
+                }
+            }
+            Location::Unknown => {}
+        }
+        if start.elapsed() >= limit {
+            return Err(Error::storage(format!(
+                "no node of the cluster serves object {} of class {} yet (its partition is \
+                 changing hands); retry",
+                obj.id, obj.class
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hops = 0;
+        at = cluster.locate(&obj);
+    }
+}
