@@ -186,6 +186,9 @@ pub(crate) struct Partitions {
     base: Instant,
     state: watch::Sender<LeaseState>,
     view: std::sync::Mutex<ClusterView>,
+    /// Per partition, the address of the other member that held its lease at the last
+    /// round (`None`: this node, nobody, or a holder no longer a member).
+    owners: std::sync::RwLock<Arc<[Option<Arc<str>>]>>,
 }
 
 impl Partitions {
@@ -213,6 +216,24 @@ impl Partitions {
             valid_until_ns: AtomicU64::new(0),
             base: Instant::now(),
             state: watch::Sender::new(LeaseState::Starting),
+            owners: std::sync::RwLock::new((0..opts.partitions).map(|_| None).collect()),
+        }
+    }
+
+    /// Where `obj` lives, as this node saw at its last round.
+    pub(crate) fn locate(&self, obj: &ObjectRef) -> stead_core::Location {
+        let p = self.partition(obj);
+        if self.serving(p).is_some() {
+            return stead_core::Location::Here;
+        }
+        let owners = self
+            .owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match owners.get(p as usize).cloned().flatten() {
+            Some(address) => stead_core::Location::At(address),
+            None => stead_core::Location::Unknown,
         }
     }
 
@@ -540,6 +561,21 @@ async fn round(
         m.partitions = holds.get(m.holder.as_str()).copied().unwrap_or(0);
     }
     view.members = live;
+    // Where each partition held elsewhere is served, for calls to forward there.
+    let addresses: HashMap<&str, &str> = view
+        .members
+        .iter()
+        .map(|m| (m.holder.as_str(), m.address.as_str()))
+        .collect();
+    let owners: Arc<[Option<Arc<str>>]> = (0..parts.count)
+        .map(|p| {
+            rows.get(&p)
+                .filter(|r| r.ms_left > 0 && r.holder != me)
+                .and_then(|r| addresses.get(r.holder.as_str()))
+                .map(|a| Arc::from(*a))
+        })
+        .collect();
+    *parts.owners.write().unwrap_or_else(|e| e.into_inner()) = owners;
     let held_count = view.held.len() as u32;
     *lock(&parts.view) = view;
     parts.set(LeaseState::Member {

@@ -35,6 +35,7 @@
 mod cluster;
 mod error;
 mod lease;
+mod peers;
 mod schema;
 mod writer;
 
@@ -53,6 +54,7 @@ use tokio_postgres::NoTls;
 pub use cluster::{ClusterOptions, ClusterView, MAX_PARTITIONS, Member, partition_of};
 pub use error::PostgresError;
 pub use lease::LeaseState;
+pub use peers::PostgresCluster;
 pub use schema::SCHEMA_VERSION;
 
 use lease::{Lease, Owner};

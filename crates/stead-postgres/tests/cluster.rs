@@ -9,11 +9,14 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use stead_core::testing::probe::{GetJson, Incr, Probe};
 
 use stead_core::{DurableObject, Namespace, ObjectRef, Runtime, Stub};
-use stead_postgres::{ClusterOptions, LeaseState, PostgresBackend, PostgresOptions};
+use stead_postgres::{
+    ClusterOptions, LeaseState, PostgresBackend, PostgresCluster, PostgresOptions,
+};
 use support::{drop_schema, on_own_runtime, probe_runtime, require_server, url};
 
 const PARTITIONS: u32 = 32;
@@ -316,6 +319,29 @@ async fn a_deployment_keeps_its_partition_count_and_its_mode() {
     drop_schema(&schema);
 }
 
+/// Checks what clients were told: no increment acknowledged twice on one base (two owners
+/// at once), and every object now at least at its greatest acknowledged value (read
+/// through `ns`). Answers how many were acknowledged.
+async fn check_acknowledged(acks: Arc<Mutex<Vec<Vec<i64>>>>, ns: &Namespace<Probe>) -> usize {
+    let acks = Arc::try_unwrap(acks).unwrap().into_inner().unwrap();
+    let mut total = 0;
+    for (i, values) in acks.iter().enumerate() {
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            values.len(),
+            "x{i}: an increment was acknowledged twice on one base: {values:?}"
+        );
+        let now = incr(&ns.get_by_name(&format!("x{i}"))).await.unwrap() - 1;
+        let max = values.iter().copied().max().unwrap_or(0);
+        assert!(now >= max, "x{i}: {now} < acknowledged {max}");
+        total += values.len();
+    }
+    total
+}
+
 /// The fence audit's rows that break a rule: two holders in one partition's epoch; a commit
 /// of an epoch made after a later epoch of its partition was taken; a partition's epochs
 /// taken out of order.
@@ -465,22 +491,7 @@ async fn under_joins_deaths_stalls_and_leaves_nothing_acknowledged_is_lost_and_e
         || held(&d).len() == PARTITIONS as usize,
     )
     .await;
-    let acks = Arc::try_unwrap(acks).unwrap().into_inner().unwrap();
-    let mut total = 0;
-    for (i, values) in acks.iter().enumerate() {
-        let mut sorted = values.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(
-            sorted.len(),
-            values.len(),
-            "x{i}: an increment was acknowledged twice on one base: {values:?}"
-        );
-        let now = incr(&ns_d.get_by_name(&format!("x{i}"))).await.unwrap() - 1;
-        let max = values.iter().copied().max().unwrap_or(0);
-        assert!(now >= max, "x{i}: {now} < acknowledged {max}");
-        total += values.len();
-    }
+    let total = check_acknowledged(acks, &ns_d).await;
     assert!(total > 200, "the load ran: {total} increments");
     let violations = fence_violations(&schema);
     assert!(violations.is_empty(), "{violations:#?}");
@@ -494,5 +505,172 @@ async fn under_joins_deaths_stalls_and_leaves_nothing_acknowledged_is_lost_and_e
     );
     rt_d.shutdown().await.unwrap();
     drop(runtimes);
+    drop_schema(&schema);
+}
+
+const SECRET: &str = "the-cluster-secret-of-the-tests";
+
+/// A node that serves: its backend, its runtime (forwarding to peers with `secret`), and
+/// its peer endpoint on a loopback port of its own, which it advertises.
+struct Served {
+    backend: PostgresBackend,
+    rt: Runtime,
+    ns: Namespace<Probe>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn served(schema: &str, name: &str, lease: Duration, secret: &str) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let backend = join(
+        PostgresOptions::new(url())
+            .schema(schema)
+            .lease_duration(lease)
+            .node_id(name)
+            .cluster(ClusterOptions::new(address).partitions(PARTITIONS)),
+    )
+    .await;
+    let rt = Runtime::builder()
+        .backend(backend.clone())
+        .cluster(PostgresCluster::new(&backend, secret).unwrap())
+        .build()
+        .await
+        .unwrap();
+    let ns = rt
+        .namespace::<Probe>(stead_core::testing::probe::ProbeEnv::default())
+        .unwrap();
+    let app = stead_core::http::peer_routes(&rt, SECRET).unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Served {
+        backend,
+        rt,
+        ns,
+        server,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_serves_every_object_by_forwarding_calls_to_its_owner() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = served(&schema, "a", lease, SECRET).await;
+    let b = served(&schema, "b", lease, SECRET).await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&a.backend, &b.backend])
+    })
+    .await;
+    let mut forwarded = 0;
+    for i in 0..16 {
+        let name = format!("x{i}");
+        let (xa, xb) = (a.ns.get_by_name(&name), b.ns.get_by_name(&name));
+        if owner_of(&[&a.backend, &b.backend], &xa) == 1 {
+            forwarded += 1;
+        }
+        // Both nodes answer for the object, one of them by forwarding: one sequence.
+        assert_eq!(incr(&xa).await.unwrap(), 1, "{name}");
+        assert_eq!(incr(&xb).await.unwrap(), 2, "{name}");
+        assert_eq!(incr(&xa).await.unwrap(), 3, "{name}");
+        assert_eq!(
+            xb.ask(GetJson("c".into())).await.unwrap().unwrap(),
+            Some(serde_json::json!(3))
+        );
+    }
+    assert!(forwarded > 0 && forwarded < 16, "{forwarded} of 16 on b");
+
+    // A node with another secret is refused by its peers, and says so.
+    let schema2 = fresh_schema();
+    let c = served(&schema2, "c", lease, SECRET).await;
+    let d = served(&schema2, "d", lease, "not-the-cluster-secret-at-all").await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&c.backend, &d.backend])
+    })
+    .await;
+    let name = (0..64)
+        .map(|i| format!("y{i}"))
+        .find(|n| owner_of(&[&c.backend, &d.backend], &c.ns.get_by_name(n)) == 0)
+        .unwrap();
+    let refused = incr(&d.ns.get_by_name(&name)).await.unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("same cluster secret"),
+        "{refused:?}"
+    );
+    for node in [a, b, c, d] {
+        node.rt.shutdown().await.unwrap();
+        node.server.abort();
+    }
+    drop_schema(&schema);
+    drop_schema(&schema2);
+}
+
+/// The churn of members with forwarding on: clients call any live node and the call
+/// reaches the owner; while partitions move, calls wait or are refused briefly, and
+/// nothing acknowledged is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_calls_survive_members_joining_and_leaving() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    const OBJECTS: usize = 16;
+    let a = served(&schema, "a", lease, SECRET).await;
+    let b = served(&schema, "b", lease, SECRET).await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&a.backend, &b.backend])
+    })
+    .await;
+    let reachable: Arc<Mutex<Vec<Namespace<Probe>>>> =
+        Arc::new(Mutex::new(vec![a.ns.clone(), b.ns.clone()]));
+    let acks: Arc<Mutex<Vec<Vec<i64>>>> = Arc::new(Mutex::new(vec![Vec::new(); OBJECTS]));
+    let failures = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (reachable, acks, stop, failures) = (
+                reachable.clone(),
+                acks.clone(),
+                stop.clone(),
+                failures.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rand::random::<u32>() as usize;
+                    let nodes = reachable.lock().unwrap().clone();
+                    let ns = &nodes[k % nodes.len()];
+                    match incr(&ns.get_by_name(&format!("x{}", k % OBJECTS))).await {
+                        Ok(v) => acks.lock().unwrap()[k % OBJECTS].push(v),
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c = served(&schema, "c", lease, SECRET).await;
+    reachable.lock().unwrap().push(c.ns.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // `a` leaves gracefully: clients stop calling it first, as a load balancer would.
+    reachable.lock().unwrap().remove(0);
+    a.rt.shutdown().await.unwrap();
+    a.server.abort();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let total = check_acknowledged(acks, &b.ns).await;
+    let failed = failures.load(Ordering::Relaxed);
+    eprintln!("{total} increments acknowledged through any node, {failed} failed calls");
+    assert!(total > 200, "{total}");
+    assert!(
+        (failed as usize) * 20 < total,
+        "few calls fail while partitions move: {failed} of {}",
+        total + failed as usize
+    );
+    for node in [b, c] {
+        node.rt.shutdown().await.unwrap();
+        node.server.abort();
+    }
     drop_schema(&schema);
 }

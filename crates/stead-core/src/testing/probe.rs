@@ -71,6 +71,10 @@ impl DurableObject for Probe {
     const CLASS: &'static str = "probe";
     type Env = ProbeEnv;
 
+    fn remote(remote: &mut crate::Remote<Self>) {
+        remote.message::<Incr>().message::<GetJson>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<ProbeEnv>) -> Result<Self> {
         env.activations.fetch_add(1, Ordering::SeqCst);
         if env.live.fetch_add(1, Ordering::SeqCst) > 0 {
