@@ -6,7 +6,7 @@ use crate::ledger::LedgerError;
 
 /// The budget's outcomes other than success. Each variant is one thing a caller can act on;
 /// over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum BudgetError {
     /// No budget of this name is configured: `PUT` its configuration first.
@@ -52,7 +52,7 @@ pub enum BudgetError {
         /// The reservation.
         id: String,
         /// How it was resolved (`committed`, `voided`, `expired`).
-        state: &'static str,
+        state: String,
     },
     /// A commit of more than was reserved.
     #[error("a commit of {actual} is above the {reserved} reserved")]
@@ -92,9 +92,10 @@ impl From<LedgerError> for BudgetError {
             LedgerError::Overrun(p) => BudgetError::Overrun(p),
             LedgerError::IdReused(id) => BudgetError::IdReused(id),
             LedgerError::Remembering(r) => BudgetError::Remembering(r),
-            LedgerError::AlreadyResolved { id, state } => {
-                BudgetError::AlreadyResolved { id, state }
-            }
+            LedgerError::AlreadyResolved { id, state } => BudgetError::AlreadyResolved {
+                id,
+                state: state.to_owned(),
+            },
             LedgerError::AboveReserved { actual, reserved } => {
                 BudgetError::AboveReserved { actual, reserved }
             }

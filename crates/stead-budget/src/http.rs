@@ -89,7 +89,7 @@ impl From<&BudgetError> for Problem {
             BudgetError::AlreadyResolved { id, state } => {
                 Problem::new(StatusCode::CONFLICT, "already-resolved", detail)
                     .with("id", id.clone())
-                    .with("state", *state)
+                    .with("state", state.clone())
             }
             BudgetError::AboveReserved { actual, reserved } => {
                 Problem::new(StatusCode::CONFLICT, "above-reserved", detail)

@@ -116,6 +116,21 @@ impl DurableObject for Governor {
     const CLASS: &'static str = "budget";
     type Env = BudgetConfig;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Configure>()
+            .message::<StartCycle>()
+            .message::<Reserve>()
+            .message::<Commit>()
+            .message::<Void>()
+            .message::<Usage>()
+            .message::<Inspect>()
+            .message::<Plan>()
+            .message::<History>()
+            .message::<Events>()
+            .message::<Remove>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<BudgetConfig>) -> Result<Self> {
         let spec: Option<BudgetSpec> = ctx.storage().get(CONFIG).await?;
         let meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();

@@ -6,7 +6,7 @@ use stead_core::InvalidInput;
 
 /// The controller's outcomes other than success. Each variant is one thing a caller can act
 /// on; over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ControllerError {
     /// No controller of this name is configured: `PUT` its configuration first.

@@ -204,6 +204,20 @@ impl DurableObject for Controller {
     const CLASS: &'static str = "controller";
     type Env = ControllerEnv;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Configure>()
+            .message::<Decisions>()
+            .message::<Drive>()
+            .message::<Inspect>()
+            .message::<Lease>()
+            .message::<Pause>()
+            .message::<Remove>()
+            .message::<Report>()
+            .message::<Reset>()
+            .message::<Start>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<ControllerEnv>) -> Result<Self> {
         let mut state: Option<State> = ctx.storage().get(STATE).await?;
         if let Some(s) = &mut state {

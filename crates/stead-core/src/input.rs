@@ -15,7 +15,7 @@ pub const MAX_NAME_CHARS: usize = 256;
 /// let err = stead_core::validate_name("lock name", "").unwrap_err();
 /// assert_eq!(err.to_string(), "lock name may not be empty");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{detail}")]
 pub struct InvalidInput {
     detail: String,

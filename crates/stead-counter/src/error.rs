@@ -2,8 +2,9 @@
 
 use stead_core::InvalidInput;
 
-/// The counters' outcomes other than success.
-#[derive(Debug, thiserror::Error)]
+/// The counters' outcomes other than success. Serde, so that it comes back from the node
+/// of a cluster that owns the counter.
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum CounterError {
     /// The counter exists with another shard count, which never changes once set.

@@ -120,6 +120,10 @@ impl DurableObject for CounterMeta {
     const CLASS: &'static str = "counter";
     type Env = CounterConfig;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote.message::<Open>().message::<Shards>();
+    }
+
     async fn activate(ctx: &mut Context, _env: Arc<CounterConfig>) -> Result<Self> {
         Ok(CounterMeta {
             shards: ctx.storage().get("shards").await?,
@@ -295,6 +299,14 @@ pub struct CounterShard {
 impl DurableObject for CounterShard {
     const CLASS: &'static str = "counter-shard";
     type Env = ShardEnv;
+
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Apply>()
+            .message::<Inspect>()
+            .message::<Clear>()
+            .message::<RememberedKeys>();
+    }
 
     async fn activate(ctx: &mut Context, env: Arc<ShardEnv>) -> Result<Self> {
         let window_ms = i64::try_from(env.config.dedup_window.as_millis()).unwrap_or(i64::MAX);

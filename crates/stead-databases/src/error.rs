@@ -5,7 +5,7 @@
 use stead_core::InvalidInput;
 
 /// A pipeline refused whole: nothing it did was kept.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum DatabaseError {
     /// The pipeline began a transaction and neither ended it nor closed its stream: the

@@ -31,6 +31,10 @@ impl DurableObject for Database {
     const CLASS: &'static str = "database";
     type Env = ();
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote.message::<Pipeline>().message::<Remove>();
+    }
+
     async fn activate(_ctx: &mut Context, _env: Arc<()>) -> Result<Self> {
         Ok(Database)
     }

@@ -67,3 +67,77 @@ where
         })
         .sum()
 }
+
+/// Operations per second sustained by `callers` tasks, each calling `op(n)` in a loop (`n`
+/// counts up from the caller's number by `callers`): half a second of warm-up (first
+/// activations), then `secs` seconds counted. An operation that fails panics the bench.
+pub async fn sustained<F, Fut>(callers: usize, secs: f64, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let (op, done, stop) = (op.clone(), done.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = c;
+                while !stop.load(Ordering::Relaxed) {
+                    op(n).await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    n += callers;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = done.load(Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let n = done.load(Ordering::Relaxed) - before;
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("a bench caller finished without panicking");
+    }
+    n as f64 / took.as_secs_f64()
+}
+
+/// Durable turns per second: `callers` callers each incrementing a key of the core's probe
+/// object, round-robin over `stubs` (see [`sustained`]).
+pub async fn probe_increments(
+    stubs: Vec<stead_core::Stub<stead_core::testing::probe::Probe>>,
+    callers: usize,
+    secs: f64,
+) -> f64 {
+    let stubs = std::sync::Arc::new(stubs);
+    sustained(callers, secs, move |n| {
+        let stubs = stubs.clone();
+        async move {
+            let stub = &stubs[n % stubs.len()];
+            let incr = stead_core::testing::probe::Incr("n".into());
+            stub.ask(incr).await.unwrap().unwrap();
+        }
+    })
+    .await
+}
+
+/// The `--seconds S` a bench was given, or `default`.
+pub fn seconds(default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The PostgreSQL server the benches and tests use: `STEAD_TEST_POSTGRES_URL`, or the
+/// project machines' own.
+pub fn postgres_url() -> String {
+    std::env::var("STEAD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}

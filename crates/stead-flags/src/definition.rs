@@ -124,7 +124,7 @@ impl fmt::Display for FlagType {
 
 /// What is wrong with a definition: the flag (when the fault is inside one), the JSON
 /// pointer of the fault in the document that was sent, and what is wrong there.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{}{}: {message}", flag.as_ref().map(|f| format!("flag {f:?} ")).unwrap_or_default(), if path.is_empty() { "at the top".to_owned() } else { format!("at {path}") })]
 pub struct DefinitionError {
     /// The flag at fault, if the fault is inside one.

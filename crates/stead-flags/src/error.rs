@@ -6,7 +6,7 @@ use crate::definition::DefinitionError;
 
 /// The flag sets' outcomes other than success. Each variant is one thing a caller can act
 /// on; over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum FlagsError {
     /// The definition is refused: the flag and the JSON pointer of the fault are in it.

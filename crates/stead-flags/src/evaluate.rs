@@ -158,6 +158,35 @@ pub struct Snapshot {
     flags: HashMap<String, Compiled>,
 }
 
+/// A snapshot crosses the nodes of a cluster as its version and definition; the receiving
+/// node compiles it again.
+impl serde::Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Wire<'a> {
+            version: u64,
+            definition: &'a FlagSetDefinition,
+        }
+        Wire {
+            version: self.version,
+            definition: &self.definition,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            version: u64,
+            definition: FlagSetDefinition,
+        }
+        let w = Wire::deserialize(d)?;
+        Ok(Snapshot::new(w.version, w.definition))
+    }
+}
+
 impl Snapshot {
     /// Compiles version `version` of a definition. A flag whose targeting cannot be
     /// compiled is kept, and answers `PARSE_ERROR` when it is evaluated.

@@ -203,6 +203,15 @@ impl DurableObject for FlagSet {
     const CLASS: &'static str = "flagset";
     type Env = FlagsEnv;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Configure>()
+            .message::<DeleteFlag>()
+            .message::<Inspect>()
+            .message::<PutFlag>()
+            .message::<ReadAudit>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<FlagsEnv>) -> Result<Self> {
         let stored: Stored = ctx.storage().get(DEFINITION).await?.unwrap_or(Stored {
             version: 0,
@@ -250,7 +259,7 @@ impl Edit {
 }
 
 /// What a change did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Changed {
     /// The set's snapshot after it (the version it made, or the same version when nothing
     /// changed).

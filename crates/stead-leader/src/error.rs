@@ -4,7 +4,7 @@ use stead_core::InvalidInput;
 
 /// The election's outcomes other than success. Losing a campaign is not one of them (it
 /// answers `elected: false`); acting as a leader one is not is.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum LeaderError {
     /// `candidate` does not lead `term` (its lease lapsed, it resigned, or another leads):

@@ -81,6 +81,15 @@ impl DurableObject for Election {
     const CLASS: &'static str = "leader";
     type Env = LeaderConfig;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Campaign>()
+            .message::<Heartbeat>()
+            .message::<Resign>()
+            .message::<Inspect>()
+            .message::<Watch>();
+    }
+
     async fn activate(ctx: &mut Context, _env: Arc<LeaderConfig>) -> Result<Self> {
         Ok(Election {
             state: ctx.storage().get(STATE).await?.unwrap_or_default(),

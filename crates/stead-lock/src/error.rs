@@ -6,7 +6,7 @@ use stead_core::InvalidInput;
 
 /// The lock's outcomes other than success. Each variant is one thing a caller can act on;
 /// over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum LockError {
     /// The lock is taken (and the wait, if any, ran out): retry after `retry_after`, when

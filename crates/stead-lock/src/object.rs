@@ -64,6 +64,15 @@ impl DurableObject for Lock {
     const CLASS: &'static str = "lock";
     type Env = LockConfig;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Acquire>()
+            .message::<Renew>()
+            .message::<Release>()
+            .message::<Inspect>()
+            .message::<Validate>();
+    }
+
     async fn activate(ctx: &mut Context, _env: Arc<LockConfig>) -> Result<Self> {
         let state: State = ctx.storage().get(STATE).await?.unwrap_or_default();
         Ok(Lock {

@@ -7,27 +7,21 @@
 //! schema of its own that it drops after. Prints a table.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use stead_core::testing::probe::{Incr, Probe, ProbeEnv};
+use stead_core::testing::probe::{Probe, ProbeEnv};
 use stead_core::{Durability, Namespace, Runtime};
 use stead_postgres::{PostgresBackend, PostgresOptions};
 
 const CALLERS: usize = 1024;
 
 fn url() -> String {
-    std::env::var("STEAD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    stead_fixtures::bench::postgres_url()
 }
 
 fn seconds() -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0)
+    stead_fixtures::bench::seconds(3.0)
 }
 
 /// Rows per second: four connections, each upserting 1,000 distinct rows per transaction.
@@ -82,42 +76,10 @@ async fn ceiling(schema: &str, secs: f64) -> f64 {
 
 /// Turns per second: `CALLERS` tasks incrementing, over `objects` objects.
 async fn turns(ns: &Namespace<Probe>, prefix: &str, objects: usize, secs: f64) -> f64 {
-    let stubs: Arc<Vec<_>> = Arc::new(
-        (0..objects)
-            .map(|i| ns.get_by_name(&format!("{prefix}{i}")))
-            .collect(),
-    );
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..CALLERS)
-        .map(|c| {
-            let (stubs, done, stop) = (stubs.clone(), done.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut i = c;
-                while !stop.load(Ordering::Relaxed) {
-                    stubs[i % stubs.len()]
-                        .ask(Incr("n".into()))
-                        .await
-                        .unwrap()
-                        .unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += CALLERS;
-                }
-            })
-        })
+    let stubs: Vec<_> = (0..objects)
+        .map(|i| ns.get_by_name(&format!("{prefix}{i}")))
         .collect();
-    // Warm up (activations), then count.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = done.load(Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    let n = done.load(Ordering::Relaxed) - before;
-    let took = start.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    n as f64 / took.as_secs_f64()
+    stead_fixtures::bench::probe_increments(stubs, CALLERS, secs).await
 }
 
 fn main() {

@@ -7,6 +7,11 @@
 //! the epoch its object started under. A node that lost the lease (paused, cut off)
 //! commits nothing more; its objects reset and it waits as a standby.
 //!
+//! Or a partitioned cluster ([`PostgresOptions::cluster`]): objects hash into partitions
+//! ([`partition_of`]), each with a lease of its own, spread over the live members; every
+//! commit is fenced by the epochs of the partitions it writes; [`PostgresCluster`] forwards
+//! calls to objects other nodes own.
+//!
 //! - Everything lives in one schema ([`PostgresOptions::schema`], `stead` by default),
 //!   created and migrated by the backend; a table `stead_migrations` records what was
 //!   applied, and a schema newer than the build is refused.

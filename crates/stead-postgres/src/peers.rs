@@ -88,6 +88,11 @@ impl Cluster for PostgresCluster {
             };
             let response = request.send().await.map_err(unreachable)?;
             let status = response.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                // Not serving (starting, leaving, or its leases lapsed): ask again where
+                // the object is once the placement has moved on.
+                return Ok(PeerReply::NotOwner { owner: None });
+            }
             if !status.is_success() {
                 return Err(Error::storage(format!(
                     "the cluster node at {peer} refused a forwarded call ({status}): check \

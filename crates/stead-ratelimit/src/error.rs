@@ -9,7 +9,7 @@ use crate::policy::Decision;
 /// A refusal is not an error of [`check`](crate::RateLimitClient::check), which answers a
 /// [`Decision`] either way; [`Limited`](Self::Limited) is how the routes and the layer
 /// report one (a 429 problem carrying the decision).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum RateLimitError {
     /// The request was refused by the limit: retry after `decision.retry_after_ms`.

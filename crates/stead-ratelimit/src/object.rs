@@ -89,6 +89,13 @@ impl DurableObject for RateLimiter {
     const CLASS: &'static str = "ratelimit";
     type Env = crate::client::Policies;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Check>()
+            .message::<Peek>()
+            .message::<Reset>();
+    }
+
     async fn activate(ctx: &mut Context, _env: Arc<Self::Env>) -> Result<Self> {
         let mut stored: Option<Stored> = ctx.storage().get(STATE).await?;
         let mut log_kept_from = 0;

@@ -25,7 +25,7 @@ pub const MAX_LIST: u64 = 10_000;
 
 /// Why a definition was refused: where (`rules[2] "large order"`, `webhooks[0]`, ...) and
 /// what is wrong there.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{at}: {message}")]
 pub struct DefinitionError {
     /// Where the fault is.

@@ -7,7 +7,7 @@ use crate::reactor::Rejected;
 
 /// The reactor's outcomes other than success. Each variant is one thing a caller can act
 /// on; over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum ReactorError {
     /// No reactor type of this name is defined (in code or by a definition).

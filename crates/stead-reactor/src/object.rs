@@ -301,6 +301,18 @@ impl DurableObject for ReactorEntity {
     const CLASS: &'static str = "reactor";
     type Env = ReactorEnv;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Ack>()
+            .message::<DeadLetters>()
+            .message::<Decisions>()
+            .message::<Delivered>()
+            .message::<Ingest>()
+            .message::<Inspect>()
+            .message::<Poll>()
+            .message::<ResolveDeadLetters>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<ReactorEnv>) -> stead_core::Result<Self> {
         let name = ctx.name().unwrap_or_default().to_owned();
         let (kind, entity) = name.split_once('/').unwrap_or((name.as_str(), ""));

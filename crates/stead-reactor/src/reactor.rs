@@ -156,7 +156,7 @@ impl Decide {
 
 /// Why a reactor refused an event or a cycle: nothing it decided is kept, and the event is
 /// not marked as seen (a sender may fix it and send it again).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{0}")]
 pub struct Rejected(pub String);
 

@@ -100,6 +100,20 @@ pub struct Cli {
     /// lease is held by another) it takes over as any node does once the lease expires.
     #[arg(long, env = "STEAD_STANDBY")]
     pub standby: bool,
+    /// Run as one node of a partitioned cluster on `--backend postgres`: every node serves,
+    /// each object is owned by one node and calls to it are forwarded there.
+    #[arg(long, env = "STEAD_CLUSTER")]
+    pub cluster: bool,
+    /// The secret every node of the cluster holds, to call each other (at least 16
+    /// characters).
+    #[arg(long, env = "STEAD_CLUSTER_SECRET", value_name = "SECRET")]
+    pub cluster_secret: Option<String>,
+    /// The address other nodes reach this one at (`host:port`) [default: the bind address].
+    #[arg(long, env = "STEAD_ADVERTISE", value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// How many partitions a new cluster deployment has; fixed once created [default: 256].
+    #[arg(long, env = "STEAD_CLUSTER_PARTITIONS", value_name = "N")]
+    pub cluster_partitions: Option<u32>,
     /// A bearer token that grants access; repeat for several. Required when listening on a
     /// non-loopback address. The environment variable takes a comma-separated list.
     #[arg(
@@ -191,6 +205,10 @@ struct FileConfig {
     lease_duration_ms: Option<u64>,
     node_id: Option<String>,
     standby: Option<bool>,
+    cluster: Option<bool>,
+    cluster_secret: Option<String>,
+    advertise: Option<String>,
+    cluster_partitions: Option<u32>,
     tokens: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -332,6 +350,13 @@ impl Config {
                     .unwrap_or(d.postgres.lease_duration_ms),
                 node_id: cli.node_id.or(file.node_id),
                 standby: cli.standby || file.standby.unwrap_or(d.postgres.standby),
+                cluster: cli.cluster || file.cluster.unwrap_or(d.postgres.cluster),
+                cluster_secret: cli.cluster_secret.or(file.cluster_secret),
+                advertise: cli.advertise.or(file.advertise),
+                cluster_partitions: cli
+                    .cluster_partitions
+                    .or(file.cluster_partitions)
+                    .unwrap_or(d.postgres.cluster_partitions),
             },
             // Trimmed as presented tokens are; an empty entry (a trailing comma) is no token,
             // one of whitespace alone is refused by `validate`.
@@ -389,6 +414,37 @@ impl Config {
             anyhow::bail!(
                 "--standby applies to --backend postgres: a SQLite data directory has one process"
             );
+        }
+        if self.postgres.cluster {
+            if self.backend != BackendKind::Postgres {
+                anyhow::bail!("--cluster runs on --backend postgres: the nodes share its tables");
+            }
+            if self.postgres.standby {
+                anyhow::bail!(
+                    "--cluster and --standby exclude each other: every node of a cluster serves"
+                );
+            }
+            let secret = self.postgres.cluster_secret.as_deref().unwrap_or_default();
+            if secret.is_empty() {
+                anyhow::bail!(
+                    "--cluster needs the secret every node holds: --cluster-secret (STEAD_CLUSTER_SECRET)"
+                );
+            }
+            stead::http::check_token(secret)
+                .map_err(|e| anyhow::anyhow!("invalid --cluster-secret: {e}"))?;
+            if !(1..=stead::postgres::MAX_PARTITIONS).contains(&self.postgres.cluster_partitions) {
+                anyhow::bail!(
+                    "invalid cluster_partitions {}: must be between 1 and {}",
+                    self.postgres.cluster_partitions,
+                    stead::postgres::MAX_PARTITIONS
+                );
+            }
+            if self.bind.ip().is_unspecified() && self.postgres.advertise.is_none() {
+                anyhow::bail!(
+                    "listening on {} the node cannot tell its peers where it is: give --advertise host:port",
+                    self.bind
+                );
+            }
         }
         if self.backend == BackendKind::Postgres {
             if self.postgres.url.as_deref().is_none_or(str::is_empty) {
@@ -458,6 +514,14 @@ pub struct PostgresConfig {
     pub node_id: Option<String>,
     /// Whether the node starts as a standby.
     pub standby: bool,
+    /// Whether the node is one of a partitioned cluster.
+    pub cluster: bool,
+    /// The secret the nodes of a cluster call each other with.
+    pub cluster_secret: Option<String>,
+    /// The address peers reach the node at (default: the bind address).
+    pub advertise: Option<String>,
+    /// The partitions of a new cluster deployment.
+    pub cluster_partitions: u32,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -470,6 +534,13 @@ impl std::fmt::Debug for PostgresConfig {
             .field("lease_duration_ms", &self.lease_duration_ms)
             .field("node_id", &self.node_id)
             .field("standby", &self.standby)
+            .field("cluster", &self.cluster)
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| "<set>"),
+            )
+            .field("advertise", &self.advertise)
+            .field("cluster_partitions", &self.cluster_partitions)
             .finish()
     }
 }
@@ -483,6 +554,10 @@ impl Default for PostgresConfig {
             lease_duration_ms: 10_000,
             node_id: None,
             standby: false,
+            cluster: false,
+            cluster_secret: None,
+            advertise: None,
+            cluster_partitions: 256,
         }
     }
 }

@@ -1,4 +1,10 @@
-//! Serving on PostgreSQL: one active node per deployment.
+//! Serving on PostgreSQL: one active node per deployment, or (`--cluster`) every node of
+//! a partitioned cluster.
+//!
+//! A cluster node serves once it has joined: it answers every route, calls to objects
+//! another node owns are forwarded there (`/_stead/peer/call`, with the cluster's secret),
+//! `GET /cluster` shows the members and the partitions, and a graceful stop hands every
+//! partition over before the process exits.
 //!
 //! The node connects (failing at once, with the reason, on a wrong URL, missing
 //! privileges or an unreachable server), listens, and answers as a standby (`/healthz`
@@ -19,13 +25,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use stead::Runtime;
 use stead::http::Problem;
-use stead::postgres::{LeaseState, PostgresBackend, PostgresOptions};
+use stead::postgres::{
+    ClusterOptions, LeaseState, PostgresBackend, PostgresCluster, PostgresOptions,
+};
 use tokio::sync::{oneshot, watch};
 use tower::ServiceExt;
 
 use crate::{Config, RunningServer, app};
 
-fn options(config: &Config) -> PostgresOptions {
+/// The backend's options; a cluster node advertises `bound` (the address it listens on)
+/// unless told otherwise.
+fn options(config: &Config, bound: std::net::SocketAddr) -> PostgresOptions {
     let pg = &config.postgres;
     let mut opts = PostgresOptions::new(pg.url.clone().unwrap_or_default())
         .schema(pg.schema.clone())
@@ -34,6 +44,10 @@ fn options(config: &Config) -> PostgresOptions {
         .standby(pg.standby);
     if let Some(id) = &pg.node_id {
         opts = opts.node_id(id.clone());
+    }
+    if pg.cluster {
+        let advertise = pg.advertise.clone().unwrap_or_else(|| bound.to_string());
+        opts = opts.cluster(ClusterOptions::new(advertise).partitions(pg.cluster_partitions));
     }
     opts
 }
@@ -53,6 +67,7 @@ fn reason(state: &LeaseState) -> String {
     match state {
         LeaseState::Standby { reason } => format!("standby ({reason})"),
         LeaseState::Active { .. } => "its lease may have expired".to_owned(),
+        LeaseState::Member { .. } => "its leases may have expired".to_owned(),
         other => format!("{other:?}"),
     }
 }
@@ -99,7 +114,11 @@ fn active_app(rt: &Runtime, config: &Config, backend: PostgresBackend) -> stead:
 
 pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
     crate::app::install_metrics();
-    let backend = PostgresBackend::connect(options(&config))
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let backend = PostgresBackend::connect(options(&config, addr))
         .await
         .map_err(|e| {
             let source = std::error::Error::source(&e)
@@ -107,10 +126,6 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
                 .unwrap_or_default();
             anyhow::anyhow!("cannot open the PostgreSQL store: {e}{source}")
         })?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.bind))?;
-    let addr = listener.local_addr()?;
     let (current_tx, current) = watch::channel(standby_app(backend.clone()));
     let current = Arc::new(current);
     let service = Router::new().fallback_service(tower::service_fn(move |req: Request| {
@@ -128,7 +143,11 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
     tracing::info!(%addr, durability = ?config.durability, schema = %config.postgres.schema,
         state = ?backend.state(), "stead is listening");
     let task = tokio::spawn(async move {
-        let result = run(&config, &backend, &current_tx, &mut stopped).await;
+        let result = if config.postgres.cluster {
+            run_cluster(&config, &backend, &current_tx, &mut stopped).await
+        } else {
+            run(&config, &backend, &current_tx, &mut stopped).await
+        };
         let _ = serve_stop_tx.send(());
         let served = server.await;
         stead::Backend::close(&backend).await?;
@@ -141,6 +160,66 @@ pub(crate) async fn start(config: Config) -> anyhow::Result<RunningServer> {
         stop: Some(stop),
         task,
     })
+}
+
+/// The application of a cluster node: the whole application, the peer endpoint and
+/// `GET /cluster`; every request but `/healthz` and the peers' is answered only while the
+/// node is a member whose leases count.
+fn cluster_app(
+    rt: &Runtime,
+    config: &Config,
+    backend: PostgresBackend,
+    secret: &str,
+) -> stead::Result<Router> {
+    let view = {
+        let backend = backend.clone();
+        move || async move { axum::Json(backend.cluster_view()) }
+    };
+    let mut cluster = Router::new().route("/cluster", get(view));
+    if !config.tokens.is_empty() {
+        cluster = cluster.route_layer(stead::http::RequireBearer::new(&config.tokens)?);
+    }
+    let gate = move |req: Request, next: Next| {
+        let backend = backend.clone();
+        async move {
+            let path = req.uri().path();
+            if path != "/healthz" && path != stead::http::PEER_CALL_PATH && !backend.is_active() {
+                return standby_answer(&reason(&backend.state()));
+            }
+            next.run(req).await
+        }
+    };
+    Ok(app(rt, config)?
+        .merge(cluster)
+        .merge(stead::http::peer_routes(rt, secret)?)
+        .layer(from_fn(gate)))
+}
+
+/// Serves as a node of a cluster until stopped; then hands its partitions over.
+async fn run_cluster(
+    config: &Config,
+    backend: &PostgresBackend,
+    current: &watch::Sender<Router>,
+    stopped: &mut oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = backend.wait_active() => r?,
+        _ = &mut *stopped => return Ok(()),
+    }
+    let secret = config.postgres.cluster_secret.clone().unwrap_or_default();
+    let rt = Runtime::builder()
+        .max_value_bytes(config.max_value_bytes)
+        .durability(config.durability.into())
+        .backend(backend.session())
+        .cluster(PostgresCluster::new(backend, &secret)?)
+        .build()
+        .await?;
+    let _ = current.send_replace(cluster_app(&rt, config, backend.clone(), &secret)?);
+    tracing::info!(state = ?backend.state(), "serving: this node joined the cluster");
+    let _ = (&mut *stopped).await;
+    let _ = current.send_replace(standby_app(backend.clone()));
+    rt.shutdown().await?;
+    Ok(())
 }
 
 /// Alternates between standby and active until stopped.

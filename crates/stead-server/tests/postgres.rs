@@ -192,6 +192,40 @@ async fn lead_once(
     Ok(term)
 }
 
+/// Client `i` until `stop`: increments the shared counter, takes and releases a lock of its
+/// own, and wins and resigns an election of its own, on the nodes of `bases` in turn;
+/// counts acknowledged increments, checks that fencing tokens and terms only grow, and
+/// answers the last ones.
+async fn client(
+    i: usize,
+    http: reqwest::Client,
+    bases: Arc<std::sync::Mutex<Vec<String>>>,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> (u64, u64) {
+    let (lock, me) = (format!("l{i}"), format!("w{i}"));
+    let (mut token, mut term, mut n) = (0u64, 0u64, i);
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let base = {
+            let b = bases.lock().unwrap();
+            b[n % b.len()].clone()
+        };
+        if increment(&http, &base).await.is_ok() {
+            acked.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(t) = lock_once(&http, &base, &lock, &me).await {
+            assert!(t > token, "fencing token {t} after {token}");
+            token = t;
+        }
+        if let Ok(t) = lead_once(&http, &base, &lock, &me).await {
+            assert!(t > term, "term {t} after {term}");
+            term = t;
+        }
+    }
+    (token, term)
+}
+
 /// Retries `f` for a few seconds (a lease left by a killed node's client runs out in one).
 async fn within_seconds<F, Fut>(mut f: F) -> u64
 where
@@ -230,28 +264,16 @@ async fn the_standby_takes_over_a_killed_node_with_every_acknowledged_write() {
     const CLIENTS: usize = 8;
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let bases = Arc::new(std::sync::Mutex::new(vec![base_a.clone()]));
     let writers: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let (http, base, acked, stop) =
-                (http.clone(), base_a.clone(), acked.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (lock, me) = (format!("l{i}"), format!("w{i}"));
-                let (mut token, mut term) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) {
-                    if increment(&http, &base).await.is_ok() {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Ok(t) = lock_once(&http, &base, &lock, &me).await {
-                        assert!(t > token, "fencing token {t} after {token}");
-                        token = t;
-                    }
-                    if let Ok(t) = lead_once(&http, &base, &lock, &me).await {
-                        assert!(t > term, "term {t} after {term}");
-                        term = t;
-                    }
-                }
-                (token, term)
-            })
+            tokio::spawn(client(
+                i,
+                http.clone(),
+                bases.clone(),
+                acked.clone(),
+                stop.clone(),
+            ))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -367,5 +389,153 @@ async fn a_paused_node_that_lost_its_lease_never_answers_a_success() {
     assert_eq!(counter(&http, &base_b).await, 2);
     assert_eq!(status(&http, format!("{base_a}/healthz")).await, 200);
     drop(a);
+    drop_schema(&schema);
+}
+
+/// A cluster node on `schema`: the cluster's secret, 32 partitions, a lease of one second.
+fn cluster_node(dir: &std::path::Path, schema: &str, name: &str) -> (Server, String) {
+    node_with_lease(
+        dir,
+        schema,
+        name,
+        1000,
+        &[
+            "--cluster",
+            "--cluster-secret",
+            "the-cluster-secret-of-this-test",
+            "--cluster-partitions",
+            "32",
+        ],
+    )
+}
+
+fn signal(server: &Server, sig: &str) {
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// Three nodes serve one deployment, every route on every node; clients call random nodes
+/// while one node is killed, one pauses past its leases, one joins and one stops
+/// gracefully. Afterwards every acknowledged increment is there, and fencing tokens and
+/// terms only grew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_and_stops() {
+    let Some(schema) = fresh_schema() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (s, base) = cluster_node(dir.path(), &schema, name);
+        wait_ready(&http, &base, Duration::from_secs(10)).await;
+        servers.push(Some(s));
+        bases.push(base);
+    }
+    // Every node sees the three members, and together they hold every partition.
+    let view = |base: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/cluster"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let start = Instant::now();
+    loop {
+        let v = view(bases[0].clone()).await;
+        let held: u64 = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["partitions"].as_u64().unwrap())
+            .sum();
+        if v["members"].as_array().unwrap().len() == 3 && held == 32 && v["moving"] == 0 {
+            assert_eq!(v["partitions"], 32);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    const CLIENTS: usize = 6;
+    let reachable = Arc::new(std::sync::Mutex::new(bases.clone()));
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            tokio::spawn(client(
+                i,
+                http.clone(),
+                reachable.clone(),
+                acked.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `b` is killed; clients stop calling it.
+    reachable.lock().unwrap().retain(|b| *b != bases[1]);
+    let mut b = servers[1].take().unwrap();
+    b.kill().unwrap();
+    let _ = b.wait();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `d` joins.
+    let (d, base_d) = cluster_node(dir.path(), &schema, "d");
+    wait_ready(&http, &base_d, Duration::from_secs(10)).await;
+    reachable.lock().unwrap().push(base_d.clone());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `c` pauses past its leases, then goes on.
+    signal(servers[2].as_ref().unwrap(), "-STOP");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    signal(servers[2].as_ref().unwrap(), "-CONT");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    // `a` stops gracefully (it hands its partitions over first).
+    reachable.lock().unwrap().retain(|b| *b != bases[0]);
+    signal(servers[0].as_ref().unwrap(), "-TERM");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut last = Vec::new();
+    for c in clients {
+        last.push(c.await.unwrap());
+    }
+    let acked = acked.load(Ordering::Relaxed);
+    assert!(acked > 20, "{acked} increments acknowledged");
+
+    let value = within_seconds(|| async { Ok(counter(&http, &base_d).await) }).await;
+    assert!(
+        value >= acked && value <= acked + CLIENTS as u64,
+        "{value} stored, {acked} acknowledged"
+    );
+    for (i, &(token, term)) in last.iter().enumerate() {
+        let lock = format!("l{i}");
+        let t = within_seconds(|| lock_once(&http, &base_d, &lock, "after")).await;
+        assert!(t > token, "{lock}: token {t} after {token}");
+        let t = within_seconds(|| lead_once(&http, &base_d, &lock, "after")).await;
+        assert!(t > term, "{lock}: term {t} after {term}");
+    }
+    // The peer endpoint is closed without the secret.
+    let refused = http
+        .post(format!("{base_d}/_stead/peer/call"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(refused, 401);
+    drop(d);
+    drop(servers);
     drop_schema(&schema);
 }

@@ -5,7 +5,7 @@ use stead_core::InvalidInput;
 /// The sessions' outcomes other than success. Each variant is one thing a caller can act
 /// on; over HTTP each maps to one status and problem type (see the `http` room). No
 /// variant's message carries a session id: ids are secrets and never reach a log.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum SessionError {
     /// A session with this id exists already (an id collision: draw another id).

@@ -178,6 +178,15 @@ impl DurableObject for StoredSession {
     const CLASS: &'static str = "session";
     type Env = SessionConfig;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Create>()
+            .message::<Load>()
+            .message::<Patch>()
+            .message::<Remove>()
+            .message::<Save>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<SessionConfig>) -> Result<Self> {
         Ok(StoredSession {
             record: ctx.storage().get(STATE).await?,
@@ -504,6 +513,13 @@ impl UserSessions {
 impl DurableObject for UserSessions {
     const CLASS: &'static str = "session_index";
     type Env = IndexEnv;
+
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<AddEntry>()
+            .message::<ListEntries>()
+            .message::<RemoveEntries>();
+    }
 
     async fn activate(_ctx: &mut Context, env: Arc<IndexEnv>) -> Result<Self> {
         Ok(UserSessions { env })

@@ -50,7 +50,7 @@ impl std::fmt::Display for StepStatus {
 
 /// The sidecar's outcomes other than success. Each variant is one thing a caller can act
 /// on; over HTTP each maps to one status and problem type (see the `http` room).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum SidecarError {
     /// The key's version is not the one the write was conditioned on (or it exists where

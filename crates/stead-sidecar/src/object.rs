@@ -369,6 +369,24 @@ impl DurableObject for Sidecar {
     const CLASS: &'static str = "sidecar";
     type Env = Limits;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote
+            .message::<Append>()
+            .message::<Range>()
+            .message::<Remove>()
+            .message::<SetLifetime>()
+            .message::<Inspect>()
+            .message::<Get>()
+            .message::<Put>()
+            .message::<Delete>()
+            .message::<ListKeys>()
+            .message::<DeclareSteps>()
+            .message::<NextStep>()
+            .message::<FinishStep>()
+            .message::<ResumeStep>()
+            .message::<Steps>();
+    }
+
     async fn activate(ctx: &mut Context, env: Arc<Limits>) -> Result<Self> {
         let meta: Meta = ctx.storage().get(META).await?.unwrap_or_default();
         Ok(Sidecar {

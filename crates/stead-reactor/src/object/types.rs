@@ -18,6 +18,10 @@ impl DurableObject for ReactorType {
     const CLASS: &'static str = "reactor-type";
     type Env = crate::client::TypesEnv;
 
+    fn remote(remote: &mut stead_core::Remote<Self>) {
+        remote.message::<Configure>().message::<Inspect>();
+    }
+
     async fn activate(
         ctx: &mut Context,
         env: Arc<crate::client::TypesEnv>,
