@@ -13,6 +13,11 @@ use stead_core::{
 use crate::definition::{FlagDefinition, FlagSetDefinition, FlagType, check_flag_key};
 use crate::error::FlagsError;
 use crate::evaluate::{ErrorCode, Evaluation, Reason, Snapshot};
+
+/// How long a node of a cluster evaluates flags with a snapshot of a set whose object may
+/// live on another node before it asks the owner again: the bound on how stale an
+/// evaluation can be there.
+pub const CLUSTER_STALENESS: Duration = Duration::from_secs(1);
 use crate::object::{
     AuditEntry, Changed, Configure, DeleteFlag, Edit, FlagSet, FlagsEnv, Inspect, PutFlag,
     ReadAudit, Snapshots,
@@ -240,7 +245,18 @@ impl FlagsClient {
     pub async fn replace(&self, set: &str, doc: &Value, edit: Edit) -> Result<Changed, FlagsError> {
         // The object compiles the rules, once, as it commits.
         let definition = FlagSetDefinition::parse_structure(doc)?;
-        self.set(set)?.call(Configure { definition, edit }).await
+        let changed = self.set(set)?.call(Configure { definition, edit }).await?;
+        Ok(self.seen(set, changed))
+    }
+
+    /// A change made through this node is seen here at once, even when the set's object
+    /// lives on another node of a cluster.
+    fn seen(&self, set: &str, changed: Changed) -> Changed {
+        if self.inner.sets.in_cluster() {
+            let snapshots = &self.inner.sets.env().snapshots;
+            snapshots.publish(set, changed.snapshot.clone());
+        }
+        changed
     }
 
     /// Creates or replaces flag `key` of `set` (flagd's form or the simple form).
@@ -252,13 +268,15 @@ impl FlagsClient {
         edit: Edit,
     ) -> Result<Changed, FlagsError> {
         let flag = FlagDefinition::parse(key, flag)?;
-        self.set(set)?
+        let changed = self
+            .set(set)?
             .call(PutFlag {
                 key: key.to_owned(),
                 flag,
                 edit,
             })
-            .await
+            .await?;
+        Ok(self.seen(set, changed))
     }
 
     /// Deletes flag `key` of `set`.
@@ -269,12 +287,14 @@ impl FlagsClient {
         edit: Edit,
     ) -> Result<Changed, FlagsError> {
         check_flag_key(key).map_err(stead_core::InvalidInput::new)?;
-        self.set(set)?
+        let changed = self
+            .set(set)?
             .call(DeleteFlag {
                 key: key.to_owned(),
                 edit,
             })
-            .await
+            .await?;
+        Ok(self.seen(set, changed))
     }
 
     /// A page of the audit log of `set`, numbered by version (`LogQuery::newest(10)`: the
@@ -290,11 +310,24 @@ impl FlagsClient {
 
     /// The committed snapshot of `set`: the published one, or (the first time in this
     /// process) the one its object loads. Never older than a change whose reply was given.
+    ///
+    /// On a node of a cluster, the set's object may live on another node: a snapshot is
+    /// used for [`CLUSTER_STALENESS`] after it was published or fetched, then fetched again
+    /// from the owner (a change made through this node is seen at once).
     pub async fn snapshot(&self, set: &str) -> Result<Arc<Snapshot>, FlagsError> {
-        if let Some(s) = self.inner.sets.env().snapshots.get(set) {
+        let snapshots = &self.inner.sets.env().snapshots;
+        if !self.inner.sets.in_cluster() {
+            if let Some(s) = snapshots.get(set) {
+                return Ok(s);
+            }
+            return self.set(set)?.call(Inspect).await;
+        }
+        if let Some(s) = snapshots.get_within(set, CLUSTER_STALENESS) {
             return Ok(s);
         }
-        self.set(set)?.call(Inspect).await
+        let s = self.set(set)?.call(Inspect).await?;
+        snapshots.publish(set, s.clone());
+        Ok(s)
     }
 
     /// Waits until `set` is past `version` or `timeout` has passed; answers the version
@@ -308,6 +341,21 @@ impl FlagsClient {
         let current = self.snapshot(set).await?.version();
         if current != version {
             return Ok(current);
+        }
+        if self.inner.sets.in_cluster() {
+            // The change may be made on another node: look again at the staleness bound.
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(version);
+                }
+                tokio::time::sleep(left.min(CLUSTER_STALENESS)).await;
+                let now = self.snapshot(set).await?.version();
+                if now != version {
+                    return Ok(now);
+                }
+            }
         }
         let mut watch = self.inner.sets.env().snapshots.watch(set);
         let _ = tokio::time::timeout(timeout, watch.changed_from(version)).await;

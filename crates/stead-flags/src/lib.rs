@@ -27,7 +27,7 @@ mod object;
 #[cfg(feature = "openfeature")]
 mod openfeature;
 
-pub use client::{Details, FlagValue, FlagsClient, FlagsConfig, typed};
+pub use client::{CLUSTER_STALENESS, Details, FlagValue, FlagsClient, FlagsConfig, typed};
 pub use definition::{
     DefinitionError, FlagDefinition, FlagSetDefinition, FlagState, FlagType, MAX_FLAGS,
     MAX_KEY_CHARS, check_flag_key,

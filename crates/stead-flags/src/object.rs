@@ -23,9 +23,11 @@ const AUDIT: Log = Log::new("a/");
 
 /// The committed snapshots of a runtime's flag sets, shared by the objects (which publish)
 /// and every evaluator (which read). A snapshot is only ever replaced by a newer version.
+/// Each is kept with when it was last published or confirmed, for a cluster node's bound
+/// on staleness.
 #[derive(Debug, Default)]
 pub struct Snapshots {
-    sets: RwLock<HashMap<String, Arc<Snapshot>>>,
+    sets: RwLock<HashMap<String, (Arc<Snapshot>, tokio::time::Instant)>>,
     versions: RwLock<HashMap<String, watch::Sender<u64>>>,
 }
 
@@ -36,18 +38,38 @@ impl Snapshots {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(set)
-            .cloned()
+            .map(|(s, _)| s.clone())
     }
 
-    /// Publishes `snap` unless a newer version of the set is published already.
+    /// The published snapshot of `set`, if it was published or confirmed within `max_age`.
+    pub(crate) fn get_within(
+        &self,
+        set: &str,
+        max_age: std::time::Duration,
+    ) -> Option<Arc<Snapshot>> {
+        self.sets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(set)
+            .filter(|(_, at)| at.elapsed() <= max_age)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// Publishes `snap` unless a newer version of the set is published already; the same
+    /// version is confirmed (its time renewed).
     pub(crate) fn publish(&self, set: &str, snap: Arc<Snapshot>) {
         let version = snap.version();
+        let now = tokio::time::Instant::now();
         {
             let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
-            match sets.get(set) {
-                Some(old) if old.version() >= version => return,
+            match sets.get_mut(set) {
+                Some((old, _)) if old.version() > version => return,
+                Some((old, at)) if old.version() == version => {
+                    *at = now;
+                    return;
+                }
                 _ => {
-                    sets.insert(set.to_owned(), snap);
+                    sets.insert(set.to_owned(), (snap, now));
                 }
             }
         }

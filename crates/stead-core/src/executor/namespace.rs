@@ -692,6 +692,12 @@ impl<O: DurableObject> Namespace<O> {
         self.inner.active()
     }
 
+    /// Whether the runtime is a node of a cluster: a call to one of the namespace's objects
+    /// may run on another node.
+    pub fn in_cluster(&self) -> bool {
+        self.inner.shared.cluster.is_some()
+    }
+
     /// The shared environment.
     pub fn env(&self) -> &Arc<O::Env> {
         &self.inner.env
