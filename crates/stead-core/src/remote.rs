@@ -47,6 +47,11 @@ pub trait Cluster: Send + Sync + 'static {
     fn locate(&self, obj: &ObjectRef) -> Location;
     /// Sends `call` to the node at `peer` and answers its reply.
     fn call(&self, peer: &str, call: PeerCall) -> BoxFuture<'static, Result<PeerReply>>;
+    /// A count that grows each time this node takes objects over from others (a partition
+    /// moved here): the runtime then reads the pending alarms it now owns. `None`: never.
+    fn takeovers(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// A call forwarded to the node that owns the object.

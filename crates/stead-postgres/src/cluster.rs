@@ -189,6 +189,8 @@ pub(crate) struct Partitions {
     /// Per partition, the address of the other member that held its lease at the last
     /// round (`None`: this node, nobody, or a holder no longer a member).
     owners: std::sync::RwLock<Arc<[Option<Arc<str>>]>>,
+    /// Counts the rounds that took partitions, for the runtime to read their alarms.
+    pub(crate) takeovers: watch::Sender<u64>,
 }
 
 impl Partitions {
@@ -217,6 +219,7 @@ impl Partitions {
             base: Instant::now(),
             state: watch::Sender::new(LeaseState::Starting),
             owners: std::sync::RwLock::new((0..opts.partitions).map(|_| None).collect()),
+            takeovers: watch::Sender::new(0),
         }
     }
 
@@ -525,6 +528,7 @@ async fn round(
         }
         if !got.is_empty() {
             tracing::info!(holder = %me, partitions = got.len(), "took partitions");
+            parts.takeovers.send_modify(|n| *n += 1);
         }
     }
 

@@ -74,6 +74,13 @@ impl Cluster for PostgresCluster {
         }
     }
 
+    fn takeovers(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match &self.backend.inner.owner {
+            Owner::Cluster(parts) => Some(parts.takeovers.subscribe()),
+            Owner::Single(_) => None,
+        }
+    }
+
     fn call(&self, peer: &str, call: PeerCall) -> BoxFuture<'static, Result<PeerReply>> {
         let url = format!("http://{peer}{}", stead_core::http::PEER_CALL_PATH);
         let request = self

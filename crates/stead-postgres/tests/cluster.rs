@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use stead_core::testing::probe::{GetJson, Incr, Probe};
+use stead_core::testing::probe::{GetJson, Incr, Probe, SetAlarm};
 
 use stead_core::{DurableObject, Namespace, ObjectRef, Runtime, Stub};
 use stead_postgres::{
@@ -672,5 +672,100 @@ async fn forwarded_calls_survive_members_joining_and_leaving() {
         node.rt.shutdown().await.unwrap();
         node.server.abort();
     }
+    drop_schema(&schema);
+}
+
+/// Alarms fire on the node that owns their object's partition, once each, whichever node
+/// the call that set them went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_fire_once_each_on_the_owner_of_their_partition() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = served(&schema, "a", lease, SECRET).await;
+    let b = served(&schema, "b", lease, SECRET).await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&a.backend, &b.backend])
+    })
+    .await;
+    let at = a.rt.clock().now() + stead_core::chrono::Duration::milliseconds(1500);
+    let names: Vec<String> = (0..16).map(|i| format!("alarm{i}")).collect();
+    for name in &names {
+        // All set through `a`; about half are forwarded to `b`.
+        a.ns.get_by_name(name).call(SetAlarm(at)).await.unwrap();
+    }
+    let fired = |n: &Served| {
+        n.ns.env()
+            .alarms
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect::<Vec<_>>()
+    };
+    eventually("every alarm fires", Duration::from_secs(10), || {
+        fired(&a).len() + fired(&b).len() >= names.len()
+    })
+    .await;
+    // A moment more: nothing fires twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (on_a, on_b) = (fired(&a), fired(&b));
+    assert_eq!(on_a.len() + on_b.len(), names.len(), "{on_a:?} {on_b:?}");
+    for name in &names {
+        let owner = owner_of(&[&a.backend, &b.backend], &a.ns.get_by_name(name));
+        let (here, there) = if owner == 0 {
+            (&on_a, &on_b)
+        } else {
+            (&on_b, &on_a)
+        };
+        assert!(
+            here.contains(name) && !there.contains(name),
+            "{name} on node {owner}"
+        );
+    }
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "{on_a:?} {on_b:?}");
+    for node in [a, b] {
+        node.rt.shutdown().await.unwrap();
+        node.server.abort();
+    }
+    drop_schema(&schema);
+}
+
+/// A member dies with alarms pending on its objects: the member that takes its partitions
+/// over fires them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alarms_of_a_dead_member_fire_on_the_member_that_takes_over() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = served(&schema, "a", lease, SECRET).await;
+    let b = served(&schema, "b", lease, SECRET).await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&a.backend, &b.backend])
+    })
+    .await;
+    // Alarms on objects `b` owns, due after it is gone, well within `a`'s horizon.
+    let names: Vec<String> = (0..64)
+        .map(|i| format!("later{i}"))
+        .filter(|n| owner_of(&[&a.backend, &b.backend], &b.ns.get_by_name(n)) == 1)
+        .take(8)
+        .collect();
+    let at = a.rt.clock().now() + stead_core::chrono::Duration::milliseconds(2500);
+    for name in &names {
+        b.ns.get_by_name(name).call(SetAlarm(at)).await.unwrap();
+    }
+    // `b` dies as a crash would: its runtime stops with it.
+    b.backend.halt_for_tests();
+    b.server.abort();
+    drop(b.rt);
+    eventually(
+        "every alarm fires on the survivor",
+        Duration::from_secs(15),
+        || {
+            let fired = a.ns.env().alarms.lock().unwrap().clone();
+            names.iter().all(|n| fired.iter().any(|(f, _)| f == n))
+        },
+    )
+    .await;
+    a.rt.shutdown().await.unwrap();
+    a.server.abort();
     drop_schema(&schema);
 }

@@ -111,6 +111,23 @@ impl RuntimeInner {
         }
     }
 
+    /// Reads again every class's alarms due up to the horizon: after this node took objects
+    /// over from another (a cluster's partition), their alarms are in the store only. Those
+    /// the index holds already are kept as they are.
+    pub(super) async fn reload_alarms(&self) {
+        let _one_at_a_time = self.loader.lock().await;
+        let horizon = self.shared.alarms.horizon();
+        let classes: Vec<_> = lock(&self.namespaces)
+            .iter()
+            .map(|(class, ns)| (*class, ns.backend()))
+            .collect();
+        for (class, backend) in &classes {
+            if let Err(e) = self.load_range(class, backend, None, horizon).await {
+                tracing::warn!(class, error = %e, "reading the alarms of objects taken over failed");
+            }
+        }
+    }
+
     /// Delivers every due alarm and waits for the deliveries. With `wait` false (the system
     /// clock), deliveries run in the background.
     pub(super) async fn fire_due(self: &Arc<Self>, now: DateTime<Utc>, wait: bool) {

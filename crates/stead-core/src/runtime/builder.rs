@@ -279,6 +279,16 @@ impl RuntimeBuilder {
             manual.drive(driven);
         } else {
             tasks.push(tokio::spawn(alarm_loop(weak.clone())));
+            if let Some(mut takeovers) = inner.shared.cluster.as_ref().and_then(|c| c.takeovers()) {
+                // Objects taken over from another node bring their pending alarms.
+                let weak = weak.clone();
+                tasks.push(tokio::spawn(async move {
+                    while takeovers.changed().await.is_ok() {
+                        let Some(inner) = weak.upgrade() else { return };
+                        inner.reload_alarms().await;
+                    }
+                }));
+            }
             tasks.push(tokio::spawn(idle_loop(weak)));
         }
         *lock(&inner.background) = tasks;

@@ -72,7 +72,10 @@ impl DurableObject for Probe {
     type Env = ProbeEnv;
 
     fn remote(remote: &mut crate::Remote<Self>) {
-        remote.message::<Incr>().message::<GetJson>();
+        remote
+            .message::<Incr>()
+            .message::<GetJson>()
+            .message::<SetAlarm>();
     }
 
     async fn activate(ctx: &mut Context, env: Arc<ProbeEnv>) -> Result<Self> {
