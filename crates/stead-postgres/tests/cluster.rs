@@ -519,6 +519,17 @@ struct Served {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// Served nodes `a` and `b`, once the partitions have settled between them.
+async fn two_served(schema: &str, lease: Duration) -> (Served, Served) {
+    let a = served(schema, "a", lease, SECRET).await;
+    let b = served(schema, "b", lease, SECRET).await;
+    eventually("the partitions settle", Duration::from_secs(10), || {
+        settled(&[&a.backend, &b.backend])
+    })
+    .await;
+    (a, b)
+}
+
 async fn served(schema: &str, name: &str, lease: Duration, secret: &str) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -555,12 +566,7 @@ async fn served(schema: &str, name: &str, lease: Duration, secret: &str) -> Serv
 async fn every_node_serves_every_object_by_forwarding_calls_to_its_owner() {
     let schema = fresh_schema();
     let lease = Duration::from_secs(1);
-    let a = served(&schema, "a", lease, SECRET).await;
-    let b = served(&schema, "b", lease, SECRET).await;
-    eventually("the partitions settle", Duration::from_secs(10), || {
-        settled(&[&a.backend, &b.backend])
-    })
-    .await;
+    let (a, b) = two_served(&schema, lease).await;
     let mut forwarded = 0;
     for i in 0..16 {
         let name = format!("x{i}");
@@ -612,12 +618,7 @@ async fn forwarded_calls_survive_members_joining_and_leaving() {
     let schema = fresh_schema();
     let lease = Duration::from_secs(1);
     const OBJECTS: usize = 16;
-    let a = served(&schema, "a", lease, SECRET).await;
-    let b = served(&schema, "b", lease, SECRET).await;
-    eventually("the partitions settle", Duration::from_secs(10), || {
-        settled(&[&a.backend, &b.backend])
-    })
-    .await;
+    let (a, b) = two_served(&schema, lease).await;
     let reachable: Arc<Mutex<Vec<Namespace<Probe>>>> =
         Arc::new(Mutex::new(vec![a.ns.clone(), b.ns.clone()]));
     let acks: Arc<Mutex<Vec<Vec<i64>>>> = Arc::new(Mutex::new(vec![Vec::new(); OBJECTS]));
@@ -681,12 +682,7 @@ async fn forwarded_calls_survive_members_joining_and_leaving() {
 async fn alarms_fire_once_each_on_the_owner_of_their_partition() {
     let schema = fresh_schema();
     let lease = Duration::from_secs(1);
-    let a = served(&schema, "a", lease, SECRET).await;
-    let b = served(&schema, "b", lease, SECRET).await;
-    eventually("the partitions settle", Duration::from_secs(10), || {
-        settled(&[&a.backend, &b.backend])
-    })
-    .await;
+    let (a, b) = two_served(&schema, lease).await;
     let at = a.rt.clock().now() + stead_core::chrono::Duration::milliseconds(1500);
     let names: Vec<String> = (0..16).map(|i| format!("alarm{i}")).collect();
     for name in &names {
@@ -736,12 +732,7 @@ async fn alarms_fire_once_each_on_the_owner_of_their_partition() {
 async fn the_alarms_of_a_dead_member_fire_on_the_member_that_takes_over() {
     let schema = fresh_schema();
     let lease = Duration::from_secs(1);
-    let a = served(&schema, "a", lease, SECRET).await;
-    let b = served(&schema, "b", lease, SECRET).await;
-    eventually("the partitions settle", Duration::from_secs(10), || {
-        settled(&[&a.backend, &b.backend])
-    })
-    .await;
+    let (a, b) = two_served(&schema, lease).await;
     // Alarms on objects `b` owns, due after it is gone, well within `a`'s horizon.
     let names: Vec<String> = (0..64)
         .map(|i| format!("later{i}"))
