@@ -158,6 +158,15 @@ async fn a_call_to_an_object_owned_elsewhere_runs_on_its_owner() {
     );
     // Called on its owner, an undeclared message runs as any call does.
     assert_eq!(via1.ask(Local).await.unwrap(), 1);
+    // A message told through another node reaches the owner too.
+    via0.tell(Add(10)).unwrap();
+    for _ in 0..100 {
+        if via1.call(Add(0)).await.unwrap().0 == 16 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the told message never arrived");
 }
 
 #[tokio::test]

@@ -806,23 +806,28 @@ impl<O: DurableObject> Stub<O> {
         O: Handler<M>,
     {
         self.check_name()?;
-        if !self.local
-            && let Some(cluster) = &self.ns.shared.cluster
-        {
-            let obj = ObjectRef {
-                class: O::CLASS,
-                id: self.id,
-            };
-            let at = cluster.locate(&obj);
-            if at != crate::remote::Location::Here {
-                let timeout = self.timeout.unwrap_or(self.ns.shared.config.ask_timeout);
-                // Boxed: the common call never builds the forwarding future.
-                let forwarded: BoxFuture<'_, Result<<O as Handler<M>>::Reply>> =
-                    Box::pin(crate::remote::forward(self, cluster, msg, at, timeout));
-                return forwarded.await;
-            }
+        if let Some((cluster, at)) = self.elsewhere() {
+            let timeout = self.timeout.unwrap_or(self.ns.shared.config.ask_timeout);
+            // Boxed: the common call never builds the forwarding future.
+            let forwarded: BoxFuture<'_, Result<<O as Handler<M>>::Reply>> =
+                Box::pin(crate::remote::forward(self, cluster, msg, at, timeout));
+            return forwarded.await;
         }
         self.ask_here(msg).await
+    }
+
+    /// The cluster and where the object is, when it is on another node of a cluster.
+    fn elsewhere(&self) -> Option<(&Arc<dyn crate::remote::Cluster>, crate::remote::Location)> {
+        if self.local {
+            return None;
+        }
+        let cluster = self.ns.shared.cluster.as_ref()?;
+        let obj = ObjectRef {
+            class: O::CLASS,
+            id: self.id,
+        };
+        let at = cluster.locate(&obj);
+        (at != crate::remote::Location::Here).then_some((cluster, at))
     }
 
     /// [`ask`](Self::ask) on this node, wherever the cluster places the object.
@@ -1045,6 +1050,20 @@ impl<O: DurableObject> Stub<O> {
         O: Handler<M>,
     {
         self.check_name()?;
+        if let Some((cluster, at)) = self.elsewhere() {
+            // Sent to the owner in the background; the reply (or failure) is dropped, as a
+            // local `tell`'s is.
+            let (stub, cluster) = (self.clone(), cluster.clone());
+            let timeout = self.timeout.unwrap_or(self.ns.shared.config.ask_timeout);
+            tokio::spawn(async move {
+                let sent = crate::remote::forward(&stub, &cluster, msg, at, timeout).await;
+                if let Err(e) = sent {
+                    tracing::warn!(class = O::CLASS, id = %stub.id, error = %e,
+                        "a message told to an object on another node was not delivered");
+                }
+            });
+            return Ok(());
+        }
         let request: Request<M, <O as Handler<M>>::Reply> = Request { msg, reply: None };
         self.ns
             .send(self.id, &self.name, Envelope::Call(Box::new(request)))
