@@ -226,6 +226,50 @@ async fn client(
     (token, term)
 }
 
+/// Clients on the nodes of `bases` (see [`client`]) until [`Load::finish`].
+struct Load {
+    reachable: Arc<std::sync::Mutex<Vec<String>>>,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<(u64, u64)>>,
+}
+
+impl Load {
+    fn start(http: &reqwest::Client, bases: &[String], clients: usize) -> Load {
+        let reachable = Arc::new(std::sync::Mutex::new(bases.to_vec()));
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..clients)
+            .map(|i| {
+                tokio::spawn(client(
+                    i,
+                    http.clone(),
+                    reachable.clone(),
+                    acked.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Load {
+            reachable,
+            acked,
+            stop,
+            clients,
+        }
+    }
+
+    /// Stops the clients; answers the increments acknowledged and each client's last
+    /// fencing token and term.
+    async fn finish(self) -> (u64, Vec<(u64, u64)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut last = Vec::new();
+        for c in self.clients {
+            last.push(c.await.unwrap());
+        }
+        (self.acked.load(Ordering::Relaxed), last)
+    }
+}
+
 /// Retries `f` for a few seconds (a lease left by a killed node's client runs out in one).
 async fn within_seconds<F, Fut>(mut f: F) -> u64
 where
@@ -392,6 +436,14 @@ async fn a_paused_node_that_lost_its_lease_never_answers_a_success() {
     drop_schema(&schema);
 }
 
+/// An HTTP client that gives a call 10 s (a paused node holds its connections).
+fn patient_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// A cluster node on `schema`: the cluster's secret, 32 partitions, a lease of one second.
 fn cluster_node(dir: &std::path::Path, schema: &str, name: &str) -> (Server, String) {
     node_with_lease(
@@ -428,10 +480,7 @@ fn signal(server: &Server, sig: &str) {
 async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_and_stops() {
     let Some(schema) = fresh_schema() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let http = patient_client();
     let mut servers = Vec::new();
     let mut bases = Vec::new();
     for name in ["a", "b", "c"] {
@@ -471,20 +520,8 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
     }
 
     const CLIENTS: usize = 6;
-    let reachable = Arc::new(std::sync::Mutex::new(bases.clone()));
-    let acked = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            tokio::spawn(client(
-                i,
-                http.clone(),
-                reachable.clone(),
-                acked.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(&http, &bases, CLIENTS);
+    let reachable = load.reachable.clone();
     tokio::time::sleep(Duration::from_millis(800)).await;
     // `b` is killed; clients stop calling it.
     reachable.lock().unwrap().retain(|b| *b != bases[1]);
@@ -506,12 +543,7 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
     reachable.lock().unwrap().retain(|b| *b != bases[0]);
     signal(servers[0].as_ref().unwrap(), "-TERM");
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut last = Vec::new();
-    for c in clients {
-        last.push(c.await.unwrap());
-    }
-    let acked = acked.load(Ordering::Relaxed);
+    let (acked, last) = load.finish().await;
     assert!(acked > 20, "{acked} increments acknowledged");
 
     let value = within_seconds(|| async { Ok(counter(&http, &base_d).await) }).await;
@@ -536,6 +568,61 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
         .status();
     assert_eq!(refused, 401);
     drop(d);
+    drop(servers);
+    drop_schema(&schema);
+}
+
+/// Every node of a cluster is restarted in turn (a graceful stop, then a new process under
+/// the same name) while clients call the others: nothing acknowledged is lost, fencing
+/// tokens and terms only grow, and the load goes on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_a_cluster_under_load_loses_nothing() {
+    let Some(schema) = fresh_schema() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let http = patient_client();
+    let names = ["a", "b", "c"];
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for name in names {
+        let (s, base) = cluster_node(dir.path(), &schema, name);
+        wait_ready(&http, &base, Duration::from_secs(10)).await;
+        servers.push(s);
+        bases.push(base);
+    }
+    const CLIENTS: usize = 6;
+    let load = Load::start(&http, &bases, CLIENTS);
+    let (reachable, acked) = (load.reachable.clone(), load.acked.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, name) in names.iter().enumerate() {
+        let before = acked.load(Ordering::Relaxed);
+        // Out of the load balancer, stopped gracefully, started again under its name.
+        reachable.lock().unwrap().retain(|b| *b != bases[i]);
+        signal(&servers[i], "-TERM");
+        let _ = servers[i].wait();
+        let (s, base) = cluster_node(dir.path(), &schema, name);
+        wait_ready(&http, &base, Duration::from_secs(10)).await;
+        servers[i] = s;
+        bases[i] = base.clone();
+        reachable.lock().unwrap().push(base);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            acked.load(Ordering::Relaxed) > before,
+            "the load went on while {name} restarted"
+        );
+    }
+    let (acked, last) = load.finish().await;
+    let value = within_seconds(|| async { Ok(counter(&http, &bases[0]).await) }).await;
+    assert!(
+        value >= acked && value <= acked + CLIENTS as u64,
+        "{value} stored, {acked} acknowledged"
+    );
+    for (i, &(token, term)) in last.iter().enumerate() {
+        let lock = format!("l{i}");
+        let t = within_seconds(|| lock_once(&http, &bases[1], &lock, "after")).await;
+        assert!(t > token, "{lock}: token {t} after {token}");
+        let t = within_seconds(|| lead_once(&http, &bases[2], &lock, "after")).await;
+        assert!(t > term, "{lock}: term {t} after {term}");
+    }
     drop(servers);
     drop_schema(&schema);
 }
