@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::backend::ObjectRef;
 use crate::error::{Error, Result};
@@ -55,7 +56,7 @@ pub trait Cluster: Send + Sync + 'static {
 }
 
 /// A call forwarded to the node that owns the object.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct PeerCall {
     /// The object's class.
@@ -67,8 +68,8 @@ pub struct PeerCall {
     pub name: Option<String>,
     /// The message's type, as its class declared it.
     pub message: String,
-    /// The message, serialized.
-    pub body: serde_json::Value,
+    /// The message, serialized (JSON, kept as text: never parsed into a tree on the way).
+    pub body: Box<RawValue>,
 }
 
 /// What the owner answers to a [`PeerCall`].
@@ -77,7 +78,7 @@ pub struct PeerCall {
 #[non_exhaustive]
 pub enum PeerReply {
     /// The handler's reply, serialized.
-    Reply(serde_json::Value),
+    Reply(Box<RawValue>),
     /// This node does not own the object; `owner` is the node it believes does.
     NotOwner {
         /// The owner's address, if known.
@@ -89,10 +90,10 @@ pub enum PeerReply {
 }
 
 /// Decodes a reply forwarded back, into the reply type its message was declared with.
-type Decode = fn(serde_json::Value) -> Result<Box<dyn Any + Send>>;
+type Decode = fn(&RawValue) -> Result<Box<dyn Any + Send>>;
 
 /// Runs a forwarded message on a local stub and serializes its reply.
-type Serve<O> = fn(Stub<O>, serde_json::Value) -> BoxFuture<'static, Result<serde_json::Value>>;
+type Serve<O> = fn(Stub<O>, Box<RawValue>) -> BoxFuture<'static, Result<Box<RawValue>>>;
 
 /// The messages of a class that may be called from another node: declared in
 /// [`DurableObject::remote`](crate::DurableObject::remote).
@@ -179,27 +180,27 @@ impl<O: DurableObject> Remote<O> {
     }
 }
 
-fn decode<O: Handler<M>, M: Message>(v: serde_json::Value) -> Result<Box<dyn Any + Send>>
+fn decode<O: Handler<M>, M: Message>(v: &RawValue) -> Result<Box<dyn Any + Send>>
 where
     <O as Handler<M>>::Reply: DeserializeOwned,
 {
-    serde_json::from_value::<<O as Handler<M>>::Reply>(v)
+    serde_json::from_str::<<O as Handler<M>>::Reply>(v.get())
         .map(|r| Box::new(r) as Box<dyn Any + Send>)
         .map_err(Error::Codec)
 }
 
 fn serve<O: Handler<M>, M: Message>(
     stub: Stub<O>,
-    body: serde_json::Value,
-) -> BoxFuture<'static, Result<serde_json::Value>>
+    body: Box<RawValue>,
+) -> BoxFuture<'static, Result<Box<RawValue>>>
 where
     <O as Handler<M>>::Reply: Serialize,
 {
     Box::pin(async move {
-        let msg: M = serde_json::from_value(body)
+        let msg: M = serde_json::from_str(body.get())
             .map_err(|e| Error::bad_request(format!("a forwarded message does not decode: {e}")))?;
         let reply = stub.ask(msg).await?;
-        serde_json::to_value(&reply).map_err(Error::Codec)
+        serde_json::value::to_raw_value(&reply).map_err(Error::Codec)
     })
 }
 
@@ -235,7 +236,7 @@ where
         class: O::CLASS,
         id: stub.id(),
     };
-    let body = serde_json::to_value(&msg).map_err(Error::Codec)?;
+    let body = serde_json::value::to_raw_value(&msg).map_err(Error::Codec)?;
     let mut msg = Some(msg);
     let start = tokio::time::Instant::now();
     let limit = timeout.min(SETTLE);
@@ -260,7 +261,7 @@ where
                     .map_err(|_| Error::Timeout)??;
                 match reply {
                     PeerReply::Reply(v) => {
-                        let reply = decode(v)?;
+                        let reply = decode(&v)?;
                         return Ok(*reply
                             .downcast::<<O as Handler<M>>::Reply>()
                             .expect("a message's decoder answers its reply type"));
