@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use stead_core::testing::probe::{GetJson, Incr, Probe, SetAlarm};
+use stead_core::testing::probe::{GetJson, Incr, Op, Probe, Script, Seen, SetAlarm};
 
 use stead_core::{DurableObject, Namespace, ObjectRef, Runtime, Stub};
 use stead_postgres::{
@@ -758,5 +758,183 @@ async fn the_alarms_of_a_dead_member_fire_on_the_member_that_takes_over() {
     .await;
     a.rt.shutdown().await.unwrap();
     a.server.abort();
+    drop_schema(&schema);
+}
+
+/// One operation on a register, as a client saw it: when it was invoked and when its
+/// answer came (nanoseconds on one clock), and what it wrote or read.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    invoked: u128,
+    completed: u128,
+    /// `Some(v)` a write of `v`; `None` a read.
+    wrote: Option<i64>,
+    /// What a read returned (0: nothing written yet).
+    read: i64,
+}
+
+/// Checks a register's history, every written value unique, for what linearizability
+/// forbids and a stale owner would cause: a read of a value whose write began after the
+/// read ended; a read of a value overwritten by a write that ended before the read began;
+/// and two reads in real-time order that go backwards (the later one returns a write that
+/// ended before the earlier one's write began). Answers the violations found.
+fn register_anomalies(history: &[Event]) -> Vec<String> {
+    let writes: std::collections::HashMap<i64, Event> = history
+        .iter()
+        .filter_map(|e| e.wrote.map(|v| (v, *e)))
+        .collect();
+    let reads: Vec<&Event> = history.iter().filter(|e| e.wrote.is_none()).collect();
+    let mut found = Vec::new();
+    for r in &reads {
+        if r.read == 0 {
+            // Nothing read: no write may have ended before the read began.
+            if let Some(w) = writes.values().find(|w| w.completed < r.invoked) {
+                found.push(format!("{r:?} read nothing after {w:?} ended"));
+            }
+            continue;
+        }
+        let Some(w) = writes.get(&r.read) else {
+            found.push(format!("{r:?} read a value never written"));
+            continue;
+        };
+        if w.invoked > r.completed {
+            found.push(format!("{r:?} read {w:?}, which began after it"));
+        }
+        if let Some(w2) = writes
+            .values()
+            .find(|w2| w2.invoked > w.completed && w2.completed < r.invoked)
+        {
+            found.push(format!(
+                "{r:?} read {w:?}, overwritten by {w2:?} before it began"
+            ));
+        }
+    }
+    for r1 in &reads {
+        for r2 in &reads {
+            if r1.completed < r2.invoked
+                && r1.read != 0
+                && let (Some(w1), Some(w2)) = (writes.get(&r1.read), writes.get(&r2.read))
+                && w2.completed < w1.invoked
+            {
+                found.push(format!("{r2:?} went back before {r1:?}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_history_checker_finds_stale_reads() {
+    let w = |v, invoked, completed| Event {
+        invoked,
+        completed,
+        wrote: Some(v),
+        read: 0,
+    };
+    let r = |read, invoked, completed| Event {
+        invoked,
+        completed,
+        wrote: None,
+        read,
+    };
+    assert!(
+        register_anomalies(&[w(1, 0, 10), r(1, 11, 12), w(2, 13, 20), r(2, 15, 25)]).is_empty()
+    );
+    // A read of 1 after 2 was written and acknowledged: stale.
+    assert_eq!(
+        register_anomalies(&[w(1, 0, 10), w(2, 11, 20), r(1, 21, 22)]).len(),
+        1
+    );
+    // Reads going backwards.
+    assert!(
+        !register_anomalies(&[w(1, 0, 10), w(2, 11, 20), r(2, 21, 22), r(1, 23, 24)]).is_empty()
+    );
+    // A read of nothing after a write ended.
+    assert_eq!(register_anomalies(&[w(1, 0, 10), r(0, 11, 12)]).len(), 1);
+}
+
+/// A register per object, written and read by clients on random nodes while a member
+/// joins, one dies and one leaves: the history checker finds no anomaly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_histories_through_joins_deaths_and_leaves_have_no_anomaly() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    const REGISTERS: usize = 4;
+    let (a, b) = two_served(&schema, lease).await;
+    let reachable: Arc<Mutex<Vec<Namespace<Probe>>>> =
+        Arc::new(Mutex::new(vec![a.ns.clone(), b.ns.clone()]));
+    let histories: Arc<Mutex<Vec<Vec<Event>>>> = Arc::new(Mutex::new(vec![Vec::new(); REGISTERS]));
+    let clock = Instant::now();
+    let next_value = Arc::new(AtomicU64::new(1));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (reachable, histories, stop, next_value) = (
+                reachable.clone(),
+                histories.clone(),
+                stop.clone(),
+                next_value.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let k = rand::random::<u32>() as usize;
+                    let nodes = reachable.lock().unwrap().clone();
+                    let x = nodes[k % nodes.len()].get_by_name(&format!("r{}", k % REGISTERS));
+                    let write = k.is_multiple_of(2);
+                    let value = next_value.fetch_add(1, Ordering::Relaxed) as i64;
+                    let op = if write {
+                        Op::Put("v".into(), value)
+                    } else {
+                        Op::Get("v".into())
+                    };
+                    let invoked = clock.elapsed().as_nanos();
+                    // Only acknowledged operations enter the history.
+                    if let Ok(Ok(seen)) = x.ask(Script(vec![op])).await {
+                        let completed = clock.elapsed().as_nanos();
+                        let read = match seen.first() {
+                            Some(Seen::Value(v)) => v.unwrap_or(0),
+                            _ => 0,
+                        };
+                        histories.lock().unwrap()[k % REGISTERS].push(Event {
+                            invoked,
+                            completed,
+                            wrote: write.then_some(value),
+                            read,
+                        });
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = served(&schema, "c", lease, SECRET).await;
+    reachable.lock().unwrap().push(c.ns.clone());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // `b` dies (no goodbye); clients stop reaching it.
+    reachable.lock().unwrap().remove(1);
+    b.backend.halt_for_tests();
+    b.server.abort();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // `a` leaves gracefully.
+    reachable.lock().unwrap().remove(0);
+    a.rt.shutdown().await.unwrap();
+    a.server.abort();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let histories = Arc::try_unwrap(histories).unwrap().into_inner().unwrap();
+    let mut ops = 0;
+    for (i, h) in histories.iter().enumerate() {
+        let anomalies = register_anomalies(h);
+        assert!(anomalies.is_empty(), "r{i}: {anomalies:#?}");
+        ops += h.len();
+    }
+    eprintln!("{ops} acknowledged register operations, no anomaly");
+    assert!(ops > 200, "{ops}");
+    c.rt.shutdown().await.unwrap();
+    c.server.abort();
+    drop(b.rt);
     drop_schema(&schema);
 }

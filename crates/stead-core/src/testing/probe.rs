@@ -75,7 +75,8 @@ impl DurableObject for Probe {
         remote
             .message::<Incr>()
             .message::<GetJson>()
-            .message::<SetAlarm>();
+            .message::<SetAlarm>()
+            .message::<Script>();
     }
 
     async fn activate(ctx: &mut Context, env: Arc<ProbeEnv>) -> Result<Self> {
