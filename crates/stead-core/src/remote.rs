@@ -197,9 +197,12 @@ where
     <O as Handler<M>>::Reply: Serialize,
 {
     Box::pin(async move {
+        stub.check_name()?;
         let msg: M = serde_json::from_str(body.get())
             .map_err(|e| Error::bad_request(format!("a forwarded message does not decode: {e}")))?;
-        let reply = stub.ask(msg).await?;
+        // Run here whatever this node's view: the owner checked it was the owner, and a
+        // forwarded call is never forwarded again.
+        let reply = stub.ask_here(msg).await?;
         serde_json::value::to_raw_value(&reply).map_err(Error::Codec)
     })
 }

@@ -56,9 +56,13 @@ impl Snapshots {
     }
 
     /// Publishes `snap` unless a newer version of the set is published already; the same
-    /// version is confirmed (its time renewed).
+    /// version is confirmed (its time renewed). A set never configured (version 0) is not
+    /// published: asking about names costs no memory.
     pub(crate) fn publish(&self, set: &str, snap: Arc<Snapshot>) {
         let version = snap.version();
+        if version == 0 {
+            return;
+        }
         let now = tokio::time::Instant::now();
         {
             let mut sets = self.sets.write().unwrap_or_else(|e| e.into_inner());
@@ -246,10 +250,8 @@ impl DurableObject for FlagSet {
         });
         let version = stored.version;
         let snapshot = Arc::new(Snapshot::new(version, stored.definition));
-        if version > 0 {
-            env.snapshots
-                .publish(ctx.name().unwrap_or_default(), snapshot.clone());
-        }
+        env.snapshots
+            .publish(ctx.name().unwrap_or_default(), snapshot.clone());
         Ok(FlagSet { snapshot, env })
     }
 }

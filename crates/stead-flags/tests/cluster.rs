@@ -98,6 +98,21 @@ async fn evaluations_on_a_node_that_does_not_own_the_set_are_at_most_a_bound_sta
         .unwrap();
     tokio::time::advance(CLUSTER_STALENESS * 2).await;
     assert_eq!(wait.await.unwrap().unwrap(), version + 1);
+    // Asking about sets never configured publishes nothing on either node.
+    let published = |rt: &Runtime| {
+        rt.get_namespace::<stead_flags::FlagSet>()
+            .unwrap()
+            .unwrap()
+            .env()
+            .snapshots
+            .published_sets()
+    };
+    for i in 0..50 {
+        let _ = away.snapshot(&format!("nobody-{i}")).await;
+    }
+    for rt in runtimes.lock().unwrap().iter() {
+        assert_eq!(published(rt), 1, "only the configured set is published");
+    }
     for rt in runtimes.lock().unwrap().drain(..) {
         drop(rt);
     }

@@ -229,12 +229,14 @@ impl Partitions {
         if self.serving(p).is_some() {
             return stead_core::Location::Here;
         }
-        let owners = self
+        let owner = self
             .owners
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match owners.get(p as usize).cloned().flatten() {
+            .get(p as usize)
+            .cloned()
+            .flatten();
+        match owner {
             Some(address) => stead_core::Location::At(address),
             None => stead_core::Location::Unknown,
         }

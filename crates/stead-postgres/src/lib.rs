@@ -345,28 +345,23 @@ impl PostgresBackend {
         // commits hold.
         let lease_pool = new_pool(config, 1, opts.connect_timeout)?;
         // A process holds the lease: its name (or pid) with a nonce of this process.
-        let holder = format!(
-            "{}/{}",
-            opts.node_id
-                .clone()
-                .unwrap_or_else(|| std::process::id().to_string()),
-            hex::encode(rand::random::<[u8; 8]>())
-        );
+        let node = opts
+            .node_id
+            .clone()
+            .unwrap_or_else(|| std::process::id().to_string());
+        let holder = format!("{node}/{}", hex::encode(rand::random::<[u8; 8]>()));
         let owner = match &opts.cluster {
             None => Owner::Single(Arc::new(Lease::new(
                 holder,
                 opts.lease_duration,
                 opts.standby,
             ))),
-            Some(c) => {
-                let node = holder.rsplit_once('/').map_or("", |(n, _)| n).to_owned();
-                Owner::Cluster(Arc::new(cluster::Partitions::new(
-                    holder,
-                    node,
-                    opts.lease_duration,
-                    c,
-                )))
-            }
+            Some(c) => Owner::Cluster(Arc::new(cluster::Partitions::new(
+                holder,
+                node,
+                opts.lease_duration,
+                c,
+            ))),
         };
         let sql = Arc::new(Sql::new(&opts.schema, opts.fence_audit));
         let ctx = Arc::new(WriterCtx {

@@ -330,7 +330,7 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
                     O::CLASS
                 )));
             };
-            match serve(stub.local(), call.body).await {
+            match serve(stub, call.body).await {
                 Ok(v) => PeerReply::Reply(v),
                 Err(e) => PeerReply::Failed(e),
             }
@@ -574,7 +574,6 @@ impl<O: DurableObject> Namespace<O> {
             name: None,
             timeout: None,
             refused: None,
-            local: false,
         }
     }
 
@@ -591,7 +590,6 @@ impl<O: DurableObject> Namespace<O> {
             name: Some(Arc::from(name)),
             timeout: None,
             refused,
-            local: false,
         }
     }
 
@@ -714,9 +712,6 @@ pub struct Stub<O: DurableObject> {
     timeout: Option<std::time::Duration>,
     /// Why the name is refused, for a stub made with a name that breaks the rule.
     refused: Option<Arc<crate::InvalidInput>>,
-    /// Calls run on this node, wherever the cluster places the object (a call forwarded
-    /// here from another node is never forwarded again).
-    local: bool,
 }
 
 impl<O: DurableObject> Clone for Stub<O> {
@@ -727,7 +722,6 @@ impl<O: DurableObject> Clone for Stub<O> {
             name: self.name.clone(),
             timeout: self.timeout,
             refused: self.refused.clone(),
-            local: self.local,
         }
     }
 }
@@ -755,7 +749,7 @@ impl<O: DurableObject> Stub<O> {
     }
 
     /// Refuses a call through a stub whose name breaks the rule.
-    fn check_name(&self) -> Result<()> {
+    pub(crate) fn check_name(&self) -> Result<()> {
         match &self.refused {
             Some(e) => Err((**e).clone().into()),
             None => Ok(()),
@@ -766,14 +760,6 @@ impl<O: DurableObject> Stub<O> {
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn inner(&self) -> &Arc<NsInner<O>> {
         &self.ns
-    }
-
-    /// The same stub, calling on this node wherever the cluster places the object.
-    pub(crate) fn local(&self) -> Stub<O> {
-        Stub {
-            local: true,
-            ..self.clone()
-        }
     }
 
     /// The object's id.
@@ -818,9 +804,6 @@ impl<O: DurableObject> Stub<O> {
 
     /// The cluster and where the object is, when it is on another node of a cluster.
     fn elsewhere(&self) -> Option<(&Arc<dyn crate::remote::Cluster>, crate::remote::Location)> {
-        if self.local {
-            return None;
-        }
         let cluster = self.ns.shared.cluster.as_ref()?;
         let obj = ObjectRef {
             class: O::CLASS,
@@ -830,7 +813,8 @@ impl<O: DurableObject> Stub<O> {
         (at != crate::remote::Location::Here).then_some((cluster, at))
     }
 
-    /// [`ask`](Self::ask) on this node, wherever the cluster places the object.
+    /// [`ask`](Self::ask) on this node, wherever the cluster places the object (the name
+    /// checked by the caller): a call forwarded here, or one whose object came here.
     pub(crate) async fn ask_here<M: Message>(&self, msg: M) -> Result<<O as Handler<M>>::Reply>
     where
         O: Handler<M>,
