@@ -105,7 +105,7 @@ pub use input::{
 pub use log::{Log, LogOrder, LogPage, LogQuery};
 pub use object::{AlarmInfo, DeferredHandler, DurableObject, Handler, Message, Outcome};
 pub use remembered::{Remembered, RememberedLayout, Remembering, check_room};
-pub use remote::{Cluster, Location, PeerCall, PeerReply, Remote};
+pub use remote::{Cluster, Handover, Leaving, Location, PeerCall, PeerReply, Remote};
 pub use runtime::{ClassVitals, Runtime, RuntimeBuilder, Vitals};
 pub use schedule::{ScheduleInfo, ScheduleKind, ScheduledJob, Schedules, check_cron};
 pub use sql::{

@@ -53,7 +53,26 @@ pub trait Cluster: Send + Sync + 'static {
     fn takeovers(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+    /// The bearer token the other nodes' peer endpoints expect: a WebSocket accepted here
+    /// for an object another node owns is relayed to that owner with it. `None`: such a
+    /// socket is closed at once with 1013 (try again later).
+    fn secret(&self) -> Option<&str> {
+        None
+    }
+    /// Registers what the runtime does before this node gives objects up (their partition
+    /// moves to another node, or the node leaves): the cluster calls `hook` with which
+    /// objects leave, and waits for it before it stops serving them. The runtime closes
+    /// their WebSockets with 1012 and waits (briefly) for their close turns.
+    fn on_handover(&self, hook: Handover) {
+        let _ = hook;
+    }
 }
+
+/// Which objects are about to leave this node.
+pub type Leaving = Arc<dyn Fn(&ObjectRef) -> bool + Send + Sync>;
+
+/// What the runtime does before objects leave this node (see [`Cluster::on_handover`]).
+pub type Handover = Arc<dyn Fn(Leaving) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A call forwarded to the node that owns the object.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -36,6 +36,8 @@ pub(crate) struct SocketCount {
     gone: Notify,
     /// Shutdown has stopped waiting for sockets: their turns are refused from now on.
     done: AtomicBool,
+    /// Set as shutdown closes the sockets: relays to other nodes close too.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl SocketCount {
@@ -49,6 +51,18 @@ impl SocketCount {
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.gone.notify_waiters();
         }
+    }
+
+    /// Says that shutdown closes the sockets now.
+    pub(crate) fn close_relays(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once shutdown closes the sockets.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) async fn closing(&self) {
+        let mut rx = self.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     pub(crate) fn live(&self) -> usize {

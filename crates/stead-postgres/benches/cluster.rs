@@ -55,7 +55,16 @@ async fn node(schema: &str, name: &str, partitions: Option<u32>) -> Node {
     let rt = builder.build().await.unwrap();
     let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
     let app = stead_core::http::peer_routes(&rt, SECRET).unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        axum::serve(
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Replies stream back: without it, each waits for the previous one's ACK.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+    });
     Node { backend, rt, ns }
 }
 

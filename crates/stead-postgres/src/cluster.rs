@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use stead_core::{ObjectRef, Result};
+use stead_core::{Handover, ObjectRef, Result};
 use tokio::sync::{oneshot, watch};
 
 use crate::lease::LeaseState;
@@ -191,6 +191,18 @@ pub(crate) struct Partitions {
     owners: std::sync::RwLock<Arc<[Option<Arc<str>>]>>,
     /// Counts the rounds that took partitions, for the runtime to read their alarms.
     pub(crate) takeovers: watch::Sender<u64>,
+    /// What the runtime does before objects leave (closes their WebSockets).
+    pub(crate) handover: HandoverHook,
+}
+
+/// The runtime's [`Handover`], once it registered it.
+#[derive(Default)]
+pub(crate) struct HandoverHook(pub(crate) std::sync::RwLock<Option<Handover>>);
+
+impl std::fmt::Debug for HandoverHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandoverHook")
+    }
 }
 
 impl Partitions {
@@ -220,7 +232,27 @@ impl Partitions {
             state: watch::Sender::new(LeaseState::Starting),
             owners: std::sync::RwLock::new((0..opts.partitions).map(|_| None).collect()),
             takeovers: watch::Sender::new(0),
+            handover: HandoverHook::default(),
         }
+    }
+
+    /// Tells the runtime that the objects of partitions `ps` leave this node, and waits
+    /// for it (their WebSockets close while this node still owns them).
+    pub(crate) fn hand_over(&self, ps: &[u32]) -> futures_util::future::BoxFuture<'static, ()> {
+        let hook = self
+            .handover
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (Some(hook), false) = (hook, ps.is_empty()) else {
+            return Box::pin(async {});
+        };
+        let count = self.count;
+        let leaving: std::collections::HashSet<u32> = ps.iter().copied().collect();
+        hook(Arc::new(move |obj| {
+            leaving.contains(&partition_of(obj, count))
+        }))
     }
 
     /// Where `obj` lives, as this node saw at its last round.
@@ -351,9 +383,11 @@ pub(crate) async fn run(
             Err(e) => {
                 if !parts.valid() {
                     // Nothing held counts any more: new turns already stop; say why.
-                    for (p, _) in parts.held() {
-                        parts.drop_partition(p);
+                    let held: Vec<u32> = parts.held().into_iter().map(|(p, _)| p).collect();
+                    for p in &held {
+                        parts.drop_partition(*p);
                     }
+                    tokio::spawn(parts.hand_over(&held));
                     parts.set(LeaseState::Standby {
                         reason: format!("cannot reach PostgreSQL for its leases: {e}"),
                     });
@@ -438,13 +472,17 @@ async fn round(
             .iter()
             .map(|r| r.get::<_, i32>(0).unsigned_abs())
             .collect();
+        let mut lost = Vec::new();
         for (p, e) in &held {
             if !renewed.contains(p) {
                 tracing::error!(holder = %parts.holder, partition = p, epoch = e,
                     "lost the lease of a partition: its objects stop here");
                 parts.drop_partition(*p);
+                lost.push(*p);
             }
         }
+        // Their sockets close (their close turns cannot commit here any more).
+        tokio::spawn(parts.hand_over(&lost));
     }
     parts.valid_until_ns.store(
         parts.nanos(sent + parts.duration * 9 / 10),
@@ -463,9 +501,14 @@ async fn round(
         }
     }
     if !away.is_empty() {
+        // Their WebSockets close first, their close turns committed here.
+        let ps: Vec<u32> = away.iter().map(|(p, _)| *p).collect();
+        parts.hand_over(&ps).await;
         for (p, _) in &away {
             parts.serving[*p as usize].store(0, Ordering::Release);
         }
+        // A socket accepted meanwhile closes too (its object is no longer served here).
+        tokio::spawn(parts.hand_over(&ps));
         // The commits already queued for those objects finish (their callers get their
         // answers); later ones are refused by the fence.
         flush().await;
@@ -598,6 +641,8 @@ async fn round(
 /// round.
 async fn leave(parts: &Partitions, pool: &Pool, sql: &Sql, flush: &Flush) {
     let held = parts.held();
+    let ps: Vec<u32> = held.iter().map(|(p, _)| *p).collect();
+    parts.hand_over(&ps).await;
     for (p, _) in &held {
         parts.serving[*p as usize].store(0, Ordering::Release);
     }

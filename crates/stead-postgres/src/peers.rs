@@ -2,11 +2,14 @@
 //! its last round), and the other nodes reached over HTTP at the addresses they advertise,
 //! with the cluster's shared secret.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use stead_core::http::{MAX_PEER_BATCH, PEER_CALLS_PATH, PeerReplies};
 use stead_core::{Cluster, Error, Location, ObjectRef, PeerCall, PeerReply, Result};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::PostgresBackend;
 use crate::lease::Owner;
@@ -14,8 +17,13 @@ use crate::lease::Owner;
 /// A node of a cluster on PostgreSQL, for
 /// [`RuntimeBuilder::cluster`](stead_core::RuntimeBuilder::cluster): objects of the
 /// partitions this node holds are called here, the others are forwarded to their owners'
-/// `POST /_stead/peer/call` (see [`stead_core::http::peer_routes`], mounted on every node
+/// `POST /_stead/peer/calls` (see [`stead_core::http::peer_routes`], mounted on every node
 /// with the same secret).
+///
+/// Calls for one peer travel together: while two requests to it are
+/// being answered, the calls made meanwhile wait and leave as the next request, so a busy
+/// node sends a few large requests rather than one per call; an idle one sends each call
+/// at once. Replies stream back one by one as they are ready.
 ///
 /// ```no_run
 /// # async fn run() -> stead_core::Result<()> {
@@ -35,11 +43,42 @@ use crate::lease::Owner;
 /// let peers = stead_core::http::peer_routes(&rt, secret)?;
 /// # let _ = peers; rt.shutdown().await }
 /// ```
-#[derive(Debug)]
 pub struct PostgresCluster {
     backend: PostgresBackend,
     client: reqwest::Client,
-    authorization: String,
+    authorization: Arc<str>,
+    secret: String,
+    /// The queue of calls for each peer, drained by a task of its own.
+    peers: Mutex<HashMap<Arc<str>, mpsc::Sender<Pending>>>,
+}
+
+impl std::fmt::Debug for PostgresCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("PostgresCluster")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most this many requests to one peer are answered at once before the calls made
+/// meanwhile are held for the next.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A request counts against [`BATCHES_IN_FLIGHT`] at most this long: a batch whose calls
+/// run longer (a long-poll, a lock waited for) lets the next one leave.
+const BATCH_HOLD: Duration = Duration::from_millis(10);
+
+/// The serialized calls of one request stop growing past this many bytes.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Calls waiting for a peer's queue before callers wait for room.
+const QUEUE: usize = 16 * 1024;
+
+/// A call waiting to leave, and where its reply goes.
+struct Pending {
+    call: PeerCall,
+    reply: oneshot::Sender<Result<PeerReply>>,
 }
 
 impl PostgresCluster {
@@ -61,8 +100,30 @@ impl PostgresCluster {
         Ok(Arc::new(PostgresCluster {
             backend: backend.session(),
             client,
-            authorization: format!("Bearer {secret}"),
+            authorization: format!("Bearer {secret}").into(),
+            secret: secret.to_owned(),
+            peers: Mutex::new(HashMap::new()),
         }))
+    }
+}
+
+impl PostgresCluster {
+    /// The queue of calls for `peer`, and its task (started at its first call).
+    fn queue(&self, peer: &str) -> mpsc::Sender<Pending> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = peers.get(peer).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let link = Link {
+            client: self.client.clone(),
+            url: format!("http://{peer}{PEER_CALLS_PATH}"),
+            authorization: self.authorization.clone(),
+            peer: peer.into(),
+        };
+        tokio::spawn(link.drive(rx));
+        peers.insert(peer.into(), tx.clone());
+        tx
     }
 }
 
@@ -81,32 +142,128 @@ impl Cluster for PostgresCluster {
         }
     }
 
+    fn secret(&self) -> Option<&str> {
+        Some(&self.secret)
+    }
+
+    fn on_handover(&self, hook: stead_core::Handover) {
+        if let Owner::Cluster(parts) = &self.backend.inner.owner {
+            *parts.handover.0.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        }
+    }
+
     fn call(&self, peer: &str, call: PeerCall) -> BoxFuture<'static, Result<PeerReply>> {
-        let url = format!("http://{peer}{}", stead_core::http::PEER_CALL_PATH);
-        let request = self
-            .client
-            .post(url)
-            .header(reqwest::header::AUTHORIZATION, &self.authorization)
-            .json(&call);
-        let peer = peer.to_owned();
+        let queue = self.queue(peer);
         Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Pending { call, reply })
+                .await
+                .map_err(|_| Error::ShuttingDown)?;
+            answer.await.map_err(|_| Error::ShuttingDown)?
+        })
+    }
+}
+
+/// The way to one peer: its endpoint and credentials.
+#[derive(Clone)]
+struct Link {
+    client: reqwest::Client,
+    url: String,
+    authorization: Arc<str>,
+    peer: Arc<str>,
+}
+
+impl Link {
+    /// Sends the calls of `queue` in batches until every sender is gone.
+    async fn drive(self, mut queue: mpsc::Receiver<Pending>) {
+        let room = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+        while let Some(first) = queue.recv().await {
+            // Calls made while every request is out wait here and leave together.
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return;
+            };
+            let mut bytes = first.call.body.get().len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_PEER_BATCH && bytes < BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(p) => {
+                        bytes += p.call.body.get().len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let link = self.clone();
+            tokio::spawn(async move {
+                let held = tokio::spawn(async move {
+                    tokio::time::sleep(BATCH_HOLD).await;
+                    drop(permit);
+                });
+                link.send(batch).await;
+                held.abort();
+            });
+        }
+    }
+
+    /// Sends one batch and hands each reply to its caller as it arrives.
+    async fn send(&self, batch: Vec<Pending>) {
+        let (calls, mut replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.call, Some(p.reply))).unzip();
+        let peer = &self.peer;
+        let outcome: Result<()> = async {
             let unreachable = |e: reqwest::Error| {
                 Error::storage(format!("the cluster node at {peer} did not answer: {e}"))
             };
-            let response = request.send().await.map_err(unreachable)?;
+            let body = serde_json::to_vec(&calls).map_err(Error::Codec)?;
+            drop(calls);
+            let mut response = self
+                .client
+                .post(&self.url)
+                .header(reqwest::header::AUTHORIZATION, &*self.authorization)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(unreachable)?;
             let status = response.status();
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 // Not serving (starting, leaving, or its leases lapsed): ask again where
-                // the object is once the placement has moved on.
-                return Ok(PeerReply::NotOwner { owner: None });
+                // the objects are once the placement has moved on.
+                for r in replies.iter_mut().filter_map(Option::take) {
+                    let _ = r.send(Ok(PeerReply::NotOwner { owner: None }));
+                }
+                return Ok(());
             }
             if !status.is_success() {
                 return Err(Error::storage(format!(
-                    "the cluster node at {peer} refused a forwarded call ({status}): check \
+                    "the cluster node at {peer} refused forwarded calls ({status}): check \
                      that every node has the same cluster secret"
                 )));
             }
-            response.json::<PeerReply>().await.map_err(unreachable)
-        })
+            let mut lines = PeerReplies::default();
+            while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+                for (i, reply) in lines.feed(&chunk)? {
+                    if let Some(r) = replies.get_mut(i).and_then(Option::take) {
+                        let _ = r.send(Ok(reply));
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let error = match outcome {
+            Ok(()) => Error::storage(format!(
+                "the cluster node at {peer} ended its answer before replying to every \
+                 forwarded call: the call may or may not have run"
+            )),
+            Err(e) => e,
+        };
+        let text = error.to_string();
+        let mut error = Some(error);
+        for r in replies.into_iter().flatten() {
+            let e = error.take().unwrap_or_else(|| Error::storage(text.clone()));
+            let _ = r.send(Err(e));
+        }
     }
 }

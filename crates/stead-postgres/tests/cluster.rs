@@ -1,8 +1,7 @@
 //! A partitioned cluster on one PostgreSQL schema, nodes on loopback in one process: the
 //! partitions spread over the members with one holder each, move when members join and
 //! leave, are taken over when a member dies, and a member that lost a partition commits
-//! nothing more for it. (Calls forwarded between nodes are not built yet: a node serves the
-//! objects of the partitions it holds and refuses the others.)
+//! nothing more for it; calls to objects of other nodes are forwarded to their owners.
 
 mod support;
 
@@ -552,7 +551,15 @@ async fn served(schema: &str, name: &str, lease: Duration, secret: &str) -> Serv
         .unwrap();
     let app = stead_core::http::peer_routes(&rt, SECRET).unwrap();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        axum::serve(
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                // Replies stream back: without it, each waits for the previous one's ACK.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .await
+        .unwrap();
     });
     Served {
         backend,

@@ -2,7 +2,7 @@
 //! a partitioned cluster.
 //!
 //! A cluster node serves once it has joined: it answers every route, calls to objects
-//! another node owns are forwarded there (`/_stead/peer/call`, with the cluster's secret),
+//! another node owns are forwarded there (`/_stead/peer/calls`, with the cluster's secret),
 //! `GET /cluster` shows the members and the partitions, and a graceful stop hands every
 //! partition over before the process exits.
 //!
@@ -183,7 +183,7 @@ fn cluster_app(
         let backend = backend.clone();
         async move {
             let path = req.uri().path();
-            if path != "/healthz" && path != stead::http::PEER_CALL_PATH && !backend.is_active() {
+            if path != "/healthz" && path != stead::http::PEER_CALLS_PATH && !backend.is_active() {
                 return standby_answer(&reason(&backend.state()));
             }
             next.run(req).await

@@ -560,8 +560,8 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
     }
     // The peer endpoint is closed without the secret.
     let refused = http
-        .post(format!("{base_d}/_stead/peer/call"))
-        .json(&serde_json::json!({}))
+        .post(format!("{base_d}/_stead/peer/calls"))
+        .json(&serde_json::json!([]))
         .send()
         .await
         .unwrap()

@@ -50,6 +50,18 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     fn backend(&self) -> Arc<dyn DynBackend>;
     /// Closes every WebSocket of the namespace's objects as the runtime shuts down.
     fn stop_sockets(&self);
+    /// Accepts a WebSocket another node relays to one of its objects, when this node owns
+    /// it (503 otherwise: the relay asks again).
+    #[cfg(feature = "http")]
+    fn accept_peer_socket(
+        self: Arc<Self>,
+        open: crate::http::PeerSocketOpen,
+        upgrade: axum::extract::ws::WebSocketUpgrade,
+    ) -> Result<axum::response::Response>;
+    /// Closes with 1012 the WebSockets of the objects `leaving` selects (they move to
+    /// another node of the cluster), and resolves once their close turns have run and
+    /// those objects have left memory.
+    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, usize>;
     /// The class of the namespace's objects.
     fn class(&self) -> &'static str;
     /// The turns its objects have run since the runtime started.
@@ -386,6 +398,50 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
     fn stop_sockets(&self) {
         self.sockets
             .stop_all(&crate::websocket::hub::Stop::Shutdown);
+    }
+
+    #[cfg(feature = "http")]
+    fn accept_peer_socket(
+        self: Arc<Self>,
+        open: crate::http::PeerSocketOpen,
+        upgrade: axum::extract::ws::WebSocketUpgrade,
+    ) -> Result<axum::response::Response> {
+        let ns = Namespace::from_inner(self);
+        let stub = match &open.name {
+            Some(name) => ns.get_by_name(name),
+            None => ns.get(open.id),
+        };
+        if stub.id != open.id {
+            return Err(Error::bad_request(
+                "a relayed socket's id is not its name's",
+            ));
+        }
+        stub.check_name()?;
+        stub.accept_relayed(upgrade, open)
+    }
+
+    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, usize> {
+        Box::pin(async move {
+            let which = |id: &ObjectId| {
+                leaving(&ObjectRef {
+                    class: O::CLASS,
+                    id: *id,
+                })
+            };
+            let stopped = self
+                .sockets
+                .stop_where(&which, &crate::websocket::hub::Stop::Moved);
+            let closed = stopped.len();
+            futures_util::future::join_all(stopped.iter().map(|(_, s)| s.ended())).await;
+            // Their close turns were queued as the sockets ended: the objects leave once
+            // those have run and committed.
+            let mut ids: Vec<ObjectId> = stopped.into_iter().map(|(id, _)| id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let evicted = ids.into_iter().filter_map(|id| self.evict(id));
+            futures_util::future::join_all(evicted).await;
+            closed
+        })
     }
 
     fn class(&self) -> &'static str {

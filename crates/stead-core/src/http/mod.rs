@@ -17,7 +17,11 @@ pub use log::LogParams;
 pub use name::{Name, Names};
 pub use openapi::{document_problems, problems, schema};
 pub use pattern::Pattern;
-pub use peer::{PEER_CALL_PATH, peer_routes};
+pub(crate) use peer::PeerSocketOpen;
+pub use peer::{
+    MAX_PEER_BATCH, MAX_PEER_BATCH_BYTES, PEER_CALLS_PATH, PEER_SOCKET_PATH, PeerReplies,
+    peer_routes,
+};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};

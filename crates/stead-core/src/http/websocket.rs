@@ -10,15 +10,18 @@ use std::time::Duration;
 use axum::extract::ws::{
     CloseFrame, Message, Utf8Bytes, WebSocket as Connection, WebSocketUpgrade,
 };
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures_util::SinkExt;
 use serde::Serialize;
 
+use crate::backend::ObjectRef;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::executor::{SocketEvent, Stub};
+use crate::http::PeerSocketOpen;
 use crate::object::DurableObject;
+use crate::remote::{Cluster, Location};
 use crate::websocket::hub::{SocketSlot, Stop};
 use crate::websocket::{
     Frame, ObjectSockets, SocketShared, WebSocket, WebSocketClose, WebSocketConfig,
@@ -30,6 +33,8 @@ use crate::websocket::{
 const READ_BUFFER_BYTES: usize = 1024;
 /// How long a close handshake may take before the connection is dropped.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
+/// How long the close handshake of a socket whose object moves to another node may take.
+const MOVED_HANDSHAKE: Duration = Duration::from_millis(500);
 /// How long a close frame the runtime does not wait an answer for may take to leave (to a
 /// client that does not read, or one that sent too much).
 const PARTING_CLOSE: Duration = Duration::from_millis(100);
@@ -83,12 +88,68 @@ impl<O: DurableObject> Stub<O> {
         attachment: &A,
     ) -> Result<Response> {
         let inner = self.inner();
+        if inner.shared.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let checked = check_tags(tags)?;
+        let attachment = encode_attachment(attachment)?;
+        if let Some(cluster) = &inner.shared.cluster {
+            let obj = ObjectRef {
+                class: O::CLASS,
+                id: self.id(),
+            };
+            if cluster.locate(&obj) != Location::Here {
+                let open = PeerSocketOpen {
+                    class: O::CLASS.to_owned(),
+                    id: self.id(),
+                    name: self.name().map(str::to_owned),
+                    tags: serde_json::to_string(tags).map_err(Error::Codec)?,
+                    attachment: attachment.into(),
+                };
+                return Ok(self.relay(upgrade, cluster.clone(), open));
+            }
+        }
+        self.accept_here(upgrade, checked, attachment)
+    }
+
+    /// Accepts a socket another node relays here (see [`relay`]): on this node, which owns
+    /// the object; 503 when it does not (the relaying node asks again where it is).
+    pub(crate) fn accept_relayed(
+        &self,
+        upgrade: WebSocketUpgrade,
+        open: PeerSocketOpen,
+    ) -> Result<Response> {
+        if let Some(cluster) = &self.inner().shared.cluster {
+            let obj = ObjectRef {
+                class: O::CLASS,
+                id: self.id(),
+            };
+            if cluster.locate(&obj) != Location::Here {
+                return Ok(axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response());
+            }
+        }
+        let tags: Vec<String> = serde_json::from_str(&open.tags)
+            .map_err(|e| Error::bad_request(format!("the tags of a relayed socket: {e}")))?;
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let attachment: Box<serde_json::value::RawValue> = serde_json::from_str(&open.attachment)
+            .map_err(|e| {
+            Error::bad_request(format!("the attachment of a relayed socket: {e}"))
+        })?;
+        self.accept_here(upgrade, check_tags(&tags)?, encode_attachment(&attachment)?)
+    }
+
+    /// Accepts the socket for the object here.
+    fn accept_here(
+        &self,
+        upgrade: WebSocketUpgrade,
+        tags: Box<[Box<str>]>,
+        attachment: Box<str>,
+    ) -> Result<Response> {
+        let inner = self.inner();
         let shared = inner.shared.clone();
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let tags = check_tags(tags)?;
-        let attachment = encode_attachment(attachment)?;
         let max = shared.config.websocket.max_message_bytes;
         let (slot, hub) = SocketSlot::reserve(inner.sockets.clone(), self.id(), shared)?;
         let stub = self.clone();
@@ -98,6 +159,22 @@ impl<O: DurableObject> Stub<O> {
             .read_buffer_size(READ_BUFFER_BYTES);
         // A failed upgrade drops the task, and the slot with it.
         Ok(upgrade.on_upgrade(move |conn| hold(stub, slot, hub, tags, attachment, conn)))
+    }
+
+    /// Accepts the socket here and relays it to the node that owns the object.
+    fn relay(
+        &self,
+        upgrade: WebSocketUpgrade,
+        cluster: Arc<dyn Cluster>,
+        open: PeerSocketOpen,
+    ) -> Response {
+        let max = self.inner().shared.config.websocket.max_message_bytes;
+        let stub = self.clone();
+        let upgrade = upgrade
+            .max_message_size(max)
+            .max_frame_size(max)
+            .read_buffer_size(READ_BUFFER_BYTES);
+        upgrade.on_upgrade(move |conn| relay(stub, cluster, open, conn))
     }
 }
 
@@ -134,6 +211,7 @@ async fn hold<O: DurableObject>(
         slot.unregister();
         let _ = tokio::time::timeout(PARTING_CLOSE, close_with(&mut conn, 1001, SHUTDOWN)).await;
         count_close("shutdown");
+        socket.end();
         return;
     }
     let mut held = Held {
@@ -155,9 +233,13 @@ async fn hold<O: DurableObject>(
     {
         tracing::warn!(class = O::CLASS, id = %stub.id(), error = %e, "the close of a WebSocket could not be delivered to its object");
     }
+    socket.end();
 }
 
 const SHUTDOWN: &str = "the server is shutting down";
+
+/// The reason given with 1012 when a socket's object moves to another node.
+pub(crate) const MOVED: &str = "the object moved to another node of the cluster: reconnect";
 
 fn count_close(cause: &'static str) {
     metrics::counter!("stead_websocket_closes_total", "cause" => cause).increment(1);
@@ -336,6 +418,7 @@ impl<O: DurableObject> Held<'_, O> {
         let (code, reason, cause): (u16, Arc<str>, _) = match stop {
             Stop::Object(code, reason) => (code, reason, "object"),
             Stop::Shutdown => (1001, Arc::from(SHUTDOWN), "shutdown"),
+            Stop::Moved => (1012, Arc::from(MOVED), "moved"),
             Stop::SlowReader => {
                 let reason = "the client did not read its messages";
                 let _ =
@@ -359,10 +442,14 @@ impl<O: DurableObject> Held<'_, O> {
                 }
             }
         };
-        let was_clean = matches!(
-            tokio::time::timeout(CLOSE_HANDSHAKE, handshake).await,
-            Ok(Some(()))
-        );
+        // An object that moves waits little for the client: its close turn must run
+        // before the node lets the object go.
+        let limit = if cause == "moved" {
+            MOVED_HANDSHAKE
+        } else {
+            CLOSE_HANDSHAKE
+        };
+        let was_clean = matches!(tokio::time::timeout(limit, handshake).await, Ok(Some(())));
         let close = WebSocketClose {
             code,
             reason: reason.to_string(),
@@ -416,4 +503,244 @@ fn too_large(e: &axum::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<tungstenite::Error>())
         .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+/// How long a relay looks for the object's owner before it gives up with 1013.
+const RELAY_SETTLE: Duration = Duration::from_secs(5);
+
+/// The reason given with 1012 when the node that owns a relayed socket's object is gone.
+const OWNER_GONE: &str = "the node that holds the object went away: reconnect";
+
+/// Relays a socket accepted here to the node that owns its object, frame by frame, until
+/// either side closes it. The owner holds it as any other socket (its turns, hibernation,
+/// limits); this node answers the client's pings and pings a silent client, and passes
+/// close frames through both ways. A client that vanishes drops the link, so the owner
+/// sees 1006; an owner that vanishes closes the client with 1012.
+async fn relay<O: DurableObject>(
+    stub: Stub<O>,
+    cluster: Arc<dyn Cluster>,
+    open: PeerSocketOpen,
+    mut conn: Connection,
+) {
+    let shared = stub.inner().shared.clone();
+    shared.sockets.started();
+    let _counted = Counted(&shared.sockets);
+    let obj = ObjectRef {
+        class: O::CLASS,
+        id: stub.id(),
+    };
+    let start = tokio::time::Instant::now();
+    let mut peer = loop {
+        let refused = match cluster.locate(&obj) {
+            Location::Here => {
+                // The object came here meanwhile: hold the socket here.
+                let (Ok(tags), Ok(attachment)) = (
+                    serde_json::from_str::<Vec<String>>(&open.tags),
+                    Ok::<_, ()>(open.attachment.clone().into_boxed_str()),
+                ) else {
+                    return;
+                };
+                let tags: Box<[Box<str>]> = tags.into_iter().map(String::into_boxed_str).collect();
+                match SocketSlot::reserve(stub.inner().sockets.clone(), stub.id(), shared.clone()) {
+                    Ok((slot, hub)) => return hold(stub, slot, hub, tags, attachment, conn).await,
+                    Err(e) => e.to_string(),
+                }
+            }
+            Location::At(peer) => match connect(&*cluster, &peer, &open).await {
+                Ok(link) => break link,
+                Err(e) => e,
+            },
+            Location::Unknown => "no node serves the object yet".to_owned(),
+        };
+        if start.elapsed() >= RELAY_SETTLE || shared.closed.load(Ordering::Acquire) {
+            let reason = format!("the object cannot be reached now: {refused}");
+            let reason = truncate(&reason, 123);
+            let _ = tokio::time::timeout(PARTING_CLOSE, close_with(&mut conn, 1013, reason)).await;
+            count_close("relay_failed");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cause = pump(&shared, &mut conn, &mut peer).await;
+    count_close(cause);
+}
+
+/// Counts a relayed socket among the runtime's live ones while it lasts.
+struct Counted<'a>(&'a crate::shared::SocketCount);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
+}
+
+type PeerLink =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the relay's link to the owner at `peer`.
+async fn connect(
+    cluster: &dyn Cluster,
+    peer: &str,
+    open: &PeerSocketOpen,
+) -> std::result::Result<PeerLink, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(secret) = cluster.secret() else {
+        return Err("this node cannot relay sockets to other nodes".to_owned());
+    };
+    let query = serde_urlencoded::to_string(open).map_err(|e| e.to_string())?;
+    let mut request = format!("ws://{peer}{}?{query}", super::PEER_SOCKET_PATH)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let bearer = format!("Bearer {secret}")
+        .parse()
+        .map_err(|_| "the cluster secret is not a header value".to_owned())?;
+    request
+        .headers_mut()
+        .insert(axum::http::header::AUTHORIZATION, bearer);
+    let config = tungstenite::protocol::WebSocketConfig::default();
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await
+    {
+        Ok(Ok((link, _))) => Ok(link),
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            Err(format!("the node at {peer} answered {}", response.status()))
+        }
+        Ok(Err(e)) => Err(format!("the node at {peer}: {e}")),
+        Err(_) => Err(format!("the node at {peer} did not answer")),
+    }
+}
+
+/// Passes frames between the client and the owner until one side ends; says how for the
+/// metrics.
+async fn pump(
+    shared: &crate::shared::Shared,
+    conn: &mut Connection,
+    peer: &mut PeerLink,
+) -> &'static str {
+    use futures_util::StreamExt;
+    use tungstenite::Message as PeerMessage;
+    let clock = shared.clock.clone();
+    let config = &shared.config.websocket;
+    let mut last_seen = clock.now();
+    let mut pong_due: Option<DateTime<Utc>> = None;
+    let mut timer = clock.sleep_until(after(last_seen, config.ping_interval));
+    let closing = shared.sockets.closing();
+    tokio::pin!(closing);
+    loop {
+        tokio::select! {
+            incoming = conn.recv() => {
+                last_seen = clock.now();
+                pong_due = None;
+                let out = match incoming {
+                    Some(Ok(Message::Text(t))) => PeerMessage::Text(t.as_str().into()),
+                    Some(Ok(Message::Binary(b))) => PeerMessage::Binary(b),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        // The client's close goes to the owner, whose answer ends the link.
+                        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, conn.flush()).await;
+                        let frame = frame.map(|f| tungstenite::protocol::CloseFrame {
+                            code: f.code.into(),
+                            reason: f.reason.as_str().into(),
+                        });
+                        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                            peer.send(PeerMessage::Close(frame)).await.ok()?;
+                            while let Some(Ok(m)) = peer.next().await {
+                                if m.is_close() {
+                                    break;
+                                }
+                            }
+                            Some(())
+                        })
+                        .await;
+                        return "client";
+                    }
+                    Some(Err(e)) if too_large(&e) => {
+                        let reason = "the message is larger than the server accepts";
+                        let _ = tokio::time::timeout(PARTING_CLOSE, close_with(conn, 1009, reason)).await;
+                        return "too_large";
+                    }
+                    // The link is dropped without a close frame: the owner sees 1006.
+                    Some(Err(_)) | None => return "dropped",
+                };
+                if peer.send(out).await.is_err() {
+                    let _ = tokio::time::timeout(PARTING_CLOSE, close_with(conn, 1012, OWNER_GONE)).await;
+                    return "moved";
+                }
+            }
+            outgoing = peer.next() => {
+                let out = match outgoing {
+                    Some(Ok(PeerMessage::Text(t))) => Message::Text(t.as_str().into()),
+                    Some(Ok(PeerMessage::Binary(b))) => Message::Binary(b),
+                    Some(Ok(PeerMessage::Close(frame))) => {
+                        // The owner's handshake ends here at once (its close turn need not
+                        // wait for the client); the client gets the same close.
+                        let _ = tokio::time::timeout(PARTING_CLOSE, peer.flush()).await;
+                        let (code, reason) = frame.map_or((1000, String::new()), |f| {
+                            (u16::from(f.code), f.reason.as_str().to_owned())
+                        });
+                        // The owner's node shutting down is not this one's: reconnect.
+                        let (code, reason) = if code == 1001 {
+                            (1012, OWNER_GONE.to_owned())
+                        } else {
+                            (code, reason)
+                        };
+                        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+                            close_with(conn, code, &reason).await.ok()?;
+                            loop {
+                                match conn.recv().await {
+                                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Some(()),
+                                    Some(Ok(_)) => {}
+                                }
+                            }
+                        })
+                        .await;
+                        return if code == 1012 { "moved" } else { "object" };
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        let _ = tokio::time::timeout(PARTING_CLOSE, close_with(conn, 1012, OWNER_GONE)).await;
+                        return "moved";
+                    }
+                };
+                if conn.send(out).await.is_err() {
+                    return "dropped";
+                }
+            }
+            () = &mut timer => {
+                let now = clock.now();
+                match pong_due {
+                    // A client that does not answer: drop the link, the owner sees 1006.
+                    Some(due) if now >= due => return "ping_timeout",
+                    Some(due) => timer = clock.sleep_until(due),
+                    None if now >= after(last_seen, config.ping_interval) => {
+                        if conn.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                            return "dropped";
+                        }
+                        let due = after(now, config.ping_timeout);
+                        pong_due = Some(due);
+                        timer = clock.sleep_until(due);
+                    }
+                    None => timer = clock.sleep_until(after(last_seen, config.ping_interval)),
+                }
+            }
+            () = &mut closing => {
+                // This node shuts down: the client hears 1001, the owner a close.
+                let _ = tokio::time::timeout(PARTING_CLOSE, close_with(conn, 1001, SHUTDOWN)).await;
+                let _ = tokio::time::timeout(PARTING_CLOSE, peer.close(None)).await;
+                return "shutdown";
+            }
+        }
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

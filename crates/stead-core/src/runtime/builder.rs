@@ -273,6 +273,17 @@ impl RuntimeBuilder {
             loads: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
+        if let Some(cluster) = &inner.shared.cluster {
+            let weak = weak.clone();
+            cluster.on_handover(Arc::new(move |leaving| {
+                let inner = weak.upgrade();
+                Box::pin(async move {
+                    if let Some(inner) = inner {
+                        inner.hand_over_sockets(leaving).await;
+                    }
+                })
+            }));
+        }
         let mut tasks = vec![tokio::spawn(lru_loop(weak.clone()))];
         if let Some(manual) = inner.shared.clock.as_manual() {
             let driven: Weak<dyn TimeDriven> = weak;

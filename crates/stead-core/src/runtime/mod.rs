@@ -121,6 +121,21 @@ impl Runtime {
         }
     }
 
+    /// Accepts a WebSocket another node relays to an object this node owns (see
+    /// [`http::peer_routes`](crate::http::peer_routes)).
+    #[cfg(feature = "http")]
+    pub(crate) fn accept_peer_socket(
+        &self,
+        open: crate::http::PeerSocketOpen,
+        upgrade: axum::extract::ws::WebSocketUpgrade,
+    ) -> Result<axum::response::Response> {
+        let ns = lock(&self.inner.namespaces)
+            .get(open.class.as_str())
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("class {} on this node", open.class)))?;
+        ns.accept_peer_socket(open, upgrade)
+    }
+
     /// The namespace of class `O`, if it is registered.
     pub fn get_namespace<O: DurableObject>(&self) -> Result<Option<Namespace<O>>> {
         let map = lock(&self.inner.namespaces);
@@ -410,6 +425,7 @@ impl Runtime {
         inner.wait_for_objects(&namespaces).await;
         // Turns in flight are done and what they sent is queued: now the sockets close with
         // 1001, and their close turns run (activating objects again where needed).
+        inner.shared.sockets.close_relays();
         if inner.shared.sockets.live() > 0 {
             for ns in &namespaces {
                 ns.stop_sockets();
@@ -439,7 +455,30 @@ fn downcast<O: DurableObject>(ns: &Arc<dyn NamespaceDyn>) -> Result<Namespace<O>
 /// How long shutdown waits for WebSockets to finish closing.
 const SOCKET_SHUTDOWN_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long a handover waits for the close turns of the sockets of objects leaving.
+const SOCKET_HANDOVER_LIMIT: Duration = Duration::from_secs(2);
+
 impl RuntimeInner {
+    /// Closes with 1012 the WebSockets of the objects about to leave this node, and waits
+    /// (at most [`SOCKET_HANDOVER_LIMIT`]) for their close turns, so they commit here
+    /// while this node still owns the objects.
+    pub(crate) async fn hand_over_sockets(&self, leaving: crate::Leaving) {
+        let namespaces: Vec<_> = lock(&self.namespaces).values().cloned().collect();
+        let all = futures_util::future::join_all(
+            namespaces
+                .into_iter()
+                .map(|ns| ns.hand_over_sockets(leaving.clone())),
+        );
+        if tokio::time::timeout(SOCKET_HANDOVER_LIMIT, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "WebSockets of objects leaving this node were still closing when it let them go"
+            );
+        }
+    }
+
     /// Waits until every object has finished its turns, flushed its commits and left.
     async fn wait_for_objects(&self, namespaces: &[Arc<dyn NamespaceDyn>]) {
         loop {

@@ -45,6 +45,9 @@ pub(crate) enum Stop {
     Shutdown,
     /// The client did not read: its queue overflowed and was dropped.
     SlowReader,
+    /// Its object moves to another node of the cluster: 1012, the client reconnects
+    /// (after what was sent before).
+    Moved,
 }
 
 /// The queue of what is to be written to one client.
@@ -64,6 +67,8 @@ pub(crate) struct SocketShared {
     outbox: Mutex<Outbox>,
     /// Woken when there is something to write or a reason to stop.
     pub(crate) wake: Notify,
+    /// Set once the connection is over and its close turn has run (or could not).
+    ended: tokio::sync::watch::Sender<bool>,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -81,6 +86,7 @@ impl SocketShared {
             attachment: Mutex::new(attachment),
             outbox: Mutex::new(Outbox::default()),
             wake: Notify::new(),
+            ended: tokio::sync::watch::Sender::new(false),
             max_messages,
             max_bytes,
         }
@@ -165,6 +171,17 @@ impl SocketShared {
     /// Whether the queue overflowed (the writer gives up on a client that does not read).
     pub(crate) fn overflowed(&self) -> bool {
         lock(&self.outbox).stop == Some(Stop::SlowReader)
+    }
+
+    /// The connection is over and its close turn was delivered.
+    pub(crate) fn end(&self) {
+        self.ended.send_replace(true);
+    }
+
+    /// Waits until [`end`](Self::end).
+    pub(crate) async fn ended(&self) {
+        let mut rx = self.ended.subscribe();
+        let _ = rx.wait_for(|ended| *ended).await;
     }
 
     /// The connection is over: nothing more is queued.
@@ -287,6 +304,28 @@ impl SocketTable {
         if ObjectSockets::unused(&inner) {
             map.remove(&id);
         }
+    }
+
+    /// Stops every socket of the objects `which` selects, and answers them with their
+    /// objects.
+    pub(crate) fn stop_where(
+        &self,
+        which: &dyn Fn(&ObjectId) -> bool,
+        stop: &Stop,
+    ) -> Vec<(ObjectId, Arc<SocketShared>)> {
+        let hubs: Vec<_> = lock(&self.map)
+            .iter()
+            .filter(|(id, _)| which(id))
+            .map(|(id, hub)| (*id, hub.clone()))
+            .collect();
+        let mut stopped = Vec::new();
+        for (id, hub) in hubs {
+            for socket in hub.list(None) {
+                socket.stop(stop.clone());
+                stopped.push((id, socket));
+            }
+        }
+        stopped
     }
 
     /// Stops every socket of every object.
