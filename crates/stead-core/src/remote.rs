@@ -15,6 +15,7 @@
 //! error when its object is elsewhere; its reply type must be serde too.
 
 use std::any::{Any, TypeId};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,14 +80,14 @@ pub type Handover = Arc<dyn Fn(Leaving) -> BoxFuture<'static, ()> + Send + Sync>
 #[non_exhaustive]
 pub struct PeerCall {
     /// The object's class.
-    pub class: String,
+    pub class: Cow<'static, str>,
     /// The object's id.
     pub id: ObjectId,
     /// Its name, when it was called by name (the owner records it as the caller's node
     /// would).
     pub name: Option<String>,
     /// The message's type, as its class declared it.
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// The message, serialized (JSON, kept as text: never parsed into a tree on the way).
     pub body: Box<RawValue>,
 }
@@ -147,15 +148,15 @@ type Serve<O> = fn(Stub<O>, Box<RawValue>) -> BoxFuture<'static, Result<Box<RawV
 /// }
 /// ```
 pub struct Remote<O: DurableObject> {
-    send: HashMap<TypeId, (&'static str, Decode)>,
-    serve: HashMap<&'static str, Serve<O>>,
+    send: HashMap<TypeId, (&'static str, Decode), foldhash::fast::RandomState>,
+    serve: HashMap<&'static str, Serve<O>, foldhash::fast::RandomState>,
 }
 
 impl<O: DurableObject> Default for Remote<O> {
     fn default() -> Self {
         Remote {
-            send: HashMap::new(),
-            serve: HashMap::new(),
+            send: HashMap::default(),
+            serve: HashMap::default(),
         }
     }
 }
@@ -272,10 +273,10 @@ where
             }
             Location::At(peer) => {
                 let call = PeerCall {
-                    class: O::CLASS.to_owned(),
+                    class: Cow::Borrowed(O::CLASS),
                     id: stub.id(),
                     name: stub.name().map(str::to_owned),
-                    message: name.to_owned(),
+                    message: Cow::Borrowed(name),
                     body: body.clone(),
                 };
                 let reply = tokio::time::timeout(timeout, cluster.call(&peer, call))

@@ -4,7 +4,8 @@
 //! - the time a new node takes to get its share of 256 partitions, and the time from a
 //!   node's death to every partition served again.
 //!
-//! `cargo bench -p stead-postgres --bench cluster` (`-- --seconds S`), against
+//! `cargo bench -p stead-postgres --bench cluster` (`-- --seconds S`;
+//! `STEAD_BENCH_ONLY=forwarded` runs the forwarded calls alone, for a profile), against
 //! `STEAD_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`), in schemas
 //! of its own that it drops after. On one 2-core machine every node shares the same cores:
 //! the figures show what forwarding costs, not what more machines would add.
@@ -14,6 +15,10 @@ use std::time::{Duration, Instant};
 use stead_core::testing::probe::{Probe, ProbeEnv};
 use stead_core::{Durability, Namespace, ObjectRef, Runtime, Stub};
 use stead_postgres::{ClusterOptions, PostgresBackend, PostgresCluster, PostgresOptions};
+
+/// The same allocator as the `stead` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CALLERS: usize = 256;
 const SECRET: &str = "the-secret-of-the-cluster-bench";
@@ -139,6 +144,14 @@ fn main() {
             .take(1000)
             .collect();
         let on = |n: &Node| names.iter().map(|s| n.ns.get_by_name(s)).collect::<Vec<_>>();
+        if std::env::var("STEAD_BENCH_ONLY").is_ok_and(|v| v == "forwarded") {
+            // For a profile of the forwarding path alone.
+            let forwarded = turns(on(&a), secs).await;
+            println!("forwarded calls: {forwarded:.0}/s");
+            a.rt.shutdown().await.unwrap();
+            b.rt.shutdown().await.unwrap();
+            return;
+        }
         let owner = turns(on(&b), secs).await;
         let forwarded = turns(on(&a), secs).await;
         let owner2 = turns(on(&b), secs).await;

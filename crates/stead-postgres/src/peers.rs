@@ -20,10 +20,11 @@ use crate::lease::Owner;
 /// `POST /_stead/peer/calls` (see [`stead_core::http::peer_routes`], mounted on every node
 /// with the same secret).
 ///
-/// Calls for one peer travel together: while two requests to it are
-/// being answered, the calls made meanwhile wait and leave as the next request, so a busy
-/// node sends a few large requests rather than one per call; an idle one sends each call
-/// at once. Replies stream back one by one as they are ready.
+/// Calls for one peer travel together: while two requests are on their way to it (until
+/// its answer begins), the calls made meanwhile wait and leave as the next request, so a
+/// busy node sends a few large requests rather than one per call; an idle one sends each
+/// call at once. Replies stream back one by one as they are ready, so a long call (a
+/// long-poll, a lock waited for) holds no other back.
 ///
 /// ```no_run
 /// # async fn run() -> stead_core::Result<()> {
@@ -49,7 +50,7 @@ pub struct PostgresCluster {
     authorization: Arc<str>,
     secret: String,
     /// The queue of calls for each peer, drained by a task of its own.
-    peers: Mutex<HashMap<Arc<str>, mpsc::Sender<Pending>>>,
+    peers: Mutex<HashMap<Arc<str>, mpsc::Sender<Pending>, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for PostgresCluster {
@@ -61,13 +62,9 @@ impl std::fmt::Debug for PostgresCluster {
     }
 }
 
-/// At most this many requests to one peer are answered at once before the calls made
-/// meanwhile are held for the next.
+/// At most this many requests to one peer are on their way (sent, their answer not yet
+/// begun) before the calls made meanwhile are held for the next.
 const BATCHES_IN_FLIGHT: usize = 2;
-
-/// A request counts against [`BATCHES_IN_FLIGHT`] at most this long: a batch whose calls
-/// run longer (a long-poll, a lock waited for) lets the next one leave.
-const BATCH_HOLD: Duration = Duration::from_millis(10);
 
 /// The serialized calls of one request stop growing past this many bytes.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -102,7 +99,7 @@ impl PostgresCluster {
             client,
             authorization: format!("Bearer {secret}").into(),
             secret: secret.to_owned(),
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::default()),
         }))
     }
 }
@@ -195,19 +192,12 @@ impl Link {
                 }
             }
             let link = self.clone();
-            tokio::spawn(async move {
-                let held = tokio::spawn(async move {
-                    tokio::time::sleep(BATCH_HOLD).await;
-                    drop(permit);
-                });
-                link.send(batch).await;
-                held.abort();
-            });
+            tokio::spawn(async move { link.send(batch, permit).await });
         }
     }
 
     /// Sends one batch and hands each reply to its caller as it arrives.
-    async fn send(&self, batch: Vec<Pending>) {
+    async fn send(&self, batch: Vec<Pending>, permit: tokio::sync::OwnedSemaphorePermit) {
         let (calls, mut replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.call, Some(p.reply))).unzip();
         let peer = &self.peer;
@@ -217,7 +207,7 @@ impl Link {
             };
             let body = serde_json::to_vec(&calls).map_err(Error::Codec)?;
             drop(calls);
-            let mut response = self
+            let response = self
                 .client
                 .post(&self.url)
                 .header(reqwest::header::AUTHORIZATION, &*self.authorization)
@@ -225,7 +215,10 @@ impl Link {
                 .body(body)
                 .send()
                 .await
-                .map_err(unreachable)?;
+                .map_err(unreachable);
+            // The peer has the whole batch: the next one may leave.
+            drop(permit);
+            let mut response = response?;
             let status = response.status();
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
                 // Not serving (starting, leaving, or its leases lapsed): ask again where

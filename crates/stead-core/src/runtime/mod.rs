@@ -109,9 +109,7 @@ impl Runtime {
     /// [`Cluster`](crate::Cluster)): on the object's namespace, if this node owns it and its
     /// class declared the message; otherwise the reply says why.
     pub async fn serve_peer(&self, call: crate::PeerCall) -> crate::PeerReply {
-        let ns = lock(&self.inner.namespaces)
-            .get(call.class.as_str())
-            .cloned();
+        let ns = lock(&self.inner.namespaces).get(&*call.class).cloned();
         match ns {
             Some(ns) => ns.serve_peer(call).await,
             None => crate::PeerReply::Failed(Error::not_found(format!(
