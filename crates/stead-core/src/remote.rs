@@ -233,6 +233,54 @@ const MAX_HOPS: usize = 2;
 /// How long a forwarded call waits, in all, for a partition that is changing hands.
 const SETTLE: Duration = Duration::from_secs(5);
 
+/// After this long without an answer, a forwarded call starts checking where its object is.
+const FIRST_CHECK: Duration = Duration::from_millis(500);
+
+/// How often a forwarded call without an answer checks again.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A forwarded call gives up once its object has been placed on another node than the one
+/// it was sent to for this long.
+const OWNER_MOVED: Duration = Duration::from_secs(1);
+
+/// Waits for the answer of a call sent to `peer`, until `deadline`; gives up sooner, with
+/// [`Error::Timeout`] (the outcome is unknown, as for any timeout), once the object has
+/// been placed elsewhere for [`OWNER_MOVED`]: a peer paused or cut off past its leases
+/// cannot commit the call any more (its fences refuse it), so its answer can only be a
+/// failure, or never come.
+async fn answer(
+    cluster: &Arc<dyn Cluster>,
+    obj: &ObjectRef,
+    peer: &Arc<str>,
+    sent: BoxFuture<'static, Result<PeerReply>>,
+    deadline: tokio::time::Instant,
+) -> Result<PeerReply> {
+    tokio::pin!(sent);
+    let first = tokio::time::Instant::now() + FIRST_CHECK;
+    let check = tokio::time::sleep_until(first.min(deadline));
+    tokio::pin!(check);
+    let mut moved_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            reply = &mut sent => return reply,
+            () = &mut check => {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(Error::Timeout);
+                }
+                if matches!(cluster.locate(obj), Location::At(ref p) if p == peer) {
+                    moved_since = None;
+                } else if now.duration_since(*moved_since.get_or_insert(now)) >= OWNER_MOVED {
+                    tracing::warn!(class = obj.class, id = %obj.id, %peer,
+                        "a forwarded call went unanswered while its object moved to another node: given up");
+                    return Err(Error::Timeout);
+                }
+                check.as_mut().reset((now + CHECK_EVERY).min(deadline));
+            }
+        }
+    }
+}
+
 /// Sends `msg` for `stub`'s object to the node `at`, following the owner as it moves.
 pub(crate) async fn forward<O, M>(
     stub: &Stub<O>,
@@ -279,9 +327,8 @@ where
                     message: Cow::Borrowed(name),
                     body: body.clone(),
                 };
-                let reply = tokio::time::timeout(timeout, cluster.call(&peer, call))
-                    .await
-                    .map_err(|_| Error::Timeout)??;
+                let sent = cluster.call(&peer, call);
+                let reply = answer(cluster, &obj, &peer, sent, start + timeout).await?;
                 match reply {
                     PeerReply::Reply(v) => {
                         let reply = decode(&v)?;

@@ -3,7 +3,7 @@
 //! owns is forwarded and answered there, follows the owner when it moved, waits while
 //! nobody owns it, and refuses messages its class did not declare.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,6 +73,8 @@ struct Nodes {
     views: Vec<AtomicUsize>,
     /// Calls each node received.
     received: Vec<AtomicUsize>,
+    /// Nodes that never answer (paused).
+    paused: Vec<AtomicBool>,
 }
 
 struct Node {
@@ -98,6 +100,9 @@ impl Cluster for Node {
             let call: PeerCall =
                 serde_json::from_slice(&serde_json::to_vec(&call).map_err(wire)?).map_err(wire)?;
             nodes.received[n].fetch_add(1, Ordering::SeqCst);
+            if nodes.paused[n].load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
             let rt = nodes.runtimes.lock().unwrap()[n].clone();
             let reply = rt.serve_peer(call).await;
             serde_json::from_slice(&serde_json::to_vec(&reply).map_err(wire)?).map_err(wire)
@@ -110,6 +115,7 @@ async fn cluster(n: usize) -> (Arc<Nodes>, Vec<stead_core::Namespace<Counter>>) 
         runtimes: Mutex::default(),
         views: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         received: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        paused: (0..n).map(|_| AtomicBool::new(false)).collect(),
     });
     let mut namespaces = Vec::new();
     for me in 0..n {
@@ -212,6 +218,32 @@ async fn a_call_gives_up_when_nobody_owns_the_object_for_long() {
         err.to_string().contains("storage") || format!("{err:?}").contains("changing hands"),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn a_call_to_a_paused_owner_gives_up_once_the_object_moved_on() {
+    let (nodes, ns) = cluster(3).await;
+    place(&nodes, 1);
+    nodes.paused[1].store(true, Ordering::SeqCst);
+    let stub = ns[0].get_by_name("c");
+    let started = std::time::Instant::now();
+    let call = tokio::spawn(async move { stub.call(Add(1)).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !call.is_finished(),
+        "it waits for the owner while the owner is still placed"
+    );
+    // The paused node's leases expire; n2 takes the object over.
+    place(&nodes, 2);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "gave up after {took:?}, not at the 30 s deadline"
+    );
+    // The next call reaches the new owner.
+    assert_eq!(ns[0].get_by_name("c").call(Add(1)).await.unwrap(), (1, 2));
 }
 
 #[test]
