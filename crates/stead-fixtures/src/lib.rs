@@ -5,6 +5,7 @@
 //! - [`TestClient`]: calls an axum router without a socket, as a peer address of your choice.
 //! - [`eventually`]: waits for a condition that background work will make true, sleeping
 //!   between looks instead of spinning, and fails with a message when it never does.
+//! - [`history`]: a history checker for registers (stale and backward reads).
 //! - [`bench`]: a tokio runtime for benches and the fan-out of N callers that each run a
 //!   series of operations, timed.
 //!
@@ -22,6 +23,7 @@
 
 pub mod bench;
 mod client;
+pub mod history;
 mod runtime;
 mod wait;
 

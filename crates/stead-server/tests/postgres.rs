@@ -8,7 +8,9 @@ use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
+use stead_fixtures::history::{Event, register_anomalies};
 
 use common::{Server, spawn_server};
 
@@ -491,12 +493,65 @@ trait Pipe: Sized {
 
 impl<T> Pipe for T {}
 
-/// Clients on the nodes of `bases` (see [`client`]) until [`Load::finish`].
+/// The registers of the history check: sidecar values `/sidecars/reg{k}/keys/v`.
+const REGISTERS: usize = 3;
+
+/// Writes (unique values) and reads the registers through random nodes of `bases` until
+/// `stop`, and records every acknowledged operation with when it was invoked and answered.
+async fn register_client(
+    http: reqwest::Client,
+    bases: Arc<std::sync::Mutex<Vec<String>>>,
+    histories: Arc<std::sync::Mutex<Vec<Vec<Event>>>>,
+    next_value: Arc<std::sync::atomic::AtomicI64>,
+    clock: Instant,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let k = rand::random::<u32>() as usize;
+        let base = {
+            let b = bases.lock().unwrap();
+            b[k % b.len()].clone()
+        };
+        let url = format!("{base}/sidecars/reg{}/keys/v", k % REGISTERS);
+        let write = k.is_multiple_of(2);
+        let value = next_value.fetch_add(1, Ordering::Relaxed);
+        let invoked = clock.elapsed().as_nanos();
+        let read = if write {
+            let r = http
+                .put(&url)
+                .json(&value)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            if !r.is_ok_and(|r| r.status().is_success()) {
+                continue;
+            }
+            0
+        } else {
+            match read_swapped(&http, &url).await {
+                Ok((v, _)) => v as i64,
+                Err(_) => continue,
+            }
+        };
+        let completed = clock.elapsed().as_nanos();
+        histories.lock().unwrap()[k % REGISTERS].push(Event {
+            invoked,
+            completed,
+            wrote: write.then_some(value),
+            read,
+        });
+    }
+}
+
+/// Clients on the nodes of `bases` (see [`client`] and [`register_client`]) until
+/// [`Load::finish`].
 struct Load {
     reachable: Arc<std::sync::Mutex<Vec<String>>>,
     acked: Arc<std::sync::Mutex<Acked>>,
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<Last>>,
+    registers: Vec<tokio::task::JoinHandle<()>>,
+    histories: Arc<std::sync::Mutex<Vec<Vec<Event>>>>,
 }
 
 impl Load {
@@ -515,11 +570,28 @@ impl Load {
                 ))
             })
             .collect();
+        let histories = Arc::new(std::sync::Mutex::new(vec![Vec::new(); REGISTERS]));
+        let next_value = Arc::new(std::sync::atomic::AtomicI64::new(1));
+        let clock = Instant::now();
+        let registers = (0..2)
+            .map(|_| {
+                tokio::spawn(register_client(
+                    http.clone(),
+                    reachable.clone(),
+                    histories.clone(),
+                    next_value.clone(),
+                    clock,
+                    stop.clone(),
+                ))
+            })
+            .collect();
         Load {
             reachable,
             acked,
             stop,
             clients,
+            registers,
+            histories,
         }
     }
 
@@ -530,6 +602,18 @@ impl Load {
         for c in self.clients {
             last.push(c.await.unwrap());
         }
+        for r in self.registers {
+            r.await.unwrap();
+        }
+        // The registers' histories show no stale or backward read.
+        let mut ops = 0;
+        for (k, h) in self.histories.lock().unwrap().iter().enumerate() {
+            let anomalies = register_anomalies(h);
+            assert!(anomalies.is_empty(), "reg{k}: {anomalies:#?}");
+            ops += h.len();
+        }
+        eprintln!("{ops} acknowledged register operations, no anomaly");
+        assert!(ops > 20, "{ops} register operations");
         let acked = std::mem::take(&mut *self.acked.lock().unwrap());
         (acked, last)
     }
