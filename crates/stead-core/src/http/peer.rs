@@ -114,8 +114,17 @@ async fn calls(State(rt): State<Runtime>, body: Bytes) -> Response {
         .into_iter()
         .enumerate()
         .map(|(i, call)| {
+            // Each call on a task of its own: the batch's turns spread over the workers.
             let rt = rt.clone();
-            async move { (i, rt.serve_peer(call).await) }
+            let running = tokio::spawn(async move { rt.serve_peer(call).await });
+            async move {
+                let reply = running.await.unwrap_or_else(|e| {
+                    PeerReply::Failed(crate::Error::storage(format!(
+                        "a forwarded call failed on this node: {e}"
+                    )))
+                });
+                (i, reply)
+            }
         })
         .collect();
     // Replies ready together leave in one chunk.
