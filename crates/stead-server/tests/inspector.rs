@@ -117,9 +117,10 @@ async fn the_inspector_in_a_real_browser() {
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
 
-    // The overview: the vital signs and every namespace.
+    // The overview: the vital signs and every namespace (and no cluster: a single node).
     let (dom, log) = render(&browser, &format!("{base}/ui/")).await;
     no_errors(&dom, &log);
+    assert!(!dom.contains(r#"<section id="cluster">"#), "{dom}");
     assert!(
         dom.contains("turns per second")
             && dom.contains("objects in memory")
@@ -442,4 +443,71 @@ async fn an_operator_queries_forks_and_exports_in_the_browser() {
         .unwrap();
     assert_eq!(r["rows"], serde_json::json!([[12]]), "{r}");
     server.shutdown().await.unwrap();
+}
+
+/// On a node of a cluster, the overview shows the members, their addresses and the
+/// partitions each holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inspector_shows_the_members_of_a_cluster() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let Some(schema) = common::fresh_schema() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::postgres_url();
+    let node = |name: &str| {
+        let args = [
+            "--backend",
+            "postgres",
+            "--postgres-url",
+            &url,
+            "--postgres-schema",
+            &schema,
+            "--node-id",
+            name,
+            "--cluster",
+            "--cluster-secret",
+            "the-cluster-secret-of-this-test",
+            "--cluster-partitions",
+            "8",
+        ];
+        let (server, base, _log) = common::spawn_server(dir.path(), &args);
+        (server, base)
+    };
+    let (_a, base_a) = node("node-a");
+    let (_b, base_b) = node("node-b");
+    let http = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value = match http.get(format!("{base_a}/cluster")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if v["members"].as_array().is_some_and(|m| m.len() == 2) && v["moving"] == 0 {
+            break;
+        }
+        assert!(start.elapsed().as_secs() < 15, "not settled: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (dom, log) = render(&browser, &format!("{base_a}/ui/")).await;
+    no_errors(&dom, &log);
+    assert!(
+        dom.contains(r#"<section id="cluster"><h2>Cluster</h2>"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"<div class="n">8</div><div class="label">partitions</div>"#),
+        "{dom}"
+    );
+    let address_b = base_b.trim_start_matches("http://");
+    assert!(
+        dom.contains("<td>node-a</td>")
+            && dom.contains(&format!("<td>{address_b}</td>"))
+            && dom.contains("<td>node-b</td>")
+            && dom.contains(r#"<td class="muted">this node</td>"#),
+        "{dom}"
+    );
+    common::drop_schema(&schema);
 }

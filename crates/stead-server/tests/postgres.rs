@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,40 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use stead_fixtures::history::{Event, register_anomalies};
 
-use common::{Server, spawn_server};
+use common::{Server, drop_schema, fresh_schema, spawn_server};
 
 const LEASE_MS: u64 = 2000;
 
 fn url() -> String {
-    std::env::var("STEAD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh schema name, or `None` (with one line said) when no server answers.
-fn fresh_schema() -> Option<String> {
-    let reachable = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5432".parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    if !reachable && std::env::var("STEAD_TEST_POSTGRES_URL").is_err() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipped: no PostgreSQL at 127.0.0.1:5432"
-        );
-        return None;
-    }
-    Some(format!("stead_test_{:016x}", rand::random::<u64>()))
-}
-
-fn drop_schema(schema: &str) {
-    let _ = Command::new("psql")
-        .args([
-            &url(),
-            "-qc",
-            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
-        ])
-        .output();
+    common::postgres_url()
 }
 
 fn node(dir: &std::path::Path, schema: &str, name: &str, extra: &[&str]) -> (Server, String) {

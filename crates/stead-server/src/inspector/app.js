@@ -112,6 +112,9 @@ async function overview() {
   view.appendChild(table);
   sample(v);
   drawAll();
+  // A node of a cluster: its members and partitions (no such route on other servers).
+  const cluster = await optional("/cluster");
+  if (cluster) clusterSection(view, cluster);
   // Stored objects per class: one read of the registry each, once per visit.
   const counts = await api("counts");
   for (const c of counts) {
@@ -123,6 +126,45 @@ async function overview() {
       if (location.hash === "" || location.hash === "#/") load(refresh);
     }, 2000);
   }
+}
+
+// The cluster as this node sees it: the members with their addresses and the partitions
+// each holds, what this node holds, and how many partitions are still to move.
+function clusterSection(view, c) {
+  const section = el("section");
+  section.id = "cluster";
+  section.appendChild(el("h2", "Cluster"));
+  const cards = el("div", null, "cards");
+  card(cards, "partitions", c.partitions);
+  card(cards, "held by this node", Object.keys(c.held || {}).length);
+  card(cards, "still to move", c.moving);
+  section.appendChild(cards);
+  const table = el("table");
+  table.id = "members";
+  const head = el("tr");
+  for (const h of ["node", "address", "partitions", ""]) head.appendChild(el("th", h));
+  table.appendChild(head);
+  for (const m of c.members) {
+    const tr = el("tr");
+    tr.appendChild(el("td", m.node));
+    tr.appendChild(el("td", m.address));
+    tr.appendChild(el("td", m.partitions, "num"));
+    tr.appendChild(el("td", m.holder === c.holder ? "this node" : "", "muted"));
+    table.appendChild(tr);
+  }
+  section.appendChild(table);
+  view.appendChild(section);
+}
+
+// A GET that answers null when the route does not exist here.
+async function optional(url) {
+  const headers = { accept: "application/json" };
+  if (token) headers.authorization = "Bearer " + token;
+  const resp = await fetch(url, { headers });
+  if (resp.status === 404) return null;
+  if (resp.status === 401) throw new Unauthorized("a token is needed");
+  if (!resp.ok) throw new Error(resp.statusText);
+  return resp.json();
 }
 
 function card(parent, label, value) {

@@ -147,3 +147,36 @@ pub fn run_node(fixture: &str, marker: &str, script: &str, args: &[&str]) -> ser
     let text = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
 }
+
+/// The PostgreSQL server the tests use: `STEAD_TEST_POSTGRES_URL`, or the project
+/// machines' own.
+pub fn postgres_url() -> String {
+    std::env::var("STEAD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A fresh schema name, or `None` (with one line said) when no server answers (CI checks
+/// beforehand that one does).
+pub fn fresh_schema() -> Option<String> {
+    let reachable = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5432".parse().unwrap(),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !reachable && std::env::var("STEAD_TEST_POSTGRES_URL").is_err() {
+        eprintln!("skipped: no PostgreSQL at 127.0.0.1:5432");
+        return None;
+    }
+    Some(format!("stead_test_{:016x}", rand::random::<u64>()))
+}
+
+/// Drops a test's schema.
+pub fn drop_schema(schema: &str) {
+    let _ = Command::new("psql")
+        .args([
+            &postgres_url(),
+            "-qc",
+            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+        ])
+        .output();
+}
