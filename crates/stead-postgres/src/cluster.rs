@@ -548,7 +548,11 @@ async fn round(
     if !take.is_empty() {
         let mut client = pool.get().await.map_err(|e| e.to_string())?;
         let tx = client.transaction().await.map_err(|e| describe(&e))?;
-        // Waits for every commit that checked these leases (`FOR KEY SHARE`).
+        // Waits for every commit that holds these partitions' locks; later ones wait for
+        // this transaction, then see the new epochs.
+        tx.query(&sql.lease_fence, &[&take, &sql.lock_space])
+            .await
+            .map_err(|e| describe(&e))?;
         tx.query(&sql.partitions_lock, &[&take])
             .await
             .map_err(|e| describe(&e))?;

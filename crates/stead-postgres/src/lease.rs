@@ -6,10 +6,11 @@
 //! before it expires, on a connection of its own; and counts it as held only until its own
 //! monotonic clock says it might have expired (measured from before the renewal was sent,
 //! so the node always gives up before PostgreSQL would let another take over). Every commit
-//! transaction re-reads the row `FOR KEY SHARE` and commits only when the node still holds
-//! it with the epoch the writing activation started under. A takeover locks the row
-//! `FOR UPDATE` first, so it waits for commits in flight; a renewal changes only the expiry
-//! and waits for none of them. Statements and idle transactions are cut off at half a
+//! transaction takes a shared advisory lock on the lease's partition (held to its end), then
+//! re-reads the row, and commits only when the node still holds it with the epoch the
+//! writing activation started under. A takeover takes that lock exclusively first, so it
+//! waits for commits in flight, and commits that begin meanwhile wait for it and then see
+//! the new epoch; a renewal changes only the expiry and waits for none of them. Statements and idle transactions are cut off at half a
 //! lease, so a paused node cannot hold a takeover up past its lease.
 
 use std::sync::Arc;
@@ -219,6 +220,10 @@ pub(crate) async fn run(
 async fn acquire(pool: &Pool, sql: &Sql, holder: &str, ms: i64) -> Result<Option<u64>, String> {
     let mut client = pool.get().await.map_err(|e| e.to_string())?;
     let tx = client.transaction().await.map_err(|e| describe(&e))?;
+    // Waits for every commit holding the lease's lock (see `Sql::lease_fence`).
+    tx.query(&sql.lease_fence, &[&vec![0i32], &sql.lock_space])
+        .await
+        .map_err(|e| describe(&e))?;
     tx.query_opt(&sql.lease_lock, &[])
         .await
         .map_err(|e| describe(&e))?;

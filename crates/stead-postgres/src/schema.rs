@@ -159,6 +159,17 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
 /// Every statement the backend runs, written once for its schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
+    /// The first key of this schema's advisory locks (the second is a partition): a hash
+    /// of the schema's name, so that deployments on one database rarely share a lock (and
+    /// when they do, they only wait for each other).
+    pub(crate) lock_space: i32,
+    /// A commit's shared locks on the partitions it writes, taken in order, held to its
+    /// end: a takeover's exclusive ones wait for it.
+    pub(crate) lease_hold: String,
+    /// A takeover's exclusive locks on the partitions it takes, taken in order: it waits
+    /// for every commit holding them, and commits that begin later wait for it, then find
+    /// the new epoch.
+    pub(crate) lease_fence: String,
     pub(crate) get: String,
     pub(crate) list: [String; 4],
     pub(crate) load: String,
@@ -270,11 +281,18 @@ impl Sql {
                  ORDER BY name LIMIT $5"
             ),
             object_name: format!("SELECT name FROM {s}.objects WHERE class = $1 AND id = $2"),
-            // The leases a group's commit writes under, held against a takeover until the
-            // commit ends.
+            lock_space: lock_space(schema),
+            lease_hold: "SELECT pg_advisory_xact_lock_shared($2::int, p) \
+                 FROM (SELECT p FROM unnest($1::int[]) AS p ORDER BY p) AS sorted"
+                .to_owned(),
+            lease_fence: "SELECT pg_advisory_xact_lock($2::int, p) \
+                 FROM (SELECT p FROM unnest($1::int[]) AS p ORDER BY p) AS sorted"
+                .to_owned(),
+            // The leases a group's commit writes under, read once its locks are held (a
+            // statement of its own: it sees every takeover that committed before).
             lease_check: format!(
                 "SELECT partition_id, epoch FROM {s}.lease WHERE partition_id = ANY($2) \
-                 AND holder = $1 AND expires_at > clock_timestamp() FOR KEY SHARE"
+                 AND holder = $1 AND expires_at > clock_timestamp()"
             ),
             due_alarms_in: format!(
                 "SELECT at_ms, id FROM {s}.alarms WHERE class = $1 AND at_ms <= $2 \
@@ -340,8 +358,8 @@ impl Sql {
                  WHERE l.expires_at <= clock_timestamp()
                  RETURNING partition_id, epoch"
             ),
-            // A takeover waits for every commit that checked the lease (`FOR KEY SHARE`);
-            // a renewal, which changes only the expiry, does not.
+            // Takeovers of the one lease are serialized by its row; commits are fenced by
+            // the advisory locks (`lease_fence`).
             lease_lock: format!("SELECT 1 FROM {s}.lease WHERE partition_id = 0 FOR UPDATE"),
             lease_acquire: format!(
                 "INSERT INTO {s}.lease AS l (partition_id, holder, epoch, expires_at, acquired_at)
@@ -402,4 +420,14 @@ mod tests {
             assert!(check_schema_name(bad).is_err(), "{bad:?}");
         }
     }
+}
+
+/// The first key of a schema's advisory locks: FNV-1a of its name.
+fn lock_space(schema: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
 }

@@ -231,8 +231,9 @@ fn fold(batches: &[CommitBatch]) -> Columns<'_> {
     c
 }
 
-/// The group's transaction: the lease check first (it holds the lease row against a
-/// takeover until the commit), then every change, then the commit.
+/// The group's transaction: the lease check first (shared locks on the partitions it
+/// writes, held against a takeover until the commit, then their epochs read), then every
+/// change, then the commit.
 async fn write(ctx: &WriterCtx, held: &[(i32, i64)], batches: &[CommitBatch]) -> Result<()> {
     let c = fold(batches);
     let mut client = ctx.pool.get().await.map_err(crate::no_connection)?;
@@ -249,9 +250,16 @@ async fn write(ctx: &WriterCtx, held: &[(i32, i64)], batches: &[CommitBatch]) ->
     }
     let sql = &ctx.sql;
     let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
-    let mut found: Vec<(i32, i64)> = tx
-        .query(&sql.lease_check, &[&ctx.owner.holder(), &partitions])
-        .await
+    // Both leave at once; the check runs once the locks are held.
+    let holder = ctx.owner.holder();
+    let hold: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&partitions, &sql.lock_space];
+    let check: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&holder, &partitions];
+    let (locked, checked) = tokio::join!(
+        tx.query(&sql.lease_hold, &hold),
+        tx.query(&sql.lease_check, &check),
+    );
+    locked.map_err(pg_err)?;
+    let mut found: Vec<(i32, i64)> = checked
         .map_err(pg_err)?
         .iter()
         .map(|r| (r.get::<_, i32>(0), r.get::<_, i64>(1)))

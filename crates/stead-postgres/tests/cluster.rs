@@ -284,6 +284,106 @@ async fn a_member_that_lost_a_partition_commits_nothing_more_for_it() {
     drop_schema(&schema);
 }
 
+/// The first key of a schema's advisory locks (FNV-1a of its name): computed here apart, so
+/// that a change of it, which would leave nodes of two versions unfenced from each other,
+/// shows.
+fn lock_space(schema: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
+/// A takeover waits for the commits in flight on the partitions it takes: while a
+/// transaction holds the partitions' commit locks (as a group commit does from its lease
+/// check to its end), another node takes none of them, however expired their leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_the_commits_in_flight() {
+    let schema = fresh_schema();
+    let lease = Duration::from_secs(1);
+    let a = node(&schema, "a", lease).await;
+    eventually("one node holds everything", Duration::from_secs(5), || {
+        held(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    // A commit in flight on every partition.
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    let last = PARTITIONS as i32 - 1;
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock_shared($1::int, p) FROM generate_series(0, $2::int) p",
+            &[&lock_space(&schema), &last],
+        )
+        .await
+        .unwrap();
+    // `a` dies; `b` joins, and would take every partition once `a`'s leases expire.
+    a.halt_for_tests();
+    let b = PostgresBackend::connect(cluster_options(&schema, "b", lease))
+        .await
+        .unwrap();
+    tokio::time::sleep(lease * 3).await;
+    assert!(
+        held(&b).is_empty(),
+        "took {:?} under a commit in flight",
+        held(&b)
+    );
+    // The commit ends: the takeover goes on.
+    client.batch_execute("COMMIT").await.unwrap();
+    eventually(
+        "the takeover once the commit ended",
+        Duration::from_secs(5),
+        || held(&b).len() == PARTITIONS as usize,
+    )
+    .await;
+    drop(b);
+    drop_schema(&schema);
+}
+
+/// A commit waits for a takeover in progress on a partition it writes: while a transaction
+/// holds the partitions' locks exclusively (as a takeover does until it commits), no commit
+/// of them completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_waits_for_a_takeover_in_progress() {
+    let schema = fresh_schema();
+    let a = node(&schema, "a", Duration::from_secs(5)).await;
+    eventually("one node holds everything", Duration::from_secs(5), || {
+        held(&a).len() == PARTITIONS as usize
+    })
+    .await;
+    let (rt, ns) = probe_runtime(&a).await;
+    let x = ns.get_by_name("x");
+    assert_eq!(incr(&x).await.unwrap(), 1);
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    let last = PARTITIONS as i32 - 1;
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1::int, p) FROM generate_series(0, $2::int) p",
+            &[&lock_space(&schema), &last],
+        )
+        .await
+        .unwrap();
+    let pending = tokio::spawn(async move { incr(&x).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !pending.is_finished(),
+        "a commit completed under a takeover in progress"
+    );
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(pending.await.unwrap().unwrap(), 2);
+    rt.shutdown().await.unwrap();
+    drop_schema(&schema);
+}
+
 #[tokio::test]
 async fn a_deployment_keeps_its_partition_count_and_its_mode() {
     let schema = fresh_schema();
