@@ -407,6 +407,16 @@ impl Sql {
     }
 }
 
+/// The first key of a schema's advisory locks: FNV-1a of its name.
+fn lock_space(schema: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,14 +430,4 @@ mod tests {
             assert!(check_schema_name(bad).is_err(), "{bad:?}");
         }
     }
-}
-
-/// The first key of a schema's advisory locks: FNV-1a of its name.
-fn lock_space(schema: &str) -> i32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in schema.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h as i32
 }
