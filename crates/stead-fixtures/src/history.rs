@@ -10,6 +10,14 @@
 //! let stale = Event { invoked: 21, completed: 22, wrote: None, read: 1 };
 //! assert_eq!(register_anomalies(&[write, overwrite, stale]).len(), 1);
 //! ```
+//!
+//! A write whose answer was lost (a timeout, a node killed during the call) may or may not
+//! have taken effect: record it with `completed` [`UNKNOWN`], so that reading its value
+//! is no anomaly, and it is never taken to have overwritten anything.
+
+/// The completion of a write whose outcome is unknown: it may take effect at any time after
+/// it was invoked.
+pub const UNKNOWN: u128 = u128::MAX;
 
 /// One operation on a register, as a client saw it: when it was invoked and when its
 /// answer came (nanoseconds on one clock), and what it wrote or read.
@@ -17,7 +25,7 @@
 pub struct Event {
     /// When the operation was invoked.
     pub invoked: u128,
-    /// When its answer came.
+    /// When its answer came ([`UNKNOWN`] for a write whose answer was lost).
     pub completed: u128,
     /// `Some(v)` a write of `v`; `None` a read.
     pub wrote: Option<i64>,
@@ -106,6 +114,18 @@ mod tests {
             !register_anomalies(&[w(1, 0, 10), w(2, 11, 20), r(2, 21, 22), r(1, 23, 24)])
                 .is_empty()
         );
+        // A write whose answer was lost may be read, and overwrites nothing for sure.
+        let lost = |v, invoked| Event {
+            invoked,
+            completed: UNKNOWN,
+            wrote: Some(v),
+            read: 0,
+        };
+        assert!(
+            register_anomalies(&[w(1, 0, 10), lost(2, 11), r(2, 30, 31), r(1, 32, 33)]).len() == 1
+        );
+        assert!(register_anomalies(&[w(1, 0, 10), lost(2, 11), r(1, 30, 31)]).is_empty());
+        assert!(register_anomalies(&[lost(2, 11), r(2, 12, 13)]).is_empty());
         // A read of nothing after a write ended.
         assert_eq!(register_anomalies(&[w(1, 0, 10), r(0, 11, 12)]).len(), 1);
     }

@@ -336,7 +336,23 @@ async fn sockets_reach_their_object_from_any_node_and_close_with_1012_when_it_mo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    for n in [&c, &b, &a] {
+    // The owner's node shuts down: its own clients hear 1001, relayed ones 1012 (their
+    // node is not going away: they reconnect).
+    let j = (0..names.len())
+        .find(|&j| j != i && after[j] == 1)
+        .expect("a room on b");
+    clients[j].send(Message::text("last")).await.unwrap();
+    assert!(text(next(&mut clients[j]).await).starts_with("echo last"));
+    b.rt.shutdown().await.unwrap();
+    match next(&mut clients[j]).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1012, "{}", names[j]);
+            assert!(frame.reason.contains("went away"), "{}", frame.reason);
+        }
+        other => panic!("{}: expected a close, got {other:?}", names[j]),
+    }
+
+    for n in [&c, &a] {
         n.rt.shutdown().await.unwrap();
     }
     drop_schema(&schema);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::{Duration, Instant};
-use stead_fixtures::history::{Event, register_anomalies};
+use stead_fixtures::history::{Event, UNKNOWN, register_anomalies};
 
 use common::{Server, drop_schema, fresh_schema, spawn_server};
 
@@ -495,6 +495,13 @@ async fn register_client(
                 .send()
                 .await;
             if !r.is_ok_and(|r| r.status().is_success()) {
+                // Its outcome is unknown (the node may have died after committing it).
+                histories.lock().unwrap()[k % REGISTERS].push(Event {
+                    invoked,
+                    completed: UNKNOWN,
+                    wrote: Some(value),
+                    read: 0,
+                });
                 continue;
             }
             0
@@ -840,6 +847,19 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
         .unwrap()
         .status();
     assert_eq!(refused, 401);
+    let refused = http
+        .get(format!(
+            "{base_d}/_stead/peer/socket?class=counter&id={}&tags=[]&attachment=null",
+            "0".repeat(64)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        refused, 401,
+        "the relay endpoint is closed without the secret too"
+    );
     drop(d);
     drop(servers);
     drop_schema(&schema);
