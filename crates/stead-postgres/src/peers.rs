@@ -69,6 +69,9 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// The serialized calls of one request stop growing past this many bytes.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// How long a peer may take to begin its answer to a batch (it begins once it has read it).
+const ANSWER_BEGINS: Duration = Duration::from_secs(10);
+
 /// Calls waiting for a peer's queue before callers wait for room.
 const QUEUE: usize = 16 * 1024;
 
@@ -92,6 +95,11 @@ impl PostgresCluster {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A connection whose peer vanished without a word (a cut network) is found
+            // dead within about half a minute rather than TCP's quarter of an hour.
+            .tcp_keepalive(Duration::from_secs(10))
+            .tcp_keepalive_interval(Duration::from_secs(5))
+            .tcp_keepalive_retries(3u32)
             .build()
             .map_err(|e| Error::invalid_config(format!("HTTP client for peers: {e}")))?;
         Ok(Arc::new(PostgresCluster {
@@ -207,15 +215,22 @@ impl Link {
             };
             let body = serde_json::to_vec(&calls).map_err(Error::Codec)?;
             drop(calls);
-            let response = self
+            let sent = self
                 .client
                 .post(&self.url)
                 .header(reqwest::header::AUTHORIZATION, &*self.authorization)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body)
-                .send()
-                .await
-                .map_err(unreachable);
+                .send();
+            // The peer answers a batch's head as soon as it has read it: one that does not
+            // within ANSWER_BEGINS is paused or cut off, and must not hold the next batch.
+            let response = match tokio::time::timeout(ANSWER_BEGINS, sent).await {
+                Ok(r) => r.map_err(unreachable),
+                Err(_) => Err(Error::storage(format!(
+                    "the cluster node at {peer} did not begin to answer within {ANSWER_BEGINS:?}: \
+                     the calls may or may not have run"
+                ))),
+            };
             // The peer has the whole batch: the next one may leave.
             drop(permit);
             let mut response = response?;
