@@ -849,7 +849,7 @@ async fn a_cluster_serves_every_route_on_every_node_through_deaths_pauses_joins_
     assert_eq!(refused, 401);
     let refused = http
         .get(format!(
-            "{base_d}/_stead/peer/socket?class=counter&id={}&tags=[]&attachment=null",
+            "{base_d}/_stead/peer/socket?class=counter&id={}&socket=e30",
             "0".repeat(64)
         ))
         .send()

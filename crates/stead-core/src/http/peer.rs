@@ -39,10 +39,63 @@ pub(crate) struct PeerSocketOpen {
     pub(crate) class: String,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<String>,
-    /// The tags, as a JSON array.
-    pub(crate) tags: String,
-    /// The attachment, as JSON.
-    pub(crate) attachment: String,
+    /// Its tags and attachment, as the JSON of [`Accepted`], base64url: a third more than
+    /// the JSON, where percent-escapes could triple it (a URI has at most 64 KiB; this is at
+    /// most about 36 KiB for the largest tags and attachment).
+    pub(crate) socket: String,
+}
+
+/// What a relayed socket was accepted with.
+#[derive(Serialize, Deserialize)]
+struct Accepted<'a> {
+    #[serde(borrow)]
+    tags: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    attachment: &'a serde_json::value::RawValue,
+}
+
+impl PeerSocketOpen {
+    /// `tags` and `attachment` (JSON) of a socket of object `id` of `class`.
+    pub(crate) fn new(
+        class: &str,
+        id: ObjectId,
+        name: Option<&str>,
+        tags: &[&str],
+        attachment: &str,
+    ) -> Result<Self> {
+        use base64::Engine as _;
+        let attachment = serde_json::value::RawValue::from_string(attachment.to_owned())
+            .map_err(crate::Error::Codec)?;
+        let accepted = Accepted {
+            tags: tags
+                .iter()
+                .map(|t| std::borrow::Cow::Borrowed(*t))
+                .collect(),
+            attachment: &attachment,
+        };
+        let json = serde_json::to_vec(&accepted).map_err(crate::Error::Codec)?;
+        Ok(PeerSocketOpen {
+            class: class.to_owned(),
+            id,
+            name: name.map(str::to_owned),
+            socket: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json),
+        })
+    }
+
+    /// The tags and the attachment (JSON) it carries.
+    pub(crate) fn accepted(&self) -> Result<(Vec<String>, String)> {
+        use base64::Engine as _;
+        let bad = |what: String| crate::Error::bad_request(format!("a relayed socket: {what}"));
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&self.socket)
+            .map_err(|e| bad(e.to_string()))?;
+        let accepted: Accepted<'_> =
+            serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+        Ok((
+            accepted.tags.into_iter().map(|t| t.into_owned()).collect(),
+            accepted.attachment.get().to_owned(),
+        ))
+    }
 }
 
 /// At most this many calls in one request to [`PEER_CALLS_PATH`].
@@ -180,6 +233,38 @@ impl PeerReplies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_relayed_socket_fits_in_a_uri_and_round_trips() {
+        use crate::websocket::{MAX_ATTACHMENT_BYTES, MAX_TAG_CHARS, MAX_TAGS};
+        // Characters that a query escapes, and four-byte ones.
+        let tag = "\u{1F600}".repeat(MAX_TAG_CHARS);
+        let tags: Vec<&str> = (0..MAX_TAGS).map(|_| tag.as_str()).collect();
+        let inner = "\"{}&=".repeat((MAX_ATTACHMENT_BYTES - 2) / 5 / 2);
+        let attachment = serde_json::to_string(&inner).unwrap();
+        assert!(
+            attachment.len() <= MAX_ATTACHMENT_BYTES,
+            "{}",
+            attachment.len()
+        );
+        let open = PeerSocketOpen::new(
+            "room",
+            ObjectId::random(),
+            Some("a&b=c"),
+            &tags,
+            &attachment,
+        )
+        .unwrap();
+        let query = serde_urlencoded::to_string(&open).unwrap();
+        let uri = format!("ws://10.0.0.1:8080{PEER_SOCKET_PATH}?{query}");
+        assert!(uri.len() < 65_534, "{} bytes", uri.len());
+        assert!(uri.parse::<axum::http::Uri>().is_ok());
+        let back: PeerSocketOpen = serde_urlencoded::from_str(&query).unwrap();
+        let (t, a) = back.accepted().unwrap();
+        assert_eq!(t, tags);
+        assert_eq!(a, attachment);
+        assert_eq!(back.name.as_deref(), Some("a&b=c"));
+    }
 
     #[test]
     fn reply_lines_split_wherever_the_chunks_end() {

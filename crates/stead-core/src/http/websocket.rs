@@ -99,13 +99,8 @@ impl<O: DurableObject> Stub<O> {
                 id: self.id(),
             };
             if cluster.locate(&obj) != Location::Here {
-                let open = PeerSocketOpen {
-                    class: O::CLASS.to_owned(),
-                    id: self.id(),
-                    name: self.name().map(str::to_owned),
-                    tags: serde_json::to_string(tags).map_err(Error::Codec)?,
-                    attachment: attachment.into(),
-                };
+                let open =
+                    PeerSocketOpen::new(O::CLASS, self.id(), self.name(), tags, &attachment)?;
                 return Ok(self.relay(upgrade, cluster.clone(), open));
             }
         }
@@ -128,13 +123,10 @@ impl<O: DurableObject> Stub<O> {
                 return Ok(axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response());
             }
         }
-        let tags: Vec<String> = serde_json::from_str(&open.tags)
-            .map_err(|e| Error::bad_request(format!("the tags of a relayed socket: {e}")))?;
+        let (tags, attachment) = open.accepted()?;
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let attachment: Box<serde_json::value::RawValue> = serde_json::from_str(&open.attachment)
-            .map_err(|e| {
-            Error::bad_request(format!("the attachment of a relayed socket: {e}"))
-        })?;
+        let attachment: Box<serde_json::value::RawValue> =
+            serde_json::value::RawValue::from_string(attachment).map_err(Error::Codec)?;
         self.accept_here(upgrade, check_tags(&tags)?, encode_attachment(&attachment)?)
     }
 
@@ -534,12 +526,10 @@ async fn relay<O: DurableObject>(
         let refused = match cluster.locate(&obj) {
             Location::Here => {
                 // The object came here meanwhile: hold the socket here.
-                let (Ok(tags), Ok(attachment)) = (
-                    serde_json::from_str::<Vec<String>>(&open.tags),
-                    Ok::<_, ()>(open.attachment.clone().into_boxed_str()),
-                ) else {
+                let Ok((tags, attachment)) = open.accepted() else {
                     return;
                 };
+                let attachment = attachment.into_boxed_str();
                 let tags: Box<[Box<str>]> = tags.into_iter().map(String::into_boxed_str).collect();
                 match SocketSlot::reserve(stub.inner().sockets.clone(), stub.id(), shared.clone()) {
                     Ok((slot, hub)) => return hold(stub, slot, hub, tags, attachment, conn).await,
