@@ -384,6 +384,54 @@ async fn a_commit_waits_for_a_takeover_in_progress() {
     drop_schema(&schema);
 }
 
+/// A peer that accepts connections and never answers (paused, or cut off after the
+/// connect) fails the batches sent to it once they have waited 10 s for the answer to
+/// begin, and holds no later batch back for longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_fails_its_batches_and_holds_no_other_back() {
+    use stead_core::{Cluster, PeerCall};
+    let schema = fresh_schema();
+    let a = node(&schema, "a", Duration::from_secs(5)).await;
+    let cluster = PostgresCluster::new(&a, SECRET).unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let call = || {
+        serde_json::from_value::<PeerCall>(serde_json::json!({
+            "class": "probe", "id": "0".repeat(64), "name": null, "message": "m", "body": 1
+        }))
+        .unwrap()
+    };
+    let started = Instant::now();
+    // Two batches take both places; the third waits for one.
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        calls.push(tokio::spawn(cluster.call(&peer, call())));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = async {
+        for c in calls {
+            let err = c.await.unwrap().unwrap_err();
+            assert!(
+                format!("{err:?}").contains("did not begin to answer"),
+                "{err:?}"
+            );
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(40), all)
+        .await
+        .expect("every call to a silent peer ends");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(10), "{took:?}");
+    eprintln!("three calls to a silent peer failed within {took:?}");
+    drop_schema(&schema);
+}
+
 #[tokio::test]
 async fn a_deployment_keeps_its_partition_count_and_its_mode() {
     let schema = fresh_schema();
