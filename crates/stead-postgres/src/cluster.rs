@@ -501,30 +501,7 @@ async fn round(
         }
     }
     if !away.is_empty() {
-        // Their WebSockets close first, their close turns committed here.
-        let ps: Vec<u32> = away.iter().map(|(p, _)| *p).collect();
-        parts.hand_over(&ps).await;
-        for (p, _) in &away {
-            parts.serving[*p as usize].store(0, Ordering::Release);
-        }
-        // A socket accepted meanwhile closes too (its object is no longer served here).
-        tokio::spawn(parts.hand_over(&ps));
-        // The commits already queued for those objects finish (their callers get their
-        // answers); later ones are refused by the fence.
-        flush().await;
-        let ps: Vec<i32> = away.iter().map(|(p, _)| *p as i32).collect();
-        let es: Vec<i64> = away.iter().map(|(_, e)| *e as i64).collect();
-        let released = match pool.get().await {
-            Ok(client) => client
-                .execute(&sql.partitions_release, &[&ps, &es, &parts.holder])
-                .await
-                .map_err(|e| describe(&e)),
-            Err(e) => Err(e.to_string()),
-        };
-        for (p, _) in &away {
-            parts.drop_partition(*p);
-        }
-        match released {
+        match give_up(parts, pool, sql, flush, &away).await {
             Ok(n) => tracing::info!(holder = %me, partitions = n, "handed partitions over"),
             Err(e) => tracing::warn!(holder = %me, error = %e,
                 "could not give partitions back; they move when their leases expire"),
@@ -640,36 +617,56 @@ async fn round(
     )
 }
 
-/// A graceful stop: new turns stop, commits in flight finish, every lease is given back
-/// and the node leaves the members table, so that the others take over at their next
-/// round.
-async fn leave(parts: &Partitions, pool: &Pool, sql: &Sql, flush: &Flush) {
-    let held = parts.held();
+/// Gives partitions `held` up: their objects' WebSockets close (their close turns
+/// committed here), new turns stop, the commits already queued finish (their callers get
+/// their answers; later ones are refused by the fence), and the leases are given back.
+/// Answers how many were.
+async fn give_up(
+    parts: &Partitions,
+    pool: &Pool,
+    sql: &Sql,
+    flush: &Flush,
+    held: &[(u32, u64)],
+) -> std::result::Result<u64, String> {
     let ps: Vec<u32> = held.iter().map(|(p, _)| *p).collect();
     parts.hand_over(&ps).await;
-    for (p, _) in &held {
+    for p in &ps {
         parts.serving[*p as usize].store(0, Ordering::Release);
     }
+    // A socket accepted meanwhile closes too (its object is no longer served here).
+    tokio::spawn(parts.hand_over(&ps));
     flush().await;
-    let ps: Vec<i32> = held.iter().map(|(p, _)| *p as i32).collect();
     let es: Vec<i64> = held.iter().map(|(_, e)| *e as i64).collect();
-    let result = async {
+    let ps: Vec<i32> = ps.iter().map(|p| *p as i32).collect();
+    let released = async {
         let client = pool.get().await.map_err(|e| e.to_string())?;
-        if !ps.is_empty() {
-            client
-                .execute(&sql.partitions_release, &[&ps, &es, &parts.holder])
-                .await
-                .map_err(|e| describe(&e))?;
+        client
+            .execute(&sql.partitions_release, &[&ps, &es, &parts.holder])
+            .await
+            .map_err(|e| describe(&e))
+    }
+    .await;
+    for (p, _) in held {
+        parts.drop_partition(*p);
+    }
+    released
+}
+
+/// A graceful stop: every partition is given up (see [`give_up`]) and the node leaves the
+/// members table, so that the others take over at their next round.
+async fn leave(parts: &Partitions, pool: &Pool, sql: &Sql, flush: &Flush) {
+    let held = parts.held();
+    let result = async {
+        if !held.is_empty() {
+            give_up(parts, pool, sql, flush, &held).await?;
         }
+        let client = pool.get().await.map_err(|e| e.to_string())?;
         client
             .execute(&sql.member_leave, &[&parts.holder])
             .await
             .map_err(|e| describe(&e))
     }
     .await;
-    for (p, _) in &held {
-        parts.drop_partition(*p);
-    }
     if let Err(e) = result {
         tracing::warn!(error = %e, "could not give partitions back; others take them when their leases expire");
     }

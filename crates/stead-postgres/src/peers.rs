@@ -47,7 +47,6 @@ use crate::lease::Owner;
 pub struct PostgresCluster {
     backend: PostgresBackend,
     client: reqwest::Client,
-    authorization: Arc<str>,
     secret: String,
     /// The queue of calls for each peer, drained by a task of its own.
     peers: Mutex<HashMap<Arc<str>, mpsc::Sender<Pending>, foldhash::fast::RandomState>>,
@@ -105,7 +104,6 @@ impl PostgresCluster {
         Ok(Arc::new(PostgresCluster {
             backend: backend.session(),
             client,
-            authorization: format!("Bearer {secret}").into(),
             secret: secret.to_owned(),
             peers: Mutex::new(HashMap::default()),
         }))
@@ -119,11 +117,17 @@ impl PostgresCluster {
         if let Some(q) = peers.get(peer).filter(|q| !q.is_closed()) {
             return q.clone();
         }
+        // Peers that left the cluster are forgotten (a queue ends with its last sender), so
+        // addresses that come and go do not pile up.
+        if let Owner::Cluster(parts) = &self.backend.inner.owner {
+            let members = parts.view().members;
+            peers.retain(|address, _| members.iter().any(|m| *m.address == **address));
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let link = Link {
             client: self.client.clone(),
             url: format!("http://{peer}{PEER_CALLS_PATH}"),
-            authorization: self.authorization.clone(),
+            authorization: format!("Bearer {}", self.secret).into(),
             peer: peer.into(),
         };
         tokio::spawn(link.drive(rx));

@@ -250,14 +250,18 @@ async fn write(ctx: &WriterCtx, held: &[(i32, i64)], batches: &[CommitBatch]) ->
     }
     let sql = &ctx.sql;
     let partitions: Vec<i32> = held.iter().map(|(p, _)| *p).collect();
-    // Both leave at once; the check runs once the locks are held.
+    // Prepared once per connection, like every statement of the commit; both leave at
+    // once, and the check runs once the locks are held.
+    let (hold_stmt, check_stmt) = tokio::try_join!(
+        tx.prepare_cached(&sql.lease_hold),
+        tx.prepare_cached(&sql.lease_check),
+    )
+    .map_err(pg_err)?;
     let holder = ctx.owner.holder();
     let hold: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&partitions, &sql.lock_space];
     let check: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&holder, &partitions];
-    let (locked, checked) = tokio::join!(
-        tx.query(&sql.lease_hold, &hold),
-        tx.query(&sql.lease_check, &check),
-    );
+    let (locked, checked) =
+        tokio::join!(tx.query(&hold_stmt, &hold), tx.query(&check_stmt, &check),);
     locked.map_err(pg_err)?;
     let mut found: Vec<(i32, i64)> = checked
         .map_err(pg_err)?

@@ -61,7 +61,7 @@ pub(crate) trait NamespaceDyn: Send + Sync + 'static {
     /// Closes with 1012 the WebSockets of the objects `leaving` selects (they move to
     /// another node of the cluster), and resolves once their close turns have run and
     /// those objects have left memory.
-    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, usize>;
+    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, ()>;
     /// The class of the namespace's objects.
     fn class(&self) -> &'static str;
     /// The turns its objects have run since the runtime started.
@@ -310,15 +310,10 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
         use crate::remote::{Location, PeerReply};
         Box::pin(async move {
             let ns = Namespace::from_inner(self);
-            let stub = match &call.name {
-                Some(name) => ns.get_by_name(name),
-                None => ns.get(call.id),
+            let stub = match ns.peer_stub(call.id, call.name.as_deref()) {
+                Ok(stub) => stub,
+                Err(e) => return PeerReply::Failed(e),
             };
-            if stub.id != call.id {
-                return PeerReply::Failed(Error::bad_request(
-                    "a forwarded call's id is not its name's",
-                ));
-            }
             // Only the owner runs it; another answers with the owner it knows.
             if let Some(cluster) = &ns.inner.shared.cluster {
                 let obj = ObjectRef {
@@ -406,21 +401,12 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
         open: crate::http::PeerSocketOpen,
         upgrade: axum::extract::ws::WebSocketUpgrade,
     ) -> Result<axum::response::Response> {
-        let ns = Namespace::from_inner(self);
-        let stub = match &open.name {
-            Some(name) => ns.get_by_name(name),
-            None => ns.get(open.id),
-        };
-        if stub.id != open.id {
-            return Err(Error::bad_request(
-                "a relayed socket's id is not its name's",
-            ));
-        }
+        let stub = Namespace::from_inner(self).peer_stub(open.id, open.name.as_deref())?;
         stub.check_name()?;
         stub.accept_relayed(upgrade, open)
     }
 
-    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, usize> {
+    fn hand_over_sockets(self: Arc<Self>, leaving: crate::Leaving) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let which = |id: &ObjectId| {
                 leaving(&ObjectRef {
@@ -431,7 +417,6 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
             let stopped = self
                 .sockets
                 .stop_where(&which, &crate::websocket::hub::Stop::Moved);
-            let closed = stopped.len();
             futures_util::future::join_all(stopped.iter().map(|(_, s)| s.ended())).await;
             // Their close turns were queued as the sockets ended: the objects leave once
             // those have run and committed.
@@ -440,7 +425,6 @@ impl<O: DurableObject> NamespaceDyn for NsInner<O> {
             ids.dedup();
             let evicted = ids.into_iter().filter_map(|id| self.evict(id));
             futures_util::future::join_all(evicted).await;
-            closed
         })
     }
 
@@ -746,6 +730,21 @@ impl<O: DurableObject> Namespace<O> {
         self.inner.active()
     }
 
+    /// The stub another node of the cluster names: by `name` when it has one (which must
+    /// give `id`), else by `id`.
+    fn peer_stub(&self, id: ObjectId, name: Option<&str>) -> Result<Stub<O>> {
+        let stub = match name {
+            Some(name) => self.get_by_name(name),
+            None => self.get(id),
+        };
+        if stub.id != id {
+            return Err(Error::bad_request(
+                "the id another node sent is not its name's",
+            ));
+        }
+        Ok(stub)
+    }
+
     /// Whether the runtime is a node of a cluster: a call to one of the namespace's objects
     /// may run on another node.
     pub fn in_cluster(&self) -> bool {
@@ -859,7 +858,9 @@ impl<O: DurableObject> Stub<O> {
     }
 
     /// The cluster and where the object is, when it is on another node of a cluster.
-    fn elsewhere(&self) -> Option<(&Arc<dyn crate::remote::Cluster>, crate::remote::Location)> {
+    pub(crate) fn elsewhere(
+        &self,
+    ) -> Option<(&Arc<dyn crate::remote::Cluster>, crate::remote::Location)> {
         let cluster = self.ns.shared.cluster.as_ref()?;
         let obj = ObjectRef {
             class: O::CLASS,

@@ -25,7 +25,7 @@ use crate::remote::{Cluster, Location};
 use crate::websocket::hub::{SocketSlot, Stop};
 use crate::websocket::{
     Frame, ObjectSockets, SocketShared, WebSocket, WebSocketClose, WebSocketConfig,
-    WebSocketMessage, check_tags, encode_attachment,
+    WebSocketMessage, bounded_attachment, check_tags, encode_attachment,
 };
 
 /// The read buffer of a connection: small, so that an idle socket costs little (it grows
@@ -93,16 +93,9 @@ impl<O: DurableObject> Stub<O> {
         }
         let checked = check_tags(tags)?;
         let attachment = encode_attachment(attachment)?;
-        if let Some(cluster) = &inner.shared.cluster {
-            let obj = ObjectRef {
-                class: O::CLASS,
-                id: self.id(),
-            };
-            if cluster.locate(&obj) != Location::Here {
-                let open =
-                    PeerSocketOpen::new(O::CLASS, self.id(), self.name(), tags, &attachment)?;
-                return Ok(self.relay(upgrade, cluster.clone(), open));
-            }
+        if let Some((cluster, _)) = self.elsewhere() {
+            let open = PeerSocketOpen::new(O::CLASS, self.id(), self.name(), tags, &attachment)?;
+            return Ok(self.relay(upgrade, cluster.clone(), open));
         }
         self.accept_here(upgrade, checked, attachment)
     }
@@ -114,20 +107,12 @@ impl<O: DurableObject> Stub<O> {
         upgrade: WebSocketUpgrade,
         open: PeerSocketOpen,
     ) -> Result<Response> {
-        if let Some(cluster) = &self.inner().shared.cluster {
-            let obj = ObjectRef {
-                class: O::CLASS,
-                id: self.id(),
-            };
-            if cluster.locate(&obj) != Location::Here {
-                return Ok(axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response());
-            }
+        if self.elsewhere().is_some() {
+            return Ok(axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response());
         }
         let (tags, attachment) = open.accepted()?;
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        let attachment: Box<serde_json::value::RawValue> =
-            serde_json::value::RawValue::from_string(attachment).map_err(Error::Codec)?;
-        self.accept_here(upgrade, check_tags(&tags)?, encode_attachment(&attachment)?)
+        self.accept_here(upgrade, check_tags(&tags)?, bounded_attachment(attachment)?)
     }
 
     /// Accepts the socket for the object here.
@@ -142,13 +127,9 @@ impl<O: DurableObject> Stub<O> {
         if shared.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let max = shared.config.websocket.max_message_bytes;
+        let upgrade = self.limited(upgrade);
         let (slot, hub) = SocketSlot::reserve(inner.sockets.clone(), self.id(), shared)?;
         let stub = self.clone();
-        let upgrade = upgrade
-            .max_message_size(max)
-            .max_frame_size(max)
-            .read_buffer_size(READ_BUFFER_BYTES);
         // A failed upgrade drops the task, and the slot with it.
         Ok(upgrade.on_upgrade(move |conn| hold(stub, slot, hub, tags, attachment, conn)))
     }
@@ -160,13 +141,18 @@ impl<O: DurableObject> Stub<O> {
         cluster: Arc<dyn Cluster>,
         open: PeerSocketOpen,
     ) -> Response {
-        let max = self.inner().shared.config.websocket.max_message_bytes;
         let stub = self.clone();
-        let upgrade = upgrade
+        self.limited(upgrade)
+            .on_upgrade(move |conn| relay(stub, cluster, open, conn))
+    }
+
+    /// The upgrade with the runtime's message limit and a small read buffer.
+    fn limited(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        let max = self.inner().shared.config.websocket.max_message_bytes;
+        upgrade
             .max_message_size(max)
             .max_frame_size(max)
-            .read_buffer_size(READ_BUFFER_BYTES);
-        upgrade.on_upgrade(move |conn| relay(stub, cluster, open, conn))
+            .read_buffer_size(READ_BUFFER_BYTES)
     }
 }
 
@@ -587,10 +573,9 @@ async fn connect(
     request
         .headers_mut()
         .insert(axum::http::header::AUTHORIZATION, bearer);
-    let config = tungstenite::protocol::WebSocketConfig::default();
     match tokio::time::timeout(
         Duration::from_secs(2),
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        tokio_tungstenite::connect_async_with_config(request, None, true),
     )
     .await
     {

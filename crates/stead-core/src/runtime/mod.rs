@@ -109,14 +109,18 @@ impl Runtime {
     /// [`Cluster`](crate::Cluster)): on the object's namespace, if this node owns it and its
     /// class declared the message; otherwise the reply says why.
     pub async fn serve_peer(&self, call: crate::PeerCall) -> crate::PeerReply {
-        let ns = lock(&self.inner.namespaces).get(&*call.class).cloned();
-        match ns {
-            Some(ns) => ns.serve_peer(call).await,
-            None => crate::PeerReply::Failed(Error::not_found(format!(
-                "class {} on this node",
-                call.class
-            ))),
+        match self.class(&call.class) {
+            Ok(ns) => ns.serve_peer(call).await,
+            Err(e) => crate::PeerReply::Failed(e),
         }
+    }
+
+    /// The namespace of the class another node names.
+    fn class(&self, class: &str) -> Result<Arc<dyn NamespaceDyn>> {
+        lock(&self.inner.namespaces)
+            .get(class)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("class {class} on this node")))
     }
 
     /// Accepts a WebSocket another node relays to an object this node owns (see
@@ -127,11 +131,7 @@ impl Runtime {
         open: crate::http::PeerSocketOpen,
         upgrade: axum::extract::ws::WebSocketUpgrade,
     ) -> Result<axum::response::Response> {
-        let ns = lock(&self.inner.namespaces)
-            .get(open.class.as_str())
-            .cloned()
-            .ok_or_else(|| Error::not_found(format!("class {} on this node", open.class)))?;
-        ns.accept_peer_socket(open, upgrade)
+        self.class(&open.class)?.accept_peer_socket(open, upgrade)
     }
 
     /// The namespace of class `O`, if it is registered.

@@ -330,12 +330,7 @@ impl SocketTable {
 
     /// Stops every socket of every object.
     pub(crate) fn stop_all(&self, stop: &Stop) {
-        let hubs: Vec<_> = lock(&self.map).values().cloned().collect();
-        for hub in hubs {
-            for socket in hub.list(None) {
-                socket.stop(stop.clone());
-            }
-        }
+        self.stop_where(&|_| true, stop);
     }
 }
 

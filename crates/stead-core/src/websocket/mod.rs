@@ -240,7 +240,11 @@ pub(crate) fn check_tags(tags: &[&str]) -> Result<Box<[Box<str>]>> {
 
 /// Serializes an attachment, refusing one over [`MAX_ATTACHMENT_BYTES`].
 pub(crate) fn encode_attachment<T: Serialize + ?Sized>(value: &T) -> Result<Box<str>> {
-    let json = serde_json::to_string(value).map_err(Error::Codec)?;
+    bounded_attachment(serde_json::to_string(value).map_err(Error::Codec)?)
+}
+
+/// An attachment already serialized, refused over [`MAX_ATTACHMENT_BYTES`].
+pub(crate) fn bounded_attachment(json: String) -> Result<Box<str>> {
     if json.len() > MAX_ATTACHMENT_BYTES {
         return Err(Error::ValueTooLarge {
             size: json.len(),
