@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::executor::ReplyTx;
 use crate::id::ObjectId;
 use crate::schedule::Schedules;
 use crate::sql::Sql;
@@ -25,7 +25,7 @@ pub(crate) trait ReplySlot: Send {
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
-impl<T: Send + 'static> ReplySlot for oneshot::Sender<Result<T>> {
+impl<T: Send + 'static> ReplySlot for ReplyTx<Result<T>> {
     fn fail(self: Box<Self>, err: Error) {
         let _ = self.send(Err(err));
     }
@@ -117,11 +117,7 @@ impl Context {
         let tx = self
             .reply
             .take()
-            .and_then(|slot| {
-                slot.into_any()
-                    .downcast::<oneshot::Sender<Result<T>>>()
-                    .ok()
-            })
+            .and_then(|slot| slot.into_any().downcast::<ReplyTx<Result<T>>>().ok())
             .map(|tx| *tx);
         self.deferred.count.fetch_add(1, Ordering::AcqRel);
         Deferred {
@@ -266,7 +262,7 @@ impl Context {
 /// same turn or a later one) sends the value once that turn is durable (the output gate applies as to any reply). Dropping it fails the
 /// caller with [`Error::Reset`] (with [`Error::ShuttingDown`] once the runtime shuts down).
 pub struct Deferred<T> {
-    tx: Option<oneshot::Sender<Result<T>>>,
+    tx: Option<ReplyTx<Result<T>>>,
     parked: Arc<Parked>,
 }
 

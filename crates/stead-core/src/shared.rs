@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     pub(crate) lru_wanted: Notify,
     pub(crate) stop: Notify,
     pub(crate) sockets: SocketCount,
+    /// The deadlines of calls waiting for their replies (real time).
+    pub(crate) deadlines: Arc<crate::executor::Deadlines>,
     /// The other nodes, when the runtime is one node of a cluster.
     pub(crate) cluster: Option<Arc<dyn crate::remote::Cluster>>,
 }

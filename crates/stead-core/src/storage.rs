@@ -1,7 +1,7 @@
 //! The storage an object sees inside a turn: a sorted key-value space with read-your-writes,
 //! backed by a per-object cache, the object's writes not yet acknowledged, and the backend.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -68,8 +68,9 @@ pub struct Storage {
     unacked: BTreeMap<String, (Option<Value>, u64)>,
     unacked_alarm: Option<(Option<i64>, u64)>,
     cleared_seq: Option<u64>,
-    // What changed since the last batch was submitted.
-    dirty: BTreeSet<String>,
+    // What changed since the last batch was submitted: the entries of `unacked` written
+    // by turns after `submitted` (the last turn that batch held), the clear, the alarm.
+    submitted: u64,
     dirty_clear: bool,
     dirty_alarm: bool,
     last_seq: u64,
@@ -133,7 +134,7 @@ impl Storage {
             unacked: BTreeMap::new(),
             unacked_alarm: None,
             cleared_seq: None,
-            dirty: BTreeSet::new(),
+            submitted: 0,
             dirty_clear: false,
             dirty_alarm: false,
             last_seq: 0,
@@ -569,7 +570,6 @@ impl Storage {
         let wrote = self.turn_cleared || !self.turn.is_empty() || self.turn_alarm.is_some();
         if self.turn_cleared {
             self.unacked.clear();
-            self.dirty.clear();
             self.cache.clear();
             self.cache_bytes = 0;
             // Cleared: once the clear is acknowledged, the cache holds all there is.
@@ -583,7 +583,6 @@ impl Storage {
             }
         }
         for (k, v) in std::mem::take(&mut self.turn) {
-            self.dirty.insert(k.clone());
             self.unacked.insert(k, (v, seq));
         }
         let alarm = self.turn_alarm.take();
@@ -604,15 +603,15 @@ impl Storage {
         &mut self,
         ack: Arc<dyn crate::backend::AckSink>,
     ) -> Option<CommitBatch> {
-        if self.dirty.is_empty() && !self.dirty_clear && !self.dirty_alarm {
+        if self.last_seq == self.submitted && !self.dirty_clear && !self.dirty_alarm {
             return None;
         }
-        let writes: Vec<(String, Option<Value>)> = std::mem::take(&mut self.dirty)
-            .into_iter()
-            .map(|k| {
-                let v = self.unacked.get(&k).and_then(|(v, _)| v.clone());
-                (k, v)
-            })
+        let submitted = std::mem::replace(&mut self.submitted, self.last_seq);
+        let writes: Vec<(String, Option<Value>)> = self
+            .unacked
+            .iter()
+            .filter(|(_, (_, s))| *s > submitted)
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect();
         let alarm = match self.unacked_alarm {
             Some((a, _)) if self.dirty_alarm => AlarmChange::to(a),
@@ -681,7 +680,7 @@ impl Storage {
         self.unacked.clear();
         self.unacked_alarm = None;
         self.cleared_seq = None;
-        self.dirty.clear();
+        self.submitted = self.last_seq;
         self.dirty_clear = false;
         self.dirty_alarm = false;
         self.cache.clear();

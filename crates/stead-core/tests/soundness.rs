@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Park, Probe, ProbeEnv, SetAlarm, start_time};
+use common::{Incr, Park, Probe, ProbeEnv, SetAlarm, start_time};
 use serde::{Deserialize, Serialize};
 use stead_core::{
     AlarmInfo, Context, Durability, DurableObject, Error, Handler, ManualClock, Namespace, Result,
@@ -436,6 +436,48 @@ async fn a_call_cycle_ends_in_timeout_instead_of_hanging() {
     })
     .await
     .unwrap();
+    rt.shutdown().await.unwrap();
+}
+
+/// On real time, a call's deadline lives in the runtime's shared deadline wheel: a reply
+/// that never comes ends in `Timeout` after the deadline, never before and not much later;
+/// calls answered in time are not touched by the wheel afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_time_a_call_without_an_answer_times_out_at_its_deadline() {
+    let rt = Runtime::builder().memory().build().await.unwrap();
+    let ns = rt.namespace::<Probe>(ProbeEnv::default()).unwrap();
+    for timeout in [Duration::from_millis(30), Duration::from_millis(250)] {
+        let o = ns.get_by_name("parked").with_timeout(timeout);
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(10), o.ask(Park))
+            .await
+            .expect("the deadline ends the call");
+        let took = started.elapsed();
+        assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+        assert!(took >= timeout, "timed out early: {took:?} for {timeout:?}");
+        assert!(
+            took < timeout + Duration::from_secs(2),
+            "timed out late: {took:?}"
+        );
+    }
+    // Many calls answered long before their deadline, while one waits for its own.
+    let waiting = tokio::spawn({
+        let o = ns
+            .get_by_name("parked-too")
+            .with_timeout(Duration::from_millis(400));
+        async move { o.ask(Park).await }
+    });
+    let o = ns
+        .get_by_name("busy")
+        .with_timeout(Duration::from_millis(50));
+    for i in 1..=2_000 {
+        assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), i);
+    }
+    let result = waiting.await.unwrap();
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    // Answered calls are still answered after their deadlines have passed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(o.ask(Incr("n".into())).await.unwrap().unwrap(), 2_001);
     rt.shutdown().await.unwrap();
 }
 

@@ -349,8 +349,10 @@ impl<O: DurableObject> Actor<O> {
             // Nothing of the old activation is out: the turn runs on a fresh activation,
             // from durable state under the current ownership.
         }
+        // Activation and the kinds of turn other than calls are boxed, so that a call's
+        // turn (which a caller may run in its own task, boxed there) stays small.
         if self.instance.is_none()
-            && let Err(e) = self.activate().await
+            && let Err(e) = Box::pin(self.activate()).await
         {
             self.refuse(env, e);
             return;
@@ -391,6 +393,15 @@ impl<O: DurableObject> Actor<O> {
                     Err(panic) => self.panicked(panic),
                 }
             }
+            other => Box::pin(self.process_other(other)).await,
+        }
+    }
+
+    /// A turn that is not a call: an alarm, a socket event, an export, a query from
+    /// outside, an import.
+    async fn process_other(&mut self, env: Envelope<O>) {
+        match env {
+            Envelope::Call(_) => unreachable!("calls are processed inline"),
             Envelope::Alarm { reply } => self.run_alarm(reply).await,
             Envelope::Socket(event, _) => self.run_socket(event).await,
             Envelope::Export { reply } => {
@@ -548,7 +559,7 @@ impl<O: DurableObject> Actor<O> {
     /// outgoing batch, and puts the turn's replies behind the output gate.
     pub(super) async fn end_turn(&mut self) {
         let alarm = if self.ctx.storage.alarm_inputs_changed() {
-            self.recompute_alarm().await
+            Box::pin(self.recompute_alarm()).await
         } else {
             Ok(())
         };

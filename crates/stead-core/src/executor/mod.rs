@@ -10,6 +10,7 @@ mod actor;
 mod alarm;
 mod mailbox;
 mod namespace;
+mod reply;
 mod socket;
 
 use std::any::Any;
@@ -24,6 +25,7 @@ use crate::object::{Handler, Message, Outcome};
 
 pub use namespace::{NamedPage, Namespace, ObjectPage, Stub};
 pub(crate) use namespace::{NamespaceDyn, NsInner};
+pub(crate) use reply::{Deadlines, ReplyTx, sweep_loop};
 pub(crate) use socket::SocketEvent;
 
 /// How many lock shards the table of active objects is split into.
@@ -63,7 +65,7 @@ trait Call<O>: Send {
 
 struct Request<M, R> {
     msg: M,
-    reply: Option<oneshot::Sender<Result<R>>>,
+    reply: Option<ReplyTx<Result<R>>>,
 }
 
 impl<O, M> Call<O> for Request<M, <O as Handler<M>>::Reply>
@@ -86,7 +88,7 @@ where
             let reply = ctx.reply.take().and_then(|slot| {
                 let tx = slot
                     .into_any()
-                    .downcast::<oneshot::Sender<Result<<O as Handler<M>>::Reply>>>()
+                    .downcast::<ReplyTx<Result<<O as Handler<M>>::Reply>>>()
                     .ok()?;
                 Some(Box::new(move |gate: Result<()>| {
                     let _ = tx.send(gate.map(|()| value));
@@ -117,7 +119,7 @@ enum Envelope<O> {
     Socket(SocketEvent, u32),
     /// Everything the object holds, as a document (a turn that reads).
     Export {
-        reply: oneshot::Sender<Result<crate::ObjectDocument>>,
+        reply: ReplyTx<Result<crate::ObjectDocument>>,
     },
     /// A SQL statement on the object's database, from outside the object: one that only
     /// reads, or (`writes`) any, for an operator.
@@ -126,7 +128,7 @@ enum Envelope<O> {
     /// which the object activates again from what it holds).
     Import {
         doc: Box<crate::ObjectDocument>,
-        reply: oneshot::Sender<Result<()>>,
+        reply: ReplyTx<Result<()>>,
     },
 }
 
@@ -136,7 +138,7 @@ struct OutsideQuery {
     sql: String,
     params: crate::Params,
     writes: bool,
-    reply: oneshot::Sender<Result<crate::Cursor>>,
+    reply: ReplyTx<Result<crate::Cursor>>,
 }
 
 impl<O> Envelope<O> {

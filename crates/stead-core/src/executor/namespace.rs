@@ -18,6 +18,7 @@ use crate::websocket::SocketTable;
 
 use super::actor::Actor;
 use super::mailbox::{CommitTiming, Inbox, Mailbox, TurnPace};
+use super::reply::{NoReply, ReplyRx};
 use super::{AlarmOutcome, BoxFuture, Envelope, Request, TABLE_SHARDS};
 
 /// The `Retry-After` of a message refused because the store's commit queue is backlogged.
@@ -876,7 +877,7 @@ impl<O: DurableObject> Stub<O> {
     where
         O: Handler<M>,
     {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = super::reply::channel();
         let request: Request<M, <O as Handler<M>>::Reply> = Request {
             msg,
             reply: Some(tx),
@@ -891,22 +892,22 @@ impl<O: DurableObject> Stub<O> {
     }
 
     /// Waits for a reply, within the stub's deadline.
-    async fn wait<T>(&self, mut rx: oneshot::Receiver<Result<T>>) -> Result<T> {
+    async fn wait<T: Send + 'static>(&self, mut rx: ReplyRx<Result<T>>) -> Result<T> {
         // A turn run in this task that wrote nothing has answered already: no deadline to
         // set.
-        match rx.try_recv() {
-            Ok(reply) => return reply,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(Error::Reset),
-            Err(oneshot::error::TryRecvError::Empty) => {}
+        if let Some(reply) = rx.try_recv() {
+            return reply.unwrap_or(Err(Error::Reset));
         }
         let shared = &self.ns.shared;
         let timeout = self.timeout.unwrap_or(shared.config.ask_timeout);
         if shared.clock.as_manual().is_none() {
-            // Real time: tokio's timer directly, without a boxed future or a reading of the
-            // wall clock (this is on every call's path).
-            return match tokio::time::timeout(timeout, rx).await {
-                Ok(reply) => reply.unwrap_or(Err(Error::Reset)),
-                Err(_) => Err(Error::Timeout),
+            // Real time: a place in the runtime's deadline wheel, taken out when the reply
+            // comes (no timer of its own; this is on every call's path).
+            let _watch = shared.deadlines.watch(&rx, timeout);
+            return match rx.await {
+                Ok(reply) => reply,
+                Err(NoReply::Expired) => Err(Error::Timeout),
+                Err(NoReply::Dropped) => Err(Error::Reset),
             };
         }
         let deadline = shared
@@ -958,7 +959,7 @@ impl<O: DurableObject> Stub<O> {
     /// ```
     pub async fn export(&self) -> Result<crate::ObjectDocument> {
         self.check_name()?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = super::reply::channel();
         self.ns
             .send(self.id, &self.name, Envelope::Export { reply: tx })?;
         let mut doc = self.wait(rx).await?;
@@ -988,7 +989,7 @@ impl<O: DurableObject> Stub<O> {
         writes: bool,
     ) -> Result<crate::Cursor> {
         self.check_name()?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = super::reply::channel();
         self.ns.send(
             self.id,
             &self.name,
@@ -1028,7 +1029,7 @@ impl<O: DurableObject> Stub<O> {
             )));
         }
         crate::storage::check_import(doc)?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = super::reply::channel();
         let doc = Box::new(doc.clone());
         self.ns
             .send(self.id, &self.name, Envelope::Import { doc, reply: tx })?;

@@ -257,6 +257,7 @@ impl RuntimeBuilder {
             lru_wanted: Notify::new(),
             stop: Notify::new(),
             sockets: crate::shared::SocketCount::default(),
+            deadlines: Arc::default(),
             cluster: self.cluster,
         });
         shared
@@ -289,6 +290,9 @@ impl RuntimeBuilder {
             let driven: Weak<dyn TimeDriven> = weak;
             manual.drive(driven);
         } else {
+            tasks.push(tokio::spawn(crate::executor::sweep_loop(Arc::downgrade(
+                &inner.shared.deadlines,
+            ))));
             tasks.push(tokio::spawn(alarm_loop(weak.clone())));
             if let Some(mut takeovers) = inner.shared.cluster.as_ref().and_then(|c| c.takeovers()) {
                 // Objects taken over from another node bring their pending alarms.
