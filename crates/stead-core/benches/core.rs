@@ -7,38 +7,15 @@
 //! in its name: a caller waits one commit for its reply, so throughput is in-flight ÷
 //! commit latency until the CPU is the limit.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/counter.rs"]
+mod counter;
+
+use counter::{Counter, Incr};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
-use stead_core::{Context, DurableObject, Handler, Namespace, Result, Runtime};
-
-struct Counter {
-    value: i64,
-}
-
-impl DurableObject for Counter {
-    const CLASS: &'static str = "bench-counter";
-    type Env = ();
-    async fn activate(ctx: &mut Context, _: Arc<()>) -> Result<Self> {
-        Ok(Counter {
-            value: ctx.storage().get("n").await?.unwrap_or(0),
-        })
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Incr;
-
-impl Handler<Incr> for Counter {
-    type Reply = Result<i64>;
-    async fn handle(&mut self, _: Incr, ctx: &mut Context) -> Result<i64> {
-        self.value += 1;
-        ctx.storage().put("n", &self.value)?;
-        Ok(self.value)
-    }
-}
+use stead_core::{Context, DurableObject, Handler, Namespace, Runtime};
 
 fn ns_id(name: &str) -> stead_core::ObjectId {
     stead_core::ObjectId::from_name(Counter::CLASS, name)
