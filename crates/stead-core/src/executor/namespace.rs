@@ -903,8 +903,10 @@ impl<O: DurableObject> Stub<O> {
         if shared.clock.as_manual().is_none() {
             // Real time: a place in the runtime's deadline wheel, taken out when the reply
             // comes (no timer of its own; this is on every call's path).
+            // Awaited by reference: the receiver (and so its cell) outlives the watch, whose
+            // drop tells its place from a later call's by the cell's address.
             let _watch = shared.deadlines.watch(&rx, timeout);
-            return match rx.await {
+            return match (&mut rx).await {
                 Ok(reply) => reply,
                 Err(NoReply::Expired) => Err(Error::Timeout),
                 Err(NoReply::Dropped) => Err(Error::Reset),

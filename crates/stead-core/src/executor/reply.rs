@@ -250,7 +250,8 @@ impl Drop for Deadlines {
 }
 
 /// A call's place in the wheel; dropping it takes the call out (its answer came, or it
-/// went away).
+/// went away). Drop it while the receiver it watches is still alive: it finds its place
+/// by the cell's address, which a freed cell could pass on to another call.
 pub(crate) struct Watch<'a> {
     wheel: &'a Deadlines,
     slot: u32,
@@ -410,7 +411,7 @@ mod tests {
         assert!(rx.try_recv().is_none());
         assert!(!tx.is_closed());
         tx.send(7).unwrap();
-        assert_eq!(rx.await, Ok(7));
+        assert_eq!((&mut rx).await, Ok(7));
         drop(watch);
         assert_eq!(wheel.watched(), 0);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -426,10 +427,10 @@ mod tests {
         tokio::time::sleep(TICK * 3).await;
         for timeout_ms in [1u64, 15, 250, 4_000, 30_000] {
             let timeout = Duration::from_millis(timeout_ms);
-            let (tx, rx) = channel::<u32>();
+            let (tx, mut rx) = channel::<u32>();
             let started = Instant::now();
             let watch = wheel.watch(&rx, timeout);
-            assert_eq!(rx.await, Err(NoReply::Expired));
+            assert_eq!((&mut rx).await, Err(NoReply::Expired));
             let took = started.elapsed();
             assert!(took >= timeout, "{timeout:?}: expired after {took:?}");
             assert!(
@@ -458,7 +459,7 @@ mod tests {
         let mut unanswered = Vec::new();
         let waits: Vec<_> = calls
             .into_iter()
-            .map(|(i, tx, rx, timeout)| {
+            .map(|(i, tx, mut rx, timeout)| {
                 let wheel = wheel.clone();
                 let answered = i % 3 == 0;
                 if answered {
@@ -474,7 +475,7 @@ mod tests {
                     let started = Instant::now();
                     let got = {
                         let _watch = wheel.watch(&rx, timeout);
-                        rx.await
+                        (&mut rx).await
                     };
                     (i, answered, got, started.elapsed(), timeout)
                 })
