@@ -2,6 +2,10 @@
 //! each pattern route it knows, beside a no-op handler served by the same process (the
 //! ceiling), in `process-crash-safe` and `fsync` durability. Prints a table.
 //!
+//! Two rows compare increments of one hot counter with increments spread over 10,000
+//! counters (their first touches activate shard objects); the spread rate as a share of the
+//! hot one is printed after the table (`-- --only "one hot counter,10000 counters"`).
+//!
 //! `cargo bench --bench http_load` (`-- --seconds 5 --rounds 5` for longer
 //! runs, `-- --only fsync` for some rows, `-- --only "fsync POST"` for one route alone, without
 //! the ceiling).
@@ -23,6 +27,8 @@ use stead_server::{Config, DurabilityMode};
 mod load;
 
 const CONNECTIONS: usize = 256;
+/// How many counters the spread increments go to.
+const SPREAD_COUNTERS: u64 = 10_000;
 /// How many slices of the ceiling and of each route a round alternates.
 const SLICES: usize = 4;
 
@@ -47,6 +53,10 @@ struct Row {
 enum Route {
     Noop,
     CounterIncrement,
+    /// Increments of one counter only.
+    CounterHot,
+    /// Increments spread over 10,000 counters (their first touches activate shards).
+    CounterSpread,
     CounterRead,
     LockPair,
     SidecarPut,
@@ -65,6 +75,8 @@ impl Route {
         match self {
             Route::Noop => "GET /noop (ceiling)",
             Route::CounterIncrement => "POST /counters/{name}/increment",
+            Route::CounterHot => "POST /counters/{name}/increment (one hot counter)",
+            Route::CounterSpread => "POST /counters/{name}/increment (10000 counters)",
             Route::CounterRead => "GET /counters/{name}",
             Route::LockPair => "lock acquire+release (pairs; 2 req)",
             Route::SidecarPut => "PUT /sidecars/{name}/keys/{key} 1 KiB",
@@ -111,6 +123,17 @@ async fn drive(client: &reqwest::Client, base: &str, route: Route, seconds: f64)
                 Route::Noop => client.get(format!("{base}/noop")),
                 Route::CounterIncrement => client
                     .post(format!("{base}/counters/{name}/increment"))
+                    .header("content-type", "application/json")
+                    .body(r#"{"by":1}"#),
+                Route::CounterHot => client
+                    .post(format!("{base}/counters/hot/increment"))
+                    .header("content-type", "application/json")
+                    .body(r#"{"by":1}"#),
+                Route::CounterSpread => client
+                    .post(format!(
+                        "{base}/counters/spread-{}/increment",
+                        (conn as u64 * 7_919 + n * 104_729) % SPREAD_COUNTERS
+                    ))
                     .header("content-type", "application/json")
                     .body(r#"{"by":1}"#),
                 Route::CounterRead => client.get(format!("{base}/counters/{name}")),
@@ -391,6 +414,8 @@ fn main() {
         let routes = [
             Route::Noop,
             Route::CounterIncrement,
+            Route::CounterHot,
+            Route::CounterSpread,
             Route::CounterRead,
             Route::LockPair,
             Route::SidecarPut,
@@ -588,6 +613,25 @@ fn main() {
             share,
             range
         );
+    }
+    // The spread increments beside the hot counter's, in each mode where both ran.
+    for mode in [
+        "process-crash-safe",
+        "fsync",
+        "postgres process-crash-safe",
+        "postgres fsync",
+    ] {
+        let rate = |route: Route| {
+            rows.iter()
+                .find(|r| r.mode == mode && r.route == route.name())
+                .map(|r| r.rps)
+        };
+        if let (Some(hot), Some(spread)) = (rate(Route::CounterHot), rate(Route::CounterSpread)) {
+            println!(
+                "{mode}: increments spread over {SPREAD_COUNTERS} counters at {:.0}% of one hot counter's rate (goal: at least 50%)",
+                100.0 * spread / hot.max(1e-9)
+            );
+        }
     }
     println!(
         "(\"CPU µs/op\": the process's CPU time per operation, server and load generator together)"
