@@ -615,12 +615,9 @@ fn main() {
         );
     }
     // The spread increments beside the hot counter's, in each mode where both ran.
-    for mode in [
-        "process-crash-safe",
-        "fsync",
-        "postgres process-crash-safe",
-        "postgres fsync",
-    ] {
+    let mut modes: Vec<&str> = rows.iter().map(|r| r.mode).collect();
+    modes.dedup();
+    for mode in modes {
         let rate = |route: Route| {
             rows.iter()
                 .find(|r| r.mode == mode && r.route == route.name())

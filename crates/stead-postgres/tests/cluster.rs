@@ -296,6 +296,30 @@ fn lock_space(schema: &str) -> i32 {
     h as i32
 }
 
+/// A side transaction holding every partition's commit lock, shared (as a group commit holds
+/// it from its lease check to its end) or exclusive (as a takeover does until it commits).
+async fn hold_partition_locks(schema: &str, shared: bool) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.batch_execute("BEGIN").await.unwrap();
+    let lock = if shared {
+        "pg_advisory_xact_lock_shared"
+    } else {
+        "pg_advisory_xact_lock"
+    };
+    let last = PARTITIONS as i32 - 1;
+    client
+        .execute(
+            &format!("SELECT {lock}($1::int, p) FROM generate_series(0, $2::int) p"),
+            &[&lock_space(schema), &last],
+        )
+        .await
+        .unwrap();
+    client
+}
+
 /// A takeover waits for the commits in flight on the partitions it takes: while a
 /// transaction holds the partitions' commit locks (as a group commit does from its lease
 /// check to its end), another node takes none of them, however expired their leases.
@@ -309,19 +333,7 @@ async fn a_takeover_waits_for_the_commits_in_flight() {
     })
     .await;
     // A commit in flight on every partition.
-    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.batch_execute("BEGIN").await.unwrap();
-    let last = PARTITIONS as i32 - 1;
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock_shared($1::int, p) FROM generate_series(0, $2::int) p",
-            &[&lock_space(&schema), &last],
-        )
-        .await
-        .unwrap();
+    let client = hold_partition_locks(&schema, true).await;
     // `a` dies; `b` joins, and would take every partition once `a`'s leases expire.
     a.halt_for_tests();
     let b = PostgresBackend::connect(cluster_options(&schema, "b", lease))
@@ -359,19 +371,7 @@ async fn a_commit_waits_for_a_takeover_in_progress() {
     let (rt, ns) = probe_runtime(&a).await;
     let x = ns.get_by_name("x");
     assert_eq!(incr(&x).await.unwrap(), 1);
-    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.batch_execute("BEGIN").await.unwrap();
-    let last = PARTITIONS as i32 - 1;
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock($1::int, p) FROM generate_series(0, $2::int) p",
-            &[&lock_space(&schema), &last],
-        )
-        .await
-        .unwrap();
+    let client = hold_partition_locks(&schema, false).await;
     let pending = tokio::spawn(async move { incr(&x).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(

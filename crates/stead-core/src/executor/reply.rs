@@ -213,6 +213,11 @@ impl Slot {
                 self.vacant.push(i as u32);
             }
         }
+        self.shrink();
+    }
+
+    /// Forgets the places once every one is vacant.
+    fn shrink(&mut self) {
         if self.vacant.len() == self.entries.len() {
             self.entries.clear();
             self.vacant.clear();
@@ -272,10 +277,7 @@ impl Drop for Watch<'_> {
         if mine {
             slot.entries[index] = None;
             slot.vacant.push(self.index);
-            if slot.vacant.len() == slot.entries.len() {
-                slot.entries.clear();
-                slot.vacant.clear();
-            }
+            slot.shrink();
         }
     }
 }
@@ -296,10 +298,7 @@ impl Deadlines {
     /// [`NoReply::Expired`].
     pub(crate) fn watch<T: Send + 'static>(&self, rx: &ReplyRx<T>, timeout: Duration) -> Watch<'_> {
         // The first tick that starts at or after the deadline: never early.
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
-        let since = deadline.saturating_duration_since(self.epoch);
+        let since = self.epoch.elapsed().saturating_add(timeout);
         let tick = u64::try_from(since.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX);
         let slot_no = (tick % SLOTS as u64) as usize * SHARDS + SHARD.with(|s| *s);
         let cell: Arc<dyn Expire> = rx.cell.clone();
