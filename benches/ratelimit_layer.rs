@@ -4,7 +4,9 @@
 //! `x-api-key` header), without and with its rate-limit headers (stead's layer always sends
 //! them), and the bare app as the ceiling, all in one run. Two traffic shapes:
 //! 10,000 keys (nearly every request admitted, so the durable limiter writes each one) and
-//! one hot key (nearly every request refused). Prints requests/s and latency.
+//! one hot key (nearly every request refused). Every row runs in slices alternating with
+//! tower_governor's, and its share is against those slices. Prints requests/s, latency and
+//! the shares.
 //!
 //! `cargo bench --bench ratelimit_layer` (`-- --seconds 5 --rounds 5` for longer runs,
 //! `-- --only "keys stead, memory"` for one row).
@@ -30,6 +32,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CONNECTIONS: usize = 256;
 const KEYS: u64 = 10_000;
+/// How many slices of each row a round alternates with tower_governor's.
+const SLICES: usize = 4;
 
 #[derive(Clone)]
 struct ApiKey;
@@ -56,7 +60,7 @@ async fn serve(app: Router) -> String {
     format!("http://{addr}/hello")
 }
 
-async fn run(client: &reqwest::Client, url: String, hot: bool, seconds: f64) -> load::Stats {
+async fn run(client: &reqwest::Client, url: String, hot: bool, seconds: f64) -> load::Sample {
     load::drive(client, CONNECTIONS, seconds, move |client, conn, i| {
         let url = url.clone();
         async move {
@@ -73,7 +77,20 @@ async fn run(client: &reqwest::Client, url: String, hot: bool, seconds: f64) -> 
         }
     })
     .await
-    .stats()
+}
+
+/// The median of some shares, and their range.
+fn spread(mut shares: Vec<f64>) -> (f64, f64, f64) {
+    shares.retain(|s| s.is_finite());
+    if shares.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    shares.sort_by(f64::total_cmp);
+    (
+        shares[shares.len() / 2],
+        shares[0],
+        shares[shares.len() - 1],
+    )
 }
 
 fn main() {
@@ -151,36 +168,60 @@ fn main() {
         ];
         (apps, [default, durable])
     });
-    // Every row runs once per round, in turn, and reports its median round: the machine's
-    // drift from one moment to the next touches every row alike.
-    let mut runs: Vec<(&str, &str, Vec<load::Stats>)> = Vec::new();
+    // Each round runs every row in slices alternating with tower_governor's (governor, row,
+    // row, governor, ...), so that both see the machine's drift alike, and a row's share is
+    // its rate against that of the governor slices beside it. A row's keys stay busy from
+    // one of its slices to the next (the gap is one slice, shorter than the second after
+    // which an idle key's state is forgotten). The table gives each row's median round and
+    // the median share over rounds, with its range. Each app keeps its own connections (a
+    // client of its own) from one slice to the next.
+    let clients: Vec<reqwest::Client> = apps.iter().map(|_| load::client(CONNECTIONS)).collect();
+    let slice = seconds / SLICES as f64;
+    let labels: Vec<&str> = apps.iter().map(|(name, _)| *name).collect();
+    let (gov, gov_headers) = (1, 2);
+    let shapes = [("10,000 keys", false), ("one hot key", true)];
+    // Per shape and app, each round's sample and the rate of the governor slices beside it.
+    let mut rows: Vec<Vec<(load::Sample, f64)>> = vec![Vec::new(); shapes.len() * apps.len()];
     for _ in 0..rounds {
-        for (shape, hot) in [("10,000 keys", false), ("one hot key", true)] {
-            for (name, url) in &apps {
-                if !args.selected(&format!("{shape} {name}")) {
-                    continue;
+        for (s, (shape, hot)) in shapes.iter().enumerate() {
+            let chosen: Vec<usize> = (0..apps.len())
+                .filter(|&i| args.selected(&format!("{shape} {}", labels[i])))
+                .collect();
+            let mut governor = load::Sample::default();
+            for &i in chosen.iter().filter(|&&i| i != gov) {
+                let drive = |app: usize, seconds: f64| {
+                    tokio.block_on(run(&clients[app], apps[app].1.clone(), *hot, seconds))
+                };
+                // The warm-up opens the connections the slices use.
+                drive(gov, 0.3);
+                drive(i, 0.3);
+                let (mut beside, mut row) = (load::Sample::default(), load::Sample::default());
+                for k in 0..SLICES {
+                    let order = if k % 2 == 0 { [gov, i] } else { [i, gov] };
+                    for app in order {
+                        let sample = drive(app, slice);
+                        if app == gov {
+                            beside.add(sample);
+                        } else {
+                            row.add(sample);
+                        }
+                    }
                 }
-                // The warm-up opens the connections the run uses.
-                let client = load::client(CONNECTIONS);
-                tokio.block_on(run(&client, url.clone(), hot, 0.3));
-                let s = tokio.block_on(run(&client, url.clone(), hot, seconds));
-                match runs.iter_mut().find(|(sh, n, _)| *sh == shape && n == name) {
-                    Some((_, _, v)) => v.push(s),
-                    None => runs.push((shape, name, vec![s])),
-                }
+                rows[s * apps.len() + i].push((row, beside.rps()));
+                governor.add(beside);
+            }
+            if chosen.contains(&gov) {
+                let rps = governor.rps();
+                rows[s * apps.len() + gov].push((governor, rps));
             }
         }
     }
-    let rows: Vec<(&str, &str, load::Stats)> = runs
-        .into_iter()
-        .map(|(shape, name, v)| (shape, name, load::median(v)))
-        .collect();
     println!();
     println!(
-        "Rate-limit layer: {CONNECTIONS} connections over loopback, median of {rounds} rounds of {seconds} s per row, 100/s with bursts of 100 per key"
+        "Rate-limit layer: {CONNECTIONS} connections over loopback, {rounds} rounds of {seconds} s per row in {SLICES} slices alternating with tower_governor's, 100/s with bursts of 100 per key"
     );
     println!(
-        "{:<12} {:<29} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12}",
+        "{:<12} {:<29} {:>10} {:>9} {:>9} {:>7} {:>10} {:>12} {:>12} {:>14}",
         "traffic",
         "limiter",
         "req/s",
@@ -189,29 +230,55 @@ fn main() {
         "errors",
         "CPU µs/op",
         "vs governor",
-        "vs +headers"
+        "vs +headers",
+        "(rounds)"
     );
-    for (shape, name, s) in &rows {
-        let rps_of = |limiter: &str| {
-            rows.iter()
-                .find(|(sh, n, _)| sh == shape && *n == limiter)
-                .map_or(f64::NAN, |(_, _, g)| g.rps)
+    for (s, (shape, _)) in shapes.iter().enumerate() {
+        let of = |i: usize| &rows[s * apps.len() + i];
+        // Per round: the row's rate as a share of the governor slices beside it.
+        let shares = |i: usize| -> Vec<f64> {
+            of(i)
+                .iter()
+                .map(|(r, beside)| 100.0 * r.rps() / beside)
+                .collect()
         };
-        println!(
-            "{:<12} {:<29} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10.1} {:>11.0}% {:>11.0}%",
-            shape,
-            name,
-            s.rps,
-            s.p50.as_secs_f64() * 1e3,
-            s.p99.as_secs_f64() * 1e3,
-            s.errors,
-            s.cpu_per_op.as_secs_f64() * 1e6,
-            100.0 * s.rps / rps_of("tower_governor (in memory)"),
-            100.0 * s.rps / rps_of("tower_governor, with headers"),
-        );
+        let headers = shares(gov_headers);
+        for (i, label) in labels.iter().enumerate() {
+            if of(i).is_empty() {
+                continue;
+            }
+            let median = load::median(of(i).iter().map(|(r, _)| r.clone().stats()).collect());
+            let (vs_gov, lo, hi) = spread(shares(i));
+            // Against the governor with headers: both as shares of the governor of the
+            // same round.
+            let (vs_headers, _, _) = spread(
+                shares(i)
+                    .iter()
+                    .zip(&headers)
+                    .map(|(row, h)| 100.0 * row / h)
+                    .collect(),
+            );
+            println!(
+                "{:<12} {:<29} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>10.1} {:>11.0}% {:>11.0}% {:>14}",
+                shape,
+                label,
+                median.rps,
+                median.p50.as_secs_f64() * 1e3,
+                median.p99.as_secs_f64() * 1e3,
+                median.errors,
+                median.cpu_per_op.as_secs_f64() * 1e6,
+                vs_gov,
+                vs_headers,
+                if lo.is_finite() {
+                    format!("{lo:.0}-{hi:.0}%")
+                } else {
+                    String::new()
+                },
+            );
+        }
     }
     println!(
-        "(the goal: stead's default at 80% of tower_governor or more; stead's layer always sends the RateLimit fields, so \"vs +headers\" compares like with like; process-crash-safe writes every admission, exact across restarts; \"CPU µs/op\": the process's CPU time per request, server and load generator together)"
+        "(the goal: stead's default at 100% of tower_governor or more over 10,000 keys; a share compares the slices of one round, the median round and the range over rounds are given; stead's layer always sends the RateLimit fields, so \"vs +headers\" compares like with like; process-crash-safe writes every admission, exact across restarts; \"CPU µs/op\": the process's CPU time per request, server and load generator together)"
     );
     for rt in runtimes {
         tokio.block_on(rt.shutdown()).unwrap();

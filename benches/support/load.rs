@@ -60,7 +60,7 @@ pub(crate) struct Stats {
 }
 
 /// What the connections did over one or more measured stretches.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Sample {
     /// Successful operations that ended before their stretch's deadline.
     ops: u64,
