@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 /// The options both HTTP benchmarks take: `--seconds S` per row (2), `--rounds N` (3),
 /// `--only TEXT` to run just the rows whose label contains TEXT (to profile one; several
-/// TEXTs separated by commas run the rows that contain any of them).
+/// TEXTs separated by commas run the rows that contain any of them; a TEXT ending in `$`
+/// runs the rows whose label ends with the rest).
 pub(crate) struct Args {
     pub(crate) seconds: f64,
     pub(crate) rounds: usize,
@@ -41,9 +42,12 @@ impl Args {
 
     /// Whether the row labelled `label` runs.
     pub(crate) fn selected(&self, label: &str) -> bool {
-        self.only
-            .as_deref()
-            .is_none_or(|o| o.split(',').any(|t| label.contains(t)))
+        self.only.as_deref().is_none_or(|o| {
+            o.split(',').any(|t| match t.strip_suffix('$') {
+                Some(end) => label.ends_with(end),
+                None => label.contains(t),
+            })
+        })
     }
 }
 
