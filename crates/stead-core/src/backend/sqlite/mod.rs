@@ -611,7 +611,7 @@ impl Backend for SqliteBackend {
     fn submit(&self, batch: CommitBatch) {
         let shard = self.shard(&batch.object.id);
         shard.shared.queued.fetch_add(1, Ordering::AcqRel);
-        if let Some(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(batch)) {
+        if let Some(WriterMsg::Commit(b)) = self.send(shard, WriterMsg::Commit(Box::new(batch))) {
             shard.shared.queued.fetch_sub(1, Ordering::AcqRel);
             tracing::error!("commit refused: the storage writer has stopped");
             b.complete(Err(unavailable("the storage writer has stopped")));

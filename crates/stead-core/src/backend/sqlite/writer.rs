@@ -37,7 +37,9 @@ pub(super) fn checkpoint_loop(conn: Connection, stop: Receiver<()>) {
 }
 
 pub(super) enum WriterMsg {
-    Commit(CommitBatch),
+    /// Boxed: the channel then moves a pointer, and its blocks of slots (allocated zeroed,
+    /// one per 31 messages) stay small.
+    Commit(Box<CommitBatch>),
     Flush(tokio::sync::oneshot::Sender<()>),
     /// The backend is dropped: finish what came before, then end.
     Stop,
@@ -298,7 +300,7 @@ impl Writer {
                 }
                 match msg {
                     WriterMsg::Commit(b) if b.is_fenced() => b.complete(Err(Error::Reset)),
-                    WriterMsg::Commit(b) => batches.push(b),
+                    WriterMsg::Commit(b) => batches.push(*b),
                     WriterMsg::Flush(tx) => flushes.push(tx),
                     WriterMsg::Stop => stop = true,
                 }
