@@ -87,10 +87,16 @@ pub fn app_with(rt: &Runtime, config: &Config, extra: Router) -> stead::Result<R
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz).with_state(Ready(rt.clone())))
         .fallback(stead::http::not_found)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(from_fn_with_state(Arc::new(Sites::new(config)), check_site))
-        .layer(ProblemLayer)
-        .layer(LogLayer::new());
+        // One layer of four (the outermost first), not four layers: axum boxes each layer
+        // around every route, and a request clones the boxes of every layer below the one
+        // it passes, so each layer more costs every request more than the last.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(LogLayer::new())
+                .layer(ProblemLayer)
+                .layer(from_fn_with_state(Arc::new(Sites::new(config)), check_site))
+                .layer(DefaultBodyLimit::max(config.max_body_bytes)),
+        );
     Ok(api)
 }
 
