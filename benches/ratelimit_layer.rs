@@ -9,7 +9,8 @@
 //! the shares.
 //!
 //! `cargo bench --bench ratelimit_layer` (`-- --seconds 5 --rounds 5` for longer runs,
-//! `-- --only "keys stead, memory"` for one row).
+//! `-- --only "keys stead (default"` for one row beside tower_governor's slices; `--only`
+//! splits its text at commas, so a label's "10,000" cannot be part of it).
 //! Only ever targets 127.0.0.1, and every run is bounded in time.
 
 use axum::Router;
@@ -211,6 +212,18 @@ fn main() {
                 governor.add(beside);
             }
             if chosen.contains(&gov) {
+                if chosen.len() == 1 {
+                    // tower_governor alone: its own slices, with nothing between them.
+                    tokio.block_on(run(&clients[gov], apps[gov].1.clone(), *hot, 0.3));
+                    for _ in 0..SLICES {
+                        governor.add(tokio.block_on(run(
+                            &clients[gov],
+                            apps[gov].1.clone(),
+                            *hot,
+                            slice,
+                        )));
+                    }
+                }
                 let rps = governor.rps();
                 rows[s * apps.len() + gov].push((governor, rps));
             }
