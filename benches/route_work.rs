@@ -87,8 +87,8 @@ async fn drive(app: &axum::Router, route: Route) {
 }
 
 fn main() {
-    // The log subscriber the server installs (without one, every disabled span would still
-    // be offered to the `log` crate); the options are this bench's own.
+    // The log subscriber the server installs, as the HTTP benches do; the options are this
+    // bench's own.
     let _ = load::Args::from_env();
     let chosen: Vec<Route> = match std::env::args().skip(1).find(|a| !a.starts_with("--")) {
         Some(name) => [Route::Noop, Route::Increment, Route::Hot]
